@@ -1,0 +1,99 @@
+//! The `Backend` trait: what executes a plan.
+//!
+//! The trait is coarse-grained and object-safe: a backend receives plan
+//! steps (build this model, load this dataset, compute this representation,
+//! measure, train) and answers with host values. Tensors and models stay on
+//! the backend's device behind the step ids that made them.
+
+use crate::plan::{Dtype, Plan, Step};
+use serde::{Deserialize, Serialize};
+
+/// What a backend tells about itself (`nngeo backends`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub name: String,
+    pub version: String,
+    /// Devices it can run on, e.g. `cpu`, `cuda:0`.
+    pub devices: Vec<String>,
+    pub dtypes: Vec<Dtype>,
+    /// Named features, e.g. `fim:kfac`, `ntk:dense`, `train:ngd`.
+    pub capabilities: Vec<String>,
+}
+
+/// A neutral host tensor: row-major `f64` data with its shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// What a step produced, as far as the host needs to see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepOutput {
+    /// The result lives on the backend under the step's id.
+    Stored,
+    Scalar { value: f64 },
+    Tensor { tensor: HostTensor },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend `{name}` is not available: {reason}")]
+    Unavailable { name: String, reason: String },
+    #[error("backend `{backend}` does not support {what}")]
+    Unsupported { backend: String, what: String },
+    #[error("step #{step} failed: {message}")]
+    Failed { step: u32, message: String },
+}
+
+pub trait Backend {
+    fn info(&self) -> BackendInfo;
+    /// Prepares to run `plan` (device, dtype); refuses what it cannot do.
+    fn prepare(&mut self, plan: &Plan) -> Result<(), BackendError>;
+    /// Runs one step whose dependencies have all run.
+    fn run(&mut self, plan: &Plan, step: &Step) -> Result<StepOutput, BackendError>;
+}
+
+/// A backend known to this build, and whether it can be created.
+pub struct Registered {
+    pub name: &'static str,
+    pub status: Result<fn() -> Box<dyn Backend>, &'static str>,
+}
+
+/// Every backend this build knows by name. The candle backend (built in) and
+/// the libtorch plugin are listed so that `--backend` names are recognised
+/// and a missing one gets a clear reason instead of "unknown".
+pub fn registry() -> Vec<Registered> {
+    vec![
+        Registered {
+            name: "candle",
+            status: Err("the candle backend is not part of this build yet (it lands with the next milestone: see issue 3)"),
+        },
+        Registered {
+            name: "tch",
+            status: Err("the libtorch plugin is not built (see issue 5)"),
+        },
+    ]
+}
+
+/// Creates the backend called `name`.
+pub fn create(name: &str) -> Result<Box<dyn Backend>, BackendError> {
+    match registry().into_iter().find(|r| r.name == name) {
+        Some(Registered { status: Ok(make), .. }) => Ok(make()),
+        Some(Registered {
+            status: Err(reason),
+            ..
+        }) => Err(BackendError::Unavailable {
+            name: name.into(),
+            reason: reason.into(),
+        }),
+        None => Err(BackendError::Unavailable {
+            name: name.into(),
+            reason: format!(
+                "no built-in backend or plugin of this name (known: {})",
+                registry().iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+    }
+}

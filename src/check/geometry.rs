@@ -1,0 +1,1254 @@
+//! Representations (`Fim(KFAC) of net on probe`), vectors and measurements.
+
+use super::env::{Binding, DataV, ModelV, ReprV, Val, VecV};
+use super::Checker;
+use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::cost;
+use crate::plan::{
+    FisherVariant, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure, Task,
+    VectorOp,
+};
+use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, MeasureItem, Span};
+use std::collections::BTreeMap;
+
+pub const STRUCTURES: [&str; 9] = [
+    "Dense",
+    "BlockDiag",
+    "Diag",
+    "KFAC",
+    "EKFAC",
+    "LowRank",
+    "QuasiDiag",
+    "Implicit",
+    "mix",
+];
+const NTK_STRUCTURES: [&str; 5] = ["Dense", "BlockDiag", "Diag", "LowRank", "Implicit"];
+pub const MEASUREMENTS: [&str; 16] = [
+    "trace",
+    "frobenius",
+    "spectral_norm",
+    "diag",
+    "mv",
+    "vTMv",
+    "solve",
+    "eigenvalues",
+    "effective_rank",
+    "alignment",
+    "rel_error",
+    "memory",
+    "loss",
+    "accuracy",
+    "norm",
+    "dot",
+];
+const VECTORS: [&str; 4] = ["grad", "random_vector", "weights", "initial_weights"];
+
+impl<'a> Checker<'a> {
+    /// The value of a `let`: a representation, dataset, model or vector.
+    pub(super) fn value(&mut self, e: &'a Expr, name: &str) -> Option<Val> {
+        let d = self.deref(e);
+        match &d.kind {
+            ExprKind::Repr { .. } => self.repr_expr(d, name).map(Val::Repr),
+            ExprKind::Pipe { .. } => self.data_expr(d, name).map(Val::Data),
+            ExprKind::Binary { .. } => self.vector_expr(d, name).map(Val::Vector),
+            ExprKind::Ident(n) => match self.lookup_val(n) {
+                Some(v) => Some(v),
+                None => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Undefined {
+                            what: "name".into(),
+                            name: n.clone(),
+                        },
+                        d.span,
+                        "not defined",
+                    ));
+                    None
+                }
+            },
+            ExprKind::Call { callee, .. } => {
+                let f = callee.name.as_str();
+                if super::data::SOURCES.contains(&f) {
+                    self.data_expr(d, name).map(Val::Data)
+                } else if f == "sequential" || f == "mlp" {
+                    self.model_expr(d, name).map(Val::Model)
+                } else if VECTORS.contains(&f) {
+                    self.vector_expr(d, name).map(Val::Vector)
+                } else if f == "Fim" || f == "Ntk" {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "a representation needs a model and data".into(),
+                            },
+                            d.span,
+                            "of which model, on which data?",
+                        )
+                        .hint(format!("write `{} of MODEL on DATA`", self.expr_text(d))),
+                    );
+                    None
+                } else if MEASUREMENTS.contains(&f) {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: format!("`{f}` is a measurement"),
+                            },
+                            d.span,
+                            "measurements are not stored in names",
+                        )
+                        .hint(format!("write `measure {}`", self.expr_text(d))),
+                    );
+                    None
+                } else {
+                    let mut all: Vec<&str> = super::data::SOURCES.to_vec();
+                    all.extend(VECTORS);
+                    all.extend(["sequential", "mlp", "Fim", "Ntk"]);
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Unknown {
+                                what: "function".into(),
+                                name: f.into(),
+                            },
+                            callee.span,
+                            "unknown",
+                        )
+                        .hint_opt(did_you_mean(f, all)),
+                    );
+                    None
+                }
+            }
+            _ => {
+                let found = self.describe(d);
+                self.error(Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "a representation, dataset, model or vector".into(),
+                        found,
+                    },
+                    d.span,
+                    "cannot be named with `let`",
+                ));
+                None
+            }
+        }
+    }
+
+    /// Checks that `model` can run on `data` (input shape, outputs vs targets).
+    pub(super) fn compatible(&mut self, model: &ModelV, data: &DataV, span: Span) -> bool {
+        let want: usize = model.spec.input.iter().product();
+        let have: usize = data.info.shape.iter().product();
+        if want != have {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::ShapeMismatch {
+                        layer: format!("input of `{}`", model.name),
+                        expected: super::data::fmt_shape(&model.spec.input),
+                        found: super::data::fmt_shape(&data.info.shape),
+                    },
+                    span,
+                    format!("`{}` has examples of {} values, the model takes {}", data.name, have, want),
+                )
+                .hint("inputs are reshaped to the model's input shape, so the sizes must agree"),
+            );
+            return false;
+        }
+        let outputs = model.spec.outputs();
+        let ok = match data.info.classes {
+            Some(c) => outputs == c || (outputs == 1 && c == 2),
+            None => outputs == data.info.target_dim,
+        };
+        if !ok {
+            let (what, k) = match data.info.classes {
+                Some(c) => ("classes", c),
+                None => ("target values per example", data.info.target_dim),
+            };
+            self.error(Diagnostic::new(
+                ErrorKind::Mismatch {
+                    what: "outputs do not match targets".into(),
+                    detail: format!(
+                        "`{}` has {outputs} outputs but `{}` has {k} {what}",
+                        model.name, data.name
+                    ),
+                },
+                span,
+                format!("{k} {what}"),
+            ));
+        }
+        ok
+    }
+
+    fn structure(&mut self, e: &'a Expr) -> Option<Structure> {
+        let d = self.deref(e);
+        let (callee, args): (Ident, &'a [Arg]) = match &d.kind {
+            ExprKind::Ident(n) => (
+                Ident {
+                    name: n.clone(),
+                    span: d.span,
+                },
+                &[],
+            ),
+            ExprKind::Call { callee, args } => (callee.clone(), args.as_slice()),
+            _ => {
+                let found = self.describe(d);
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a structure".into(),
+                            found,
+                        },
+                        d.span,
+                        "not a structure",
+                    )
+                    .hint(format!("structures: {}", STRUCTURES.join(", "))),
+                );
+                return None;
+            }
+        };
+        let span = d.span;
+        Some(match callee.name.as_str() {
+            "Dense" | "BlockDiag" | "Diag" | "KFAC" | "QuasiDiag" | "Implicit" => {
+                self.bind(&callee, span, args, &[])?;
+                match callee.name.as_str() {
+                    "Dense" => Structure::Dense,
+                    "BlockDiag" => Structure::BlockDiag,
+                    "Diag" => Structure::Diag,
+                    "KFAC" => Structure::Kfac,
+                    "QuasiDiag" => Structure::QuasiDiag,
+                    _ => Structure::Implicit,
+                }
+            }
+            "EKFAC" => {
+                let c = self.bind(&callee, span, args, &["refit"])?;
+                let refit = match c.get("refit") {
+                    Some(r) => self.boolean(r, "refit")?,
+                    None => true,
+                };
+                Structure::Ekfac { refit }
+            }
+            "LowRank" => {
+                let c = self.bind(&callee, span, args, &["rank"])?;
+                let rank = match c.get("rank") {
+                    Some(r) => Some(self.count(r, "rank")?),
+                    None => None,
+                };
+                Structure::LowRank { rank }
+            }
+            "mix" => {
+                let c = self.bind(&callee, span, args, &["linear", "conv", "norm"])?;
+                let mut families = BTreeMap::new();
+                for (key, fam) in [
+                    ("linear", LayerFamily::Linear),
+                    ("conv", LayerFamily::Conv),
+                    ("norm", LayerFamily::Norm),
+                ] {
+                    if let Some(s) = c.get(key) {
+                        let st = self.structure(s)?;
+                        if matches!(st, Structure::Mix { .. } | Structure::Dense) {
+                            self.error(Diagnostic::new(
+                                ErrorKind::Invalid {
+                                    message: format!("`{}` cannot be part of a mix", st.name()),
+                                },
+                                s.span,
+                                "a mix combines per-layer structures",
+                            ));
+                            return None;
+                        }
+                        families.insert(fam, st);
+                    }
+                }
+                if families.is_empty() {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::MissingOption {
+                                func: "mix".into(),
+                                name: "linear".into(),
+                            },
+                            span,
+                            "an empty mix",
+                        )
+                        .hint("e.g. `mix(linear = EKFAC, conv = EKFAC, norm = BlockDiag)`"),
+                    );
+                    return None;
+                }
+                Structure::Mix { families }
+            }
+            other => {
+                let upper: Vec<&str> = STRUCTURES.to_vec();
+                let hint = did_you_mean(other, upper.iter().copied()).or_else(|| {
+                    STRUCTURES
+                        .iter()
+                        .find(|s| s.eq_ignore_ascii_case(other))
+                        .map(|s| format!("did you mean `{s}`?"))
+                });
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "structure".into(),
+                            name: other.into(),
+                        },
+                        callee.span,
+                        "not a representation structure",
+                    )
+                    .hint_opt(hint)
+                    .hint(format!("structures: {}", STRUCTURES.join(", "))),
+                );
+                return None;
+            }
+        })
+    }
+
+    /// `Fim(S, options) of model on data` → a representation step.
+    pub(super) fn repr_expr(&mut self, e: &'a Expr, name: &str) -> Option<ReprV> {
+        let ExprKind::Repr {
+            structure,
+            model,
+            data,
+        } = &e.kind
+        else {
+            return None;
+        };
+        let head = self.deref(structure);
+        let (callee, args): (Ident, &'a [Arg]) = match &head.kind {
+            ExprKind::Call { callee, args } => (callee.clone(), args.as_slice()),
+            ExprKind::Ident(n) => (
+                Ident {
+                    name: n.clone(),
+                    span: head.span,
+                },
+                &[],
+            ),
+            _ => (
+                Ident {
+                    name: String::new(),
+                    span: head.span,
+                },
+                &[],
+            ),
+        };
+        let object = match callee.name.as_str() {
+            "Fim" => Object::Fim,
+            "Ntk" => Object::Ntk,
+            other => {
+                let mut d = Diagnostic::new(
+                    ErrorKind::Unknown {
+                        what: "geometric object".into(),
+                        name: if other.is_empty() {
+                            self.expr_text(head)
+                        } else {
+                            other.into()
+                        },
+                    },
+                    callee.span,
+                    "expected `Fim(...)` or `Ntk(...)`",
+                )
+                .hint_opt(did_you_mean(other, ["Fim", "Ntk"]));
+                if STRUCTURES.contains(&other) {
+                    d = d.hint(format!("say which object: `Fim({other})` or `Ntk({other})`"));
+                }
+                self.error(d);
+                return None;
+            }
+        };
+        let params: &[&'static str] = match object {
+            Object::Fim => &["structure", "fisher", "task", "layers", "centered"],
+            Object::Ntk => &["structure", "layers", "centered"],
+        };
+        let call = self.bind(&callee, head.span, args, params)?;
+        let se = self.req(&call, "structure");
+        let m = self.model_expr(model, "");
+        let dv = match data {
+            Some(d) => self.data_expr(d, ""),
+            None => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::MissingOption {
+                            func: callee.name.clone(),
+                            name: "on".into(),
+                        },
+                        e.span,
+                        "on which examples?",
+                    )
+                    .hint(format!("add the data: `{} on DATASET`", self.expr_text(e))),
+                );
+                None
+            }
+        };
+        let structure = self.structure(se?)?;
+        let (m, dv) = (m?, dv?);
+        let data_span = data.as_ref().map_or(e.span, |d| d.span);
+        if !self.compatible(&m, &dv, data_span) {
+            return None;
+        }
+        // Options.
+        let task = match call.get("task") {
+            Some(t) => self.task(t)?,
+            None if dv.info.classes.is_some() && m.spec.outputs() == 1 => Task::Binary,
+            None if dv.info.classes.is_some() => Task::Classification,
+            None => Task::Regression { sigma2: 1.0 },
+        };
+        let fisher = match object {
+            Object::Fim => Some(match call.get("fisher") {
+                Some(f) => self.fisher(f)?,
+                None => FisherVariant::True,
+            }),
+            Object::Ntk => None,
+        };
+        let layers = match call.get("layers") {
+            Some(l) => {
+                let names = self.str_list(l, "layers")?;
+                let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+                for n in &names {
+                    if !known.contains(&n.as_str()) {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::Unknown {
+                                    what: "layer".into(),
+                                    name: n.clone(),
+                                },
+                                l.span,
+                                format!("`{}` has no parameterised layer `{n}`", m.name),
+                            )
+                            .hint_opt(did_you_mean(n, known.iter().copied()))
+                            .hint(format!("layers with parameters: {}", known.join(", "))),
+                        );
+                        return None;
+                    }
+                }
+                names
+            }
+            None => vec![],
+        };
+        let centered = match call.get("centered") {
+            Some(c) => self.boolean(c, "centered")?,
+            None => false,
+        };
+        let options = ReprOptions {
+            fisher,
+            task,
+            layers,
+            centered,
+            examples: dv.info.n,
+            outputs: m.spec.outputs(),
+        };
+        // Which layers each structure supports.
+        if object == Object::Ntk && !NTK_STRUCTURES.contains(&structure.name().as_str()) {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::UnsupportedStructure {
+                        object: "Ntk".into(),
+                        structure: structure.name(),
+                    },
+                    se?.span,
+                    "Kronecker and quasi-diagonal structures approximate parameter-space matrices",
+                )
+                .hint(format!("Ntk supports: {}", NTK_STRUCTURES.join(", "))),
+            );
+            return None;
+        }
+        if object == Object::Fim {
+            for l in cost::covered_layers(&m.spec, &options) {
+                let (st, family) = match (&structure, l.layer.family()) {
+                    (Structure::Mix { families }, Some(f)) => match families.get(&f) {
+                        Some(s) => (s.clone(), f),
+                        None => {
+                            let fname = match f {
+                                LayerFamily::Linear => "linear",
+                                LayerFamily::Conv => "conv",
+                                LayerFamily::Norm => "norm",
+                            };
+                            self.error(
+                                Diagnostic::new(
+                                    ErrorKind::UnsupportedLayer {
+                                        structure: "this mix".into(),
+                                        layer: l.name.clone(),
+                                        layer_type: l.layer.type_name().into(),
+                                    },
+                                    se?.span,
+                                    format!("no structure given for {fname} layers"),
+                                )
+                                .hint(format!("add `{fname} = BlockDiag` (or another) to the mix")),
+                            );
+                            return None;
+                        }
+                    },
+                    (s, Some(f)) => (s.clone(), f),
+                    (_, None) => continue,
+                };
+                let kron = matches!(st, Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag);
+                if kron && family == LayerFamily::Norm {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::UnsupportedLayer {
+                                structure: st.name(),
+                                layer: l.name.clone(),
+                                layer_type: l.layer.type_name().into(),
+                            },
+                            se?.span,
+                            format!("{} has no Kronecker factors for normalisation layers", st.name()),
+                        )
+                        .hint(format!(
+                            "use `mix(linear = {0}, conv = {0}, norm = BlockDiag)`, or leave the layer out with `layers = [...]`",
+                            st.name()
+                        )),
+                    );
+                    return None;
+                }
+            }
+        }
+        // Memory budget.
+        let bytes = cost::repr_memory(object, &structure, &m.spec, &options, self.header.dtype);
+        if bytes > self.budget {
+            let cheaper = self.cheaper(object, &m, &options);
+            let what = format!("{:?}({})", object, structure.name());
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::OverBudget {
+                        what: what.clone(),
+                        needed: cost::format_bytes(bytes),
+                        budget: cost::format_bytes(self.budget),
+                    },
+                    e.span,
+                    format!(
+                        "{what} of `{}` ({} parameters) on {} examples",
+                        m.name, m.spec.params, dv.info.n
+                    ),
+                )
+                .hint_opt(cheaper)
+                .hint("raise the budget with `memory_budget = 64GiB` in the header or `--memory-budget`"),
+            );
+            return None;
+        }
+        let name = if name.is_empty() {
+            self.anon_name()
+        } else {
+            name.to_string()
+        };
+        let step = self.emit(
+            Op::Repr {
+                name,
+                object,
+                structure: structure.clone(),
+                model: m.step,
+                data: dv.step,
+                options: options.clone(),
+            },
+            e.span,
+        );
+        Some(ReprV {
+            step,
+            object,
+            structure,
+            model: m,
+            data: dv.step,
+            options,
+        })
+    }
+
+    /// Suggests the first structure that fits in the budget.
+    fn cheaper(&self, object: Object, m: &ModelV, options: &ReprOptions) -> Option<String> {
+        let candidates: Vec<Structure> = match object {
+            Object::Fim => vec![
+                Structure::Ekfac { refit: true },
+                Structure::Kfac,
+                Structure::Diag,
+                Structure::Implicit,
+            ],
+            Object::Ntk => vec![Structure::BlockDiag, Structure::Diag, Structure::Implicit],
+        };
+        let fits_layers = |s: &Structure| {
+            !matches!(s, Structure::Kfac | Structure::Ekfac { .. })
+                || m.spec
+                    .param_layers()
+                    .all(|l| l.layer.family() != Some(LayerFamily::Norm))
+        };
+        candidates
+            .into_iter()
+            .filter(fits_layers)
+            .map(|s| {
+                let b = cost::repr_memory(object, &s, &m.spec, options, self.header.dtype);
+                (s, b)
+            })
+            .find(|(_, b)| *b <= self.budget)
+            .map(|(s, b)| {
+                format!(
+                    "a cheaper structure fits: `{:?}({})` needs {}",
+                    object,
+                    s.name(),
+                    cost::format_bytes(b)
+                )
+            })
+    }
+
+    fn task(&mut self, e: &'a Expr) -> Option<Task> {
+        let d = self.deref(e);
+        let (name, args): (String, &'a [Arg]) = match &d.kind {
+            ExprKind::Ident(n) => (n.clone(), &[]),
+            ExprKind::Call { callee, args } => (callee.name.clone(), args.as_slice()),
+            _ => (String::new(), &[]),
+        };
+        match name.as_str() {
+            "classification" => Some(Task::Classification),
+            "binary" => Some(Task::Binary),
+            "regression" => {
+                let callee = Ident {
+                    name: name.clone(),
+                    span: d.span,
+                };
+                let c = self.bind(&callee, d.span, args, &["sigma2"])?;
+                let sigma2 = match c.get("sigma2") {
+                    Some(s) => self.positive(s, "sigma2")?,
+                    None => 1.0,
+                };
+                Some(Task::Regression { sigma2 })
+            }
+            _ => {
+                self.symbol(d, "task", &["classification", "binary", "regression"]);
+                None
+            }
+        }
+    }
+
+    fn fisher(&mut self, e: &'a Expr) -> Option<FisherVariant> {
+        let d = self.deref(e);
+        let (name, args): (String, &'a [Arg]) = match &d.kind {
+            ExprKind::Bool(true) => ("true".into(), &[]),
+            ExprKind::Ident(n) => (n.clone(), &[]),
+            ExprKind::Call { callee, args } => (callee.name.clone(), args.as_slice()),
+            _ => (self.expr_text(d), &[]),
+        };
+        match name.as_str() {
+            "true" | "exact" => Some(FisherVariant::True),
+            "empirical" => Some(FisherVariant::Empirical),
+            "mc" => {
+                let callee = Ident {
+                    name: name.clone(),
+                    span: d.span,
+                };
+                let c = self.bind(&callee, d.span, args, &["samples", "seed"])?;
+                let samples = match c.get("samples") {
+                    Some(s) => self.count(s, "samples")?,
+                    None => 1,
+                };
+                let seed = self.seed(&c)?;
+                Some(FisherVariant::Mc { samples, seed })
+            }
+            other => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::BadChoice {
+                            what: "Fisher variant".into(),
+                            value: other.into(),
+                        },
+                        d.span,
+                        "expected `true`, `mc(samples)` or `empirical`",
+                    )
+                    .hint_opt(did_you_mean(other, ["true", "exact", "mc", "empirical"])),
+                );
+                None
+            }
+        }
+    }
+
+    /// A representation or one layer's block of it (`K[layer]`).
+    fn operand(&mut self, e: &'a Expr) -> Option<(ReprV, Option<String>)> {
+        let d = self.deref(e);
+        match &d.kind {
+            ExprKind::Index { base, index } => {
+                let (r, _) = self.operand(base)?;
+                let id = self.deref(index);
+                let layer = match &id.kind {
+                    ExprKind::Ident(n) => match self.lookup_val(n) {
+                        Some(Val::Layer(l)) => l,
+                        _ => {
+                            self.error(
+                                Diagnostic::new(
+                                    ErrorKind::TypeMismatch {
+                                        expected: "a layer".into(),
+                                        found: self.describe(id),
+                                    },
+                                    id.span,
+                                    "not a layer",
+                                )
+                                .hint("loop over layers with `for layer in layers(net) { ... }` or write `\"layers.0\"`"),
+                            );
+                            return None;
+                        }
+                    },
+                    ExprKind::Str(s) => s.clone(),
+                    _ => {
+                        self.error(Diagnostic::new(
+                            ErrorKind::TypeMismatch {
+                                expected: "a layer".into(),
+                                found: self.describe(id),
+                            },
+                            id.span,
+                            "index representations by layer name",
+                        ));
+                        return None;
+                    }
+                };
+                let covered: Vec<String> = cost::covered_layers(&r.model.spec, &r.options)
+                    .iter()
+                    .map(|l| l.name.clone())
+                    .collect();
+                if !covered.contains(&layer) {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Unknown {
+                                what: "layer".into(),
+                                name: layer.clone(),
+                            },
+                            id.span,
+                            "not a layer of this representation",
+                        )
+                        .hint_opt(did_you_mean(&layer, covered.iter().map(|s| s.as_str())))
+                        .hint(format!("layers: {}", covered.join(", "))),
+                    );
+                    return None;
+                }
+                Some((r, Some(layer)))
+            }
+            ExprKind::Repr { .. } => self.repr_expr(d, "").map(|r| (r, None)),
+            ExprKind::Ident(n) => match self.lookup_val(n) {
+                Some(Val::Repr(r)) => Some((r, None)),
+                Some(other) => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::WrongKind {
+                            name: n.clone(),
+                            expected: "representation".into(),
+                            found: other.kind().into(),
+                        },
+                        d.span,
+                        format!("this is a {}", other.kind()),
+                    ));
+                    None
+                }
+                None => {
+                    let names = self
+                        .scopes
+                        .names_where(|b| matches!(b, Binding::Val(Val::Repr(_), _)));
+                    let mut diag = Diagnostic::new(
+                        ErrorKind::Undefined {
+                            what: "representation".into(),
+                            name: n.clone(),
+                        },
+                        d.span,
+                        "not defined",
+                    )
+                    .hint_opt(did_you_mean(n, names.iter().map(|s| s.as_str())));
+                    if STRUCTURES.contains(&n.as_str()) {
+                        diag = diag.hint(format!("write `Fim({n}) of MODEL on DATA`"));
+                    }
+                    self.error(diag);
+                    None
+                }
+            },
+            _ => {
+                let found = self.describe(d);
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a representation".into(),
+                            found,
+                        },
+                        d.span,
+                        "not a representation",
+                    )
+                    .hint("e.g. `Fim(KFAC) of net on probe`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A parameter-space vector.
+    pub(super) fn vector_expr(&mut self, e: &'a Expr, name: &str) -> Option<VecV> {
+        let d = self.deref(e);
+        let name = if name.is_empty() {
+            self.anon_name()
+        } else {
+            name.to_string()
+        };
+        let (vector, len) = match &d.kind {
+            ExprKind::Ident(n) => match self.lookup_val(n) {
+                Some(Val::Vector(v)) => return Some(v),
+                other => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a vector".into(),
+                            found: match other {
+                                Some(v) => format!("{} `{n}`", v.kind()),
+                                None => format!("undefined `{n}`"),
+                            },
+                        },
+                        d.span,
+                        "not a vector",
+                    )
+                    .hint("vectors: grad(net, data), random_vector(net, seed = 0), weights(net), initial_weights(net)"));
+                    return None;
+                }
+            },
+            ExprKind::Call { callee, args } => {
+                let f = callee.name.as_str();
+                match f {
+                    "grad" => {
+                        let c = self.bind(callee, d.span, args, &["model", "data"])?;
+                        let me = self.req(&c, "model");
+                        let de = self.req(&c, "data");
+                        let m = self.model_expr(me?, "")?;
+                        let dv = self.data_expr(de?, "")?;
+                        if !self.compatible(&m, &dv, de?.span) {
+                            return None;
+                        }
+                        (
+                            VectorOp::Grad {
+                                model: m.step,
+                                data: dv.step,
+                            },
+                            m.spec.params,
+                        )
+                    }
+                    "random_vector" => {
+                        let c = self.bind(callee, d.span, args, &["model", "seed"])?;
+                        let me = self.req(&c, "model")?;
+                        let m = self.model_expr(me, "")?;
+                        let seed = self.seed(&c)?;
+                        (
+                            VectorOp::Random {
+                                model: m.step,
+                                seed,
+                            },
+                            m.spec.params,
+                        )
+                    }
+                    "weights" | "initial_weights" => {
+                        let c = self.bind(callee, d.span, args, &["model"])?;
+                        let me = self.req(&c, "model")?;
+                        let m = self.model_expr(me, "")?;
+                        let op = if f == "weights" {
+                            VectorOp::Weights { model: m.step }
+                        } else {
+                            VectorOp::InitialWeights { model: m.step }
+                        };
+                        (op, m.spec.params)
+                    }
+                    other => {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::Unknown {
+                                    what: "vector".into(),
+                                    name: other.into(),
+                                },
+                                callee.span,
+                                "not a vector",
+                            )
+                            .hint_opt(did_you_mean(other, VECTORS))
+                            .hint(format!("vectors: {}", VECTORS.join(", "))),
+                        );
+                        return None;
+                    }
+                }
+            }
+            ExprKind::Binary { op, lhs, rhs } => match op {
+                BinOp::Add | BinOp::Sub => {
+                    let a = self.vector_expr(lhs, "");
+                    let b = self.vector_expr(rhs, "");
+                    let (a, b) = (a?, b?);
+                    if a.len != b.len {
+                        self.error(Diagnostic::new(
+                            ErrorKind::Mismatch {
+                                what: "vector sizes differ".into(),
+                                detail: format!("{} and {} entries", a.len, b.len),
+                            },
+                            d.span,
+                            "vectors of different models",
+                        ));
+                        return None;
+                    }
+                    let op = if *op == BinOp::Add {
+                        VectorOp::Add { a: a.step, b: b.step }
+                    } else {
+                        VectorOp::Sub { a: a.step, b: b.step }
+                    };
+                    (op, a.len)
+                }
+                BinOp::Mul => {
+                    let factor = self.number(lhs, "scale factor")?;
+                    let v = self.vector_expr(rhs, "")?;
+                    (VectorOp::Scale { factor, v: v.step }, v.len)
+                }
+                BinOp::Div => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "vectors cannot be divided".into(),
+                        },
+                        d.span,
+                        "write `0.5 * v` to scale",
+                    ));
+                    return None;
+                }
+            },
+            ExprKind::Neg(x) => {
+                let v = self.vector_expr(x, "")?;
+                (VectorOp::Scale { factor: -1.0, v: v.step }, v.len)
+            }
+            _ => {
+                let found = self.describe(d);
+                self.error(Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "a vector".into(),
+                        found,
+                    },
+                    d.span,
+                    "not a vector",
+                ));
+                return None;
+            }
+        };
+        let step = self.emit(Op::Vector { name, vector }, d.span);
+        Some(VecV { step, len })
+    }
+
+    /// A parameter vector for `m`'s Fisher.
+    fn fim_vector(&mut self, m: &ReprV, e: &'a Expr, what: &str) -> Option<crate::plan::StepId> {
+        if m.object != Object::Fim {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!("`{what}` needs a Fisher representation"),
+                    },
+                    e.span,
+                    "parameter vectors apply to the Fisher",
+                )
+                .hint("the NTK lives on examples × outputs; use Fim(...) here"),
+            );
+            return None;
+        }
+        let v = self.vector_expr(e, "")?;
+        let want: u64 = cost::covered_layers(&m.model.spec, &m.options)
+            .iter()
+            .map(|l| l.params)
+            .sum();
+        if v.len != m.model.spec.params && v.len != want {
+            self.error(Diagnostic::new(
+                ErrorKind::Mismatch {
+                    what: "vector size".into(),
+                    detail: format!("{} entries, the representation has {want} rows", v.len),
+                },
+                e.span,
+                "vector of another model",
+            ));
+            return None;
+        }
+        Some(v.step)
+    }
+
+    pub(super) fn measure_item(&mut self, item: &'a MeasureItem) {
+        let e = self.deref(&item.expr);
+        let key = match &item.name {
+            Some(n) => match self.interpolate(&n.value, n.span) {
+                Some(k) => k,
+                None => return,
+            },
+            None => self.expr_text(&item.expr),
+        };
+        let Some((callee, args)) = Self::as_call(e) else {
+            let found = self.describe(e);
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "a measurement".into(),
+                        found,
+                    },
+                    e.span,
+                    "nothing to measure",
+                )
+                .hint(format!("measurements: {}", MEASUREMENTS.join(", "))),
+            );
+            return;
+        };
+        let Some(measurement) = self.measurement(callee, args, e.span) else {
+            return;
+        };
+        self.keys.insert(key.clone());
+        self.emit(Op::Measure { key, measurement }, item.span);
+    }
+
+    /// Replaces `{var}` by the sweep value of `var`.
+    fn interpolate(&mut self, text: &str, span: Span) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                self.error(Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "unclosed `{` in a name".into(),
+                    },
+                    span,
+                    "write `{variable}`",
+                ));
+                return None;
+            };
+            let var = &rest[open + 1..open + close];
+            match self.sweep.get(var) {
+                Some(v) => out.push_str(v),
+                None => {
+                    let vars: Vec<&str> = self.sweep.keys().map(|s| s.as_str()).collect();
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Undefined {
+                                what: "sweep variable".into(),
+                                name: var.into(),
+                            },
+                            span,
+                            "only loop variables can be interpolated",
+                        )
+                        .hint_opt(did_you_mean(var, vars.iter().copied()))
+                        .hint(if vars.is_empty() {
+                            "this measurement is not inside a `for` loop".to_string()
+                        } else {
+                            format!("loop variables here: {}", vars.join(", "))
+                        }),
+                    );
+                    return None;
+                }
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn measurement(&mut self, callee: &'a Ident, args: &'a [Arg], span: Span) -> Option<Measurement> {
+        let f = callee.name.as_str();
+        let op = |r: &ReprV, l: Option<String>| Operand {
+            repr: r.step,
+            layer: l,
+        };
+        Some(match f {
+            "trace" | "frobenius" | "spectral_norm" | "diag" | "effective_rank" | "memory" => {
+                let c = self.bind(callee, span, args, &["m"])?;
+                let me = self.req(&c, "m")?;
+                let (r, l) = self.operand(me)?;
+                let m = op(&r, l);
+                match f {
+                    "trace" => Measurement::Trace { m },
+                    "frobenius" => Measurement::Frobenius { m },
+                    "spectral_norm" => Measurement::SpectralNorm { m },
+                    "diag" => Measurement::Diagonal { m },
+                    "effective_rank" => Measurement::EffectiveRank { m },
+                    _ => Measurement::Memory { m },
+                }
+            }
+            "mv" | "vTMv" => {
+                let c = self.bind(callee, span, args, &["m", "v"])?;
+                let me = self.req(&c, "m");
+                let ve = self.req(&c, "v");
+                let (r, l) = self.operand(me?)?;
+                let v = self.fim_vector(&r, ve?, f)?;
+                if f == "mv" {
+                    Measurement::Mv { m: op(&r, l), v }
+                } else {
+                    Measurement::VTMv { m: op(&r, l), v }
+                }
+            }
+            "solve" => {
+                let c = self.bind(callee, span, args, &["m", "v", "damping"])?;
+                let me = self.req(&c, "m");
+                let ve = self.req(&c, "v");
+                let (r, l) = self.operand(me?)?;
+                let v = self.fim_vector(&r, ve?, f)?;
+                let damping = match c.get("damping") {
+                    Some(d) => self.float_in(d, "damping", 0.0, f64::MAX)?,
+                    None => 1e-3,
+                };
+                if damping == 0.0 && !matches!(r.structure, Structure::Dense | Structure::BlockDiag) {
+                    self.error(Diagnostic::new(
+                        ErrorKind::OutOfRange {
+                            name: "damping".into(),
+                            value: "0".into(),
+                            range: "must be > 0 for this structure".into(),
+                        },
+                        c.get("damping").unwrap().span,
+                        "singular without damping",
+                    ));
+                    return None;
+                }
+                Measurement::Solve {
+                    m: op(&r, l),
+                    v,
+                    damping,
+                }
+            }
+            "eigenvalues" => {
+                let c = self.bind(callee, span, args, &["m", "top"])?;
+                let me = self.req(&c, "m")?;
+                let (r, l) = self.operand(me)?;
+                let top = match c.get("top") {
+                    Some(t) => self.count(t, "top")?,
+                    None => 10,
+                };
+                Measurement::Eigenvalues { m: op(&r, l), top }
+            }
+            "alignment" => {
+                let c = self.bind(callee, span, args, &["m", "targets", "centered"])?;
+                let me = self.req(&c, "m");
+                let te = self.req(&c, "targets");
+                let (r, l) = self.operand(me?)?;
+                if r.object != Object::Ntk {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "kernel–target alignment needs an NTK".into(),
+                        },
+                        me?.span,
+                        "this is a Fisher representation",
+                    ));
+                    return None;
+                }
+                let te = te?;
+                let td = self.deref(te);
+                let target_data = match &td.kind {
+                    ExprKind::Call { callee, args } if callee.name == "onehot" || callee.name == "targets" => {
+                        let tc = self.bind(callee, td.span, args, &["data"])?;
+                        {
+                            let de = self.req(&tc, "data")?;
+                            self.data_expr(de, "")?
+                        }
+                    }
+                    _ => self.data_expr(td, "")?,
+                };
+                if target_data.step != r.data {
+                    let kname = self.items[r.data.0 as usize].op.clone();
+                    let kn = match kname {
+                        Op::Data { name, .. } | Op::Transform { name, .. } => name,
+                        _ => String::new(),
+                    };
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Mismatch {
+                                what: "targets of other examples".into(),
+                                detail: format!(
+                                    "the kernel is on `{kn}`, the targets come from `{}`",
+                                    target_data.name
+                                ),
+                            },
+                            te.span,
+                            "must be the kernel's examples",
+                        )
+                        .hint(format!("use `onehot({kn})`")),
+                    );
+                    return None;
+                }
+                let centered = match c.get("centered") {
+                    Some(x) => self.boolean(x, "centered")?,
+                    None => false,
+                };
+                Measurement::Alignment {
+                    m: op(&r, l),
+                    targets: target_data.step,
+                    centered,
+                }
+            }
+            "rel_error" => {
+                let c = self.bind(callee, span, args, &["a", "b"])?;
+                let ae = self.req(&c, "a");
+                let be = self.req(&c, "b");
+                let a = self.operand(ae?);
+                let b = self.operand(be?);
+                let ((ra, la), (rb, lb)) = (a?, b?);
+                if ra.object != rb.object
+                    || ra.model.spec.params != rb.model.spec.params
+                    || la != lb
+                    || ra.options.examples != rb.options.examples
+                {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Mismatch {
+                                what: "cannot compare these".into(),
+                                detail: format!(
+                                    "{:?}{} vs {:?}{}",
+                                    ra.object,
+                                    la.as_ref().map(|l| format!("[{l}]")).unwrap_or_default(),
+                                    rb.object,
+                                    lb.as_ref().map(|l| format!("[{l}]")).unwrap_or_default()
+                                ),
+                            },
+                            span,
+                            "both sides must be the same object of the same model, on the same layer",
+                        ),
+                    );
+                    return None;
+                }
+                Measurement::RelError {
+                    a: op(&ra, la),
+                    b: op(&rb, lb),
+                }
+            }
+            "loss" | "accuracy" => {
+                let c = self.bind(callee, span, args, &["model", "data"])?;
+                let me = self.req(&c, "model");
+                let de = self.req(&c, "data");
+                let m = self.model_expr(me?, "");
+                let dv = self.data_expr(de?, "");
+                let (m, dv) = (m?, dv?);
+                if !self.compatible(&m, &dv, de?.span) {
+                    return None;
+                }
+                if f == "accuracy" {
+                    if dv.info.classes.is_none() {
+                        self.error(Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "accuracy needs class labels".into(),
+                            },
+                            de?.span,
+                            format!("`{}` is a regression dataset", dv.name),
+                        ));
+                        return None;
+                    }
+                    Measurement::Accuracy {
+                        model: m.step,
+                        data: dv.step,
+                    }
+                } else {
+                    Measurement::Loss {
+                        model: m.step,
+                        data: dv.step,
+                    }
+                }
+            }
+            "norm" => {
+                let c = self.bind(callee, span, args, &["v"])?;
+                let ve = self.req(&c, "v")?;
+                let v = self.vector_expr(ve, "")?;
+                Measurement::Norm { v: v.step }
+            }
+            "dot" => {
+                let c = self.bind(callee, span, args, &["a", "b"])?;
+                let ae = self.req(&c, "a");
+                let be = self.req(&c, "b");
+                let a = self.vector_expr(ae?, "");
+                let b = self.vector_expr(be?, "");
+                Measurement::Dot {
+                    a: a?.step,
+                    b: b?.step,
+                }
+            }
+            other => {
+                let mut d = Diagnostic::new(
+                    ErrorKind::Unknown {
+                        what: "measurement".into(),
+                        name: other.into(),
+                    },
+                    callee.span,
+                    "not a measurement",
+                )
+                .hint_opt(did_you_mean(other, MEASUREMENTS));
+                if other == "Fim" || other == "Ntk" {
+                    d = d.hint("measure a property of it, e.g. `measure trace(Fim(KFAC) of net on probe)`");
+                } else {
+                    d = d.hint(format!("measurements: {}", MEASUREMENTS.join(", ")));
+                }
+                self.error(d);
+                return None;
+            }
+        })
+    }
+}

@@ -1,0 +1,672 @@
+//! Semantic checks: AST → [`Program`].
+//!
+//! Resolves names, checks the type of every argument and option, propagates
+//! shapes through each model from its input shape, refuses structures that
+//! do not support a layer and representations over the memory budget. All
+//! errors of a file are collected. Sweeps (`for x in [...]`) are unrolled
+//! here, so the program (and the plan) is a flat list.
+
+mod args;
+mod data;
+mod env;
+mod geometry;
+mod model;
+mod train;
+
+use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::{Dtype, Header, HookRef, Op, StepId, Tags};
+use crate::syntax::{Expr, ExprKind, File, Span, Stmt, StmtKind};
+use env::{Binding, Scopes, Val};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// How to check: where relative paths start and how much memory a single
+/// representation may take.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Directory that relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// Overrides the file's `memory_budget` (bytes).
+    pub memory_budget: Option<u64>,
+    /// Used when neither the file nor the caller sets a budget.
+    pub default_budget: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            base_dir: PathBuf::from("."),
+            memory_budget: None,
+            default_budget: default_memory_budget(),
+        }
+    }
+}
+
+/// Half of physical memory (from /proc/meminfo), or 8 GiB if unknown.
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    total.map_or(8 << 30, |t| t / 2)
+}
+
+/// One checked step, before planning assigns dependencies and costs.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub op: Op,
+    pub span: Span,
+    pub sweep: Tags,
+    pub hook: Option<HookRef>,
+}
+
+/// The checked program: resolved, typed, flat.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub header: Header,
+    pub items: Vec<Item>,
+}
+
+/// Checks a parsed file.
+pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec<Diagnostic>> {
+    let mut c = Checker::new(src, opts);
+    c.scopes.push();
+    c.header(file);
+    for stmt in &file.stmts {
+        c.stmt(stmt, true);
+    }
+    c.check_plots();
+    if c.diags.is_empty() {
+        Ok(Program {
+            header: c.header,
+            items: c.items,
+        })
+    } else {
+        Err(c.finish_diags())
+    }
+}
+
+struct HookCtx {
+    train: StepId,
+    hook: u32,
+}
+
+struct PlotCheck {
+    pattern: String,
+    span: Span,
+    x: (String, Span),
+    by: Vec<(String, Span)>,
+}
+
+pub(crate) struct Checker<'a> {
+    src: &'a str,
+    opts: &'a CheckOptions,
+    diags: Vec<Diagnostic>,
+    items: Vec<Item>,
+    scopes: Scopes<'a>,
+    header: Header,
+    budget: u64,
+    sweep: Tags,
+    hook: Option<HookCtx>,
+    /// Every measurement key the file produces (for `plot` patterns).
+    keys: BTreeSet<String>,
+    /// Every sweep variable name (for `plot ... by`).
+    sweep_vars: BTreeSet<String>,
+    plots: Vec<PlotCheck>,
+    anon: usize,
+}
+
+impl<'a> Checker<'a> {
+    fn new(src: &'a str, opts: &'a CheckOptions) -> Self {
+        Checker {
+            src,
+            opts,
+            diags: Vec::new(),
+            items: Vec::new(),
+            scopes: Scopes::default(),
+            header: Header {
+                name: String::new(),
+                seed: 0,
+                backend: "candle".into(),
+                device: "cpu".into(),
+                dtype: Dtype::F32,
+                out: String::new(),
+                memory_budget: None,
+            },
+            budget: opts.default_budget,
+            sweep: Tags::new(),
+            hook: None,
+            keys: BTreeSet::new(),
+            sweep_vars: BTreeSet::new(),
+            plots: Vec::new(),
+            anon: 0,
+        }
+    }
+
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Diagnostics in source order, each once (unrolled sweeps repeat them).
+    fn finish_diags(&mut self) -> Vec<Diagnostic> {
+        let mut seen = BTreeSet::new();
+        let mut out: Vec<Diagnostic> = Vec::new();
+        for d in std::mem::take(&mut self.diags) {
+            let key = (d.span, d.kind.to_string(), d.label.clone());
+            if seen.insert(key) {
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|d| d.span.start);
+        out
+    }
+
+    /// Appends a step and returns its id.
+    fn emit(&mut self, op: Op, span: Span) -> StepId {
+        let id = StepId(self.items.len() as u32);
+        self.items.push(Item {
+            op,
+            span,
+            sweep: self.sweep.clone(),
+            hook: self.hook.as_ref().map(|h| HookRef {
+                train: h.train,
+                hook: h.hook,
+            }),
+        });
+        id
+    }
+
+    /// A name for a step that has none in the source (`_1`, `_2`, ...).
+    fn anon_name(&mut self) -> String {
+        self.anon += 1;
+        format!("_{}", self.anon)
+    }
+
+    // ------------------------------------------------------------ header
+
+    fn header(&mut self, file: &'a File) {
+        let headers: Vec<&Stmt> = file
+            .stmts
+            .iter()
+            .filter(|s| matches!(s.kind, StmtKind::Experiment { .. }))
+            .collect();
+        let Some(first) = headers.first() else {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "missing `experiment` header".into(),
+                    },
+                    Span::new(0, 0),
+                    "the file should start with the experiment header",
+                )
+                .hint("start the file with `experiment NAME { seed = 0 }`"),
+            );
+            return;
+        };
+        for extra in &headers[1..] {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "a file declares one experiment".into(),
+                    },
+                    extra.span,
+                    "second `experiment` header",
+                )
+                .related(first.span, "first declared here"),
+            );
+        }
+        let StmtKind::Experiment { name, settings } = &first.kind else {
+            return;
+        };
+        self.header.name = name.name.clone();
+        self.header.out = format!("runs/{}", name.name);
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        const KEYS: [&str; 6] = ["seed", "backend", "device", "dtype", "out", "memory_budget"];
+        for s in settings {
+            let key = s.key.name.as_str();
+            if !seen.insert(key) && KEYS.contains(&key) {
+                self.error(Diagnostic::new(
+                    ErrorKind::Duplicate { name: key.into() },
+                    s.key.span,
+                    "set again here",
+                ));
+                continue;
+            }
+            match key {
+                "seed" => {
+                    if let Some(v) = self.int(&s.value, "seed", 0, u32::MAX as i64) {
+                        self.header.seed = v as u64;
+                    }
+                }
+                "backend" => {
+                    if let Some(v) = self.word(&s.value, "backend") {
+                        self.header.backend = v;
+                    }
+                }
+                "device" => {
+                    if let Some(v) = self.device(&s.value) {
+                        self.header.device = v;
+                    }
+                }
+                "dtype" => {
+                    if let Some(v) = self.symbol(&s.value, "dtype", &["f32", "f64"]) {
+                        self.header.dtype = if v == "f64" { Dtype::F64 } else { Dtype::F32 };
+                    }
+                }
+                "out" => {
+                    if let Some(v) = self.string(&s.value, "out") {
+                        self.header.out = v;
+                    }
+                }
+                "memory_budget" => {
+                    if let Some(v) = self.size(&s.value, "memory_budget") {
+                        self.header.memory_budget = Some(v);
+                    }
+                }
+                other => {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Unknown {
+                                what: "experiment setting".into(),
+                                name: other.into(),
+                            },
+                            s.key.span,
+                            "not an experiment setting",
+                        )
+                        .hint_opt(did_you_mean(other, KEYS))
+                        .hint(format!("settings are: {}", KEYS.join(", "))),
+                    );
+                }
+            }
+        }
+        self.budget = self
+            .opts
+            .memory_budget
+            .or(self.header.memory_budget)
+            .unwrap_or(self.opts.default_budget);
+    }
+
+    fn device(&mut self, e: &'a Expr) -> Option<String> {
+        let e = self.deref(e);
+        let text = match &e.kind {
+            ExprKind::Ident(n) => n.clone(),
+            ExprKind::Str(s) => s.clone(),
+            ExprKind::Call { callee, args } if callee.name == "cuda" && args.len() == 1 => {
+                let n = self.int(&args[0].value, "cuda device", 0, 1023)?;
+                format!("cuda:{n}")
+            }
+            _ => String::new(),
+        };
+        let ok = text == "cpu"
+            || text == "cuda"
+            || text
+                .strip_prefix("cuda:")
+                .is_some_and(|n| !n.is_empty() && n.parse::<u32>().is_ok());
+        if ok {
+            Some(text)
+        } else {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::BadChoice {
+                        what: "device".into(),
+                        value: if text.is_empty() { "this".into() } else { text },
+                    },
+                    e.span,
+                    "expected `cpu`, `cuda` or `\"cuda:N\"`",
+                )
+                .hint("write `device = cpu`, `device = cuda` or `device = \"cuda:1\"`"),
+            );
+            None
+        }
+    }
+
+    // ------------------------------------------------------------ statements
+
+    fn stmt(&mut self, stmt: &'a Stmt, top: bool) {
+        match &stmt.kind {
+            StmtKind::Experiment { .. } => {
+                if !top {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`experiment` must be at the top level".into(),
+                        },
+                        stmt.span,
+                        "inside a block",
+                    ));
+                }
+            }
+            StmtKind::Data { names, value } => self.data_stmt(names, value, stmt.span),
+            StmtKind::Model { name, value } => {
+                if !self.define_check(&name.name, name.span) {
+                    return;
+                }
+                if let Some(m) = self.model_expr(value, &name.name) {
+                    self.scopes
+                        .insert(name.name.clone(), Binding::Val(Val::Model(m), name.span));
+                }
+            }
+            StmtKind::Let { name, value } => self.let_stmt(name, value),
+            StmtKind::Measure { items } => {
+                for item in items {
+                    self.measure_item(item);
+                }
+            }
+            StmtKind::Train {
+                model,
+                data,
+                result,
+                settings,
+                hooks,
+            } => {
+                if self.hook.is_some() {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`train` cannot run inside a training hook".into(),
+                        },
+                        stmt.span,
+                        "nested training",
+                    ));
+                    return;
+                }
+                self.train_stmt(model, data, result.as_ref(), settings, hooks, stmt.span);
+            }
+            StmtKind::For { var, iter, body } => self.for_stmt(var, iter, body),
+            StmtKind::Plot { pattern, x, by, flags, file } => {
+                if !top {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`plot` must be at the top level".into(),
+                        },
+                        stmt.span,
+                        "inside a block",
+                    ));
+                    return;
+                }
+                self.plot_stmt(pattern, x, by, flags, file.as_ref(), stmt.span);
+            }
+            StmtKind::Save { model, path } => {
+                let Some(m) = self.model_ref(model) else {
+                    return;
+                };
+                if path.value.is_empty() || !path.value.ends_with(".safetensors") {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "weights are saved as safetensors".into(),
+                            },
+                            path.span,
+                            "not a `.safetensors` path",
+                        )
+                        .hint("use a path ending in `.safetensors`"),
+                    );
+                    return;
+                }
+                self.emit(
+                    Op::Save {
+                        model: m.step,
+                        path: path.value.clone(),
+                    },
+                    stmt.span,
+                );
+            }
+        }
+    }
+
+    /// Refuses to define a name twice in the same scope.
+    fn define_check(&mut self, name: &str, span: Span) -> bool {
+        if let Some(prev) = self.scopes.local(name) {
+            let prev = prev.span();
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Redefined { name: name.into() },
+                    span,
+                    "defined again here",
+                )
+                .related(prev, "first defined here")
+                .hint("pick another name"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn let_stmt(&mut self, name: &'a crate::syntax::Ident, value: &'a Expr) {
+        if !self.define_check(&name.name, name.span) {
+            return;
+        }
+        let target = self.deref(value);
+        let plain = matches!(
+            target.kind,
+            ExprKind::Int(_)
+                | ExprKind::Float(_)
+                | ExprKind::Str(_)
+                | ExprKind::Bool(_)
+                | ExprKind::Size(_)
+                | ExprKind::List(_)
+                | ExprKind::Neg(_)
+        ) || matches!(&target.kind, ExprKind::Ident(n) if self.scopes.get(n).is_none());
+        if plain {
+            self.scopes
+                .insert(name.name.clone(), Binding::Expr(value, name.span));
+            return;
+        }
+        if let Some(v) = self.value(value, &name.name) {
+            self.scopes
+                .insert(name.name.clone(), Binding::Val(v, name.span));
+        }
+    }
+
+    fn for_stmt(&mut self, var: &'a crate::syntax::Ident, iter: &'a Expr, body: &'a [Stmt]) {
+        self.sweep_vars.insert(var.name.clone());
+        let iter_d = self.deref(iter);
+        let items: Vec<(Binding<'a>, String)> = match &iter_d.kind {
+            ExprKind::List(items) => {
+                if items.is_empty() {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "a sweep needs at least one value".into(),
+                        },
+                        iter.span,
+                        "empty list",
+                    ));
+                    return;
+                }
+                items
+                    .iter()
+                    .map(|it| {
+                        let label = match &it.label {
+                            Some(l) => l.value.clone(),
+                            None => self.expr_text(&it.value),
+                        };
+                        (Binding::Expr(&it.value, var.span), label)
+                    })
+                    .collect()
+            }
+            ExprKind::Call { callee, args } if callee.name == "layers" => {
+                let Some(call) = self.bind(callee, iter_d.span, args, &["model"]) else {
+                    return;
+                };
+                let Some(me) = self.req(&call, "model") else {
+                    return;
+                };
+                let Some(m) = self.model_expr(me, "") else {
+                    return;
+                };
+                m.spec
+                    .param_layers()
+                    .map(|l| (Binding::Val(Val::Layer(l.name.clone()), var.span), l.name.clone()))
+                    .collect()
+            }
+            _ => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a list `[a, b, ...]` or `layers(model)`".into(),
+                            found: self.describe(iter),
+                        },
+                        iter.span,
+                        "cannot loop over this",
+                    )
+                    .hint("sweep over a list, e.g. `for noise in [0.0, 0.2, 0.5] { ... }`"),
+                );
+                return;
+            }
+        };
+        for (binding, label) in items {
+            let saved = self.sweep.clone();
+            self.sweep.insert(var.name.clone(), label);
+            self.scopes.push();
+            self.scopes.insert(var.name.clone(), binding);
+            for s in body {
+                self.stmt(s, false);
+            }
+            self.scopes.pop();
+            self.sweep = saved;
+        }
+    }
+
+    fn plot_stmt(
+        &mut self,
+        pattern: &'a crate::syntax::StrLit,
+        x: &'a crate::syntax::Ident,
+        by: &'a [crate::syntax::Ident],
+        flags: &'a [crate::syntax::Ident],
+        file: Option<&'a crate::syntax::StrLit>,
+        span: Span,
+    ) {
+        const FLAGS: [&str; 4] = ["log_x", "log_y", "points", "lines"];
+        for f in flags {
+            if !FLAGS.contains(&f.name.as_str()) {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "plot option".into(),
+                            name: f.name.clone(),
+                        },
+                        f.span,
+                        "not a plot option",
+                    )
+                    .hint_opt(did_you_mean(&f.name, FLAGS))
+                    .hint(format!("plot options are: {}", FLAGS.join(", "))),
+                );
+            }
+        }
+        self.plots.push(PlotCheck {
+            pattern: pattern.value.clone(),
+            span: pattern.span,
+            x: (x.name.clone(), x.span),
+            by: by.iter().map(|b| (b.name.clone(), b.span)).collect(),
+        });
+        let file = file.map(|f| f.value.clone()).unwrap_or_else(|| {
+            let mut f: String = pattern
+                .value
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            f = f.trim_matches('_').to_string();
+            format!("{f}_vs_{}", x.name)
+        });
+        self.emit(
+            Op::Plot {
+                pattern: pattern.value.clone(),
+                x: x.name.clone(),
+                by: by.iter().map(|b| b.name.clone()).collect(),
+                flags: flags.iter().map(|b| b.name.clone()).collect(),
+                file,
+            },
+            span,
+        );
+    }
+
+    /// Plots are checked last: their patterns may match keys defined later.
+    fn check_plots(&mut self) {
+        let plots = std::mem::take(&mut self.plots);
+        for p in plots {
+            let matches = self.keys.iter().any(|k| glob(&p.pattern, k));
+            if !matches {
+                let keys: Vec<&str> = self.keys.iter().map(|s| s.as_str()).collect();
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!("no measurement matches `{}`", p.pattern),
+                        },
+                        p.span,
+                        "matches nothing this file measures",
+                    )
+                    .hint_opt(did_you_mean(&p.pattern, keys.iter().copied()))
+                    .hint(if keys.is_empty() {
+                        "this file measures nothing".to_string()
+                    } else {
+                        format!(
+                            "measured: {}",
+                            keys.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+                        )
+                    }),
+                );
+            }
+            const AXES: [&str; 4] = ["step", "epoch", "time", "memory"];
+            if !AXES.contains(&p.x.0.as_str()) && !self.sweep_vars.contains(&p.x.0) {
+                let mut cands: Vec<String> = AXES.iter().map(|s| s.to_string()).collect();
+                cands.extend(self.sweep_vars.iter().cloned());
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "plot axis".into(),
+                            name: p.x.0.clone(),
+                        },
+                        p.x.1,
+                        "not an axis",
+                    )
+                    .hint_opt(did_you_mean(&p.x.0, cands.iter().map(|s| s.as_str())))
+                    .hint(format!("plot against: {}", cands.join(", "))),
+                );
+            }
+            for (b, span) in &p.by {
+                if b != "group" && b != "layer" && !self.sweep_vars.contains(b) {
+                    let mut cands: Vec<String> = vec!["group".into(), "layer".into()];
+                    cands.extend(self.sweep_vars.iter().cloned());
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Undefined {
+                                what: "sweep variable".into(),
+                                name: b.clone(),
+                            },
+                            *span,
+                            "not a sweep variable of this file",
+                        )
+                        .hint_opt(did_you_mean(b, cands.iter().map(|s| s.as_str())))
+                        .hint(format!("group by: {}", cands.join(", "))),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,801 @@
+//! Models: `sequential(...)`, `mlp(...)`, layers, initialisation, weights.
+//! Shapes are propagated layer by layer from the input shape; a layer that
+//! does not fit its input is reported at that layer.
+
+use super::data::fmt_shape;
+use super::env::{Binding, ModelV, Val};
+use super::Checker;
+use crate::data;
+use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::{Init, Layer, LayerSpec, ModelSpec, Op};
+use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
+use std::rc::Rc;
+
+pub const LAYERS: [&str; 13] = [
+    "linear",
+    "conv2d",
+    "conv1d",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "flatten",
+    "maxpool2d",
+    "avgpool2d",
+    "batchnorm1d",
+    "batchnorm2d",
+    "layernorm",
+];
+const ACTIVATIONS: [&str; 4] = ["relu", "tanh", "sigmoid", "gelu"];
+const INITS: [&str; 4] = ["pytorch", "kaiming", "xavier", "normal"];
+
+impl<'a> Checker<'a> {
+    /// A name that must refer to a model.
+    pub(super) fn model_ref(&mut self, id: &Ident) -> Option<ModelV> {
+        match self.lookup_val(&id.name) {
+            Some(Val::Model(m)) => Some(m),
+            Some(other) => {
+                self.error(Diagnostic::new(
+                    ErrorKind::WrongKind {
+                        name: id.name.clone(),
+                        expected: "model".into(),
+                        found: other.kind().into(),
+                    },
+                    id.span,
+                    format!("this is a {}", other.kind()),
+                ));
+                None
+            }
+            None => {
+                let models = self
+                    .scopes
+                    .names_where(|b| matches!(b, Binding::Val(Val::Model(_), _)));
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Undefined {
+                            what: "model".into(),
+                            name: id.name.clone(),
+                        },
+                        id.span,
+                        "no model of this name",
+                    )
+                    .hint_opt(did_you_mean(&id.name, models.iter().map(|s| s.as_str())))
+                    .hint(if models.is_empty() {
+                        "define it first: `model net = mlp(in = 64, hidden = [128], out = 10)`"
+                            .to_string()
+                    } else {
+                        format!("models defined so far: {}", models.join(", "))
+                    }),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks a model expression: a model name or a constructor call.
+    pub(super) fn model_expr(&mut self, e: &'a Expr, name: &str) -> Option<ModelV> {
+        let d = self.deref(e);
+        match &d.kind {
+            ExprKind::Ident(n) => self.model_ref(&Ident {
+                name: n.clone(),
+                span: d.span,
+            }),
+            ExprKind::Call { callee, args } if callee.name == "initial" => {
+                let call = self.bind(callee, d.span, args, &["model"])?;
+                let me = self.req(&call, "model")?;
+                let m = self.model_expr(me, "")?;
+                // The model as declared: its initial weights.
+                let base = self.base_model_step(m.step);
+                Some(ModelV {
+                    step: base,
+                    name: m.name,
+                    spec: m.spec,
+                })
+            }
+            ExprKind::Call { callee, args } => {
+                let spec = match callee.name.as_str() {
+                    "sequential" => self.sequential(callee, d.span, args)?,
+                    "mlp" => self.mlp(callee, d.span, args)?,
+                    other => {
+                        let mut diag = Diagnostic::new(
+                            ErrorKind::Unknown {
+                                what: "model".into(),
+                                name: other.into(),
+                            },
+                            callee.span,
+                            "not a model constructor",
+                        )
+                        .hint_opt(did_you_mean(other, ["sequential", "mlp"]));
+                        if LAYERS.contains(&other) {
+                            diag = diag.hint(format!(
+                                "`{other}` is a layer: wrap layers in `sequential(...)`"
+                            ));
+                        }
+                        self.error(diag.hint("models: sequential(...), mlp(...)"));
+                        return None;
+                    }
+                };
+                let name = if name.is_empty() {
+                    self.anon_name()
+                } else {
+                    name.to_string()
+                };
+                let spec = Rc::new(spec);
+                let step = self.emit(
+                    Op::Model {
+                        name: name.clone(),
+                        spec: (*spec).clone(),
+                    },
+                    d.span,
+                );
+                Some(ModelV { step, name, spec })
+            }
+            _ => {
+                let found = self.describe(d);
+                self.error(Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "a model".into(),
+                        found,
+                    },
+                    d.span,
+                    "not a model",
+                ));
+                None
+            }
+        }
+    }
+
+    /// The `model` step a (possibly live, trained) model descends from.
+    pub(super) fn base_model_step(&self, mut step: crate::plan::StepId) -> crate::plan::StepId {
+        loop {
+            match &self.items[step.0 as usize].op {
+                Op::Train { model, .. } => step = *model,
+                _ => return step,
+            }
+        }
+    }
+
+    fn init(&mut self, call: &super::args::Call<'a>) -> Option<Init> {
+        let seed0 = self.header.seed;
+        let Some(e) = call.get("init") else {
+            return Some(Init::Pytorch { seed: seed0 });
+        };
+        let d = self.deref(e);
+        let (name, args): (String, &'a [Arg]) = match &d.kind {
+            ExprKind::Ident(n) => (n.clone(), &[]),
+            ExprKind::Call { callee, args } => (callee.name.clone(), args.as_slice()),
+            _ => {
+                self.symbol(d, "initialisation", &INITS);
+                return None;
+            }
+        };
+        if !INITS.contains(&name.as_str()) {
+            self.symbol(d, "initialisation", &INITS);
+            return None;
+        }
+        let callee = Ident {
+            name: name.clone(),
+            span: d.span,
+        };
+        let params: &[&'static str] = if name == "normal" {
+            &["std", "seed"]
+        } else {
+            &["seed"]
+        };
+        let c = self.bind(&callee, d.span, args, params)?;
+        let seed = self.seed(&c)?;
+        Some(match name.as_str() {
+            "kaiming" => Init::Kaiming { seed },
+            "xavier" => Init::Xavier { seed },
+            "normal" => {
+                let std = match c.get("std") {
+                    Some(s) => self.positive(s, "std")?,
+                    None => 0.01,
+                };
+                Init::Normal { std, seed }
+            }
+            _ => Init::Pytorch { seed },
+        })
+    }
+
+    fn weights(&mut self, call: &super::args::Call<'a>, spec: &ModelSpec) -> Option<Option<String>> {
+        let Some(e) = call.get("weights") else {
+            return Some(None);
+        };
+        let path = self.string(e, "weights")?;
+        let full = if std::path::Path::new(&path).is_absolute() {
+            std::path::PathBuf::from(&path)
+        } else {
+            self.opts.base_dir.join(&path)
+        };
+        let keys = match data::safetensors_keys(&full) {
+            Ok(k) => k,
+            Err(err) => {
+                self.error(Diagnostic::new(
+                    ErrorKind::File {
+                        path: path.clone(),
+                        reason: err.to_string(),
+                    },
+                    e.span,
+                    "weights file",
+                ));
+                return None;
+            }
+        };
+        for (key, shape) in expected_tensors(spec) {
+            match keys.iter().find(|(k, _, _)| *k == key) {
+                None => {
+                    let names: Vec<&str> = keys.iter().map(|(k, _, _)| k.as_str()).collect();
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Mismatch {
+                                what: "weights do not match the model".into(),
+                                detail: format!("`{path}` has no tensor `{key}`"),
+                            },
+                            e.span,
+                            format!("`{key}` missing"),
+                        )
+                        .hint_opt(did_you_mean(&key, names.iter().copied()))
+                        .hint(format!(
+                            "the file has: {}",
+                            names.iter().take(10).copied().collect::<Vec<_>>().join(", ")
+                        )),
+                    );
+                    return None;
+                }
+                Some((_, found, _)) if *found != shape => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::ShapeMismatch {
+                            layer: key.clone(),
+                            expected: fmt_shape(&shape),
+                            found: fmt_shape(found),
+                        },
+                        e.span,
+                        format!("`{key}` has another shape in this file"),
+                    ));
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        Some(Some(path))
+    }
+
+    fn sequential(&mut self, callee: &Ident, span: Span, args: &'a [Arg]) -> Option<ModelSpec> {
+        let call = self.bind_variadic(callee, span, args, &["input", "init", "weights"])?;
+        if call.rest.is_empty() {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: "a sequential model needs at least one layer".into(),
+                },
+                span,
+                "no layers",
+            ));
+            return None;
+        }
+        let input = match call.get("input") {
+            Some(i) => self.int_list(i, "input", 1)?,
+            None => {
+                // Infer from a leading linear / conv layer.
+                let first = self.deref(call.rest[0]);
+                let guess = match &first.kind {
+                    ExprKind::Call { callee, args } if callee.name == "linear" => args
+                        .first()
+                        .filter(|a| a.name.is_none() || a.name.as_ref().unwrap().name == "in")
+                        .and_then(|a| match self.deref(&a.value).kind {
+                            ExprKind::Int(i) if i > 0 => Some(vec![i as usize]),
+                            _ => None,
+                        }),
+                    _ => None,
+                };
+                match guess {
+                    Some(g) => g,
+                    None => {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::MissingOption {
+                                    func: "sequential".into(),
+                                    name: "input".into(),
+                                },
+                                span,
+                                "cannot infer the input shape",
+                            )
+                            .hint("give the per-example input shape, e.g. `input = [1, 8, 8]`"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut layers = Vec::new();
+        let mut shape = input.clone();
+        for (i, le) in call.rest.iter().enumerate() {
+            let (layer, out) = self.layer(le, &shape, &format!("layers.{i}"))?;
+            let params = layer_params(&layer);
+            layers.push(LayerSpec {
+                name: format!("layers.{i}"),
+                layer,
+                input: shape.clone(),
+                output: out.clone(),
+                params,
+            });
+            shape = out;
+        }
+        self.finish_model(&call, input, shape, layers)
+    }
+
+    fn finish_model(
+        &mut self,
+        call: &super::args::Call<'a>,
+        input: Vec<usize>,
+        output: Vec<usize>,
+        layers: Vec<LayerSpec>,
+    ) -> Option<ModelSpec> {
+        let init = self.init(call)?;
+        let params = layers.iter().map(|l| l.params).sum();
+        let mut spec = ModelSpec {
+            input,
+            output,
+            layers,
+            params,
+            init,
+            weights: None,
+        };
+        if params == 0 {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: "this model has no parameters".into(),
+                },
+                call.span,
+                "no linear, conv or norm layer",
+            ));
+            return None;
+        }
+        spec.weights = self.weights(call, &spec)?;
+        Some(spec)
+    }
+
+    fn mlp(&mut self, callee: &Ident, span: Span, args: &'a [Arg]) -> Option<ModelSpec> {
+        let call = self.bind(
+            callee,
+            span,
+            args,
+            &["in", "hidden", "out", "act", "bias", "init", "weights"],
+        )?;
+        let ie = self.req(&call, "in");
+        let oe = self.req(&call, "out");
+        let (ie, oe) = (ie?, oe?);
+        let inp = self.count(ie, "in")?;
+        let out = self.count(oe, "out")?;
+        let hidden = match call.get("hidden") {
+            Some(h) => self.int_list(h, "hidden", 1)?,
+            None => vec![],
+        };
+        let act = match call.get("act") {
+            Some(a) => self.symbol(a, "activation", &ACTIVATIONS)?,
+            None => "relu".into(),
+        };
+        let bias = match call.get("bias") {
+            Some(b) => self.boolean(b, "bias")?,
+            None => true,
+        };
+        let act_layer = match act.as_str() {
+            "tanh" => Layer::Tanh,
+            "sigmoid" => Layer::Sigmoid,
+            "gelu" => Layer::Gelu,
+            _ => Layer::Relu,
+        };
+        let mut layers = Vec::new();
+        let mut width = inp;
+        let widths: Vec<usize> = hidden.iter().copied().chain([out]).collect();
+        for (k, w) in widths.iter().enumerate() {
+            let layer = Layer::Linear {
+                in_features: width,
+                out_features: *w,
+                bias,
+            };
+            let params = layer_params(&layer);
+            layers.push(LayerSpec {
+                name: format!("layers.{}", layers.len()),
+                layer,
+                input: vec![width],
+                output: vec![*w],
+                params,
+            });
+            if k + 1 < widths.len() {
+                layers.push(LayerSpec {
+                    name: format!("layers.{}", layers.len()),
+                    layer: act_layer.clone(),
+                    input: vec![*w],
+                    output: vec![*w],
+                    params: 0,
+                });
+            }
+            width = *w;
+        }
+        self.finish_model(&call, vec![inp], vec![out], layers)
+    }
+
+    /// One layer applied to `shape`: the layer and its output shape.
+    fn layer(&mut self, e: &'a Expr, shape: &[usize], name: &str) -> Option<(Layer, Vec<usize>)> {
+        let d = self.deref(e);
+        let (callee, args): (Ident, &'a [Arg]) = match &d.kind {
+            ExprKind::Ident(n) => (
+                Ident {
+                    name: n.clone(),
+                    span: d.span,
+                },
+                &[],
+            ),
+            ExprKind::Call { callee, args } => (callee.clone(), args.as_slice()),
+            _ => {
+                let found = self.describe(d);
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a layer".into(),
+                            found,
+                        },
+                        d.span,
+                        "not a layer",
+                    )
+                    .hint(format!("layers: {}", LAYERS.join(", "))),
+                );
+                return None;
+            }
+        };
+        let span = d.span;
+        let mismatch = |c: &mut Self, expected: String, hint: Option<String>| {
+            c.error(
+                Diagnostic::new(
+                    ErrorKind::ShapeMismatch {
+                        layer: format!("{name} ({})", callee.name),
+                        expected,
+                        found: fmt_shape(shape),
+                    },
+                    span,
+                    format!("input of shape {}", fmt_shape(shape)),
+                )
+                .hint_opt(hint),
+            );
+        };
+        match callee.name.as_str() {
+            "linear" => {
+                let c = self.bind(&callee, span, args, &["in", "out", "bias"])?;
+                let ie = self.req(&c, "in");
+                let oe = self.req(&c, "out");
+                let (ie, oe) = (ie?, oe?);
+                let i = self.count(ie, "in")?;
+                let o = self.count(oe, "out")?;
+                let bias = match c.get("bias") {
+                    Some(b) => self.boolean(b, "bias")?,
+                    None => true,
+                };
+                if shape.len() != 1 || shape[0] != i {
+                    let n: usize = shape.iter().product();
+                    let hint = if shape.len() > 1 && n == i {
+                        Some("add `flatten` before this layer".to_string())
+                    } else if shape.len() > 1 {
+                        Some(format!("after `flatten` it would get [{n}]: use `linear({n}, {o})`"))
+                    } else {
+                        Some(format!("use `linear({}, {o})`", shape[0]))
+                    };
+                    mismatch(self, format!("[{i}]"), hint);
+                    return None;
+                }
+                Some((
+                    Layer::Linear {
+                        in_features: i,
+                        out_features: o,
+                        bias,
+                    },
+                    vec![o],
+                ))
+            }
+            "conv2d" => {
+                let c = self.bind(
+                    &callee,
+                    span,
+                    args,
+                    &["in", "out", "kernel", "stride", "padding", "bias"],
+                )?;
+                let ie = self.req(&c, "in");
+                let oe = self.req(&c, "out");
+                let ke = self.req(&c, "kernel");
+                let (ie, oe, ke) = (ie?, oe?, ke?);
+                let i = self.count(ie, "in")?;
+                let o = self.count(oe, "out")?;
+                let kernel = self.pair(ke, "kernel", 1)?;
+                let stride = match c.get("stride") {
+                    Some(s) => self.pair(s, "stride", 1)?,
+                    None => [1, 1],
+                };
+                let padding = match c.get("padding") {
+                    Some(p) => self.pair(p, "padding", 0)?,
+                    None => [0, 0],
+                };
+                let bias = match c.get("bias") {
+                    Some(b) => self.boolean(b, "bias")?,
+                    None => true,
+                };
+                if shape.len() != 3 || shape[0] != i {
+                    let hint = (shape.len() == 3).then(|| format!("use `conv2d({}, {o}, ...)`", shape[0]));
+                    mismatch(self, format!("[{i}, H, W]"), hint);
+                    return None;
+                }
+                let h = spatial(shape[1], kernel[0], stride[0], padding[0]);
+                let w = spatial(shape[2], kernel[1], stride[1], padding[1]);
+                let (Some(h), Some(w)) = (h, w) else {
+                    mismatch(
+                        self,
+                        format!("an image of at least {}×{} after padding", kernel[0], kernel[1]),
+                        Some("use a smaller kernel or more padding".into()),
+                    );
+                    return None;
+                };
+                Some((
+                    Layer::Conv2d {
+                        in_channels: i,
+                        out_channels: o,
+                        kernel,
+                        stride,
+                        padding,
+                        bias,
+                    },
+                    vec![o, h, w],
+                ))
+            }
+            "conv1d" => {
+                let c = self.bind(
+                    &callee,
+                    span,
+                    args,
+                    &["in", "out", "kernel", "stride", "padding", "bias"],
+                )?;
+                let ie = self.req(&c, "in");
+                let oe = self.req(&c, "out");
+                let ke = self.req(&c, "kernel");
+                let (ie, oe, ke) = (ie?, oe?, ke?);
+                let i = self.count(ie, "in")?;
+                let o = self.count(oe, "out")?;
+                let kernel = self.count(ke, "kernel")?;
+                let stride = match c.get("stride") {
+                    Some(s) => self.count(s, "stride")?,
+                    None => 1,
+                };
+                let padding = match c.get("padding") {
+                    Some(p) => self.int(p, "padding", 0, 1 << 20)? as usize,
+                    None => 0,
+                };
+                let bias = match c.get("bias") {
+                    Some(b) => self.boolean(b, "bias")?,
+                    None => true,
+                };
+                if shape.len() != 2 || shape[0] != i {
+                    mismatch(self, format!("[{i}, L]"), None);
+                    return None;
+                }
+                let Some(l) = spatial(shape[1], kernel, stride, padding) else {
+                    mismatch(self, format!("a length of at least {kernel}"), None);
+                    return None;
+                };
+                Some((
+                    Layer::Conv1d {
+                        in_channels: i,
+                        out_channels: o,
+                        kernel,
+                        stride,
+                        padding,
+                        bias,
+                    },
+                    vec![o, l],
+                ))
+            }
+            "relu" | "tanh" | "sigmoid" | "gelu" | "flatten" => {
+                self.bind(&callee, span, args, &[])?;
+                let layer = match callee.name.as_str() {
+                    "relu" => Layer::Relu,
+                    "tanh" => Layer::Tanh,
+                    "sigmoid" => Layer::Sigmoid,
+                    "gelu" => Layer::Gelu,
+                    _ => Layer::Flatten,
+                };
+                let out = if layer == Layer::Flatten {
+                    vec![shape.iter().product()]
+                } else {
+                    shape.to_vec()
+                };
+                Some((layer, out))
+            }
+            "maxpool2d" | "avgpool2d" => {
+                let c = self.bind(&callee, span, args, &["kernel", "stride"])?;
+                let ke = self.req(&c, "kernel")?;
+                let kernel = self.pair(ke, "kernel", 1)?;
+                let stride = match c.get("stride") {
+                    Some(s) => self.pair(s, "stride", 1)?,
+                    None => kernel,
+                };
+                if shape.len() != 3 {
+                    mismatch(self, "[C, H, W]".into(), None);
+                    return None;
+                }
+                let (Some(h), Some(w)) = (
+                    spatial(shape[1], kernel[0], stride[0], 0),
+                    spatial(shape[2], kernel[1], stride[1], 0),
+                ) else {
+                    mismatch(self, format!("an image of at least {}×{}", kernel[0], kernel[1]), None);
+                    return None;
+                };
+                let layer = if callee.name == "maxpool2d" {
+                    Layer::MaxPool2d { kernel, stride }
+                } else {
+                    Layer::AvgPool2d { kernel, stride }
+                };
+                Some((layer, vec![shape[0], h, w]))
+            }
+            "batchnorm1d" | "batchnorm2d" => {
+                let c = self.bind(&callee, span, args, &["features", "eps"])?;
+                let fe = self.req(&c, "features")?;
+                let f = self.count(fe, "features")?;
+                let eps = match c.get("eps") {
+                    Some(x) => self.positive(x, "eps")?,
+                    None => 1e-5,
+                };
+                if callee.name == "batchnorm1d" {
+                    if shape.is_empty() || shape.len() > 2 || shape[0] != f {
+                        mismatch(self, format!("[{f}] or [{f}, L]"), None);
+                        return None;
+                    }
+                    Some((Layer::BatchNorm1d { features: f, eps }, shape.to_vec()))
+                } else {
+                    if shape.len() != 3 || shape[0] != f {
+                        mismatch(self, format!("[{f}, H, W]"), None);
+                        return None;
+                    }
+                    Some((Layer::BatchNorm2d { channels: f, eps }, shape.to_vec()))
+                }
+            }
+            "layernorm" => {
+                let c = self.bind(&callee, span, args, &["shape", "eps"])?;
+                let se = self.req(&c, "shape")?;
+                let s = self.int_list(se, "shape", 1)?;
+                let eps = match c.get("eps") {
+                    Some(x) => self.positive(x, "eps")?,
+                    None => 1e-5,
+                };
+                if s.len() > shape.len() || shape[shape.len() - s.len()..] != s[..] {
+                    mismatch(self, format!("[..., {}]", fmt_shape(&s).trim_matches(['[', ']'])), None);
+                    return None;
+                }
+                Some((Layer::LayerNorm { shape: s, eps }, shape.to_vec()))
+            }
+            other => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "layer".into(),
+                            name: other.into(),
+                        },
+                        callee.span,
+                        "not a layer",
+                    )
+                    .hint_opt(did_you_mean(other, LAYERS))
+                    .hint(format!("layers: {}", LAYERS.join(", "))),
+                );
+                None
+            }
+        }
+    }
+
+    /// `3` or `[3, 5]` → [h, w].
+    fn pair(&mut self, e: &'a Expr, what: &str, min: i64) -> Option<[usize; 2]> {
+        let v = self.int_list(e, what, min)?;
+        match v.as_slice() {
+            [a] => Some([*a, *a]),
+            [a, b] => Some([*a, *b]),
+            _ => {
+                self.error(Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "one or two integers".into(),
+                        found: format!("{} integers", v.len()),
+                    },
+                    e.span,
+                    format!("`{what}` is `k` or `[kh, kw]`"),
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn spatial(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = size + 2 * padding;
+    (padded >= kernel).then(|| (padded - kernel) / stride + 1)
+}
+
+/// Number of parameters of a layer (weights + bias; γ, β for norms).
+pub fn layer_params(l: &Layer) -> u64 {
+    match l {
+        Layer::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => (*in_features as u64 + *bias as u64) * *out_features as u64,
+        Layer::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            bias,
+            ..
+        } => ((in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64) * *out_channels as u64,
+        Layer::Conv1d {
+            in_channels,
+            out_channels,
+            kernel,
+            bias,
+            ..
+        } => ((in_channels * kernel) as u64 + *bias as u64) * *out_channels as u64,
+        Layer::BatchNorm1d { features, .. } => 2 * *features as u64,
+        Layer::BatchNorm2d { channels, .. } => 2 * *channels as u64,
+        Layer::LayerNorm { shape, .. } => 2 * shape.iter().product::<usize>() as u64,
+        _ => 0,
+    }
+}
+
+/// The `state_dict` tensors a model needs, with their PyTorch shapes.
+pub fn expected_tensors(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for l in &spec.layers {
+        let n = &l.name;
+        match &l.layer {
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
+                out.push((format!("{n}.weight"), vec![*out_features, *in_features]));
+                if *bias {
+                    out.push((format!("{n}.bias"), vec![*out_features]));
+                }
+            }
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
+                out.push((
+                    format!("{n}.weight"),
+                    vec![*out_channels, *in_channels, kernel[0], kernel[1]],
+                ));
+                if *bias {
+                    out.push((format!("{n}.bias"), vec![*out_channels]));
+                }
+            }
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
+                out.push((format!("{n}.weight"), vec![*out_channels, *in_channels, *kernel]));
+                if *bias {
+                    out.push((format!("{n}.bias"), vec![*out_channels]));
+                }
+            }
+            Layer::BatchNorm1d { features: c, .. } | Layer::BatchNorm2d { channels: c, .. } => {
+                for k in ["weight", "bias", "running_mean", "running_var"] {
+                    out.push((format!("{n}.{k}"), vec![*c]));
+                }
+            }
+            Layer::LayerNorm { shape, .. } => {
+                out.push((format!("{n}.weight"), shape.clone()));
+                out.push((format!("{n}.bias"), shape.clone()));
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,729 @@
+//! `train net on data { ... }`: loss, optimiser, length, schedule, mode
+//! (plain, α-scaled, linearised), per-example tracking and hooks.
+
+use super::args::Call;
+use super::env::{Binding, DataV, ModelV, Val};
+use super::{Checker, HookCtx};
+use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::{
+    FisherVariant, Group, HookSchedule, HookSpec, Length, LossKind, LrSchedule, Op, Optimizer,
+    Structure, TrainConfig, TrainMode, Tracking,
+};
+use crate::syntax::{Arg, Expr, ExprKind, Hook, Ident, Schedule, Setting, Span};
+use std::collections::BTreeMap;
+
+const SETTINGS: [&str; 10] = [
+    "loss",
+    "optimizer",
+    "epochs",
+    "steps",
+    "batch",
+    "schedule",
+    "mode",
+    "seed",
+    "eval",
+    "track",
+];
+
+impl<'a> Checker<'a> {
+    pub(super) fn train_stmt(
+        &mut self,
+        model: &'a Ident,
+        data: &'a Expr,
+        result: Option<&'a Ident>,
+        settings: &'a [Setting],
+        hooks: &'a [Hook],
+        span: Span,
+    ) {
+        let m = self.model_ref(model);
+        let dv = self.data_expr(data, "");
+        let (Some(m), Some(dv)) = (m, dv) else {
+            return;
+        };
+        if !self.compatible(&m, &dv, data.span) {
+            return;
+        }
+        if let Some(r) = result {
+            if !self.define_check(&r.name, r.span) {
+                return;
+            }
+        }
+        let mut by_key: BTreeMap<&str, &'a Setting> = BTreeMap::new();
+        for s in settings {
+            let k = s.key.name.as_str();
+            if !SETTINGS.contains(&k) {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "training setting".into(),
+                            name: k.into(),
+                        },
+                        s.key.span,
+                        "not a training setting",
+                    )
+                    .hint_opt(did_you_mean(k, SETTINGS))
+                    .hint(format!("settings: {}", SETTINGS.join(", "))),
+                );
+                continue;
+            }
+            if by_key.insert(k, s).is_some() {
+                self.error(Diagnostic::new(
+                    ErrorKind::Duplicate { name: k.into() },
+                    s.key.span,
+                    "set again here",
+                ));
+            }
+        }
+        let Some(config) = self.train_config(&m, &dv, &by_key, span) else {
+            return;
+        };
+        if config.track.is_some() {
+            // Per-example tracking reports these, tagged by group.
+            self.keys.insert("examples/accuracy".into());
+            self.keys.insert("examples/loss".into());
+        }
+        if config.eval.is_some() {
+            self.keys.insert("eval/accuracy".into());
+            self.keys.insert("eval/loss".into());
+        }
+        self.keys.insert("train/loss".into());
+        let name = result.map_or_else(|| format!("train_{}", m.name), |r| r.name.clone());
+        let total = config.total_steps;
+        let per_epoch = dv.info.n.div_ceil(config.batch) as u64;
+        let train_id = self.emit(
+            Op::Train {
+                name,
+                model: m.step,
+                data: dv.step,
+                config,
+                hooks: Vec::new(),
+            },
+            span,
+        );
+        let mut specs = Vec::new();
+        for (i, h) in hooks.iter().enumerate() {
+            let Some(schedule) = self.hook_schedule(h) else {
+                continue;
+            };
+            let fires = schedule.firing_steps(total, per_epoch).len() as u64;
+            let first = self.items.len();
+            let saved = self.hook.replace(HookCtx {
+                train: train_id,
+                hook: i as u32,
+            });
+            self.scopes.push();
+            // Inside the hook the model's name means its live weights.
+            self.scopes.insert(
+                model.name.clone(),
+                Binding::Val(
+                    Val::Model(ModelV {
+                        step: train_id,
+                        name: m.name.clone(),
+                        spec: m.spec.clone(),
+                    }),
+                    model.span,
+                ),
+            );
+            for s in &h.body {
+                self.stmt(s, false);
+            }
+            self.scopes.pop();
+            self.hook = saved;
+            let steps = (first..self.items.len())
+                .map(|i| crate::plan::StepId(i as u32))
+                .collect();
+            specs.push(HookSpec {
+                schedule,
+                fires,
+                steps,
+            });
+        }
+        if let Op::Train { hooks, .. } = &mut self.items[train_id.0 as usize].op {
+            *hooks = specs;
+        }
+        if let Some(r) = result {
+            self.scopes.insert(
+                r.name.clone(),
+                Binding::Val(
+                    Val::Model(ModelV {
+                        step: train_id,
+                        name: r.name.clone(),
+                        spec: m.spec.clone(),
+                    }),
+                    r.span,
+                ),
+            );
+        }
+    }
+
+    fn train_config(
+        &mut self,
+        m: &ModelV,
+        dv: &DataV,
+        s: &BTreeMap<&str, &'a Setting>,
+        span: Span,
+    ) -> Option<TrainConfig> {
+        let mut ok = true;
+        let loss = match s.get("loss") {
+            Some(l) => self
+                .symbol(&l.value, "loss", &["cross_entropy", "mse"])
+                .map(|v| if v == "mse" { LossKind::Mse } else { LossKind::CrossEntropy }),
+            None if dv.info.classes.is_some() => Some(LossKind::CrossEntropy),
+            None => Some(LossKind::Mse),
+        };
+        if loss == Some(LossKind::CrossEntropy) && dv.info.classes.is_none() {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "cross-entropy needs class labels".into(),
+                    },
+                    s.get("loss").map_or(span, |l| l.value.span),
+                    format!("`{}` is a regression dataset", dv.name),
+                )
+                .hint("use `loss = mse`"),
+            );
+            ok = false;
+        }
+        let optimizer = match s.get("optimizer") {
+            Some(o) => self.optimizer(&o.value),
+            None => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::MissingOption {
+                            func: "train".into(),
+                            name: "optimizer".into(),
+                        },
+                        span,
+                        "how should it train?",
+                    )
+                    .hint("add e.g. `optimizer = sgd(lr = 0.1, momentum = 0.9)`"),
+                );
+                None
+            }
+        };
+        let length = match (s.get("epochs"), s.get("steps")) {
+            (Some(e), None) => self.int(&e.value, "epochs", 1, 1 << 30).map(|v| Length::Epochs(v as u64)),
+            (None, Some(st)) => self.int(&st.value, "steps", 1, 1 << 40).map(|v| Length::Steps(v as u64)),
+            (Some(_), Some(st)) => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "give `epochs` or `steps`, not both".into(),
+                        },
+                        st.span,
+                        "second length",
+                    )
+                    .related(s["epochs"].span, "epochs given here"),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::MissingOption {
+                            func: "train".into(),
+                            name: "epochs".into(),
+                        },
+                        span,
+                        "how long?",
+                    )
+                    .hint("add `epochs = 10` or `steps = 1000`"),
+                );
+                None
+            }
+        };
+        let batch = match s.get("batch") {
+            Some(b) => self.int(&b.value, "batch", 1, dv.info.n as i64).map(|v| v as usize),
+            None => Some(64.min(dv.info.n)),
+        };
+        let schedule = match s.get("schedule") {
+            Some(sc) => self.lr_schedule(&sc.value),
+            None => Some(LrSchedule::Constant),
+        };
+        let mode = match s.get("mode") {
+            Some(md) => self.train_mode(&md.value),
+            None => Some(TrainMode::Plain),
+        };
+        let seed = match s.get("seed") {
+            Some(x) => self.int(&x.value, "seed", 0, u32::MAX as i64).map(|v| v as u64),
+            None => Some(self.header.seed),
+        };
+        let eval = match s.get("eval") {
+            Some(x) => match self.data_expr(&x.value, "") {
+                Some(ev) if self.compatible(m, &ev, x.value.span) => Some(Some(ev.step)),
+                _ => None,
+            },
+            None => Some(None),
+        };
+        let track = match s.get("track") {
+            Some(x) => self.tracking(&x.value, dv).map(Some),
+            None => Some(None),
+        };
+        let (loss, optimizer, length, batch, schedule, mode, seed, eval, track) = (
+            loss?, optimizer?, length?, batch?, schedule?, mode?, seed?, eval?, track?,
+        );
+        if !ok {
+            return None;
+        }
+        let per_epoch = dv.info.n.div_ceil(batch) as u64;
+        let total_steps = match length {
+            Length::Epochs(e) => e * per_epoch,
+            Length::Steps(st) => st,
+        };
+        Some(TrainConfig {
+            loss,
+            optimizer,
+            length,
+            batch,
+            schedule,
+            mode,
+            seed,
+            eval,
+            track,
+            total_steps,
+        })
+    }
+
+    fn named_call(e: &'a Expr) -> Option<(Ident, &'a [Arg])> {
+        match &e.kind {
+            ExprKind::Ident(n) => Some((
+                Ident {
+                    name: n.clone(),
+                    span: e.span,
+                },
+                &[],
+            )),
+            ExprKind::Call { callee, args } => Some((callee.clone(), args.as_slice())),
+            _ => None,
+        }
+    }
+
+    fn opt_f(&mut self, c: &Call<'a>, name: &str, default: f64, min: f64, max: f64) -> Option<f64> {
+        match c.get(name) {
+            Some(e) => self.float_in(e, name, min, max),
+            None => Some(default),
+        }
+    }
+
+    fn optimizer(&mut self, e: &'a Expr) -> Option<Optimizer> {
+        let d = self.deref(e);
+        const OPTS: [&str; 3] = ["sgd", "adam", "ngd"];
+        let Some((callee, args)) = Self::named_call(d) else {
+            self.symbol(d, "optimizer", &OPTS);
+            return None;
+        };
+        match callee.name.as_str() {
+            "sgd" => {
+                let c = self.bind(&callee, d.span, args, &["lr", "momentum", "nesterov", "weight_decay"])?;
+                let lr = self.req(&c, "lr").and_then(|x| self.positive(x, "lr"));
+                let momentum = self.opt_f(&c, "momentum", 0.0, 0.0, 0.999999);
+                let weight_decay = self.opt_f(&c, "weight_decay", 0.0, 0.0, f64::MAX);
+                let nesterov = match c.get("nesterov") {
+                    Some(n) => self.boolean(n, "nesterov"),
+                    None => Some(false),
+                };
+                Some(Optimizer::Sgd {
+                    lr: lr?,
+                    momentum: momentum?,
+                    nesterov: nesterov?,
+                    weight_decay: weight_decay?,
+                })
+            }
+            "adam" => {
+                let c = self.bind(&callee, d.span, args, &["lr", "betas", "eps", "weight_decay"])?;
+                let lr = match c.get("lr") {
+                    Some(x) => self.positive(x, "lr"),
+                    None => Some(1e-3),
+                };
+                let (beta1, beta2) = match c.get("betas") {
+                    Some(b) => match &self.deref(b).kind {
+                        ExprKind::List(items) if items.len() == 2 => {
+                            let b1 = self.float_in(&items[0].value, "beta1", 0.0, 0.999999);
+                            let b2 = self.float_in(&items[1].value, "beta2", 0.0, 0.999999);
+                            (b1, b2)
+                        }
+                        _ => {
+                            self.error(Diagnostic::new(
+                                ErrorKind::TypeMismatch {
+                                    expected: "two numbers `[0.9, 0.999]`".into(),
+                                    found: self.describe(b),
+                                },
+                                b.span,
+                                "betas",
+                            ));
+                            (None, None)
+                        }
+                    },
+                    None => (Some(0.9), Some(0.999)),
+                };
+                let eps = self.opt_f(&c, "eps", 1e-8, 0.0, 1.0);
+                let weight_decay = self.opt_f(&c, "weight_decay", 0.0, 0.0, f64::MAX);
+                Some(Optimizer::Adam {
+                    lr: lr?,
+                    beta1: beta1?,
+                    beta2: beta2?,
+                    eps: eps?,
+                    weight_decay: weight_decay?,
+                })
+            }
+            "ngd" => {
+                let c = self.bind(
+                    &callee,
+                    d.span,
+                    args,
+                    &["fim", "lr", "damping", "refresh", "refit", "fisher", "momentum"],
+                )?;
+                let fe = self.req(&c, "fim")?;
+                let fim = self.ngd_structure(fe)?;
+                let lr = self.req(&c, "lr").and_then(|x| self.positive(x, "lr"));
+                let damping = match c.get("damping") {
+                    Some(x) => self.positive(x, "damping"),
+                    None => Some(1e-3),
+                };
+                let refresh = match c.get("refresh") {
+                    Some(x) => self.int(x, "refresh", 1, 1 << 30).map(|v| v as u64),
+                    None => Some(10),
+                };
+                let momentum = self.opt_f(&c, "momentum", 0.0, 0.0, 0.999999);
+                let fisher = match c.get("fisher") {
+                    Some(x) => self.ngd_fisher(x),
+                    None => Some(FisherVariant::True),
+                };
+                let refit = match (c.get("refit"), &fim) {
+                    (Some(x), Structure::Ekfac { .. }) => {
+                        let r = self.int(x, "refit", 1, 1 << 30).map(|v| v as u64)?;
+                        if let Some(t) = refresh {
+                            if r > t {
+                                self.error(
+                                    Diagnostic::new(
+                                        ErrorKind::OutOfRange {
+                                            name: "refit".into(),
+                                            value: r.to_string(),
+                                            range: format!("must be ≤ refresh ({t})"),
+                                        },
+                                        x.span,
+                                        "the diagonal is refitted within each basis",
+                                    )
+                                    .hint("EKFAC refits its diagonal at least as often as it recomputes its eigenbasis"),
+                                );
+                                return None;
+                            }
+                        }
+                        Some(Some(r))
+                    }
+                    (Some(x), other) => {
+                        self.error(Diagnostic::new(
+                            ErrorKind::UnknownOption {
+                                func: format!("ngd(fim = {})", other.name()),
+                                name: "refit".into(),
+                            },
+                            x.span,
+                            "only EKFAC refits a diagonal",
+                        ));
+                        return None;
+                    }
+                    (None, Structure::Ekfac { .. }) => Some(refresh),
+                    (None, _) => Some(None),
+                };
+                Some(Optimizer::Ngd {
+                    fim,
+                    fisher: fisher?,
+                    lr: lr?,
+                    damping: damping?,
+                    refresh: refresh?,
+                    refit: refit?,
+                    momentum: momentum?,
+                })
+            }
+            other => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Unknown {
+                            what: "optimizer".into(),
+                            name: other.into(),
+                        },
+                        callee.span,
+                        "not an optimizer",
+                    )
+                    .hint_opt(did_you_mean(other, OPTS))
+                    .hint("optimizers: sgd(lr, momentum, nesterov, weight_decay), adam(lr, betas, eps, weight_decay), ngd(fim, lr, damping, refresh, refit)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn ngd_structure(&mut self, e: &'a Expr) -> Option<Structure> {
+        let d = self.deref(e);
+        let name = Self::named_call(d).map(|(c, _)| c.name).unwrap_or_default();
+        const OK: [&str; 4] = ["KFAC", "EKFAC", "Diag", "BlockDiag"];
+        if !OK.contains(&name.as_str()) {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::BadChoice {
+                        what: "natural-gradient preconditioner".into(),
+                        value: self.expr_text(d),
+                    },
+                    d.span,
+                    "expected `KFAC`, `EKFAC`, `Diag` or `BlockDiag`",
+                )
+                .hint_opt(did_you_mean(&name, OK)),
+            );
+            return None;
+        }
+        Some(match name.as_str() {
+            "KFAC" => Structure::Kfac,
+            "EKFAC" => Structure::Ekfac { refit: true },
+            "Diag" => Structure::Diag,
+            _ => Structure::BlockDiag,
+        })
+    }
+
+    fn ngd_fisher(&mut self, e: &'a Expr) -> Option<FisherVariant> {
+        let d = self.deref(e);
+        match &d.kind {
+            ExprKind::Bool(true) => Some(FisherVariant::True),
+            _ => match Self::named_call(d) {
+                Some((c, args)) if c.name == "mc" => {
+                    let call = self.bind(&c, d.span, args, &["samples", "seed"])?;
+                    let samples = match call.get("samples") {
+                        Some(s) => self.count(s, "samples")?,
+                        None => 1,
+                    };
+                    let seed = self.seed(&call)?;
+                    Some(FisherVariant::Mc { samples, seed })
+                }
+                _ => self
+                    .symbol(d, "Fisher variant", &["true", "exact", "empirical"])
+                    .map(|s| {
+                        if s == "empirical" {
+                            FisherVariant::Empirical
+                        } else {
+                            FisherVariant::True
+                        }
+                    }),
+            },
+        }
+    }
+
+    fn lr_schedule(&mut self, e: &'a Expr) -> Option<LrSchedule> {
+        let d = self.deref(e);
+        match Self::named_call(d) {
+            Some((c, args)) if c.name == "step" => {
+                let call = self.bind(&c, d.span, args, &["every", "gamma"])?;
+                let every = self.req(&call, "every").and_then(|x| self.int(x, "every", 1, 1 << 30));
+                let gamma = match call.get("gamma") {
+                    Some(g) => self.float_in(g, "gamma", 0.0, 1.0),
+                    None => Some(0.1),
+                };
+                Some(LrSchedule::Step {
+                    every: every? as u64,
+                    gamma: gamma?,
+                })
+            }
+            _ => self
+                .symbol(d, "learning-rate schedule", &["constant", "step", "cosine"])
+                .map(|s| {
+                    if s == "cosine" {
+                        LrSchedule::Cosine
+                    } else {
+                        LrSchedule::Constant
+                    }
+                }),
+        }
+    }
+
+    fn train_mode(&mut self, e: &'a Expr) -> Option<TrainMode> {
+        let d = self.deref(e);
+        match Self::named_call(d) {
+            Some((c, args)) if c.name == "scaled" => {
+                let call = self.bind(&c, d.span, args, &["alpha"])?;
+                let ae = self.req(&call, "alpha")?;
+                let alpha = self.positive(ae, "alpha")?;
+                Some(TrainMode::Scaled { alpha })
+            }
+            _ => self
+                .symbol(d, "training mode", &["plain", "scaled", "linearized"])
+                .and_then(|s| match s.as_str() {
+                    "plain" => Some(TrainMode::Plain),
+                    "linearized" => Some(TrainMode::Linearized),
+                    _ => {
+                        self.error(Diagnostic::new(
+                            ErrorKind::MissingOption {
+                                func: "scaled".into(),
+                                name: "alpha".into(),
+                            },
+                            d.span,
+                            "write `scaled(alpha = 100)`",
+                        ));
+                        None
+                    }
+                }),
+        }
+    }
+
+    fn tracking(&mut self, e: &'a Expr, dv: &DataV) -> Option<Tracking> {
+        let d = self.deref(e);
+        let Some((c, args)) = Self::named_call(d).filter(|(c, _)| c.name == "per_example") else {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::TypeMismatch {
+                        expected: "`per_example(every = N, groups = [...])`".into(),
+                        found: self.describe(d),
+                    },
+                    d.span,
+                    "not a tracking specification",
+                ),
+            );
+            return None;
+        };
+        let call = self.bind(&c, d.span, args, &["every", "groups"])?;
+        let every = match call.get("every") {
+            Some(x) => self.int(x, "every", 1, 1 << 30)? as u64,
+            None => 1,
+        };
+        let mut groups = Vec::new();
+        if let Some(g) = call.get("groups") {
+            let gd = self.deref(g);
+            let items: Vec<&'a Expr> = match &gd.kind {
+                ExprKind::List(items) => items.iter().map(|i| &i.value).collect(),
+                _ => vec![gd],
+            };
+            for it in items {
+                let it = self.deref(it);
+                let group = match Self::named_call(it) {
+                    Some((gc, gargs)) if gc.name == "difficulty" => {
+                        let call = self.bind(&gc, it.span, gargs, &["bins"])?;
+                        let bins = match call.get("bins") {
+                            Some(b) => self.int(b, "bins", 2, 100)? as usize,
+                            None => 4,
+                        };
+                        Group::Difficulty { bins }
+                    }
+                    _ => {
+                        let s = self.symbol(it, "group", &["all", "flipped", "clean", "per_class", "difficulty"])?;
+                        match s.as_str() {
+                            "all" => Group::All,
+                            "flipped" | "clean" => {
+                                if !dv.noisy {
+                                    self.error(
+                                        Diagnostic::new(
+                                            ErrorKind::Invalid {
+                                                message: format!("`{s}` needs labels corrupted with `label_noise`"),
+                                            },
+                                            it.span,
+                                            format!("`{}` has no flipped labels", dv.name),
+                                        )
+                                        .hint("train on `data |> label_noise(0.15, seed = 0)`"),
+                                    );
+                                    return None;
+                                }
+                                if s == "flipped" {
+                                    Group::Flipped
+                                } else {
+                                    Group::Clean
+                                }
+                            }
+                            "per_class" => Group::PerClass,
+                            _ => Group::Difficulty { bins: 4 },
+                        }
+                    }
+                };
+                groups.push(group);
+            }
+        } else {
+            groups.push(Group::All);
+        }
+        Some(Tracking { every, groups })
+    }
+
+    fn hook_schedule(&mut self, h: &'a Hook) -> Option<HookSchedule> {
+        match &h.schedule {
+            Schedule::Every { count, unit, span } => {
+                if *count == 0 || *count > (1 << 40) {
+                    self.error(Diagnostic::new(
+                        ErrorKind::OutOfRange {
+                            name: "every".into(),
+                            value: count.to_string(),
+                            range: "must be ≥ 1".into(),
+                        },
+                        *span,
+                        "how often the hook runs",
+                    ));
+                    return None;
+                }
+                match unit.name.as_str() {
+                    "step" | "steps" => Some(HookSchedule::EverySteps { n: *count }),
+                    "epoch" | "epochs" => Some(HookSchedule::EveryEpochs { n: *count }),
+                    other => {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::BadChoice {
+                                    what: "hook unit".into(),
+                                    value: other.into(),
+                                },
+                                unit.span,
+                                "expected `steps` or `epochs`",
+                            )
+                            .hint_opt(did_you_mean(other, ["steps", "epochs"])),
+                        );
+                        None
+                    }
+                }
+            }
+            Schedule::At(e) => {
+                let d = self.deref(e);
+                match &d.kind {
+                    ExprKind::List(_) => {
+                        let v = self.int_list(d, "step", 0)?;
+                        Some(HookSchedule::Steps {
+                            at: v.into_iter().map(|x| x as u64).collect(),
+                        })
+                    }
+                    _ => match Self::named_call(d) {
+                        Some((c, args)) if c.name == "log_steps" => {
+                            let call = self.bind(&c, d.span, args, &["start", "factor"])?;
+                            let start = match call.get("start") {
+                                Some(x) => self.int(x, "start", 1, 1 << 30)? as u64,
+                                None => 1,
+                            };
+                            let factor = match call.get("factor") {
+                                Some(x) => {
+                                    let f = self.number(x, "factor")?;
+                                    if f <= 1.0 {
+                                        self.out_of_range(x, "factor", f, "must be > 1");
+                                        return None;
+                                    }
+                                    f
+                                }
+                                None => 1.15,
+                            };
+                            Some(HookSchedule::LogSteps { start, factor })
+                        }
+                        Some((c, args)) if (c.name == "start" || c.name == "end") && args.is_empty() => {
+                            Some(if c.name == "start" {
+                                HookSchedule::Start
+                            } else {
+                                HookSchedule::End
+                            })
+                        }
+                        _ => {
+                            self.error(
+                                Diagnostic::new(
+                                    ErrorKind::TypeMismatch {
+                                        expected: "a schedule".into(),
+                                        found: self.describe(d),
+                                    },
+                                    d.span,
+                                    "when should this run?",
+                                )
+                                .hint("use `at log_steps(start = 5, factor = 1.15)`, `at [0, 100, 1000]`, `at start`, `at end` or `every 10 steps`"),
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+        }
+    }
+}

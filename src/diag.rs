@@ -1,0 +1,211 @@
+//! Errors as data: a typed [`ErrorKind`], where it happened, and hints.
+//!
+//! Diagnostics are collected (never thrown one at a time) so that a file's
+//! every mistake is reported in one go, and are rendered only at the edge
+//! (the CLI and the snapshot tests) with [`render`].
+
+use crate::syntax::Span;
+use ariadne::{Config, IndexType, Label, Report, ReportKind, Source};
+use serde::Serialize;
+
+/// What went wrong. Each variant is one kind of user mistake; the fields are
+/// the facts the message is built from.
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize)]
+pub enum ErrorKind {
+    #[error("syntax error: expected {expected}")]
+    Syntax { expected: String },
+    #[error("unterminated string")]
+    UnterminatedString,
+    #[error("unclosed `{open}`")]
+    Unclosed { open: char },
+    #[error("invalid number `{text}`")]
+    BadNumber { text: String },
+    #[error("undefined {what} `{name}`")]
+    Undefined { what: String, name: String },
+    #[error("`{name}` is a {found}, but a {expected} is needed here")]
+    WrongKind {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("unknown {what} `{name}`")]
+    Unknown { what: String, name: String },
+    #[error("`{name}` is already defined")]
+    Redefined { name: String },
+    #[error("expected {expected}, found {found}")]
+    TypeMismatch { expected: String, found: String },
+    #[error("`{func}` has no option `{name}`")]
+    UnknownOption { func: String, name: String },
+    #[error("`{func}` needs `{name}`")]
+    MissingOption { func: String, name: String },
+    #[error("`{name}` is given twice")]
+    Duplicate { name: String },
+    #[error("`{func}` takes at most {max} positional argument(s)")]
+    TooManyArguments { func: String, max: usize },
+    #[error("`{name}` = {value} is out of range: {range}")]
+    OutOfRange {
+        name: String,
+        value: String,
+        range: String,
+    },
+    #[error("`{value}` is not a valid {what}")]
+    BadChoice { what: String, value: String },
+    #[error("shape mismatch in `{layer}`: expects {expected}, gets {found}")]
+    ShapeMismatch {
+        layer: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{structure} does not support `{layer}` ({layer_type})")]
+    UnsupportedLayer {
+        structure: String,
+        layer: String,
+        layer_type: String,
+    },
+    #[error("{object} has no {structure} representation")]
+    UnsupportedStructure { object: String, structure: String },
+    #[error("{what} needs {needed}, over the memory budget of {budget}")]
+    OverBudget {
+        what: String,
+        needed: String,
+        budget: String,
+    },
+    #[error("cannot read `{path}`: {reason}")]
+    File { path: String, reason: String },
+    #[error("{what}: {detail}")]
+    Mismatch { what: String, detail: String },
+    #[error("{message}")]
+    Invalid { message: String },
+}
+
+impl ErrorKind {
+    /// A stable code users can search for.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::Syntax { .. } => "E001",
+            ErrorKind::UnterminatedString => "E002",
+            ErrorKind::Unclosed { .. } => "E003",
+            ErrorKind::BadNumber { .. } => "E004",
+            ErrorKind::Undefined { .. } => "E010",
+            ErrorKind::WrongKind { .. } => "E011",
+            ErrorKind::Unknown { .. } => "E012",
+            ErrorKind::Redefined { .. } => "E013",
+            ErrorKind::TypeMismatch { .. } => "E020",
+            ErrorKind::UnknownOption { .. } => "E021",
+            ErrorKind::MissingOption { .. } => "E022",
+            ErrorKind::Duplicate { .. } => "E023",
+            ErrorKind::TooManyArguments { .. } => "E024",
+            ErrorKind::OutOfRange { .. } => "E025",
+            ErrorKind::BadChoice { .. } => "E026",
+            ErrorKind::ShapeMismatch { .. } => "E030",
+            ErrorKind::UnsupportedLayer { .. } => "E031",
+            ErrorKind::UnsupportedStructure { .. } => "E032",
+            ErrorKind::OverBudget { .. } => "E040",
+            ErrorKind::File { .. } => "E050",
+            ErrorKind::Mismatch { .. } => "E051",
+            ErrorKind::Invalid { .. } => "E060",
+        }
+    }
+}
+
+/// One error, located in the source.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnostic {
+    pub kind: ErrorKind,
+    pub span: Span,
+    /// Text under the primary caret.
+    pub label: String,
+    /// Other places worth showing (e.g. the first definition of a name).
+    pub related: Vec<(Span, String)>,
+    pub hints: Vec<String>,
+}
+
+impl Diagnostic {
+    pub fn new(kind: ErrorKind, span: Span, label: impl Into<String>) -> Self {
+        Diagnostic {
+            kind,
+            span,
+            label: label.into(),
+            related: Vec::new(),
+            hints: Vec::new(),
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+    pub fn hint_opt(self, hint: Option<String>) -> Self {
+        match hint {
+            Some(h) => self.hint(h),
+            None => self,
+        }
+    }
+    pub fn related(mut self, span: Span, text: impl Into<String>) -> Self {
+        self.related.push((span, text.into()));
+        self
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..floor_char_boundary(src, offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn floor_char_boundary(src: &str, mut i: usize) -> usize {
+    while i > 0 && !src.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Renders diagnostics like rustc: `file:line:col`, the line, a caret under
+/// the span, then hints. No colour, so the output is stable for snapshots.
+pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
+    let mut out = Vec::new();
+    let config = Config::default()
+        .with_color(false)
+        .with_index_type(IndexType::Byte);
+    for d in diags {
+        let clamp = |s: Span| {
+            let a = floor_char_boundary(src, s.start.min(src.len()));
+            let b = floor_char_boundary(src, s.end.min(src.len())).max(a);
+            a..b
+        };
+        let mut report = Report::build(ReportKind::Error, (file, clamp(d.span)))
+            .with_config(config)
+            .with_code(d.kind.code())
+            .with_message(d.kind.to_string())
+            .with_label(Label::new((file, clamp(d.span))).with_message(&d.label));
+        for (span, text) in &d.related {
+            report = report.with_label(Label::new((file, clamp(*span))).with_message(text));
+        }
+        for h in &d.hints {
+            report = report.with_help(h);
+        }
+        let _ = report
+            .finish()
+            .write((file, Source::from(src)), &mut out);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Suggests the closest of `candidates` to `name`, if one is close enough to
+/// be a plausible typo.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let lower = name.to_lowercase();
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&lower, &c.to_lowercase());
+        if score > best.map_or(0.0, |b| b.0) {
+            best = Some((score, c));
+        }
+    }
+    match best {
+        Some((score, c)) if score >= 0.8 && c != name => Some(format!("did you mean `{c}`?")),
+        _ => None,
+    }
+}

@@ -1,0 +1,28 @@
+//! nngeo: a declarative experiment language for the geometry of neural
+//! network training (Fisher information, neural tangent kernel).
+//!
+//! ```text
+//! .ngx text ──syntax::parse──▶ AST ──check::check──▶ Program
+//!           ──plan::compile──▶ Plan ──exec::run──▶ Backend ──▶ results
+//! ```
+//! Each arrow is a public function; each stage's output serialises, and the
+//! AST and plan of every example file are snapshot-tested.
+
+pub mod backend;
+pub mod check;
+pub mod data;
+pub mod diag;
+pub mod exec;
+pub mod plan;
+pub mod syntax;
+
+use check::CheckOptions;
+use diag::Diagnostic;
+use plan::Plan;
+
+/// Text → plan: parse, check and compile, or every error found.
+pub fn compile_source(src: &str, opts: &CheckOptions) -> Result<Plan, Vec<Diagnostic>> {
+    let ast = syntax::parse(src)?;
+    let program = check::check(&ast, src, opts)?;
+    Ok(plan::compile(&program, src))
+}

@@ -1,0 +1,261 @@
+//! The `nngeo` command line.
+//!
+//! Exit status: 0 success, 2 user error (bad file, bad arguments),
+//! 1 runtime failure (a backend or the file system failed).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use nngeo::check::CheckOptions;
+use nngeo::diag::{render, Diagnostic};
+use nngeo::plan::{render_table, Dtype, Plan};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EXAMPLES: &str = "\
+Examples:
+  nngeo check experiments/*.ngx             check files, report every error
+  nngeo plan experiments/fim_zoo.ngx        steps with estimated memory and cost
+  nngeo plan experiments/fim_zoo.ngx --format json
+  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu --out runs/x
+  nngeo backends                            list the backends this build knows";
+
+#[derive(Parser)]
+#[command(
+    name = "nngeo",
+    version,
+    about = "Declarative experiments on the Fisher information and the neural tangent kernel",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F64,
+}
+
+#[derive(clap::Args)]
+struct Budget {
+    /// Largest memory one representation may take, e.g. `8GiB` (default: the
+    /// file's `memory_budget`, else half of physical memory).
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check files; print every error with its location.
+    #[command(after_help = "Example:\n  nngeo check experiments/*.ngx")]
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// Show the execution plan of a file with per-step memory and cost.
+    #[command(after_help = "Examples:\n  nngeo plan experiments/fim_zoo.ngx\n  nngeo plan experiments/fim_zoo.ngx --format yaml")]
+    Plan {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// Run an experiment.
+    #[command(after_help = "Example:\n  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu")]
+    Exec {
+        file: PathBuf,
+        /// Backend name (overrides the file's `backend`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// `cpu`, `cuda` or `cuda:N` (overrides the file's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Overrides the file's `dtype`.
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
+        /// Output directory (overrides the file's `out`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        budget: Budget,
+    },
+    /// List the backends this build knows and whether they can run.
+    Backends,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size such as 8GiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024f64.powi(2),
+        "GiB" => 1024f64.powi(3),
+        "TiB" => 1024f64.powi(4),
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        other => return Err(format!("unknown unit `{other}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")),
+    };
+    if num <= 0.0 {
+        return Err("the budget must be positive".into());
+    }
+    Ok((num * mult) as u64)
+}
+
+/// A user error: already explained on stderr.
+struct UserError;
+
+fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", file.display());
+            return Err(UserError);
+        }
+    };
+    let opts = CheckOptions {
+        base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        memory_budget: budget.memory_budget,
+        ..CheckOptions::default()
+    };
+    nngeo::compile_source(&src, &opts).map_err(|diags| {
+        report(file, &src, &diags);
+        UserError
+    })
+}
+
+fn report(file: &Path, src: &str, diags: &[Diagnostic]) {
+    eprint!("{}", render(&file.display().to_string(), src, diags));
+    eprintln!(
+        "{}: {} error{}",
+        file.display(),
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { files, budget } => {
+            let mut failed = false;
+            for f in &files {
+                match load(f, &budget) {
+                    Ok(plan) => println!("{}: ok ({} steps)", f.display(), plan.steps.len()),
+                    Err(UserError) => failed = true,
+                }
+            }
+            if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Plan { file, format, budget } => match load(&file, &budget) {
+            Ok(plan) => {
+                match format {
+                    Format::Table => print!("{}", render_table(&plan)),
+                    Format::Json => println!("{}", plan.to_json()),
+                    Format::Yaml => print!("{}", plan.to_yaml()),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(UserError) => ExitCode::from(2),
+        },
+        Command::Exec {
+            file,
+            backend,
+            device,
+            dtype,
+            out,
+            budget,
+        } => {
+            let Ok(mut plan) = load(&file, &budget) else {
+                return ExitCode::from(2);
+            };
+            if let Some(b) = backend {
+                plan.experiment.backend = b;
+            }
+            if let Some(d) = device {
+                let ok = d == "cpu"
+                    || d == "cuda"
+                    || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+                if !ok {
+                    eprintln!("error: `--device {d}`: expected `cpu`, `cuda` or `cuda:N`");
+                    return ExitCode::from(2);
+                }
+                plan.experiment.device = d;
+            }
+            if let Some(t) = dtype {
+                plan.experiment.dtype = match t {
+                    DtypeArg::F32 => Dtype::F32,
+                    DtypeArg::F64 => Dtype::F64,
+                };
+            }
+            let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
+            let mut be = match nngeo::backend::create(&plan.experiment.backend) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("note: `nngeo check` and `nngeo plan` work without a backend");
+                    return ExitCode::from(1);
+                }
+            };
+            match nngeo::exec::run(&plan, be.as_mut(), &out) {
+                Ok(()) => {
+                    println!("results in {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    eprintln!("note: results computed so far are in {}", out.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Backends => {
+            println!("{:<8} {:<10} status", "name", "kind");
+            for r in nngeo::backend::registry() {
+                match r.status {
+                    Ok(make) => {
+                        let info = make().info();
+                        println!(
+                            "{:<8} {:<10} ready: version {}, devices {}, capabilities {}",
+                            r.name,
+                            "built-in",
+                            info.version,
+                            info.devices.join(", "),
+                            info.capabilities.join(", ")
+                        );
+                    }
+                    Err(reason) => println!("{:<8} {:<10} unavailable: {reason}", r.name, "built-in"),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

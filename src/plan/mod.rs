@@ -1,0 +1,94 @@
+//! The execution plan: a flat, ordered list of steps with ids, dependencies,
+//! the source span each came from and an estimate of its memory and cost.
+//!
+//! Plans are deterministic (same file → byte-identical JSON) and round-trip
+//! through JSON unchanged; backends receive these types.
+
+pub mod cost;
+mod compile;
+mod ops;
+mod table;
+
+pub use ops::*;
+pub use compile::compile;
+pub use table::render_table;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Bumped when a plan's meaning changes incompatibly.
+pub const PLAN_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    pub experiment: Header,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub seed: u64,
+    pub backend: String,
+    pub device: String,
+    pub dtype: Dtype,
+    pub out: String,
+    /// Bytes; `None` means the default (half of physical memory).
+    pub memory_budget: Option<u64>,
+}
+
+/// Where in the source a step came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpan {
+    pub start: usize,
+    pub end: usize,
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: StepId,
+    pub deps: Vec<StepId>,
+    pub span: SourceSpan,
+    /// Values of the sweep variables (`for x in [...]`) this step belongs to.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub sweep: Tags,
+    /// Set for steps that run inside a training hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookRef>,
+    #[serde(flatten)]
+    pub op: Op,
+    pub cost: cost::Cost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRef {
+    pub train: StepId,
+    pub hook: u32,
+}
+
+impl Plan {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plans always serialise")
+    }
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("plans always serialise")
+    }
+    pub fn from_json(text: &str) -> Result<Plan, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+    /// SHA-256 of the JSON form: identifies a plan in run manifests.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.to_json().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    pub fn step(&self, id: StepId) -> &Step {
+        &self.steps[id.0 as usize]
+    }
+    /// Peak of the per-step memory estimates.
+    pub fn peak_memory(&self) -> u64 {
+        self.steps.iter().map(|s| s.cost.memory).max().unwrap_or(0)
+    }
+}

@@ -1,0 +1,577 @@
+//! What a plan step does. These types are the contract between the front end
+//! and every backend: they are serialised into plans, snapshots and plugin
+//! messages, so variants are only ever added.
+
+use crate::data::DataInfo;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A step's position in [`super::Plan::steps`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StepId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    pub fn size(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Load or generate a dataset.
+    Data {
+        name: String,
+        source: DataSource,
+        info: DataInfo,
+    },
+    /// Derive a dataset from `input`.
+    Transform {
+        name: String,
+        input: StepId,
+        transform: Transform,
+        info: DataInfo,
+    },
+    /// Build a model and initialise (or load) its weights.
+    Model { name: String, spec: ModelSpec },
+    /// Compute a Fisher or NTK representation of `model` on `data`.
+    Repr {
+        name: String,
+        object: Object,
+        structure: Structure,
+        model: StepId,
+        data: StepId,
+        options: ReprOptions,
+    },
+    /// A parameter-space vector.
+    Vector { name: String, vector: VectorOp },
+    /// Compute one measurement and stream it out under `key`.
+    Measure { key: String, measurement: Measurement },
+    /// Train `model` on `data`; the steps listed in each hook run at its
+    /// schedule, against the live weights of this run.
+    Train {
+        name: String,
+        model: StepId,
+        data: StepId,
+        config: TrainConfig,
+        hooks: Vec<HookSpec>,
+    },
+    /// Write a model's weights as safetensors with PyTorch `state_dict` names.
+    Save { model: StepId, path: String },
+    /// Draw measurements matching `pattern` against `x`.
+    Plot {
+        pattern: String,
+        x: String,
+        by: Vec<String>,
+        flags: Vec<String>,
+        file: String,
+    },
+}
+
+// ---------------------------------------------------------------- data
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSource {
+    Digits {
+        split: String,
+    },
+    Diabetes,
+    Idx {
+        images: String,
+        labels: String,
+    },
+    Cifar10 {
+        batches: Vec<String>,
+    },
+    Csv {
+        path: String,
+        target: String,
+        features: Option<Vec<String>>,
+        header: bool,
+        delimiter: Option<char>,
+        classification: bool,
+    },
+    Tensors {
+        path: String,
+        x: String,
+        y: String,
+        classification: bool,
+    },
+    Blobs {
+        n: usize,
+        classes: usize,
+        dim: usize,
+        std: f64,
+        seed: u64,
+    },
+    Teacher {
+        n: usize,
+        dim: usize,
+        out: usize,
+        hidden: Vec<usize>,
+        noise: f64,
+        seed: u64,
+    },
+    NoisyLinear {
+        n: usize,
+        dim: usize,
+        noise: f64,
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Transform {
+    /// The first `n` examples.
+    TakeFirst { n: usize },
+    /// `n` examples drawn without replacement.
+    TakeRandom { n: usize, seed: u64 },
+    /// `n` examples of each class.
+    TakePerClass { n: usize, seed: u64 },
+    /// One part of a seeded random split; `first` is the `fraction` part.
+    Split {
+        fraction: f64,
+        seed: u64,
+        first: bool,
+    },
+    /// Per-feature standardisation (mean 0, std 1), with statistics from
+    /// `like` when given (e.g. the training set) or from this dataset.
+    Normalize { like: Option<StepId> },
+    /// Multiply every feature by `factor`.
+    Scale { factor: f64 },
+    /// Replace a `fraction` of the labels by a different random class; the
+    /// flipped examples form the group `flipped`, the others `clean`.
+    LabelNoise { fraction: f64, seed: u64 },
+    /// Targets as one-hot vectors (for MSE on classes).
+    OneHot,
+}
+
+// ---------------------------------------------------------------- models
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Per-example input shape; inputs are reshaped to it (row-major).
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub layers: Vec<LayerSpec>,
+    /// Total number of parameters.
+    pub params: u64,
+    pub init: Init,
+    /// safetensors file with PyTorch `state_dict` names to load.
+    pub weights: Option<String>,
+}
+
+impl ModelSpec {
+    pub fn outputs(&self) -> usize {
+        self.output.iter().product()
+    }
+    pub fn layer(&self, name: &str) -> Option<&LayerSpec> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+    /// Layers that own parameters, in parameter order.
+    pub fn param_layers(&self) -> impl Iterator<Item = &LayerSpec> {
+        self.layers.iter().filter(|l| l.params > 0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// `layers.{i}`, the PyTorch `nn.Sequential` name.
+    pub name: String,
+    pub layer: Layer,
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub params: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Layer {
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        bias: bool,
+    },
+    Conv1d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    Relu,
+    Tanh,
+    Sigmoid,
+    Gelu,
+    Flatten,
+    MaxPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    AvgPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    /// Evaluation mode (running statistics) for curvature.
+    BatchNorm1d { features: usize, eps: f64 },
+    BatchNorm2d { channels: usize, eps: f64 },
+    LayerNorm { shape: Vec<usize>, eps: f64 },
+}
+
+impl Layer {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Layer::Linear { .. } => "Linear",
+            Layer::Conv2d { .. } => "Conv2d",
+            Layer::Conv1d { .. } => "Conv1d",
+            Layer::Relu => "ReLU",
+            Layer::Tanh => "Tanh",
+            Layer::Sigmoid => "Sigmoid",
+            Layer::Gelu => "GELU",
+            Layer::Flatten => "Flatten",
+            Layer::MaxPool2d { .. } => "MaxPool2d",
+            Layer::AvgPool2d { .. } => "AvgPool2d",
+            Layer::BatchNorm1d { .. } => "BatchNorm1d",
+            Layer::BatchNorm2d { .. } => "BatchNorm2d",
+            Layer::LayerNorm { .. } => "LayerNorm",
+        }
+    }
+    /// Which group of a per-layer-type `mix(...)` this layer falls in.
+    pub fn family(&self) -> Option<LayerFamily> {
+        match self {
+            Layer::Linear { .. } => Some(LayerFamily::Linear),
+            Layer::Conv2d { .. } | Layer::Conv1d { .. } => Some(LayerFamily::Conv),
+            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. } | Layer::LayerNorm { .. } => {
+                Some(LayerFamily::Norm)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+pub enum Init {
+    /// PyTorch's default initialisation of each layer type.
+    Pytorch { seed: u64 },
+    Kaiming { seed: u64 },
+    Xavier { seed: u64 },
+    Normal { std: f64, seed: u64 },
+}
+
+// ---------------------------------------------------------------- geometry
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    Fim,
+    Ntk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerFamily {
+    Linear,
+    Conv,
+    Norm,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Structure {
+    Dense,
+    BlockDiag,
+    Diag,
+    #[serde(rename = "KFAC")]
+    Kfac,
+    /// `refit`: the diagonal is refitted on data (true EKFAC); without it the
+    /// eigenvalues are products of KFAC's and EKFAC equals KFAC.
+    #[serde(rename = "EKFAC")]
+    Ekfac { refit: bool },
+    /// `rank`: keep the top-k directions; `None` keeps the full factor.
+    LowRank { rank: Option<usize> },
+    QuasiDiag,
+    Implicit,
+    /// A structure per layer family.
+    Mix {
+        families: BTreeMap<LayerFamily, Structure>,
+    },
+}
+
+impl Structure {
+    pub fn name(&self) -> String {
+        match self {
+            Structure::Dense => "Dense".into(),
+            Structure::BlockDiag => "BlockDiag".into(),
+            Structure::Diag => "Diag".into(),
+            Structure::Kfac => "KFAC".into(),
+            Structure::Ekfac { .. } => "EKFAC".into(),
+            Structure::LowRank { .. } => "LowRank".into(),
+            Structure::QuasiDiag => "QuasiDiag".into(),
+            Structure::Implicit => "Implicit".into(),
+            Structure::Mix { .. } => "mix".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FisherVariant {
+    /// Exact expectation under the model's output distribution.
+    True,
+    /// Monte-Carlo estimate with `samples` draws per example.
+    Mc { samples: usize, seed: u64 },
+    /// Uses the dataset's labels.
+    Empirical,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    Classification,
+    /// Binary classification with one logit (Bernoulli output).
+    Binary,
+    /// Gaussian output with variance `sigma2`.
+    Regression { sigma2: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReprOptions {
+    /// Fisher only.
+    pub fisher: Option<FisherVariant>,
+    pub task: Task,
+    /// Layers included; all parameterised layers when empty.
+    pub layers: Vec<String>,
+    /// Centre per-example Jacobians over examples (NTK) / gradients (FIM).
+    pub centered: bool,
+    /// Number of examples the representation is computed on.
+    pub examples: usize,
+    /// Number of model outputs.
+    pub outputs: usize,
+}
+
+/// A representation, whole or one layer's block of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Operand {
+    pub repr: StepId,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub layer: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VectorOp {
+    /// Gradient of the mean training loss.
+    Grad { model: StepId, data: StepId },
+    /// Standard normal entries.
+    Random { model: StepId, seed: u64 },
+    /// Current weights.
+    Weights { model: StepId },
+    /// Weights at initialisation (before any training).
+    InitialWeights { model: StepId },
+    Add { a: StepId, b: StepId },
+    Sub { a: StepId, b: StepId },
+    Scale { factor: f64, v: StepId },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Measurement {
+    Trace { m: Operand },
+    Frobenius { m: Operand },
+    SpectralNorm { m: Operand },
+    Diagonal { m: Operand },
+    Mv { m: Operand, v: StepId },
+    #[serde(rename = "vTMv")]
+    VTMv { m: Operand, v: StepId },
+    Solve { m: Operand, v: StepId, damping: f64 },
+    Eigenvalues { m: Operand, top: usize },
+    EffectiveRank { m: Operand },
+    /// Kernel–target alignment with the targets of `targets` (one-hot for
+    /// classes); `centered` centres over examples.
+    Alignment {
+        m: Operand,
+        targets: StepId,
+        centered: bool,
+    },
+    /// ‖a − b‖_F / ‖b‖_F
+    RelError { a: Operand, b: Operand },
+    /// Bytes the representation holds.
+    Memory { m: Operand },
+    Loss { model: StepId, data: StepId },
+    Accuracy { model: StepId, data: StepId },
+    Norm { v: StepId },
+    Dot { a: StepId, b: StepId },
+}
+
+// ---------------------------------------------------------------- training
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub loss: LossKind,
+    pub optimizer: Optimizer,
+    pub length: Length,
+    pub batch: usize,
+    pub schedule: LrSchedule,
+    pub mode: TrainMode,
+    /// Seed of the mini-batch shuffling.
+    pub seed: u64,
+    /// Held-out data evaluated at every epoch.
+    pub eval: Option<StepId>,
+    pub track: Option<Tracking>,
+    /// Optimiser steps this run takes.
+    pub total_steps: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// Natural gradient preconditioned by `fim`; factors and eigenbases are
+    /// recomputed every `refresh` steps, EKFAC's diagonal every `refit`.
+    Ngd {
+        fim: Structure,
+        fisher: FisherVariant,
+        lr: f64,
+        damping: f64,
+        refresh: u64,
+        refit: Option<u64>,
+        momentum: f64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Length {
+    Epochs(u64),
+    Steps(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LrSchedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: u64, gamma: f64 },
+    Cosine,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrainMode {
+    Plain,
+    /// `α (f(w) − f(w₀))`, loss divided by α².
+    Scaled { alpha: f64 },
+    /// `f(w₀) + J(w₀)(w − w₀)`.
+    Linearized,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    /// Record every example's loss and correctness every `every` steps.
+    pub every: u64,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Group {
+    All,
+    Flipped,
+    Clean,
+    PerClass,
+    /// Quantile bins of example difficulty.
+    Difficulty { bins: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HookSpec {
+    pub schedule: HookSchedule,
+    /// How many times the hook fires in this run.
+    pub fires: u64,
+    pub steps: Vec<StepId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HookSchedule {
+    EverySteps { n: u64 },
+    EveryEpochs { n: u64 },
+    /// Steps ⌊start·factor^k⌋ (deduplicated), plus step 0.
+    LogSteps { start: u64, factor: f64 },
+    Steps { at: Vec<u64> },
+    Start,
+    End,
+}
+
+impl HookSchedule {
+    /// The optimiser steps at which this hook fires in a run of
+    /// `total` steps with `per_epoch` steps per epoch.
+    pub fn firing_steps(&self, total: u64, per_epoch: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = match self {
+            HookSchedule::EverySteps { n } => (0..=total).step_by((*n).max(1) as usize).collect(),
+            HookSchedule::EveryEpochs { n } => (0..=total)
+                .step_by((n.max(&1) * per_epoch.max(1)) as usize)
+                .collect(),
+            HookSchedule::LogSteps { start, factor } => {
+                let mut v = vec![0];
+                let mut x = *start as f64;
+                while x <= total as f64 && v.len() < 100_000 {
+                    v.push(x.floor() as u64);
+                    x *= factor.max(1.0 + 1e-9);
+                }
+                v
+            }
+            HookSchedule::Steps { at } => at.iter().copied().filter(|s| *s <= total).collect(),
+            HookSchedule::Start => vec![0],
+            HookSchedule::End => vec![total],
+        };
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// The representation structure and scalar tags of a step, kept as plain
+/// strings so results can be grouped by them (`by noise`).
+pub type Tags = BTreeMap<String, String>;

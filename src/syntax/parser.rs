@@ -1,0 +1,701 @@
+//! Text → AST with pest. pest's types never leave this module.
+
+use super::ast::*;
+use crate::diag::{Diagnostic, ErrorKind};
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/ngx.pest"]
+struct NgxParser;
+
+/// Parses a whole file. On failure returns every syntax error found: the file
+/// is cut at top-level statement keywords and each piece is parsed on its own,
+/// so one typo does not hide the next.
+pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
+    let lexical = prescan(src);
+    if !lexical.is_empty() {
+        return Err(lexical);
+    }
+    match NgxParser::parse(Rule::file, src) {
+        Ok(mut pairs) => {
+            let file = pairs.next().expect("file rule");
+            let stmts = file
+                .into_inner()
+                .filter(|p| p.as_rule() != Rule::EOI)
+                .map(|p| stmt(p, 0))
+                .collect();
+            Ok(File { stmts })
+        }
+        Err(first) => {
+            let mut errors = Vec::new();
+            for (start, end) in chunks(src) {
+                let piece = &src[start..end];
+                if piece.trim().is_empty() {
+                    continue;
+                }
+                if let Err(e) = NgxParser::parse(Rule::stmt_only, piece) {
+                    errors.push(syntax_error(&e, start, piece));
+                }
+            }
+            if errors.is_empty() {
+                errors.push(syntax_error(&first, 0, src));
+            }
+            Err(errors)
+        }
+    }
+}
+
+const STMT_KEYWORDS: &[&str] = &[
+    "experiment",
+    "data",
+    "model",
+    "let",
+    "measure",
+    "train",
+    "for",
+    "plot",
+    "save",
+];
+
+/// Byte ranges of the top-level statements, cut where a line starts (in
+/// column 0) with a statement keyword.
+fn chunks(src: &str) -> Vec<(usize, usize)> {
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in src.split_inclusive('\n') {
+        let word: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if offset > 0 && STMT_KEYWORDS.contains(&word.as_str()) {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    let mut out = Vec::new();
+    for (i, s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(src.len());
+        out.push((*s, e));
+    }
+    out
+}
+
+/// Finds unterminated strings and unbalanced brackets before pest does:
+/// pest would only say "expected ..." at the end of the file.
+fn prescan(src: &str) -> Vec<Diagnostic> {
+    let mut errors = Vec::new();
+    let mut stack: Vec<(char, usize)> = Vec::new();
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None | Some(b'\n') => {
+                            errors.push(
+                                Diagnostic::new(
+                                    ErrorKind::UnterminatedString,
+                                    Span::new(start, i),
+                                    "this string is never closed",
+                                )
+                                .hint("close it with `\"` on the same line"),
+                            );
+                            break;
+                        }
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            c @ (b'(' | b'[' | b'{') => stack.push((c as char, i)),
+            c @ (b')' | b']' | b'}') => {
+                let want = match c {
+                    b')' => '(',
+                    b']' => '[',
+                    _ => '{',
+                };
+                match stack.pop() {
+                    Some((open, _)) if open == want => {}
+                    Some((open, at)) => {
+                        errors.push(
+                            Diagnostic::new(
+                                ErrorKind::Syntax {
+                                    expected: format!("`{}`", closer(open)),
+                                },
+                                Span::new(i, i + 1),
+                                format!("found `{}`", c as char),
+                            )
+                            .related(Span::new(at, at + 1), format!("`{open}` opened here")),
+                        );
+                        return errors;
+                    }
+                    None => {
+                        errors.push(Diagnostic::new(
+                            ErrorKind::Syntax {
+                                expected: "a statement or expression".into(),
+                            },
+                            Span::new(i, i + 1),
+                            format!("`{}` closes nothing", c as char),
+                        ));
+                        return errors;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if errors.is_empty() {
+        if let Some((open, at)) = stack.pop() {
+            errors.push(
+                Diagnostic::new(
+                    ErrorKind::Unclosed { open },
+                    Span::new(at, at + 1),
+                    "opened here, never closed",
+                )
+                .hint(format!("add the matching `{}`", closer(open))),
+            );
+        }
+    }
+    errors
+}
+
+fn closer(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+fn rule_name(rule: &Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::stmt_only | Rule::file => "a statement",
+        Rule::experiment | Rule::kw_experiment => "`experiment`",
+        Rule::data_stmt | Rule::kw_data => "`data`",
+        Rule::model_stmt | Rule::kw_model => "`model`",
+        Rule::let_stmt | Rule::kw_let => "`let`",
+        Rule::measure_stmt | Rule::kw_measure => "`measure`",
+        Rule::train_stmt | Rule::kw_train => "`train`",
+        Rule::for_stmt | Rule::kw_for => "`for`",
+        Rule::plot_stmt | Rule::kw_plot => "`plot`",
+        Rule::save_stmt | Rule::kw_save => "`save`",
+        Rule::setting => "a setting `name = value`",
+        Rule::hook | Rule::every_hook | Rule::at_hook | Rule::kw_every | Rule::kw_at => {
+            "a hook (`every N steps {..}` or `at ... {..}`)"
+        }
+        Rule::ident => "a name",
+        Rule::int => "an integer",
+        Rule::number | Rule::size => "a number",
+        Rule::string | Rule::string_inner => "a string",
+        Rule::expr
+        | Rule::repr
+        | Rule::sum
+        | Rule::product
+        | Rule::unary
+        | Rule::postfix
+        | Rule::paren
+        | Rule::list
+        | Rule::boolean => "an expression",
+        Rule::list_item => "a list item",
+        Rule::call_args => "`(`",
+        Rule::arg => "an argument",
+        Rule::index => "`[`",
+        Rule::field => "`.`",
+        Rule::block => "`{`",
+        Rule::pipe_op => "`|>`",
+        Rule::kw_in => "`in`",
+        Rule::kw_on => "`on`",
+        Rule::kw_of => "`of`",
+        Rule::kw_as => "`as`",
+        Rule::kw_to => "`to`",
+        Rule::kw_by => "`by`",
+        Rule::kw_with => "`with`",
+        Rule::kw_against => "`against`",
+        _ => return None,
+    })
+}
+
+fn syntax_error(e: &pest::error::Error<Rule>, offset: usize, piece: &str) -> Diagnostic {
+    use pest::error::{ErrorVariant, InputLocation};
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((a, _)) => a,
+    };
+    let mut expected: Vec<&str> = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            positives.iter().filter_map(rule_name).collect()
+        }
+        ErrorVariant::CustomError { .. } => vec![],
+    };
+    expected.sort();
+    expected.dedup();
+    let expected = match expected.len() {
+        0 => "something else".to_string(),
+        1 => expected[0].to_string(),
+        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
+    };
+    let found = piece[pos..]
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .unwrap_or("");
+    let (label, len) = if found.is_empty() {
+        ("unexpected end of statement".to_string(), 0)
+    } else {
+        let token: String = found.chars().take(20).collect();
+        (format!("found `{token}`"), token.len())
+    };
+    let mut d = Diagnostic::new(
+        ErrorKind::Syntax { expected },
+        Span::new(offset + pos, offset + pos + len.max(1).min(piece.len() - pos).max(0)),
+        label,
+    );
+    if found.starts_with('=') && found.len() == 1 && pos > 0 {
+        d = d.hint("settings and options are written `name = value`");
+    }
+    d
+}
+
+// ---------------------------------------------------------------------------
+// Parse tree → AST
+
+fn span_of(p: &Pair<Rule>, offset: usize) -> Span {
+    let s = p.as_span();
+    Span::new(s.start() + offset, s.end() + offset)
+}
+
+fn ident(p: Pair<Rule>, off: usize) -> Ident {
+    Ident {
+        name: p.as_str().to_string(),
+        span: span_of(&p, off),
+    }
+}
+
+fn strlit(p: Pair<Rule>, off: usize) -> StrLit {
+    let span = span_of(&p, off);
+    let inner = p.into_inner().next().map(|i| i.as_str()).unwrap_or("");
+    StrLit {
+        value: unescape(inner),
+        span,
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
+    let span = span_of(&p, off);
+    let rule = p.as_rule();
+    let mut it = p.into_inner().filter(|q| !is_keyword(q.as_rule()));
+    let kind = match rule {
+        Rule::experiment => {
+            let name = ident(it.next().unwrap(), off);
+            StmtKind::Experiment {
+                name,
+                settings: it.map(|s| setting(s, off)).collect(),
+            }
+        }
+        Rule::data_stmt => {
+            let mut names = Vec::new();
+            let mut value = None;
+            for q in it {
+                match q.as_rule() {
+                    Rule::ident => names.push(ident(q, off)),
+                    _ => value = Some(expr(q, off)),
+                }
+            }
+            StmtKind::Data {
+                names,
+                value: value.unwrap(),
+            }
+        }
+        Rule::model_stmt => StmtKind::Model {
+            name: ident(it.next().unwrap(), off),
+            value: expr(it.next().unwrap(), off),
+        },
+        Rule::let_stmt => StmtKind::Let {
+            name: ident(it.next().unwrap(), off),
+            value: expr(it.next().unwrap(), off),
+        },
+        Rule::measure_stmt => StmtKind::Measure {
+            items: it
+                .map(|m| {
+                    let span = span_of(&m, off);
+                    let mut parts = m.into_inner().filter(|q| !is_keyword(q.as_rule()));
+                    let e = expr(parts.next().unwrap(), off);
+                    MeasureItem {
+                        expr: e,
+                        name: parts.next().map(|s| strlit(s, off)),
+                        span,
+                    }
+                })
+                .collect(),
+        },
+        Rule::train_stmt => {
+            let model = ident(it.next().unwrap(), off);
+            let data = expr(it.next().unwrap(), off);
+            let mut result = None;
+            let mut settings = Vec::new();
+            let mut hooks = Vec::new();
+            for q in it {
+                match q.as_rule() {
+                    Rule::ident => result = Some(ident(q, off)),
+                    Rule::setting => settings.push(setting(q, off)),
+                    Rule::hook => hooks.push(hook(q, off)),
+                    _ => {}
+                }
+            }
+            StmtKind::Train {
+                model,
+                data,
+                result,
+                settings,
+                hooks,
+            }
+        }
+        Rule::for_stmt => StmtKind::For {
+            var: ident(it.next().unwrap(), off),
+            iter: expr(it.next().unwrap(), off),
+            body: block(it.next().unwrap(), off),
+        },
+        Rule::plot_stmt => {
+            let pattern = strlit(it.next().unwrap(), off);
+            let x = ident(it.next().unwrap(), off);
+            let mut by = Vec::new();
+            let mut flags = Vec::new();
+            let mut file = None;
+            for q in it {
+                match q.as_rule() {
+                    Rule::plot_by => by = idents(q, off),
+                    Rule::plot_flags => flags = idents(q, off),
+                    Rule::string => file = Some(strlit(q, off)),
+                    _ => {}
+                }
+            }
+            StmtKind::Plot {
+                pattern,
+                x,
+                by,
+                flags,
+                file,
+            }
+        }
+        Rule::save_stmt => StmtKind::Save {
+            model: ident(it.next().unwrap(), off),
+            path: strlit(it.next().unwrap(), off),
+        },
+        other => unreachable!("not a statement: {other:?}"),
+    };
+    Stmt { kind, span }
+}
+
+fn idents(p: Pair<Rule>, off: usize) -> Vec<Ident> {
+    p.into_inner()
+        .filter(|q| q.as_rule() == Rule::ident)
+        .map(|q| ident(q, off))
+        .collect()
+}
+
+fn is_keyword(r: Rule) -> bool {
+    matches!(
+        r,
+        Rule::kw_experiment
+            | Rule::kw_data
+            | Rule::kw_model
+            | Rule::kw_let
+            | Rule::kw_measure
+            | Rule::kw_train
+            | Rule::kw_for
+            | Rule::kw_in
+            | Rule::kw_plot
+            | Rule::kw_against
+            | Rule::kw_by
+            | Rule::kw_with
+            | Rule::kw_save
+            | Rule::kw_to
+            | Rule::kw_every
+            | Rule::kw_at
+            | Rule::kw_of
+            | Rule::kw_on
+            | Rule::kw_as
+    )
+}
+
+fn block(p: Pair<Rule>, off: usize) -> Vec<Stmt> {
+    p.into_inner().map(|s| stmt(s, off)).collect()
+}
+
+fn setting(p: Pair<Rule>, off: usize) -> Setting {
+    let span = span_of(&p, off);
+    let mut it = p.into_inner();
+    Setting {
+        key: ident(it.next().unwrap(), off),
+        value: expr(it.next().unwrap(), off),
+        span,
+    }
+}
+
+fn hook(p: Pair<Rule>, off: usize) -> Hook {
+    let span = span_of(&p, off);
+    let inner = p.into_inner().next().unwrap();
+    let rule = inner.as_rule();
+    let mut it = inner.into_inner().filter(|q| !is_keyword(q.as_rule()));
+    match rule {
+        Rule::every_hook => {
+            let n = it.next().unwrap();
+            let nspan = span_of(&n, off);
+            let count = n.as_str().parse().unwrap_or(u64::MAX);
+            let unit = ident(it.next().unwrap(), off);
+            let sched_span = nspan.to(unit.span);
+            Hook {
+                schedule: Schedule::Every {
+                    count,
+                    unit,
+                    span: sched_span,
+                },
+                body: block(it.next().unwrap(), off),
+                span,
+            }
+        }
+        _ => Hook {
+            schedule: Schedule::At(expr(it.next().unwrap(), off)),
+            body: block(it.next().unwrap(), off),
+            span,
+        },
+    }
+}
+
+fn expr(p: Pair<Rule>, off: usize) -> Expr {
+    let span = span_of(&p, off);
+    match p.as_rule() {
+        Rule::expr => {
+            let mut it = p.into_inner();
+            let mut acc = expr(it.next().unwrap(), off);
+            while let Some(op) = it.next() {
+                debug_assert_eq!(op.as_rule(), Rule::pipe_op);
+                let stage = expr(it.next().unwrap(), off);
+                let s = acc.span.to(stage.span);
+                acc = Expr {
+                    kind: ExprKind::Pipe {
+                        input: Box::new(acc),
+                        stage: Box::new(stage),
+                    },
+                    span: s,
+                };
+            }
+            acc
+        }
+        Rule::repr => {
+            let mut it = p.into_inner().filter(|q| !is_keyword(q.as_rule()));
+            let first = expr(it.next().unwrap(), off);
+            match it.next() {
+                None => first,
+                Some(m) => {
+                    let model = expr(m, off);
+                    let data = it.next().map(|d| Box::new(expr(d, off)));
+                    Expr {
+                        kind: ExprKind::Repr {
+                            structure: Box::new(first),
+                            model: Box::new(model),
+                            data,
+                        },
+                        span,
+                    }
+                }
+            }
+        }
+        Rule::sum | Rule::product => {
+            let mut it = p.into_inner();
+            let mut acc = expr(it.next().unwrap(), off);
+            while let Some(op) = it.next() {
+                let op = match op.as_str() {
+                    "+" => BinOp::Add,
+                    "-" => BinOp::Sub,
+                    "*" => BinOp::Mul,
+                    _ => BinOp::Div,
+                };
+                let rhs = expr(it.next().unwrap(), off);
+                let s = acc.span.to(rhs.span);
+                acc = Expr {
+                    kind: ExprKind::Binary {
+                        op,
+                        lhs: Box::new(acc),
+                        rhs: Box::new(rhs),
+                    },
+                    span: s,
+                };
+            }
+            acc
+        }
+        Rule::unary => {
+            let parts: Vec<_> = p.into_inner().collect();
+            let (negs, rest) = parts.split_at(parts.len() - 1);
+            let mut e = expr(rest[0].clone(), off);
+            for n in negs.iter().rev() {
+                let s = span_of(n, off).to(e.span);
+                e = Expr {
+                    kind: ExprKind::Neg(Box::new(e)),
+                    span: s,
+                };
+            }
+            e
+        }
+        Rule::postfix => {
+            let mut it = p.into_inner();
+            let head = it.next().unwrap();
+            let mut acc = expr(head, off);
+            for post in it {
+                let pspan = span_of(&post, off);
+                let s = acc.span.to(pspan);
+                match post.as_rule() {
+                    Rule::call_args => {
+                        let args = post.into_inner().map(|a| arg(a, off)).collect();
+                        let callee = match &acc.kind {
+                            ExprKind::Ident(n) => Ident {
+                                name: n.clone(),
+                                span: acc.span,
+                            },
+                            // Calling something that is not a name: keep the
+                            // text so the checker can say it is not callable.
+                            _ => Ident {
+                                name: String::new(),
+                                span: acc.span,
+                            },
+                        };
+                        acc = Expr {
+                            kind: ExprKind::Call { callee, args },
+                            span: s,
+                        };
+                    }
+                    Rule::index => {
+                        let index = expr(post.into_inner().next().unwrap(), off);
+                        acc = Expr {
+                            kind: ExprKind::Index {
+                                base: Box::new(acc),
+                                index: Box::new(index),
+                            },
+                            span: s,
+                        };
+                    }
+                    _ => {
+                        let field = ident(post.into_inner().next().unwrap(), off);
+                        acc = Expr {
+                            kind: ExprKind::Field {
+                                base: Box::new(acc),
+                                field,
+                            },
+                            span: s,
+                        };
+                    }
+                }
+            }
+            acc
+        }
+        Rule::paren => {
+            let inner = expr(p.into_inner().next().unwrap(), off);
+            Expr {
+                kind: inner.kind,
+                span,
+            }
+        }
+        Rule::list => Expr {
+            kind: ExprKind::List(
+                p.into_inner()
+                    .map(|item| {
+                        let mut parts = item.into_inner().filter(|q| !is_keyword(q.as_rule()));
+                        let value = expr(parts.next().unwrap(), off);
+                        ListItem {
+                            value,
+                            label: parts.next().map(|s| strlit(s, off)),
+                        }
+                    })
+                    .collect(),
+            ),
+            span,
+        },
+        Rule::number | Rule::int => {
+            let text = p.as_str();
+            let kind = if text.contains(['.', 'e', 'E']) {
+                ExprKind::Float(text.parse().unwrap_or(f64::NAN))
+            } else {
+                match text.parse::<i64>() {
+                    Ok(i) => ExprKind::Int(i),
+                    Err(_) => ExprKind::Float(text.parse().unwrap_or(f64::INFINITY)),
+                }
+            };
+            Expr { kind, span }
+        }
+        Rule::size => {
+            let text = p.as_str();
+            let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+            let (num, unit) = text.split_at(split);
+            let mult: f64 = match unit {
+                "KiB" => 1024.0,
+                "MiB" => 1024.0 * 1024.0,
+                "GiB" => 1024.0 * 1024.0 * 1024.0,
+                "TiB" => 1024f64.powi(4),
+                "kB" | "KB" => 1e3,
+                "MB" => 1e6,
+                "GB" => 1e9,
+                "TB" => 1e12,
+                _ => 1.0,
+            };
+            let bytes = num.parse::<f64>().unwrap_or(0.0) * mult;
+            Expr {
+                kind: ExprKind::Size(bytes.min(u64::MAX as f64) as u64),
+                span,
+            }
+        }
+        Rule::string => {
+            let s = strlit(p, off);
+            Expr {
+                kind: ExprKind::Str(s.value),
+                span,
+            }
+        }
+        Rule::boolean => Expr {
+            kind: ExprKind::Bool(p.as_str() == "true"),
+            span,
+        },
+        Rule::ident => Expr {
+            kind: ExprKind::Ident(p.as_str().to_string()),
+            span,
+        },
+        other => unreachable!("not an expression: {other:?}"),
+    }
+}
+
+fn arg(p: Pair<Rule>, off: usize) -> Arg {
+    let span = span_of(&p, off);
+    let mut parts: Vec<_> = p.into_inner().collect();
+    let value = expr(parts.pop().unwrap(), off);
+    let name = parts.pop().map(|n| ident(n, off));
+    Arg { name, value, span }
+}
