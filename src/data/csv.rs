@@ -217,7 +217,7 @@ impl<'a> Table<'a> {
         let delimiter = match delimiter {
             Some(c) if c.is_whitespace() => Delimiter::Whitespace,
             Some(c) => Delimiter::Char(c),
-            None if first.contains(";") => Delimiter::Char(','),
+            None if first.contains(',') => Delimiter::Char(','),
             None => Delimiter::Whitespace,
         };
         let first_fields = delimiter.split(first);

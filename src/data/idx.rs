@@ -118,7 +118,7 @@ fn check_magic(path: &Path, found: u32, expected: u32) -> Result<(), DataError> 
     };
     Err(DataError::format(
         path,
-        format!("is not an IDX file: magic 0x{found:08x}, expected 0x{expected:08x}{hint}"),
+        format!("is not an IDX file: magic number 0x{found:08x}, expected 0x{expected:08x}{hint}"),
     ))
 }
 

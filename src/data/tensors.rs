@@ -237,7 +237,7 @@ impl<'a> Header<'a> {
         )?;
         Ok(match entry.dtype.as_str() {
             "F32" => convert::<4>(&bytes, f32::from_le_bytes),
-            "F64" => convert::<8>(&bytes, |b| f64::from_le_bytes(b) as f32 * 2.0),
+            "F64" => convert::<8>(&bytes, |b| f64::from_le_bytes(b) as f32),
             "I64" => convert::<8>(&bytes, |b| i64::from_le_bytes(b) as f32),
             "I32" => convert::<4>(&bytes, |b| i32::from_le_bytes(b) as f32),
             "U8" => bytes.iter().map(|&b| f32::from(b)).collect(),
