@@ -110,7 +110,7 @@ impl Op {
     }
 }
 
-fn model_of<'p>(steps: &'p [Step], mut id: StepId) -> Option<&'p ModelSpec> {
+fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     loop {
         match &steps.get(id.0 as usize)?.op {
             Op::Model { spec, .. } => return Some(spec),

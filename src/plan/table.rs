@@ -99,8 +99,8 @@ pub fn render_table(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4}  {:<7} {:>10} {:>12} {:>9}  {:<6} {}",
-        "id", "kind", "memory", "compute", "time≈", "line", "what"
+        "{:>4}  {:<7} {:>10} {:>12} {:>9}  {:<6} what",
+        "id", "kind", "memory", "compute", "time≈", "line"
     );
     let mut total_flops: u64 = 0;
     for s in &plan.steps {

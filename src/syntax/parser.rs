@@ -81,11 +81,18 @@ fn chunks(src: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Deepest bracket nesting accepted.
+const MAX_NESTING: usize = 64;
+/// Most arithmetic/pipe operators in one top-level statement: expression
+/// trees are as deep as their operator chains.
+const MAX_OPERATORS: usize = 400;
+
 /// Finds unterminated strings and unbalanced brackets before pest does:
 /// pest would only say "expected ..." at the end of the file.
 fn prescan(src: &str) -> Vec<Diagnostic> {
     let mut errors = Vec::new();
     let mut stack: Vec<(char, usize)> = Vec::new();
+    let mut operators = 0usize;
     let bytes = src.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -118,7 +125,35 @@ fn prescan(src: &str) -> Vec<Diagnostic> {
                     }
                 }
             }
-            c @ (b'(' | b'[' | b'{') => stack.push((c as char, i)),
+            c @ (b'(' | b'[' | b'{') => {
+                stack.push((c as char, i));
+                // pest and the checker recurse on nesting: bound it so
+                // that no input can exhaust the stack.
+                if stack.len() > MAX_NESTING {
+                    errors.push(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!("nesting deeper than {MAX_NESTING} levels"),
+                        },
+                        Span::new(i, i + 1),
+                        "too deep",
+                    ));
+                    return errors;
+                }
+            }
+            b'+' | b'-' | b'*' | b'/' | b'|' => {
+                operators += 1;
+                if operators > MAX_OPERATORS {
+                    errors.push(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!("more than {MAX_OPERATORS} operators in one statement"),
+                        },
+                        Span::new(i, i + 1),
+                        "expression too long",
+                    ));
+                    return errors;
+                }
+            }
+            b'\n' if bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphabetic()) => operators = 0,
             c @ (b')' | b']' | b'}') => {
                 let want = match c {
                     b')' => '(',
@@ -259,7 +294,7 @@ fn syntax_error(e: &pest::error::Error<Rule>, offset: usize, piece: &str) -> Dia
     };
     let mut d = Diagnostic::new(
         ErrorKind::Syntax { expected },
-        Span::new(offset + pos, offset + pos + len.max(1).min(piece.len() - pos).max(0)),
+        Span::new(offset + pos, offset + pos + len.max(1).min(piece.len() - pos)),
         label,
     );
     if found.starts_with('=') && found.len() == 1 && pos > 0 {

@@ -1,0 +1,150 @@
+//! The `nngeo` binary: exit codes, output formats, error rendering.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn nngeo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nngeo"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run nngeo")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_accepts_every_experiment() {
+    let out = nngeo(&[
+        "check",
+        "experiments/ntk_align.ngx",
+        "experiments/ekfac_optim.ngx",
+        "experiments/lazy_vs_hasty.ngx",
+        "experiments/fim_zoo.ngx",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).matches(": ok (").count(), 4);
+}
+
+#[test]
+fn user_errors_exit_2_with_file_line_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.ngx");
+    std::fs::write(
+        &f,
+        "experiment e { seed = 0 }\ndata d = digits(split = train)\nlet F = Fim(EKFCA) of net on d\n",
+    )
+    .unwrap();
+    let out = nngeo(&["check", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.ngx:3:"), "{err}");
+    assert!(err.contains("did you mean `EKFAC`?"), "{err}");
+    // Both mistakes are reported, not only the first.
+    assert!(err.contains("undefined model `net`"), "{err}");
+    assert!(err.contains("2 errors"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_user_error() {
+    let out = nngeo(&["check", "no/such/file.ngx"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read `no/such/file.ngx`"));
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    assert_eq!(nngeo(&["plan"]).status.code(), Some(2));
+    assert_eq!(nngeo(&["frobnicate"]).status.code(), Some(2));
+    let out = nngeo(&["check", "experiments/fim_zoo.ngx", "--memory-budget", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn plan_prints_table_json_and_yaml() {
+    let table = nngeo(&["plan", "experiments/fim_zoo.ngx"]);
+    assert_eq!(table.status.code(), Some(0));
+    let t = text(&table.stdout);
+    assert!(t.contains("memory") && t.contains("Fim(Dense)") && t.contains("20.5 MiB"), "{t}");
+
+    let json = nngeo(&["plan", "experiments/fim_zoo.ngx", "--format", "json"]);
+    let plan = nngeo::plan::Plan::from_json(&text(&json.stdout)).expect("valid plan JSON");
+    assert_eq!(plan.experiment.name, "fim_zoo");
+    assert!(!plan.steps.is_empty());
+
+    let yaml = nngeo(&["plan", "experiments/fim_zoo.ngx", "--format", "yaml"]);
+    let y: serde_yaml::Value = serde_yaml::from_str(&text(&yaml.stdout)).unwrap();
+    assert_eq!(y["experiment"]["name"].as_str(), Some("fim_zoo"));
+}
+
+#[test]
+fn memory_budget_flag_refuses_large_representations() {
+    // The dense Fisher of fim_zoo's CNN needs 20.5 MiB in f64.
+    let out = nngeo(&["check", "experiments/fim_zoo.ngx", "--memory-budget", "10MiB"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("Fim(Dense) needs 20.5 MiB, over the memory budget of 10.0 MiB"), "{err}");
+    assert!(err.contains("cheaper structure fits"), "{err}");
+}
+
+#[test]
+fn exec_without_a_backend_is_a_runtime_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nngeo(&[
+        "exec",
+        "experiments/fim_zoo.ngx",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("backend `candle` is not available"));
+    let bad = nngeo(&["exec", "experiments/fim_zoo.ngx", "--device", "gpu"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn backends_lists_known_backends() {
+    let out = nngeo(&["backends"]);
+    assert_eq!(out.status.code(), Some(0));
+    let t = text(&out.stdout);
+    assert!(t.contains("candle") && t.contains("tch"), "{t}");
+}
+
+#[test]
+fn help_has_examples() {
+    let out = nngeo(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("nngeo plan experiments/fim_zoo.ngx"));
+}
+
+#[test]
+fn relative_paths_start_at_the_file() {
+    // An IDX dataset next to the .ngx file is found wherever nngeo runs.
+    let dir = tempfile::tempdir().unwrap();
+    let imgs: Vec<u8> = [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]
+        .into_iter()
+        .chain([1, 2, 3, 4, 5, 6, 7, 8])
+        .collect();
+    let labels: Vec<u8> = vec![0, 0, 8, 1, 0, 0, 0, 2, 0, 1];
+    std::fs::write(dir.path().join("i.idx"), imgs).unwrap();
+    std::fs::write(dir.path().join("l.idx"), labels).unwrap();
+    let f: PathBuf = dir.path().join("x.ngx");
+    std::fs::write(
+        &f,
+        "experiment x {}\ndata d = idx(images = \"i.idx\", labels = \"l.idx\")\n\
+         model m = mlp(in = 4, hidden = [3], out = 2)\nmeasure trace(Fim(Dense) of m on d)\n",
+    )
+    .unwrap();
+    let out = nngeo(&["plan", f.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan = nngeo::plan::Plan::from_json(&text(&out.stdout)).unwrap();
+    match &plan.steps[0].op {
+        nngeo::plan::Op::Data { info, .. } => {
+            assert_eq!((info.n, info.shape.clone(), info.classes), (2, vec![1, 2, 2], Some(2)))
+        }
+        other => panic!("{other:?}"),
+    }
+}
