@@ -1,0 +1,111 @@
+//! Memory estimates follow each representation's storage exactly, and hook
+//! schedules fire where they say.
+
+use nngeo::check::CheckOptions;
+use nngeo::plan::{HookSchedule, Op, Plan};
+
+fn plan(src: &str) -> Plan {
+    let opts = CheckOptions {
+        default_budget: 1 << 40,
+        ..CheckOptions::default()
+    };
+    nngeo::compile_source(src, &opts)
+        .unwrap_or_else(|d| panic!("{}", nngeo::diag::render("t.ngx", src, &d)))
+}
+
+/// Memory of the representation steps, in order.
+fn repr_memory(p: &Plan) -> Vec<u64> {
+    p.steps
+        .iter()
+        .filter(|s| matches!(s.op, Op::Repr { .. }))
+        .map(|s| s.cost.memory)
+        .collect()
+}
+
+const CNN: &str = r#"
+experiment t { dtype = f64 }
+data d = digits(split = test) |> take(7)
+model net = sequential(conv2d(1, 4, kernel = 3, padding = 1), relu, conv2d(4, 4, kernel = 3), relu,
+                       flatten, linear(144, 10), input = [1, 8, 8])
+"#;
+
+#[test]
+fn fisher_memory_matches_storage() {
+    let src = format!(
+        "{CNN}\nfor S in [Dense, BlockDiag, Diag, KFAC, EKFAC, QuasiDiag, LowRank(rank = 3)] {{ measure trace(Fim(S) of net on d) }}"
+    );
+    let mem = repr_memory(&plan(&src));
+    // p per layer: conv 1→4 k3: 40, conv 4→4 k3: 148, linear 144→10: 1450.
+    let (p0, p1, p2) = (40u64, 148u64, 1450u64);
+    let p = p0 + p1 + p2;
+    assert_eq!(p, 1638);
+    // (s_A, s_G) per layer, bias as the last input index.
+    let kfac = (10 * 10 + 4 * 4) + (37 * 37 + 4 * 4) + (145 * 145 + 10 * 10);
+    let ekfac = kfac + (10 * 4 + 37 * 4 + 145 * 10);
+    assert_eq!(
+        mem,
+        vec![
+            p * p * 8,
+            (p0 * p0 + p1 * p1 + p2 * p2) * 8,
+            p * 8,
+            kfac * 8,
+            ekfac * 8,
+            2 * p * 8,
+            3 * p * 8,
+        ]
+    );
+}
+
+#[test]
+fn ntk_memory_is_n_c_squared() {
+    let src = format!("{CNN}\nmeasure trace(Ntk(Dense) of net on d), trace(Ntk(Diag) of net on d)");
+    // n = 7 examples, C = 10 outputs, f64.
+    assert_eq!(repr_memory(&plan(&src)), vec![70 * 70 * 8, 70 * 8]);
+}
+
+#[test]
+fn f32_halves_memory() {
+    let src = format!("{CNN}\nmeasure trace(Fim(Dense) of net on d)").replace("dtype = f64", "dtype = f32");
+    assert_eq!(repr_memory(&plan(&src)), vec![1638 * 1638 * 4]);
+}
+
+#[test]
+fn over_budget_is_refused_with_the_size() {
+    let src = "experiment t { memory_budget = 1MiB }\ndata d = digits()\n\
+               model m = mlp(in = 64, hidden = [512], out = 10)\nmeasure trace(Fim(Dense) of m on d)\n";
+    let err = nngeo::compile_source(src, &CheckOptions::default()).unwrap_err();
+    let text = nngeo::diag::render("t.ngx", src, &err);
+    // p = 65·512 + 513·10 = 38410; 38410² · 4 B = 5.5 GiB.
+    assert!(text.contains("Fim(Dense) needs 5.5 GiB, over the memory budget of 1.0 MiB"), "{text}");
+    assert!(text.contains("t.ngx:4:"), "{text}");
+}
+
+#[test]
+fn log_schedule_fires_at_floor_of_powers() {
+    let s = HookSchedule::LogSteps {
+        start: 5,
+        factor: 1.15,
+    };
+    let steps = s.firing_steps(20, 10);
+    // 5, 5.75, 6.61, 7.60, 8.75, 10.06, 11.57, 13.30, 15.30, 17.59, 20.23
+    assert_eq!(steps, vec![0, 5, 6, 7, 8, 10, 11, 13, 15, 17]);
+    assert_eq!(HookSchedule::EverySteps { n: 10 }.firing_steps(25, 5), vec![0, 10, 20]);
+    assert_eq!(HookSchedule::EveryEpochs { n: 2 }.firing_steps(25, 5), vec![0, 10, 20]);
+    assert_eq!(HookSchedule::End.firing_steps(25, 5), vec![25]);
+}
+
+#[test]
+fn training_length_and_hook_counts() {
+    let src = "experiment t {}\ndata d = digits() |> take(100)\nmodel m = mlp(in = 64, out = 10)\n\
+               train m on d { optimizer = sgd(lr = 0.1)\n epochs = 3\n batch = 32\n every 4 steps { measure loss(m, d) } }\n";
+    let p = plan(src);
+    let train = p.steps.iter().find(|s| matches!(s.op, Op::Train { .. })).unwrap();
+    let Op::Train { config, hooks, .. } = &train.op else { unreachable!() };
+    // ceil(100 / 32) = 4 steps per epoch, 3 epochs.
+    assert_eq!(config.total_steps, 12);
+    assert_eq!(hooks[0].fires, 4); // steps 0, 4, 8, 12
+    // The hook's step refers to the live model of this run.
+    let hooked = p.step(hooks[0].steps[0]);
+    assert_eq!(hooked.hook.unwrap().train, train.id);
+    assert!(hooked.deps.contains(&train.id));
+}
