@@ -186,16 +186,17 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
         for h in &d.hints {
             report = report.with_help(h);
         }
-        let _ = report
-            .finish()
-            .write((file, Source::from(src)), &mut out);
+        let _ = report.finish().write((file, Source::from(src)), &mut out);
     }
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Suggests the closest of `candidates` to `name`, if one is close enough to
 /// be a plausible typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let lower = name.to_lowercase();
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {

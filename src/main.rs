@@ -62,7 +62,9 @@ enum Command {
         budget: Budget,
     },
     /// Show the execution plan of a file with per-step memory and cost.
-    #[command(after_help = "Examples:\n  nngeo plan experiments/fim_zoo.ngx\n  nngeo plan experiments/fim_zoo.ngx --format yaml")]
+    #[command(
+        after_help = "Examples:\n  nngeo plan experiments/fim_zoo.ngx\n  nngeo plan experiments/fim_zoo.ngx --format yaml"
+    )]
     Plan {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
@@ -71,7 +73,9 @@ enum Command {
         budget: Budget,
     },
     /// Run an experiment.
-    #[command(after_help = "Example:\n  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu")]
+    #[command(
+        after_help = "Example:\n  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu"
+    )]
     Exec {
         file: PathBuf,
         /// Backend name (overrides the file's `backend`).
@@ -97,7 +101,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size such as 8GiB"))?;
+    let num: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 8GiB"))?;
     let mult = match unit.trim() {
         "" | "B" => 1.0,
         "KiB" => 1024.0,
@@ -108,7 +115,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1e6,
         "GB" => 1e9,
         "TB" => 1e12,
-        other => return Err(format!("unknown unit `{other}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+            ))
+        }
     };
     if num <= 0.0 {
         return Err("the budget must be positive".into());
@@ -175,7 +186,11 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Plan { file, format, budget } => match load(&file, &budget) {
+        Command::Plan {
+            file,
+            format,
+            budget,
+        } => match load(&file, &budget) {
             Ok(plan) => {
                 match format {
                     Format::Table => print!("{}", render_table(&plan)),
@@ -203,7 +218,8 @@ fn main() -> ExitCode {
             if let Some(d) = device {
                 let ok = d == "cpu"
                     || d == "cuda"
-                    || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+                    || d.strip_prefix("cuda:")
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
                 if !ok {
                     eprintln!("error: `--device {d}`: expected `cpu`, `cuda` or `cuda:N`");
                     return ExitCode::from(2);
@@ -252,7 +268,9 @@ fn main() -> ExitCode {
                             info.capabilities.join(", ")
                         );
                     }
-                    Err(reason) => println!("{:<8} {:<10} unavailable: {reason}", r.name, "built-in"),
+                    Err(reason) => {
+                        println!("{:<8} {:<10} unavailable: {reason}", r.name, "built-in")
+                    }
                 }
             }
             ExitCode::SUCCESS

@@ -59,7 +59,12 @@ fn missing_file_is_a_user_error() {
 fn bad_arguments_exit_2() {
     assert_eq!(nngeo(&["plan"]).status.code(), Some(2));
     assert_eq!(nngeo(&["frobnicate"]).status.code(), Some(2));
-    let out = nngeo(&["check", "experiments/fim_zoo.ngx", "--memory-budget", "lots"]);
+    let out = nngeo(&[
+        "check",
+        "experiments/fim_zoo.ngx",
+        "--memory-budget",
+        "lots",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -68,7 +73,10 @@ fn plan_prints_table_json_and_yaml() {
     let table = nngeo(&["plan", "experiments/fim_zoo.ngx"]);
     assert_eq!(table.status.code(), Some(0));
     let t = text(&table.stdout);
-    assert!(t.contains("memory") && t.contains("Fim(Dense)") && t.contains("20.5 MiB"), "{t}");
+    assert!(
+        t.contains("memory") && t.contains("Fim(Dense)") && t.contains("20.5 MiB"),
+        "{t}"
+    );
 
     let json = nngeo(&["plan", "experiments/fim_zoo.ngx", "--format", "json"]);
     let plan = nngeo::plan::Plan::from_json(&text(&json.stdout)).expect("valid plan JSON");
@@ -83,10 +91,18 @@ fn plan_prints_table_json_and_yaml() {
 #[test]
 fn memory_budget_flag_refuses_large_representations() {
     // The dense Fisher of fim_zoo's CNN needs 20.5 MiB in f64.
-    let out = nngeo(&["check", "experiments/fim_zoo.ngx", "--memory-budget", "10MiB"]);
+    let out = nngeo(&[
+        "check",
+        "experiments/fim_zoo.ngx",
+        "--memory-budget",
+        "10MiB",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("Fim(Dense) needs 20.5 MiB, over the memory budget of 10.0 MiB"), "{err}");
+    assert!(
+        err.contains("Fim(Dense) needs 20.5 MiB, over the memory budget of 10.0 MiB"),
+        "{err}"
+    );
     assert!(err.contains("cheaper structure fits"), "{err}");
 }
 
@@ -143,7 +159,10 @@ fn relative_paths_start_at_the_file() {
     let plan = nngeo::plan::Plan::from_json(&text(&out.stdout)).unwrap();
     match &plan.steps[0].op {
         nngeo::plan::Op::Data { info, .. } => {
-            assert_eq!((info.n, info.shape.clone(), info.classes), (2, vec![1, 2, 2], Some(2)))
+            assert_eq!(
+                (info.n, info.shape.clone(), info.classes),
+                (2, vec![1, 2, 2], Some(2))
+            )
         }
         other => panic!("{other:?}"),
     }

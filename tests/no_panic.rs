@@ -20,11 +20,62 @@ impl Rng {
 }
 
 const TOKENS: &[&str] = &[
-    "(", ")", "[", "]", "{", "}", ",", "=", "|>", "\"", "-", "*", "/", "+", ".", "of", "on", "as",
-    "for", "in", "train", "data", "model", "let", "measure", "plot", "experiment", "every", "at",
-    "Fim", "Ntk", "KFAC", "EKFAC(refit = false)", "Dense", "mix(norm = KFAC)", "net", "probe",
-    "0", "-1", "1e309", "99999999999999999999", "0.5", "[]", "[1, 2]", "layers(net)", "K[layer]",
-    "\"{x}\"", "\"layers.9\"", "steps", "epochs", "true", "nan", "8GiB", "é", "\n", "//",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "=",
+    "|>",
+    "\"",
+    "-",
+    "*",
+    "/",
+    "+",
+    ".",
+    "of",
+    "on",
+    "as",
+    "for",
+    "in",
+    "train",
+    "data",
+    "model",
+    "let",
+    "measure",
+    "plot",
+    "experiment",
+    "every",
+    "at",
+    "Fim",
+    "Ntk",
+    "KFAC",
+    "EKFAC(refit = false)",
+    "Dense",
+    "mix(norm = KFAC)",
+    "net",
+    "probe",
+    "0",
+    "-1",
+    "1e309",
+    "99999999999999999999",
+    "0.5",
+    "[]",
+    "[1, 2]",
+    "layers(net)",
+    "K[layer]",
+    "\"{x}\"",
+    "\"layers.9\"",
+    "steps",
+    "epochs",
+    "true",
+    "nan",
+    "8GiB",
+    "é",
+    "\n",
+    "//",
 ];
 
 fn check(src: &str, opts: &CheckOptions) {
@@ -50,7 +101,9 @@ fn sources() -> Vec<String> {
         .filter(|p| p.extension().is_some_and(|x| x == "ngx"))
         .collect();
     v.sort();
-    v.into_iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    v.into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
 }
 
 fn options() -> CheckOptions {
@@ -131,7 +184,10 @@ fn pathological_inputs_are_errors_not_crashes() {
         "[".repeat(5_000) + &"]".repeat(5_000),
         format!("experiment e {{}}\nlet x = {}1", "-".repeat(50_000)),
         format!("experiment e {{}}\nlet x = 1{}", " + 1".repeat(50_000)),
-        format!("experiment e {{}}\ndata d = digits(){}", " |> normalize".repeat(20_000)),
+        format!(
+            "experiment e {{}}\ndata d = digits(){}",
+            " |> normalize".repeat(20_000)
+        ),
         "\"".repeat(3),
         "\u{0}\u{feff}é\r\n".into(),
     ] {

@@ -65,7 +65,8 @@ fn ntk_memory_is_n_c_squared() {
 
 #[test]
 fn f32_halves_memory() {
-    let src = format!("{CNN}\nmeasure trace(Fim(Dense) of net on d)").replace("dtype = f64", "dtype = f32");
+    let src = format!("{CNN}\nmeasure trace(Fim(Dense) of net on d)")
+        .replace("dtype = f64", "dtype = f32");
     assert_eq!(repr_memory(&plan(&src)), vec![1638 * 1638 * 4]);
 }
 
@@ -76,7 +77,10 @@ fn over_budget_is_refused_with_the_size() {
     let err = nngeo::compile_source(src, &CheckOptions::default()).unwrap_err();
     let text = nngeo::diag::render("t.ngx", src, &err);
     // p = 65·512 + 513·10 = 38410; 38410² · 4 B = 5.5 GiB.
-    assert!(text.contains("Fim(Dense) needs 5.5 GiB, over the memory budget of 1.0 MiB"), "{text}");
+    assert!(
+        text.contains("Fim(Dense) needs 5.5 GiB, over the memory budget of 1.0 MiB"),
+        "{text}"
+    );
     assert!(text.contains("t.ngx:4:"), "{text}");
 }
 
@@ -89,8 +93,14 @@ fn log_schedule_fires_at_floor_of_powers() {
     let steps = s.firing_steps(20, 10);
     // 5, 5.75, 6.61, 7.60, 8.75, 10.06, 11.57, 13.30, 15.30, 17.59, 20.23
     assert_eq!(steps, vec![0, 5, 6, 7, 8, 10, 11, 13, 15, 17]);
-    assert_eq!(HookSchedule::EverySteps { n: 10 }.firing_steps(25, 5), vec![0, 10, 20]);
-    assert_eq!(HookSchedule::EveryEpochs { n: 2 }.firing_steps(25, 5), vec![0, 10, 20]);
+    assert_eq!(
+        HookSchedule::EverySteps { n: 10 }.firing_steps(25, 5),
+        vec![0, 10, 20]
+    );
+    assert_eq!(
+        HookSchedule::EveryEpochs { n: 2 }.firing_steps(25, 5),
+        vec![0, 10, 20]
+    );
     assert_eq!(HookSchedule::End.firing_steps(25, 5), vec![25]);
 }
 
@@ -99,12 +109,18 @@ fn training_length_and_hook_counts() {
     let src = "experiment t {}\ndata d = digits() |> take(100)\nmodel m = mlp(in = 64, out = 10)\n\
                train m on d { optimizer = sgd(lr = 0.1)\n epochs = 3\n batch = 32\n every 4 steps { measure loss(m, d) } }\n";
     let p = plan(src);
-    let train = p.steps.iter().find(|s| matches!(s.op, Op::Train { .. })).unwrap();
-    let Op::Train { config, hooks, .. } = &train.op else { unreachable!() };
+    let train = p
+        .steps
+        .iter()
+        .find(|s| matches!(s.op, Op::Train { .. }))
+        .unwrap();
+    let Op::Train { config, hooks, .. } = &train.op else {
+        unreachable!()
+    };
     // ceil(100 / 32) = 4 steps per epoch, 3 epochs.
     assert_eq!(config.total_steps, 12);
     assert_eq!(hooks[0].fires, 4); // steps 0, 4, 8, 12
-    // The hook's step refers to the live model of this run.
+                                   // The hook's step refers to the live model of this run.
     let hooked = p.step(hooks[0].steps[0]);
     assert_eq!(hooked.hook.unwrap().train, train.id);
     assert!(hooked.deps.contains(&train.id));

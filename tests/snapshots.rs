@@ -45,9 +45,8 @@ fn ok_files() -> Vec<PathBuf> {
 fn ast_of_every_valid_file() {
     for f in ok_files() {
         let src = std::fs::read_to_string(&f).unwrap();
-        let ast = nngeo::syntax::parse(&src).unwrap_or_else(|d| {
-            panic!("{}:\n{}", f.display(), nngeo::diag::render("f", &src, &d))
-        });
+        let ast = nngeo::syntax::parse(&src)
+            .unwrap_or_else(|d| panic!("{}:\n{}", f.display(), nngeo::diag::render("f", &src, &d)));
         insta::assert_yaml_snapshot!(format!("ast__{}", name(&f)), ast);
     }
 }
@@ -56,9 +55,8 @@ fn ast_of_every_valid_file() {
 fn plan_of_every_valid_file() {
     for f in ok_files() {
         let src = std::fs::read_to_string(&f).unwrap();
-        let plan = nngeo::compile_source(&src, &options(&f)).unwrap_or_else(|d| {
-            panic!("{}:\n{}", f.display(), nngeo::diag::render("f", &src, &d))
-        });
+        let plan = nngeo::compile_source(&src, &options(&f))
+            .unwrap_or_else(|d| panic!("{}:\n{}", f.display(), nngeo::diag::render("f", &src, &d)));
         insta::assert_yaml_snapshot!(format!("plan__{}", name(&f)), plan);
     }
 }
@@ -69,7 +67,12 @@ fn plans_are_deterministic_and_round_trip_through_json() {
         let src = std::fs::read_to_string(&f).unwrap();
         let a = nngeo::compile_source(&src, &options(&f)).unwrap();
         let b = nngeo::compile_source(&src, &options(&f)).unwrap();
-        assert_eq!(a.to_json(), b.to_json(), "{}: not deterministic", f.display());
+        assert_eq!(
+            a.to_json(),
+            b.to_json(),
+            "{}: not deterministic",
+            f.display()
+        );
         let back = nngeo::plan::Plan::from_json(&a.to_json()).unwrap();
         assert_eq!(back, a, "{}: JSON round trip changed the plan", f.display());
         assert_eq!(back.to_json(), a.to_json());

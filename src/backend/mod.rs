@@ -33,8 +33,12 @@ pub struct HostTensor {
 pub enum StepOutput {
     /// The result lives on the backend under the step's id.
     Stored,
-    Scalar { value: f64 },
-    Tensor { tensor: HostTensor },
+    Scalar {
+        value: f64,
+    },
+    Tensor {
+        tensor: HostTensor,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,9 @@ pub fn registry() -> Vec<Registered> {
 /// Creates the backend called `name`.
 pub fn create(name: &str) -> Result<Box<dyn Backend>, BackendError> {
     match registry().into_iter().find(|r| r.name == name) {
-        Some(Registered { status: Ok(make), .. }) => Ok(make()),
+        Some(Registered {
+            status: Ok(make), ..
+        }) => Ok(make()),
         Some(Registered {
             status: Err(reason),
             ..
@@ -92,7 +98,11 @@ pub fn create(name: &str) -> Result<Box<dyn Backend>, BackendError> {
             name: name.into(),
             reason: format!(
                 "no built-in backend or plugin of this name (known: {})",
-                registry().iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+                registry()
+                    .iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }),
     }

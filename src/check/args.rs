@@ -104,7 +104,9 @@ impl<'a> Checker<'a> {
                     }
                     while next_positional < params.len()
                         && args.iter().any(|b| {
-                            b.name.as_ref().is_some_and(|n| n.name == params[next_positional])
+                            b.name
+                                .as_ref()
+                                .is_some_and(|n| n.name == params[next_positional])
                         })
                     {
                         next_positional += 1;
@@ -271,6 +273,20 @@ impl<'a> Checker<'a> {
                     ));
                     None
                 }
+            }
+            ExprKind::Str(t) if t.trim().parse::<f64>().is_ok() => {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "a number".into(),
+                            found: self.describe(e),
+                        },
+                        e.span,
+                        format!("`{what}` needs a number"),
+                    )
+                    .hint(format!("remove the quotes: `{}`", t.trim())),
+                );
+                None
             }
             _ => {
                 self.mismatch(e, "a number", what);

@@ -34,6 +34,18 @@ pub const TRANSFORMS: [&str; 7] = [
 
 impl<'a> Checker<'a> {
     pub(super) fn data_stmt(&mut self, names: &'a [Ident], value: &'a Expr, span: Span) {
+        let before = self.diags.len();
+        self.data_stmt_inner(names, value, span);
+        if self.diags.len() > before {
+            for n in names {
+                if self.scopes.local(&n.name).is_none() {
+                    self.definition_failed(&n.name);
+                }
+            }
+        }
+    }
+
+    fn data_stmt_inner(&mut self, names: &'a [Ident], value: &'a Expr, span: Span) {
         for n in names {
             if !self.define_check(&n.name, n.span) {
                 return;
@@ -125,7 +137,17 @@ impl<'a> Checker<'a> {
                     names[0].name
                 )),
             ),
-            (_, _) => self.error(
+            (n, Some((_, _, _, sspan))) => self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!("`split` gives two datasets, not {n}"),
+                    },
+                    sspan,
+                    format!("two parts, {n} names"),
+                )
+                .hint("split twice for three parts: `data a, rest = d |> split(0.6)` then `data b, c = rest |> split(0.5)`"),
+            ),
+            (_, None) => self.error(
                 Diagnostic::new(
                     ErrorKind::Invalid {
                         message: format!("{} names but one dataset", names.len()),
@@ -171,7 +193,8 @@ impl<'a> Checker<'a> {
                     )
                     .hint_opt(did_you_mean(n, names.iter().map(|s| s.as_str())));
                     if SOURCES.contains(&n.as_str()) {
-                        diag = diag.hint(format!("`{n}` is a data source: call it, e.g. `{n}(...)`"));
+                        diag =
+                            diag.hint(format!("`{n}` is a data source: call it, e.g. `{n}(...)`"));
                     } else if !names.is_empty() {
                         diag = diag.hint(format!("datasets defined so far: {}", names.join(", ")));
                     } else {
@@ -215,7 +238,7 @@ impl<'a> Checker<'a> {
             Diagnostic::new(
                 ErrorKind::File {
                     path: path.into(),
-                    reason: err.to_string(),
+                    reason: file_reason(&err.to_string()),
                 },
                 e.span,
                 "this file",
@@ -422,7 +445,12 @@ impl<'a> Checker<'a> {
                 }
             }
             "blobs" => {
-                let call = self.bind(&callee, e.span, args, &["n", "classes", "dim", "std", "seed"])?;
+                let call = self.bind(
+                    &callee,
+                    e.span,
+                    args,
+                    &["n", "classes", "dim", "std", "seed"],
+                )?;
                 let n = self.req(&call, "n").and_then(|x| self.count(x, "n"));
                 let classes = self
                     .req(&call, "classes")
@@ -501,7 +529,12 @@ impl<'a> Checker<'a> {
                 let seed = self.seed(&call)?;
                 let (n, dim) = (n?, dim?);
                 (
-                    DataSource::NoisyLinear { n, dim, noise, seed },
+                    DataSource::NoisyLinear {
+                        n,
+                        dim,
+                        noise,
+                        seed,
+                    },
                     DataInfo {
                         n,
                         shape: vec![dim],
@@ -521,7 +554,9 @@ impl<'a> Checker<'a> {
                 )
                 .hint_opt(did_you_mean(other, SOURCES));
                 if TRANSFORMS.contains(&other) {
-                    d = d.hint(format!("`{other}` transforms a dataset: `data |> {other}(...)`"));
+                    d = d.hint(format!(
+                        "`{other}` transforms a dataset: `data |> {other}(...)`"
+                    ));
                 }
                 self.error(d.hint(format!("sources: {}", SOURCES.join(", "))));
                 return None;
@@ -613,7 +648,7 @@ impl<'a> Checker<'a> {
                                 message: "`per_class` needs a classification dataset".into(),
                             },
                             stage.span,
-                            format!("`{}` has no classes", src.name),
+                            format!("{} has no classes", src.shown()),
                         ));
                         return None;
                     };
@@ -629,7 +664,7 @@ impl<'a> Checker<'a> {
                             range: format!("the dataset has {} examples", info.n),
                         },
                         ne.span,
-                        format!("more examples than `{}` has ({})", src.name, info.n),
+                        format!("more examples than {} has ({})", src.shown(), info.n),
                     ));
                     return None;
                 }
@@ -694,7 +729,7 @@ impl<'a> Checker<'a> {
                             message: "label noise needs class labels".into(),
                         },
                         stage.span,
-                        format!("`{}` is a regression dataset", src.name),
+                        format!("{} is a regression dataset", src.shown()),
                     ));
                     return None;
                 }
@@ -709,7 +744,7 @@ impl<'a> Checker<'a> {
                             message: "one-hot targets need class labels".into(),
                         },
                         stage.span,
-                        format!("`{}` is a regression dataset", src.name),
+                        format!("{} is a regression dataset", src.shown()),
                     ));
                     return None;
                 };
@@ -766,4 +801,16 @@ fn callee_span(e: &Expr) -> Span {
 pub fn fmt_shape(s: &[usize]) -> String {
     let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
     format!("[{}]", inner.join(", "))
+}
+
+/// The reason a file could not be read, without a leading "cannot read
+/// `path`: " that the readers add (the message already names the path).
+pub fn file_reason(err: &str) -> String {
+    match err.strip_prefix("cannot read `") {
+        Some(rest) => match rest.find("`: ") {
+            Some(i) => rest[i + 3..].to_string(),
+            None => err.to_string(),
+        },
+        None => err.to_string(),
+    }
 }

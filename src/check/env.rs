@@ -16,11 +16,34 @@ pub struct DataV {
     pub noisy: bool,
 }
 
+impl DataV {
+    /// How to name this dataset in a message: `` `name` ``, or "this
+    /// dataset" for an unnamed intermediate (`_1`).
+    pub fn shown(&self) -> String {
+        if self.name.is_empty() || self.name.starts_with('_') {
+            "this dataset".into()
+        } else {
+            format!("`{}`", self.name)
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelV {
     pub step: StepId,
     pub name: String,
     pub spec: Rc<ModelSpec>,
+}
+
+impl ModelV {
+    /// How to name this model in a message (see [`DataV::shown`]).
+    pub fn shown(&self) -> String {
+        if self.name.is_empty() || self.name.starts_with('_') {
+            "the model".into()
+        } else {
+            format!("`{}`", self.name)
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -138,14 +138,33 @@ impl<'a> Checker<'a> {
             self.error(
                 Diagnostic::new(
                     ErrorKind::ShapeMismatch {
-                        layer: format!("input of `{}`", model.name),
+                        layer: format!(
+                            "{} (input)",
+                            if model.name.starts_with('_') {
+                                "model"
+                            } else {
+                                &model.name
+                            }
+                        ),
                         expected: super::data::fmt_shape(&model.spec.input),
                         found: super::data::fmt_shape(&data.info.shape),
                     },
                     span,
-                    format!("`{}` has examples of {} values, the model takes {}", data.name, have, want),
+                    format!(
+                        "{} has examples of {} values, the model takes {}",
+                        data.shown(),
+                        have,
+                        want
+                    ),
                 )
-                .hint("inputs are reshaped to the model's input shape, so the sizes must agree"),
+                .hint(if model.spec.input.len() == 1 {
+                    format!("give the model `in = {have}` (mlp) or a first `linear({have}, ...)`")
+                } else {
+                    format!(
+                        "inputs are reshaped to `input = {}`, so it must have {have} values",
+                        super::data::fmt_shape(&model.spec.input)
+                    )
+                }),
             );
             return false;
         }
@@ -159,17 +178,25 @@ impl<'a> Checker<'a> {
                 Some(c) => ("classes", c),
                 None => ("target values per example", data.info.target_dim),
             };
-            self.error(Diagnostic::new(
-                ErrorKind::Mismatch {
-                    what: "outputs do not match targets".into(),
-                    detail: format!(
-                        "`{}` has {outputs} outputs but `{}` has {k} {what}",
-                        model.name, data.name
-                    ),
-                },
-                span,
-                format!("{k} {what}"),
-            ));
+            let fix = match data.info.classes {
+                Some(2) => "give the model 1 output (binary) or 2 outputs".to_string(),
+                _ => format!("give the model {k} outputs, e.g. `out = {k}`"),
+            };
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Mismatch {
+                        what: "outputs do not match targets".into(),
+                        detail: format!(
+                            "{} has {outputs} outputs but {} has {k} {what}",
+                            model.shown(),
+                            data.shown()
+                        ),
+                    },
+                    span,
+                    format!("{k} {what}"),
+                )
+                .hint(fix),
+            );
         }
         ok
     }
@@ -340,7 +367,9 @@ impl<'a> Checker<'a> {
                 )
                 .hint_opt(did_you_mean(other, ["Fim", "Ntk"]));
                 if STRUCTURES.contains(&other) {
-                    d = d.hint(format!("say which object: `Fim({other})` or `Ntk({other})`"));
+                    d = d.hint(format!(
+                        "say which object: `Fim({other})` or `Ntk({other})`"
+                    ));
                 }
                 self.error(d);
                 return None;
@@ -396,14 +425,22 @@ impl<'a> Checker<'a> {
                 let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
                 for n in &names {
                     if !known.contains(&n.as_str()) {
+                        // Point at the offending name in the list.
+                        let at = match &self.deref(l).kind {
+                            ExprKind::List(items) => items
+                                .iter()
+                                .find(|i| matches!(&i.value.kind, ExprKind::Str(s) if s == n))
+                                .map_or(l.span, |i| i.value.span),
+                            _ => l.span,
+                        };
                         self.error(
                             Diagnostic::new(
                                 ErrorKind::Unknown {
                                     what: "layer".into(),
                                     name: n.clone(),
                                 },
-                                l.span,
-                                format!("`{}` has no parameterised layer `{n}`", m.name),
+                                at,
+                                format!("{} has no parameterised layer `{n}`", m.shown()),
                             )
                             .hint_opt(did_you_mean(n, known.iter().copied()))
                             .hint(format!("layers with parameters: {}", known.join(", "))),
@@ -471,7 +508,10 @@ impl<'a> Checker<'a> {
                     (s, Some(f)) => (s.clone(), f),
                     (_, None) => continue,
                 };
-                let kron = matches!(st, Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag);
+                let kron = matches!(
+                    st,
+                    Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag
+                );
                 if kron && family == LayerFamily::Norm {
                     self.error(
                         Diagnostic::new(
@@ -506,8 +546,10 @@ impl<'a> Checker<'a> {
                     },
                     e.span,
                     format!(
-                        "{what} of `{}` ({} parameters) on {} examples",
-                        m.name, m.spec.params, dv.info.n
+                        "{what} of {} ({} parameters) on {} examples",
+                        m.shown(),
+                        m.spec.params,
+                        dv.info.n
                     ),
                 )
                 .hint_opt(cheaper)
@@ -742,6 +784,11 @@ impl<'a> Checker<'a> {
             },
             _ => {
                 let found = self.describe(d);
+                // `Fim(S) of net on d |> take(5)` reads as `(Fim(S) of net on d) |> take(5)`.
+                let piped_repr = matches!(
+                    &d.kind,
+                    ExprKind::Pipe { input, .. } if matches!(input.kind, ExprKind::Repr { .. })
+                );
                 self.error(
                     Diagnostic::new(
                         ErrorKind::TypeMismatch {
@@ -751,7 +798,11 @@ impl<'a> Checker<'a> {
                         d.span,
                         "not a representation",
                     )
-                    .hint("e.g. `Fim(KFAC) of net on probe`"),
+                    .hint(if piped_repr {
+                        "`|>` applies to the whole representation: write `on (data |> take(...))` or name the dataset with `data`"
+                    } else {
+                        "e.g. `Fim(KFAC) of net on probe`"
+                    }),
                 );
                 None
             }
@@ -863,9 +914,15 @@ impl<'a> Checker<'a> {
                         return None;
                     }
                     let op = if *op == BinOp::Add {
-                        VectorOp::Add { a: a.step, b: b.step }
+                        VectorOp::Add {
+                            a: a.step,
+                            b: b.step,
+                        }
                     } else {
-                        VectorOp::Sub { a: a.step, b: b.step }
+                        VectorOp::Sub {
+                            a: a.step,
+                            b: b.step,
+                        }
                     };
                     (op, a.len)
                 }
@@ -887,7 +944,13 @@ impl<'a> Checker<'a> {
             },
             ExprKind::Neg(x) => {
                 let v = self.vector_expr(x, "")?;
-                (VectorOp::Scale { factor: -1.0, v: v.step }, v.len)
+                (
+                    VectorOp::Scale {
+                        factor: -1.0,
+                        v: v.step,
+                    },
+                    v.len,
+                )
             }
             _ => {
                 let found = self.describe(d);
@@ -1017,7 +1080,12 @@ impl<'a> Checker<'a> {
         Some(out)
     }
 
-    fn measurement(&mut self, callee: &'a Ident, args: &'a [Arg], span: Span) -> Option<Measurement> {
+    fn measurement(
+        &mut self,
+        callee: &'a Ident,
+        args: &'a [Arg],
+        span: Span,
+    ) -> Option<Measurement> {
         let f = callee.name.as_str();
         let op = |r: &ReprV, l: Option<String>| Operand {
             repr: r.step,
@@ -1060,7 +1128,8 @@ impl<'a> Checker<'a> {
                     Some(d) => self.float_in(d, "damping", 0.0, f64::MAX)?,
                     None => 1e-3,
                 };
-                if damping == 0.0 && !matches!(r.structure, Structure::Dense | Structure::BlockDiag) {
+                if damping == 0.0 && !matches!(r.structure, Structure::Dense | Structure::BlockDiag)
+                {
                     self.error(Diagnostic::new(
                         ErrorKind::OutOfRange {
                             name: "damping".into(),
@@ -1094,19 +1163,26 @@ impl<'a> Checker<'a> {
                 let te = self.req(&c, "targets");
                 let (r, l) = self.operand(me?)?;
                 if r.object != Object::Ntk {
-                    self.error(Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: "kernel–target alignment needs an NTK".into(),
-                        },
-                        me?.span,
-                        "this is a Fisher representation",
-                    ));
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "kernel–target alignment needs an NTK".into(),
+                            },
+                            me?.span,
+                            "this is a Fisher representation",
+                        )
+                        .hint(
+                            "align the kernel on the same examples: `Ntk(Dense) of MODEL on DATA`",
+                        ),
+                    );
                     return None;
                 }
                 let te = te?;
                 let td = self.deref(te);
                 let target_data = match &td.kind {
-                    ExprKind::Call { callee, args } if callee.name == "onehot" || callee.name == "targets" => {
+                    ExprKind::Call { callee, args }
+                        if callee.name == "onehot" || callee.name == "targets" =>
+                    {
                         let tc = self.bind(callee, td.span, args, &["data"])?;
                         {
                             let de = self.req(&tc, "data")?;
@@ -1126,14 +1202,19 @@ impl<'a> Checker<'a> {
                             ErrorKind::Mismatch {
                                 what: "targets of other examples".into(),
                                 detail: format!(
-                                    "the kernel is on `{kn}`, the targets come from `{}`",
-                                    target_data.name
+                                    "the kernel is on {}, the targets come from {}",
+                                    shown_name(&kn),
+                                    target_data.shown()
                                 ),
                             },
                             te.span,
                             "must be the kernel's examples",
                         )
-                        .hint(format!("use `onehot({kn})`")),
+                        .hint(if kn.starts_with('_') || kn.is_empty() {
+                            "name the kernel's dataset (`data probe = ...`) and use it on both sides".to_string()
+                        } else {
+                            format!("use `onehot({kn})`")
+                        }),
                     );
                     return None;
                 }
@@ -1154,26 +1235,57 @@ impl<'a> Checker<'a> {
                 let a = self.operand(ae?);
                 let b = self.operand(be?);
                 let ((ra, la), (rb, lb)) = (a?, b?);
-                if ra.object != rb.object
-                    || ra.model.spec.params != rb.model.spec.params
-                    || la != lb
-                    || ra.options.examples != rb.options.examples
-                {
+                let covered = |r: &ReprV| -> Vec<String> {
+                    cost::covered_layers(&r.model.spec, &r.options)
+                        .iter()
+                        .map(|l| l.name.clone())
+                        .collect()
+                };
+                let shown = |r: &ReprV, l: &Option<String>| {
+                    format!(
+                        "{:?}({}){}",
+                        r.object,
+                        r.structure.name(),
+                        l.as_ref().map(|l| format!("[{l}]")).unwrap_or_default()
+                    )
+                };
+                let why = if ra.object != rb.object {
+                    Some("a Fisher and an NTK live in different spaces".to_string())
+                } else if ra.model.spec.params != rb.model.spec.params {
+                    Some(format!(
+                        "they are of models with {} and {} parameters",
+                        ra.model.spec.params, rb.model.spec.params
+                    ))
+                } else if la != lb {
+                    Some(
+                        "they cover different layers: index both sides with the same layer"
+                            .to_string(),
+                    )
+                } else if la.is_none() && covered(&ra) != covered(&rb) {
+                    Some(format!(
+                        "they cover different layers ({} vs {})",
+                        covered(&ra).join(", "),
+                        covered(&rb).join(", ")
+                    ))
+                } else if ra.options.examples != rb.options.examples {
+                    Some(format!(
+                        "they are on {} and {} examples",
+                        ra.options.examples, rb.options.examples
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
                     self.error(
                         Diagnostic::new(
                             ErrorKind::Mismatch {
                                 what: "cannot compare these".into(),
-                                detail: format!(
-                                    "{:?}{} vs {:?}{}",
-                                    ra.object,
-                                    la.as_ref().map(|l| format!("[{l}]")).unwrap_or_default(),
-                                    rb.object,
-                                    lb.as_ref().map(|l| format!("[{l}]")).unwrap_or_default()
-                                ),
+                                detail: format!("{} vs {}", shown(&ra, &la), shown(&rb, &lb)),
                             },
                             span,
-                            "both sides must be the same object of the same model, on the same layer",
-                        ),
+                            why,
+                        )
+                        .hint("compare the same object of the same model on the same examples and layers"),
                     );
                     return None;
                 }
@@ -1199,7 +1311,7 @@ impl<'a> Checker<'a> {
                                 message: "accuracy needs class labels".into(),
                             },
                             de?.span,
-                            format!("`{}` is a regression dataset", dv.name),
+                            format!("{} is a regression dataset", dv.shown()),
                         ));
                         return None;
                     }
@@ -1242,7 +1354,9 @@ impl<'a> Checker<'a> {
                 )
                 .hint_opt(did_you_mean(other, MEASUREMENTS));
                 if other == "Fim" || other == "Ntk" {
-                    d = d.hint("measure a property of it, e.g. `measure trace(Fim(KFAC) of net on probe)`");
+                    d = d.hint(
+                        "measure a property of it, e.g. `measure trace(Fim(KFAC) of net on probe)`",
+                    );
                 } else {
                     d = d.hint(format!("measurements: {}", MEASUREMENTS.join(", ")));
                 }
@@ -1250,5 +1364,14 @@ impl<'a> Checker<'a> {
                 return None;
             }
         })
+    }
+}
+
+/// `` `name` ``, or "an unnamed dataset" for an intermediate step (`_1`).
+fn shown_name(name: &str) -> String {
+    if name.is_empty() || name.starts_with('_') {
+        "an unnamed dataset".into()
+    } else {
+        format!("`{name}`")
     }
 }

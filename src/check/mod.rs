@@ -73,6 +73,7 @@ pub struct Program {
 /// Checks a parsed file.
 pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec<Diagnostic>> {
     let mut c = Checker::new(src, opts);
+    collect_definitions(&file.stmts, &mut c.definitions);
     c.scopes.push();
     c.header(file);
     for stmt in &file.stmts {
@@ -117,6 +118,12 @@ pub(crate) struct Checker<'a> {
     sweep_vars: BTreeSet<String>,
     plots: Vec<PlotCheck>,
     anon: usize,
+    /// Names whose definition failed: their uses are not reported again as
+    /// undefined (the definition's error says what is wrong).
+    failed: BTreeSet<String>,
+    /// Where each name is defined in the file (first definition), to say
+    /// "defined later" when a name is used before its definition.
+    definitions: std::collections::BTreeMap<String, Span>,
 }
 
 impl<'a> Checker<'a> {
@@ -143,6 +150,8 @@ impl<'a> Checker<'a> {
             sweep_vars: BTreeSet::new(),
             plots: Vec::new(),
             anon: 0,
+            failed: BTreeSet::new(),
+            definitions: std::collections::BTreeMap::new(),
         }
     }
 
@@ -154,7 +163,23 @@ impl<'a> Checker<'a> {
     fn finish_diags(&mut self) -> Vec<Diagnostic> {
         let mut seen = BTreeSet::new();
         let mut out: Vec<Diagnostic> = Vec::new();
-        for d in std::mem::take(&mut self.diags) {
+        for mut d in std::mem::take(&mut self.diags) {
+            if self.is_cascade(&d) {
+                continue;
+            }
+            let later = match &d.kind {
+                ErrorKind::Undefined { what, name } if what != "sweep variable" => self
+                    .definitions
+                    .get(name)
+                    .filter(|def| def.start > d.span.end)
+                    .map(|def| (*def, name.clone())),
+                _ => None,
+            };
+            if let Some((def, name)) = later {
+                d = d
+                    .related(def, "defined later here")
+                    .hint(format!("move the definition of `{name}` before this use"));
+            }
             let key = (d.span, d.kind.to_string(), d.label.clone());
             if seen.insert(key) {
                 out.push(d);
@@ -162,6 +187,25 @@ impl<'a> Checker<'a> {
         }
         out.sort_by_key(|d| d.span.start);
         out
+    }
+
+    /// An "undefined `x`" error for a name whose definition already failed.
+    fn is_cascade(&self, d: &Diagnostic) -> bool {
+        match &d.kind {
+            ErrorKind::Undefined { what, name } => {
+                what != "sweep variable" && self.failed.contains(name)
+            }
+            ErrorKind::TypeMismatch { found, .. } => found
+                .strip_prefix("undefined `")
+                .and_then(|f| f.strip_suffix('`'))
+                .is_some_and(|n| self.failed.contains(n)),
+            _ => false,
+        }
+    }
+
+    /// Records that defining `name` failed (see [`Checker::is_cascade`]).
+    fn definition_failed(&mut self, name: &str) {
+        self.failed.insert(name.to_string());
     }
 
     /// Appends a step and returns its id.
@@ -206,16 +250,20 @@ impl<'a> Checker<'a> {
             );
             return;
         };
+        let name_span = |s: &Stmt| match &s.kind {
+            StmtKind::Experiment { name, .. } => name.span,
+            _ => s.span,
+        };
         for extra in &headers[1..] {
             self.error(
                 Diagnostic::new(
                     ErrorKind::Invalid {
                         message: "a file declares one experiment".into(),
                     },
-                    extra.span,
+                    name_span(extra),
                     "second `experiment` header",
                 )
-                .related(first.span, "first declared here"),
+                .related(name_span(first), "first declared here"),
             );
         }
         let StmtKind::Experiment { name, settings } = &first.kind else {
@@ -223,18 +271,22 @@ impl<'a> Checker<'a> {
         };
         self.header.name = name.name.clone();
         self.header.out = format!("runs/{}", name.name);
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut seen: std::collections::BTreeMap<&str, Span> = std::collections::BTreeMap::new();
         const KEYS: [&str; 6] = ["seed", "backend", "device", "dtype", "out", "memory_budget"];
         for s in settings {
             let key = s.key.name.as_str();
-            if !seen.insert(key) && KEYS.contains(&key) {
-                self.error(Diagnostic::new(
-                    ErrorKind::Duplicate { name: key.into() },
-                    s.key.span,
-                    "set again here",
-                ));
+            if let Some(first) = seen.get(key).filter(|_| KEYS.contains(&key)) {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Duplicate { name: key.into() },
+                        s.key.span,
+                        "set again here",
+                    )
+                    .related(*first, "first set here"),
+                );
                 continue;
             }
+            seen.insert(key, s.key.span);
             match key {
                 "seed" => {
                     if let Some(v) = self.int(&s.value, "seed", 0, u32::MAX as i64) {
@@ -343,9 +395,11 @@ impl<'a> Checker<'a> {
                 if !self.define_check(&name.name, name.span) {
                     return;
                 }
-                if let Some(m) = self.model_expr(value, &name.name) {
-                    self.scopes
-                        .insert(name.name.clone(), Binding::Val(Val::Model(m), name.span));
+                match self.model_expr(value, &name.name) {
+                    Some(m) => self
+                        .scopes
+                        .insert(name.name.clone(), Binding::Val(Val::Model(m), name.span)),
+                    None => self.definition_failed(&name.name),
                 }
             }
             StmtKind::Let { name, value } => self.let_stmt(name, value),
@@ -362,27 +416,39 @@ impl<'a> Checker<'a> {
                 hooks,
             } => {
                 if self.hook.is_some() {
-                    self.error(Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: "`train` cannot run inside a training hook".into(),
-                        },
-                        stmt.span,
-                        "nested training",
-                    ));
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "`train` cannot run inside a training hook".into(),
+                            },
+                            Span::new(stmt.span.start, data.span.end),
+                            "nested training",
+                        )
+                        .hint("train after the outer `train` block, on its result (`train ... as trained`)"),
+                    );
                     return;
                 }
                 self.train_stmt(model, data, result.as_ref(), settings, hooks, stmt.span);
             }
             StmtKind::For { var, iter, body } => self.for_stmt(var, iter, body),
-            StmtKind::Plot { pattern, x, by, flags, file } => {
+            StmtKind::Plot {
+                pattern,
+                x,
+                by,
+                flags,
+                file,
+            } => {
                 if !top {
-                    self.error(Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: "`plot` must be at the top level".into(),
-                        },
-                        stmt.span,
-                        "inside a block",
-                    ));
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "`plot` must be at the top level".into(),
+                            },
+                            stmt.span,
+                            "inside a block",
+                        )
+                        .hint("move it after the loop; `plot ... by VAR` draws one line per sweep value"),
+                    );
                     return;
                 }
                 self.plot_stmt(pattern, x, by, flags, file.as_ref(), stmt.span);
@@ -453,9 +519,11 @@ impl<'a> Checker<'a> {
                 .insert(name.name.clone(), Binding::Expr(value, name.span));
             return;
         }
-        if let Some(v) = self.value(value, &name.name) {
-            self.scopes
-                .insert(name.name.clone(), Binding::Val(v, name.span));
+        match self.value(value, &name.name) {
+            Some(v) => self
+                .scopes
+                .insert(name.name.clone(), Binding::Val(v, name.span)),
+            None => self.definition_failed(&name.name),
         }
     }
 
@@ -497,7 +565,12 @@ impl<'a> Checker<'a> {
                 };
                 m.spec
                     .param_layers()
-                    .map(|l| (Binding::Val(Val::Layer(l.name.clone()), var.span), l.name.clone()))
+                    .map(|l| {
+                        (
+                            Binding::Val(Val::Layer(l.name.clone()), var.span),
+                            l.name.clone(),
+                        )
+                    })
                     .collect()
             }
             _ => {
@@ -584,9 +657,12 @@ impl<'a> Checker<'a> {
     /// Plots are checked last: their patterns may match keys defined later.
     fn check_plots(&mut self) {
         let plots = std::mem::take(&mut self.plots);
+        // After another error some measurements were never checked, so a
+        // pattern matching nothing may be a consequence: do not report it.
+        let keys_complete = self.diags.is_empty();
         for p in plots {
             let matches = self.keys.iter().any(|k| glob(&p.pattern, k));
-            if !matches {
+            if !matches && keys_complete {
                 let keys: Vec<&str> = self.keys.iter().map(|s| s.as_str()).collect();
                 self.error(
                     Diagnostic::new(
@@ -642,6 +718,33 @@ impl<'a> Checker<'a> {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The names a file defines (data, model, let, train results), with the
+/// span of their first definition.
+fn collect_definitions(stmts: &[Stmt], out: &mut std::collections::BTreeMap<String, Span>) {
+    for st in stmts {
+        match &st.kind {
+            StmtKind::Data { names, .. } => {
+                for n in names {
+                    out.entry(n.name.clone()).or_insert(n.span);
+                }
+            }
+            StmtKind::Model { name, .. } | StmtKind::Let { name, .. } => {
+                out.entry(name.name.clone()).or_insert(name.span);
+            }
+            StmtKind::Train { result, hooks, .. } => {
+                if let Some(r) = result {
+                    out.entry(r.name.clone()).or_insert(r.span);
+                }
+                for h in hooks {
+                    collect_definitions(&h.body, out);
+                }
+            }
+            StmtKind::For { body, .. } => collect_definitions(body, out),
+            _ => {}
         }
     }
 }

@@ -198,7 +198,11 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn weights(&mut self, call: &super::args::Call<'a>, spec: &ModelSpec) -> Option<Option<String>> {
+    fn weights(
+        &mut self,
+        call: &super::args::Call<'a>,
+        spec: &ModelSpec,
+    ) -> Option<Option<String>> {
         let Some(e) = call.get("weights") else {
             return Some(None);
         };
@@ -214,7 +218,7 @@ impl<'a> Checker<'a> {
                 self.error(Diagnostic::new(
                     ErrorKind::File {
                         path: path.clone(),
-                        reason: err.to_string(),
+                        reason: super::data::file_reason(&err.to_string()),
                     },
                     e.span,
                     "weights file",
@@ -238,7 +242,12 @@ impl<'a> Checker<'a> {
                         .hint_opt(did_you_mean(&key, names.iter().copied()))
                         .hint(format!(
                             "the file has: {}",
-                            names.iter().take(10).copied().collect::<Vec<_>>().join(", ")
+                            names
+                                .iter()
+                                .take(10)
+                                .copied()
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )),
                     );
                     return None;
@@ -297,8 +306,12 @@ impl<'a> Checker<'a> {
                                     func: "sequential".into(),
                                     name: "input".into(),
                                 },
-                                span,
+                                callee.span,
                                 "cannot infer the input shape",
+                            )
+                            .related(
+                                first.span,
+                                "only a leading `linear(in, out)` gives the input shape",
                             )
                             .hint("give the per-example input shape, e.g. `input = [1, 8, 8]`"),
                         );
@@ -476,7 +489,9 @@ impl<'a> Checker<'a> {
                     let hint = if shape.len() > 1 && n == i {
                         Some("add `flatten` before this layer".to_string())
                     } else if shape.len() > 1 {
-                        Some(format!("after `flatten` it would get [{n}]: use `linear({n}, {o})`"))
+                        Some(format!(
+                            "after `flatten` it would get [{n}]: use `linear({n}, {o})`"
+                        ))
                     } else {
                         Some(format!("use `linear({}, {o})`", shape[0]))
                     };
@@ -519,7 +534,8 @@ impl<'a> Checker<'a> {
                     None => true,
                 };
                 if shape.len() != 3 || shape[0] != i {
-                    let hint = (shape.len() == 3).then(|| format!("use `conv2d({}, {o}, ...)`", shape[0]));
+                    let hint =
+                        (shape.len() == 3).then(|| format!("use `conv2d({}, {o}, ...)`", shape[0]));
                     mismatch(self, format!("[{i}, H, W]"), hint);
                     return None;
                 }
@@ -528,7 +544,10 @@ impl<'a> Checker<'a> {
                 let (Some(h), Some(w)) = (h, w) else {
                     mismatch(
                         self,
-                        format!("an image of at least {}×{} after padding", kernel[0], kernel[1]),
+                        format!(
+                            "an image of at least {}×{} after padding",
+                            kernel[0], kernel[1]
+                        ),
                         Some("use a smaller kernel or more padding".into()),
                     );
                     return None;
@@ -623,7 +642,11 @@ impl<'a> Checker<'a> {
                     spatial(shape[1], kernel[0], stride[0], 0),
                     spatial(shape[2], kernel[1], stride[1], 0),
                 ) else {
-                    mismatch(self, format!("an image of at least {}×{}", kernel[0], kernel[1]), None);
+                    mismatch(
+                        self,
+                        format!("an image of at least {}×{}", kernel[0], kernel[1]),
+                        None,
+                    );
                     return None;
                 };
                 let layer = if callee.name == "maxpool2d" {
@@ -664,7 +687,11 @@ impl<'a> Checker<'a> {
                     None => 1e-5,
                 };
                 if s.len() > shape.len() || shape[shape.len() - s.len()..] != s[..] {
-                    mismatch(self, format!("[..., {}]", fmt_shape(&s).trim_matches(['[', ']'])), None);
+                    mismatch(
+                        self,
+                        format!("[..., {}]", fmt_shape(&s).trim_matches(['[', ']'])),
+                        None,
+                    );
                     return None;
                 }
                 Some((Layer::LayerNorm { shape: s, eps }, shape.to_vec()))
@@ -780,7 +807,10 @@ pub fn expected_tensors(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
                 bias,
                 ..
             } => {
-                out.push((format!("{n}.weight"), vec![*out_channels, *in_channels, *kernel]));
+                out.push((
+                    format!("{n}.weight"),
+                    vec![*out_channels, *in_channels, *kernel],
+                ));
                 if *bias {
                     out.push((format!("{n}.bias"), vec![*out_channels]));
                 }

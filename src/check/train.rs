@@ -7,7 +7,7 @@ use super::{Checker, HookCtx};
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{
     FisherVariant, Group, HookSchedule, HookSpec, Length, LossKind, LrSchedule, Op, Optimizer,
-    Structure, TrainConfig, TrainMode, Tracking,
+    Structure, Tracking, TrainConfig, TrainMode,
 };
 use crate::syntax::{Arg, Expr, ExprKind, Hook, Ident, Schedule, Setting, Span};
 use std::collections::BTreeMap;
@@ -35,17 +35,33 @@ impl<'a> Checker<'a> {
         hooks: &'a [Hook],
         span: Span,
     ) {
+        let defined = self.train_inner(model, data, result, settings, hooks, span);
+        if let (false, Some(r)) = (defined, result) {
+            self.definition_failed(&r.name);
+        }
+    }
+
+    /// Returns whether the trained model (`as NAME`) was defined.
+    fn train_inner(
+        &mut self,
+        model: &'a Ident,
+        data: &'a Expr,
+        result: Option<&'a Ident>,
+        settings: &'a [Setting],
+        hooks: &'a [Hook],
+        span: Span,
+    ) -> bool {
         let m = self.model_ref(model);
         let dv = self.data_expr(data, "");
         let (Some(m), Some(dv)) = (m, dv) else {
-            return;
+            return false;
         };
         if !self.compatible(&m, &dv, data.span) {
-            return;
+            return false;
         }
         if let Some(r) = result {
             if !self.define_check(&r.name, r.span) {
-                return;
+                return false;
             }
         }
         let mut by_key: BTreeMap<&str, &'a Setting> = BTreeMap::new();
@@ -74,8 +90,10 @@ impl<'a> Checker<'a> {
                 ));
             }
         }
-        let Some(config) = self.train_config(&m, &dv, &by_key, span) else {
-            return;
+        // `train net on data [as name]`: where missing settings are reported.
+        let head = Span::new(span.start, result.map_or(data.span.end, |r| r.span.end));
+        let Some(config) = self.train_config(&m, &dv, &by_key, head) else {
+            return false;
         };
         if config.track.is_some() {
             // Per-example tracking reports these, tagged by group.
@@ -154,6 +172,7 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        true
     }
 
     fn train_config(
@@ -167,7 +186,13 @@ impl<'a> Checker<'a> {
         let loss = match s.get("loss") {
             Some(l) => self
                 .symbol(&l.value, "loss", &["cross_entropy", "mse"])
-                .map(|v| if v == "mse" { LossKind::Mse } else { LossKind::CrossEntropy }),
+                .map(|v| {
+                    if v == "mse" {
+                        LossKind::Mse
+                    } else {
+                        LossKind::CrossEntropy
+                    }
+                }),
             None if dv.info.classes.is_some() => Some(LossKind::CrossEntropy),
             None => Some(LossKind::Mse),
         };
@@ -178,7 +203,7 @@ impl<'a> Checker<'a> {
                         message: "cross-entropy needs class labels".into(),
                     },
                     s.get("loss").map_or(span, |l| l.value.span),
-                    format!("`{}` is a regression dataset", dv.name),
+                    format!("{} is a regression dataset", dv.shown()),
                 )
                 .hint("use `loss = mse`"),
             );
@@ -202,8 +227,12 @@ impl<'a> Checker<'a> {
             }
         };
         let length = match (s.get("epochs"), s.get("steps")) {
-            (Some(e), None) => self.int(&e.value, "epochs", 1, 1 << 30).map(|v| Length::Epochs(v as u64)),
-            (None, Some(st)) => self.int(&st.value, "steps", 1, 1 << 40).map(|v| Length::Steps(v as u64)),
+            (Some(e), None) => self
+                .int(&e.value, "epochs", 1, 1 << 30)
+                .map(|v| Length::Epochs(v as u64)),
+            (None, Some(st)) => self
+                .int(&st.value, "steps", 1, 1 << 40)
+                .map(|v| Length::Steps(v as u64)),
             (Some(_), Some(st)) => {
                 self.error(
                     Diagnostic::new(
@@ -233,7 +262,9 @@ impl<'a> Checker<'a> {
             }
         };
         let batch = match s.get("batch") {
-            Some(b) => self.int(&b.value, "batch", 1, dv.info.n as i64).map(|v| v as usize),
+            Some(b) => self
+                .int(&b.value, "batch", 1, dv.info.n as i64)
+                .map(|v| v as usize),
             None => Some(64.min(dv.info.n)),
         };
         let schedule = match s.get("schedule") {
@@ -245,7 +276,9 @@ impl<'a> Checker<'a> {
             None => Some(TrainMode::Plain),
         };
         let seed = match s.get("seed") {
-            Some(x) => self.int(&x.value, "seed", 0, u32::MAX as i64).map(|v| v as u64),
+            Some(x) => self
+                .int(&x.value, "seed", 0, u32::MAX as i64)
+                .map(|v| v as u64),
             None => Some(self.header.seed),
         };
         let eval = match s.get("eval") {
@@ -314,7 +347,12 @@ impl<'a> Checker<'a> {
         };
         match callee.name.as_str() {
             "sgd" => {
-                let c = self.bind(&callee, d.span, args, &["lr", "momentum", "nesterov", "weight_decay"])?;
+                let c = self.bind(
+                    &callee,
+                    d.span,
+                    args,
+                    &["lr", "momentum", "nesterov", "weight_decay"],
+                )?;
                 let lr = self.req(&c, "lr").and_then(|x| self.positive(x, "lr"));
                 let momentum = self.opt_f(&c, "momentum", 0.0, 0.0, 0.999999);
                 let weight_decay = self.opt_f(&c, "weight_decay", 0.0, 0.0, f64::MAX);
@@ -330,7 +368,12 @@ impl<'a> Checker<'a> {
                 })
             }
             "adam" => {
-                let c = self.bind(&callee, d.span, args, &["lr", "betas", "eps", "weight_decay"])?;
+                let c = self.bind(
+                    &callee,
+                    d.span,
+                    args,
+                    &["lr", "betas", "eps", "weight_decay"],
+                )?;
                 let lr = match c.get("lr") {
                     Some(x) => self.positive(x, "lr"),
                     None => Some(1e-3),
@@ -371,7 +414,9 @@ impl<'a> Checker<'a> {
                     &callee,
                     d.span,
                     args,
-                    &["fim", "lr", "damping", "refresh", "refit", "fisher", "momentum"],
+                    &[
+                        "fim", "lr", "damping", "refresh", "refit", "fisher", "momentum",
+                    ],
                 )?;
                 let fe = self.req(&c, "fim")?;
                 let fim = self.ngd_structure(fe)?;
@@ -412,14 +457,22 @@ impl<'a> Checker<'a> {
                         Some(Some(r))
                     }
                     (Some(x), other) => {
-                        self.error(Diagnostic::new(
-                            ErrorKind::UnknownOption {
-                                func: format!("ngd(fim = {})", other.name()),
-                                name: "refit".into(),
-                            },
-                            x.span,
-                            "only EKFAC refits a diagonal",
-                        ));
+                        // Point at `refit = ...`, not only at its value.
+                        let at = args
+                            .iter()
+                            .find_map(|a| a.name.as_ref().filter(|n| n.name == "refit"))
+                            .map_or(x.span, |n| n.span.to(x.span));
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::UnknownOption {
+                                    func: format!("ngd(fim = {})", other.name()),
+                                    name: "refit".into(),
+                                },
+                                at,
+                                "only EKFAC refits a diagonal",
+                            )
+                            .hint("remove `refit`, or use `fim = EKFAC`"),
+                        );
                         return None;
                     }
                     (None, Structure::Ekfac { .. }) => Some(refresh),
@@ -511,7 +564,9 @@ impl<'a> Checker<'a> {
         match Self::named_call(d) {
             Some((c, args)) if c.name == "step" => {
                 let call = self.bind(&c, d.span, args, &["every", "gamma"])?;
-                let every = self.req(&call, "every").and_then(|x| self.int(x, "every", 1, 1 << 30));
+                let every = self
+                    .req(&call, "every")
+                    .and_then(|x| self.int(x, "every", 1, 1 << 30));
                 let gamma = match call.get("gamma") {
                     Some(g) => self.float_in(g, "gamma", 0.0, 1.0),
                     None => Some(0.1),
@@ -565,16 +620,14 @@ impl<'a> Checker<'a> {
     fn tracking(&mut self, e: &'a Expr, dv: &DataV) -> Option<Tracking> {
         let d = self.deref(e);
         let Some((c, args)) = Self::named_call(d).filter(|(c, _)| c.name == "per_example") else {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::TypeMismatch {
-                        expected: "`per_example(every = N, groups = [...])`".into(),
-                        found: self.describe(d),
-                    },
-                    d.span,
-                    "not a tracking specification",
-                ),
-            );
+            self.error(Diagnostic::new(
+                ErrorKind::TypeMismatch {
+                    expected: "`per_example(every = N, groups = [...])`".into(),
+                    found: self.describe(d),
+                },
+                d.span,
+                "not a tracking specification",
+            ));
             return None;
         };
         let call = self.bind(&c, d.span, args, &["every", "groups"])?;
@@ -601,7 +654,11 @@ impl<'a> Checker<'a> {
                         Group::Difficulty { bins }
                     }
                     _ => {
-                        let s = self.symbol(it, "group", &["all", "flipped", "clean", "per_class", "difficulty"])?;
+                        let s = self.symbol(
+                            it,
+                            "group",
+                            &["all", "flipped", "clean", "per_class", "difficulty"],
+                        )?;
                         match s.as_str() {
                             "all" => Group::All,
                             "flipped" | "clean" => {
@@ -612,7 +669,7 @@ impl<'a> Checker<'a> {
                                                 message: format!("`{s}` needs labels corrupted with `label_noise`"),
                                             },
                                             it.span,
-                                            format!("`{}` has no flipped labels", dv.name),
+                                            format!("{} has no flipped labels", dv.shown()),
                                         )
                                         .hint("train on `data |> label_noise(0.15, seed = 0)`"),
                                     );
@@ -700,7 +757,9 @@ impl<'a> Checker<'a> {
                             };
                             Some(HookSchedule::LogSteps { start, factor })
                         }
-                        Some((c, args)) if (c.name == "start" || c.name == "end") && args.is_empty() => {
+                        Some((c, args))
+                            if (c.name == "start" || c.name == "end") && args.is_empty() =>
+                        {
                             Some(if c.name == "start" {
                                 HookSchedule::Start
                             } else {

@@ -42,10 +42,13 @@ pub fn run(plan: &Plan, backend: &mut dyn Backend, out: &Path) -> Result<(), Exe
         if let Op::Measure { key, .. } = &step.op {
             let value = match output {
                 StepOutput::Scalar { value } => json!(value),
-                StepOutput::Tensor { tensor } => json!({"shape": tensor.shape, "data": tensor.data}),
+                StepOutput::Tensor { tensor } => {
+                    json!({"shape": tensor.shape, "data": tensor.data})
+                }
                 StepOutput::Stored => continue,
             };
-            let line = json!({"key": key, "step_id": step.id.0, "sweep": step.sweep, "value": value});
+            let line =
+                json!({"key": key, "step_id": step.id.0, "sweep": step.sweep, "value": value});
             writeln!(results, "{line}").map_err(io(&results_path))?;
             results.flush().map_err(io(&results_path))?;
         }

@@ -131,7 +131,8 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
     let size = dtype.size();
     match op {
         Op::Data { info, .. } | Op::Transform { info, .. } => {
-            let per: u64 = info.shape.iter().map(|&d| d as u64).product::<u64>() + info.target_dim as u64;
+            let per: u64 =
+                info.shape.iter().map(|&d| d as u64).product::<u64>() + info.target_dim as u64;
             let bytes = (info.n as u64).saturating_mul(per).saturating_mul(size);
             Cost {
                 memory: bytes,
@@ -161,9 +162,9 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 .iter()
                 .find_map(|r| model_of(steps, *r).map(|m| m.params))
                 .unwrap_or_else(|| match vector {
-                    VectorOp::Add { a, .. } | VectorOp::Sub { a, .. } | VectorOp::Scale { v: a, .. } => {
-                        steps[a.0 as usize].cost.memory / size
-                    }
+                    VectorOp::Add { a, .. }
+                    | VectorOp::Sub { a, .. }
+                    | VectorOp::Scale { v: a, .. } => steps[a.0 as usize].cost.memory / size,
                     _ => 0,
                 });
             let flops = match vector {
@@ -182,7 +183,13 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             let repr = op.refs().first().copied();
             let (dim, stored) = match repr.and_then(|r| steps.get(r.0 as usize)) {
                 Some(Step {
-                    op: Op::Repr { object, model, options, .. },
+                    op:
+                        Op::Repr {
+                            object,
+                            model,
+                            options,
+                            ..
+                        },
                     cost,
                     ..
                 }) => {
@@ -202,7 +209,9 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 m => cost::measure_flops(m, dim, stored),
             };
             let memory = match measurement {
-                Measurement::Diagonal { .. } | Measurement::Mv { .. } | Measurement::Solve { .. } => dim * size,
+                Measurement::Diagonal { .. }
+                | Measurement::Mv { .. }
+                | Measurement::Solve { .. } => dim * size,
                 Measurement::Eigenvalues { top, .. } => *top as u64 * size,
                 _ => size,
             };

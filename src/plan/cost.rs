@@ -122,7 +122,9 @@ fn fim_layer_entries(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -
         Structure::Dense | Structure::BlockDiag => sq(p),
         Structure::Diag => p,
         Structure::Kfac => kfac_dims(layer).map_or(sq(p), |(a, g, _)| sq(a) + sq(g)),
-        Structure::Ekfac { .. } => kfac_dims(layer).map_or(sq(p), |(a, g, _)| sq(a) + sq(g) + a * g),
+        Structure::Ekfac { .. } => {
+            kfac_dims(layer).map_or(sq(p), |(a, g, _)| sq(a) + sq(g) + a * g)
+        }
         Structure::QuasiDiag => kfac_dims(layer).map_or(2 * p, |(a, g, _)| p + g * a),
         Structure::LowRank { rank } => rank.map_or(n * m, |k| k as u64) * p,
         Structure::Implicit => 0,
@@ -150,10 +152,7 @@ pub fn repr_memory(
             match structure {
                 Structure::Dense => sq(layers.iter().map(|l| l.params).sum()),
                 Structure::Implicit => layers.iter().map(|l| l.params).sum::<u64>(),
-                s => layers
-                    .iter()
-                    .map(|l| fim_layer_entries(s, l, n, m))
-                    .sum(),
+                s => layers.iter().map(|l| fim_layer_entries(s, l, n, m)).sum(),
             }
         }
         Object::Ntk => match structure {
@@ -168,7 +167,12 @@ pub fn repr_memory(
 }
 
 /// FLOPs to build a representation.
-pub fn repr_flops(object: Object, structure: &Structure, model: &ModelSpec, options: &ReprOptions) -> u64 {
+pub fn repr_flops(
+    object: Object,
+    structure: &Structure,
+    model: &ModelSpec,
+    options: &ReprOptions,
+) -> u64 {
     let fwd = forward_flops(model);
     let n = options.examples as u64;
     let layers = covered_layers(model, options);
@@ -179,7 +183,9 @@ pub fn repr_flops(object: Object, structure: &Structure, model: &ModelSpec, opti
             let grads = n * m * 3 * fwd;
             let extra = match structure {
                 Structure::Dense => 2 * n * m * sq(p),
-                Structure::BlockDiag => 2 * n * m * layers.iter().map(|l| sq(l.params)).sum::<u64>(),
+                Structure::BlockDiag => {
+                    2 * n * m * layers.iter().map(|l| sq(l.params)).sum::<u64>()
+                }
                 Structure::Kfac | Structure::Ekfac { .. } => layers
                     .iter()
                     .map(|l| {

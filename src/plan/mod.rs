@@ -4,13 +4,13 @@
 //! Plans are deterministic (same file → byte-identical JSON) and round-trip
 //! through JSON unchanged; backends receive these types.
 
-pub mod cost;
 mod compile;
+pub mod cost;
 mod ops;
 mod table;
 
-pub use ops::*;
 pub use compile::compile;
+pub use ops::*;
 pub use table::render_table;
 
 use serde::{Deserialize, Serialize};

@@ -57,7 +57,10 @@ pub enum Op {
     /// A parameter-space vector.
     Vector { name: String, vector: VectorOp },
     /// Compute one measurement and stream it out under `key`.
-    Measure { key: String, measurement: Measurement },
+    Measure {
+        key: String,
+        measurement: Measurement,
+    },
     /// Train `model` on `data`; the steps listed in each hook run at its
     /// schedule, against the live weights of this run.
     Train {
@@ -235,9 +238,18 @@ pub enum Layer {
         stride: [usize; 2],
     },
     /// Evaluation mode (running statistics) for curvature.
-    BatchNorm1d { features: usize, eps: f64 },
-    BatchNorm2d { channels: usize, eps: f64 },
-    LayerNorm { shape: Vec<usize>, eps: f64 },
+    BatchNorm1d {
+        features: usize,
+        eps: f64,
+    },
+    BatchNorm2d {
+        channels: usize,
+        eps: f64,
+    },
+    LayerNorm {
+        shape: Vec<usize>,
+        eps: f64,
+    },
 }
 
 impl Layer {
@@ -275,10 +287,19 @@ impl Layer {
 #[serde(tag = "scheme", rename_all = "snake_case")]
 pub enum Init {
     /// PyTorch's default initialisation of each layer type.
-    Pytorch { seed: u64 },
-    Kaiming { seed: u64 },
-    Xavier { seed: u64 },
-    Normal { std: f64, seed: u64 },
+    Pytorch {
+        seed: u64,
+    },
+    Kaiming {
+        seed: u64,
+    },
+    Xavier {
+        seed: u64,
+    },
+    Normal {
+        std: f64,
+        seed: u64,
+    },
 }
 
 // ---------------------------------------------------------------- geometry
@@ -308,9 +329,13 @@ pub enum Structure {
     /// `refit`: the diagonal is refitted on data (true EKFAC); without it the
     /// eigenvalues are products of KFAC's and EKFAC equals KFAC.
     #[serde(rename = "EKFAC")]
-    Ekfac { refit: bool },
+    Ekfac {
+        refit: bool,
+    },
     /// `rank`: keep the top-k directions; `None` keeps the full factor.
-    LowRank { rank: Option<usize> },
+    LowRank {
+        rank: Option<usize>,
+    },
     QuasiDiag,
     Implicit,
     /// A structure per layer family.
@@ -353,7 +378,9 @@ pub enum Task {
     /// Binary classification with one logit (Bernoulli output).
     Binary,
     /// Gaussian output with variance `sigma2`.
-    Regression { sigma2: f64 },
+    Regression {
+        sigma2: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -383,31 +410,73 @@ pub struct Operand {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VectorOp {
     /// Gradient of the mean training loss.
-    Grad { model: StepId, data: StepId },
+    Grad {
+        model: StepId,
+        data: StepId,
+    },
     /// Standard normal entries.
-    Random { model: StepId, seed: u64 },
+    Random {
+        model: StepId,
+        seed: u64,
+    },
     /// Current weights.
-    Weights { model: StepId },
+    Weights {
+        model: StepId,
+    },
     /// Weights at initialisation (before any training).
-    InitialWeights { model: StepId },
-    Add { a: StepId, b: StepId },
-    Sub { a: StepId, b: StepId },
-    Scale { factor: f64, v: StepId },
+    InitialWeights {
+        model: StepId,
+    },
+    Add {
+        a: StepId,
+        b: StepId,
+    },
+    Sub {
+        a: StepId,
+        b: StepId,
+    },
+    Scale {
+        factor: f64,
+        v: StepId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Measurement {
-    Trace { m: Operand },
-    Frobenius { m: Operand },
-    SpectralNorm { m: Operand },
-    Diagonal { m: Operand },
-    Mv { m: Operand, v: StepId },
+    Trace {
+        m: Operand,
+    },
+    Frobenius {
+        m: Operand,
+    },
+    SpectralNorm {
+        m: Operand,
+    },
+    Diagonal {
+        m: Operand,
+    },
+    Mv {
+        m: Operand,
+        v: StepId,
+    },
     #[serde(rename = "vTMv")]
-    VTMv { m: Operand, v: StepId },
-    Solve { m: Operand, v: StepId, damping: f64 },
-    Eigenvalues { m: Operand, top: usize },
-    EffectiveRank { m: Operand },
+    VTMv {
+        m: Operand,
+        v: StepId,
+    },
+    Solve {
+        m: Operand,
+        v: StepId,
+        damping: f64,
+    },
+    Eigenvalues {
+        m: Operand,
+        top: usize,
+    },
+    EffectiveRank {
+        m: Operand,
+    },
     /// Kernel–target alignment with the targets of `targets` (one-hot for
     /// classes); `centered` centres over examples.
     Alignment {
@@ -416,13 +485,29 @@ pub enum Measurement {
         centered: bool,
     },
     /// ‖a − b‖_F / ‖b‖_F
-    RelError { a: Operand, b: Operand },
+    RelError {
+        a: Operand,
+        b: Operand,
+    },
     /// Bytes the representation holds.
-    Memory { m: Operand },
-    Loss { model: StepId, data: StepId },
-    Accuracy { model: StepId, data: StepId },
-    Norm { v: StepId },
-    Dot { a: StepId, b: StepId },
+    Memory {
+        m: Operand,
+    },
+    Loss {
+        model: StepId,
+        data: StepId,
+    },
+    Accuracy {
+        model: StepId,
+        data: StepId,
+    },
+    Norm {
+        v: StepId,
+    },
+    Dot {
+        a: StepId,
+        b: StepId,
+    },
 }
 
 // ---------------------------------------------------------------- training
@@ -492,7 +577,10 @@ pub enum Length {
 pub enum LrSchedule {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: u64, gamma: f64 },
+    Step {
+        every: u64,
+        gamma: f64,
+    },
     Cosine,
 }
 
@@ -501,7 +589,9 @@ pub enum LrSchedule {
 pub enum TrainMode {
     Plain,
     /// `α (f(w) − f(w₀))`, loss divided by α².
-    Scaled { alpha: f64 },
+    Scaled {
+        alpha: f64,
+    },
     /// `f(w₀) + J(w₀)(w − w₀)`.
     Linearized,
 }
@@ -521,7 +611,9 @@ pub enum Group {
     Clean,
     PerClass,
     /// Quantile bins of example difficulty.
-    Difficulty { bins: usize },
+    Difficulty {
+        bins: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -535,11 +627,20 @@ pub struct HookSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HookSchedule {
-    EverySteps { n: u64 },
-    EveryEpochs { n: u64 },
+    EverySteps {
+        n: u64,
+    },
+    EveryEpochs {
+        n: u64,
+    },
     /// Steps ⌊start·factor^k⌋ (deduplicated), plus step 0.
-    LogSteps { start: u64, factor: f64 },
-    Steps { at: Vec<u64> },
+    LogSteps {
+        start: u64,
+        factor: f64,
+    },
+    Steps {
+        at: Vec<u64>,
+    },
     Start,
     End,
 }

@@ -9,7 +9,10 @@ fn describe(op: &Op) -> (String, String) {
     match op {
         Op::Data { name, source, .. } => (
             "data".into(),
-            format!("{name} = {}", serde_json::to_string(source).unwrap_or_default()),
+            format!(
+                "{name} = {}",
+                serde_json::to_string(source).unwrap_or_default()
+            ),
         ),
         Op::Transform {
             name,
@@ -54,7 +57,10 @@ fn describe(op: &Op) -> (String, String) {
         ),
         Op::Vector { name, vector } => (
             "vector".into(),
-            format!("{name} = {}", serde_json::to_string(vector).unwrap_or_default()),
+            format!(
+                "{name} = {}",
+                serde_json::to_string(vector).unwrap_or_default()
+            ),
         ),
         Op::Measure { key, measurement } => {
             let kind = serde_json::to_value(measurement)
@@ -82,7 +88,14 @@ fn describe(op: &Op) -> (String, String) {
         Op::Save { model, path } => ("save".into(), format!("#{} → {path}", model.0)),
         Op::Plot { pattern, x, by, .. } => (
             "plot".into(),
-            format!("\"{pattern}\" against {x}{}", if by.is_empty() { String::new() } else { format!(" by {}", by.join(", ")) }),
+            format!(
+                "\"{pattern}\" against {x}{}",
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", by.join(", "))
+                }
+            ),
         ),
     }
 }

@@ -28,10 +28,15 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
             Ok(File { stmts })
         }
         Err(first) => {
+            // Track literal tokens (`=`, `,`, `)`) too, so that a missing
+            // `=` is reported where it is missing and not at the
+            // statement's first word. Set once and never cleared: parsing
+            // stays deterministic when several threads parse at once.
+            pest::set_error_detail(true);
             let mut errors = Vec::new();
             for (start, end) in chunks(src) {
                 let piece = &src[start..end];
-                if piece.trim().is_empty() {
+                if only_comments(piece) {
                     continue;
                 }
                 if let Err(e) = NgxParser::parse(Rule::stmt_only, piece) {
@@ -44,6 +49,15 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
             Err(errors)
         }
     }
+}
+
+/// A piece of the file with nothing to parse (a comment before the first
+/// statement, blank lines).
+fn only_comments(piece: &str) -> bool {
+    piece
+        .lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with("//"))
 }
 
 const STMT_KEYWORDS: &[&str] = &[
@@ -145,7 +159,9 @@ fn prescan(src: &str) -> Vec<Diagnostic> {
                 if operators > MAX_OPERATORS {
                     errors.push(Diagnostic::new(
                         ErrorKind::Invalid {
-                            message: format!("more than {MAX_OPERATORS} operators in one statement"),
+                            message: format!(
+                                "more than {MAX_OPERATORS} operators in one statement"
+                            ),
                         },
                         Span::new(i, i + 1),
                         "expression too long",
@@ -269,23 +285,54 @@ fn syntax_error(e: &pest::error::Error<Rule>, offset: usize, piece: &str) -> Dia
         InputLocation::Pos(p) => p,
         InputLocation::Span((a, _)) => a,
     };
-    let mut expected: Vec<&str> = match &e.variant {
-        ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().filter_map(rule_name).collect()
-        }
+    let mut expected: Vec<String> = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => positives
+            .iter()
+            .filter_map(rule_name)
+            .map(str::to_string)
+            .collect(),
         ErrorVariant::CustomError { .. } => vec![],
     };
-    expected.sort();
-    expected.dedup();
+    // With error detail on, pest also records the literal tokens it tried
+    // at the furthest position, which is often past the last rule it tried.
+    let mut pos = pos;
+    if let Some(att) = e.parse_attempts() {
+        if att.max_position >= pos && att.max_position <= piece.len() {
+            let mut more: Vec<String> = att
+                .call_stacks()
+                .iter()
+                .filter_map(|c| c.deepest.get_rule())
+                .filter(|r| !is_container(**r))
+                .filter_map(rule_name)
+                .map(str::to_string)
+                .collect();
+            // Punctuation only: letters and ranges come from inside
+            // identifiers, numbers and keywords, already named by rules.
+            more.extend(att.expected_tokens().iter().filter_map(|t| {
+                let t = t.to_string();
+                let punct =
+                    !t.is_empty() && t != "//" && t.chars().all(|c| c.is_ascii_punctuation());
+                punct.then(|| format!("`{t}`"))
+            }));
+            if !more.is_empty() {
+                if att.max_position > pos {
+                    expected.clear();
+                }
+                pos = att.max_position;
+                expected.extend(more);
+            }
+        }
+    }
+    tidy_expected(&mut expected);
     let expected = match expected.len() {
         0 => "something else".to_string(),
         1 => expected[0].to_string(),
         n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
     };
-    let found = piece[pos..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .unwrap_or("");
+    let pos = pos + (piece[pos..].len() - piece[pos..].trim_start().len());
+    let found = token_at(&piece[pos..]);
+    let wants_eq = expected.contains("`=`");
+    let wants_string = expected == "a string";
     let (label, len) = if found.is_empty() {
         ("unexpected end of statement".to_string(), 0)
     } else {
@@ -294,21 +341,148 @@ fn syntax_error(e: &pest::error::Error<Rule>, offset: usize, piece: &str) -> Dia
     };
     let mut d = Diagnostic::new(
         ErrorKind::Syntax { expected },
-        Span::new(offset + pos, offset + pos + len.max(1).min(piece.len() - pos)),
+        Span::new(
+            offset + pos,
+            offset + pos + len.max(1).min(piece.len() - pos),
+        ),
         label,
     );
-    if found.starts_with('=') && found.len() == 1 && pos > 0 {
-        d = d.hint("settings and options are written `name = value`");
+    if wants_string && found.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        d = d.hint(format!(
+            "names of measurements and files are strings: `\"{found}\"`"
+        ));
+    }
+    if (found == "=" && pos > 0) || wants_eq {
+        d = d.hint("definitions, settings and options are written `name = value`");
     }
     d
+}
+
+/// Keeps the list of expected things short and to the point: operators that
+/// could continue an expression are left out when a separator or closer
+/// (`,`, `)`, `=`, ...) is also possible, since the missing separator is the
+/// likely mistake.
+fn tidy_expected(expected: &mut Vec<String>) {
+    for e in expected.iter_mut() {
+        match e.as_str() {
+            "`_`" => *e = "a name".into(),
+            "`\"`" => *e = "a string".into(),
+            _ => {}
+        }
+    }
+    expected.sort();
+    expected.dedup();
+    const STARTS: [&str; 7] = ["`(`", "`-`", "`.`", "`[`", "a name", "a string", "a number"];
+    const CONTINUATIONS: [&str; 9] = [
+        "`*`", "`+`", "`-`", "`/`", "`.`", "`[`", "`(`", "`|>`", "`of`",
+    ];
+    let has = |x: &str| expected.iter().any(|e| e == x);
+    if has("`,`") || has("`=`") {
+        // After a complete operand: the separator is what is missing.
+        expected.retain(|e| {
+            !CONTINUATIONS.contains(&e.as_str())
+                && !matches!(e.as_str(), "an expression" | "an argument" | "a list item")
+        });
+    } else if has("an argument") || has("a list item") {
+        expected.retain(|e| !STARTS.contains(&e.as_str()) && e != "an expression");
+    } else if has("an expression") {
+        expected.retain(|e| !STARTS.contains(&e.as_str()));
+    }
+}
+
+/// Rules that contain a failed token rather than being what was expected:
+/// "expected `data`" for a `data` statement missing its `=` would mislead.
+fn is_container(r: Rule) -> bool {
+    matches!(
+        r,
+        Rule::file
+            | Rule::stmt_only
+            | Rule::experiment
+            | Rule::data_stmt
+            | Rule::model_stmt
+            | Rule::let_stmt
+            | Rule::measure_stmt
+            | Rule::train_stmt
+            | Rule::for_stmt
+            | Rule::plot_stmt
+            | Rule::save_stmt
+            | Rule::setting
+            | Rule::measure_item
+            | Rule::list_item
+            | Rule::arg
+            | Rule::call_args
+            | Rule::list
+            | Rule::paren
+            | Rule::index
+            | Rule::field
+            | Rule::every_hook
+            | Rule::at_hook
+            | Rule::plot_by
+            | Rule::plot_flags
+    )
+}
+
+/// The token starting `rest`: a word or number, a string, or one symbol.
+fn token_at(rest: &str) -> &str {
+    let Some(c) = rest.chars().next() else {
+        return "";
+    };
+    let end = if c.is_ascii_alphanumeric() || c == '_' {
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(rest.len())
+    } else if c == '"' {
+        rest[1..].find('"').map_or(rest.len(), |i| i + 2)
+    } else if rest.starts_with("|>") || rest.starts_with("==") {
+        2
+    } else {
+        c.len_utf8()
+    };
+    &rest[..end]
 }
 
 // ---------------------------------------------------------------------------
 // Parse tree → AST
 
+/// The span of a pair, without the whitespace and comments that pest's
+/// implicit skipping leaves at its end when the rule ends in an optional
+/// part that is absent (`expr ~ (kw_as ~ string)?`).
 fn span_of(p: &Pair<Rule>, offset: usize) -> Span {
     let s = p.as_span();
-    Span::new(s.start() + offset, s.end() + offset)
+    let len = if p.as_rule() == Rule::string_inner {
+        p.as_str().len()
+    } else {
+        trimmed_len(p.as_str())
+    };
+    Span::new(s.start() + offset, s.start() + len + offset)
+}
+
+/// Length of `text` without trailing whitespace and `//` comments.
+fn trimmed_len(text: &str) -> usize {
+    let mut t = text.trim_end();
+    loop {
+        let line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        let Some(c) = comment_start(&t[line_start..]) else {
+            return t.len();
+        };
+        t = t[..line_start + c].trim_end();
+    }
+}
+
+/// Where a `//` comment starts in one line, outside strings.
+fn comment_start(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut in_str = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_str => i += 1,
+            b'"' => in_str = !in_str,
+            b'/' if !in_str && b.get(i + 1) == Some(&b'/') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn ident(p: Pair<Rule>, off: usize) -> Ident {
@@ -689,7 +863,9 @@ fn expr(p: Pair<Rule>, off: usize) -> Expr {
         }
         Rule::size => {
             let text = p.as_str();
-            let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+            let split = text
+                .find(|c: char| c.is_ascii_alphabetic())
+                .unwrap_or(text.len());
             let (num, unit) = text.split_at(split);
             let mult: f64 = match unit {
                 "KiB" => 1024.0,
