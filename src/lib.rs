@@ -8,12 +8,19 @@
 //! Each arrow is a public function; each stage's output serialises, and the
 //! AST and plan of every example file are snapshot-tested.
 
+// Index loops read like the matrix formulas they implement.
+#![allow(clippy::needless_range_loop)]
+
 pub mod backend;
 pub mod check;
 pub mod data;
 pub mod diag;
 pub mod exec;
+pub mod geometry;
+pub mod linalg;
 pub mod plan;
+pub mod report;
+pub mod rng;
 pub mod syntax;
 
 use check::CheckOptions;

@@ -241,8 +241,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match nngeo::exec::run(&plan, be.as_mut(), &out) {
-                Ok(()) => {
+            let base_dir = file
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let ctx = nngeo::backend::RunContext {
+                base_dir,
+                out_dir: out.clone(),
+            };
+            match nngeo::exec::run(&plan, be.as_mut(), &ctx) {
+                Ok(summary) => {
+                    for w in &summary.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     println!("results in {}", out.display());
                     ExitCode::SUCCESS
                 }

@@ -107,7 +107,7 @@ fn memory_budget_flag_refuses_large_representations() {
 }
 
 #[test]
-fn exec_without_a_backend_is_a_runtime_failure() {
+fn exec_fim_zoo_writes_results_manifest_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let out = nngeo(&[
         "exec",
@@ -115,10 +115,102 @@ fn exec_without_a_backend_is_a_runtime_failure() {
         "--out",
         dir.path().to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("backend `candle` is not available"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let results = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 4 measurements of F, 4 per structure for 7 structures, 3 layers, 2 solves.
+    assert_eq!(lines.len(), 4 + 4 * 7 + 3 + 2, "{results}");
+    let value = |key: &str, s: &str| {
+        lines
+            .iter()
+            .find(|l| l["key"] == key && l["sweep"]["S"] == s)
+            .and_then(|l| l["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {key} for {s}"))
+    };
+    // Exact representations have (numerically) zero error; approximations do not.
+    assert!(value("rel_error", "LowRank") < 1e-10);
+    assert!(value("rel_error", "Implicit") < 1e-10);
+    assert!(value("rel_error", "KFAC") > 1e-3);
+    // EKFAC's refitted diagonal is closer to the block-diagonal Fisher
+    // than KFAC; both are block diagonal, so also closer to the dense one here.
+    assert!(value("rel_error", "EKFAC(refit = true)") <= value("rel_error", "KFAC"));
+    // Traces: every structure except KFAC preserves the trace exactly.
+    let t = value("trace", "BlockDiag");
+    for s in [
+        "Diag",
+        "EKFAC(refit = true)",
+        "LowRank",
+        "QuasiDiag",
+        "Implicit",
+    ] {
+        assert!((value("trace", s) - t).abs() < 1e-9 * t, "{s}");
+    }
+    for f in [
+        "results.csv",
+        "manifest.json",
+        "plan.json",
+        "rel_error_vs_S.png",
+        "rel_error_vs_S.svg",
+        "memory_vs_S.png",
+        "memory_vs_S.svg",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["status"], "ok");
+    assert_eq!(manifest["backend"], "candle");
     let bad = nngeo(&["exec", "experiments/fim_zoo.ngx", "--device", "gpu"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn exec_with_an_unknown_backend_is_a_runtime_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nngeo(&[
+        "exec",
+        "experiments/fim_zoo.ngx",
+        "--backend",
+        "tch",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("backend `tch` is not available"));
+}
+
+#[test]
+fn a_failing_run_keeps_what_it_computed() {
+    // Training is not implemented yet: the measurements before the train
+    // step are kept, and the manifest records the failure.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("partial.ngx");
+    std::fs::write(
+        &src,
+        "experiment partial { dtype = f64 }\n\
+         data d = digits(split = train) |> take(20)\n\
+         model net = mlp(in = 64, hidden = [8], out = 10)\n\
+         let F = Fim(Diag) of net on d\n\
+         measure trace(F) as \"before\"\n\
+         train net on d { loss = cross_entropy\n optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10 }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = nngeo(&[
+        "exec",
+        src.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert!(results.contains("\"before\""), "{results}");
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("failed"), "{manifest}");
 }
 
 #[test]

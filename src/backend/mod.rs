@@ -5,6 +5,9 @@
 //! measure, train) and answers with host values. Tensors and models stay on
 //! the backend's device behind the step ids that made them.
 
+pub mod candle;
+pub mod engine;
+
 use crate::plan::{Dtype, Plan, Step};
 use serde::{Deserialize, Serialize};
 
@@ -51,12 +54,33 @@ pub enum BackendError {
     Failed { step: u32, message: String },
 }
 
+/// Where a run reads relative paths from (the `.ngx` file's folder) and
+/// writes into (the output folder).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunContext {
+    pub base_dir: std::path::PathBuf,
+    pub out_dir: std::path::PathBuf,
+}
+
 pub trait Backend {
     fn info(&self) -> BackendInfo;
     /// Prepares to run `plan` (device, dtype); refuses what it cannot do.
-    fn prepare(&mut self, plan: &Plan) -> Result<(), BackendError>;
+    fn prepare(&mut self, plan: &Plan, ctx: &RunContext) -> Result<(), BackendError>;
     /// Runs one step whose dependencies have all run.
     fn run(&mut self, plan: &Plan, step: &Step) -> Result<StepOutput, BackendError>;
+    /// Warnings gathered since the last call (e.g. EKFAC without refit).
+    fn warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The built-in candle backend.
+pub fn candle_backend() -> Box<dyn Backend> {
+    Box::new(engine::Engine::new(
+        "candle",
+        concat!("nngeo ", env!("CARGO_PKG_VERSION"), ", candle-core 0.11"),
+        candle::CandleOps::new,
+    ))
 }
 
 /// A backend known to this build, and whether it can be created.
@@ -72,7 +96,7 @@ pub fn registry() -> Vec<Registered> {
     vec![
         Registered {
             name: "candle",
-            status: Err("the candle backend is not part of this build yet (it lands with the next milestone: see issue 3)"),
+            status: Ok(candle_backend),
         },
         Registered {
             name: "tch",

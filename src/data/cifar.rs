@@ -56,6 +56,7 @@ pub fn load_cifar10(batches: &[PathBuf]) -> Result<HostData, DataError> {
         info: info(y.len()),
         x,
         y,
+        flipped: Vec::new(),
     })
 }
 

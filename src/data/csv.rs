@@ -82,6 +82,7 @@ pub fn load_csv(spec: &CsvSpec) -> Result<HostData, DataError> {
         },
         x,
         y,
+        flipped: Vec::new(),
     })
 }
 
@@ -135,6 +136,7 @@ pub(super) fn pair_from_bytes(
         },
         x: ftable.columns(&all_features)?,
         y: ttable.columns(&all_targets)?,
+        flipped: Vec::new(),
     })
 }
 

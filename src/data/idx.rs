@@ -53,6 +53,7 @@ pub(super) fn from_bytes(
         info,
         x: pixels.iter().map(|&p| f32::from(p)).collect(),
         y: label_data.iter().map(|&l| f32::from(l)).collect(),
+        flipped: Vec::new(),
     })
 }
 

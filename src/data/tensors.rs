@@ -64,6 +64,7 @@ pub fn load_tensors(
         info,
         x: header.load(x)?,
         y: y_values,
+        flipped: Vec::new(),
     })
 }
 

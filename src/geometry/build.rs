@@ -1,0 +1,670 @@
+//! Building representations from a model and a dataset, generic over the
+//! backend's [`Ops`]: batches of examples go forward once, their output
+//! functions (the Fisher's pseudo-outputs or the NTK's logits) backward once,
+//! and each layer's statistics are accumulated on the device.
+
+use super::net::{Capture, Net};
+use super::ops::{Ops, OpsError, OpsResult};
+use super::repr::{Block, Fim, FimBody, LayerInfo};
+use super::stats;
+use crate::linalg::{eigh, Mat};
+use crate::plan::{FisherVariant, Task};
+use crate::rng::Rng;
+
+/// Which output functions are backpropagated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// A Fisher matrix `1/n Σ Jᵢᵀ Mᵢ Jᵢ`, through a factor of `Mᵢ`.
+    Fim { variant: FisherVariant, task: Task },
+    /// The model's raw outputs (NTK, Jacobians).
+    Outputs,
+}
+
+/// Structure of one layer's block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    Dense,
+    Diag,
+    Kfac,
+    Ekfac { refit: bool },
+    QuasiDiag,
+}
+
+/// A model, its examples, and which layers take part.
+pub struct Problem<'a, O: Ops> {
+    pub o: &'a O,
+    pub net: &'a Net<O>,
+    /// `[n, ...input]`.
+    pub x: &'a O::T,
+    /// `n · target_dim` targets (class ids for classification).
+    pub y: &'a [f64],
+    pub target_dim: usize,
+    pub n: usize,
+    /// Indices into `net.slots` of the layers included.
+    pub slots: Vec<usize>,
+    /// Examples per batch.
+    pub batch: usize,
+}
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let mx = z.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+    let e: Vec<f64> = z.iter().map(|x| (x - mx).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl<'a, O: Ops> Problem<'a, O> {
+    pub fn layer_infos(&self) -> Vec<LayerInfo> {
+        let mut offset = 0;
+        self.slots
+            .iter()
+            .map(|&s| {
+                let slot = &self.net.slots[s];
+                let (sg, sa, bias) = stats::layout(slot);
+                let info = LayerInfo {
+                    name: slot.name.clone(),
+                    offset,
+                    full_offset: slot.offset,
+                    numel: slot.numel,
+                    sg,
+                    sa,
+                    bias,
+                };
+                offset += slot.numel;
+                info
+            })
+            .collect()
+    }
+
+    /// Number of output functions per example, and NNGeometry's `n_out`
+    /// (which sets how KFAC splits its scale between A and G).
+    pub fn outputs_of(&self, target: &Target) -> (usize, usize) {
+        let c = self.net.outputs();
+        match target {
+            Target::Outputs => (c, c),
+            Target::Fim { variant, task } => match (variant, task) {
+                (FisherVariant::True, Task::Classification) => (c, c.saturating_sub(1).max(1)),
+                (FisherVariant::True, Task::Binary) => (1, 1),
+                (FisherVariant::True, Task::Regression { .. }) => (c, c),
+                (FisherVariant::Empirical, _) => (1, 1),
+                (FisherVariant::Mc { samples, .. }, _) => (*samples, *samples),
+            },
+        }
+    }
+
+    /// Output-space seeds `[m, nb, C]` for a batch with logits `z [nb, C]`.
+    ///
+    /// True classification Fisher: `diag(p) − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ`,
+    /// so the C rows `√p_c (e_c − p)` are an exact factor. Unlike the
+    /// Cholesky pseudo-outputs it involves no division, so it stays finite
+    /// when p is one-hot to machine precision.
+    fn seeds(
+        &self,
+        target: &Target,
+        z: &[f64],
+        start: usize,
+        nb: usize,
+        rng: &mut Rng,
+    ) -> Vec<f64> {
+        let c = self.net.outputs();
+        let (m, _) = self.outputs_of(target);
+        let mut s = vec![0.0; m * nb * c];
+        let at = |o: usize, i: usize, k: usize| (o * nb + i) * c + k;
+        for i in 0..nb {
+            let zi = &z[i * c..(i + 1) * c];
+            let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
+            match target {
+                Target::Outputs => {
+                    for k in 0..c {
+                        s[at(k, i, k)] = 1.0;
+                    }
+                }
+                Target::Fim { variant, task } => match task {
+                    Task::Classification => {
+                        let p = softmax(zi);
+                        match variant {
+                            FisherVariant::True => {
+                                for o in 0..c {
+                                    let r = p[o].sqrt();
+                                    for k in 0..c {
+                                        s[at(o, i, k)] = r * ((o == k) as u8 as f64 - p[k]);
+                                    }
+                                }
+                            }
+                            FisherVariant::Empirical => {
+                                let y = yi[0] as usize;
+                                for k in 0..c {
+                                    s[at(0, i, k)] = (k == y) as u8 as f64 - p[k];
+                                }
+                            }
+                            FisherVariant::Mc { samples, .. } => {
+                                let w = 1.0 / (*samples as f64).sqrt();
+                                for o in 0..*samples {
+                                    let u = rng.uniform();
+                                    let mut acc = 0.0;
+                                    let mut y = c - 1;
+                                    for (k, pk) in p.iter().enumerate() {
+                                        acc += pk;
+                                        if u < acc {
+                                            y = k;
+                                            break;
+                                        }
+                                    }
+                                    for k in 0..c {
+                                        s[at(o, i, k)] = w * ((k == y) as u8 as f64 - p[k]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Task::Binary => {
+                        let p = sigmoid(zi[0]);
+                        match variant {
+                            FisherVariant::True => s[at(0, i, 0)] = (p * (1.0 - p)).sqrt(),
+                            FisherVariant::Empirical => s[at(0, i, 0)] = yi[0] - p,
+                            FisherVariant::Mc { samples, .. } => {
+                                let w = 1.0 / (*samples as f64).sqrt();
+                                for o in 0..*samples {
+                                    let y = (rng.uniform() < p) as u8 as f64;
+                                    s[at(o, i, 0)] = w * (y - p);
+                                }
+                            }
+                        }
+                    }
+                    Task::Regression { sigma2 } => {
+                        let sd = sigma2.sqrt();
+                        match variant {
+                            FisherVariant::True => {
+                                for k in 0..c {
+                                    s[at(k, i, k)] = 1.0 / sd;
+                                }
+                            }
+                            FisherVariant::Empirical => {
+                                for k in 0..c {
+                                    s[at(0, i, k)] =
+                                        (yi[k.min(self.target_dim - 1)] - zi[k]) / sigma2;
+                                }
+                            }
+                            FisherVariant::Mc { samples, .. } => {
+                                let w = 1.0 / (*samples as f64).sqrt();
+                                for o in 0..*samples {
+                                    for k in 0..c {
+                                        s[at(o, i, k)] = w * rng.normal() / sd;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        s
+    }
+
+    fn rng(target: &Target) -> Rng {
+        match target {
+            Target::Fim {
+                variant: FisherVariant::Mc { seed, .. },
+                ..
+            } => Rng::new(*seed),
+            _ => Rng::new(0),
+        }
+    }
+
+    /// Runs `f(captures of the included layers, first example, batch size)`
+    /// on every batch.
+    pub fn for_each_batch(
+        &self,
+        target: &Target,
+        mut f: impl FnMut(&[Capture<O::T>], usize, usize) -> OpsResult<()>,
+    ) -> OpsResult<()> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let (m, _) = self.outputs_of(target);
+        let mut rng = Self::rng(target);
+        let mut start = 0;
+        while start < self.n {
+            let nb = self.batch.min(self.n - start);
+            let xb = if nb == self.n {
+                self.x.clone()
+            } else {
+                o.narrow(self.x, 0, start, nb)?
+            };
+            let fwd = self.net.forward(o, &xb, true)?;
+            let z = o.download(&fwd.output)?;
+            let seeds = self.seeds(target, &z, start, nb, &mut rng);
+            let seed = o.upload(&[m, nb, c], &seeds)?;
+            let caps = self.net.backward(o, &fwd, &seed)?;
+            let chosen: Vec<Capture<O::T>> = caps
+                .into_iter()
+                .filter(|cap| self.slots.contains(&cap.slot))
+                .collect();
+            f(&chosen, start, nb)?;
+            start += nb;
+        }
+        Ok(())
+    }
+
+    fn slot_of(&self, cap: &Capture<O::T>) -> &super::net::LayerSlot {
+        &self.net.slots[cap.slot]
+    }
+
+    /// A block-diagonal representation with `kinds[k]` for the k-th included layer.
+    pub fn fim_blocks(&self, target: &Target, kinds: &[BlockKind]) -> OpsResult<Fim> {
+        let o = self.o;
+        let layers = self.layer_infos();
+        let (_, n_out) = self.outputs_of(target);
+        let mut acc: Vec<Vec<Option<O::T>>> = vec![vec![None, None]; kinds.len()];
+        let mut positions = vec![1usize; kinds.len()];
+        let add = |slot: &mut Option<O::T>, t: O::T| -> OpsResult<()> {
+            *slot = Some(match slot.take() {
+                Some(s) => o.add(&s, &t)?,
+                None => t,
+            });
+            Ok(())
+        };
+        self.for_each_batch(target, |caps, _, _| {
+            for (k, cap) in caps.iter().enumerate() {
+                let slot = self.slot_of(cap);
+                match kinds[k] {
+                    BlockKind::Dense => {
+                        let j = stats::jacobian(o, slot, cap)?;
+                        add(&mut acc[k][0], o.t_matmul(&j, &j)?)?;
+                    }
+                    BlockKind::Diag => add(&mut acc[k][0], stats::diag_sum(o, slot, cap)?)?,
+                    BlockKind::QuasiDiag => {
+                        add(&mut acc[k][0], stats::diag_sum(o, slot, cap)?)?;
+                        add(&mut acc[k][1], stats::cross_sum(o, slot, cap)?)?;
+                    }
+                    BlockKind::Kfac | BlockKind::Ekfac { .. } => {
+                        positions[k] = o.shape(&cap.g)[2];
+                        let (a, g) = stats::kfac_sums(o, slot, cap)?;
+                        add(&mut acc[k][0], a)?;
+                        add(&mut acc[k][1], g)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let n = self.n as f64;
+        let mut blocks = Vec::with_capacity(kinds.len());
+        let mut bases = Vec::new();
+        for (k, l) in layers.iter().enumerate() {
+            let get = |t: &Option<O::T>| -> OpsResult<Vec<f64>> {
+                o.download(t.as_ref().ok_or_else(|| OpsError("no examples".into()))?)
+            };
+            let scale =
+                |v: Vec<f64>, f: f64| -> Vec<f64> { v.into_iter().map(|x| x * f).collect() };
+            let block = match kinds[k] {
+                BlockKind::Dense => Block::Dense(Mat::from_vec(
+                    l.numel,
+                    l.numel,
+                    scale(get(&acc[k][0])?, 1.0 / n),
+                )),
+                BlockKind::Diag => Block::Diag(stats::to_flat_host(
+                    &scale(get(&acc[k][0])?, 1.0 / n),
+                    l.sg,
+                    l.sa,
+                    l.bias,
+                )),
+                BlockKind::QuasiDiag => {
+                    let d = scale(get(&acc[k][0])?, 1.0 / n);
+                    let c = scale(get(&acc[k][1])?, 1.0 / n);
+                    let w = if l.bias { l.sa - 1 } else { l.sa };
+                    let mut cross = Mat::zeros(l.sg, if l.bias { w } else { 0 });
+                    if l.bias {
+                        for g in 0..l.sg {
+                            for a in 0..w {
+                                cross.set(g, a, c[g * l.sa + a]);
+                            }
+                        }
+                    }
+                    Block::QuasiDiag {
+                        diag: stats::to_flat_host(&d, l.sg, l.sa, l.bias),
+                        cross,
+                    }
+                }
+                BlockKind::Kfac | BlockKind::Ekfac { .. } => {
+                    let r = (n_out as f64).sqrt();
+                    let a = Mat::from_vec(l.sa, l.sa, scale(get(&acc[k][0])?, r / n));
+                    let g = Mat::from_vec(
+                        l.sg,
+                        l.sg,
+                        scale(get(&acc[k][1])?, 1.0 / (r * n * positions[k] as f64)),
+                    );
+                    if let BlockKind::Ekfac { .. } = kinds[k] {
+                        let (ea, ua) = eigh(&a).map_err(|e| OpsError(e.to_string()))?;
+                        let (eg, ug) = eigh(&g).map_err(|e| OpsError(e.to_string()))?;
+                        let mut d = Mat::zeros(l.sg, l.sa);
+                        for kk in 0..l.sg {
+                            for j in 0..l.sa {
+                                d.set(kk, j, eg[kk] * ea[j]);
+                            }
+                        }
+                        bases.push(k);
+                        Block::Ekfac { ua, ug, d }
+                    } else {
+                        Block::Kfac { a, g }
+                    }
+                }
+            };
+            blocks.push(block);
+        }
+        let refit_layers: Vec<usize> = bases
+            .into_iter()
+            .filter(|&k| matches!(kinds[k], BlockKind::Ekfac { refit: true }))
+            .collect();
+        if !refit_layers.is_empty() {
+            self.refit(target, &layers, &mut blocks, &refit_layers)?;
+        }
+        Ok(Fim {
+            layers,
+            body: FimBody::Blocks(blocks),
+            n: self.n,
+            refit: kinds
+                .iter()
+                .any(|k| matches!(k, BlockKind::Ekfac { refit: true })),
+        })
+    }
+
+    /// EKFAC's second pass: the diagonal in the Kronecker-factored
+    /// eigenbasis becomes the second moment of the per-example gradients
+    /// projected on it (George et al. 2018).
+    pub fn refit(
+        &self,
+        target: &Target,
+        layers: &[LayerInfo],
+        blocks: &mut [Block],
+        which: &[usize],
+    ) -> OpsResult<()> {
+        let o = self.o;
+        let mut bases = Vec::new();
+        for &k in which {
+            let Block::Ekfac { ua, ug, .. } = &blocks[k] else {
+                continue;
+            };
+            bases.push((
+                k,
+                o.upload(&[ug.rows, ug.cols], &ug.data)?,
+                o.upload(&[ua.rows, ua.cols], &ua.data)?,
+            ));
+        }
+        let mut sums: Vec<Option<O::T>> = vec![None; bases.len()];
+        self.for_each_batch(target, |caps, _, _| {
+            for (b, (k, ug, ua)) in bases.iter().enumerate() {
+                let cap = &caps[*k];
+                let s = stats::kfe_sum(o, self.slot_of(cap), cap, ug, ua)?;
+                sums[b] = Some(match sums[b].take() {
+                    Some(t) => o.add(&t, &s)?,
+                    None => s,
+                });
+            }
+            Ok(())
+        })?;
+        for (b, (k, _, _)) in bases.iter().enumerate() {
+            let l = &layers[*k];
+            let v = o.download(sums[b].as_ref().unwrap())?;
+            if let Block::Ekfac { d, .. } = &mut blocks[*k] {
+                *d = Mat::from_vec(
+                    l.sg,
+                    l.sa,
+                    v.into_iter().map(|x| x / self.n as f64).collect(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-batch Jacobian of the output functions, `[m·nb, P]` (rows `o·nb + i`).
+    fn batch_jacobian(&self, caps: &[Capture<O::T>]) -> OpsResult<O::T> {
+        let parts = caps
+            .iter()
+            .map(|cap| stats::jacobian(self.o, self.slot_of(cap), cap))
+            .collect::<OpsResult<Vec<_>>>()?;
+        if parts.len() == 1 {
+            Ok(parts.into_iter().next().unwrap())
+        } else {
+            self.o.cat(&parts, 1)
+        }
+    }
+
+    /// The dense Fisher `1/n Σ Jᵀ J`.
+    pub fn fim_dense(&self, target: &Target) -> OpsResult<Fim> {
+        let o = self.o;
+        let mut acc: Option<O::T> = None;
+        self.for_each_batch(target, |caps, _, _| {
+            let j = self.batch_jacobian(caps)?;
+            let f = o.t_matmul(&j, &j)?;
+            acc = Some(match acc.take() {
+                Some(a) => o.add(&a, &f)?,
+                None => f,
+            });
+            Ok(())
+        })?;
+        let layers = self.layer_infos();
+        let p: usize = layers.iter().map(|l| l.numel).sum();
+        let data = o.download(acc.as_ref().ok_or_else(|| OpsError("no examples".into()))?)?;
+        Ok(Fim {
+            layers,
+            body: FimBody::Dense(Mat::from_vec(
+                p,
+                p,
+                data.into_iter().map(|x| x / self.n as f64).collect(),
+            )),
+            n: self.n,
+            refit: false,
+        })
+    }
+
+    /// All rows of the Jacobian of the output functions over every batch,
+    /// `[Σ m·nb, P]`, on the host.
+    pub fn jacobian_rows(&self, target: &Target) -> OpsResult<Mat> {
+        let mut rows = Vec::new();
+        let mut count = 0;
+        self.for_each_batch(target, |caps, _, _| {
+            let j = self.batch_jacobian(caps)?;
+            count += self.o.shape(&j)[0];
+            rows.extend(self.o.download(&j)?);
+            Ok(())
+        })?;
+        let p = rows.len().checked_div(count).unwrap_or(0);
+        Ok(Mat::from_vec(count, p, rows))
+    }
+
+    /// `F = Lᵀ L` with `L = J/√n`, truncated to the top `rank` directions.
+    pub fn fim_lowrank(&self, target: &Target, rank: Option<usize>) -> OpsResult<Fim> {
+        let mut l = self.jacobian_rows(target)?;
+        let s = 1.0 / (self.n as f64).sqrt();
+        l.data.iter_mut().for_each(|x| *x *= s);
+        if let Some(k) = rank.filter(|k| *k < l.rows) {
+            // Top-k right singular directions: L' = U_kᵀ L.
+            let (_, u) = eigh(&l.matmul(&l.transpose())).map_err(|e| OpsError(e.to_string()))?;
+            let r = l.rows;
+            let mut uk = Mat::zeros(k, r);
+            for i in 0..k {
+                for j in 0..r {
+                    uk.set(i, j, u.get(j, r - 1 - i));
+                }
+            }
+            l = uk.matmul(&l);
+        }
+        Ok(Fim {
+            layers: self.layer_infos(),
+            body: FimBody::LowRank(l),
+            n: self.n,
+            refit: false,
+        })
+    }
+
+    /// Matrix-free `F v = 1/n Jᵀ (J v)`, layer by layer, with no per-example
+    /// gradient ever formed.
+    pub fn implicit_mv(&self, target: &Target, v: &[f64]) -> OpsResult<Vec<f64>> {
+        let o = self.o;
+        let layers = self.layer_infos();
+        let vs = layers
+            .iter()
+            .map(|l| {
+                let nat =
+                    stats::from_flat_host(&v[l.offset..l.offset + l.numel], l.sg, l.sa, l.bias);
+                o.upload(&[l.sg, l.sa], &nat)
+            })
+            .collect::<OpsResult<Vec<_>>>()?;
+        let mut out: Vec<Option<O::T>> = vec![None; layers.len()];
+        self.for_each_batch(target, |caps, _, _| {
+            let mut u: Option<O::T> = None;
+            for (k, cap) in caps.iter().enumerate() {
+                let j = stats::jv(o, self.slot_of(cap), cap, &vs[k])?;
+                u = Some(match u.take() {
+                    Some(t) => o.add(&t, &j)?,
+                    None => j,
+                });
+            }
+            let u = u.ok_or_else(|| OpsError("no layers".into()))?;
+            for (k, cap) in caps.iter().enumerate() {
+                let t = stats::jtu(o, self.slot_of(cap), cap, &u)?;
+                out[k] = Some(match out[k].take() {
+                    Some(a) => o.add(&a, &t)?,
+                    None => t,
+                });
+            }
+            Ok(())
+        })?;
+        let mut res = Vec::with_capacity(v.len());
+        for (k, l) in layers.iter().enumerate() {
+            let nat = o.download(out[k].as_ref().unwrap())?;
+            res.extend(
+                stats::to_flat_host(&nat, l.sg, l.sa, l.bias)
+                    .into_iter()
+                    .map(|x| x / self.n as f64),
+            );
+        }
+        Ok(res)
+    }
+
+    /// The NTK over all examples `[C·n, C·n]` (rows `c·n + i`), summed over
+    /// the included layers; each layer by the structured product or by
+    /// per-example gradients, whichever costs less.
+    pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let batch = Problem {
+            o: self.o,
+            net: self.net,
+            x: self.x,
+            y: self.y,
+            target_dim: self.target_dim,
+            n: self.n,
+            slots: self.slots.clone(),
+            batch: self.n,
+        };
+        let mut k: Option<O::T> = None;
+        batch.for_each_batch(&Target::Outputs, |caps, _, _| {
+            for cap in caps {
+                let b = stats::ntk_block(o, self.slot_of(cap), cap, force_per_example)?;
+                k = Some(match k.take() {
+                    Some(t) => o.add(&t, &b)?,
+                    None => b,
+                });
+            }
+            Ok(())
+        })?;
+        let mn = c * self.n;
+        let data = o.download(k.as_ref().ok_or_else(|| OpsError("no layers".into()))?)?;
+        Ok(Mat::from_vec(mn, mn, data))
+    }
+
+    /// Mean loss and accuracy (classification) of the model on the examples.
+    pub fn loss_accuracy(&self, mse: bool) -> OpsResult<(f64, Option<f64>)> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let (mut loss, mut correct) = (0.0, 0usize);
+        let mut start = 0;
+        while start < self.n {
+            let nb = self.batch.min(self.n - start);
+            let xb = o.narrow(self.x, 0, start, nb)?;
+            let z = o.download(&self.net.forward(o, &xb, false)?.output)?;
+            for i in 0..nb {
+                let zi = &z[i * c..(i + 1) * c];
+                let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
+                if mse {
+                    loss += zi
+                        .iter()
+                        .zip(yi.iter().cycle())
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f64>()
+                        / c as f64;
+                } else {
+                    let y = yi[0] as usize;
+                    let mx = zi.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                    let lse = mx + zi.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+                    loss += lse - zi[y.min(c - 1)];
+                    let arg = zi
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f64::NEG_INFINITY),
+                            |b, (k, x)| if *x > b.1 { (k, *x) } else { b },
+                        )
+                        .0;
+                    correct += (arg == y) as usize;
+                }
+            }
+            start += nb;
+        }
+        let n = self.n as f64;
+        Ok((loss / n, (!mse).then(|| correct as f64 / n)))
+    }
+
+    /// Gradient of the mean loss (cross-entropy or PyTorch's MSE), flat.
+    pub fn loss_gradient(&self, mse: bool) -> OpsResult<Vec<f64>> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let layers = self.layer_infos();
+        let mut acc: Vec<Option<O::T>> = vec![None; layers.len()];
+        let mut start = 0;
+        while start < self.n {
+            let nb = self.batch.min(self.n - start);
+            let xb = o.narrow(self.x, 0, start, nb)?;
+            let fwd = self.net.forward(o, &xb, true)?;
+            let z = o.download(&fwd.output)?;
+            let mut s = vec![0.0; nb * c];
+            for i in 0..nb {
+                let zi = &z[i * c..(i + 1) * c];
+                let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
+                if mse {
+                    for k in 0..c {
+                        s[i * c + k] = 2.0 * (zi[k] - yi[k.min(self.target_dim - 1)])
+                            / (c as f64 * self.n as f64);
+                    }
+                } else {
+                    let p = softmax(zi);
+                    for k in 0..c {
+                        s[i * c + k] = (p[k] - (k == yi[0] as usize) as u8 as f64) / self.n as f64;
+                    }
+                }
+            }
+            let seed = o.upload(&[1, nb, c], &s)?;
+            let ones = o.affine(&o.zeros(&[1, nb])?, 0.0, 1.0)?;
+            let caps = self.net.backward(o, &fwd, &seed)?;
+            for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
+                let k = self.slots.iter().position(|s| *s == cap.slot).unwrap();
+                let t = stats::jtu(o, self.slot_of(cap), cap, &ones)?;
+                acc[k] = Some(match acc[k].take() {
+                    Some(a) => o.add(&a, &t)?,
+                    None => t,
+                });
+            }
+            start += nb;
+        }
+        let mut out = Vec::new();
+        for (k, l) in layers.iter().enumerate() {
+            let nat = o.download(acc[k].as_ref().unwrap())?;
+            out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias));
+        }
+        Ok(out)
+    }
+}

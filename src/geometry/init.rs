@@ -1,0 +1,167 @@
+//! Weight initialisation on the host, so that every backend starts from
+//! bit-identical parameters for the same seed.
+
+use super::net::{HostParam, HostParams};
+use crate::plan::{Init, Layer, ModelSpec};
+use crate::rng::Rng;
+
+/// `(fan_in, fan_out)` of a weight tensor of PyTorch shape `[out, in, k…]`.
+fn fans(shape: &[usize]) -> (usize, usize) {
+    let k: usize = shape[2..].iter().product();
+    (shape[1] * k, shape[0] * k)
+}
+
+/// Parameters of `spec` drawn according to `init`. PyTorch's default is
+/// reproduced in distribution (U(±1/√fan_in) for weights and biases of
+/// Linear and Conv, ones and zeros for norm layers), not in its random
+/// stream.
+pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
+    let seed = match init {
+        Init::Pytorch { seed }
+        | Init::Kaiming { seed }
+        | Init::Xavier { seed }
+        | Init::Normal { seed, .. } => *seed,
+    };
+    let mut rng = Rng::new(seed);
+    let mut tensors = Vec::new();
+    for l in &spec.layers {
+        let name = &l.name;
+        let mut push = |key: &str, shape: Vec<usize>, data: Vec<f64>, trainable: bool| {
+            tensors.push(HostParam {
+                key: format!("{name}.{key}"),
+                shape,
+                data,
+                trainable,
+            })
+        };
+        let weight_shape = match &l.layer {
+            Layer::Linear {
+                in_features,
+                out_features,
+                ..
+            } => Some(vec![*out_features, *in_features]),
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => Some(vec![*out_channels, *in_channels, kernel[0], kernel[1]]),
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => Some(vec![*out_channels, *in_channels, *kernel]),
+            _ => None,
+        };
+        if let Some(shape) = weight_shape {
+            let has_bias = matches!(
+                l.layer,
+                Layer::Linear { bias: true, .. }
+                    | Layer::Conv2d { bias: true, .. }
+                    | Layer::Conv1d { bias: true, .. }
+            );
+            let (fan_in, fan_out) = fans(&shape);
+            let numel: usize = shape.iter().product();
+            let out = shape[0];
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let (w, b): (Vec<f64>, Vec<f64>) = match init {
+                Init::Pytorch { .. } => (
+                    (0..numel)
+                        .map(|_| rng.uniform_range(-bound, bound))
+                        .collect(),
+                    (0..out).map(|_| rng.uniform_range(-bound, bound)).collect(),
+                ),
+                Init::Kaiming { .. } => {
+                    let std = (2.0 / fan_in as f64).sqrt();
+                    (
+                        (0..numel).map(|_| std * rng.normal()).collect(),
+                        vec![0.0; out],
+                    )
+                }
+                Init::Xavier { .. } => {
+                    let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                    (
+                        (0..numel).map(|_| rng.uniform_range(-a, a)).collect(),
+                        vec![0.0; out],
+                    )
+                }
+                Init::Normal { std, .. } => (
+                    (0..numel).map(|_| std * rng.normal()).collect(),
+                    vec![0.0; out],
+                ),
+            };
+            push("weight", shape, w, true);
+            if has_bias {
+                push("bias", vec![out], b, true);
+            }
+        }
+        match &l.layer {
+            Layer::BatchNorm1d { features: c, .. } | Layer::BatchNorm2d { channels: c, .. } => {
+                push("weight", vec![*c], vec![1.0; *c], true);
+                push("bias", vec![*c], vec![0.0; *c], true);
+                push("running_mean", vec![*c], vec![0.0; *c], false);
+                push("running_var", vec![*c], vec![1.0; *c], false);
+            }
+            Layer::LayerNorm { shape, .. } => {
+                let d: usize = shape.iter().product();
+                push("weight", shape.clone(), vec![1.0; d], true);
+                push("bias", shape.clone(), vec![0.0; d], true);
+            }
+            _ => {}
+        }
+    }
+    HostParams { tensors }
+}
+
+/// Reads weights with PyTorch `state_dict` names from a safetensors file,
+/// in the order [`init_params`] produces (the checker has already matched
+/// names and shapes). Float tensors of any width are converted to f64.
+pub fn load_params(spec: &ModelSpec, path: &std::path::Path) -> Result<HostParams, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
+    let mut params = init_params(spec, &spec.init);
+    for t in &mut params.tensors {
+        let view = st
+            .tensor(&t.key)
+            .map_err(|_| format!("`{}` has no tensor `{}`", path.display(), t.key))?;
+        if view.shape() != t.shape.as_slice() {
+            return Err(format!(
+                "`{}`: tensor `{}` has shape {:?}, expected {:?}",
+                path.display(),
+                t.key,
+                view.shape(),
+                t.shape
+            ));
+        }
+        t.data = to_f64(view.dtype(), view.data()).ok_or_else(|| {
+            format!(
+                "`{}`: tensor `{}` is not a float tensor",
+                path.display(),
+                t.key
+            )
+        })?;
+    }
+    Ok(params)
+}
+
+fn to_f64(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
+    use safetensors::Dtype as D;
+    Some(match dtype {
+        D::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        D::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        D::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,10 @@
+//! The geometry engine: layers, backward passes, per-layer statistics and
+//! every Fisher/NTK representation, written once over [`ops::Ops`].
+
+pub mod build;
+pub mod init;
+pub mod kernel;
+pub mod net;
+pub mod ops;
+pub mod repr;
+pub mod stats;

@@ -1,0 +1,659 @@
+//! A model as the engine sees it: layers with their parameters on the
+//! backend's device, a forward pass that keeps what the backward pass and
+//! the curvature statistics need, and a backward pass that pushes a whole
+//! stack of output functions (`m` of them per example) through the network
+//! at once.
+//!
+//! Differentiating layer by layer here, rather than through a framework's
+//! autograd, is deliberate: every output function (C logits for the NTK,
+//! the Fisher's pseudo-outputs) rides along as one more leading dimension of
+//! a single backward pass, and each layer's input `a` and output gradient
+//! `g` come out directly — the two things every representation is built
+//! from. The same code then serves every backend.
+
+use super::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+use crate::plan::{Layer, LayerSpec, ModelSpec};
+
+/// Parameters on the host, in `state_dict` order with PyTorch names and
+/// shapes (BatchNorm running statistics included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParams {
+    pub tensors: Vec<HostParam>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParam {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+    /// False for buffers (running mean/var), which are not parameters.
+    pub trainable: bool,
+}
+
+impl HostParams {
+    /// Trainable parameters as one vector, in NNGeometry's flat order
+    /// (layer by layer, weight row-major then bias).
+    pub fn flat(&self) -> Vec<f64> {
+        self.tensors
+            .iter()
+            .filter(|t| t.trainable)
+            .flat_map(|t| t.data.iter().copied())
+            .collect()
+    }
+    pub fn set_flat(&mut self, flat: &[f64]) -> Result<(), OpsError> {
+        let n: usize = self
+            .tensors
+            .iter()
+            .filter(|t| t.trainable)
+            .map(|t| t.data.len())
+            .sum();
+        if n != flat.len() {
+            return Err(OpsError(format!(
+                "a parameter vector of {} entries for a model of {n} parameters",
+                flat.len()
+            )));
+        }
+        let mut at = 0;
+        for t in self.tensors.iter_mut().filter(|t| t.trainable) {
+            let k = t.data.len();
+            t.data.copy_from_slice(&flat[at..at + k]);
+            at += k;
+        }
+        Ok(())
+    }
+    pub fn get(&self, key: &str) -> Option<&HostParam> {
+        self.tensors.iter().find(|t| t.key == key)
+    }
+}
+
+/// Where one parameterised layer sits in the flat parameter vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSlot {
+    /// Index into `Net::layers`.
+    pub index: usize,
+    pub name: String,
+    pub offset: usize,
+    pub numel: usize,
+    pub kind: SlotKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Linear or convolution: per-example gradient `Σ_loc g aᵀ` in an
+    /// `[sg, sa]` layout whose last column is the bias when there is one.
+    Affine {
+        sg: usize,
+        sa: usize,
+        bias: bool,
+        conv: bool,
+    },
+    /// Norm layers: elementwise scale and shift over `d` features.
+    Elementwise { d: usize },
+}
+
+/// Index map of an unfold (im2col): patches `[c_in·K, L]` from an image
+/// flattened to `hw` values plus one trailing zero for padding.
+#[derive(Clone, Debug)]
+struct Unfold<T> {
+    idx: T,
+    cin: usize,
+    k: usize,
+    l: usize,
+    hw: usize,
+}
+
+pub struct NetLayer<T> {
+    pub spec: LayerSpec,
+    /// Linear `[out, in]`; convolutions `[out, in·K]`.
+    w: Option<T>,
+    wt: Option<T>,
+    /// Bias, or the shift of a norm layer.
+    b: Option<T>,
+    /// BatchNorm: per-channel `(mean, 1/sqrt(var+eps))`.
+    running: Option<(T, T)>,
+    unfold: Option<Unfold<T>>,
+}
+
+pub struct Net<O: Ops> {
+    pub spec: ModelSpec,
+    pub layers: Vec<NetLayer<O::T>>,
+    pub slots: Vec<LayerSlot>,
+    pub params: HostParams,
+}
+
+/// What the forward pass keeps for the backward pass, per layer.
+pub enum Cache<T> {
+    /// Input `[n, L, sa]` (with the bias column of ones when there is one).
+    Affine {
+        a: T,
+    },
+    Act {
+        x: T,
+        y: T,
+    },
+    Reshape,
+    Pool {
+        patches: T,
+        out: T,
+        max: bool,
+    },
+    Norm {
+        xhat: T,
+        s: T,
+    },
+}
+
+pub struct Forward<T> {
+    pub output: T,
+    pub caches: Vec<Cache<T>>,
+    pub n: usize,
+}
+
+/// One parameterised layer's share of a backward pass.
+pub struct Capture<T> {
+    pub slot: usize,
+    /// Affine: `a [n, L, sa]`; elementwise: `x̂ [n, L, d]`.
+    pub a: T,
+    /// Gradient w.r.t. the layer output, `[m, n, L, sg]` (or `[m, n, L, d]`).
+    pub g: T,
+}
+
+fn unfold_index(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> (Vec<u32>, usize, usize) {
+    let oh = (h + 2 * padding[0] - kernel[0]) / stride[0] + 1;
+    let ow = (w + 2 * padding[1] - kernel[1]) / stride[1] + 1;
+    let pad = (h * w) as u32;
+    let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    let r = (oi * stride[0] + ki) as isize - padding[0] as isize;
+                    let c = (oj * stride[1] + kj) as isize - padding[1] as isize;
+                    if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                        idx.push((r as usize * w + c as usize) as u32);
+                    } else {
+                        idx.push(pad);
+                    }
+                }
+            }
+        }
+    }
+    (idx, oh, ow)
+}
+
+impl<O: Ops> Net<O> {
+    /// Uploads `params` (as made by [`super::init`] or read from a file).
+    pub fn new(o: &O, spec: &ModelSpec, params: HostParams) -> OpsResult<Self> {
+        let mut layers = Vec::new();
+        let mut slots = Vec::new();
+        let mut offset = 0;
+        for (index, l) in spec.layers.iter().enumerate() {
+            let key = |k: &str| format!("{}.{k}", l.name);
+            let get = |k: &str| -> OpsResult<&HostParam> {
+                params
+                    .get(&key(k))
+                    .ok_or_else(|| OpsError(format!("missing parameter `{}`", key(k))))
+            };
+            let mut layer = NetLayer {
+                spec: l.clone(),
+                w: None,
+                wt: None,
+                b: None,
+                running: None,
+                unfold: None,
+            };
+            let mut slot_kind = None;
+            match &l.layer {
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    let w = o.upload(&[*out_features, *in_features], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&w, 0, 1)?);
+                    layer.w = Some(w);
+                    if *bias {
+                        layer.b = Some(o.upload(&[*out_features], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: *out_features,
+                        sa: in_features + *bias as usize,
+                        bias: *bias,
+                        conv: false,
+                    });
+                }
+                Layer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                } => {
+                    let (h, w) = (l.input[1], l.input[2]);
+                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, *padding);
+                    let k = kernel[0] * kernel[1];
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin: *in_channels,
+                        k,
+                        l: oh * ow,
+                        hw: h * w,
+                    });
+                    let wt = o.upload(&[*out_channels, in_channels * k], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&wt, 0, 1)?);
+                    layer.w = Some(wt);
+                    if *bias {
+                        layer.b = Some(o.upload(&[*out_channels, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: *out_channels,
+                        sa: in_channels * k + *bias as usize,
+                        bias: *bias,
+                        conv: true,
+                    });
+                }
+                Layer::Conv1d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                } => {
+                    let len = l.input[1];
+                    let (idx, _, ow) =
+                        unfold_index(1, len, [1, *kernel], [1, *stride], [0, *padding]);
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin: *in_channels,
+                        k: *kernel,
+                        l: ow,
+                        hw: len,
+                    });
+                    let wt =
+                        o.upload(&[*out_channels, in_channels * kernel], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&wt, 0, 1)?);
+                    layer.w = Some(wt);
+                    if *bias {
+                        layer.b = Some(o.upload(&[*out_channels, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: *out_channels,
+                        sa: in_channels * kernel + *bias as usize,
+                        bias: *bias,
+                        conv: true,
+                    });
+                }
+                Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                    let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
+                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, [0, 0]);
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin: c,
+                        k: kernel[0] * kernel[1],
+                        l: oh * ow,
+                        hw: h * w,
+                    });
+                }
+                Layer::BatchNorm1d { features: c, eps }
+                | Layer::BatchNorm2d { channels: c, eps } => {
+                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                    let mean = &get("running_mean")?.data;
+                    let s: Vec<f64> = get("running_var")?
+                        .data
+                        .iter()
+                        .map(|v| 1.0 / (v + eps).sqrt())
+                        .collect();
+                    layer.running = Some((o.upload(&[*c, 1], mean)?, o.upload(&[*c, 1], &s)?));
+                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                }
+                Layer::LayerNorm { shape, .. } => {
+                    let d: usize = shape.iter().product();
+                    layer.w = Some(o.upload(&[1, d], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[1, d], &get("bias")?.data)?);
+                    slot_kind = Some(SlotKind::Elementwise { d });
+                }
+                Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu | Layer::Flatten => {}
+            }
+            if let Some(kind) = slot_kind {
+                let numel = l.params as usize;
+                slots.push(LayerSlot {
+                    index,
+                    name: l.name.clone(),
+                    offset,
+                    numel,
+                    kind,
+                });
+                offset += numel;
+            }
+            layers.push(layer);
+        }
+        Ok(Net {
+            spec: spec.clone(),
+            layers,
+            slots,
+            params,
+        })
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.slots.iter().map(|s| s.numel).sum()
+    }
+    pub fn outputs(&self) -> usize {
+        self.spec.outputs()
+    }
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    /// Forward pass on `x [n, ...input]`; returns outputs `[n, C]`.
+    pub fn forward(&self, o: &O, x: &O::T, keep: bool) -> OpsResult<Forward<O::T>> {
+        let n = o.shape(x)[0];
+        let mut h = x.clone();
+        let mut caches = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (out, cache) = self.layer_forward(o, layer, &h, n)?;
+            if keep {
+                caches.push(cache);
+            }
+            h = out;
+        }
+        let c = self.outputs();
+        let output = o.reshape(&h, &[n, c])?;
+        Ok(Forward { output, caches, n })
+    }
+
+    fn layer_forward(
+        &self,
+        o: &O,
+        layer: &NetLayer<O::T>,
+        x: &O::T,
+        n: usize,
+    ) -> OpsResult<(O::T, Cache<O::T>)> {
+        let mut out_shape = vec![n];
+        out_shape.extend(&layer.spec.output);
+        match &layer.spec.layer {
+            Layer::Linear { bias, .. } => {
+                let x2 = o.reshape(x, &[n, layer.spec.input[0]])?;
+                let mut y = o.matmul(&x2, layer.wt.as_ref().unwrap())?;
+                if let Some(b) = &layer.b {
+                    y = o.add(&y, b)?;
+                }
+                let a = if *bias {
+                    o.cat(&[x2, o.affine(&o.zeros(&[n, 1])?, 0.0, 1.0)?], 1)?
+                } else {
+                    x2
+                };
+                let a = o.reshape(&a, &[n, 1, o.shape(&a)[1]])?;
+                Ok((y, Cache::Affine { a }))
+            }
+            Layer::Conv2d { bias, .. } | Layer::Conv1d { bias, .. } => {
+                let u = layer.unfold.as_ref().unwrap();
+                let patches = self.unfold(o, u, x, n)?; // [n, cin·K, L]
+                let w = layer.w.as_ref().unwrap();
+                let mut y = o.matmul(w, &patches)?; // [n, cout, L]
+                if let Some(b) = &layer.b {
+                    y = o.add(&y, b)?;
+                }
+                let y = o.reshape(&y, &out_shape)?;
+                let mut a = o.transpose(&patches, 1, 2)?; // [n, L, cin·K]
+                if *bias {
+                    a = o.cat(&[a, o.affine(&o.zeros(&[n, u.l, 1])?, 0.0, 1.0)?], 2)?;
+                }
+                Ok((y, Cache::Affine { a }))
+            }
+            Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => {
+                let op = match layer.spec.layer {
+                    Layer::Relu => Unary::Relu,
+                    Layer::Tanh => Unary::Tanh,
+                    Layer::Sigmoid => Unary::Sigmoid,
+                    _ => Unary::GeluErf,
+                };
+                let y = o.unary(op, x)?;
+                Ok((y.clone(), Cache::Act { x: x.clone(), y }))
+            }
+            Layer::Flatten => Ok((o.reshape(x, &out_shape)?, Cache::Reshape)),
+            Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
+                let max = matches!(layer.spec.layer, Layer::MaxPool2d { .. });
+                let u = layer.unfold.as_ref().unwrap();
+                let p = self.unfold(o, u, x, n)?; // [n, c·K, L]
+                let p = o.reshape(&p, &[n, u.cin, u.k, u.l])?;
+                let out = if max {
+                    o.reduce(Reduce::Max, &p, 2)?
+                } else {
+                    o.scale(&o.sum_dim(&p, 2)?, 1.0 / u.k as f64)?
+                };
+                let y = o.reshape(&out, &out_shape)?;
+                Ok((
+                    y,
+                    Cache::Pool {
+                        patches: p,
+                        out,
+                        max,
+                    },
+                ))
+            }
+            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. } => {
+                let c = layer.spec.input[0];
+                let l: usize = layer.spec.input[1..].iter().product();
+                let x3 = o.reshape(x, &[n, c, l])?;
+                let (mean, s) = layer.running.as_ref().unwrap();
+                let xhat = o.mul(&o.sub(&x3, mean)?, s)?;
+                let y = o.add(
+                    &o.mul(&xhat, layer.w.as_ref().unwrap())?,
+                    layer.b.as_ref().unwrap(),
+                )?;
+                let xhat_t = o.transpose(&xhat, 1, 2)?; // [n, L, C]
+                Ok((
+                    o.reshape(&y, &out_shape)?,
+                    Cache::Norm {
+                        xhat: xhat_t,
+                        s: s.clone(),
+                    },
+                ))
+            }
+            Layer::LayerNorm { shape, eps } => {
+                let d: usize = shape.iter().product();
+                let total: usize = layer.spec.input.iter().product();
+                let l = total / d;
+                let x3 = o.reshape(x, &[n, l, d])?;
+                let mean = o.scale(&o.sum_dim(&x3, 2)?, 1.0 / d as f64)?;
+                let xc = o.sub(&x3, &mean)?;
+                let var = o.scale(&o.sum_dim(&o.unary(Unary::Sqr, &xc)?, 2)?, 1.0 / d as f64)?;
+                let s = o.unary(
+                    Unary::Recip,
+                    &o.unary(Unary::Sqrt, &o.affine(&var, 1.0, *eps)?)?,
+                )?;
+                let xhat = o.mul(&xc, &s)?;
+                let y = o.add(
+                    &o.mul(&xhat, layer.w.as_ref().unwrap())?,
+                    layer.b.as_ref().unwrap(),
+                )?;
+                Ok((o.reshape(&y, &out_shape)?, Cache::Norm { xhat, s }))
+            }
+        }
+    }
+
+    /// `[n, cin, (h,) w]` → patches `[n, cin·K, L]`.
+    fn unfold(&self, o: &O, u: &Unfold<O::T>, x: &O::T, n: usize) -> OpsResult<O::T> {
+        let x = o.reshape(x, &[n, u.cin, u.hw])?;
+        let x = o.cat(&[x, o.zeros(&[n, u.cin, 1])?], 2)?;
+        let p = o.index_select(&x, &u.idx, 2)?; // [n, cin, K·L]
+        o.reshape(&p, &[n, u.cin * u.k, u.l])
+    }
+
+    /// Adjoint of [`Self::unfold`]: `[b, cin·K, L]` → `[b, cin, hw]`.
+    fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T, b: usize) -> OpsResult<O::T> {
+        let p = o.reshape(p, &[b, u.cin, u.k * u.l])?;
+        let z = o.zeros(&[b, u.cin, u.hw + 1])?;
+        let x = o.index_add(&z, &u.idx, &p, 2)?;
+        o.narrow(&x, 2, 0, u.hw)
+    }
+
+    /// Backpropagates `seed [m, n, C]` (m output functions per example) and
+    /// returns, for each parameterised layer, its input and output
+    /// gradient. `first` limits how far back the pass goes: layers before
+    /// the first parameterised layer need no input gradient.
+    pub fn backward(
+        &self,
+        o: &O,
+        fwd: &Forward<O::T>,
+        seed: &O::T,
+    ) -> OpsResult<Vec<Capture<O::T>>> {
+        let n = fwd.n;
+        let m = o.shape(seed)[0];
+        let first = self.slots.first().map(|s| s.index).unwrap_or(usize::MAX);
+        let mut caps = Vec::with_capacity(self.slots.len());
+        let mut g = seed.clone();
+        for (index, (layer, cache)) in self.layers.iter().zip(&fwd.caches).enumerate().rev() {
+            if index < first {
+                break;
+            }
+            let mut shape = vec![m, n];
+            shape.extend(&layer.spec.output);
+            g = o.reshape(&g, &shape)?;
+            let need_input = index > first;
+            let mut in_shape = vec![m, n];
+            in_shape.extend(&layer.spec.input);
+            let slot = self.slots.iter().position(|s| s.index == index);
+            match (&layer.spec.layer, cache) {
+                (Layer::Linear { out_features, .. }, Cache::Affine { a }) => {
+                    let g2 = o.reshape(&g, &[m * n, *out_features])?;
+                    let next = if need_input {
+                        Some(o.matmul(&g2, layer.w.as_ref().unwrap())?)
+                    } else {
+                        None
+                    };
+                    caps.push(Capture {
+                        slot: slot.unwrap(),
+                        a: a.clone(),
+                        g: o.reshape(&g2, &[m, n, 1, *out_features])?,
+                    });
+                    match next {
+                        Some(x) => g = o.reshape(&x, &in_shape)?,
+                        None => break,
+                    }
+                }
+                (
+                    Layer::Conv2d { out_channels, .. } | Layer::Conv1d { out_channels, .. },
+                    Cache::Affine { a },
+                ) => {
+                    let u = layer.unfold.as_ref().unwrap();
+                    let g3 = o.reshape(&g, &[m * n, *out_channels, u.l])?;
+                    if need_input {
+                        let dp = o.matmul(layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
+                        let dx = self.fold(o, u, &dp, m * n)?;
+                        caps.push(Capture {
+                            slot: slot.unwrap(),
+                            a: a.clone(),
+                            g: o.reshape(&o.transpose(&g3, 1, 2)?, &[m, n, u.l, *out_channels])?,
+                        });
+                        g = o.reshape(&dx, &in_shape)?;
+                    } else {
+                        caps.push(Capture {
+                            slot: slot.unwrap(),
+                            a: a.clone(),
+                            g: o.reshape(&o.transpose(&g3, 1, 2)?, &[m, n, u.l, *out_channels])?,
+                        });
+                        break;
+                    }
+                }
+                (_, Cache::Act { x, y }) => {
+                    let d = match layer.spec.layer {
+                        Layer::Relu => o.unary(Unary::Step, x)?,
+                        Layer::Tanh => o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0)?,
+                        Layer::Sigmoid => o.mul(y, &o.affine(y, -1.0, 1.0)?)?,
+                        _ => gelu_grad(o, x)?,
+                    };
+                    g = o.mul(&g, &d)?;
+                }
+                (_, Cache::Reshape) => g = o.reshape(&g, &in_shape)?,
+                (_, Cache::Pool { patches, out, max }) => {
+                    let u = layer.unfold.as_ref().unwrap();
+                    let g4 = o.reshape(&g, &[m, n, u.cin, 1, u.l])?;
+                    let dp = if *max {
+                        let mask = o.binary(Binary::Ge, patches, out)?; // [n, c, K, L]
+                        let count = o.sum_dim(&mask, 2)?;
+                        let w = o.binary(Binary::Div, &mask, &count)?;
+                        o.mul(&g4, &w)?
+                    } else {
+                        let ones =
+                            o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
+                        o.mul(&g4, &ones)?
+                    };
+                    let dx =
+                        self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?, m * n)?;
+                    g = o.reshape(&dx, &in_shape)?;
+                }
+                (
+                    Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. },
+                    Cache::Norm { xhat, s },
+                ) => {
+                    let c = layer.spec.input[0];
+                    let l: usize = layer.spec.input[1..].iter().product();
+                    let g4 = o.reshape(&g, &[m, n, c, l])?;
+                    caps.push(Capture {
+                        slot: slot.unwrap(),
+                        a: xhat.clone(),
+                        g: o.transpose(&o.reshape(&g4, &[m * n, c, l])?, 1, 2)
+                            .and_then(|t| o.reshape(&t, &[m, n, l, c]))?,
+                    });
+                    if !need_input {
+                        break;
+                    }
+                    let gamma_s = o.mul(layer.w.as_ref().unwrap(), s)?; // [c, 1]
+                    g = o.reshape(&o.mul(&g4, &gamma_s)?, &in_shape)?;
+                }
+                (Layer::LayerNorm { shape, .. }, Cache::Norm { xhat, s }) => {
+                    let d: usize = shape.iter().product();
+                    let l = layer.spec.input.iter().product::<usize>() / d;
+                    let g4 = o.reshape(&g, &[m, n, l, d])?;
+                    caps.push(Capture {
+                        slot: slot.unwrap(),
+                        a: xhat.clone(),
+                        g: g4.clone(),
+                    });
+                    if !need_input {
+                        break;
+                    }
+                    // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over the d features.
+                    let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?;
+                    let m1 = o.scale(&o.sum_dim(&dxhat, 3)?, 1.0 / d as f64)?;
+                    let m2 = o.scale(&o.sum_dim(&o.mul(&dxhat, xhat)?, 3)?, 1.0 / d as f64)?;
+                    let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xhat, &m2)?)?;
+                    g = o.reshape(&o.mul(&inner, s)?, &in_shape)?;
+                }
+                _ => {
+                    return Err(OpsError(format!(
+                        "no backward rule for {}",
+                        layer.spec.layer.type_name()
+                    )))
+                }
+            }
+        }
+        caps.reverse();
+        Ok(caps)
+    }
+}
+
+/// d/dx [x Φ(x)] = Φ(x) + x φ(x).
+fn gelu_grad<O: Ops>(o: &O, x: &O::T) -> OpsResult<O::T> {
+    let cdf = o.affine(
+        &o.unary(Unary::Erf, &o.scale(x, std::f64::consts::FRAC_1_SQRT_2)?)?,
+        0.5,
+        0.5,
+    )?;
+    let pdf = o.scale(
+        &o.unary(Unary::Exp, &o.scale(&o.unary(Unary::Sqr, x)?, -0.5)?)?,
+        1.0 / (2.0 * std::f64::consts::PI).sqrt(),
+    )?;
+    o.add(&cdf, &o.mul(x, &pdf)?)
+}

@@ -1,0 +1,595 @@
+//! Stored representations of a Fisher matrix and the operations on them.
+//!
+//! These live on the host in f64: they are small next to the per-example
+//! data they are built from, and the delicate operations (eigendecomposition,
+//! solves) run there with `faer`. Every vector is in NNGeometry's flat order
+//! restricted to the representation's layers.
+
+use super::stats::{from_flat_host, to_flat_host};
+use crate::linalg::{eigh, eigvalsh, solve_sym, LinalgError, Mat};
+
+/// One parameterised layer of a representation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerInfo {
+    pub name: String,
+    /// Offset in the representation's own vector.
+    pub offset: usize,
+    /// Offset in the model's full parameter vector.
+    pub full_offset: usize,
+    pub numel: usize,
+    /// Natural layout `[sg, sa]`, the last column being the bias if `bias`.
+    pub sg: usize,
+    pub sa: usize,
+    pub bias: bool,
+}
+
+/// One layer's diagonal block.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Block {
+    Dense(Mat),
+    /// Flat order.
+    Diag(Vec<f64>),
+    /// `F_l ≈ G ⊗ A` on the natural layout.
+    Kfac {
+        a: Mat,
+        g: Mat,
+    },
+    /// Eigenbases of the KFAC factors with a diagonal `d [sg, sa]` in that
+    /// basis (`d[k, j]` pairs column k of `ug` with column j of `ua`).
+    Ekfac {
+        ua: Mat,
+        ug: Mat,
+        d: Mat,
+    },
+    /// Diagonal (flat) plus, per output unit, the weight–bias cross terms
+    /// `cross [sg, sa−1]`.
+    QuasiDiag {
+        diag: Vec<f64>,
+        cross: Mat,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FimBody {
+    Dense(Mat),
+    Blocks(Vec<Block>),
+    /// `F = Lᵀ L` with `L [r, P]`.
+    LowRank(Mat),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fim {
+    pub layers: Vec<LayerInfo>,
+    pub body: FimBody,
+    /// Examples it was computed on.
+    pub n: usize,
+    /// Whether EKFAC blocks were refitted on data.
+    pub refit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReprError {
+    #[error(transparent)]
+    Linalg(#[from] LinalgError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+type R<T> = Result<T, ReprError>;
+
+fn natural(v: &[f64], l: &LayerInfo) -> Mat {
+    Mat::from_vec(l.sg, l.sa, from_flat_host(v, l.sg, l.sa, l.bias))
+}
+
+fn flat(m: &Mat, l: &LayerInfo) -> Vec<f64> {
+    to_flat_host(&m.data, l.sg, l.sa, l.bias)
+}
+
+/// Index in the layer's flat order of natural position `(g, a)`.
+fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
+    if l.bias && a == l.sa - 1 {
+        l.sg * (l.sa - 1) + g
+    } else if l.bias {
+        g * (l.sa - 1) + a
+    } else {
+        g * l.sa + a
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `(K, damping)` → the π of NNGeometry's KFAC damping.
+fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
+    let ta = a.trace() / a.rows as f64;
+    let tg = g.trace() / g.rows as f64;
+    if ta > 0.0 && tg > 0.0 {
+        (ta / tg).sqrt()
+    } else {
+        1.0
+    }
+}
+
+impl Block {
+    pub fn mv(&self, l: &LayerInfo, v: &[f64]) -> Vec<f64> {
+        match self {
+            Block::Dense(m) => m.matvec(v),
+            Block::Diag(d) => d.iter().zip(v).map(|(a, b)| a * b).collect(),
+            Block::Kfac { a, g } => flat(&g.matmul(&natural(v, l)).matmul(a), l),
+            Block::Ekfac { ua, ug, d } => {
+                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
+                let scaled = hadamard(&r, d);
+                flat(&ug.matmul(&scaled).matmul(&ua.transpose()), l)
+            }
+            Block::QuasiDiag { diag, cross } => {
+                let mut out: Vec<f64> = diag.iter().zip(v).map(|(a, b)| a * b).collect();
+                if l.bias {
+                    for gi in 0..l.sg {
+                        let b = flat_index(l, gi, l.sa - 1);
+                        for ai in 0..l.sa - 1 {
+                            let w = flat_index(l, gi, ai);
+                            let c = cross.get(gi, ai);
+                            out[w] += c * v[b];
+                            out[b] += c * v[w];
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    pub fn trace(&self) -> f64 {
+        match self {
+            Block::Dense(m) => m.trace(),
+            Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.iter().sum(),
+            Block::Kfac { a, g } => a.trace() * g.trace(),
+            Block::Ekfac { d, .. } => d.data.iter().sum(),
+        }
+    }
+
+    /// Squared Frobenius norm.
+    pub fn frobenius2(&self) -> f64 {
+        match self {
+            Block::Dense(m) => m.data.iter().map(|x| x * x).sum(),
+            Block::Diag(d) => d.iter().map(|x| x * x).sum(),
+            Block::QuasiDiag { diag, cross } => {
+                diag.iter().map(|x| x * x).sum::<f64>()
+                    + 2.0 * cross.data.iter().map(|x| x * x).sum::<f64>()
+            }
+            Block::Kfac { a, g } => a.frobenius().powi(2) * g.frobenius().powi(2),
+            Block::Ekfac { d, .. } => d.data.iter().map(|x| x * x).sum(),
+        }
+    }
+
+    pub fn diag(&self, l: &LayerInfo) -> Vec<f64> {
+        match self {
+            Block::Dense(m) => m.diag(),
+            Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.clone(),
+            Block::Kfac { a, g } => {
+                let mut m = Mat::zeros(l.sg, l.sa);
+                for gi in 0..l.sg {
+                    for ai in 0..l.sa {
+                        m.set(gi, ai, g.get(gi, gi) * a.get(ai, ai));
+                    }
+                }
+                flat(&m, l)
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let ug2 = square(ug);
+                let ua2 = square(ua);
+                flat(&ug2.matmul(d).matmul(&ua2.transpose()), l)
+            }
+        }
+    }
+
+    /// `(B + λI)⁻¹ v`; KFAC uses NNGeometry's π-damping
+    /// `(G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹`.
+    pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => {
+                let mut md = m.clone();
+                md.add_diag(damping);
+                solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data
+            }
+            Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
+            Block::Kfac { a, g } => {
+                let pi = kfac_pi(a, g);
+                let s = damping.sqrt();
+                let mut gd = g.clone();
+                gd.add_diag(s / pi);
+                let mut ad = a.clone();
+                ad.add_diag(pi * s);
+                let x1 = solve_sym(&gd, &natural(v, l))?; // [sg, sa]
+                let x = solve_sym(&ad, &x1.transpose())?.transpose();
+                flat(&x, l)
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
+                let mut q = r.clone();
+                for (x, e) in q.data.iter_mut().zip(&d.data) {
+                    *x /= e + damping;
+                }
+                flat(&ug.matmul(&q).matmul(&ua.transpose()), l)
+            }
+            Block::QuasiDiag { diag, cross } => {
+                let mut x = vec![0.0; v.len()];
+                if !l.bias {
+                    return Ok(diag.iter().zip(v).map(|(a, b)| b / (a + damping)).collect());
+                }
+                // Per output unit an arrowhead system: eliminate the weights.
+                for gi in 0..l.sg {
+                    let b = flat_index(l, gi, l.sa - 1);
+                    let mut schur = diag[b] + damping;
+                    let mut rhs = v[b];
+                    for ai in 0..l.sa - 1 {
+                        let w = flat_index(l, gi, ai);
+                        let c = cross.get(gi, ai);
+                        let dw = diag[w] + damping;
+                        schur -= c * c / dw;
+                        rhs -= c * v[w] / dw;
+                    }
+                    x[b] = rhs / schur;
+                    for ai in 0..l.sa - 1 {
+                        let w = flat_index(l, gi, ai);
+                        x[w] = (v[w] - cross.get(gi, ai) * x[b]) / (diag[w] + damping);
+                    }
+                }
+                x
+            }
+        })
+    }
+
+    pub fn to_dense(&self, l: &LayerInfo) -> Mat {
+        let p = l.numel;
+        match self {
+            Block::Dense(m) => m.clone(),
+            Block::Diag(d) => {
+                let mut m = Mat::zeros(p, p);
+                for (i, x) in d.iter().enumerate() {
+                    m.set(i, i, *x);
+                }
+                m
+            }
+            Block::Kfac { a, g } => {
+                let mut m = Mat::zeros(p, p);
+                for g1 in 0..l.sg {
+                    for a1 in 0..l.sa {
+                        let r = flat_index(l, g1, a1);
+                        for g2 in 0..l.sg {
+                            let gv = g.get(g1, g2);
+                            for a2 in 0..l.sa {
+                                m.set(r, flat_index(l, g2, a2), gv * a.get(a1, a2));
+                            }
+                        }
+                    }
+                }
+                m
+            }
+            _ => {
+                // Column by column through `mv`: exact, and these blocks are small.
+                let mut m = Mat::zeros(p, p);
+                let mut e = vec![0.0; p];
+                for c in 0..p {
+                    e[c] = 1.0;
+                    let col = self.mv(l, &e);
+                    e[c] = 0.0;
+                    for (r, x) in col.iter().enumerate() {
+                        m.set(r, c, *x);
+                    }
+                }
+                m
+            }
+        }
+    }
+
+    /// All eigenvalues, in no particular order.
+    pub fn eigenvalues(&self, l: &LayerInfo) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => eigvalsh(m)?,
+            Block::Diag(d) => d.clone(),
+            Block::Kfac { a, g } => {
+                let ea = eigvalsh(a)?;
+                let eg = eigvalsh(g)?;
+                eg.iter()
+                    .flat_map(|x| ea.iter().map(move |y| x * y))
+                    .collect()
+            }
+            Block::Ekfac { d, .. } => d.data.clone(),
+            Block::QuasiDiag { .. } => eigvalsh(&self.to_dense(l))?,
+        })
+    }
+
+    /// `B^p` (eigenvalues raised to `p`, with `damping` added first), in the
+    /// same structure where it has one.
+    pub fn power(&self, l: &LayerInfo, p: f64, damping: f64) -> R<Block> {
+        let f = |x: f64| (x.max(0.0) + damping).powf(p);
+        Ok(match self {
+            Block::Dense(m) => {
+                let mut md = m.clone();
+                md.add_diag(damping);
+                Block::Dense(crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?)
+            }
+            Block::Diag(d) => Block::Diag(d.iter().map(|x| f(*x)).collect()),
+            Block::Kfac { a, g } => {
+                let (ea, ua) = eigh(a)?;
+                let (eg, ug) = eigh(g)?;
+                let mut d = Mat::zeros(l.sg, l.sa);
+                for k in 0..l.sg {
+                    for j in 0..l.sa {
+                        d.set(k, j, f(eg[k].max(0.0) * ea[j].max(0.0)));
+                    }
+                }
+                Block::Ekfac { ua, ug, d }
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let mut d2 = d.clone();
+                d2.data.iter_mut().for_each(|x| *x = f(*x));
+                Block::Ekfac {
+                    ua: ua.clone(),
+                    ug: ug.clone(),
+                    d: d2,
+                }
+            }
+            Block::QuasiDiag { .. } => {
+                let mut md = self.to_dense(l);
+                md.add_diag(damping);
+                Block::Dense(crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?)
+            }
+        })
+    }
+
+    /// Stored numbers.
+    pub fn stored(&self) -> usize {
+        match self {
+            Block::Dense(m) => m.data.len(),
+            Block::Diag(d) => d.len(),
+            Block::Kfac { a, g } => a.data.len() + g.data.len(),
+            Block::Ekfac { ua, ug, d } => ua.data.len() + ug.data.len() + d.data.len(),
+            Block::QuasiDiag { diag, cross } => diag.len() + cross.data.len(),
+        }
+    }
+}
+
+fn hadamard(a: &Mat, b: &Mat) -> Mat {
+    Mat::from_vec(
+        a.rows,
+        a.cols,
+        a.data.iter().zip(&b.data).map(|(x, y)| x * y).collect(),
+    )
+}
+
+fn square(a: &Mat) -> Mat {
+    Mat::from_vec(a.rows, a.cols, a.data.iter().map(|x| x * x).collect())
+}
+
+impl Fim {
+    /// Size of the representation's vectors.
+    pub fn dim(&self) -> usize {
+        self.layers.iter().map(|l| l.numel).sum()
+    }
+
+    fn slice<'a>(&self, v: &'a [f64], l: &LayerInfo) -> &'a [f64] {
+        &v[l.offset..l.offset + l.numel]
+    }
+
+    /// The one-layer representation of `name`'s diagonal block.
+    pub fn layer(&self, name: &str) -> Option<Fim> {
+        let (i, l) = self
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.name == name)?;
+        let mut one = l.clone();
+        one.offset = 0;
+        let body = match &self.body {
+            FimBody::Dense(m) => FimBody::Dense(sub_block(m, l.offset, l.numel)),
+            FimBody::Blocks(b) => FimBody::Blocks(vec![b[i].clone()]),
+            FimBody::LowRank(f) => {
+                let mut s = Mat::zeros(f.rows, l.numel);
+                for r in 0..f.rows {
+                    s.data[r * l.numel..(r + 1) * l.numel].copy_from_slice(
+                        &f.data[r * f.cols + l.offset..r * f.cols + l.offset + l.numel],
+                    );
+                }
+                FimBody::LowRank(s)
+            }
+        };
+        Some(Fim {
+            layers: vec![one],
+            body,
+            n: self.n,
+            refit: self.refit,
+        })
+    }
+
+    pub fn mv(&self, v: &[f64]) -> Vec<f64> {
+        match &self.body {
+            FimBody::Dense(m) => m.matvec(v),
+            FimBody::Blocks(blocks) => {
+                let mut out = Vec::with_capacity(v.len());
+                for (b, l) in blocks.iter().zip(&self.layers) {
+                    out.extend(b.mv(l, self.slice(v, l)));
+                }
+                out
+            }
+            FimBody::LowRank(f) => {
+                let u = f.matvec(v);
+                f.transpose().matvec(&u)
+            }
+        }
+    }
+
+    pub fn vtmv(&self, v: &[f64]) -> f64 {
+        match &self.body {
+            FimBody::LowRank(f) => f.matvec(v).iter().map(|x| x * x).sum(),
+            _ => dot(v, &self.mv(v)),
+        }
+    }
+
+    pub fn trace(&self) -> f64 {
+        match &self.body {
+            FimBody::Dense(m) => m.trace(),
+            FimBody::Blocks(b) => b.iter().map(Block::trace).sum(),
+            FimBody::LowRank(f) => f.data.iter().map(|x| x * x).sum(),
+        }
+    }
+
+    pub fn frobenius(&self) -> f64 {
+        match &self.body {
+            FimBody::Dense(m) => m.frobenius(),
+            FimBody::Blocks(b) => b.iter().map(Block::frobenius2).sum::<f64>().sqrt(),
+            FimBody::LowRank(f) => f.matmul(&f.transpose()).frobenius(),
+        }
+    }
+
+    pub fn diag(&self) -> Vec<f64> {
+        match &self.body {
+            FimBody::Dense(m) => m.diag(),
+            FimBody::Blocks(b) => b
+                .iter()
+                .zip(&self.layers)
+                .flat_map(|(b, l)| b.diag(l))
+                .collect(),
+            FimBody::LowRank(f) => {
+                let mut d = vec![0.0; f.cols];
+                for r in 0..f.rows {
+                    for (c, x) in d.iter_mut().enumerate() {
+                        *x += f.data[r * f.cols + c].powi(2);
+                    }
+                }
+                d
+            }
+        }
+    }
+
+    /// `(F + λI)⁻¹ v` (KFAC: π-damped factors; LowRank: NNGeometry's
+    /// row-space solve `V (Vᵀv)/(S² + λ)`).
+    pub fn solve(&self, v: &[f64], damping: f64) -> R<Vec<f64>> {
+        match &self.body {
+            FimBody::Dense(m) => {
+                let mut md = m.clone();
+                md.add_diag(damping);
+                Ok(solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data)
+            }
+            FimBody::Blocks(blocks) => {
+                let mut out = Vec::with_capacity(v.len());
+                for (b, l) in blocks.iter().zip(&self.layers) {
+                    out.extend(b.solve(l, self.slice(v, l), damping)?);
+                }
+                Ok(out)
+            }
+            FimBody::LowRank(f) if f.rows >= f.cols => {
+                // The right singular vectors span the whole space: this is
+                // the dense solve.
+                let mut md = f.transpose().matmul(f);
+                md.add_diag(damping);
+                Ok(solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data)
+            }
+            FimBody::LowRank(f) => {
+                let (s2, u) = eigh(&f.matmul(&f.transpose()))?;
+                let tol = s2.iter().fold(0.0f64, |m, x| m.max(*x)) * 1e-15;
+                let fv = f.matvec(v);
+                let mut coef = vec![0.0; f.rows];
+                for (k, s) in s2.iter().enumerate() {
+                    if *s > tol {
+                        // v_k = Fᵀ u_k / s_k; x += v_k (v_kᵀ v) / (s_k² + λ)
+                        let ukfv: f64 = (0..f.rows).map(|r| u.get(r, k) * fv[r]).sum();
+                        let w = ukfv / (s * (s + damping));
+                        for (r, c) in coef.iter_mut().enumerate() {
+                            *c += u.get(r, k) * w;
+                        }
+                    }
+                }
+                Ok(f.transpose().matvec(&coef))
+            }
+        }
+    }
+
+    pub fn to_dense(&self) -> Mat {
+        match &self.body {
+            FimBody::Dense(m) => m.clone(),
+            FimBody::Blocks(blocks) => {
+                let p = self.dim();
+                let mut out = Mat::zeros(p, p);
+                for (b, l) in blocks.iter().zip(&self.layers) {
+                    let d = b.to_dense(l);
+                    for r in 0..l.numel {
+                        out.data[(l.offset + r) * p + l.offset
+                            ..(l.offset + r) * p + l.offset + l.numel]
+                            .copy_from_slice(&d.data[r * l.numel..(r + 1) * l.numel]);
+                    }
+                }
+                out
+            }
+            FimBody::LowRank(f) => f.transpose().matmul(f),
+        }
+    }
+
+    /// Every eigenvalue, descending.
+    pub fn eigenvalues(&self) -> R<Vec<f64>> {
+        let mut ev = match &self.body {
+            FimBody::Dense(m) => eigvalsh(m)?,
+            FimBody::Blocks(blocks) => {
+                let mut all = Vec::new();
+                for (b, l) in blocks.iter().zip(&self.layers) {
+                    all.extend(b.eigenvalues(l)?);
+                }
+                all
+            }
+            FimBody::LowRank(f) => eigvalsh(&f.matmul(&f.transpose()))?,
+        };
+        ev.sort_by(|a, b| b.total_cmp(a));
+        // LᵀL has the nonzero eigenvalues of LLᵀ and zeros elsewhere.
+        ev.resize(self.dim(), 0.0);
+        Ok(ev)
+    }
+
+    /// `(F + λI)^p` in the same structure where it has one (Dense, blocks,
+    /// EKFAC); LowRank is densified.
+    pub fn power(&self, p: f64, damping: f64) -> R<Fim> {
+        let body = match &self.body {
+            FimBody::Blocks(blocks) => FimBody::Blocks(
+                blocks
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(b, l)| b.power(l, p, damping))
+                    .collect::<R<_>>()?,
+            ),
+            _ => {
+                let mut m = self.to_dense();
+                m.add_diag(damping);
+                FimBody::Dense(crate::linalg::sym_fn(&m, |x| x.max(0.0).powf(p))?)
+            }
+        };
+        Ok(Fim {
+            layers: self.layers.clone(),
+            body,
+            n: self.n,
+            refit: self.refit,
+        })
+    }
+
+    /// Stored numbers.
+    pub fn stored(&self) -> usize {
+        match &self.body {
+            FimBody::Dense(m) | FimBody::LowRank(m) => m.data.len(),
+            FimBody::Blocks(b) => b.iter().map(Block::stored).sum(),
+        }
+    }
+}
+
+fn sub_block(m: &Mat, offset: usize, k: usize) -> Mat {
+    let mut s = Mat::zeros(k, k);
+    for r in 0..k {
+        s.data[r * k..(r + 1) * k].copy_from_slice(
+            &m.data[(offset + r) * m.cols + offset..(offset + r) * m.cols + offset + k],
+        );
+    }
+    s
+}
+
+pub fn sub_block_of(m: &Mat, offset: usize, k: usize) -> Mat {
+    sub_block(m, offset, k)
+}

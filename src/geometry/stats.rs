@@ -1,0 +1,276 @@
+//! Per-layer statistics from a backward pass, the NNGeometry vocabulary:
+//! per-example gradients, diagonal, KFAC factors, the refitted EKFAC
+//! diagonal, quasi-diagonal cross terms, NTK contributions and the
+//! Jacobian–vector products behind the implicit representation.
+//!
+//! Every layer is seen through one "natural layout" `[sg, sa]`: for Linear
+//! and convolutions rows are output units and columns the inputs (the bias
+//! last); for norm layers rows are features and the two columns are scale
+//! and shift. The flat NNGeometry order is then "columns `< sa−1` row-major,
+//! then the last column" in both cases.
+
+use super::net::{Capture, LayerSlot, SlotKind};
+use super::ops::{Ops, OpsResult, Unary};
+
+/// `(sg, sa, has_last_column_bias)` of a slot's natural layout.
+pub fn layout(slot: &LayerSlot) -> (usize, usize, bool) {
+    match slot.kind {
+        SlotKind::Affine { sg, sa, bias, .. } => (sg, sa, bias),
+        SlotKind::Elementwise { d } => (d, 2, true),
+    }
+}
+
+/// Spatial positions per example, `L`.
+fn positions<O: Ops>(o: &O, cap: &Capture<O::T>) -> usize {
+    o.shape(&cap.g)[2]
+}
+
+/// Per-example gradients in the natural layout, `[m, n, sg, sa]`.
+pub fn gw<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    match slot.kind {
+        SlotKind::Affine { sg, .. } => {
+            if l == 1 {
+                let g = o.reshape(&cap.g, &[m, n, sg, 1])?;
+                o.mul(&g, &cap.a) // a: [n, 1, sa]
+            } else {
+                let gt = o.transpose(&o.reshape(&cap.g, &[m * n, l, sg])?, 1, 2)?; // [mn, sg, L]
+                let gt = o.reshape(&gt, &[m, n, sg, l])?;
+                o.matmul(&gt, &cap.a)
+            }
+        }
+        SlotKind::Elementwise { d } => {
+            let gamma = o.sum_dim(&o.mul(&cap.g, &cap.a)?, 2)?; // [m, n, 1, d]
+            let beta = o.sum_dim(&cap.g, 2)?;
+            let both = o.cat(&[gamma, beta], 2)?; // [m, n, 2, d]
+            let both = o.reshape(&both, &[m * n, 2, d])?;
+            let t = o.transpose(&both, 1, 2)?;
+            o.reshape(&t, &[m, n, d, 2])
+        }
+    }
+}
+
+/// Natural layout `[..., sg, sa]` → flat order `[..., sg·sa]`.
+pub fn to_flat<O: Ops>(o: &O, t: &O::T, sg: usize, sa: usize, bias: bool) -> OpsResult<O::T> {
+    let shape = o.shape(t);
+    let r = shape.len();
+    let lead: Vec<usize> = shape[..r - 2].to_vec();
+    let flat_shape = |k: usize| {
+        let mut s = lead.clone();
+        s.push(k);
+        s
+    };
+    if !bias {
+        return o.reshape(t, &flat_shape(sg * sa));
+    }
+    let w = o.narrow(t, r - 1, 0, sa - 1)?;
+    let b = o.narrow(t, r - 1, sa - 1, 1)?;
+    let w = o.reshape(&w, &flat_shape(sg * (sa - 1)))?;
+    let b = o.reshape(&b, &flat_shape(sg))?;
+    o.cat(&[w, b], r - 2)
+}
+
+/// Host-side inverse of [`to_flat`] for one vector: flat → `[sg, sa]` row-major.
+pub fn from_flat_host(v: &[f64], sg: usize, sa: usize, bias: bool) -> Vec<f64> {
+    if !bias {
+        return v.to_vec();
+    }
+    let mut out = vec![0.0; sg * sa];
+    for g in 0..sg {
+        for a in 0..sa - 1 {
+            out[g * sa + a] = v[g * (sa - 1) + a];
+        }
+        out[g * sa + sa - 1] = v[sg * (sa - 1) + g];
+    }
+    out
+}
+
+/// Host-side [`to_flat`] for one `[sg, sa]` matrix.
+pub fn to_flat_host(m: &[f64], sg: usize, sa: usize, bias: bool) -> Vec<f64> {
+    if !bias {
+        return m.to_vec();
+    }
+    let mut out = vec![0.0; sg * sa];
+    for g in 0..sg {
+        for a in 0..sa - 1 {
+            out[g * (sa - 1) + a] = m[g * sa + a];
+        }
+        out[sg * (sa - 1) + g] = m[g * sa + sa - 1];
+    }
+    out
+}
+
+/// Per-example gradients in flat order, `[m·n, P_l]`.
+pub fn jacobian<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
+    let (sg, sa, bias) = layout(slot);
+    let gs = o.shape(&cap.g);
+    let j = to_flat(o, &gw(o, slot, cap)?, sg, sa, bias)?;
+    o.reshape(&j, &[gs[0] * gs[1], sg * sa])
+}
+
+/// `Σ_{o,i} gw²` in the natural layout `[sg, sa]` (unnormalised diagonal).
+pub fn diag_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
+    if matches!(slot.kind, SlotKind::Affine { .. }) && positions(o, cap) == 1 {
+        // Σ_i (Σ_o g²)ᵀ a²: two small products instead of m·n outer products.
+        let (sg, sa, _) = layout(slot);
+        let gs = o.shape(&cap.g);
+        let g2 = o.sum_dim(&o.unary(Unary::Sqr, &cap.g)?, 0)?;
+        let g2 = o.reshape(&g2, &[gs[1], sg])?;
+        let a2 = o.reshape(&o.unary(Unary::Sqr, &cap.a)?, &[gs[1], sa])?;
+        return o.t_matmul(&g2, &a2);
+    }
+    let w = gw(o, slot, cap)?;
+    let s = o.shape(&w);
+    let w2 = o.reshape(&o.unary(Unary::Sqr, &w)?, &[s[0] * s[1], s[2] * s[3]])?;
+    let d = o.sum_dim(&w2, 0)?;
+    o.reshape(&d, &[s[2], s[3]])
+}
+
+/// `Σ_{o,i} gw[:, :sa−1] ⊙ gw[:, sa−1]`: the weight–bias cross terms of the
+/// quasi-diagonal representation, `[sg, sa]` (last column = bias diagonal).
+pub fn cross_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
+    let (sg, sa, _) = layout(slot);
+    if matches!(slot.kind, SlotKind::Affine { .. }) && positions(o, cap) == 1 {
+        let gs = o.shape(&cap.g);
+        let g2 = o.sum_dim(&o.unary(Unary::Sqr, &cap.g)?, 0)?;
+        let g2 = o.reshape(&g2, &[gs[1], sg])?;
+        let a = o.reshape(&cap.a, &[gs[1], sa])?;
+        return o.t_matmul(&g2, &a);
+    }
+    let w = gw(o, slot, cap)?;
+    let s = o.shape(&w);
+    let b = o.narrow(&w, 3, sa - 1, 1)?;
+    let prod = o.mul(&w, &b)?;
+    let prod = o.reshape(&prod, &[s[0] * s[1], sg * sa])?;
+    o.reshape(&o.sum_dim(&prod, 0)?, &[sg, sa])
+}
+
+/// Unnormalised KFAC factors `(Σ a aᵀ, Σ g gᵀ)` over examples, outputs and
+/// positions.
+pub fn kfac_sums<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<(O::T, O::T)> {
+    let (sg, sa, _) = layout(slot);
+    let a = o.reshape(&cap.a, &[o.numel(&cap.a) / sa, sa])?;
+    let g = o.reshape(&cap.g, &[o.numel(&cap.g) / sg, sg])?;
+    Ok((o.t_matmul(&a, &a)?, o.t_matmul(&g, &g)?))
+}
+
+/// `Σ_{o,i} (U_Gᵀ gw U_A)²`: the EKFAC diagonal in the Kronecker-factored
+/// eigenbasis, `[sg, sa]` (unnormalised). `ug [sg, sg]`, `ua [sa, sa]`.
+pub fn kfe_sum<O: Ops>(
+    o: &O,
+    slot: &LayerSlot,
+    cap: &Capture<O::T>,
+    ug: &O::T,
+    ua: &O::T,
+) -> OpsResult<O::T> {
+    let (sg, sa, _) = layout(slot);
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    let g = o.matmul(&o.reshape(&cap.g, &[m * n * l, sg])?, ug)?;
+    let a = o.matmul(&o.reshape(&cap.a, &[n * l, sa])?, ua)?;
+    if l == 1 {
+        let g2 = o.sum_dim(&o.reshape(&o.unary(Unary::Sqr, &g)?, &[m, n, sg])?, 0)?;
+        let g2 = o.reshape(&g2, &[n, sg])?;
+        return o.t_matmul(&g2, &o.unary(Unary::Sqr, &a)?);
+    }
+    let gt = o.transpose(&o.reshape(&g, &[m * n, l, sg])?, 1, 2)?;
+    let gt = o.reshape(&gt, &[m, n, sg, l])?;
+    let rot = o.matmul(&gt, &o.reshape(&a, &[n, l, sa])?)?; // [m, n, sg, sa]
+    let r2 = o.reshape(&o.unary(Unary::Sqr, &rot)?, &[m * n, sg * sa])?;
+    o.reshape(&o.sum_dim(&r2, 0)?, &[sg, sa])
+}
+
+/// Floating-point operations of the two ways to get a layer's NTK block.
+pub fn ntk_costs(slot: &LayerSlot, m: usize, n: usize, l: usize) -> (f64, f64) {
+    let (sg, sa, _) = layout(slot);
+    let (mn, nl) = ((m * n) as f64, (n * l) as f64);
+    let (sg, sa, l) = (sg as f64, sa as f64, l as f64);
+    let structured = if matches!(slot.kind, SlotKind::Affine { .. }) {
+        2.0 * (mn * l).powi(2) * sg + 2.0 * nl * nl * sa + mn * mn * l * l
+    } else {
+        f64::INFINITY
+    };
+    let per_example = 2.0 * mn * l * sg * sa + 2.0 * mn * mn * sg * sa;
+    (structured, per_example)
+}
+
+/// This layer's NTK block `[m·n, m·n]` (rows `o·n + i`), by whichever of the
+/// structured product `(G Gᵀ) ⊙ (A Aᵀ)` or per-example gradients is cheaper
+/// (or the per-example path when `force_per_example`).
+pub fn ntk_block<O: Ops>(
+    o: &O,
+    slot: &LayerSlot,
+    cap: &Capture<O::T>,
+    force_per_example: bool,
+) -> OpsResult<O::T> {
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    let (sg, sa, _) = layout(slot);
+    let (structured, per_example) = ntk_costs(slot, m, n, l);
+    if force_per_example || per_example <= structured {
+        let j = jacobian(o, slot, cap)?;
+        let jt = o.transpose(&j, 0, 1)?;
+        return o.matmul(&j, &jt);
+    }
+    // K[(o,i,p),(d,j,q)] = (g_oip·g_djq)(a_ip·a_jq), summed over positions p, q.
+    let g = o.reshape(&cap.g, &[m * n * l, sg])?;
+    let gg = o.matmul(&g, &o.transpose(&g, 0, 1)?)?;
+    let a = o.reshape(&cap.a, &[n * l, sa])?;
+    let aa = o.matmul(&a, &o.transpose(&a, 0, 1)?)?;
+    let gg = o.reshape(&gg, &[m, n, l, m, n, l])?;
+    let aa = o.reshape(&aa, &[1, n, l, 1, n, l])?;
+    let k = o.mul(&gg, &aa)?;
+    if l == 1 {
+        return o.reshape(&k, &[m * n, m * n]);
+    }
+    let k = o.sum_dim(&o.reshape(&k, &[m * n * l, m * n, l])?, 2)?;
+    let k = o.reshape(&k, &[m * n, l, m * n])?;
+    o.reshape(&o.sum_dim(&k, 1)?, &[m * n, m * n])
+}
+
+/// `J v` for this layer: `[m, n]`, with `v` in the natural layout `[sg, sa]`.
+pub fn jv<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, v: &O::T) -> OpsResult<O::T> {
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    let (sg, sa, _) = layout(slot);
+    let contrib = match slot.kind {
+        SlotKind::Affine { .. } => {
+            let a = o.reshape(&cap.a, &[n * l, sa])?;
+            let av = o.matmul(&a, &o.transpose(v, 0, 1)?)?; // [nL, sg]
+            o.mul(&cap.g, &o.reshape(&av, &[n, l, sg])?)?
+        }
+        SlotKind::Elementwise { d } => {
+            let gamma = o.reshape(&o.narrow(v, 1, 0, 1)?, &[1, d])?;
+            let beta = o.reshape(&o.narrow(v, 1, 1, 1)?, &[1, d])?;
+            let val = o.add(&o.mul(&cap.a, &gamma)?, &beta)?; // [n, L, d]
+            o.mul(&cap.g, &val)?
+        }
+    };
+    let c = o.reshape(&contrib, &[m, n, l * sg])?;
+    o.reshape(&o.sum_dim(&c, 2)?, &[m, n])
+}
+
+/// `Jᵀ u` for this layer in the natural layout `[sg, sa]`, `u [m, n]`.
+pub fn jtu<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, u: &O::T) -> OpsResult<O::T> {
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    let (sg, sa, _) = layout(slot);
+    let u4 = o.reshape(u, &[m, n, 1, 1])?;
+    let w = o.sum_dim(&o.mul(&cap.g, &u4)?, 0)?; // [1, n, L, sg]
+    match slot.kind {
+        SlotKind::Affine { .. } => {
+            let w = o.reshape(&w, &[n * l, sg])?;
+            let a = o.reshape(&cap.a, &[n * l, sa])?;
+            o.t_matmul(&w, &a)
+        }
+        SlotKind::Elementwise { d } => {
+            let w = o.reshape(&w, &[n * l, d])?;
+            let xh = o.reshape(&cap.a, &[n * l, d])?;
+            let gamma = o.sum_dim(&o.mul(&w, &xh)?, 0)?; // [1, d]
+            let beta = o.sum_dim(&w, 0)?;
+            let both = o.cat(&[gamma, beta], 0)?; // [2, d]
+            o.transpose(&both, 0, 1)
+        }
+    }
+}

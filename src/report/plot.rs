@@ -1,0 +1,628 @@
+//! `plot "pattern" vs x by tags`: PNG and SVG charts of scalar results.
+//!
+//! Two kinds of chart:
+//! - `x = step`: a line chart over the training step, one line per matching
+//!   key and per combination of the `by` tags' values;
+//! - `x = <sweep tag>`: a categorical chart with the tag's values on the x
+//!   axis (in the order they first appear in the results), one series per
+//!   key × `by` values. When a measurement was taken at several training
+//!   steps only its last one is used; several values in one category (from
+//!   sweep tags that are neither `x` nor in `by`) are all drawn as points,
+//!   with the line through their mean.
+//!
+//! The y axis is logarithmic when `log_y` is given or, on categorical charts,
+//! when the values are all positive and span more than three orders of
+//! magnitude (a log axis is never used for non-positive values). `log_x`
+//! applies to step charts only and leaves out step 0. `points` and `lines`
+//! choose the marks (default: lines on step charts, both on categorical
+//! ones).
+//!
+//! Text is drawn with an embedded DejaVu Sans subset, so plots render on
+//! machines with no fonts installed.
+
+use super::{read_results, Record, ReportError, RESULTS_JSONL};
+use plotters::coord::ranged1d::{AsRangedCoord, DefaultFormatting, KeyPointHint, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A plot step of a plan (its `op: "plot"` fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlotSpec {
+    /// Measurement key, `*` matching any run of characters.
+    pub pattern: String,
+    /// `"step"` or the name of a sweep tag.
+    pub x: String,
+    /// Sweep tags whose values split the series.
+    #[serde(default)]
+    pub by: Vec<String>,
+    /// `log_x`, `log_y`, `points`, `lines`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Output file stem relative to the run directory (`.png` and `.svg`
+    /// are added).
+    pub file: String,
+}
+
+impl PlotSpec {
+    /// The spec of a plan step (as JSON) whose `op` is `"plot"`.
+    pub fn from_plan_step(step: &serde_json::Value) -> Option<PlotSpec> {
+        if step.get("op")?.as_str()? != "plot" {
+            return None;
+        }
+        serde_json::from_value(step.clone()).ok()
+    }
+
+    fn flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|g| g == f)
+    }
+}
+
+/// Draws `spec` from `dir/results.jsonl` into `dir/<file>.png` and
+/// `dir/<file>.svg`; returns those two paths.
+pub fn plot(dir: &Path, spec: &PlotSpec) -> Result<Vec<PathBuf>, ReportError> {
+    let results = read_results(&dir.join(RESULTS_JSONL))?;
+    plot_records(dir, spec, &results.records)
+}
+
+/// [`plot`] from records already read.
+pub fn plot_records(
+    dir: &Path,
+    spec: &PlotSpec,
+    records: &[Record],
+) -> Result<Vec<PathBuf>, ReportError> {
+    let chart = Chart::build(spec, records)?;
+    let stem = spec
+        .file
+        .strip_suffix(".png")
+        .or_else(|| spec.file.strip_suffix(".svg"))
+        .unwrap_or(&spec.file);
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    if let Some(parent) = png.parent() {
+        std::fs::create_dir_all(parent).map_err(super::write_err(parent))?;
+    }
+    register_font().map_err(|message| ReportError::Draw {
+        path: png.clone(),
+        message,
+    })?;
+    let draw_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |message: String| ReportError::Draw { path, message }
+    };
+    {
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        chart.render(&root).map_err(draw_err(&png))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        chart.render(&root).map_err(draw_err(&svg))?;
+    }
+    Ok(vec![png, svg])
+}
+
+const SIZE: (u32, u32) = (1024, 640);
+const FONT: &str = "sans-serif";
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+/// Registers the embedded font as plotters' `sans-serif` (once).
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
+            .map_err(|_| "the embedded font is not a valid TrueType font".to_string())
+    })
+    .clone()
+}
+
+/// Tableau 10.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+// ---------------------------------------------------------------- data
+
+#[derive(Debug, PartialEq)]
+enum XAxis {
+    Steps { range: Range<f64>, log: bool },
+    Categories(Vec<String>),
+}
+
+#[derive(Debug, PartialEq)]
+struct Series {
+    label: String,
+    /// Drawn as a line, in order.
+    line: Vec<(f64, f64)>,
+    /// Drawn as markers.
+    points: Vec<(f64, f64)>,
+}
+
+/// Everything needed to draw, independent of the backend.
+#[derive(Debug, PartialEq)]
+struct Chart {
+    title: String,
+    x_desc: String,
+    y_desc: String,
+    x: XAxis,
+    y: Range<f64>,
+    log_y: bool,
+    lines: bool,
+    points: bool,
+    series: Vec<Series>,
+    /// Where the legend covers the least data.
+    legend: Corner,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Corner {
+    UpperRight,
+    UpperLeft,
+    LowerRight,
+    LowerLeft,
+}
+
+/// Identifies a series: key and the values of the `by` tags.
+type SeriesId = (String, Vec<Option<String>>);
+
+fn series_label(id: &SeriesId, by: &[String], show_key: bool) -> String {
+    let tags: Vec<String> = by
+        .iter()
+        .zip(&id.1)
+        .filter_map(|(t, v)| v.as_ref().map(|v| format!("{t}={v}")))
+        .collect();
+    match (show_key, tags.is_empty()) {
+        (_, true) => id.0.clone(),
+        (false, false) => tags.join(", "),
+        (true, false) => format!("{} [{}]", id.0, tags.join(", ")),
+    }
+}
+
+/// Positions of first appearance.
+struct Order<T> {
+    index: HashMap<T, usize>,
+    items: Vec<T>,
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Order<T> {
+    fn new() -> Self {
+        Order {
+            index: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+    fn of(&mut self, t: &T) -> usize {
+        if let Some(&i) = self.index.get(t) {
+            return i;
+        }
+        self.items.push(t.clone());
+        self.index.insert(t.clone(), self.items.len() - 1);
+        self.items.len() - 1
+    }
+}
+
+impl Chart {
+    fn build(spec: &PlotSpec, records: &[Record]) -> Result<Chart, ReportError> {
+        let nothing = || ReportError::NothingToPlot {
+            pattern: spec.pattern.clone(),
+        };
+        let selected: Vec<(&Record, f64)> = records
+            .iter()
+            .filter(|r| crate::check::glob(&spec.pattern, &r.key))
+            .filter_map(|r| Some((r, r.value.as_scalar()?)))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let series_id = |r: &Record| -> SeriesId {
+            let tags = spec.by.iter().map(|t| r.sweep.get(t).cloned()).collect();
+            (r.key.clone(), tags)
+        };
+        let mut ids = Order::new();
+        // (series index, x, y), in file order.
+        let mut pts: Vec<(usize, f64, f64)> = Vec::new();
+        let x_axis;
+        let is_steps = spec.x == "step";
+        if is_steps {
+            let log_x = spec.flag("log_x");
+            for (r, v) in &selected {
+                let Some(step) = r.step else { continue };
+                if log_x && step == 0 {
+                    continue;
+                }
+                pts.push((ids.of(&series_id(r)), step as f64, *v));
+            }
+            let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
+            let range = if log_x {
+                // From the decade below, so that there are ticks.
+                let a = 10f64.powf(lo.log10().floor());
+                let b = if hi > a { hi } else { a * 10.0 };
+                a * 0.9999..b * 1.0001
+            } else if lo == hi {
+                lo - 1.0..hi + 1.0
+            } else {
+                lo..hi
+            };
+            x_axis = XAxis::Steps { range, log: log_x };
+        } else {
+            // Last training step of each measurement.
+            type Measurement<'r> = (&'r str, u64, &'r BTreeMap<String, String>);
+            let mut last: HashMap<Measurement, (Option<u64>, usize)> = HashMap::new();
+            for (i, (r, _)) in selected.iter().enumerate() {
+                if !r.sweep.contains_key(&spec.x) {
+                    continue;
+                }
+                let e = last
+                    .entry((&r.key, r.step_id, &r.sweep))
+                    .or_insert((r.step, i));
+                if r.step >= e.0 {
+                    *e = (r.step, i);
+                }
+            }
+            let mut keep: Vec<usize> = last.into_values().map(|(_, i)| i).collect();
+            keep.sort_unstable();
+            let mut cats = Order::new();
+            for i in keep {
+                let (r, v) = selected[i];
+                let c = cats.of(&r.sweep[&spec.x]);
+                pts.push((ids.of(&series_id(r)), c as f64, v));
+            }
+            if cats.items.is_empty() {
+                return Err(nothing());
+            }
+            x_axis = XAxis::Categories(cats.items);
+        }
+
+        let (y_lo, y_hi) = min_max(pts.iter().map(|p| p.2)).ok_or_else(nothing)?;
+        let positive = y_lo > 0.0;
+        let log_y = positive && (spec.flag("log_y") || (!is_steps && y_hi / y_lo > 1e3));
+        let y = if log_y {
+            decades(y_lo, y_hi)
+        } else if y_lo == y_hi {
+            let d = if y_lo == 0.0 { 1.0 } else { y_lo.abs() * 0.1 };
+            y_lo - d..y_hi + d
+        } else {
+            let pad = (y_hi - y_lo) * 0.05;
+            y_lo - pad..y_hi + pad
+        };
+
+        let (points, lines) = match (spec.flag("points"), spec.flag("lines")) {
+            (false, false) => (!is_steps, true),
+            (p, l) => (p, l),
+        };
+        let keys: std::collections::HashSet<&str> =
+            ids.items.iter().map(|id| id.0.as_str()).collect();
+        let show_key = keys.len() > 1;
+        let mut series: Vec<Series> = ids
+            .items
+            .iter()
+            .map(|id| Series {
+                label: series_label(id, &spec.by, show_key),
+                line: Vec::new(),
+                points: Vec::new(),
+            })
+            .collect();
+        for &(s, x, y) in &pts {
+            series[s].points.push((x, y));
+        }
+        for s in &mut series {
+            if is_steps {
+                s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                s.line = s.points.clone();
+            } else {
+                // Mean per category, in category order.
+                let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+                for &(x, y) in &s.points {
+                    let e = sums.entry(x as usize).or_insert((0.0, 0));
+                    e.0 += y;
+                    e.1 += 1;
+                }
+                s.line = sums
+                    .into_iter()
+                    .map(|(c, (sum, n))| (c as f64, sum / n as f64))
+                    .collect();
+            }
+        }
+        let y_desc = if keys.len() == 1 {
+            ids.items[0].0.clone()
+        } else {
+            "value".to_string()
+        };
+        let mut chart = Chart {
+            title: spec.pattern.clone(),
+            x_desc: spec.x.clone(),
+            y_desc,
+            x: x_axis,
+            y,
+            log_y,
+            lines,
+            points,
+            series,
+            legend: Corner::UpperRight,
+        };
+        chart.legend = chart.emptiest_corner();
+        Ok(chart)
+    }
+
+    /// `(x, y)` as fractions of the plotting area, `(0, 0)` bottom left.
+    fn unit(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        fn frac(v: f64, r: &Range<f64>, log: bool) -> f64 {
+            if log {
+                (v.ln() - r.start.ln()) / (r.end.ln() - r.start.ln())
+            } else {
+                (v - r.start) / (r.end - r.start)
+            }
+        }
+        let ux = match &self.x {
+            XAxis::Steps { range, log } => frac(x, range, *log),
+            XAxis::Categories(c) => (x + 0.5) / c.len() as f64,
+        };
+        (ux, frac(y, &self.y, self.log_y))
+    }
+
+    /// The corner whose legend-sized box holds the fewest drawn points
+    /// (upper right on ties).
+    fn emptiest_corner(&self) -> Corner {
+        // Plot area about 860 × 470 px; legend rows 16 px text + spacing.
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        let w = (40.0 + 9.5 * longest as f64) / 860.0;
+        let h = (12.0 + 22.0 * self.series.len() as f64) / 470.0;
+        let mut samples = Vec::new();
+        for s in &self.series {
+            samples.extend(s.points.iter().map(|&p| self.unit(p)));
+            if self.lines {
+                for seg in s.line.windows(2) {
+                    let (a, b) = (self.unit(seg[0]), self.unit(seg[1]));
+                    for k in 1..20 {
+                        let t = f64::from(k) / 20.0;
+                        samples.push((a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1)));
+                    }
+                }
+            }
+        }
+        let count = |right: bool, upper: bool| {
+            samples
+                .iter()
+                .filter(|(x, y)| {
+                    let in_x = if right { *x >= 1.0 - w } else { *x <= w };
+                    let in_y = if upper { *y >= 1.0 - h } else { *y <= h };
+                    in_x && in_y
+                })
+                .count()
+        };
+        [
+            (Corner::UpperRight, count(true, true)),
+            (Corner::UpperLeft, count(false, true)),
+            (Corner::LowerRight, count(true, false)),
+            (Corner::LowerLeft, count(false, false)),
+        ]
+        .into_iter()
+        .min_by_key(|&(_, n)| n)
+        .map(|(c, _)| c)
+        .unwrap_or(Corner::UpperRight)
+    }
+
+    fn render<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let y = self.y.clone();
+        let r = match (&self.x, self.log_y) {
+            (XAxis::Steps { range, log: false }, false) => self.draw(root, range.clone(), y),
+            (XAxis::Steps { range, log: false }, true) => {
+                self.draw(root, range.clone(), y.log_scale())
+            }
+            (XAxis::Steps { range, log: true }, false) => {
+                self.draw(root, range.clone().log_scale(), y)
+            }
+            (XAxis::Steps { range, log: true }, true) => {
+                self.draw(root, range.clone().log_scale(), y.log_scale())
+            }
+            (XAxis::Categories(c), false) => self.draw(root, Categories(c.len()), y),
+            (XAxis::Categories(c), true) => self.draw(root, Categories(c.len()), y.log_scale()),
+        };
+        r.and_then(|()| root.present()).map_err(|e| e.to_string())
+    }
+
+    fn x_label(&self, v: f64) -> String {
+        match &self.x {
+            XAxis::Categories(c) => {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < c.len() {
+                    c[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            }
+            XAxis::Steps { .. } => format_tick(v),
+        }
+    }
+
+    fn draw<DB, X, Y>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        x: X,
+        y: Y,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB: DrawingBackend,
+        X: AsRangedCoord<Value = f64>,
+        Y: AsRangedCoord<Value = f64>,
+        X::CoordDescType: ValueFormatter<f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FONT, 26))
+            .margin(18)
+            .x_label_area_size(56)
+            .y_label_area_size(84)
+            .build_cartesian_2d(x, y)?;
+        let x_fmt = |v: &f64| self.x_label(*v);
+        let sci = self.log_y && (self.y.start < 1e-3 || self.y.end > 1e5);
+        let y_fmt = |v: &f64| {
+            if sci {
+                format_sci(*v)
+            } else {
+                format_tick(*v)
+            }
+        };
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(&self.x_desc)
+            .y_desc(&self.y_desc)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18));
+        if let XAxis::Categories(c) = &self.x {
+            mesh.x_labels(c.len()).disable_x_mesh();
+        }
+        mesh.draw()?;
+
+        for (i, s) in self.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let legend = move |(x, y): (i32, i32)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            };
+            // A lone point has no line: always mark it.
+            let points = self.points || s.line.len() < 2;
+            let mut labelled = false;
+            if self.lines && s.line.len() > 1 {
+                chart
+                    .draw_series(LineSeries::new(
+                        s.line.iter().copied(),
+                        color.stroke_width(2),
+                    ))?
+                    .label(s.label.as_str())
+                    .legend(legend);
+                labelled = true;
+            }
+            if points {
+                let ann = chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+                if !labelled {
+                    ann.label(s.label.as_str()).legend(legend);
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 16))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .position(match self.legend {
+                Corner::UpperRight => SeriesLabelPosition::UpperRight,
+                Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
+                Corner::LowerRight => SeriesLabelPosition::LowerRight,
+                Corner::LowerLeft => SeriesLabelPosition::LowerLeft,
+            })
+            .draw()?;
+        Ok(())
+    }
+}
+
+fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    values.fold(None, |acc, v| match acc {
+        None => Some((v, v)),
+        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+    })
+}
+
+/// `lo..hi` (both positive) widened to whole decades, at least one, and
+/// a hair more so that rounding cannot drop the end decades' ticks.
+fn decades(lo: f64, hi: f64) -> Range<f64> {
+    let a = lo.log10().floor();
+    let b = hi.log10().ceil().max(a + 1.0);
+    10f64.powf(a) * 0.9999..10f64.powf(b) * 1.0001
+}
+
+/// `1e-3`, `2.5e4`: for log axes spanning many decades.
+fn format_sci(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let s = format!("{v:.1e}");
+    s.replace(".0e", "e").replace("e0", "")
+}
+
+/// Short tick text: integers as integers, tiny or huge numbers in
+/// scientific notation, others with at most four significant digits.
+fn format_tick(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        let s = format!("{v:.1e}");
+        // 1.0e-3 → 1e-3
+        return s.replace(".0e", "e");
+    }
+    if v.fract() == 0.0 {
+        return format!("{v:.0}");
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.decimals$}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// A categorical axis: category `i` sits at `i`, the axis spans
+/// `-0.5..n-0.5`, and there is a key point at each category.
+#[derive(Clone, Debug)]
+struct Categories(usize);
+
+impl plotters::coord::ranged1d::Ranged for Categories {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let frac = (value + 0.5) / self.0 as f64;
+        limit.0 + (frac * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        let stride = self.0.div_ceil(hint.max_num_points().max(1)).max(1);
+        (0..self.0).step_by(stride).map(|i| i as f64).collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        -0.5..self.0 as f64 - 0.5
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::*;
+
+    /// What a test wants to know of a built chart.
+    pub struct Built {
+        pub categories: Vec<String>,
+        pub log_y: bool,
+        pub labels: Vec<String>,
+        pub points: Vec<Vec<(f64, f64)>>,
+    }
+
+    pub fn build(spec: &PlotSpec, records: &[Record]) -> Result<Built, ReportError> {
+        let c = Chart::build(spec, records)?;
+        Ok(Built {
+            categories: match &c.x {
+                XAxis::Categories(c) => c.clone(),
+                XAxis::Steps { .. } => vec![],
+            },
+            log_y: c.log_y,
+            labels: c.series.iter().map(|s| s.label.clone()).collect(),
+            points: c.series.iter().map(|s| s.points.clone()).collect(),
+        })
+    }
+}
