@@ -220,6 +220,22 @@ impl<O: Ops> Engine<O> {
                         NtkBody::BlockDiag(blocks)
                     }
                 }
+                Structure::LowRank { rank: Some(k) } => {
+                    // The best rank-k approximation: the top k eigenpairs.
+                    let full = p.ntk_dense(false).map_err(|e| e.to_string())?;
+                    let (ev, u) = linalg::eigh(&full).map_err(|e| e.to_string())?;
+                    let m = full.rows;
+                    let mut low = Mat::zeros(m, m);
+                    for e in m.saturating_sub(*k)..m {
+                        for r in 0..m {
+                            let ur = u.get(r, e) * ev[e];
+                            for c in 0..m {
+                                low.data[r * m + c] += ur * u.get(c, e);
+                            }
+                        }
+                    }
+                    NtkBody::Dense(low)
+                }
                 _ => NtkBody::Dense(p.ntk_dense(false).map_err(|e| e.to_string())?),
             };
             let mut ntk = Ntk { c, n, body };
@@ -390,6 +406,12 @@ impl<O: Ops> Engine<O> {
 
     fn eigenvalues(&self, r: &ReprValue, top: Option<usize>) -> Result<Vec<f64>, String> {
         let mut ev = match &r.kind {
+            // A few top eigenvalues of a large matrix: Lanczos on `mv`
+            // instead of a full O(P³) decomposition.
+            ReprKind::Fim(f) if top.is_some_and(|k| k <= 64) && f.dim() > 2000 => {
+                let mut op = |v: &[f64]| f.mv(v);
+                linalg::top_eigs_op(f.dim(), top.unwrap_or(1), &mut op, 1e-10)
+            }
             ReprKind::Fim(f) => f.eigenvalues().map_err(|e| e.to_string())?,
             ReprKind::Ntk(k) => k.eigenvalues().map_err(|e| e.to_string())?,
             ReprKind::Implicit(infos) => {
@@ -718,7 +740,6 @@ impl<O: Ops> Backend for Engine<O> {
     }
 
     fn run(&mut self, plan: &Plan, step: &Step) -> Result<StepOutput, BackendError> {
-        let _ = plan;
         let value = match &step.op {
             Op::Data { source, .. } => {
                 let host = data::load(source, &self.ctx.base_dir).map_err(|e| fail(step, e))?;
@@ -730,7 +751,19 @@ impl<O: Ops> Backend for Engine<O> {
                 let inp = self.data(*input).map_err(|e| fail(step, e))?;
                 let like = match transform {
                     crate::plan::Transform::Normalize { like: Some(l) } => {
-                        Some(&self.data(*l).map_err(|e| fail(step, e))?.host)
+                        // `normalize(like = train)` where `train` is itself
+                        // normalised means "with train's statistics": take
+                        // them from the data before its normalisation.
+                        let mut src = *l;
+                        if let Some(Op::Transform {
+                            input,
+                            transform: crate::plan::Transform::Normalize { .. },
+                            ..
+                        }) = Some(&plan.step(src).op)
+                        {
+                            src = *input;
+                        }
+                        Some(&self.data(src).map_err(|e| fail(step, e))?.host)
                     }
                     _ => None,
                 };

@@ -1,0 +1,153 @@
+//! Measurements through the whole pipeline (text → plan → candle backend →
+//! results.jsonl), checked against each other where the mathematics says
+//! they must agree.
+
+use nngeo::backend::{candle_backend, RunContext};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Runs `body` (declarations and measurements) after a common header and
+/// returns every result by key.
+fn run(dtype: &str, body: &str) -> HashMap<String, Value> {
+    let src = format!(
+        "experiment t {{ dtype = {dtype} }}\n\
+         data train = digits(split = train) |> normalize\n\
+         data probe = train |> take(3, per_class, seed = 1)\n\
+         model net = sequential(conv2d(1, 2, kernel = 3, stride = 2, padding = 1), tanh, flatten, \
+         linear(32, 8), relu, linear(8, 10), input = [1, 8, 8], init = pytorch(seed = 3))\n\
+         let v = random_vector(net, seed = 5)\n{body}\n"
+    );
+    let plan =
+        nngeo::compile_source(&src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = RunContext {
+        base_dir: ".".into(),
+        out_dir: dir.path().to_path_buf(),
+    };
+    let mut be = candle_backend();
+    nngeo::exec::run(&plan, be.as_mut(), &ctx).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["key"].as_str().unwrap().to_string(), v["value"].clone())
+        })
+        .collect()
+}
+
+fn num(r: &HashMap<String, Value>, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or_else(|| panic!("{k}: {:?}", r[k]))
+}
+
+fn vec_of(r: &HashMap<String, Value>, k: &str) -> Vec<f64> {
+    r[k]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{k}: {:?}", r[k]))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+#[test]
+fn ntk_structures_agree_with_the_dense_kernel() {
+    let r = run(
+        "f64",
+        "let K = Ntk(Dense) of net on probe\n\
+         measure trace(K) as \"t/dense\", frobenius(K) as \"f/dense\", diag(K) as \"d/dense\"\n\
+         measure eigenvalues(K, top = 5) as \"ev/dense\", effective_rank(K) as \"erank\"\n\
+         measure trace(Ntk(BlockDiag) of net on probe) as \"t/block\", diag(Ntk(BlockDiag) of net on probe) as \"d/block\"\n\
+         measure trace(Ntk(Diag) of net on probe) as \"t/diag\"\n\
+         measure eigenvalues(Ntk(LowRank(rank = 5)) of net on probe, top = 5) as \"ev/low\"\n\
+         measure trace(Ntk(LowRank(rank = 5)) of net on probe) as \"t/low\"\n\
+         measure alignment(K, onehot(probe)) as \"align\", alignment(K, onehot(probe), centered = true) as \"align/c\"\n\
+         measure rel_error(Ntk(Dense, centered = true) of net on probe, K) as \"centering\"\n\
+         for layer in layers(net) { measure trace(K[layer]) as \"t/{layer}\" }",
+    );
+    let t = num(&r, "t/dense");
+    assert!((num(&r, "t/block") - t).abs() < 1e-10 * t);
+    assert!((num(&r, "t/diag") - t).abs() < 1e-10 * t);
+    assert!(rel(&vec_of(&r, "d/block"), &vec_of(&r, "d/dense")) < 1e-12);
+    // The best rank-5 approximation keeps the top 5 eigenpairs exactly.
+    let top = vec_of(&r, "ev/dense");
+    assert!(rel(&vec_of(&r, "ev/low"), &top) < 1e-10);
+    assert!((num(&r, "t/low") - top.iter().sum::<f64>()).abs() < 1e-9 * t);
+    // Per-layer kernels sum to the total.
+    let layers: f64 = ["layers.0", "layers.3", "layers.5"]
+        .iter()
+        .map(|l| num(&r, &format!("t/{l}")))
+        .sum();
+    assert!((layers - t).abs() < 1e-10 * t, "{layers} vs {t}");
+    let erank = num(&r, "erank");
+    assert!(erank > 1.0 && erank < 300.0, "{erank}");
+    for k in ["align", "align/c"] {
+        let a = num(&r, k);
+        assert!(a > 0.0 && a < 1.0, "{k} = {a}");
+    }
+    assert!(num(&r, "centering") > 1e-3);
+}
+
+#[test]
+fn implicit_agrees_with_dense() {
+    let r = run(
+        "f64",
+        "let F = Fim(Dense) of net on probe\n\
+         let I = Fim(Implicit) of net on probe\n\
+         measure mv(F, v) as \"mv/F\", mv(I, v) as \"mv/I\"\n\
+         measure trace(F) as \"t/F\", trace(I) as \"t/I\", frobenius(F) as \"f/F\", frobenius(I) as \"f/I\"\n\
+         measure solve(F, v, damping = 1e-2) as \"s/F\", solve(I, v, damping = 1e-2) as \"s/I\"\n\
+         measure eigenvalues(F, top = 3) as \"e/F\", eigenvalues(I, top = 3) as \"e/I\"\n\
+         measure spectral_norm(I) as \"sn/I\", memory(I) as \"mem/I\", rel_error(I, F) as \"err/I\"",
+    );
+    assert!(rel(&vec_of(&r, "mv/I"), &vec_of(&r, "mv/F")) < 1e-10);
+    assert!((num(&r, "t/I") - num(&r, "t/F")).abs() < 1e-10 * num(&r, "t/F"));
+    assert!((num(&r, "f/I") - num(&r, "f/F")).abs() < 1e-10 * num(&r, "f/F"));
+    // Conjugate gradients against the Cholesky solve.
+    assert!(rel(&vec_of(&r, "s/I"), &vec_of(&r, "s/F")) < 1e-6);
+    assert!(rel(&vec_of(&r, "e/I"), &vec_of(&r, "e/F")) < 1e-8);
+    assert!((num(&r, "sn/I") - vec_of(&r, "e/F")[0]).abs() < 1e-8 * vec_of(&r, "e/F")[0]);
+    assert_eq!(num(&r, "mem/I"), 0.0);
+    assert!(num(&r, "err/I") < 1e-10);
+}
+
+#[test]
+fn tasks_layers_and_variants() {
+    let r = run(
+        "f64",
+        "let F = Fim(Dense) of net on probe\n\
+         measure trace(Fim(Dense, layers = [\"layers.5\"]) of net on probe) as \"t/one\", trace(F[\"layers.5\"]) as \"t/block\"\n\
+         measure trace(Fim(Dense, task = regression(sigma2 = 0.5)) of net on probe) as \"t/reg05\"\n\
+         measure trace(Fim(Dense, task = regression(sigma2 = 1.0)) of net on probe) as \"t/reg1\"\n\
+         measure trace(Fim(mix(linear = EKFAC(refit = true), conv = KFAC)) of net on probe) as \"t/mix\"\n\
+         measure trace(Fim(BlockDiag) of net on probe) as \"t/bd\"\n\
+         measure trace(Fim(Diag, fisher = empirical) of net on probe) as \"t/emp\"\n\
+         measure trace(Fim(Dense, fisher = empirical) of net on probe) as \"t/emp_dense\"\n\
+         measure trace(Fim(LowRank(rank = 4)) of net on probe) as \"t/low4\", eigenvalues(F, top = 4) as \"ev\"",
+    );
+    assert!((num(&r, "t/one") - num(&r, "t/block")).abs() < 1e-12 * num(&r, "t/one"));
+    assert!((num(&r, "t/reg05") - 2.0 * num(&r, "t/reg1")).abs() < 1e-10 * num(&r, "t/reg05"));
+    assert!((num(&r, "t/emp") - num(&r, "t/emp_dense")).abs() < 1e-10 * num(&r, "t/emp"));
+    let top4: f64 = vec_of(&r, "ev").iter().sum();
+    assert!((num(&r, "t/low4") - top4).abs() < 1e-9 * top4);
+    assert!(num(&r, "t/mix") > 0.0 && num(&r, "t/bd") > 0.0);
+}
+
+#[test]
+fn float32_runs_agree_with_float64() {
+    let body = "let F = Fim(KFAC) of net on probe\n\
+                measure trace(F) as \"t\", vTMv(F, v) as \"q\"\n\
+                measure trace(Ntk(Dense) of net on probe) as \"k\"";
+    let a = run("f32", body);
+    let b = run("f64", body);
+    for k in ["t", "q", "k"] {
+        let (x, y) = (num(&a, k), num(&b, k));
+        assert!((x - y).abs() < 1e-4 * y.abs(), "{k}: f32 {x} vs f64 {y}");
+    }
+}
