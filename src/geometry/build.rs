@@ -87,7 +87,10 @@ impl<'a, O: Ops> Problem<'a, O> {
         match target {
             Target::Outputs => (c, c),
             Target::Fim { variant, task } => match (variant, task) {
-                (FisherVariant::True, Task::Classification) => (c, c.saturating_sub(1).max(1)),
+                (FisherVariant::True, Task::Classification) => {
+                    let k = c.saturating_sub(1).max(1);
+                    (k, k)
+                }
                 (FisherVariant::True, Task::Binary) => (1, 1),
                 (FisherVariant::True, Task::Regression { .. }) => (c, c),
                 (FisherVariant::Empirical, _) => (1, 1),
@@ -98,10 +101,10 @@ impl<'a, O: Ops> Problem<'a, O> {
 
     /// Output-space seeds `[m, nb, C]` for a batch with logits `z [nb, C]`.
     ///
-    /// True classification Fisher: `diag(p) − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ`,
-    /// so the C rows `√p_c (e_c − p)` are an exact factor. Unlike the
-    /// Cholesky pseudo-outputs it involves no division, so it stays finite
-    /// when p is one-hot to machine precision.
+    /// True classification Fisher: C−1 pseudo-outputs, an exact factor of
+    /// `diag(p) − ppᵀ` (as many as NNGeometry's, so KFAC's scale split
+    /// matches), built without NNGeometry's divisions by `1 − Σ p`, so it
+    /// stays finite when p is one-hot to machine precision.
     fn seeds(
         &self,
         target: &Target,
@@ -127,11 +130,24 @@ impl<'a, O: Ops> Problem<'a, O> {
                     Task::Classification => {
                         let p = softmax(zi);
                         match variant {
+                            FisherVariant::True if c == 1 => {}
                             FisherVariant::True => {
-                                for o in 0..c {
-                                    let r = p[o].sqrt();
+                                // Rows R_o = √p_o (e_o − p) factor diag p − ppᵀ
+                                // exactly, and √pᵀR = 0. A Householder
+                                // reflection whose last row is −√pᵀ turns the
+                                // last row into zeros, leaving C−1 rows:
+                                // R_k − 2 w_k R_last / ‖w‖², w = √p + e_last.
+                                // ‖w‖² ≥ 2, so nothing is ever divided by a
+                                // small number, even for a one-hot p.
+                                let last = c - 1;
+                                let sp: Vec<f64> = p.iter().map(|x| x.sqrt()).collect();
+                                let w2 = 2.0 + 2.0 * sp[last];
+                                let row =
+                                    |o: usize, k: usize| sp[o] * ((o == k) as u8 as f64 - p[k]);
+                                for o in 0..last {
+                                    let f = 2.0 * sp[o] / w2;
                                     for k in 0..c {
-                                        s[at(o, i, k)] = r * ((o == k) as u8 as f64 - p[k]);
+                                        s[at(o, i, k)] = row(o, k) - f * row(last, k);
                                     }
                                 }
                             }
@@ -433,28 +449,55 @@ impl<'a, O: Ops> Problem<'a, O> {
     }
 
     /// The dense Fisher `1/n Σ Jᵀ J`.
+    ///
+    /// `JᵀJ` is symmetric: it is computed in column panels of `J`, only the
+    /// panels on and above the diagonal (about half the arithmetic), and
+    /// each panel is added into the host matrix as soon as it is made.
     pub fn fim_dense(&self, target: &Target) -> OpsResult<Fim> {
+        const PANEL: usize = 2048;
         let o = self.o;
-        let mut acc: Option<O::T> = None;
-        self.for_each_batch(target, |caps, _, _| {
-            let j = self.batch_jacobian(caps)?;
-            let f = o.t_matmul(&j, &j)?;
-            acc = Some(match acc.take() {
-                Some(a) => o.add(&a, &f)?,
-                None => f,
-            });
-            Ok(())
-        })?;
         let layers = self.layer_infos();
         let p: usize = layers.iter().map(|l| l.numel).sum();
-        let data = o.download(acc.as_ref().ok_or_else(|| OpsError("no examples".into()))?)?;
+        let mut acc = Mat::zeros(p, p);
+        let bounds: Vec<(usize, usize)> = (0..p)
+            .step_by(PANEL)
+            .map(|s| (s, PANEL.min(p - s)))
+            .collect();
+        self.for_each_batch(target, |caps, _, _| {
+            let j = self.batch_jacobian(caps)?;
+            let panels = if bounds.len() == 1 {
+                vec![j]
+            } else {
+                bounds
+                    .iter()
+                    .map(|&(s, w)| o.narrow(&j, 1, s, w))
+                    .collect::<OpsResult<Vec<_>>>()?
+            };
+            for (a, &(sa, wa)) in bounds.iter().enumerate() {
+                let left = o.transpose(&panels[a], 0, 1)?;
+                for (b, &(sb, wb)) in bounds.iter().enumerate().skip(a) {
+                    let blk = o.download(&o.matmul(&left, &panels[b])?)?;
+                    for r in 0..wa {
+                        let row = &blk[r * wb..(r + 1) * wb];
+                        let dst = (sa + r) * p + sb;
+                        for (x, y) in acc.data[dst..dst + wb].iter_mut().zip(row) {
+                            *x += y;
+                        }
+                        if a != b {
+                            for (c, y) in row.iter().enumerate() {
+                                acc.data[(sb + c) * p + sa + r] += y;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let inv = 1.0 / self.n as f64;
+        acc.data.iter_mut().for_each(|x| *x *= inv);
         Ok(Fim {
             layers,
-            body: FimBody::Dense(Mat::from_vec(
-                p,
-                p,
-                data.into_iter().map(|x| x / self.n as f64).collect(),
-            )),
+            body: FimBody::Dense(acc),
             n: self.n,
             refit: false,
         })
@@ -546,35 +589,88 @@ impl<'a, O: Ops> Problem<'a, O> {
     }
 
     /// The NTK over all examples `[C·n, C·n]` (rows `c·n + i`), summed over
-    /// the included layers; each layer by the structured product or by
-    /// per-example gradients, whichever costs less.
+    /// the included layers.
+    ///
+    /// One backward pass gives every layer's `a` and `g`; the kernel is then
+    /// assembled output pair by output pair, only for `d ≥ c` (it is
+    /// symmetric): block `(c, d)` is `Σ_l (G_l[c] G_l[d]ᵀ) ⊙ (A_l A_lᵀ)` for
+    /// Linear layers, or `J_l[c] J_l[d]ᵀ` from per-example gradients for the
+    /// others (or all, with `force_per_example`). Each block goes straight
+    /// to the host, so the device never holds more than one `n × n` block
+    /// beyond the layer factors.
     pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
         let o = self.o;
         let c = self.net.outputs();
-        let batch = Problem {
-            o: self.o,
-            net: self.net,
-            x: self.x,
-            y: self.y,
-            target_dim: self.target_dim,
-            n: self.n,
-            slots: self.slots.clone(),
-            batch: self.n,
-        };
-        let mut k: Option<O::T> = None;
-        batch.for_each_batch(&Target::Outputs, |caps, _, _| {
-            for cap in caps {
-                let b = stats::ntk_block(o, self.slot_of(cap), cap, force_per_example)?;
-                k = Some(match k.take() {
-                    Some(t) => o.add(&t, &b)?,
-                    None => b,
-                });
+        let n = self.n;
+        let x = o.narrow(self.x, 0, 0, n)?;
+        let fwd = self.net.forward(o, &x, true)?;
+        let z = o.download(&fwd.output)?;
+        let mut rng = Rng::new(0);
+        let seeds = self.seeds(&Target::Outputs, &z, 0, n, &mut rng);
+        let seed = o.upload(&[c, n, c], &seeds)?;
+        let caps = self.net.backward(o, &fwd, &seed)?;
+        drop(fwd);
+        // Per layer and output: (left factor [n, k], right factor [k, n], A Aᵀ).
+        type Factors<T> = (Vec<T>, Vec<T>, Option<T>);
+        let mut layers: Vec<Factors<O::T>> = Vec::new();
+        for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
+            let slot = self.slot_of(cap);
+            let l = o.shape(&cap.g)[2];
+            let affine = matches!(slot.kind, super::net::SlotKind::Affine { .. });
+            let (structured, per_example) = stats::ntk_costs(slot, c, n, l);
+            let cheaper = structured <= per_example;
+            let (full, aa) = if affine && l == 1 && cheaper && !force_per_example {
+                let (sg, sa, _) = stats::layout(slot);
+                let a = o.reshape(&cap.a, &[n, sa])?;
+                let aa = o.matmul(&a, &o.transpose(&a, 0, 1)?)?;
+                (o.reshape(&cap.g, &[c, n, sg])?, Some(aa))
+            } else {
+                let j = stats::jacobian(o, slot, cap)?;
+                let k = o.shape(&j)[1];
+                (o.reshape(&j, &[c, n, k])?, None)
+            };
+            let k = o.shape(&full)[2];
+            let mut left = Vec::with_capacity(c);
+            let mut right = Vec::with_capacity(c);
+            for a in 0..c {
+                let f = o.reshape(&o.narrow(&full, 0, a, 1)?, &[n, k])?;
+                right.push(o.transpose(&f, 0, 1)?);
+                left.push(f);
             }
-            Ok(())
-        })?;
-        let mn = c * self.n;
-        let data = o.download(k.as_ref().ok_or_else(|| OpsError("no layers".into()))?)?;
-        Ok(Mat::from_vec(mn, mn, data))
+            layers.push((left, right, aa));
+        }
+        drop(caps);
+        if layers.is_empty() {
+            return Err(OpsError("no layers".into()));
+        }
+        let m = c * n;
+        let mut k = Mat::zeros(m, m);
+        for a in 0..c {
+            for d in a..c {
+                let mut blk: Option<O::T> = None;
+                for (left, right, aa) in &layers {
+                    let mut t = o.matmul(&left[a], &right[d])?;
+                    if let Some(aa) = aa {
+                        t = o.mul(&t, aa)?;
+                    }
+                    blk = Some(match blk.take() {
+                        Some(b) => o.add(&b, &t)?,
+                        None => t,
+                    });
+                }
+                let host = o.download(blk.as_ref().unwrap())?;
+                for i in 0..n {
+                    let row = (a * n + i) * m + d * n;
+                    k.data[row..row + n].copy_from_slice(&host[i * n..(i + 1) * n]);
+                    if d != a {
+                        for j in 0..n {
+                            k.data[(d * n + j) * m + a * n + i] = host[i * n + j];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(k)
     }
 
     /// Mean loss and accuracy (classification) of the model on the examples.

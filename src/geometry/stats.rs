@@ -195,40 +195,6 @@ pub fn ntk_costs(slot: &LayerSlot, m: usize, n: usize, l: usize) -> (f64, f64) {
     (structured, per_example)
 }
 
-/// This layer's NTK block `[m·n, m·n]` (rows `o·n + i`), by whichever of the
-/// structured product `(G Gᵀ) ⊙ (A Aᵀ)` or per-example gradients is cheaper
-/// (or the per-example path when `force_per_example`).
-pub fn ntk_block<O: Ops>(
-    o: &O,
-    slot: &LayerSlot,
-    cap: &Capture<O::T>,
-    force_per_example: bool,
-) -> OpsResult<O::T> {
-    let gs = o.shape(&cap.g);
-    let (m, n, l) = (gs[0], gs[1], gs[2]);
-    let (sg, sa, _) = layout(slot);
-    let (structured, per_example) = ntk_costs(slot, m, n, l);
-    if force_per_example || per_example <= structured {
-        let j = jacobian(o, slot, cap)?;
-        let jt = o.transpose(&j, 0, 1)?;
-        return o.matmul(&j, &jt);
-    }
-    // K[(o,i,p),(d,j,q)] = (g_oip·g_djq)(a_ip·a_jq), summed over positions p, q.
-    let g = o.reshape(&cap.g, &[m * n * l, sg])?;
-    let gg = o.matmul(&g, &o.transpose(&g, 0, 1)?)?;
-    let a = o.reshape(&cap.a, &[n * l, sa])?;
-    let aa = o.matmul(&a, &o.transpose(&a, 0, 1)?)?;
-    let gg = o.reshape(&gg, &[m, n, l, m, n, l])?;
-    let aa = o.reshape(&aa, &[1, n, l, 1, n, l])?;
-    let k = o.mul(&gg, &aa)?;
-    if l == 1 {
-        return o.reshape(&k, &[m * n, m * n]);
-    }
-    let k = o.sum_dim(&o.reshape(&k, &[m * n * l, m * n, l])?, 2)?;
-    let k = o.reshape(&k, &[m * n, l, m * n])?;
-    o.reshape(&o.sum_dim(&k, 1)?, &[m * n, m * n])
-}
-
 /// `J v` for this layer: `[m, n]`, with `v` in the natural layout `[sg, sa]`.
 pub fn jv<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, v: &O::T) -> OpsResult<O::T> {
     let gs = o.shape(&cap.g);
