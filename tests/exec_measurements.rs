@@ -151,3 +151,29 @@ fn float32_runs_agree_with_float64() {
         assert!((x - y).abs() < 1e-4 * y.abs(), "{k}: f32 {x} vs f64 {y}");
     }
 }
+
+#[test]
+fn saturated_softmax_gives_a_finite_fisher() {
+    // Weights so large that p is one-hot to machine precision, where
+    // NNGeometry's pseudo-outputs give NaN.
+    let src = "experiment sat { dtype = f64 }\n\
+               data train = digits(split = train) |> normalize\n\
+               data probe = train |> take(20)\n\
+               model net = mlp(in = 64, hidden = [16], out = 10, init = normal(std = 100, seed = 1))\n\
+               let F = Fim(Dense) of net on probe\n\
+               measure trace(F) as \"t\", frobenius(F) as \"f\", trace(Fim(KFAC) of net on probe) as \"k\"\n";
+    let plan = nngeo::compile_source(src, &Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = RunContext {
+        base_dir: ".".into(),
+        out_dir: dir.path().to_path_buf(),
+    };
+    nngeo::exec::run(&plan, candle_backend().as_mut(), &ctx).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let x = v["value"].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x >= 0.0, "{line}");
+    }
+}

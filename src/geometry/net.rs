@@ -228,66 +228,64 @@ impl<O: Ops> Net<O> {
                         conv: false,
                     });
                 }
-                Layer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                } => {
-                    let (h, w) = (l.input[1], l.input[2]);
-                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, *padding);
+                Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
+                    // A Conv1d is a Conv2d over a 1-pixel-high image.
+                    let (cin, cout, h, w, kernel, stride, padding, bias) = match &l.layer {
+                        Layer::Conv2d {
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            stride,
+                            padding,
+                            bias,
+                        } => (
+                            *in_channels,
+                            *out_channels,
+                            l.input[1],
+                            l.input[2],
+                            *kernel,
+                            *stride,
+                            *padding,
+                            *bias,
+                        ),
+                        Layer::Conv1d {
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            stride,
+                            padding,
+                            bias,
+                        } => (
+                            *in_channels,
+                            *out_channels,
+                            1,
+                            l.input[1],
+                            [1, *kernel],
+                            [1, *stride],
+                            [0, *padding],
+                            *bias,
+                        ),
+                        _ => unreachable!(),
+                    };
+                    let (idx, oh, ow) = unfold_index(h, w, kernel, stride, padding);
                     let k = kernel[0] * kernel[1];
                     layer.unfold = Some(Unfold {
                         idx: o.upload_index(&idx)?,
-                        cin: *in_channels,
+                        cin,
                         k,
                         l: oh * ow,
                         hw: h * w,
                     });
-                    let wt = o.upload(&[*out_channels, in_channels * k], &get("weight")?.data)?;
+                    let wt = o.upload(&[cout, cin * k], &get("weight")?.data)?;
                     layer.wt = Some(o.transpose(&wt, 0, 1)?);
                     layer.w = Some(wt);
-                    if *bias {
-                        layer.b = Some(o.upload(&[*out_channels, 1], &get("bias")?.data)?);
+                    if bias {
+                        layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
                     }
                     slot_kind = Some(SlotKind::Affine {
-                        sg: *out_channels,
-                        sa: in_channels * k + *bias as usize,
-                        bias: *bias,
-                        conv: true,
-                    });
-                }
-                Layer::Conv1d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    bias,
-                } => {
-                    let len = l.input[1];
-                    let (idx, _, ow) =
-                        unfold_index(1, len, [1, *kernel], [1, *stride], [0, *padding]);
-                    layer.unfold = Some(Unfold {
-                        idx: o.upload_index(&idx)?,
-                        cin: *in_channels,
-                        k: *kernel,
-                        l: ow,
-                        hw: len,
-                    });
-                    let wt =
-                        o.upload(&[*out_channels, in_channels * kernel], &get("weight")?.data)?;
-                    layer.wt = Some(o.transpose(&wt, 0, 1)?);
-                    layer.w = Some(wt);
-                    if *bias {
-                        layer.b = Some(o.upload(&[*out_channels, 1], &get("bias")?.data)?);
-                    }
-                    slot_kind = Some(SlotKind::Affine {
-                        sg: *out_channels,
-                        sa: in_channels * kernel + *bias as usize,
-                        bias: *bias,
+                        sg: cout,
+                        sa: cin * k + bias as usize,
+                        bias,
                         conv: true,
                     });
                 }
