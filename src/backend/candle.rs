@@ -5,7 +5,7 @@
 
 use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
 use crate::plan::Dtype;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
 
 #[derive(Clone, Debug)]
 pub struct CandleOps {
@@ -63,6 +63,13 @@ impl Ops for CandleOps {
         Tensor::from_slice(idx, idx.len(), &self.device).map_err(e)
     }
     fn download(&self, t: &Tensor) -> OpsResult<Vec<f64>> {
+        if t.dtype() == DType::F32 {
+            let v = t
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(e)?;
+            return Ok(v.into_iter().map(f64::from).collect());
+        }
         t.flatten_all()
             .and_then(|t| t.to_dtype(DType::F64))
             .and_then(|t| t.to_vec1::<f64>())
@@ -96,10 +103,35 @@ impl Ops for CandleOps {
         // candle's matmul wants contiguous operands with equal batch dims.
         let a = a.contiguous().map_err(e)?;
         let b = b.contiguous().map_err(e)?;
+        // On the CPU, faer's kernels use AVX-512 where candle's `gemm` does
+        // not: about 4× the FLOP rate on the machines we measured.
+        let fast = match self.dtype {
+            Dtype::F32 => faer_matmul::<f32>(&a, &b),
+            Dtype::F64 => faer_matmul::<f64>(&a, &b),
+        };
+        if let Some(r) = fast {
+            return r;
+        }
         if a.rank() == b.rank() && a.dims()[..a.rank() - 2] == b.dims()[..b.rank() - 2] {
             a.matmul(&b).map_err(e)
         } else {
             a.broadcast_matmul(&b).map_err(e)
+        }
+    }
+    fn t_matmul(&self, a: &Tensor, b: &Tensor) -> OpsResult<Tensor> {
+        // `aᵀ b` with the transpose as a free view in faer.
+        let a = a.contiguous().map_err(e)?;
+        let b = b.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => faer_t_matmul::<f32>(&a, &b),
+            Dtype::F64 => faer_t_matmul::<f64>(&a, &b),
+        };
+        match fast {
+            Some(r) => r,
+            None => {
+                let at = self.transpose(&a, 0, 1)?;
+                self.matmul(&at, &b)
+            }
         }
     }
     fn unary(&self, op: Unary, t: &Tensor) -> OpsResult<Tensor> {
@@ -164,4 +196,105 @@ impl Ops for CandleOps {
         let src = src.contiguous().map_err(e)?;
         base.index_add(idx, &src, dim).map_err(e)
     }
+}
+
+fn cpu_slice<'a, D: WithDType>(s: &'a Storage, l: &Layout) -> Option<&'a [D]> {
+    match s {
+        Storage::Cpu(c) => c.as_slice::<D>().ok().map(|x| &x[l.start_offset()..]),
+        _ => None,
+    }
+}
+
+/// `[..., m, k] × [..., k, n]` with broadcast batch dimensions, through faer,
+/// for contiguous CPU tensors; `None` when it does not apply.
+fn faer_matmul<D>(a: &Tensor, b: &Tensor) -> Option<OpsResult<Tensor>>
+where
+    D: WithDType + faer::traits::ComplexField,
+{
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (ad, bd) = (a.dims(), b.dims());
+    let (ra, rb) = (ad.len(), bd.len());
+    if ra < 2 || rb < 2 || ad[ra - 1] != bd[rb - 2] || !a.is_contiguous() || !b.is_contiguous() {
+        return None;
+    }
+    let (m, k, n) = (ad[ra - 2], ad[ra - 1], bd[rb - 1]);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let xa = cpu_slice::<D>(&sa, la)?;
+    let xb = cpu_slice::<D>(&sb, lb)?;
+    // Broadcast the batch dimensions, aligned on the right.
+    let r = ra.max(rb) - 2;
+    let dim = |d: &[usize], rank: usize, i: usize| -> usize {
+        let off = r - (rank - 2);
+        if i < off {
+            1
+        } else {
+            d[i - off]
+        }
+    };
+    let mut batch = Vec::with_capacity(r);
+    for i in 0..r {
+        let (x, y) = (dim(ad, ra, i), dim(bd, rb, i));
+        if x != y && x != 1 && y != 1 {
+            return None;
+        }
+        batch.push(x.max(y));
+    }
+    let total: usize = batch.iter().product();
+    let mut out = vec![D::zero(); total * m * n];
+    let par = Par::rayon(0);
+    if rb == 2 {
+        // One tall product: the batch of `a` is just more rows.
+        let rows = xa.len().min(total * m * k) / k;
+        let lhs = MatRef::from_row_major_slice(&xa[..rows * k], rows, k);
+        let rhs = MatRef::from_row_major_slice(&xb[..k * n], k, n);
+        let dst = MatMut::from_row_major_slice_mut(&mut out, rows, n);
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), par);
+    } else {
+        let (mut ia, mut ib) = (vec![0usize; r], vec![0usize; r]);
+        for t in 0..total {
+            // Multi-index of batch t, then the operands' own batch offsets.
+            let mut rem = t;
+            for i in (0..r).rev() {
+                let idx = rem % batch[i];
+                rem /= batch[i];
+                ia[i] = if dim(ad, ra, i) == 1 { 0 } else { idx };
+                ib[i] = if dim(bd, rb, i) == 1 { 0 } else { idx };
+            }
+            let flat = |ix: &[usize], d: &[usize], rank: usize| -> usize {
+                (0..r).fold(0, |acc, i| acc * dim(d, rank, i) + ix[i])
+            };
+            let (oa, ob) = (flat(&ia, ad, ra) * m * k, flat(&ib, bd, rb) * k * n);
+            let lhs = MatRef::from_row_major_slice(&xa[oa..oa + m * k], m, k);
+            let rhs = MatRef::from_row_major_slice(&xb[ob..ob + k * n], k, n);
+            let dst = MatMut::from_row_major_slice_mut(&mut out[t * m * n..(t + 1) * m * n], m, n);
+            faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), par);
+        }
+    }
+    let mut shape = batch;
+    shape.extend([m, n]);
+    Some(Tensor::from_vec(out, shape, &Device::Cpu).map_err(e))
+}
+
+/// `aᵀ b` for contiguous 2-d CPU tensors `a [k, m]`, `b [k, n]`.
+fn faer_t_matmul<D>(a: &Tensor, b: &Tensor) -> Option<OpsResult<Tensor>>
+where
+    D: WithDType + faer::traits::ComplexField,
+{
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (ad, bd) = (a.dims(), b.dims());
+    if ad.len() != 2 || bd.len() != 2 || ad[0] != bd[0] {
+        return None;
+    }
+    let (k, m, n) = (ad[0], ad[1], bd[1]);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let xa = cpu_slice::<D>(&sa, la)?;
+    let xb = cpu_slice::<D>(&sb, lb)?;
+    let mut out = vec![D::zero(); m * n];
+    let lhs = MatRef::from_row_major_slice(&xa[..k * m], k, m).transpose();
+    let rhs = MatRef::from_row_major_slice(&xb[..k * n], k, n);
+    let dst = MatMut::from_row_major_slice_mut(&mut out, m, n);
+    faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), Par::rayon(0));
+    Some(Tensor::from_vec(out, (m, n), &Device::Cpu).map_err(e))
 }

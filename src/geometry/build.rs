@@ -10,6 +10,7 @@ use super::stats;
 use crate::linalg::{eigh, Mat};
 use crate::plan::{FisherVariant, Task};
 use crate::rng::Rng;
+use rayon::prelude::*;
 
 /// Which output functions are backpropagated.
 #[derive(Clone, Debug, PartialEq)]
@@ -283,7 +284,17 @@ impl<'a, O: Ops> Problem<'a, O> {
             });
             Ok(())
         };
+        // With a single batch, EKFAC's refit reuses this pass's captures
+        // instead of running the network again.
+        let keep = self.batch >= self.n
+            && kinds
+                .iter()
+                .any(|k| matches!(k, BlockKind::Ekfac { refit: true }));
+        let mut kept = None;
         self.for_each_batch(target, |caps, _, _| {
+            if keep {
+                kept = Some(caps.to_vec());
+            }
             for (k, cap) in caps.iter().enumerate() {
                 let slot = self.slot_of(cap);
                 match kinds[k] {
@@ -375,7 +386,7 @@ impl<'a, O: Ops> Problem<'a, O> {
             .filter(|&k| matches!(kinds[k], BlockKind::Ekfac { refit: true }))
             .collect();
         if !refit_layers.is_empty() {
-            self.refit(target, &layers, &mut blocks, &refit_layers)?;
+            self.refit(target, &layers, &mut blocks, &refit_layers, kept)?;
         }
         Ok(Fim {
             layers,
@@ -396,6 +407,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         layers: &[LayerInfo],
         blocks: &mut [Block],
         which: &[usize],
+        kept: Option<Vec<Capture<O::T>>>,
     ) -> OpsResult<()> {
         let o = self.o;
         let mut bases = Vec::new();
@@ -410,7 +422,7 @@ impl<'a, O: Ops> Problem<'a, O> {
             ));
         }
         let mut sums: Vec<Option<O::T>> = vec![None; bases.len()];
-        self.for_each_batch(target, |caps, _, _| {
+        let mut accumulate = |caps: &[Capture<O::T>], _: usize, _: usize| -> OpsResult<()> {
             for (b, (k, ug, ua)) in bases.iter().enumerate() {
                 let cap = &caps[*k];
                 let s = stats::kfe_sum(o, self.slot_of(cap), cap, ug, ua)?;
@@ -420,7 +432,11 @@ impl<'a, O: Ops> Problem<'a, O> {
                 });
             }
             Ok(())
-        })?;
+        };
+        match kept {
+            Some(caps) => accumulate(&caps, 0, self.n)?,
+            None => self.for_each_batch(target, accumulate)?,
+        }
         for (b, (k, _, _)) in bases.iter().enumerate() {
             let l = &layers[*k];
             let v = o.download(sums[b].as_ref().unwrap())?;
@@ -644,27 +660,48 @@ impl<'a, O: Ops> Problem<'a, O> {
             return Err(OpsError("no layers".into()));
         }
         let m = c * n;
+        // Layer by layer A Aᵀ on the host, for the fused Hadamard below.
+        let aa_host = layers
+            .iter()
+            .map(|(_, _, aa)| aa.as_ref().map(|t| o.download(t)).transpose())
+            .collect::<OpsResult<Vec<_>>>()?;
         let mut k = Mat::zeros(m, m);
         for a in 0..c {
             for d in a..c {
-                let mut blk: Option<O::T> = None;
-                for (left, right, aa) in &layers {
-                    let mut t = o.matmul(&left[a], &right[d])?;
-                    if let Some(aa) = aa {
-                        t = o.mul(&t, aa)?;
+                let prods = layers
+                    .iter()
+                    .map(|(left, right, _)| o.download(&o.matmul(&left[a], &right[d])?))
+                    .collect::<OpsResult<Vec<_>>>()?;
+                // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], one pass.
+                let rows = &mut k.data[a * n * m..(a + 1) * n * m];
+                rows.par_chunks_mut(m).enumerate().for_each(|(i, row)| {
+                    let dst = &mut row[d * n..(d + 1) * n];
+                    for (p, aa) in prods.iter().zip(&aa_host) {
+                        let pr = &p[i * n..(i + 1) * n];
+                        match aa {
+                            Some(aa) => {
+                                let ar = &aa[i * n..(i + 1) * n];
+                                for ((x, y), z) in dst.iter_mut().zip(pr).zip(ar) {
+                                    *x += y * z;
+                                }
+                            }
+                            None => dst.iter_mut().zip(pr).for_each(|(x, y)| *x += y),
+                        }
                     }
-                    blk = Some(match blk.take() {
-                        Some(b) => o.add(&b, &t)?,
-                        None => t,
-                    });
-                }
-                let host = o.download(blk.as_ref().unwrap())?;
-                for i in 0..n {
-                    let row = (a * n + i) * m + d * n;
-                    k.data[row..row + n].copy_from_slice(&host[i * n..(i + 1) * n]);
-                    if d != a {
-                        for j in 0..n {
-                            k.data[(d * n + j) * m + a * n + i] = host[i * n + j];
+                });
+            }
+        }
+        // Mirror the blocks below the diagonal, tile by tile to stay in cache.
+        const TILE: usize = 64;
+        for a in 0..c {
+            for d in a + 1..c {
+                for i0 in (0..n).step_by(TILE) {
+                    for j0 in (0..n).step_by(TILE) {
+                        for i in i0..(i0 + TILE).min(n) {
+                            for j in j0..(j0 + TILE).min(n) {
+                                k.data[(d * n + j) * m + a * n + i] =
+                                    k.data[(a * n + i) * m + d * n + j];
+                            }
                         }
                     }
                 }

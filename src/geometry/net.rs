@@ -150,6 +150,7 @@ pub struct Forward<T> {
 }
 
 /// One parameterised layer's share of a backward pass.
+#[derive(Clone)]
 pub struct Capture<T> {
     pub slot: usize,
     /// Affine: `a [n, L, sa]`; elementwise: `x̂ [n, L, d]`.
