@@ -185,8 +185,8 @@ fn exec_with_an_unknown_backend_is_a_runtime_failure() {
 
 #[test]
 fn a_failing_run_keeps_what_it_computed() {
-    // Training is not implemented yet: the measurements before the train
-    // step are kept, and the manifest records the failure.
+    // Linearised training is not implemented yet: the measurements before
+    // the train step are kept, and the manifest records the failure.
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("partial.ngx");
     std::fs::write(
@@ -196,7 +196,7 @@ fn a_failing_run_keeps_what_it_computed() {
          model net = mlp(in = 64, hidden = [8], out = 10)\n\
          let F = Fim(Diag) of net on d\n\
          measure trace(F) as \"before\"\n\
-         train net on d { loss = cross_entropy\n optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10 }\n",
+         train net on d { loss = cross_entropy\n optimizer = sgd(lr = 0.1)\n mode = linearized\n steps = 2\n batch = 10 }\n",
     )
     .unwrap();
     let out_dir = dir.path().join("out");

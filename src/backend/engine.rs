@@ -2,7 +2,8 @@
 //! models, representations and vectors behind the step ids that made them,
 //! and answers measurements. A backend only provides [`Ops`].
 
-use super::{Backend, BackendError, BackendInfo, HostTensor, RunContext, StepOutput};
+use super::train::{self, TrainData, TrainObserver};
+use super::{Backend, BackendError, BackendInfo, Emitted, HostTensor, RunContext, StepOutput};
 use crate::data::{self, HostData};
 use crate::geometry::build::{BlockKind, Problem, Target};
 use crate::geometry::init::{init_params, load_params};
@@ -12,8 +13,8 @@ use crate::geometry::ops::{Ops, OpsError};
 use crate::geometry::repr::{Fim, LayerInfo};
 use crate::linalg::{self, Mat};
 use crate::plan::{
-    Dtype, FisherVariant, LayerFamily, Measurement, Object, Op, Operand, Plan, ReprOptions, Step,
-    StepId, Structure, VectorOp,
+    Dtype, FisherVariant, HookSpec, LayerFamily, Measurement, Object, Op, Operand, Plan,
+    ReprOptions, Step, StepId, Structure, TrainConfig, VectorOp,
 };
 use crate::rng::Rng;
 use std::collections::HashMap;
@@ -620,6 +621,125 @@ impl<O: Ops> Engine<O> {
     }
 }
 
+/// Runs hook steps on the live model and forwards results to the sink.
+struct HookRunner<'a, 'e, O: Ops> {
+    engine: &'a mut Engine<O>,
+    plan: &'a Plan,
+    train_id: StepId,
+    w0: Vec<f64>,
+    hooks: &'a [HookSpec],
+    emit: &'a mut dyn FnMut(Emitted),
+    _e: std::marker::PhantomData<&'e ()>,
+}
+
+impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
+    fn hook(&mut self, hook: usize, step: u64, net: &Net<O>) -> Result<(), String> {
+        let live =
+            Net::new(self.engine.o(), &net.spec, net.params.clone()).map_err(|e| e.to_string())?;
+        self.engine
+            .values
+            .insert(self.train_id, Value::Model(Box::new(live), self.w0.clone()));
+        for &id in &self.hooks[hook].steps {
+            let hs = self.plan.step(id);
+            let mut inner = |mut e: Emitted| {
+                e.train_step = e.train_step.or(Some(step));
+                (self.emit)(e)
+            };
+            let out = self
+                .engine
+                .run(self.plan, hs, &mut inner)
+                .map_err(|e| e.to_string())?;
+            if let Op::Measure { key, .. } = &hs.op {
+                (self.emit)(Emitted {
+                    step_id: id,
+                    key: key.clone(),
+                    train_step: Some(step),
+                    output: out,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, key: &str, step: u64, value: f64) {
+        (self.emit)(Emitted {
+            step_id: self.train_id,
+            key: key.into(),
+            train_step: Some(step),
+            output: StepOutput::Scalar { value },
+        });
+    }
+}
+
+impl<O: Ops> Engine<O> {
+    #[allow(clippy::too_many_arguments)]
+    fn train(
+        &mut self,
+        plan: &Plan,
+        step: &Step,
+        model: StepId,
+        data: StepId,
+        config: &TrainConfig,
+        hooks: &[HookSpec],
+        emit: &mut dyn FnMut(Emitted),
+    ) -> Result<Value<O>, String> {
+        let (spec, params, w0) = match self.values.get(&model) {
+            Some(Value::Model(m, w0)) => (m.spec.clone(), m.params.clone(), w0.clone()),
+            _ => return Err(format!("step #{} is not a model", model.0)),
+        };
+        let snapshot = |id: StepId| -> Result<(O::T, Vec<f64>, usize, usize), String> {
+            let d = self.data(id)?;
+            Ok((
+                d.x.clone(),
+                d.y.clone(),
+                d.host.info.n,
+                d.host.info.target_dim.max(1),
+            ))
+        };
+        let (x, y, n, td) = snapshot(data)?;
+        let ev = config.eval.map(&snapshot).transpose()?;
+        let per_epoch = n.div_ceil(config.batch.max(1)) as u64;
+        let firing: Vec<Vec<u64>> = hooks
+            .iter()
+            .map(|h| h.schedule.firing_steps(config.total_steps, per_epoch))
+            .collect();
+        let o = self.o().clone();
+        let train_data = TrainData {
+            x: &x,
+            y: &y,
+            n,
+            target_dim: td,
+        };
+        let eval_data = ev.as_ref().map(|(x, y, n, td)| TrainData {
+            x,
+            y,
+            n: *n,
+            target_dim: *td,
+        });
+        let mut runner = HookRunner {
+            engine: self,
+            plan,
+            train_id: step.id,
+            w0: w0.clone(),
+            hooks,
+            emit,
+            _e: std::marker::PhantomData,
+        };
+        let fin = train::train(
+            &o,
+            &spec,
+            params,
+            &train_data,
+            eval_data.as_ref(),
+            config,
+            &firing,
+            &mut runner,
+        )?;
+        let net = Net::new(&o, &spec, fin).map_err(|e| e.to_string())?;
+        Ok(Value::Model(Box::new(net), w0))
+    }
+}
+
 fn block_kind(s: &Structure, family: Option<LayerFamily>) -> Result<BlockKind, String> {
     Ok(match s {
         Structure::BlockDiag => BlockKind::Dense,
@@ -739,7 +859,12 @@ impl<O: Ops> Backend for Engine<O> {
         Ok(())
     }
 
-    fn run(&mut self, plan: &Plan, step: &Step) -> Result<StepOutput, BackendError> {
+    fn run(
+        &mut self,
+        plan: &Plan,
+        step: &Step,
+        emit: &mut dyn FnMut(Emitted),
+    ) -> Result<StepOutput, BackendError> {
         let value = match &step.op {
             Op::Data { source, .. } => {
                 let host = data::load(source, &self.ctx.base_dir).map_err(|e| fail(step, e))?;
@@ -798,12 +923,15 @@ impl<O: Ops> Backend for Engine<O> {
             Op::Measure { measurement, .. } => {
                 return self.measure(measurement).map_err(|e| fail(step, e));
             }
-            Op::Train { .. } => {
-                return Err(BackendError::Unsupported {
-                    backend: self.name.clone(),
-                    what: "training (it arrives with the training milestone, issue 4)".into(),
-                })
-            }
+            Op::Train {
+                model,
+                data,
+                config,
+                hooks,
+                ..
+            } => self
+                .train(plan, step, *model, *data, config, hooks, emit)
+                .map_err(|e| fail(step, e))?,
             Op::Save { model, path } => {
                 let net = self.model(*model).map_err(|e| fail(step, e))?;
                 let p = self.ctx.out_dir.join(path);

@@ -7,8 +7,9 @@
 
 pub mod candle;
 pub mod engine;
+pub mod train;
 
-use crate::plan::{Dtype, Plan, Step};
+use crate::plan::{Dtype, Plan, Step, StepId};
 use serde::{Deserialize, Serialize};
 
 /// What a backend tells about itself (`nngeo backends`).
@@ -62,12 +63,31 @@ pub struct RunContext {
     pub out_dir: std::path::PathBuf,
 }
 
+/// A result produced inside a step: a hook's measurement during training,
+/// or a training curve (`train/loss`, `eval/accuracy`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emitted {
+    /// The measure step (for hooks) or the train step (for curves).
+    pub step_id: StepId,
+    pub key: String,
+    /// The optimiser step it belongs to.
+    pub train_step: Option<u64>,
+    pub output: StepOutput,
+}
+
 pub trait Backend {
     fn info(&self) -> BackendInfo;
     /// Prepares to run `plan` (device, dtype); refuses what it cannot do.
     fn prepare(&mut self, plan: &Plan, ctx: &RunContext) -> Result<(), BackendError>;
-    /// Runs one step whose dependencies have all run.
-    fn run(&mut self, plan: &Plan, step: &Step) -> Result<StepOutput, BackendError>;
+    /// Runs one step whose dependencies have all run; results produced
+    /// along the way (training curves, hook measurements) go to `emit` the
+    /// moment they exist.
+    fn run(
+        &mut self,
+        plan: &Plan,
+        step: &Step,
+        emit: &mut dyn FnMut(Emitted),
+    ) -> Result<StepOutput, BackendError>;
     /// Warnings gathered since the last call (e.g. EKFAC without refit).
     fn warnings(&mut self) -> Vec<String> {
         Vec::new()

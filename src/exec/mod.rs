@@ -5,7 +5,7 @@
 //! failure; the plan is written first, and the manifest, `results.csv` and
 //! plots are written at the end whether the run succeeded or not.
 
-use crate::backend::{Backend, BackendError, RunContext, StepOutput};
+use crate::backend::{Backend, BackendError, Emitted, RunContext, StepOutput};
 use crate::plan::{Op, Plan, Step};
 use crate::report::{self, Manifest, StepTiming};
 use serde_json::json;
@@ -56,6 +56,14 @@ fn step_name(step: &Step) -> (String, String) {
     (op.to_string(), name)
 }
 
+fn value_json(output: StepOutput) -> Option<serde_json::Value> {
+    match output {
+        StepOutput::Scalar { value } => Some(json!(value)),
+        StepOutput::Tensor { tensor } => Some(json!({"shape": tensor.shape, "data": tensor.data})),
+        StepOutput::Stored => None,
+    }
+}
+
 /// Runs every top-level step in order (hook steps run inside their
 /// training step, driven by the backend), writing into `ctx.out_dir`.
 pub fn run(
@@ -81,7 +89,30 @@ pub fn run(
             let (op, name) = step_name(step);
             bar.set_message(format!("{op} {name}"));
             let ts = Instant::now();
-            let output = match backend.run(plan, step) {
+            let mut write_err = None;
+            let mut emit = |e: Emitted| {
+                let sweep = &plan.step(e.step_id).sweep;
+                if let Some(value) = value_json(e.output) {
+                    let mut line = json!({
+                        "key": e.key,
+                        "step_id": e.step_id.0,
+                        "sweep": sweep,
+                        "value": value,
+                        "time_s": t0.elapsed().as_secs_f64(),
+                    });
+                    if let Some(s) = e.train_step {
+                        line["step"] = json!(s);
+                    }
+                    if let Err(err) = writeln!(results, "{line}").and_then(|_| results.flush()) {
+                        write_err.get_or_insert(err);
+                    }
+                }
+            };
+            let result = backend.run(plan, step, &mut emit);
+            if let Some(err) = write_err {
+                return Err(io(&results_path)(err));
+            }
+            let output = match result {
                 Ok(o) => o,
                 Err(e) => {
                     outcome = Err(e.into());
@@ -98,12 +129,8 @@ pub fn run(
             });
             bar.inc(1);
             if let Op::Measure { key, .. } = &step.op {
-                let value = match output {
-                    StepOutput::Scalar { value } => json!(value),
-                    StepOutput::Tensor { tensor } => {
-                        json!({"shape": tensor.shape, "data": tensor.data})
-                    }
-                    StepOutput::Stored => continue,
+                let Some(value) = value_json(output) else {
+                    continue;
                 };
                 let line = json!({
                     "key": key,

@@ -754,7 +754,14 @@ impl<'a, O: Ops> Problem<'a, O> {
 
     /// Gradient of the mean loss (cross-entropy or PyTorch's MSE), flat.
     pub fn loss_gradient(&self, mse: bool) -> OpsResult<Vec<f64>> {
+        Ok(self.loss_and_gradient(mse)?.1)
+    }
+
+    /// Mean loss and its gradient (flat), from one forward and one
+    /// backward pass per batch.
+    pub fn loss_and_gradient(&self, mse: bool) -> OpsResult<(f64, Vec<f64>)> {
         let o = self.o;
+        let mut loss = 0.0;
         let c = self.net.outputs();
         let layers = self.layer_infos();
         let mut acc: Vec<Option<O::T>> = vec![None; layers.len()];
@@ -770,10 +777,14 @@ impl<'a, O: Ops> Problem<'a, O> {
                 let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
                 if mse {
                     for k in 0..c {
-                        s[i * c + k] = 2.0 * (zi[k] - yi[k.min(self.target_dim - 1)])
-                            / (c as f64 * self.n as f64);
+                        let r = zi[k] - yi[k.min(self.target_dim - 1)];
+                        loss += r * r / c as f64;
+                        s[i * c + k] = 2.0 * r / (c as f64 * self.n as f64);
                     }
                 } else {
+                    let mx = zi.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+                    let lse = mx + zi.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+                    loss += lse - zi[(yi[0] as usize).min(c - 1)];
                     let p = softmax(zi);
                     for k in 0..c {
                         s[i * c + k] = (p[k] - (k == yi[0] as usize) as u8 as f64) / self.n as f64;
@@ -798,6 +809,6 @@ impl<'a, O: Ops> Problem<'a, O> {
             let nat = o.download(acc[k].as_ref().unwrap())?;
             out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias));
         }
-        Ok(out)
+        Ok((loss / self.n as f64, out))
     }
 }

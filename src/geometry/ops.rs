@@ -53,7 +53,7 @@ pub enum Reduce {
 }
 
 /// Tensor operations on one device in one dtype.
-pub trait Ops {
+pub trait Ops: Clone {
     type T: Clone;
 
     /// e.g. `candle`, used in messages.
