@@ -58,10 +58,57 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// One example's loss, its gradient w.r.t. the outputs, and whether it is
+/// classified correctly: PyTorch's MSE (mean over outputs), softmax
+/// cross-entropy, or — for a single logit on class labels — binary
+/// cross-entropy with the logit.
+fn example_loss(z: &[f64], y: &[f64], mse: bool) -> (f64, Vec<f64>, bool) {
+    let c = z.len();
+    if mse {
+        let mut g = vec![0.0; c];
+        let mut loss = 0.0;
+        for k in 0..c {
+            let r = z[k] - y[k.min(y.len() - 1)];
+            loss += r * r / c as f64;
+            g[k] = 2.0 * r / c as f64;
+        }
+        return (loss, g, false);
+    }
+    if c == 1 {
+        let (zz, yy) = (z[0], y[0]);
+        let loss = zz.max(0.0) - yy * zz + (-zz.abs()).exp().ln_1p();
+        return (loss, vec![sigmoid(zz) - yy], (zz > 0.0) == (yy > 0.5));
+    }
+    let label = (y[0] as usize).min(c - 1);
+    let mx = z.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
+    let lse = mx + z.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+    let p = softmax(z);
+    let g = (0..c).map(|k| p[k] - (k == label) as u8 as f64).collect();
+    let arg = z
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |b, (k, x)| if *x > b.1 { (k, *x) } else { b },
+        )
+        .0;
+    (lse - z[label], g, arg == label)
+}
+
 impl<'a, O: Ops> Problem<'a, O> {
+    /// The included layers in model order, each once: captures come out
+    /// of the backward pass in that order, so every representation is laid
+    /// out that way whatever order `slots` lists them in.
+    pub fn ordered_slots(&self) -> Vec<usize> {
+        let mut s = self.slots.clone();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
         let mut offset = 0;
-        self.slots
+        self.ordered_slots()
             .iter()
             .map(|&s| {
                 let slot = &self.net.slots[s];
@@ -723,28 +770,9 @@ impl<'a, O: Ops> Problem<'a, O> {
             for i in 0..nb {
                 let zi = &z[i * c..(i + 1) * c];
                 let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
-                if mse {
-                    loss += zi
-                        .iter()
-                        .zip(yi.iter().cycle())
-                        .map(|(a, b)| (a - b).powi(2))
-                        .sum::<f64>()
-                        / c as f64;
-                } else {
-                    let y = yi[0] as usize;
-                    let mx = zi.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
-                    let lse = mx + zi.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
-                    loss += lse - zi[y.min(c - 1)];
-                    let arg = zi
-                        .iter()
-                        .enumerate()
-                        .fold(
-                            (0, f64::NEG_INFINITY),
-                            |b, (k, x)| if *x > b.1 { (k, *x) } else { b },
-                        )
-                        .0;
-                    correct += (arg == y) as usize;
-                }
+                let (l, _, ok) = example_loss(zi, yi, mse);
+                loss += l;
+                correct += ok as usize;
             }
             start += nb;
         }
@@ -775,27 +803,21 @@ impl<'a, O: Ops> Problem<'a, O> {
             for i in 0..nb {
                 let zi = &z[i * c..(i + 1) * c];
                 let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
-                if mse {
-                    for k in 0..c {
-                        let r = zi[k] - yi[k.min(self.target_dim - 1)];
-                        loss += r * r / c as f64;
-                        s[i * c + k] = 2.0 * r / (c as f64 * self.n as f64);
-                    }
-                } else {
-                    let mx = zi.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
-                    let lse = mx + zi.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
-                    loss += lse - zi[(yi[0] as usize).min(c - 1)];
-                    let p = softmax(zi);
-                    for k in 0..c {
-                        s[i * c + k] = (p[k] - (k == yi[0] as usize) as u8 as f64) / self.n as f64;
-                    }
+                let (l, g, _) = example_loss(zi, yi, mse);
+                loss += l;
+                for k in 0..c {
+                    s[i * c + k] = g[k] / self.n as f64;
                 }
             }
             let seed = o.upload(&[1, nb, c], &s)?;
             let ones = o.affine(&o.zeros(&[1, nb])?, 0.0, 1.0)?;
             let caps = self.net.backward(o, &fwd, &seed)?;
             for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
-                let k = self.slots.iter().position(|s| *s == cap.slot).unwrap();
+                let k = self
+                    .ordered_slots()
+                    .iter()
+                    .position(|s| *s == cap.slot)
+                    .unwrap();
                 let t = stats::jtu(o, self.slot_of(cap), cap, &ones)?;
                 acc[k] = Some(match acc[k].take() {
                     Some(a) => o.add(&a, &t)?,
