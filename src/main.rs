@@ -95,6 +95,10 @@ enum Command {
     },
     /// List the backends this build knows and whether they can run.
     Backends,
+    /// Rebuild results.csv and the plots of a run folder from its
+    /// results.jsonl and plan.json (also after a crash or an interruption).
+    #[command(after_help = "Example:\n  nngeo report runs/fim_zoo")]
+    Report { dir: PathBuf },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -264,6 +268,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Report { dir } => match nngeo::report::rebuild(&dir) {
+            Ok(r) => {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for f in &r.files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Backends => {
             println!("{:<8} {:<10} status", "name", "kind");
             for r in nngeo::backend::registry() {

@@ -259,3 +259,26 @@ fn relative_paths_start_at_the_file() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn report_rebuilds_plots_and_csv_from_a_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nngeo(&[
+        "exec",
+        "experiments/fim_zoo.ngx",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for f in ["results.csv", "rel_error_vs_S.png", "rel_error_vs_S.svg"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let rep = nngeo(&["report", dir.path().to_str().unwrap()]);
+    assert_eq!(rep.status.code(), Some(0), "{}", text(&rep.stderr));
+    for f in ["results.csv", "rel_error_vs_S.png", "rel_error_vs_S.svg"] {
+        assert!(dir.path().join(f).exists(), "{f} not rebuilt");
+    }
+    let missing = nngeo(&["report", dir.path().join("nope").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("plan.json"));
+}
