@@ -12,6 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod data;
 pub mod diag;

@@ -95,6 +95,22 @@ enum Command {
     },
     /// List the backends this build knows and whether they can run.
     Backends,
+    /// Time the representation builders (medians) against NNGeometry's
+    /// reference times, with GFLOP/s and each case's peak memory measured in
+    /// a fresh process. Set RAYON_NUM_THREADS to fix the thread count.
+    #[command(
+        after_help = "Example:\n  RAYON_NUM_THREADS=2 nngeo bench --repeats 5\n  nngeo bench --case kfac --case ntk-1000"
+    )]
+    Bench {
+        /// Only these cases (default: all; see the table for names).
+        #[arg(long = "case")]
+        cases: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Run one case once and print its peak memory (used internally).
+        #[arg(long, hide = true)]
+        once: bool,
+    },
     /// Rebuild results.csv and the plots of a run folder from its
     /// results.jsonl and plan.json (also after a crash or an interruption).
     #[command(after_help = "Example:\n  nngeo report runs/fim_zoo")]
@@ -268,6 +284,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench {
+            cases,
+            repeats,
+            once,
+        } => bench(cases, repeats, once),
         Command::Report { dir } => match nngeo::report::rebuild(&dir) {
             Ok(r) => {
                 for w in &r.warnings {
@@ -306,4 +327,85 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
+    use nngeo::bench::{median, run_once, CASES};
+    if once {
+        let Some(name) = cases.first() else {
+            return ExitCode::from(2);
+        };
+        let before = nngeo::report::peak_rss_bytes().unwrap_or(0);
+        return match run_once(name) {
+            Ok((s, _, _)) => {
+                let peak = nngeo::report::peak_rss_bytes().unwrap_or(0);
+                println!("seconds={s} peak_rss_bytes={peak} baseline_rss_bytes={before}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let selected: Vec<_> = CASES
+        .iter()
+        .filter(|c| cases.is_empty() || cases.iter().any(|n| n == c.name))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<_> = CASES.iter().map(|c| c.name).collect();
+        eprintln!("error: no such case; cases: {}", names.join(", "));
+        return ExitCode::from(2);
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    println!("nngeo bench: candle backend (faer matmul), cpu, f32, threads = {threads}, median of {repeats}");
+    println!(
+        "{:<12} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}  what",
+        "case", "median s", "GFLOP", "GFLOP/s", "NNGeom. s", "speedup", "peak MB", "stored MB"
+    );
+    let exe = std::env::current_exe().ok();
+    for c in selected {
+        let (secs, flops, stored) = match median(c.name, repeats) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}: {e}", c.name);
+                return ExitCode::from(1);
+            }
+        };
+        // Peak memory of the case alone, in a fresh process.
+        let peak = exe.as_ref().and_then(|exe| {
+            let out = std::process::Command::new(exe)
+                .args(["bench", "--once", "--case", c.name])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let field = |k: &str| -> Option<f64> {
+                text.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            };
+            Some(field("peak_rss_bytes")?)
+        });
+        let reference = c
+            .reference
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let speedup = c
+            .reference
+            .map(|r| format!("{:.2}x", r / secs))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:>9.4} {:>8.2} {:>8.1} {:>10} {:>7} {:>9} {:>9.1}  {}",
+            c.name,
+            secs,
+            flops / 1e9,
+            flops / secs / 1e9,
+            reference,
+            speedup,
+            peak.map(|p| format!("{:.0}", p / 1e6))
+                .unwrap_or_else(|| "-".into()),
+            stored / 1e6,
+            c.what
+        );
+    }
+    ExitCode::SUCCESS
 }

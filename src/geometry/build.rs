@@ -411,22 +411,33 @@ impl<'a, O: Ops> Problem<'a, O> {
                         scale(get(&acc[k][1])?, 1.0 / (r * n * positions[k] as f64)),
                     );
                     if let BlockKind::Ekfac { .. } = kinds[k] {
-                        let (ea, ua) = eigh(&a).map_err(|e| OpsError(e.to_string()))?;
-                        let (eg, ug) = eigh(&g).map_err(|e| OpsError(e.to_string()))?;
-                        let mut d = Mat::zeros(l.sg, l.sa);
-                        for kk in 0..l.sg {
-                            for j in 0..l.sa {
-                                d.set(kk, j, eg[kk] * ea[j]);
-                            }
-                        }
                         bases.push(k);
-                        Block::Ekfac { ua, ug, d }
-                    } else {
-                        Block::Kfac { a, g }
                     }
+                    Block::Kfac { a, g }
                 }
             };
             blocks.push(block);
+        }
+        // EKFAC: eigenbases of every factor, the decompositions in parallel.
+        let decomposed = bases
+            .par_iter()
+            .map(|&k| match &blocks[k] {
+                Block::Kfac { a, g } => {
+                    let (ea, ua) = eigh(a).map_err(|e| OpsError(e.to_string()))?;
+                    let (eg, ug) = eigh(g).map_err(|e| OpsError(e.to_string()))?;
+                    let mut d = Mat::zeros(g.rows, a.rows);
+                    for kk in 0..g.rows {
+                        for j in 0..a.rows {
+                            d.set(kk, j, eg[kk] * ea[j]);
+                        }
+                    }
+                    Ok((k, Block::Ekfac { ua, ug, d }))
+                }
+                _ => unreachable!("EKFAC layers start as KFAC blocks"),
+            })
+            .collect::<OpsResult<Vec<_>>>()?;
+        for (k, b) in decomposed {
+            blocks[k] = b;
         }
         let refit_layers: Vec<usize> = bases
             .into_iter()

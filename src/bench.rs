@@ -1,0 +1,256 @@
+//! `nngeo bench`: medians of the representation builders on the sizes the
+//! NNGeometry comparison uses, with achieved GFLOP/s next to a plain matmul
+//! of similar size, and the peak memory of each case in a fresh process.
+
+use crate::backend::candle::CandleOps;
+use crate::geometry::build::{BlockKind, Problem, Target};
+use crate::geometry::init::init_params;
+use crate::geometry::net::Net;
+use crate::geometry::ops::Ops;
+use crate::plan::{Dtype, FisherVariant, Op, Task};
+use std::time::Instant;
+
+/// One benchmark case.
+pub struct Case {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// NNGeometry's median on a 2-core machine like ours (seconds), if known.
+    pub reference: Option<f64>,
+}
+
+pub const CASES: &[Case] = &[
+    Case {
+        name: "matmul-1024",
+        what: "plain f32 matmul 1024×1024×1024 (baseline)",
+        reference: None,
+    },
+    Case {
+        name: "matmul-ntk",
+        what: "plain f32 matmul 1000×512×1000 (one NTK block)",
+        reference: None,
+    },
+    Case {
+        name: "kfac",
+        what: "Fim(KFAC), MLP 784-512-512-10, n = 1000",
+        reference: Some(0.14),
+    },
+    Case {
+        name: "ekfac",
+        what: "Fim(EKFAC) without refit, same",
+        reference: Some(0.20),
+    },
+    Case {
+        name: "ekfac-refit",
+        what: "Fim(EKFAC(refit = true)), same",
+        reference: Some(0.50),
+    },
+    Case {
+        name: "diag",
+        what: "Fim(Diag), same",
+        reference: Some(0.16),
+    },
+    Case {
+        name: "blockdiag",
+        what: "Fim(BlockDiag), MLP 64-64-64-10, n = 500",
+        reference: None,
+    },
+    Case {
+        name: "dense",
+        what: "Fim(Dense), MLP 64-64-64-10, n = 500",
+        reference: Some(5.5),
+    },
+    Case {
+        name: "ntk-100",
+        what: "Ntk(Dense), MLP 784-512-512-10, n = 100",
+        reference: Some(0.15),
+    },
+    Case {
+        name: "ntk-1000",
+        what: "Ntk(Dense), MLP 784-512-512-10, n = 1000",
+        reference: Some(4.9),
+    },
+];
+
+struct Setup {
+    o: CandleOps,
+    net: Net<CandleOps>,
+    x: candle_core::Tensor,
+    y: Vec<f64>,
+    n: usize,
+    widths: Vec<usize>,
+}
+
+fn mlp(widths: &[usize], n: usize) -> Setup {
+    let hidden: Vec<String> = widths[1..widths.len() - 1]
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    let src = format!(
+        "experiment b {{ dtype = f32 }}\nmodel net = mlp(in = {}, hidden = [{}], out = {})\n",
+        widths[0],
+        hidden.join(", "),
+        widths[widths.len() - 1]
+    );
+    let plan = crate::compile_source(&src, &Default::default()).expect("benchmark model compiles");
+    let spec = plan
+        .steps
+        .iter()
+        .find_map(|s| match &s.op {
+            Op::Model { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .expect("a model step");
+    let o = CandleOps::new("cpu", Dtype::F32).expect("cpu");
+    let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).expect("net");
+    let mut rng = crate::rng::Rng::new(0);
+    let xs: Vec<f64> = (0..n * widths[0]).map(|_| rng.normal()).collect();
+    let c = widths[widths.len() - 1];
+    let y = (0..n).map(|_| rng.below(c) as f64).collect();
+    let x = o.upload(&[n, widths[0]], &xs).expect("upload");
+    Setup {
+        o,
+        net,
+        x,
+        y,
+        n,
+        widths: widths.to_vec(),
+    }
+}
+
+impl Setup {
+    fn problem(&self) -> Problem<'_, CandleOps> {
+        Problem {
+            o: &self.o,
+            net: &self.net,
+            x: &self.x,
+            y: &self.y,
+            target_dim: 1,
+            n: self.n,
+            slots: (0..self.net.slots.len()).collect(),
+            batch: self.n,
+        }
+    }
+    /// Σ over layers of in·out (with bias column) and the list of (sa, sg).
+    fn layers(&self) -> Vec<(f64, f64)> {
+        self.widths
+            .windows(2)
+            .map(|w| ((w[0] + 1) as f64, w[1] as f64))
+            .collect()
+    }
+}
+
+const TRUE_FISHER: Target = Target::Fim {
+    variant: FisherVariant::True,
+    task: Task::Classification,
+};
+
+/// Runs `name` once; returns (seconds, estimated FLOPs, stored bytes).
+pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
+    let big = || mlp(&[784, 512, 512, 10], 1000);
+    let small = || mlp(&[64, 64, 64, 10], 500);
+    let e = |x: crate::geometry::ops::OpsError| x.to_string();
+    Ok(match name {
+        "matmul-1024" | "matmul-ntk" => {
+            let o = CandleOps::new("cpu", Dtype::F32).map_err(e)?;
+            let (m, k, n) = if name == "matmul-1024" {
+                (1024, 1024, 1024)
+            } else {
+                (1000, 512, 1000)
+            };
+            let a = o.upload(&[m, k], &vec![0.5; m * k]).map_err(e)?;
+            let b = o.upload(&[k, n], &vec![0.25; k * n]).map_err(e)?;
+            let t = Instant::now();
+            let c = o.matmul(&a, &b).map_err(e)?;
+            let s = t.elapsed().as_secs_f64();
+            drop(c);
+            (s, 2.0 * (m * k * n) as f64, (m * n * 4) as f64)
+        }
+        "kfac" | "ekfac" | "ekfac-refit" | "diag" | "blockdiag" => {
+            let s = if name == "blockdiag" { small() } else { big() };
+            let kind = match name {
+                "kfac" => BlockKind::Kfac,
+                "ekfac" => BlockKind::Ekfac { refit: false },
+                "ekfac-refit" => BlockKind::Ekfac { refit: true },
+                "diag" => BlockKind::Diag,
+                _ => BlockKind::Dense,
+            };
+            let p = s.problem();
+            let t = Instant::now();
+            let f = p
+                .fim_blocks(&TRUE_FISHER, &vec![kind; s.net.slots.len()])
+                .map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            let (n, m) = (s.n as f64, 9.0);
+            let lay = s.layers();
+            let mut flops: f64 = lay.iter().map(|(a, g)| 2.0 * n * a * g * (1.0 + m)).sum();
+            flops += match kind {
+                BlockKind::Kfac | BlockKind::Ekfac { .. } => lay
+                    .iter()
+                    .map(|(a, g)| 2.0 * n * a * a + 2.0 * m * n * g * g)
+                    .sum::<f64>(),
+                BlockKind::Diag => lay.iter().map(|(a, g)| 2.0 * n * a * g).sum(),
+                _ => lay.iter().map(|(a, g)| 2.0 * m * n * (a * g).powi(2)).sum(),
+            };
+            if let BlockKind::Ekfac { refit } = kind {
+                // Eigendecompositions (~9 s³ each, f64 on the host), and the refit's rotations.
+                flops += lay
+                    .iter()
+                    .map(|(a, g)| 9.0 * (a.powi(3) + g.powi(3)))
+                    .sum::<f64>();
+                if refit {
+                    flops += lay
+                        .iter()
+                        .map(|(a, g)| 2.0 * m * n * g * g + 2.0 * n * a * a + 2.0 * n * a * g)
+                        .sum::<f64>();
+                }
+            }
+            (secs, flops, f.stored() as f64 * 4.0)
+        }
+        "dense" => {
+            let s = small();
+            let p = s.problem();
+            let t = Instant::now();
+            let f = p.fim_dense(&TRUE_FISHER).map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            let pp = f.dim() as f64;
+            let rows = 9.0 * s.n as f64;
+            // JᵀJ over the panels on and above the diagonal (≈ half).
+            let panels = (pp / 2048.0).ceil();
+            let frac = (panels + 1.0) / (2.0 * panels);
+            (secs, 2.0 * rows * pp * pp * frac, f.stored() as f64 * 4.0)
+        }
+        "ntk-100" | "ntk-1000" => {
+            let n = if name == "ntk-100" { 100 } else { 1000 };
+            let s = mlp(&[784, 512, 512, 10], n);
+            let p = s.problem();
+            let t = Instant::now();
+            let k = p.ntk_dense(false).map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            let (nf, c) = (n as f64, 10.0);
+            let pairs = c * (c + 1.0) / 2.0;
+            let flops: f64 = s
+                .layers()
+                .iter()
+                .map(|(a, g)| {
+                    pairs * 2.0 * nf * nf * g + 2.0 * nf * nf * a + 2.0 * nf * a * g * (1.0 + c)
+                })
+                .sum();
+            (secs, flops, (k.rows * k.cols) as f64 * 4.0)
+        }
+        other => return Err(format!("no benchmark case `{other}`")),
+    })
+}
+
+/// Median of `repeats` runs after one warm-up.
+pub fn median(name: &str, repeats: usize) -> Result<(f64, f64, f64), String> {
+    run_once(name)?;
+    let mut times = Vec::new();
+    let mut last = (0.0, 0.0);
+    for _ in 0..repeats.max(1) {
+        let (s, f, b) = run_once(name)?;
+        times.push(s);
+        last = (f, b);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], last.0, last.1))
+}
