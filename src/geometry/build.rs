@@ -670,8 +670,8 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// symmetric): block `(c, d)` is `Σ_l (G_l[c] G_l[d]ᵀ) ⊙ (A_l A_lᵀ)` for
     /// Linear layers, or `J_l[c] J_l[d]ᵀ` from per-example gradients for the
     /// others (or all, with `force_per_example`). Each block goes straight
-    /// to the host, so the device never holds more than one `n × n` block
-    /// beyond the layer factors.
+    /// to the host (and its transpose to the mirrored place), so the device
+    /// never holds more than one `n × n` block beyond the layer factors.
     pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
         let o = self.o;
         let c = self.net.outputs();
@@ -718,50 +718,34 @@ impl<'a, O: Ops> Problem<'a, O> {
             return Err(OpsError("no layers".into()));
         }
         let m = c * n;
-        // Layer by layer A Aᵀ on the host, for the fused Hadamard below.
-        let aa_host = layers
-            .iter()
-            .map(|(_, _, aa)| aa.as_ref().map(|t| o.download(t)).transpose())
-            .collect::<OpsResult<Vec<_>>>()?;
         let mut k = Mat::zeros(m, m);
         for a in 0..c {
             for d in a..c {
-                let prods = layers
-                    .iter()
-                    .map(|(left, right, _)| o.download(&o.matmul(&left[a], &right[d])?))
-                    .collect::<OpsResult<Vec<_>>>()?;
-                // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], one pass.
+                // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], on the device.
+                let mut blk: Option<O::T> = None;
+                for (left, right, aa) in &layers {
+                    let mut t = o.matmul(&left[a], &right[d])?;
+                    if let Some(aa) = aa {
+                        t = o.mul(&t, aa)?;
+                    }
+                    blk = Some(match blk.take() {
+                        Some(b) => o.add(&b, &t)?,
+                        None => t,
+                    });
+                }
+                let host = o.download(blk.as_ref().expect("at least one layer"))?;
                 let rows = &mut k.data[a * n * m..(a + 1) * n * m];
                 rows.par_chunks_mut(m).enumerate().for_each(|(i, row)| {
-                    let dst = &mut row[d * n..(d + 1) * n];
-                    for (p, aa) in prods.iter().zip(&aa_host) {
-                        let pr = &p[i * n..(i + 1) * n];
-                        match aa {
-                            Some(aa) => {
-                                let ar = &aa[i * n..(i + 1) * n];
-                                for ((x, y), z) in dst.iter_mut().zip(pr).zip(ar) {
-                                    *x += y * z;
-                                }
-                            }
-                            None => dst.iter_mut().zip(pr).for_each(|(x, y)| *x += y),
-                        }
-                    }
+                    row[d * n..(d + 1) * n].copy_from_slice(&host[i * n..(i + 1) * n]);
                 });
-            }
-        }
-        // Mirror the blocks below the diagonal, tile by tile to stay in cache.
-        const TILE: usize = 64;
-        for a in 0..c {
-            for d in a + 1..c {
-                for i0 in (0..n).step_by(TILE) {
-                    for j0 in (0..n).step_by(TILE) {
-                        for i in i0..(i0 + TILE).min(n) {
-                            for j in j0..(j0 + TILE).min(n) {
-                                k.data[(d * n + j) * m + a * n + i] =
-                                    k.data[(a * n + i) * m + d * n + j];
-                            }
-                        }
-                    }
+                if d != a {
+                    // The mirrored block, transposed on the device (a
+                    // blocked copy) so that the host writes whole rows.
+                    let tr = o.download(&o.transpose(blk.as_ref().expect("a block"), 0, 1)?)?;
+                    let rows = &mut k.data[d * n * m..(d + 1) * n * m];
+                    rows.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
+                        row[a * n..(a + 1) * n].copy_from_slice(&tr[j * n..(j + 1) * n]);
+                    });
                 }
             }
         }
