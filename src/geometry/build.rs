@@ -418,13 +418,18 @@ impl<'a, O: Ops> Problem<'a, O> {
             };
             blocks.push(block);
         }
-        // EKFAC: eigenbases of every factor, the decompositions in parallel.
+        // EKFAC: eigenbases of every factor, the decompositions in parallel,
+        // in single precision for single-precision runs.
+        let decompose = match o.dtype() {
+            crate::plan::Dtype::F32 => crate::linalg::eigh_f32,
+            crate::plan::Dtype::F64 => eigh,
+        };
         let decomposed = bases
             .par_iter()
             .map(|&k| match &blocks[k] {
                 Block::Kfac { a, g } => {
-                    let (ea, ua) = eigh(a).map_err(|e| OpsError(e.to_string()))?;
-                    let (eg, ug) = eigh(g).map_err(|e| OpsError(e.to_string()))?;
+                    let (ea, ua) = decompose(a).map_err(|e| OpsError(e.to_string()))?;
+                    let (eg, ug) = decompose(g).map_err(|e| OpsError(e.to_string()))?;
                     let mut d = Mat::zeros(g.rows, a.rows);
                     for kk in 0..g.rows {
                         for j in 0..a.rows {
