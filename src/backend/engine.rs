@@ -840,6 +840,10 @@ impl<O: Ops> Backend for Engine<O> {
                 "ntk:dense",
                 "ntk:blockdiag",
                 "ntk:diag",
+                "ntk:lowrank",
+                "train:sgd",
+                "train:adam",
+                "train:hooks",
             ]
             .iter()
             .map(|s| s.to_string())
