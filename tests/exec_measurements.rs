@@ -177,3 +177,79 @@ fn saturated_softmax_gives_a_finite_fisher() {
         assert!(x.is_finite() && x >= 0.0, "{line}");
     }
 }
+
+#[test]
+fn training_hooks_and_per_example_tracking() {
+    let src = "experiment tr { dtype = f64 }\n\
+               data d = digits(split = train) |> normalize |> take(60)\n\
+               data noisy = d |> label_noise(0.2, seed = 1)\n\
+               model net = mlp(in = 64, hidden = [16], out = 10, init = pytorch(seed = 2))\n\
+               train net on noisy {\n\
+                 loss = cross_entropy\n\
+                 optimizer = sgd(lr = 0.1, momentum = 0.9)\n\
+                 steps = 10\n\
+                 batch = 20\n\
+                 track = per_example(every = 5, groups = [all, flipped, clean])\n\
+                 at [0, 5, 10] { measure accuracy(net, noisy) as \"acc\", loss(net, noisy) as \"loss\" }\n\
+               }\n";
+    let plan = nngeo::compile_source(src, &Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = RunContext {
+        base_dir: ".".into(),
+        out_dir: dir.path().to_path_buf(),
+    };
+    nngeo::exec::run(&plan, candle_backend().as_mut(), &ctx).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |key: &str, step: u64, group: Option<&str>| -> f64 {
+        lines
+            .iter()
+            .find(|l| {
+                l["key"] == key
+                    && l["step"] == step
+                    && group.is_none_or(|g| l["sweep"]["group"] == g)
+            })
+            .and_then(|l| l["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {key} at {step} for {group:?}"))
+    };
+    // 10 optimiser steps, each with its mini-batch loss.
+    assert_eq!(
+        lines.iter().filter(|l| l["key"] == "train/loss").count(),
+        10
+    );
+    for step in [0, 5, 10] {
+        // The tracked summary is the direct computation of the hook.
+        let acc = find("acc", step, None);
+        assert!((find("examples/accuracy", step, Some("all")) - acc).abs() < 1e-12);
+        let loss = find("loss", step, None);
+        assert!((find("examples/loss", step, Some("all")) - loss).abs() < 1e-12 * loss);
+        // 12 of the 60 labels were flipped: the groups average to the whole.
+        let mixed = (12.0 * find("examples/accuracy", step, Some("flipped"))
+            + 48.0 * find("examples/accuracy", step, Some("clean")))
+            / 60.0;
+        assert!((mixed - acc).abs() < 1e-12);
+    }
+    // Training lowers the loss on this small set.
+    assert!(find("loss", 10, None) < find("loss", 0, None));
+    // Every example at every checkpoint, one line per checkpoint.
+    let ex_dir = dir.path().join("examples");
+    let file = std::fs::read_dir(&ex_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let ex = std::fs::read_to_string(file).unwrap();
+    let ex: Vec<Value> = ex
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ex.len(), 3);
+    for e in &ex {
+        assert_eq!(e["loss"].as_array().unwrap().len(), 60);
+        assert_eq!(e["correct"].as_str().unwrap().len(), 60);
+    }
+}

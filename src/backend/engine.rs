@@ -654,6 +654,7 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                     step_id: id,
                     key: key.clone(),
                     train_step: Some(step),
+                    tags: Default::default(),
                     output: out,
                 });
             }
@@ -661,13 +662,38 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
         Ok(())
     }
 
-    fn log(&mut self, key: &str, step: u64, value: f64) {
+    fn log(&mut self, key: &str, step: u64, value: f64, tags: &[(&str, String)]) {
         (self.emit)(Emitted {
             step_id: self.train_id,
             key: key.into(),
             train_step: Some(step),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             output: StepOutput::Scalar { value },
         });
+    }
+
+    fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String> {
+        // One line per checkpoint: losses as f32 text and correctness as a
+        // 0/1 string, never one line per example.
+        let dir = self.engine.ctx.out_dir.join("examples");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let path = dir.join(format!("train_{}.jsonl", self.train_id.0));
+        let line = serde_json::json!({
+            "step": step,
+            "loss": loss.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            "correct": correct.iter().map(|&c| if c { '1' } else { '0' }).collect::<String>(),
+        });
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("cannot write `{}`: {e}", path.display()))
     }
 }
 
@@ -697,6 +723,7 @@ impl<O: Ops> Engine<O> {
             ))
         };
         let (x, y, n, td) = snapshot(data)?;
+        let flipped = self.data(data)?.host.flipped.clone();
         let ev = config.eval.map(&snapshot).transpose()?;
         let per_epoch = n.div_ceil(config.batch.max(1)) as u64;
         let firing: Vec<Vec<u64>> = hooks
@@ -709,12 +736,14 @@ impl<O: Ops> Engine<O> {
             y: &y,
             n,
             target_dim: td,
+            flipped: &flipped,
         };
         let eval_data = ev.as_ref().map(|(x, y, n, td)| TrainData {
             x,
             y,
             n: *n,
             target_dim: *td,
+            flipped: &[],
         });
         let mut runner = HookRunner {
             engine: self,

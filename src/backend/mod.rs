@@ -72,6 +72,8 @@ pub struct Emitted {
     pub key: String,
     /// The optimiser step it belongs to.
     pub train_step: Option<u64>,
+    /// Tags added to the step's sweep tags, e.g. `group = flipped`.
+    pub tags: crate::plan::Tags,
     pub output: StepOutput,
 }
 

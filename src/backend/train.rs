@@ -9,7 +9,7 @@
 use crate::geometry::build::Problem;
 use crate::geometry::net::{HostParams, Net};
 use crate::geometry::ops::Ops;
-use crate::plan::{LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig, TrainMode};
+use crate::plan::{Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig, TrainMode};
 use crate::rng::Rng;
 
 /// A dataset as training sees it.
@@ -18,14 +18,18 @@ pub struct TrainData<'a, T> {
     pub y: &'a [f64],
     pub n: usize,
     pub target_dim: usize,
+    /// Examples whose label was changed by `label_noise` (empty: none).
+    pub flipped: &'a [bool],
 }
 
 /// What the training loop reports as it goes.
 pub trait TrainObserver<O: Ops> {
     /// Runs hook `hook` at optimiser step `step` on the live model.
     fn hook(&mut self, hook: usize, step: u64, net: &Net<O>) -> Result<(), String>;
-    /// A scalar such as `train/loss` at `step`.
-    fn log(&mut self, key: &str, step: u64, value: f64);
+    /// A scalar such as `train/loss` at `step`, with extra tags.
+    fn log(&mut self, key: &str, step: u64, value: f64, tags: &[(&str, String)]);
+    /// Every training example's loss and correctness at `step`.
+    fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String>;
 }
 
 enum State {
@@ -96,6 +100,11 @@ pub fn train<O: Ops>(
                 obs.hook(h, step, &net)?;
             }
         }
+        if let Some(t) = &cfg.track {
+            if step % t.every.max(1) == 0 || step == cfg.total_steps {
+                track(o, &net, data, mse, step, &t.groups, obs)?;
+            }
+        }
         if step == cfg.total_steps {
             break;
         }
@@ -135,7 +144,7 @@ pub fn train<O: Ops>(
         }
         epoch_loss.0 += loss;
         epoch_loss.1 += 1;
-        obs.log("train/loss", step + 1, loss);
+        obs.log("train/loss", step + 1, loss, &[]);
         let lr = learning_rate(cfg, base_lr, step, per_epoch);
         match (&cfg.optimizer, &mut state) {
             (
@@ -205,6 +214,7 @@ pub fn train<O: Ops>(
                 "train/epoch_loss",
                 step + 1,
                 epoch_loss.0 / epoch_loss.1.max(1) as f64,
+                &[],
             );
             epoch_loss = (0.0, 0);
             if let Some(ev) = eval {
@@ -219,12 +229,71 @@ pub fn train<O: Ops>(
                     batch: ev.n.clamp(1, 4096),
                 };
                 let (l, acc) = p.loss_accuracy(mse).map_err(|e| e.to_string())?;
-                obs.log("eval/loss", step + 1, l);
+                obs.log("eval/loss", step + 1, l, &[]);
                 if let Some(a) = acc {
-                    obs.log("eval/accuracy", step + 1, a);
+                    obs.log("eval/accuracy", step + 1, a, &[]);
                 }
             }
         }
     }
     Ok(params)
+}
+
+/// Per-example tracking: every example's loss and correctness (written
+/// compactly by the observer), and their means per group as
+/// `examples/loss` and `examples/accuracy` tagged `group = …`.
+fn track<O: Ops>(
+    o: &O,
+    net: &Net<O>,
+    data: &TrainData<O::T>,
+    mse: bool,
+    step: u64,
+    groups: &[Group],
+    obs: &mut dyn TrainObserver<O>,
+) -> Result<(), String> {
+    let p = Problem {
+        o,
+        net,
+        x: data.x,
+        y: data.y,
+        target_dim: data.target_dim,
+        n: data.n,
+        slots: (0..net.slots.len()).collect(),
+        batch: data.n.clamp(1, 4096),
+    };
+    let (loss, correct) = p.per_example_loss(mse).map_err(|e| e.to_string())?;
+    obs.examples(step, &loss, &correct)?;
+    let mut report = |name: String, members: &dyn Fn(usize) -> bool| {
+        let idx: Vec<usize> = (0..data.n).filter(|&i| members(i)).collect();
+        if idx.is_empty() {
+            return;
+        }
+        let k = idx.len() as f64;
+        let l = idx.iter().map(|&i| loss[i]).sum::<f64>() / k;
+        let a = idx.iter().filter(|&&i| correct[i]).count() as f64 / k;
+        obs.log("examples/loss", step, l, &[("group", name.clone())]);
+        if !mse {
+            obs.log("examples/accuracy", step, a, &[("group", name)]);
+        }
+    };
+    for g in groups {
+        match g {
+            Group::All => report("all".into(), &|_| true),
+            Group::Flipped => report("flipped".into(), &|i| data.flipped.get(i) == Some(&true)),
+            Group::Clean => report("clean".into(), &|i| data.flipped.get(i) != Some(&true)),
+            Group::PerClass => {
+                let classes = data.y.iter().fold(0usize, |m, &y| m.max(y as usize + 1));
+                for c in 0..classes {
+                    report(format!("class {c}"), &|i| {
+                        data.y[i * data.target_dim] as usize == c
+                    });
+                }
+            }
+            Group::Difficulty { .. } => {
+                // Difficulty needs the learning times of a whole run: it is
+                // computed from examples/*.jsonl after training (issue 4).
+            }
+        }
+    }
+    Ok(())
 }

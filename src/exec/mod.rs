@@ -91,7 +91,8 @@ pub fn run(
             let ts = Instant::now();
             let mut write_err = None;
             let mut emit = |e: Emitted| {
-                let sweep = &plan.step(e.step_id).sweep;
+                let mut sweep = plan.step(e.step_id).sweep.clone();
+                sweep.extend(e.tags);
                 if let Some(value) = value_json(e.output) {
                     let mut line = json!({
                         "key": e.key,

@@ -780,6 +780,28 @@ impl<'a, O: Ops> Problem<'a, O> {
         Ok((loss / n, (!mse).then(|| correct as f64 / n)))
     }
 
+    /// Every example's loss and whether it is classified correctly.
+    pub fn per_example_loss(&self, mse: bool) -> OpsResult<(Vec<f64>, Vec<bool>)> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let (mut losses, mut correct) = (Vec::with_capacity(self.n), Vec::with_capacity(self.n));
+        let mut start = 0;
+        while start < self.n {
+            let nb = self.batch.min(self.n - start);
+            let xb = o.narrow(self.x, 0, start, nb)?;
+            let z = o.download(&self.net.forward(o, &xb, false)?.output)?;
+            for i in 0..nb {
+                let zi = &z[i * c..(i + 1) * c];
+                let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
+                let (l, _, ok) = example_loss(zi, yi, mse);
+                losses.push(l);
+                correct.push(ok);
+            }
+            start += nb;
+        }
+        Ok((losses, correct))
+    }
+
     /// Gradient of the mean loss (cross-entropy or PyTorch's MSE), flat.
     pub fn loss_gradient(&self, mse: bool) -> OpsResult<Vec<f64>> {
         Ok(self.loss_and_gradient(mse)?.1)
