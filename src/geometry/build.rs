@@ -759,25 +759,11 @@ impl<'a, O: Ops> Problem<'a, O> {
 
     /// Mean loss and accuracy (classification) of the model on the examples.
     pub fn loss_accuracy(&self, mse: bool) -> OpsResult<(f64, Option<f64>)> {
-        let o = self.o;
-        let c = self.net.outputs();
-        let (mut loss, mut correct) = (0.0, 0usize);
-        let mut start = 0;
-        while start < self.n {
-            let nb = self.batch.min(self.n - start);
-            let xb = o.narrow(self.x, 0, start, nb)?;
-            let z = o.download(&self.net.forward(o, &xb, false)?.output)?;
-            for i in 0..nb {
-                let zi = &z[i * c..(i + 1) * c];
-                let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
-                let (l, _, ok) = example_loss(zi, yi, mse);
-                loss += l;
-                correct += ok as usize;
-            }
-            start += nb;
-        }
+        let (losses, correct) = self.per_example_loss(mse)?;
         let n = self.n as f64;
-        Ok((loss / n, (!mse).then(|| correct as f64 / n)))
+        let loss = losses.iter().sum::<f64>() / n;
+        let right = correct.iter().filter(|&&c| c).count() as f64;
+        Ok((loss, (!mse).then(|| right / n)))
     }
 
     /// Every example's loss and whether it is classified correctly.
