@@ -161,13 +161,18 @@ impl<O: Ops> Engine<O> {
         if opts.layers.is_empty() {
             return Ok((0..net.slots.len()).collect());
         }
-        opts.layers
+        // Model order, each layer once: the order every representation uses.
+        let mut slots = opts
+            .layers
             .iter()
             .map(|name| {
                 net.slot(name)
                     .ok_or_else(|| format!("the model has no parameterised layer `{name}`"))
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
     }
 
     fn build_repr(
@@ -369,30 +374,31 @@ impl<O: Ops> Engine<O> {
         }
     }
 
-    fn implicit_mv(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
+    /// The problem a stored representation was built from, batched for its
+    /// number of output functions.
+    fn repr_problem(&self, r: &ReprValue) -> Result<Problem<'_, O>, String> {
         let net = self.model(r.model)?;
         let d = self.data(r.data)?;
         let m = self
             .problem(net, d, r.slots.clone(), 1)
             .outputs_of(&r.target)
             .0;
-        self.problem(net, d, r.slots.clone(), m)
+        Ok(self.problem(net, d, r.slots.clone(), m))
+    }
+
+    fn implicit_mv(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
+        self.repr_problem(r)?
             .implicit_mv(&r.target, v)
             .map_err(|e| e.to_string())
     }
 
-    /// The implicit representation's diagonal, by a Diag pass.
+    /// The implicit representation materialised as `kind` (Diag for its
+    /// diagonal and trace, Dense for comparisons).
     fn implicit_fim(&self, r: &ReprValue, kind: BlockKind) -> Result<Fim, String> {
-        let net = self.model(r.model)?;
-        let d = self.data(r.data)?;
-        let m = self
-            .problem(net, d, r.slots.clone(), 1)
-            .outputs_of(&r.target)
-            .0;
-        let p = self.problem(net, d, r.slots.clone(), m);
+        let p = self.repr_problem(r)?;
         match kind {
             BlockKind::Dense => p.fim_dense(&r.target),
-            k => p.fim_blocks(&r.target, &vec![k; r.slots.len()]),
+            k => p.fim_blocks(&r.target, &vec![k; p.ordered_slots().len()]),
         }
         .map_err(|e| e.to_string())
     }
