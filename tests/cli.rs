@@ -185,8 +185,9 @@ fn exec_with_an_unknown_backend_is_a_runtime_failure() {
 
 #[test]
 fn a_failing_run_keeps_what_it_computed() {
-    // Linearised training is not implemented yet: the measurements before
-    // the train step are kept, and the manifest records the failure.
+    // Training diverges (a learning rate of 1e300): the measurements before
+    // the train step are kept, the error names the step, and the manifest
+    // records the failure.
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("partial.ngx");
     std::fs::write(
@@ -196,7 +197,7 @@ fn a_failing_run_keeps_what_it_computed() {
          model net = mlp(in = 64, hidden = [8], out = 10)\n\
          let F = Fim(Diag) of net on d\n\
          measure trace(F) as \"before\"\n\
-         train net on d { loss = cross_entropy\n optimizer = sgd(lr = 0.1)\n mode = linearized\n steps = 2\n batch = 10 }\n",
+         train net on d { loss = cross_entropy\n optimizer = sgd(lr = 1e300)\n steps = 5\n batch = 10 }\n",
     )
     .unwrap();
     let out_dir = dir.path().join("out");
@@ -207,8 +208,14 @@ fn a_failing_run_keeps_what_it_computed() {
         out_dir.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("diverged at step"),
+        "{}",
+        text(&out.stderr)
+    );
     let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert!(results.contains("\"before\""), "{results}");
+    assert!(results.contains("\"train/loss\""), "{results}");
     let manifest = std::fs::read_to_string(out_dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("failed"), "{manifest}");
 }

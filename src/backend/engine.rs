@@ -525,6 +525,7 @@ impl<O: Ops> Engine<O> {
                 m,
                 targets,
                 centered,
+                trace,
             } => {
                 let r = self.operand(m)?;
                 let ReprKind::Ntk(k) = &r.kind else {
@@ -538,6 +539,12 @@ impl<O: Ops> Engine<O> {
                     ));
                 }
                 let y = targets_matrix(d, k.c)?;
+                if *trace {
+                    let t = kernel::trace_kernel(&k.to_dense(), k.c, k.n);
+                    let ym = crate::linalg::Mat::from_vec(k.n, k.c, y);
+                    let yy = ym.matmul(&ym.transpose());
+                    return Ok(scalar(kernel::alignment_matrices(&t, &yy, *centered)));
+                }
                 let yv = kernel::target_vector(&y, k.n, k.c);
                 scalar(kernel::alignment(&k.to_dense(), &yv, k.c, k.n, *centered))
             }
@@ -640,8 +647,9 @@ struct HookRunner<'a, 'e, O: Ops> {
 
 impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
     fn hook(&mut self, hook: usize, step: u64, net: &Net<O>) -> Result<(), String> {
-        let live =
-            Net::new(self.engine.o(), &net.spec, net.params.clone()).map_err(|e| e.to_string())?;
+        let live = net
+            .with_params(self.engine.o(), net.params.clone())
+            .map_err(|e| e.to_string())?;
         self.engine
             .values
             .insert(self.train_id, Value::Model(Box::new(live), self.w0.clone()));
@@ -656,6 +664,13 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                 .run(self.plan, hs, &mut inner)
                 .map_err(|e| e.to_string())?;
             if let Op::Measure { key, .. } = &hs.op {
+                if let StepOutput::Scalar { value } = &out {
+                    if !value.is_finite() {
+                        return Err(format!(
+                            "training diverged at step {step}: measurement `{key}` is {value}"
+                        ));
+                    }
+                }
                 (self.emit)(Emitted {
                     step_id: id,
                     key: key.clone(),
@@ -679,6 +694,21 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                 .collect(),
             output: StepOutput::Scalar { value },
         });
+    }
+
+    fn difficulty(&mut self, score: &[f64], bin: &[usize], k: usize) -> Result<(), String> {
+        let dir = self.engine.ctx.out_dir.join("examples");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let path = dir.join(format!("train_{}.difficulty.json", self.train_id.0));
+        let doc = serde_json::json!({
+            "score": score,
+            "bin": bin,
+            "bins": k,
+            "method": super::difficulty::METHOD,
+        });
+        std::fs::write(&path, doc.to_string())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
     }
 
     fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String> {
@@ -775,7 +805,7 @@ impl<O: Ops> Engine<O> {
     }
 }
 
-fn block_kind(s: &Structure, family: Option<LayerFamily>) -> Result<BlockKind, String> {
+pub(crate) fn block_kind(s: &Structure, family: Option<LayerFamily>) -> Result<BlockKind, String> {
     Ok(match s {
         Structure::BlockDiag => BlockKind::Dense,
         Structure::Diag => BlockKind::Diag,

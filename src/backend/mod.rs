@@ -6,6 +6,7 @@
 //! the backend's device behind the step ids that made them.
 
 pub mod candle;
+pub mod difficulty;
 pub mod engine;
 pub mod train;
 

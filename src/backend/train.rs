@@ -1,15 +1,21 @@
-//! Plain training (SGD with momentum/Nesterov/weight decay, Adam; constant,
-//! step and cosine schedules; seeded shuffling), generic over [`Ops`].
+//! Training, generic over [`Ops`]: SGD (momentum, Nesterov, weight decay),
+//! Adam and natural gradient (KFAC, EKFAC, Diag, BlockDiag, Dense Fisher);
+//! constant, step and cosine schedules; seeded shuffling; the plain,
+//! α-scaled and linearised models of [`Reparam`](crate::geometry::net::Reparam).
 //!
 //! Parameters live on the host as one flat vector in NNGeometry's order; each
 //! step computes the mini-batch gradient on the device and re-uploads the
 //! updated weights. Hooks run at their firing steps, before that step's
 //! update (step 0 is the initial model).
 
-use crate::geometry::build::Problem;
+use super::engine::block_kind;
+use crate::geometry::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
 use crate::geometry::net::{HostParams, Net};
 use crate::geometry::ops::Ops;
-use crate::plan::{Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig, TrainMode};
+use crate::geometry::repr::{Block, Fim, FimBody};
+use crate::plan::{
+    FisherVariant, Group, LossKind, LrSchedule, ModelSpec, Optimizer, Structure, Task, TrainConfig,
+};
 use crate::rng::Rng;
 
 /// A dataset as training sees it.
@@ -30,11 +36,187 @@ pub trait TrainObserver<O: Ops> {
     fn log(&mut self, key: &str, step: u64, value: f64, tags: &[(&str, String)]);
     /// Every training example's loss and correctness at `step`.
     fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String>;
+    /// Every training example's difficulty score and bin (0 = easiest of
+    /// `k`), once, before training.
+    fn difficulty(&mut self, _score: &[f64], _bin: &[usize], _k: usize) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 enum State {
-    Sgd { buf: Option<Vec<f64>> },
-    Adam { m: Vec<f64>, v: Vec<f64>, t: i32 },
+    Sgd {
+        buf: Option<Vec<f64>>,
+    },
+    Adam {
+        m: Vec<f64>,
+        v: Vec<f64>,
+        t: i32,
+    },
+    Ngd {
+        pre: Option<Preconditioner>,
+        buf: Option<Vec<f64>>,
+    },
+}
+
+/// Decay of the running averages of the natural gradient's statistics.
+pub const NGD_DECAY: f64 = 0.95;
+
+/// The natural gradient's curvature: running averages of the Fisher's
+/// statistics on the mini-batches seen at refresh (and refit) steps.
+struct Preconditioner {
+    fim: Fim,
+    /// EKFAC: the running KFAC factors its eigenbases come from.
+    factors: Option<Vec<Block>>,
+}
+
+/// `run = decay · run + (1 − decay) · new`, entry by entry.
+fn blend(run: &mut [f64], new: &[f64], decay: f64) {
+    run.iter_mut()
+        .zip(new)
+        .for_each(|(r, x)| *r = decay * *r + (1.0 - decay) * x);
+}
+
+fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
+    match (run, new) {
+        (Block::Dense(r), Block::Dense(x)) => blend(&mut r.data, &x.data, decay),
+        (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
+        (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
+            blend(&mut a.data, &xa.data, decay);
+            blend(&mut g.data, &xg.data, decay);
+        }
+        (Block::Ekfac { d, .. }, Block::Ekfac { d: xd, .. }) => blend(&mut d.data, &xd.data, decay),
+        _ => return Err("running averages of different structures".into()),
+    }
+    Ok(())
+}
+
+fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
+    match (&mut run.body, &new.body) {
+        (FimBody::Dense(r), FimBody::Dense(x)) => blend(&mut r.data, &x.data, decay),
+        (FimBody::Blocks(r), FimBody::Blocks(x)) => {
+            for (rb, xb) in r.iter_mut().zip(x) {
+                blend_block(rb, xb, decay)?;
+            }
+        }
+        _ => return Err("running averages of different structures".into()),
+    }
+    Ok(())
+}
+
+/// The Fisher the natural gradient uses, for the model's loss.
+fn ngd_target(fisher: &FisherVariant, mse: bool, outputs: usize) -> Target {
+    let task = if mse {
+        Task::Regression { sigma2: 1.0 }
+    } else if outputs == 1 {
+        Task::Binary
+    } else {
+        Task::Classification
+    };
+    Target::Fim {
+        variant: fisher.clone(),
+        task,
+    }
+}
+
+impl Preconditioner {
+    /// Updates the statistics from the mini-batch `p` at optimiser step
+    /// `step`: everything at refresh steps (new eigenbases for EKFAC), only
+    /// EKFAC's diagonal at its refit steps.
+    fn update<O: Ops>(
+        this: &mut Option<Self>,
+        p: &Problem<O>,
+        structure: &Structure,
+        target: &Target,
+        step: u64,
+        refresh: u64,
+        refit: Option<u64>,
+    ) -> Result<(), String> {
+        let e = |e: crate::geometry::ops::OpsError| e.to_string();
+        let is_refresh = this.is_none() || step.is_multiple_of(refresh.max(1));
+        let ekfac = matches!(structure, Structure::Ekfac { .. });
+        if !is_refresh {
+            // Between refreshes only EKFAC refits its diagonal, in the
+            // current basis, from the current mini-batch.
+            let (Some(pre), Some(t)) = (this.as_mut(), refit) else {
+                return Ok(());
+            };
+            if !ekfac || !step.is_multiple_of(t.max(1)) {
+                return Ok(());
+            }
+            let FimBody::Blocks(blocks) = &pre.fim.body else {
+                return Err("EKFAC is block-diagonal".into());
+            };
+            let mut fresh = blocks.clone();
+            let which: Vec<usize> = (0..fresh.len()).collect();
+            p.refit(target, &pre.fim.layers, &mut fresh, &which, None)
+                .map_err(e)?;
+            if let FimBody::Blocks(blocks) = &mut pre.fim.body {
+                for (r, x) in blocks.iter_mut().zip(&fresh) {
+                    blend_block(r, x, NGD_DECAY)?;
+                }
+            }
+            return Ok(());
+        }
+        let slots = p.ordered_slots();
+        let kinds = |s: &Structure| -> Result<Vec<BlockKind>, String> {
+            slots
+                .iter()
+                .map(|&k| {
+                    let layer = &p.net.spec.layers[p.net.slots[k].index];
+                    block_kind(s, layer.layer.family())
+                })
+                .collect()
+        };
+        if ekfac {
+            // Running KFAC factors, then their eigenbases, then the
+            // diagonal refitted from this mini-batch in the new basis.
+            let kfac = p.fim_blocks(target, &kinds(&Structure::Kfac)?).map_err(e)?;
+            let FimBody::Blocks(new) = kfac.body else {
+                return Err("KFAC is block-diagonal".into());
+            };
+            let factors = match this.take().and_then(|pre| pre.factors) {
+                Some(mut run) => {
+                    for (r, x) in run.iter_mut().zip(&new) {
+                        blend_block(r, x, NGD_DECAY)?;
+                    }
+                    run
+                }
+                None => new,
+            };
+            let decompose = decomposer(p.o.dtype());
+            let mut blocks = factors
+                .iter()
+                .map(|b| kfac_eigenbasis(b, decompose).map_err(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let which: Vec<usize> = (0..blocks.len()).collect();
+            p.refit(target, &kfac.layers, &mut blocks, &which, None)
+                .map_err(e)?;
+            *this = Some(Preconditioner {
+                fim: Fim {
+                    layers: kfac.layers,
+                    body: FimBody::Blocks(blocks),
+                    n: p.n,
+                    refit: true,
+                },
+                factors: Some(factors),
+            });
+            return Ok(());
+        }
+        let fresh = match structure {
+            Structure::Dense => p.fim_dense(target).map_err(e)?,
+            s => p.fim_blocks(target, &kinds(s)?).map_err(e)?,
+        };
+        match this {
+            Some(pre) => blend_fim(&mut pre.fim, &fresh, NGD_DECAY)?,
+            None => {
+                *this = Some(Preconditioner {
+                    fim: fresh,
+                    factors: None,
+                })
+            }
+        }
+        Ok(())
+    }
 }
 
 fn learning_rate(cfg: &TrainConfig, base: f64, step: u64, per_epoch: u64) -> f64 {
@@ -63,19 +245,9 @@ pub fn train<O: Ops>(
     firing: &[Vec<u64>],
     obs: &mut dyn TrainObserver<O>,
 ) -> Result<HostParams, String> {
-    if !matches!(cfg.mode, TrainMode::Plain) {
-        return Err(
-            "scaled and linearised training arrive with the training milestone (issue 4)".into(),
-        );
-    }
     let mse = cfg.loss == LossKind::Mse;
     let base_lr = match &cfg.optimizer {
-        Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => *lr,
-        Optimizer::Ngd { .. } => {
-            return Err(
-                "natural-gradient training arrives with the training milestone (issue 4)".into(),
-            )
-        }
+        Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::Ngd { lr, .. } => *lr,
     };
     let mut params = params;
     let mut w = params.flat();
@@ -85,14 +257,37 @@ pub fn train<O: Ops>(
             v: vec![0.0; w.len()],
             t: 0,
         },
-        _ => State::Sgd { buf: None },
+        Optimizer::Ngd { .. } => State::Ngd {
+            pre: None,
+            buf: None,
+        },
+        Optimizer::Sgd { .. } => State::Sgd { buf: None },
     };
     let n = data.n;
     let batch = cfg.batch.clamp(1, n.max(1));
     let per_epoch = n.div_ceil(batch) as u64;
     let mut rng = Rng::new(cfg.seed);
     let mut perm: Vec<usize> = (0..n).collect();
-    let mut net = Net::new(o, spec, params.clone()).map_err(|e| e.to_string())?;
+    let mut net = Net::new(o, spec, params.clone())
+        .and_then(|net| net.reparam(o, &cfg.mode, &params))
+        .map_err(|e| e.to_string())?;
+    // Difficulty bins come from held-out trainings that do not depend on
+    // this run's mode or optimiser, so every regime gets the same bins.
+    let difficulty = match cfg.track.as_ref().and_then(|t| {
+        t.groups.iter().find_map(|g| match g {
+            Group::Difficulty { bins } => Some(*bins),
+            _ => None,
+        })
+    }) {
+        Some(k) => {
+            let opts = super::difficulty::ConsistencyOptions::default();
+            let score = super::difficulty::consistency_scores(o, spec, &params, data, cfg, &opts)?;
+            let bin = super::difficulty::bins(&score, k);
+            obs.difficulty(&score, &bin, k)?;
+            Some((bin, k))
+        }
+        None => None,
+    };
     let mut epoch_loss = (0.0, 0usize);
     for step in 0..=cfg.total_steps {
         for (h, steps) in firing.iter().enumerate() {
@@ -102,7 +297,16 @@ pub fn train<O: Ops>(
         }
         if let Some(t) = &cfg.track {
             if step % t.every.max(1) == 0 || step == cfg.total_steps {
-                track(o, &net, data, mse, step, &t.groups, obs)?;
+                track(
+                    o,
+                    &net,
+                    data,
+                    mse,
+                    step,
+                    &t.groups,
+                    difficulty.as_ref(),
+                    obs,
+                )?;
             }
         }
         if step == cfg.total_steps {
@@ -141,6 +345,12 @@ pub fn train<O: Ops>(
             return Err(format!(
                 "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
             ));
+        }
+        // The scaled model minimises ℓ/α²; `train/loss` reports ℓ itself,
+        // comparable across α.
+        let scale = net.loss_scale();
+        if scale != 1.0 {
+            g.iter_mut().for_each(|x| *x *= scale);
         }
         epoch_loss.0 += loss;
         epoch_loss.1 += 1;
@@ -205,10 +415,44 @@ pub fn train<O: Ops>(
                     w[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
                 }
             }
+            (
+                Optimizer::Ngd {
+                    fim,
+                    fisher,
+                    damping,
+                    refresh,
+                    refit,
+                    momentum,
+                    ..
+                },
+                State::Ngd { pre, buf },
+            ) => {
+                let target = ngd_target(fisher, mse, net.outputs());
+                Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit)?;
+                let f = &pre.as_ref().expect("made at the first step").fim;
+                let mut d = f.solve(&g, *damping).map_err(|e| e.to_string())?;
+                if *momentum != 0.0 {
+                    if let Some(b) = buf.as_ref() {
+                        d.iter_mut()
+                            .zip(b)
+                            .for_each(|(di, bi)| *di += momentum * bi);
+                    }
+                    *buf = Some(d.clone());
+                }
+                w.iter_mut().zip(&d).for_each(|(wi, di)| *wi -= lr * di);
+            }
             _ => unreachable!("optimizer and state are created together"),
         }
+        if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "training diverged at step {step}: weight {i} became {} after the update; lower the learning rate or raise the damping",
+                w[i]
+            ));
+        }
         params.set_flat(&w).map_err(|e| e.to_string())?;
-        net = Net::new(o, spec, params.clone()).map_err(|e| e.to_string())?;
+        net = net
+            .with_params(o, params.clone())
+            .map_err(|e| e.to_string())?;
         if (step + 1) % per_epoch == 0 {
             obs.log(
                 "train/epoch_loss",
@@ -241,7 +485,9 @@ pub fn train<O: Ops>(
 
 /// Per-example tracking: every example's loss and correctness (written
 /// compactly by the observer), and their means per group as
-/// `examples/loss` and `examples/accuracy` tagged `group = …`.
+/// `examples/loss` and `examples/accuracy` tagged `group = …`
+/// (difficulty bins are `difficulty 1/k`, the easiest, to `difficulty k/k`).
+#[allow(clippy::too_many_arguments)]
 fn track<O: Ops>(
     o: &O,
     net: &Net<O>,
@@ -249,6 +495,7 @@ fn track<O: Ops>(
     mse: bool,
     step: u64,
     groups: &[Group],
+    difficulty: Option<&(Vec<usize>, usize)>,
     obs: &mut dyn TrainObserver<O>,
 ) -> Result<(), String> {
     let p = Problem {
@@ -290,8 +537,11 @@ fn track<O: Ops>(
                 }
             }
             Group::Difficulty { .. } => {
-                // Difficulty needs the learning times of a whole run: it is
-                // computed from examples/*.jsonl after training (issue 4).
+                if let Some((bin, k)) = difficulty {
+                    for b in 0..*k {
+                        report(format!("difficulty {}/{k}", b + 1), &|i| bin[i] == b);
+                    }
+                }
             }
         }
     }

@@ -1158,7 +1158,7 @@ impl<'a> Checker<'a> {
                 Measurement::Eigenvalues { m: op(&r, l), top }
             }
             "alignment" => {
-                let c = self.bind(callee, span, args, &["m", "targets", "centered"])?;
+                let c = self.bind(callee, span, args, &["m", "targets", "centered", "kernel"])?;
                 let me = self.req(&c, "m");
                 let te = self.req(&c, "targets");
                 let (r, l) = self.operand(me?)?;
@@ -1222,10 +1222,15 @@ impl<'a> Checker<'a> {
                     Some(x) => self.boolean(x, "centered")?,
                     None => false,
                 };
+                let trace = match c.get("kernel") {
+                    Some(x) => self.symbol(x, "aligned kernel", &["full", "trace"])? == "trace",
+                    None => false,
+                };
                 Measurement::Alignment {
                     m: op(&r, l),
                     targets: target_data.step,
                     centered,
+                    trace,
                 }
             }
             "rel_error" => {

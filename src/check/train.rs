@@ -509,7 +509,7 @@ impl<'a> Checker<'a> {
     fn ngd_structure(&mut self, e: &'a Expr) -> Option<Structure> {
         let d = self.deref(e);
         let name = Self::named_call(d).map(|(c, _)| c.name).unwrap_or_default();
-        const OK: [&str; 4] = ["KFAC", "EKFAC", "Diag", "BlockDiag"];
+        const OK: [&str; 5] = ["KFAC", "EKFAC", "Diag", "BlockDiag", "Dense"];
         if !OK.contains(&name.as_str()) {
             self.error(
                 Diagnostic::new(
@@ -518,7 +518,7 @@ impl<'a> Checker<'a> {
                         value: self.expr_text(d),
                     },
                     d.span,
-                    "expected `KFAC`, `EKFAC`, `Diag` or `BlockDiag`",
+                    "expected `KFAC`, `EKFAC`, `Diag`, `BlockDiag` or `Dense`",
                 )
                 .hint_opt(did_you_mean(&name, OK)),
             );
@@ -528,6 +528,7 @@ impl<'a> Checker<'a> {
             "KFAC" => Structure::Kfac,
             "EKFAC" => Structure::Ekfac { refit: true },
             "Diag" => Structure::Diag,
+            "Dense" => Structure::Dense,
             _ => Structure::BlockDiag,
         })
     }
@@ -592,10 +593,17 @@ impl<'a> Checker<'a> {
         let d = self.deref(e);
         match Self::named_call(d) {
             Some((c, args)) if c.name == "scaled" => {
-                let call = self.bind(&c, d.span, args, &["alpha"])?;
+                let call = self.bind(&c, d.span, args, &["alpha", "center"])?;
                 let ae = self.req(&call, "alpha")?;
-                let alpha = self.positive(ae, "alpha")?;
-                Some(TrainMode::Scaled { alpha })
+                let alpha = self.positive(ae, "alpha");
+                let center = match call.get("center") {
+                    Some(x) => self.boolean(x, "center"),
+                    None => Some(true),
+                };
+                Some(TrainMode::Scaled {
+                    alpha: alpha?,
+                    center: center?,
+                })
             }
             _ => self
                 .symbol(d, "training mode", &["plain", "scaled", "linearized"])

@@ -31,6 +31,35 @@ pub enum BlockKind {
     QuasiDiag,
 }
 
+/// EKFAC's starting point from a KFAC block `A ⊗ G`: the Kronecker
+/// eigenbasis `U_G ⊗ U_A` with the products of the factors' eigenvalues as
+/// its diagonal (a refit then replaces them).
+pub fn kfac_eigenbasis(block: &Block, decompose: Decompose) -> OpsResult<Block> {
+    let Block::Kfac { a, g } = block else {
+        return Err(OpsError("EKFAC starts from a KFAC block".into()));
+    };
+    let (ea, ua) = decompose(a).map_err(|e| OpsError(e.to_string()))?;
+    let (eg, ug) = decompose(g).map_err(|e| OpsError(e.to_string()))?;
+    let mut d = Mat::zeros(g.rows, a.rows);
+    for kk in 0..g.rows {
+        for j in 0..a.rows {
+            d.set(kk, j, eg[kk] * ea[j]);
+        }
+    }
+    Ok(Block::Ekfac { ua, ug, d })
+}
+
+/// A symmetric eigendecomposition (f64, or f32 for single-precision runs).
+pub type Decompose = fn(&Mat) -> Result<(Vec<f64>, Mat), crate::linalg::LinalgError>;
+
+/// The eigendecomposition matching the backend's precision.
+pub fn decomposer(dtype: crate::plan::Dtype) -> Decompose {
+    match dtype {
+        crate::plan::Dtype::F32 => crate::linalg::eigh_f32,
+        crate::plan::Dtype::F64 => eigh,
+    }
+}
+
 /// A model, its examples, and which layers take part.
 pub struct Problem<'a, O: Ops> {
     pub o: &'a O,
@@ -420,26 +449,10 @@ impl<'a, O: Ops> Problem<'a, O> {
         }
         // EKFAC: eigenbases of every factor, the decompositions in parallel,
         // in single precision for single-precision runs.
-        let decompose = match o.dtype() {
-            crate::plan::Dtype::F32 => crate::linalg::eigh_f32,
-            crate::plan::Dtype::F64 => eigh,
-        };
+        let decompose = decomposer(o.dtype());
         let decomposed = bases
             .par_iter()
-            .map(|&k| match &blocks[k] {
-                Block::Kfac { a, g } => {
-                    let (ea, ua) = decompose(a).map_err(|e| OpsError(e.to_string()))?;
-                    let (eg, ug) = decompose(g).map_err(|e| OpsError(e.to_string()))?;
-                    let mut d = Mat::zeros(g.rows, a.rows);
-                    for kk in 0..g.rows {
-                        for j in 0..a.rows {
-                            d.set(kk, j, eg[kk] * ea[j]);
-                        }
-                    }
-                    Ok((k, Block::Ekfac { ua, ug, d }))
-                }
-                _ => unreachable!("EKFAC layers start as KFAC blocks"),
-            })
+            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], decompose)?)))
             .collect::<OpsResult<Vec<_>>>()?;
         for (k, b) in decomposed {
             blocks[k] = b;

@@ -12,7 +12,8 @@
 //! from. The same code then serves every backend.
 
 use super::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
-use crate::plan::{Layer, LayerSpec, ModelSpec};
+use crate::plan::{Layer, LayerSpec, ModelSpec, TrainMode};
+use std::sync::Arc;
 
 /// Parameters on the host, in `state_dict` order with PyTorch names and
 /// shapes (BatchNorm running statistics included).
@@ -119,6 +120,32 @@ pub struct Net<O: Ops> {
     pub layers: Vec<NetLayer<O::T>>,
     pub slots: Vec<LayerSlot>,
     pub params: HostParams,
+    /// Which function of the weights the model computes.
+    pub mode: Reparam<O>,
+}
+
+/// The function a model computes from its weights `w`: the network itself,
+/// the α-scaled model of lazy training, or the network linearised at `w₀`.
+///
+/// Every representation, loss and gradient goes through [`Net::forward`]
+/// and [`Net::backward`], so each of them is that of the model as trained:
+/// the NTK of a scaled model is α² times the network's, a linearised
+/// model's NTK stays the kernel at `w₀`.
+pub enum Reparam<O: Ops> {
+    Plain,
+    /// `α (f(x; w) − f(x; w₀))`, or `α f(x; w)` when `base` is `None`
+    /// (uncentred: at α = 1 exactly the plain network).
+    Scaled {
+        alpha: f64,
+        base: Option<Arc<Net<O>>>,
+    },
+    /// `f(x; w₀) + J(x; w₀) (w − w₀)`: the forward pass is a Jacobian–vector
+    /// product at `w₀` with tangent `delta = w − w₀`, the backward pass is
+    /// the network's at `w₀`.
+    Linearized {
+        base: Arc<Net<O>>,
+        delta: Box<Net<O>>,
+    },
 }
 
 /// What the forward pass keeps for the backward pass, per layer.
@@ -340,7 +367,70 @@ impl<O: Ops> Net<O> {
             layers,
             slots,
             params,
+            mode: Reparam::Plain,
         })
+    }
+
+    /// The model trained in `mode` from initial weights `w0`, currently at
+    /// this network's weights.
+    pub fn reparam(self, o: &O, mode: &TrainMode, w0: &HostParams) -> OpsResult<Self> {
+        let mode = match mode {
+            TrainMode::Plain => Reparam::Plain,
+            TrainMode::Scaled { alpha, center } => Reparam::Scaled {
+                alpha: *alpha,
+                base: if *center {
+                    Some(Arc::new(Net::new(o, &self.spec, w0.clone())?))
+                } else {
+                    None
+                },
+            },
+            TrainMode::Linearized => {
+                let base = Arc::new(Net::new(o, &self.spec, w0.clone())?);
+                let delta = Box::new(Self::delta(o, &base, &self.params)?);
+                Reparam::Linearized { base, delta }
+            }
+        };
+        Ok(Net { mode, ..self })
+    }
+
+    /// A network whose parameters are `params − base.params` (buffers
+    /// such as running statistics are the base's).
+    fn delta(o: &O, base: &Net<O>, params: &HostParams) -> OpsResult<Self> {
+        let mut d = base.params.clone();
+        let w = params.flat();
+        let w0 = base.params.flat();
+        let diff: Vec<f64> = w.iter().zip(&w0).map(|(a, b)| a - b).collect();
+        d.set_flat(&diff)?;
+        Net::new(o, &base.spec, d)
+    }
+
+    /// The same model (same mode and initial weights) at other weights.
+    pub fn with_params(&self, o: &O, params: HostParams) -> OpsResult<Self> {
+        let mode = match &self.mode {
+            Reparam::Plain => Reparam::Plain,
+            Reparam::Scaled { alpha, base } => Reparam::Scaled {
+                alpha: *alpha,
+                base: base.clone(),
+            },
+            Reparam::Linearized { base, .. } => Reparam::Linearized {
+                base: base.clone(),
+                delta: Box::new(Self::delta(o, base, &params)?),
+            },
+        };
+        Ok(Net {
+            mode,
+            ..Net::new(o, &self.spec, params)?
+        })
+    }
+
+    /// The factor training applies to the loss: 1/α² for a scaled model
+    /// (Chizat et al.), so that its function moves at the same speed for
+    /// every α while its weights move α times less.
+    pub fn loss_scale(&self) -> f64 {
+        match &self.mode {
+            Reparam::Scaled { alpha, .. } => 1.0 / (alpha * alpha),
+            _ => 1.0,
+        }
     }
 
     pub fn num_params(&self) -> usize {
@@ -353,8 +443,47 @@ impl<O: Ops> Net<O> {
         self.slots.iter().position(|s| s.name == name)
     }
 
-    /// Forward pass on `x [n, ...input]`; returns outputs `[n, C]`.
+    /// Forward pass on `x [n, ...input]`; returns the model's outputs
+    /// `[n, C]` (see [`Reparam`]).
     pub fn forward(&self, o: &O, x: &O::T, keep: bool) -> OpsResult<Forward<O::T>> {
+        match &self.mode {
+            Reparam::Plain => self.forward_net(o, x, keep),
+            Reparam::Scaled { alpha, base } => {
+                let mut f = self.forward_net(o, x, keep)?;
+                if let Some(b) = base {
+                    f.output = o.sub(&f.output, &b.forward_net(o, x, false)?.output)?;
+                }
+                if *alpha != 1.0 {
+                    f.output = o.scale(&f.output, *alpha)?;
+                }
+                Ok(f)
+            }
+            Reparam::Linearized { base, delta } => {
+                let (mut f, t) = base.jvp(o, x, delta, keep)?;
+                f.output = o.add(&f.output, &t)?;
+                Ok(f)
+            }
+        }
+    }
+
+    /// Backpropagates `seed [m, n, C]` through the model (see
+    /// [`Self::backward_net`]).
+    pub fn backward(
+        &self,
+        o: &O,
+        fwd: &Forward<O::T>,
+        seed: &O::T,
+    ) -> OpsResult<Vec<Capture<O::T>>> {
+        match &self.mode {
+            Reparam::Plain => self.backward_net(o, fwd, seed),
+            Reparam::Scaled { alpha, .. } if *alpha == 1.0 => self.backward_net(o, fwd, seed),
+            Reparam::Scaled { alpha, .. } => self.backward_net(o, fwd, &o.scale(seed, *alpha)?),
+            Reparam::Linearized { base, .. } => base.backward_net(o, fwd, seed),
+        }
+    }
+
+    /// The network's own forward pass.
+    fn forward_net(&self, o: &O, x: &O::T, keep: bool) -> OpsResult<Forward<O::T>> {
         let n = o.shape(x)[0];
         let mut h = x.clone();
         let mut caches = Vec::with_capacity(self.layers.len());
@@ -489,6 +618,160 @@ impl<O: Ops> Net<O> {
         o.reshape(&p, &[n, u.cin * u.k, u.l])
     }
 
+    /// Forward-mode derivative: the outputs at these weights and their
+    /// directional derivative `J(x; w) v`, where `t` holds the direction
+    /// `v` as a network's parameters (its buffers are ignored). One pass,
+    /// each layer pushing the tangent of its input forward next to the
+    /// primal value; `J` is never formed.
+    pub fn jvp(&self, o: &O, x: &O::T, t: &Net<O>, keep: bool) -> OpsResult<(Forward<O::T>, O::T)> {
+        let n = o.shape(x)[0];
+        let mut h = x.clone();
+        // The input does not depend on the weights: no tangent until the
+        // first parameterised layer.
+        let mut dh: Option<O::T> = None;
+        let mut caches = Vec::with_capacity(self.layers.len());
+        for (layer, tl) in self.layers.iter().zip(&t.layers) {
+            let (out, cache) = self.layer_forward(o, layer, &h, n)?;
+            dh = self.layer_tangent(o, layer, tl, &h, dh.as_ref(), &cache, n)?;
+            if keep {
+                caches.push(cache);
+            }
+            h = out;
+        }
+        let c = self.outputs();
+        let output = o.reshape(&h, &[n, c])?;
+        let tangent = match dh {
+            Some(d) => o.reshape(&d, &[n, c])?,
+            None => o.zeros(&[n, c])?,
+        };
+        Ok((Forward { output, caches, n }, tangent))
+    }
+
+    /// One layer's tangent: `dx` is the tangent of its input `x`, `tl` the
+    /// layer's parameter direction.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_tangent(
+        &self,
+        o: &O,
+        layer: &NetLayer<O::T>,
+        tl: &NetLayer<O::T>,
+        x: &O::T,
+        dx: Option<&O::T>,
+        cache: &Cache<O::T>,
+        n: usize,
+    ) -> OpsResult<Option<O::T>> {
+        let mut out_shape = vec![n];
+        out_shape.extend(&layer.spec.output);
+        let sum = |a: Option<O::T>, b: O::T| -> OpsResult<O::T> {
+            match a {
+                Some(a) => o.add(&a, &b),
+                None => Ok(b),
+            }
+        };
+        Ok(match (&layer.spec.layer, cache) {
+            (Layer::Linear { .. }, _) => {
+                // d(x Wᵀ + b) = dx Wᵀ + x Vᵀ + v_b
+                let k = layer.spec.input[0];
+                let x2 = o.reshape(x, &[n, k])?;
+                let through = dx
+                    .map(|d| o.matmul(&o.reshape(d, &[n, k])?, layer.wt.as_ref().unwrap()))
+                    .transpose()?;
+                let mut y = sum(through, o.matmul(&x2, tl.wt.as_ref().unwrap())?)?;
+                if let Some(vb) = &tl.b {
+                    y = o.add(&y, vb)?;
+                }
+                Some(y)
+            }
+            (Layer::Conv2d { .. } | Layer::Conv1d { .. }, _) => {
+                let u = layer.unfold.as_ref().unwrap();
+                let through = dx
+                    .map(|d| o.matmul(layer.w.as_ref().unwrap(), &self.unfold(o, u, d, n)?))
+                    .transpose()?;
+                let own = o.matmul(tl.w.as_ref().unwrap(), &self.unfold(o, u, x, n)?)?;
+                let mut y = sum(through, own)?;
+                if let Some(vb) = &tl.b {
+                    y = o.add(&y, vb)?;
+                }
+                Some(o.reshape(&y, &out_shape)?)
+            }
+            (_, Cache::Act { x, y }) => match dx {
+                None => None,
+                Some(d) => {
+                    let deriv = match layer.spec.layer {
+                        Layer::Relu => o.unary(Unary::Step, x)?,
+                        Layer::Tanh => o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0)?,
+                        Layer::Sigmoid => o.mul(y, &o.affine(y, -1.0, 1.0)?)?,
+                        _ => gelu_grad(o, x)?,
+                    };
+                    Some(o.mul(d, &deriv)?)
+                }
+            },
+            (_, Cache::Reshape) => dx.map(|d| o.reshape(d, &out_shape)).transpose()?,
+            (_, Cache::Pool { patches, out, max }) => match dx {
+                None => None,
+                Some(d) => {
+                    let u = layer.unfold.as_ref().unwrap();
+                    let dp = o.reshape(&self.unfold(o, u, d, n)?, &[n, u.cin, u.k, u.l])?;
+                    let y = if *max {
+                        // Ties share the derivative, as in the backward pass.
+                        let mask = o.binary(Binary::Ge, patches, out)?;
+                        let count = o.sum_dim(&mask, 2)?;
+                        let w = o.binary(Binary::Div, &mask, &count)?;
+                        o.sum_dim(&o.mul(&dp, &w)?, 2)?
+                    } else {
+                        o.scale(&o.sum_dim(&dp, 2)?, 1.0 / u.k as f64)?
+                    };
+                    Some(o.reshape(&y, &out_shape)?)
+                }
+            },
+            (Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. }, Cache::Norm { s, .. }) => {
+                // y = γ (x − μ) s + β with running statistics.
+                let c = layer.spec.input[0];
+                let l: usize = layer.spec.input[1..].iter().product();
+                let (mean, _) = layer.running.as_ref().unwrap();
+                let xhat = o.mul(&o.sub(&o.reshape(x, &[n, c, l])?, mean)?, s)?;
+                let own = o.add(
+                    &o.mul(&xhat, tl.w.as_ref().unwrap())?,
+                    tl.b.as_ref().unwrap(),
+                )?;
+                let through = dx
+                    .map(|d| {
+                        o.mul(
+                            &o.reshape(d, &[n, c, l])?,
+                            &o.mul(layer.w.as_ref().unwrap(), s)?,
+                        )
+                    })
+                    .transpose()?;
+                Some(o.reshape(&sum(through, own)?, &out_shape)?)
+            }
+            (Layer::LayerNorm { shape, .. }, Cache::Norm { xhat, s }) => {
+                let d: usize = shape.iter().product();
+                let l = layer.spec.input.iter().product::<usize>() / d;
+                let own = o.add(
+                    &o.mul(xhat, tl.w.as_ref().unwrap())?,
+                    tl.b.as_ref().unwrap(),
+                )?;
+                let through = dx
+                    .map(|dx| {
+                        // dx̂ = s (dx − mean(dx) − x̂ mean(dx x̂)), means over the d features.
+                        let dx = o.reshape(dx, &[n, l, d])?;
+                        let m1 = o.scale(&o.sum_dim(&dx, 2)?, 1.0 / d as f64)?;
+                        let m2 = o.scale(&o.sum_dim(&o.mul(&dx, xhat)?, 2)?, 1.0 / d as f64)?;
+                        let dxhat = o.mul(&o.sub(&o.sub(&dx, &m1)?, &o.mul(xhat, &m2)?)?, s)?;
+                        o.mul(&dxhat, layer.w.as_ref().unwrap())
+                    })
+                    .transpose()?;
+                Some(o.reshape(&sum(through, own)?, &out_shape)?)
+            }
+            _ => {
+                return Err(OpsError(format!(
+                    "no forward-mode rule for {}",
+                    layer.spec.layer.type_name()
+                )))
+            }
+        })
+    }
+
     /// Adjoint of [`Self::unfold`]: `[b, cin·K, L]` → `[b, cin, hw]`.
     fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T, b: usize) -> OpsResult<O::T> {
         let p = o.reshape(p, &[b, u.cin, u.k * u.l])?;
@@ -501,7 +784,7 @@ impl<O: Ops> Net<O> {
     /// returns, for each parameterised layer, its input and output
     /// gradient. `first` limits how far back the pass goes: layers before
     /// the first parameterised layer need no input gradient.
-    pub fn backward(
+    fn backward_net(
         &self,
         o: &O,
         fwd: &Forward<O::T>,

@@ -483,6 +483,10 @@ pub enum Measurement {
         m: Operand,
         targets: StepId,
         centered: bool,
+        /// Align the `[n, n]` trace kernel `Σ_c K_cc` with `Y Yᵀ` instead
+        /// of the full `[C·n, C·n]` kernel with `y yᵀ`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trace: bool,
     },
     /// ‖a − b‖_F / ‖b‖_F
     RelError {
@@ -588,12 +592,18 @@ pub enum LrSchedule {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrainMode {
     Plain,
-    /// `α (f(w) − f(w₀))`, loss divided by α².
+    /// `α (f(w) − f(w₀))` (`α f(w)` when not centred), loss divided by α².
     Scaled {
         alpha: f64,
+        #[serde(default = "yes")]
+        center: bool,
     },
     /// `f(w₀) + J(w₀)(w − w₀)`.
     Linearized,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
