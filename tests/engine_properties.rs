@@ -1552,6 +1552,8 @@ fn matrix_powers_compose() {
 use nngeo::backend::train::{train, TrainData, TrainObserver};
 use nngeo::plan::{Length, LossKind, LrSchedule, Optimizer, Structure, TrainConfig, TrainMode};
 
+const LINEARISED: TrainMode = TrainMode::Linearized { center: false };
+
 /// `a + s·b`.
 fn axpy(a: &[f64], s: f64, b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x + s * y).collect()
@@ -1623,7 +1625,7 @@ fn linearised_model_is_the_first_order_expansion_at_w0() {
             .collect();
         let j0 = fx.jacobian_of(&fx.net);
         let f0 = fx.outputs_of(&fx.net);
-        let lin = fx.model_at(&axpy(&w0, 1.0, &dw), &TrainMode::Linearized);
+        let lin = fx.model_at(&axpy(&w0, 1.0, &dw), &LINEARISED);
         let taylor = axpy(&f0, 1.0, &j_times(&j0, &dw, n, c));
         assert_close(
             &format!("f_lin ({model})"),
@@ -1647,8 +1649,19 @@ fn linearised_model_is_the_first_order_expansion_at_w0() {
             .map(|(a, b)| a - b)
             .collect();
         assert_close(&format!("J v by forward mode ({model})"), &jv, &fd, 1e-6);
+        // Centred: J(w₀) Δw alone.
+        let centred = fx.model_at(
+            &axpy(&w0, 1.0, &dw),
+            &TrainMode::Linearized { center: true },
+        );
+        assert_close(
+            &format!("centred f_lin ({model})"),
+            &fx.outputs_of(&centred),
+            &jv,
+            1e-12,
+        );
         // Exactly linear: doubling Δw doubles the change.
-        let lin2 = fx.model_at(&axpy(&w0, 2.0, &dw), &TrainMode::Linearized);
+        let lin2 = fx.model_at(&axpy(&w0, 2.0, &dw), &LINEARISED);
         let jv2: Vec<f64> = fx
             .outputs_of(&lin2)
             .iter()
@@ -1674,16 +1687,16 @@ fn linearised_loss_gradient_matches_finite_differences() {
     let fx = Fx::new(MLP, 7, 41);
     let w0 = fx.params.flat();
     let w = axpy(&w0, 0.5, &fx.random_vector(42));
-    let lin = fx.model_at(&w, &TrainMode::Linearized);
+    let lin = fx.model_at(&w, &LINEARISED);
     let (_, g) = fx.loss_grad_of(&lin);
     let h = 1e-5;
     for s in 0..3 {
         let v = fx.random_vector(50 + s);
         let lp = fx
-            .loss_grad_of(&fx.model_at(&axpy(&w, h, &v), &TrainMode::Linearized))
+            .loss_grad_of(&fx.model_at(&axpy(&w, h, &v), &LINEARISED))
             .0;
         let lm = fx
-            .loss_grad_of(&fx.model_at(&axpy(&w, -h, &v), &TrainMode::Linearized))
+            .loss_grad_of(&fx.model_at(&axpy(&w, -h, &v), &LINEARISED))
             .0;
         let fd = (lp - lm) / (2.0 * h);
         assert_close("directional derivative", &[dot(&g, &v)], &[fd], 1e-6);

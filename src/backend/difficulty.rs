@@ -350,7 +350,7 @@ mod tests {
             length: Length::Epochs(3),
             batch: 10,
             schedule: LrSchedule::Cosine,
-            mode: TrainMode::Linearized,
+            mode: TrainMode::Linearized { center: false },
             seed: 5,
             eval: None,
             track: Some(Tracking {

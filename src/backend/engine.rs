@@ -10,7 +10,7 @@ use crate::geometry::init::{init_params, load_params};
 use crate::geometry::kernel::{self, Ntk, NtkBody};
 use crate::geometry::net::Net;
 use crate::geometry::ops::{Ops, OpsError};
-use crate::geometry::repr::{Fim, LayerInfo};
+use crate::geometry::repr::{Fim, FimBody, LayerInfo};
 use crate::linalg::{self, Mat};
 use crate::plan::{
     Dtype, FisherVariant, HookSpec, LayerFamily, Measurement, Object, Op, Operand, Plan,
@@ -551,6 +551,11 @@ impl<O: Ops> Engine<O> {
             Measurement::RelError { a, b } => {
                 let ra = self.operand(a)?;
                 let rb = self.operand(b)?;
+                if let (ReprKind::Fim(fa), ReprKind::Fim(fb)) = (&ra.kind, &rb.kind) {
+                    if let Some(e) = blockwise_rel_error(fa, fb) {
+                        return Ok(scalar(e));
+                    }
+                }
                 let da = self.dense(&ra)?;
                 let db = self.dense(&rb)?;
                 if da.rows != db.rows {
@@ -790,6 +795,7 @@ impl<O: Ops> Engine<O> {
             emit,
             _e: std::marker::PhantomData,
         };
+        let init = params.clone();
         let fin = train::train(
             &o,
             &spec,
@@ -799,8 +805,16 @@ impl<O: Ops> Engine<O> {
             config,
             &firing,
             &mut runner,
-        )?;
-        let net = Net::new(&o, &spec, fin).map_err(|e| e.to_string())?;
+        );
+        // What the hooks computed is not needed any more (a block-diagonal
+        // Fisher can be hundreds of MB).
+        for id in hooks.iter().flat_map(|h| &h.steps) {
+            self.values.remove(id);
+        }
+        // The trained model keeps its mode: a linearised model stays linear.
+        let net = Net::new(&o, &spec, fin?)
+            .and_then(|n| n.reparam(&o, &config.mode, &init))
+            .map_err(|e| e.to_string())?;
         Ok(Value::Model(Box::new(net), w0))
     }
 }
@@ -821,6 +835,30 @@ pub(crate) fn block_kind(s: &Structure, family: Option<LayerFamily>) -> Result<B
         }
         other => return Err(format!("{} cannot be one block of a mix", other.name())),
     })
+}
+
+/// `‖A − B‖_F / ‖B‖_F` block by block when both are block-diagonal on the
+/// same layers: the off-diagonal blocks are zero on both sides, so the
+/// whole matrices (P² entries each) are never formed.
+fn blockwise_rel_error(a: &Fim, b: &Fim) -> Option<f64> {
+    let (FimBody::Blocks(ba), FimBody::Blocks(bb)) = (&a.body, &b.body) else {
+        return None;
+    };
+    if a.layers != b.layers || ba.len() != bb.len() {
+        return None;
+    }
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for ((l, x), y) in a.layers.iter().zip(ba).zip(bb) {
+        let (dx, dy) = (x.to_dense(l), y.to_dense(l));
+        diff += dx
+            .data
+            .iter()
+            .zip(&dy.data)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f64>();
+        norm += dy.data.iter().map(|q| q * q).sum::<f64>();
+    }
+    Some(diff.sqrt() / norm.sqrt())
 }
 
 /// `[n, C]` targets: one-hot rows for class labels, raw values otherwise.

@@ -592,6 +592,14 @@ impl<'a> Checker<'a> {
     fn train_mode(&mut self, e: &'a Expr) -> Option<TrainMode> {
         let d = self.deref(e);
         match Self::named_call(d) {
+            Some((c, args)) if c.name == "linearized" && !args.is_empty() => {
+                let call = self.bind(&c, d.span, args, &["center"])?;
+                let center = match call.get("center") {
+                    Some(x) => self.boolean(x, "center")?,
+                    None => false,
+                };
+                Some(TrainMode::Linearized { center })
+            }
             Some((c, args)) if c.name == "scaled" => {
                 let call = self.bind(&c, d.span, args, &["alpha", "center"])?;
                 let ae = self.req(&call, "alpha")?;
@@ -609,7 +617,7 @@ impl<'a> Checker<'a> {
                 .symbol(d, "training mode", &["plain", "scaled", "linearized"])
                 .and_then(|s| match s.as_str() {
                     "plain" => Some(TrainMode::Plain),
-                    "linearized" => Some(TrainMode::Linearized),
+                    "linearized" => Some(TrainMode::Linearized { center: false }),
                     _ => {
                         self.error(Diagnostic::new(
                             ErrorKind::MissingOption {

@@ -145,6 +145,8 @@ pub enum Reparam<O: Ops> {
     Linearized {
         base: Arc<Net<O>>,
         delta: Box<Net<O>>,
+        /// Drop `f(x; w₀)`: the linearisation of the centred model.
+        center: bool,
     },
 }
 
@@ -384,10 +386,14 @@ impl<O: Ops> Net<O> {
                     None
                 },
             },
-            TrainMode::Linearized => {
+            TrainMode::Linearized { center } => {
                 let base = Arc::new(Net::new(o, &self.spec, w0.clone())?);
                 let delta = Box::new(Self::delta(o, &base, &self.params)?);
-                Reparam::Linearized { base, delta }
+                Reparam::Linearized {
+                    base,
+                    delta,
+                    center: *center,
+                }
             }
         };
         Ok(Net { mode, ..self })
@@ -412,9 +418,10 @@ impl<O: Ops> Net<O> {
                 alpha: *alpha,
                 base: base.clone(),
             },
-            Reparam::Linearized { base, .. } => Reparam::Linearized {
+            Reparam::Linearized { base, center, .. } => Reparam::Linearized {
                 base: base.clone(),
                 delta: Box::new(Self::delta(o, base, &params)?),
+                center: *center,
             },
         };
         Ok(Net {
@@ -458,9 +465,13 @@ impl<O: Ops> Net<O> {
                 }
                 Ok(f)
             }
-            Reparam::Linearized { base, delta } => {
+            Reparam::Linearized {
+                base,
+                delta,
+                center,
+            } => {
                 let (mut f, t) = base.jvp(o, x, delta, keep)?;
-                f.output = o.add(&f.output, &t)?;
+                f.output = if *center { t } else { o.add(&f.output, &t)? };
                 Ok(f)
             }
         }

@@ -598,8 +598,12 @@ pub enum TrainMode {
         #[serde(default = "yes")]
         center: bool,
     },
-    /// `f(w₀) + J(w₀)(w − w₀)`.
-    Linearized,
+    /// `f(w₀) + J(w₀)(w − w₀)`, or `J(w₀)(w − w₀)` when centred (the
+    /// α → ∞ limit of the centred scaled model).
+    Linearized {
+        #[serde(default)]
+        center: bool,
+    },
 }
 
 fn yes() -> bool {

@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! out/plan.json ─┐
-//!                ├─ rebuild ─▶ results.csv, <plot file>.png, <plot file>.svg
+//!                ├─ rebuild ─▶ results.csv, summary.md, <plot file>.png, <plot file>.svg
 //! out/results.jsonl
 //! ```
+//!
+//! `summary.md` (see [`write_summary`]) states the papers' claims that the
+//! results bear on and whether this run supports them, with the numbers.
 //!
 //! Every function here reads only files, so `nngeo report DIR` can redo all
 //! of it after the run, and a run that crashed half-way (leaving a truncated
@@ -14,9 +17,11 @@
 
 mod manifest;
 mod plot;
+mod summary;
 
 pub use manifest::{now_rfc3339, peak_rss_bytes, rfc3339_utc, Manifest, StepTiming};
 pub use plot::{plot, plot_records, PlotSpec};
+pub use summary::{render_summary, write_summary, SUMMARY_MD};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -323,15 +328,17 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 /// What [`rebuild`] produced.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rebuilt {
-    /// `results.csv` first, then each plot's PNG and SVG, in plan order.
+    /// `results.csv` first, then `summary.md`, then each plot's PNG and
+    /// SVG, in plan order.
     pub files: Vec<PathBuf>,
     /// Things worth telling the user that did not stop the rebuild: skipped
     /// malformed result lines, plots with nothing to plot.
     pub warnings: Vec<String>,
 }
 
-/// Re-creates `dir/results.csv` and every plot described by the plot steps
-/// of `dir/plan.json`, from `dir/results.jsonl`.
+/// Re-creates `dir/results.csv`, `dir/summary.md` and every plot described
+/// by the plot steps of `dir/plan.json`, from `dir/results.jsonl` (and, for
+/// the summary, `manifest.json` and `examples/`).
 ///
 /// A plot with nothing to plot is skipped with a warning; any other error
 /// (unreadable files, a plot that cannot be written) stops the rebuild.
@@ -379,6 +386,11 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
     let csv = dir.join(RESULTS_CSV);
     write_csv_records(&results.records, &csv)?;
     out.files.push(csv);
+    out.files.push(summary::write_summary_from(
+        dir,
+        Some(&plan),
+        Some(&results),
+    )?);
     for spec in &specs {
         match plot_records(dir, spec, &results.records) {
             Ok(files) => out.files.extend(files),

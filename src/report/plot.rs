@@ -231,8 +231,21 @@ impl Chart {
         // (series index, x, y), in file order.
         let mut pts: Vec<(usize, f64, f64)> = Vec::new();
         let x_axis;
-        let is_steps = spec.x == "step";
-        if is_steps {
+        let is_steps = spec.x == "step" || spec.x == "time";
+        if spec.x == "time" {
+            // Seconds since each series' first point: runs that follow one
+            // another in the file share the origin of their own clock.
+            let mut start: HashMap<SeriesId, f64> = HashMap::new();
+            for (r, v) in &selected {
+                let Some(t) = r.time_s else { continue };
+                let id = series_id(r);
+                let t0 = *start.entry(id.clone()).or_insert(t);
+                pts.push((ids.of(&id), t - t0, *v));
+            }
+            let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
+            let range = if lo == hi { lo - 1.0..hi + 1.0 } else { lo..hi };
+            x_axis = XAxis::Steps { range, log: false };
+        } else if is_steps {
             let log_x = spec.flag("log_x");
             for (r, v) in &selected {
                 let Some(step) = r.step else { continue };
