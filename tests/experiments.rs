@@ -1,0 +1,218 @@
+//! The three thesis experiments of `experiments/` run end to end in a
+//! reduced configuration: the files themselves, with the listed
+//! substitutions (fewer examples and steps), through `nngeo exec`. Each
+//! substitution must apply, so that a change to an experiment file cannot
+//! silently turn its test into a run of something else.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `experiments/<name>.ngx` with `edits` applied; returns the results
+/// directory's parsed `results.jsonl` and its `summary.md`.
+fn run_reduced(name: &str, edits: &[(&str, &str)], out: &Path) -> (Vec<Value>, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut src = std::fs::read_to_string(root.join(format!("experiments/{name}.ngx"))).unwrap();
+    for (from, to) in edits {
+        assert!(src.contains(from), "{name}.ngx no longer contains `{from}`");
+        src = src.replace(from, to);
+    }
+    let file = out.join(format!("{name}.ngx"));
+    std::fs::write(&file, src).unwrap();
+    let dir = out.join("results");
+    let run = Command::new(env!("CARGO_BIN_EXE_nngeo"))
+        .args([
+            "exec",
+            file.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .current_dir(root)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run nngeo");
+    assert!(
+        run.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results = std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for f in ["results.csv", "manifest.json", "plan.json"] {
+        assert!(dir.join(f).exists(), "{name}: no {f}");
+    }
+    (
+        results,
+        std::fs::read_to_string(dir.join("summary.md")).unwrap(),
+    )
+}
+
+/// `(sweep tag value, training step, value)` of every scalar `key`.
+fn series<'a>(results: &'a [Value], key: &str, tag: &str) -> Vec<(&'a str, u64, f64)> {
+    results
+        .iter()
+        .filter(|r| r["key"] == key)
+        .filter_map(|r| {
+            Some((
+                r["sweep"][tag].as_str()?,
+                r["step"].as_u64()?,
+                r["value"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+fn pngs(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("results"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count()
+}
+
+#[test]
+fn ntk_align_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "ntk_align",
+        &[
+            (
+                "data train = digits(split = train) |> normalize",
+                "data train = digits(split = train) |> normalize |> take(300, random, seed = 0)",
+            ),
+            ("epochs = 20", "epochs = 2"),
+            (
+                "take(10, per_class, seed = 1)",
+                "take(2, per_class, seed = 1)",
+            ),
+        ],
+        dir.path(),
+    );
+    for key in [
+        "align/train",
+        "align/test",
+        "align_trace/train",
+        "effective_rank",
+        "trace",
+        "distance_from_init",
+    ] {
+        let s = series(&results, key, "noise");
+        for noise in ["0.0", "0.2", "0.5"] {
+            assert!(s.iter().any(|x| x.0 == noise), "no {key} for noise {noise}");
+        }
+        assert!(s.iter().all(|x| x.2.is_finite()), "{key}");
+    }
+    // The kernel's distance to its initial value: 0 at step 0, then > 0.
+    for (_, step, v) in series(&results, "ntk_distance", "noise") {
+        assert_eq!(step == 0, v == 0.0, "ntk_distance {v} at step {step}");
+    }
+    assert!(results.iter().any(|r| r["key"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("align/train/layers."))));
+    assert!(summary.contains("## NTK alignment"), "{summary}");
+    assert!(pngs(dir.path()) >= 5);
+}
+
+#[test]
+fn ekfac_optim_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "ekfac_optim",
+        &[
+            (
+                "data train = digits(split = train) |> normalize",
+                "data train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
+            ),
+            ("take(100, random, seed = 4)", "take(24, random, seed = 4)"),
+            ("epochs = 10", "epochs = 6"),
+            ("every 50 steps", "every 6 steps"),
+        ],
+        dir.path(),
+    );
+    // Every optimiser lowers the training loss.
+    let loss = series(&results, "loss/train", "opt");
+    for opt in ["sgd", "adam", "kfac", "ekfac"] {
+        let run: Vec<_> = loss.iter().filter(|x| x.0 == opt).collect();
+        let (first, last) = (run.first().unwrap(), run.last().unwrap());
+        assert!(last.2 < first.2, "{opt}: loss {} → {}", first.2, last.2);
+    }
+    // The theorem: refitted EKFAC is never further from the block-diagonal
+    // Fisher than KFAC (f32 run: 1e-5 relative).
+    let kfac = series(&results, "rel_error/KFAC", "opt");
+    let ekfac = series(&results, "rel_error/EKFAC(refit = true)", "opt");
+    assert_eq!(kfac.len(), 12, "4 optimisers × 3 checkpoints");
+    for (k, e) in kfac.iter().zip(&ekfac) {
+        assert_eq!((k.0, k.1), (e.0, e.1));
+        assert!(
+            e.2 <= k.2 * (1.0 + 1e-5),
+            "EKFAC {} > KFAC {} at {k:?}",
+            e.2,
+            k.2
+        );
+    }
+    assert!(summary.contains("holds at all 12 checkpoints"), "{summary}");
+    assert!(dir.path().join("results/loss_train_vs_time.png").exists());
+}
+
+#[test]
+fn lazy_vs_hasty_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "lazy_vs_hasty",
+        &[
+            (
+                "take(1000, random, seed = 1)",
+                "take(200, random, seed = 1)",
+            ),
+            ("steps = 3000", "steps = 60"),
+            ("every 100 steps", "every 20 steps"),
+        ],
+        dir.path(),
+    );
+    let acc: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["key"] == "examples/accuracy")
+        .collect();
+    for regime in ["hasty", "lazy", "linear"] {
+        for group in ["clean", "flipped", "difficulty 1/4", "difficulty 4/4"] {
+            assert!(
+                acc.iter()
+                    .any(|r| r["sweep"]["regime"] == regime && r["sweep"]["group"] == group),
+                "no {group} accuracy for {regime}"
+            );
+        }
+    }
+    let difficulty: Vec<_> = std::fs::read_dir(dir.path().join("results/examples"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".difficulty.json")
+        })
+        .collect();
+    assert_eq!(difficulty.len(), 3);
+    // α = 100 is the lazy limit: its loss curve is the centred linearised
+    // model's to within a few percent, while the weights move ~α times less.
+    let loss = series(&results, "loss/train", "regime");
+    let last = |regime: &str| loss.iter().rfind(|x| x.0 == regime).unwrap().2;
+    assert!(
+        (last("lazy") / last("linear") - 1.0).abs() < 0.05,
+        "lazy {} vs linearised {}",
+        last("lazy"),
+        last("linear")
+    );
+    let moved = series(&results, "distance_from_init", "regime");
+    let far = |regime: &str| moved.iter().rfind(|x| x.0 == regime).unwrap().2;
+    assert!(far("hasty") > 20.0 * far("lazy"));
+    assert!(summary.contains("Lazy vs hasty"), "{summary}");
+}
