@@ -1821,6 +1821,7 @@ fn ngd(fim: Structure, refresh: u64, refit: Option<u64>) -> Optimizer {
         refresh,
         refit,
         momentum: 0.0,
+        decay: 0.95,
     }
 }
 

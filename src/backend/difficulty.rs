@@ -483,6 +483,7 @@ mod tests {
             refresh: 1,
             refit: None,
             momentum: 0.0,
+            decay: 0.95,
         };
         assert_eq!(
             fold_config(&config(ngd), 30, 1, 0).optimizer,

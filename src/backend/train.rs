@@ -58,9 +58,6 @@ enum State {
     },
 }
 
-/// Decay of the running averages of the natural gradient's statistics.
-pub const NGD_DECAY: f64 = 0.95;
-
 /// The natural gradient's curvature: running averages of the Fisher's
 /// statistics on the mini-batches seen at refresh (and refit) steps.
 struct Preconditioner {
@@ -122,6 +119,7 @@ impl Preconditioner {
     /// Updates the statistics from the mini-batch `p` at optimiser step
     /// `step`: everything at refresh steps (new eigenbases for EKFAC), only
     /// EKFAC's diagonal at its refit steps.
+    #[allow(clippy::too_many_arguments)]
     fn update<O: Ops>(
         this: &mut Option<Self>,
         p: &Problem<O>,
@@ -130,6 +128,7 @@ impl Preconditioner {
         step: u64,
         refresh: u64,
         refit: Option<u64>,
+        decay: f64,
     ) -> Result<(), String> {
         let e = |e: crate::geometry::ops::OpsError| e.to_string();
         let is_refresh = this.is_none() || step.is_multiple_of(refresh.max(1));
@@ -152,7 +151,7 @@ impl Preconditioner {
                 .map_err(e)?;
             if let FimBody::Blocks(blocks) = &mut pre.fim.body {
                 for (r, x) in blocks.iter_mut().zip(&fresh) {
-                    blend_block(r, x, NGD_DECAY)?;
+                    blend_block(r, x, decay)?;
                 }
             }
             return Ok(());
@@ -177,7 +176,7 @@ impl Preconditioner {
             let factors = match this.take().and_then(|pre| pre.factors) {
                 Some(mut run) => {
                     for (r, x) in run.iter_mut().zip(&new) {
-                        blend_block(r, x, NGD_DECAY)?;
+                        blend_block(r, x, decay)?;
                     }
                     run
                 }
@@ -207,7 +206,7 @@ impl Preconditioner {
             s => p.fim_blocks(target, &kinds(s)?).map_err(e)?,
         };
         match this {
-            Some(pre) => blend_fim(&mut pre.fim, &fresh, NGD_DECAY)?,
+            Some(pre) => blend_fim(&mut pre.fim, &fresh, decay)?,
             None => {
                 *this = Some(Preconditioner {
                     fim: fresh,
@@ -423,12 +422,13 @@ pub fn train<O: Ops>(
                     refresh,
                     refit,
                     momentum,
+                    decay,
                     ..
                 },
                 State::Ngd { pre, buf },
             ) => {
                 let target = ngd_target(fisher, mse, net.outputs());
-                Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit)?;
+                Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
                 let f = &pre.as_ref().expect("made at the first step").fim;
                 let mut d = f.solve(&g, *damping).map_err(|e| e.to_string())?;
                 if *momentum != 0.0 {

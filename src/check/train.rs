@@ -415,7 +415,7 @@ impl<'a> Checker<'a> {
                     d.span,
                     args,
                     &[
-                        "fim", "lr", "damping", "refresh", "refit", "fisher", "momentum",
+                        "fim", "lr", "damping", "refresh", "refit", "fisher", "momentum", "decay",
                     ],
                 )?;
                 let fe = self.req(&c, "fim")?;
@@ -430,6 +430,7 @@ impl<'a> Checker<'a> {
                     None => Some(10),
                 };
                 let momentum = self.opt_f(&c, "momentum", 0.0, 0.0, 0.999999);
+                let decay = self.opt_f(&c, "decay", 0.95, 0.0, 0.999999);
                 let fisher = match c.get("fisher") {
                     Some(x) => self.ngd_fisher(x),
                     None => Some(FisherVariant::True),
@@ -486,6 +487,7 @@ impl<'a> Checker<'a> {
                     refresh: refresh?,
                     refit: refit?,
                     momentum: momentum?,
+                    decay: decay?,
                 })
             }
             other => {

@@ -566,6 +566,9 @@ pub enum Optimizer {
         refresh: u64,
         refit: Option<u64>,
         momentum: f64,
+        /// Running averages: `new = decay · old + (1 − decay) · batch`.
+        #[serde(default = "ngd_decay")]
+        decay: f64,
     },
 }
 
@@ -604,6 +607,10 @@ pub enum TrainMode {
         #[serde(default)]
         center: bool,
     },
+}
+
+fn ngd_decay() -> f64 {
+    0.95
 }
 
 fn yes() -> bool {
