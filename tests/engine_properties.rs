@@ -1855,7 +1855,10 @@ fn natural_gradient_steps_solve_with_the_fisher() {
         (Structure::Diag, BlockKind::Diag),
         (Structure::Kfac, BlockKind::Kfac),
         (
-            Structure::Ekfac { refit: true },
+            Structure::Ekfac {
+                refit: true,
+                initial_basis: false,
+            },
             BlockKind::Ekfac { refit: true },
         ),
     ] {
@@ -1957,4 +1960,54 @@ fn scaled_training_at_alpha_one_is_plain_training() {
         (ratio / 100.0 - 1.0).abs() < 0.2,
         "weights moved {ratio:.1}× less at α = 100, expected about 100×"
     );
+}
+
+/// EKFAC natural gradient between eigenbasis refreshes: with `refresh = 3`
+/// and `refit = 1`, the second step keeps the basis of w₀ and refits the
+/// diagonal at w₁ in it, averaged as 0.95 d(w₀) + 0.05 d(w₁) (1e-10).
+#[test]
+fn ekfac_natural_gradient_refits_between_refreshes() {
+    let fx = Fx::new(MLP, 9, 81);
+    let (lr, damping) = (0.7, 0.05);
+    let ekfac = Structure::Ekfac {
+        refit: true,
+        initial_basis: false,
+    };
+    let w1 = fx.train(&config(
+        ngd(ekfac.clone(), 3, Some(1)),
+        TrainMode::Plain,
+        1,
+        fx.n,
+    ));
+    let p = fx.problem(fx.n);
+    let mut f = p
+        .fim_blocks(
+            &classification(),
+            &fx.kinds(BlockKind::Ekfac { refit: true }),
+        )
+        .unwrap();
+    let net1 = fx.model_at(&w1, &TrainMode::Plain);
+    let p1 = Problem {
+        net: &net1,
+        ..fx.problem(fx.n)
+    };
+    let FimBody::Blocks(blocks) = &mut f.body else {
+        panic!("EKFAC is block-diagonal")
+    };
+    let mut fresh = blocks.clone();
+    let which: Vec<usize> = (0..fresh.len()).collect();
+    p1.refit(&classification(), &f.layers, &mut fresh, &which, None)
+        .unwrap();
+    for (b, x) in blocks.iter_mut().zip(&fresh) {
+        let (Block::Ekfac { d, .. }, Block::Ekfac { d: dx, .. }) = (b, x) else {
+            panic!("EKFAC blocks")
+        };
+        for (a, b) in d.data.iter_mut().zip(&dx.data) {
+            *a = 0.95 * *a + 0.05 * b;
+        }
+    }
+    let (_, g1) = fx.loss_grad_of(&net1);
+    let want = axpy(&w1, -lr, &f.solve(&g1, damping).unwrap());
+    let got = fx.train(&config(ngd(ekfac, 3, Some(1)), TrainMode::Plain, 2, fx.n));
+    assert_close("EKFAC step in a kept basis", &got, &want, 1e-10);
 }

@@ -288,7 +288,15 @@ impl<O: Ops> Engine<O> {
                         step.span.line
                     ));
                 }
-                ReprKind::Fim(p.fim_blocks(&target, &kinds).map_err(|e| e.to_string())?)
+                if let Structure::Ekfac {
+                    initial_basis: true,
+                    ..
+                } = s
+                {
+                    ReprKind::Fim(self.ekfac_initial_basis(model, &p, &target, kinds.len())?)
+                } else {
+                    ReprKind::Fim(p.fim_blocks(&target, &kinds).map_err(|e| e.to_string())?)
+                }
             }
         };
         Ok(Value::Repr(ReprValue {
@@ -372,6 +380,40 @@ impl<O: Ops> Engine<O> {
                 "this operation applies to parameter-space matrices (Fim), not to an Ntk".into(),
             ),
         }
+    }
+
+    /// EKFAC with the eigenbases of the model at its initial weights and the
+    /// diagonal refitted on the current model: how stale bases degrade.
+    fn ekfac_initial_basis(
+        &self,
+        model: StepId,
+        p: &Problem<'_, O>,
+        target: &Target,
+        layers: usize,
+    ) -> Result<Fim, String> {
+        let Some(Value::Model(net, w0)) = self.values.get(&model) else {
+            return Err(format!("step #{} is not a model", model.0));
+        };
+        let mut initial = net.params.clone();
+        initial.set_flat(w0).map_err(|e| e.to_string())?;
+        let net0 = net
+            .with_params(self.o(), initial)
+            .map_err(|e| e.to_string())?;
+        let p0 = Problem {
+            net: &net0,
+            slots: p.slots.clone(),
+            ..*p
+        };
+        let kinds = vec![BlockKind::Ekfac { refit: false }; layers];
+        let mut f = p0.fim_blocks(target, &kinds).map_err(|e| e.to_string())?;
+        let FimBody::Blocks(blocks) = &mut f.body else {
+            return Err("EKFAC is block-diagonal".into());
+        };
+        let which: Vec<usize> = (0..layers).collect();
+        p.refit(target, &f.layers, blocks, &which, None)
+            .map_err(|e| e.to_string())?;
+        f.refit = true;
+        Ok(f)
     }
 
     /// The problem a stored representation was built from, batched for its
@@ -824,7 +866,7 @@ pub(crate) fn block_kind(s: &Structure, family: Option<LayerFamily>) -> Result<B
         Structure::BlockDiag => BlockKind::Dense,
         Structure::Diag => BlockKind::Diag,
         Structure::Kfac => BlockKind::Kfac,
-        Structure::Ekfac { refit } => BlockKind::Ekfac { refit: *refit },
+        Structure::Ekfac { refit, .. } => BlockKind::Ekfac { refit: *refit },
         Structure::QuasiDiag => BlockKind::QuasiDiag,
         Structure::Mix { families } => {
             let f = family.ok_or("a parameter-free layer in a mix")?;

@@ -242,12 +242,32 @@ impl<'a> Checker<'a> {
                 }
             }
             "EKFAC" => {
-                let c = self.bind(&callee, span, args, &["refit"])?;
+                let c = self.bind(&callee, span, args, &["refit", "basis"])?;
                 let refit = match c.get("refit") {
                     Some(r) => self.boolean(r, "refit")?,
                     None => true,
                 };
-                Structure::Ekfac { refit }
+                let initial_basis = match c.get("basis") {
+                    Some(b) => self.symbol(b, "EKFAC basis", &["current", "initial"])? == "initial",
+                    None => false,
+                };
+                if initial_basis && !refit {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "a stale basis needs a refitted diagonal".into(),
+                            },
+                            span,
+                            "`basis = initial` with `refit = false`",
+                        )
+                        .hint("remove `refit = false`: the initial basis is refitted on the current model"),
+                    );
+                    return None;
+                }
+                Structure::Ekfac {
+                    refit,
+                    initial_basis,
+                }
             }
             "LowRank" => {
                 let c = self.bind(&callee, span, args, &["rank"])?;
@@ -587,7 +607,10 @@ impl<'a> Checker<'a> {
     fn cheaper(&self, object: Object, m: &ModelV, options: &ReprOptions) -> Option<String> {
         let candidates: Vec<Structure> = match object {
             Object::Fim => vec![
-                Structure::Ekfac { refit: true },
+                Structure::Ekfac {
+                    refit: true,
+                    initial_basis: false,
+                },
                 Structure::Kfac,
                 Structure::Diag,
                 Structure::Implicit,

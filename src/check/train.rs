@@ -528,7 +528,10 @@ impl<'a> Checker<'a> {
         }
         Some(match name.as_str() {
             "KFAC" => Structure::Kfac,
-            "EKFAC" => Structure::Ekfac { refit: true },
+            "EKFAC" => Structure::Ekfac {
+                refit: true,
+                initial_basis: false,
+            },
             "Diag" => Structure::Diag,
             "Dense" => Structure::Dense,
             _ => Structure::BlockDiag,

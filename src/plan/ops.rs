@@ -328,9 +328,13 @@ pub enum Structure {
     Kfac,
     /// `refit`: the diagonal is refitted on data (true EKFAC); without it the
     /// eigenvalues are products of KFAC's and EKFAC equals KFAC.
+    /// `initial_basis`: the eigenbases come from the model at its
+    /// initialisation (a stale basis), the diagonal is refitted now.
     #[serde(rename = "EKFAC")]
     Ekfac {
         refit: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        initial_basis: bool,
     },
     /// `rank`: keep the top-k directions; `None` keeps the full factor.
     LowRank {

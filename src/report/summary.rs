@@ -729,9 +729,15 @@ impl<'a> Summary<'a> {
         if let Some(m) = mean_of(Kind::Diag) {
             extra.push(format!("Diag {}", num(m)));
         }
-        if let Some(m) = mean_of(Kind::EkfacStale) {
+        if let Some(m) = mean_of(Kind::EkfacNoRefit) {
             extra.push(format!(
                 "EKFAC without refit (KFAC's eigenvalues) {}",
+                num(m)
+            ));
+        }
+        if let Some(m) = mean_of(Kind::EkfacStale) {
+            extra.push(format!(
+                "EKFAC with the initial eigenbasis, refitted (a stale basis) {}",
                 num(m)
             ));
         }
@@ -1297,6 +1303,9 @@ fn alignment_claims(total: &[Series], per_layer: &[Series]) -> AlignClaims {
 enum Kind {
     Kfac,
     EkfacRefit,
+    /// EKFAC with KFAC's eigenvalues (`refit = false`).
+    EkfacNoRefit,
+    /// EKFAC refitted in an old eigenbasis (`basis = initial`).
     EkfacStale,
     Diag,
     Other,
@@ -1304,12 +1313,16 @@ enum Kind {
 
 fn structure_kind(name: &str) -> Option<Kind> {
     let l = name.to_ascii_lowercase();
-    let refit = l.replace(' ', "").contains("refit=true");
+    let compact = l.replace(' ', "");
     Some(if l.starts_with("ekfac") {
-        if refit {
-            Kind::EkfacRefit
-        } else {
+        // Refitted in the current basis unless it says otherwise
+        // (`EKFAC` alone refits).
+        if compact.contains("basis=initial") {
             Kind::EkfacStale
+        } else if compact.contains("refit=false") {
+            Kind::EkfacNoRefit
+        } else {
+            Kind::EkfacRefit
         }
     } else if l.starts_with("kfac") {
         Kind::Kfac
