@@ -163,6 +163,47 @@ fn ekfac_optim_runs_reduced() {
 }
 
 #[test]
+fn ekfac_autoencoder_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "ekfac_autoencoder",
+        &[
+            (
+                "data digits_train = digits(split = train) |> normalize",
+                "data digits_train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
+            ),
+            ("take(50, random, seed = 4)", "take(12, random, seed = 4)"),
+            ("epochs = 10", "epochs = 6"),
+            ("every 50 steps", "every 6 steps"),
+        ],
+        dir.path(),
+    );
+    let loss = series(&results, "loss/train", "opt");
+    for opt in ["sgd", "adam", "kfac", "ekfac"] {
+        let run: Vec<_> = loss.iter().filter(|x| x.0 == opt).collect();
+        let (first, last) = (run.first().unwrap(), run.last().unwrap());
+        assert!(last.2 < first.2, "{opt}: loss {} → {}", first.2, last.2);
+    }
+    let kfac = series(&results, "rel_error/KFAC", "opt");
+    let ekfac = series(&results, "rel_error/EKFAC(refit = true)", "opt");
+    let stale = series(&results, "rel_error/EKFAC(basis = initial)", "opt");
+    assert_eq!((kfac.len(), stale.len()), (12, 12));
+    for (k, e) in kfac.iter().zip(&ekfac) {
+        assert!(
+            e.2 <= k.2 * (1.0 + 1e-5),
+            "EKFAC {} > KFAC {} at {k:?}",
+            e.2,
+            k.2
+        );
+    }
+    // At step 0 the stale basis is the current one.
+    for (s, e) in stale.iter().zip(&ekfac).filter(|(s, _)| s.1 == 0) {
+        assert!((s.2 / e.2 - 1.0).abs() < 1e-5, "{s:?} vs {e:?}");
+    }
+    assert!(summary.contains("holds at all 12 checkpoints"), "{summary}");
+}
+
+#[test]
 fn lazy_vs_hasty_runs_reduced() {
     let dir = tempfile::tempdir().unwrap();
     let (results, summary) = run_reduced(

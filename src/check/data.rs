@@ -22,7 +22,8 @@ pub const SOURCES: [&str; 9] = [
     "teacher",
     "noisy_linear",
 ];
-pub const TRANSFORMS: [&str; 7] = [
+pub const TRANSFORMS: [&str; 8] = [
+    "autoencode",
     "take",
     "split",
     "normalize",
@@ -735,6 +736,13 @@ impl<'a> Checker<'a> {
                 }
                 noisy = true;
                 Transform::LabelNoise { fraction, seed }
+            }
+            "autoencode" => {
+                self.bind(&callee, stage.span, args, &[])?;
+                info.classes = None;
+                info.target_dim = info.shape.iter().product();
+                noisy = false;
+                Transform::Autoencode
             }
             "onehot" => {
                 self.bind(&callee, stage.span, args, &[])?;

@@ -66,6 +66,7 @@ pub fn apply(
         }
         Transform::LabelNoise { fraction, seed } => label_noise(input, fraction, seed),
         Transform::OneHot => one_hot(input),
+        Transform::Autoencode => Ok(autoencode(input)),
     }
 }
 
@@ -79,6 +80,7 @@ fn op_name(t: &Transform) -> &'static str {
         Transform::Scale { .. } => "scale",
         Transform::LabelNoise { .. } => "label_noise",
         Transform::OneHot => "onehot",
+        Transform::Autoencode => "autoencode",
     }
 }
 
@@ -367,6 +369,21 @@ fn label_noise(input: &HostData, fraction: f64, seed: u64) -> Result<HostData, D
 /// Class ids become one-hot rows of `classes` values (`target_dim` =
 /// `classes`; `classes` is kept). Data that is already one-hot is returned
 /// unchanged.
+/// Targets = inputs, flattened: a regression dataset with one target per
+/// feature (labels and label-noise flags are dropped).
+fn autoencode(input: &HostData) -> HostData {
+    HostData {
+        info: DataInfo {
+            classes: None,
+            target_dim: input.features(),
+            ..input.info.clone()
+        },
+        x: input.x.clone(),
+        y: input.x.clone(),
+        flipped: Vec::new(),
+    }
+}
+
 fn one_hot(input: &HostData) -> Result<HostData, DataError> {
     let op = "onehot";
     let c = classes(input, op)?;
@@ -769,6 +786,15 @@ mod tests {
             e.to_string(),
             "`onehot`: example 2 has label 3, not a class id in 0..3"
         );
+    }
+
+    #[test]
+    fn autoencode_makes_the_inputs_the_targets() {
+        let out = apply(&Transform::Autoencode, &small(), None).unwrap();
+        assert_eq!(out.info.classes, None);
+        assert_eq!(out.info.target_dim, small().features());
+        assert_eq!(out.y, small().x);
+        assert_eq!(out.x, small().x);
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub enum Transform {
     LabelNoise { fraction: f64, seed: u64 },
     /// Targets as one-hot vectors (for MSE on classes).
     OneHot,
+    /// The inputs become the targets (a regression dataset): autoencoders.
+    Autoencode,
 }
 
 // ---------------------------------------------------------------- models
