@@ -368,18 +368,54 @@ impl<'a> Checker<'a> {
         Some(spec)
     }
 
+    fn mlp_size_missing(&mut self, call: &super::args::Call<'a>, name: &str) {
+        self.error(
+            Diagnostic::new(
+                ErrorKind::MissingOption {
+                    func: call.func.clone(),
+                    name: name.into(),
+                },
+                call.span,
+                format!("`{name}` is missing"),
+            )
+            .hint(format!(
+                "add `{name} = ...`, or `data = DATASET` to size the network from a dataset"
+            )),
+        );
+    }
+
     fn mlp(&mut self, callee: &Ident, span: Span, args: &'a [Arg]) -> Option<ModelSpec> {
         let call = self.bind(
             callee,
             span,
             args,
-            &["in", "hidden", "out", "act", "bias", "init", "weights"],
+            &[
+                "in", "hidden", "out", "act", "bias", "init", "weights", "data",
+            ],
         )?;
-        let ie = self.req(&call, "in");
-        let oe = self.req(&call, "out");
-        let (ie, oe) = (ie?, oe?);
-        let inp = self.count(ie, "in")?;
-        let out = self.count(oe, "out")?;
+        // `data = train` sizes the input and output layers from a dataset, so
+        // that an experiment moves to another dataset by changing its data
+        // line only.
+        let from = match call.get("data") {
+            Some(d) => Some(self.data_expr(d, "")?),
+            None => None,
+        };
+        let inp = match (call.get("in"), &from) {
+            (Some(ie), _) => self.count(ie, "in")?,
+            (None, Some(dv)) => dv.info.shape.iter().product(),
+            (None, None) => {
+                self.mlp_size_missing(&call, "in");
+                return None;
+            }
+        };
+        let out = match (call.get("out"), &from) {
+            (Some(oe), _) => self.count(oe, "out")?,
+            (None, Some(dv)) => dv.info.classes.unwrap_or(dv.info.target_dim),
+            (None, None) => {
+                self.mlp_size_missing(&call, "out");
+                return None;
+            }
+        };
         let hidden = match call.get("hidden") {
             Some(h) => self.int_list(h, "hidden", 1)?,
             None => vec![],
