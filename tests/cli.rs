@@ -289,3 +289,70 @@ fn report_rebuilds_plots_and_csv_from_a_run_folder() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("plan.json"));
 }
+
+#[test]
+fn summary_pairs_kfac_and_ekfac_within_a_run() {
+    // Two runs without sweep tags: only the first measures KFAC, so only
+    // its 2 checkpoints can test EKFAC ≤ KFAC; the second run's EKFAC
+    // errors must not be paired with the first run's KFAC.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("pairs.ngx");
+    std::fs::write(
+        &src,
+        "experiment pairs { dtype = f64 }\n\
+         data d = digits(split = train) |> take(30)\n\
+         model a = mlp(data = d, hidden = [6])\n\
+         model b = mlp(data = d, hidden = [5, 4])\n\
+         train a on d { optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10\n every 2 steps {\n\
+           let B = Fim(BlockDiag) of a on d\n\
+           measure rel_error(Fim(KFAC) of a on d, B) as \"rel_error/KFAC\"\n\
+           measure rel_error(Fim(EKFAC) of a on d, B) as \"rel_error/EKFAC\" } }\n\
+         train b on d { optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10\n every 2 steps {\n\
+           measure rel_error(Fim(EKFAC) of b on d, Fim(BlockDiag) of b on d) as \"rel_error/EKFAC\" } }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = nngeo(&[
+        "exec",
+        src.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(summary.contains("holds at all 2 checkpoints"), "{summary}");
+}
+
+#[test]
+fn a_rerun_into_the_same_folder_starts_its_example_files_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("track.ngx");
+    std::fs::write(
+        &src,
+        "experiment track { dtype = f64 }\n\
+         data d = digits(split = train) |> take(40) |> label_noise(0.2, seed = 1)\n\
+         model net = mlp(data = d, hidden = [6])\n\
+         train net on d { optimizer = sgd(lr = 0.1)\n steps = 4\n batch = 10\n\
+           track = per_example(every = 2, groups = [flipped, clean]) }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let lines = || -> usize {
+        let out = nngeo(&[
+            "exec",
+            src.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let dir = out_dir.join("examples");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .unwrap();
+        std::fs::read_to_string(file).unwrap().lines().count()
+    };
+    assert_eq!(lines(), 3, "checkpoints at steps 0, 2, 4");
+    assert_eq!(lines(), 3, "the second run appended to the first's file");
+}

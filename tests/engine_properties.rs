@@ -2011,3 +2011,77 @@ fn ekfac_natural_gradient_refits_between_refreshes() {
     let got = fx.train(&config(ngd(ekfac, 3, Some(1)), TrainMode::Plain, 2, fx.n));
     assert_close("EKFAC step in a kept basis", &got, &want, 1e-10);
 }
+
+/// Natural gradient on a scaled model uses the model's own gradient and
+/// Fisher, without SGD's 1/α² loss factor: one Dense step is
+/// `w − lr (F_α + λI)⁻¹ ∇L_α` (1e-10), so the function step does not shrink
+/// with α.
+#[test]
+fn natural_gradient_on_a_scaled_model_is_not_rescaled() {
+    let fx = Fx::new(MLP, 8, 91);
+    let (lr, damping) = (0.7, 0.05);
+    let scaled = TrainMode::Scaled {
+        alpha: 10.0,
+        center: true,
+    };
+    let w0 = fx.params.flat();
+    let net = fx.model_at(&w0, &scaled);
+    let (_, g) = fx.loss_grad_of(&net);
+    let p = Problem {
+        net: &net,
+        ..fx.problem(fx.n)
+    };
+    let mut f = p.fim_dense(&classification()).unwrap().to_dense();
+    f.add_diag(damping);
+    let step = nngeo::linalg::solve_sym(&f, &Mat::from_vec(g.len(), 1, g.clone()))
+        .unwrap()
+        .data;
+    let got = fx.train(&config(ngd(Structure::Dense, 1, None), scaled, 1, fx.n));
+    assert_close("scaled NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
+}
+
+/// For the MSE loss (PyTorch's mean over the C outputs) the natural
+/// gradient's Fisher is the loss's Gauss–Newton matrix
+/// `(2/C) · 1/n Σ Jᵢᵀ Jᵢ`, built here from the dense Jacobian (1e-10).
+#[test]
+fn natural_gradient_for_mse_uses_the_gauss_newton_matrix() {
+    let fx = Fx::new(REG_MLP, 7, 93);
+    let (n, c) = (fx.n, fx.c);
+    let (lr, damping) = (0.4, 0.05);
+    let w0 = fx.params.flat();
+    let (_, g) = fx.problem_regression(n).loss_and_gradient(true).unwrap();
+    let j = fx.jacobian_of(&fx.net);
+    let mut gn = j.transpose().matmul(&j);
+    gn.data
+        .iter_mut()
+        .for_each(|x| *x *= 2.0 / (c as f64 * n as f64));
+    gn.add_diag(damping);
+    let step = nngeo::linalg::solve_sym(&gn, &Mat::from_vec(g.len(), 1, g.clone()))
+        .unwrap()
+        .data;
+    let mut cfg = config(ngd(Structure::Dense, 1, None), TrainMode::Plain, 1, n);
+    cfg.loss = LossKind::Mse;
+    if let Optimizer::Ngd { lr: l, .. } = &mut cfg.optimizer {
+        *l = lr;
+    }
+    let data = TrainData {
+        x: &fx.x,
+        y: &fx.targets,
+        n,
+        target_dim: c,
+        flipped: &[],
+    };
+    let got = train(
+        &fx.o,
+        &fx.spec,
+        fx.params.clone(),
+        &data,
+        None,
+        &cfg,
+        &[],
+        &mut Quiet,
+    )
+    .unwrap()
+    .flat();
+    assert_close("MSE NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
+}

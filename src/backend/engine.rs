@@ -714,7 +714,7 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                 if let StepOutput::Scalar { value } = &out {
                     if !value.is_finite() {
                         return Err(format!(
-                            "training diverged at step {step}: measurement `{key}` is {value}"
+                            "training stopped at step {step}: measurement `{key}` is {value} (the model diverged, or the measurement is undefined here)"
                         ));
                     }
                 }
@@ -828,6 +828,18 @@ impl<O: Ops> Engine<O> {
             target_dim: *td,
             flipped: &[],
         });
+        // A rerun into the same folder starts its per-example files afresh.
+        let examples = self.ctx.out_dir.join("examples");
+        for name in [
+            format!("train_{}.jsonl", step.id.0),
+            format!("train_{}.difficulty.json", step.id.0),
+        ] {
+            let path = examples.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| format!("cannot remove `{}`: {e}", path.display()))?;
+            }
+        }
         let mut runner = HookRunner {
             engine: self,
             plan,

@@ -100,10 +100,15 @@ fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// The Fisher the natural gradient uses, for the model's loss.
+/// The Fisher the natural gradient uses, for the model's loss. The MSE loss
+/// is averaged over the C outputs (PyTorch's), whose Hessian in the outputs
+/// is (2/C)·I: the Gaussian Fisher with σ² = C/2 is exactly its Gauss–Newton
+/// matrix, so `lr = 1` is a full Gauss–Newton step for either loss.
 fn ngd_target(fisher: &FisherVariant, mse: bool, outputs: usize) -> Target {
     let task = if mse {
-        Task::Regression { sigma2: 1.0 }
+        Task::Regression {
+            sigma2: outputs as f64 / 2.0,
+        }
     } else if outputs == 1 {
         Task::Binary
     } else {
@@ -347,7 +352,13 @@ pub fn train<O: Ops>(
         }
         // The scaled model minimises ℓ/α²; `train/loss` reports ℓ itself,
         // comparable across α.
-        let scale = net.loss_scale();
+        // The natural gradient needs no such factor: the scaled model's
+        // Fisher grows as α², which already makes its function steps
+        // independent of α.
+        let scale = match cfg.optimizer {
+            Optimizer::Ngd { .. } => 1.0,
+            _ => net.loss_scale(),
+        };
         if scale != 1.0 {
             g.iter_mut().for_each(|x| *x *= scale);
         }

@@ -510,8 +510,27 @@ impl<'a> Checker<'a> {
 
     fn ngd_structure(&mut self, e: &'a Expr) -> Option<Structure> {
         let d = self.deref(e);
-        let name = Self::named_call(d).map(|(c, _)| c.name).unwrap_or_default();
+        let (name, args) = Self::named_call(d)
+            .map(|(c, a)| (c.name, a))
+            .unwrap_or_default();
         const OK: [&str; 5] = ["KFAC", "EKFAC", "Diag", "BlockDiag", "Dense"];
+        if OK.contains(&name.as_str()) && !args.is_empty() {
+            // Refit and refresh are the optimiser's options, not the
+            // structure's.
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!("the natural gradient's `{name}` takes no options"),
+                    },
+                    d.span,
+                    "options are given to `ngd(...)`",
+                )
+                .hint(format!(
+                    "write `fim = {name}` and set `refresh`, `refit`, `damping` on `ngd`"
+                )),
+            );
+            return None;
+        }
         if !OK.contains(&name.as_str()) {
             self.error(
                 Diagnostic::new(
@@ -597,7 +616,7 @@ impl<'a> Checker<'a> {
     fn train_mode(&mut self, e: &'a Expr) -> Option<TrainMode> {
         let d = self.deref(e);
         match Self::named_call(d) {
-            Some((c, args)) if c.name == "linearized" && !args.is_empty() => {
+            Some((c, args)) if c.name == "linearized" => {
                 let call = self.bind(&c, d.span, args, &["center"])?;
                 let center = match call.get("center") {
                     Some(x) => self.boolean(x, "center")?,

@@ -430,9 +430,10 @@ impl<O: Ops> Net<O> {
         })
     }
 
-    /// The factor training applies to the loss: 1/α² for a scaled model
-    /// (Chizat et al.), so that its function moves at the same speed for
-    /// every α while its weights move α times less.
+    /// The factor gradient-descent training applies to the loss: 1/α² for a
+    /// scaled model (Chizat et al.), so that under SGD its function moves at
+    /// the same speed for every α while its weights move α times less
+    /// (natural gradient needs no factor; Adam ignores it).
     pub fn loss_scale(&self) -> f64 {
         match &self.mode {
             Reparam::Scaled { alpha, .. } => 1.0 / (alpha * alpha),

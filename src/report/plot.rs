@@ -352,7 +352,12 @@ impl Chart {
         };
         let mut chart = Chart {
             title: spec.pattern.clone(),
-            x_desc: spec.x.clone(),
+            x_desc: if spec.x == "time" {
+                // Wall time of the whole run, measurement hooks included.
+                "time (s, including measurements)".into()
+            } else {
+                spec.x.clone()
+            },
             y_desc,
             x: x_axis,
             y,

@@ -642,6 +642,11 @@ impl<'a> Summary<'a> {
             // with per-layer errors).
             let mut ctx: Tags = r.sweep.clone();
             ctx.retain(|_, v| *v != name);
+            // Results of different training runs never pair, even when no
+            // sweep tag tells them apart.
+            if let Some(run) = self.plan.run_of(r) {
+                ctx.insert("\u{0}train".into(), format!("#{run}"));
+            }
             let rest: Vec<&str> = segs.collect();
             let label = if rest.is_empty() {
                 name.clone()
