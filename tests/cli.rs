@@ -16,6 +16,21 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Writes `source` to `dir/file.ngx` and runs `nngeo exec` on it into
+/// `dir/out`; returns the output and that folder.
+fn exec_source(dir: &std::path::Path, source: &str) -> (Output, std::path::PathBuf) {
+    let src = dir.join("file.ngx");
+    std::fs::write(&src, source).unwrap();
+    let out_dir = dir.join("out");
+    let out = nngeo(&[
+        "exec",
+        src.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    (out, out_dir)
+}
+
 #[test]
 fn check_accepts_every_experiment() {
     let out = nngeo(&[
@@ -189,24 +204,15 @@ fn a_failing_run_keeps_what_it_computed() {
     // the train step are kept, the error names the step, and the manifest
     // records the failure.
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("partial.ngx");
-    std::fs::write(
-        &src,
+    let (out, out_dir) = exec_source(
+        dir.path(),
         "experiment partial { dtype = f64 }\n\
          data d = digits(split = train) |> take(20)\n\
          model net = mlp(in = 64, hidden = [8], out = 10)\n\
          let F = Fim(Diag) of net on d\n\
          measure trace(F) as \"before\"\n\
          train net on d { loss = cross_entropy\n optimizer = sgd(lr = 1e300)\n steps = 5\n batch = 10 }\n",
-    )
-    .unwrap();
-    let out_dir = dir.path().join("out");
-    let out = nngeo(&[
-        "exec",
-        src.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("diverged at step"),
@@ -296,9 +302,8 @@ fn summary_pairs_kfac_and_ekfac_within_a_run() {
     // its 2 checkpoints can test EKFAC ≤ KFAC; the second run's EKFAC
     // errors must not be paired with the first run's KFAC.
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("pairs.ngx");
-    std::fs::write(
-        &src,
+    let (out, out_dir) = exec_source(
+        dir.path(),
         "experiment pairs { dtype = f64 }\n\
          data d = digits(split = train) |> take(30)\n\
          model a = mlp(data = d, hidden = [6])\n\
@@ -309,15 +314,7 @@ fn summary_pairs_kfac_and_ekfac_within_a_run() {
            measure rel_error(Fim(EKFAC) of a on d, B) as \"rel_error/EKFAC\" } }\n\
          train b on d { optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10\n every 2 steps {\n\
            measure rel_error(Fim(EKFAC) of b on d, Fim(BlockDiag) of b on d) as \"rel_error/EKFAC\" } }\n",
-    )
-    .unwrap();
-    let out_dir = dir.path().join("out");
-    let out = nngeo(&[
-        "exec",
-        src.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
     assert!(summary.contains("holds at all 2 checkpoints"), "{summary}");
