@@ -137,17 +137,23 @@ fn ekfac_optim_runs_reduced() {
         ],
         dir.path(),
     );
-    // Every optimiser lowers the training loss.
-    let loss = series(&results, "loss/train", "opt");
+    check_optimisers(&results, &summary);
+    assert!(dir.path().join("results/loss_train_vs_time.png").exists());
+}
+
+/// What both EKFAC experiments must show: every optimiser lowers the
+/// training loss, and refitted EKFAC is never further from the
+/// block-diagonal Fisher than KFAC (a theorem; f32 runs: 1e-5 relative) at
+/// each of the 4 optimisers × 3 checkpoints.
+fn check_optimisers(results: &[Value], summary: &str) {
+    let loss = series(results, "loss/train", "opt");
     for opt in ["sgd", "adam", "kfac", "ekfac"] {
         let run: Vec<_> = loss.iter().filter(|x| x.0 == opt).collect();
         let (first, last) = (run.first().unwrap(), run.last().unwrap());
         assert!(last.2 < first.2, "{opt}: loss {} → {}", first.2, last.2);
     }
-    // The theorem: refitted EKFAC is never further from the block-diagonal
-    // Fisher than KFAC (f32 run: 1e-5 relative).
-    let kfac = series(&results, "rel_error/KFAC", "opt");
-    let ekfac = series(&results, "rel_error/EKFAC(refit = true)", "opt");
+    let kfac = series(results, "rel_error/KFAC", "opt");
+    let ekfac = series(results, "rel_error/EKFAC(refit = true)", "opt");
     assert_eq!(kfac.len(), 12, "4 optimisers × 3 checkpoints");
     for (k, e) in kfac.iter().zip(&ekfac) {
         assert_eq!((k.0, k.1), (e.0, e.1));
@@ -159,7 +165,6 @@ fn ekfac_optim_runs_reduced() {
         );
     }
     assert!(summary.contains("holds at all 12 checkpoints"), "{summary}");
-    assert!(dir.path().join("results/loss_train_vs_time.png").exists());
 }
 
 #[test]
@@ -178,29 +183,14 @@ fn ekfac_autoencoder_runs_reduced() {
         ],
         dir.path(),
     );
-    let loss = series(&results, "loss/train", "opt");
-    for opt in ["sgd", "adam", "kfac", "ekfac"] {
-        let run: Vec<_> = loss.iter().filter(|x| x.0 == opt).collect();
-        let (first, last) = (run.first().unwrap(), run.last().unwrap());
-        assert!(last.2 < first.2, "{opt}: loss {} → {}", first.2, last.2);
-    }
-    let kfac = series(&results, "rel_error/KFAC", "opt");
+    check_optimisers(&results, &summary);
     let ekfac = series(&results, "rel_error/EKFAC(refit = true)", "opt");
     let stale = series(&results, "rel_error/EKFAC(basis = initial)", "opt");
-    assert_eq!((kfac.len(), stale.len()), (12, 12));
-    for (k, e) in kfac.iter().zip(&ekfac) {
-        assert!(
-            e.2 <= k.2 * (1.0 + 1e-5),
-            "EKFAC {} > KFAC {} at {k:?}",
-            e.2,
-            k.2
-        );
-    }
+    assert_eq!(stale.len(), 12);
     // At step 0 the stale basis is the current one.
     for (s, e) in stale.iter().zip(&ekfac).filter(|(s, _)| s.1 == 0) {
         assert!((s.2 / e.2 - 1.0).abs() < 1e-5, "{s:?} vs {e:?}");
     }
-    assert!(summary.contains("holds at all 12 checkpoints"), "{summary}");
 }
 
 #[test]

@@ -28,6 +28,23 @@ pub struct TrainData<'a, T> {
     pub flipped: &'a [bool],
 }
 
+impl<'a, T> TrainData<'a, T> {
+    /// All of these examples as one problem for `net`, evaluated in
+    /// batches of at most 4096.
+    fn problem<'p, O: Ops<T = T>>(&'p self, o: &'p O, net: &'p Net<O>) -> Problem<'p, O> {
+        Problem {
+            o,
+            net,
+            x: self.x,
+            y: self.y,
+            target_dim: self.target_dim,
+            n: self.n,
+            slots: (0..net.slots.len()).collect(),
+            batch: self.n.clamp(1, 4096),
+        }
+    }
+}
+
 /// What the training loop reports as it goes.
 pub trait TrainObserver<O: Ops> {
     /// Runs hook `hook` at optimiser step `step` on the live model.
@@ -473,17 +490,10 @@ pub fn train<O: Ops>(
             );
             epoch_loss = (0.0, 0);
             if let Some(ev) = eval {
-                let p = Problem {
-                    o,
-                    net: &net,
-                    x: ev.x,
-                    y: ev.y,
-                    target_dim: ev.target_dim,
-                    n: ev.n,
-                    slots: (0..net.slots.len()).collect(),
-                    batch: ev.n.clamp(1, 4096),
-                };
-                let (l, acc) = p.loss_accuracy(mse).map_err(|e| e.to_string())?;
+                let (l, acc) = ev
+                    .problem(o, &net)
+                    .loss_accuracy(mse)
+                    .map_err(|e| e.to_string())?;
                 obs.log("eval/loss", step + 1, l, &[]);
                 if let Some(a) = acc {
                     obs.log("eval/accuracy", step + 1, a, &[]);
@@ -509,17 +519,10 @@ fn track<O: Ops>(
     difficulty: Option<&(Vec<usize>, usize)>,
     obs: &mut dyn TrainObserver<O>,
 ) -> Result<(), String> {
-    let p = Problem {
-        o,
-        net,
-        x: data.x,
-        y: data.y,
-        target_dim: data.target_dim,
-        n: data.n,
-        slots: (0..net.slots.len()).collect(),
-        batch: data.n.clamp(1, 4096),
-    };
-    let (loss, correct) = p.per_example_loss(mse).map_err(|e| e.to_string())?;
+    let (loss, correct) = data
+        .problem(o, net)
+        .per_example_loss(mse)
+        .map_err(|e| e.to_string())?;
     obs.examples(step, &loss, &correct)?;
     let mut report = |name: String, members: &dyn Fn(usize) -> bool| {
         let idx: Vec<usize> = (0..data.n).filter(|&i| members(i)).collect();
