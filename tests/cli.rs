@@ -283,12 +283,18 @@ fn report_rebuilds_plots_and_csv_from_a_run_folder() {
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for f in ["results.csv", "rel_error_vs_S.png", "rel_error_vs_S.svg"] {
+    let files = [
+        "results.csv",
+        "summary.md",
+        "rel_error_vs_S.png",
+        "rel_error_vs_S.svg",
+    ];
+    for f in files {
         std::fs::remove_file(dir.path().join(f)).unwrap();
     }
     let rep = nngeo(&["report", dir.path().to_str().unwrap()]);
     assert_eq!(rep.status.code(), Some(0), "{}", text(&rep.stderr));
-    for f in ["results.csv", "rel_error_vs_S.png", "rel_error_vs_S.svg"] {
+    for f in files {
         assert!(dir.path().join(f).exists(), "{f} not rebuilt");
     }
     let missing = nngeo(&["report", dir.path().join("nope").to_str().unwrap()]);

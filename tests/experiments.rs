@@ -132,6 +132,7 @@ fn ekfac_optim_runs_reduced() {
                 "data train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
             ),
             ("take(100, random, seed = 4)", "take(24, random, seed = 4)"),
+            ("hidden = [64, 64]", "hidden = [16, 16]"),
             ("epochs = 10", "epochs = 6"),
             ("every 50 steps", "every 6 steps"),
         ],
@@ -151,7 +152,24 @@ fn check_optimisers(results: &[Value], summary: &str) {
         let run: Vec<_> = loss.iter().filter(|x| x.0 == opt).collect();
         let (first, last) = (run.first().unwrap(), run.last().unwrap());
         assert!(last.2 < first.2, "{opt}: loss {} → {}", first.2, last.2);
+        // The training clock: from 0, never backwards, hooks excluded (so
+        // below the run's wall time since its first result).
+        let clock: Vec<(f64, f64)> = results
+            .iter()
+            .filter(|r| r["key"] == "loss/train" && r["sweep"]["opt"] == opt)
+            .map(|r| {
+                (
+                    r["train_time_s"].as_f64().expect("train_time_s"),
+                    r["time_s"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(clock[0].0, 0.0);
+        assert!(clock.windows(2).all(|w| w[1].0 >= w[0].0), "{clock:?}");
+        let (t_end, wall_end) = *clock.last().unwrap();
+        assert!(t_end > 0.0 && t_end < wall_end - clock[0].1, "{clock:?}");
     }
+    assert!(summary.contains("training time s"), "{summary}");
     let kfac = series(results, "rel_error/KFAC", "opt");
     let ekfac = series(results, "rel_error/EKFAC(refit = true)", "opt");
     assert_eq!(kfac.len(), 12, "4 optimisers × 3 checkpoints");
@@ -178,6 +196,7 @@ fn ekfac_autoencoder_runs_reduced() {
                 "data digits_train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
             ),
             ("take(50, random, seed = 4)", "take(12, random, seed = 4)"),
+            ("hidden = [48, 16, 48]", "hidden = [16, 4, 16]"),
             ("epochs = 10", "epochs = 6"),
             ("every 50 steps", "every 6 steps"),
         ],

@@ -689,6 +689,8 @@ struct HookRunner<'a, 'e, O: Ops> {
     w0: Vec<f64>,
     hooks: &'a [HookSpec],
     emit: &'a mut dyn FnMut(Emitted),
+    /// The training run's optimiser-step clock, in seconds.
+    clock: f64,
     _e: std::marker::PhantomData<&'e ()>,
 }
 
@@ -702,8 +704,10 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
             .insert(self.train_id, Value::Model(Box::new(live), self.w0.clone()));
         for &id in &self.hooks[hook].steps {
             let hs = self.plan.step(id);
+            let clock = self.clock;
             let mut inner = |mut e: Emitted| {
                 e.train_step = e.train_step.or(Some(step));
+                e.train_time = e.train_time.or(Some(clock));
                 (self.emit)(e)
             };
             let out = self
@@ -722,6 +726,7 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                     step_id: id,
                     key: key.clone(),
                     train_step: Some(step),
+                    train_time: Some(self.clock),
                     tags: Default::default(),
                     output: out,
                 });
@@ -735,12 +740,17 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
             step_id: self.train_id,
             key: key.into(),
             train_step: Some(step),
+            train_time: Some(self.clock),
             tags: tags
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             output: StepOutput::Scalar { value },
         });
+    }
+
+    fn clock(&mut self, seconds: f64) {
+        self.clock = seconds;
     }
 
     fn difficulty(&mut self, score: &[f64], bin: &[usize], k: usize) -> Result<(), String> {
@@ -847,6 +857,7 @@ impl<O: Ops> Engine<O> {
             w0: w0.clone(),
             hooks,
             emit,
+            clock: 0.0,
             _e: std::marker::PhantomData,
         };
         let init = params.clone();

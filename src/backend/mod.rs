@@ -73,6 +73,10 @@ pub struct Emitted {
     pub key: String,
     /// The optimiser step it belongs to.
     pub train_step: Option<u64>,
+    /// Seconds the training run had spent on optimiser steps by then
+    /// (hooks, tracking and evaluation excluded): the clock of "loss
+    /// against time" comparisons between optimisers.
+    pub train_time: Option<f64>,
     /// Tags added to the step's sweep tags, e.g. `group = flipped`.
     pub tags: crate::plan::Tags,
     pub output: StepOutput,

@@ -53,6 +53,9 @@ pub trait TrainObserver<O: Ops> {
     fn log(&mut self, key: &str, step: u64, value: f64, tags: &[(&str, String)]);
     /// Every training example's loss and correctness at `step`.
     fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String>;
+    /// Seconds spent on optimiser steps so far (called before each step's
+    /// hooks and logs).
+    fn clock(&mut self, _seconds: f64) {}
     /// Every training example's difficulty score and bin (0 = easiest of
     /// `k`), once, before training.
     fn difficulty(&mut self, _score: &[f64], _bin: &[usize], _k: usize) -> Result<(), String> {
@@ -310,7 +313,9 @@ pub fn train<O: Ops>(
         None => None,
     };
     let mut epoch_loss = (0.0, 0usize);
+    let mut clock = std::time::Duration::ZERO;
     for step in 0..=cfg.total_steps {
+        obs.clock(clock.as_secs_f64());
         for (h, steps) in firing.iter().enumerate() {
             if steps.binary_search(&step).is_ok() {
                 obs.hook(h, step, &net)?;
@@ -333,6 +338,7 @@ pub fn train<O: Ops>(
         if step == cfg.total_steps {
             break;
         }
+        let started = std::time::Instant::now();
         let pos = (step % per_epoch) as usize;
         if pos == 0 {
             rng.shuffle(&mut perm);
@@ -381,7 +387,6 @@ pub fn train<O: Ops>(
         }
         epoch_loss.0 += loss;
         epoch_loss.1 += 1;
-        obs.log("train/loss", step + 1, loss, &[]);
         let lr = learning_rate(cfg, base_lr, step, per_epoch);
         match (&cfg.optimizer, &mut state) {
             (
@@ -481,6 +486,9 @@ pub fn train<O: Ops>(
         net = net
             .with_params(o, params.clone())
             .map_err(|e| e.to_string())?;
+        clock += started.elapsed();
+        obs.clock(clock.as_secs_f64());
+        obs.log("train/loss", step + 1, loss, &[]);
         if (step + 1) % per_epoch == 0 {
             obs.log(
                 "train/epoch_loss",

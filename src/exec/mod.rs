@@ -104,6 +104,9 @@ pub fn run(
                     if let Some(s) = e.train_step {
                         line["step"] = json!(s);
                     }
+                    if let Some(t) = e.train_time {
+                        line["train_time_s"] = json!(t);
+                    }
                     if let Err(err) = writeln!(results, "{line}").and_then(|_| results.flush()) {
                         write_err.get_or_insert(err);
                     }

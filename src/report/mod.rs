@@ -90,6 +90,8 @@ pub struct Record {
     pub step: Option<u64>,
     /// Seconds since the start of the run.
     pub time_s: Option<f64>,
+    /// Inside a training run: seconds it had spent on optimiser steps.
+    pub train_time_s: Option<f64>,
 }
 
 /// A measured value. JSON `null` (how non-finite numbers are written) reads
@@ -209,6 +211,7 @@ fn parse_record(v: &serde_json::Value) -> Option<Record> {
         None | Some(J::Null) => None,
         Some(t) => Some(t.as_f64()?),
     };
+    let train_time_s = obj.get("train_time_s").and_then(|t| t.as_f64());
     Some(Record {
         key,
         step_id,
@@ -216,6 +219,7 @@ fn parse_record(v: &serde_json::Value) -> Option<Record> {
         value,
         step,
         time_s,
+        train_time_s,
     })
 }
 

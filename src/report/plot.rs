@@ -232,15 +232,24 @@ impl Chart {
         let mut pts: Vec<(usize, f64, f64)> = Vec::new();
         let x_axis;
         let is_steps = spec.x == "step" || spec.x == "time";
+        // Inside training runs time is the run's optimiser-step clock
+        // (hooks and tracking excluded), so optimisers compare fairly.
+        let train_clock = selected.iter().all(|(r, _)| r.train_time_s.is_some());
         if spec.x == "time" {
-            // Seconds since each series' first point: runs that follow one
-            // another in the file share the origin of their own clock.
+            // Otherwise seconds since each series' first point: runs that
+            // follow one another in the file share the origin of their own
+            // clock.
             let mut start: HashMap<SeriesId, f64> = HashMap::new();
             for (r, v) in &selected {
-                let Some(t) = r.time_s else { continue };
                 let id = series_id(r);
-                let t0 = *start.entry(id.clone()).or_insert(t);
-                pts.push((ids.of(&id), t - t0, *v));
+                let t = if train_clock {
+                    r.train_time_s
+                } else {
+                    let Some(t) = r.time_s else { continue };
+                    Some(t - *start.entry(id.clone()).or_insert(t))
+                };
+                let Some(t) = t else { continue };
+                pts.push((ids.of(&id), t, *v));
             }
             let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
             let range = if lo == hi { lo - 1.0..hi + 1.0 } else { lo..hi };
@@ -352,7 +361,9 @@ impl Chart {
         };
         let mut chart = Chart {
             title: spec.pattern.clone(),
-            x_desc: if spec.x == "time" {
+            x_desc: if spec.x == "time" && train_clock {
+                "training time (s)".into()
+            } else if spec.x == "time" {
                 // Wall time of the whole run, measurement hooks included.
                 "time (s, including measurements)".into()
             } else {

@@ -823,7 +823,7 @@ impl<'a> Summary<'a> {
         };
         let _ = writeln!(
             out,
-            "`{}` per run: at fixed steps, at the run's last step, and its mean over the {} steps every run measured (the area under the loss curve); wall time is the training step's time including its measurement hooks.\n",
+            "`{}` per run: at fixed steps, at the run's last step, and its mean over the {} steps every run measured (the area under the loss curve); time is the run's training time (optimiser steps only; hooks and tracking excluded; the whole step's wall time for older results).\n",
             o.key,
             common.len()
         );
@@ -832,7 +832,7 @@ impl<'a> Summary<'a> {
         head.extend([
             "final (step)".into(),
             "mean over common steps".into(),
-            "wall time s".into(),
+            "training time s".into(),
         ]);
         let rows: Vec<Vec<String>> = o
             .runs
@@ -920,9 +920,19 @@ impl<'a> Summary<'a> {
         );
     }
 
-    /// Wall time of training run `id`: from the manifest, else the span of
-    /// its results' time stamps.
+    /// Time of training run `id`: its optimiser-step clock (hooks
+    /// excluded) where results carry it, else the manifest's wall time,
+    /// else the span of its results' time stamps.
     fn wall_time(&self, id: u64) -> Option<f64> {
+        let clock = self
+            .records
+            .iter()
+            .filter(|r| self.plan.run_of(r) == Some(id))
+            .filter_map(|r| r.train_time_s)
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        if clock.is_some() {
+            return clock;
+        }
         let from_manifest = self.manifest.as_ref().and_then(|m| {
             m["steps"]
                 .as_array()?
