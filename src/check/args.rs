@@ -142,19 +142,24 @@ impl<'a> Checker<'a> {
     pub(super) fn req(&mut self, call: &Call<'a>, name: &str) -> Option<&'a Expr> {
         let v = call.get(name);
         if v.is_none() {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::MissingOption {
-                        func: call.func.clone(),
-                        name: name.into(),
-                    },
-                    call.span,
-                    format!("`{name}` is missing"),
-                )
-                .hint(format!("add `{name} = ...`")),
-            );
+            self.missing(call, name, format!("add `{name} = ...`"));
         }
         v
+    }
+
+    /// Reports that `call` lacks the required option `name`.
+    pub(super) fn missing(&mut self, call: &Call<'a>, name: &str, hint: String) {
+        self.error(
+            Diagnostic::new(
+                ErrorKind::MissingOption {
+                    func: call.func.clone(),
+                    name: name.into(),
+                },
+                call.span,
+                format!("`{name}` is missing"),
+            )
+            .hint(hint),
+        );
     }
 
     /// Follows sweep variables and `let` bindings of plain values to the

@@ -368,22 +368,6 @@ impl<'a> Checker<'a> {
         Some(spec)
     }
 
-    fn mlp_size_missing(&mut self, call: &super::args::Call<'a>, name: &str) {
-        self.error(
-            Diagnostic::new(
-                ErrorKind::MissingOption {
-                    func: call.func.clone(),
-                    name: name.into(),
-                },
-                call.span,
-                format!("`{name}` is missing"),
-            )
-            .hint(format!(
-                "add `{name} = ...`, or `data = DATASET` to size the network from a dataset"
-            )),
-        );
-    }
-
     fn mlp(&mut self, callee: &Ident, span: Span, args: &'a [Arg]) -> Option<ModelSpec> {
         let call = self.bind(
             callee,
@@ -404,7 +388,11 @@ impl<'a> Checker<'a> {
             (Some(ie), _) => self.count(ie, "in")?,
             (None, Some(dv)) => dv.info.shape.iter().product(),
             (None, None) => {
-                self.mlp_size_missing(&call, "in");
+                self.missing(
+                    &call,
+                    "in",
+                    "add `in = ...`, or `data = DATASET` to size the network from a dataset".into(),
+                );
                 return None;
             }
         };
@@ -412,7 +400,12 @@ impl<'a> Checker<'a> {
             (Some(oe), _) => self.count(oe, "out")?,
             (None, Some(dv)) => dv.info.classes.unwrap_or(dv.info.target_dim),
             (None, None) => {
-                self.mlp_size_missing(&call, "out");
+                self.missing(
+                    &call,
+                    "out",
+                    "add `out = ...`, or `data = DATASET` to size the network from a dataset"
+                        .into(),
+                );
                 return None;
             }
         };
