@@ -14,12 +14,14 @@
 pub mod backend;
 pub mod bench;
 pub mod check;
+pub mod config;
 pub mod data;
 pub mod diag;
 pub mod exec;
 pub mod geometry;
 pub mod linalg;
 pub mod plan;
+pub mod plugin;
 pub mod report;
 pub mod rng;
 pub mod syntax;

@@ -232,16 +232,31 @@ fn main() -> ExitCode {
             let Ok(mut plan) = load(&file, &budget) else {
                 return ExitCode::from(2);
             };
-            if let Some(b) = backend {
+            let config = match nngeo::config::load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // Flags, then the environment, then nngeo.toml, then the file.
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            if let Some(b) = backend
+                .or_else(|| env("NNGEO_BACKEND"))
+                .or_else(|| config.defaults.backend.clone())
+            {
                 plan.experiment.backend = b;
             }
-            if let Some(d) = device {
+            if let Some(d) = device
+                .or_else(|| env("NNGEO_DEVICE"))
+                .or_else(|| config.defaults.device.clone())
+            {
                 let ok = d == "cpu"
                     || d == "cuda"
                     || d.strip_prefix("cuda:")
                         .is_some_and(|n| n.parse::<u32>().is_ok());
                 if !ok {
-                    eprintln!("error: `--device {d}`: expected `cpu`, `cuda` or `cuda:N`");
+                    eprintln!("error: device `{d}`: expected `cpu`, `cuda` or `cuda:N`");
                     return ExitCode::from(2);
                 }
                 plan.experiment.device = d;
@@ -251,13 +266,15 @@ fn main() -> ExitCode {
                     DtypeArg::F32 => Dtype::F32,
                     DtypeArg::F64 => Dtype::F64,
                 };
+            } else if let Some(t) = config.defaults.dtype {
+                plan.experiment.dtype = t;
             }
             let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
-            let mut be = match nngeo::backend::create(&plan.experiment.backend) {
+            let mut be = match nngeo::backend::create(&plan.experiment.backend, &config) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    eprintln!("note: `nngeo check` and `nngeo plan` work without a backend");
+                    eprintln!("note: `nngeo backends` lists what this build finds; `nngeo check` and `nngeo plan` work without a backend");
                     return ExitCode::from(1);
                 }
             };
@@ -304,29 +321,82 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Backends => {
-            println!("{:<8} {:<10} status", "name", "kind");
-            for r in nngeo::backend::registry() {
-                match r.status {
-                    Ok(make) => {
-                        let info = make().info();
+        Command::Backends => backends(),
+    }
+}
+
+/// `nngeo backends`: built-in backends and every plugin found, with what
+/// each can do, or exactly why it was refused.
+fn backends() -> ExitCode {
+    let config = match nngeo::config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let show = |info: &nngeo::backend::BackendInfo| {
+        println!("  version:      {}", info.version);
+        println!("  devices:      {}", info.devices.join(", "));
+        let dtypes: Vec<String> = info
+            .dtypes
+            .iter()
+            .map(|d| format!("{d:?}").to_lowercase())
+            .collect();
+        println!("  dtypes:       {}", dtypes.join(", "));
+        println!("  capabilities: {}", info.capabilities.join(", "));
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (name, make) in nngeo::backend::BUILT_IN {
+        println!("{name} (built-in): ready");
+        show(&make().info());
+        names.push(name.to_string());
+    }
+    for f in nngeo::plugin::discover::discover(&config) {
+        let name = f.name();
+        match &f.result {
+            Ok(p) => {
+                let m = &p.meta;
+                let shadow = if names.contains(&name) {
+                    format!(", shadowed by an earlier `{name}` (select it as `plugin:{name}` or by path)")
+                } else {
+                    String::new()
+                };
+                match p.create() {
+                    Ok(b) => {
+                        use nngeo::backend::Backend;
+                        println!("{name} (plugin): ready{shadow}");
+                        println!("  file:         {} ({})", m.path.display(), f.origin);
                         println!(
-                            "{:<8} {:<10} ready: version {}, devices {}, capabilities {}",
-                            r.name,
-                            "built-in",
-                            info.version,
-                            info.devices.join(", "),
-                            info.capabilities.join(", ")
+                            "  plugin:       {} {}, nngeo {}, {}",
+                            name, m.plugin_version, m.nngeo_version, m.rustc_version
                         );
+                        println!("  framework:    {}", m.framework);
+                        println!(
+                            "  features:     {}",
+                            if m.features.is_empty() {
+                                "-".into()
+                            } else {
+                                m.features.join(", ")
+                            }
+                        );
+                        show(&b.info());
                     }
-                    Err(reason) => {
-                        println!("{:<8} {:<10} unavailable: {reason}", r.name, "built-in")
+                    Err(e) => {
+                        println!("{name} (plugin): unavailable: {e}");
+                        println!("  file:         {} ({})", m.path.display(), f.origin);
                     }
                 }
             }
-            ExitCode::SUCCESS
+            Err(e) => {
+                println!("{name} (plugin): unavailable");
+                println!("  reason:       {e}");
+                println!("  found:        {}", f.origin);
+            }
         }
+        names.push(name);
     }
+    ExitCode::SUCCESS
 }
 
 fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {

@@ -2,9 +2,21 @@
 //! results.jsonl), checked against each other where the mathematics says
 //! they must agree.
 
-use nngeo::backend::{candle_backend, RunContext};
+use nngeo::backend::{candle_backend, Backend, RunContext};
 use serde_json::Value;
 use std::collections::HashMap;
+
+/// The backend under test: the built-in candle, or `$NNGEO_BACKEND` (e.g.
+/// `plugin:candle`, `tch`) to run this whole suite through a plugin.
+fn backend() -> Box<dyn Backend> {
+    match std::env::var("NNGEO_BACKEND") {
+        Ok(name) if !name.is_empty() => {
+            let config = nngeo::config::load().expect("nngeo.toml");
+            nngeo::backend::create(&name, &config).unwrap_or_else(|e| panic!("{e}"))
+        }
+        _ => candle_backend(),
+    }
+}
 
 /// Runs `body` (declarations and measurements) after a common header and
 /// returns every result by key.
@@ -24,7 +36,7 @@ fn run(dtype: &str, body: &str) -> HashMap<String, Value> {
         base_dir: ".".into(),
         out_dir: dir.path().to_path_buf(),
     };
-    let mut be = candle_backend();
+    let mut be = backend();
     nngeo::exec::run(&plan, be.as_mut(), &ctx).unwrap();
     let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
     text.lines()
@@ -168,7 +180,7 @@ fn saturated_softmax_gives_a_finite_fisher() {
         base_dir: ".".into(),
         out_dir: dir.path().to_path_buf(),
     };
-    nngeo::exec::run(&plan, candle_backend().as_mut(), &ctx).unwrap();
+    nngeo::exec::run(&plan, backend().as_mut(), &ctx).unwrap();
     let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 3);
     for line in text.lines() {
@@ -198,7 +210,7 @@ fn training_hooks_and_per_example_tracking() {
         base_dir: ".".into(),
         out_dir: dir.path().to_path_buf(),
     };
-    nngeo::exec::run(&plan, candle_backend().as_mut(), &ctx).unwrap();
+    nngeo::exec::run(&plan, backend().as_mut(), &ctx).unwrap();
     let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
     let lines: Vec<Value> = text
         .lines()

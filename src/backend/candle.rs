@@ -18,13 +18,25 @@ fn e(err: candle_core::Error) -> OpsError {
 }
 
 impl CandleOps {
-    /// `device`: `cpu` (CUDA needs the `candle-cuda` plugin of a later issue).
+    /// `device`: `cpu`; `cuda` / `cuda:N` in a build with the `cuda`
+    /// feature (the `candle-cuda` plugin).
     pub fn new(device: &str, dtype: Dtype) -> OpsResult<Self> {
         let device = match device {
             "cpu" => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let n: usize = d
+                    .strip_prefix("cuda:")
+                    .map(|n| n.parse().map_err(|_| OpsError(format!("bad device `{d}`"))))
+                    .transpose()?
+                    .unwrap_or(0);
+                Device::new_cuda(n).map_err(|err| {
+                    OpsError(format!("candle cannot open CUDA device {n}: {err}"))
+                })?
+            }
             other => {
                 return Err(OpsError(format!(
-                    "the built-in candle backend runs on `cpu` only; `{other}` needs a CUDA build of the backend"
+                    "this candle build runs on `cpu` only; `{other}` needs the `candle-cuda` plugin (backends/README.md)"
                 )))
             }
         };
@@ -45,7 +57,11 @@ impl Ops for CandleOps {
         "candle".into()
     }
     fn device(&self) -> String {
-        "cpu".into()
+        match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".into(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
     }
     fn dtype(&self) -> Dtype {
         self.dtype

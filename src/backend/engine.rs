@@ -58,6 +58,8 @@ pub struct Engine<O: Ops> {
     version: String,
     make: fn(&str, Dtype) -> Result<O, OpsError>,
     ops: Option<O>,
+    /// What `info()` lists; a backend that can see GPUs sets it.
+    devices: Vec<String>,
     ctx: RunContext,
     values: HashMap<StepId, Value<O>>,
     warnings: std::cell::RefCell<Vec<String>>,
@@ -84,10 +86,17 @@ impl<O: Ops> Engine<O> {
             version: version.into(),
             make,
             ops: None,
+            devices: vec!["cpu".into()],
             ctx: RunContext::default(),
             values: HashMap::new(),
             warnings: Default::default(),
         }
+    }
+
+    /// The devices `info()` reports (default: `cpu`).
+    pub fn with_devices(mut self, devices: Vec<String>) -> Self {
+        self.devices = devices;
+        self
     }
 
     fn o(&self) -> &O {
@@ -993,7 +1002,7 @@ impl<O: Ops> Backend for Engine<O> {
         BackendInfo {
             name: self.name.clone(),
             version: self.version.clone(),
-            devices: vec!["cpu".into()],
+            devices: self.devices.clone(),
             dtypes: vec![Dtype::F32, Dtype::F64],
             capabilities: [
                 "fim:dense",
@@ -1012,6 +1021,9 @@ impl<O: Ops> Backend for Engine<O> {
                 "train:sgd",
                 "train:adam",
                 "train:hooks",
+                "train:ngd",
+                "train:linearized",
+                "train:scaled",
             ]
             .iter()
             .map(|s| s.to_string())

@@ -46,7 +46,8 @@ pub enum StepOutput {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
 pub enum BackendError {
     #[error("backend `{name}` is not available: {reason}")]
     Unavailable { name: String, reason: String },
@@ -110,51 +111,82 @@ pub fn candle_backend() -> Box<dyn Backend> {
     ))
 }
 
-/// A backend known to this build, and whether it can be created.
-pub struct Registered {
-    pub name: &'static str,
-    pub status: Result<fn() -> Box<dyn Backend>, &'static str>,
-}
+/// Creates a built-in backend.
+pub type MakeBackend = fn() -> Box<dyn Backend>;
 
-/// Every backend this build knows by name. The candle backend (built in) and
-/// the libtorch plugin are listed so that `--backend` names are recognised
-/// and a missing one gets a clear reason instead of "unknown".
-pub fn registry() -> Vec<Registered> {
-    vec![
-        Registered {
-            name: "candle",
-            status: Ok(candle_backend),
-        },
-        Registered {
-            name: "tch",
-            status: Err("the libtorch plugin is not built (see issue 5)"),
-        },
-    ]
-}
+/// Backends linked into this executable.
+pub const BUILT_IN: &[(&str, MakeBackend)] = &[("candle", candle_backend)];
 
-/// Creates the backend called `name`.
-pub fn create(name: &str) -> Result<Box<dyn Backend>, BackendError> {
-    match registry().into_iter().find(|r| r.name == name) {
-        Some(Registered {
-            status: Ok(make), ..
-        }) => Ok(make()),
-        Some(Registered {
-            status: Err(reason),
-            ..
-        }) => Err(BackendError::Unavailable {
-            name: name.into(),
-            reason: reason.into(),
-        }),
-        None => Err(BackendError::Unavailable {
-            name: name.into(),
-            reason: format!(
-                "no built-in backend or plugin of this name (known: {})",
-                registry()
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }),
+/// How to get a plugin that is known by name but was not found.
+fn build_hint(name: &str) -> Option<&'static str> {
+    match name {
+        "tch" => Some("the libtorch plugin is not built: run `scripts/setup-libtorch.sh` (add `--release` for a release `nngeo`)"),
+        "candle-cuda" => Some("the candle CUDA plugin is not built: see backends/README.md (`candle-cuda`)"),
+        "candle" => Some("build the candle plugin with `cargo build -p nngeo-backend-candle`"),
+        _ => None,
     }
+}
+
+/// Creates the backend called `name`:
+/// - a built-in name (`candle`) is the backend linked into this executable;
+/// - `plugin:NAME` is the plugin of that name even where a built-in one
+///   exists (how the test suite runs candle through its plugin);
+/// - a path to a library (`./libnngeo_backend_x.so`) loads that file;
+/// - any other name is looked up among the plugins found (see
+///   [`crate::plugin::discover`]), the first of that name winning.
+pub fn create(
+    name: &str,
+    config: &crate::config::Config,
+) -> Result<Box<dyn Backend>, BackendError> {
+    use crate::plugin::discover;
+    let unavailable = |reason: String| BackendError::Unavailable {
+        name: name.into(),
+        reason,
+    };
+    let (wanted, plugin_only) = match name.strip_prefix("plugin:") {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
+    if !plugin_only {
+        if let Some((_, make)) = BUILT_IN.iter().find(|(n, _)| *n == wanted) {
+            return Ok(make());
+        }
+    }
+    let as_path = std::path::Path::new(wanted);
+    if wanted.contains(std::path::MAIN_SEPARATOR) || wanted.ends_with(std::env::consts::DLL_SUFFIX)
+    {
+        let plugin = crate::plugin::load(as_path).map_err(|e| unavailable(e.to_string()))?;
+        return Ok(Box::new(plugin.create()?));
+    }
+    let found = discover::discover(config);
+    let mut refused = Vec::new();
+    for f in &found {
+        match &f.result {
+            Ok(p) if p.meta.name == wanted => return Ok(Box::new(p.create()?)),
+            Err(e) if f.name() == wanted => refused.push(e.to_string()),
+            _ => {}
+        }
+    }
+    if !refused.is_empty() {
+        return Err(unavailable(refused.join("; ")));
+    }
+    let mut known: Vec<String> = BUILT_IN.iter().map(|(n, _)| n.to_string()).collect();
+    for f in found.iter().filter(|f| f.result.is_ok()) {
+        if !known.contains(&f.name()) {
+            known.push(f.name());
+        }
+    }
+    let searched: Vec<String> = discover::search_path(config)
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let mut reason = format!(
+        "no built-in backend or plugin of this name (known: {}; plugins searched in: {})",
+        known.join(", "),
+        searched.join(", ")
+    );
+    if let Some(h) = build_hint(wanted) {
+        reason = format!("{h} ({reason})");
+    }
+    Err(unavailable(reason))
 }
