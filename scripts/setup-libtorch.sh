@@ -3,7 +3,12 @@
 # torch 2.11.0 wheel (libtorch comes only from there), then the `tch` plugin
 # built against it. Idempotent: a second run only rebuilds what changed.
 #
-#   scripts/setup-libtorch.sh [--release]
+#   scripts/setup-libtorch.sh [--release] [--cuda]
+#
+# --cuda also installs torch's CUDA dependencies (cuBLAS, cuDNN, NCCL…,
+# about 3 GB of wheels) so that libtorch_cuda.so loads and `--device cuda`
+# works on a machine with an NVIDIA driver; without them the plugin runs on
+# the CPU and refuses CUDA with the loader's reason.
 #
 # Afterwards `nngeo exec FILE --backend tch` finds the plugin next to the
 # `nngeo` executable of the same profile (target/debug or target/release);
@@ -11,6 +16,16 @@
 # to be set by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+profile=()
+cuda=0
+for arg in "$@"; do
+    case "$arg" in
+        --release) profile=(--release) ;;
+        --cuda) cuda=1 ;;
+        *) echo "usage: $0 [--release] [--cuda]" >&2; exit 2 ;;
+    esac
+done
 
 TORCH_VERSION=2.11.0
 VENV=${NNGEO_TORCH_VENV:-.venv-torch}
@@ -38,8 +53,12 @@ if [ "${have%%+*}" != "$TORCH_VERSION" ]; then
     exit 1
 fi
 
+if [ "$cuda" = 1 ]; then
+    # The same torch, now with its dependencies: pip only adds what is
+    # missing (the nvidia-* wheels), and nothing on a second run.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+
 export LIBTORCH="$(cd "$torch_dir" && pwd)"
-profile=()
-if [ "${1:-}" = "--release" ]; then profile=(--release); fi
 cargo build "${profile[@]}" -p nngeo-backend-tch
 echo "libtorch $have at $LIBTORCH; plugin built (${profile[*]:-debug})"

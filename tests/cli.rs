@@ -190,12 +190,15 @@ fn exec_with_an_unknown_backend_is_a_runtime_failure() {
         "exec",
         "experiments/fim_zoo.ngx",
         "--backend",
-        "tch",
+        "torch7",
         "--out",
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("backend `tch` is not available"));
+    let err = text(&out.stderr);
+    assert!(err.contains("backend `torch7` is not available"), "{err}");
+    assert!(err.contains("known: candle"), "{err}");
+    assert!(err.contains("plugins searched in"), "{err}");
 }
 
 #[test]

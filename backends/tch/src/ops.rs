@@ -1,0 +1,385 @@
+//! [`Ops`] on libtorch through `tch`: the primitive tensor operations the
+//! geometry engine needs, with the semantics of the built-in candle backend
+//! (see each method's documentation in `nngeo::geometry::ops`).
+//!
+//! Only tch's fallible `f_*` functions are used, so every libtorch error
+//! (shape mismatch, device error, out of memory) becomes an [`OpsError`].
+//! nngeo computes every backward pass itself: no tensor made here requires
+//! a gradient, so libtorch's autograd never records anything.
+
+use nngeo::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+use nngeo::plan::Dtype;
+use std::sync::OnceLock;
+use tch::{Device, Kind, TchError, Tensor};
+
+/// A libtorch tensor. `tch::Tensor` is not `Clone`; cloning this one makes
+/// a shallow copy sharing the storage, which is safe because no operation
+/// here writes into an existing tensor.
+pub struct TT(pub Tensor);
+
+impl Clone for TT {
+    fn clone(&self) -> Self {
+        TT(self.0.shallow_clone())
+    }
+}
+
+impl std::fmt::Debug for TT {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TT({:?}, {:?}, {:?})",
+            self.0.size(),
+            self.0.kind(),
+            self.0.device()
+        )
+    }
+}
+
+impl std::ops::Deref for TT {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+/// Tensor operations on one libtorch device in one dtype.
+#[derive(Clone, Debug)]
+pub struct TchOps {
+    device: Device,
+    dtype: Dtype,
+}
+
+/// libtorch's messages end with a C++ backtrace ("Exception raised from
+/// …"); keep the message itself.
+fn e(err: TchError) -> OpsError {
+    let msg = match err {
+        TchError::Torch(msg) => msg,
+        other => other.to_string(),
+    };
+    let msg = match msg.find("\nException raised from") {
+        Some(i) => &msg[..i],
+        None => &msg,
+    };
+    OpsError(format!("tch: {}", msg.trim_end()))
+}
+
+fn ok(t: Result<Tensor, TchError>) -> OpsResult<TT> {
+    t.map(TT).map_err(e)
+}
+
+fn dims(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
+}
+
+fn i(x: usize) -> i64 {
+    x as i64
+}
+
+impl TchOps {
+    /// `device`: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+    pub fn new(device: &str, dtype: Dtype) -> OpsResult<Self> {
+        // Before any tensor exists: libtorch looks its CUDA hooks up once,
+        // on first use, and a process that used them before
+        // libtorch_cuda.so was loaded can never use CUDA.
+        let _ = load_libtorch_cuda();
+        let device = match device {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Device::Cuda(n),
+                _ => {
+                    return Err(OpsError(format!(
+                        "the tch backend does not know device `{other}` (expected `cpu`, `cuda` or `cuda:N`)"
+                    )))
+                }
+            },
+        };
+        if let Device::Cuda(n) = device {
+            let count = cuda_device_count().map_err(OpsError)?;
+            if n >= count {
+                return Err(OpsError(format!(
+                    "device `cuda:{n}` does not exist: libtorch sees {count} CUDA device(s)"
+                )));
+            }
+        }
+        Ok(TchOps { device, dtype })
+    }
+
+    fn kind(&self) -> Kind {
+        match self.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F64 => Kind::Double,
+        }
+    }
+
+    /// The libtorch device this runs on.
+    pub fn torch_device(&self) -> Device {
+        self.device
+    }
+}
+
+impl Ops for TchOps {
+    type T = TT;
+
+    fn name(&self) -> String {
+        "tch".into()
+    }
+    fn device(&self) -> String {
+        match self.device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".into(),
+        }
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn upload(&self, shape: &[usize], data: &[f64]) -> OpsResult<TT> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(OpsError(format!(
+                "tch: {} numbers for a tensor of shape {shape:?}",
+                data.len()
+            )));
+        }
+        let t = match self.dtype {
+            Dtype::F64 => Tensor::f_from_slice(data),
+            Dtype::F32 => {
+                let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+                Tensor::f_from_slice(&v)
+            }
+        };
+        ok(t.and_then(|t| t.f_reshape(dims(shape)))
+            .and_then(|t| t.f_to_device(self.device)))
+    }
+    fn upload_index(&self, idx: &[u32]) -> OpsResult<TT> {
+        let v: Vec<i64> = idx.iter().map(|&x| i64::from(x)).collect();
+        ok(Tensor::f_from_slice(&v).and_then(|t| t.f_to_device(self.device)))
+    }
+    fn download(&self, t: &TT) -> OpsResult<Vec<f64>> {
+        let t = t
+            .f_to_device(Device::Cpu)
+            .and_then(|t| t.f_to_kind(Kind::Double))
+            .map_err(e)?;
+        let n = t.numel();
+        let mut out = vec![0.0f64; n];
+        // Copies row-major whatever the strides.
+        t.f_copy_data(&mut out, n).map_err(e)?;
+        Ok(out)
+    }
+    fn shape(&self, t: &TT) -> Vec<usize> {
+        t.size().into_iter().map(|d| d as usize).collect()
+    }
+    fn zeros(&self, shape: &[usize]) -> OpsResult<TT> {
+        ok(Tensor::f_zeros(dims(shape), (self.kind(), self.device)))
+    }
+    fn reshape(&self, t: &TT, shape: &[usize]) -> OpsResult<TT> {
+        ok(t.f_reshape(dims(shape)))
+    }
+    fn transpose(&self, t: &TT, d0: usize, d1: usize) -> OpsResult<TT> {
+        ok(t.f_transpose(i(d0), i(d1)).and_then(|t| t.f_contiguous()))
+    }
+    fn narrow(&self, t: &TT, dim: usize, start: usize, len: usize) -> OpsResult<TT> {
+        ok(t.f_narrow(i(dim), i(start), i(len))
+            .and_then(|t| t.f_contiguous()))
+    }
+    fn cat(&self, ts: &[TT], dim: usize) -> OpsResult<TT> {
+        let ts: Vec<&Tensor> = ts.iter().map(|t| &t.0).collect();
+        ok(Tensor::f_cat(&ts, i(dim)))
+    }
+    fn matmul(&self, a: &TT, b: &TT) -> OpsResult<TT> {
+        // candle's contract: both operands at least 2-d (torch would also
+        // accept vectors, with another meaning).
+        if a.dim() < 2 || b.dim() < 2 {
+            return Err(OpsError(format!(
+                "tch: matmul of shapes {:?} and {:?}: both need at least 2 dimensions",
+                a.size(),
+                b.size()
+            )));
+        }
+        ok(a.f_matmul(b))
+    }
+    fn unary(&self, op: Unary, t: &TT) -> OpsResult<TT> {
+        ok(match op {
+            Unary::Relu => t.f_relu(),
+            Unary::Step => t.f_gt(0.0).and_then(|m| m.f_to_kind(self.kind())),
+            Unary::Tanh => t.f_tanh(),
+            Unary::Sigmoid => t.f_sigmoid(),
+            Unary::GeluErf => t.f_gelu("none"),
+            Unary::Erf => t.f_erf(),
+            Unary::Exp => t.f_exp(),
+            Unary::Log => t.f_log(),
+            Unary::Sqrt => t.f_sqrt(),
+            Unary::Sqr => t.f_square(),
+            Unary::Recip => t.f_reciprocal(),
+            Unary::Neg => t.f_neg(),
+        })
+    }
+    fn binary(&self, op: Binary, a: &TT, b: &TT) -> OpsResult<TT> {
+        ok(match op {
+            Binary::Add => a.f_add(b),
+            Binary::Sub => a.f_sub(b),
+            Binary::Mul => a.f_mul(b),
+            Binary::Div => a.f_div(b),
+            Binary::Max => a.f_maximum(b),
+            Binary::Ge => a.f_ge_tensor(b).and_then(|m| m.f_to_kind(self.kind())),
+        })
+    }
+    fn affine(&self, t: &TT, mul: f64, add: f64) -> OpsResult<TT> {
+        ok(t.f_mul_scalar(mul).and_then(|t| t.f_add_scalar(add)))
+    }
+    fn reduce(&self, op: Reduce, t: &TT, dim: usize) -> OpsResult<TT> {
+        let d = [i(dim)];
+        ok(match op {
+            Reduce::Sum => t.f_sum_dim_intlist(&d[..], true, self.kind()),
+            Reduce::Max => t.f_amax(&d[..], true),
+        })
+    }
+    fn sum_all(&self, t: &TT) -> OpsResult<f64> {
+        // Summed in the working dtype, as candle does.
+        t.f_sum(self.kind())
+            .and_then(|s| s.f_double_value(&[]))
+            .map_err(e)
+    }
+    fn index_select(&self, t: &TT, idx: &TT, dim: usize) -> OpsResult<TT> {
+        ok(t.f_index_select(i(dim), idx))
+    }
+    fn index_add(&self, base: &TT, idx: &TT, src: &TT, dim: usize) -> OpsResult<TT> {
+        ok(base.f_index_add(i(dim), idx, src))
+    }
+}
+
+// ---------------------------------------------------------------- CUDA
+
+/// How many CUDA devices libtorch can use, or why none.
+///
+/// rustc links with `--as-needed`, which drops `libtorch_cuda.so` (nothing
+/// in the plugin names one of its symbols), and without it libtorch has no
+/// CUDA kernels or CUDA hooks. So it is loaded here (and by the first
+/// [`TchOps::new`], whatever the device), once, globally, from the folder
+/// the running `libtorch_cpu.so` came from; the handle is never closed.
+pub fn cuda_device_count() -> Result<usize, String> {
+    static STATUS: OnceLock<Result<usize, String>> = OnceLock::new();
+    STATUS.get_or_init(probe_cuda).clone()
+}
+
+fn probe_cuda() -> Result<usize, String> {
+    load_libtorch_cuda().map_err(|why| format!("CUDA is not available to libtorch: {why}"))?;
+    // Straight through torch-sys, reading libtorch's error slot ourselves:
+    // tch's `Cuda::device_count` panics on an error.
+    let count = unsafe { torch_sys::cuda::atc_cuda_device_count() };
+    if let Some(err) = take_torch_error() {
+        return Err(format!(
+            "CUDA is not available to libtorch: {}",
+            first_line(&err)
+        ));
+    }
+    if count <= 0 {
+        return Err(format!("no CUDA device visible ({})", driver_status()));
+    }
+    Ok(count as usize)
+}
+
+fn take_torch_error() -> Option<String> {
+    unsafe {
+        let p = torch_sys::get_and_reset_last_err();
+        if p.is_null() {
+            return None;
+        }
+        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        libc::free(p as *mut libc::c_void);
+        Some(s)
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// What the dynamic loader says about the NVIDIA driver library.
+fn driver_status() -> String {
+    use libloading::os::unix::{Library, RTLD_LAZY, RTLD_LOCAL};
+    match unsafe { Library::open(Some("libcuda.so.1"), RTLD_LAZY | RTLD_LOCAL) } {
+        Ok(_) => "the NVIDIA driver libcuda.so.1 loads, but reports no device".into(),
+        Err(err) => format!("driver libcuda.so.1 could not be loaded: {err}"),
+    }
+}
+
+/// The folder of the `libtorch_cpu.so` this process runs with, or the one
+/// the crate was built against.
+fn libtorch_lib_dir() -> std::path::PathBuf {
+    loaded_dir("libtorch_cpu.so")
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("NNGEO_LIBTORCH_LIB")))
+}
+
+/// The directory of an already loaded shared library (`dlinfo`).
+fn loaded_dir(name: &str) -> Option<std::path::PathBuf> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    unsafe {
+        let h = libc::dlopen(cname.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+        if h.is_null() {
+            return None;
+        }
+        let mut buf = vec![0 as libc::c_char; libc::PATH_MAX as usize + 1];
+        let r = libc::dlinfo(
+            h,
+            libc::RTLD_DI_ORIGIN,
+            buf.as_mut_ptr() as *mut libc::c_void,
+        );
+        libc::dlclose(h);
+        if r != 0 {
+            return None;
+        }
+        let s = std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().ok()?;
+        Some(std::path::PathBuf::from(s))
+    }
+}
+
+/// Loads `libtorch_cuda.so` once (the first call decides).
+fn load_libtorch_cuda() -> Result<(), String> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED.get_or_init(dlopen_libtorch_cuda).clone()
+}
+
+fn dlopen_libtorch_cuda() -> Result<(), String> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    let path = libtorch_lib_dir().join("libtorch_cuda.so");
+    if !path.exists() {
+        return Err(format!(
+            "libtorch_cuda.so could not be loaded: {} does not exist (a CPU-only libtorch)",
+            path.display()
+        ));
+    }
+    match unsafe { Library::open(Some(&path), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(lib) => {
+            // Never unloaded: libtorch keeps pointers into it.
+            std::mem::forget(lib);
+            Ok(())
+        }
+        Err(err) => Err(format!("libtorch_cuda.so could not be loaded: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CUDA's library is looked for next to the `libtorch_cpu.so` really
+    /// loaded, which is the one baked in as RUNPATH.
+    #[test]
+    fn libtorch_is_found_where_it_was_loaded_from() {
+        let o = TchOps::new("cpu", Dtype::F64).unwrap();
+        o.zeros(&[1]).unwrap();
+        let dir = loaded_dir("libtorch_cpu.so").expect("libtorch_cpu.so is loaded");
+        assert_eq!(dir, std::path::PathBuf::from(env!("NNGEO_LIBTORCH_LIB")));
+        assert_eq!(libtorch_lib_dir(), dir);
+        assert!(loaded_dir("libsurely_not_loaded_here.so").is_none());
+    }
+
+    #[test]
+    fn backtraces_are_cut_from_messages() {
+        let err = e(TchError::Torch(
+            "shape mismatch\nException raised from foo at bar.cpp:1\nframe #0: x".into(),
+        ));
+        assert_eq!(err.0, "tch: shape mismatch");
+    }
+}

@@ -1,0 +1,341 @@
+//! The libtorch and candle backends agree: every Fisher structure, the NTK,
+//! Jacobians and loss gradients of small networks in float64 through the
+//! engine's API, and a whole plan (measurements, SGD and natural-gradient
+//! training with hooks) through the `Backend` objects, within 1e-10
+//! relative (`max|a − b| / max|b|`).
+
+use nngeo::backend::candle::CandleOps;
+use nngeo::backend::RunContext;
+use nngeo::geometry::build::{BlockKind, Problem, Target};
+use nngeo::geometry::init::init_params;
+use nngeo::geometry::net::Net;
+use nngeo::geometry::ops::Ops;
+use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Op, Task};
+use nngeo::rng::Rng;
+use nngeo_backend_tch::TchOps;
+use std::collections::BTreeMap;
+
+const TOL: f64 = 1e-10;
+
+const MLP: &str = "mlp(in = 6, hidden = [8, 7], out = 5, act = tanh, init = pytorch(seed = 1))";
+
+const CNN: &str = "sequential(\
+    conv2d(1, 3, kernel = 3, padding = 1), relu,\
+    conv2d(3, 4, kernel = 3, stride = 2), tanh,\
+    flatten, linear(36, 5),\
+    input = [1, 8, 8], init = pytorch(seed = 2))";
+
+/// Every other layer type: pools, norms, gelu, sigmoid, conv1d.
+const NORM_CNN: &str = "sequential(\
+    conv2d(2, 4, kernel = 3, stride = 2, padding = 1), batchnorm2d(4), relu,\
+    avgpool2d(kernel = 2, stride = 1),\
+    conv2d(4, 3, kernel = [3, 2], padding = 1, bias = false), gelu,\
+    maxpool2d(kernel = 2, stride = 1),\
+    flatten, batchnorm1d(36), tanh,\
+    linear(36, 6, bias = false), sigmoid, layernorm([6]),\
+    linear(6, 4), tanh,\
+    input = [2, 10, 10], init = pytorch(seed = 3))";
+
+const SEQ: &str = "sequential(\
+    conv1d(2, 3, kernel = 3, stride = 2, padding = 1), batchnorm1d(3), tanh,\
+    layernorm([6]),\
+    conv1d(3, 4, kernel = 2, bias = false), gelu,\
+    layernorm(shape = [4, 5]), relu,\
+    flatten, linear(20, 3), sigmoid,\
+    input = [2, 12], init = pytorch(seed = 4))";
+
+fn compile_model(model: &str) -> ModelSpec {
+    let src = format!("experiment cross {{ dtype = f64 }}\nmodel net = {model}\n");
+    let plan =
+        nngeo::compile_source(&src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
+    plan.steps
+        .iter()
+        .find_map(|s| match &s.op {
+            Op::Model { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn affine_only(spec: &ModelSpec) -> bool {
+    !spec.layers.iter().any(|l| {
+        matches!(
+            l.layer,
+            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. } | Layer::LayerNorm { .. }
+        )
+    })
+}
+
+/// Everything the engine computes for one model on one backend, by name.
+fn quantities<O: Ops>(o: &O, model: &str, n: usize, seed: u64) -> BTreeMap<String, Vec<f64>> {
+    let spec = compile_model(model);
+    let params = init_params(&spec, &spec.init);
+    let net = Net::new(o, &spec, params).unwrap();
+    let mut rng = Rng::new(seed);
+    let d: usize = spec.input.iter().product();
+    let c = spec.outputs();
+    let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
+    let labels: Vec<f64> = (0..n).map(|_| rng.below(c.max(2)) as f64).collect();
+    let targets: Vec<f64> = (0..n * c).map(|_| rng.normal()).collect();
+    let v: Vec<f64> = (0..net.num_params()).map(|_| rng.normal()).collect();
+    let mut shape = vec![n];
+    shape.extend(&spec.input);
+    let x = o.upload(&shape, &xs).unwrap();
+    let p = Problem {
+        o,
+        net: &net,
+        x: &x,
+        y: &labels,
+        target_dim: 1,
+        n,
+        slots: (0..net.slots.len()).collect(),
+        batch: n,
+    };
+    let reg = Problem {
+        y: &targets,
+        target_dim: c,
+        ..p.clone_shallow()
+    };
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: Vec<f64>| {
+        assert!(out.insert(k.to_string(), v).is_none(), "{k} twice");
+    };
+    put(
+        "outputs",
+        o.download(&net.forward(o, &x, false).unwrap().output)
+            .unwrap(),
+    );
+    put("jacobian", p.jacobian_rows(&Target::Outputs).unwrap().data);
+    let (loss, grad) = p.loss_and_gradient(false).unwrap();
+    put("loss", vec![loss]);
+    put("gradient", grad);
+    put("ntk", p.ntk_dense(false).unwrap().data);
+    put("ntk per example", p.ntk_dense(true).unwrap().data);
+    let kinds = |k| vec![k; net.slots.len()];
+    let targets = [
+        (
+            "true",
+            &p,
+            Target::Fim {
+                variant: FisherVariant::True,
+                task: Task::Classification,
+            },
+        ),
+        (
+            "empirical",
+            &p,
+            Target::Fim {
+                variant: FisherVariant::Empirical,
+                task: Task::Classification,
+            },
+        ),
+        (
+            "mc",
+            &p,
+            Target::Fim {
+                variant: FisherVariant::Mc {
+                    samples: 2,
+                    seed: 5,
+                },
+                task: Task::Classification,
+            },
+        ),
+        (
+            "regression",
+            &reg,
+            Target::Fim {
+                variant: FisherVariant::True,
+                task: Task::Regression { sigma2: 0.5 },
+            },
+        ),
+    ];
+    for (tag, prob, t) in &targets {
+        put(
+            &format!("{tag}/dense"),
+            prob.fim_dense(t).unwrap().to_dense().data,
+        );
+        let mut structures = vec![("blockdiag", BlockKind::Dense), ("diag", BlockKind::Diag)];
+        if affine_only(&spec) {
+            structures.extend([
+                ("kfac", BlockKind::Kfac),
+                ("ekfac", BlockKind::Ekfac { refit: false }),
+                ("ekfac refit", BlockKind::Ekfac { refit: true }),
+                ("quasidiag", BlockKind::QuasiDiag),
+            ]);
+        }
+        for (name, k) in structures {
+            let f = prob.fim_blocks(t, &kinds(k)).unwrap();
+            put(&format!("{tag}/{name}"), f.to_dense().data);
+            if *tag == "true" {
+                put(&format!("{tag}/{name} solve"), f.solve(&v, 1e-3).unwrap());
+            }
+        }
+        put(
+            &format!("{tag}/implicit mv"),
+            prob.implicit_mv(t, &v).unwrap(),
+        );
+    }
+    let low = p.fim_lowrank(&targets[0].2, None).unwrap();
+    put("true/lowrank", low.to_dense().data);
+    out
+}
+
+/// `Problem` is not `Clone`; a copy of its fields.
+trait CloneShallow {
+    fn clone_shallow(&self) -> Self;
+}
+
+impl<O: Ops> CloneShallow for Problem<'_, O> {
+    fn clone_shallow(&self) -> Self {
+        Problem {
+            slots: self.slots.clone(),
+            ..*self
+        }
+    }
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
+}
+
+fn agree(model: &str, name: &str, n: usize) {
+    let c = quantities(&CandleOps::new("cpu", Dtype::F64).unwrap(), model, n, 11);
+    let t = quantities(&TchOps::new("cpu", Dtype::F64).unwrap(), model, n, 11);
+    assert_eq!(c.keys().collect::<Vec<_>>(), t.keys().collect::<Vec<_>>());
+    let mut worst = (0.0f64, String::new());
+    for (k, a) in &c {
+        let e = rel(&t[k], a);
+        assert!(
+            e <= TOL,
+            "{name} {k}: tch vs candle relative error {e:.3e} > {TOL:e}"
+        );
+        if e > worst.0 {
+            worst = (e, k.clone());
+        }
+    }
+    eprintln!(
+        "{name}: {} quantities agree; worst {:.2e} ({})",
+        c.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn mlp_agrees_with_candle() {
+    agree(MLP, "mlp", 9);
+}
+
+#[test]
+fn cnn_agrees_with_candle() {
+    agree(CNN, "cnn", 7);
+}
+
+#[test]
+fn norm_cnn_agrees_with_candle() {
+    agree(NORM_CNN, "norm cnn", 6);
+}
+
+#[test]
+fn sequence_model_agrees_with_candle() {
+    agree(SEQ, "conv1d", 6);
+}
+
+/// A whole plan through both `Backend` objects: representations and
+/// measurements, then SGD and KFAC natural-gradient training with hooks.
+const PLAN: &str = r#"
+experiment cross {
+  seed = 1
+  dtype = f64
+}
+
+data blobs4 = blobs(n = 120, classes = 3, dim = 6, std = 0.7, seed = 1)
+data tr, te = blobs4 |> split(0.75, seed = 1)
+data probe = tr |> take(4, per_class, seed = 2)
+model net = mlp(in = 6, hidden = [10, 8], out = 3, act = tanh, init = pytorch(seed = 3))
+
+let v = random_vector(net, seed = 3)
+let g = grad(net, probe)
+let F = Fim(Dense) of net on probe
+let K = Fim(KFAC) of net on probe
+let E = Fim(EKFAC(refit = true)) of net on probe
+let N = Ntk(Dense) of net on probe
+
+measure trace(F) as "trace/F", frobenius(F) as "frob/F", vTMv(F, v) as "vtmv/F"
+measure eigenvalues(F, top = 4) as "evals/F", mv(K, v) as "mv/K"
+measure rel_error(K, F) as "rel/K", rel_error(E, F) as "rel/E"
+measure solve(E, g, damping = 1e-2) as "solve/E", norm(g) as "norm/g"
+measure trace(N) as "trace/N", alignment(N, onehot(probe), centered = true) as "align/N"
+
+for opt in [
+  sgd(lr = 0.1, momentum = 0.9) as "sgd",
+  ngd(fim = KFAC, lr = 0.05, damping = 1e-2, refresh = 3) as "kfac",
+] {
+  train net on tr {
+    optimizer = opt
+    epochs = 2
+    batch = 30
+    every 2 steps {
+      measure loss(net, tr) as "loss/train"
+      measure norm(weights(net) - initial_weights(net)) as "dist"
+      measure trace(Fim(Diag) of net on probe) as "trace/diag"
+    }
+  }
+}
+"#;
+
+fn run_plan(backend: &mut dyn nngeo::backend::Backend) -> Vec<(String, String, Vec<f64>)> {
+    let plan = nngeo::compile_source(PLAN, &Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = RunContext {
+        base_dir: dir.path().to_path_buf(),
+        out_dir: dir.path().join("out"),
+    };
+    nngeo::exec::run(&plan, backend, &ctx).unwrap();
+    let text = std::fs::read_to_string(ctx.out_dir.join("results.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let j: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut tag = j["sweep"].to_string();
+            if let Some(s) = j.get("step") {
+                tag.push_str(&format!(" step {s}"));
+            }
+            let value = match &j["value"] {
+                serde_json::Value::Number(x) => vec![x.as_f64().unwrap()],
+                other => other["data"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{l}"))
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect(),
+            };
+            (j["key"].as_str().unwrap().to_string(), tag, value)
+        })
+        .collect()
+}
+
+#[test]
+fn a_whole_plan_gives_the_same_results() {
+    let c = run_plan(nngeo::backend::candle_backend().as_mut());
+    let t = run_plan(nngeo_backend_tch::backend().as_mut());
+    assert_eq!(c.len(), t.len(), "as many results");
+    assert!(c.len() > 30, "{} results", c.len());
+    let mut worst = 0.0f64;
+    for ((kc, tc, vc), (kt, tt, vt)) in c.iter().zip(&t) {
+        assert_eq!((kc, tc), (kt, tt), "results in the same order");
+        let e = rel(vt, vc);
+        assert!(e <= TOL, "{kc} {tc}: tch {vt:?} vs candle {vc:?} ({e:.3e})");
+        worst = worst.max(e);
+    }
+    eprintln!("{} results agree; worst {worst:.2e}", c.len());
+}

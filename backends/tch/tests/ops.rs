@@ -1,0 +1,443 @@
+//! `TchOps` method by method against the candle backend (the reference
+//! semantics of `nngeo::geometry::ops::Ops`), its errors, and what the
+//! crate says about libtorch and CUDA.
+
+use nngeo::backend::candle::CandleOps;
+use nngeo::geometry::ops::{Binary, Ops, Reduce, Unary};
+use nngeo::plan::Dtype;
+use nngeo::rng::Rng;
+use nngeo_backend_tch::TchOps;
+
+struct Pair {
+    c: CandleOps,
+    t: TchOps,
+}
+
+type CT = <CandleOps as Ops>::T;
+type TT = <TchOps as Ops>::T;
+
+impl Pair {
+    fn new(dtype: Dtype) -> Pair {
+        Pair {
+            c: CandleOps::new("cpu", dtype).unwrap(),
+            t: TchOps::new("cpu", dtype).unwrap(),
+        }
+    }
+    fn up(&self, shape: &[usize], data: &[f64]) -> (CT, TT) {
+        (
+            self.c.upload(shape, data).unwrap(),
+            self.t.upload(shape, data).unwrap(),
+        )
+    }
+    fn random(&self, shape: &[usize], seed: u64) -> (CT, TT) {
+        let mut rng = Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        self.up(shape, &data)
+    }
+    fn idx(&self, idx: &[u32]) -> (CT, TT) {
+        (
+            self.c.upload_index(idx).unwrap(),
+            self.t.upload_index(idx).unwrap(),
+        )
+    }
+    /// Same shape, values within `tol` relative to the largest.
+    fn same(&self, what: &str, a: &CT, b: &TT, tol: f64) {
+        assert_eq!(self.c.shape(a), self.t.shape(b), "{what}: shapes");
+        let (x, y) = (self.c.download(a).unwrap(), self.t.download(b).unwrap());
+        assert_eq!(x.len(), y.len(), "{what}: lengths");
+        let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+        for (k, (p, q)) in x.iter().zip(&y).enumerate() {
+            let ok = (p - q).abs() <= tol * scale || (p.is_nan() && q.is_nan());
+            assert!(ok, "{what}: element {k}: candle {p} vs tch {q}");
+        }
+    }
+}
+
+const EXACT: f64 = 0.0;
+/// Transcendental functions: libm against libtorch's vectorised kernels.
+const ULPS: f64 = 1e-14;
+
+#[test]
+fn upload_download_shape_and_zeros() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let (c, t) = p.random(&[2, 3, 4], 1);
+        p.same("round trip", &c, &t, EXACT);
+        assert_eq!(p.t.shape(&t), vec![2, 3, 4]);
+        assert_eq!(p.t.numel(&t), 24);
+        let (c, t) = p.up(&[], &[2.5]);
+        p.same("scalar", &c, &t, EXACT);
+        let (c, t) = p.up(&[0, 3], &[]);
+        p.same("empty", &c, &t, EXACT);
+        p.same(
+            "zeros",
+            &p.c.zeros(&[3, 2]).unwrap(),
+            &p.t.zeros(&[3, 2]).unwrap(),
+            EXACT,
+        );
+        assert_eq!(p.t.dtype(), dtype);
+    }
+    let t = TchOps::new("cpu", Dtype::F32).unwrap();
+    // f32 rounding, then back to f64.
+    let x = t.upload(&[1], &[0.1]).unwrap();
+    assert_eq!(t.download(&x).unwrap(), vec![f64::from(0.1f32)]);
+    assert_eq!(t.name(), "tch");
+    assert_eq!(t.device(), "cpu");
+}
+
+#[test]
+fn layout_operations() {
+    let p = Pair::new(Dtype::F64);
+    let (c, t) = p.random(&[2, 3, 4], 2);
+    for (d0, d1) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        let (a, b) = (
+            p.c.transpose(&c, d0, d1).unwrap(),
+            p.t.transpose(&t, d0, d1).unwrap(),
+        );
+        assert!(b.is_contiguous(), "transpose is contiguous");
+        p.same("transpose", &a, &b, EXACT);
+        // A reshape of the (contiguous) transpose reads it row-major.
+        p.same(
+            "reshape",
+            &p.c.reshape(&a, &[6, 4]).unwrap(),
+            &p.t.reshape(&b, &[6, 4]).unwrap(),
+            EXACT,
+        );
+    }
+    for (dim, start, len) in [(0, 1, 1), (1, 1, 2), (2, 0, 3), (2, 3, 1)] {
+        let b = p.t.narrow(&t, dim, start, len).unwrap();
+        assert!(b.is_contiguous(), "narrow is contiguous");
+        p.same(
+            "narrow",
+            &p.c.narrow(&c, dim, start, len).unwrap(),
+            &b,
+            EXACT,
+        );
+    }
+    let (c2, t2) = p.random(&[2, 1, 4], 3);
+    p.same(
+        "cat dim 1",
+        &p.c.cat(&[c.clone(), c2.clone()], 1).unwrap(),
+        &p.t.cat(&[t.clone(), t2.clone()], 1).unwrap(),
+        EXACT,
+    );
+    p.same(
+        "cat dim 0",
+        &p.c.cat(&[c.clone(), c.clone()], 0).unwrap(),
+        &p.t.cat(&[t.clone(), t.clone()], 0).unwrap(),
+        EXACT,
+    );
+}
+
+#[test]
+fn matmul_broadcasts_batch_dimensions() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let tol = if dtype == Dtype::F64 { 1e-13 } else { 1e-5 };
+        for (sa, sb) in [
+            (vec![3, 4], vec![4, 5]),
+            (vec![2, 3, 4], vec![4, 5]),
+            (vec![2, 3, 4], vec![2, 4, 5]),
+            (vec![2, 1, 3, 4], vec![5, 4, 2]),
+            (vec![3, 4], vec![2, 4, 5]),
+            (vec![1, 3, 4], vec![6, 4, 1]),
+            (vec![7, 40], vec![40, 33]),
+        ] {
+            let (ca, ta) = p.random(&sa, 4);
+            let (cb, tb) = p.random(&sb, 5);
+            p.same(
+                &format!("matmul {sa:?} × {sb:?}"),
+                &p.c.matmul(&ca, &cb).unwrap(),
+                &p.t.matmul(&ta, &tb).unwrap(),
+                tol,
+            );
+        }
+        let (ca, ta) = p.random(&[6, 3], 6);
+        let (cb, tb) = p.random(&[6, 4], 7);
+        p.same(
+            "t_matmul",
+            &p.c.t_matmul(&ca, &cb).unwrap(),
+            &p.t.t_matmul(&ta, &tb).unwrap(),
+            tol,
+        );
+    }
+}
+
+#[test]
+fn unary_operations() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let tol = if dtype == Dtype::F64 { ULPS } else { 1e-6 };
+        let mut rng = Rng::new(8);
+        let mut data: Vec<f64> = (0..60).map(|_| 3.0 * rng.normal()).collect();
+        data.extend([0.0, -0.0, 1.0, -1.0]);
+        let positive: Vec<f64> = data.iter().map(|x| x.abs() + 0.1).collect();
+        let (c, t) = p.up(&[4, 16], &data);
+        let (cp, tp) = p.up(&[4, 16], &positive);
+        for op in [
+            Unary::Relu,
+            Unary::Step,
+            Unary::Tanh,
+            Unary::Sigmoid,
+            Unary::GeluErf,
+            Unary::Erf,
+            Unary::Exp,
+            Unary::Sqr,
+            Unary::Neg,
+        ] {
+            let b = p.t.unary(op, &t).unwrap();
+            assert_eq!(b.kind(), p.t.upload(&[1], &[0.0]).unwrap().kind());
+            p.same(&format!("{op:?}"), &p.c.unary(op, &c).unwrap(), &b, tol);
+        }
+        for op in [Unary::Log, Unary::Sqrt, Unary::Recip] {
+            p.same(
+                &format!("{op:?}"),
+                &p.c.unary(op, &cp).unwrap(),
+                &p.t.unary(op, &tp).unwrap(),
+                tol,
+            );
+        }
+    }
+    // Step is (x > 0): 0 at 0; GeluErf is the erf form, not tanh.
+    let t = TchOps::new("cpu", Dtype::F64).unwrap();
+    let x = t.upload(&[4], &[-1.0, 0.0, 1e-300, 2.0]).unwrap();
+    let step = t.download(&t.unary(Unary::Step, &x).unwrap()).unwrap();
+    assert_eq!(step, vec![0.0, 0.0, 1.0, 1.0]);
+    let g = t
+        .download(
+            &t.unary(Unary::GeluErf, &t.upload(&[1], &[1.0]).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(
+        (g[0] - 0.841_344_746_068_542_9).abs() < 1e-15,
+        "gelu(1) = {}",
+        g[0]
+    );
+}
+
+#[test]
+fn binary_operations_broadcast() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let (ca, ta) = p.random(&[2, 3, 4], 9);
+        let shapes: [&[usize]; 5] = [&[2, 3, 4], &[3, 1], &[4], &[2, 1, 4], &[1]];
+        for (k, sb) in shapes.iter().enumerate() {
+            let (cb, tb) = p.random(sb, 10 + k as u64);
+            for op in [
+                Binary::Add,
+                Binary::Sub,
+                Binary::Mul,
+                Binary::Div,
+                Binary::Max,
+                Binary::Ge,
+            ] {
+                p.same(
+                    &format!("{op:?} {sb:?}"),
+                    &p.c.binary(op, &ca, &cb).unwrap(),
+                    &p.t.binary(op, &ta, &tb).unwrap(),
+                    EXACT,
+                );
+            }
+        }
+        // Ge is ≥: 1 on ties.
+        let (ca, ta) = p.up(&[3], &[1.0, 2.0, 3.0]);
+        let (cb, tb) = p.up(&[3], &[2.0, 2.0, 2.0]);
+        let ge = p.t.binary(Binary::Ge, &ta, &tb).unwrap();
+        assert_eq!(p.t.download(&ge).unwrap(), vec![0.0, 1.0, 1.0]);
+        p.same(
+            "ge ties",
+            &p.c.binary(Binary::Ge, &ca, &cb).unwrap(),
+            &ge,
+            EXACT,
+        );
+    }
+}
+
+#[test]
+fn affine_and_reductions() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let tol = if dtype == Dtype::F64 { 1e-14 } else { 1e-6 };
+        let (c, t) = p.random(&[3, 5, 7], 11);
+        for (mul, add) in [(2.5, -1.0), (1.0, 0.0), (0.0, 3.0), (-0.3, 0.0)] {
+            p.same(
+                "affine",
+                &p.c.affine(&c, mul, add).unwrap(),
+                &p.t.affine(&t, mul, add).unwrap(),
+                EXACT,
+            );
+        }
+        for dim in 0..3 {
+            // Sums: libtorch adds pairwise, candle in order.
+            p.same(
+                "sum",
+                &p.c.reduce(Reduce::Sum, &c, dim).unwrap(),
+                &p.t.reduce(Reduce::Sum, &t, dim).unwrap(),
+                tol,
+            );
+            let m = p.t.reduce(Reduce::Max, &t, dim).unwrap();
+            assert_eq!(p.t.shape(&m)[dim], 1, "the reduced dimension is kept");
+            p.same("max", &p.c.reduce(Reduce::Max, &c, dim).unwrap(), &m, EXACT);
+        }
+        let (a, b) = (p.c.sum_all(&c).unwrap(), p.t.sum_all(&t).unwrap());
+        assert!((a - b).abs() <= tol * 105.0, "sum_all {a} vs {b}");
+    }
+}
+
+#[test]
+fn index_select_and_index_add() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let (c, t) = p.random(&[4, 3, 5], 12);
+        let (ci, ti) = p.idx(&[2, 0, 2, 1, 1, 1]);
+        for dim in 0..3 {
+            p.same(
+                &format!("index_select {dim}"),
+                &p.c.index_select(&c, &ci, dim).unwrap(),
+                &p.t.index_select(&t, &ti, dim).unwrap(),
+                EXACT,
+            );
+        }
+        // Repeated positions accumulate.
+        let (cb, tb) = p.random(&[5, 3], 13);
+        let (cs, ts) = p.random(&[6, 3], 14);
+        p.same(
+            "index_add dim 0",
+            &p.c.index_add(&cb, &ci, &cs, 0).unwrap(),
+            &p.t.index_add(&tb, &ti, &ts, 0).unwrap(),
+            1e-6,
+        );
+        let (cs, ts) = p.random(&[5, 6], 15);
+        let (cb, tb) = p.random(&[5, 4], 16);
+        p.same(
+            "index_add dim 1",
+            &p.c.index_add(&cb, &ci, &cs, 1).unwrap(),
+            &p.t.index_add(&tb, &ti, &ts, 1).unwrap(),
+            1e-6,
+        );
+        // The base is not modified (shallow clones share storage).
+        p.same("base intact", &cb, &tb, EXACT);
+    }
+}
+
+#[test]
+fn errors_are_errors_not_panics() {
+    let t = TchOps::new("cpu", Dtype::F64).unwrap();
+    let a = t.upload(&[2, 3], &[0.0; 6]).unwrap();
+    let b = t.upload(&[4, 5], &[0.0; 20]).unwrap();
+    let v = t.upload(&[3], &[0.0; 3]).unwrap();
+    let idx = t.upload_index(&[7]).unwrap();
+    let errors = [
+        t.upload(&[2, 2], &[1.0; 3]).err(),
+        t.binary(Binary::Add, &a, &b).err(),
+        t.matmul(&a, &b).err(),
+        t.matmul(&a, &v).err(),
+        t.narrow(&a, 1, 2, 5).err(),
+        t.narrow(&a, 4, 0, 1).err(),
+        t.transpose(&a, 0, 3).err(),
+        t.reshape(&a, &[4]).err(),
+        t.cat(&[a.clone(), b.clone()], 1).err(),
+        t.cat(&[], 0).err(),
+        t.index_select(&a, &idx, 0).err(),
+        t.index_add(&a, &idx, &b, 0).err(),
+        t.reduce(Reduce::Sum, &a, 5).err(),
+    ];
+    for (k, err) in errors.into_iter().enumerate() {
+        let err = err.unwrap_or_else(|| panic!("case {k} should fail"));
+        let msg = err.0;
+        eprintln!("case {k}: {msg}");
+        assert!(msg.starts_with("tch: "), "case {k}: {msg}");
+        assert!(
+            !msg.contains("Exception raised from"),
+            "case {k}: the C++ backtrace is cut: {msg}"
+        );
+    }
+    for bad in ["tpu", "cuda:x", "cuda:", "CPU", ""] {
+        let err = TchOps::new(bad, Dtype::F64).unwrap_err().0;
+        assert!(err.contains("does not know device"), "{bad}: {err}");
+    }
+}
+
+/// CUDA either works (a GPU machine with libtorch's CUDA libraries) or
+/// fails with a reason, never a panic or an abort. On a machine without a
+/// GPU or without cuBLAS & co. (this repository's CI), the second.
+#[test]
+fn cuda_is_usable_or_refused_with_a_reason() {
+    match nngeo_backend_tch::cuda_status() {
+        Err(why) => {
+            assert!(
+                why.starts_with("CUDA is not available to libtorch: ")
+                    || why.starts_with("no CUDA device visible ("),
+                "{why}"
+            );
+            for dev in ["cuda", "cuda:0", "cuda:3"] {
+                let err = TchOps::new(dev, Dtype::F64).unwrap_err().0;
+                assert_eq!(err, why, "{dev}");
+            }
+            assert_eq!(nngeo_backend_tch::devices(), vec!["cpu".to_string()]);
+            eprintln!("CUDA refused: {why}");
+        }
+        Ok(n) => {
+            assert!(n > 0);
+            let err = TchOps::new(&format!("cuda:{n}"), Dtype::F64).unwrap_err().0;
+            assert!(err.contains("does not exist"), "{err}");
+            let o = TchOps::new("cuda", Dtype::F64).unwrap();
+            assert_eq!(o.device(), "cuda:0");
+            let cpu = TchOps::new("cpu", Dtype::F64).unwrap();
+            let data: Vec<f64> = (0..12).map(|i| i as f64 * 0.25 - 1.0).collect();
+            let (a, b) = (
+                o.upload(&[3, 4], &data).unwrap(),
+                cpu.upload(&[3, 4], &data).unwrap(),
+            );
+            let (at, bt) = (
+                o.transpose(&a, 0, 1).unwrap(),
+                cpu.transpose(&b, 0, 1).unwrap(),
+            );
+            let x = o.download(&o.matmul(&a, &at).unwrap()).unwrap();
+            let y = cpu.download(&cpu.matmul(&b, &bt).unwrap()).unwrap();
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-12, "cuda {p} vs cpu {q}");
+            }
+            assert_eq!(nngeo_backend_tch::devices().len(), n + 1);
+        }
+    }
+}
+
+/// This machine has no GPU: CUDA must be refused with the loader's or the
+/// driver's reason (set NNGEO_EXPECT_CUDA=1 on a GPU machine to skip).
+#[test]
+fn cuda_is_refused_here() {
+    if std::env::var_os("NNGEO_EXPECT_CUDA").is_some() {
+        return;
+    }
+    let err = TchOps::new("cuda", Dtype::F32).unwrap_err().0;
+    let loader = "CUDA is not available to libtorch: libtorch_cuda.so could not be loaded: ";
+    let driver = "no CUDA device visible (";
+    assert!(err.starts_with(loader) || err.starts_with(driver), "{err}");
+    // The reason itself is there: a library the loader did not find, or
+    // what the driver library said.
+    let reason = err
+        .strip_prefix(loader)
+        .or_else(|| err.strip_prefix(driver))
+        .unwrap();
+    assert!(reason.len() > 10, "{err}");
+}
+
+#[test]
+fn versions_and_backend_info() {
+    assert_eq!(nngeo_backend_tch::libtorch_version(), "2.11.0");
+    let b = nngeo_backend_tch::backend();
+    let info = b.info();
+    assert_eq!(info.name, "tch");
+    assert!(
+        info.version.starts_with("nngeo-backend-tch ")
+            && info.version.ends_with(", libtorch 2.11.0"),
+        "{}",
+        info.version
+    );
+    assert_eq!(info.devices[0], "cpu");
+    assert_eq!(info.devices, nngeo_backend_tch::devices());
+    assert!(info.dtypes.contains(&Dtype::F32) && info.dtypes.contains(&Dtype::F64));
+}

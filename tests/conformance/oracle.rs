@@ -1,0 +1,686 @@
+//! nngeo against NNGeometry's own float64 results (tests/fixtures/oracle,
+//! copied from the NNGeometry oracle; see its README for conventions).
+//!
+//! Every case found in the folder is checked, so new cases need no code:
+//! the model is rebuilt from the JSON sidecar's layer list, the weights and
+//! inputs come from the safetensors file, and every stored quantity nngeo
+//! computes is compared with relative error `max|a−b| / max|b| ≤ 1e-8`.
+//!
+//! Shared by every backend: the including test crate supplies `TestOps`,
+//! `test_ops(dtype)` and `fixtures_dir()` (see `tests/oracle.rs`).
+
+use crate::{fixtures_dir, test_ops, TestOps};
+use nngeo::geometry::build::{BlockKind, Problem, Target};
+use nngeo::geometry::init::load_params;
+use nngeo::geometry::kernel;
+use nngeo::geometry::net::Net;
+use nngeo::geometry::ops::Ops;
+use nngeo::geometry::repr::Fim;
+use nngeo::linalg::Mat;
+use nngeo::plan::{Dtype, FisherVariant, ModelSpec, Op, Task};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const TOL: f64 = 1e-8;
+
+struct Case {
+    name: String,
+    json: Value,
+    tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    path: PathBuf,
+}
+
+fn load_case(json_path: &Path) -> Case {
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    let path = json_path.with_extension("safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = HashMap::new();
+    for (k, v) in st.tensors() {
+        let data: Vec<f64> = match v.dtype() {
+            safetensors::Dtype::F64 => v
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => v
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            _ => continue,
+        };
+        tensors.insert(k.to_string(), (v.shape().to_vec(), data));
+    }
+    Case {
+        name: json["case"].as_str().unwrap().to_string(),
+        json,
+        tensors,
+        path,
+    }
+}
+
+/// The sidecar's layer list as an `.ngx` model, compiled by nngeo itself.
+fn model_spec(case: &Case) -> ModelSpec {
+    let input = &case.tensors["inputs"].0[1..];
+    let mut parts = Vec::new();
+    for l in case.json["model"]["layers"].as_array().unwrap() {
+        let u = |k: &str| l[k].as_u64().unwrap();
+        let pair = |k: &str| l[k].as_array().unwrap()[0].as_u64().unwrap();
+        parts.push(match l["type"].as_str().unwrap() {
+            "Linear" => format!(
+                "linear({}, {}, bias = {})",
+                u("in_features"),
+                u("out_features"),
+                l["bias"].as_bool().unwrap_or(true)
+            ),
+            "Conv2d" => format!(
+                "conv2d({}, {}, kernel = {}, stride = {}, padding = {}, bias = {})",
+                u("in_channels"),
+                u("out_channels"),
+                pair("kernel_size"),
+                pair("stride"),
+                pair("padding"),
+                l["bias"].as_bool().unwrap_or(true)
+            ),
+            "ReLU" => "relu".into(),
+            "Tanh" => "tanh".into(),
+            "Sigmoid" => "sigmoid".into(),
+            "Flatten" => "flatten".into(),
+            "BatchNorm1d" => format!(
+                "batchnorm1d({}, eps = {:e})",
+                u("num_features"),
+                l["eps"].as_f64().unwrap_or(1e-5)
+            ),
+            other => panic!("{}: layer type {other} not handled by this test", case.name),
+        });
+    }
+    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
+    let src = format!(
+        "experiment oracle {{ dtype = f64 }}\nmodel net = sequential({}, input = [{}])\n",
+        parts.join(", "),
+        shape.join(", ")
+    );
+    let plan = nngeo::compile_source(&src, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {src}\n{e:?}", case.name));
+    plan.steps
+        .iter()
+        .find_map(|s| match &s.op {
+            Op::Model { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// `max|a−b| / max|b|`, asserting it is at most `tol`.
+fn close(case: &str, what: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{case} {what}: length {} vs {}",
+        a.len(),
+        b.len()
+    );
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let rel = if scale > 0.0 { err / scale } else { err };
+    assert!(
+        rel <= tol,
+        "{case} {what}: relative error {rel:.3e} > {tol:e} (max|ref| = {scale:.3e})"
+    );
+}
+
+struct Setup {
+    o: TestOps,
+    net: Net<TestOps>,
+    x: <TestOps as Ops>::T,
+    labels: Vec<f64>,
+    n: usize,
+    regression: bool,
+}
+
+fn setup(case: &Case) -> Setup {
+    let o = test_ops(Dtype::F64);
+    let spec = model_spec(case);
+    let params = load_params(&spec, &case.path).unwrap();
+    let net = Net::new(&o, &spec, params).unwrap();
+    let (shape, inputs) = &case.tensors["inputs"];
+    let x = o.upload(shape, inputs).unwrap();
+    let regression = case.json["fim"]["call"]
+        .as_str()
+        .unwrap_or("")
+        .contains("regression");
+    let labels = if regression {
+        case.tensors
+            .get("targets")
+            .map(|t| t.1.clone())
+            .unwrap_or_default()
+    } else {
+        case.tensors["labels"].1.clone()
+    };
+    Setup {
+        o,
+        net,
+        x,
+        labels,
+        n: shape[0],
+        regression,
+    }
+}
+
+impl Setup {
+    fn problem(&self, n: usize, batch: usize) -> Problem<'_, TestOps> {
+        let x = if n == self.n {
+            self.x.clone()
+        } else {
+            self.o.narrow(&self.x, 0, 0, n).unwrap()
+        };
+        // Leak the narrowed input: tests are short-lived and Problem borrows it.
+        let x: &'static <TestOps as Ops>::T = Box::leak(Box::new(x));
+        let target_dim = if self.regression {
+            self.labels.len() / self.n
+        } else {
+            1
+        };
+        Problem {
+            o: &self.o,
+            net: &self.net,
+            x,
+            y: &self.labels,
+            target_dim: target_dim.max(1),
+            n,
+            slots: (0..self.net.slots.len()).collect(),
+            batch,
+        }
+    }
+    fn fim_target(&self) -> Target {
+        Target::Fim {
+            variant: FisherVariant::True,
+            task: if self.regression {
+                Task::Regression { sigma2: 1.0 }
+            } else {
+                Task::Classification
+            },
+        }
+    }
+}
+
+fn get<'a>(case: &'a Case, key: &str) -> Option<&'a Vec<f64>> {
+    case.tensors.get(key).map(|t| &t.1)
+}
+
+fn scalar(case: &Case, key: &str) -> Option<f64> {
+    get(case, key).map(|v| v[0])
+}
+
+fn cases() -> Vec<Case> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json") && p.with_extension("safetensors").exists()
+        })
+        .collect();
+    paths.sort();
+    assert!(
+        !paths.is_empty(),
+        "no oracle cases in {}",
+        fixtures_dir().display()
+    );
+    paths.iter().map(|p| load_case(p)).collect()
+}
+
+/// Checks every stored quantity of one FIM representation.
+fn check_fim(case: &Case, rep: &str, f: &Fim, checked: &mut Vec<String>) {
+    let v = get(case, "fim/v").unwrap();
+    let regul = scalar(case, "fim/solve_regul").unwrap();
+    let name = &case.name;
+    let key = |q: &str| format!("fim/{rep}/{q}");
+    if let Some(t) = scalar(case, &key("trace")) {
+        close(name, &key("trace"), &[f.trace()], &[t], TOL);
+        checked.push(key("trace"));
+    }
+    if let Some(t) = scalar(case, &key("frobenius_norm")) {
+        close(name, &key("frobenius_norm"), &[f.frobenius()], &[t], TOL);
+        checked.push(key("frobenius_norm"));
+    }
+    if let Some(d) = get(case, &key("diag")) {
+        close(name, &key("diag"), &f.diag(), d, TOL);
+        checked.push(key("diag"));
+    }
+    if let Some(mv) = get(case, &key("mv")) {
+        close(name, &key("mv"), &f.mv(v), mv, TOL);
+        checked.push(key("mv"));
+    }
+    if let Some(t) = scalar(case, &key("vTMv")) {
+        close(name, &key("vTMv"), &[f.vtmv(v)], &[t], TOL);
+        checked.push(key("vTMv"));
+    }
+    if let Some(s) = get(case, &key("solve")) {
+        // A solve amplifies round-off by the condition number of F + λI
+        // (up to ~1e5 here): compare to the oracle's own accuracy.
+        close(name, &key("solve"), &f.solve(v, regul).unwrap(), s, 1e-7);
+        checked.push(key("solve"));
+    }
+    for l in &f.layers {
+        if let Some(b) = get(case, &key(&format!("block/{}", l.name))) {
+            let one = f.layer(&l.name).unwrap();
+            close(
+                name,
+                &key(&format!("block/{}", l.name)),
+                &one.to_dense().data,
+                b,
+                TOL,
+            );
+            checked.push(key("block"));
+        }
+    }
+    if let Some(d) = get(case, &key("dense")) {
+        close(name, &key("dense"), &f.to_dense().data, d, TOL);
+        checked.push(key("dense"));
+    }
+}
+
+#[test]
+fn fim_representations_match_nngeometry() {
+    for case in cases() {
+        let s = setup(&case);
+        let p = s.problem(s.n, s.n);
+        let target = s.fim_target();
+        let mut checked = Vec::new();
+
+        // Forward pass.
+        let out =
+            s.o.download(&s.net.forward(&s.o, &s.x, false).unwrap().output)
+                .unwrap();
+        close(
+            &case.name,
+            "outputs",
+            &out,
+            get(&case, "outputs").unwrap(),
+            1e-12,
+        );
+
+        let dense = p.fim_dense(&target).unwrap();
+        check_fim(&case, "dense", &dense, &mut checked);
+        if let Some(ev) = get(&case, "fim/dense/evals") {
+            let mut ours = dense.eigenvalues().unwrap();
+            ours.reverse();
+            // Eigenvalues are well-conditioned: absolute error ~ ε‖F‖.
+            close(&case.name, "fim/dense/evals", &ours, ev, TOL);
+        }
+        let kinds = |k| vec![k; s.net.slots.len()];
+        check_fim(
+            &case,
+            "blockdiag",
+            &p.fim_blocks(&target, &kinds(BlockKind::Dense)).unwrap(),
+            &mut checked,
+        );
+        check_fim(
+            &case,
+            "diag",
+            &p.fim_blocks(&target, &kinds(BlockKind::Diag)).unwrap(),
+            &mut checked,
+        );
+        let kfac_ok = s.net.spec.layers.iter().all(|l| {
+            !matches!(
+                l.layer,
+                nngeo::plan::Layer::BatchNorm1d { .. } | nngeo::plan::Layer::BatchNorm2d { .. }
+            )
+        });
+        if kfac_ok {
+            let kfac = p.fim_blocks(&target, &kinds(BlockKind::Kfac)).unwrap();
+            check_fim(&case, "kfac", &kfac, &mut checked);
+            if let nngeo::geometry::repr::FimBody::Blocks(blocks) = &kfac.body {
+                for (b, l) in blocks.iter().zip(&kfac.layers) {
+                    let nngeo::geometry::repr::Block::Kfac { a, g } = b else {
+                        unreachable!()
+                    };
+                    for (q, m) in [("A", a), ("G", g)] {
+                        let k = format!("fim/kfac/{q}/{}", l.name);
+                        if let Some(r) = get(&case, &k) {
+                            close(&case.name, &k, &m.data, r, TOL);
+                            checked.push(k);
+                        }
+                        let k = format!("fim/kfac/evals_{q}/{}", l.name);
+                        if let Some(r) = get(&case, &k) {
+                            close(&case.name, &k, &nngeo::linalg::eigvalsh(m).unwrap(), r, TOL);
+                        }
+                    }
+                }
+            }
+            for (rep, refit) in [("ekfac", false), ("ekfac_upd", true)] {
+                let e = p
+                    .fim_blocks(&target, &kinds(BlockKind::Ekfac { refit }))
+                    .unwrap();
+                check_fim(&case, rep, &e, &mut checked);
+                if let nngeo::geometry::repr::FimBody::Blocks(blocks) = &e.body {
+                    for (b, l) in blocks.iter().zip(&e.layers) {
+                        let nngeo::geometry::repr::Block::Ekfac { d, .. } = b else {
+                            unreachable!()
+                        };
+                        let k = format!("fim/{rep}/kfe_diag/{}", l.name);
+                        if let Some(r) = get(&case, &k) {
+                            close(&case.name, &k, &d.data, r, TOL);
+                            checked.push(k);
+                        }
+                    }
+                }
+            }
+            check_fim(
+                &case,
+                "quasidiag",
+                &p.fim_blocks(&target, &kinds(BlockKind::QuasiDiag)).unwrap(),
+                &mut checked,
+            );
+        }
+        let low = p.fim_lowrank(&target, None).unwrap();
+        check_fim(&case, "lowrank", &low, &mut checked);
+        if let Some(ev) = get(&case, "fim/lowrank/evals") {
+            let ours = low.eigenvalues().unwrap();
+            close(&case.name, "fim/lowrank/evals", &ours[..ev.len()], ev, TOL);
+        }
+        // Implicit: matrix-free mv and vTMv; its trace through the diagonal pass.
+        let v = get(&case, "fim/v").unwrap();
+        if let Some(mv) = get(&case, "fim/implicit/mv") {
+            let ours = p.implicit_mv(&target, v).unwrap();
+            close(&case.name, "fim/implicit/mv", &ours, mv, TOL);
+            let vtmv: f64 = ours.iter().zip(v).map(|(a, b)| a * b).sum();
+            close(
+                &case.name,
+                "fim/implicit/vTMv",
+                &[vtmv],
+                &[scalar(&case, "fim/implicit/vTMv").unwrap()],
+                TOL,
+            );
+            checked.push("fim/implicit/mv".into());
+        }
+        eprintln!("{}: {} FIM quantities match", case.name, checked.len());
+        assert!(
+            checked.len() >= 30,
+            "{}: only {} quantities were compared",
+            case.name,
+            checked.len()
+        );
+    }
+}
+
+#[test]
+fn batching_does_not_change_the_fim() {
+    for case in cases() {
+        let s = setup(&case);
+        let target = s.fim_target();
+        let whole = s.problem(s.n, s.n);
+        let split = s.problem(s.n, 7);
+        let k = vec![BlockKind::Ekfac { refit: true }; s.net.slots.len()];
+        let kfac_ok = case.name.contains("mlp") || case.name.contains("cnn");
+        let a = whole.fim_dense(&target).unwrap();
+        let b = split.fim_dense(&target).unwrap();
+        close(
+            &case.name,
+            "dense batched",
+            &b.to_dense().data,
+            &a.to_dense().data,
+            1e-12,
+        );
+        if kfac_ok {
+            let a = whole.fim_blocks(&target, &k).unwrap();
+            let b = split.fim_blocks(&target, &k).unwrap();
+            close(
+                &case.name,
+                "ekfac batched",
+                &b.to_dense().data,
+                &a.to_dense().data,
+                1e-10,
+            );
+        }
+    }
+}
+
+#[test]
+fn empirical_fisher_matches_nngeometry() {
+    for case in cases() {
+        let s = setup(&case);
+        if s.regression || get(&case, "efim/dense/trace").is_none() {
+            continue;
+        }
+        let p = s.problem(s.n, s.n);
+        let target = Target::Fim {
+            variant: FisherVariant::Empirical,
+            task: Task::Classification,
+        };
+        let f = p.fim_dense(&target).unwrap();
+        let v = get(&case, "fim/v").unwrap();
+        close(
+            &case.name,
+            "efim trace",
+            &[f.trace()],
+            &[scalar(&case, "efim/dense/trace").unwrap()],
+            TOL,
+        );
+        close(
+            &case.name,
+            "efim diag",
+            &f.diag(),
+            get(&case, "efim/dense/diag").unwrap(),
+            TOL,
+        );
+        close(
+            &case.name,
+            "efim mv",
+            &f.mv(v),
+            get(&case, "efim/dense/mv").unwrap(),
+            TOL,
+        );
+        close(
+            &case.name,
+            "efim frobenius",
+            &[f.frobenius()],
+            &[scalar(&case, "efim/dense/frobenius_norm").unwrap()],
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn monte_carlo_fisher_is_unbiased() {
+    for case in cases() {
+        let s = setup(&case);
+        let Some(samples) = get(&case, "mc/trace_samples") else {
+            continue;
+        };
+        let p = s.problem(s.n, s.n);
+        let exact = p
+            .fim_blocks(&s.fim_target(), &vec![BlockKind::Diag; s.net.slots.len()])
+            .unwrap()
+            .trace();
+        let reps = 100;
+        let traces: Vec<f64> = (0..reps)
+            .map(|r| {
+                let t = Target::Fim {
+                    variant: FisherVariant::Mc {
+                        samples: 1,
+                        seed: 1000 + r,
+                    },
+                    task: Task::Classification,
+                };
+                p.fim_blocks(&t, &vec![BlockKind::Diag; s.net.slots.len()])
+                    .unwrap()
+                    .trace()
+            })
+            .collect();
+        let mean = traces.iter().sum::<f64>() / reps as f64;
+        let sd =
+            (traces.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (reps - 1) as f64).sqrt();
+        let se = sd / (reps as f64).sqrt();
+        assert!(
+            (mean - exact).abs() < 4.0 * se,
+            "{}: MC mean trace {mean} vs exact {exact} (s.e. {se})",
+            case.name
+        );
+        // The oracle's own MC draws have the same spread as ours.
+        let osd = {
+            let m = samples.iter().sum::<f64>() / samples.len() as f64;
+            (samples.iter().map(|t| (t - m).powi(2)).sum::<f64>() / (samples.len() - 1) as f64)
+                .sqrt()
+        };
+        assert!(
+            sd / osd > 0.6 && sd / osd < 1.6,
+            "{}: MC spread {sd} vs NNGeometry's {osd}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn ntk_and_alignment_match_nngeometry() {
+    for case in cases() {
+        let s = setup(&case);
+        let name = &case.name;
+        let c = s.net.outputs();
+        // The Jacobian of the first example.
+        if let Some(j) = get(&case, "jac/logits") {
+            let p = s.problem(1, 1);
+            let ours = p.jacobian_rows(&Target::Outputs).unwrap();
+            close(name, "jac/logits", &ours.data, j, TOL);
+        }
+        // Dense NTK on the first n_ntk examples, by both paths.
+        if let Some(kref) = get(&case, "ntk/dense") {
+            let n_ntk = case.tensors["ntk/dense"].0[1];
+            let p = s.problem(n_ntk, n_ntk);
+            let k = p.ntk_dense(false).unwrap();
+            close(name, "ntk/dense", &k.data, kref, TOL);
+            let k2 = p.ntk_dense(true).unwrap();
+            close(name, "ntk/dense per-example path", &k2.data, kref, TOL);
+            let v = get(&case, "ntk/v").unwrap();
+            close(
+                name,
+                "ntk/mv",
+                &k.matvec(v),
+                get(&case, "ntk/mv").unwrap(),
+                TOL,
+            );
+            close(
+                name,
+                "ntk/trace",
+                &[k.trace()],
+                &[scalar(&case, "ntk/trace").unwrap()],
+                TOL,
+            );
+            close(
+                name,
+                "ntk/frobenius",
+                &[k.frobenius()],
+                &[scalar(&case, "ntk/frobenius_norm").unwrap()],
+                TOL,
+            );
+        }
+        // All examples.
+        let p = s.problem(s.n, s.n);
+        let k = p.ntk_dense(false).unwrap();
+        let n = s.n;
+        let v = get(&case, "ntk_all/v").unwrap();
+        close(
+            name,
+            "ntk_all/trace",
+            &[k.trace()],
+            &[scalar(&case, "ntk_all/trace").unwrap()],
+            TOL,
+        );
+        close(
+            name,
+            "ntk_all/frobenius_norm",
+            &[k.frobenius()],
+            &[scalar(&case, "ntk_all/frobenius_norm").unwrap()],
+            TOL,
+        );
+        close(
+            name,
+            "ntk_all/diag",
+            &k.diag(),
+            get(&case, "ntk_all/diag").unwrap(),
+            TOL,
+        );
+        let kv = k.matvec(v);
+        close(
+            name,
+            "ntk_all/mv",
+            &kv,
+            get(&case, "ntk_all/mv").unwrap(),
+            TOL,
+        );
+        let vkv: f64 = kv.iter().zip(v).map(|(a, b)| a * b).sum();
+        close(
+            name,
+            "ntk_all/vTMv",
+            &[vkv],
+            &[scalar(&case, "ntk_all/vTMv").unwrap()],
+            TOL,
+        );
+        let mut ev = nngeo::linalg::eigvalsh(&k).unwrap();
+        ev.sort_by(f64::total_cmp);
+        close(
+            name,
+            "ntk_all/evals",
+            &ev,
+            get(&case, "ntk_all/evals").unwrap(),
+            TOL,
+        );
+        let tk = kernel::trace_kernel(&k, c, n);
+        close(
+            name,
+            "ntk_all/trace_kernel",
+            &tk.data,
+            get(&case, "ntk_all/trace_kernel").unwrap(),
+            TOL,
+        );
+        for (slot, info) in s.net.slots.iter().enumerate() {
+            let key = format!("ntk_all/layer_trace_kernel/{}", info.name);
+            if let Some(r) = get(&case, &key) {
+                let mut pl = s.problem(s.n, s.n);
+                pl.slots = vec![slot];
+                let kl = pl.ntk_dense(false).unwrap();
+                close(name, &key, &kernel::trace_kernel(&kl, c, n).data, r, TOL);
+            }
+        }
+        // Alignment, both of the oracle's conventions.
+        if !s.regression {
+            let y = get(&case, "onehot").unwrap();
+            let mut t = Mat::zeros(n, n);
+            for i in 0..n {
+                for j in 0..n {
+                    t.set(i, j, (0..c).map(|a| y[i * c + a] * y[j * c + a]).sum());
+                }
+            }
+            for (centered, tag) in [(false, "plain"), (true, "centered")] {
+                let key = format!("align/ntk_all/trace_kernel/{tag}");
+                let ours = kernel::alignment_matrices(&tk, &t, centered);
+                close(name, &key, &[ours], &[scalar(&case, &key).unwrap()], TOL);
+                let yv = kernel::target_vector(y, n, c);
+                let mut yy = Mat::zeros(c * n, c * n);
+                for r in 0..c * n {
+                    for q in 0..c * n {
+                        yy.set(r, q, yv[r] * yv[q]);
+                    }
+                }
+                let key = format!("align/ntk_all/full_kernel/{tag}");
+                let ours = kernel::alignment_matrices(&k, &yy, centered);
+                close(name, &key, &[ours], &[scalar(&case, &key).unwrap()], TOL);
+            }
+            // nngeo's own alignment, uncentred, equals the full-kernel one.
+            let yv = kernel::target_vector(y, n, c);
+            let ours = kernel::alignment(&k, &yv, c, n, false);
+            close(
+                name,
+                "alignment()",
+                &[ours],
+                &[scalar(&case, "align/ntk_all/full_kernel/plain").unwrap()],
+                TOL,
+            );
+        }
+    }
+}
