@@ -193,6 +193,151 @@ fn a_library_that_cannot_load_gives_the_loaders_reason() {
     assert!(msg.contains("nngeo_plugin_abi_version"), "{msg}");
 }
 
+/// The `candle-cuda` situation on a machine without a driver: a plugin
+/// whose own dependency is missing. Built here with the C compiler: a
+/// library that needs `libnngeo_gone.so`, which is then deleted.
+#[test]
+fn a_plugin_with_a_missing_dependency_is_reported_and_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("gone.c"), "int nngeo_gone(void) { return 1; }\n").unwrap();
+    std::fs::write(
+        d.join("plug.c"),
+        "int nngeo_gone(void);\nint nngeo_plugin_abi_version(void) { return nngeo_gone(); }\n",
+    )
+    .unwrap();
+    let cc = |args: &[&str]| {
+        let o = Command::new("cc")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cc: {}", text(&o));
+    };
+    cc(&["-shared", "-fPIC", "-o", "libnngeo_gone.so", "gone.c"]);
+    let plug = plugin::discover::file_name("needs-driver");
+    cc(&[
+        "-shared",
+        "-fPIC",
+        "-o",
+        &plug,
+        "plug.c",
+        "-L.",
+        "-lnngeo_gone",
+    ]);
+    std::fs::remove_file(d.join("libnngeo_gone.so")).unwrap();
+
+    let msg = plugin::load(&d.join(&plug)).err().unwrap().to_string();
+    assert!(
+        msg.contains("libnngeo_gone.so: cannot open shared object file"),
+        "{msg}"
+    );
+    let o = nngeo(
+        &["backends"],
+        &[("NNGEO_PLUGIN_PATH", d.to_str().unwrap())],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("needs-driver (plugin): unavailable"), "{t}");
+    assert!(
+        t.contains("libnngeo_gone.so: cannot open shared object file"),
+        "{t}"
+    );
+    assert!(t.contains("candle (built-in): ready"), "{t}");
+    let out = d.join("run");
+    let o = nngeo(
+        &[
+            "exec",
+            "experiments/fim_zoo.ngx",
+            "--backend",
+            "needs-driver",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("NNGEO_PLUGIN_PATH", d.to_str().unwrap())],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("backend `needs-driver` is not available")
+            && text(&o).contains("libnngeo_gone.so: cannot open shared object file"),
+        "{}",
+        text(&o)
+    );
+    let o = nngeo(
+        &[
+            "exec",
+            "experiments/fim_zoo.ngx",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("NNGEO_PLUGIN_PATH", d.to_str().unwrap())],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A table written in C (so the ABI really is C's) that claims another
+/// nngeo version, or a table shorter than the host's: each is refused,
+/// naming the field, before any of its functions is called.
+#[test]
+fn a_c_plugin_table_of_another_nngeo_version_or_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = r#"
+#include <stddef.h>
+#include <stdint.h>
+typedef struct { const char *ptr; size_t len; } Str;
+typedef struct {
+    size_t size; uint32_t abi_version;
+    Str name, plugin_version, nngeo_version, rustc_version, features, framework;
+    void *create, *destroy, *capabilities, *call, *free_buf;
+} Table;
+#define S(s) { s, sizeof(s) - 1 }
+static Table table = { sizeof(Table) - SHRINK, 1, S("cplug"), S("0.1.0"), S(NNGEO),
+    S("cc"), S(""), S("none"), 0, 0, 0, 0, 0 };
+uint32_t nngeo_plugin_abi_version(void) { return 1; }
+const Table *nngeo_plugin_table(void) { return &table; }
+"#;
+    std::fs::write(d.join("cplug.c"), c).unwrap();
+    let build = |name: &str, nngeo: &str, shrink: usize| {
+        let out = d.join(plugin::discover::file_name(name));
+        let o = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&out)
+            .arg(format!("-DNNGEO=\"{nngeo}\""))
+            .arg(format!("-DSHRINK={shrink}"))
+            .arg("cplug.c")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cc: {}", text(&o));
+        out
+    };
+    let older = build("older", "0.0.1", 0);
+    match plugin::load(&older) {
+        Err(LoadError::Mismatch {
+            field,
+            plugin,
+            host,
+            ..
+        }) => {
+            assert_eq!(field, "nngeo version (message schema)");
+            assert_eq!(plugin, "0.0.1");
+            assert_eq!(host, env!("CARGO_PKG_VERSION"));
+        }
+        other => panic!("not refused by version: {:?}", other.err()),
+    }
+    let short = build("short", env!("CARGO_PKG_VERSION"), 8);
+    let msg = plugin::load(&short).err().unwrap().to_string();
+    assert!(msg.contains("refused: table size differs"), "{msg}");
+    // Matching fields but null entry points: refused, never called.
+    let same = build("same", env!("CARGO_PKG_VERSION"), 0);
+    let msg = plugin::load(&same).err().unwrap().to_string();
+    assert!(msg.contains("`create` entry point is null"), "{msg}");
+}
+
 /// Every value of two runs' results.jsonl, in order, without timings.
 fn values(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("results.jsonl"))

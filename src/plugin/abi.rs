@@ -112,22 +112,30 @@ pub struct PluginTable {
     /// The numerical framework, e.g. `libtorch 2.11.0, CUDA 13.0`.
     pub framework: Str,
     /// Creates a backend instance; on failure writes an error message.
-    pub create: extern "C" fn(handle: *mut *mut c_void, out: *mut Buf) -> i32,
-    pub destroy: extern "C" fn(handle: *mut c_void),
+    /// (Entry points are `Option`s, i.e. nullable C function pointers: the
+    /// host refuses a table with a null one rather than calling it.)
+    pub create: Option<CreateFn>,
+    pub destroy: Option<DestroyFn>,
     /// Writes the backend's `BackendInfo` message.
-    pub capabilities: extern "C" fn(handle: *mut c_void, out: *mut Buf) -> i32,
+    pub capabilities: Option<CapabilitiesFn>,
     /// One request message in, one response (or error) message out.
-    pub call: extern "C" fn(
-        handle: *mut c_void,
-        req: *const u8,
-        len: usize,
-        emit: EmitFn,
-        emit_ctx: *mut c_void,
-        out: *mut Buf,
-    ) -> i32,
+    pub call: Option<CallFn>,
     /// Frees a buffer the plugin returned.
-    pub free_buf: extern "C" fn(buf: Buf),
+    pub free_buf: Option<FreeBufFn>,
 }
+
+pub type CreateFn = extern "C" fn(handle: *mut *mut c_void, out: *mut Buf) -> i32;
+pub type DestroyFn = extern "C" fn(handle: *mut c_void);
+pub type CapabilitiesFn = extern "C" fn(handle: *mut c_void, out: *mut Buf) -> i32;
+pub type CallFn = extern "C" fn(
+    handle: *mut c_void,
+    req: *const u8,
+    len: usize,
+    emit: EmitFn,
+    emit_ctx: *mut c_void,
+    out: *mut Buf,
+) -> i32;
+pub type FreeBufFn = extern "C" fn(buf: Buf);
 
 /// The table lives in a `static` of the plugin; raw pointers in it are to
 /// immutable, never-freed data.

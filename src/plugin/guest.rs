@@ -79,11 +79,11 @@ pub fn table<P: BackendPlugin>(plugin_version: &'static str) -> SyncTable {
             catch_unwind(P::framework)
                 .unwrap_or_else(|p| format!("unknown ({})", panic_message(p))),
         ),
-        create: create::<P>,
-        destroy,
-        capabilities,
-        call,
-        free_buf,
+        create: Some(create::<P>),
+        destroy: Some(destroy),
+        capabilities: Some(capabilities),
+        call: Some(call),
+        free_buf: Some(free_buf),
     })
 }
 

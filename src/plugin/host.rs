@@ -2,6 +2,7 @@
 //! and wrapping it as a [`Backend`].
 
 use super::abi::{Buf, PluginTable, Str, ABI_VERSION, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
+use super::abi::{CallFn, CapabilitiesFn, CreateFn, DestroyFn, FreeBufFn};
 use super::abi::{TABLE_SYMBOL, VERSION_SYMBOL};
 use super::wire::{self, Request, Response, WireEmitted};
 use super::NNGEO_VERSION;
@@ -48,7 +49,17 @@ pub struct PluginMeta {
 #[derive(Clone)]
 pub struct Plugin {
     pub meta: PluginMeta,
-    table: &'static PluginTable,
+    table: Entries,
+}
+
+/// The table's entry points, checked non-null.
+#[derive(Clone, Copy)]
+struct Entries {
+    create: CreateFn,
+    destroy: DestroyFn,
+    capabilities: CapabilitiesFn,
+    call: CallFn,
+    free_buf: FreeBufFn,
 }
 
 /// libloading's `Display` of a dlopen failure says only "DlOpen { .. }"; the
@@ -148,11 +159,22 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
             host: NNGEO_VERSION.into(),
         });
     }
+    let null = |entry: &str| LoadError::NotAPlugin {
+        path: p.clone(),
+        reason: format!("its table's `{entry}` entry point is null"),
+    };
+    let table = Entries {
+        create: table.create.ok_or_else(|| null("create"))?,
+        destroy: table.destroy.ok_or_else(|| null("destroy"))?,
+        capabilities: table.capabilities.ok_or_else(|| null("capabilities"))?,
+        call: table.call.ok_or_else(|| null("call"))?,
+        free_buf: table.free_buf.ok_or_else(|| null("free_buf"))?,
+    };
     Ok(Plugin { meta, table })
 }
 
 /// Copies a plugin-allocated buffer into host memory and gives it back.
-fn take(table: &PluginTable, buf: Buf) -> Vec<u8> {
+fn take(table: &Entries, buf: Buf) -> Vec<u8> {
     let v = if buf.ptr.is_null() {
         Vec::new()
     } else {
@@ -169,7 +191,7 @@ impl Plugin {
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut out = Buf::empty();
         let status = (self.table.create)(&mut handle, &mut out);
-        let msg = take(self.table, out);
+        let msg = take(&self.table, out);
         let unavailable = |reason: String| BackendError::Unavailable {
             name: self.meta.name.clone(),
             reason,
@@ -196,7 +218,7 @@ impl Plugin {
         };
         let mut out = Buf::empty();
         let status = (self.table.capabilities)(handle, &mut out);
-        let msg = take(self.table, out);
+        let msg = take(&self.table, out);
         let info = backend.response(status, &msg, 0, |m| {
             wire::decode::<BackendInfo>(m)
                 .map(|(i, _)| i)
@@ -306,7 +328,7 @@ impl PluginBackend {
             (&mut sink as *mut EmitSink).cast(),
             &mut out,
         );
-        let reply = take(self.plugin.table, out);
+        let reply = take(&self.plugin.table, out);
         if let Some(p) = sink.panic {
             resume_unwind(p);
         }
