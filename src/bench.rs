@@ -71,16 +71,16 @@ pub const CASES: &[Case] = &[
     },
 ];
 
-struct Setup {
-    o: CandleOps,
-    net: Net<CandleOps>,
-    x: candle_core::Tensor,
+struct Setup<O: Ops> {
+    o: O,
+    net: Net<O>,
+    x: O::T,
     y: Vec<f64>,
     n: usize,
     widths: Vec<usize>,
 }
 
-fn mlp(widths: &[usize], n: usize) -> Setup {
+fn mlp<O: Ops>(o: &O, widths: &[usize], n: usize) -> Setup<O> {
     let hidden: Vec<String> = widths[1..widths.len() - 1]
         .iter()
         .map(|w| w.to_string())
@@ -100,7 +100,7 @@ fn mlp(widths: &[usize], n: usize) -> Setup {
             _ => None,
         })
         .expect("a model step");
-    let o = CandleOps::new("cpu", Dtype::F32).expect("cpu");
+    let o = o.clone();
     let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).expect("net");
     let mut rng = crate::rng::Rng::new(0);
     let xs: Vec<f64> = (0..n * widths[0]).map(|_| rng.normal()).collect();
@@ -117,8 +117,8 @@ fn mlp(widths: &[usize], n: usize) -> Setup {
     }
 }
 
-impl Setup {
-    fn problem(&self) -> Problem<'_, CandleOps> {
+impl<O: Ops> Setup<O> {
+    fn problem(&self) -> Problem<'_, O> {
         Problem {
             o: &self.o,
             net: &self.net,
@@ -144,14 +144,22 @@ const TRUE_FISHER: Target = Target::Fim {
     task: Task::Classification,
 };
 
-/// Runs `name` once; returns (seconds, estimated FLOPs, stored bytes).
+/// Runs `name` once on the built-in candle backend (CPU, f32).
 pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
-    let big = || mlp(&[784, 512, 512, 10], 1000);
-    let small = || mlp(&[64, 64, 64, 10], 500);
+    let o = CandleOps::new("cpu", Dtype::F32).map_err(|e| e.to_string())?;
+    run_once_on(&o, name)
+}
+
+/// Runs `name` once on any backend's tensor operations (the `tch` plugin
+/// crate's `nngeo-tch-bench` uses this for libtorch on CPU and CUDA);
+/// returns (seconds, estimated FLOPs, stored bytes). The time ends when the
+/// result is on the host, so asynchronous devices are timed fully.
+pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String> {
+    let big = || mlp(o, &[784, 512, 512, 10], 1000);
+    let small = || mlp(o, &[64, 64, 64, 10], 500);
     let e = |x: crate::geometry::ops::OpsError| x.to_string();
     Ok(match name {
         "matmul-1024" | "matmul-ntk" => {
-            let o = CandleOps::new("cpu", Dtype::F32).map_err(e)?;
             let (m, k, n) = if name == "matmul-1024" {
                 (1024, 1024, 1024)
             } else {
@@ -161,6 +169,10 @@ pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
             let b = o.upload(&[k, n], &vec![0.25; k * n]).map_err(e)?;
             let t = Instant::now();
             let c = o.matmul(&a, &b).map_err(e)?;
+            // One element back to the host: waits for a GPU to finish.
+            let one = o.narrow(&c, 0, 0, 1).map_err(e)?;
+            o.download(&o.narrow(&one, 1, 0, 1).map_err(e)?)
+                .map_err(e)?;
             let s = t.elapsed().as_secs_f64();
             drop(c);
             (s, 2.0 * (m * k * n) as f64, (m * n * 4) as f64)
@@ -221,7 +233,7 @@ pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
         }
         "ntk-100" | "ntk-1000" => {
             let n = if name == "ntk-100" { 100 } else { 1000 };
-            let s = mlp(&[784, 512, 512, 10], n);
+            let s = mlp(o, &[784, 512, 512, 10], n);
             let p = s.problem();
             let t = Instant::now();
             let k = p.ntk_dense(false).map_err(e)?;
@@ -241,13 +253,19 @@ pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
     })
 }
 
-/// Median of `repeats` runs after one warm-up.
+/// Median of `repeats` runs after one warm-up (candle).
 pub fn median(name: &str, repeats: usize) -> Result<(f64, f64, f64), String> {
-    run_once(name)?;
+    let o = CandleOps::new("cpu", Dtype::F32).map_err(|e| e.to_string())?;
+    median_on(&o, name, repeats)
+}
+
+/// Median of `repeats` runs after one warm-up, on any backend's ops.
+pub fn median_on<O: Ops>(o: &O, name: &str, repeats: usize) -> Result<(f64, f64, f64), String> {
+    run_once_on(o, name)?;
     let mut times = Vec::new();
     let mut last = (0.0, 0.0);
     for _ in 0..repeats.max(1) {
-        let (s, f, b) = run_once(name)?;
+        let (s, f, b) = run_once_on(o, name)?;
         times.push(s);
         last = (f, b);
     }

@@ -84,8 +84,10 @@ pub trait Ops: Clone {
     fn affine(&self, t: &Self::T, mul: f64, add: f64) -> OpsResult<Self::T>;
     /// Reduction over `dim`, which is kept with size 1.
     fn reduce(&self, op: Reduce, t: &Self::T, dim: usize) -> OpsResult<Self::T>;
-    /// Sum of every element, as a host number.
-    fn sum_all(&self, t: &Self::T) -> OpsResult<f64>;
+    /// Sum of every element, as a host number (default: on the host).
+    fn sum_all(&self, t: &Self::T) -> OpsResult<f64> {
+        Ok(self.download(t)?.iter().sum())
+    }
     /// `t.index_select(dim, idx)`.
     fn index_select(&self, t: &Self::T, idx: &Self::T, dim: usize) -> OpsResult<Self::T>;
     /// `base` with `src` slices added at positions `idx` along `dim`.

@@ -14,6 +14,16 @@ pub mod host;
 pub mod wire;
 
 pub use guest::BackendPlugin;
+
+/// Everything a backend plugin needs, in one import:
+/// `use nngeo::plugin::prelude::*;`.
+pub mod prelude {
+    pub use crate::backend::engine::Engine;
+    pub use crate::backend::{Backend, BackendError};
+    pub use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+    pub use crate::plan::Dtype;
+    pub use crate::plugin::BackendPlugin;
+}
 pub use host::{load, LoadError, Plugin, PluginBackend, PluginMeta};
 
 /// The nngeo version: the schema of the messages a plugin exchanges.
