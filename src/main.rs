@@ -396,6 +396,14 @@ fn backends() -> ExitCode {
         }
         names.push(name);
     }
+    for name in nngeo::backend::SHIPPED_PLUGINS {
+        if !names.iter().any(|n| n == name) {
+            println!("{name} (plugin): not built");
+            if let Some(h) = nngeo::backend::build_hint(name) {
+                println!("  how:          {h}");
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -234,7 +234,13 @@ fn backends_lists_known_backends() {
     let out = nngeo(&["backends"]);
     assert_eq!(out.status.code(), Some(0));
     let t = text(&out.stdout);
-    assert!(t.contains("candle") && t.contains("tch"), "{t}");
+    assert!(t.contains("candle (built-in): ready"), "{t}");
+    // The libtorch plugin is listed whether or not it is built.
+    assert!(
+        t.contains("tch (plugin): ready")
+            || (t.contains("tch (plugin): not built") && t.contains("scripts/setup-libtorch.sh")),
+        "{t}"
+    );
 }
 
 #[test]

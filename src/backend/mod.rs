@@ -117,12 +117,17 @@ pub type MakeBackend = fn() -> Box<dyn Backend>;
 /// Backends linked into this executable.
 pub const BUILT_IN: &[(&str, MakeBackend)] = &[("candle", candle_backend)];
 
+/// Plugins this repository ships, listed by `nngeo backends` even when
+/// they are not built, with how to build them.
+pub const SHIPPED_PLUGINS: &[&str] = &["tch", "candle-cuda", "example"];
+
 /// How to get a plugin that is known by name but was not found.
-fn build_hint(name: &str) -> Option<&'static str> {
+pub fn build_hint(name: &str) -> Option<&'static str> {
     match name {
         "tch" => Some("the libtorch plugin is not built: run `scripts/setup-libtorch.sh` (add `--release` for a release `nngeo`)"),
         "candle-cuda" => Some("the candle CUDA plugin is not built: see backends/README.md (`candle-cuda`)"),
         "candle" => Some("build the candle plugin with `cargo build -p nngeo-backend-candle`"),
+        "example" => Some("build the example plugin with `cargo build -p nngeo-backend-example`"),
         _ => None,
     }
 }
