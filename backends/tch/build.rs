@@ -34,6 +34,9 @@ fn main() {
     println!("cargo:rustc-env=NNGEO_LIBTORCH_LIB={}", lib.display());
     let version = libtorch_version(&lib).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=NNGEO_LIBTORCH_VERSION={version}");
+    // The CUDA toolkit the wheel was built for (`+cu130` → `CUDA 13.0`).
+    let cuda = wheel_cuda(&lib).unwrap_or_else(|| "no CUDA build tag".into());
+    println!("cargo:rustc-env=NNGEO_LIBTORCH_CUDA={cuda}");
 }
 
 /// `2.11.0` from a Python wheel's `torch/version.py`, a libtorch archive's
@@ -74,4 +77,14 @@ fn libtorch_version(lib: &Path) -> Option<String> {
         part("TORCH_VERSION_MINOR")?,
         part("TORCH_VERSION_PATCH")?
     ))
+}
+
+/// `CUDA 13.0` from the local version tag of a wheel's `version.py`.
+fn wheel_cuda(lib: &Path) -> Option<String> {
+    let py = std::fs::read_to_string(lib.parent()?.join("version.py")).ok()?;
+    let line = py.lines().find(|l| l.starts_with("__version__"))?;
+    let tag = line.split('+').nth(1)?.trim_matches(['\'', '"', ' ']);
+    let digits = tag.strip_prefix("cu")?;
+    let (major, minor) = digits.split_at(digits.len().checked_sub(1)?);
+    Some(format!("CUDA {major}.{minor}"))
 }

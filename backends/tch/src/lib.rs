@@ -56,10 +56,15 @@ impl nngeo::plugin::BackendPlugin for Tch {
     const NAME: &'static str = "tch";
     fn framework() -> String {
         match cuda_status() {
-            Ok(n) => format!("libtorch {} (CUDA, {n} device(s))", libtorch_version()),
+            Ok(n) => format!(
+                "libtorch {} built for {}; {n} CUDA device(s)",
+                libtorch_version(),
+                env!("NNGEO_LIBTORCH_CUDA")
+            ),
             Err(why) => format!(
-                "libtorch {} (CPU; CUDA not available: {why})",
-                libtorch_version()
+                "libtorch {} built for {}; CPU only here: {why}",
+                libtorch_version(),
+                env!("NNGEO_LIBTORCH_CUDA")
             ),
         }
     }
