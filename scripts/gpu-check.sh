@@ -13,23 +13,28 @@
 # built, see backends/README.md).
 #
 #   scripts/gpu-check.sh <torch/lib of that machine's torch 2.11.0> [<nvidia/cu13/lib>] [OUT]
+#
+# DEVICE=cpu runs the same checks on the CPU (a dry run of this script).
+# Carry limit: nngeo, the tch plugin and the two test/bench binaries are
+# about 40 MB in release; the candle-cuda plugin (53 MB) needs its own call.
 set -uo pipefail
+dev=${DEVICE:-cuda}
 torch_lib=$1
 cu13_lib=${2:-}
 out=${3:-${OUT:-/tmp/nngeo-gpu}}
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$torch_lib${cu13_lib:+:$cu13_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bin=target/release
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
 "$bin/nngeo" backends 2>&1 | tee "$out/backends.txt"
 
-echo "== conformance tests on cuda (tch)"
-NNGEO_TEST_DEVICE=cuda "$bin/tch-conformance" 2>&1 | tail -5 | tee "$out/conformance.txt"
+echo "== conformance tests on $dev (tch)"
+NNGEO_TEST_DEVICE=$dev "$bin/tch-conformance" 2>&1 | tail -5 | tee "$out/conformance.txt"
 
-echo "== fim_zoo: tch cuda, candle cpu (f64)"
-"$bin/nngeo" exec experiments/fim_zoo.ngx --backend tch --device cuda --out "$out/fim_zoo_tch_cuda" >/dev/null
+echo "== fim_zoo: tch $dev, candle cpu (f64)"
+"$bin/nngeo" exec experiments/fim_zoo.ngx --backend tch --device "$dev" --out "$out/fim_zoo_tch_cuda" >/dev/null
 "$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle --out "$out/fim_zoo_candle" >/dev/null
-if [ -e "$bin/libnngeo_backend_candle_cuda.so" ]; then
+if [ "$dev" != cpu ] && [ -e "$bin/libnngeo_backend_candle_cuda.so" ]; then
     "$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle-cuda --device cuda --out "$out/fim_zoo_candle_cuda" >/dev/null
 fi
 python3 - "$out" <<'PY'
@@ -57,10 +62,10 @@ for d in ("fim_zoo_tch_cuda", "fim_zoo_candle_cuda"):
     print(f"{d} vs candle cpu: worst relative difference {worst[0]:.2e} ({worst[1]})")
 PY
 
-echo "== experiments on cuda (tch)"
+echo "== experiments on $dev (tch)"
 for e in ntk_align ekfac_optim lazy_vs_hasty; do
-    /usr/bin/time -f "$e: %e s, %M KB" "$bin/nngeo" exec "experiments/$e.ngx" --backend tch --device cuda --out "$out/$e" >/dev/null
+    /usr/bin/time -f "$e: %e s, %M KB" "$bin/nngeo" exec "experiments/$e.ngx" --backend tch --device "$dev" --out "$out/$e" >/dev/null
 done
 
-echo "== benchmarks (tch on cuda; candle on cpu in the same run)"
-"$bin/nngeo-tch-bench" --device cuda --repeats 5 2>&1 | tee "$out/bench_cuda.txt"
+echo "== benchmarks (tch on $dev; candle on cpu in the same run)"
+"$bin/nngeo-tch-bench" --device "$dev" --repeats 5 2>&1 | tee "$out/bench_cuda.txt"
