@@ -8,15 +8,14 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
+#[path = "conformance/reduced.rs"]
+mod reduced;
+
 /// Runs `experiments/<name>.ngx` with `edits` applied; returns the results
 /// directory's parsed `results.jsonl` and its `summary.md`.
 fn run_reduced(name: &str, edits: &[(&str, &str)], out: &Path) -> (Vec<Value>, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut src = std::fs::read_to_string(root.join(format!("experiments/{name}.ngx"))).unwrap();
-    for (from, to) in edits {
-        assert!(src.contains(from), "{name}.ngx no longer contains `{from}`");
-        src = src.replace(from, to);
-    }
+    let src = reduced::source(root, name, edits);
     let file = out.join(format!("{name}.ngx"));
     std::fs::write(&file, src).unwrap();
     let dir = out.join("results");
@@ -81,21 +80,7 @@ fn pngs(dir: &Path) -> usize {
 #[test]
 fn ntk_align_runs_reduced() {
     let dir = tempfile::tempdir().unwrap();
-    let (results, summary) = run_reduced(
-        "ntk_align",
-        &[
-            (
-                "data train = digits(split = train) |> normalize",
-                "data train = digits(split = train) |> normalize |> take(300, random, seed = 0)",
-            ),
-            ("epochs = 20", "epochs = 2"),
-            (
-                "take(10, per_class, seed = 1)",
-                "take(2, per_class, seed = 1)",
-            ),
-        ],
-        dir.path(),
-    );
+    let (results, summary) = run_reduced("ntk_align", reduced::NTK_ALIGN, dir.path());
     for key in [
         "align/train",
         "align/test",
@@ -124,20 +109,7 @@ fn ntk_align_runs_reduced() {
 #[test]
 fn ekfac_optim_runs_reduced() {
     let dir = tempfile::tempdir().unwrap();
-    let (results, summary) = run_reduced(
-        "ekfac_optim",
-        &[
-            (
-                "data train = digits(split = train) |> normalize",
-                "data train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
-            ),
-            ("take(100, random, seed = 4)", "take(24, random, seed = 4)"),
-            ("hidden = [64, 64]", "hidden = [16, 16]"),
-            ("epochs = 10", "epochs = 6"),
-            ("every 50 steps", "every 6 steps"),
-        ],
-        dir.path(),
-    );
+    let (results, summary) = run_reduced("ekfac_optim", reduced::EKFAC_OPTIM, dir.path());
     check_optimisers(&results, &summary);
     assert!(dir.path().join("results/loss_train_vs_time.png").exists());
 }
@@ -215,18 +187,7 @@ fn ekfac_autoencoder_runs_reduced() {
 #[test]
 fn lazy_vs_hasty_runs_reduced() {
     let dir = tempfile::tempdir().unwrap();
-    let (results, summary) = run_reduced(
-        "lazy_vs_hasty",
-        &[
-            (
-                "take(1000, random, seed = 1)",
-                "take(200, random, seed = 1)",
-            ),
-            ("steps = 3000", "steps = 60"),
-            ("every 100 steps", "every 20 steps"),
-        ],
-        dir.path(),
-    );
+    let (results, summary) = run_reduced("lazy_vs_hasty", reduced::LAZY_VS_HASTY, dir.path());
     let acc: Vec<&Value> = results
         .iter()
         .filter(|r| r["key"] == "examples/accuracy")

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "../../../tests/conformance/reduced.rs"]
+mod reduced;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -177,11 +180,7 @@ fn fim_zoo_gives_the_same_results_on_tch_and_candle() {
 /// both backends.
 fn experiment_agrees(name: &str, edits: &[(&str, &str)], tol: f64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut src = std::fs::read_to_string(root().join(format!("experiments/{name}.ngx"))).unwrap();
-    for (from, to) in edits {
-        assert!(src.contains(from), "{name}.ngx no longer contains `{from}`");
-        src = src.replace(from, to);
-    }
+    let src = reduced::source(&root(), name, edits);
     let file = dir.path().join(format!("{name}.ngx"));
     std::fs::write(&file, src).unwrap();
     let f64 = ["--dtype", "f64"];
@@ -196,55 +195,17 @@ fn experiment_agrees(name: &str, edits: &[(&str, &str)], tol: f64) {
 
 #[test]
 fn ntk_align_agrees() {
-    experiment_agrees(
-        "ntk_align",
-        &[
-            (
-                "data train = digits(split = train) |> normalize",
-                "data train = digits(split = train) |> normalize |> take(300, random, seed = 0)",
-            ),
-            ("epochs = 20", "epochs = 2"),
-            (
-                "take(10, per_class, seed = 1)",
-                "take(2, per_class, seed = 1)",
-            ),
-        ],
-        1e-8,
-    );
+    experiment_agrees("ntk_align", reduced::NTK_ALIGN, 1e-8);
 }
 
 #[test]
 fn ekfac_optim_agrees() {
-    experiment_agrees(
-        "ekfac_optim",
-        &[
-            (
-                "data train = digits(split = train) |> normalize",
-                "data train = digits(split = train) |> normalize |> take(256, random, seed = 0)",
-            ),
-            ("take(100, random, seed = 4)", "take(24, random, seed = 4)"),
-            ("hidden = [64, 64]", "hidden = [16, 16]"),
-            ("epochs = 10", "epochs = 6"),
-            ("every 50 steps", "every 6 steps"),
-        ],
-        1e-8,
-    );
+    experiment_agrees("ekfac_optim", reduced::EKFAC_OPTIM, 1e-8);
 }
 
 #[test]
 fn lazy_vs_hasty_agrees() {
-    experiment_agrees(
-        "lazy_vs_hasty",
-        &[
-            (
-                "take(1000, random, seed = 1)",
-                "take(200, random, seed = 1)",
-            ),
-            ("steps = 3000", "steps = 60"),
-            ("every 100 steps", "every 20 steps"),
-        ],
-        1e-8,
-    );
+    experiment_agrees("lazy_vs_hasty", reduced::LAZY_VS_HASTY, 1e-8);
 }
 
 #[test]
