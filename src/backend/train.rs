@@ -10,7 +10,7 @@
 
 use super::engine::block_kind;
 use crate::geometry::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
-use crate::geometry::net::{HostParams, Net};
+use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::Ops;
 use crate::geometry::repr::{Block, Fim, FimBody};
 use crate::plan::{
@@ -367,7 +367,9 @@ pub fn train<O: Ops>(
             slots: (0..net.slots.len()).collect(),
             batch: nb,
         };
-        let (loss, mut g) = p.loss_and_gradient(mse).map_err(|e| e.to_string())?;
+        let (loss, mut g, stats) = p
+            .loss_gradient_in(mse, Phase::Train)
+            .map_err(|e| e.to_string())?;
         if !loss.is_finite() || g.iter().any(|x| !x.is_finite()) {
             return Err(format!(
                 "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
@@ -483,6 +485,7 @@ pub fn train<O: Ops>(
             ));
         }
         params.set_flat(&w).map_err(|e| e.to_string())?;
+        update_running_stats(&mut params, spec, &stats);
         net = net
             .with_params(o, params.clone())
             .map_err(|e| e.to_string())?;
@@ -511,6 +514,38 @@ pub fn train<O: Ops>(
     }
     Ok(params)
 }
+
+/// BatchNorm's running averages after a training batch, as PyTorch
+/// updates them: `r ← (1 − momentum) r + momentum · batch`, with the
+/// unbiased batch variance, and one more `num_batches_tracked`.
+pub fn update_running_stats(params: &mut HostParams, spec: &ModelSpec, stats: &[BatchStats]) {
+    for st in stats {
+        let name = &spec.layers[st.layer].name;
+        let momentum = BN_MOMENTUM;
+        for (key, batch) in [("running_mean", &st.mean), ("running_var", &st.var)] {
+            if let Some(t) = params
+                .tensors
+                .iter_mut()
+                .find(|t| t.key == format!("{name}.{key}"))
+            {
+                t.data
+                    .iter_mut()
+                    .zip(batch)
+                    .for_each(|(r, b)| *r = (1.0 - momentum) * *r + momentum * b);
+            }
+        }
+        if let Some(t) = params
+            .tensors
+            .iter_mut()
+            .find(|t| t.key == format!("{name}.num_batches_tracked"))
+        {
+            t.data[0] += 1.0;
+        }
+    }
+}
+
+/// PyTorch's default BatchNorm momentum.
+const BN_MOMENTUM: f64 = 0.1;
 
 /// Per-example tracking: every example's loss and correctness (written
 /// compactly by the observer), and their means per group as

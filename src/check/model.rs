@@ -331,6 +331,7 @@ impl<'a> Checker<'a> {
                 input: shape.clone(),
                 output: out.clone(),
                 params,
+                from: vec![],
             });
             shape = out;
         }
@@ -353,6 +354,7 @@ impl<'a> Checker<'a> {
             params,
             init,
             weights: None,
+            param_order: vec![],
         };
         if params == 0 {
             self.error(Diagnostic::new(
@@ -443,6 +445,7 @@ impl<'a> Checker<'a> {
                 input: vec![width],
                 output: vec![*w],
                 params,
+                from: vec![],
             });
             if k + 1 < widths.len() {
                 layers.push(LayerSpec {
@@ -451,6 +454,7 @@ impl<'a> Checker<'a> {
                     input: vec![*w],
                     output: vec![*w],
                     params: 0,
+                    from: vec![],
                 });
             }
             width = *w;
@@ -589,6 +593,7 @@ impl<'a> Checker<'a> {
                         stride,
                         padding,
                         bias,
+                        dilation: [1, 1],
                     },
                     vec![o, h, w],
                 ))
@@ -771,90 +776,15 @@ fn spatial(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<
 
 /// Number of parameters of a layer (weights + bias; γ, β for norms).
 pub fn layer_params(l: &Layer) -> u64 {
-    match l {
-        Layer::Linear {
-            in_features,
-            out_features,
-            bias,
-        } => (*in_features as u64 + *bias as u64) * *out_features as u64,
-        Layer::Conv2d {
-            in_channels,
-            out_channels,
-            kernel,
-            bias,
-            ..
-        } => ((in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64) * *out_channels as u64,
-        Layer::Conv1d {
-            in_channels,
-            out_channels,
-            kernel,
-            bias,
-            ..
-        } => ((in_channels * kernel) as u64 + *bias as u64) * *out_channels as u64,
-        Layer::BatchNorm1d { features, .. } => 2 * *features as u64,
-        Layer::BatchNorm2d { channels, .. } => 2 * *channels as u64,
-        Layer::LayerNorm { shape, .. } => 2 * shape.iter().product::<usize>() as u64,
-        _ => 0,
-    }
+    l.num_params()
 }
 
-/// The `state_dict` tensors a model needs, with their PyTorch shapes.
+/// The `state_dict` tensors a model needs, with their PyTorch shapes
+/// (`num_batches_tracked` is optional, as in PyTorch's own loader).
 pub fn expected_tensors(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    let mut out = Vec::new();
-    for l in &spec.layers {
-        let n = &l.name;
-        match &l.layer {
-            Layer::Linear {
-                in_features,
-                out_features,
-                bias,
-            } => {
-                out.push((format!("{n}.weight"), vec![*out_features, *in_features]));
-                if *bias {
-                    out.push((format!("{n}.bias"), vec![*out_features]));
-                }
-            }
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                bias,
-                ..
-            } => {
-                out.push((
-                    format!("{n}.weight"),
-                    vec![*out_channels, *in_channels, kernel[0], kernel[1]],
-                ));
-                if *bias {
-                    out.push((format!("{n}.bias"), vec![*out_channels]));
-                }
-            }
-            Layer::Conv1d {
-                in_channels,
-                out_channels,
-                kernel,
-                bias,
-                ..
-            } => {
-                out.push((
-                    format!("{n}.weight"),
-                    vec![*out_channels, *in_channels, *kernel],
-                ));
-                if *bias {
-                    out.push((format!("{n}.bias"), vec![*out_channels]));
-                }
-            }
-            Layer::BatchNorm1d { features: c, .. } | Layer::BatchNorm2d { channels: c, .. } => {
-                for k in ["weight", "bias", "running_mean", "running_var"] {
-                    out.push((format!("{n}.{k}"), vec![*c]));
-                }
-            }
-            Layer::LayerNorm { shape, .. } => {
-                out.push((format!("{n}.weight"), shape.clone()));
-                out.push((format!("{n}.bias"), shape.clone()));
-            }
-            _ => {}
-        }
-    }
-    out
+    spec.state_tensors()
+        .into_iter()
+        .filter(|(k, _, _)| !k.ends_with(".num_batches_tracked"))
+        .map(|(k, s, _)| (k, s))
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! functions (the Fisher's pseudo-outputs or the NTK's logits) backward once,
 //! and each layer's statistics are accumulated on the device.
 
-use super::net::{Capture, Net};
+use super::net::{BatchStats, Capture, Net, Phase};
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
@@ -807,18 +807,32 @@ impl<'a, O: Ops> Problem<'a, O> {
     }
 
     /// Mean loss and its gradient (flat), from one forward and one
-    /// backward pass per batch.
+    /// backward pass per batch, in evaluation mode.
     pub fn loss_and_gradient(&self, mse: bool) -> OpsResult<(f64, Vec<f64>)> {
+        let (loss, g, _) = self.loss_gradient_in(mse, Phase::Eval)?;
+        Ok((loss, g))
+    }
+
+    /// Mean loss and gradient of a training step: BatchNorm normalises
+    /// with the statistics of each batch (PyTorch's `model.train()`), which
+    /// are returned for the running averages.
+    pub fn loss_gradient_in(
+        &self,
+        mse: bool,
+        phase: Phase,
+    ) -> OpsResult<(f64, Vec<f64>, Vec<BatchStats>)> {
         let o = self.o;
         let mut loss = 0.0;
         let c = self.net.outputs();
         let layers = self.layer_infos();
         let mut acc: Vec<Option<O::T>> = vec![None; layers.len()];
+        let mut stats = Vec::new();
         let mut start = 0;
         while start < self.n {
             let nb = self.batch.min(self.n - start);
             let xb = o.narrow(self.x, 0, start, nb)?;
-            let fwd = self.net.forward(o, &xb, true)?;
+            let mut fwd = self.net.forward_in(o, &xb, true, phase)?;
+            stats.append(&mut fwd.batch_stats);
             let z = o.download(&fwd.output)?;
             let mut s = vec![0.0; nb * c];
             for i in 0..nb {
@@ -852,6 +866,6 @@ impl<'a, O: Ops> Problem<'a, O> {
             let nat = o.download(acc[k].as_ref().unwrap())?;
             out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias));
         }
-        Ok((loss / self.n as f64, out))
+        Ok((loss / self.n as f64, out, stats))
     }
 }

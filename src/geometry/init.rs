@@ -24,7 +24,7 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
     };
     let mut rng = Rng::new(seed);
     let mut tensors = Vec::new();
-    for l in &spec.layers {
+    for l in spec.param_layers() {
         let name = &l.name;
         let mut push = |key: &str, shape: Vec<usize>, data: Vec<f64>, trainable: bool| {
             tensors.push(HostParam {
@@ -102,6 +102,11 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
                 push("bias", vec![*c], vec![0.0; *c], true);
                 push("running_mean", vec![*c], vec![0.0; *c], false);
                 push("running_var", vec![*c], vec![1.0; *c], false);
+                push("num_batches_tracked", vec![], vec![0.0], false);
+            }
+            Layer::GroupNorm { channels: c, .. } => {
+                push("weight", vec![*c], vec![1.0; *c], true);
+                push("bias", vec![*c], vec![0.0; *c], true);
             }
             Layer::LayerNorm { shape, .. } => {
                 let d: usize = shape.iter().product();
@@ -124,9 +129,13 @@ pub fn load_params(spec: &ModelSpec, path: &std::path::Path) -> Result<HostParam
         .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()))?;
     let mut params = init_params(spec, &spec.init);
     for t in &mut params.tensors {
-        let view = st
-            .tensor(&t.key)
-            .map_err(|_| format!("`{}` has no tensor `{}`", path.display(), t.key))?;
+        let view = match st.tensor(&t.key) {
+            Ok(v) => v,
+            // Like PyTorch's loader: checkpoints written before BatchNorm
+            // counted its batches start the count at zero.
+            Err(_) if t.key.ends_with(".num_batches_tracked") => continue,
+            Err(_) => return Err(format!("`{}` has no tensor `{}`", path.display(), t.key)),
+        };
         if view.shape() != t.shape.as_slice() {
             return Err(format!(
                 "`{}`: tensor `{}` has shape {:?}, expected {:?}",

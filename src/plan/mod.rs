@@ -6,10 +6,12 @@
 
 mod compile;
 pub mod cost;
+mod layers;
 mod ops;
 mod table;
 
 pub use compile::compile;
+pub use layers::conv_len;
 pub use ops::*;
 pub use table::render_table;
 

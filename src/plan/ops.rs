@@ -166,6 +166,13 @@ pub enum Transform {
 
 // ---------------------------------------------------------------- models
 
+/// A model as a directed acyclic graph of named layers.
+///
+/// `layers` is in execution (topological) order and the last layer's output
+/// is the model's output. A chain leaves every `from` empty. Names are
+/// PyTorch module paths (`layer2.0.downsample.0`), so a `state_dict` loads
+/// unchanged; a parameter-free module applied twice (a block's `relu`) is
+/// two layers of the same name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     /// Per-example input shape; inputs are reshaped to it (row-major).
@@ -177,29 +184,82 @@ pub struct ModelSpec {
     pub init: Init,
     /// safetensors file with PyTorch `state_dict` names to load.
     pub weights: Option<String>,
+    /// Indices into `layers` of the parameterised layers in parameter
+    /// order (PyTorch's `named_modules()` order, which NNGeometry's flat
+    /// vectors follow), when that differs from execution order. Empty:
+    /// execution order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub param_order: Vec<usize>,
 }
 
 impl ModelSpec {
     pub fn outputs(&self) -> usize {
         self.output.iter().product()
     }
+    /// The parameterised layer of this name (parameter-free names may
+    /// repeat; the first is returned).
     pub fn layer(&self, name: &str) -> Option<&LayerSpec> {
         self.layers.iter().find(|l| l.name == name)
     }
+    /// Indices of the layers that own parameters, in parameter order.
+    pub fn param_indices(&self) -> Vec<usize> {
+        if self.param_order.is_empty() {
+            (0..self.layers.len())
+                .filter(|&i| self.layers[i].params > 0)
+                .collect()
+        } else {
+            self.param_order.clone()
+        }
+    }
     /// Layers that own parameters, in parameter order.
     pub fn param_layers(&self) -> impl Iterator<Item = &LayerSpec> {
-        self.layers.iter().filter(|l| l.params > 0)
+        self.param_indices().into_iter().map(|i| &self.layers[i])
+    }
+    /// Layers that carry `state_dict` tensors (parameters or buffers), in
+    /// `state_dict` order.
+    pub fn stateful_layers(&self) -> impl Iterator<Item = &LayerSpec> {
+        self.param_layers()
+    }
+    /// The graph nodes layer `i` reads: `0` is the model input, `k` the
+    /// output of `layers[k − 1]`.
+    pub fn sources(&self, i: usize) -> Vec<usize> {
+        let f = &self.layers[i].from;
+        if f.is_empty() {
+            vec![i]
+        } else {
+            f.clone()
+        }
+    }
+    /// Whether any layer reads something other than its predecessor.
+    pub fn is_graph(&self) -> bool {
+        self.layers
+            .iter()
+            .enumerate()
+            .any(|(i, l)| !l.from.is_empty() && l.from != [i])
+    }
+    /// The shape of graph node `node` (see [`Self::sources`]).
+    pub fn node_shape(&self, node: usize) -> &[usize] {
+        if node == 0 {
+            &self.input
+        } else {
+            &self.layers[node - 1].output
+        }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
-    /// `layers.{i}`, the PyTorch `nn.Sequential` name.
+    /// The PyTorch module path (`layers.{i}` in an `nn.Sequential`).
     pub name: String,
     pub layer: Layer,
+    /// Shape of the (first) input, per example.
     pub input: Vec<usize>,
     pub output: Vec<usize>,
     pub params: u64,
+    /// Graph models: the nodes this layer reads (`0` the model input, `k`
+    /// the output of layer `k − 1`); empty reads the previous layer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +277,8 @@ pub enum Layer {
         stride: [usize; 2],
         padding: [usize; 2],
         bias: bool,
+        #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
+        dilation: [usize; 2],
     },
     Conv1d {
         in_channels: usize,
@@ -252,6 +314,29 @@ pub enum Layer {
         shape: Vec<usize>,
         eps: f64,
     },
+    /// Per-channel affine over `groups` normalised channel groups.
+    GroupNorm {
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    },
+    /// Average over windows `[floor(i·H/oh), ceil((i+1)·H/oh))`, as
+    /// PyTorch's `AdaptiveAvgPool2d` (global average pooling at 1×1).
+    AdaptiveAvgPool2d {
+        output: [usize; 2],
+    },
+    /// Elementwise sum of its inputs (a skip connection).
+    Add,
+    /// Concatenation of its inputs along the channel (first per-example)
+    /// dimension.
+    Concat,
+}
+
+fn ones2() -> [usize; 2] {
+    [1, 1]
+}
+fn is_ones2(d: &[usize; 2]) -> bool {
+    *d == [1, 1]
 }
 
 impl Layer {
@@ -270,6 +355,10 @@ impl Layer {
             Layer::BatchNorm1d { .. } => "BatchNorm1d",
             Layer::BatchNorm2d { .. } => "BatchNorm2d",
             Layer::LayerNorm { .. } => "LayerNorm",
+            Layer::GroupNorm { .. } => "GroupNorm",
+            Layer::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Layer::Add => "Add",
+            Layer::Concat => "Concat",
         }
     }
     /// Which group of a per-layer-type `mix(...)` this layer falls in.
@@ -277,9 +366,10 @@ impl Layer {
         match self {
             Layer::Linear { .. } => Some(LayerFamily::Linear),
             Layer::Conv2d { .. } | Layer::Conv1d { .. } => Some(LayerFamily::Conv),
-            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. } | Layer::LayerNorm { .. } => {
-                Some(LayerFamily::Norm)
-            }
+            Layer::BatchNorm1d { .. }
+            | Layer::BatchNorm2d { .. }
+            | Layer::LayerNorm { .. }
+            | Layer::GroupNorm { .. } => Some(LayerFamily::Norm),
             _ => None,
         }
     }

@@ -13,11 +13,11 @@ use crate::{fixtures_dir, test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::load_params;
 use nngeo::geometry::kernel;
-use nngeo::geometry::net::Net;
+use nngeo::geometry::net::{Net, SlotKind};
 use nngeo::geometry::ops::Ops;
 use nngeo::geometry::repr::Fim;
 use nngeo::linalg::Mat;
-use nngeo::plan::{Dtype, FisherVariant, ModelSpec, Op, Task};
+use nngeo::plan::{Dtype, FisherVariant, Layer, LayerSpec, ModelSpec, Op, Task};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,8 +61,180 @@ fn load_case(json_path: &Path) -> Case {
     }
 }
 
-/// The sidecar's layer list as an `.ngx` model, compiled by nngeo itself.
+/// The sidecar's model: a graph (`modules` + `forward.steps`) or a chain
+/// (`layers`).
 fn model_spec(case: &Case) -> ModelSpec {
+    if case.json["model"]["forward"].is_object() {
+        graph_spec(case)
+    } else {
+        chain_spec(case)
+    }
+}
+
+/// One PyTorch module of a sidecar as an nngeo layer.
+fn torch_layer(case: &str, m: &Value) -> Layer {
+    let u = |k: &str| {
+        m[k].as_u64()
+            .unwrap_or_else(|| panic!("{case}: `{k}` of {m}")) as usize
+    };
+    let pair = |k: &str| -> [usize; 2] {
+        match &m[k] {
+            Value::Array(a) => [
+                a[0].as_u64().unwrap() as usize,
+                a[1].as_u64().unwrap() as usize,
+            ],
+            v => {
+                let x = v.as_u64().unwrap() as usize;
+                [x, x]
+            }
+        }
+    };
+    let eps = m["eps"].as_f64().unwrap_or(1e-5);
+    match m["type"].as_str().unwrap() {
+        "Linear" => Layer::Linear {
+            in_features: u("in_features"),
+            out_features: u("out_features"),
+            bias: m["bias"].as_bool().unwrap_or(true),
+        },
+        "Conv2d" => {
+            assert_eq!(m["groups"].as_u64().unwrap_or(1), 1, "{case}: grouped conv");
+            Layer::Conv2d {
+                in_channels: u("in_channels"),
+                out_channels: u("out_channels"),
+                kernel: pair("kernel_size"),
+                stride: pair("stride"),
+                padding: pair("padding"),
+                dilation: if m["dilation"].is_null() {
+                    [1, 1]
+                } else {
+                    pair("dilation")
+                },
+                bias: m["bias"].as_bool().unwrap_or(true),
+            }
+        }
+        "ReLU" => Layer::Relu,
+        "Tanh" => Layer::Tanh,
+        "Sigmoid" => Layer::Sigmoid,
+        "GELU" => Layer::Gelu,
+        "Flatten" => Layer::Flatten,
+        "MaxPool2d" => Layer::MaxPool2d {
+            kernel: pair("kernel_size"),
+            stride: pair("stride"),
+        },
+        "AvgPool2d" => Layer::AvgPool2d {
+            kernel: pair("kernel_size"),
+            stride: pair("stride"),
+        },
+        "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
+            output: pair("output_size"),
+        },
+        "BatchNorm1d" => Layer::BatchNorm1d {
+            features: u("num_features"),
+            eps,
+        },
+        "BatchNorm2d" => Layer::BatchNorm2d {
+            channels: u("num_features"),
+            eps,
+        },
+        "GroupNorm" => Layer::GroupNorm {
+            groups: u("num_groups"),
+            channels: u("num_channels"),
+            eps,
+        },
+        "LayerNorm" => Layer::LayerNorm {
+            shape: m["normalized_shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect(),
+            eps,
+        },
+        other => panic!("{case}: module type {other} not handled by this test"),
+    }
+}
+
+/// A graph sidecar rebuilt in general: every step of `forward.steps`
+/// becomes a layer reading the nodes its `inputs` name, and the
+/// parameterised modules keep `modules`' (`named_modules()`) order as the
+/// parameter order.
+fn graph_spec(case: &Case) -> ModelSpec {
+    let model = &case.json["model"];
+    let fwd = &model["forward"];
+    let modules: HashMap<&str, &Value> = model["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m))
+        .collect();
+    let input: Vec<usize> = case.tensors["inputs"].0[1..].to_vec();
+    let mut spec = ModelSpec {
+        input: input.clone(),
+        output: vec![],
+        layers: vec![],
+        params: 0,
+        init: nngeo::plan::Init::Pytorch { seed: 0 },
+        weights: None,
+        param_order: vec![],
+    };
+    let mut node: HashMap<String, usize> = HashMap::new();
+    node.insert(fwd["input"].as_str().unwrap_or("x").to_string(), 0);
+    for step in fwd["steps"].as_array().unwrap() {
+        let from: Vec<usize> = step["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| node[t.as_str().unwrap()])
+            .collect();
+        let (name, layer) = match step["op"].as_str().unwrap() {
+            "module" => {
+                let name = step["module"].as_str().unwrap();
+                (name.to_string(), torch_layer(&case.name, modules[name]))
+            }
+            "add" => (format!("add.{}", step["step"]), Layer::Add),
+            "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),
+            "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
+            other => panic!("{}: graph op {other} not handled by this test", case.name),
+        };
+        let shapes: Vec<Vec<usize>> = from.iter().map(|&f| spec.node_shape(f).to_vec()).collect();
+        let refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+        let l = LayerSpec::node(&name, layer, &refs, from)
+            .unwrap_or_else(|e| panic!("{}: step {}: {e}", case.name, step["step"]));
+        if let Some(shape) = step["shape"].as_array() {
+            let want: Vec<usize> = shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            assert_eq!(
+                l.output, want,
+                "{}: shape of step {}",
+                case.name, step["step"]
+            );
+        }
+        spec.layers.push(l);
+        node.insert(
+            step["output"].as_str().unwrap().to_string(),
+            spec.layers.len(),
+        );
+    }
+    spec.output = spec.layers.last().unwrap().output.clone();
+    assert_eq!(node[fwd["output"].as_str().unwrap()], spec.layers.len());
+    // Parameter order: `named_modules()` order, not execution order.
+    for m in model["modules"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        if let Some(i) = spec
+            .layers
+            .iter()
+            .position(|l| l.name == name && l.params > 0)
+        {
+            spec.param_order.push(i);
+        }
+    }
+    spec.params = spec.layers.iter().map(|l| l.params).sum();
+    spec.validate()
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    spec
+}
+
+/// The sidecar's layer list as an `.ngx` model, compiled by nngeo itself.
+fn chain_spec(case: &Case) -> ModelSpec {
     let input = &case.tensors["inputs"].0[1..];
     let mut parts = Vec::new();
     for l in case.json["model"]["layers"].as_array().unwrap() {
@@ -209,6 +381,35 @@ impl Setup {
     }
 }
 
+/// The slots a representation was built over in this case, and its test
+/// vector: every layer with `fim/v`, or (sidecar
+/// `fim.representation_layer_collection[rep] = "conv_linear"`) the
+/// Conv2d/Linear layers of `parameter_ordering.conv_linear` with
+/// `fim/v_conv_linear`.
+fn collection<'a>(case: &'a Case, s: &Setup, rep: &str) -> (Vec<usize>, &'a [f64]) {
+    let all = (0..s.net.slots.len()).collect();
+    match case.json["fim"]["representation_layer_collection"][rep].as_str() {
+        Some("conv_linear") => {
+            let names: Vec<&str> = case.json["parameter_ordering"]["conv_linear"]["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["layer_id"].as_str().unwrap())
+                .collect();
+            let slots = names
+                .iter()
+                .map(|n| {
+                    s.net
+                        .slot(n)
+                        .unwrap_or_else(|| panic!("{}: no layer `{n}`", case.name))
+                })
+                .collect();
+            (slots, get(case, "fim/v_conv_linear").unwrap())
+        }
+        _ => (all, get(case, "fim/v").unwrap()),
+    }
+}
+
 fn get<'a>(case: &'a Case, key: &str) -> Option<&'a Vec<f64>> {
     case.tensors.get(key).map(|t| &t.1)
 }
@@ -235,8 +436,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// Checks every stored quantity of one FIM representation.
-fn check_fim(case: &Case, rep: &str, f: &Fim, checked: &mut Vec<String>) {
-    let v = get(case, "fim/v").unwrap();
+fn check_fim(case: &Case, rep: &str, f: &Fim, v: &[f64], checked: &mut Vec<String>) {
     let regul = scalar(case, "fim/solve_regul").unwrap();
     let name = &case.name;
     let key = |q: &str| format!("fim/{rep}/{q}");
@@ -305,8 +505,9 @@ fn fim_representations_match_nngeometry() {
             1e-12,
         );
 
+        let v_all = get(&case, "fim/v").unwrap();
         let dense = p.fim_dense(&target).unwrap();
-        check_fim(&case, "dense", &dense, &mut checked);
+        check_fim(&case, "dense", &dense, v_all, &mut checked);
         if let Some(ev) = get(&case, "fim/dense/evals") {
             let mut ours = dense.eigenvalues().unwrap();
             ours.reverse();
@@ -318,23 +519,30 @@ fn fim_representations_match_nngeometry() {
             &case,
             "blockdiag",
             &p.fim_blocks(&target, &kinds(BlockKind::Dense)).unwrap(),
+            v_all,
             &mut checked,
         );
         check_fim(
             &case,
             "diag",
             &p.fim_blocks(&target, &kinds(BlockKind::Diag)).unwrap(),
+            v_all,
             &mut checked,
         );
-        let kfac_ok = s.net.spec.layers.iter().all(|l| {
-            !matches!(
-                l.layer,
-                nngeo::plan::Layer::BatchNorm1d { .. } | nngeo::plan::Layer::BatchNorm2d { .. }
-            )
-        });
+        // KFAC-type structures over the layers the case built them on (all,
+        // or the Conv2d/Linear collection when the model has norm layers).
+        let (kslots, kv) = collection(&case, &s, "kfac");
+        let kp = Problem {
+            slots: kslots.clone(),
+            ..s.problem(s.n, s.n)
+        };
+        let kfac_ok = kslots
+            .iter()
+            .all(|&k| matches!(s.net.slots[k].kind, SlotKind::Affine { .. }));
+        let kk = |k| vec![k; kslots.len()];
         if kfac_ok {
-            let kfac = p.fim_blocks(&target, &kinds(BlockKind::Kfac)).unwrap();
-            check_fim(&case, "kfac", &kfac, &mut checked);
+            let kfac = kp.fim_blocks(&target, &kk(BlockKind::Kfac)).unwrap();
+            check_fim(&case, "kfac", &kfac, kv, &mut checked);
             if let nngeo::geometry::repr::FimBody::Blocks(blocks) = &kfac.body {
                 for (b, l) in blocks.iter().zip(&kfac.layers) {
                     let nngeo::geometry::repr::Block::Kfac { a, g } = b else {
@@ -354,10 +562,10 @@ fn fim_representations_match_nngeometry() {
                 }
             }
             for (rep, refit) in [("ekfac", false), ("ekfac_upd", true)] {
-                let e = p
-                    .fim_blocks(&target, &kinds(BlockKind::Ekfac { refit }))
+                let e = kp
+                    .fim_blocks(&target, &kk(BlockKind::Ekfac { refit }))
                     .unwrap();
-                check_fim(&case, rep, &e, &mut checked);
+                check_fim(&case, rep, &e, kv, &mut checked);
                 if let nngeo::geometry::repr::FimBody::Blocks(blocks) = &e.body {
                     for (b, l) in blocks.iter().zip(&e.layers) {
                         let nngeo::geometry::repr::Block::Ekfac { d, .. } = b else {
@@ -371,23 +579,34 @@ fn fim_representations_match_nngeometry() {
                     }
                 }
             }
+            let (qslots, qv) = collection(&case, &s, "quasidiag");
+            let qp = Problem {
+                slots: qslots.clone(),
+                ..s.problem(s.n, s.n)
+            };
             check_fim(
                 &case,
                 "quasidiag",
-                &p.fim_blocks(&target, &kinds(BlockKind::QuasiDiag)).unwrap(),
+                &qp.fim_blocks(&target, &vec![BlockKind::QuasiDiag; qslots.len()])
+                    .unwrap(),
+                qv,
                 &mut checked,
             );
         }
         let low = p.fim_lowrank(&target, None).unwrap();
-        check_fim(&case, "lowrank", &low, &mut checked);
+        check_fim(&case, "lowrank", &low, v_all, &mut checked);
         if let Some(ev) = get(&case, "fim/lowrank/evals") {
             let ours = low.eigenvalues().unwrap();
             close(&case.name, "fim/lowrank/evals", &ours[..ev.len()], ev, TOL);
         }
         // Implicit: matrix-free mv and vTMv; its trace through the diagonal pass.
-        let v = get(&case, "fim/v").unwrap();
+        let (islots, v) = collection(&case, &s, "implicit");
         if let Some(mv) = get(&case, "fim/implicit/mv") {
-            let ours = p.implicit_mv(&target, v).unwrap();
+            let ip = Problem {
+                slots: islots,
+                ..s.problem(s.n, s.n)
+            };
+            let ours = ip.implicit_mv(&target, v).unwrap();
             close(&case.name, "fim/implicit/mv", &ours, mv, TOL);
             let vtmv: f64 = ours.iter().zip(v).map(|(a, b)| a * b).sum();
             close(

@@ -1,0 +1,214 @@
+//! Each layer's backward pass for a stack of `m` output functions per
+//! example: the gradient w.r.t. its inputs, and for a parameterised layer
+//! the capture (`a`, `g`) every representation is built from.
+
+use super::{act_grad, Cache, Capture, Net};
+use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult};
+use crate::plan::Layer;
+
+/// The capture of a parameterised layer and the gradient for each of its
+/// inputs (`None` where no parameter lies upstream).
+type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
+
+impl<O: Ops> Net<O> {
+    /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
+    /// w.r.t. its output; `need[k]` says whether input `k` wants its
+    /// gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layer_backward(
+        &self,
+        o: &O,
+        i: usize,
+        cache: &Cache<O::T>,
+        g: &O::T,
+        m: usize,
+        n: usize,
+        need: &[bool],
+    ) -> OpsResult<Step<O::T>> {
+        let layer = &self.layers[i];
+        let slot = self.slot_of[i];
+        let mut in_shape = vec![m, n];
+        in_shape.extend(&layer.spec.input);
+        let need0 = need.first().copied().unwrap_or(false);
+        let one = |t: Option<O::T>| -> OpsResult<Vec<Option<O::T>>> {
+            Ok(vec![t.map(|t| o.reshape(&t, &in_shape)).transpose()?])
+        };
+        match (&layer.spec.layer, cache) {
+            (Layer::Linear { out_features, .. }, Cache::Affine { a }) => {
+                let g2 = o.reshape(g, &[m * n, *out_features])?;
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: a.clone(),
+                    g: o.reshape(&g2, &[m, n, 1, *out_features])?,
+                };
+                let dx = need0
+                    .then(|| o.matmul(&g2, layer.w.as_ref().unwrap()))
+                    .transpose()?;
+                Ok((Some(cap), one(dx)?))
+            }
+            (
+                Layer::Conv2d { out_channels, .. } | Layer::Conv1d { out_channels, .. },
+                Cache::Affine { a },
+            ) => {
+                let u = layer.unfold.as_ref().unwrap();
+                let g3 = o.reshape(g, &[m * n, *out_channels, u.l])?;
+                let dx = if need0 {
+                    let dp = o.matmul(layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
+                    Some(self.fold(o, u, &dp, m * n)?)
+                } else {
+                    None
+                };
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: a.clone(),
+                    g: o.reshape(&o.transpose(&g3, 1, 2)?, &[m, n, u.l, *out_channels])?,
+                };
+                Ok((Some(cap), one(dx)?))
+            }
+            (l, Cache::Act { x, y }) => {
+                one(Some(o.mul(g, &act_grad(o, l, x, y)?)?)).map(|d| (None, d))
+            }
+            (_, Cache::Reshape) => Ok((None, one(Some(g.clone()))?)),
+            (_, Cache::Pool { patches, out, max }) => {
+                let u = layer.unfold.as_ref().unwrap();
+                let g4 = o.reshape(g, &[m, n, u.cin, 1, u.l])?;
+                let dp = if *max {
+                    // Ties share the gradient.
+                    let mask = o.binary(Binary::Ge, patches, out)?; // [n, c, K, L]
+                    let count = o.sum_dim(&mask, 2)?;
+                    let w = o.binary(Binary::Div, &mask, &count)?;
+                    o.mul(&g4, &w)?
+                } else {
+                    let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
+                    o.mul(&g4, &ones)?
+                };
+                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?, m * n)?;
+                Ok((None, one(Some(dx))?))
+            }
+            (Layer::AdaptiveAvgPool2d { output }, Cache::Linear) => {
+                let (_, pool_t) = layer.pool.as_ref().unwrap();
+                let c = layer.spec.input[0];
+                let g2 = o.reshape(g, &[m * n * c, output[0] * output[1]])?;
+                Ok((None, one(Some(o.matmul(&g2, pool_t)?))?))
+            }
+            (
+                Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. },
+                Cache::Norm { xhat, s, batch },
+            ) => {
+                let c = layer.spec.input[0];
+                let l: usize = layer.spec.input[1..].iter().product();
+                let g4 = o.reshape(g, &[m, n, c, l])?;
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: xhat.clone(),
+                    g: o.reshape(
+                        &o.transpose(&o.reshape(&g4, &[m * n, c, l])?, 1, 2)?,
+                        &[m, n, l, c],
+                    )?,
+                };
+                if !need0 {
+                    return Ok((Some(cap), vec![None]));
+                }
+                let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?; // [m, n, c, l]
+                let dx = match batch {
+                    // Running statistics: an affine map per channel.
+                    None => o.mul(&dxhat, s)?,
+                    // Batch statistics couple the examples:
+                    // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over
+                    // examples and positions.
+                    Some(xh) => {
+                        let count = (n * l) as f64;
+                        let mean_nl = |t: &O::T| -> OpsResult<O::T> {
+                            o.scale(&o.sum_dim(&o.sum_dim(t, 3)?, 1)?, 1.0 / count)
+                        };
+                        let m1 = mean_nl(&dxhat)?; // [m, 1, c, 1]
+                        let m2 = mean_nl(&o.mul(&dxhat, xh)?)?;
+                        let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xh, &m2)?)?;
+                        o.mul(&inner, s)?
+                    }
+                };
+                Ok((Some(cap), one(Some(dx))?))
+            }
+            (
+                Layer::GroupNorm {
+                    groups, channels, ..
+                },
+                Cache::Norm { xhat, s, batch },
+            ) => {
+                let total: usize = layer.spec.input.iter().product();
+                let (gr, d, l) = (*groups, total / groups, total / channels);
+                let g4 = o.reshape(g, &[m, n, *channels, l])?;
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: xhat.clone(),
+                    g: o.reshape(
+                        &o.transpose(&o.reshape(&g4, &[m * n, *channels, l])?, 1, 2)?,
+                        &[m, n, l, *channels],
+                    )?,
+                };
+                if !need0 {
+                    return Ok((Some(cap), vec![None]));
+                }
+                let xg = batch.as_ref().unwrap(); // [n, G, D]
+                let dxhat = o.reshape(&o.mul(&g4, layer.w.as_ref().unwrap())?, &[m, n, gr, d])?;
+                let m1 = o.scale(&o.sum_dim(&dxhat, 3)?, 1.0 / d as f64)?;
+                let m2 = o.scale(&o.sum_dim(&o.mul(&dxhat, xg)?, 3)?, 1.0 / d as f64)?;
+                let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xg, &m2)?)?;
+                Ok((Some(cap), one(Some(o.mul(&inner, s)?))?))
+            }
+            (Layer::LayerNorm { shape, .. }, Cache::Norm { xhat, s, .. }) => {
+                let d: usize = shape.iter().product();
+                let l = layer.spec.input.iter().product::<usize>() / d;
+                let g4 = o.reshape(g, &[m, n, l, d])?;
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: xhat.clone(),
+                    g: g4.clone(),
+                };
+                if !need0 {
+                    return Ok((Some(cap), vec![None]));
+                }
+                // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over the d features.
+                let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?;
+                let m1 = o.scale(&o.sum_dim(&dxhat, 3)?, 1.0 / d as f64)?;
+                let m2 = o.scale(&o.sum_dim(&o.mul(&dxhat, xhat)?, 3)?, 1.0 / d as f64)?;
+                let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xhat, &m2)?)?;
+                Ok((Some(cap), one(Some(o.mul(&inner, s)?))?))
+            }
+            (Layer::Add, Cache::Join) => Ok((
+                None,
+                need.iter()
+                    .zip(&layer.src)
+                    .map(|(&want, &src)| {
+                        want.then(|| {
+                            let mut shape = vec![m, n];
+                            shape.extend(self.spec.node_shape(src));
+                            o.reshape(g, &shape)
+                        })
+                        .transpose()
+                    })
+                    .collect::<OpsResult<_>>()?,
+            )),
+            (Layer::Concat, Cache::Join) => {
+                let out = &layer.spec.output;
+                let rest: usize = out[1..].iter().product();
+                let g3 = o.reshape(g, &[m * n, out[0], rest])?;
+                let mut at = 0;
+                let mut ins = Vec::with_capacity(need.len());
+                for (&want, &src) in need.iter().zip(&layer.src) {
+                    let s = self.spec.node_shape(src);
+                    if want {
+                        let mut shape = vec![m, n];
+                        shape.extend(s);
+                        ins.push(Some(o.reshape(&o.narrow(&g3, 1, at, s[0])?, &shape)?));
+                    } else {
+                        ins.push(None);
+                    }
+                    at += s[0];
+                }
+                Ok((None, ins))
+            }
+            (l, _) => Err(OpsError(format!("no backward rule for {}", l.type_name()))),
+        }
+    }
+}

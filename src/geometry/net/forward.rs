@@ -1,0 +1,220 @@
+//! Each layer's forward pass, keeping what its backward pass and the
+//! curvature statistics need.
+
+use super::{Cache, Net, NetLayer, Phase};
+use crate::geometry::ops::{Ops, OpsResult, Reduce, Unary};
+use crate::plan::Layer;
+
+/// A BatchNorm layer's batch mean and unbiased variance, on the host.
+pub(super) type HostStats = Option<(Vec<f64>, Vec<f64>)>;
+
+/// `1/sqrt(var + eps)`.
+fn inv_std<O: Ops>(o: &O, var: &O::T, eps: f64) -> OpsResult<O::T> {
+    o.unary(
+        Unary::Recip,
+        &o.unary(Unary::Sqrt, &o.affine(var, 1.0, eps)?)?,
+    )
+}
+
+impl<O: Ops> Net<O> {
+    pub(super) fn layer_forward(
+        &self,
+        o: &O,
+        layer: &NetLayer<O::T>,
+        xs: &[&O::T],
+        n: usize,
+        phase: Phase,
+    ) -> OpsResult<(O::T, Cache<O::T>, HostStats)> {
+        let x = xs[0];
+        let mut out_shape = vec![n];
+        out_shape.extend(&layer.spec.output);
+        let plain = |y: O::T, c: Cache<O::T>| Ok((y, c, None));
+        match &layer.spec.layer {
+            Layer::Linear { bias, .. } => {
+                let x2 = o.reshape(x, &[n, layer.spec.input[0]])?;
+                let mut y = o.matmul(&x2, layer.wt.as_ref().unwrap())?;
+                if let Some(b) = &layer.b {
+                    y = o.add(&y, b)?;
+                }
+                let a = if *bias {
+                    o.cat(&[x2, o.affine(&o.zeros(&[n, 1])?, 0.0, 1.0)?], 1)?
+                } else {
+                    x2
+                };
+                let a = o.reshape(&a, &[n, 1, o.shape(&a)[1]])?;
+                plain(y, Cache::Affine { a })
+            }
+            Layer::Conv2d { bias, .. } | Layer::Conv1d { bias, .. } => {
+                let u = layer.unfold.as_ref().unwrap();
+                let patches = self.unfold(o, u, x, n)?; // [n, cin·K, L]
+                let w = layer.w.as_ref().unwrap();
+                let mut y = o.matmul(w, &patches)?; // [n, cout, L]
+                if let Some(b) = &layer.b {
+                    y = o.add(&y, b)?;
+                }
+                let y = o.reshape(&y, &out_shape)?;
+                let mut a = o.transpose(&patches, 1, 2)?; // [n, L, cin·K]
+                if *bias {
+                    a = o.cat(&[a, o.affine(&o.zeros(&[n, u.l, 1])?, 0.0, 1.0)?], 2)?;
+                }
+                plain(y, Cache::Affine { a })
+            }
+            Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => {
+                let op = match layer.spec.layer {
+                    Layer::Relu => Unary::Relu,
+                    Layer::Tanh => Unary::Tanh,
+                    Layer::Sigmoid => Unary::Sigmoid,
+                    _ => Unary::GeluErf,
+                };
+                let y = o.unary(op, x)?;
+                plain(y.clone(), Cache::Act { x: x.clone(), y })
+            }
+            Layer::Flatten => plain(o.reshape(x, &out_shape)?, Cache::Reshape),
+            Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
+                let max = matches!(layer.spec.layer, Layer::MaxPool2d { .. });
+                let u = layer.unfold.as_ref().unwrap();
+                let p = self.unfold(o, u, x, n)?; // [n, c·K, L]
+                let p = o.reshape(&p, &[n, u.cin, u.k, u.l])?;
+                let out = if max {
+                    o.reduce(Reduce::Max, &p, 2)?
+                } else {
+                    o.scale(&o.sum_dim(&p, 2)?, 1.0 / u.k as f64)?
+                };
+                let y = o.reshape(&out, &out_shape)?;
+                plain(
+                    y,
+                    Cache::Pool {
+                        patches: p,
+                        out,
+                        max,
+                    },
+                )
+            }
+            Layer::AdaptiveAvgPool2d { .. } => {
+                let (pool, _) = layer.pool.as_ref().unwrap();
+                let c = layer.spec.input[0];
+                let hw = layer.spec.input[1] * layer.spec.input[2];
+                let y = o.matmul(&o.reshape(x, &[n * c, hw])?, pool)?;
+                plain(o.reshape(&y, &out_shape)?, Cache::Linear)
+            }
+            Layer::BatchNorm1d { eps, .. } | Layer::BatchNorm2d { eps, .. } => {
+                let c = layer.spec.input[0];
+                let l: usize = layer.spec.input[1..].iter().product();
+                let x3 = o.reshape(x, &[n, c, l])?;
+                let (xhat, s, batch, stats) = match phase {
+                    Phase::Eval => {
+                        let (mean, s) = layer.running.as_ref().unwrap();
+                        (o.mul(&o.sub(&x3, mean)?, s)?, s.clone(), None, None)
+                    }
+                    Phase::Train => {
+                        // Batch statistics over examples and positions,
+                        // the biased variance normalising as PyTorch does.
+                        let count = (n * l) as f64;
+                        let sum_nl =
+                            |t: &O::T| -> OpsResult<O::T> { o.sum_dim(&o.sum_dim(t, 2)?, 0) };
+                        let mean = o.scale(&sum_nl(&x3)?, 1.0 / count)?; // [1, c, 1]
+                        let xc = o.sub(&x3, &mean)?;
+                        let var = o.scale(&sum_nl(&o.unary(Unary::Sqr, &xc)?)?, 1.0 / count)?;
+                        let s = inv_std(o, &var, *eps)?;
+                        let xhat = o.mul(&xc, &s)?;
+                        let unbiased = if count > 1.0 {
+                            count / (count - 1.0)
+                        } else {
+                            1.0
+                        };
+                        let stats = (
+                            o.download(&mean)?,
+                            o.download(&var)?.iter().map(|v| v * unbiased).collect(),
+                        );
+                        (xhat.clone(), s, Some(xhat), Some(stats))
+                    }
+                };
+                let y = o.add(
+                    &o.mul(&xhat, layer.w.as_ref().unwrap())?,
+                    layer.b.as_ref().unwrap(),
+                )?;
+                let xhat_t = o.transpose(&xhat, 1, 2)?; // [n, L, C]
+                Ok((
+                    o.reshape(&y, &out_shape)?,
+                    Cache::Norm {
+                        xhat: xhat_t,
+                        s,
+                        batch,
+                    },
+                    stats,
+                ))
+            }
+            Layer::GroupNorm {
+                groups,
+                channels,
+                eps,
+            } => {
+                let total: usize = layer.spec.input.iter().product();
+                let (g, d) = (*groups, total / groups);
+                let l = total / channels;
+                let xg = o.reshape(x, &[n, g, d])?;
+                let mean = o.scale(&o.sum_dim(&xg, 2)?, 1.0 / d as f64)?;
+                let xc = o.sub(&xg, &mean)?;
+                let var = o.scale(&o.sum_dim(&o.unary(Unary::Sqr, &xc)?, 2)?, 1.0 / d as f64)?;
+                let s = inv_std(o, &var, *eps)?; // [n, G, 1]
+                let xhat = o.mul(&xc, &s)?; // [n, G, D]
+                let x3 = o.reshape(&xhat, &[n, *channels, l])?;
+                let y = o.add(
+                    &o.mul(&x3, layer.w.as_ref().unwrap())?,
+                    layer.b.as_ref().unwrap(),
+                )?;
+                Ok((
+                    o.reshape(&y, &out_shape)?,
+                    Cache::Norm {
+                        xhat: o.transpose(&x3, 1, 2)?,
+                        s,
+                        batch: Some(xhat),
+                    },
+                    None,
+                ))
+            }
+            Layer::LayerNorm { shape, eps } => {
+                let d: usize = shape.iter().product();
+                let total: usize = layer.spec.input.iter().product();
+                let l = total / d;
+                let x3 = o.reshape(x, &[n, l, d])?;
+                let mean = o.scale(&o.sum_dim(&x3, 2)?, 1.0 / d as f64)?;
+                let xc = o.sub(&x3, &mean)?;
+                let var = o.scale(&o.sum_dim(&o.unary(Unary::Sqr, &xc)?, 2)?, 1.0 / d as f64)?;
+                let s = inv_std(o, &var, *eps)?;
+                let xhat = o.mul(&xc, &s)?;
+                let y = o.add(
+                    &o.mul(&xhat, layer.w.as_ref().unwrap())?,
+                    layer.b.as_ref().unwrap(),
+                )?;
+                plain(
+                    o.reshape(&y, &out_shape)?,
+                    Cache::Norm {
+                        xhat,
+                        s,
+                        batch: None,
+                    },
+                )
+            }
+            Layer::Add => {
+                let mut y = xs[0].clone();
+                for t in &xs[1..] {
+                    y = o.add(&y, t)?;
+                }
+                plain(o.reshape(&y, &out_shape)?, Cache::Join)
+            }
+            Layer::Concat => {
+                let parts = xs
+                    .iter()
+                    .zip(&layer.src)
+                    .map(|(t, &src)| {
+                        let s = self.spec.node_shape(src);
+                        let rest: usize = s[1..].iter().product();
+                        o.reshape(t, &[n, s[0], rest])
+                    })
+                    .collect::<OpsResult<Vec<_>>>()?;
+                plain(o.reshape(&o.cat(&parts, 1)?, &out_shape)?, Cache::Join)
+            }
+        }
+    }
+}

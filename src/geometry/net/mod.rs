@@ -1,0 +1,827 @@
+//! A model as the engine sees it: layers with their parameters on the
+//! backend's device, a forward pass that keeps what the backward pass and
+//! the curvature statistics need, and a backward pass that pushes a whole
+//! stack of output functions (`m` of them per example) through the network
+//! at once.
+//!
+//! Differentiating layer by layer here, rather than through a framework's
+//! autograd, is deliberate: every output function (C logits for the NTK,
+//! the Fisher's pseudo-outputs) rides along as one more leading dimension of
+//! a single backward pass, and each layer's input `a` and output gradient
+//! `g` come out directly — the two things every representation is built
+//! from. The same code then serves every backend.
+
+//!
+//! Models are graphs: each layer reads one or more earlier nodes (see
+//! [`ModelSpec::sources`]); the forward pass keeps each node's value until
+//! its last reader has run, and the backward pass accumulates the gradient
+//! of every node from all of its readers before pushing it further, so a
+//! skip connection's two branches both reach the layers before it.
+
+mod backward;
+mod forward;
+mod tangent;
+
+use super::ops::{Ops, OpsError, OpsResult, Unary};
+use crate::plan::{Layer, LayerSpec, ModelSpec, TrainMode};
+use std::sync::Arc;
+
+/// Parameters on the host, in `state_dict` order with PyTorch names and
+/// shapes (BatchNorm running statistics included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParams {
+    pub tensors: Vec<HostParam>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParam {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+    /// False for buffers (running mean/var), which are not parameters.
+    pub trainable: bool,
+}
+
+impl HostParams {
+    /// Trainable parameters as one vector, in NNGeometry's flat order
+    /// (layer by layer, weight row-major then bias).
+    pub fn flat(&self) -> Vec<f64> {
+        self.tensors
+            .iter()
+            .filter(|t| t.trainable)
+            .flat_map(|t| t.data.iter().copied())
+            .collect()
+    }
+    pub fn set_flat(&mut self, flat: &[f64]) -> Result<(), OpsError> {
+        let n: usize = self
+            .tensors
+            .iter()
+            .filter(|t| t.trainable)
+            .map(|t| t.data.len())
+            .sum();
+        if n != flat.len() {
+            return Err(OpsError(format!(
+                "a parameter vector of {} entries for a model of {n} parameters",
+                flat.len()
+            )));
+        }
+        let mut at = 0;
+        for t in self.tensors.iter_mut().filter(|t| t.trainable) {
+            let k = t.data.len();
+            t.data.copy_from_slice(&flat[at..at + k]);
+            at += k;
+        }
+        Ok(())
+    }
+    pub fn get(&self, key: &str) -> Option<&HostParam> {
+        self.tensors.iter().find(|t| t.key == key)
+    }
+}
+
+/// Where one parameterised layer sits in the flat parameter vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSlot {
+    /// Index into `Net::layers`.
+    pub index: usize,
+    pub name: String,
+    pub offset: usize,
+    pub numel: usize,
+    pub kind: SlotKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Linear or convolution: per-example gradient `Σ_loc g aᵀ` in an
+    /// `[sg, sa]` layout whose last column is the bias when there is one.
+    Affine {
+        sg: usize,
+        sa: usize,
+        bias: bool,
+        conv: bool,
+    },
+    /// Norm layers: elementwise scale and shift over `d` features.
+    Elementwise { d: usize },
+}
+
+/// Index map of an unfold (im2col): patches `[c_in·K, L]` from an image
+/// flattened to `hw` values plus one trailing zero for padding.
+#[derive(Clone, Debug)]
+pub(crate) struct Unfold<T> {
+    idx: T,
+    cin: usize,
+    k: usize,
+    l: usize,
+    hw: usize,
+}
+
+pub struct NetLayer<T> {
+    pub spec: LayerSpec,
+    /// Linear `[out, in]`; convolutions `[out, in·K]`.
+    w: Option<T>,
+    wt: Option<T>,
+    /// Bias, or the shift of a norm layer.
+    b: Option<T>,
+    /// BatchNorm: per-channel `(mean, 1/sqrt(var+eps))`.
+    running: Option<(T, T)>,
+    unfold: Option<Unfold<T>>,
+    /// Adaptive average pooling as a matrix `[H·W, oh·ow]` and its transpose.
+    pool: Option<(T, T)>,
+    /// The graph nodes this layer reads (see [`ModelSpec::sources`]).
+    src: Vec<usize>,
+}
+
+pub struct Net<O: Ops> {
+    pub spec: ModelSpec,
+    pub layers: Vec<NetLayer<O::T>>,
+    pub slots: Vec<LayerSlot>,
+    pub params: HostParams,
+    /// Which function of the weights the model computes.
+    pub mode: Reparam<O>,
+    /// Per graph node (0 = the input): whether a parameter lies upstream,
+    /// i.e. whether the backward pass must reach it.
+    needs_grad: Vec<bool>,
+    /// Per graph node: the last layer that reads it.
+    last_use: Vec<usize>,
+    /// Per layer: its slot, if it has parameters.
+    slot_of: Vec<Option<usize>>,
+}
+
+/// Whether norm layers use the statistics of the batch (training, as
+/// PyTorch's `model.train()`) or their running statistics (evaluation:
+/// every measurement, as NNGeometry takes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Eval,
+    Train,
+}
+
+/// One BatchNorm layer's statistics over a training batch, for its
+/// running averages: the mean and the unbiased variance, per channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    pub layer: usize,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// The function a model computes from its weights `w`: the network itself,
+/// the α-scaled model of lazy training, or the network linearised at `w₀`.
+///
+/// Every representation, loss and gradient goes through [`Net::forward`]
+/// and [`Net::backward`], so each of them is that of the model as trained:
+/// the NTK of a scaled model is α² times the network's, a linearised
+/// model's NTK stays the kernel at `w₀`.
+pub enum Reparam<O: Ops> {
+    Plain,
+    /// `α (f(x; w) − f(x; w₀))`, or `α f(x; w)` when `base` is `None`
+    /// (uncentred: at α = 1 exactly the plain network).
+    Scaled {
+        alpha: f64,
+        base: Option<Arc<Net<O>>>,
+    },
+    /// `f(x; w₀) + J(x; w₀) (w − w₀)`: the forward pass is a Jacobian–vector
+    /// product at `w₀` with tangent `delta = w − w₀`, the backward pass is
+    /// the network's at `w₀`.
+    Linearized {
+        base: Arc<Net<O>>,
+        delta: Box<Net<O>>,
+        /// Drop `f(x; w₀)`: the linearisation of the centred model.
+        center: bool,
+    },
+}
+
+/// What the forward pass keeps for the backward pass, per layer.
+pub enum Cache<T> {
+    /// Input `[n, L, sa]` (with the bias column of ones when there is one).
+    Affine {
+        a: T,
+    },
+    Act {
+        x: T,
+        y: T,
+    },
+    Reshape,
+    Pool {
+        patches: T,
+        out: T,
+        max: bool,
+    },
+    /// Norm layers. BatchNorm: `xhat [n, L, C]` (what the capture needs),
+    /// `s [C, 1]` (evaluation) or, with `batch` (training, batch
+    /// statistics), `s [1, C, 1]` and `batch = x̂ [n, C, L]`. LayerNorm:
+    /// `xhat [n, L, d]`, `s [n, L, 1]`. GroupNorm: `xhat [n, L, C]`,
+    /// `s [n, G, 1]`, `batch = x̂ [n, G, D]`.
+    Norm {
+        xhat: T,
+        s: T,
+        batch: Option<T>,
+    },
+    /// Add / Concat: nothing to keep.
+    Join,
+    /// Adaptive average pooling: linear, nothing to keep.
+    Linear,
+}
+
+pub struct Forward<T> {
+    pub output: T,
+    pub caches: Vec<Cache<T>>,
+    pub n: usize,
+    /// Training phase: each BatchNorm layer's batch statistics.
+    pub batch_stats: Vec<BatchStats>,
+}
+
+/// One parameterised layer's share of a backward pass.
+#[derive(Clone)]
+pub struct Capture<T> {
+    pub slot: usize,
+    /// Affine: `a [n, L, sa]`; elementwise: `x̂ [n, L, d]`.
+    pub a: T,
+    /// Gradient w.r.t. the layer output, `[m, n, L, sg]` (or `[m, n, L, d]`).
+    pub g: T,
+}
+
+/// Unfold indices for a `kernel` window moved by `stride` over an `h × w`
+/// image padded by `padding`, taps `dilation` apart. Out-of-image taps
+/// point at index `h·w`, a zero appended to the image.
+fn unfold_index(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> (Vec<u32>, usize, usize) {
+    let oh = crate::plan::conv_len(h, kernel[0], stride[0], padding[0], dilation[0]).unwrap_or(0);
+    let ow = crate::plan::conv_len(w, kernel[1], stride[1], padding[1], dilation[1]).unwrap_or(0);
+    let pad = (h * w) as u32;
+    let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    let r = (oi * stride[0] + ki * dilation[0]) as isize - padding[0] as isize;
+                    let c = (oj * stride[1] + kj * dilation[1]) as isize - padding[1] as isize;
+                    if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                        idx.push((r as usize * w + c as usize) as u32);
+                    } else {
+                        idx.push(pad);
+                    }
+                }
+            }
+        }
+    }
+    (idx, oh, ow)
+}
+
+/// PyTorch's adaptive average pooling of an `h × w` image to `oh × ow` as
+/// a matrix `[h·w, oh·ow]`: output cell `(i, j)` averages rows
+/// `[⌊i·h/oh⌋, ⌈(i+1)·h/oh⌉)` and the same for columns.
+fn adaptive_pool_matrix(h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
+    let mut p = vec![0.0; h * w * oh * ow];
+    for i in 0..oh {
+        let (r0, r1) = (i * h / oh, ((i + 1) * h).div_ceil(oh));
+        for j in 0..ow {
+            let (c0, c1) = (j * w / ow, ((j + 1) * w).div_ceil(ow));
+            let share = 1.0 / ((r1 - r0) * (c1 - c0)) as f64;
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    p[(r * w + c) * oh * ow + i * ow + j] = share;
+                }
+            }
+        }
+    }
+    p
+}
+
+impl<O: Ops> Net<O> {
+    /// Uploads `params` (as made by [`super::init`] or read from a file).
+    pub fn new(o: &O, spec: &ModelSpec, params: HostParams) -> OpsResult<Self> {
+        spec.validate().map_err(OpsError)?;
+        let mut layers = Vec::new();
+        let mut kinds = Vec::new();
+        for (index, l) in spec.layers.iter().enumerate() {
+            let key = |k: &str| format!("{}.{k}", l.name);
+            let get = |k: &str| -> OpsResult<&HostParam> {
+                params
+                    .get(&key(k))
+                    .ok_or_else(|| OpsError(format!("missing parameter `{}`", key(k))))
+            };
+            let mut layer = NetLayer {
+                spec: l.clone(),
+                w: None,
+                wt: None,
+                b: None,
+                running: None,
+                unfold: None,
+                pool: None,
+                src: spec.sources(index),
+            };
+            let mut slot_kind = None;
+            match &l.layer {
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    let w = o.upload(&[*out_features, *in_features], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&w, 0, 1)?);
+                    layer.w = Some(w);
+                    if *bias {
+                        layer.b = Some(o.upload(&[*out_features], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: *out_features,
+                        sa: in_features + *bias as usize,
+                        bias: *bias,
+                        conv: false,
+                    });
+                }
+                Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
+                    // A Conv1d is a Conv2d over a 1-pixel-high image.
+                    let (cin, cout, h, w, kernel, stride, padding, dilation, bias) = match &l.layer
+                    {
+                        Layer::Conv2d {
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            stride,
+                            padding,
+                            bias,
+                            dilation,
+                        } => (
+                            *in_channels,
+                            *out_channels,
+                            l.input[1],
+                            l.input[2],
+                            *kernel,
+                            *stride,
+                            *padding,
+                            *dilation,
+                            *bias,
+                        ),
+                        Layer::Conv1d {
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            stride,
+                            padding,
+                            bias,
+                        } => (
+                            *in_channels,
+                            *out_channels,
+                            1,
+                            l.input[1],
+                            [1, *kernel],
+                            [1, *stride],
+                            [0, *padding],
+                            [1, 1],
+                            *bias,
+                        ),
+                        _ => unreachable!(),
+                    };
+                    let (idx, oh, ow) = unfold_index(h, w, kernel, stride, padding, dilation);
+                    let k = kernel[0] * kernel[1];
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin,
+                        k,
+                        l: oh * ow,
+                        hw: h * w,
+                    });
+                    let wt = o.upload(&[cout, cin * k], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&wt, 0, 1)?);
+                    layer.w = Some(wt);
+                    if bias {
+                        layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: cout,
+                        sa: cin * k + bias as usize,
+                        bias,
+                        conv: true,
+                    });
+                }
+                Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                    let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
+                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, [0, 0], [1, 1]);
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin: c,
+                        k: kernel[0] * kernel[1],
+                        l: oh * ow,
+                        hw: h * w,
+                    });
+                }
+                Layer::AdaptiveAvgPool2d { output } => {
+                    let (h, w) = (l.input[1], l.input[2]);
+                    let p = adaptive_pool_matrix(h, w, output[0], output[1]);
+                    let m = o.upload(&[h * w, output[0] * output[1]], &p)?;
+                    layer.pool = Some((m.clone(), o.transpose(&m, 0, 1)?));
+                }
+                Layer::BatchNorm1d { features: c, eps }
+                | Layer::BatchNorm2d { channels: c, eps } => {
+                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                    let mean = &get("running_mean")?.data;
+                    let s: Vec<f64> = get("running_var")?
+                        .data
+                        .iter()
+                        .map(|v| 1.0 / (v + eps).sqrt())
+                        .collect();
+                    layer.running = Some((o.upload(&[*c, 1], mean)?, o.upload(&[*c, 1], &s)?));
+                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                }
+                Layer::GroupNorm { channels: c, .. } => {
+                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                }
+                Layer::LayerNorm { shape, .. } => {
+                    let d: usize = shape.iter().product();
+                    layer.w = Some(o.upload(&[1, d], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[1, d], &get("bias")?.data)?);
+                    slot_kind = Some(SlotKind::Elementwise { d });
+                }
+                Layer::Relu
+                | Layer::Tanh
+                | Layer::Sigmoid
+                | Layer::Gelu
+                | Layer::Flatten
+                | Layer::Add
+                | Layer::Concat => {}
+            }
+            kinds.push(slot_kind);
+            layers.push(layer);
+        }
+        // Slots in parameter order, which fixes the flat layout.
+        let mut slots = Vec::new();
+        let mut slot_of = vec![None; layers.len()];
+        let mut offset = 0;
+        for index in spec.param_indices() {
+            let l = &spec.layers[index];
+            let kind = kinds[index].ok_or_else(|| {
+                OpsError(format!("layer `{}` has parameters but no layout", l.name))
+            })?;
+            let numel = l.params as usize;
+            slot_of[index] = Some(slots.len());
+            slots.push(LayerSlot {
+                index,
+                name: l.name.clone(),
+                offset,
+                numel,
+                kind,
+            });
+            offset += numel;
+        }
+        let mut needs_grad = vec![false; layers.len() + 1];
+        let mut last_use = vec![0; layers.len() + 1];
+        for (i, l) in layers.iter().enumerate() {
+            needs_grad[i + 1] = l.spec.params > 0 || l.src.iter().any(|&s| needs_grad[s]);
+            for &s in &l.src {
+                last_use[s] = i;
+            }
+        }
+        Ok(Net {
+            spec: spec.clone(),
+            layers,
+            slots,
+            params,
+            mode: Reparam::Plain,
+            needs_grad,
+            last_use,
+            slot_of,
+        })
+    }
+
+    /// The model trained in `mode` from initial weights `w0`, currently at
+    /// this network's weights.
+    pub fn reparam(self, o: &O, mode: &TrainMode, w0: &HostParams) -> OpsResult<Self> {
+        let mode = match mode {
+            TrainMode::Plain => Reparam::Plain,
+            TrainMode::Scaled { alpha, center } => Reparam::Scaled {
+                alpha: *alpha,
+                base: if *center {
+                    Some(Arc::new(Net::new(o, &self.spec, w0.clone())?))
+                } else {
+                    None
+                },
+            },
+            TrainMode::Linearized { center } => {
+                let base = Arc::new(Net::new(o, &self.spec, w0.clone())?);
+                let delta = Box::new(Self::delta(o, &base, &self.params)?);
+                Reparam::Linearized {
+                    base,
+                    delta,
+                    center: *center,
+                }
+            }
+        };
+        Ok(Net { mode, ..self })
+    }
+
+    /// A network whose parameters are `params − base.params` (buffers
+    /// such as running statistics are the base's).
+    fn delta(o: &O, base: &Net<O>, params: &HostParams) -> OpsResult<Self> {
+        let mut d = base.params.clone();
+        let w = params.flat();
+        let w0 = base.params.flat();
+        let diff: Vec<f64> = w.iter().zip(&w0).map(|(a, b)| a - b).collect();
+        d.set_flat(&diff)?;
+        Net::new(o, &base.spec, d)
+    }
+
+    /// The same model (same mode and initial weights) at other weights.
+    pub fn with_params(&self, o: &O, params: HostParams) -> OpsResult<Self> {
+        let mode = match &self.mode {
+            Reparam::Plain => Reparam::Plain,
+            Reparam::Scaled { alpha, base } => Reparam::Scaled {
+                alpha: *alpha,
+                base: base.clone(),
+            },
+            Reparam::Linearized { base, center, .. } => Reparam::Linearized {
+                base: base.clone(),
+                delta: Box::new(Self::delta(o, base, &params)?),
+                center: *center,
+            },
+        };
+        Ok(Net {
+            mode,
+            ..Net::new(o, &self.spec, params)?
+        })
+    }
+
+    /// The factor gradient-descent training applies to the loss: 1/α² for a
+    /// scaled model (Chizat et al.), so that under SGD its function moves at
+    /// the same speed for every α while its weights move α times less
+    /// (natural gradient needs no factor; Adam ignores it).
+    pub fn loss_scale(&self) -> f64 {
+        match &self.mode {
+            Reparam::Scaled { alpha, .. } => 1.0 / (alpha * alpha),
+            _ => 1.0,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.slots.iter().map(|s| s.numel).sum()
+    }
+    pub fn outputs(&self) -> usize {
+        self.spec.outputs()
+    }
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+    /// Whether the model has layers whose training forward pass differs
+    /// from evaluation (BatchNorm).
+    pub fn has_batch_norm(&self) -> bool {
+        self.spec.layers.iter().any(|l| {
+            matches!(
+                l.layer,
+                Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. }
+            )
+        })
+    }
+
+    /// Forward pass on `x [n, ...input]` in evaluation mode; returns the
+    /// model's outputs `[n, C]` (see [`Reparam`]).
+    pub fn forward(&self, o: &O, x: &O::T, keep: bool) -> OpsResult<Forward<O::T>> {
+        self.forward_in(o, x, keep, Phase::Eval)
+    }
+
+    /// Forward pass in `phase`. A linearised model is always the
+    /// linearisation of the network in evaluation mode.
+    pub fn forward_in(
+        &self,
+        o: &O,
+        x: &O::T,
+        keep: bool,
+        phase: Phase,
+    ) -> OpsResult<Forward<O::T>> {
+        match &self.mode {
+            Reparam::Plain => self.forward_net(o, x, keep, phase),
+            Reparam::Scaled { alpha, base } => {
+                let mut f = self.forward_net(o, x, keep, phase)?;
+                if let Some(b) = base {
+                    f.output = o.sub(&f.output, &b.forward_net(o, x, false, phase)?.output)?;
+                }
+                if *alpha != 1.0 {
+                    f.output = o.scale(&f.output, *alpha)?;
+                }
+                Ok(f)
+            }
+            Reparam::Linearized {
+                base,
+                delta,
+                center,
+            } => {
+                let (mut f, t) = base.jvp(o, x, delta, keep)?;
+                f.output = if *center { t } else { o.add(&f.output, &t)? };
+                Ok(f)
+            }
+        }
+    }
+
+    /// Backpropagates `seed [m, n, C]` through the model (see
+    /// [`Self::backward_net`]).
+    pub fn backward(
+        &self,
+        o: &O,
+        fwd: &Forward<O::T>,
+        seed: &O::T,
+    ) -> OpsResult<Vec<Capture<O::T>>> {
+        match &self.mode {
+            Reparam::Plain => self.backward_net(o, fwd, seed),
+            Reparam::Scaled { alpha, .. } if *alpha == 1.0 => self.backward_net(o, fwd, seed),
+            Reparam::Scaled { alpha, .. } => self.backward_net(o, fwd, &o.scale(seed, *alpha)?),
+            Reparam::Linearized { base, .. } => base.backward_net(o, fwd, seed),
+        }
+    }
+
+    /// The network's own forward pass, node by node; a node's value is
+    /// dropped once its last reader has run.
+    fn forward_net(&self, o: &O, x: &O::T, keep: bool, phase: Phase) -> OpsResult<Forward<O::T>> {
+        let n = o.shape(x)[0];
+        let last = self.layers.len();
+        let mut vals: Vec<Option<O::T>> = vec![None; last + 1];
+        vals[0] = Some(x.clone());
+        let mut caches = Vec::with_capacity(if keep { last } else { 0 });
+        let mut batch_stats = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let ins = self.inputs_of(&vals, layer)?;
+            let (out, cache, stats) = self.layer_forward(o, layer, &ins, n, phase)?;
+            if let Some((mean, var)) = stats {
+                batch_stats.push(BatchStats {
+                    layer: i,
+                    mean,
+                    var,
+                });
+            }
+            if keep {
+                caches.push(cache);
+            }
+            vals[i + 1] = Some(out);
+            self.release(&mut vals, layer, i);
+        }
+        let output = o.reshape(vals[last].as_ref().unwrap(), &[n, self.outputs()])?;
+        Ok(Forward {
+            output,
+            caches,
+            n,
+            batch_stats,
+        })
+    }
+
+    fn inputs_of<'v>(
+        &self,
+        vals: &'v [Option<O::T>],
+        layer: &NetLayer<O::T>,
+    ) -> OpsResult<Vec<&'v O::T>> {
+        layer
+            .src
+            .iter()
+            .map(|&s| {
+                vals[s]
+                    .as_ref()
+                    .ok_or_else(|| OpsError(format!("graph node {s} read after release")))
+            })
+            .collect()
+    }
+
+    /// Drops the values whose last reader was layer `i`.
+    fn release(&self, vals: &mut [Option<O::T>], layer: &NetLayer<O::T>, i: usize) {
+        for &s in &layer.src {
+            if self.last_use[s] == i && s != self.layers.len() {
+                vals[s] = None;
+            }
+        }
+    }
+
+    /// Forward-mode derivative: the outputs at these weights and their
+    /// directional derivative `J(x; w) v`, where `t` holds the direction
+    /// `v` as a network's parameters (its buffers are ignored). One pass,
+    /// each layer pushing the tangent of its inputs forward next to the
+    /// primal value; `J` is never formed.
+    pub fn jvp(&self, o: &O, x: &O::T, t: &Net<O>, keep: bool) -> OpsResult<(Forward<O::T>, O::T)> {
+        let n = o.shape(x)[0];
+        let last = self.layers.len();
+        let mut vals: Vec<Option<O::T>> = vec![None; last + 1];
+        // The input does not depend on the weights: no tangent until the
+        // first parameterised layer.
+        let mut tans: Vec<Option<O::T>> = vec![None; last + 1];
+        vals[0] = Some(x.clone());
+        let mut caches = Vec::with_capacity(if keep { last } else { 0 });
+        for (i, (layer, tl)) in self.layers.iter().zip(&t.layers).enumerate() {
+            let ins = self.inputs_of(&vals, layer)?;
+            let (out, cache, _) = self.layer_forward(o, layer, &ins, n, Phase::Eval)?;
+            let dins: Vec<Option<&O::T>> = layer.src.iter().map(|&s| tans[s].as_ref()).collect();
+            tans[i + 1] = self.layer_tangent(o, layer, tl, &ins, &dins, &cache, n)?;
+            if keep {
+                caches.push(cache);
+            }
+            vals[i + 1] = Some(out);
+            for &s in &layer.src {
+                if self.last_use[s] == i && s != last {
+                    vals[s] = None;
+                    tans[s] = None;
+                }
+            }
+        }
+        let c = self.outputs();
+        let output = o.reshape(vals[last].as_ref().unwrap(), &[n, c])?;
+        let tangent = match &tans[last] {
+            Some(d) => o.reshape(d, &[n, c])?,
+            None => o.zeros(&[n, c])?,
+        };
+        Ok((
+            Forward {
+                output,
+                caches,
+                n,
+                batch_stats: vec![],
+            },
+            tangent,
+        ))
+    }
+
+    /// `[n, cin, (h,) w]` → patches `[n, cin·K, L]`.
+    fn unfold(&self, o: &O, u: &Unfold<O::T>, x: &O::T, n: usize) -> OpsResult<O::T> {
+        let x = o.reshape(x, &[n, u.cin, u.hw])?;
+        let x = o.cat(&[x, o.zeros(&[n, u.cin, 1])?], 2)?;
+        let p = o.index_select(&x, &u.idx, 2)?; // [n, cin, K·L]
+        o.reshape(&p, &[n, u.cin * u.k, u.l])
+    }
+
+    /// Adjoint of [`Self::unfold`]: `[b, cin·K, L]` → `[b, cin, hw]`.
+    fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T, b: usize) -> OpsResult<O::T> {
+        let p = o.reshape(p, &[b, u.cin, u.k * u.l])?;
+        let z = o.zeros(&[b, u.cin, u.hw + 1])?;
+        let x = o.index_add(&z, &u.idx, &p, 2)?;
+        o.narrow(&x, 2, 0, u.hw)
+    }
+
+    /// Backpropagates `seed [m, n, C]` (m output functions per example) and
+    /// returns, for each parameterised layer, its input and output
+    /// gradient, in slot order. A node's gradient is the sum over its
+    /// readers; nodes with no parameter upstream get none.
+    fn backward_net(
+        &self,
+        o: &O,
+        fwd: &Forward<O::T>,
+        seed: &O::T,
+    ) -> OpsResult<Vec<Capture<O::T>>> {
+        let n = fwd.n;
+        let m = o.shape(seed)[0];
+        let last = self.layers.len();
+        let mut grads: Vec<Option<O::T>> = vec![None; last + 1];
+        grads[last] = Some(seed.clone());
+        let mut caps = Vec::with_capacity(self.slots.len());
+        for i in (0..last).rev() {
+            let Some(g) = grads[i + 1].take() else {
+                continue;
+            };
+            if !self.needs_grad[i + 1] {
+                continue;
+            }
+            let layer = &self.layers[i];
+            let mut shape = vec![m, n];
+            shape.extend(&layer.spec.output);
+            let g = o.reshape(&g, &shape)?;
+            let need: Vec<bool> = layer.src.iter().map(|&s| self.needs_grad[s]).collect();
+            let (cap, ins) = self.layer_backward(o, i, &fwd.caches[i], &g, m, n, &need)?;
+            caps.extend(cap);
+            for (&s, gin) in layer.src.iter().zip(ins) {
+                if let Some(gin) = gin {
+                    grads[s] = Some(match grads[s].take() {
+                        Some(acc) => o.add(&acc, &gin)?,
+                        None => gin,
+                    });
+                }
+            }
+        }
+        caps.sort_by_key(|c| c.slot);
+        Ok(caps)
+    }
+}
+
+/// d/dx [x Φ(x)] = Φ(x) + x φ(x).
+fn gelu_grad<O: Ops>(o: &O, x: &O::T) -> OpsResult<O::T> {
+    let cdf = o.affine(
+        &o.unary(Unary::Erf, &o.scale(x, std::f64::consts::FRAC_1_SQRT_2)?)?,
+        0.5,
+        0.5,
+    )?;
+    let pdf = o.scale(
+        &o.unary(Unary::Exp, &o.scale(&o.unary(Unary::Sqr, x)?, -0.5)?)?,
+        1.0 / (2.0 * std::f64::consts::PI).sqrt(),
+    )?;
+    o.add(&cdf, &o.mul(x, &pdf)?)
+}
+
+/// The derivative of an activation at its input `x` (output `y`).
+fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T> {
+    match layer {
+        Layer::Relu => o.unary(Unary::Step, x),
+        Layer::Tanh => o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0),
+        Layer::Sigmoid => o.mul(y, &o.affine(y, -1.0, 1.0)?),
+        _ => gelu_grad(o, x),
+    }
+}

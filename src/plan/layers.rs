@@ -1,0 +1,335 @@
+//! What each layer type is, independent of any front end: its output shape
+//! for given input shapes, its parameter count and the `state_dict` tensors
+//! it owns in PyTorch's layout. The checker (`.ngx` models), the oracle's
+//! graph descriptions and model importers all build `ModelSpec`s through
+//! these, so a layer means the same thing whichever way it was written.
+
+use super::ops::{Layer, LayerSpec, ModelSpec};
+
+/// Output length of a convolution or pooling window along one axis, or
+/// `None` when the (padded) input is shorter than the (dilated) kernel.
+pub fn conv_len(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let padded = size + 2 * padding;
+    let reach = dilation * (kernel - 1) + 1;
+    (padded >= reach && stride > 0).then(|| (padded - reach) / stride + 1)
+}
+
+fn fmt(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+impl Layer {
+    /// Number of trainable parameters (weights and bias; γ and β of norms).
+    pub fn num_params(&self) -> u64 {
+        match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => (*in_features as u64 + *bias as u64) * *out_features as u64,
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => {
+                ((in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64) * *out_channels as u64
+            }
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => ((in_channels * kernel) as u64 + *bias as u64) * *out_channels as u64,
+            Layer::BatchNorm1d { features: c, .. }
+            | Layer::BatchNorm2d { channels: c, .. }
+            | Layer::GroupNorm { channels: c, .. } => 2 * *c as u64,
+            Layer::LayerNorm { shape, .. } => 2 * shape.iter().product::<usize>() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Whether the layer reads more than one input.
+    pub fn is_join(&self) -> bool {
+        matches!(self, Layer::Add | Layer::Concat)
+    }
+
+    /// The per-example output shape for these per-example input shapes,
+    /// or what was expected instead.
+    pub fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        if self.is_join() {
+            if inputs.len() < 2 {
+                return Err(format!("{} joins at least two inputs", self.type_name()));
+            }
+        } else if inputs.len() != 1 {
+            return Err(format!("{} takes one input", self.type_name()));
+        }
+        let x = inputs[0];
+        let bad = |expected: String| Err(format!("expected {expected}, found {}", fmt(x)));
+        match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                ..
+            } => {
+                if x != [*in_features] {
+                    return bad(format!("[{in_features}]"));
+                }
+                Ok(vec![*out_features])
+            }
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ..
+            } => {
+                if x.len() != 3 || x[0] != *in_channels {
+                    return bad(format!("[{in_channels}, H, W]"));
+                }
+                let h = conv_len(x[1], kernel[0], stride[0], padding[0], dilation[0]);
+                let w = conv_len(x[2], kernel[1], stride[1], padding[1], dilation[1]);
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(vec![*out_channels, h, w]),
+                    _ => bad(format!(
+                        "an image of at least {}×{} after padding",
+                        dilation[0] * (kernel[0] - 1) + 1,
+                        dilation[1] * (kernel[1] - 1) + 1
+                    )),
+                }
+            }
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                if x.len() != 2 || x[0] != *in_channels {
+                    return bad(format!("[{in_channels}, L]"));
+                }
+                match conv_len(x[1], *kernel, *stride, *padding, 1) {
+                    Some(l) => Ok(vec![*out_channels, l]),
+                    None => bad(format!("a length of at least {kernel}")),
+                }
+            }
+            Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => Ok(x.to_vec()),
+            Layer::Flatten => Ok(vec![x.iter().product()]),
+            Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                if x.len() != 3 {
+                    return bad("[C, H, W]".into());
+                }
+                match (
+                    conv_len(x[1], kernel[0], stride[0], 0, 1),
+                    conv_len(x[2], kernel[1], stride[1], 0, 1),
+                ) {
+                    (Some(h), Some(w)) => Ok(vec![x[0], h, w]),
+                    _ => bad(format!("an image of at least {}×{}", kernel[0], kernel[1])),
+                }
+            }
+            Layer::AdaptiveAvgPool2d { output } => {
+                if x.len() != 3 || x[1] == 0 || x[2] == 0 {
+                    return bad("[C, H, W]".into());
+                }
+                Ok(vec![x[0], output[0], output[1]])
+            }
+            Layer::BatchNorm1d { features: f, .. } => {
+                if x.is_empty() || x.len() > 2 || x[0] != *f {
+                    return bad(format!("[{f}] or [{f}, L]"));
+                }
+                Ok(x.to_vec())
+            }
+            Layer::BatchNorm2d { channels: c, .. } => {
+                if x.len() != 3 || x[0] != *c {
+                    return bad(format!("[{c}, H, W]"));
+                }
+                Ok(x.to_vec())
+            }
+            Layer::GroupNorm {
+                groups, channels, ..
+            } => {
+                if x.len() < 2 || x[0] != *channels {
+                    return bad(format!("[{channels}, ...]"));
+                }
+                if *groups == 0 || channels % groups != 0 {
+                    return Err(format!(
+                        "{channels} channels do not split into {groups} groups"
+                    ));
+                }
+                Ok(x.to_vec())
+            }
+            Layer::LayerNorm { shape, .. } => {
+                if shape.len() > x.len() || x[x.len() - shape.len()..] != shape[..] {
+                    return bad(format!("[..., {}]", fmt(shape).trim_matches(['[', ']'])));
+                }
+                Ok(x.to_vec())
+            }
+            Layer::Add => {
+                for y in &inputs[1..] {
+                    if *y != x {
+                        return Err(format!(
+                            "the branches of an addition differ in shape: {} and {}",
+                            fmt(x),
+                            fmt(y)
+                        ));
+                    }
+                }
+                Ok(x.to_vec())
+            }
+            Layer::Concat => {
+                let mut out = x.to_vec();
+                for y in &inputs[1..] {
+                    if y.is_empty() || x.is_empty() || y[1..] != x[1..] {
+                        return Err(format!(
+                            "concatenation along channels needs equal trailing shapes: {} and {}",
+                            fmt(x),
+                            fmt(y)
+                        ));
+                    }
+                    out[0] += y[0];
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The `state_dict` tensors of a layer named `name`: `(key, shape,
+    /// trainable)` in PyTorch's order.
+    pub fn state_tensors(&self, name: &str) -> Vec<(String, Vec<usize>, bool)> {
+        let k = |t: &str| format!("{name}.{t}");
+        let mut out = Vec::new();
+        let (weight, bias): (Option<Vec<usize>>, bool) = match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => (Some(vec![*out_features, *in_features]), *bias),
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => (
+                Some(vec![*out_channels, *in_channels, kernel[0], kernel[1]]),
+                *bias,
+            ),
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                ..
+            } => (Some(vec![*out_channels, *in_channels, *kernel]), *bias),
+            Layer::BatchNorm1d { features: c, .. }
+            | Layer::BatchNorm2d { channels: c, .. }
+            | Layer::GroupNorm { channels: c, .. } => (Some(vec![*c]), true),
+            Layer::LayerNorm { shape, .. } => (Some(shape.clone()), true),
+            _ => (None, false),
+        };
+        if let Some(w) = weight {
+            let b = if self.family() == Some(super::ops::LayerFamily::Norm) {
+                w.clone()
+            } else {
+                vec![w[0]]
+            };
+            out.push((k("weight"), w, true));
+            if bias {
+                out.push((k("bias"), b, true));
+            }
+        }
+        if let Layer::BatchNorm1d { features: c, .. } | Layer::BatchNorm2d { channels: c, .. } =
+            self
+        {
+            out.push((k("running_mean"), vec![*c], false));
+            out.push((k("running_var"), vec![*c], false));
+            out.push((k("num_batches_tracked"), vec![], false));
+        }
+        out
+    }
+}
+
+impl LayerSpec {
+    /// A layer of a graph: shapes and parameter count from its inputs.
+    pub fn node(
+        name: &str,
+        layer: Layer,
+        inputs: &[&[usize]],
+        from: Vec<usize>,
+    ) -> Result<Self, String> {
+        let output = layer.output_shape(inputs)?;
+        Ok(LayerSpec {
+            name: name.to_string(),
+            params: layer.num_params(),
+            input: inputs[0].to_vec(),
+            output,
+            layer,
+            from,
+        })
+    }
+}
+
+impl ModelSpec {
+    /// Every `state_dict` tensor the model has, in `state_dict` order.
+    pub fn state_tensors(&self) -> Vec<(String, Vec<usize>, bool)> {
+        self.param_layers()
+            .flat_map(|l| l.layer.state_tensors(&l.name))
+            .collect()
+    }
+
+    /// Structural checks a graph must pass before it is run: sources
+    /// precede their readers, shapes agree, parameterised layers have unique
+    /// names and `param_order` lists each of them once.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let src = self.sources(i);
+            if let Some(bad) = src.iter().find(|&&s| s > i) {
+                return Err(format!(
+                    "layer {i} (`{}`) reads node {bad}, which comes after it",
+                    l.name
+                ));
+            }
+            let shapes: Vec<&[usize]> = src.iter().map(|&s| self.node_shape(s)).collect();
+            let out = l
+                .layer
+                .output_shape(&shapes)
+                .map_err(|e| format!("layer `{}`: {e}", l.name))?;
+            if out != l.output || shapes[0] != l.input.as_slice() {
+                return Err(format!("layer `{}`: recorded shapes disagree", l.name));
+            }
+            if l.params > 0 && !seen.insert(l.name.clone()) {
+                return Err(format!(
+                    "two parameterised layers are named `{}` (weight sharing is not supported)",
+                    l.name
+                ));
+            }
+        }
+        if !self.param_order.is_empty() {
+            let mut order = self.param_order.clone();
+            order.sort_unstable();
+            let expect: Vec<usize> = (0..self.layers.len())
+                .filter(|&i| self.layers[i].params > 0)
+                .collect();
+            if order != expect {
+                return Err("param_order must list every parameterised layer once".into());
+            }
+        }
+        match self.layers.last() {
+            Some(l) if l.output == self.output => Ok(()),
+            _ => Err("the last layer's output is not the model's output".into()),
+        }
+    }
+}
