@@ -368,7 +368,12 @@ pub fn train<O: Ops>(
             batch: nb,
         };
         let (loss, mut g, stats) = p
-            .loss_gradient_in(mse, Phase::Train)
+            .loss_gradient_in(
+                mse,
+                Phase::Train {
+                    seed: cfg.seed ^ (step + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+                },
+            )
             .map_err(|e| e.to_string())?;
         if !loss.is_finite() || g.iter().any(|x| !x.is_finite()) {
             return Err(format!(

@@ -126,6 +126,14 @@ impl Layer {
                 }
             }
             Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => Ok(x.to_vec()),
+            Layer::Dropout { p } => {
+                if !(0.0..1.0).contains(p) {
+                    return Err(format!(
+                        "a dropout probability must be in [0, 1), found {p}"
+                    ));
+                }
+                Ok(x.to_vec())
+            }
             Layer::Flatten => Ok(vec![x.iter().product()]),
             Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
                 if x.len() != 3 {

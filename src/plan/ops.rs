@@ -325,6 +325,12 @@ pub enum Layer {
     AdaptiveAvgPool2d {
         output: [usize; 2],
     },
+    /// Zeroes each value with probability `p` and scales the rest by
+    /// 1/(1−p) in training (seeded per step); the identity in evaluation,
+    /// so every measurement sees the deterministic network.
+    Dropout {
+        p: f64,
+    },
     /// Elementwise sum of its inputs (a skip connection).
     Add,
     /// Concatenation of its inputs along the channel (first per-example)
@@ -357,6 +363,7 @@ impl Layer {
             Layer::LayerNorm { .. } => "LayerNorm",
             Layer::GroupNorm { .. } => "GroupNorm",
             Layer::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Layer::Dropout { .. } => "Dropout",
             Layer::Add => "Add",
             Layer::Concat => "Concat",
         }

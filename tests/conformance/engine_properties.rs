@@ -114,6 +114,7 @@ fn random_params(spec: &ModelSpec, rng: &mut Rng) -> HostParams {
                     "bias" => 0.3 * rng.normal(),
                     "running_mean" => 0.2 * rng.normal(),
                     "running_var" => 0.3 + rng.uniform(),
+                    "num_batches_tracked" => *x,
                     other => panic!("unexpected norm tensor {other}"),
                 };
             }

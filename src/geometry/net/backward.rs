@@ -69,6 +69,7 @@ impl<O: Ops> Net<O> {
                 one(Some(o.mul(g, &act_grad(o, l, x, y)?)?)).map(|d| (None, d))
             }
             (_, Cache::Reshape) => Ok((None, one(Some(g.clone()))?)),
+            (_, Cache::Mask(mask)) => Ok((None, one(Some(o.mul(g, mask)?))?)),
             (_, Cache::Pool { patches, out, max }) => {
                 let u = layer.unfold.as_ref().unwrap();
                 let g4 = o.reshape(g, &[m, n, u.cin, 1, u.l])?;

@@ -8,6 +8,14 @@ use crate::plan::Layer;
 /// A BatchNorm layer's batch mean and unbiased variance, on the host.
 pub(super) type HostStats = Option<(Vec<f64>, Vec<f64>)>;
 
+/// Position of `layer` in its network.
+fn layer_index<O: Ops>(net: &Net<O>, layer: &NetLayer<O::T>) -> usize {
+    net.layers
+        .iter()
+        .position(|l| std::ptr::eq(l, layer))
+        .unwrap_or(0)
+}
+
 /// `1/sqrt(var + eps)`.
 fn inv_std<O: Ops>(o: &O, var: &O::T, eps: f64) -> OpsResult<O::T> {
     o.unary(
@@ -70,6 +78,26 @@ impl<O: Ops> Net<O> {
                 plain(y.clone(), Cache::Act { x: x.clone(), y })
             }
             Layer::Flatten => plain(o.reshape(x, &out_shape)?, Cache::Reshape),
+            Layer::Dropout { p } => match phase {
+                Phase::Eval => plain(x.clone(), Cache::Reshape),
+                Phase::Train { seed } => {
+                    // One stream per layer and pass, drawn on the host so
+                    // that every backend drops the same values.
+                    let mut rng = crate::rng::Rng::new(
+                        seed ^ (layer_index(self, layer) as u64)
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    );
+                    let keep = 1.0 / (1.0 - p);
+                    let numel = n * layer.spec.input.iter().product::<usize>();
+                    let mask: Vec<f64> = (0..numel)
+                        .map(|_| if rng.uniform() < *p { 0.0 } else { keep })
+                        .collect();
+                    let mut shape = vec![n];
+                    shape.extend(&layer.spec.input);
+                    let mask = o.upload(&shape, &mask)?;
+                    plain(o.mul(&o.reshape(x, &shape)?, &mask)?, Cache::Mask(mask))
+                }
+            },
             Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
                 let max = matches!(layer.spec.layer, Layer::MaxPool2d { .. });
                 let u = layer.unfold.as_ref().unwrap();
@@ -106,7 +134,7 @@ impl<O: Ops> Net<O> {
                         let (mean, s) = layer.running.as_ref().unwrap();
                         (o.mul(&o.sub(&x3, mean)?, s)?, s.clone(), None, None)
                     }
-                    Phase::Train => {
+                    Phase::Train { .. } => {
                         // Batch statistics over examples and positions,
                         // the biased variance normalising as PyTorch does.
                         let count = (n * l) as f64;

@@ -152,7 +152,10 @@ pub struct Net<O: Ops> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Eval,
-    Train,
+    /// `seed` draws the dropout masks of this pass.
+    Train {
+        seed: u64,
+    },
 }
 
 /// One BatchNorm layer's statistics over a training batch, for its
@@ -218,6 +221,8 @@ pub enum Cache<T> {
     },
     /// Add / Concat: nothing to keep.
     Join,
+    /// Dropout in training: the mask, already scaled by 1/(1−p).
+    Mask(T),
     /// Adaptive average pooling: linear, nothing to keep.
     Linear,
 }
@@ -442,7 +447,8 @@ impl<O: Ops> Net<O> {
                     layer.b = Some(o.upload(&[1, d], &get("bias")?.data)?);
                     slot_kind = Some(SlotKind::Elementwise { d });
                 }
-                Layer::Relu
+                Layer::Dropout { .. }
+                | Layer::Relu
                 | Layer::Tanh
                 | Layer::Sigmoid
                 | Layer::Gelu

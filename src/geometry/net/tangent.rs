@@ -59,6 +59,7 @@ impl<O: Ops> Net<O> {
                 Some(d) => Some(o.mul(d, &act_grad(o, l, x, y)?)?),
             },
             (_, Cache::Reshape) => dx.map(|d| o.reshape(d, &out_shape)).transpose()?,
+            (_, Cache::Mask(mask)) => dx.map(|d| o.mul(d, mask)).transpose()?,
             (_, Cache::Pool { patches, out, max }) => match dx {
                 None => None,
                 Some(d) => {
