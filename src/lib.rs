@@ -5,6 +5,9 @@
 //! .ngx text ──syntax::parse──▶ AST ──check::check──▶ Program
 //!           ──plan::compile──▶ Plan ──exec::run──▶ Backend ──▶ results
 //! ```
+//! A backend is chosen by [`select`]; the built-in one runs the plan
+//! executor of [`engine`] over a backend's tensor operations
+//! ([`geometry::ops::Ops`]).
 //! Each arrow is a public function; each stage's output serialises, and the
 //! AST and plan of every example file are snapshot-tested.
 
@@ -17,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod data;
 pub mod diag;
+pub mod engine;
 pub mod exec;
 pub mod geometry;
 pub mod linalg;
@@ -24,6 +28,7 @@ pub mod plan;
 pub mod plugin;
 pub mod report;
 pub mod rng;
+pub mod select;
 pub mod syntax;
 
 use check::CheckOptions;

@@ -270,7 +270,7 @@ fn main() -> ExitCode {
                 plan.experiment.dtype = t;
             }
             let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
-            let mut be = match nngeo::backend::create(&plan.experiment.backend, &config) {
+            let mut be = match nngeo::select::create(&plan.experiment.backend, &config) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -347,7 +347,7 @@ fn backends() -> ExitCode {
         println!("  capabilities: {}", info.capabilities.join(", "));
     };
     let mut names: Vec<String> = Vec::new();
-    for (name, make) in nngeo::backend::BUILT_IN {
+    for (name, make) in nngeo::select::BUILT_IN {
         println!("{name} (built-in): ready");
         show(&make().info());
         names.push(name.to_string());
@@ -396,10 +396,10 @@ fn backends() -> ExitCode {
         }
         names.push(name);
     }
-    for name in nngeo::backend::SHIPPED_PLUGINS {
+    for name in nngeo::select::SHIPPED_PLUGINS {
         if !names.iter().any(|n| n == name) {
             println!("{name} (plugin): not built");
-            if let Some(h) = nngeo::backend::build_hint(name) {
+            if let Some(h) = nngeo::select::build_hint(name) {
                 println!("  how:          {h}");
             }
         }

@@ -2,7 +2,8 @@
 //! results.jsonl), checked against each other where the mathematics says
 //! they must agree.
 
-use nngeo::backend::{candle_backend, Backend, RunContext};
+use nngeo::backend::{Backend, RunContext};
+use nngeo::select::candle_backend;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ fn backend() -> Box<dyn Backend> {
     match std::env::var("NNGEO_BACKEND") {
         Ok(name) if !name.is_empty() => {
             let config = nngeo::config::load().expect("nngeo.toml");
-            nngeo::backend::create(&name, &config).unwrap_or_else(|e| panic!("{e}"))
+            nngeo::select::create(&name, &config).unwrap_or_else(|e| panic!("{e}"))
         }
         _ => candle_backend(),
     }

@@ -37,18 +37,7 @@ pub use synthetic::{blobs, noisy_linear, teacher};
 pub use tensors::{load_tensors, safetensors_keys, tensors_info};
 pub use transform::apply;
 
-/// What the checker needs to know about a dataset without loading it all.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DataInfo {
-    /// Number of examples.
-    pub n: usize,
-    /// Per-example feature shape, e.g. `[1, 8, 8]` or `[10]`.
-    pub shape: Vec<usize>,
-    /// `Some(C)` for classification (labels `0..C-1`), `None` for regression.
-    pub classes: Option<usize>,
-    /// 1 for class labels or scalar regression targets; `k` for `k`-column targets.
-    pub target_dim: usize,
-}
+pub use crate::plan::DataInfo;
 
 /// A fully loaded dataset, examples in rows.
 #[derive(Clone, Debug, PartialEq)]

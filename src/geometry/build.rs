@@ -8,7 +8,7 @@ use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
 use crate::linalg::{eigh, Mat};
-use crate::plan::{FisherVariant, Task};
+use crate::plan::{FisherVariant, LayerFamily, Structure, Task};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -29,6 +29,28 @@ pub enum BlockKind {
     Kfac,
     Ekfac { refit: bool },
     QuasiDiag,
+}
+
+impl BlockKind {
+    /// The block a (per-layer) structure gives a layer of `family`; a
+    /// `mix` picks by family.
+    pub fn for_structure(s: &Structure, family: Option<LayerFamily>) -> Result<BlockKind, String> {
+        Ok(match s {
+            Structure::BlockDiag => BlockKind::Dense,
+            Structure::Diag => BlockKind::Diag,
+            Structure::Kfac => BlockKind::Kfac,
+            Structure::Ekfac { refit, .. } => BlockKind::Ekfac { refit: *refit },
+            Structure::QuasiDiag => BlockKind::QuasiDiag,
+            Structure::Mix { families } => {
+                let f = family.ok_or("a parameter-free layer in a mix")?;
+                let inner = families
+                    .get(&f)
+                    .ok_or_else(|| format!("this mix gives no structure for {f:?} layers"))?;
+                BlockKind::for_structure(inner, family)?
+            }
+            other => return Err(format!("{} cannot be one block of a mix", other.name())),
+        })
+    }
 }
 
 /// EKFAC's starting point from a KFAC block `A ⊗ G`: the Kronecker

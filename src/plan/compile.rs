@@ -120,7 +120,7 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     }
 }
 
-fn data_info(steps: &[Step], id: StepId) -> Option<&crate::data::DataInfo> {
+fn data_info(steps: &[Step], id: StepId) -> Option<&DataInfo> {
     match &steps.get(id.0 as usize)?.op {
         Op::Data { info, .. } | Op::Transform { info, .. } => Some(info),
         _ => None,

@@ -2,7 +2,6 @@
 //! and every backend: they are serialised into plans, snapshots and plugin
 //! messages, so variants are only ever added.
 
-use crate::data::DataInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -162,6 +161,19 @@ pub enum Transform {
     OneHot,
     /// The inputs become the targets (a regression dataset): autoencoders.
     Autoencode,
+}
+
+/// What the checker needs to know about a dataset without loading it all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// Number of examples.
+    pub n: usize,
+    /// Per-example feature shape, e.g. `[1, 8, 8]` or `[10]`.
+    pub shape: Vec<usize>,
+    /// `Some(C)` for classification (labels `0..C-1`), `None` for regression.
+    pub classes: Option<usize>,
+    /// 1 for class labels or scalar regression targets; `k` for `k`-column targets.
+    pub target_dim: usize,
 }
 
 // ---------------------------------------------------------------- models

@@ -18,8 +18,8 @@ pub use guest::BackendPlugin;
 /// Everything a backend plugin needs, in one import:
 /// `use nngeo::plugin::prelude::*;`.
 pub mod prelude {
-    pub use crate::backend::engine::Engine;
     pub use crate::backend::{Backend, BackendError};
+    pub use crate::engine::Engine;
     pub use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
     pub use crate::plan::Dtype;
     pub use crate::plugin::BackendPlugin;

@@ -1553,7 +1553,7 @@ fn matrix_powers_compose() {
 
 // ---------------------------------------------------------------- training
 
-use nngeo::backend::train::{train, TrainData, TrainObserver};
+use nngeo::engine::train::{train, TrainData, TrainObserver};
 use nngeo::plan::{Length, LossKind, LrSchedule, Optimizer, Structure, TrainConfig, TrainMode};
 
 const LINEARISED: TrainMode = TrainMode::Linearized { center: false };

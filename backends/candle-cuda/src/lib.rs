@@ -4,8 +4,8 @@
 //! driver, `nngeo backends` shows the loader's reason, and CPU candle keeps
 //! working. Build recipe: backends/README.md.
 
-use nngeo::backend::engine::Engine;
 use nngeo::backend::{candle::CandleOps, Backend, BackendError};
+use nngeo::engine::Engine;
 use nngeo::plugin::BackendPlugin;
 
 pub struct CandleCuda;

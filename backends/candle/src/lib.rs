@@ -2,8 +2,9 @@
 //! `nngeo`, loaded through the C ABI. The test suite runs through it
 //! (`NNGEO_BACKEND=plugin:candle`) to check the plugin boundary end to end.
 
-use nngeo::backend::{candle_backend, Backend, BackendError};
+use nngeo::backend::{Backend, BackendError};
 use nngeo::plugin::BackendPlugin;
+use nngeo::select::candle_backend;
 
 pub struct Candle;
 

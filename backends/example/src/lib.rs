@@ -27,8 +27,8 @@
 // A plugin needs no `unsafe`: the C ABI is nngeo's business.
 #![forbid(unsafe_code)]
 
-use nngeo::backend::engine::Engine;
 use nngeo::backend::{Backend, BackendError};
+use nngeo::engine::Engine;
 use nngeo::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
 use nngeo::plan::Dtype;
 use nngeo::plugin::BackendPlugin;

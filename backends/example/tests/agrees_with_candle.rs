@@ -6,8 +6,9 @@
 //! results, relative to the tensor's largest entry (entries that are zero
 //! up to rounding cannot agree relatively).
 
-use nngeo::backend::{candle_backend, Backend, RunContext};
+use nngeo::backend::{Backend, RunContext};
 use nngeo::plugin::BackendPlugin;
+use nngeo::select::candle_backend;
 use nngeo_backend_example::Example;
 use serde_json::Value;
 

@@ -1,7 +1,7 @@
 //! The libtorch backend of nngeo: [`TchOps`], the engine's primitive tensor
 //! operations on libtorch through `tch`. Every Fisher and NTK structure,
 //! training and measurement comes from nngeo's shared engine
-//! ([`nngeo::backend::engine::Engine`]); only the tensors live in libtorch.
+//! ([`nngeo::engine::Engine`]); only the tensors live in libtorch.
 //!
 //! Built as a plugin (`cdylib`) and as a library (`rlib`, for tests).
 //! libtorch's library folder is baked in as RUNPATH by `build.rs`; CUDA is
@@ -42,9 +42,7 @@ pub fn version() -> String {
 
 /// The backend: nngeo's engine over [`TchOps`].
 pub fn backend() -> Box<dyn nngeo::backend::Backend> {
-    Box::new(
-        nngeo::backend::engine::Engine::new("tch", &version(), TchOps::new).with_devices(devices()),
-    )
+    Box::new(nngeo::engine::Engine::new("tch", &version(), TchOps::new).with_devices(devices()))
 }
 
 // ---------------------------------------------------------------- plugin export

@@ -326,7 +326,7 @@ fn run_plan(backend: &mut dyn nngeo::backend::Backend) -> Vec<(String, String, V
 
 #[test]
 fn a_whole_plan_gives_the_same_results() {
-    let c = run_plan(nngeo::backend::candle_backend().as_mut());
+    let c = run_plan(nngeo::select::candle_backend().as_mut());
     let t = run_plan(nngeo_backend_tch::backend().as_mut());
     assert_eq!(c.len(), t.len(), "as many results");
     assert!(c.len() > 30, "{} results", c.len());

@@ -20,7 +20,7 @@
 //!    one).
 //! 2. For each fold `f`, a fresh copy of the model, starting from the run's
 //!    initial parameters, is trained with
-//!    [`crate::backend::train::train`] on the other folds' examples (in index
+//!    [`crate::engine::train::train`] on the other folds' examples (in index
 //!    order). Training uses the run's loss and batch size, plain
 //!    parametrisation (no scaling or linearisation), a constant learning
 //!    rate, no per-example tracking, no hooks and no evaluation set, for
@@ -48,7 +48,7 @@
 /// One line on what the scores are, written next to them.
 pub const METHOD: &str = "cross-validated consistency (c-score-like): mean over 2 random 4-fold partitions of the probability that a model trained from the run's initial weights for 10 epochs without the example gives its (possibly noisy) label; higher = easier; bin 0 = easiest";
 
-use crate::backend::train::{train, TrainData, TrainObserver};
+use crate::engine::train::{difficulty_bins_wanted, train, TrainData, TrainObserver};
 use crate::geometry::build::Problem;
 use crate::geometry::net::{HostParams, Net};
 use crate::geometry::ops::Ops;
@@ -301,6 +301,28 @@ pub fn bins(scores: &[f64], k: usize) -> Vec<usize> {
         out[i] = p * k / n;
     }
     out
+}
+
+/// The difficulty bins a run's per-example tracking asks for (`None`
+/// when it does not): consistency scores from held-out trainings that do
+/// not depend on the run's mode or optimiser, so every regime gets the
+/// same bins. The scores go to `obs` as well.
+pub fn tracking_bins<O: Ops>(
+    o: &O,
+    spec: &ModelSpec,
+    params: &HostParams,
+    data: &TrainData<O::T>,
+    cfg: &TrainConfig,
+    obs: &mut dyn TrainObserver<O>,
+) -> Result<Option<(Vec<usize>, usize)>, String> {
+    let Some(k) = difficulty_bins_wanted(cfg) else {
+        return Ok(None);
+    };
+    let opts = ConsistencyOptions::default();
+    let score = consistency_scores(o, spec, params, data, cfg, &opts)?;
+    let bin = bins(&score, k);
+    obs.difficulty(&score, &bin, k)?;
+    Ok(Some((bin, k)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! updated weights. Hooks run at their firing steps, before that step's
 //! update (step 0 is the initial model).
 
-use super::engine::block_kind;
 use crate::geometry::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::Ops;
@@ -187,7 +186,7 @@ impl Preconditioner {
                 .iter()
                 .map(|&k| {
                     let layer = &p.net.spec.layers[p.net.slots[k].index];
-                    block_kind(s, layer.layer.family())
+                    BlockKind::for_structure(s, layer.layer.family())
                 })
                 .collect()
         };
@@ -269,6 +268,34 @@ pub fn train<O: Ops>(
     firing: &[Vec<u64>],
     obs: &mut dyn TrainObserver<O>,
 ) -> Result<HostParams, String> {
+    train_binned(o, spec, params, data, eval, cfg, firing, obs, None)
+}
+
+/// How many difficulty bins the run's tracking asks for, if any.
+pub fn difficulty_bins_wanted(cfg: &TrainConfig) -> Option<usize> {
+    cfg.track.as_ref().and_then(|t| {
+        t.groups.iter().find_map(|g| match g {
+            Group::Difficulty { bins } => Some(*bins),
+            _ => None,
+        })
+    })
+}
+
+/// [`train`] with each example's difficulty bin (and the number of bins)
+/// for per-example tracking by difficulty; they come from
+/// `engine::difficulty`, which trains models of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn train_binned<O: Ops>(
+    o: &O,
+    spec: &ModelSpec,
+    params: HostParams,
+    data: &TrainData<O::T>,
+    eval: Option<&TrainData<O::T>>,
+    cfg: &TrainConfig,
+    firing: &[Vec<u64>],
+    obs: &mut dyn TrainObserver<O>,
+    difficulty: Option<(Vec<usize>, usize)>,
+) -> Result<HostParams, String> {
     let mse = cfg.loss == LossKind::Mse;
     let base_lr = match &cfg.optimizer {
         Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::Ngd { lr, .. } => *lr,
@@ -295,23 +322,9 @@ pub fn train<O: Ops>(
     let mut net = Net::new(o, spec, params.clone())
         .and_then(|net| net.reparam(o, &cfg.mode, &params))
         .map_err(|e| e.to_string())?;
-    // Difficulty bins come from held-out trainings that do not depend on
-    // this run's mode or optimiser, so every regime gets the same bins.
-    let difficulty = match cfg.track.as_ref().and_then(|t| {
-        t.groups.iter().find_map(|g| match g {
-            Group::Difficulty { bins } => Some(*bins),
-            _ => None,
-        })
-    }) {
-        Some(k) => {
-            let opts = super::difficulty::ConsistencyOptions::default();
-            let score = super::difficulty::consistency_scores(o, spec, &params, data, cfg, &opts)?;
-            let bin = super::difficulty::bins(&score, k);
-            obs.difficulty(&score, &bin, k)?;
-            Some((bin, k))
-        }
-        None => None,
-    };
+    if difficulty.is_none() && difficulty_bins_wanted(cfg).is_some() {
+        return Err("tracking by difficulty needs the difficulty bins: compute them first (engine::difficulty::tracking_bins)".into());
+    }
     let mut epoch_loss = (0.0, 0usize);
     let mut clock = std::time::Duration::ZERO;
     for step in 0..=cfg.total_steps {
