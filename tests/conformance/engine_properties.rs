@@ -2,12 +2,13 @@
 //! independent computations made here (finite differences, explicit
 //! matrices, closed forms), in float64 unless stated otherwise.
 //!
-//! Shared by every backend: the including test crate supplies `TestOps`
-//! and `test_ops(dtype)` (see `tests/engine_properties.rs`).
+//! Shared by every backend: the including test crate supplies `TestOps`,
+//! `test_ops(dtype)` and `mod common` (see `tests/engine_properties.rs`).
 //!
 //! Every comparison is `max|a − b| / max|b| ≤ tol` (see [`assert_close`])
 //! unless stated otherwise; each test states its tolerance.
 
+use crate::common::{compile_model, rel_err};
 use crate::{test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::init_params;
@@ -17,7 +18,7 @@ use nngeo::geometry::ops::Ops;
 use nngeo::geometry::repr::{Block, Fim, FimBody, LayerInfo};
 use nngeo::geometry::stats;
 use nngeo::linalg::{eigvalsh, Mat};
-use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Op, Task};
+use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Task};
 use nngeo::rng::Rng;
 use std::collections::BTreeSet;
 
@@ -79,19 +80,6 @@ const BINARY_MLP: &str = "mlp(in = 6, hidden = [8], out = 1, act = tanh, init = 
 /// For the Gaussian output (Task::Regression).
 const REG_MLP: &str = "mlp(in = 6, hidden = [8], out = 3, act = gelu, init = pytorch(seed = 8))";
 
-fn compile_model(model: &str) -> ModelSpec {
-    let src = format!("experiment props {{ dtype = f64 }}\nmodel net = {model}\n");
-    let plan =
-        nngeo::compile_source(&src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
-    plan.steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .unwrap()
-}
-
 fn is_norm(l: &Layer) -> bool {
     matches!(
         l,
@@ -114,6 +102,7 @@ fn random_params(spec: &ModelSpec, rng: &mut Rng) -> HostParams {
                     "bias" => 0.3 * rng.normal(),
                     "running_mean" => 0.2 * rng.normal(),
                     "running_var" => 0.3 + rng.uniform(),
+                    "num_batches_tracked" => *x,
                     other => panic!("unexpected norm tensor {other}"),
                 };
             }
@@ -245,22 +234,6 @@ fn classification() -> Target {
 }
 
 // ---------------------------------------------------------------- comparisons
-
-/// `max|a − b| / max|b|` (absolute when `b` is zero).
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length {} vs {}", a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err.is_finite(), "non-finite values");
-    if scale > 0.0 {
-        err / scale
-    } else {
-        err
-    }
-}
 
 fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     let e = rel_err(a, b);
