@@ -9,7 +9,7 @@
 //! part of it.
 #![allow(dead_code)]
 
-use nngeo::plan::{Layer, LayerSpec, ModelSpec, Op};
+use nngeo::plan::{Init, Layer, LayerSpec, ModelSpec, Op};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -165,15 +165,7 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
         .iter()
         .map(|m| (m["name"].as_str().unwrap(), m))
         .collect();
-    let mut spec = ModelSpec {
-        input: input.to_vec(),
-        output: vec![],
-        layers: vec![],
-        params: 0,
-        init: nngeo::plan::Init::Pytorch { seed: 0 },
-        weights: None,
-        param_order: vec![],
-    };
+    let mut spec = empty_graph(input, 0);
     let mut node: HashMap<String, usize> = HashMap::new();
     node.insert(fwd["input"].as_str().unwrap_or("x").to_string(), 0);
     for step in fwd["steps"].as_array().unwrap() {
@@ -193,21 +185,18 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
             "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
             other => panic!("{}: graph op {other} not handled by this test", case),
         };
-        let shapes: Vec<Vec<usize>> = from.iter().map(|&f| spec.node_shape(f).to_vec()).collect();
-        let refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
-        let l = LayerSpec::node(&name, layer, &refs, from)
+        push_node(&mut spec, &name, layer, from)
             .unwrap_or_else(|e| panic!("{}: step {}: {e}", case, step["step"]));
         if let Some(shape) = step["shape"].as_array() {
             let want: Vec<usize> = shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
-            assert_eq!(l.output, want, "{}: shape of step {}", case, step["step"]);
+            let got = &spec.layers.last().unwrap().output;
+            assert_eq!(got, &want, "{}: shape of step {}", case, step["step"]);
         }
-        spec.layers.push(l);
         node.insert(
             step["output"].as_str().unwrap().to_string(),
             spec.layers.len(),
         );
     }
-    spec.output = spec.layers.last().unwrap().output.clone();
     assert_eq!(node[fwd["output"].as_str().unwrap()], spec.layers.len());
     // Parameter order: `named_modules()` order, not execution order.
     for m in model["modules"].as_array().unwrap() {
@@ -220,7 +209,86 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
             spec.param_order.push(i);
         }
     }
-    spec.params = spec.layers.iter().map(|l| l.params).sum();
     spec.validate().unwrap_or_else(|e| panic!("{}: {e}", case));
     spec
+}
+
+/// A model without layers on inputs of shape `input`, initialised as
+/// PyTorch does with `seed`.
+fn empty_graph(input: &[usize], seed: u64) -> ModelSpec {
+    ModelSpec {
+        input: input.to_vec(),
+        output: vec![],
+        layers: vec![],
+        params: 0,
+        init: Init::Pytorch { seed },
+        weights: None,
+        param_order: vec![],
+    }
+}
+
+/// Appends a layer reading graph nodes `from`; it becomes the model's
+/// output.
+fn push_node(
+    spec: &mut ModelSpec,
+    name: &str,
+    layer: Layer,
+    from: Vec<usize>,
+) -> Result<(), String> {
+    let shapes: Vec<Vec<usize>> = from.iter().map(|&f| spec.node_shape(f).to_vec()).collect();
+    let refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+    let l = LayerSpec::node(name, layer, &refs, from)?;
+    spec.output = l.output.clone();
+    spec.params += l.params;
+    spec.layers.push(l);
+    Ok(())
+}
+
+/// A graph model from nodes `(name, layer, inputs)` in execution order,
+/// each reading the earlier nodes its `inputs` name (`x`: the model's
+/// input); the last node is the output. Parameters in execution order,
+/// initialised as PyTorch does with `seed`.
+pub fn graph(input: &[usize], seed: u64, nodes: &[(&str, Layer, &[&str])]) -> ModelSpec {
+    let mut spec = empty_graph(input, seed);
+    let mut node: HashMap<&str, usize> = HashMap::from([("x", 0)]);
+    for (name, layer, inputs) in nodes {
+        let from = inputs
+            .iter()
+            .map(|i| {
+                *node
+                    .get(i)
+                    .unwrap_or_else(|| panic!("`{name}` reads unknown node `{i}`"))
+            })
+            .collect();
+        push_node(&mut spec, name, layer.clone(), from)
+            .unwrap_or_else(|e| panic!("layer `{name}`: {e}"));
+        assert!(
+            node.insert(name, spec.layers.len()).is_none(),
+            "two nodes `{name}`"
+        );
+    }
+    spec.validate().unwrap();
+    spec
+}
+
+/// `Conv2d` with a square kernel and equal strides, padding and dilation
+/// along both axes.
+pub fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    bias: bool,
+) -> Layer {
+    Layer::Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [stride, stride],
+        padding: [padding, padding],
+        dilation: [dilation, dilation],
+        bias,
+    }
 }
