@@ -10,5 +10,8 @@ fn test_ops(dtype: Dtype) -> TestOps {
     TestOps::new("cpu", dtype).unwrap()
 }
 
+#[path = "conformance/common.rs"]
+mod common;
+
 #[path = "conformance/engine_properties.rs"]
 mod engine_properties;

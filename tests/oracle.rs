@@ -15,5 +15,8 @@ fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oracle")
 }
 
+#[path = "conformance/common.rs"]
+mod common;
+
 #[path = "conformance/oracle.rs"]
 mod oracle;

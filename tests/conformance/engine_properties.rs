@@ -2,22 +2,23 @@
 //! independent computations made here (finite differences, explicit
 //! matrices, closed forms), in float64 unless stated otherwise.
 //!
-//! Shared by every backend: the including test crate supplies `TestOps`
-//! and `test_ops(dtype)` (see `tests/engine_properties.rs`).
+//! Shared by every backend: the including test crate supplies `TestOps`,
+//! `test_ops(dtype)` and `mod common` (see `tests/engine_properties.rs`).
 //!
 //! Every comparison is `max|a − b| / max|b| ≤ tol` (see [`assert_close`])
 //! unless stated otherwise; each test states its tolerance.
 
+use crate::common::{compile_model, conv, graph, rel_err};
 use crate::{test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::init_params;
 use nngeo::geometry::kernel;
-use nngeo::geometry::net::{HostParams, Net};
+use nngeo::geometry::net::{HostParams, Net, Phase, SlotKind};
 use nngeo::geometry::ops::Ops;
 use nngeo::geometry::repr::{Block, Fim, FimBody, LayerInfo};
 use nngeo::geometry::stats;
 use nngeo::linalg::{eigvalsh, Mat};
-use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Op, Task};
+use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Task};
 use nngeo::rng::Rng;
 use std::collections::BTreeSet;
 
@@ -79,23 +80,154 @@ const BINARY_MLP: &str = "mlp(in = 6, hidden = [8], out = 1, act = tanh, init = 
 /// For the Gaussian output (Task::Regression).
 const REG_MLP: &str = "mlp(in = 6, hidden = [8], out = 3, act = gelu, init = pytorch(seed = 8))";
 
-fn compile_model(model: &str) -> ModelSpec {
-    let src = format!("experiment props {{ dtype = f64 }}\nmodel net = {model}\n");
-    let plan =
-        nngeo::compile_source(&src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
-    plan.steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .unwrap()
+/// A test model: `.ngx` source, or a graph built here.
+trait Model: std::fmt::Display + Copy {
+    fn spec(&self) -> ModelSpec;
 }
+
+impl Model for &str {
+    fn spec(&self) -> ModelSpec {
+        compile_model(self)
+    }
+}
+
+/// A graph model: its name and the function that builds it.
+#[derive(Clone, Copy)]
+struct Graph(&'static str, fn() -> ModelSpec);
+
+impl std::fmt::Display for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Model for Graph {
+    fn spec(&self) -> ModelSpec {
+        (self.1)()
+    }
+}
+
+fn bn2d(c: usize) -> Layer {
+    Layer::BatchNorm2d {
+        channels: c,
+        eps: 1e-5,
+    }
+}
+
+/// Residual blocks, smooth, BatchNorm in evaluation mode: a stem, a block
+/// with an identity shortcut, a block with a strided 1×1 projection
+/// shortcut (6×6 → 3×3), adaptive average pooling of 3×3 to 2×2 (windows
+/// of two overlapping by one) and a Linear head.
+const RESNET: Graph = Graph("resnet graph", || {
+    graph(
+        &[2, 6, 6],
+        21,
+        &[
+            ("stem", conv(2, 3, 3, 1, 1, 1, true), &["x"]),
+            ("stem.bn", bn2d(3), &["stem"]),
+            ("stem.act", Layer::Tanh, &["stem.bn"]),
+            ("b1.conv1", conv(3, 3, 3, 1, 1, 1, false), &["stem.act"]),
+            ("b1.bn1", bn2d(3), &["b1.conv1"]),
+            ("b1.act1", Layer::Gelu, &["b1.bn1"]),
+            ("b1.conv2", conv(3, 3, 3, 1, 1, 1, true), &["b1.act1"]),
+            ("b1.bn2", bn2d(3), &["b1.conv2"]),
+            ("b1.add", Layer::Add, &["b1.bn2", "stem.act"]),
+            ("b1.act2", Layer::Tanh, &["b1.add"]),
+            ("b2.conv1", conv(3, 4, 3, 2, 1, 1, false), &["b1.act2"]),
+            ("b2.bn1", bn2d(4), &["b2.conv1"]),
+            ("b2.act1", Layer::Tanh, &["b2.bn1"]),
+            ("b2.conv2", conv(4, 4, 3, 1, 1, 1, false), &["b2.act1"]),
+            ("b2.bn2", bn2d(4), &["b2.conv2"]),
+            ("b2.proj", conv(3, 4, 1, 2, 0, 1, false), &["b1.act2"]),
+            ("b2.proj_bn", bn2d(4), &["b2.proj"]),
+            ("b2.add", Layer::Add, &["b2.bn2", "b2.proj_bn"]),
+            ("b2.act2", Layer::Tanh, &["b2.add"]),
+            (
+                "pool",
+                Layer::AdaptiveAvgPool2d { output: [2, 2] },
+                &["b2.act2"],
+            ),
+            ("flatten", Layer::Flatten, &["pool"]),
+            (
+                "fc",
+                Layer::Linear {
+                    in_features: 16,
+                    out_features: 4,
+                    bias: true,
+                },
+                &["flatten"],
+            ),
+        ],
+    )
+});
+
+/// Branches: a dilated convolution and a 1×1 one concatenated with the
+/// raw input (a branch with no parameter upstream), GroupNorm over the
+/// concatenation, a convolution with a non-square dilation added to a 1×1
+/// one read twice (`d + e + e`), adaptive average pooling of 5×5 to 2×2
+/// (windows of three overlapping by one) and a Linear head.
+const BRANCHES: Graph = Graph("branch graph", || {
+    graph(
+        &[2, 5, 5],
+        22,
+        &[
+            ("a", conv(2, 3, 3, 1, 2, 2, true), &["x"]),
+            ("a.act", Layer::Gelu, &["a"]),
+            ("b", conv(2, 3, 1, 1, 0, 1, false), &["x"]),
+            ("b.act", Layer::Tanh, &["b"]),
+            ("cat", Layer::Concat, &["a.act", "b.act", "x"]),
+            (
+                "gn",
+                Layer::GroupNorm {
+                    groups: 4,
+                    channels: 8,
+                    eps: 1e-5,
+                },
+                &["cat"],
+            ),
+            ("gn.act", Layer::Tanh, &["gn"]),
+            (
+                "d",
+                Layer::Conv2d {
+                    in_channels: 8,
+                    out_channels: 3,
+                    kernel: [3, 3],
+                    stride: [1, 1],
+                    padding: [2, 3],
+                    dilation: [2, 3],
+                    bias: true,
+                },
+                &["gn.act"],
+            ),
+            ("e", conv(8, 3, 1, 1, 0, 1, false), &["gn.act"]),
+            ("sum", Layer::Add, &["d", "e", "e"]),
+            ("sum.act", Layer::Tanh, &["sum"]),
+            (
+                "pool",
+                Layer::AdaptiveAvgPool2d { output: [2, 2] },
+                &["sum.act"],
+            ),
+            ("flatten", Layer::Flatten, &["pool"]),
+            (
+                "fc",
+                Layer::Linear {
+                    in_features: 12,
+                    out_features: 4,
+                    bias: true,
+                },
+                &["flatten"],
+            ),
+        ],
+    )
+});
 
 fn is_norm(l: &Layer) -> bool {
     matches!(
         l,
-        Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. } | Layer::LayerNorm { .. }
+        Layer::BatchNorm1d { .. }
+            | Layer::BatchNorm2d { .. }
+            | Layer::LayerNorm { .. }
+            | Layer::GroupNorm { .. }
     )
 }
 
@@ -139,14 +271,14 @@ struct Fx {
 }
 
 impl Fx {
-    fn new(model: &str, n: usize, seed: u64) -> Fx {
+    fn new(model: impl Model, n: usize, seed: u64) -> Fx {
         Fx::build(model, n, seed, Dtype::F64, false)
     }
 
     /// `identical`: every example is the same input.
-    fn build(model: &str, n: usize, seed: u64, dtype: Dtype, identical: bool) -> Fx {
+    fn build(model: impl Model, n: usize, seed: u64, dtype: Dtype, identical: bool) -> Fx {
         let o = test_ops(dtype);
-        let spec = compile_model(model);
+        let spec = model.spec();
         let mut rng = Rng::new(seed);
         let params = random_params(&spec, &mut rng);
         let net = Net::new(&o, &spec, params.clone()).unwrap();
@@ -228,6 +360,19 @@ impl Fx {
         vec![k; self.net.slots.len()]
     }
 
+    /// `k` for the Linear and convolution layers, dense blocks for the
+    /// norm layers.
+    fn affine_kinds(&self, k: BlockKind) -> Vec<BlockKind> {
+        self.net
+            .slots
+            .iter()
+            .map(|s| match s.kind {
+                SlotKind::Affine { .. } => k,
+                SlotKind::Elementwise { .. } => BlockKind::Dense,
+            })
+            .collect()
+    }
+
     fn random_vector(&self, seed: u64) -> Vec<f64> {
         let mut rng = Rng::new(seed);
         (0..self.net.num_params()).map(|_| rng.normal()).collect()
@@ -246,22 +391,6 @@ fn classification() -> Target {
 }
 
 // ---------------------------------------------------------------- comparisons
-
-/// `max|a − b| / max|b|` (absolute when `b` is zero).
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length {} vs {}", a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err.is_finite(), "non-finite values");
-    if scale > 0.0 {
-        err / scale
-    } else {
-        err
-    }
-}
 
 fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     let e = rel_err(a, b);
@@ -375,8 +504,10 @@ fn task_models() -> Vec<(&'static str, usize, Task)> {
 
 /// `jacobian_rows(Outputs)` (rows `c·n + i`) against central differences
 /// of `net.forward` with h = 1e-6, per layer: error ≤ 1e-6 × the layer's
-/// largest Jacobian entry.
-fn check_jacobian_fd(model: &str, n: usize, seed: u64) -> BTreeSet<&'static str> {
+/// largest Jacobian entry. The dense true Fisher for classification
+/// against `1/n Σᵢ Jᵢᵀ (diag pᵢ − pᵢ pᵢᵀ) Jᵢ` made from those finite
+/// differences: 1e-6.
+fn check_jacobian_fd(model: impl Model, n: usize, seed: u64) -> BTreeSet<&'static str> {
     let fx = Fx::new(model, n, seed);
     let (c, np) = (fx.c, fx.net.num_params());
     let j = fx.problem(n).jacobian_rows(&Target::Outputs).unwrap();
@@ -414,14 +545,59 @@ fn check_jacobian_fd(model: &str, n: usize, seed: u64) -> BTreeSet<&'static str>
             1e-6,
         );
     }
+    // F = 1/n Σᵢ Jᵢᵀ Hᵢ Jᵢ, Hᵢ = diag pᵢ − pᵢ pᵢᵀ (softmax probabilities).
+    let z = fx.outputs_at(&w0);
+    let mut f = Mat::zeros(np, np);
+    for i in 0..n {
+        let p: Vec<f64> = log_softmax(&z[i * c..(i + 1) * c])
+            .iter()
+            .map(|l| l.exp())
+            .collect();
+        let mut hj = Mat::zeros(c, np);
+        for a in 0..c {
+            for k in 0..np {
+                let v = (0..c)
+                    .map(|b| {
+                        let hab = if a == b { p[a] } else { 0.0 } - p[a] * p[b];
+                        hab * fd.get(b * n + i, k)
+                    })
+                    .sum();
+                hj.set(a, k, v);
+            }
+        }
+        let ji = Mat::from_vec(
+            c,
+            np,
+            (0..c)
+                .flat_map(|a| (0..np).map(move |k| (a, k)))
+                .map(|(a, k)| fd.get(a * n + i, k))
+                .collect(),
+        );
+        f = add_mats(&f, &ji.transpose().matmul(&hj));
+    }
+    f.data.iter_mut().for_each(|x| *x /= n as f64);
+    let dense = fx
+        .problem(n)
+        .fim_dense(&classification())
+        .unwrap()
+        .to_dense();
+    assert_close(
+        &format!("{model}: dense FIM vs finite-difference Jᵀ H J"),
+        &dense.data,
+        &f.data,
+        1e-6,
+    );
     fx.spec.layers.iter().map(|l| l.layer.type_name()).collect()
 }
 
+/// Every layer type, chains and graphs.
 #[test]
 fn jacobian_matches_finite_differences_for_every_layer_type() {
     let mut seen = check_jacobian_fd(ALL_2D, 6, 11);
     seen.extend(check_jacobian_fd(ALL_1D, 6, 12));
     seen.extend(check_jacobian_fd(POOL_FIRST, 6, 13));
+    seen.extend(check_jacobian_fd(RESNET, 5, 14));
+    seen.extend(check_jacobian_fd(BRANCHES, 5, 15));
     let every: BTreeSet<&str> = [
         "Linear",
         "Conv2d",
@@ -433,9 +609,13 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
         "Flatten",
         "MaxPool2d",
         "AvgPool2d",
+        "AdaptiveAvgPool2d",
         "BatchNorm1d",
         "BatchNorm2d",
         "LayerNorm",
+        "GroupNorm",
+        "Add",
+        "Concat",
     ]
     .into_iter()
     .collect();
@@ -447,7 +627,7 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
 
 /// NTK = J Jᵀ; structured path = per-example path; per-layer NTKs sum to
 /// the total. All to 1e-10.
-fn check_ntk(model: &str, n: usize, seed: u64, expect_structured: bool) {
+fn check_ntk(model: impl Model, n: usize, seed: u64, expect_structured: bool) {
     let fx = Fx::new(model, n, seed);
     let p = fx.problem(n);
     let j = p.jacobian_rows(&Target::Outputs).unwrap();
@@ -496,12 +676,14 @@ fn ntk_is_j_jt_by_every_path() {
     check_ntk(MLP, 8, 21, true);
     check_ntk(CNN, 6, 22, true);
     check_ntk(NORM_CNN, 6, 23, true);
+    check_ntk(RESNET, 5, 24, true);
+    check_ntk(BRANCHES, 5, 25, true);
 }
 
 // ---------------------------------------------------------------- 3. structures
 
 /// Every structure against the dense FIM it approximates (1e-10).
-fn check_structures(model: &str, n: usize, seed: u64) {
+fn check_structures(model: impl Model, n: usize, seed: u64) {
     let fx = Fx::new(model, n, seed);
     let p = fx.problem(n);
     let t = classification();
@@ -607,6 +789,8 @@ fn structures_match_the_dense_fim() {
     check_structures(MLP, 10, 31);
     check_structures(CNN, 6, 32);
     check_structures(NORM_CNN, 6, 33);
+    check_structures(RESNET, 5, 34);
+    check_structures(BRANCHES, 5, 35);
 }
 
 /// trace, Frobenius norm, diagonal, mv, vᵀMv and eigenvalues of every
@@ -766,6 +950,48 @@ fn kfac_is_exact_where_it_must_be() {
     }
 }
 
+/// For a single example KFAC is exact on every Linear layer, whatever the
+/// model around it (`F_l = E[g gᵀ] ⊗ a aᵀ`): its blocks equal BlockDiag's
+/// there (1e-10). A convolution sums over positions, so there it is not
+/// (checked to differ, so that the comparison means something).
+#[test]
+fn kfac_is_exact_on_linear_layers_for_one_example() {
+    check_kfac_one_example(MLP, 71);
+    check_kfac_one_example(RESNET, 72);
+    check_kfac_one_example(BRANCHES, 73);
+}
+
+fn check_kfac_one_example(model: impl Model, seed: u64) {
+    let fx = Fx::new(model, 1, seed);
+    let p = fx.problem(1);
+    let t = classification();
+    let kfac = p.fim_blocks(&t, &fx.affine_kinds(BlockKind::Kfac)).unwrap();
+    let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
+    let mut linear = 0;
+    for (k, l) in kfac.layers.iter().enumerate() {
+        let SlotKind::Affine { conv, .. } = fx.net.slots[k].kind else {
+            continue;
+        };
+        let (ours, exact) = (blocks(&kfac)[k].to_dense(l), blocks(&bd)[k].to_dense(l));
+        if conv {
+            assert!(
+                rel_err(&ours.data, &exact.data) > 1e-6,
+                "{model} {}: KFAC of a convolution is exact",
+                l.name
+            );
+        } else {
+            assert_close(
+                &format!("{model} {}: KFAC vs BlockDiag", l.name),
+                &ours.data,
+                &exact.data,
+                1e-10,
+            );
+            linear += 1;
+        }
+    }
+    assert!(linear > 0, "{model}: no Linear layer");
+}
+
 // ---------------------------------------------------------------- 5. EKFAC
 
 /// `d[k, j] = u_kjᵀ F_l u_kj` with `u_kj = ug[:, k] ⊗ ua[:, j]` in flat order.
@@ -788,71 +1014,82 @@ fn kfe_diag_by_hand(l: &LayerInfo, fl: &Mat, ua: &Mat, ug: &Mat) -> Vec<f64> {
 /// EKFAC without refit = KFAC (1e-10). Refitted: its diagonal is
 /// diag(Uᵀ F_l U) (1e-10), its trace the BlockDiag trace (1e-10), and it
 /// is no farther from BlockDiag than KFAC is, layer by layer (the EKFAC
-/// theorem; 1e-12 slack).
+/// theorem; 1e-12 slack). On graph models the norm layers take dense
+/// blocks (KFAC does not apply to them), the same in every structure.
 #[test]
 fn ekfac_properties() {
-    for (model, n, seed) in [(MLP, 10, 61), (CNN, 6, 62)] {
-        let fx = Fx::new(model, n, seed);
-        let p = fx.problem(n);
-        let t = classification();
-        let kfac = p.fim_blocks(&t, &fx.kinds(BlockKind::Kfac)).unwrap();
-        let e0 = p
-            .fim_blocks(&t, &fx.kinds(BlockKind::Ekfac { refit: false }))
-            .unwrap();
-        let e1 = p
-            .fim_blocks(&t, &fx.kinds(BlockKind::Ekfac { refit: true }))
-            .unwrap();
-        let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
-        assert_close(
-            &format!("{model}: EKFAC(refit = false) vs KFAC"),
-            &e0.to_dense().data,
-            &kfac.to_dense().data,
-            1e-10,
-        );
-        assert_close(
-            &format!("{model}: EKFAC trace"),
-            &[e1.trace()],
-            &[bd.trace()],
-            1e-10,
-        );
-        assert_close(
-            &format!("{model}: EKFAC dense trace"),
-            &[e1.to_dense().trace()],
-            &[bd.trace()],
-            1e-10,
-        );
-        let mut strict = 0;
-        for (k, l) in e1.layers.iter().enumerate() {
-            let fl = blocks(&bd)[k].to_dense(l);
-            let kl = blocks(&kfac)[k].to_dense(l);
-            let el = blocks(&e1)[k].to_dense(l);
-            let Block::Ekfac { ua, ug, d } = &blocks(&e1)[k] else {
-                panic!("not EKFAC")
-            };
-            assert_close(
-                &format!("{model} {}: refitted diagonal", l.name),
-                &d.data,
-                &kfe_diag_by_hand(l, &fl, ua, ug),
-                1e-10,
-            );
-            let (de, dk) = (frob_dist(&el, &fl), frob_dist(&kl, &fl));
+    check_ekfac(MLP, 10, 61);
+    check_ekfac(CNN, 6, 62);
+    check_ekfac(RESNET, 6, 63);
+    check_ekfac(BRANCHES, 6, 64);
+}
+
+fn check_ekfac(model: impl Model, n: usize, seed: u64) {
+    let fx = Fx::new(model, n, seed);
+    let p = fx.problem(n);
+    let t = classification();
+    let kfac = p.fim_blocks(&t, &fx.affine_kinds(BlockKind::Kfac)).unwrap();
+    let e0 = p
+        .fim_blocks(&t, &fx.affine_kinds(BlockKind::Ekfac { refit: false }))
+        .unwrap();
+    let e1 = p
+        .fim_blocks(&t, &fx.affine_kinds(BlockKind::Ekfac { refit: true }))
+        .unwrap();
+    let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
+    assert_close(
+        &format!("{model}: EKFAC(refit = false) vs KFAC"),
+        &e0.to_dense().data,
+        &kfac.to_dense().data,
+        1e-10,
+    );
+    assert_close(
+        &format!("{model}: EKFAC trace"),
+        &[e1.trace()],
+        &[bd.trace()],
+        1e-10,
+    );
+    assert_close(
+        &format!("{model}: EKFAC dense trace"),
+        &[e1.to_dense().trace()],
+        &[bd.trace()],
+        1e-10,
+    );
+    let mut strict = 0;
+    for (k, l) in e1.layers.iter().enumerate() {
+        let fl = blocks(&bd)[k].to_dense(l);
+        let kl = blocks(&kfac)[k].to_dense(l);
+        let el = blocks(&e1)[k].to_dense(l);
+        let Block::Ekfac { ua, ug, d } = &blocks(&e1)[k] else {
             assert!(
-                de <= dk + 1e-12 * fl.frobenius(),
-                "{model} {}: ‖EKFAC − F‖ = {de:e} > ‖KFAC − F‖ = {dk:e}",
+                matches!(fx.net.slots[k].kind, SlotKind::Elementwise { .. }),
+                "{model} {}: not EKFAC",
                 l.name
             );
-            strict += (de < 0.99 * dk) as usize;
-        }
-        assert!(strict > 0, "{model}: the refit never improved on KFAC");
-        let (de, dk) = (
-            frob_dist(&e1.to_dense(), &bd.to_dense()),
-            frob_dist(&kfac.to_dense(), &bd.to_dense()),
+            continue;
+        };
+        assert_close(
+            &format!("{model} {}: refitted diagonal", l.name),
+            &d.data,
+            &kfe_diag_by_hand(l, &fl, ua, ug),
+            1e-10,
         );
+        let (de, dk) = (frob_dist(&el, &fl), frob_dist(&kl, &fl));
         assert!(
-            de <= dk,
-            "{model}: ‖EKFAC − F‖ = {de:e} > ‖KFAC − F‖ = {dk:e}"
+            de <= dk + 1e-12 * fl.frobenius(),
+            "{model} {}: ‖EKFAC − F‖ = {de:e} > ‖KFAC − F‖ = {dk:e}",
+            l.name
         );
+        strict += (de < 0.99 * dk) as usize;
     }
+    assert!(strict > 0, "{model}: the refit never improved on KFAC");
+    let (de, dk) = (
+        frob_dist(&e1.to_dense(), &bd.to_dense()),
+        frob_dist(&kfac.to_dense(), &bd.to_dense()),
+    );
+    assert!(
+        de <= dk,
+        "{model}: ‖EKFAC − F‖ = {de:e} > ‖KFAC − F‖ = {dk:e}"
+    );
 }
 
 // ---------------------------------------------------------------- 6. solve
@@ -1353,6 +1590,80 @@ fn loss_gradient_matches_finite_differences() {
     );
 }
 
+/// In training mode (BatchNorm normalising with the statistics of the
+/// batch, which couples the examples) the loss gradient is that of the
+/// training-mode loss: central differences (h = 1e-6) along random
+/// directions, 1e-6; chains and graphs with both BatchNorms. The batch
+/// statistics are the mean and unbiased variance of each channel's inputs
+/// (1e-12 against an evaluation-mode pass with those as running
+/// statistics, which must then give the same outputs).
+#[test]
+fn train_mode_gradient_matches_finite_differences() {
+    check_train_mode_gradient(NORM_CNN, 6, 191);
+    check_train_mode_gradient(ALL_2D, 5, 192);
+    check_train_mode_gradient(RESNET, 5, 193);
+}
+
+fn check_train_mode_gradient(model: impl Model, n: usize, seed: u64) {
+    let fx = Fx::new(model, n, seed);
+    let w0 = fx.params.flat();
+    let train_loss = |w: &[f64]| {
+        let net = fx.model_at(w, &TrainMode::Plain);
+        let p = Problem {
+            net: &net,
+            ..fx.problem(n)
+        };
+        p.loss_gradient_in(false, Phase::Train).unwrap()
+    };
+    let (_, g, stats) = train_loss(&w0);
+    assert!(!stats.is_empty(), "{model}: no batch statistics");
+    let h = 1e-6;
+    for s in 0..3 {
+        let v = fx.random_vector(200 + s);
+        let fd = (train_loss(&axpy(&w0, h, &v)).0 - train_loss(&axpy(&w0, -h, &v)).0) / (2.0 * h);
+        assert_close(
+            &format!("{model}: train-mode directional derivative"),
+            &[dot(&g, &v)],
+            &[fd],
+            1e-6,
+        );
+    }
+    // Outputs with the batch statistics as running statistics (var + eps
+    // from the unbiased variance back to the biased one) are the
+    // training-mode outputs.
+    let mut p = fx.params.clone();
+    for st in &stats {
+        let name = &fx.spec.layers[st.layer].name;
+        let l: usize = fx.spec.layers[st.layer].input[1..].iter().product();
+        let count = (n * l) as f64;
+        let set = |p: &mut HostParams, key: &str, v: Vec<f64>| {
+            let t = p
+                .tensors
+                .iter_mut()
+                .find(|t| t.key == format!("{name}.{key}"))
+                .unwrap();
+            t.data = v;
+        };
+        set(&mut p, "running_mean", st.mean.clone());
+        set(
+            &mut p,
+            "running_var",
+            st.var.iter().map(|v| v * (count - 1.0) / count).collect(),
+        );
+    }
+    let eval = Net::new(&fx.o, &fx.spec, p).unwrap();
+    let train = fx
+        .net
+        .forward_in(&fx.o, &fx.x, false, Phase::Train)
+        .unwrap();
+    assert_close(
+        &format!("{model}: batch statistics"),
+        &fx.outputs_of(&eval),
+        &fx.o.download(&train.output).unwrap(),
+        1e-12,
+    );
+}
+
 /// A one-logit model on two classes is a binary classifier (the checker
 /// accepts it and the FIM uses a Bernoulli output): its loss must be the
 /// binary cross-entropy, its gradient that loss's, and its accuracy that
@@ -1615,72 +1926,79 @@ fn j_times(j: &Mat, v: &[f64], n: usize, c: usize) -> Vec<f64> {
 /// against the dense Jacobian), its directional derivative matches central
 /// finite differences of the network (1e-6), it is exactly linear in Δw,
 /// and its Jacobian is the network's at w₀ whatever the weights (1e-12).
-/// Every layer type takes part.
+/// Every layer type takes part, in chains and in graphs.
 #[test]
 fn linearised_model_is_the_first_order_expansion_at_w0() {
-    for (model, seed) in [(ALL_2D, 31), (ALL_1D, 32), (POOL_FIRST, 33), (MLP, 34)] {
-        let fx = Fx::new(model, 5, seed);
-        let (n, c) = (fx.n, fx.c);
-        let w0 = fx.params.flat();
-        let dw: Vec<f64> = fx
-            .random_vector(seed + 100)
-            .iter()
-            .map(|x| 0.3 * x)
-            .collect();
-        let j0 = fx.jacobian_of(&fx.net);
-        let f0 = fx.outputs_of(&fx.net);
-        let lin = fx.model_at(&axpy(&w0, 1.0, &dw), &LINEARISED);
-        let taylor = axpy(&f0, 1.0, &j_times(&j0, &dw, n, c));
-        assert_close(
-            &format!("f_lin ({model})"),
-            &fx.outputs_of(&lin),
-            &taylor,
-            1e-10,
-        );
-        // Forward mode against finite differences of the network itself.
-        let h = 1e-6;
-        let zp = fx.outputs_at(&axpy(&w0, h, &dw));
-        let zm = fx.outputs_at(&axpy(&w0, -h, &dw));
-        let fd: Vec<f64> = zp
-            .iter()
-            .zip(&zm)
-            .map(|(p, m)| (p - m) / (2.0 * h))
-            .collect();
-        let jv: Vec<f64> = fx
-            .outputs_of(&lin)
-            .iter()
-            .zip(&f0)
-            .map(|(a, b)| a - b)
-            .collect();
-        assert_close(&format!("J v by forward mode ({model})"), &jv, &fd, 1e-6);
-        // Centred: J(w₀) Δw alone.
-        let centred = fx.model_at(
-            &axpy(&w0, 1.0, &dw),
-            &TrainMode::Linearized { center: true },
-        );
-        assert_close(
-            &format!("centred f_lin ({model})"),
-            &fx.outputs_of(&centred),
-            &jv,
-            1e-12,
-        );
-        // Exactly linear: doubling Δw doubles the change.
-        let lin2 = fx.model_at(&axpy(&w0, 2.0, &dw), &LINEARISED);
-        let jv2: Vec<f64> = fx
-            .outputs_of(&lin2)
-            .iter()
-            .zip(&f0)
-            .map(|(a, b)| a - b)
-            .collect();
-        let twice: Vec<f64> = jv.iter().map(|x| 2.0 * x).collect();
-        assert_close(&format!("linearity ({model})"), &jv2, &twice, 1e-12);
-        assert_close(
-            &format!("linearised Jacobian ({model})"),
-            &fx.jacobian_of(&lin2).data,
-            &j0.data,
-            1e-12,
-        );
+    let chains = [(ALL_2D, 31), (ALL_1D, 32), (POOL_FIRST, 33), (MLP, 34)];
+    for (model, seed) in chains {
+        check_linearised(model, seed);
     }
+    check_linearised(RESNET, 35);
+    check_linearised(BRANCHES, 36);
+}
+
+fn check_linearised(model: impl Model, seed: u64) {
+    let fx = Fx::new(model, 5, seed);
+    let (n, c) = (fx.n, fx.c);
+    let w0 = fx.params.flat();
+    let dw: Vec<f64> = fx
+        .random_vector(seed + 100)
+        .iter()
+        .map(|x| 0.3 * x)
+        .collect();
+    let j0 = fx.jacobian_of(&fx.net);
+    let f0 = fx.outputs_of(&fx.net);
+    let lin = fx.model_at(&axpy(&w0, 1.0, &dw), &LINEARISED);
+    let taylor = axpy(&f0, 1.0, &j_times(&j0, &dw, n, c));
+    assert_close(
+        &format!("f_lin ({model})"),
+        &fx.outputs_of(&lin),
+        &taylor,
+        1e-10,
+    );
+    // Forward mode against finite differences of the network itself.
+    let h = 1e-6;
+    let zp = fx.outputs_at(&axpy(&w0, h, &dw));
+    let zm = fx.outputs_at(&axpy(&w0, -h, &dw));
+    let fd: Vec<f64> = zp
+        .iter()
+        .zip(&zm)
+        .map(|(p, m)| (p - m) / (2.0 * h))
+        .collect();
+    let jv: Vec<f64> = fx
+        .outputs_of(&lin)
+        .iter()
+        .zip(&f0)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_close(&format!("J v by forward mode ({model})"), &jv, &fd, 1e-6);
+    // Centred: J(w₀) Δw alone.
+    let centred = fx.model_at(
+        &axpy(&w0, 1.0, &dw),
+        &TrainMode::Linearized { center: true },
+    );
+    assert_close(
+        &format!("centred f_lin ({model})"),
+        &fx.outputs_of(&centred),
+        &jv,
+        1e-12,
+    );
+    // Exactly linear: doubling Δw doubles the change.
+    let lin2 = fx.model_at(&axpy(&w0, 2.0, &dw), &LINEARISED);
+    let jv2: Vec<f64> = fx
+        .outputs_of(&lin2)
+        .iter()
+        .zip(&f0)
+        .map(|(a, b)| a - b)
+        .collect();
+    let twice: Vec<f64> = jv.iter().map(|x| 2.0 * x).collect();
+    assert_close(&format!("linearity ({model})"), &jv2, &twice, 1e-12);
+    assert_close(
+        &format!("linearised Jacobian ({model})"),
+        &fx.jacobian_of(&lin2).data,
+        &j0.data,
+        1e-12,
+    );
 }
 
 /// The gradient of the linearised model's loss is `J(w₀)ᵀ ∇ℓ` at the

@@ -7,8 +7,10 @@
 //! computes is compared with relative error `max|a−b| / max|b| ≤ 1e-8`.
 //!
 //! Shared by every backend: the including test crate supplies `TestOps`,
-//! `test_ops(dtype)` and `fixtures_dir()` (see `tests/oracle.rs`).
+//! `test_ops(dtype)`, `fixtures_dir()` and `mod common` (see
+//! `tests/oracle.rs`).
 
+use crate::common::{compile_model, graph_spec, read_tensors, rel_err};
 use crate::{fixtures_dir, test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::load_params;
@@ -17,7 +19,7 @@ use nngeo::geometry::net::{Net, SlotKind};
 use nngeo::geometry::ops::Ops;
 use nngeo::geometry::repr::Fim;
 use nngeo::linalg::Mat;
-use nngeo::plan::{Dtype, FisherVariant, Layer, LayerSpec, ModelSpec, Op, Task};
+use nngeo::plan::{Dtype, FisherVariant, ModelSpec, Task};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,25 +36,7 @@ struct Case {
 fn load_case(json_path: &Path) -> Case {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
     let path = json_path.with_extension("safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors = HashMap::new();
-    for (k, v) in st.tensors() {
-        let data: Vec<f64> = match v.dtype() {
-            safetensors::Dtype::F64 => v
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            safetensors::Dtype::I64 => v
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            _ => continue,
-        };
-        tensors.insert(k.to_string(), (v.shape().to_vec(), data));
-    }
+    let tensors = read_tensors(&path);
     Case {
         name: json["case"].as_str().unwrap().to_string(),
         json,
@@ -65,172 +49,14 @@ fn load_case(json_path: &Path) -> Case {
 /// (`layers`).
 fn model_spec(case: &Case) -> ModelSpec {
     if case.json["model"]["forward"].is_object() {
-        graph_spec(case)
+        graph_spec(
+            &case.name,
+            &case.json["model"],
+            &case.tensors["inputs"].0[1..],
+        )
     } else {
         chain_spec(case)
     }
-}
-
-/// One PyTorch module of a sidecar as an nngeo layer.
-fn torch_layer(case: &str, m: &Value) -> Layer {
-    let u = |k: &str| {
-        m[k].as_u64()
-            .unwrap_or_else(|| panic!("{case}: `{k}` of {m}")) as usize
-    };
-    let pair = |k: &str| -> [usize; 2] {
-        match &m[k] {
-            Value::Array(a) => [
-                a[0].as_u64().unwrap() as usize,
-                a[1].as_u64().unwrap() as usize,
-            ],
-            v => {
-                let x = v.as_u64().unwrap() as usize;
-                [x, x]
-            }
-        }
-    };
-    let eps = m["eps"].as_f64().unwrap_or(1e-5);
-    match m["type"].as_str().unwrap() {
-        "Linear" => Layer::Linear {
-            in_features: u("in_features"),
-            out_features: u("out_features"),
-            bias: m["bias"].as_bool().unwrap_or(true),
-        },
-        "Conv2d" => {
-            assert_eq!(m["groups"].as_u64().unwrap_or(1), 1, "{case}: grouped conv");
-            Layer::Conv2d {
-                in_channels: u("in_channels"),
-                out_channels: u("out_channels"),
-                kernel: pair("kernel_size"),
-                stride: pair("stride"),
-                padding: pair("padding"),
-                dilation: if m["dilation"].is_null() {
-                    [1, 1]
-                } else {
-                    pair("dilation")
-                },
-                bias: m["bias"].as_bool().unwrap_or(true),
-            }
-        }
-        "ReLU" => Layer::Relu,
-        "Tanh" => Layer::Tanh,
-        "Sigmoid" => Layer::Sigmoid,
-        "GELU" => Layer::Gelu,
-        "Flatten" => Layer::Flatten,
-        "MaxPool2d" => Layer::MaxPool2d {
-            kernel: pair("kernel_size"),
-            stride: pair("stride"),
-        },
-        "AvgPool2d" => Layer::AvgPool2d {
-            kernel: pair("kernel_size"),
-            stride: pair("stride"),
-        },
-        "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
-            output: pair("output_size"),
-        },
-        "BatchNorm1d" => Layer::BatchNorm1d {
-            features: u("num_features"),
-            eps,
-        },
-        "BatchNorm2d" => Layer::BatchNorm2d {
-            channels: u("num_features"),
-            eps,
-        },
-        "GroupNorm" => Layer::GroupNorm {
-            groups: u("num_groups"),
-            channels: u("num_channels"),
-            eps,
-        },
-        "LayerNorm" => Layer::LayerNorm {
-            shape: m["normalized_shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect(),
-            eps,
-        },
-        other => panic!("{case}: module type {other} not handled by this test"),
-    }
-}
-
-/// A graph sidecar rebuilt in general: every step of `forward.steps`
-/// becomes a layer reading the nodes its `inputs` name, and the
-/// parameterised modules keep `modules`' (`named_modules()`) order as the
-/// parameter order.
-fn graph_spec(case: &Case) -> ModelSpec {
-    let model = &case.json["model"];
-    let fwd = &model["forward"];
-    let modules: HashMap<&str, &Value> = model["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["name"].as_str().unwrap(), m))
-        .collect();
-    let input: Vec<usize> = case.tensors["inputs"].0[1..].to_vec();
-    let mut spec = ModelSpec {
-        input: input.clone(),
-        output: vec![],
-        layers: vec![],
-        params: 0,
-        init: nngeo::plan::Init::Pytorch { seed: 0 },
-        weights: None,
-        param_order: vec![],
-    };
-    let mut node: HashMap<String, usize> = HashMap::new();
-    node.insert(fwd["input"].as_str().unwrap_or("x").to_string(), 0);
-    for step in fwd["steps"].as_array().unwrap() {
-        let from: Vec<usize> = step["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| node[t.as_str().unwrap()])
-            .collect();
-        let (name, layer) = match step["op"].as_str().unwrap() {
-            "module" => {
-                let name = step["module"].as_str().unwrap();
-                (name.to_string(), torch_layer(&case.name, modules[name]))
-            }
-            "add" => (format!("add.{}", step["step"]), Layer::Add),
-            "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),
-            "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
-            other => panic!("{}: graph op {other} not handled by this test", case.name),
-        };
-        let shapes: Vec<Vec<usize>> = from.iter().map(|&f| spec.node_shape(f).to_vec()).collect();
-        let refs: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
-        let l = LayerSpec::node(&name, layer, &refs, from)
-            .unwrap_or_else(|e| panic!("{}: step {}: {e}", case.name, step["step"]));
-        if let Some(shape) = step["shape"].as_array() {
-            let want: Vec<usize> = shape.iter().map(|d| d.as_u64().unwrap() as usize).collect();
-            assert_eq!(
-                l.output, want,
-                "{}: shape of step {}",
-                case.name, step["step"]
-            );
-        }
-        spec.layers.push(l);
-        node.insert(
-            step["output"].as_str().unwrap().to_string(),
-            spec.layers.len(),
-        );
-    }
-    spec.output = spec.layers.last().unwrap().output.clone();
-    assert_eq!(node[fwd["output"].as_str().unwrap()], spec.layers.len());
-    // Parameter order: `named_modules()` order, not execution order.
-    for m in model["modules"].as_array().unwrap() {
-        let name = m["name"].as_str().unwrap();
-        if let Some(i) = spec
-            .layers
-            .iter()
-            .position(|l| l.name == name && l.params > 0)
-        {
-            spec.param_order.push(i);
-        }
-    }
-    spec.params = spec.layers.iter().map(|l| l.params).sum();
-    spec.validate()
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    spec
 }
 
 /// The sidecar's layer list as an `.ngx` model, compiled by nngeo itself.
@@ -269,20 +95,11 @@ fn chain_spec(case: &Case) -> ModelSpec {
         });
     }
     let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
-    let src = format!(
-        "experiment oracle {{ dtype = f64 }}\nmodel net = sequential({}, input = [{}])\n",
+    compile_model(&format!(
+        "sequential({}, input = [{}])",
         parts.join(", "),
         shape.join(", ")
-    );
-    let plan = nngeo::compile_source(&src, &Default::default())
-        .unwrap_or_else(|e| panic!("{}: {src}\n{e:?}", case.name));
-    plan.steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .unwrap()
+    ))
 }
 
 /// `max|a−b| / max|b|`, asserting it is at most `tol`.
@@ -295,11 +112,7 @@ fn close(case: &str, what: &str, a: &[f64], b: &[f64], tol: f64) {
         b.len()
     );
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    let rel = if scale > 0.0 { err / scale } else { err };
+    let rel = rel_err(a, b);
     assert!(
         rel <= tol,
         "{case} {what}: relative error {rel:.3e} > {tol:e} (max|ref| = {scale:.3e})"

@@ -1,6 +1,7 @@
 //! The shared conformance tests (tests/conformance/ at the workspace root:
-//! the engine's mathematical properties and NNGeometry's oracle values) on
-//! the libtorch backend, with the candle backend's tolerances. On `cpu`, or
+//! the engine's mathematical properties, NNGeometry's oracle values, and
+//! PyTorch's BatchNorm training and graph layers) on the libtorch backend,
+//! with the candle backend's tolerances. On `cpu`, or
 //! on the device `$NNGEO_TEST_DEVICE` names (e.g. `cuda` on a GPU machine,
 //! where this test binary is carried and run from the repository root).
 
@@ -24,8 +25,14 @@ fn fixtures_dir() -> PathBuf {
     }
 }
 
+#[path = "../../../tests/conformance/common.rs"]
+mod common;
+
 #[path = "../../../tests/conformance/engine_properties.rs"]
 mod engine_properties;
 
 #[path = "../../../tests/conformance/oracle.rs"]
 mod oracle;
+
+#[path = "../../../tests/conformance/bn_training.rs"]
+mod bn_training;

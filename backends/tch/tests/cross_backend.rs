@@ -10,10 +10,14 @@ use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::init_params;
 use nngeo::geometry::net::Net;
 use nngeo::geometry::ops::Ops;
-use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Op, Task};
+use nngeo::plan::{Dtype, FisherVariant, Layer, ModelSpec, Task};
 use nngeo::rng::Rng;
 use nngeo_backend_tch::TchOps;
 use std::collections::BTreeMap;
+
+#[path = "../../../tests/conformance/common.rs"]
+mod common;
+use common::compile_model;
 
 const TOL: f64 = 1e-10;
 
@@ -43,19 +47,6 @@ const SEQ: &str = "sequential(\
     layernorm(shape = [4, 5]), relu,\
     flatten, linear(20, 3), sigmoid,\
     input = [2, 12], init = pytorch(seed = 4))";
-
-fn compile_model(model: &str) -> ModelSpec {
-    let src = format!("experiment cross {{ dtype = f64 }}\nmodel net = {model}\n");
-    let plan =
-        nngeo::compile_source(&src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
-    plan.steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .unwrap()
-}
 
 fn affine_only(spec: &ModelSpec) -> bool {
     !spec.layers.iter().any(|l| {
