@@ -15,7 +15,7 @@
 
 use crate::common::{compile_model, graph_spec, read_tensors, rel_err};
 use crate::{fixtures_dir, test_ops, TestOps};
-use nngeo::backend::train::{train, TrainData, TrainObserver};
+use nngeo::engine::train::{train, TrainData, TrainObserver};
 use nngeo::geometry::build::Problem;
 use nngeo::geometry::init::load_params;
 use nngeo::geometry::net::{HostParams, Net, Phase};
@@ -132,7 +132,10 @@ fn train_mode_forward_matches_pytorch() {
     for case in training_cases() {
         let net = Net::new(&o, &case.spec, case.init.clone()).unwrap();
         let (x, _, _) = case.inputs(&o);
-        for (phase, key) in [(Phase::Train, "logits_train"), (Phase::Eval, "logits_eval")] {
+        for (phase, key) in [
+            (Phase::Train { seed: 0 }, "logits_train"),
+            (Phase::Eval, "logits_eval"),
+        ] {
             let f = net.forward_in(&o, &x, false, phase).unwrap();
             let bn = case
                 .spec
@@ -140,7 +143,11 @@ fn train_mode_forward_matches_pytorch() {
                 .iter()
                 .filter(|l| l.layer.type_name().starts_with("BatchNorm"))
                 .count();
-            let want = if phase == Phase::Train { bn } else { 0 };
+            let want = if phase == (Phase::Train { seed: 0 }) {
+                bn
+            } else {
+                0
+            };
             assert_eq!(f.batch_stats.len(), want, "{}: batch statistics", case.name);
             let e = assert_close(
                 &format!("{}: {key}", case.name),
@@ -152,7 +159,11 @@ fn train_mode_forward_matches_pytorch() {
         }
         // The two phases really differ.
         let a = o
-            .download(&net.forward_in(&o, &x, false, Phase::Train).unwrap().output)
+            .download(
+                &net.forward_in(&o, &x, false, Phase::Train { seed: 0 })
+                    .unwrap()
+                    .output,
+            )
             .unwrap();
         assert!(rel_err(&a, &case.data["logits_eval"].1) > 1e-3);
     }

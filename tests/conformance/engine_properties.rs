@@ -1613,7 +1613,7 @@ fn check_train_mode_gradient(model: impl Model, n: usize, seed: u64) {
             net: &net,
             ..fx.problem(n)
         };
-        p.loss_gradient_in(false, Phase::Train).unwrap()
+        p.loss_gradient_in(false, Phase::Train { seed: 0 }).unwrap()
     };
     let (_, g, stats) = train_loss(&w0);
     assert!(!stats.is_empty(), "{model}: no batch statistics");
@@ -1654,7 +1654,7 @@ fn check_train_mode_gradient(model: impl Model, n: usize, seed: u64) {
     let eval = Net::new(&fx.o, &fx.spec, p).unwrap();
     let train = fx
         .net
-        .forward_in(&fx.o, &fx.x, false, Phase::Train)
+        .forward_in(&fx.o, &fx.x, false, Phase::Train { seed: 0 })
         .unwrap();
     assert_close(
         &format!("{model}: batch statistics"),
