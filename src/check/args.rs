@@ -485,6 +485,21 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// A list of numbers (or one number).
+    pub(super) fn number_list(&mut self, e: &'a Expr, what: &str) -> Option<Vec<f64>> {
+        let d = self.deref(e);
+        match &d.kind {
+            ExprKind::List(items) => {
+                let vals: Vec<Option<f64>> = items
+                    .iter()
+                    .map(|it| self.number(&it.value, what))
+                    .collect();
+                vals.into_iter().collect()
+            }
+            _ => self.number(d, what).map(|v| vec![v]),
+        }
+    }
+
     /// A list of strings.
     pub(super) fn str_list(&mut self, e: &'a Expr, what: &str) -> Option<Vec<String>> {
         let d = self.deref(e);

@@ -690,7 +690,34 @@ impl<'a> Checker<'a> {
                 return None;
             }
             "normalize" => {
-                let call = self.bind(&callee, stage.span, args, &["like"])?;
+                let call = self.bind(&callee, stage.span, args, &["like", "per", "mean", "std"])?;
+                let given = if let (Some(me), Some(se)) = (call.get("mean"), call.get("std")) {
+                    let mean = self.number_list(me, "mean")?;
+                    let std = self.number_list(se, "std")?;
+                    let c = info.shape.first().copied().unwrap_or(1);
+                    if mean.len() != c || std.len() != c || std.iter().any(|s| *s <= 0.0) {
+                        self.error(Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: format!(
+                                    "`normalize(mean, std)` needs {c} means and {c} positive stds, one per channel of {}",
+                                    fmt_shape(&info.shape)
+                                ),
+                            },
+                            stage.span,
+                            format!("{} means, {} stds", mean.len(), std.len()),
+                        ));
+                        return None;
+                    }
+                    Some(Transform::ChannelNormalize { mean, std })
+                } else {
+                    None
+                };
+                let per_channel = match call.get("per") {
+                    Some(p) => {
+                        self.symbol(p, "normalisation", &["feature", "channel"])? == "channel"
+                    }
+                    None => false,
+                };
                 let like = match call.get("like") {
                     Some(l) => {
                         let l = self.data_expr(l, "")?;
@@ -710,7 +737,7 @@ impl<'a> Checker<'a> {
                     }
                     None => None,
                 };
-                Transform::Normalize { like }
+                given.unwrap_or(Transform::Normalize { like, per_channel })
             }
             "scale" => {
                 let call = self.bind(&callee, stage.span, args, &["factor"])?;

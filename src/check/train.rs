@@ -12,7 +12,7 @@ use crate::plan::{
 use crate::syntax::{Arg, Expr, ExprKind, Hook, Ident, Schedule, Setting, Span};
 use std::collections::BTreeMap;
 
-const SETTINGS: [&str; 10] = [
+const SETTINGS: [&str; 11] = [
     "loss",
     "optimizer",
     "epochs",
@@ -23,6 +23,7 @@ const SETTINGS: [&str; 10] = [
     "seed",
     "eval",
     "track",
+    "augment",
 ];
 
 impl<'a> Checker<'a> {
@@ -292,8 +293,12 @@ impl<'a> Checker<'a> {
             Some(x) => self.tracking(&x.value, dv).map(Some),
             None => Some(None),
         };
-        let (loss, optimizer, length, batch, schedule, mode, seed, eval, track) = (
-            loss?, optimizer?, length?, batch?, schedule?, mode?, seed?, eval?, track?,
+        let augment = match s.get("augment") {
+            Some(x) => self.augment(&x.value, dv).map(Some),
+            None => Some(None),
+        };
+        let (loss, optimizer, length, batch, schedule, mode, seed, eval, track, augment) = (
+            loss?, optimizer?, length?, batch?, schedule?, mode?, seed?, eval?, track?, augment?,
         );
         if !ok {
             return None;
@@ -314,6 +319,51 @@ impl<'a> Checker<'a> {
             eval,
             track,
             total_steps,
+            augment,
+        })
+    }
+
+    /// `augment = crop_flip(padding = 4, flip = true, seed = 0)`: the
+    /// standard random crop and flip of image batches.
+    fn augment(&mut self, e: &'a Expr, dv: &DataV) -> Option<crate::plan::Augment> {
+        let d = self.deref(e);
+        let Some((c, args)) = Self::named_call(d).filter(|(c, _)| c.name == "crop_flip") else {
+            self.symbol(d, "augmentation", &["crop_flip"])?;
+            return None;
+        };
+        let call = self.bind(&c, d.span, args, &["padding", "flip", "seed"])?;
+        if dv.info.shape.len() != 3 {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "crop_flip augments images [C, H, W]; this dataset's examples are {}",
+                            super::data::fmt_shape(&dv.info.shape)
+                        ),
+                    },
+                    d.span,
+                    "not an image dataset",
+                )
+                .hint("reshape the data to [C, H, W] images, or drop `augment`"),
+            );
+            return None;
+        }
+        let padding = match call.get("padding") {
+            Some(p) => self.int(p, "padding", 0, 1 << 10)? as usize,
+            None => 4,
+        };
+        let flip = match call.get("flip") {
+            Some(f) => self.boolean(f, "flip")?,
+            None => true,
+        };
+        let seed = match call.get("seed") {
+            Some(x) => self.int(x, "seed", 0, u32::MAX as i64)? as u64,
+            None => self.header.seed,
+        };
+        Some(crate::plan::Augment {
+            padding,
+            flip,
+            seed,
         })
     }
 

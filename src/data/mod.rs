@@ -407,7 +407,7 @@ data lin = noisy_linear(n = 40, dim = 5, noise = 0.2, seed = 3) |> normalize
                 } => {
                     transforms += 1;
                     let like = match transform {
-                        crate::plan::Transform::Normalize { like: Some(l) } => Some(&done[l]),
+                        crate::plan::Transform::Normalize { like: Some(l), .. } => Some(&done[l]),
                         _ => None,
                     };
                     (

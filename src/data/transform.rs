@@ -41,7 +41,10 @@ pub fn apply(
             seed,
             first,
         } => split(input, fraction, seed, first),
-        Transform::Normalize { like: like_step } => {
+        Transform::Normalize {
+            like: like_step,
+            per_channel,
+        } => {
             let stats_from = match (like_step, like) {
                 (Some(_), Some(l)) => {
                     validate(l, "normalize")?;
@@ -55,7 +58,25 @@ pub fn apply(
                 }
                 (None, _) => input,
             };
-            normalize(input, stats_from)
+            if per_channel {
+                normalize_channels(input, stats_from)
+            } else {
+                normalize(input, stats_from)
+            }
+        }
+        Transform::ChannelNormalize { ref mean, ref std } => {
+            let c = input.info.shape.first().copied().unwrap_or(1);
+            if mean.len() != c || std.len() != c {
+                return Err(err(
+                    "normalize",
+                    format!(
+                        "{} means and {} stds for {c} channels",
+                        mean.len(),
+                        std.len()
+                    ),
+                ));
+            }
+            Ok(channel_affine(input, mean, std))
         }
         Transform::Scale { factor } => {
             let mut out = input.clone();
@@ -76,7 +97,7 @@ fn op_name(t: &Transform) -> &'static str {
         Transform::TakeFirst { .. } | Transform::TakeRandom { .. } => "take",
         Transform::TakePerClass { .. } => "take(per_class)",
         Transform::Split { .. } => "split",
-        Transform::Normalize { .. } => "normalize",
+        Transform::Normalize { .. } | Transform::ChannelNormalize { .. } => "normalize",
         Transform::Scale { .. } => "scale",
         Transform::LabelNoise { .. } => "label_noise",
         Transform::OneHot => "onehot",
@@ -314,6 +335,72 @@ fn normalize(input: &HostData, stats: &HostData) -> Result<HostData, DataError> 
         }
     }
     Ok(out)
+}
+
+/// Per-channel standardisation: channel `c` (the first per-example
+/// dimension) shifted and scaled by one mean and one population std over
+/// all examples and positions of `stats`; a constant channel is only
+/// centred.
+fn normalize_channels(input: &HostData, stats: &HostData) -> Result<HostData, DataError> {
+    let op = "normalize";
+    if stats.info.shape != input.info.shape {
+        return Err(err(
+            op,
+            format!(
+                "statistics from data of shape {:?} for data of shape {:?}",
+                stats.info.shape, input.info.shape
+            ),
+        ));
+    }
+    let c = input.info.shape.first().copied().unwrap_or(1).max(1);
+    let per = input.features() / c;
+    if stats.info.n == 0 || per == 0 {
+        return Err(err(op, "cannot compute statistics of an empty dataset"));
+    }
+    let count = (stats.info.n * per) as f64;
+    let mut mean = vec![0.0f64; c];
+    for row in stats.x.chunks_exact(c * per) {
+        for (ch, plane) in row.chunks_exact(per).enumerate() {
+            mean[ch] += plane.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0.0f64; c];
+    for row in stats.x.chunks_exact(c * per) {
+        for (ch, plane) in row.chunks_exact(per).enumerate() {
+            var[ch] += plane
+                .iter()
+                .map(|&v| (f64::from(v) - mean[ch]).powi(2))
+                .sum::<f64>();
+        }
+    }
+    let std: Vec<f64> = var
+        .iter()
+        .map(|v| {
+            let s = (v / count).sqrt();
+            if s > 0.0 {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Ok(channel_affine(input, &mean, &std))
+}
+
+/// `(x − mean[c]) / std[c]` for every value of channel `c`.
+fn channel_affine(input: &HostData, mean: &[f64], std: &[f64]) -> HostData {
+    let c = mean.len().max(1);
+    let per = input.features() / c;
+    let mut out = input.clone();
+    for row in out.x.chunks_exact_mut(c * per.max(1)) {
+        for (ch, plane) in row.chunks_exact_mut(per.max(1)).enumerate() {
+            for v in plane {
+                *v = ((f64::from(*v) - mean[ch]) / std[ch]) as f32;
+            }
+        }
+    }
+    out
 }
 
 /// Replaces the labels of exactly `round(n · fraction)` examples, chosen at
@@ -574,7 +661,15 @@ mod tests {
         for r in 0..6 {
             d.x[2 * r + 1] = 4.0;
         }
-        let out = apply(&Transform::Normalize { like: None }, &d, None).unwrap();
+        let out = apply(
+            &Transform::Normalize {
+                like: None,
+                per_channel: false,
+            },
+            &d,
+            None,
+        )
+        .unwrap();
         // Feature 0: 0..5, mean 2.5, population std sqrt(35/12).
         let s = (35.0f64 / 12.0).sqrt();
         for r in 0..6 {
@@ -599,7 +694,15 @@ mod tests {
             y: vec![0.0; 500],
             flipped: Vec::new(),
         };
-        let out = apply(&Transform::Normalize { like: None }, &big, None).unwrap();
+        let out = apply(
+            &Transform::Normalize {
+                like: None,
+                per_channel: false,
+            },
+            &big,
+            None,
+        )
+        .unwrap();
         for j in 0..4 {
             let col: Vec<f64> = (0..500).map(|i| f64::from(out.x[4 * i + j])).collect();
             let m = col.iter().sum::<f64>() / 500.0;
@@ -630,6 +733,7 @@ mod tests {
         };
         let t = Transform::Normalize {
             like: Some(StepId(0)),
+            per_channel: false,
         };
         let out = apply(&t, &test, Some(&train)).unwrap();
         let s1 = 10.0 * (35.0f64 / 12.0).sqrt();
@@ -741,7 +845,10 @@ mod tests {
                 seed: 1,
                 first: false,
             },
-            Transform::Normalize { like: None },
+            Transform::Normalize {
+                like: None,
+                per_channel: false,
+            },
             Transform::Scale { factor: 2.0 },
             Transform::OneHot,
         ] {
@@ -802,5 +909,51 @@ mod tests {
         let mut d = small();
         d.x.pop();
         assert!(apply(&Transform::Scale { factor: 1.0 }, &d, None).is_err());
+    }
+
+    /// Per-channel statistics pool examples and positions; given
+    /// statistics are applied as they are.
+    #[test]
+    fn per_channel_normalisation() {
+        let mut d = small();
+        // 6 examples of 2 channels × 1 position: reuse as [2, 1].
+        d.info.shape = vec![2, 1];
+        let out = apply(
+            &Transform::Normalize {
+                like: None,
+                per_channel: true,
+            },
+            &d,
+            None,
+        )
+        .unwrap();
+        for ch in 0..2 {
+            let vals: Vec<f64> = out
+                .x
+                .iter()
+                .skip(ch)
+                .step_by(2)
+                .map(|&v| f64::from(v))
+                .collect();
+            let mean = vals.iter().sum::<f64>() / 6.0;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5,
+                "channel {ch}: {mean} {var}"
+            );
+        }
+        let given = apply(
+            &Transform::ChannelNormalize {
+                mean: vec![1.0, 2.0],
+                std: vec![2.0, 4.0],
+            },
+            &d,
+            None,
+        )
+        .unwrap();
+        for (k, (a, b)) in given.x.iter().zip(&d.x).enumerate() {
+            let (m, s) = if k % 2 == 0 { (1.0, 2.0) } else { (2.0, 4.0) };
+            assert_eq!(f64::from(*a), ((f64::from(*b) - m) / s) as f32 as f64);
+        }
     }
 }

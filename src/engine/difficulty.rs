@@ -98,6 +98,7 @@ fn fold_optimizer(run: &Optimizer) -> Optimizer {
 fn fold_config(cfg: &TrainConfig, n_train: usize, epochs: u64, seed: u64) -> TrainConfig {
     let batch = cfg.batch.clamp(1, n_train.max(1));
     TrainConfig {
+        augment: None,
         loss: cfg.loss,
         optimizer: fold_optimizer(&cfg.optimizer),
         length: Length::Epochs(epochs),
@@ -380,6 +381,7 @@ mod tests {
                 groups: vec![Group::All],
             }),
             total_steps: 12,
+            augment: None,
         }
     }
 

@@ -226,7 +226,7 @@ impl<O: Ops> Backend for Engine<O> {
             } => {
                 let inp = self.data(*input).map_err(|e| fail(step, e))?;
                 let like = match transform {
-                    crate::plan::Transform::Normalize { like: Some(l) } => {
+                    crate::plan::Transform::Normalize { like: Some(l), .. } => {
                         // `normalize(like = train)` where `train` is itself
                         // normalised means "with train's statistics": take
                         // them from the data before its normalisation.

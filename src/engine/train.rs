@@ -10,10 +10,11 @@
 
 use crate::geometry::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
-use crate::geometry::ops::Ops;
+use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
 use crate::plan::{
-    FisherVariant, Group, LossKind, LrSchedule, ModelSpec, Optimizer, Structure, Task, TrainConfig,
+    Augment, FisherVariant, Group, LossKind, LrSchedule, ModelSpec, Optimizer, Structure, Task,
+    TrainConfig,
 };
 use crate::rng::Rng;
 
@@ -359,9 +360,12 @@ pub fn train_binned<O: Ops>(
         let idx = &perm[pos * batch..((pos + 1) * batch).min(n)];
         let nb = idx.len();
         let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let xb = o
+        let mut xb = o
             .index_select(data.x, &o.upload_index(&ids).map_err(|e| e.to_string())?, 0)
             .map_err(|e| e.to_string())?;
+        if let Some(a) = &cfg.augment {
+            xb = augment(o, &xb, a, step).map_err(|e| e.to_string())?;
+        }
         let yb: Vec<f64> = idx
             .iter()
             .flat_map(|&i| {
@@ -533,6 +537,48 @@ pub fn train_binned<O: Ops>(
     Ok(params)
 }
 
+/// The batch `x [nb, C, H, W]` randomly cropped after zero padding and
+/// flipped left–right, each example on its own draw (from the seed and
+/// the step, so a rerun sees the same batches). One gather on the device:
+/// every output pixel reads one input pixel or an appended zero.
+pub fn augment<O: Ops>(o: &O, x: &O::T, a: &Augment, step: u64) -> OpsResult<O::T> {
+    let shape = o.shape(x);
+    let [nb, c, h, w] = shape[..] else {
+        return Err(OpsError(format!(
+            "augmentation needs image batches [n, C, H, W], found {shape:?}"
+        )));
+    };
+    let hw = h * w;
+    let mut rng = Rng::new(a.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let p = a.padding as isize;
+    let mut idx = Vec::with_capacity(nb * c * hw);
+    for b in 0..nb {
+        let dy = rng.below(2 * a.padding + 1) as isize - p;
+        let dx = rng.below(2 * a.padding + 1) as isize - p;
+        let flip = a.flip && rng.uniform() < 0.5;
+        for ch in 0..c {
+            let base = ((b * c + ch) * (hw + 1)) as u32;
+            for r in 0..h {
+                for col in 0..w {
+                    let col = if flip { w - 1 - col } else { col };
+                    let (sr, sc) = (r as isize + dy, col as isize + dx);
+                    let inside = sr >= 0 && sc >= 0 && (sr as usize) < h && (sc as usize) < w;
+                    let src = if inside {
+                        sr as usize * w + sc as usize
+                    } else {
+                        hw
+                    };
+                    idx.push(base + src as u32);
+                }
+            }
+        }
+    }
+    let flat = o.cat(&[o.reshape(x, &[nb * c, hw])?, o.zeros(&[nb * c, 1])?], 1)?;
+    let flat = o.reshape(&flat, &[nb * c * (hw + 1)])?;
+    let out = o.index_select(&flat, &o.upload_index(&idx)?, 0)?;
+    o.reshape(&out, &shape)
+}
+
 /// BatchNorm's running averages after a training batch, as PyTorch
 /// updates them: `r ← (1 − momentum) r + momentum · batch`, with the
 /// unbiased batch variance, and one more `num_batches_tracked`.
@@ -621,4 +667,74 @@ fn track<O: Ops>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::candle::CandleOps;
+    use crate::plan::Dtype;
+
+    /// Every augmented example is its original shifted by at most the
+    /// padding (zeros where the shift leaves the image), mirrored or not;
+    /// without padding and flips it is the identity.
+    #[test]
+    fn crop_flip_is_a_shift_and_mirror_of_each_example() {
+        let o = CandleOps::new("cpu", Dtype::F64).unwrap();
+        let (nb, c, h, w) = (6, 2, 5, 4);
+        let data: Vec<f64> = (0..nb * c * h * w).map(|i| i as f64 + 1.0).collect();
+        let x = o.upload(&[nb, c, h, w], &data).unwrap();
+        let none = Augment {
+            padding: 0,
+            flip: false,
+            seed: 1,
+        };
+        assert_eq!(
+            o.download(&augment(&o, &x, &none, 3).unwrap()).unwrap(),
+            data
+        );
+        let a = Augment {
+            padding: 2,
+            flip: true,
+            seed: 7,
+        };
+        let mut flips = 0;
+        for step in 0..4 {
+            let y = o.download(&augment(&o, &x, &a, step).unwrap()).unwrap();
+            let again = o.download(&augment(&o, &x, &a, step).unwrap()).unwrap();
+            assert_eq!(y, again, "the same seed and step give the same batch");
+            for b in 0..nb {
+                let at = |v: &[f64], ch: usize, r: isize, col: isize| -> f64 {
+                    if r < 0 || col < 0 || r >= h as isize || col >= w as isize {
+                        0.0
+                    } else {
+                        v[((b * c + ch) * h + r as usize) * w + col as usize]
+                    }
+                };
+                let fits = |flip: bool, dy: isize, dx: isize| {
+                    (0..c).all(|ch| {
+                        (0..h as isize).all(|r| {
+                            (0..w as isize).all(|col| {
+                                let sc = if flip { w as isize - 1 - col } else { col } + dx;
+                                at(&y, ch, r, col) == at(&data, ch, r + dy, sc)
+                            })
+                        })
+                    })
+                };
+                let found = [false, true]
+                    .into_iter()
+                    .find(|&f| (-2..=2).any(|dy| (-2..=2).any(|dx| fits(f, dy, dx))));
+                assert!(
+                    found.is_some(),
+                    "example {b} at step {step} is no crop/flip"
+                );
+                flips += (found == Some(true)) as usize;
+            }
+        }
+        assert!(
+            flips > 0 && flips < 4 * nb,
+            "{flips} of {} examples flipped",
+            4 * nb
+        );
+    }
 }

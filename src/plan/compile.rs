@@ -62,7 +62,7 @@ impl Op {
                 input, transform, ..
             } => {
                 let mut v = vec![*input];
-                if let Transform::Normalize { like: Some(l) } = transform {
+                if let Transform::Normalize { like: Some(l), .. } = transform {
                     v.push(*l);
                 }
                 v

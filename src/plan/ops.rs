@@ -151,7 +151,16 @@ pub enum Transform {
     },
     /// Per-feature standardisation (mean 0, std 1), with statistics from
     /// `like` when given (e.g. the training set) or from this dataset.
-    Normalize { like: Option<StepId> },
+    /// `per_channel`: one mean and std per channel (the first per-example
+    /// dimension), over examples and positions, as image pipelines do.
+    Normalize {
+        like: Option<StepId>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        per_channel: bool,
+    },
+    /// `(x − mean[c]) / std[c]` per channel with given statistics
+    /// (torchvision's `Normalize(mean, std)`).
+    ChannelNormalize { mean: Vec<f64>, std: Vec<f64> },
     /// Multiply every feature by `factor`.
     Scale { factor: f64 },
     /// Replace a `fraction` of the labels by a different random class; the
@@ -646,6 +655,21 @@ pub struct TrainConfig {
     pub track: Option<Tracking>,
     /// Optimiser steps this run takes.
     pub total_steps: u64,
+    /// Training-time augmentation of each mini-batch (images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+}
+
+/// Random crop after zero padding and random horizontal flip, drawn anew
+/// for every example of every mini-batch from `seed` and the step (the
+/// standard CIFAR augmentation). Measurements never see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Augment {
+    /// Zero padding on each side before a crop of the original size; 0 = no crop.
+    pub padding: usize,
+    /// Flip left–right with probability ½.
+    pub flip: bool,
+    pub seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

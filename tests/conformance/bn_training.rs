@@ -183,6 +183,7 @@ fn batchnorm_training_matches_pytorch() {
         let f = |k: &str| opt[k].as_f64().unwrap_or(0.0);
         let steps = m["steps"].as_u64().unwrap();
         let cfg = TrainConfig {
+            augment: None,
             loss: LossKind::CrossEntropy,
             optimizer: Optimizer::Sgd {
                 lr: f("lr"),

@@ -2097,6 +2097,7 @@ impl TrainObserver<TestOps> for Quiet {
 
 fn config(optimizer: Optimizer, mode: TrainMode, steps: u64, batch: usize) -> TrainConfig {
     TrainConfig {
+        augment: None,
         loss: LossKind::CrossEntropy,
         optimizer,
         length: Length::Steps(steps),
