@@ -8,6 +8,9 @@
 //! [defaults]
 //! backend = "tch"    # used instead of the file's `backend`
 //! device = "cuda"
+//!
+//! [data]
+//! paths = ["/data/datasets"]   # where cifar10(split = ...) and mnist(...) look
 //! ```
 //! Relative paths are relative to the `nngeo.toml` that names them.
 //! Precedence: command-line flags, then `[defaults]`, then the `.ngx`
@@ -27,6 +30,8 @@ pub struct Config {
     pub plugins: PluginsSection,
     #[serde(default)]
     pub defaults: Defaults,
+    #[serde(default)]
+    pub data: DataSection,
     /// The file this came from (none: no `nngeo.toml` found).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -36,6 +41,14 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct PluginsSection {
     /// Plugin files, or folders searched for `*nngeo_backend_*` libraries.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Where standard datasets (CIFAR-10, MNIST) are looked for by name.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
     #[serde(default)]
     pub paths: Vec<PathBuf>,
 }
@@ -79,7 +92,7 @@ pub fn read(path: &Path) -> Result<Config, ConfigError> {
         message: e.to_string(),
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    for p in &mut c.plugins.paths {
+    for p in c.plugins.paths.iter_mut().chain(c.data.paths.iter_mut()) {
         if p.is_relative() {
             *p = dir.join(&*p);
         }

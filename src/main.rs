@@ -158,11 +158,16 @@ fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
             return Err(UserError);
         }
     };
-    let opts = CheckOptions {
+    let mut opts = CheckOptions {
         base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         memory_budget: budget.memory_budget,
         ..CheckOptions::default()
     };
+    // A broken nngeo.toml is reported where it is needed (exec); here it
+    // only adds data folders.
+    if let Ok(config) = nngeo::config::load() {
+        opts.data_dirs.extend(config.data.paths);
+    }
     nngeo::compile_source(&src, &opts).map_err(|diags| {
         report(file, &src, &diags);
         UserError

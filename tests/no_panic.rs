@@ -111,6 +111,7 @@ fn options() -> CheckOptions {
         base_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments"),
         memory_budget: None,
         default_budget: 1 << 30,
+        data_dirs: vec![],
     }
 }
 

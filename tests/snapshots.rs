@@ -28,6 +28,7 @@ fn options(file: &Path) -> CheckOptions {
         base_dir: file.parent().unwrap().to_path_buf(),
         memory_budget: None,
         default_budget: 16 << 30,
+        data_dirs: vec![],
     }
 }
 

@@ -11,11 +11,12 @@ use crate::plan::{DataSource, Op, Transform};
 use crate::syntax::{Expr, ExprKind, Ident, Span};
 use std::path::PathBuf;
 
-pub const SOURCES: [&str; 9] = [
+pub const SOURCES: [&str; 10] = [
     "digits",
     "diabetes",
     "idx",
     "cifar10",
+    "mnist",
     "csv",
     "tensors",
     "blobs",
@@ -297,6 +298,94 @@ impl<'a> Checker<'a> {
                     Ok(info) => (DataSource::Idx { images, labels }, info),
                     Err(err) => {
                         self.file_error(ie, &images, err);
+                        return None;
+                    }
+                }
+            }
+            // A standard dataset by name, found in the data folders.
+            "cifar10" | "mnist"
+                if func == "mnist"
+                    || args
+                        .iter()
+                        .any(|a| a.name.as_ref().is_some_and(|n| n.name == "split")) =>
+            {
+                let call = self.bind(&callee, e.span, args, &["split", "dir"])?;
+                let se = self.req(&call, "split")?;
+                let split = self.symbol(se, "split", &["train", "test"])?;
+                let dirs = match call.get("dir") {
+                    Some(d) => {
+                        let dir = self.string(d, "dir")?;
+                        vec![self.path(&dir)]
+                    }
+                    None => self.opts.data_dirs.clone(),
+                };
+                let train = split == "train";
+                let (subdirs, files): (&[&str], Vec<String>) = if func == "cifar10" {
+                    (
+                        &["cifar-10-batches-bin", "cifar10", ""],
+                        if train {
+                            (1..=5).map(|k| format!("data_batch_{k}.bin")).collect()
+                        } else {
+                            vec!["test_batch.bin".into()]
+                        },
+                    )
+                } else {
+                    let stem = if train { "train" } else { "t10k" };
+                    (
+                        &["mnist", "MNIST/raw", ""],
+                        vec![
+                            format!("{stem}-images-idx3-ubyte"),
+                            format!("{stem}-labels-idx1-ubyte"),
+                        ],
+                    )
+                };
+                let Some(found) = find_standard(&dirs, subdirs, &files) else {
+                    let looked: Vec<String> = dirs
+                        .iter()
+                        .flat_map(|d| subdirs.iter().map(move |s| d.join(s).display().to_string()))
+                        .collect();
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::File {
+                                path: files[0].clone(),
+                                reason: if looked.is_empty() {
+                                    "no data folder is configured".into()
+                                } else {
+                                    format!("not found in {}", looked.join(", "))
+                                },
+                            },
+                            e.span,
+                            format!("{func} {split} split"),
+                        )
+                        .hint("set NNGEO_DATA to the folder that holds the dataset, add it to `[data] paths` in nngeo.toml, or give `dir = \"...\"`"),
+                    );
+                    return None;
+                };
+                let strs: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+                let res = if func == "cifar10" {
+                    data::cifar10_info(&found).map(|i| {
+                        (
+                            DataSource::Cifar10 {
+                                batches: strs.clone(),
+                            },
+                            i,
+                        )
+                    })
+                } else {
+                    data::idx_info(&found[0], &found[1]).map(|i| {
+                        (
+                            DataSource::Idx {
+                                images: strs[0].clone(),
+                                labels: strs[1].clone(),
+                            },
+                            i,
+                        )
+                    })
+                };
+                match res {
+                    Ok(x) => x,
+                    Err(err) => {
+                        self.file_error(se, &strs.join(", "), err);
                         return None;
                     }
                 }
@@ -848,4 +937,27 @@ pub fn file_reason(err: &str) -> String {
         },
         None => err.to_string(),
     }
+}
+
+/// The first folder `dir/sub` (in order) that holds every one of `files`
+/// (each possibly gzipped, `NAME.gz`), with the paths found.
+fn find_standard(dirs: &[PathBuf], subdirs: &[&str], files: &[String]) -> Option<Vec<PathBuf>> {
+    dirs.iter()
+        .flat_map(|d| subdirs.iter().map(move |s| d.join(s)))
+        .find_map(|dir| {
+            files
+                .iter()
+                .map(|f| {
+                    let plain = dir.join(f);
+                    let gz = dir.join(format!("{f}.gz"));
+                    if plain.is_file() {
+                        Some(plain)
+                    } else if gz.is_file() {
+                        Some(gz)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
 }

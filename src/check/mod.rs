@@ -30,6 +30,21 @@ pub struct CheckOptions {
     pub memory_budget: Option<u64>,
     /// Used when neither the file nor the caller sets a budget.
     pub default_budget: u64,
+    /// Folders where standard datasets are looked for by name
+    /// (`cifar10(split = train)`): `$NNGEO_DATA`, then `nngeo.toml`'s
+    /// `[data] paths`.
+    pub data_dirs: Vec<PathBuf>,
+}
+
+/// The folders of `$NNGEO_DATA` (a `:`-separated list).
+pub fn data_dirs_from_env() -> Vec<PathBuf> {
+    std::env::var_os("NNGEO_DATA")
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Default for CheckOptions {
@@ -38,6 +53,7 @@ impl Default for CheckOptions {
             base_dir: PathBuf::from("."),
             memory_budget: None,
             default_budget: default_memory_budget(),
+            data_dirs: data_dirs_from_env(),
         }
     }
 }

@@ -1,0 +1,107 @@
+//! The papers' CIFAR-scale setups (experiments/paper/) on the CPU: their
+//! standard data files are looked up in the data folders, here a small
+//! synthetic CIFAR-10-shaped stand-in, and they run end to end with a
+//! reduced width.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn nngeo(args: &[&str], data: Option<&Path>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nngeo"));
+    c.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .env_remove("NNGEO_DATA");
+    if let Some(d) = data {
+        c.env("NNGEO_DATA", d);
+    }
+    c.output().expect("run nngeo")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// CIFAR-10's binary layout (label byte + 3072 pixel bytes per record) in
+/// `dir/cifar-10-batches-bin/`, `per_batch` records per file; pixels are
+/// class-dependent so that a network can learn something.
+fn synthetic_cifar(dir: &Path, per_batch: usize) {
+    let root = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut state = 12345u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let names: Vec<String> = (1..=5)
+        .map(|k| format!("data_batch_{k}.bin"))
+        .chain(["test_batch.bin".to_string()])
+        .collect();
+    for name in names {
+        let mut bytes = Vec::with_capacity(per_batch * 3073);
+        for _ in 0..per_batch {
+            let label = (next() % 10) as u8;
+            bytes.push(label);
+            for p in 0..3072 {
+                let base = (label as usize * 23 + p / 1024 * 40) % 200;
+                bytes.push((base + (next() % 56) as usize) as u8);
+            }
+        }
+        std::fs::write(root.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn cifar10_by_split_is_found_in_the_data_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_cifar(dir.path(), 20);
+    let src = dir.path().join("c.ngx");
+    std::fs::write(
+        &src,
+        "experiment c { seed = 0 }\n\
+         data train = cifar10(split = train) |> normalize(per = channel)\n\
+         data test = cifar10(split = test) |> normalize(mean = [120, 130, 140], std = [60, 60, 60])\n\
+         model net = sequential(conv2d(3, 4, kernel = 3, stride = 2, padding = 1), batchnorm2d(4), relu, flatten, linear(1024, 10), input = [3, 32, 32])\n\
+         train net on train as trained {\n  loss = cross_entropy\n  optimizer = sgd(lr = 0.05)\n  steps = 3, batch = 25\n  augment = crop_flip(padding = 4, seed = 1)\n  eval = test\n}\n\
+         measure accuracy(trained, test)\n",
+    )
+    .unwrap();
+    let out = nngeo(&["check", src.to_str().unwrap()], Some(dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out_dir = dir.path().join("out");
+    let out = nngeo(
+        &["exec", src.to_str().unwrap(), "--out", out_dir.to_str().unwrap()],
+        Some(dir.path()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert!(results.contains("\"train/loss\""), "{results}");
+    assert!(results.contains("accuracy"), "{results}");
+}
+
+#[test]
+fn a_missing_standard_dataset_names_the_file_and_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("c.ngx");
+    std::fs::write(
+        &src,
+        "experiment c { seed = 0 }\ndata train = cifar10(split = train)\n",
+    )
+    .unwrap();
+    let out = nngeo(&["check", src.to_str().unwrap()], Some(dir.path()));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("c.ngx:2:"), "{err}");
+    assert!(err.contains("data_batch_1.bin"), "{err}");
+    assert!(
+        err.contains(&dir.path().join("cifar-10-batches-bin").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("NNGEO_DATA"), "{err}");
+    // Without any data folder, it says so.
+    let out = nngeo(&["check", src.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no data folder"), "{}", text(&out.stderr));
+}
