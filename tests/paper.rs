@@ -72,7 +72,12 @@ fn cifar10_by_split_is_found_in_the_data_folders() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out_dir = dir.path().join("out");
     let out = nngeo(
-        &["exec", src.to_str().unwrap(), "--out", out_dir.to_str().unwrap()],
+        &[
+            "exec",
+            src.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
         Some(dir.path()),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -96,12 +101,21 @@ fn a_missing_standard_dataset_names_the_file_and_where_it_looked() {
     assert!(err.contains("c.ngx:2:"), "{err}");
     assert!(err.contains("data_batch_1.bin"), "{err}");
     assert!(
-        err.contains(&dir.path().join("cifar-10-batches-bin").display().to_string()),
+        err.contains(
+            &dir.path()
+                .join("cifar-10-batches-bin")
+                .display()
+                .to_string()
+        ),
         "{err}"
     );
     assert!(err.contains("NNGEO_DATA"), "{err}");
     // Without any data folder, it says so.
     let out = nngeo(&["check", src.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no data folder"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no data folder"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -684,9 +684,17 @@ impl<'a> Checker<'a> {
                     return None;
                 };
                 let layer = if callee.name == "maxpool2d" {
-                    Layer::MaxPool2d { kernel, stride }
+                    Layer::MaxPool2d {
+                        kernel,
+                        stride,
+                        padding: [0, 0],
+                    }
                 } else {
-                    Layer::AvgPool2d { kernel, stride }
+                    Layer::AvgPool2d {
+                        kernel,
+                        stride,
+                        padding: [0, 0],
+                    }
                 };
                 Some((layer, vec![shape[0], h, w]))
             }

@@ -135,13 +135,27 @@ impl Layer {
                 Ok(x.to_vec())
             }
             Layer::Flatten => Ok(vec![x.iter().product()]),
-            Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+            Layer::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            }
+            | Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+            } => {
                 if x.len() != 3 {
                     return bad("[C, H, W]".into());
                 }
+                if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+                    return Err(format!(
+                        "pooling padding {padding:?} is more than half the kernel {kernel:?}"
+                    ));
+                }
                 match (
-                    conv_len(x[1], kernel[0], stride[0], 0, 1),
-                    conv_len(x[2], kernel[1], stride[1], 0, 1),
+                    conv_len(x[1], kernel[0], stride[0], padding[0], 1),
+                    conv_len(x[2], kernel[1], stride[1], padding[1], 1),
                 ) {
                     (Some(h), Some(w)) => Ok(vec![x[0], h, w]),
                     _ => bad(format!("an image of at least {}×{}", kernel[0], kernel[1])),

@@ -314,13 +314,19 @@ pub enum Layer {
     Sigmoid,
     Gelu,
     Flatten,
+    /// Max pooling; padded positions never win (PyTorch pads with −∞).
     MaxPool2d {
         kernel: [usize; 2],
         stride: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        padding: [usize; 2],
     },
+    /// Average pooling; padded zeros count (PyTorch's `count_include_pad`).
     AvgPool2d {
         kernel: [usize; 2],
         stride: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        padding: [usize; 2],
     },
     /// Evaluation mode (running statistics) for curvature.
     BatchNorm1d {
@@ -364,6 +370,9 @@ fn ones2() -> [usize; 2] {
 }
 fn is_ones2(d: &[usize; 2]) -> bool {
     *d == [1, 1]
+}
+fn is_zero2(d: &[usize; 2]) -> bool {
+    *d == [0, 0]
 }
 
 impl Layer {

@@ -119,10 +119,20 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
         "MaxPool2d" => Layer::MaxPool2d {
             kernel: pair("kernel_size"),
             stride: pair("stride"),
+            padding: if m["padding"].is_null() {
+                [0, 0]
+            } else {
+                pair("padding")
+            },
         },
         "AvgPool2d" => Layer::AvgPool2d {
             kernel: pair("kernel_size"),
             stride: pair("stride"),
+            padding: if m["padding"].is_null() {
+                [0, 0]
+            } else {
+                pair("padding")
+            },
         },
         "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
             output: pair("output_size"),

@@ -101,7 +101,8 @@ impl<O: Ops> Net<O> {
             Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
                 let max = matches!(layer.spec.layer, Layer::MaxPool2d { .. });
                 let u = layer.unfold.as_ref().unwrap();
-                let p = self.unfold(o, u, x, n)?; // [n, c·K, L]
+                let fill = if max { -(f32::MAX as f64) } else { 0.0 };
+                let p = self.unfold_with(o, u, x, n, fill)?; // [n, c·K, L]
                 let p = o.reshape(&p, &[n, u.cin, u.k, u.l])?;
                 let out = if max {
                     o.reduce(Reduce::Max, &p, 2)?

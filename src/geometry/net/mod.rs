@@ -406,9 +406,18 @@ impl<O: Ops> Net<O> {
                         conv: true,
                     });
                 }
-                Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                Layer::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+                | Layer::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
                     let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
-                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, [0, 0], [1, 1]);
+                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, *padding, [1, 1]);
                     layer.unfold = Some(Unfold {
                         idx: o.upload_index(&idx)?,
                         cin: c,
@@ -748,10 +757,29 @@ impl<O: Ops> Net<O> {
         ))
     }
 
-    /// `[n, cin, (h,) w]` → patches `[n, cin·K, L]`.
+    /// `[n, cin, (h,) w]` → patches `[n, cin·K, L]`, padding with zeros.
     fn unfold(&self, o: &O, u: &Unfold<O::T>, x: &O::T, n: usize) -> OpsResult<O::T> {
+        self.unfold_with(o, u, x, n, 0.0)
+    }
+
+    /// [`Self::unfold`] padding with `fill` (max pooling pads with the most
+    /// negative value, so that padding never wins).
+    fn unfold_with(
+        &self,
+        o: &O,
+        u: &Unfold<O::T>,
+        x: &O::T,
+        n: usize,
+        fill: f64,
+    ) -> OpsResult<O::T> {
         let x = o.reshape(x, &[n, u.cin, u.hw])?;
-        let x = o.cat(&[x, o.zeros(&[n, u.cin, 1])?], 2)?;
+        let pad = o.zeros(&[n, u.cin, 1])?;
+        let pad = if fill == 0.0 {
+            pad
+        } else {
+            o.affine(&pad, 0.0, fill)?
+        };
+        let x = o.cat(&[x, pad], 2)?;
         let p = o.index_select(&x, &u.idx, 2)?; // [n, cin, K·L]
         o.reshape(&p, &[n, u.cin * u.k, u.l])
     }
@@ -829,5 +857,77 @@ fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T>
         Layer::Tanh => o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0),
         Layer::Sigmoid => o.mul(y, &o.affine(y, -1.0, 1.0)?),
         _ => gelu_grad(o, x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::candle::CandleOps;
+    use crate::plan::{Dtype, Init};
+
+    /// Padded max pooling never picks the padding (PyTorch pads with −∞),
+    /// and padded average pooling counts the padded zeros.
+    #[test]
+    fn padded_pooling_matches_pytorch_conventions() {
+        let o = CandleOps::new("cpu", Dtype::F64).unwrap();
+        let x: Vec<f64> = (0..9).map(|i| -1.0 - i as f64).collect(); // all negative
+        for (max, want) in [
+            // 3×3 windows at stride 2 with padding 1 over a 3×3 image: the
+            // four corners' windows.
+            (true, vec![-1.0, -2.0, -4.0, -5.0]),
+            (
+                false,
+                vec![
+                    (-1.0 - 2.0 - 4.0 - 5.0) / 9.0,
+                    (-2.0 - 3.0 - 5.0 - 6.0) / 9.0,
+                    (-4.0 - 5.0 - 7.0 - 8.0) / 9.0,
+                    (-5.0 - 6.0 - 8.0 - 9.0) / 9.0,
+                ],
+            ),
+        ] {
+            let (kernel, stride, padding) = ([3, 3], [2, 2], [1, 1]);
+            let pool = if max {
+                Layer::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+            } else {
+                Layer::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+            };
+            let l = LayerSpec::node("pool", pool, &[&[1, 3, 3]], vec![]).unwrap();
+            let f = LayerSpec::node("flatten", Layer::Flatten, &[&[1, 2, 2]], vec![]).unwrap();
+            let fc = Layer::Linear {
+                in_features: 4,
+                out_features: 1,
+                bias: false,
+            };
+            let fc = LayerSpec::node("fc", fc, &[&[4]], vec![]).unwrap();
+            let spec = ModelSpec {
+                input: vec![1, 3, 3],
+                output: vec![1],
+                params: 4,
+                layers: vec![l, f, fc],
+                init: Init::Pytorch { seed: 0 },
+                weights: None,
+                param_order: vec![],
+            };
+            let params = crate::geometry::init::init_params(&spec, &spec.init);
+            let net = Net::new(&o, &spec, params).unwrap();
+            let xt = o.upload(&[1, 1, 3, 3], &x).unwrap();
+            let cache = net.forward(&o, &xt, true).unwrap();
+            let Cache::Pool { out, .. } = &cache.caches[0] else {
+                panic!("no pool cache")
+            };
+            let got = o.download(out).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "max = {max}: {got:?} vs {want:?}");
+            }
+        }
     }
 }
