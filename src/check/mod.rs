@@ -7,9 +7,12 @@
 //! here, so the program (and the plan) is a flat list.
 
 mod args;
+mod block;
 mod data;
 mod env;
 mod geometry;
+mod graph;
+mod library;
 mod model;
 mod train;
 
@@ -19,6 +22,8 @@ use crate::syntax::{Expr, ExprKind, File, Span, Stmt, StmtKind};
 use env::{Binding, Scopes, Val};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+
+pub use library::{library_models, LibraryModel};
 
 /// How to check: where relative paths start and how much memory a single
 /// representation may take.
@@ -72,7 +77,10 @@ pub struct Program {
 
 /// Checks a parsed file.
 pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec<Diagnostic>> {
+    let (imports, import_errors) = library::load_imports(file, &opts.base_dir);
     let mut c = Checker::new(src, opts);
+    c.diags.extend(import_errors);
+    c.register_defs(file, &imports);
     collect_definitions(&file.stmts, &mut c.definitions);
     c.scopes.push();
     c.header(file);
@@ -124,6 +132,22 @@ pub(crate) struct Checker<'a> {
     /// Where each name is defined in the file (first definition), to say
     /// "defined later" when a name is used before its definition.
     definitions: std::collections::BTreeMap<String, Span>,
+    /// The checked file (0), its imports and the model library.
+    sources: Vec<block::Source<'a>>,
+    /// Blocks and defs by name (the file's, then imports', then the
+    /// library's).
+    defs: std::collections::BTreeMap<String, block::Def<'a>>,
+    /// Blocks and defs being evaluated, with their source (recursion,
+    /// error context).
+    eval_stack: Vec<(String, block::SrcId)>,
+    /// The call in the checked file that errors in other sources are
+    /// shown at.
+    anchor: Option<Span>,
+    /// Where each argument of the outermost block call is written.
+    origins: std::collections::BTreeMap<String, Span>,
+    /// The parameters of the outermost block call, evaluated (a model's
+    /// `input`).
+    top_params: std::collections::BTreeMap<String, block::V<'a>>,
 }
 
 impl<'a> Checker<'a> {
@@ -152,6 +176,12 @@ impl<'a> Checker<'a> {
             anon: 0,
             failed: BTreeSet::new(),
             definitions: std::collections::BTreeMap::new(),
+            sources: Vec::new(),
+            defs: std::collections::BTreeMap::new(),
+            eval_stack: Vec::new(),
+            anchor: None,
+            origins: std::collections::BTreeMap::new(),
+            top_params: std::collections::BTreeMap::new(),
         }
     }
 
@@ -384,6 +414,19 @@ impl<'a> Checker<'a> {
                     self.error(Diagnostic::new(
                         ErrorKind::Invalid {
                             message: "`experiment` must be at the top level".into(),
+                        },
+                        stmt.span,
+                        "inside a block",
+                    ));
+                }
+            }
+            // Registered before checking (see `register_defs`): blocks are
+            // evaluated where a model uses them.
+            StmtKind::Import { .. } | StmtKind::Block { .. } | StmtKind::Def { .. } => {
+                if !top {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`import`, `block` and `def` must be at the top level".into(),
                         },
                         stmt.span,
                         "inside a block",

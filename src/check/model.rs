@@ -96,6 +96,9 @@ impl<'a> Checker<'a> {
                 let spec = match callee.name.as_str() {
                     "sequential" => self.sequential(callee, d.span, args)?,
                     "mlp" => self.mlp(callee, d.span, args)?,
+                    other if self.defs.contains_key(other) => {
+                        self.block_model(callee, d.span, args)?
+                    }
                     other => {
                         let mut diag = Diagnostic::new(
                             ErrorKind::Unknown {
@@ -105,7 +108,12 @@ impl<'a> Checker<'a> {
                             callee.span,
                             "not a model constructor",
                         )
-                        .hint_opt(did_you_mean(other, ["sequential", "mlp"]));
+                        .hint_opt(did_you_mean(
+                            other,
+                            ["sequential", "mlp"]
+                                .into_iter()
+                                .chain(self.defs.keys().map(|k| k.as_str())),
+                        ));
                         if LAYERS.contains(&other) {
                             diag = diag.hint(format!(
                                 "`{other}` is a layer: wrap layers in `sequential(...)`"
@@ -320,6 +328,9 @@ impl<'a> Checker<'a> {
                 }
             }
         };
+        if call.rest.iter().any(|e| self.needs_blocks(e)) {
+            return self.block_sequential(&call, input);
+        }
         let mut layers = Vec::new();
         let mut shape = input.clone();
         for (i, le) in call.rest.iter().enumerate() {
@@ -335,15 +346,16 @@ impl<'a> Checker<'a> {
             });
             shape = out;
         }
-        self.finish_model(&call, input, shape, layers)
+        self.finish_model(&call, input, shape, layers, vec![])
     }
 
-    fn finish_model(
+    pub(super) fn finish_model(
         &mut self,
         call: &super::args::Call<'a>,
         input: Vec<usize>,
         output: Vec<usize>,
         layers: Vec<LayerSpec>,
+        param_order: Vec<usize>,
     ) -> Option<ModelSpec> {
         let init = self.init(call)?;
         let params = layers.iter().map(|l| l.params).sum();
@@ -354,7 +366,7 @@ impl<'a> Checker<'a> {
             params,
             init,
             weights: None,
-            param_order: vec![],
+            param_order,
         };
         if params == 0 {
             self.error(Diagnostic::new(
@@ -459,7 +471,7 @@ impl<'a> Checker<'a> {
             }
             width = *w;
         }
-        self.finish_model(&call, vec![inp], vec![out], layers)
+        self.finish_model(&call, vec![inp], vec![out], layers, vec![])
     }
 
     /// One layer applied to `shape`: the layer and its output shape.
