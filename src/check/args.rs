@@ -5,7 +5,7 @@
 use super::env::{Binding, Val};
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
-use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, Span};
+use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::collections::BTreeMap;
 
 /// A call whose arguments were matched to parameter names.
@@ -248,12 +248,7 @@ impl<'a> Checker<'a> {
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.number(lhs, what)?;
                 let b = self.number(rhs, what)?;
-                let v = match op {
-                    BinOp::Add => a + b,
-                    BinOp::Sub => a - b,
-                    BinOp::Mul => a * b,
-                    BinOp::Div => a / b,
-                };
+                let v = op.apply(a, b);
                 if v.is_finite() {
                     Some(v)
                 } else {

@@ -411,12 +411,7 @@ impl<'a> Checker<'a> {
         }
         match (num(&a), num(&b)) {
             (Some(x), Some(y)) => {
-                let v = match op {
-                    BinOp::Add => x + y,
-                    BinOp::Sub => x - y,
-                    BinOp::Mul => x * y,
-                    BinOp::Div => x / y,
-                };
+                let v = op.apply(x, y);
                 if v.is_finite() {
                     Some(V::Float(v))
                 } else {

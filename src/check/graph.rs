@@ -549,7 +549,7 @@ impl<'a> Checker<'a> {
                     at,
                     format!("joins {}", shown.join(" and ")),
                 )
-                .hint(detail),
+                .hint_opt((op == "cat").then_some(detail)),
             );
             return None;
         }
@@ -585,7 +585,24 @@ impl<'a> Checker<'a> {
         span: Span,
     ) -> Option<(Vec<LayerSpec>, Vec<usize>)> {
         let mut g = Graph::new(input);
-        let out = self.apply(&mut g, root, root_path, &[0], span, 0)?;
+        // Errors in other sources are shown at the model's call.
+        let saved = self.anchor.replace(span);
+        let result = match self.apply(&mut g, root, root_path, &[0], span, 0) {
+            Some(out) => self.finish_graph(g, out, root, root_path, span),
+            None => None,
+        };
+        self.anchor = saved;
+        result
+    }
+
+    fn finish_graph(
+        &mut self,
+        g: Graph,
+        out: Node,
+        root: &Rc<Module<'a>>,
+        root_path: &str,
+        span: Span,
+    ) -> Option<(Vec<LayerSpec>, Vec<usize>)> {
         if out != g.layers.len() || out == 0 {
             self.error(Diagnostic::new(
                 ErrorKind::Invalid {

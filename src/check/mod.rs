@@ -14,6 +14,7 @@ mod geometry;
 mod graph;
 mod library;
 mod model;
+mod names;
 mod train;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
@@ -597,13 +598,26 @@ impl<'a> Checker<'a> {
                     .collect()
             }
             ExprKind::Call { callee, args } if callee.name == "layers" => {
-                let Some(call) = self.bind(callee, iter_d.span, args, &["model"]) else {
+                let Some(call) = self.bind(callee, iter_d.span, args, &["model", "pattern"]) else {
                     return;
                 };
                 let Some(me) = self.req(&call, "model") else {
                     return;
                 };
                 let Some(m) = self.model_expr(me, "") else {
+                    return;
+                };
+                let Some(names) = self.layer_names(&m, call.get("pattern")) else {
+                    return;
+                };
+                names
+                    .into_iter()
+                    .map(|l| (Binding::Val(Val::Layer(l.clone()), var.span), l))
+                    .collect()
+            }
+            // `for layer in net`: the model's parameterised layers.
+            ExprKind::Ident(n) if matches!(self.lookup_val(n), Some(Val::Model(_))) => {
+                let Some(Val::Model(m)) = self.lookup_val(n) else {
                     return;
                 };
                 m.spec
@@ -641,6 +655,18 @@ impl<'a> Checker<'a> {
             }
             self.scopes.pop();
             self.sweep = saved;
+        }
+    }
+
+    /// The parameterised layers of `m`, or those matching `pattern`.
+    fn layer_names(&mut self, m: &env::ModelV, pattern: Option<&'a Expr>) -> Option<Vec<String>> {
+        let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+        match pattern {
+            None => Some(known.iter().map(|s| s.to_string()).collect()),
+            Some(p) => {
+                let text = self.string(p, "pattern")?;
+                self.match_layers(&text, &known, p.span, &m.shown())
+            }
         }
     }
 

@@ -177,6 +177,18 @@ pub enum BinOp {
     Div,
 }
 
+impl BinOp {
+    /// The operation on numbers.
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+        }
+    }
+}
+
 /// Comparisons (`==`, `!=`, `<`, ...) of block parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CmpOp {
