@@ -42,7 +42,7 @@ pub static LIBRARY: LazyLock<Vec<LibFile>> = LazyLock::new(|| {
         .collect()
 });
 
-/// A library model: a block with an `input` parameter.
+/// A library model: a block or def with an `input` parameter.
 #[derive(Clone, Debug)]
 pub struct LibraryModel {
     pub name: String,
@@ -57,7 +57,9 @@ pub fn library_models() -> Vec<LibraryModel> {
     let mut out = Vec::new();
     for f in LIBRARY.iter() {
         for st in &f.ast.stmts {
-            let StmtKind::Block { name, params, .. } = &st.kind else {
+            let (StmtKind::Block { name, params, .. } | StmtKind::Def { name, params, .. }) =
+                &st.kind
+            else {
                 continue;
             };
             if !params.iter().any(|p| p.name.name == "input") {
@@ -68,7 +70,6 @@ pub fn library_models() -> Vec<LibraryModel> {
             let doc: Vec<&str> = before
                 .lines()
                 .rev()
-                .skip(1)
                 .take_while(|l| l.trim_start().starts_with("//"))
                 .map(|l| l.trim_start().trim_start_matches('/').trim())
                 .collect();
