@@ -432,7 +432,7 @@ impl<'a> Checker<'a> {
                         src,
                     );
                 }
-                if super::block::ctor_params(n).is_some() && !args.is_empty() {
+                if super::ctor::ctor_params(n).is_some() && !args.is_empty() {
                     return self.functional(g, e, n, ctx);
                 }
                 self.out_error(e, n, ctx, "not a member of this block");

@@ -8,6 +8,7 @@
 
 mod args;
 mod block;
+mod ctor;
 mod data;
 mod env;
 mod geometry;
