@@ -7,6 +7,7 @@ use super::env::{Binding, ModelV, Val};
 use super::Checker;
 use crate::data;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::conv_len;
 use crate::plan::{Init, Layer, LayerSpec, ModelSpec, Op};
 use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::rc::Rc;
@@ -557,7 +558,9 @@ impl<'a> Checker<'a> {
                     &callee,
                     span,
                     args,
-                    &["in", "out", "kernel", "stride", "padding", "bias"],
+                    &[
+                        "in", "out", "kernel", "stride", "padding", "bias", "dilation",
+                    ],
                 )?;
                 let ie = self.req(&c, "in");
                 let oe = self.req(&c, "out");
@@ -574,6 +577,10 @@ impl<'a> Checker<'a> {
                     Some(p) => self.pair(p, "padding", 0)?,
                     None => [0, 0],
                 };
+                let dilation = match c.get("dilation") {
+                    Some(d) => self.pair(d, "dilation", 1)?,
+                    None => [1, 1],
+                };
                 let bias = match c.get("bias") {
                     Some(b) => self.boolean(b, "bias")?,
                     None => true,
@@ -584,8 +591,8 @@ impl<'a> Checker<'a> {
                     mismatch(self, format!("[{i}, H, W]"), hint);
                     return None;
                 }
-                let h = spatial(shape[1], kernel[0], stride[0], padding[0]);
-                let w = spatial(shape[2], kernel[1], stride[1], padding[1]);
+                let h = conv_len(shape[1], kernel[0], stride[0], padding[0], dilation[0]);
+                let w = conv_len(shape[2], kernel[1], stride[1], padding[1], dilation[1]);
                 let (Some(h), Some(w)) = (h, w) else {
                     mismatch(
                         self,
@@ -605,7 +612,7 @@ impl<'a> Checker<'a> {
                         stride,
                         padding,
                         bias,
-                        dilation: [1, 1],
+                        dilation,
                     },
                     vec![o, h, w],
                 ))
