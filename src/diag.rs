@@ -56,6 +56,8 @@ pub enum ErrorKind {
         expected: String,
         found: String,
     },
+    #[error("the branches of `{op}` differ in shape: {shapes}")]
+    BranchMismatch { op: String, shapes: String },
     #[error("{structure} does not support `{layer}` ({layer_type})")]
     UnsupportedLayer {
         structure: String,
@@ -99,6 +101,7 @@ impl ErrorKind {
             ErrorKind::BadChoice { .. } => "E026",
             ErrorKind::ShapeMismatch { .. } => "E030",
             ErrorKind::UnsupportedLayer { .. } => "E031",
+            ErrorKind::BranchMismatch { .. } => "E033",
             ErrorKind::UnsupportedStructure { .. } => "E032",
             ErrorKind::OverBudget { .. } => "E040",
             ErrorKind::File { .. } => "E050",

@@ -16,7 +16,8 @@ Examples:
   nngeo plan experiments/fim_zoo.ngx        steps with estimated memory and cost
   nngeo plan experiments/fim_zoo.ngx --format json
   nngeo exec experiments/ntk_align.ngx --backend candle --device cpu --out runs/x
-  nngeo backends                            list the backends this build knows";
+  nngeo backends                            list the backends this build knows
+  nngeo models                              the model library (resnet18, vgg, ...)";
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +96,13 @@ enum Command {
     },
     /// List the backends this build knows and whether they can run.
     Backends,
+    /// List the model library (written in the language, shipped in the
+    /// binary): each model's parameters with their defaults and its
+    /// parameter count at the defaults.
+    #[command(
+        after_help = "Example:\n  nngeo models\n\nUse one as `model net = resnet18(classes = 10, stem = cifar, input = [3, 32, 32])`."
+    )]
+    Models,
     /// Time the representation builders (medians) against NNGeometry's
     /// reference times, with GFLOP/s and each case's peak memory measured in
     /// a fresh process. Set RAYON_NUM_THREADS to fix the thread count.
@@ -327,7 +335,60 @@ fn main() -> ExitCode {
             }
         },
         Command::Backends => backends(),
+        Command::Models => models(),
     }
+}
+
+/// `nngeo models`: the library's models with their parameters.
+fn models() -> ExitCode {
+    let opts = CheckOptions {
+        default_budget: u64::MAX,
+        ..CheckOptions::default()
+    };
+    for m in nngeo::check::library_models() {
+        let src = format!(
+            "experiment models {{ seed = 0 }}\nmodel net = {}()\n",
+            m.name
+        );
+        let count = match nngeo::compile_source(&src, &opts) {
+            Ok(plan) => plan
+                .steps
+                .iter()
+                .find_map(|s| match &s.op {
+                    nngeo::plan::Op::Model { spec, .. } => Some(group_digits(spec.params)),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            Err(_) => "?".into(),
+        };
+        let params: Vec<String> = m
+            .params
+            .iter()
+            .map(|(n, d)| match d {
+                Some(d) => format!("{n} = {d}"),
+                None => n.clone(),
+            })
+            .collect();
+        println!("{}({})", m.name, params.join(", "));
+        println!("    {count} parameters at the defaults");
+        if !m.doc.is_empty() {
+            println!("    {}", m.doc);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// 11689512 → "11,689,512".
+fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `nngeo backends`: built-in backends and every plugin found, with what

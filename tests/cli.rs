@@ -368,3 +368,122 @@ fn a_rerun_into_the_same_folder_starts_its_example_files_afresh() {
     assert_eq!(lines(), 3, "checkpoints at steps 0, 2, 4");
     assert_eq!(lines(), 3, "the second run appended to the first's file");
 }
+
+#[test]
+fn models_lists_the_library_with_parameter_counts() {
+    let out = nngeo(&["models"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for line in [
+        "resnet18(classes = 1000, stem = imagenet, input = [3, 224, 224])",
+        "11,689,512 parameters",
+        "vgg(depth = 16, bn = false",
+        "138,357,544 parameters",
+        "wide_resnet(",
+        "lenet5(",
+        "autoencoder(input = 784",
+    ] {
+        assert!(s.contains(line), "{line} not in\n{s}");
+    }
+}
+
+/// A residual network written with blocks, run end to end: per-layer
+/// NTK traces add up to the whole NTK's, the block-diagonal Fisher has the
+/// diagonal Fisher's trace, a KFAC/BlockDiag mix runs on conv, norm and
+/// linear layers, and the saved weights load back by module path.
+#[test]
+fn exec_a_residual_net_written_with_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = r#"
+experiment blocks { seed = 0 dtype = f64 }
+data train = digits(split = train) |> normalize
+data probe = train |> take(1, per_class, seed = 1)
+
+block res(cin, cout, stride = 1) {
+  conv1 = conv2d(cin, cout, kernel = 3, stride = stride, padding = 1, bias = false)
+  bn1   = batchnorm2d(cout)
+  conv2 = conv2d(cout, cout, kernel = 3, padding = 1, bias = false)
+  downsample = when(stride != 1 or cin != cout, conv2d(cin, cout, kernel = 1, stride = stride))
+  out(x) = relu(conv2(relu(bn1(conv1(x)))) + downsample(x))
+}
+
+block tiny(classes = 10) {
+  conv1  = conv2d(1, 4, kernel = 3, padding = 1)
+  layer1 = sequential(res(4, 4), res(4, 6, stride = 2))
+  fc     = linear(6, classes)
+  out(x) = fc(flatten(adaptive_avgpool2d(layer1(relu(conv1(x))), [1, 1])))
+}
+
+model net = tiny(input = [1, 8, 8], init = kaiming(seed = 3))
+
+let K = Ntk(Dense) of net on probe
+measure trace(K) as "ntk/total"
+for layer in net {
+  measure trace(K[layer]) as "ntk/{layer}"
+}
+measure trace(Fim(BlockDiag) of net on probe) as "fim/blockdiag"
+measure trace(Fim(Diag) of net on probe) as "fim/diag"
+let M = Fim(mix(linear = KFAC, conv = KFAC, norm = BlockDiag)) of net on probe
+measure trace(M) as "fim/mix", trace(M["layer1.1.downsample"]) as "fim/mix/downsample"
+measure trace(Fim(KFAC, layers = ["*.conv*", "fc"]) of net on probe) as "fim/kfac_glob"
+save net to "w.safetensors"
+"#;
+    let (out, out_dir) = exec_source(dir.path(), source);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    let values: Vec<(String, f64)> = results
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let get = |k: &str| values.iter().find(|(key, _)| key == k).unwrap().1;
+    for (k, v) in &values {
+        assert!(v.is_finite() && *v > 0.0, "{k} = {v}");
+    }
+    let per_layer: f64 = values
+        .iter()
+        .filter(|(k, _)| k.starts_with("ntk/") && k != "ntk/total")
+        .map(|(_, v)| v)
+        .sum();
+    // conv1, 2 × (conv1, bn1, conv2), the projection and fc.
+    assert_eq!(
+        values.iter().filter(|(k, _)| k.starts_with("ntk/")).count(),
+        1 + 9
+    );
+    let total = get("ntk/total");
+    assert!(
+        (per_layer - total).abs() <= 1e-9 * total,
+        "{per_layer} vs {total}"
+    );
+    let (bd, diag) = (get("fim/blockdiag"), get("fim/diag"));
+    assert!((bd - diag).abs() <= 1e-9 * bd, "{bd} vs {diag}");
+
+    // The saved state_dict loads back by module path.
+    let again = dir.path().join("again.ngx");
+    std::fs::write(
+        &again,
+        "experiment again { seed = 0 }\n\
+         block res(cin, cout, stride = 1) {\n\
+           conv1 = conv2d(cin, cout, kernel = 3, stride = stride, padding = 1, bias = false)\n\
+           bn1 = batchnorm2d(cout)\n\
+           conv2 = conv2d(cout, cout, kernel = 3, padding = 1, bias = false)\n\
+           downsample = when(stride != 1 or cin != cout, conv2d(cin, cout, kernel = 1, stride = stride))\n\
+           out(x) = relu(conv2(relu(bn1(conv1(x)))) + downsample(x))\n\
+         }\n\
+         block tiny(classes = 10) {\n\
+           conv1 = conv2d(1, 4, kernel = 3, padding = 1)\n\
+           layer1 = sequential(res(4, 4), res(4, 6, stride = 2))\n\
+           fc = linear(6, classes)\n\
+           out(x) = fc(flatten(adaptive_avgpool2d(layer1(relu(conv1(x))), [1, 1])))\n\
+         }\n\
+         model net = tiny(input = [1, 8, 8], weights = \"out/w.safetensors\")\n",
+    )
+    .unwrap();
+    let out = nngeo(&["check", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -5,7 +5,7 @@
 use super::env::{Binding, Val};
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
-use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, Span};
+use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::collections::BTreeMap;
 
 /// A call whose arguments were matched to parameter names.
@@ -78,21 +78,7 @@ impl<'a> Checker<'a> {
                         }
                     }
                     None => {
-                        let d = Diagnostic::new(
-                            ErrorKind::UnknownOption {
-                                func: callee.name.clone(),
-                                name: n.name.clone(),
-                            },
-                            n.span,
-                            "unknown option",
-                        )
-                        .hint_opt(did_you_mean(&n.name, params.iter().copied()))
-                        .hint(if params.is_empty() {
-                            format!("`{}` takes no options", callee.name)
-                        } else {
-                            format!("`{}` takes: {}", callee.name, params.join(", "))
-                        });
-                        self.error(d);
+                        self.error(unknown_option(callee, n, params));
                         ok = false;
                     }
                 },
@@ -224,6 +210,8 @@ impl<'a> Checker<'a> {
             ExprKind::Field { .. } => "a field access".into(),
             ExprKind::Pipe { .. } => "a pipeline".into(),
             ExprKind::Binary { .. } | ExprKind::Neg(_) => "an arithmetic expression".into(),
+            ExprKind::Compare { .. } => "a comparison".into(),
+            ExprKind::Logic { .. } => "a condition".into(),
             ExprKind::Repr { .. } => "a representation".into(),
         }
     }
@@ -260,12 +248,7 @@ impl<'a> Checker<'a> {
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.number(lhs, what)?;
                 let b = self.number(rhs, what)?;
-                let v = match op {
-                    BinOp::Add => a + b,
-                    BinOp::Sub => a - b,
-                    BinOp::Mul => a * b,
-                    BinOp::Div => a / b,
-                };
+                let v = op.apply(a, b);
                 if v.is_finite() {
                     Some(v)
                 } else {
@@ -526,6 +509,24 @@ impl<'a> Checker<'a> {
             _ => None,
         }
     }
+}
+
+/// "`f` has no option `n`", with the closest option and the list.
+pub fn unknown_option(callee: &Ident, n: &Ident, params: &[&str]) -> Diagnostic {
+    Diagnostic::new(
+        ErrorKind::UnknownOption {
+            func: callee.name.clone(),
+            name: n.name.clone(),
+        },
+        n.span,
+        "unknown option",
+    )
+    .hint_opt(did_you_mean(&n.name, params.iter().copied()))
+    .hint(if params.is_empty() {
+        format!("`{}` takes no options", callee.name)
+    } else {
+        format!("`{}` takes: {}", callee.name, params.join(", "))
+    })
 }
 
 pub fn fmt_num(v: f64) -> String {

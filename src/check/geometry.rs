@@ -69,7 +69,7 @@ impl<'a> Checker<'a> {
                 let f = callee.name.as_str();
                 if super::data::SOURCES.contains(&f) {
                     self.data_expr(d, name).map(Val::Data)
-                } else if f == "sequential" || f == "mlp" {
+                } else if f == "sequential" || f == "mlp" || self.defs.contains_key(f) {
                     self.model_expr(d, name).map(Val::Model)
                 } else if VECTORS.contains(&f) {
                     self.vector_expr(d, name).map(Val::Vector)
@@ -443,32 +443,23 @@ impl<'a> Checker<'a> {
             Some(l) => {
                 let names = self.str_list(l, "layers")?;
                 let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+                let mut out: Vec<String> = Vec::new();
                 for n in &names {
-                    if !known.contains(&n.as_str()) {
-                        // Point at the offending name in the list.
-                        let at = match &self.deref(l).kind {
-                            ExprKind::List(items) => items
-                                .iter()
-                                .find(|i| matches!(&i.value.kind, ExprKind::Str(s) if s == n))
-                                .map_or(l.span, |i| i.value.span),
-                            _ => l.span,
-                        };
-                        self.error(
-                            Diagnostic::new(
-                                ErrorKind::Unknown {
-                                    what: "layer".into(),
-                                    name: n.clone(),
-                                },
-                                at,
-                                format!("{} has no parameterised layer `{n}`", m.shown()),
-                            )
-                            .hint_opt(did_you_mean(n, known.iter().copied()))
-                            .hint(format!("layers with parameters: {}", known.join(", "))),
-                        );
-                        return None;
+                    // Point at the offending name in the list.
+                    let at = match &self.deref(l).kind {
+                        ExprKind::List(items) => items
+                            .iter()
+                            .find(|i| matches!(&i.value.kind, ExprKind::Str(s) if s == n))
+                            .map_or(l.span, |i| i.value.span),
+                        _ => l.span,
+                    };
+                    for hit in self.match_layers(n, &known, at, &m.shown())? {
+                        if !out.contains(&hit) {
+                            out.push(hit);
+                        }
                     }
                 }
-                names
+                out
             }
             None => vec![],
         };
@@ -753,6 +744,33 @@ impl<'a> Checker<'a> {
                     .iter()
                     .map(|l| l.name.clone())
                     .collect();
+                // A pattern selects one block: it must match exactly one.
+                let layer = if layer.contains('*') {
+                    let known: Vec<&str> = covered.iter().map(|s| s.as_str()).collect();
+                    let hits = self.match_layers(&layer, &known, id.span, "this representation")?;
+                    if hits.len() > 1 {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::Invalid {
+                                    message: format!(
+                                        "`{layer}` matches {} layers, `[...]` takes one",
+                                        hits.len()
+                                    ),
+                                },
+                                id.span,
+                                format!("matches {}", hits.join(", ")),
+                            )
+                            .hint(format!(
+                                "loop over them: `for layer in layers({}, \"{layer}\") {{ ... }}`",
+                                r.model.name
+                            )),
+                        );
+                        return None;
+                    }
+                    hits[0].clone()
+                } else {
+                    layer
+                };
                 if !covered.contains(&layer) {
                     self.error(
                         Diagnostic::new(

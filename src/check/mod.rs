@@ -7,10 +7,15 @@
 //! here, so the program (and the plan) is a flat list.
 
 mod args;
+mod block;
+mod ctor;
 mod data;
 mod env;
 mod geometry;
+mod graph;
+mod library;
 mod model;
+mod names;
 mod train;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
@@ -19,6 +24,8 @@ use crate::syntax::{Expr, ExprKind, File, Span, Stmt, StmtKind};
 use env::{Binding, Scopes, Val};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+
+pub use library::{library_models, LibraryModel};
 
 /// How to check: where relative paths start and how much memory a single
 /// representation may take.
@@ -88,7 +95,10 @@ pub struct Program {
 
 /// Checks a parsed file.
 pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec<Diagnostic>> {
+    let (imports, import_errors) = library::load_imports(file, &opts.base_dir);
     let mut c = Checker::new(src, opts);
+    c.diags.extend(import_errors);
+    c.register_defs(file, &imports);
     collect_definitions(&file.stmts, &mut c.definitions);
     c.scopes.push();
     c.header(file);
@@ -140,6 +150,22 @@ pub(crate) struct Checker<'a> {
     /// Where each name is defined in the file (first definition), to say
     /// "defined later" when a name is used before its definition.
     definitions: std::collections::BTreeMap<String, Span>,
+    /// The checked file (0), its imports and the model library.
+    sources: Vec<block::Source<'a>>,
+    /// Blocks and defs by name (the file's, then imports', then the
+    /// library's).
+    defs: std::collections::BTreeMap<String, block::Def<'a>>,
+    /// Blocks and defs being evaluated, with their source (recursion,
+    /// error context).
+    eval_stack: Vec<(String, block::SrcId)>,
+    /// The call in the checked file that errors in other sources are
+    /// shown at.
+    anchor: Option<Span>,
+    /// Where each argument of the outermost block call is written.
+    origins: std::collections::BTreeMap<String, Span>,
+    /// The parameters of the outermost block call, evaluated (a model's
+    /// `input`).
+    top_params: std::collections::BTreeMap<String, block::V<'a>>,
 }
 
 impl<'a> Checker<'a> {
@@ -168,6 +194,12 @@ impl<'a> Checker<'a> {
             anon: 0,
             failed: BTreeSet::new(),
             definitions: std::collections::BTreeMap::new(),
+            sources: Vec::new(),
+            defs: std::collections::BTreeMap::new(),
+            eval_stack: Vec::new(),
+            anchor: None,
+            origins: std::collections::BTreeMap::new(),
+            top_params: std::collections::BTreeMap::new(),
         }
     }
 
@@ -406,6 +438,19 @@ impl<'a> Checker<'a> {
                     ));
                 }
             }
+            // Registered before checking (see `register_defs`): blocks are
+            // evaluated where a model uses them.
+            StmtKind::Import { .. } | StmtKind::Block { .. } | StmtKind::Def { .. } => {
+                if !top {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`import`, `block` and `def` must be at the top level".into(),
+                        },
+                        stmt.span,
+                        "inside a block",
+                    ));
+                }
+            }
             StmtKind::Data { names, value } => self.data_stmt(names, value, stmt.span),
             StmtKind::Model { name, value } => {
                 if !self.define_check(&name.name, name.span) {
@@ -570,13 +615,26 @@ impl<'a> Checker<'a> {
                     .collect()
             }
             ExprKind::Call { callee, args } if callee.name == "layers" => {
-                let Some(call) = self.bind(callee, iter_d.span, args, &["model"]) else {
+                let Some(call) = self.bind(callee, iter_d.span, args, &["model", "pattern"]) else {
                     return;
                 };
                 let Some(me) = self.req(&call, "model") else {
                     return;
                 };
                 let Some(m) = self.model_expr(me, "") else {
+                    return;
+                };
+                let Some(names) = self.layer_names(&m, call.get("pattern")) else {
+                    return;
+                };
+                names
+                    .into_iter()
+                    .map(|l| (Binding::Val(Val::Layer(l.clone()), var.span), l))
+                    .collect()
+            }
+            // `for layer in net`: the model's parameterised layers.
+            ExprKind::Ident(n) if matches!(self.lookup_val(n), Some(Val::Model(_))) => {
+                let Some(Val::Model(m)) = self.lookup_val(n) else {
                     return;
                 };
                 m.spec
@@ -614,6 +672,18 @@ impl<'a> Checker<'a> {
             }
             self.scopes.pop();
             self.sweep = saved;
+        }
+    }
+
+    /// The parameterised layers of `m`, or those matching `pattern`.
+    fn layer_names(&mut self, m: &env::ModelV, pattern: Option<&'a Expr>) -> Option<Vec<String>> {
+        let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+        match pattern {
+            None => Some(known.iter().map(|s| s.to_string()).collect()),
+            Some(p) => {
+                let text = self.string(p, "pattern")?;
+                self.match_layers(&text, &known, p.span, &m.shown())
+            }
         }
     }
 

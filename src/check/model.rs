@@ -7,6 +7,7 @@ use super::env::{Binding, ModelV, Val};
 use super::Checker;
 use crate::data;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::conv_len;
 use crate::plan::{Init, Layer, LayerSpec, ModelSpec, Op};
 use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::rc::Rc;
@@ -96,6 +97,9 @@ impl<'a> Checker<'a> {
                 let spec = match callee.name.as_str() {
                     "sequential" => self.sequential(callee, d.span, args)?,
                     "mlp" => self.mlp(callee, d.span, args)?,
+                    other if self.defs.contains_key(other) => {
+                        self.block_model(callee, d.span, args)?
+                    }
                     other => {
                         let mut diag = Diagnostic::new(
                             ErrorKind::Unknown {
@@ -105,7 +109,12 @@ impl<'a> Checker<'a> {
                             callee.span,
                             "not a model constructor",
                         )
-                        .hint_opt(did_you_mean(other, ["sequential", "mlp"]));
+                        .hint_opt(did_you_mean(
+                            other,
+                            ["sequential", "mlp"]
+                                .into_iter()
+                                .chain(self.defs.keys().map(|k| k.as_str())),
+                        ));
                         if LAYERS.contains(&other) {
                             diag = diag.hint(format!(
                                 "`{other}` is a layer: wrap layers in `sequential(...)`"
@@ -320,6 +329,9 @@ impl<'a> Checker<'a> {
                 }
             }
         };
+        if call.rest.iter().any(|e| self.needs_blocks(e)) {
+            return self.block_sequential(&call, input);
+        }
         let mut layers = Vec::new();
         let mut shape = input.clone();
         for (i, le) in call.rest.iter().enumerate() {
@@ -335,15 +347,16 @@ impl<'a> Checker<'a> {
             });
             shape = out;
         }
-        self.finish_model(&call, input, shape, layers)
+        self.finish_model(&call, input, shape, layers, vec![])
     }
 
-    fn finish_model(
+    pub(super) fn finish_model(
         &mut self,
         call: &super::args::Call<'a>,
         input: Vec<usize>,
         output: Vec<usize>,
         layers: Vec<LayerSpec>,
+        param_order: Vec<usize>,
     ) -> Option<ModelSpec> {
         let init = self.init(call)?;
         let params = layers.iter().map(|l| l.params).sum();
@@ -354,7 +367,7 @@ impl<'a> Checker<'a> {
             params,
             init,
             weights: None,
-            param_order: vec![],
+            param_order,
         };
         if params == 0 {
             self.error(Diagnostic::new(
@@ -459,7 +472,7 @@ impl<'a> Checker<'a> {
             }
             width = *w;
         }
-        self.finish_model(&call, vec![inp], vec![out], layers)
+        self.finish_model(&call, vec![inp], vec![out], layers, vec![])
     }
 
     /// One layer applied to `shape`: the layer and its output shape.
@@ -545,7 +558,9 @@ impl<'a> Checker<'a> {
                     &callee,
                     span,
                     args,
-                    &["in", "out", "kernel", "stride", "padding", "bias"],
+                    &[
+                        "in", "out", "kernel", "stride", "padding", "bias", "dilation",
+                    ],
                 )?;
                 let ie = self.req(&c, "in");
                 let oe = self.req(&c, "out");
@@ -562,6 +577,10 @@ impl<'a> Checker<'a> {
                     Some(p) => self.pair(p, "padding", 0)?,
                     None => [0, 0],
                 };
+                let dilation = match c.get("dilation") {
+                    Some(d) => self.pair(d, "dilation", 1)?,
+                    None => [1, 1],
+                };
                 let bias = match c.get("bias") {
                     Some(b) => self.boolean(b, "bias")?,
                     None => true,
@@ -572,8 +591,8 @@ impl<'a> Checker<'a> {
                     mismatch(self, format!("[{i}, H, W]"), hint);
                     return None;
                 }
-                let h = spatial(shape[1], kernel[0], stride[0], padding[0]);
-                let w = spatial(shape[2], kernel[1], stride[1], padding[1]);
+                let h = conv_len(shape[1], kernel[0], stride[0], padding[0], dilation[0]);
+                let w = conv_len(shape[2], kernel[1], stride[1], padding[1], dilation[1]);
                 let (Some(h), Some(w)) = (h, w) else {
                     mismatch(
                         self,
@@ -593,7 +612,7 @@ impl<'a> Checker<'a> {
                         stride,
                         padding,
                         bias,
-                        dilation: [1, 1],
+                        dilation,
                     },
                     vec![o, h, w],
                 ))

@@ -100,6 +100,38 @@ pub enum StmtKind {
     },
     /// `save model to "path"`
     Save { model: Ident, path: StrLit },
+    /// `import "blocks.ngx"`: the blocks and defs of another file.
+    Import { path: StrLit },
+    /// `block NAME(params) { members }`: a reusable, parametrised module.
+    Block {
+        name: Ident,
+        params: Vec<Param>,
+        members: Vec<Member>,
+    },
+    /// `def NAME(params) = expr`: a named value (e.g. a list of modules).
+    Def {
+        name: Ident,
+        params: Vec<Param>,
+        value: Expr,
+    },
+}
+
+/// A parameter of a block or def, with its default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Param {
+    pub name: Ident,
+    pub default: Option<Expr>,
+    pub span: Span,
+}
+
+/// `name = expr` inside a block, or `out(x) = expr` (with `inputs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: Ident,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<Ident>>,
+    pub value: Expr,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +177,35 @@ pub enum BinOp {
     Div,
 }
 
+impl BinOp {
+    /// The operation on numbers.
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+        }
+    }
+}
+
+/// Comparisons (`==`, `!=`, `<`, ...) of block parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogicOp {
+    And,
+    Or,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ExprKind {
     Int(i64),
@@ -178,6 +239,18 @@ pub enum ExprKind {
         rhs: Box<Expr>,
     },
     Neg(Box<Expr>),
+    /// `a == b`, `a < b`, ...
+    Compare {
+        op: CmpOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    /// `a and b`, `a or b`
+    Logic {
+        op: LogicOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     /// `Fim(KFAC) of net on probe`
     Repr {
         structure: Box<Expr>,

@@ -70,6 +70,9 @@ const STMT_KEYWORDS: &[&str] = &[
     "for",
     "plot",
     "save",
+    "import",
+    "block",
+    "def",
 ];
 
 /// Byte ranges of the top-level statements, cut where a line starts (in
@@ -243,6 +246,12 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::for_stmt | Rule::kw_for => "`for`",
         Rule::plot_stmt | Rule::kw_plot => "`plot`",
         Rule::save_stmt | Rule::kw_save => "`save`",
+        Rule::import_stmt | Rule::kw_import => "`import`",
+        Rule::block_def | Rule::kw_block => "`block`",
+        Rule::def_stmt | Rule::kw_def => "`def`",
+        Rule::params | Rule::member_inputs => "`(`",
+        Rule::param => "a parameter",
+        Rule::member => "a member `name = module`",
         Rule::setting => "a setting `name = value`",
         Rule::hook | Rule::every_hook | Rule::at_hook | Rule::kw_every | Rule::kw_at => {
             "a hook (`every N steps {..}` or `at ... {..}`)"
@@ -253,6 +262,9 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::string | Rule::string_inner => "a string",
         Rule::expr
         | Rule::repr
+        | Rule::disj
+        | Rule::conj
+        | Rule::cmp
         | Rule::sum
         | Rule::product
         | Rule::unary
@@ -373,8 +385,9 @@ fn tidy_expected(expected: &mut Vec<String>) {
     expected.sort();
     expected.dedup();
     const STARTS: [&str; 7] = ["`(`", "`-`", "`.`", "`[`", "a name", "a string", "a number"];
-    const CONTINUATIONS: [&str; 9] = [
-        "`*`", "`+`", "`-`", "`/`", "`.`", "`[`", "`(`", "`|>`", "`of`",
+    const CONTINUATIONS: [&str; 17] = [
+        "`*`", "`+`", "`-`", "`/`", "`.`", "`[`", "`(`", "`|>`", "`of`", "`==`", "`!=`", "`<`",
+        "`<=`", "`>`", "`>=`", "`and`", "`or`",
     ];
     let has = |x: &str| expected.iter().any(|e| e == x);
     if has("`,`") || has("`=`") {
@@ -419,6 +432,13 @@ fn is_container(r: Rule) -> bool {
             | Rule::at_hook
             | Rule::plot_by
             | Rule::plot_flags
+            | Rule::import_stmt
+            | Rule::block_def
+            | Rule::def_stmt
+            | Rule::params
+            | Rule::param
+            | Rule::member
+            | Rule::member_inputs
     )
 }
 
@@ -620,9 +640,78 @@ fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
             model: ident(it.next().unwrap(), off),
             path: strlit(it.next().unwrap(), off),
         },
+        Rule::import_stmt => StmtKind::Import {
+            path: strlit(it.next().unwrap(), off),
+        },
+        Rule::block_def => {
+            let name = ident(it.next().unwrap(), off);
+            let mut params = Vec::new();
+            let mut members = Vec::new();
+            for q in it {
+                match q.as_rule() {
+                    Rule::params => params = param_list(q, off),
+                    _ => members.push(member(q, off)),
+                }
+            }
+            StmtKind::Block {
+                name,
+                params,
+                members,
+            }
+        }
+        Rule::def_stmt => {
+            let name = ident(it.next().unwrap(), off);
+            let mut params = Vec::new();
+            let mut value = None;
+            for q in it {
+                match q.as_rule() {
+                    Rule::params => params = param_list(q, off),
+                    _ => value = Some(expr(q, off)),
+                }
+            }
+            StmtKind::Def {
+                name,
+                params,
+                value: value.unwrap(),
+            }
+        }
         other => unreachable!("not a statement: {other:?}"),
     };
     Stmt { kind, span }
+}
+
+fn param_list(p: Pair<Rule>, off: usize) -> Vec<Param> {
+    p.into_inner()
+        .map(|q| {
+            let span = span_of(&q, off);
+            let mut it = q.into_inner();
+            Param {
+                name: ident(it.next().unwrap(), off),
+                default: it.next().map(|d| expr(d, off)),
+                span,
+            }
+        })
+        .collect()
+}
+
+fn member(p: Pair<Rule>, off: usize) -> Member {
+    let span = span_of(&p, off);
+    let mut it = p.into_inner();
+    let name = ident(it.next().unwrap(), off);
+    let mut inputs = None;
+    let mut value = None;
+    for q in it {
+        match q.as_rule() {
+            Rule::member_inputs => inputs = Some(idents(q, off)),
+            _ => value = Some(expr(q, off)),
+        }
+    }
+    Member {
+        name,
+        inputs,
+        value: value.unwrap(),
+        span,
+    }
 }
 
 fn idents(p: Pair<Rule>, off: usize) -> Vec<Ident> {
@@ -654,6 +743,9 @@ fn is_keyword(r: Rule) -> bool {
             | Rule::kw_of
             | Rule::kw_on
             | Rule::kw_as
+            | Rule::kw_import
+            | Rule::kw_block
+            | Rule::kw_def
     )
 }
 
@@ -738,6 +830,54 @@ fn expr(p: Pair<Rule>, off: usize) -> Expr {
                         span,
                     }
                 }
+            }
+        }
+        Rule::disj | Rule::conj => {
+            let op = if p.as_rule() == Rule::disj {
+                LogicOp::Or
+            } else {
+                LogicOp::And
+            };
+            let mut it = p
+                .into_inner()
+                .filter(|q| !matches!(q.as_rule(), Rule::kw_and | Rule::kw_or));
+            let mut acc = expr(it.next().unwrap(), off);
+            for q in it {
+                let rhs = expr(q, off);
+                let s = acc.span.to(rhs.span);
+                acc = Expr {
+                    kind: ExprKind::Logic {
+                        op,
+                        lhs: Box::new(acc),
+                        rhs: Box::new(rhs),
+                    },
+                    span: s,
+                };
+            }
+            acc
+        }
+        Rule::cmp => {
+            let mut it = p.into_inner();
+            let lhs = expr(it.next().unwrap(), off);
+            let Some(op) = it.next() else {
+                return lhs;
+            };
+            let op = match op.as_str() {
+                "==" => CmpOp::Eq,
+                "!=" => CmpOp::Ne,
+                "<" => CmpOp::Lt,
+                "<=" => CmpOp::Le,
+                ">" => CmpOp::Gt,
+                _ => CmpOp::Ge,
+            };
+            let rhs = expr(it.next().unwrap(), off);
+            Expr {
+                span: lhs.span.to(rhs.span),
+                kind: ExprKind::Compare {
+                    op,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
             }
         }
         Rule::sum | Rule::product => {

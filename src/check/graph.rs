@@ -1,0 +1,809 @@
+//! Module descriptions applied to inputs: the layers of a graph model.
+//!
+//! Applying a description at a module path adds its layers to the graph
+//! in execution order; `out(x) = ...` is walked left to right, as
+//! PyTorch's `forward` runs. Shapes are propagated with
+//! [`Layer::output_shape`], and a join (`+`, `cat`) of differently shaped
+//! branches is reported at the operator. The parameter order is the
+//! registration (declaration) order of the modules, PyTorch's
+//! `named_modules()` order, recorded in `ModelSpec::param_order` when it
+//! differs from the execution order.
+
+use super::args::Call;
+use super::block::{ArgV, Frame, Inst, Module, SrcId, V};
+use super::data::fmt_shape;
+use super::Checker;
+use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::{Layer, LayerSpec, ModelSpec};
+use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, Span};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// A graph node: 0 is the input, `k` the output of layer `k − 1`.
+pub type Node = usize;
+
+/// The layers built so far.
+pub struct Graph {
+    pub input: Vec<usize>,
+    pub layers: Vec<LayerSpec>,
+    /// Parameterised module paths already applied, and where.
+    applied: BTreeMap<String, Span>,
+    /// Module applications by (path, inputs): applying a module to the
+    /// same nodes again is the same computation, so `out` may repeat a
+    /// subexpression (`shortcut(relu1(bn1(x)))` beside
+    /// `conv1(relu1(bn1(x)))`) without applying anything twice.
+    memo: BTreeMap<(String, Vec<Node>), Node>,
+}
+
+/// A parameterised module declared somewhere in the module tree.
+pub struct Declared {
+    pub path: String,
+    pub span: Span,
+    pub src: SrcId,
+}
+
+impl Graph {
+    pub fn new(input: Vec<usize>) -> Self {
+        Graph {
+            input,
+            layers: Vec::new(),
+            applied: BTreeMap::new(),
+            memo: BTreeMap::new(),
+        }
+    }
+    pub fn shape(&self, n: Node) -> &[usize] {
+        if n == 0 {
+            &self.input
+        } else {
+            &self.layers[n - 1].output
+        }
+    }
+
+    /// The parameter order: parameterised layers by registration rank.
+    /// Empty when it is the execution order.
+    pub fn param_order(&self, declared: &[Declared]) -> Vec<usize> {
+        let rank: BTreeMap<&str, usize> = declared
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.path.as_str(), i))
+            .collect();
+        let exec: Vec<usize> = (0..self.layers.len())
+            .filter(|&i| self.layers[i].params > 0)
+            .collect();
+        let mut order = exec.clone();
+        order.sort_by_key(|&i| rank.get(self.layers[i].name.as_str()).copied());
+        if order == exec {
+            vec![]
+        } else {
+            order
+        }
+    }
+}
+
+/// `parent.child`, or `child` at the root.
+pub fn join_path(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+/// The parameterised modules of a description in registration order
+/// (depth first, members in declaration order).
+pub fn declared(m: &Module, path: &str, span: Span, src: SrcId, out: &mut Vec<Declared>) {
+    match m {
+        Module::Layer(l) => {
+            if l.num_params() > 0 {
+                out.push(Declared {
+                    path: path.to_string(),
+                    span,
+                    src,
+                });
+            }
+        }
+        Module::Identity => {}
+        Module::Seq(items) => {
+            for (i, it) in items.iter().enumerate() {
+                declared(it, &join_path(path, &i.to_string()), span, src, out);
+            }
+        }
+        Module::Block(inst) => {
+            for (name, v, at) in &inst.modules {
+                if let V::Module(sub) = v {
+                    declared(sub, &join_path(path, name), *at, inst.src, out);
+                }
+            }
+        }
+    }
+}
+
+/// Where `out(x) = ...` is being evaluated.
+struct OutCtx<'i, 'a> {
+    inst: &'i Inst<'a>,
+    path: &'i str,
+    inputs: BTreeMap<&'a str, Node>,
+}
+
+impl<'a> Checker<'a> {
+    /// Applies module `m` at module path `path` to `inputs`; the node of
+    /// its output. `span`/`src` locate the application for errors.
+    pub(super) fn apply(
+        &mut self,
+        g: &mut Graph,
+        m: &Module<'a>,
+        path: &str,
+        inputs: &[Node],
+        span: Span,
+        src: SrcId,
+    ) -> Option<Node> {
+        let key = (path.to_string(), inputs.to_vec());
+        if let Some(&n) = g.memo.get(&key) {
+            return Some(n);
+        }
+        let out = match m {
+            Module::Layer(layer) => {
+                let [x] = inputs else {
+                    self.inputs_error(src, span, path, 1, inputs.len());
+                    return None;
+                };
+                self.add_layer(g, layer.clone(), path, &[*x], span, src)
+            }
+            Module::Identity => {
+                let [x] = inputs else {
+                    self.inputs_error(src, span, path, 1, inputs.len());
+                    return None;
+                };
+                Some(*x)
+            }
+            Module::Seq(items) => {
+                let [mut x] = inputs else {
+                    self.inputs_error(src, span, path, 1, inputs.len());
+                    return None;
+                };
+                for (i, it) in items.iter().enumerate() {
+                    x = self.apply(g, it, &join_path(path, &i.to_string()), &[x], span, src)?;
+                }
+                Some(x)
+            }
+            Module::Block(inst) => self.apply_block(g, inst, path, inputs, span, src),
+        }?;
+        g.memo.insert(key, out);
+        Some(out)
+    }
+
+    fn inputs_error(&mut self, src: SrcId, span: Span, path: &str, want: usize, got: usize) {
+        self.error_in(
+            src,
+            Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!(
+                        "`{}` takes {want} input(s), given {got}",
+                        if path.is_empty() { "the model" } else { path }
+                    ),
+                },
+                span,
+                "wrong number of inputs",
+            ),
+        );
+    }
+
+    fn apply_block(
+        &mut self,
+        g: &mut Graph,
+        inst: &Inst<'a>,
+        path: &str,
+        inputs: &[Node],
+        span: Span,
+        src: SrcId,
+    ) -> Option<Node> {
+        self.eval_stack.push((inst.block.clone(), inst.src));
+        let result = match inst.out {
+            // No `out`: the members in order, as an `nn.Sequential`.
+            None => {
+                let [mut x] = inputs else {
+                    self.inputs_error(src, span, path, 1, inputs.len());
+                    self.eval_stack.pop();
+                    return None;
+                };
+                for (name, v, at) in &inst.modules {
+                    if let V::Module(m) = v {
+                        match self.apply(g, m, &join_path(path, name), &[x], *at, inst.src) {
+                            Some(y) => x = y,
+                            None => {
+                                self.eval_stack.pop();
+                                return None;
+                            }
+                        }
+                    }
+                }
+                Some(x)
+            }
+            Some((names, body)) => {
+                if names.len() != inputs.len() {
+                    self.inputs_error(src, span, path, names.len(), inputs.len());
+                    self.eval_stack.pop();
+                    return None;
+                }
+                let ctx = OutCtx {
+                    inst,
+                    path,
+                    inputs: names
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .zip(inputs.iter().copied())
+                        .collect(),
+                };
+                self.eval_out(g, body, &ctx)
+            }
+        };
+        self.eval_stack.pop();
+        result
+    }
+
+    /// Adds one layer reading `inputs`.
+    fn add_layer(
+        &mut self,
+        g: &mut Graph,
+        layer: Layer,
+        path: &str,
+        inputs: &[Node],
+        span: Span,
+        src: SrcId,
+    ) -> Option<Node> {
+        if layer.num_params() > 0 {
+            if let Some(first) = g.applied.get(path).copied() {
+                self.error_in(
+                    src,
+                    Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!(
+                                "`{path}` is applied twice (weight sharing is not supported)"
+                            ),
+                        },
+                        span,
+                        "applied again here",
+                    )
+                    .related(first, "first applied here")
+                    .hint("declare a second module for the second use"),
+                );
+                return None;
+            }
+            g.applied.insert(path.to_string(), span);
+        }
+        // A layer reading the previous node leaves `from` empty: chains
+        // stay chains in the plan.
+        let from = if inputs == [g.layers.len()] {
+            vec![]
+        } else {
+            inputs.to_vec()
+        };
+        let shapes: Vec<&[usize]> = inputs.iter().map(|&n| g.shape(n)).collect();
+        match LayerSpec::node(path, layer.clone(), &shapes, from) {
+            Ok(spec) => {
+                g.layers.push(spec);
+                Some(g.layers.len())
+            }
+            Err(msg) => {
+                let found = shapes.first().map_or_else(String::new, |s| fmt_shape(s));
+                let kind = match msg.strip_prefix("expected ") {
+                    Some(rest) if layer.is_join() || rest.contains(", found ") => {
+                        ErrorKind::ShapeMismatch {
+                            layer: format!("{path} ({})", layer.type_name()),
+                            expected: rest.split(", found ").next().unwrap_or(rest).into(),
+                            found: found.clone(),
+                        }
+                    }
+                    _ => ErrorKind::Invalid { message: msg },
+                };
+                let n: usize = shapes.first().map_or(0, |s| s.iter().product());
+                let hint = match &layer {
+                    Layer::Linear { in_features, .. }
+                        if shapes.first().is_some_and(|s| s.len() > 1) =>
+                    {
+                        Some(if *in_features == n {
+                            "add `flatten` before this layer".to_string()
+                        } else {
+                            format!("after `flatten` it would get [{n}]")
+                        })
+                    }
+                    _ => None,
+                };
+                self.error_in(
+                    src,
+                    Diagnostic::new(kind, span, format!("input of shape {found}")).hint_opt(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// Evaluates `out(x) = body`: the node of its result.
+    fn eval_out(&mut self, g: &mut Graph, e: &'a Expr, ctx: &OutCtx<'_, 'a>) -> Option<Node> {
+        let src = ctx.inst.src;
+        match &e.kind {
+            ExprKind::Ident(n) => {
+                if let Some(&x) = ctx.inputs.get(n.as_str()) {
+                    return Some(x);
+                }
+                self.out_error(e, n, ctx, "not an input of `out`");
+                None
+            }
+            ExprKind::Binary { op: BinOp::Add, .. } => {
+                // `a + b + c` is one n-ary addition.
+                let mut terms = Vec::new();
+                let mut ops = Vec::new();
+                flatten_sum(e, &mut terms, &mut ops);
+                let mut nodes = Vec::new();
+                for t in terms {
+                    nodes.push(self.eval_out(g, t, ctx)?);
+                }
+                let at = self.operator_span(src, ops[0], '+').unwrap_or(e.span);
+                self.join(
+                    g,
+                    Layer::Add,
+                    "+",
+                    &join_path(ctx.path, "add"),
+                    &nodes,
+                    at,
+                    src,
+                )
+            }
+            ExprKind::Call { callee, args } => {
+                let n = callee.name.as_str();
+                let tensor_args = |c: &mut Self, g: &mut Graph| -> Option<Vec<Node>> {
+                    let mut nodes = Vec::new();
+                    for a in args {
+                        if let Some(name) = &a.name {
+                            c.error_in(
+                                src,
+                                Diagnostic::new(
+                                    ErrorKind::UnknownOption {
+                                        func: n.into(),
+                                        name: name.name.clone(),
+                                    },
+                                    name.span,
+                                    "modules are applied to tensors only",
+                                ),
+                            );
+                            return None;
+                        }
+                        nodes.push(c.eval_out(g, &a.value, ctx)?);
+                    }
+                    Some(nodes)
+                };
+                if let Some(m) = ctx.inst.member(n) {
+                    let m = m.clone();
+                    let nodes = tensor_args(self, g)?;
+                    return match m {
+                        V::Module(module) => {
+                            self.apply(g, &module, &join_path(ctx.path, n), &nodes, e.span, src)
+                        }
+                        // An absent member is the identity.
+                        _ => match nodes.as_slice() {
+                            [x] => Some(*x),
+                            _ => {
+                                self.inputs_error(src, e.span, n, 1, nodes.len());
+                                None
+                            }
+                        },
+                    };
+                }
+                // `if(condition, a, b)`: a branch chosen by the block's
+                // parameters.
+                if n == "if" && args.len() == 3 && !ctx.inst.modules.iter().any(|m| m.0 == "if") {
+                    let frame = Frame {
+                        src,
+                        vars: ctx.inst.env.clone(),
+                        ..Frame::default()
+                    };
+                    let c = self.eval_v(&args[0].value, &frame)?;
+                    let V::Bool(c) = c else {
+                        self.error_in(
+                            src,
+                            Diagnostic::new(
+                                ErrorKind::TypeMismatch {
+                                    expected: "`true` or `false`".into(),
+                                    found: c.describe(),
+                                },
+                                args[0].value.span,
+                                "the condition of `if`",
+                            ),
+                        );
+                        return None;
+                    };
+                    return self.eval_out(g, &args[if c { 1 } else { 2 }].value, ctx);
+                }
+                // A parameter holding a parameter-free module (`act = relu`).
+                if let Some(V::Module(m)) = ctx.inst.env.get(n) {
+                    let m = m.clone();
+                    let nodes = tensor_args(self, g)?;
+                    return self.apply(g, &m, &join_path(ctx.path, n), &nodes, e.span, src);
+                }
+                if n == "cat" {
+                    let nodes = tensor_args(self, g)?;
+                    return self.join(
+                        g,
+                        Layer::Concat,
+                        "cat",
+                        &join_path(ctx.path, "cat"),
+                        &nodes,
+                        callee.span,
+                        src,
+                    );
+                }
+                if super::ctor::ctor_params(n).is_some() && !args.is_empty() {
+                    return self.functional(g, e, n, ctx);
+                }
+                self.out_error(e, n, ctx, "not a member of this block");
+                None
+            }
+            _ => {
+                self.error_in(
+                    src,
+                    Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "`out` applies members to its inputs".into(),
+                        },
+                        e.span,
+                        "not a module application",
+                    )
+                    .hint("write e.g. `out(x) = relu(bn(conv(x)) + x)`; joins are `+` and `cat(a, b)`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A parameter-free constructor applied directly: `flatten(x)`,
+    /// `maxpool2d(x, 2)` (the first argument is the tensor).
+    fn functional(
+        &mut self,
+        g: &mut Graph,
+        e: &'a Expr,
+        n: &str,
+        ctx: &OutCtx<'_, 'a>,
+    ) -> Option<Node> {
+        let ExprKind::Call { callee, args } = &e.kind else {
+            return None;
+        };
+        let src = ctx.inst.src;
+        let x = self.eval_out(g, &args[0].value, ctx)?;
+        let frame = Frame {
+            src,
+            vars: ctx.inst.env.clone(),
+            ..Frame::default()
+        };
+        // The options are evaluated like a member's constructor call.
+        let vals = self.eval_args(&args[1..], &frame)?;
+        let v = self.eval_ctor(e.span, callee, vals, &frame)?;
+        match v {
+            V::Module(m) => match &*m {
+                Module::Layer(l) if l.num_params() > 0 => {
+                    self.error_in(
+                        src,
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: format!("`{n}` has parameters: declare it as a member"),
+                            },
+                            callee.span,
+                            "parameters need a module name",
+                        )
+                        .hint(format!("e.g. `fc = {n}(...)` and `fc(x)` in `out`")),
+                    );
+                    None
+                }
+                _ => self.apply(g, &m, &join_path(ctx.path, n), &[x], e.span, src),
+            },
+            _ => Some(x),
+        }
+    }
+
+    fn out_error(&mut self, e: &'a Expr, n: &str, ctx: &OutCtx<'_, 'a>, label: &str) {
+        let mut cands: Vec<&str> = ctx.inputs.keys().copied().collect();
+        cands.extend(ctx.inst.modules.iter().map(|(m, _, _)| m.as_str()));
+        let d = Diagnostic::new(
+            ErrorKind::Unknown {
+                what: "member".into(),
+                name: n.into(),
+            },
+            e.span,
+            label,
+        )
+        .hint_opt(did_you_mean(n, cands.iter().copied()))
+        .hint(format!(
+            "`{}` has: {}",
+            ctx.inst.block,
+            ctx.inst
+                .modules
+                .iter()
+                .map(|(m, _, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.error_in(ctx.inst.src, d);
+    }
+
+    /// A join of branches; differing shapes are an error at the operator.
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        g: &mut Graph,
+        layer: Layer,
+        op: &str,
+        path: &str,
+        nodes: &[Node],
+        at: Span,
+        src: SrcId,
+    ) -> Option<Node> {
+        let shapes: Vec<&[usize]> = nodes.iter().map(|&n| g.shape(n)).collect();
+        if let Err(detail) = layer.output_shape(&shapes) {
+            let shown: Vec<String> = shapes.iter().map(|s| fmt_shape(s)).collect();
+            self.error_in(
+                src,
+                Diagnostic::new(
+                    ErrorKind::BranchMismatch {
+                        op: op.into(),
+                        shapes: shown.join(" and "),
+                    },
+                    at,
+                    format!("joins {}", shown.join(" and ")),
+                )
+                .hint_opt((op == "cat").then_some(detail)),
+            );
+            return None;
+        }
+        let from = nodes.to_vec();
+        match LayerSpec::node(path, layer, &shapes, from) {
+            Ok(spec) => {
+                g.layers.push(spec);
+                Some(g.layers.len())
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The first `op` character between two operands (the `+` of `a + b`).
+    fn operator_span(&self, src: SrcId, between: (Span, Span), op: char) -> Option<Span> {
+        let text = if src == 0 {
+            self.src
+        } else {
+            self.sources[src].text
+        };
+        let gap = text.get(between.0.end..between.1.start)?;
+        let i = gap.find(op)?;
+        let at = between.0.end + i;
+        Some(Span::new(at, at + 1))
+    }
+
+    /// Applies a model's root module to its input: the layers.
+    pub(super) fn build_graph(
+        &mut self,
+        root: &Rc<Module<'a>>,
+        root_path: &str,
+        input: Vec<usize>,
+        span: Span,
+    ) -> Option<(Vec<LayerSpec>, Vec<usize>)> {
+        let mut g = Graph::new(input);
+        // Errors in other sources are shown at the model's call.
+        let saved = self.anchor.replace(span);
+        let result = match self.apply(&mut g, root, root_path, &[0], span, 0) {
+            Some(out) => self.finish_graph(g, out, root, root_path, span),
+            None => None,
+        };
+        self.anchor = saved;
+        result
+    }
+
+    fn finish_graph(
+        &mut self,
+        g: Graph,
+        out: Node,
+        root: &Rc<Module<'a>>,
+        root_path: &str,
+        span: Span,
+    ) -> Option<(Vec<LayerSpec>, Vec<usize>)> {
+        if out != g.layers.len() || out == 0 {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: "the model's output is not computed by its last layer".into(),
+                },
+                span,
+                "`out` returns its input",
+            ));
+            return None;
+        }
+        let mut decl = Vec::new();
+        declared(root, root_path, span, 0, &mut decl);
+        if let Some(d) = decl.iter().find(|d| !g.applied.contains_key(&d.path)) {
+            let diag = Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!("`{}` is declared but `out` never applies it", d.path),
+                },
+                d.span,
+                "unused module",
+            )
+            .hint("apply it in `out(x) = ...`, or remove it (its weights would be in the state_dict but never used)");
+            self.error_in(d.src, diag);
+            return None;
+        }
+        let order = g.param_order(&decl);
+        Some((g.layers, order))
+    }
+}
+
+/// The terms of `a + b + c` and the operand pairs around each `+`.
+fn flatten_sum<'e>(e: &'e Expr, terms: &mut Vec<&'e Expr>, ops: &mut Vec<(Span, Span)>) {
+    match &e.kind {
+        ExprKind::Binary {
+            op: BinOp::Add,
+            lhs,
+            rhs,
+        } => {
+            flatten_sum(lhs, terms, ops);
+            ops.push((lhs.span, rhs.span));
+            terms.push(rhs);
+        }
+        _ => terms.push(e),
+    }
+}
+
+/// Parameter-free constructors and helpers that only the block evaluator
+/// knows: a top-level `sequential(...)` using them is built as a graph.
+const BLOCK_ONLY: [&str; 9] = [
+    "adaptive_avgpool2d",
+    "groupnorm",
+    "dropout",
+    "identity",
+    "sequential",
+    "when",
+    "if",
+    "repeat",
+    "require",
+];
+
+impl<'a> Checker<'a> {
+    /// Whether an item of a top-level `sequential(...)` is a block, a def,
+    /// a list or a constructor the layer-by-layer path does not know.
+    pub(super) fn needs_blocks(&self, e: &'a Expr) -> bool {
+        let d = self.deref(e);
+        let name = match &d.kind {
+            ExprKind::List(_) => return true,
+            ExprKind::Ident(n) => n,
+            ExprKind::Call { callee, .. } => &callee.name,
+            _ => return false,
+        };
+        self.defs.contains_key(name) || BLOCK_ONLY.contains(&name.as_str())
+    }
+
+    /// `model m = resnet18(classes = 10, input = [3, 32, 32], init = ...)`:
+    /// a block (or a def giving a module) as a whole model, its members
+    /// named from the root (`conv1`, `layer1.0.conv1`, `fc`).
+    pub(super) fn block_model(
+        &mut self,
+        callee: &'a Ident,
+        span: Span,
+        args: &'a [Arg],
+    ) -> Option<ModelSpec> {
+        let def = self.defs[&callee.name];
+        let declares_input = def.params().iter().any(|p| p.name.name == "input");
+        let mut opts = Call {
+            func: callee.name.clone(),
+            span,
+            args: BTreeMap::new(),
+            rest: vec![],
+        };
+        let mut rest = Vec::new();
+        for a in args {
+            match a.name.as_ref().map(|n| n.name.as_str()) {
+                Some("init") => {
+                    opts.args.insert("init", &a.value);
+                }
+                Some("weights") => {
+                    opts.args.insert("weights", &a.value);
+                }
+                Some("input") if !declares_input => {
+                    opts.args.insert("input", &a.value);
+                }
+                _ => rest.push(a),
+            }
+        }
+        // The arguments are written in the checked file.
+        let frame = Frame {
+            top: true,
+            ..Frame::default()
+        };
+        let vals = self.eval_args(rest, &frame)?;
+        let v = self.call_def(def, callee, span, vals, &frame)?;
+        let V::Module(root) = v else {
+            self.error(Diagnostic::new(
+                ErrorKind::TypeMismatch {
+                    expected: "a model (a module)".into(),
+                    found: v.describe(),
+                },
+                span,
+                format!("`{}` gives no module", callee.name),
+            ));
+            return None;
+        };
+        let input = if declares_input {
+            let v = self.top_params.get("input").cloned();
+            match v.as_ref().and_then(shape_of) {
+                Some(s) => s,
+                None => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: "an input shape such as `[3, 32, 32]` or `784`".into(),
+                            found: v.map_or("nothing".into(), |v| v.describe()),
+                        },
+                        self.origins.get("input").copied().unwrap_or(span),
+                        "`input` is the per-example input shape",
+                    ));
+                    return None;
+                }
+            }
+        } else {
+            match opts.get("input") {
+                Some(i) => self.int_list(i, "input", 1)?,
+                None => {
+                    self.missing(
+                        &opts,
+                        "input",
+                        "give the per-example input shape, e.g. `input = [3, 32, 32]`".into(),
+                    );
+                    return None;
+                }
+            }
+        };
+        let (layers, order) = self.build_graph(&root, "", input.clone(), span)?;
+        let output = layers.last().map(|l| l.output.clone()).unwrap_or_default();
+        self.finish_model(&opts, input, output, layers, order)
+    }
+
+    /// A top-level `sequential(...)` with blocks in it: `layers.{i}` as
+    /// before, a block's members below it (`layers.1.conv1`).
+    pub(super) fn block_sequential(
+        &mut self,
+        call: &Call<'a>,
+        input: Vec<usize>,
+    ) -> Option<ModelSpec> {
+        let frame = Frame {
+            top: true,
+            ..Frame::default()
+        };
+        let mut vals = Vec::new();
+        for e in &call.rest {
+            let value = self.eval_v(e, &frame)?;
+            vals.push(ArgV {
+                name: None,
+                value,
+                span: e.span,
+            });
+        }
+        let seq = Ident {
+            name: "sequential".into(),
+            span: call.span,
+        };
+        let V::Module(root) = self.eval_ctor(call.span, &seq, vals, &frame)? else {
+            return None;
+        };
+        let (layers, order) = self.build_graph(&root, "layers", input.clone(), call.span)?;
+        let output = layers.last().map(|l| l.output.clone()).unwrap_or_default();
+        self.finish_model(call, input, output, layers, order)
+    }
+}
+
+/// `784` or `[3, 32, 32]` as a shape.
+fn shape_of(v: &V) -> Option<Vec<usize>> {
+    match v {
+        V::Int(i) if *i > 0 => Some(vec![*i as usize]),
+        V::List(items) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                V::Int(k) if *k > 0 => Some(*k as usize),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}

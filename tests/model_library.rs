@@ -1,0 +1,145 @@
+//! The model library written in the language (`src/models/*.ngx`):
+//! parameter counts against torchvision's, structural validity, and
+//! torchvision's `state_dict` names.
+
+use nngeo::check::CheckOptions;
+use nngeo::plan::{ModelSpec, Op};
+
+/// The specs of the models a source declares, by name.
+fn models(src: &str) -> Vec<(String, ModelSpec)> {
+    let opts = CheckOptions {
+        default_budget: 16 << 30,
+        ..CheckOptions::default()
+    };
+    let plan = nngeo::compile_source(src, &opts)
+        .unwrap_or_else(|d| panic!("{}", nngeo::diag::render("model.ngx", src, &d)));
+    plan.steps
+        .into_iter()
+        .filter_map(|s| match s.op {
+            Op::Model { name, spec } => Some((name, spec)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn model(call: &str) -> ModelSpec {
+    let src = format!("experiment m {{ seed = 0 }}\nmodel net = {call}\n");
+    models(&src).remove(0).1
+}
+
+#[test]
+fn parameter_counts_match_torchvision() {
+    for (call, params) in [
+        ("resnet18()", 11_689_512),
+        ("resnet34()", 21_797_672),
+        ("vgg(depth = 11)", 132_863_336),
+        ("vgg(depth = 11, bn = true)", 132_868_840),
+        ("vgg(depth = 16)", 138_357_544),
+        ("vgg(depth = 19)", 143_667_240),
+        // Zagoruyko & Komodakis' WRN-28-10 on CIFAR-10.
+        ("wide_resnet(depth = 28, width = 10)", 36_479_194),
+        ("lenet5()", 61_706),
+        // 784-1000-500-250-30-250-500-1000-784.
+        ("autoencoder()", 2_837_314),
+    ] {
+        let spec = model(call);
+        assert_eq!(spec.params, params, "{call}");
+        spec.validate().unwrap_or_else(|e| panic!("{call}: {e}"));
+    }
+}
+
+#[test]
+fn every_library_model_checks_and_validates_at_its_defaults() {
+    let lib = nngeo::check::library_models();
+    let names: Vec<&str> = lib.iter().map(|m| m.name.as_str()).collect();
+    for want in [
+        "resnet18",
+        "resnet34",
+        "vgg",
+        "wide_resnet",
+        "lenet5",
+        "autoencoder",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for m in &lib {
+        let spec = model(&format!("{}()", m.name));
+        spec.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", m.name));
+        assert!(!m.doc.is_empty(), "{} has no doc comment", m.name);
+    }
+}
+
+#[test]
+fn cifar_variants_and_options() {
+    let r = model("resnet18(classes = 10, stem = cifar, input = [3, 32, 32])");
+    assert_eq!(r.output, vec![10]);
+    assert_eq!(r.layers[0].name, "conv1");
+    assert!(r.layer("maxpool").is_none());
+    let v = model("vgg(depth = 16, head = cifar, classes = 10, input = [3, 32, 32])");
+    assert_eq!(v.layers.last().unwrap().name, "classifier");
+    // kuangliu/pytorch-cifar's VGG16 (with batch norm) has 14,728,266:
+    // without its 8,448 batch-norm parameters, 14,719,818.
+    assert_eq!(v.params, 14_728_266 - 8_448);
+    for call in [
+        "wide_resnet(depth = 16, width = 4)",
+        "lenet5(input = [3, 32, 32], act = tanh)",
+        "autoencoder(input = 64, hidden = [32, 16, 8], code = 4, act = sigmoid)",
+        "resnet34(classes = 100, stem = cifar, input = [3, 32, 32])",
+    ] {
+        model(call)
+            .validate()
+            .unwrap_or_else(|e| panic!("{call}: {e}"));
+    }
+}
+
+/// torchvision's `resnet18().state_dict().keys()`, in order (abridged to
+/// the first block, a downsampling block and the head).
+#[test]
+fn resnet18_state_dict_names_are_torchvision_s() {
+    let keys: Vec<String> = model("resnet18()")
+        .state_tensors()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 122);
+    let expect_prefix = [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn1.weight",
+    ];
+    assert_eq!(&keys[..8], &expect_prefix);
+    let i = keys
+        .iter()
+        .position(|k| k == "layer2.0.downsample.0.weight")
+        .unwrap();
+    assert_eq!(keys[i - 1], "layer2.0.bn2.num_batches_tracked");
+    assert_eq!(keys[i + 1], "layer2.0.downsample.1.weight");
+    assert_eq!(&keys[120..], &["fc.weight", "fc.bias"]);
+}
+
+#[test]
+fn vgg_names_skip_absent_batch_norms() {
+    let plain: Vec<String> = model("vgg(depth = 11)")
+        .param_layers()
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(&plain[..3], &["features.0", "features.3", "features.6"]);
+    assert_eq!(
+        &plain[plain.len() - 3..],
+        &["classifier.0", "classifier.3", "classifier.6"]
+    );
+    let bn: Vec<String> = model("vgg(depth = 11, bn = true)")
+        .param_layers()
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(
+        &bn[..4],
+        &["features.0", "features.1", "features.4", "features.5"]
+    );
+}
