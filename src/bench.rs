@@ -69,7 +69,77 @@ pub const CASES: &[Case] = &[
         what: "Ntk(Dense), MLP 784-512-512-10, n = 1000",
         reference: Some(4.9),
     },
+    Case {
+        name: "resnet18-kfac",
+        what: "Fim(KFAC) of conv/linear layers, ResNet18 (CIFAR stem, 32×32, 10 classes), n = 256",
+        reference: None,
+    },
+    Case {
+        name: "resnet18-ekfac-refit",
+        what: "Fim(EKFAC(refit = true)) of conv/linear layers, same",
+        reference: None,
+    },
+    Case {
+        name: "resnet18-diag",
+        what: "Fim(Diag) of every layer, same",
+        reference: None,
+    },
+    Case {
+        name: "resnet18-ntk-100",
+        what: "Ntk(Dense), ResNet18, n = 100",
+        reference: None,
+    },
+    Case {
+        name: "resnet18-sgd-128",
+        what: "one SGD step (training-mode BatchNorm), ResNet18, batch 128",
+        reference: None,
+    },
 ];
+
+/// The ResNet18 cases' width (channels of the first stage; torchvision:
+/// 64): `$NNGEO_BENCH_WIDTH` scales them down for a laptop.
+pub fn resnet_width() -> usize {
+    std::env::var("NNGEO_BENCH_WIDTH")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w| w > 0)
+        .unwrap_or(64)
+}
+
+/// ResNet18 from the model library (CIFAR stem) on `n` random 3×32×32
+/// images.
+fn resnet18<O: Ops>(o: &O, n: usize) -> (Setup<O>, crate::plan::ModelSpec) {
+    let src = format!(
+        "experiment b {{ dtype = f32 }}\nmodel net = resnet18(classes = 10, stem = cifar, input = [3, 32, 32], width = {})\n",
+        resnet_width()
+    );
+    let plan = crate::compile_source(&src, &Default::default()).expect("ResNet18 compiles");
+    let spec = plan
+        .steps
+        .iter()
+        .find_map(|s| match &s.op {
+            Op::Model { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .expect("a model step");
+    let o = o.clone();
+    let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).expect("net");
+    let mut rng = crate::rng::Rng::new(0);
+    let xs: Vec<f64> = (0..n * 3 * 32 * 32).map(|_| rng.normal()).collect();
+    let y = (0..n).map(|_| rng.below(10) as f64).collect();
+    let x = o.upload(&[n, 3, 32, 32], &xs).expect("upload");
+    (
+        Setup {
+            o,
+            net,
+            x,
+            y,
+            n,
+            widths: vec![],
+        },
+        spec,
+    )
+}
 
 struct Setup<O: Ops> {
     o: O,
@@ -248,6 +318,72 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                 })
                 .sum();
             (secs, flops, (k.rows * k.cols) as f64 * 4.0)
+        }
+        "resnet18-kfac" | "resnet18-ekfac-refit" | "resnet18-diag" => {
+            let (s, spec) = resnet18(o, 256);
+            let mut p = s.problem();
+            let kind = match name {
+                "resnet18-kfac" => BlockKind::Kfac,
+                "resnet18-ekfac-refit" => BlockKind::Ekfac { refit: true },
+                _ => BlockKind::Diag,
+            };
+            if kind != BlockKind::Diag {
+                // KFAC-type structures cover the conv and linear layers, as NNGeometry's.
+                p.slots = s
+                    .net
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, sl)| {
+                        matches!(sl.kind, crate::geometry::net::SlotKind::Affine { .. })
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+            let t = Instant::now();
+            let f = p
+                .fim_blocks(&TRUE_FISHER, &vec![kind; p.slots.len()])
+                .map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            // One forward and a 9-output backward pass (≈ 2× forward each).
+            let fwd = crate::plan::cost::forward_flops(&spec) as f64 * s.n as f64;
+            (secs, fwd * (1.0 + 2.0 * 9.0), f.stored() as f64 * 4.0)
+        }
+        "resnet18-ntk-100" => {
+            let (s, spec) = resnet18(o, 100);
+            let p = s.problem();
+            let t = Instant::now();
+            let k = p.ntk_dense(false).map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 100.0;
+            let (nf, c, pp) = (100.0, 10.0, spec.params as f64);
+            (
+                secs,
+                fwd * (1.0 + 2.0 * c) + 2.0 * (nf * c).powi(2) * pp / 2.0,
+                (k.rows * k.cols) as f64 * 4.0,
+            )
+        }
+        "resnet18-sgd-128" => {
+            let (s, spec) = resnet18(o, 128);
+            let p = s.problem();
+            let t = Instant::now();
+            let (_, g, stats) = p
+                .loss_gradient_in(false, crate::geometry::net::Phase::Train { seed: 0 })
+                .map_err(e)?;
+            let mut params = s.net.params.clone();
+            let w: Vec<f64> = params
+                .flat()
+                .iter()
+                .zip(&g)
+                .map(|(w, g)| w - 0.1 * g)
+                .collect();
+            params.set_flat(&w).map_err(e)?;
+            crate::engine::train::update_running_stats(&mut params, &spec, &stats);
+            let net = s.net.with_params(o, params).map_err(e)?;
+            let secs = t.elapsed().as_secs_f64();
+            drop(net);
+            let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 128.0;
+            (secs, 3.0 * fwd, spec.params as f64 * 4.0)
         }
         other => return Err(format!("no benchmark case `{other}`")),
     })

@@ -375,7 +375,7 @@ fn models_lists_the_library_with_parameter_counts() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     for line in [
-        "resnet18(classes = 1000, stem = imagenet, input = [3, 224, 224])",
+        "resnet18(classes = 1000, stem = imagenet, input = [3, 224, 224], width = 64)",
         "11,689,512 parameters",
         "vgg(depth = 16, bn = false",
         "138,357,544 parameters",

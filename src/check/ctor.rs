@@ -28,8 +28,8 @@ pub const CTORS: [(&str, &[&str]); 18] = [
     ("sigmoid", &[]),
     ("gelu", &[]),
     ("flatten", &[]),
-    ("maxpool2d", &["kernel", "stride"]),
-    ("avgpool2d", &["kernel", "stride"]),
+    ("maxpool2d", &["kernel", "stride", "padding"]),
+    ("avgpool2d", &["kernel", "stride", "padding"]),
     ("adaptive_avgpool2d", &["output"]),
     ("batchnorm1d", &["features", "eps"]),
     ("batchnorm2d", &["features", "eps"]),
@@ -97,10 +97,19 @@ impl<'a> Checker<'a> {
             "maxpool2d" | "avgpool2d" => {
                 let kernel = g.pair("kernel", None, 1)?;
                 let stride = g.pair("stride", Some(kernel), 1)?;
+                let padding = g.pair("padding", Some([0, 0]), 0)?;
                 if name == "maxpool2d" {
-                    Layer::MaxPool2d { kernel, stride }
+                    Layer::MaxPool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
                 } else {
-                    Layer::AvgPool2d { kernel, stride }
+                    Layer::AvgPool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
                 }
             }
             "adaptive_avgpool2d" => Layer::AdaptiveAvgPool2d {
@@ -140,13 +149,16 @@ impl<'a> Checker<'a> {
                     eps: g.eps()?,
                 }
             }
-            // `dropout(p)` and `identity`: identity at evaluation.
-            _ => {
-                if a.contains_key("p") {
-                    g.number_in("p", 0.0, 1.0)?;
-                }
-                return Some(V::Module(Rc::new(Module::Identity)));
-            }
+            // Dropout acts in training only (seeded per step); every
+            // measurement sees the identity.
+            "dropout" => Layer::Dropout {
+                p: if a.contains_key("p") {
+                    g.number_in("p", 0.0, 1.0)?
+                } else {
+                    0.5
+                },
+            },
+            _ => return Some(V::Module(Rc::new(Module::Identity))),
         };
         Some(V::Module(Rc::new(Module::Layer(layer))))
     }
