@@ -42,7 +42,8 @@ fn synthetic_cifar(dir: &Path, per_batch: usize) {
     for name in names {
         let mut bytes = Vec::with_capacity(per_batch * 3073);
         for _ in 0..per_batch {
-            let label = (next() % 10) as u8;
+            // Balanced classes, so that per-class probes can be drawn.
+            let label = (bytes.len() / 3073 % 10) as u8;
             bytes.push(label);
             for p in 0..3072 {
                 let base = (label as usize * 23 + p / 1024 * 40) % 200;
@@ -118,4 +119,132 @@ fn a_missing_standard_dataset_names_the_file_and_where_it_looked() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// MNIST's IDX files (`mnist/train-images-idx3-ubyte`, …) with `n` random
+/// 28×28 images per split.
+fn synthetic_mnist(dir: &Path, n: u32) {
+    let root = dir.join("mnist");
+    std::fs::create_dir_all(&root).unwrap();
+    for stem in ["train", "t10k"] {
+        let mut img = vec![0, 0, 8, 3];
+        for d in [n, 28, 28] {
+            img.extend(d.to_be_bytes());
+        }
+        img.extend((0..n * 784).map(|i| (i * 7919 % 251) as u8));
+        std::fs::write(root.join(format!("{stem}-images-idx3-ubyte")), img).unwrap();
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend(n.to_be_bytes());
+        lab.extend((0..n).map(|i| (i % 10) as u8));
+        std::fs::write(root.join(format!("{stem}-labels-idx1-ubyte")), lab).unwrap();
+    }
+}
+
+/// Each paper file, and the edits that shrink it to seconds on a CPU
+/// (width, length, batch, probe sizes); every edit must apply.
+const PAPER: &[(&str, &[(&str, &str)])] = &[
+    (
+        "lazy_vs_hasty_cifar",
+        &[
+            ("width = 64", "width = 2"),
+            ("epochs = 30", "steps = 3"),
+            ("batch = 128", "batch = 20"),
+            ("every = 390", "every = 3"),
+        ],
+    ),
+    (
+        "ntk_align_cifar",
+        &[
+            // Narrower, a 19-layer ReLU net's signal dies (a NaN alignment).
+            ("width = 64", "width = 8"),
+            ("epochs = 50", "steps = 6"),
+            ("batch = 128", "batch = 20"),
+            (
+                "take(10, per_class, seed = 1)\n\nmodel",
+                "take(2, per_class, seed = 1)\n\nmodel",
+            ),
+            ("noisy |> take(10, per_class", "noisy |> take(2, per_class"),
+        ],
+    ),
+    (
+        "ekfac_cifar",
+        &[
+            ("width = 64", "width = 2"),
+            ("epochs = 20", "steps = 3"),
+            ("batch = 128", "batch = 20"),
+            ("refresh = 50)", "refresh = 2)"),
+            ("refresh = 50, refit = 10", "refresh = 2, refit = 1"),
+        ],
+    ),
+    (
+        "ekfac_mnist_autoencoder",
+        &[
+            (
+                "hidden = [1000, 500, 250], code = 30",
+                "hidden = [16, 8, 4], code = 2",
+            ),
+            ("epochs = 10", "steps = 3"),
+            ("batch = 256", "batch = 20"),
+            ("refresh = 20)", "refresh = 2)"),
+            ("refresh = 20, refit = 5", "refresh = 2, refit = 1"),
+        ],
+    ),
+];
+
+fn paper_file(name: &str) -> String {
+    format!("experiments/paper/{name}.ngx")
+}
+
+#[test]
+fn paper_experiments_check_and_plan_with_their_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_cifar(dir.path(), 150);
+    synthetic_mnist(dir.path(), 300);
+    for (name, _) in PAPER {
+        let out = nngeo(&["plan", &paper_file(name)], Some(dir.path()));
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let plan = text(&out.stdout);
+        assert!(
+            plan.contains("FLOP") && plan.contains("B "),
+            "{name}: {plan}"
+        );
+        assert!(plan.contains("train"), "{name}: {plan}");
+    }
+    let files: Vec<String> = PAPER.iter().map(|(n, _)| paper_file(n)).collect();
+    let mut args = vec!["check"];
+    args.extend(files.iter().map(|s| s.as_str()));
+    let out = nngeo(&args, Some(dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn paper_experiments_run_end_to_end_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_cifar(dir.path(), 20);
+    synthetic_mnist(dir.path(), 60);
+    for (name, edits) in PAPER {
+        let mut src =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(paper_file(name)))
+                .unwrap();
+        for (from, to) in *edits {
+            assert!(src.contains(from), "{name}: `{from}` not in the file");
+            src = src.replace(from, to);
+        }
+        let file = dir.path().join(format!("{name}.ngx"));
+        std::fs::write(&file, src).unwrap();
+        let out_dir = dir.path().join(name);
+        let out = nngeo(
+            &[
+                "exec",
+                file.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            Some(dir.path()),
+        );
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+        assert!(results.lines().count() > 5, "{name}: {results}");
+        assert!(results.contains("\"train/loss\""), "{name}");
+    }
 }
