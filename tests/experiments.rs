@@ -227,3 +227,34 @@ fn lazy_vs_hasty_runs_reduced() {
     assert!(far("hasty") > 20.0 * far("lazy"));
     assert!(summary.contains("Lazy vs hasty"), "{summary}");
 }
+
+/// The residual variant: a ResNet (BatchNorm trained with batch
+/// statistics) runs in all three regimes with the same groups, and the
+/// lazy model's weights move far less than the hasty one's.
+#[test]
+fn lazy_vs_hasty_resnet_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, _) = run_reduced(
+        "lazy_vs_hasty_resnet",
+        reduced::LAZY_VS_HASTY_RESNET,
+        dir.path(),
+    );
+    for regime in ["hasty", "lazy", "linear"] {
+        for group in ["clean", "flipped", "difficulty 1/4", "difficulty 4/4"] {
+            assert!(
+                results.iter().any(|r| r["key"] == "examples/accuracy"
+                    && r["sweep"]["regime"] == regime
+                    && r["sweep"]["group"] == group),
+                "no {group} accuracy for {regime}"
+            );
+        }
+    }
+    let moved = series(&results, "distance_from_init", "regime");
+    let far = |regime: &str| moved.iter().rfind(|x| x.0 == regime).unwrap().2;
+    assert!(
+        far("hasty") > 20.0 * far("lazy"),
+        "{} vs {}",
+        far("hasty"),
+        far("lazy")
+    );
+}

@@ -37,6 +37,12 @@ pub const LAZY_VS_HASTY: &[(&str, &str)] = &[
     ("every 100 steps", "every 20 steps"),
 ];
 
+pub const LAZY_VS_HASTY_RESNET: &[(&str, &str)] = &[
+    ("take(600, random, seed = 1)", "take(200, random, seed = 1)"),
+    ("steps = 600", "steps = 40"),
+    ("every 100 steps", "every 20 steps"),
+];
+
 /// `experiments/<name>.ngx` under `root` with `edits` applied, each of
 /// which must apply.
 pub fn source(root: &Path, name: &str, edits: &[(&str, &str)]) -> String {

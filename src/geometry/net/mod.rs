@@ -546,12 +546,29 @@ impl<O: Ops> Net<O> {
     }
 
     /// The same model (same mode and initial weights) at other weights.
+    ///
+    /// A centred scaled model subtracts the initial weights' function
+    /// under the *current* BatchNorm running statistics: `f(w)` and
+    /// `f(w₀)` are then normalised alike in evaluation as they are in
+    /// training (batch statistics), instead of `α` times a mismatch of
+    /// running statistics dominating every measurement.
     pub fn with_params(&self, o: &O, params: HostParams) -> OpsResult<Self> {
         let mode = match &self.mode {
             Reparam::Plain => Reparam::Plain,
             Reparam::Scaled { alpha, base } => Reparam::Scaled {
                 alpha: *alpha,
-                base: base.clone(),
+                base: match base {
+                    Some(b) if self.has_batch_norm() => {
+                        let mut p = b.params.clone();
+                        for t in p.tensors.iter_mut().filter(|t| !t.trainable) {
+                            if let Some(now) = params.get(&t.key) {
+                                t.data.clone_from(&now.data);
+                            }
+                        }
+                        Some(Arc::new(Net::new(o, &b.spec, p)?))
+                    }
+                    other => other.clone(),
+                },
             },
             Reparam::Linearized { base, center, .. } => Reparam::Linearized {
                 base: base.clone(),
