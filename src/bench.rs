@@ -113,15 +113,7 @@ fn resnet18<O: Ops>(o: &O, n: usize) -> (Setup<O>, crate::plan::ModelSpec) {
         "experiment b {{ dtype = f32 }}\nmodel net = resnet18(classes = 10, stem = cifar, input = [3, 32, 32], width = {})\n",
         resnet_width()
     );
-    let plan = crate::compile_source(&src, &Default::default()).expect("ResNet18 compiles");
-    let spec = plan
-        .steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .expect("a model step");
+    let spec = model_of(&src);
     let o = o.clone();
     let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).expect("net");
     let mut rng = crate::rng::Rng::new(0);
@@ -150,6 +142,18 @@ struct Setup<O: Ops> {
     widths: Vec<usize>,
 }
 
+/// The model an `.ngx` source declares (the benchmark's own sources).
+fn model_of(src: &str) -> crate::plan::ModelSpec {
+    let plan = crate::compile_source(src, &Default::default()).expect("benchmark model compiles");
+    plan.steps
+        .iter()
+        .find_map(|s| match &s.op {
+            Op::Model { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .expect("a model step")
+}
+
 fn mlp<O: Ops>(o: &O, widths: &[usize], n: usize) -> Setup<O> {
     let hidden: Vec<String> = widths[1..widths.len() - 1]
         .iter()
@@ -161,15 +165,7 @@ fn mlp<O: Ops>(o: &O, widths: &[usize], n: usize) -> Setup<O> {
         hidden.join(", "),
         widths[widths.len() - 1]
     );
-    let plan = crate::compile_source(&src, &Default::default()).expect("benchmark model compiles");
-    let spec = plan
-        .steps
-        .iter()
-        .find_map(|s| match &s.op {
-            Op::Model { spec, .. } => Some(spec.clone()),
-            _ => None,
-        })
-        .expect("a model step");
+    let spec = model_of(&src);
     let o = o.clone();
     let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).expect("net");
     let mut rng = crate::rng::Rng::new(0);

@@ -88,6 +88,7 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
             }
         }
     };
+    let or_zero = |k: &str| if m[k].is_null() { [0, 0] } else { pair(k) };
     let eps = m["eps"].as_f64().unwrap_or(1e-5);
     match m["type"].as_str().unwrap() {
         "Linear" => Layer::Linear {
@@ -119,20 +120,12 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
         "MaxPool2d" => Layer::MaxPool2d {
             kernel: pair("kernel_size"),
             stride: pair("stride"),
-            padding: if m["padding"].is_null() {
-                [0, 0]
-            } else {
-                pair("padding")
-            },
+            padding: or_zero("padding"),
         },
         "AvgPool2d" => Layer::AvgPool2d {
             kernel: pair("kernel_size"),
             stride: pair("stride"),
-            padding: if m["padding"].is_null() {
-                [0, 0]
-            } else {
-                pair("padding")
-            },
+            padding: or_zero("padding"),
         },
         "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
             output: pair("output_size"),
