@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+// Not every reduced configuration is compared across backends here.
+#[allow(dead_code)]
 #[path = "../../../tests/conformance/reduced.rs"]
 mod reduced;
 
