@@ -152,6 +152,35 @@ fn tasks_layers_and_variants() {
     assert!(num(&r, "t/mix") > 0.0 && num(&r, "t/bd") > 0.0);
 }
 
+/// A mix keyed by layer names and globs gives each layer the block its
+/// structure alone gives it; a later entry overrides an earlier one.
+#[test]
+fn mix_by_layer_name_gives_each_layer_its_structure() {
+    let r = run(
+        "f64",
+        "let M = Fim(mix(conv = KFAC, linear = KFAC, \"layers.5\" = Diag, \"layers.0\" = EKFAC(refit = true))) of net on probe\n\
+         let G = Fim(mix(\"layers.*\" = Diag, \"layers.3\" = BlockDiag)) of net on probe\n\
+         measure frobenius(M[\"layers.5\"]) as \"m5\", frobenius((Fim(Diag) of net on probe)[\"layers.5\"]) as \"d5\"\n\
+         measure frobenius(M[\"layers.3\"]) as \"m3\", frobenius((Fim(KFAC) of net on probe)[\"layers.3\"]) as \"k3\"\n\
+         measure frobenius(M[\"layers.0\"]) as \"m0\", frobenius((Fim(EKFAC(refit = true)) of net on probe)[\"layers.0\"]) as \"e0\"\n\
+         measure frobenius(G[\"layers.3\"]) as \"g3\", frobenius((Fim(BlockDiag) of net on probe)[\"layers.3\"]) as \"b3\"\n\
+         measure frobenius(G[\"layers.0\"]) as \"g0\", frobenius((Fim(Diag) of net on probe)[\"layers.0\"]) as \"d0\"",
+    );
+    for (got, want) in [
+        ("m5", "d5"),
+        ("m3", "k3"),
+        ("m0", "e0"),
+        ("g3", "b3"),
+        ("g0", "d0"),
+    ] {
+        let (g, w) = (num(&r, got), num(&r, want));
+        assert!((g - w).abs() <= 1e-12 * w, "{got} = {g} vs {want} = {w}");
+    }
+    // The structures differ on these layers, so the test can tell them apart.
+    assert!((num(&r, "k3") - num(&r, "b3")).abs() > 1e-6 * num(&r, "b3"));
+    assert!((num(&r, "d5") - num(&r, "m3")).abs() > 0.0);
+}
+
 #[test]
 fn float32_runs_agree_with_float64() {
     let body = "let F = Fim(KFAC) of net on probe\n\

@@ -15,12 +15,26 @@ pub struct Call<'a> {
     pub args: BTreeMap<&'static str, &'a Expr>,
     /// Positional arguments beyond the named parameters (variadic calls).
     pub rest: Vec<&'a Expr>,
+    /// Arguments keyed by a quoted layer name or pattern (`"fc" = Diag`),
+    /// in source order, for calls that take them.
+    pub keyed: Vec<(&'a Ident, &'a Expr)>,
 }
 
 impl<'a> Call<'a> {
     pub fn get(&self, name: &str) -> Option<&'a Expr> {
         self.args.get(name).copied()
     }
+}
+
+/// Where a call's arguments beyond its named parameters may go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Extra {
+    /// Nowhere: they are errors.
+    None,
+    /// Surplus positional arguments go to [`Call::rest`].
+    Variadic,
+    /// Arguments keyed by a quoted layer name go to [`Call::keyed`].
+    Keyed,
 }
 
 impl<'a> Checker<'a> {
@@ -32,7 +46,7 @@ impl<'a> Checker<'a> {
         args: &'a [Arg],
         params: &[&'static str],
     ) -> Option<Call<'a>> {
-        self.bind_inner(callee, span, args, params, false)
+        self.bind_as(callee, span, args, params, Extra::None)
     }
 
     /// Like [`bind`], but surplus positional arguments go to `rest`.
@@ -43,26 +57,38 @@ impl<'a> Checker<'a> {
         args: &'a [Arg],
         params: &[&'static str],
     ) -> Option<Call<'a>> {
-        self.bind_inner(callee, span, args, params, true)
+        self.bind_as(callee, span, args, params, Extra::Variadic)
     }
 
-    fn bind_inner(
+    /// Like [`bind`], with `extra` saying where arguments beyond the named
+    /// parameters go.
+    pub(super) fn bind_as(
         &mut self,
         callee: &Ident,
         span: Span,
         args: &'a [Arg],
         params: &[&'static str],
-        variadic: bool,
+        extra: Extra,
     ) -> Option<Call<'a>> {
         let mut call = Call {
             func: callee.name.clone(),
             span,
             args: BTreeMap::new(),
             rest: Vec::new(),
+            keyed: Vec::new(),
         };
         let mut ok = true;
         let mut next_positional = 0;
         for a in args {
+            if let (true, Some(n)) = (a.quoted, &a.name) {
+                if extra == Extra::Keyed {
+                    call.keyed.push((n, &a.value));
+                } else {
+                    self.error(quoted_key(callee, n));
+                    ok = false;
+                }
+                continue;
+            }
             match &a.name {
                 Some(n) => match params.iter().find(|p| **p == n.name) {
                     Some(p) => {
@@ -84,15 +110,16 @@ impl<'a> Checker<'a> {
                 },
                 None => {
                     // Variadic calls take every positional argument as `rest`.
-                    if variadic {
+                    if extra == Extra::Variadic {
                         call.rest.push(&a.value);
                         continue;
                     }
                     while next_positional < params.len()
                         && args.iter().any(|b| {
-                            b.name
-                                .as_ref()
-                                .is_some_and(|n| n.name == params[next_positional])
+                            !b.quoted
+                                && b.name
+                                    .as_ref()
+                                    .is_some_and(|n| n.name == params[next_positional])
                         })
                     {
                         next_positional += 1;
@@ -552,4 +579,19 @@ pub fn quoted(choices: &[&str]) -> String {
         1 => q[0].clone(),
         n => format!("{} or {}", q[..n - 1].join(", "), q[n - 1]),
     }
+}
+
+/// A quoted key (`"fc" = ...`) where the function takes only option names.
+pub(super) fn quoted_key(callee: &Ident, key: &Ident) -> Diagnostic {
+    Diagnostic::new(
+        ErrorKind::Invalid {
+            message: format!("`{}` takes no layer-keyed arguments", callee.name),
+        },
+        key.span,
+        "a quoted name keys a layer",
+    )
+    .hint(format!(
+        "write option names without quotes (`{} = ...`); quoted layer names are for `mix(...)`",
+        key.name
+    ))
 }

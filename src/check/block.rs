@@ -462,6 +462,15 @@ impl<'a> Checker<'a> {
         let mut out = Vec::new();
         let mut ok = true;
         for a in args {
+            if let (true, Some(n)) = (a.quoted, &a.name) {
+                let callee = Ident {
+                    name: "a block".into(),
+                    span: a.span,
+                };
+                self.error_in(f.src, super::args::quoted_key(&callee, n));
+                ok = false;
+                continue;
+            }
             match self.eval_v(&a.value, f) {
                 Some(value) => out.push(ArgV {
                     name: a.name.as_ref(),

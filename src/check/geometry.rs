@@ -1,5 +1,6 @@
 //! Representations (`Fim(KFAC) of net on probe`), vectors and measurements.
 
+use super::args::Extra;
 use super::env::{Binding, DataV, ModelV, ReprV, Val, VecV};
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
@@ -201,7 +202,25 @@ impl<'a> Checker<'a> {
         ok
     }
 
-    fn structure(&mut self, e: &'a Expr) -> Option<Structure> {
+    /// One entry of a mix: a per-layer structure (not Dense, not a mix).
+    fn mix_part(&mut self, e: &'a Expr) -> Option<Structure> {
+        let st = self.structure(e, None)?;
+        if matches!(st, Structure::Mix { .. } | Structure::Dense) {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!("`{}` cannot be part of a mix", st.name()),
+                },
+                e.span,
+                "a mix combines per-layer structures",
+            ));
+            return None;
+        }
+        Some(st)
+    }
+
+    /// A structure expression; `layers` (the model's parameterised layer
+    /// names and how to show the model) resolves a mix's quoted layer keys.
+    fn structure(&mut self, e: &'a Expr, layers: Option<(&[&str], &str)>) -> Option<Structure> {
         let d = self.deref(e);
         let (callee, args): (Ident, &'a [Arg]) = match &d.kind {
             ExprKind::Ident(n) => (
@@ -278,7 +297,13 @@ impl<'a> Checker<'a> {
                 Structure::LowRank { rank }
             }
             "mix" => {
-                let c = self.bind(&callee, span, args, &["linear", "conv", "norm"])?;
+                let c = self.bind_as(
+                    &callee,
+                    span,
+                    args,
+                    &["linear", "conv", "norm"],
+                    Extra::Keyed,
+                )?;
                 let mut families = BTreeMap::new();
                 for (key, fam) in [
                     ("linear", LayerFamily::Linear),
@@ -286,21 +311,21 @@ impl<'a> Checker<'a> {
                     ("norm", LayerFamily::Norm),
                 ] {
                     if let Some(s) = c.get(key) {
-                        let st = self.structure(s)?;
-                        if matches!(st, Structure::Mix { .. } | Structure::Dense) {
-                            self.error(Diagnostic::new(
-                                ErrorKind::Invalid {
-                                    message: format!("`{}` cannot be part of a mix", st.name()),
-                                },
-                                s.span,
-                                "a mix combines per-layer structures",
-                            ));
-                            return None;
-                        }
-                        families.insert(fam, st);
+                        families.insert(fam, self.mix_part(s)?);
                     }
                 }
-                if families.is_empty() {
+                // Layer-keyed entries override their family's; a later
+                // entry overrides an earlier one.
+                let mut by_layer = BTreeMap::new();
+                for (key, s) in &c.keyed {
+                    let st = self.mix_part(s)?;
+                    if let Some((known, owner)) = layers {
+                        for hit in self.match_layers(&key.name, known, key.span, owner)? {
+                            by_layer.insert(hit, st.clone());
+                        }
+                    }
+                }
+                if families.is_empty() && c.keyed.is_empty() {
                     self.error(
                         Diagnostic::new(
                             ErrorKind::MissingOption {
@@ -310,11 +335,14 @@ impl<'a> Checker<'a> {
                             span,
                             "an empty mix",
                         )
-                        .hint("e.g. `mix(linear = EKFAC, conv = EKFAC, norm = BlockDiag)`"),
+                        .hint("e.g. `mix(linear = EKFAC, conv = EKFAC, norm = BlockDiag, \"fc\" = Diag)`"),
                     );
                     return None;
                 }
-                Structure::Mix { families }
+                Structure::Mix {
+                    families,
+                    layers: by_layer,
+                }
             }
             other => {
                 let upper: Vec<&str> = STRUCTURES.to_vec();
@@ -419,7 +447,12 @@ impl<'a> Checker<'a> {
                 None
             }
         };
-        let structure = self.structure(se?)?;
+        let known: Option<(Vec<&str>, String)> = m.as_ref().map(|m| {
+            let names = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+            (names, m.shown())
+        });
+        let structure =
+            self.structure(se?, known.as_ref().map(|(k, o)| (k.as_slice(), o.as_str())))?;
         let (m, dv) = (m?, dv?);
         let data_span = data.as_ref().map_or(e.span, |d| d.span);
         if !self.compatible(&m, &dv, data_span) {
@@ -493,7 +526,8 @@ impl<'a> Checker<'a> {
         if object == Object::Fim {
             for l in cost::covered_layers(&m.spec, &options) {
                 let (st, family) = match (&structure, l.layer.family()) {
-                    (Structure::Mix { families }, Some(f)) => match families.get(&f) {
+                    (Structure::Mix { .. }, Some(f)) => match structure.for_layer(&l.name, Some(f))
+                    {
                         Some(s) => (s.clone(), f),
                         None => {
                             let fname = match f {

@@ -692,10 +692,16 @@ impl<'a> Checker<'a> {
             span,
             args: BTreeMap::new(),
             rest: vec![],
+            keyed: vec![],
         };
         let mut rest = Vec::new();
         for a in args {
-            match a.name.as_ref().map(|n| n.name.as_str()) {
+            match a
+                .name
+                .as_ref()
+                .filter(|_| !a.quoted)
+                .map(|n| n.name.as_str())
+            {
                 Some("init") => {
                     opts.args.insert("init", &a.value);
                 }

@@ -136,7 +136,7 @@ impl<O: Ops> Engine<O> {
                     .iter()
                     .map(|&k| {
                         let layer = &net.spec.layers[net.slots[k].index];
-                        BlockKind::for_structure(s, layer.layer.family())
+                        BlockKind::for_structure(s, &layer.name, layer.layer.family())
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 if kinds.contains(&BlockKind::Ekfac { refit: false }) {

@@ -187,7 +187,7 @@ impl Preconditioner {
                 .iter()
                 .map(|&k| {
                     let layer = &p.net.spec.layers[p.net.slots[k].index];
-                    BlockKind::for_structure(s, layer.layer.family())
+                    BlockKind::for_structure(s, &layer.name, layer.layer.family())
                 })
                 .collect()
         };

@@ -32,21 +32,27 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
-    /// The block a (per-layer) structure gives a layer of `family`; a
-    /// `mix` picks by family.
-    pub fn for_structure(s: &Structure, family: Option<LayerFamily>) -> Result<BlockKind, String> {
+    /// The block a (per-layer) structure gives layer `name` of `family`; a
+    /// `mix` picks by the layer's name, else by its family.
+    pub fn for_structure(
+        s: &Structure,
+        name: &str,
+        family: Option<LayerFamily>,
+    ) -> Result<BlockKind, String> {
         Ok(match s {
             Structure::BlockDiag => BlockKind::Dense,
             Structure::Diag => BlockKind::Diag,
             Structure::Kfac => BlockKind::Kfac,
             Structure::Ekfac { refit, .. } => BlockKind::Ekfac { refit: *refit },
             Structure::QuasiDiag => BlockKind::QuasiDiag,
-            Structure::Mix { families } => {
-                let f = family.ok_or("a parameter-free layer in a mix")?;
-                let inner = families
-                    .get(&f)
-                    .ok_or_else(|| format!("this mix gives no structure for {f:?} layers"))?;
-                BlockKind::for_structure(inner, family)?
+            Structure::Mix { .. } => {
+                let inner = s
+                    .for_layer(name, family)
+                    .ok_or_else(|| format!("this mix gives no structure for layer `{name}`"))?;
+                if matches!(inner, Structure::Mix { .. }) {
+                    return Err("a mix inside a mix".into());
+                }
+                BlockKind::for_structure(inner, name, family)?
             }
             other => return Err(format!("{} cannot be one block of a mix", other.name())),
         })

@@ -128,7 +128,7 @@ fn fim_layer_entries(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -
         Structure::QuasiDiag => kfac_dims(layer).map_or(2 * p, |(a, g, _)| p + g * a),
         Structure::LowRank { rank } => rank.map_or(n * m, |k| k as u64) * p,
         Structure::Implicit => 0,
-        Structure::Mix { families } => match layer.layer.family().and_then(|f| families.get(&f)) {
+        Structure::Mix { .. } => match structure.for_layer(&layer.name, layer.layer.family()) {
             Some(s) => fim_layer_entries(s, layer, n, m),
             None => sq(p),
         },

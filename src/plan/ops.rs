@@ -471,13 +471,29 @@ pub enum Structure {
     },
     QuasiDiag,
     Implicit,
-    /// A structure per layer family.
+    /// A structure per layer family, with per-layer exceptions.
     Mix {
         families: BTreeMap<LayerFamily, Structure>,
+        /// Exact layer names (patterns are expanded by the checker) whose
+        /// structure overrides their family's.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        layers: BTreeMap<String, Structure>,
     },
 }
 
 impl Structure {
+    /// The structure that layer `name` of `family` gets: a mix's choice for
+    /// it (its own entry, else its family's), or `self` for a whole-model
+    /// structure. `None` where a mix says nothing about the layer.
+    pub fn for_layer(&self, name: &str, family: Option<LayerFamily>) -> Option<&Structure> {
+        match self {
+            Structure::Mix { families, layers } => layers
+                .get(name)
+                .or_else(|| family.and_then(|f| families.get(&f))),
+            s => Some(s),
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Structure::Dense => "Dense".into(),

@@ -268,6 +268,10 @@ pub struct ListItem {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Arg {
     pub name: Option<Ident>,
+    /// The name was written as a string (`"layer4.*" = Diag`): a layer
+    /// name or pattern, not an option.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quoted: bool,
     pub value: Expr,
     pub span: Span,
 }

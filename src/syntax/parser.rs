@@ -1047,6 +1047,23 @@ fn arg(p: Pair<Rule>, off: usize) -> Arg {
     let span = span_of(&p, off);
     let mut parts: Vec<_> = p.into_inner().collect();
     let value = expr(parts.pop().unwrap(), off);
-    let name = parts.pop().map(|n| ident(n, off));
-    Arg { name, value, span }
+    let key = parts.pop();
+    let quoted = key.as_ref().is_some_and(|k| k.as_rule() == Rule::string);
+    let name = key.map(|k| {
+        if quoted {
+            let s = strlit(k, off);
+            Ident {
+                name: s.value,
+                span: s.span,
+            }
+        } else {
+            ident(k, off)
+        }
+    });
+    Arg {
+        name,
+        quoted,
+        value,
+        span,
+    }
 }
