@@ -78,6 +78,9 @@ pub enum ErrorKind {
     Mismatch { what: String, detail: String },
     #[error("{message}")]
     Invalid { message: String },
+    /// A warning: the file is valid but probably not what was meant.
+    #[error("{message}")]
+    Suspicious { message: String },
 }
 
 impl ErrorKind {
@@ -107,6 +110,7 @@ impl ErrorKind {
             ErrorKind::File { .. } => "E050",
             ErrorKind::Mismatch { .. } => "E051",
             ErrorKind::Invalid { .. } => "E060",
+            ErrorKind::Suspicious { .. } => "W001",
         }
     }
 }
@@ -150,6 +154,24 @@ impl Diagnostic {
 }
 
 /// 1-based line and column (in characters) of a byte offset.
+/// Reads an `.ngx` source file. Invalid UTF-8 is reported with the file,
+/// line, column and byte offset of the first bad byte.
+pub fn read_source(path: &std::path::Path) -> Result<String, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let off = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        let valid = std::str::from_utf8(&bytes[..off]).unwrap_or_default();
+        let (line, col) = line_col(valid, off);
+        format!(
+            "{}:{line}:{col}: invalid UTF-8 (byte 0x{:02x} at byte offset {off}); .ngx files must be UTF-8 text",
+            path.display(),
+            bytes[off]
+        )
+    })
+}
+
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..floor_char_boundary(src, offset)];
@@ -178,7 +200,11 @@ pub fn render(file: &str, src: &str, diags: &[Diagnostic]) -> String {
             let b = floor_char_boundary(src, s.end.min(src.len())).max(a);
             a..b
         };
-        let mut report = Report::build(ReportKind::Error, (file, clamp(d.span)))
+        let kind = match d.kind {
+            ErrorKind::Suspicious { .. } => ReportKind::Warning,
+            _ => ReportKind::Error,
+        };
+        let mut report = Report::build(kind, (file, clamp(d.span)))
             .with_config(config)
             .with_code(d.kind.code())
             .with_message(d.kind.to_string())

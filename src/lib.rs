@@ -37,7 +37,15 @@ use plan::Plan;
 
 /// Text → plan: parse, check and compile, or every error found.
 pub fn compile_source(src: &str, opts: &CheckOptions) -> Result<Plan, Vec<Diagnostic>> {
+    compile_source_with_warnings(src, opts).map(|(plan, _)| plan)
+}
+
+/// Like [`compile_source`], also returning the checker's warnings.
+pub fn compile_source_with_warnings(
+    src: &str,
+    opts: &CheckOptions,
+) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
     let ast = syntax::parse(src)?;
     let program = check::check(&ast, src, opts)?;
-    Ok(plan::compile(&program, src))
+    Ok((plan::compile(&program, src), program.warnings))
 }

@@ -159,10 +159,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 struct UserError;
 
 fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
-    let src = match std::fs::read_to_string(file) {
+    let src = match nngeo::diag::read_source(file) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot read `{}`: {e}", file.display());
+            eprintln!("error: {e}");
             return Err(UserError);
         }
     };
@@ -176,10 +176,18 @@ fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
     if let Ok(config) = nngeo::config::load() {
         opts.data_dirs.extend(config.data.paths);
     }
-    nngeo::compile_source(&src, &opts).map_err(|diags| {
-        report(file, &src, &diags);
-        UserError
-    })
+    match nngeo::compile_source_with_warnings(&src, &opts) {
+        Ok((plan, warnings)) => {
+            if !warnings.is_empty() {
+                eprint!("{}", render(&file.display().to_string(), &src, &warnings));
+            }
+            Ok(plan)
+        }
+        Err(diags) => {
+            report(file, &src, &diags);
+            Err(UserError)
+        }
+    }
 }
 
 fn report(file: &Path, src: &str, diags: &[Diagnostic]) {

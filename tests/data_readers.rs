@@ -104,8 +104,8 @@ fn idx_round_trip_plain_and_gzipped() {
     write(&glp, &gzip(&labels));
 
     for (i, l) in [(&ip, &lp), (&gip, &glp), (&ip, &glp)] {
-        assert_eq!(idx_info(i, l).unwrap(), expected_info);
-        let data = load_idx(i, l).unwrap();
+        assert_eq!(idx_info(i, l, None).unwrap(), expected_info);
+        let data = load_idx(i, l, None).unwrap();
         assert_eq!(data.info, expected_info);
         assert_eq!(data.x, expected_x);
         assert_eq!(data.y, vec![2.0, 0.0, 4.0]);
@@ -120,8 +120,8 @@ fn idx_wrong_magic_is_a_format_error_naming_the_magic() {
     write(&ip, &idx_bytes(0, &[1, 1, 1], &[7]));
     write(&lp, &idx_bytes(0x801, &[1], &[0]));
     for err in [
-        idx_info(&ip, &lp).unwrap_err(),
-        load_idx(&ip, &lp).unwrap_err(),
+        idx_info(&ip, &lp, None).unwrap_err(),
+        load_idx(&ip, &lp, None).unwrap_err(),
     ] {
         assert!(matches!(err, DataError::Format { .. }), "{err:?}");
         let msg = err.to_string();
@@ -133,7 +133,7 @@ fn idx_wrong_magic_is_a_format_error_naming_the_magic() {
     }
     // Swapped files are recognised.
     write(&ip, &idx_bytes(0x803, &[1, 1, 1], &[7]));
-    let msg = idx_info(&lp, &ip).unwrap_err().to_string();
+    let msg = idx_info(&lp, &ip, None).unwrap_err().to_string();
     assert!(
         msg.contains("0x00000801") && msg.contains("swapped"),
         "{msg}"
@@ -147,20 +147,20 @@ fn idx_count_mismatch_and_truncation_are_errors() {
     let lp = dir.path().join("lbl");
     write(&ip, &idx_bytes(0x803, &[2, 1, 2], &[1, 2, 3, 4]));
     write(&lp, &idx_bytes(0x801, &[3], &[0, 1, 2]));
-    let err = load_idx(&ip, &lp).unwrap_err();
+    let err = load_idx(&ip, &lp, None).unwrap_err();
     assert!(matches!(err, DataError::Mismatch { .. }), "{err:?}");
     assert!(err.to_string().contains("2 images") && err.to_string().contains("3 labels"));
 
     write(&ip, &idx_bytes(0x803, &[3, 1, 2], &[1, 2, 3, 4]));
     for err in [
-        idx_info(&ip, &lp).unwrap_err(),
-        load_idx(&ip, &lp).unwrap_err(),
+        idx_info(&ip, &lp, None).unwrap_err(),
+        load_idx(&ip, &lp, None).unwrap_err(),
     ] {
         assert!(matches!(err, DataError::Format { .. }), "{err:?}");
         assert!(err.to_string().contains("needs 6"), "{err}");
     }
     let missing = dir.path().join("nope");
-    let err = idx_info(&missing, &lp).unwrap_err();
+    let err = idx_info(&missing, &lp, None).unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err:?}");
 }
 
@@ -232,6 +232,7 @@ fn spec(path: &Path, target: ColumnRef) -> CsvSpec {
         header: true,
         delimiter: None,
         classification: false,
+        classes: None,
     }
 }
 
@@ -472,7 +473,7 @@ fn safetensors_keys_and_shapes_round_trip() {
     .collect();
     assert_eq!(keys, expected);
 
-    let info = tensors_info(&path, "x", "labels", true).unwrap();
+    let info = tensors_info(&path, "x", "labels", true, None).unwrap();
     let expected_info = DataInfo {
         n: 4,
         shape: vec![2, 3],
@@ -480,13 +481,13 @@ fn safetensors_keys_and_shapes_round_trip() {
         target_dim: 1,
     };
     assert_eq!(info, expected_info);
-    let data = load_tensors(&path, "x", "labels", true).unwrap();
+    let data = load_tensors(&path, "x", "labels", true, None).unwrap();
     assert_eq!(data.info, expected_info);
     assert_eq!(data.x, (0..24).map(|i| i as f32 * 0.5).collect::<Vec<_>>());
     assert_eq!(data.y, vec![1.0, 0.0, 6.0, 2.0]);
 
     // Regression with a k-column target and a u8 feature tensor.
-    let data = load_tensors(&path, "img", "y2", false).unwrap();
+    let data = load_tensors(&path, "img", "y2", false, None).unwrap();
     assert_eq!(
         data.info,
         DataInfo {
@@ -500,8 +501,8 @@ fn safetensors_keys_and_shapes_round_trip() {
     assert_eq!(data.y, vec![1.0, -2.0, 3.0, -4.0, 5.0, -6.0, 7.0, -8.0]);
 
     // Classification needs a one-column target with integer labels.
-    assert!(tensors_info(&path, "x", "y2", true).is_err());
-    let err = tensors_info(&path, "x", "x64", true).unwrap_err();
+    assert!(tensors_info(&path, "x", "y2", true, None).is_err());
+    let err = tensors_info(&path, "x", "x64", true, None).unwrap_err();
     assert!(err.to_string().contains("non-negative integers"), "{err}");
 }
 
@@ -510,8 +511,8 @@ fn safetensors_missing_key_lists_available_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = tensors_file(dir.path());
     for err in [
-        tensors_info(&path, "inputs", "labels", false).unwrap_err(),
-        load_tensors(&path, "x", "targets", false).unwrap_err(),
+        tensors_info(&path, "inputs", "labels", false, None).unwrap_err(),
+        load_tensors(&path, "x", "targets", false, None).unwrap_err(),
     ] {
         match &err {
             DataError::MissingKey { available, .. } => {
@@ -524,7 +525,7 @@ fn safetensors_missing_key_lists_available_keys() {
             "{err}"
         );
     }
-    let err = tensors_info(&path, "half", "labels", false).unwrap_err();
+    let err = tensors_info(&path, "half", "labels", false, None).unwrap_err();
     assert!(matches!(err, DataError::UnsupportedDtype { ref dtype, .. } if dtype == "F16"));
 
     let not_st = dir.path().join("junk.safetensors");
@@ -537,7 +538,7 @@ fn safetensors_missing_key_lists_available_keys() {
 fn safetensors_f64_converts_to_f32() {
     let dir = tempfile::tempdir().unwrap();
     let path = tensors_file(dir.path());
-    let data = load_tensors(&path, "x64", "labels", false).unwrap();
+    let data = load_tensors(&path, "x64", "labels", false, None).unwrap();
     assert_eq!(data.info.shape, vec![1]);
     assert_eq!(data.info.classes, None);
     assert_eq!(data.x, vec![0.1f64 as f32, -2.5, 1e-3f64 as f32, 3.0e10]);
@@ -561,6 +562,6 @@ fn safetensors_f64_converts_to_f32() {
             ),
         ],
     );
-    let err = tensors_info(&other, "x", "y", false).unwrap_err();
+    let err = tensors_info(&other, "x", "y", false, None).unwrap_err();
     assert!(matches!(err, DataError::Mismatch { .. }), "{err:?}");
 }

@@ -258,6 +258,25 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The stated class count (`classes = N`, for classification data
+    /// only): `Some(None)` when absent, `None` after an error.
+    fn declared_classes(&mut self, call: &Call<'a>, classification: bool) -> Option<Option<usize>> {
+        let Some(c) = call.get("classes") else {
+            return Some(None);
+        };
+        if !classification {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: "`classes` is for classification data".into(),
+                },
+                c.span,
+                "this dataset is a regression",
+            ));
+            return None;
+        }
+        self.int(c, "classes", 2, 1 << 20).map(|k| Some(k as usize))
+    }
+
     fn data_source(
         &mut self,
         e: &'a Expr,
@@ -288,14 +307,27 @@ impl<'a> Checker<'a> {
                 (DataSource::Diabetes, data::diabetes_info())
             }
             "idx" => {
-                let call = self.bind(&callee, e.span, args, &["images", "labels"])?;
+                let call = self.bind(&callee, e.span, args, &["images", "labels", "classes"])?;
                 let ie = self.req(&call, "images");
                 let le = self.req(&call, "labels");
                 let (ie, le) = (ie?, le?);
                 let images = self.string(ie, "images")?;
                 let labels = self.string(le, "labels")?;
-                match data::idx_info(&self.path(&images), &self.path(&labels)) {
-                    Ok(info) => (DataSource::Idx { images, labels }, info),
+                let classes = self.declared_classes(&call, true)?;
+                match data::idx_info(&self.path(&images), &self.path(&labels), classes) {
+                    Ok(info) => (
+                        DataSource::Idx {
+                            images,
+                            labels,
+                            classes,
+                        },
+                        info,
+                    ),
+                    // Point at the file the error is about.
+                    Err(err) if err.path() == Some(self.path(&labels).as_path()) => {
+                        self.file_error(le, &labels, err);
+                        return None;
+                    }
                     Err(err) => {
                         self.file_error(ie, &images, err);
                         return None;
@@ -372,11 +404,12 @@ impl<'a> Checker<'a> {
                         )
                     })
                 } else {
-                    data::idx_info(&found[0], &found[1]).map(|i| {
+                    data::idx_info(&found[0], &found[1], Some(10)).map(|i| {
                         (
                             DataSource::Idx {
                                 images: strs[0].clone(),
                                 labels: strs[1].clone(),
+                                classes: Some(10),
                             },
                             i,
                         )
@@ -431,7 +464,15 @@ impl<'a> Checker<'a> {
                     &callee,
                     e.span,
                     args,
-                    &["path", "target", "features", "header", "delimiter", "task"],
+                    &[
+                        "path",
+                        "target",
+                        "features",
+                        "header",
+                        "delimiter",
+                        "task",
+                        "classes",
+                    ],
                 )?;
                 let pe = self.req(&call, "path");
                 let te = self.req(&call, "target");
@@ -478,6 +519,7 @@ impl<'a> Checker<'a> {
                     None => None,
                 };
                 let classification = self.task_classification(&call, true)?;
+                let classes = self.declared_classes(&call, classification)?;
                 let spec = CsvSpec {
                     path: self.path(&path),
                     target: target.clone(),
@@ -485,6 +527,7 @@ impl<'a> Checker<'a> {
                     header,
                     delimiter,
                     classification,
+                    classes,
                 };
                 let col_name = |c: &ColumnRef| match c {
                     ColumnRef::Name(n) => n.clone(),
@@ -499,6 +542,7 @@ impl<'a> Checker<'a> {
                             header,
                             delimiter,
                             classification,
+                            classes,
                         },
                         info,
                     ),
@@ -509,7 +553,12 @@ impl<'a> Checker<'a> {
                 }
             }
             "tensors" => {
-                let call = self.bind(&callee, e.span, args, &["path", "x", "y", "task"])?;
+                let call = self.bind(
+                    &callee,
+                    e.span,
+                    args,
+                    &["path", "x", "y", "task", "classes"],
+                )?;
                 let pe = self.req(&call, "path");
                 let xe = self.req(&call, "x");
                 let ye = self.req(&call, "y");
@@ -518,13 +567,15 @@ impl<'a> Checker<'a> {
                 let x = self.string(xe, "x")?;
                 let y = self.string(ye, "y")?;
                 let classification = self.task_classification(&call, true)?;
-                match data::tensors_info(&self.path(&path), &x, &y, classification) {
+                let classes = self.declared_classes(&call, classification)?;
+                match data::tensors_info(&self.path(&path), &x, &y, classification, classes) {
                     Ok(info) => (
                         DataSource::Tensors {
                             path,
                             x,
                             y,
                             classification,
+                            classes,
                         },
                         info,
                     ),

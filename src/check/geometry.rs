@@ -266,6 +266,18 @@ impl<'a> Checker<'a> {
                     Some(r) => self.boolean(r, "refit")?,
                     None => true,
                 };
+                if let (false, Some(r)) = (refit, c.get("refit")) {
+                    self.warn(
+                        Diagnostic::new(
+                            ErrorKind::Suspicious {
+                                message: "EKFAC without refit equals KFAC".into(),
+                            },
+                            r.span,
+                            "its diagonal is then the products of KFAC's eigenvalues",
+                        )
+                        .hint("write `KFAC`, or `EKFAC` (refitted by default) for the eigenvalue-corrected diagonal"),
+                    );
+                }
                 let initial_basis = match c.get("basis") {
                     Some(b) => self.symbol(b, "EKFAC basis", &["current", "initial"])? == "initial",
                     None => false,
@@ -1216,6 +1228,26 @@ impl<'a> Checker<'a> {
                     ));
                     return None;
                 }
+                if damping == 0.0 {
+                    if let Some((block, params, rank)) = provably_singular(&r, l.as_deref()) {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::OutOfRange {
+                                    name: "damping".into(),
+                                    value: "0".into(),
+                                    range: "must be > 0: the matrix is singular".into(),
+                                },
+                                c.get("damping").unwrap().span,
+                                "singular without damping",
+                            )
+                            .hint(format!(
+                                "{block} has {params} parameters but rank at most {rank} (examples × rank per example), so at least {} eigenvalues are zero",
+                                params - rank
+                            )),
+                        );
+                        return None;
+                    }
+                }
                 Measurement::Solve {
                     m: op(&r, l),
                     v,
@@ -1454,4 +1486,42 @@ fn shown_name(name: &str) -> String {
     } else {
         format!("`{name}`")
     }
+}
+
+/// Where a Dense or BlockDiag Fisher is singular whatever the data: a block
+/// (the whole matrix, or one layer's) with more parameters than the rank
+/// the examples can give it. Returns (which block, parameters, rank bound).
+fn provably_singular(r: &ReprV, layer: Option<&str>) -> Option<(String, u64, u64)> {
+    let o = &r.options;
+    let outputs = o.outputs as u64;
+    let per_example = match &o.fisher {
+        Some(FisherVariant::Empirical) => 1,
+        Some(FisherVariant::Mc { samples, .. }) => (*samples as u64).min(outputs),
+        _ => match o.task {
+            // Softmax probabilities sum to one: one direction is lost.
+            Task::Classification => outputs.saturating_sub(1),
+            Task::Binary => 1,
+            Task::Regression { .. } => outputs,
+        },
+    };
+    let rank = o.examples as u64 * per_example;
+    let layers: Vec<&crate::plan::LayerSpec> = cost::covered_layers(&r.model.spec, o)
+        .into_iter()
+        .filter(|l| layer.is_none_or(|n| l.name == n))
+        .collect();
+    let blocks: Vec<(String, u64)> = match (&r.structure, layer) {
+        (Structure::Dense, None) => vec![(
+            format!("the Fisher of `{}`", r.model.shown()),
+            layers.iter().map(|l| l.params).sum(),
+        )],
+        (Structure::Dense | Structure::BlockDiag, _) => layers
+            .iter()
+            .map(|l| (format!("layer `{}`'s block", l.name), l.params))
+            .collect(),
+        _ => return None,
+    };
+    blocks
+        .into_iter()
+        .find(|(_, p)| *p > rank)
+        .map(|(b, p)| (b, p, rank))
 }

@@ -135,13 +135,13 @@ fn load_one(
         return;
     }
     seen.push(key);
-    let text = match std::fs::read_to_string(full) {
+    let text = match crate::diag::read_source(full) {
         Ok(t) => t,
         Err(e) => {
             diags.push(Diagnostic::new(
                 ErrorKind::File {
                     path: shown.into(),
-                    reason: super::data::file_reason(&e.to_string()),
+                    reason: super::data::file_reason(&e),
                 },
                 at,
                 "imported here",

@@ -91,6 +91,8 @@ pub struct Item {
 pub struct Program {
     pub header: Header,
     pub items: Vec<Item>,
+    /// Valid but probably unintended constructs (`ErrorKind::Suspicious`).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Checks a parsed file.
@@ -110,6 +112,7 @@ pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec
         Ok(Program {
             header: c.header,
             items: c.items,
+            warnings: c.warnings,
         })
     } else {
         Err(c.finish_diags())
@@ -132,6 +135,7 @@ pub(crate) struct Checker<'a> {
     src: &'a str,
     opts: &'a CheckOptions,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     items: Vec<Item>,
     scopes: Scopes<'a>,
     header: Header,
@@ -174,6 +178,7 @@ impl<'a> Checker<'a> {
             src,
             opts,
             diags: Vec::new(),
+            warnings: Vec::new(),
             items: Vec::new(),
             scopes: Scopes::default(),
             header: Header {
@@ -205,6 +210,17 @@ impl<'a> Checker<'a> {
 
     fn error(&mut self, d: Diagnostic) {
         self.diags.push(d);
+    }
+
+    /// A warning, once per place (sweeps check their body repeatedly).
+    fn warn(&mut self, d: Diagnostic) {
+        if !self
+            .warnings
+            .iter()
+            .any(|w| w.span == d.span && w.kind == d.kind)
+        {
+            self.warnings.push(d);
+        }
     }
 
     /// Diagnostics in source order, each once (unrolled sweeps repeat them).

@@ -221,17 +221,20 @@ impl<'a> Checker<'a> {
         } else {
             self.opts.base_dir.join(&path)
         };
+        let unreadable = |err: data::DataError| {
+            Diagnostic::new(
+                ErrorKind::File {
+                    path: path.clone(),
+                    reason: super::data::file_reason(&err.to_string()),
+                },
+                e.span,
+                "weights file",
+            )
+        };
         let keys = match data::safetensors_keys(&full) {
             Ok(k) => k,
             Err(err) => {
-                self.error(Diagnostic::new(
-                    ErrorKind::File {
-                        path: path.clone(),
-                        reason: super::data::file_reason(&err.to_string()),
-                    },
-                    e.span,
-                    "weights file",
-                ));
+                self.error(unreadable(err));
                 return None;
             }
         };
@@ -274,6 +277,27 @@ impl<'a> Checker<'a> {
                     return None;
                 }
                 _ => {}
+            }
+            // A model with NaN weights would still report a loss and an
+            // accuracy; refuse it here.
+            match data::first_nonfinite(&full, &key) {
+                Ok(None) => {}
+                Ok(Some(i)) => {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!(
+                                "`{path}`: tensor `{key}` holds NaN or infinity at flat index {i}"
+                            ),
+                        },
+                        e.span,
+                        "weights must be finite",
+                    ));
+                    return None;
+                }
+                Err(err) => {
+                    self.error(unreadable(err));
+                    return None;
+                }
             }
         }
         Some(Some(path))

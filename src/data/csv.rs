@@ -20,6 +20,8 @@ pub struct CsvSpec {
     pub delimiter: Option<char>,
     /// Whether the target holds class ids (non-negative integers).
     pub classification: bool,
+    /// The stated class count; `None` counts the labels.
+    pub classes: Option<usize>,
 }
 
 /// A column, by header name or by 0-based position.
@@ -68,6 +70,7 @@ pub fn load_csv(spec: &CsvSpec) -> Result<HostData, DataError> {
             &spec.path,
             &format!("target column `{}`", table.column_name(target)),
             &y,
+            spec.classes,
         )?)
     } else {
         None
@@ -319,6 +322,16 @@ impl<'a> Table<'a> {
                         ),
                     )
                 })?;
+                // `nan` and `inf` parse as floats but are no data.
+                if !value.is_finite() {
+                    return Err(DataError::format(
+                        self.path,
+                        format!(
+                            "has `{field}` in column `{}` on line {line_no}; every value must be a finite number",
+                            self.column_name(c)
+                        ),
+                    ));
+                }
                 out.push(value);
             }
         }

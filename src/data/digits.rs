@@ -48,6 +48,7 @@ pub fn load_digits(split: DigitsSplit) -> HostData {
         images,
         Path::new(&labels_path),
         labels,
+        Some(10),
     )
     .expect("the bundled digits data is valid IDX")
 }

@@ -12,30 +12,51 @@ const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Reads the shape of the dataset from the headers; the labels file is read
-/// in full (it is small) to count the classes as `max label + 1`.
-pub fn idx_info(images: &Path, labels: &Path) -> Result<DataInfo, DataError> {
+/// in full (it is small) to count the classes as `max label + 1` (or to
+/// check them against the stated `classes`). A gzipped images file is
+/// decompressed to its end without being kept, so that a truncated archive
+/// fails here and not at run time.
+pub fn idx_info(
+    images: &Path,
+    labels: &Path,
+    classes: Option<usize>,
+) -> Result<DataInfo, DataError> {
     let image_dims = {
         let mut reader = open_maybe_gz(images)?;
         let dims = read_header(&mut *reader, images, IMAGES_MAGIC)?;
-        // For uncompressed files the size is known without reading the data.
-        if !is_gzip_file(images)? {
-            let len = std::fs::metadata(images)
+        let data_len = if is_gzip_file(images)? {
+            std::io::copy(&mut *reader, &mut std::io::sink())
                 .map_err(|e| DataError::io(images, e))?
-                .len();
-            check_len(images, &dims, len.saturating_sub(header_len(&dims) as u64))?;
-        }
+        } else {
+            std::fs::metadata(images)
+                .map_err(|e| DataError::io(images, e))?
+                .len()
+                .saturating_sub(header_len(&dims) as u64)
+        };
+        check_len(images, &dims, data_len)?;
         dims
     };
     let label_bytes = read_maybe_gz(labels)?;
     let (label_dims, label_data) = parse(labels, &label_bytes, LABELS_MAGIC)?;
-    info_from(images, &image_dims, labels, &label_dims, label_data)
+    info_from(
+        images,
+        &image_dims,
+        labels,
+        &label_dims,
+        label_data,
+        classes,
+    )
 }
 
 /// Loads images (raw u8 pixel values as `f32`, not rescaled) and labels.
-pub fn load_idx(images: &Path, labels: &Path) -> Result<HostData, DataError> {
+pub fn load_idx(
+    images: &Path,
+    labels: &Path,
+    classes: Option<usize>,
+) -> Result<HostData, DataError> {
     let image_bytes = read_maybe_gz(images)?;
     let label_bytes = read_maybe_gz(labels)?;
-    from_bytes(images, &image_bytes, labels, &label_bytes)
+    from_bytes(images, &image_bytes, labels, &label_bytes, classes)
 }
 
 /// Builds a dataset from the (already decompressed) contents of both files;
@@ -45,10 +66,18 @@ pub(super) fn from_bytes(
     image_bytes: &[u8],
     labels: &Path,
     label_bytes: &[u8],
+    classes: Option<usize>,
 ) -> Result<HostData, DataError> {
     let (image_dims, pixels) = parse(images, image_bytes, IMAGES_MAGIC)?;
     let (label_dims, label_data) = parse(labels, label_bytes, LABELS_MAGIC)?;
-    let info = info_from(images, &image_dims, labels, &label_dims, label_data)?;
+    let info = info_from(
+        images,
+        &image_dims,
+        labels,
+        &label_dims,
+        label_data,
+        classes,
+    )?;
     Ok(HostData {
         info,
         x: pixels.iter().map(|&p| f32::from(p)).collect(),
@@ -63,6 +92,7 @@ fn info_from(
     labels: &Path,
     label_dims: &[usize],
     label_data: &[u8],
+    declared: Option<usize>,
 ) -> Result<DataInfo, DataError> {
     let n = image_dims[0];
     if label_dims[0] != n {
@@ -76,7 +106,7 @@ fn info_from(
         });
     }
     let labels_f32: Vec<f32> = label_data.iter().map(|&l| f32::from(l)).collect();
-    let classes = classes_from_labels(labels, "label", &labels_f32)?;
+    let classes = classes_from_labels(labels, "label", &labels_f32, declared)?;
     Ok(DataInfo {
         n,
         shape: vec![1, image_dims[1], image_dims[2]],

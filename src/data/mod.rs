@@ -34,7 +34,7 @@ pub use csv::{csv_info, csv_pair_info, load_csv, load_csv_pair, ColumnRef, CsvSp
 pub use digits::{diabetes_info, digits_info, load_diabetes, load_digits, DigitsSplit};
 pub use idx::{idx_info, load_idx};
 pub use synthetic::{blobs, noisy_linear, teacher};
-pub use tensors::{load_tensors, safetensors_keys, tensors_info};
+pub use tensors::{first_nonfinite, load_tensors, safetensors_keys, tensors_info};
 pub use transform::apply;
 
 pub use crate::plan::DataInfo;
@@ -109,6 +109,18 @@ fn list(items: &[String]) -> String {
 }
 
 impl DataError {
+    /// The file the error is about, where it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            DataError::Io { path, .. }
+            | DataError::Format { path, .. }
+            | DataError::MissingKey { path, .. }
+            | DataError::MissingColumn { path, .. }
+            | DataError::UnsupportedDtype { path, .. } => Some(path),
+            DataError::Mismatch { .. } | DataError::Transform { .. } => None,
+        }
+    }
+
     fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
@@ -151,7 +163,11 @@ pub fn load(source: &DataSource, base_dir: &Path) -> Result<HostData, DataError>
             Ok(load_digits(split))
         }
         DataSource::Diabetes => Ok(load_diabetes()),
-        DataSource::Idx { images, labels } => load_idx(&path(images), &path(labels)),
+        DataSource::Idx {
+            images,
+            labels,
+            classes,
+        } => load_idx(&path(images), &path(labels), *classes),
         DataSource::Cifar10 { batches } => {
             let paths: Vec<PathBuf> = batches.iter().map(|b| path(b)).collect();
             load_cifar10(&paths)
@@ -163,6 +179,7 @@ pub fn load(source: &DataSource, base_dir: &Path) -> Result<HostData, DataError>
             header,
             delimiter,
             classification,
+            classes,
         } => load_csv(&CsvSpec {
             path: path(p),
             target: column_ref(target),
@@ -172,13 +189,15 @@ pub fn load(source: &DataSource, base_dir: &Path) -> Result<HostData, DataError>
             header: *header,
             delimiter: *delimiter,
             classification: *classification,
+            classes: *classes,
         }),
         DataSource::Tensors {
             path: p,
             x,
             y,
             classification,
-        } => load_tensors(&path(p), x, y, *classification),
+            classes,
+        } => load_tensors(&path(p), x, y, *classification, *classes),
         DataSource::Blobs {
             n,
             classes,
@@ -275,10 +294,21 @@ fn gunzip_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
     }
 }
 
-/// Number of classes for integer labels stored as `f32`: `max + 1`.
-/// Fails on negative or fractional labels; an empty label set has 0 classes.
-fn classes_from_labels(path: &Path, what: &str, labels: &[f32]) -> Result<usize, DataError> {
-    let mut max: Option<f32> = None;
+/// Number of classes for integer labels stored as `f32`: `declared` when
+/// the experiment states it (every label must be below it), else `max + 1`.
+///
+/// Fails on negative or fractional labels. Without a declared count it also
+/// fails where the labels cannot be a classification problem (one class) or
+/// where `max + 1` is far above the number of distinct labels (a stray label
+/// of 255 or 1,000,000 would otherwise make a model with that many outputs).
+fn classes_from_labels(
+    path: &Path,
+    what: &str,
+    labels: &[f32],
+    declared: Option<usize>,
+) -> Result<usize, DataError> {
+    let mut max: Option<(f32, usize)> = None;
+    let mut seen = std::collections::BTreeSet::new();
     for (i, &v) in labels.iter().enumerate() {
         if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0) {
             return Err(DataError::format(
@@ -288,9 +318,47 @@ fn classes_from_labels(path: &Path, what: &str, labels: &[f32]) -> Result<usize,
                 ),
             ));
         }
-        max = Some(max.map_or(v, |m: f32| m.max(v)));
+        if let Some(k) = declared {
+            if v as usize >= k {
+                return Err(DataError::format(
+                    path,
+                    format!(
+                        "has {what} value {v} at row {i}, but `classes = {k}` allows 0 to {}",
+                        k - 1
+                    ),
+                ));
+            }
+        }
+        seen.insert(v as u64);
+        if max.is_none_or(|(m, _)| v > m) {
+            max = Some((v, i));
+        }
     }
-    Ok(max.map_or(0, |m| m as usize + 1))
+    if let Some(k) = declared {
+        return Ok(k);
+    }
+    let Some((top, row)) = max else {
+        return Ok(0);
+    };
+    let (count, distinct) = (top as usize + 1, seen.len());
+    if distinct < 2 {
+        return Err(DataError::format(
+            path,
+            format!(
+                "has only one class in its {what} (every label is {top}); classification needs at least two (state `classes = N` if the others are absent from this file)"
+            ),
+        ));
+    }
+    if count > (2 * distinct).max(distinct + 10) {
+        return Err(DataError::format(
+            path,
+            format!(
+                "has {what} value {top} at row {i}, which would make {count} classes from {distinct} distinct labels; state `classes = N` if that many are meant",
+                i = row
+            ),
+        ));
+    }
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -451,6 +519,7 @@ data lin = noisy_linear(n = 40, dim = 5, noise = 0.2, seed = 3) |> normalize
             x: "inputs".into(),
             y: "labels".into(),
             classification: true,
+            classes: None,
         };
         let a = load(&rel, dir.path()).unwrap();
         let abs = DataSource::Tensors {
@@ -458,6 +527,7 @@ data lin = noisy_linear(n = 40, dim = 5, noise = 0.2, seed = 3) |> normalize
             x: "inputs".into(),
             y: "labels".into(),
             classification: true,
+            classes: None,
         };
         assert_eq!(load(&abs, Path::new("/nonexistent")).unwrap(), a);
         // Relative to base_dir, not to the working directory.

@@ -27,19 +27,11 @@ pub fn tensors_info(
     x_key: &str,
     y_key: &str,
     classification: bool,
+    classes: Option<usize>,
 ) -> Result<DataInfo, DataError> {
-    let header = Header::read(path)?;
-    let (x, y) = header.pick(x_key, y_key)?;
-    let mut info = header.info(x, y, classification)?;
-    if classification {
-        let labels = header.load(y)?;
-        info.classes = Some(classes_from_labels(
-            path,
-            &format!("tensor `{y_key}`"),
-            &labels,
-        )?);
-    }
-    Ok(info)
+    // The values are read (and dropped) so that `check` catches what
+    // `exec` would: non-finite values and labels that are no classes.
+    load_tensors(path, x_key, y_key, classification, classes).map(|d| d.info)
 }
 
 /// Loads `x` and `y`, converting F32, F64, I64, I32 and U8 values to `f32`.
@@ -48,23 +40,45 @@ pub fn load_tensors(
     x_key: &str,
     y_key: &str,
     classification: bool,
+    classes: Option<usize>,
 ) -> Result<HostData, DataError> {
     let header = Header::read(path)?;
     let (x, y) = header.pick(x_key, y_key)?;
     let mut info = header.info(x, y, classification)?;
     let y_values = header.load(y)?;
+    let x_values = header.load(x)?;
+    header.finite(x, &x_values)?;
+    header.finite(y, &y_values)?;
     if classification {
         info.classes = Some(classes_from_labels(
             path,
             &format!("tensor `{y_key}`"),
             &y_values,
+            classes,
         )?);
     }
     Ok(HostData {
         info,
-        x: header.load(x)?,
+        x: x_values,
         y: y_values,
         flipped: Vec::new(),
+    })
+}
+
+/// The first value of tensor `key` that is NaN or infinite (its flat
+/// index), judged in the tensor's own dtype; integer tensors have none.
+pub fn first_nonfinite(path: &Path, key: &str) -> Result<Option<usize>, DataError> {
+    let header = Header::read(path)?;
+    let entry = header.entry(key)?;
+    let bytes = header.bytes(entry)?;
+    Ok(match entry.dtype.as_str() {
+        "F64" => bytes
+            .chunks_exact(8)
+            .position(|c| !f64::from_le_bytes(c.try_into().expect("8 bytes")).is_finite()),
+        "F32" => bytes
+            .chunks_exact(4)
+            .position(|c| !f32::from_le_bytes(c.try_into().expect("4 bytes")).is_finite()),
+        _ => None,
     })
 }
 
@@ -135,6 +149,7 @@ impl<'a> Header<'a> {
             }
             entries.push(entry);
         }
+        check_layout(path, &mut entries, data_len)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Header {
             path,
@@ -223,8 +238,26 @@ impl<'a> Header<'a> {
         })
     }
 
-    /// Reads one tensor's bytes from the file and converts them to `f32`.
-    fn load(&self, entry: &Entry) -> Result<Vec<f32>, DataError> {
+    /// Fails on the first NaN or infinity in `values` (of `entry`), naming
+    /// the tensor and the example (its row).
+    fn finite(&self, entry: &Entry, values: &[f32]) -> Result<(), DataError> {
+        let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let row = entry.shape.iter().skip(1).product::<usize>().max(1);
+        Err(DataError::format(
+            self.path,
+            format!(
+                "has {} in tensor `{}` at row {} (flat index {i}); every value must be a finite number",
+                values[i],
+                entry.name,
+                i / row
+            ),
+        ))
+    }
+
+    /// Reads one tensor's bytes from the file.
+    fn bytes(&self, entry: &Entry) -> Result<Vec<u8>, DataError> {
         let path = self.path;
         let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
         file.seek(SeekFrom::Start(self.data_start + entry.start))
@@ -236,6 +269,13 @@ impl<'a> Header<'a> {
             &mut bytes,
             &format!("the data of tensor `{}`", entry.name),
         )?;
+        Ok(bytes)
+    }
+
+    /// Reads one tensor's bytes from the file and converts them to `f32`.
+    fn load(&self, entry: &Entry) -> Result<Vec<f32>, DataError> {
+        let path = self.path;
+        let bytes = self.bytes(entry)?;
         Ok(match entry.dtype.as_str() {
             "F32" => convert::<4>(&bytes, f32::from_le_bytes),
             "F64" => convert::<8>(&bytes, |b| f64::from_le_bytes(b) as f32),
@@ -251,6 +291,51 @@ impl<'a> Header<'a> {
             }
         })
     }
+}
+
+/// The safetensors layout rule: tensors tile the data section, each one
+/// starting where the previous ends (by offset), none overlapping, the last
+/// ending at the end. Names both tensors where two overlap or leave a gap.
+/// Sorts `entries` by offset.
+fn check_layout(path: &Path, entries: &mut [Entry], data_len: u64) -> Result<(), DataError> {
+    entries.sort_by_key(|e| (e.start, e.end));
+    let mut prev: Option<&Entry> = None;
+    for e in entries.iter() {
+        let end = prev.map_or(0, |p| p.end);
+        if e.start < end {
+            let p = prev.expect("only a later tensor can overlap");
+            return Err(DataError::format(
+                path,
+                format!(
+                    "is corrupt: tensor `{}` (bytes {}..{}) overlaps tensor `{}` (bytes {}..{})",
+                    e.name, e.start, e.end, p.name, p.start, p.end
+                ),
+            ));
+        }
+        if e.start > end {
+            let after = prev.map_or("the start of the data".to_string(), |p| {
+                format!("tensor `{}`", p.name)
+            });
+            return Err(DataError::format(
+                path,
+                format!(
+                    "is corrupt: bytes {end}..{} between {after} and tensor `{}` belong to no tensor",
+                    e.start, e.name
+                ),
+            ));
+        }
+        prev = Some(e);
+    }
+    let end = prev.map_or(0, |p| p.end);
+    if end != data_len {
+        return Err(DataError::format(
+            path,
+            format!(
+                "is corrupt: its tensors end at byte {end} of a data section of {data_len} bytes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn convert<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {

@@ -34,7 +34,6 @@ impl<O: Ops> Engine<O> {
 
     pub(super) fn build_repr(
         &mut self,
-        step: &Step,
         object: Object,
         structure: &Structure,
         model: StepId,
@@ -139,12 +138,7 @@ impl<O: Ops> Engine<O> {
                         BlockKind::for_structure(s, &layer.name, layer.layer.family())
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                if kinds.contains(&BlockKind::Ekfac { refit: false }) {
-                    self.warnings.borrow_mut().push(format!(
-                        "line {}: EKFAC without refit equals KFAC; use `EKFAC(refit = true)` for the eigenvalue-corrected diagonal",
-                        step.span.line
-                    ));
-                }
+                // `EKFAC(refit = false)` equals KFAC: the checker warns.
                 if let Structure::Ekfac {
                     initial_basis: true,
                     ..

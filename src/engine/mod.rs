@@ -266,7 +266,7 @@ impl<O: Ops> Backend for Engine<O> {
                 options,
                 ..
             } => self
-                .build_repr(step, *object, structure, *model, *data, options)
+                .build_repr(*object, structure, *model, *data, options)
                 .map_err(|e| fail(step, e))?,
             Op::Vector { vector, .. } => {
                 Value::Vector(self.vector_op(vector).map_err(|e| fail(step, e))?)

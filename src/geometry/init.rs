@@ -123,6 +123,9 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
 /// in the order [`init_params`] produces (the checker has already matched
 /// names and shapes). Float tensors of any width are converted to f64.
 pub fn load_params(spec: &ModelSpec, path: &std::path::Path) -> Result<HostParams, String> {
+    // Our reader's layout check names the tensors at fault where the
+    // safetensors crate's error would not.
+    crate::data::safetensors_keys(path).map_err(|e| e.to_string())?;
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -152,6 +155,14 @@ pub fn load_params(spec: &ModelSpec, path: &std::path::Path) -> Result<HostParam
                 t.key
             )
         })?;
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "`{}`: tensor `{}` holds {} at flat index {i}; weights must be finite",
+                path.display(),
+                t.key,
+                t.data[i]
+            ));
+        }
     }
     Ok(params)
 }

@@ -77,6 +77,23 @@ pub enum ReprError {
 
 type R<T> = Result<T, ReprError>;
 
+/// Refuses an undamped solve with a matrix that is singular to working
+/// precision, saying how small its smallest eigenvalue is, instead of
+/// returning the round-off of a pivoted solve.
+fn nonsingular(m: &Mat) -> R<()> {
+    let ev = eigvalsh(m)?;
+    let top = ev.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    let tol = top * m.rows as f64 * f64::EPSILON;
+    let zero = ev.iter().filter(|x| x.abs() <= tol).count();
+    match ev.iter().copied().min_by(|a, b| a.abs().total_cmp(&b.abs())) {
+        Some(min) if zero > 0 => Err(ReprError::Unsupported(format!(
+            "solve with damping = 0: the matrix is singular ({zero} of {} eigenvalues are zero to working precision; the smallest is {min:e}, the largest {top:e}); use damping > 0",
+            m.rows
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn natural(v: &[f64], l: &LayerInfo) -> Mat {
     Mat::from_vec(l.sg, l.sa, from_flat_host(v, l.sg, l.sa, l.bias))
 }
@@ -189,6 +206,9 @@ impl Block {
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64) -> R<Vec<f64>> {
         Ok(match self {
             Block::Dense(m) => {
+                if damping == 0.0 {
+                    nonsingular(m)?;
+                }
                 let mut md = m.clone();
                 md.add_diag(damping);
                 solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data
@@ -469,6 +489,9 @@ impl Fim {
     pub fn solve(&self, v: &[f64], damping: f64) -> R<Vec<f64>> {
         match &self.body {
             FimBody::Dense(m) => {
+                if damping == 0.0 {
+                    nonsingular(m)?;
+                }
                 let mut md = m.clone();
                 md.add_diag(damping);
                 Ok(solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data)

@@ -93,6 +93,9 @@ pub enum DataSource {
     Idx {
         images: String,
         labels: String,
+        /// The stated class count (`classes = N`); `None` counts the labels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
     },
     Cifar10 {
         batches: Vec<String>,
@@ -104,12 +107,16 @@ pub enum DataSource {
         header: bool,
         delimiter: Option<char>,
         classification: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
     },
     Tensors {
         path: String,
         x: String,
         y: String,
         classification: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<usize>,
     },
     Blobs {
         n: usize,
