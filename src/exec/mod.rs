@@ -152,6 +152,7 @@ pub fn run_with(
     backend.prepare(plan, ctx).map_err(ExecError::BeforeStart)?;
     let steps: Vec<&Step> = plan.steps.iter().filter(|s| s.hook.is_none()).collect();
     let bar = report::progress(steps.len() as u64, &plan.experiment.name);
+    let t0 = Instant::now();
     let mut session: Option<Session> = None;
     // Timings of steps run before the folder was taken.
     let mut early: Vec<StepTiming> = Vec::new();
@@ -171,32 +172,55 @@ pub fn run_with(
         bar.set_message(format!("{op} {name}"));
         let ts = Instant::now();
         let mut write_err: Option<ExecError> = None;
+        // Results a step emits before the folder is taken (a backend may
+        // emit during any step): they are the first measurements, so the
+        // folder is taken for them once the step returns.
+        let mut early_lines: Vec<serde_json::Value> = Vec::new();
         let result = {
             let mut emit = |e: Emitted| {
-                let Some(s) = session.as_mut().filter(|_| !silent && write_err.is_none()) else {
+                if silent || write_err.is_some() {
                     return;
-                };
+                }
                 let mut sweep = plan.step(e.step_id).sweep.clone();
                 sweep.extend(e.tags);
-                if let Some(value) = value_json(e.output) {
-                    let mut line = json!({
-                        "key": e.key,
-                        "step_id": e.step_id.0,
-                        "sweep": sweep,
-                        "value": value,
-                        "time_s": s.elapsed_s(),
-                    });
-                    if let Some(t) = e.train_step {
-                        line["step"] = json!(t);
+                let Some(value) = value_json(e.output) else {
+                    return;
+                };
+                let mut line = json!({
+                    "key": e.key,
+                    "step_id": e.step_id.0,
+                    "sweep": sweep,
+                    "value": value,
+                });
+                if let Some(t) = e.train_step {
+                    line["step"] = json!(t);
+                }
+                if let Some(t) = e.train_time {
+                    line["train_time_s"] = json!(t);
+                }
+                match session.as_mut() {
+                    Some(s) => {
+                        line["time_s"] = json!(s.elapsed_s());
+                        write_err = append(s, &line).err();
                     }
-                    if let Some(t) = e.train_time {
-                        line["train_time_s"] = json!(t);
+                    None => {
+                        line["time_s"] = json!(t0.elapsed().as_secs_f64());
+                        early_lines.push(line);
                     }
-                    write_err = append(s, &line).err();
                 }
             };
             backend.run(plan, step, &mut emit)
         };
+        if !early_lines.is_empty() {
+            let mut s = open(&mut pending, plan, &info, &mut early)?;
+            for line in &early_lines {
+                if let Err(e) = append(&mut s, line) {
+                    write_err.get_or_insert(e);
+                    break;
+                }
+            }
+            session = Some(s);
+        }
         if let Some(e) = write_err {
             outcome = Err(e);
             break;
