@@ -203,6 +203,15 @@ pub fn clear(dir: &Path) -> Result<Vec<PathBuf>, RunDirError> {
         }
     }
     names.extend(RUN_FILES.iter().map(|s| s.to_string()));
+    // Temporary files of atomic writes cut short by a crash.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+    }
     let mut removed = Vec::new();
     for name in names {
         let rel = Path::new(&name);
@@ -282,6 +291,7 @@ mod tests {
             "loss_vs_step.png",
             "loss_vs_step.svg",
             "notes.txt",
+            ".manifest.json.12.tmp",
         ] {
             std::fs::write(d.join(f), "x").unwrap();
         }
@@ -291,7 +301,7 @@ mod tests {
         std::fs::write(d.join("examples/train_3.jsonl"), "x").unwrap();
         assert!(previous_run(d).is_some());
         let removed = clear(d).unwrap();
-        assert_eq!(removed.len(), 6, "{removed:?}");
+        assert_eq!(removed.len(), 7, "{removed:?}");
         assert!(previous_run(d).is_none());
         assert!(d.join("notes.txt").exists());
         assert!(d.join("w").is_dir());

@@ -216,9 +216,15 @@ impl Session {
     }
 
     fn save_manifest(&self) -> Result<(), RunDirError> {
-        self.manifest.write(&self.dir).map_err(|e| RunDirError::Io {
-            path: self.dir.join(report::MANIFEST_JSON).display().to_string(),
-            source: std::io::Error::other(e.to_string()),
+        self.manifest.write(&self.dir).map_err(|e| match e {
+            report::ReportError::Write { path, source } => RunDirError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => RunDirError::Io {
+                path: self.dir.join(report::MANIFEST_JSON).display().to_string(),
+                source: std::io::Error::other(other.to_string()),
+            },
         })
     }
 
