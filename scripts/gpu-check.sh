@@ -32,10 +32,10 @@ echo "== conformance tests on $dev (tch)"
 NNGEO_TEST_DEVICE=$dev "$bin/tch-conformance" 2>&1 | tail -5 | tee "$out/conformance.txt"
 
 echo "== fim_zoo: tch $dev, candle cpu (f64)"
-"$bin/nngeo" exec experiments/fim_zoo.ngx --backend tch --device "$dev" --out "$out/fim_zoo_tch_cuda" >/dev/null
-"$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle --out "$out/fim_zoo_candle" >/dev/null
+"$bin/nngeo" exec experiments/fim_zoo.ngx --backend tch --device "$dev" --out "$out/fim_zoo_tch_cuda" --overwrite >/dev/null
+"$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle --out "$out/fim_zoo_candle" --overwrite >/dev/null
 if [ "$dev" != cpu ] && [ -e "$bin/libnngeo_backend_candle_cuda.so" ]; then
-    "$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle-cuda --device cuda --out "$out/fim_zoo_candle_cuda" >/dev/null
+    "$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle-cuda --device cuda --out "$out/fim_zoo_candle_cuda" --overwrite >/dev/null
 fi
 python3 - "$out" <<'PY'
 import json, sys, os
@@ -64,7 +64,7 @@ PY
 
 echo "== experiments on $dev (tch)"
 for e in ntk_align ekfac_optim lazy_vs_hasty; do
-    /usr/bin/time -f "$e: %e s, %M KB" "$bin/nngeo" exec "experiments/$e.ngx" --backend tch --device "$dev" --out "$out/$e" >/dev/null
+    /usr/bin/time -f "$e: %e s, %M KB" "$bin/nngeo" exec "experiments/$e.ngx" --backend tch --device "$dev" --out "$out/$e" --overwrite >/dev/null
 done
 
 echo "== benchmarks (tch on $dev; candle on cpu in the same run)"

@@ -16,6 +16,7 @@ Examples:
   nngeo plan experiments/fim_zoo.ngx        steps with estimated memory and cost
   nngeo plan experiments/fim_zoo.ngx --format json
   nngeo exec experiments/ntk_align.ngx --backend candle --device cpu --out runs/x
+  nngeo exec experiments/ntk_align.ngx --resume runs/x   continue a killed run
   nngeo backends                            list the backends this build knows
   nngeo models                              the model library (resnet18, vgg, ...)";
 
@@ -91,6 +92,17 @@ enum Command {
         /// Output directory (overrides the file's `out`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace the run already in the output folder (its results,
+        /// manifest, plots, examples and saved weights are removed once
+        /// this run reaches its first measurement).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
+        /// Continue the interrupted or failed run in DIR (default: the
+        /// output folder): only the steps without results run. The file and
+        /// the options must give the same plan.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        #[allow(clippy::option_option)]
+        resume: Option<Option<PathBuf>>,
         #[command(flatten)]
         budget: Budget,
     },
@@ -248,8 +260,30 @@ fn main() -> ExitCode {
             device,
             dtype,
             out,
+            overwrite,
+            resume,
             budget,
         } => {
+            let (out, mode) = match (out, resume) {
+                (out, None) => (
+                    out,
+                    if overwrite {
+                        nngeo::exec::Mode::Overwrite
+                    } else {
+                        nngeo::exec::Mode::New
+                    },
+                ),
+                (out, Some(None)) => (out, nngeo::exec::Mode::Resume),
+                (Some(o), Some(Some(r))) if o != r => {
+                    eprintln!(
+                        "error: --out `{}` and --resume `{}` name different folders",
+                        o.display(),
+                        r.display()
+                    );
+                    return ExitCode::from(2);
+                }
+                (_, Some(Some(r))) => (Some(r), nngeo::exec::Mode::Resume),
+            };
             let Ok(mut plan) = load(&file, &budget) else {
                 return ExitCode::from(2);
             };
@@ -307,7 +341,7 @@ fn main() -> ExitCode {
                 base_dir,
                 out_dir: out.clone(),
             };
-            match nngeo::exec::run(&plan, be.as_mut(), &ctx) {
+            match nngeo::exec::run_with(&plan, be.as_mut(), &ctx, mode) {
                 Ok(summary) => {
                     for w in &summary.warnings {
                         eprintln!("warning: {w}");
@@ -317,7 +351,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    eprintln!("note: results computed so far are in {}", out.display());
+                    if e.is_refusal() {
+                        return ExitCode::from(2);
+                    }
+                    if e.left_folder_untouched() {
+                        eprintln!("note: nothing in {} was changed", out.display());
+                    } else {
+                        eprintln!(
+                            "note: results computed so far are in {}; `nngeo exec {} --resume {}` continues the run",
+                            out.display(),
+                            file.display(),
+                            out.display()
+                        );
+                    }
                     ExitCode::from(1)
                 }
             }

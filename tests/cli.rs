@@ -349,13 +349,15 @@ fn a_rerun_into_the_same_folder_starts_its_example_files_afresh() {
     )
     .unwrap();
     let out_dir = dir.path().join("out");
-    let lines = || -> usize {
-        let out = nngeo(&[
+    let lines = |extra: &[&str]| -> usize {
+        let mut args = vec![
             "exec",
             src.to_str().unwrap(),
             "--out",
             out_dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra);
+        let out = nngeo(&args);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let dir = out_dir.join("examples");
         let file = std::fs::read_dir(&dir)
@@ -365,8 +367,12 @@ fn a_rerun_into_the_same_folder_starts_its_example_files_afresh() {
             .unwrap();
         std::fs::read_to_string(file).unwrap().lines().count()
     };
-    assert_eq!(lines(), 3, "checkpoints at steps 0, 2, 4");
-    assert_eq!(lines(), 3, "the second run appended to the first's file");
+    assert_eq!(lines(&[]), 3, "checkpoints at steps 0, 2, 4");
+    assert_eq!(
+        lines(&["--overwrite"]),
+        3,
+        "the second run appended to the first's file"
+    );
 }
 
 #[test]

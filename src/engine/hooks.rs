@@ -102,13 +102,9 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
             "loss": loss.iter().map(|&x| x as f32).collect::<Vec<_>>(),
             "correct": correct.iter().map(|&c| if c { '1' } else { '0' }).collect::<String>(),
         });
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-        writeln!(f, "{line}").map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+        // One write of the whole line; cut back on failure (disk full).
+        crate::exec::jsonl::append_line(&path, &line.to_string())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
     }
 }
 

@@ -1,22 +1,46 @@
-//! Walks a plan and streams results.
+//! Walks a plan and streams results into a run folder.
 //!
-//! Every measurement is appended to `results.jsonl` the moment it is
-//! computed, so a run that fails keeps everything computed before the
-//! failure; the plan is written first, and the manifest, `results.csv` and
-//! plots are written at the end whether the run succeeded or not.
+//! Nothing in the folder is touched until the first step that writes
+//! results is about to run: a run that fails before (backend, device,
+//! data, weights) leaves an earlier run's folder exactly as it was. From
+//! then on every measurement is appended to `results.jsonl` the moment it
+//! is computed (whole lines only, see [`jsonl`]), the manifest says
+//! `running` and lists each finished top-level step, and the run holds an
+//! exclusive lock on the folder ([`run_dir`]). At the end the manifest
+//! says `ok` or `failed: ...`, and `results.csv`, the plots and
+//! `summary.md` are rebuilt from `results.jsonl`, whether the run
+//! succeeded or not.
+//!
+//! Resuming (`Mode::Resume`) runs the top-level steps the manifest does
+//! not list as finished, plus the earlier ones they need (data, models,
+//! representations, a training run whose trained model a later step
+//! uses), whose results are not written again. An interrupted training
+//! run is redone from its start.
+
+pub mod jsonl;
+pub mod run_dir;
+mod session;
+
+pub use run_dir::{Mode, RunDirError};
 
 use crate::backend::{Backend, BackendError, Emitted, RunContext, StepOutput};
-use crate::plan::{Op, Plan, Step};
-use crate::report::{self, Manifest, StepTiming};
+use crate::plan::{Op, Plan, Step, StepId};
+use crate::report::{self, StepTiming};
 use serde_json::json;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use session::{Pending, Session};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    /// Failed before the run took its folder: nothing in it was changed.
+    #[error("{0}")]
+    BeforeStart(BackendError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Folder(#[from] RunDirError),
     #[error("cannot write results in `{path}`: {source}")]
     Io {
         path: String,
@@ -24,10 +48,16 @@ pub enum ExecError {
     },
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> ExecError + '_ {
-    move |source| ExecError::Io {
-        path: path.display().to_string(),
-        source,
+impl ExecError {
+    /// A refusal to use the folder (held by another run, holds an earlier
+    /// run, resumed with another plan): the user's to fix, exit status 2.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ExecError::Folder(e) if e.is_refusal())
+    }
+
+    /// Whether the output folder was left exactly as it was.
+    pub fn left_folder_untouched(&self) -> bool {
+        matches!(self, ExecError::BeforeStart(_)) || self.is_refusal()
     }
 }
 
@@ -64,116 +94,198 @@ fn value_json(output: StepOutput) -> Option<serde_json::Value> {
     }
 }
 
-/// Runs every top-level step in order (hook steps run inside their
-/// training step, driven by the backend), writing into `ctx.out_dir`.
+/// Runs `plan` into a new folder (`ctx.out_dir` must not hold an earlier
+/// run); see [`run_with`].
 pub fn run(
     plan: &Plan,
     backend: &mut dyn Backend,
     ctx: &RunContext,
 ) -> Result<RunSummary, ExecError> {
-    let out = ctx.out_dir.as_path();
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let plan_path = out.join("plan.json");
-    std::fs::write(&plan_path, plan.to_json()).map_err(io(&plan_path))?;
-    let results_path = out.join("results.jsonl");
-    let mut results = std::fs::File::create(&results_path).map_err(io(&results_path))?;
+    run_with(plan, backend, ctx, Mode::New)
+}
+
+/// Whether running `step` writes into the run folder.
+fn writes_folder(step: &Step) -> bool {
+    matches!(
+        step.op,
+        Op::Measure { .. } | Op::Train { .. } | Op::Save { .. } | Op::Plot { .. }
+    )
+}
+
+/// The top-level steps to run when the steps in `done` have their results:
+/// the others, and (transitively) what they and their hooks depend on.
+fn to_run(plan: &Plan, done: &BTreeSet<u32>) -> BTreeSet<u32> {
+    let mut need = BTreeSet::new();
+    let mut stack: Vec<StepId> = plan
+        .steps
+        .iter()
+        .filter(|s| s.hook.is_none() && !done.contains(&s.id.0))
+        .map(|s| s.id)
+        .collect();
+    while let Some(id) = stack.pop() {
+        if !need.insert(id.0) {
+            continue;
+        }
+        stack.extend(plan.step(id).deps.iter().copied());
+        for s in &plan.steps {
+            if s.hook.is_some_and(|h| h.train == id) {
+                stack.extend(s.deps.iter().copied());
+            }
+        }
+    }
+    need
+}
+
+/// Runs every top-level step in order (hook steps run inside their
+/// training step, driven by the backend), writing into `ctx.out_dir`
+/// according to `mode`.
+pub fn run_with(
+    plan: &Plan,
+    backend: &mut dyn Backend,
+    ctx: &RunContext,
+    mode: Mode,
+) -> Result<RunSummary, ExecError> {
+    let mut pending = Some(Pending::check(&ctx.out_dir, mode, plan)?);
+    let done = pending.as_ref().map(Pending::done).unwrap_or_default();
+    let needed = to_run(plan, &done);
     let info = backend.info();
-    let started = report::now_rfc3339();
-    let t0 = Instant::now();
-    let mut timings = Vec::new();
+    backend.prepare(plan, ctx).map_err(ExecError::BeforeStart)?;
     let steps: Vec<&Step> = plan.steps.iter().filter(|s| s.hook.is_none()).collect();
     let bar = report::progress(steps.len() as u64, &plan.experiment.name);
-    let mut outcome = backend.prepare(plan, ctx).map_err(ExecError::from);
-    if outcome.is_ok() {
-        for step in &steps {
-            let (op, name) = step_name(step);
-            bar.set_message(format!("{op} {name}"));
-            let ts = Instant::now();
-            let mut write_err = None;
+    let t0 = Instant::now();
+    let mut session: Option<Session> = None;
+    // Timings of steps run before the folder was taken.
+    let mut early: Vec<StepTiming> = Vec::new();
+    let mut outcome: Result<(), ExecError> = Ok(());
+    for step in &steps {
+        bar.inc(1);
+        if !needed.contains(&step.id.0) {
+            continue;
+        }
+        // Run again only for what later steps need: its results are in.
+        let silent = done.contains(&step.id.0);
+        if session.is_none() && writes_folder(step) {
+            let s = open(&mut pending, plan, &info, &mut early)?;
+            session = Some(s);
+        }
+        let (op, name) = step_name(step);
+        bar.set_message(format!("{op} {name}"));
+        let ts = Instant::now();
+        let mut write_err: Option<ExecError> = None;
+        // Results a step emits before the folder is taken (a backend may
+        // emit during any step): they are the first measurements, so the
+        // folder is taken for them once the step returns.
+        let mut early_lines: Vec<serde_json::Value> = Vec::new();
+        let result = {
             let mut emit = |e: Emitted| {
+                if silent || write_err.is_some() {
+                    return;
+                }
                 let mut sweep = plan.step(e.step_id).sweep.clone();
                 sweep.extend(e.tags);
-                if let Some(value) = value_json(e.output) {
-                    let mut line = json!({
-                        "key": e.key,
-                        "step_id": e.step_id.0,
-                        "sweep": sweep,
-                        "value": value,
-                        "time_s": t0.elapsed().as_secs_f64(),
-                    });
-                    if let Some(s) = e.train_step {
-                        line["step"] = json!(s);
+                let Some(value) = value_json(e.output) else {
+                    return;
+                };
+                let mut line = json!({
+                    "key": e.key,
+                    "step_id": e.step_id.0,
+                    "sweep": sweep,
+                    "value": value,
+                });
+                if let Some(t) = e.train_step {
+                    line["step"] = json!(t);
+                }
+                if let Some(t) = e.train_time {
+                    line["train_time_s"] = json!(t);
+                }
+                match session.as_mut() {
+                    Some(s) => {
+                        line["time_s"] = json!(s.elapsed_s());
+                        write_err = append(s, &line).err();
                     }
-                    if let Some(t) = e.train_time {
-                        line["train_time_s"] = json!(t);
-                    }
-                    if let Err(err) = writeln!(results, "{line}").and_then(|_| results.flush()) {
-                        write_err.get_or_insert(err);
+                    None => {
+                        line["time_s"] = json!(t0.elapsed().as_secs_f64());
+                        early_lines.push(line);
                     }
                 }
             };
-            let result = backend.run(plan, step, &mut emit);
-            if let Some(err) = write_err {
-                return Err(io(&results_path)(err));
-            }
-            let output = match result {
-                Ok(o) => o,
-                Err(e) => {
-                    outcome = Err(e.into());
+            backend.run(plan, step, &mut emit)
+        };
+        if !early_lines.is_empty() {
+            let mut s = open(&mut pending, plan, &info, &mut early)?;
+            for line in &early_lines {
+                if let Err(e) = append(&mut s, line) {
+                    write_err.get_or_insert(e);
                     break;
                 }
-            };
-            let wall_s = ts.elapsed().as_secs_f64();
-            timings.push(StepTiming {
-                id: step.id.0,
-                op,
-                name,
-                wall_s,
-                peak_rss_bytes: report::peak_rss_bytes(),
-            });
-            bar.inc(1);
-            if let Op::Measure { key, .. } = &step.op {
-                let Some(value) = value_json(output) else {
-                    continue;
-                };
+            }
+            session = Some(s);
+        }
+        if let Some(e) = write_err {
+            outcome = Err(e);
+            break;
+        }
+        let output = match result {
+            Ok(o) => o,
+            Err(e) => {
+                outcome = Err(match session {
+                    Some(_) => e.into(),
+                    None => ExecError::BeforeStart(e),
+                });
+                break;
+            }
+        };
+        if silent {
+            continue;
+        }
+        if let (Op::Measure { key, .. }, Some(s)) = (&step.op, session.as_mut()) {
+            if let Some(value) = value_json(output) {
                 let line = json!({
                     "key": key,
                     "step_id": step.id.0,
                     "sweep": step.sweep,
                     "value": value,
-                    "time_s": t0.elapsed().as_secs_f64(),
+                    "time_s": s.elapsed_s(),
                 });
-                writeln!(results, "{line}").map_err(io(&results_path))?;
-                results.flush().map_err(io(&results_path))?;
+                if let Err(e) = append(s, &line) {
+                    outcome = Err(e);
+                    break;
+                }
             }
+        }
+        let timing = StepTiming {
+            id: step.id.0,
+            op,
+            name,
+            wall_s: ts.elapsed().as_secs_f64(),
+            peak_rss_bytes: report::peak_rss_bytes(),
+        };
+        match session.as_mut() {
+            Some(s) => {
+                if let Err(e) = s.step_done(timing) {
+                    outcome = Err(e.into());
+                    break;
+                }
+            }
+            None => early.push(timing),
         }
     }
     bar.finish_and_clear();
+    let (mut s, outcome) = match (session, outcome) {
+        (Some(s), outcome) => (s, outcome),
+        (None, Err(e)) => return Err(e),
+        // Nothing wrote results (a plan without measurements, or a resumed
+        // run that had finished): take the folder now for the manifest.
+        (None, Ok(())) => (open(&mut pending, plan, &info, &mut early)?, Ok(())),
+    };
     let mut summary = RunSummary {
         warnings: backend.warnings(),
         ..Default::default()
     };
-    let manifest = Manifest {
-        plan_hash: plan.hash(),
-        experiment: plan.experiment.name.clone(),
-        backend: info.name,
-        backend_version: info.version,
-        device: plan.experiment.device.clone(),
-        dtype: format!("{:?}", plan.experiment.dtype).to_lowercase(),
-        seed: plan.experiment.seed,
-        nngeo_version: env!("CARGO_PKG_VERSION").into(),
-        started,
-        wall_time_s: t0.elapsed().as_secs_f64(),
-        peak_memory_bytes: report::peak_rss_bytes(),
-        status: match &outcome {
-            Ok(()) => "ok".into(),
-            Err(e) => format!("failed: {e}"),
-        },
-        steps: timings,
-    };
-    let written = manifest.write(out);
-    // Plots and CSV are rebuilt from results.jsonl, also after a failure.
-    match report::rebuild(out) {
+    let finished = s.finish(outcome.as_ref().err().map(ToString::to_string));
+    // Plots and CSV are rebuilt from results.jsonl, also after a failure
+    // (under the lock: nothing else writes here meanwhile).
+    match report::rebuild(s.dir()) {
         Ok(r) => {
             summary.files = r.files;
             summary.warnings.extend(r.warnings);
@@ -183,8 +295,32 @@ pub fn run(
             .push(format!("could not rebuild plots: {e}")),
     }
     outcome?;
-    if let Err(e) = written {
-        summary.warnings.push(e.to_string());
-    }
+    finished?;
     Ok(summary)
+}
+
+/// Takes the run folder (see [`Pending::open`]) and records the steps that
+/// ran before.
+fn open(
+    pending: &mut Option<Pending>,
+    plan: &Plan,
+    info: &crate::backend::BackendInfo,
+    early: &mut Vec<StepTiming>,
+) -> Result<Session, ExecError> {
+    let p = pending.take().expect("the folder is taken once");
+    let mut s = p.open(plan, info)?;
+    for t in early.drain(..) {
+        s.step_done(t)?;
+    }
+    Ok(s)
+}
+
+/// Appends one result line; a failed write names the file and the reason.
+fn append(s: &mut Session, line: &serde_json::Value) -> Result<(), ExecError> {
+    s.results
+        .append(&line.to_string())
+        .map_err(|source| ExecError::Io {
+            path: s.results.path().display().to_string(),
+            source,
+        })
 }

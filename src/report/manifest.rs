@@ -22,8 +22,19 @@ pub struct Manifest {
     pub wall_time_s: f64,
     /// Peak resident memory of the process, where the OS reports it.
     pub peak_memory_bytes: Option<u64>,
-    /// `"ok"` or `"failed: <message>"`.
+    /// `"running"` from the moment the run takes its folder until it ends,
+    /// then `"ok"` or `"failed: <message>"`. A manifest still saying
+    /// `running` with no process holding the folder's lock belongs to a
+    /// run that was killed.
     pub status: String,
+    /// Top-level steps in the plan (`steps` lists those that finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_steps: Option<usize>,
+    /// When the run was resumed (`nngeo exec --resume`), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<String>,
+    /// Top-level steps whose results are all in `results.jsonl`, in the
+    /// order they finished: what `--resume` does not run again.
     pub steps: Vec<StepTiming>,
 }
 
@@ -39,12 +50,13 @@ pub struct StepTiming {
 }
 
 impl Manifest {
-    /// Writes `dir/manifest.json` (pretty-printed).
+    /// Writes `dir/manifest.json` (pretty-printed), atomically: a reader
+    /// sees the previous manifest or this one, never a mix.
     pub fn write(&self, dir: &Path) -> Result<(), ReportError> {
         let path = dir.join(MANIFEST_JSON);
         let mut text = serde_json::to_string_pretty(self).expect("manifests always serialise");
         text.push('\n');
-        std::fs::write(&path, text).map_err(write_err(&path))
+        crate::exec::run_dir::write_atomic(&path, text.as_bytes()).map_err(write_err(&path))
     }
 
     /// Reads `dir/manifest.json`.
@@ -110,4 +122,110 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// What a run folder's manifest can be trusted to say about the run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunState {
+    /// No readable `manifest.json`.
+    NoManifest,
+    /// `manifest.json` was written for another plan than `plan.json`'s
+    /// (left by another run): nothing in it describes these results.
+    Stale { recorded: String, plan: String },
+    /// Still running: a process holds the folder's lock.
+    Running { holder: String },
+    /// The manifest says `running` but no process holds the lock: the run
+    /// was killed or crashed after `done` of its `total` top-level steps.
+    Interrupted { done: usize, total: Option<usize> },
+    /// `ok` or `failed: ...`.
+    Ended { status: String },
+}
+
+/// Reads `dir`'s manifest and checks it against `plan.json` and the lock.
+pub fn run_state(dir: &Path) -> RunState {
+    match read_json(dir) {
+        Some(v) => state_of(dir, &v),
+        None => RunState::NoManifest,
+    }
+}
+
+fn read_json(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST_JSON)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn state_of(dir: &Path, m: &serde_json::Value) -> RunState {
+    if let (Some(recorded), Ok(plan)) = (
+        m["plan_hash"].as_str(),
+        std::fs::read(dir.join(super::PLAN_JSON)),
+    ) {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&plan);
+        let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        if hash != recorded {
+            return RunState::Stale {
+                recorded: recorded.to_string(),
+                plan: hash,
+            };
+        }
+    }
+    let status = m["status"].as_str().unwrap_or("unknown");
+    if status != "running" {
+        return RunState::Ended {
+            status: status.to_string(),
+        };
+    }
+    match crate::exec::run_dir::holder(dir) {
+        Some(holder) => RunState::Running { holder },
+        None => RunState::Interrupted {
+            done: m["steps"].as_array().map_or(0, Vec::len),
+            total: m["total_steps"].as_u64().map(|t| t as usize),
+        },
+    }
+}
+
+impl RunState {
+    /// The status line a summary shows, where it differs from the
+    /// manifest's own `status`.
+    fn status(&self) -> Option<String> {
+        match self {
+            RunState::Running { holder } => Some(format!("running ({holder})")),
+            RunState::Interrupted { done, total } => Some(format!(
+                "interrupted: the run was killed or crashed after {done}{} top-level steps; `nngeo exec FILE --resume DIR` finishes it",
+                total.map(|t| format!(" of {t}")).unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A warning for `nngeo report` when the manifest does not say the run
+/// ended (or cannot be trusted).
+pub(super) fn run_state_note(dir: &Path) -> Option<String> {
+    let state = run_state(dir);
+    match &state {
+        RunState::Stale { recorded, plan } => Some(format!(
+            "`{}` belongs to another run (plan hash {recorded}, while plan.json's is {plan}): it is ignored",
+            dir.join(MANIFEST_JSON).display()
+        )),
+        RunState::Running { .. } | RunState::Interrupted { .. } => {
+            state.status().map(|s| format!("the run is incomplete: {s}"))
+        }
+        RunState::NoManifest | RunState::Ended { .. } => None,
+    }
+}
+
+/// `dir/manifest.json` as JSON, if it describes the run of `plan.json`,
+/// with its `status` saying whether a `running` run still runs or was
+/// interrupted.
+pub(super) fn trusted_json(dir: &Path) -> Option<serde_json::Value> {
+    let mut v = read_json(dir)?;
+    let state = state_of(dir, &v);
+    if matches!(state, RunState::Stale { .. }) {
+        return None;
+    }
+    if let Some(s) = state.status() {
+        v["status"] = serde_json::Value::String(s);
+    }
+    Some(v)
 }

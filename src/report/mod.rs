@@ -19,7 +19,9 @@ mod manifest;
 mod plot;
 mod summary;
 
-pub use manifest::{now_rfc3339, peak_rss_bytes, rfc3339_utc, Manifest, StepTiming};
+pub use manifest::{
+    now_rfc3339, peak_rss_bytes, rfc3339_utc, run_state, Manifest, RunState, StepTiming,
+};
 pub use plot::{plot, plot_records, PlotSpec};
 pub use summary::{render_summary, write_summary, SUMMARY_MD};
 
@@ -120,6 +122,22 @@ pub struct Results {
     /// Non-empty lines that were not a well-formed record (typically the
     /// last line of a run that was killed while writing it).
     pub skipped: usize,
+    /// Those lines: where they are and what is wrong with them.
+    pub malformed: Vec<Malformed>,
+}
+
+/// A line of `results.jsonl` that is not a result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Malformed {
+    /// 1-based line number.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
 }
 
 /// Reads `results.jsonl`, skipping (and counting) malformed lines.
@@ -130,19 +148,31 @@ pub fn read_results(path: &Path) -> Result<Results, ReportError> {
 
 fn parse_results(bytes: &[u8]) -> Results {
     let mut out = Results::default();
-    for line in bytes.split(|&b| b == b'\n') {
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .as_ref()
-            .and_then(parse_record)
-        {
-            Some(r) => out.records.push(r),
-            None => out.skipped += 1,
-        }
+        let last = i + 1 == lines.len();
+        let reason = match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(v) => match parse_record(&v) {
+                Some(r) => {
+                    out.records.push(r);
+                    continue;
+                }
+                None => "not a result (needs `key`, `step_id` and a numeric `value`)".to_string(),
+            },
+            Err(_) if last => {
+                "incomplete (no line end): the run stopped while writing it".to_string()
+            }
+            Err(e) => format!("not JSON: {e}"),
+        };
+        out.malformed.push(Malformed {
+            line: i + 1,
+            reason,
+        });
     }
+    out.skipped = out.malformed.len();
     out
 }
 
@@ -380,12 +410,28 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
     let results_path = dir.join(RESULTS_JSONL);
     let results = read_results(&results_path)?;
     if results.skipped > 0 {
+        let shown: Vec<String> = results
+            .malformed
+            .iter()
+            .take(5)
+            .map(ToString::to_string)
+            .collect();
+        let more = results.skipped.saturating_sub(shown.len());
         out.warnings.push(format!(
-            "skipped {} malformed line{} in `{}`",
+            "skipped {} malformed line{} in `{}`: {}{}",
             results.skipped,
             if results.skipped == 1 { "" } else { "s" },
-            results_path.display()
+            results_path.display(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
         ));
+    }
+    if let Some(note) = manifest::run_state_note(dir) {
+        out.warnings.push(note);
     }
     let csv = dir.join(RESULTS_CSV);
     write_csv_records(&results.records, &csv)?;

@@ -325,9 +325,8 @@ struct Summary<'a> {
 
 impl<'a> Summary<'a> {
     fn new(dir: &'a Path, plan: Option<&Value>, results: &'a Results) -> Self {
-        let manifest = std::fs::read_to_string(dir.join(super::MANIFEST_JSON))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        // Only a manifest of this plan; `running` told apart from killed.
+        let manifest = super::manifest::trusted_json(dir);
         Summary {
             dir,
             plan: PlanInfo::parse(plan),
@@ -353,7 +352,7 @@ impl<'a> Summary<'a> {
             None => {
                 let _ = writeln!(
                     out,
-                    "- status: unknown (no readable manifest.json: the run is still going or was killed)"
+                    "- status: unknown (no readable manifest.json of this plan)"
                 );
             }
         }

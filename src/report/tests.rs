@@ -279,6 +279,8 @@ fn manifest_round_trips() {
         wall_time_s: 12.25,
         peak_memory_bytes: peak_rss_bytes(),
         status: "failed: out of memory".into(),
+        total_steps: Some(2),
+        resumed: vec![],
         steps: vec![
             StepTiming {
                 id: 0,
