@@ -116,6 +116,10 @@ impl<'a> Scopes<'a> {
     pub fn pop(&mut self) {
         self.frames.pop();
     }
+    /// How many frames are open.
+    pub fn depth(&self) -> usize {
+        self.frames.len()
+    }
     pub fn get(&self, name: &str) -> Option<&Binding<'a>> {
         self.frames.iter().rev().find_map(|f| f.get(name))
     }

@@ -136,6 +136,10 @@ pub(crate) struct Checker<'a> {
     opts: &'a CheckOptions,
     diags: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// Models trained without `as` in an open scope: (name, the model's
+    /// step, the `train` head, scope depth). Using that name later in the
+    /// scope would silently mean the untrained model, so it is an error.
+    trained_unnamed: Vec<(String, StepId, Span, usize)>,
     items: Vec<Item>,
     scopes: Scopes<'a>,
     header: Header,
@@ -179,6 +183,7 @@ impl<'a> Checker<'a> {
             opts,
             diags: Vec::new(),
             warnings: Vec::new(),
+            trained_unnamed: Vec::new(),
             items: Vec::new(),
             scopes: Scopes::default(),
             header: Header {
@@ -210,6 +215,13 @@ impl<'a> Checker<'a> {
 
     fn error(&mut self, d: Diagnostic) {
         self.diags.push(d);
+    }
+
+    /// Closes a scope, forgetting what was trained in it.
+    fn pop_scope(&mut self) {
+        self.scopes.pop();
+        let depth = self.scopes.depth();
+        self.trained_unnamed.retain(|t| t.3 <= depth);
     }
 
     /// A warning, once per place (sweeps check their body repeatedly).
@@ -686,7 +698,7 @@ impl<'a> Checker<'a> {
             for s in body {
                 self.stmt(s, false);
             }
-            self.scopes.pop();
+            self.pop_scope();
             self.sweep = saved;
         }
     }

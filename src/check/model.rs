@@ -33,6 +33,37 @@ const INITS: [&str; 4] = ["pytorch", "kaiming", "xavier", "normal"];
 impl<'a> Checker<'a> {
     /// A name that must refer to a model.
     pub(super) fn model_ref(&mut self, id: &Ident) -> Option<ModelV> {
+        let m = self.model_ref_any(id)?;
+        let trained = self
+            .trained_unnamed
+            .iter()
+            .find(|t| t.0 == id.name && t.1 == m.step)
+            .map(|t| t.2);
+        if let Some(head) = trained {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "`{0}` is the untrained model here: `train {0} on ...` without `as` keeps no trained model",
+                            id.name
+                        ),
+                    },
+                    id.span,
+                    "this would measure the weights before training",
+                )
+                .related(head, "trained here, without a name")
+                .hint(format!(
+                    "name the trained model: `train {0} on ... as {0}_trained {{ ... }}` and use `{0}_trained`; `initial({0})` means the declared weights",
+                    id.name
+                )),
+            );
+            return None;
+        }
+        Some(m)
+    }
+
+    /// A model by name, trained in this scope or not.
+    fn model_ref_any(&mut self, id: &Ident) -> Option<ModelV> {
         match self.lookup_val(&id.name) {
             Some(Val::Model(m)) => Some(m),
             Some(other) => {
@@ -84,7 +115,15 @@ impl<'a> Checker<'a> {
             ExprKind::Call { callee, args } if callee.name == "initial" => {
                 let call = self.bind(callee, d.span, args, &["model"])?;
                 let me = self.req(&call, "model")?;
-                let m = self.model_expr(me, "")?;
+                // `initial(net)` is the declared weights even after `net`
+                // was trained without a name.
+                let m = match &self.deref(me).kind {
+                    ExprKind::Ident(n) => self.model_ref_any(&Ident {
+                        name: n.clone(),
+                        span: me.span,
+                    })?,
+                    _ => self.model_expr(me, "")?,
+                };
                 // The model as declared: its initial weights.
                 let base = self.base_model_step(m.step);
                 Some(ModelV {

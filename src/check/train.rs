@@ -146,7 +146,7 @@ impl<'a> Checker<'a> {
             for s in &h.body {
                 self.stmt(s, false);
             }
-            self.scopes.pop();
+            self.pop_scope();
             self.hook = saved;
             let steps = (first..self.items.len())
                 .map(|i| crate::plan::StepId(i as u32))
@@ -159,6 +159,11 @@ impl<'a> Checker<'a> {
         }
         if let Op::Train { hooks, .. } = &mut self.items[train_id.0 as usize].op {
             *hooks = specs;
+        }
+        if result.is_none() {
+            let depth = self.scopes.depth();
+            self.trained_unnamed
+                .push((model.name.clone(), m.step, head, depth));
         }
         if let Some(r) = result {
             self.scopes.insert(
