@@ -278,13 +278,20 @@ impl<'a> Checker<'a> {
                 Structure::LowRank { rank }
             }
             "mix" => {
-                let c = self.bind(&callee, span, args, &["linear", "conv", "norm"])?;
+                let c = self.bind(
+                    &callee,
+                    span,
+                    args,
+                    &["linear", "conv", "norm", "embedding"],
+                )?;
                 let mut families = BTreeMap::new();
-                for (key, fam) in [
-                    ("linear", LayerFamily::Linear),
-                    ("conv", LayerFamily::Conv),
-                    ("norm", LayerFamily::Norm),
+                for fam in [
+                    LayerFamily::Linear,
+                    LayerFamily::Conv,
+                    LayerFamily::Norm,
+                    LayerFamily::Embedding,
                 ] {
+                    let key = fam.key();
                     if let Some(s) = c.get(key) {
                         let st = self.structure(s)?;
                         if matches!(st, Structure::Mix { .. } | Structure::Dense) {
@@ -496,11 +503,7 @@ impl<'a> Checker<'a> {
                     (Structure::Mix { families }, Some(f)) => match families.get(&f) {
                         Some(s) => (s.clone(), f),
                         None => {
-                            let fname = match f {
-                                LayerFamily::Linear => "linear",
-                                LayerFamily::Conv => "conv",
-                                LayerFamily::Norm => "norm",
-                            };
+                            let fname = f.key();
                             self.error(
                                 Diagnostic::new(
                                     ErrorKind::UnsupportedLayer {
@@ -523,7 +526,22 @@ impl<'a> Checker<'a> {
                     st,
                     Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag
                 );
-                if kron && family == LayerFamily::Norm {
+                if let Some(why) = l.layer.kron_refusal().filter(|_| kron) {
+                    // A mix can route the family elsewhere, except grouped
+                    // convolutions, which share theirs with plain ones.
+                    let hint = if family == LayerFamily::Conv {
+                        format!(
+                            "use `mix(linear = {0}, conv = BlockDiag)`, or leave `{1}` out with `layers = [...]`",
+                            st.name(),
+                            l.name
+                        )
+                    } else {
+                        format!(
+                            "use `mix(linear = {0}, conv = {0}, {1} = BlockDiag)`, or leave the layer out with `layers = [...]`",
+                            st.name(),
+                            family.key()
+                        )
+                    };
                     self.error(
                         Diagnostic::new(
                             ErrorKind::UnsupportedLayer {
@@ -532,12 +550,9 @@ impl<'a> Checker<'a> {
                                 layer_type: l.layer.type_name().into(),
                             },
                             se?.span,
-                            format!("{} has no Kronecker factors for normalisation layers", st.name()),
+                            format!("{} {why}", st.name()),
                         )
-                        .hint(format!(
-                            "use `mix(linear = {0}, conv = {0}, norm = BlockDiag)`, or leave the layer out with `layers = [...]`",
-                            st.name()
-                        )),
+                        .hint(hint),
                     );
                     return None;
                 }
@@ -612,7 +627,7 @@ impl<'a> Checker<'a> {
             !matches!(s, Structure::Kfac | Structure::Ekfac { .. })
                 || m.spec
                     .param_layers()
-                    .all(|l| l.layer.family() != Some(LayerFamily::Norm))
+                    .all(|l| l.layer.kron_refusal().is_none())
         };
         candidates
             .into_iter()

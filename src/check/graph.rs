@@ -251,6 +251,22 @@ impl<'a> Checker<'a> {
         span: Span,
         src: SrcId,
     ) -> Option<Node> {
+        if matches!(layer, Layer::Embedding { .. }) && inputs != [0] {
+            self.error_in(
+                src,
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "embedding `{path}` must read the model input (its token ids)"
+                        ),
+                    },
+                    span,
+                    "reads the output of another layer",
+                )
+                .hint("token ids are not differentiable: apply the embedding to the model's input `x` first"),
+            );
+            return None;
+        }
         if layer.num_params() > 0 {
             if let Some(first) = g.applied.get(path).copied() {
                 self.error_in(
