@@ -5,8 +5,8 @@ use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::cost;
 use crate::plan::{
-    FisherVariant, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure, Task,
-    VectorOp,
+    FisherVariant, Layer, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure,
+    Task, Transform, VectorOp,
 };
 use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, MeasureItem, Span};
 use std::collections::BTreeMap;
@@ -130,10 +130,87 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// An embedding reading the input needs integer token ids in
+    /// `[0, num)`: checked on the values where the data is a file or a
+    /// built-in source and its transforms keep values; a transform that
+    /// rescales them is refused.
+    fn tokens_fit(&mut self, model: &ModelV, data: &DataV, span: Span) -> bool {
+        let Some((layer, num)) = model.spec.layers.iter().find_map(|l| match l.layer {
+            Layer::Embedding { num_embeddings, .. } => Some((l.name.clone(), num_embeddings)),
+            _ => None,
+        }) else {
+            return true;
+        };
+        let mut step = data.step;
+        let source = loop {
+            match &self.items[step.0 as usize].op {
+                Op::Transform {
+                    input, transform, ..
+                } => match transform {
+                    Transform::Normalize { .. }
+                    | Transform::ChannelNormalize { .. }
+                    | Transform::Scale { .. } => {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::Invalid {
+                                    message: format!(
+                                        "embedding `{layer}` reads token ids, but {} rescales its inputs",
+                                        data.shown()
+                                    ),
+                                },
+                                span,
+                                "token ids would no longer be integers",
+                            )
+                            .hint("drop `normalize`/`scale` from the token data's pipeline"),
+                        );
+                        return false;
+                    }
+                    _ => step = *input,
+                },
+                Op::Data { source, .. } => break source.clone(),
+                _ => return true,
+            }
+        };
+        let Ok(host) = crate::data::load(&source, &self.opts.base_dir) else {
+            return true; // reported where the data was declared
+        };
+        let d: usize = host.info.shape.iter().product::<usize>().max(1);
+        let bad = host
+            .x
+            .iter()
+            .position(|&t| !(t.fract() == 0.0 && t >= 0.0 && (t as f64) < num as f64));
+        if let Some(j) = bad {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "embedding `{layer}` takes token ids in [0, {num}), but example {} of {}'s source has {} at position {}",
+                            j / d,
+                            data.shown(),
+                            host.x[j],
+                            j % d
+                        ),
+                    },
+                    span,
+                    "not integer token ids for this vocabulary",
+                )
+                .hint(format!(
+                    "token ids must be integers from 0 to {}; raise `num_embeddings` or fix the data",
+                    num - 1
+                )),
+            );
+            return false;
+        }
+        true
+    }
+
     /// Checks that `model` can run on `data` (input shape, outputs vs targets).
     pub(super) fn compatible(&mut self, model: &ModelV, data: &DataV, span: Span) -> bool {
         let want: usize = model.spec.input.iter().product();
         let have: usize = data.info.shape.iter().product();
+        if want == have && !self.tokens_fit(model, data, span) {
+            return false;
+        }
         if want != have {
             self.error(
                 Diagnostic::new(

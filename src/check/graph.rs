@@ -666,7 +666,9 @@ fn flatten_sum<'e>(e: &'e Expr, terms: &mut Vec<&'e Expr>, ops: &mut Vec<(Span, 
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 9] = [
+const BLOCK_ONLY: [&str; 11] = [
+    "embedding",
+    "conv_transpose2d",
     "adaptive_avgpool2d",
     "groupnorm",
     "dropout",
@@ -686,6 +688,12 @@ impl<'a> Checker<'a> {
         let name = match &d.kind {
             ExprKind::List(_) => return true,
             ExprKind::Ident(n) => n,
+            // Grouped convolutions are built by the block constructors.
+            ExprKind::Call { callee, args } if callee.name == "conv2d" => {
+                return args
+                    .iter()
+                    .any(|a| a.name.as_ref().is_some_and(|n| n.name == "groups"));
+            }
             ExprKind::Call { callee, .. } => &callee.name,
             _ => return false,
         };

@@ -951,6 +951,28 @@ fn structures_match_the_dense_fim() {
     check_structures_without_kron(GROUPED, 4, 38);
 }
 
+/// Token ids that are not integers in `[0, num)` are an error of the
+/// forward pass naming the layer, the example and the position.
+#[test]
+fn embedding_refuses_bad_token_ids() {
+    let fx = Fx::new(EMBED, 2, 39);
+    for bad in [2.5, 7.0, -1.0] {
+        let mut xs = fx.o.download(&fx.x).unwrap();
+        xs[5 + 3] = bad;
+        let x = fx.o.upload(&[2, 5], &xs).unwrap();
+        let err = fx
+            .net
+            .forward(&fx.o, &x, false)
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_else(|| panic!("token {bad} accepted"));
+        assert!(
+            err.contains("`emb`") && err.contains("example 1 of the batch, position 3"),
+            "{err}"
+        );
+    }
+}
+
 /// Layers without Kronecker factors (embeddings, grouped convolutions):
 /// BlockDiag, Diag, LowRank and the implicit product against the dense
 /// FIM (1e-10), and KFAC refused by the engine.
