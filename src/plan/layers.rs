@@ -65,7 +65,7 @@ impl Layer {
                 groups,
                 ..
             } => {
-                ((in_channels / groups.max(&1) * kernel[0] * kernel[1]) as u64 + *bias as u64)
+                ((in_channels / (*groups).max(1) * kernel[0] * kernel[1]) as u64 + *bias as u64)
                     * *out_channels as u64
             }
             Layer::Embedding {

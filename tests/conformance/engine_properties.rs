@@ -531,8 +531,13 @@ fn classification() -> Target {
 
 // ---------------------------------------------------------------- comparisons
 
+/// `NNGEO_SHOW_ERRORS=1` prints every comparison's error (with
+/// `--nocapture`).
 fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     let e = rel_err(a, b);
+    if std::env::var_os("NNGEO_SHOW_ERRORS").is_some() {
+        eprintln!("{what}: {e:.2e} (tolerance {tol:e})");
+    }
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:e}");
 }
 
