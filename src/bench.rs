@@ -330,9 +330,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                     .slots
                     .iter()
                     .enumerate()
-                    .filter(|(_, sl)| {
-                        matches!(sl.kind, crate::geometry::net::SlotKind::Affine { .. })
-                    })
+                    .filter(|(_, sl)| sl.kind.kron())
                     .map(|(i, _)| i)
                     .collect();
             }

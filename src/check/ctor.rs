@@ -11,14 +11,29 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Layer constructors and their options.
-pub const CTORS: [(&str, &[&str]); 18] = [
+pub const CTORS: [(&str, &[&str]); 20] = [
     ("linear", &["in", "out", "bias"]),
     (
         "conv2d",
         &[
-            "in", "out", "kernel", "stride", "padding", "bias", "dilation",
+            "in", "out", "kernel", "stride", "padding", "bias", "dilation", "groups",
         ],
     ),
+    (
+        "conv_transpose2d",
+        &[
+            "in",
+            "out",
+            "kernel",
+            "stride",
+            "padding",
+            "output_padding",
+            "bias",
+            "dilation",
+            "groups",
+        ],
+    ),
+    ("embedding", &["num_embeddings", "dim"]),
     (
         "conv1d",
         &["in", "out", "kernel", "stride", "padding", "bias"],
@@ -80,6 +95,22 @@ impl<'a> Checker<'a> {
                 padding: g.pair("padding", Some([0, 0]), 0)?,
                 bias: g.bool_or("bias", true)?,
                 dilation: g.pair("dilation", Some([1, 1]), 1)?,
+                groups: g.int_or("groups", 1, 1)?,
+            },
+            "conv_transpose2d" => Layer::ConvTranspose2d {
+                in_channels: g.count("in")?,
+                out_channels: g.count("out")?,
+                kernel: g.pair("kernel", None, 1)?,
+                stride: g.pair("stride", Some([1, 1]), 1)?,
+                padding: g.pair("padding", Some([0, 0]), 0)?,
+                output_padding: g.pair("output_padding", Some([0, 0]), 0)?,
+                dilation: g.pair("dilation", Some([1, 1]), 1)?,
+                groups: g.int_or("groups", 1, 1)?,
+                bias: g.bool_or("bias", true)?,
+            },
+            "embedding" => Layer::Embedding {
+                num_embeddings: g.count("num_embeddings")?,
+                dim: g.count("dim")?,
             },
             "conv1d" => Layer::Conv1d {
                 in_channels: g.count("in")?,

@@ -6,8 +6,8 @@ use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::cost;
 use crate::plan::{
-    FisherVariant, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure, Task,
-    VectorOp,
+    FisherVariant, Layer, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure,
+    Task, Transform, VectorOp,
 };
 use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, MeasureItem, Span};
 use std::collections::BTreeMap;
@@ -131,10 +131,87 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// An embedding reading the input needs integer token ids in
+    /// `[0, num)`: checked on the values where the data is a file or a
+    /// built-in source and its transforms keep values; a transform that
+    /// rescales them is refused.
+    fn tokens_fit(&mut self, model: &ModelV, data: &DataV, span: Span) -> bool {
+        let Some((layer, num)) = model.spec.layers.iter().find_map(|l| match l.layer {
+            Layer::Embedding { num_embeddings, .. } => Some((l.name.clone(), num_embeddings)),
+            _ => None,
+        }) else {
+            return true;
+        };
+        let mut step = data.step;
+        let source = loop {
+            match &self.items[step.0 as usize].op {
+                Op::Transform {
+                    input, transform, ..
+                } => match transform {
+                    Transform::Normalize { .. }
+                    | Transform::ChannelNormalize { .. }
+                    | Transform::Scale { .. } => {
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::Invalid {
+                                    message: format!(
+                                        "embedding `{layer}` reads token ids, but {} rescales its inputs",
+                                        data.shown()
+                                    ),
+                                },
+                                span,
+                                "token ids would no longer be integers",
+                            )
+                            .hint("drop `normalize`/`scale` from the token data's pipeline"),
+                        );
+                        return false;
+                    }
+                    _ => step = *input,
+                },
+                Op::Data { source, .. } => break source.clone(),
+                _ => return true,
+            }
+        };
+        let Ok(host) = crate::data::load(&source, &self.opts.base_dir) else {
+            return true; // reported where the data was declared
+        };
+        let d: usize = host.info.shape.iter().product::<usize>().max(1);
+        let bad = host
+            .x
+            .iter()
+            .position(|&t| !(t.fract() == 0.0 && t >= 0.0 && (t as f64) < num as f64));
+        if let Some(j) = bad {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "embedding `{layer}` takes token ids in [0, {num}), but example {} of {}'s source has {} at position {}",
+                            j / d,
+                            data.shown(),
+                            host.x[j],
+                            j % d
+                        ),
+                    },
+                    span,
+                    "not integer token ids for this vocabulary",
+                )
+                .hint(format!(
+                    "token ids must be integers from 0 to {}; raise `num_embeddings` or fix the data",
+                    num - 1
+                )),
+            );
+            return false;
+        }
+        true
+    }
+
     /// Checks that `model` can run on `data` (input shape, outputs vs targets).
     pub(super) fn compatible(&mut self, model: &ModelV, data: &DataV, span: Span) -> bool {
         let want: usize = model.spec.input.iter().product();
         let have: usize = data.info.shape.iter().product();
+        if want == have && !self.tokens_fit(model, data, span) {
+            return false;
+        }
         if want != have {
             self.error(
                 Diagnostic::new(
@@ -313,15 +390,17 @@ impl<'a> Checker<'a> {
                     &callee,
                     span,
                     args,
-                    &["linear", "conv", "norm"],
+                    &["linear", "conv", "norm", "embedding"],
                     Extra::Keyed,
                 )?;
                 let mut families = BTreeMap::new();
-                for (key, fam) in [
-                    ("linear", LayerFamily::Linear),
-                    ("conv", LayerFamily::Conv),
-                    ("norm", LayerFamily::Norm),
+                for fam in [
+                    LayerFamily::Linear,
+                    LayerFamily::Conv,
+                    LayerFamily::Norm,
+                    LayerFamily::Embedding,
                 ] {
+                    let key = fam.key();
                     if let Some(s) = c.get(key) {
                         families.insert(fam, self.mix_part(s)?);
                     }
@@ -542,11 +621,7 @@ impl<'a> Checker<'a> {
                     {
                         Some(s) => (s.clone(), f),
                         None => {
-                            let fname = match f {
-                                LayerFamily::Linear => "linear",
-                                LayerFamily::Conv => "conv",
-                                LayerFamily::Norm => "norm",
-                            };
+                            let fname = f.key();
                             self.error(
                                 Diagnostic::new(
                                     ErrorKind::UnsupportedLayer {
@@ -569,7 +644,22 @@ impl<'a> Checker<'a> {
                     st,
                     Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag
                 );
-                if kron && family == LayerFamily::Norm {
+                if let Some(why) = l.layer.kron_refusal().filter(|_| kron) {
+                    // A mix can route the family elsewhere, except grouped
+                    // convolutions, which share theirs with plain ones.
+                    let hint = if family == LayerFamily::Conv {
+                        format!(
+                            "use `mix(linear = {0}, conv = BlockDiag)`, or leave `{1}` out with `layers = [...]`",
+                            st.name(),
+                            l.name
+                        )
+                    } else {
+                        format!(
+                            "use `mix(linear = {0}, conv = {0}, {1} = BlockDiag)`, or leave the layer out with `layers = [...]`",
+                            st.name(),
+                            family.key()
+                        )
+                    };
                     self.error(
                         Diagnostic::new(
                             ErrorKind::UnsupportedLayer {
@@ -578,12 +668,9 @@ impl<'a> Checker<'a> {
                                 layer_type: l.layer.type_name().into(),
                             },
                             se?.span,
-                            format!("{} has no Kronecker factors for normalisation layers", st.name()),
+                            format!("{} {why}", st.name()),
                         )
-                        .hint(format!(
-                            "use `mix(linear = {0}, conv = {0}, norm = BlockDiag)`, or leave the layer out with `layers = [...]`",
-                            st.name()
-                        )),
+                        .hint(hint),
                     );
                     return None;
                 }
@@ -658,7 +745,7 @@ impl<'a> Checker<'a> {
             !matches!(s, Structure::Kfac | Structure::Ekfac { .. })
                 || m.spec
                     .param_layers()
-                    .all(|l| l.layer.family() != Some(LayerFamily::Norm))
+                    .all(|l| l.layer.kron_refusal().is_none())
         };
         candidates
             .into_iter()

@@ -251,6 +251,22 @@ impl<'a> Checker<'a> {
         span: Span,
         src: SrcId,
     ) -> Option<Node> {
+        if matches!(layer, Layer::Embedding { .. }) && inputs != [0] {
+            self.error_in(
+                src,
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "embedding `{path}` must read the model input (its token ids)"
+                        ),
+                    },
+                    span,
+                    "reads the output of another layer",
+                )
+                .hint("token ids are not differentiable: apply the embedding to the model's input `x` first"),
+            );
+            return None;
+        }
         if layer.num_params() > 0 {
             if let Some(first) = g.applied.get(path).copied() {
                 self.error_in(
@@ -650,7 +666,9 @@ fn flatten_sum<'e>(e: &'e Expr, terms: &mut Vec<&'e Expr>, ops: &mut Vec<(Span, 
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 9] = [
+const BLOCK_ONLY: [&str; 11] = [
+    "embedding",
+    "conv_transpose2d",
     "adaptive_avgpool2d",
     "groupnorm",
     "dropout",
@@ -670,6 +688,12 @@ impl<'a> Checker<'a> {
         let name = match &d.kind {
             ExprKind::List(_) => return true,
             ExprKind::Ident(n) => n,
+            // Grouped convolutions are built by the block constructors.
+            ExprKind::Call { callee, args } if callee.name == "conv2d" => {
+                return args
+                    .iter()
+                    .any(|a| a.name.as_ref().is_some_and(|n| n.name == "groups"));
+            }
             ExprKind::Call { callee, .. } => &callee.name,
             _ => return false,
         };

@@ -676,6 +676,7 @@ impl<'a> Checker<'a> {
                         padding,
                         bias,
                         dilation,
+                        groups: 1,
                     },
                     vec![o, h, w],
                 ))

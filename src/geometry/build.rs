@@ -178,6 +178,7 @@ impl<'a, O: Ops> Problem<'a, O> {
                     sg,
                     sa,
                     bias,
+                    order: stats::order(slot),
                 };
                 offset += slot.numel;
                 info
@@ -441,6 +442,7 @@ impl<'a, O: Ops> Problem<'a, O> {
                     l.sg,
                     l.sa,
                     l.bias,
+                    l.order,
                 )),
                 BlockKind::QuasiDiag => {
                     let d = scale(get(&acc[k][0])?, 1.0 / n);
@@ -455,7 +457,7 @@ impl<'a, O: Ops> Problem<'a, O> {
                         }
                     }
                     Block::QuasiDiag {
-                        diag: stats::to_flat_host(&d, l.sg, l.sa, l.bias),
+                        diag: stats::to_flat_host(&d, l.sg, l.sa, l.bias, l.order),
                         cross,
                     }
                 }
@@ -671,8 +673,13 @@ impl<'a, O: Ops> Problem<'a, O> {
         let vs = layers
             .iter()
             .map(|l| {
-                let nat =
-                    stats::from_flat_host(&v[l.offset..l.offset + l.numel], l.sg, l.sa, l.bias);
+                let nat = stats::from_flat_host(
+                    &v[l.offset..l.offset + l.numel],
+                    l.sg,
+                    l.sa,
+                    l.bias,
+                    l.order,
+                );
                 o.upload(&[l.sg, l.sa], &nat)
             })
             .collect::<OpsResult<Vec<_>>>()?;
@@ -700,7 +707,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         for (k, l) in layers.iter().enumerate() {
             let nat = o.download(out[k].as_ref().unwrap())?;
             res.extend(
-                stats::to_flat_host(&nat, l.sg, l.sa, l.bias)
+                stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order)
                     .into_iter()
                     .map(|x| x / self.n as f64),
             );
@@ -736,7 +743,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
             let slot = self.slot_of(cap);
             let l = o.shape(&cap.g)[2];
-            let affine = matches!(slot.kind, super::net::SlotKind::Affine { .. });
+            let affine = stats::factored(slot);
             let (structured, per_example) = stats::ntk_costs(slot, c, n, l);
             let cheaper = structured <= per_example;
             let (full, aa) = if affine && l == 1 && cheaper && !force_per_example {
@@ -892,7 +899,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         let mut out = Vec::new();
         for (k, l) in layers.iter().enumerate() {
             let nat = o.download(acc[k].as_ref().unwrap())?;
-            out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias));
+            out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order));
         }
         Ok((loss / self.n as f64, out, stats))
     }

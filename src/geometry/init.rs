@@ -34,36 +34,37 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
                 trainable,
             })
         };
-        let weight_shape = match &l.layer {
-            Layer::Linear {
-                in_features,
-                out_features,
-                ..
-            } => Some(vec![*out_features, *in_features]),
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                ..
-            } => Some(vec![*out_channels, *in_channels, kernel[0], kernel[1]]),
-            Layer::Conv1d {
-                in_channels,
-                out_channels,
-                kernel,
-                ..
-            } => Some(vec![*out_channels, *in_channels, *kernel]),
-            _ => None,
-        };
-        if let Some(shape) = weight_shape {
-            let has_bias = matches!(
-                l.layer,
-                Layer::Linear { bias: true, .. }
-                    | Layer::Conv2d { bias: true, .. }
-                    | Layer::Conv1d { bias: true, .. }
-            );
+        // Weight and bias shapes in PyTorch's layout.
+        let affine = matches!(
+            l.layer,
+            Layer::Linear { .. }
+                | Layer::Conv2d { .. }
+                | Layer::Conv1d { .. }
+                | Layer::ConvTranspose2d { .. }
+        );
+        let shapes = l.layer.state_tensors(name);
+        if let Layer::Embedding {
+            num_embeddings,
+            dim,
+        } = &l.layer
+        {
+            // PyTorch's default is N(0, 1); a normal init keeps its std.
+            let numel = num_embeddings * dim;
+            let std = match init {
+                Init::Normal { std, .. } => *std,
+                _ => 1.0,
+            };
+            let w = (0..numel).map(|_| std * rng.normal()).collect();
+            push("weight", vec![*num_embeddings, *dim], w, true);
+        }
+        if affine {
+            let shape = shapes[0].1.clone();
+            let has_bias = shapes.len() > 1;
+            // PyTorch takes a transposed convolution's fans from its
+            // weight `[in, out/groups, K]` as if it were `[out, in, K]`.
             let (fan_in, fan_out) = fans(&shape);
             let numel: usize = shape.iter().product();
-            let out = shape[0];
+            let out = shapes.get(1).map_or(shape[0], |b| b.1[0]);
             let bound = 1.0 / (fan_in as f64).sqrt();
             let (w, b): (Vec<f64>, Vec<f64>) = match init {
                 Init::Pytorch { .. } => (

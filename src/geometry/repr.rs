@@ -5,7 +5,7 @@
 //! solves) run there with `faer`. Every vector is in NNGeometry's flat order
 //! restricted to the representation's layers.
 
-use super::stats::{from_flat_host, to_flat_host};
+use super::stats::{flat_pos, from_flat_host, to_flat_host, Order};
 use crate::linalg::{eigh, eigvalsh, solve_sym, LinalgError, Mat};
 
 /// One parameterised layer of a representation.
@@ -21,6 +21,9 @@ pub struct LayerInfo {
     pub sg: usize,
     pub sa: usize,
     pub bias: bool,
+    /// Transposed convolutions: how the weight's columns map to PyTorch's
+    /// order (see [`Order`]).
+    pub order: Order,
 }
 
 /// One layer's diagonal block.
@@ -95,22 +98,16 @@ fn nonsingular(m: &Mat) -> R<()> {
 }
 
 fn natural(v: &[f64], l: &LayerInfo) -> Mat {
-    Mat::from_vec(l.sg, l.sa, from_flat_host(v, l.sg, l.sa, l.bias))
+    Mat::from_vec(l.sg, l.sa, from_flat_host(v, l.sg, l.sa, l.bias, l.order))
 }
 
 fn flat(m: &Mat, l: &LayerInfo) -> Vec<f64> {
-    to_flat_host(&m.data, l.sg, l.sa, l.bias)
+    to_flat_host(&m.data, l.sg, l.sa, l.bias, l.order)
 }
 
 /// Index in the layer's flat order of natural position `(g, a)`.
 fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
-    if l.bias && a == l.sa - 1 {
-        l.sg * (l.sa - 1) + g
-    } else if l.bias {
-        g * (l.sa - 1) + a
-    } else {
-        g * l.sa + a
-    }
+    flat_pos(g, a, l.sg, l.sa, l.bias, l.order)
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {

@@ -17,7 +17,45 @@ pub fn layout(slot: &LayerSlot) -> (usize, usize, bool) {
     match slot.kind {
         SlotKind::Affine { sg, sa, bias, .. } => (sg, sa, bias),
         SlotKind::Elementwise { d } => (d, 2, true),
+        SlotKind::Embedding { num, dim } => (num, dim, false),
     }
+}
+
+/// How a transposed convolution's weight columns map to PyTorch's order:
+/// `(groups, K)`. The natural layout `[out, in/groups · K]` (rows are
+/// output channels, as for every convolution) is PyTorch's weight
+/// `[in, out/groups, K]` with, in each group, the channel axes swapped.
+pub type Order = Option<(usize, usize)>;
+
+/// The weight order of a slot (see [`Order`]).
+pub fn order(slot: &LayerSlot) -> Order {
+    match slot.kind {
+        SlotKind::Affine {
+            groups,
+            transposed: Some(k),
+            ..
+        } => Some((groups, k)),
+        _ => None,
+    }
+}
+
+/// Flat position of natural weight entry `(g, a)` of a `[sg, sa_w]` weight.
+pub fn weight_pos(g: usize, a: usize, sg: usize, sa_w: usize, ord: Order) -> usize {
+    match ord {
+        None => g * sa_w + a,
+        Some((groups, k)) => {
+            let (cog, cig) = (sg / groups, sa_w / k);
+            let (grp, col) = (g / cog, g % cog);
+            ((grp * cig + a / k) * cog + col) * k + a % k
+        }
+    }
+}
+
+/// Whether the capture's `a` has the natural layout's columns (Linear,
+/// ungrouped convolutions): KFAC factors and the products below that
+/// read `a` directly apply.
+pub fn factored(slot: &LayerSlot) -> bool {
+    matches!(slot.kind, SlotKind::Affine { groups: 1, .. })
 }
 
 /// Spatial positions per example, `L`.
@@ -30,6 +68,15 @@ pub fn gw<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::
     let gs = o.shape(&cap.g);
     let (m, n, l) = (gs[0], gs[1], gs[2]);
     match slot.kind {
+        SlotKind::Affine { sg, groups, .. } if groups > 1 => grouped_gw(o, slot, cap, sg, groups),
+        SlotKind::Embedding { num, dim } => {
+            // Rows of the tokens: scatter-add of the output gradients,
+            // `a` holding `i·num + token` per (example i, position).
+            let z = o.zeros(&[m, n * num, dim])?;
+            let src = o.reshape(&cap.g, &[m, n * l, dim])?;
+            let s = o.index_add(&z, &cap.a, &src, 1)?;
+            o.reshape(&s, &[m, n, num, dim])
+        }
         SlotKind::Affine { sg, .. } => {
             if l == 1 {
                 let g = o.reshape(&cap.g, &[m, n, sg, 1])?;
@@ -51,8 +98,42 @@ pub fn gw<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::
     }
 }
 
+/// Grouped convolutions: `gw [m, n, out, in/groups · K (+1)]` from `a` over
+/// all input columns, each output channel meeting its group's only.
+fn grouped_gw<O: Ops>(
+    o: &O,
+    slot: &LayerSlot,
+    cap: &Capture<O::T>,
+    sg: usize,
+    groups: usize,
+) -> OpsResult<O::T> {
+    let (_, sa, bias) = layout(slot);
+    let gs = o.shape(&cap.g);
+    let (m, n, l) = (gs[0], gs[1], gs[2]);
+    let (cog, cig) = (sg / groups, sa - bias as usize);
+    let a = o.narrow(&cap.a, 2, 0, groups * cig)?;
+    let a = o.transpose(&o.reshape(&a, &[n, l, groups, cig])?, 1, 2)?; // [n, G, L, cig]
+    let a = o.reshape(&a, &[1, n, groups, l, cig])?;
+    let g = o.transpose(&o.reshape(&cap.g, &[m * n, l, groups, cog])?, 1, 2)?;
+    let g = o.transpose(&g, 2, 3)?; // [mn, G, cog, L]
+    let g = o.reshape(&g, &[m, n, groups, cog, l])?;
+    let w = o.reshape(&o.matmul(&g, &a)?, &[m, n, sg, cig])?;
+    if !bias {
+        return Ok(w);
+    }
+    let b = o.reshape(&o.sum_dim(&cap.g, 2)?, &[m, n, sg, 1])?;
+    o.cat(&[w, b], 3)
+}
+
 /// Natural layout `[..., sg, sa]` → flat order `[..., sg·sa]`.
-pub fn to_flat<O: Ops>(o: &O, t: &O::T, sg: usize, sa: usize, bias: bool) -> OpsResult<O::T> {
+pub fn to_flat<O: Ops>(
+    o: &O,
+    t: &O::T,
+    sg: usize,
+    sa: usize,
+    bias: bool,
+    ord: Order,
+) -> OpsResult<O::T> {
     let shape = o.shape(t);
     let r = shape.len();
     let lead: Vec<usize> = shape[..r - 2].to_vec();
@@ -61,42 +142,62 @@ pub fn to_flat<O: Ops>(o: &O, t: &O::T, sg: usize, sa: usize, bias: bool) -> Ops
         s.push(k);
         s
     };
+    let sa_w = sa - bias as usize;
+    let weights = |w: &O::T| -> OpsResult<O::T> {
+        match ord {
+            None => o.reshape(w, &flat_shape(sg * sa_w)),
+            Some((groups, k)) => {
+                let mut s = lead.clone();
+                s.extend([groups, sg / groups, sa_w / k, k]);
+                let w = o.transpose(&o.reshape(w, &s)?, r - 1, r)?;
+                o.reshape(&w, &flat_shape(sg * sa_w))
+            }
+        }
+    };
     if !bias {
-        return o.reshape(t, &flat_shape(sg * sa));
+        return weights(t);
     }
-    let w = o.narrow(t, r - 1, 0, sa - 1)?;
+    let w = weights(&o.narrow(t, r - 1, 0, sa - 1)?)?;
     let b = o.narrow(t, r - 1, sa - 1, 1)?;
-    let w = o.reshape(&w, &flat_shape(sg * (sa - 1)))?;
     let b = o.reshape(&b, &flat_shape(sg))?;
     o.cat(&[w, b], r - 2)
 }
 
+/// Flat position of natural entry `(g, a)` of a `[sg, sa]` layout whose
+/// last column is the bias if `bias`.
+pub fn flat_pos(g: usize, a: usize, sg: usize, sa: usize, bias: bool, ord: Order) -> usize {
+    let sa_w = sa - bias as usize;
+    if bias && a == sa_w {
+        sg * sa_w + g
+    } else {
+        weight_pos(g, a, sg, sa_w, ord)
+    }
+}
+
 /// Host-side inverse of [`to_flat`] for one vector: flat → `[sg, sa]` row-major.
-pub fn from_flat_host(v: &[f64], sg: usize, sa: usize, bias: bool) -> Vec<f64> {
-    if !bias {
+pub fn from_flat_host(v: &[f64], sg: usize, sa: usize, bias: bool, ord: Order) -> Vec<f64> {
+    if !bias && ord.is_none() {
         return v.to_vec();
     }
     let mut out = vec![0.0; sg * sa];
     for g in 0..sg {
-        for a in 0..sa - 1 {
-            out[g * sa + a] = v[g * (sa - 1) + a];
+        for a in 0..sa {
+            out[g * sa + a] = v[flat_pos(g, a, sg, sa, bias, ord)];
         }
-        out[g * sa + sa - 1] = v[sg * (sa - 1) + g];
     }
     out
 }
 
 /// Host-side [`to_flat`] for one `[sg, sa]` matrix.
-pub fn to_flat_host(m: &[f64], sg: usize, sa: usize, bias: bool) -> Vec<f64> {
-    if !bias {
+pub fn to_flat_host(m: &[f64], sg: usize, sa: usize, bias: bool, ord: Order) -> Vec<f64> {
+    if !bias && ord.is_none() {
         return m.to_vec();
     }
     let mut out = vec![0.0; sg * sa];
     for g in 0..sg {
-        for a in 0..sa - 1 {
-            out[g * (sa - 1) + a] = m[g * sa + a];
+        for a in 0..sa {
+            out[flat_pos(g, a, sg, sa, bias, ord)] = m[g * sa + a];
         }
-        out[sg * (sa - 1) + g] = m[g * sa + sa - 1];
     }
     out
 }
@@ -105,13 +206,13 @@ pub fn to_flat_host(m: &[f64], sg: usize, sa: usize, bias: bool) -> Vec<f64> {
 pub fn jacobian<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
     let (sg, sa, bias) = layout(slot);
     let gs = o.shape(&cap.g);
-    let j = to_flat(o, &gw(o, slot, cap)?, sg, sa, bias)?;
+    let j = to_flat(o, &gw(o, slot, cap)?, sg, sa, bias, order(slot))?;
     o.reshape(&j, &[gs[0] * gs[1], sg * sa])
 }
 
 /// `Σ_{o,i} gw²` in the natural layout `[sg, sa]` (unnormalised diagonal).
 pub fn diag_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
-    if matches!(slot.kind, SlotKind::Affine { .. }) && positions(o, cap) == 1 {
+    if factored(slot) && positions(o, cap) == 1 {
         // Σ_i (Σ_o g²)ᵀ a²: two small products instead of m·n outer products.
         let (sg, sa, _) = layout(slot);
         let gs = o.shape(&cap.g);
@@ -131,7 +232,7 @@ pub fn diag_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResu
 /// quasi-diagonal representation, `[sg, sa]` (last column = bias diagonal).
 pub fn cross_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<O::T> {
     let (sg, sa, _) = layout(slot);
-    if matches!(slot.kind, SlotKind::Affine { .. }) && positions(o, cap) == 1 {
+    if factored(slot) && positions(o, cap) == 1 {
         let gs = o.shape(&cap.g);
         let g2 = o.sum_dim(&o.unary(Unary::Sqr, &cap.g)?, 0)?;
         let g2 = o.reshape(&g2, &[gs[1], sg])?;
@@ -149,6 +250,7 @@ pub fn cross_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsRes
 /// Unnormalised KFAC factors `(Σ a aᵀ, Σ g gᵀ)` over examples, outputs and
 /// positions.
 pub fn kfac_sums<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<(O::T, O::T)> {
+    no_factors(slot)?;
     let (sg, sa, _) = layout(slot);
     let a = o.reshape(&cap.a, &[o.numel(&cap.a) / sa, sa])?;
     let g = o.reshape(&cap.g, &[o.numel(&cap.g) / sg, sg])?;
@@ -164,6 +266,7 @@ pub fn kfe_sum<O: Ops>(
     ug: &O::T,
     ua: &O::T,
 ) -> OpsResult<O::T> {
+    no_factors(slot)?;
     let (sg, sa, _) = layout(slot);
     let gs = o.shape(&cap.g);
     let (m, n, l) = (gs[0], gs[1], gs[2]);
@@ -181,12 +284,23 @@ pub fn kfe_sum<O: Ops>(
     o.reshape(&o.sum_dim(&r2, 0)?, &[sg, sa])
 }
 
+/// Kronecker factors exist for Linear and ungrouped convolutions only.
+fn no_factors(slot: &LayerSlot) -> OpsResult<()> {
+    if factored(slot) {
+        return Ok(());
+    }
+    Err(super::ops::OpsError(format!(
+        "layer `{}` has no Kronecker factors (KFAC, EKFAC)",
+        slot.name
+    )))
+}
+
 /// Floating-point operations of the two ways to get a layer's NTK block.
 pub fn ntk_costs(slot: &LayerSlot, m: usize, n: usize, l: usize) -> (f64, f64) {
     let (sg, sa, _) = layout(slot);
     let (mn, nl) = ((m * n) as f64, (n * l) as f64);
     let (sg, sa, l) = (sg as f64, sa as f64, l as f64);
-    let structured = if matches!(slot.kind, SlotKind::Affine { .. }) {
+    let structured = if factored(slot) {
         2.0 * (mn * l).powi(2) * sg + 2.0 * nl * nl * sa + mn * mn * l * l
     } else {
         f64::INFINITY
@@ -200,8 +314,14 @@ pub fn jv<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, v: &O::T) -> Ops
     let gs = o.shape(&cap.g);
     let (m, n, l) = (gs[0], gs[1], gs[2]);
     let (sg, sa, _) = layout(slot);
+    if !factored(slot) && !matches!(slot.kind, SlotKind::Elementwise { .. }) {
+        // Through the per-example gradients.
+        let w = o.reshape(&gw(o, slot, cap)?, &[m * n, sg * sa])?;
+        let jv = o.matmul(&w, &o.reshape(v, &[sg * sa, 1])?)?;
+        return o.reshape(&jv, &[m, n]);
+    }
     let contrib = match slot.kind {
-        SlotKind::Affine { .. } => {
+        SlotKind::Affine { .. } | SlotKind::Embedding { .. } => {
             let a = o.reshape(&cap.a, &[n * l, sa])?;
             let av = o.matmul(&a, &o.transpose(v, 0, 1)?)?; // [nL, sg]
             o.mul(&cap.g, &o.reshape(&av, &[n, l, sg])?)?
@@ -222,10 +342,15 @@ pub fn jtu<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, u: &O::T) -> Op
     let gs = o.shape(&cap.g);
     let (m, n, l) = (gs[0], gs[1], gs[2]);
     let (sg, sa, _) = layout(slot);
+    if !factored(slot) && !matches!(slot.kind, SlotKind::Elementwise { .. }) {
+        let w = o.reshape(&gw(o, slot, cap)?, &[m * n, sg * sa])?;
+        let jtu = o.matmul(&o.reshape(u, &[1, m * n])?, &w)?;
+        return o.reshape(&jtu, &[sg, sa]);
+    }
     let u4 = o.reshape(u, &[m, n, 1, 1])?;
     let w = o.sum_dim(&o.mul(&cap.g, &u4)?, 0)?; // [1, n, L, sg]
     match slot.kind {
-        SlotKind::Affine { .. } => {
+        SlotKind::Affine { .. } | SlotKind::Embedding { .. } => {
             let w = o.reshape(&w, &[n * l, sg])?;
             let a = o.reshape(&cap.a, &[n * l, sa])?;
             o.t_matmul(&w, &a)

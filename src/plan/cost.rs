@@ -41,8 +41,21 @@ pub fn forward_flops(model: &ModelSpec) -> u64 {
                 Layer::Conv2d {
                     in_channels,
                     kernel,
+                    groups,
                     ..
-                } => 2 * out * (*in_channels as u64) * (kernel[0] * kernel[1]) as u64,
+                } => 2 * out * (in_channels / groups) as u64 * (kernel[0] * kernel[1]) as u64,
+                // Each input value meets every tap of its group's outputs.
+                Layer::ConvTranspose2d {
+                    out_channels,
+                    kernel,
+                    groups,
+                    ..
+                } => {
+                    let inp: u64 = l.input.iter().map(|&d| d as u64).product();
+                    2 * inp * (out_channels / groups) as u64 * (kernel[0] * kernel[1]) as u64
+                }
+                // A gather: one copy per output value.
+                Layer::Embedding { .. } => out,
                 Layer::Conv1d {
                     in_channels,
                     kernel,
@@ -69,6 +82,17 @@ pub fn kfac_dims(layer: &LayerSpec) -> Option<(u64, u64, u64)> {
             out_channels,
             kernel,
             bias,
+            groups: 1,
+            ..
+        }
+        // NNGeometry's factors of a transposed convolution: its patches
+        // per output position (`unfold_transpose_conv2d`).
+        | Layer::ConvTranspose2d {
+            in_channels,
+            out_channels,
+            kernel,
+            bias,
+            groups: 1,
             ..
         } => Some((
             (*in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64,

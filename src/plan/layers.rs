@@ -20,6 +20,21 @@ pub fn conv_len(
     (padded >= reach && stride > 0).then(|| (padded - reach) / stride + 1)
 }
 
+/// Output length of a transposed convolution along one axis, PyTorch's
+/// `(size−1)·stride − 2·padding + dilation·(kernel−1) + output_padding + 1`,
+/// or `None` when that is not positive.
+pub fn conv_transpose_len(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let full = (size.checked_sub(1)?) * stride + dilation * (kernel - 1) + output_padding + 1;
+    full.checked_sub(2 * padding).filter(|&l| l > 0)
+}
+
 fn fmt(shape: &[usize]) -> String {
     let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("[{}]", parts.join(", "))
@@ -39,10 +54,24 @@ impl Layer {
                 out_channels,
                 kernel,
                 bias,
+                groups,
+                ..
+            }
+            | Layer::ConvTranspose2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                groups,
                 ..
             } => {
-                ((in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64) * *out_channels as u64
+                ((in_channels / (*groups).max(1) * kernel[0] * kernel[1]) as u64 + *bias as u64)
+                    * *out_channels as u64
             }
+            Layer::Embedding {
+                num_embeddings,
+                dim,
+            } => (*num_embeddings * *dim) as u64,
             Layer::Conv1d {
                 in_channels,
                 out_channels,
@@ -93,8 +122,10 @@ impl Layer {
                 stride,
                 padding,
                 dilation,
+                groups,
                 ..
             } => {
+                check_groups(*in_channels, *out_channels, *groups)?;
                 if x.len() != 3 || x[0] != *in_channels {
                     return bad(format!("[{in_channels}, H, W]"));
                 }
@@ -108,6 +139,51 @@ impl Layer {
                         dilation[1] * (kernel[1] - 1) + 1
                     )),
                 }
+            }
+            Layer::ConvTranspose2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                check_groups(*in_channels, *out_channels, *groups)?;
+                for a in 0..2 {
+                    if output_padding[a] >= stride[a] && output_padding[a] >= dilation[a] {
+                        return Err(format!(
+                            "output_padding {output_padding:?} must be smaller than the stride {stride:?} or the dilation {dilation:?}"
+                        ));
+                    }
+                }
+                if x.len() != 3 || x[0] != *in_channels {
+                    return bad(format!("[{in_channels}, H, W]"));
+                }
+                let len = |a: usize| {
+                    conv_transpose_len(
+                        x[1 + a],
+                        kernel[a],
+                        stride[a],
+                        padding[a],
+                        output_padding[a],
+                        dilation[a],
+                    )
+                };
+                match (len(0), len(1)) {
+                    (Some(h), Some(w)) => Ok(vec![*out_channels, h, w]),
+                    _ => Err(format!(
+                        "padding {padding:?} leaves no output for an input of {}",
+                        fmt(x)
+                    )),
+                }
+            }
+            Layer::Embedding { dim, .. } => {
+                let mut out = x.to_vec();
+                out.push(*dim);
+                Ok(out)
             }
             Layer::Conv1d {
                 in_channels,
@@ -243,11 +319,37 @@ impl Layer {
                 out_channels,
                 kernel,
                 bias,
+                groups,
                 ..
             } => (
-                Some(vec![*out_channels, *in_channels, kernel[0], kernel[1]]),
+                Some(vec![
+                    *out_channels,
+                    in_channels / groups,
+                    kernel[0],
+                    kernel[1],
+                ]),
                 *bias,
             ),
+            Layer::ConvTranspose2d {
+                in_channels,
+                out_channels,
+                kernel,
+                bias,
+                groups,
+                ..
+            } => {
+                // The bias has one entry per output channel, not per row.
+                let w = vec![*in_channels, out_channels / groups, kernel[0], kernel[1]];
+                out.push((k("weight"), w, true));
+                if *bias {
+                    out.push((k("bias"), vec![*out_channels], true));
+                }
+                return out;
+            }
+            Layer::Embedding {
+                num_embeddings,
+                dim,
+            } => (Some(vec![*num_embeddings, *dim]), false),
             Layer::Conv1d {
                 in_channels,
                 out_channels,
@@ -281,6 +383,16 @@ impl Layer {
         }
         out
     }
+}
+
+/// Channels split evenly into `groups`, in and out.
+fn check_groups(cin: usize, cout: usize, groups: usize) -> Result<(), String> {
+    if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
+        return Err(format!(
+            "{cin} input and {cout} output channels do not both split into {groups} groups"
+        ));
+    }
+    Ok(())
 }
 
 impl LayerSpec {
@@ -329,6 +441,12 @@ impl ModelSpec {
                 .layer
                 .output_shape(&shapes)
                 .map_err(|e| format!("layer `{}`: {e}", l.name))?;
+            if matches!(l.layer, Layer::Embedding { .. }) && src != [0] {
+                return Err(format!(
+                    "embedding `{}` must read the model input (token ids): its input is not differentiable",
+                    l.name
+                ));
+            }
             if out != l.output || shapes[0] != l.input.as_slice() {
                 return Err(format!("layer `{}`: recorded shapes disagree", l.name));
             }

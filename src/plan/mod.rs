@@ -11,7 +11,7 @@ mod ops;
 mod table;
 
 pub use compile::compile;
-pub use layers::conv_len;
+pub use layers::{conv_len, conv_transpose_len};
 pub use ops::*;
 pub use table::render_table;
 

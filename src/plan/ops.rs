@@ -307,6 +307,31 @@ pub enum Layer {
         bias: bool,
         #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
         dilation: [usize; 2],
+        /// Weight `[out, in/groups, kh, kw]`.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+    },
+    /// PyTorch's `ConvTranspose2d`: weight `[in, out/groups, kh, kw]`,
+    /// output `(H−1)·stride − 2·padding + dilation·(k−1) + output_padding + 1`.
+    ConvTranspose2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        output_padding: [usize; 2],
+        #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
+        dilation: [usize; 2],
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+        bias: bool,
+    },
+    /// PyTorch's `Embedding`: weight `[num_embeddings, dim]`; reads the
+    /// model input, whose values are integer token ids.
+    Embedding {
+        num_embeddings: usize,
+        dim: usize,
     },
     Conv1d {
         in_channels: usize,
@@ -372,6 +397,12 @@ pub enum Layer {
     Concat,
 }
 
+fn one() -> usize {
+    1
+}
+fn is_one(g: &usize) -> bool {
+    *g == 1
+}
 fn ones2() -> [usize; 2] {
     [1, 1]
 }
@@ -388,6 +419,8 @@ impl Layer {
             Layer::Linear { .. } => "Linear",
             Layer::Conv2d { .. } => "Conv2d",
             Layer::Conv1d { .. } => "Conv1d",
+            Layer::ConvTranspose2d { .. } => "ConvTranspose2d",
+            Layer::Embedding { .. } => "Embedding",
             Layer::Relu => "ReLU",
             Layer::Tanh => "Tanh",
             Layer::Sigmoid => "Sigmoid",
@@ -409,11 +442,30 @@ impl Layer {
     pub fn family(&self) -> Option<LayerFamily> {
         match self {
             Layer::Linear { .. } => Some(LayerFamily::Linear),
-            Layer::Conv2d { .. } | Layer::Conv1d { .. } => Some(LayerFamily::Conv),
+            Layer::Conv2d { .. } | Layer::Conv1d { .. } | Layer::ConvTranspose2d { .. } => {
+                Some(LayerFamily::Conv)
+            }
+            Layer::Embedding { .. } => Some(LayerFamily::Embedding),
             Layer::BatchNorm1d { .. }
             | Layer::BatchNorm2d { .. }
             | Layer::LayerNorm { .. }
             | Layer::GroupNorm { .. } => Some(LayerFamily::Norm),
+            _ => None,
+        }
+    }
+
+    /// Why KFAC, EKFAC and QuasiDiag (Kronecker-factored structures) cannot
+    /// represent this layer's block, if they cannot. As NNGeometry: Linear,
+    /// Conv1d/2d without groups and ConvTranspose2d have factors.
+    pub fn kron_refusal(&self) -> Option<&'static str> {
+        match self {
+            Layer::Conv2d { groups, .. } | Layer::ConvTranspose2d { groups, .. } if *groups > 1 => {
+                Some("has no Kronecker factors for grouped convolutions (NNGeometry has none either)")
+            }
+            Layer::Embedding { .. } => Some("has no Kronecker factors for embeddings"),
+            l if l.family() == Some(LayerFamily::Norm) => {
+                Some("has no Kronecker factors for normalisation layers")
+            }
             _ => None,
         }
     }
@@ -452,6 +504,19 @@ pub enum LayerFamily {
     Linear,
     Conv,
     Norm,
+    Embedding,
+}
+
+impl LayerFamily {
+    /// Its key in `mix(...)`.
+    pub fn key(self) -> &'static str {
+        match self {
+            LayerFamily::Linear => "linear",
+            LayerFamily::Conv => "conv",
+            LayerFamily::Norm => "norm",
+            LayerFamily::Embedding => "embedding",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -269,9 +269,28 @@ fn batchnorm_training_matches_pytorch() {
 /// forward output 1e-12; the graph's cross-entropy loss and gradient 1e-10.
 #[test]
 fn graph_layers_match_pytorch() {
+    check_layer_cases(
+        "layers",
+        &["GroupNorm", "AdaptiveAvgPool2d", "Conv2d", "Concat"],
+    );
+}
+
+/// Embedding (token ids), ConvTranspose2d (output padding, dilation,
+/// groups) and grouped Conv2d, alone and in two small graphs
+/// (scripts/fixtures/new_layers.py): every `state_dict` loads unchanged
+/// (PyTorch's layouts), the forward output 1e-12, the graphs'
+/// cross-entropy loss and gradient 1e-10.
+#[test]
+fn new_layers_match_pytorch() {
+    check_layer_cases("new_layers", &["Embedding", "ConvTranspose2d", "Conv2d"]);
+}
+
+/// The cases of `tests/fixtures/bn_train/{stem}.json` against their
+/// PyTorch outputs; `required` layer types must appear.
+fn check_layer_cases(stem: &str, required: &[&str]) {
     let o = test_ops(Dtype::F64);
-    let all = json("layers.json");
-    let path = dir().join("layers.safetensors");
+    let all = json(&format!("{stem}.json"));
+    let path = dir().join(format!("{stem}.safetensors"));
     let t = read_tensors(&path);
     let mut seen = std::collections::BTreeSet::new();
     for c in all["cases"].as_array().unwrap() {
@@ -319,7 +338,7 @@ fn graph_layers_match_pytorch() {
             eprintln!("{name}: gradient relative error {e:.2e}");
         }
     }
-    for l in ["GroupNorm", "AdaptiveAvgPool2d", "Conv2d", "Concat"] {
+    for l in required {
         assert!(seen.contains(l), "{l} not covered");
     }
 }

@@ -89,6 +89,8 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
         }
     };
     let or_zero = |k: &str| if m[k].is_null() { [0, 0] } else { pair(k) };
+    let or_one = |k: &str| if m[k].is_null() { [1, 1] } else { pair(k) };
+    let groups = || m["groups"].as_u64().unwrap_or(1) as usize;
     let eps = m["eps"].as_f64().unwrap_or(1e-5);
     match m["type"].as_str().unwrap() {
         "Linear" => Layer::Linear {
@@ -96,22 +98,31 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
             out_features: u("out_features"),
             bias: m["bias"].as_bool().unwrap_or(true),
         },
-        "Conv2d" => {
-            assert_eq!(m["groups"].as_u64().unwrap_or(1), 1, "{case}: grouped conv");
-            Layer::Conv2d {
-                in_channels: u("in_channels"),
-                out_channels: u("out_channels"),
-                kernel: pair("kernel_size"),
-                stride: pair("stride"),
-                padding: pair("padding"),
-                dilation: if m["dilation"].is_null() {
-                    [1, 1]
-                } else {
-                    pair("dilation")
-                },
-                bias: m["bias"].as_bool().unwrap_or(true),
-            }
-        }
+        "Conv2d" => Layer::Conv2d {
+            in_channels: u("in_channels"),
+            out_channels: u("out_channels"),
+            kernel: pair("kernel_size"),
+            stride: pair("stride"),
+            padding: pair("padding"),
+            dilation: or_one("dilation"),
+            bias: m["bias"].as_bool().unwrap_or(true),
+            groups: groups(),
+        },
+        "ConvTranspose2d" => Layer::ConvTranspose2d {
+            in_channels: u("in_channels"),
+            out_channels: u("out_channels"),
+            kernel: pair("kernel_size"),
+            stride: pair("stride"),
+            padding: or_zero("padding"),
+            output_padding: or_zero("output_padding"),
+            dilation: or_one("dilation"),
+            groups: groups(),
+            bias: m["bias"].as_bool().unwrap_or(true),
+        },
+        "Embedding" => Layer::Embedding {
+            num_embeddings: u("num_embeddings"),
+            dim: u("embedding_dim"),
+        },
         "ReLU" => Layer::Relu,
         "Tanh" => Layer::Tanh,
         "Sigmoid" => Layer::Sigmoid,
@@ -293,5 +304,6 @@ pub fn conv(
         padding: [padding, padding],
         dilation: [dilation, dilation],
         bias,
+        groups: 1,
     }
 }

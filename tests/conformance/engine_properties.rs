@@ -205,6 +205,7 @@ const BRANCHES: Graph = Graph("branch graph", || {
                     padding: [2, 3],
                     dilation: [2, 3],
                     bias: true,
+                    groups: 1,
                 },
                 &["gn.act"],
             ),
@@ -229,6 +230,135 @@ const BRANCHES: Graph = Graph("branch graph", || {
         ],
     )
 });
+
+/// Token ids `[5]` → `[5, 3]` embeddings (vocabulary 7), a nonlinearity
+/// and a Linear head.
+const EMBED: Graph = Graph("embedding graph", || {
+    graph(
+        &[5],
+        31,
+        &[
+            (
+                "emb",
+                Layer::Embedding {
+                    num_embeddings: 7,
+                    dim: 3,
+                },
+                &["x"],
+            ),
+            ("act", Layer::Tanh, &["emb"]),
+            ("flat", Layer::Flatten, &["act"]),
+            ("fc", linear(15, 4, true), &["flat"]),
+        ],
+    )
+});
+
+/// Two transposed convolutions (strided, padded, output padding, dilated,
+/// non-square kernel; with and without bias) and a Linear head.
+const CONVT: Graph = Graph("conv_transpose2d graph", || {
+    graph(
+        &[2, 3, 3],
+        32,
+        &[
+            (
+                "up1",
+                convt(2, 3, [3, 2], [2, 1], [1, 0], [1, 0], [1, 2], 1, true),
+                &["x"],
+            ),
+            ("act1", Layer::Tanh, &["up1"]),
+            (
+                "up2",
+                convt(3, 2, [2, 2], [1, 1], [0, 0], [0, 0], [1, 1], 1, false),
+                &["act1"],
+            ),
+            ("act2", Layer::Gelu, &["up2"]),
+            ("flat", Layer::Flatten, &["act2"]),
+            ("fc", linear(2 * 7 * 6, 3, true), &["flat"]),
+        ],
+    )
+});
+
+/// Grouped convolutions, plain and transposed, between ungrouped ones.
+const GROUPED: Graph = Graph("grouped conv graph", || {
+    let grouped = Layer::Conv2d {
+        in_channels: 4,
+        out_channels: 6,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        bias: true,
+        groups: 2,
+    };
+    graph(
+        &[2, 4, 4],
+        33,
+        &[
+            ("c0", conv(2, 4, 1, 1, 0, 1, true), &["x"]),
+            ("a0", Layer::Tanh, &["c0"]),
+            ("g1", grouped, &["a0"]),
+            ("a1", Layer::Gelu, &["g1"]),
+            (
+                "g2",
+                convt(6, 4, [2, 2], [2, 2], [0, 0], [0, 0], [1, 1], 2, true),
+                &["a1"],
+            ),
+            ("a2", Layer::Tanh, &["g2"]),
+            (
+                "pool",
+                Layer::AvgPool2d {
+                    kernel: [4, 4],
+                    stride: [4, 4],
+                    padding: [0, 0],
+                },
+                &["a2"],
+            ),
+            ("flat", Layer::Flatten, &["pool"]),
+            ("fc", linear(16, 3, false), &["flat"]),
+        ],
+    )
+});
+
+fn linear(i: usize, o: usize, bias: bool) -> Layer {
+    Layer::Linear {
+        in_features: i,
+        out_features: o,
+        bias,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convt(
+    cin: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    output_padding: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+    bias: bool,
+) -> Layer {
+    Layer::ConvTranspose2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel,
+        stride,
+        padding,
+        output_padding,
+        dilation,
+        groups,
+        bias,
+    }
+}
+
+/// The vocabulary of a model whose first layer is an embedding.
+fn embedding_vocab(spec: &ModelSpec) -> Option<usize> {
+    match spec.layers.first().map(|l| &l.layer) {
+        Some(Layer::Embedding { num_embeddings, .. }) => Some(*num_embeddings),
+        _ => None,
+    }
+}
 
 fn is_norm(l: &Layer) -> bool {
     matches!(
@@ -295,6 +425,9 @@ impl Fx {
         let xs: Vec<f64> = if identical {
             let one: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
             (0..n).flat_map(|_| one.iter().copied()).collect()
+        } else if let Some(num) = embedding_vocab(&spec) {
+            // Token ids for a model that starts with an embedding.
+            (0..n * d).map(|_| rng.below(num) as f64).collect()
         } else {
             (0..n * d).map(|_| rng.normal()).collect()
         };
@@ -375,10 +508,7 @@ impl Fx {
         self.net
             .slots
             .iter()
-            .map(|s| match s.kind {
-                SlotKind::Affine { .. } => k,
-                SlotKind::Elementwise { .. } => BlockKind::Dense,
-            })
+            .map(|s| if s.kind.kron() { k } else { BlockKind::Dense })
             .collect()
     }
 
@@ -401,8 +531,13 @@ fn classification() -> Target {
 
 // ---------------------------------------------------------------- comparisons
 
+/// `NNGEO_SHOW_ERRORS=1` prints every comparison's error (with
+/// `--nocapture`).
 fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     let e = rel_err(a, b);
+    if std::env::var_os("NNGEO_SHOW_ERRORS").is_some() {
+        eprintln!("{what}: {e:.2e} (tolerance {tol:e})");
+    }
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:e}");
 }
 
@@ -438,14 +573,22 @@ fn frob_dist(a: &Mat, b: &Mat) -> f64 {
 }
 
 /// Index in a layer's flat order of natural position `(g, a)`, written
-/// here from the documented layout (weights row-major, then the bias).
+/// here from the documented layout (weights row-major, then the bias; a
+/// transposed convolution's weight is PyTorch's `[in, out/groups, K]`
+/// while its natural rows are output channels).
 fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
-    if l.bias && a == l.sa - 1 {
-        l.sg * (l.sa - 1) + g
-    } else if l.bias {
-        g * (l.sa - 1) + a
-    } else {
-        g * l.sa + a
+    let sa_w = l.sa - l.bias as usize;
+    if l.bias && a == sa_w {
+        return l.sg * sa_w + g;
+    }
+    match l.order {
+        None => g * sa_w + a,
+        Some((groups, k)) => {
+            let (out_g, in_g) = (l.sg / groups, sa_w / k);
+            let (group, co, ci, tap) = (g / out_g, g % out_g, a / k, a % k);
+            let cin = group * in_g + ci;
+            (cin * out_g + co) * k + tap
+        }
     }
 }
 
@@ -607,7 +750,12 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
     seen.extend(check_jacobian_fd(POOL_FIRST, 6, 13));
     seen.extend(check_jacobian_fd(RESNET, 5, 14));
     seen.extend(check_jacobian_fd(BRANCHES, 5, 15));
+    seen.extend(check_jacobian_fd(EMBED, 5, 16));
+    seen.extend(check_jacobian_fd(CONVT, 4, 17));
+    seen.extend(check_jacobian_fd(GROUPED, 4, 18));
     let every: BTreeSet<&str> = [
+        "Embedding",
+        "ConvTranspose2d",
         "Linear",
         "Conv2d",
         "Conv1d",
@@ -654,7 +802,7 @@ fn check_ntk(model: impl Model, n: usize, seed: u64, expect_structured: bool) {
     // The structured path is really taken for some layer of the MLP.
     let structured = fx.net.slots.iter().any(|s| {
         let (a, b) = stats::ntk_costs(s, fx.c, n, 1);
-        matches!(s.kind, nngeo::geometry::net::SlotKind::Affine { .. }) && a <= b
+        s.kind.kron() && a <= b
     });
     assert_eq!(structured, expect_structured, "{model}: structured path");
     let mut sum = Mat::zeros(k.rows, k.cols);
@@ -687,6 +835,9 @@ fn ntk_is_j_jt_by_every_path() {
     check_ntk(NORM_CNN, 6, 23, true);
     check_ntk(RESNET, 5, 24, true);
     check_ntk(BRANCHES, 5, 25, true);
+    check_ntk(EMBED, 5, 26, true);
+    check_ntk(CONVT, 4, 27, true);
+    check_ntk(GROUPED, 4, 28, true);
 }
 
 // ---------------------------------------------------------------- 3. structures
@@ -800,6 +951,81 @@ fn structures_match_the_dense_fim() {
     check_structures(NORM_CNN, 6, 33);
     check_structures(RESNET, 5, 34);
     check_structures(BRANCHES, 5, 35);
+    check_structures(CONVT, 4, 36);
+    check_structures_without_kron(EMBED, 5, 37);
+    check_structures_without_kron(GROUPED, 4, 38);
+}
+
+/// Token ids that are not integers in `[0, num)` are an error of the
+/// forward pass naming the layer, the example and the position.
+#[test]
+fn embedding_refuses_bad_token_ids() {
+    let fx = Fx::new(EMBED, 2, 39);
+    for bad in [2.5, 7.0, -1.0] {
+        let mut xs = fx.o.download(&fx.x).unwrap();
+        xs[5 + 3] = bad;
+        let x = fx.o.upload(&[2, 5], &xs).unwrap();
+        let err = fx
+            .net
+            .forward(&fx.o, &x, false)
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_else(|| panic!("token {bad} accepted"));
+        assert!(
+            err.contains("`emb`") && err.contains("example 1 of the batch, position 3"),
+            "{err}"
+        );
+    }
+}
+
+/// Layers without Kronecker factors (embeddings, grouped convolutions):
+/// BlockDiag, Diag, LowRank and the implicit product against the dense
+/// FIM (1e-10), and KFAC refused by the engine.
+fn check_structures_without_kron(model: impl Model, n: usize, seed: u64) {
+    let fx = Fx::new(model, n, seed);
+    let p = fx.problem(n);
+    let t = classification();
+    let f = p.fim_dense(&t).unwrap().to_dense();
+    let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
+    let bdd = bd.to_dense();
+    for l in &bd.layers {
+        let r = l.offset..l.offset + l.numel;
+        for i in r.clone() {
+            for j in 0..f.cols {
+                let want = if r.contains(&j) { f.get(i, j) } else { 0.0 };
+                assert!(
+                    (bdd.get(i, j) - want).abs() <= 1e-10 * f.frobenius(),
+                    "{model}: BlockDiag ({i}, {j})"
+                );
+            }
+        }
+    }
+    let diag = p.fim_blocks(&t, &fx.kinds(BlockKind::Diag)).unwrap();
+    assert_close(&format!("{model}: Diag"), &diag.diag(), &f.diag(), 1e-10);
+    let low = p.fim_lowrank(&t, None).unwrap();
+    assert_close(
+        &format!("{model}: LowRank"),
+        &low.to_dense().data,
+        &f.data,
+        1e-10,
+    );
+    for s in 0..2 {
+        let v = fx.random_vector(200 + s);
+        assert_close(
+            &format!("{model}: implicit mv"),
+            &p.implicit_mv(&t, &v).unwrap(),
+            &f.matvec(&v),
+            1e-10,
+        );
+    }
+    let refused = fx.net.slots.iter().position(|s| !s.kind.kron()).unwrap();
+    let mut kinds = fx.affine_kinds(BlockKind::Kfac);
+    kinds[refused] = BlockKind::Kfac;
+    let err = p.fim_blocks(&t, &kinds).expect_err("KFAC refused");
+    assert!(
+        err.to_string().contains("no Kronecker factors"),
+        "{model}: {err}"
+    );
 }
 
 /// trace, Frobenius norm, diagonal, mv, vᵀMv and eigenvalues of every
@@ -1001,6 +1227,117 @@ fn check_kfac_one_example(model: impl Model, seed: u64) {
     assert!(linear > 0, "{model}: no Linear layer");
 }
 
+/// A transposed convolution reading the input, then a Linear head.
+const CONVT_HEAD: Graph = Graph("conv_transpose2d + linear", || {
+    graph(
+        &[2, 3, 2],
+        34,
+        &[
+            (
+                "up",
+                convt(2, 3, [3, 2], [2, 1], [1, 0], [1, 0], [1, 2], 1, true),
+                &["x"],
+            ),
+            ("flat", Layer::Flatten, &["up"]),
+            ("fc", linear(3 * 6 * 4, 4, true), &["flat"]),
+        ],
+    )
+});
+
+/// KFAC of a ConvTranspose2d is NNGeometry's convolution KFAC on the
+/// patches of the transposed convolution (`unfold_transpose_conv2d`:
+/// per output position, the input each tap reaches):
+/// `A = √n_out/n Σ_{i,p} ã ãᵀ` (ã with a trailing 1 for the bias),
+/// `G = 1/(√n_out n L) Σ_{i,c,p} g gᵀ`. Both rebuilt here from the
+/// definition, the patches by looping over PyTorch's output-size formula
+/// and `g` from the Linear head (regression: the outputs themselves are
+/// backpropagated, so `g[c, p] = W_fc[c, (co, p)]`). 1e-12.
+#[test]
+fn kfac_of_conv_transpose_matches_its_definition() {
+    let fx = Fx::new(CONVT_HEAD, 5, 81);
+    let p = fx.problem_regression(fx.n);
+    let t = true_fim(Task::Regression { sigma2: 1.0 });
+    let kfac = p
+        .fim_blocks(&t, &[BlockKind::Kfac, BlockKind::Kfac])
+        .unwrap();
+    let Block::Kfac { a, g } = &blocks(&kfac)[0] else {
+        panic!("not KFAC")
+    };
+    let (cin, cout, kh, kw) = (2, 3, 3, 2);
+    let (h, w, oh, ow) = (3, 2, 6, 4);
+    let (stride, pad, dil) = ([2, 1], [1, 0], [1, 2]);
+    let xs = fx.o.download(&fx.x).unwrap();
+    let sa = cin * kh * kw + 1;
+    let mut a_hand = Mat::zeros(sa, sa);
+    for i in 0..fx.n {
+        for r in 0..oh {
+            for c in 0..ow {
+                let mut at = vec![0.0; sa];
+                at[sa - 1] = 1.0;
+                for ci in 0..cin {
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            // r = y·s − p + k·d for some input row y.
+                            let ty = r as isize + pad[0] as isize - (ki * dil[0]) as isize;
+                            let tx = c as isize + pad[1] as isize - (kj * dil[1]) as isize;
+                            if ty < 0 || tx < 0 {
+                                continue;
+                            }
+                            let (ty, tx) = (ty as usize, tx as usize);
+                            if ty % stride[0] != 0 || tx % stride[1] != 0 {
+                                continue;
+                            }
+                            let (y, x) = (ty / stride[0], tx / stride[1]);
+                            if y < h && x < w {
+                                at[ci * kh * kw + ki * kw + kj] =
+                                    xs[((i * cin + ci) * h + y) * w + x];
+                            }
+                        }
+                    }
+                }
+                for u in 0..sa {
+                    for v in 0..sa {
+                        a_hand.data[u * sa + v] += at[u] * at[v];
+                    }
+                }
+            }
+        }
+    }
+    let c_out = fx.c;
+    let root = (c_out as f64).sqrt();
+    a_hand
+        .data
+        .iter_mut()
+        .for_each(|x| *x *= root / fx.n as f64);
+    assert_close("ConvTranspose2d KFAC A", &a.data, &a_hand.data, 1e-12);
+    let wfc = &fx.params.get("fc.weight").unwrap().data;
+    let l = oh * ow;
+    let mut g_hand = Mat::zeros(cout, cout);
+    for c in 0..c_out {
+        for q in 0..l {
+            for u in 0..cout {
+                for v in 0..cout {
+                    let (wu, wv) = (wfc[c * cout * l + u * l + q], wfc[c * cout * l + v * l + q]);
+                    g_hand.data[u * cout + v] += wu * wv / (root * l as f64);
+                }
+            }
+        }
+    }
+    assert_close("ConvTranspose2d KFAC G", &g.data, &g_hand.data, 1e-12);
+    // And the block is G ⊗ A in PyTorch's flat order `[in, out, kh, kw]`
+    // then the bias.
+    let l0 = &kfac.layers[0];
+    let dense = blocks(&kfac)[0].to_dense(l0);
+    for (gu, au, gv, av) in [(0, 0, 0, 0), (1, 3, 2, 5), (2, 12, 0, 7), (1, 4, 1, 12)] {
+        assert_close(
+            "ConvTranspose2d KFAC entry",
+            &[dense.get(flat_index(l0, gu, au), flat_index(l0, gv, av))],
+            &[g_hand.get(gu, gv) * a_hand.get(au, av)],
+            1e-12,
+        );
+    }
+}
+
 // ---------------------------------------------------------------- 5. EKFAC
 
 /// `d[k, j] = u_kjᵀ F_l u_kj` with `u_kj = ug[:, k] ⊗ ua[:, j]` in flat order.
@@ -1031,6 +1368,7 @@ fn ekfac_properties() {
     check_ekfac(CNN, 6, 62);
     check_ekfac(RESNET, 6, 63);
     check_ekfac(BRANCHES, 6, 64);
+    check_ekfac(CONVT, 5, 65);
 }
 
 fn check_ekfac(model: impl Model, n: usize, seed: u64) {
@@ -1070,7 +1408,7 @@ fn check_ekfac(model: impl Model, n: usize, seed: u64) {
         let el = blocks(&e1)[k].to_dense(l);
         let Block::Ekfac { ua, ug, d } = &blocks(&e1)[k] else {
             assert!(
-                matches!(fx.net.slots[k].kind, SlotKind::Elementwise { .. }),
+                !fx.net.slots[k].kind.kron(),
                 "{model} {}: not EKFAC",
                 l.name
             );

@@ -15,7 +15,7 @@ use crate::{fixtures_dir, test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::load_params;
 use nngeo::geometry::kernel;
-use nngeo::geometry::net::{Net, SlotKind};
+use nngeo::geometry::net::Net;
 use nngeo::geometry::ops::Ops;
 use nngeo::geometry::repr::Fim;
 use nngeo::linalg::Mat;
@@ -349,9 +349,7 @@ fn fim_representations_match_nngeometry() {
             slots: kslots.clone(),
             ..s.problem(s.n, s.n)
         };
-        let kfac_ok = kslots
-            .iter()
-            .all(|&k| matches!(s.net.slots[k].kind, SlotKind::Affine { .. }));
+        let kfac_ok = kslots.iter().all(|&k| s.net.slots[k].kind.kron());
         let kk = |k| vec![k; kslots.len()];
         if kfac_ok {
             let kfac = kp.fim_blocks(&target, &kk(BlockKind::Kfac)).unwrap();

@@ -46,14 +46,26 @@ impl<O: Ops> Net<O> {
                     .transpose()?;
                 Ok((Some(cap), one(dx)?))
             }
+            (Layer::Embedding { dim, .. }, Cache::Embed { rows, .. }) => {
+                // Token ids are not differentiable: the pass stops here.
+                let l = layer.spec.input.iter().product::<usize>();
+                let cap = Capture {
+                    slot: slot.unwrap(),
+                    a: rows.clone(),
+                    g: o.reshape(g, &[m, n, l, *dim])?,
+                };
+                Ok((Some(cap), vec![None]))
+            }
             (
-                Layer::Conv2d { out_channels, .. } | Layer::Conv1d { out_channels, .. },
+                Layer::Conv2d { out_channels, .. }
+                | Layer::Conv1d { out_channels, .. }
+                | Layer::ConvTranspose2d { out_channels, .. },
                 Cache::Affine { a },
             ) => {
                 let u = layer.unfold.as_ref().unwrap();
                 let g3 = o.reshape(g, &[m * n, *out_channels, u.l])?;
                 let dx = if need0 {
-                    let dp = o.matmul(layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
+                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
                     Some(self.fold(o, u, &dp, m * n)?)
                 } else {
                     None

@@ -2,7 +2,7 @@
 //! curvature statistics need.
 
 use super::{Cache, Net, NetLayer, Phase};
-use crate::geometry::ops::{Ops, OpsResult, Reduce, Unary};
+use crate::geometry::ops::{Ops, OpsError, OpsResult, Reduce, Unary};
 use crate::plan::Layer;
 
 /// A BatchNorm layer's batch mean and unbiased variance, on the host.
@@ -25,6 +25,36 @@ fn inv_std<O: Ops>(o: &O, var: &O::T, eps: f64) -> OpsResult<O::T> {
 }
 
 impl<O: Ops> Net<O> {
+    /// An embedding's token ids from its input `x [n, ...]` (floats that
+    /// must be integers in `[0, num)`): the ids `[n·L]` and `i·num + id`
+    /// per (example i, position), as index tensors.
+    pub(super) fn tokens(
+        &self,
+        o: &O,
+        layer: &NetLayer<O::T>,
+        x: &O::T,
+        n: usize,
+        num: usize,
+    ) -> OpsResult<(O::T, O::T)> {
+        let v = o.download(x)?;
+        let l = v.len() / n.max(1);
+        let mut tok = Vec::with_capacity(v.len());
+        let mut rows = Vec::with_capacity(v.len());
+        for (j, &t) in v.iter().enumerate() {
+            if !(t.fract() == 0.0 && t >= 0.0 && t < num as f64) {
+                return Err(OpsError(format!(
+                    "embedding `{}`: example {} of the batch, position {}: token id {t} is not an integer in [0, {num})",
+                    layer.spec.name,
+                    j / l.max(1),
+                    j % l.max(1)
+                )));
+            }
+            tok.push(t as u32);
+            rows.push(((j / l.max(1)) * num) as u32 + t as u32);
+        }
+        Ok((o.upload_index(&tok)?, o.upload_index(&rows)?))
+    }
+
     pub(super) fn layer_forward(
         &self,
         o: &O,
@@ -52,11 +82,18 @@ impl<O: Ops> Net<O> {
                 let a = o.reshape(&a, &[n, 1, o.shape(&a)[1]])?;
                 plain(y, Cache::Affine { a })
             }
-            Layer::Conv2d { bias, .. } | Layer::Conv1d { bias, .. } => {
+            Layer::Embedding { num_embeddings, .. } => {
+                let (tok, rows) = self.tokens(o, layer, x, n, *num_embeddings)?;
+                let y = o.index_select(layer.w.as_ref().unwrap(), &tok, 0)?; // [n·L, dim]
+                plain(o.reshape(&y, &out_shape)?, Cache::Embed { tok, rows })
+            }
+            Layer::Conv2d { bias, .. }
+            | Layer::Conv1d { bias, .. }
+            | Layer::ConvTranspose2d { bias, .. } => {
                 let u = layer.unfold.as_ref().unwrap();
                 let patches = self.unfold(o, u, x, n)?; // [n, cin·K, L]
                 let w = layer.w.as_ref().unwrap();
-                let mut y = o.matmul(w, &patches)?; // [n, cout, L]
+                let mut y = super::grouped_matmul(o, w, &patches)?; // [n, cout, L]
                 if let Some(b) = &layer.b {
                     y = o.add(&y, b)?;
                 }

@@ -98,9 +98,27 @@ pub enum SlotKind {
         sa: usize,
         bias: bool,
         conv: bool,
+        /// Grouped convolutions: each output channel reads `sa − bias`
+        /// of the `groups · (sa − bias)` columns of `a`.
+        groups: usize,
+        /// Transposed convolutions: `Some(K)`, the weight's columns being
+        /// PyTorch's in another order (see [`super::stats::Order`]); `a`
+        /// then holds, per output position, the inputs each tap reaches.
+        transposed: Option<usize>,
     },
     /// Norm layers: elementwise scale and shift over `d` features.
     Elementwise { d: usize },
+    /// An embedding `[num, dim]`: `a` holds `i·num + token` per (example
+    /// i, position), `g` is `[m, n, L, dim]`.
+    Embedding { num: usize, dim: usize },
+}
+
+impl SlotKind {
+    /// Whether KFAC and EKFAC have factors for this layer (Linear and
+    /// ungrouped convolutions, transposed or not).
+    pub fn kron(&self) -> bool {
+        matches!(self, SlotKind::Affine { groups: 1, .. })
+    }
 }
 
 /// Index map of an unfold (im2col): patches `[c_in·K, L]` from an image
@@ -225,6 +243,12 @@ pub enum Cache<T> {
     Mask(T),
     /// Adaptive average pooling: linear, nothing to keep.
     Linear,
+    /// Embedding: the token ids `[n·L]` and `i·num + token` per (example i,
+    /// position), both index tensors.
+    Embed {
+        tok: T,
+        rows: T,
+    },
 }
 
 pub struct Forward<T> {
@@ -278,6 +302,43 @@ fn unfold_index(
     (idx, oh, ow)
 }
 
+/// Unfold indices of a transposed convolution from an `h × w` image to
+/// its `oh × ow` output: for each tap and output position, the input
+/// position that reaches it through that tap (`h·w`, a zero, if none).
+/// With them a transposed convolution is a convolution of its patches,
+/// as NNGeometry's `unfold_transpose_conv2d` sees it.
+#[allow(clippy::too_many_arguments)]
+fn transposed_index(
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Vec<u32> {
+    let pad = (h * w) as u32;
+    let src = |o: usize, k: usize, a: usize, size: usize| -> Option<usize> {
+        let t = (o + padding[a]).checked_sub(k * dilation[a])?;
+        (t % stride[a] == 0 && t / stride[a] < size).then_some(t / stride[a])
+    };
+    let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    idx.push(match (src(oi, ki, 0, h), src(oj, kj, 1, w)) {
+                        (Some(r), Some(c)) => (r * w + c) as u32,
+                        _ => pad,
+                    });
+                }
+            }
+        }
+    }
+    idx
+}
+
 /// PyTorch's adaptive average pooling of an `h × w` image to `oh × ow` as
 /// a matrix `[h·w, oh·ow]`: output cell `(i, j)` averages rows
 /// `[⌊i·h/oh⌋, ⌈(i+1)·h/oh⌉)` and the same for columns.
@@ -296,6 +357,43 @@ fn adaptive_pool_matrix(h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
         }
     }
     p
+}
+
+/// A convolution's natural weight `[out, sa_w]` (row-major `data`) and
+/// its transpose, per group `[groups, out/groups, sa_w]` when grouped.
+fn conv_weights<O: Ops>(
+    o: &O,
+    layer: &mut NetLayer<O::T>,
+    data: &[f64],
+    cout: usize,
+    sa_w: usize,
+    groups: usize,
+) -> OpsResult<()> {
+    let (w, wt) = if groups == 1 {
+        let w = o.upload(&[cout, sa_w], data)?;
+        let wt = o.transpose(&w, 0, 1)?;
+        (w, wt)
+    } else {
+        let w = o.upload(&[groups, cout / groups, sa_w], data)?;
+        let wt = o.transpose(&w, 1, 2)?;
+        (w, wt)
+    };
+    layer.w = Some(w);
+    layer.wt = Some(wt);
+    Ok(())
+}
+
+/// `w [rows, cols]` (or per group `[G, rows/G, cols/G]`) applied to
+/// `x [b, cols, L]`: `[b, rows, L]`.
+pub(super) fn grouped_matmul<O: Ops>(o: &O, w: &O::T, x: &O::T) -> OpsResult<O::T> {
+    let ws = o.shape(w);
+    if ws.len() == 2 {
+        return o.matmul(w, x);
+    }
+    let xs = o.shape(x);
+    let (g, b, l) = (ws[0], xs[0], xs[2]);
+    let x4 = o.reshape(x, &[b, g, xs[1] / g, l])?;
+    o.reshape(&o.matmul(w, &x4)?, &[b, g * ws[1], l])
 }
 
 impl<O: Ops> Net<O> {
@@ -339,51 +437,113 @@ impl<O: Ops> Net<O> {
                         sa: in_features + *bias as usize,
                         bias: *bias,
                         conv: false,
+                        groups: 1,
+                        transposed: None,
+                    });
+                }
+                Layer::ConvTranspose2d {
+                    in_channels: cin,
+                    out_channels: cout,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    bias,
+                    ..
+                } => {
+                    let (cin, cout, groups, bias) = (*cin, *cout, *groups, *bias);
+                    let (h, w) = (l.input[1], l.input[2]);
+                    let (oh, ow) = (l.output[1], l.output[2]);
+                    let idx = transposed_index(h, w, oh, ow, *kernel, *stride, *padding, *dilation);
+                    let k = kernel[0] * kernel[1];
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin,
+                        k,
+                        l: oh * ow,
+                        hw: h * w,
+                    });
+                    // PyTorch's `[in, out/groups, K]` in the natural layout
+                    // `[out, in/groups · K]` of a convolution.
+                    let pt = &get("weight")?.data;
+                    let sa_w = cin / groups * k;
+                    let ord = Some((groups, k));
+                    let mut nat = vec![0.0; cout * sa_w];
+                    for g in 0..cout {
+                        for a in 0..sa_w {
+                            nat[g * sa_w + a] = pt[super::stats::weight_pos(g, a, cout, sa_w, ord)];
+                        }
+                    }
+                    conv_weights(o, &mut layer, &nat, cout, sa_w, groups)?;
+                    if bias {
+                        layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: cout,
+                        sa: sa_w + bias as usize,
+                        bias,
+                        conv: true,
+                        groups,
+                        transposed: Some(k),
+                    });
+                }
+                Layer::Embedding {
+                    num_embeddings,
+                    dim,
+                } => {
+                    layer.w = Some(o.upload(&[*num_embeddings, *dim], &get("weight")?.data)?);
+                    slot_kind = Some(SlotKind::Embedding {
+                        num: *num_embeddings,
+                        dim: *dim,
                     });
                 }
                 Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
                     // A Conv1d is a Conv2d over a 1-pixel-high image.
-                    let (cin, cout, h, w, kernel, stride, padding, dilation, bias) = match &l.layer
-                    {
-                        Layer::Conv2d {
-                            in_channels,
-                            out_channels,
-                            kernel,
-                            stride,
-                            padding,
-                            bias,
-                            dilation,
-                        } => (
-                            *in_channels,
-                            *out_channels,
-                            l.input[1],
-                            l.input[2],
-                            *kernel,
-                            *stride,
-                            *padding,
-                            *dilation,
-                            *bias,
-                        ),
-                        Layer::Conv1d {
-                            in_channels,
-                            out_channels,
-                            kernel,
-                            stride,
-                            padding,
-                            bias,
-                        } => (
-                            *in_channels,
-                            *out_channels,
-                            1,
-                            l.input[1],
-                            [1, *kernel],
-                            [1, *stride],
-                            [0, *padding],
-                            [1, 1],
-                            *bias,
-                        ),
-                        _ => unreachable!(),
-                    };
+                    let (cin, cout, h, w, kernel, stride, padding, dilation, bias, groups) =
+                        match &l.layer {
+                            Layer::Conv2d {
+                                in_channels,
+                                out_channels,
+                                kernel,
+                                stride,
+                                padding,
+                                bias,
+                                dilation,
+                                groups,
+                            } => (
+                                *in_channels,
+                                *out_channels,
+                                l.input[1],
+                                l.input[2],
+                                *kernel,
+                                *stride,
+                                *padding,
+                                *dilation,
+                                *bias,
+                                *groups,
+                            ),
+                            Layer::Conv1d {
+                                in_channels,
+                                out_channels,
+                                kernel,
+                                stride,
+                                padding,
+                                bias,
+                            } => (
+                                *in_channels,
+                                *out_channels,
+                                1,
+                                l.input[1],
+                                [1, *kernel],
+                                [1, *stride],
+                                [0, *padding],
+                                [1, 1],
+                                *bias,
+                                1,
+                            ),
+                            _ => unreachable!(),
+                        };
                     let (idx, oh, ow) = unfold_index(h, w, kernel, stride, padding, dilation);
                     let k = kernel[0] * kernel[1];
                     layer.unfold = Some(Unfold {
@@ -393,17 +553,18 @@ impl<O: Ops> Net<O> {
                         l: oh * ow,
                         hw: h * w,
                     });
-                    let wt = o.upload(&[cout, cin * k], &get("weight")?.data)?;
-                    layer.wt = Some(o.transpose(&wt, 0, 1)?);
-                    layer.w = Some(wt);
+                    let sa_w = cin / groups * k;
+                    conv_weights(o, &mut layer, &get("weight")?.data, cout, sa_w, groups)?;
                     if bias {
                         layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
                     }
                     slot_kind = Some(SlotKind::Affine {
                         sg: cout,
-                        sa: cin * k + bias as usize,
+                        sa: sa_w + bias as usize,
                         bias,
                         conv: true,
+                        groups,
+                        transposed: None,
                     });
                 }
                 Layer::MaxPool2d {

@@ -42,12 +42,23 @@ impl<O: Ops> Net<O> {
                 }
                 Some(y)
             }
-            (Layer::Conv2d { .. } | Layer::Conv1d { .. }, _) => {
+            (Layer::Embedding { .. }, Cache::Embed { tok, .. }) => {
+                if dx.is_some() {
+                    return Err(OpsError(format!(
+                        "embedding `{}` reads a value that depends on the weights",
+                        layer.spec.name
+                    )));
+                }
+                let y = o.index_select(tl.w.as_ref().unwrap(), tok, 0)?;
+                Some(o.reshape(&y, &out_shape)?)
+            }
+            (Layer::Conv2d { .. } | Layer::Conv1d { .. } | Layer::ConvTranspose2d { .. }, _) => {
                 let u = layer.unfold.as_ref().unwrap();
+                let mm = super::grouped_matmul;
                 let through = dx
-                    .map(|d| o.matmul(layer.w.as_ref().unwrap(), &self.unfold(o, u, d, n)?))
+                    .map(|d| mm(o, layer.w.as_ref().unwrap(), &self.unfold(o, u, d, n)?))
                     .transpose()?;
-                let own = o.matmul(tl.w.as_ref().unwrap(), &self.unfold(o, u, x, n)?)?;
+                let own = mm(o, tl.w.as_ref().unwrap(), &self.unfold(o, u, x, n)?)?;
                 let mut y = sum(through, own)?;
                 if let Some(vb) = &tl.b {
                     y = o.add(&y, vb)?;
