@@ -493,3 +493,67 @@ save net to "w.safetensors"
     let out = nngeo(&["check", again.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// `save` writes into the run folder in the run's precision: an f32 run's
+/// weights are F32 tensors, an f64 run's F64, and they load back.
+#[test]
+fn save_writes_the_runs_precision_into_the_run_folder() {
+    for (dtype, want) in [("f32", "F32"), ("f64", "F64")] {
+        let dir = tempfile::tempdir().unwrap();
+        let source = format!(
+            "experiment s {{ seed = 0 dtype = {dtype} }}\n\
+             data d = blobs(n = 20, classes = 2, dim = 3, seed = 1)\n\
+             model m = mlp(in = 3, hidden = [4], out = 2)\n\
+             save m to \"weights/m.safetensors\"\n"
+        );
+        let (out, out_dir) = exec_source(dir.path(), &source);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let saved = out_dir.join("weights/m.safetensors");
+        let keys = nngeo::data::safetensors_keys(&saved).unwrap();
+        assert!(!keys.is_empty());
+        for (name, _, got) in &keys {
+            assert_eq!(got, want, "{dtype} run saved `{name}` as {got}");
+        }
+        // Nothing was written next to the source file.
+        assert!(!dir.path().join("weights").exists());
+    }
+}
+
+/// Measurements inside training carry the epochs done, so `plot ... against
+/// epoch` draws them: whole epochs for an `epochs =` run with an
+/// every-epoch hook, fractional ones for a `steps =` run (hooks also fire
+/// before the first step).
+#[test]
+fn plots_against_epoch_for_epoch_and_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = "experiment e { seed = 0 dtype = f64 }\n\
+                  data d = blobs(n = 40, classes = 2, dim = 3, seed = 1)\n\
+                  model m = mlp(in = 3, hidden = [4], out = 2)\n\
+                  train m on d as a {\n  optimizer = sgd(lr = 0.1)\n  epochs = 3\n  batch = 10\n\
+                  \x20 every 1 epoch { measure loss(m, d) as \"by_epoch\" }\n}\n\
+                  train m on d as b {\n  optimizer = sgd(lr = 0.1)\n  steps = 6\n  batch = 20\n\
+                  \x20 every 3 steps { measure loss(m, d) as \"by_step\" }\n}\n\
+                  plot \"by_*\" against epoch as \"loss_epoch.png\"\n";
+    let (out, out_dir) = exec_source(dir.path(), source);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let epochs = |key: &str| -> Vec<f64> {
+        std::fs::read_to_string(out_dir.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["key"] == key)
+            .map(|v| v["epoch"].as_f64().expect("an epoch"))
+            .collect()
+    };
+    // 4 steps per epoch; the hook fires at the start and after each epoch.
+    assert_eq!(epochs("by_epoch"), vec![0.0, 1.0, 2.0, 3.0]);
+    // 2 steps per epoch; every 3 steps is 1.5 epochs.
+    assert_eq!(epochs("by_step"), vec![0.0, 1.5, 3.0]);
+    let png = out_dir.join("loss_epoch.png");
+    assert!(
+        std::fs::metadata(&png)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "no plot"
+    );
+}

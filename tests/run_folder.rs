@@ -20,9 +20,9 @@ fn source(steps: u32, lrs: &str) -> String {
          model net = mlp(data = d, hidden = [6])\n\
          measure trace(Fim(Diag) of net on d) as \"trF/init\"\n\
          for lr in [{lrs}] {{\n\
-           train net on d {{ optimizer = sgd(lr = lr)\n steps = {steps}\n batch = 10\n\
+           train net on d as trained {{ optimizer = sgd(lr = lr)\n steps = {steps}\n batch = 10\n\
              every 1 steps {{ measure trace(Fim(KFAC) of net on d) as \"trF\" }} }}\n\
-           measure trace(Fim(Dense) of net on d) as \"trF/dense\"\n\
+           measure trace(Fim(Dense) of trained on d) as \"trF/dense\"\n\
          }}\n\
          plot \"trF\" against step by lr\n"
     )

@@ -285,8 +285,11 @@ impl<O: Ops> Backend for Engine<O> {
                 .map_err(|e| fail(step, e))?,
             Op::Save { model, path } => {
                 let net = self.model(*model).map_err(|e| fail(step, e))?;
+                // Weights land in the run folder: a run's outputs stay
+                // together (absolute paths are used as given).
                 let p = self.ctx.out_dir.join(path);
-                save_params(&net.params, &p).map_err(|e| fail(step, e))?;
+                let dtype = self.o().dtype();
+                save_params(&net.params, &p, dtype).map_err(|e| fail(step, e))?;
                 Value::None
             }
             Op::Plot { .. } => Value::None,
@@ -300,10 +303,13 @@ impl<O: Ops> Backend for Engine<O> {
     }
 }
 
-/// Writes parameters as safetensors (f64) with their `state_dict` names.
+/// Writes parameters as safetensors with their `state_dict` names, in the
+/// run's precision (an f32 run's weights are f32 values; widening them to
+/// f64 would claim digits the run never had).
 fn save_params(
     params: &crate::geometry::net::HostParams,
     path: &std::path::Path,
+    dtype: crate::plan::Dtype,
 ) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -315,7 +321,16 @@ fn save_params(
         .map(|t| {
             (
                 t.key.clone(),
-                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                match dtype {
+                    crate::plan::Dtype::F64 => {
+                        t.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+                    }
+                    crate::plan::Dtype::F32 => t
+                        .data
+                        .iter()
+                        .flat_map(|x| (*x as f32).to_le_bytes())
+                        .collect(),
+                },
                 t.shape.clone(),
             )
         })
@@ -323,7 +338,11 @@ fn save_params(
     let views = bytes
         .iter()
         .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
+            let st_dtype = match dtype {
+                crate::plan::Dtype::F64 => safetensors::Dtype::F64,
+                crate::plan::Dtype::F32 => safetensors::Dtype::F32,
+            };
+            safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| e.to_string())
         })

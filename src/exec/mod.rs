@@ -194,6 +194,11 @@ pub fn run_with(
                 });
                 if let Some(t) = e.train_step {
                     line["step"] = json!(t);
+                    // Epochs done when the value was taken: fractional for
+                    // a run set by `steps`, whole at epoch boundaries.
+                    if let Some(per) = plan.steps_per_epoch(e.step_id) {
+                        line["epoch"] = json!(t as f64 / per.max(1) as f64);
+                    }
                 }
                 if let Some(t) = e.train_time {
                     line["train_time_s"] = json!(t);

@@ -72,6 +72,23 @@ pub struct HookRef {
 }
 
 impl Plan {
+    /// Optimiser steps per epoch of the training run that step `id` belongs
+    /// to (the run itself, or a measurement in one of its hooks).
+    pub fn steps_per_epoch(&self, id: StepId) -> Option<u64> {
+        let train = self.steps.iter().find(|s| match &s.op {
+            Op::Train { hooks, .. } => s.id == id || hooks.iter().any(|h| h.steps.contains(&id)),
+            _ => false,
+        })?;
+        let Op::Train { data, config, .. } = &train.op else {
+            return None;
+        };
+        let n = match &self.steps.get(data.0 as usize)?.op {
+            Op::Data { info, .. } | Op::Transform { info, .. } => info.n,
+            _ => return None,
+        };
+        Some(n.div_ceil(config.batch.max(1)) as u64)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plans always serialise")
     }

@@ -90,6 +90,8 @@ pub struct Record {
     pub value: Measured,
     /// Training step, for measurements taken inside a training hook.
     pub step: Option<u64>,
+    /// Epochs done at `step` (fractional between epoch boundaries).
+    pub epoch: Option<f64>,
     /// Seconds since the start of the run.
     pub time_s: Option<f64>,
     /// Inside a training run: seconds it had spent on optimiser steps.
@@ -242,12 +244,14 @@ fn parse_record(v: &serde_json::Value) -> Option<Record> {
         Some(t) => Some(t.as_f64()?),
     };
     let train_time_s = obj.get("train_time_s").and_then(|t| t.as_f64());
+    let epoch = obj.get("epoch").and_then(|t| t.as_f64());
     Some(Record {
         key,
         step_id,
         sweep,
         value,
         step,
+        epoch,
         time_s,
         train_time_s,
     })

@@ -254,14 +254,19 @@ impl Chart {
             let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
             let range = if lo == hi { lo - 1.0..hi + 1.0 } else { lo..hi };
             x_axis = XAxis::Steps { range, log: false };
-        } else if is_steps {
+        } else if is_steps || spec.x == "epoch" {
             let log_x = spec.flag("log_x");
             for (r, v) in &selected {
-                let Some(step) = r.step else { continue };
-                if log_x && step == 0 {
+                let x = if spec.x == "epoch" {
+                    r.epoch
+                } else {
+                    r.step.map(|s| s as f64)
+                };
+                let Some(x) = x else { continue };
+                if log_x && x <= 0.0 {
                     continue;
                 }
-                pts.push((ids.of(&series_id(r)), step as f64, *v));
+                pts.push((ids.of(&series_id(r)), x, *v));
             }
             let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
             let range = if log_x {
