@@ -325,6 +325,26 @@ fn main() -> ExitCode {
                 plan.experiment.dtype = t;
             }
             let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
+            // Memory estimates for the dtype this run uses, checked before
+            // anything runs or is written.
+            plan.reestimate();
+            let budget_limit = budget
+                .memory_budget
+                .map(|b| (b, "--memory-budget"))
+                .or(plan
+                    .experiment
+                    .memory_budget
+                    .map(|b| (b, "the file's memory_budget")))
+                .map(|(bytes, from)| nngeo::exec::limit::Limit {
+                    bytes,
+                    source: format!("the memory budget ({from})"),
+                });
+            if let Err(msg) =
+                nngeo::exec::limit::check(&plan, budget_limit, nngeo::exec::limit::available())
+            {
+                eprintln!("error: {msg}");
+                return ExitCode::from(2);
+            }
             let mut be = match nngeo::select::create(&plan.experiment.backend, &config) {
                 Ok(b) => b,
                 Err(e) => {

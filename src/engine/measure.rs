@@ -2,6 +2,7 @@
 //! every quantity a plan can measure of them.
 
 use super::*;
+use std::borrow::Cow;
 
 impl<O: Ops> Engine<O> {
     pub(super) fn load_data(&self, step: &Step, host: HostData) -> Result<Value<O>, BackendError> {
@@ -160,11 +161,12 @@ impl<O: Ops> Engine<O> {
         }))
     }
 
-    /// Resolves an operand, restricted to one layer when it names one.
-    pub(super) fn operand(&self, op: &Operand) -> Result<ReprValue, String> {
-        let r = self.repr(op.repr)?.clone();
+    /// Resolves an operand, restricted to one layer when it names one: the
+    /// stored representation itself (never a copy of it) for a whole one.
+    pub(super) fn operand(&self, op: &Operand) -> Result<Cow<'_, ReprValue>, String> {
+        let r = self.repr(op.repr)?;
         let Some(layer) = &op.layer else {
-            return Ok(r);
+            return Ok(Cow::Borrowed(r));
         };
         let net = self.model(r.model)?;
         let slot = net
@@ -200,11 +202,14 @@ impl<O: Ops> Engine<O> {
                 ReprKind::Ntk(ntk)
             }
         };
-        Ok(ReprValue {
+        Ok(Cow::Owned(ReprValue {
+            model: r.model,
+            data: r.data,
+            target: r.target.clone(),
             slots: vec![slot],
+            centered: r.centered,
             kind,
-            ..r
-        })
+        }))
     }
 
     /// Parameter-space vector restricted to a representation's layers.
@@ -437,13 +442,13 @@ impl<O: Ops> Engine<O> {
                 }
                 let y = targets_matrix(d, k.c)?;
                 if *trace {
-                    let t = kernel::trace_kernel(&k.to_dense(), k.c, k.n);
+                    let t = kernel::trace_kernel(&k.dense_view(), k.c, k.n);
                     let ym = crate::linalg::Mat::from_vec(k.n, k.c, y);
                     let yy = ym.matmul(&ym.transpose());
                     return Ok(scalar(kernel::alignment_matrices(&t, &yy, *centered)));
                 }
                 let yv = kernel::target_vector(&y, k.n, k.c);
-                scalar(kernel::alignment(&k.to_dense(), &yv, k.c, k.n, *centered))
+                scalar(kernel::alignment(&k.dense_view(), &yv, k.c, k.n, *centered))
             }
             Measurement::RelError { a, b } => {
                 let ra = self.operand(a)?;

@@ -79,12 +79,8 @@ fn fail(step: &Step, msg: impl std::fmt::Display) -> BackendError {
     }
 }
 
-/// Examples per batch so that per-example data (`m · nb · width`) stays
-/// near 2²⁶ numbers.
-fn batch_size(n: usize, m: usize, width: usize) -> usize {
-    let per = (m * width).max(1);
-    (((1usize << 26) / per).max(1)).min(n.max(1))
-}
+/// Examples per batch (shared with the plan's memory estimate).
+use crate::plan::cost::batch_examples as batch_size;
 
 impl<O: Ops> Engine<O> {
     pub fn new(name: &str, version: &str, make: fn(&str, Dtype) -> Result<O, OpsError>) -> Self {

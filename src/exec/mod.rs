@@ -18,6 +18,7 @@
 //! run is redone from its start.
 
 pub mod jsonl;
+pub mod limit;
 pub mod run_dir;
 mod session;
 

@@ -426,8 +426,9 @@ impl<'a, O: Ops> Problem<'a, O> {
         let mut blocks = Vec::with_capacity(kinds.len());
         let mut bases = Vec::new();
         for (k, l) in layers.iter().enumerate() {
-            let get = |t: &Option<O::T>| -> OpsResult<Vec<f64>> {
-                o.download(t.as_ref().ok_or_else(|| OpsError("no examples".into()))?)
+            // Each accumulator is freed on the device as it comes to the host.
+            let get = |t: &mut Option<O::T>| -> OpsResult<Vec<f64>> {
+                o.download(&t.take().ok_or_else(|| OpsError("no examples".into()))?)
             };
             let scale =
                 |v: Vec<f64>, f: f64| -> Vec<f64> { v.into_iter().map(|x| x * f).collect() };
@@ -435,18 +436,18 @@ impl<'a, O: Ops> Problem<'a, O> {
                 BlockKind::Dense => Block::Dense(Mat::from_vec(
                     l.numel,
                     l.numel,
-                    scale(get(&acc[k][0])?, 1.0 / n),
+                    scale(get(&mut acc[k][0])?, 1.0 / n),
                 )),
                 BlockKind::Diag => Block::Diag(stats::to_flat_host(
-                    &scale(get(&acc[k][0])?, 1.0 / n),
+                    &scale(get(&mut acc[k][0])?, 1.0 / n),
                     l.sg,
                     l.sa,
                     l.bias,
                     l.order,
                 )),
                 BlockKind::QuasiDiag => {
-                    let d = scale(get(&acc[k][0])?, 1.0 / n);
-                    let c = scale(get(&acc[k][1])?, 1.0 / n);
+                    let d = scale(get(&mut acc[k][0])?, 1.0 / n);
+                    let c = scale(get(&mut acc[k][1])?, 1.0 / n);
                     let w = if l.bias { l.sa - 1 } else { l.sa };
                     let mut cross = Mat::zeros(l.sg, if l.bias { w } else { 0 });
                     if l.bias {
@@ -463,11 +464,11 @@ impl<'a, O: Ops> Problem<'a, O> {
                 }
                 BlockKind::Kfac | BlockKind::Ekfac { .. } => {
                     let r = (n_out as f64).sqrt();
-                    let a = Mat::from_vec(l.sa, l.sa, scale(get(&acc[k][0])?, r / n));
+                    let a = Mat::from_vec(l.sa, l.sa, scale(get(&mut acc[k][0])?, r / n));
                     let g = Mat::from_vec(
                         l.sg,
                         l.sg,
-                        scale(get(&acc[k][1])?, 1.0 / (r * n * positions[k] as f64)),
+                        scale(get(&mut acc[k][1])?, 1.0 / (r * n * positions[k] as f64)),
                     );
                     if let BlockKind::Ekfac { .. } = kinds[k] {
                         bases.push(k);
@@ -628,7 +629,10 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// All rows of the Jacobian of the output functions over every batch,
     /// `[Σ m·nb, P]`, on the host.
     pub fn jacobian_rows(&self, target: &Target) -> OpsResult<Mat> {
-        let mut rows = Vec::new();
+        // Sized once: growing it would hold the old and the new buffer at once.
+        let (m, _) = self.outputs_of(target);
+        let p: usize = self.layer_infos().iter().map(|l| l.numel).sum();
+        let mut rows = Vec::with_capacity(m * self.n * p);
         let mut count = 0;
         self.for_each_batch(target, |caps, _, _| {
             let j = self.batch_jacobian(caps)?;

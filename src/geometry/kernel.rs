@@ -28,6 +28,14 @@ impl Ntk {
         self.c * self.n
     }
 
+    /// The dense kernel, borrowed when it is stored dense (no copy).
+    pub fn dense_view(&self) -> std::borrow::Cow<'_, Mat> {
+        match &self.body {
+            NtkBody::Dense(m) => std::borrow::Cow::Borrowed(m),
+            _ => std::borrow::Cow::Owned(self.to_dense()),
+        }
+    }
+
     pub fn to_dense(&self) -> Mat {
         let (c, n) = (self.c, self.n);
         match &self.body {

@@ -30,7 +30,16 @@ pub fn compile(program: &Program, src: &str) -> Plan {
             cost,
         });
     }
-    // A training run costs its own steps plus its hooks times their firings.
+    add_hook_costs(&mut steps);
+    Plan {
+        format: PLAN_FORMAT,
+        experiment: program.header.clone(),
+        steps,
+    }
+}
+
+/// A training run costs its own steps plus its hooks times their firings.
+fn add_hook_costs(steps: &mut [Step]) {
     for i in 0..steps.len() {
         if let Op::Train { hooks, .. } = &steps[i].op {
             let extra: u64 = hooks
@@ -44,12 +53,33 @@ pub fn compile(program: &Program, src: &str) -> Plan {
                 })
                 .sum();
             steps[i].cost.flops = steps[i].cost.flops.saturating_add(extra);
+            // Every hook's results stay while it fires again, and the
+            // largest hook step runs next to them.
+            let hook_steps = hooks.iter().flat_map(|h| h.steps.iter());
+            let held: u64 = hook_steps
+                .clone()
+                .map(|s| steps[s.0 as usize].cost.memory)
+                .sum();
+            let worst = hook_steps
+                .map(|s| steps[s.0 as usize].cost.peak)
+                .max()
+                .unwrap_or(0);
+            steps[i].cost.peak = steps[i].cost.peak.saturating_add(held + worst);
         }
     }
-    Plan {
-        format: PLAN_FORMAT,
-        experiment: program.header.clone(),
-        steps,
+}
+
+impl Plan {
+    /// Recomputes every step's cost for the header's dtype (after a
+    /// `--dtype` override, say).
+    pub fn reestimate(&mut self) {
+        let dtype = self.experiment.dtype;
+        let steps = std::mem::take(&mut self.steps);
+        for mut step in steps {
+            step.cost = estimate(&step.op, &self.steps, dtype);
+            self.steps.push(step);
+        }
+        add_hook_costs(&mut self.steps);
     }
 }
 
@@ -133,16 +163,21 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
         Op::Data { info, .. } | Op::Transform { info, .. } => {
             let per: u64 =
                 info.shape.iter().map(|&d| d as u64).product::<u64>() + info.target_dim as u64;
-            let bytes = (info.n as u64).saturating_mul(per).saturating_mul(size);
+            let memory = cost::data_bytes(info, dtype);
             Cost {
-                memory: bytes,
-                flops: bytes / size,
+                memory,
+                peak: 2 * memory,
+                flops: (info.n as u64).saturating_mul(per),
             }
         }
-        Op::Model { spec, .. } => Cost {
-            memory: spec.params * size,
-            flops: spec.params,
-        },
+        Op::Model { spec, .. } => {
+            let memory = cost::model_bytes(spec, dtype);
+            Cost {
+                memory,
+                peak: memory + spec.params * 8,
+                flops: spec.params,
+            }
+        }
         Op::Repr {
             object,
             structure,
@@ -151,7 +186,8 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             ..
         } => match model_of(steps, *model) {
             Some(spec) => Cost {
-                memory: cost::repr_memory(*object, structure, spec, options, dtype),
+                memory: cost::repr_held(*object, structure, spec, options),
+                peak: cost::repr_peak(*object, structure, spec, options, dtype),
                 flops: cost::repr_flops(*object, structure, spec, options),
             },
             None => Cost::default(),
@@ -164,28 +200,37 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 .unwrap_or_else(|| match vector {
                     VectorOp::Add { a, .. }
                     | VectorOp::Sub { a, .. }
-                    | VectorOp::Scale { v: a, .. } => steps[a.0 as usize].cost.memory / size,
+                    | VectorOp::Scale { v: a, .. } => steps[a.0 as usize].cost.memory / 8,
                     _ => 0,
                 });
-            let flops = match vector {
+            let (flops, peak) = match vector {
                 VectorOp::Grad { model, data } => {
                     let n = data_info(steps, *data).map_or(0, |i| i.n as u64);
-                    model_of(steps, *model).map_or(0, |m| 3 * n * cost::forward_flops(m))
+                    let m = model_of(steps, *model);
+                    (
+                        m.map_or(0, |m| 3 * n * cost::forward_flops(m)),
+                        // Device gradients, their download, a batch's pass.
+                        m.map_or(0, |m| cost::model_bytes(m, dtype))
+                            + data_info(steps, *data).map_or(0, |d| cost::data_bytes(d, dtype)),
+                    )
                 }
-                _ => p,
+                _ => (p, 0),
             };
             Cost {
-                memory: p * size,
+                memory: p * 8,
+                peak: p * 8 * 2 + peak,
                 flops,
             }
         }
         Op::Measure { measurement, .. } => {
             let repr = op.refs().first().copied();
+            let mut on = None;
             let (dim, stored) = match repr.and_then(|r| steps.get(r.0 as usize)) {
                 Some(Step {
                     op:
                         Op::Repr {
                             object,
+                            structure,
                             model,
                             options,
                             ..
@@ -193,29 +238,45 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                     cost,
                     ..
                 }) => {
+                    let spec = model_of(steps, *model);
+                    if let Some(spec) = spec {
+                        on = Some(cost::MeasuredRepr {
+                            object: *object,
+                            structure,
+                            model: spec,
+                            options,
+                        });
+                    }
                     let dim = match object {
-                        Object::Fim => model_of(steps, *model).map_or(0, |m| m.params),
+                        Object::Fim => spec.map_or(0, |m| m.params),
                         Object::Ntk => (options.examples * options.outputs) as u64,
                     };
-                    (dim, cost.memory / size)
+                    (dim, cost.memory / 8)
                 }
                 _ => (0, 0),
             };
-            let flops = match measurement {
+            let (flops, pass) = match measurement {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
                     let n = data_info(steps, *data).map_or(0, |i| i.n as u64);
-                    model_of(steps, *model).map_or(0, |m| n * cost::forward_flops(m))
+                    (
+                        model_of(steps, *model).map_or(0, |m| n * cost::forward_flops(m)),
+                        model_of(steps, *model).map_or(0, |m| m.params * 8),
+                    )
                 }
-                m => cost::measure_flops(m, dim, stored),
+                m => (cost::measure_flops(m, dim, stored), 0),
             };
             let memory = match measurement {
                 Measurement::Diagonal { .. }
                 | Measurement::Mv { .. }
-                | Measurement::Solve { .. } => dim * size,
-                Measurement::Eigenvalues { top, .. } => *top as u64 * size,
-                _ => size,
+                | Measurement::Solve { .. } => dim * 8,
+                Measurement::Eigenvalues { top, .. } => *top as u64 * 8,
+                _ => 8,
             };
-            Cost { memory, flops }
+            Cost {
+                memory,
+                peak: memory + pass + cost::measure_peak(measurement, on, dtype),
+                flops,
+            }
         }
         Op::Train {
             model,
@@ -226,7 +287,6 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             let Some(spec) = model_of(steps, *model) else {
                 return Cost::default();
             };
-            let _ = data;
             let fwd = cost::forward_flops(spec);
             let batch = config.batch as u64;
             let per_step = 3 * batch * fwd
@@ -234,20 +294,23 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                     Optimizer::Ngd { .. } => 10 * spec.params,
                     _ => 4 * spec.params,
                 };
-            let state = match &config.optimizer {
-                Optimizer::Sgd { .. } => 2,
-                Optimizer::Adam { .. } => 3,
-                Optimizer::Ngd { .. } => 3,
-            };
+            let _ = size;
             Cost {
-                memory: state * spec.params * size,
+                memory: cost::model_bytes(spec, dtype),
+                peak: cost::train_peak(spec, data_info(steps, *data), config, dtype),
                 flops: per_step.saturating_mul(config.total_steps),
             }
         }
         Op::Save { model, .. } => Cost {
             memory: 0,
+            peak: model_of(steps, *model).map_or(0, |m| m.params * 16),
             flops: model_of(steps, *model).map_or(0, |m| m.params),
         },
-        Op::Plot { .. } => Cost::default(),
+        Op::Plot { .. } => Cost {
+            memory: 0,
+            // Rendering a bitmap and reading the results back.
+            peak: 64 << 20,
+            flops: 0,
+        },
     }
 }

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
-    /// Bytes the step's result holds.
+    /// Bytes the step's result holds once it has run (the executor keeps
+    /// every result to the end of the run).
     pub memory: u64,
+    /// Bytes the step needs while it runs, its result included (hooks
+    /// included for a training run); see [`BASE_BYTES`].
+    #[serde(default)]
+    pub peak: u64,
     /// Floating-point operations, for one execution of the step.
     pub flops: u64,
 }
@@ -284,4 +289,371 @@ pub fn format_seconds(s: f64) -> String {
     } else {
         format!("{:.1} h", s / 3600.0)
     }
+}
+
+// ------------------------------------------------------------ working memory
+//
+// `Cost::memory` is what a step's result holds once it has run; the
+// executor keeps every result until the end, so they add up. `Cost::peak`
+// is what the step needs while it runs, its result included: the device
+// buffers of a batch (activations, captures, per-example Jacobians), the
+// host f64 copies (every representation and vector lives on the host in
+// f64, whatever the run's dtype), and the workspace of decompositions and
+// solves. The run's peak ([`crate::plan::Plan::peak_memory`]) is
+// [`BASE_BYTES`] plus, at the worst step, everything held before it plus
+// its `peak`. The constants below were measured against peak RSS
+// (tests/memory_peak.rs) and rounded up: the estimate is an upper bound.
+
+/// The process itself, before any data or model: executable, candle,
+/// thread stacks, allocator arenas. Measured: an `exec` of a 5-step plan
+/// with a 4,874-parameter MLP on 64-feature digits peaks at 14 MiB.
+pub const BASE_BYTES: u64 = 24 << 20;
+
+/// Headroom over the sum of the buffers counted: allocator fragmentation
+/// and the small buffers no formula follows (×11/10).
+pub fn with_headroom(bytes: u64) -> u64 {
+    bytes.saturating_add(bytes / 10)
+}
+
+/// Bytes of one host number (representations, vectors, parameters are
+/// held in f64 on the host).
+const HOST: u64 = 8;
+
+/// Examples per batch so that per-example data (`m · nb · width`) stays
+/// near 2²⁶ numbers (the executor batches with this too).
+pub fn batch_examples(n: usize, m: usize, width: usize) -> usize {
+    let per = (m * width).max(1);
+    (((1usize << 26) / per).max(1)).min(n.max(1))
+}
+
+/// The width the executor batches by: the number of parameters, or the
+/// largest layer output if larger.
+fn model_width(model: &ModelSpec) -> usize {
+    (model.params as usize).max(
+        model
+            .layers
+            .iter()
+            .map(|l| l.output.iter().product::<usize>())
+            .max()
+            .unwrap_or(1),
+    )
+}
+
+/// Device bytes of one forward and backward pass of `nb` examples with `m`
+/// backpropagated output functions: activations, their gradients and the
+/// (unfolded) layer inputs each parameterised layer captures.
+fn pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
+    let act: u64 = model
+        .layers
+        .iter()
+        .map(|l| l.output.iter().map(|&d| d as u64).product::<u64>())
+        .sum::<u64>()
+        + model.input.iter().map(|&d| d as u64).product::<u64>();
+    let unfolded: u64 = model
+        .param_layers()
+        .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
+        .sum();
+    nb.saturating_mul((1 + m).saturating_mul(act) + unfolded)
+        .saturating_mul(s)
+}
+
+/// Bytes a model holds: its parameters on the device, on the host and its
+/// initial weights (f64), plus the network's own copies.
+pub fn model_bytes(model: &ModelSpec, dtype: Dtype) -> u64 {
+    model.params.saturating_mul(2 * dtype.size() + 2 * HOST)
+}
+
+/// Bytes a dataset holds: its inputs on the host (f64) and on the device,
+/// its targets on the host twice.
+pub fn data_bytes(info: &DataInfo, dtype: Dtype) -> u64 {
+    let x: u64 = info.shape.iter().map(|&d| d as u64).product::<u64>() * info.n as u64;
+    let y = info.target_dim.max(1) as u64 * info.n as u64;
+    x.saturating_mul(HOST + dtype.size())
+        .saturating_add(y.saturating_mul(2 * HOST))
+}
+
+/// Bytes the result of a representation holds (host f64).
+pub fn repr_held(
+    object: Object,
+    structure: &Structure,
+    model: &ModelSpec,
+    options: &ReprOptions,
+) -> u64 {
+    match (object, structure) {
+        // Nothing but the layer layout: it is recomputed from model and data.
+        (Object::Fim, Structure::Implicit) => 1 << 10,
+        _ => repr_memory(object, structure, model, options, Dtype::F64),
+    }
+}
+
+/// Bytes a representation needs while it is built, its result included.
+pub fn repr_peak(
+    object: Object,
+    structure: &Structure,
+    model: &ModelSpec,
+    options: &ReprOptions,
+    dtype: Dtype,
+) -> u64 {
+    let s = dtype.size();
+    let held = repr_held(object, structure, model, options);
+    let layers = covered_layers(model, options);
+    let p: u64 = layers.iter().map(|l| l.params).sum();
+    let n = options.examples as u64;
+    match object {
+        Object::Fim => {
+            let m = fisher_outputs(options);
+            let nb = batch_examples(options.examples, m as usize, model_width(model)) as u64;
+            let pass = pass_bytes(model, nb, m, s);
+            // One batch's per-example Jacobian, per layer and concatenated.
+            let jac = (m * nb).saturating_mul(p).saturating_mul(2 * s);
+            match structure {
+                Structure::Dense => {
+                    let w = p.min(2048);
+                    held + jac + pass + sq(w) * (s + HOST) + m * nb * w * s
+                }
+                Structure::LowRank { rank } => {
+                    let rows = n * m;
+                    let all = rows.saturating_mul(p).saturating_mul(HOST);
+                    let truncate = match rank {
+                        Some(k) if (*k as u64) < rows => {
+                            3 * sq(rows) * HOST + (*k as u64) * p * HOST
+                        }
+                        _ => 0,
+                    };
+                    all + jac + pass + truncate
+                }
+                Structure::Implicit => held,
+                s_ => {
+                    let entries: Vec<u64> = layers
+                        .iter()
+                        .map(|l| fim_layer_entries(s_, l, n, m))
+                        .collect();
+                    let total: u64 = entries.iter().sum();
+                    let largest = entries.iter().copied().max().unwrap_or(0);
+                    // Accumulating on the device (sum, batch term, new sum),
+                    // then bringing each block to the host.
+                    let batches = n.div_ceil(nb.max(1));
+                    let build = (total + if batches > 1 { 2 * largest } else { 0 }) * s;
+                    let download = total * HOST + largest * s;
+                    // The structure of each layer's block (a mix picks one).
+                    let kind = |l: &LayerSpec| match s_ {
+                        Structure::Mix { .. } => s_
+                            .for_layer(&l.name, l.layer.family())
+                            .unwrap_or(&Structure::BlockDiag),
+                        other => other,
+                    };
+                    // A dense block forms the layer's per-example Jacobian.
+                    let per_layer_jac = layers
+                        .iter()
+                        .filter(|l| matches!(kind(l), Structure::BlockDiag))
+                        .map(|l| (m * nb).saturating_mul(l.params) * 2 * s)
+                        .max()
+                        .unwrap_or(0);
+                    let mut peak = build.max(download) + per_layer_jac + pass;
+                    let ekfac: Vec<&&LayerSpec> = layers
+                        .iter()
+                        .filter(|l| matches!(kind(l), Structure::Ekfac { .. }))
+                        .collect();
+                    if !ekfac.is_empty() {
+                        // Every factor's eigendecomposition at once (in
+                        // parallel), then the refit's projected gradients
+                        // (per example for a convolution) and the kept
+                        // captures.
+                        let factors: u64 = ekfac
+                            .iter()
+                            .filter_map(|l| kfac_dims(l).map(|(a, g, _)| sq(a) + sq(g)))
+                            .sum();
+                        let refit = ekfac
+                            .iter()
+                            .filter_map(|l| {
+                                kfac_dims(l).map(|(a, g, pos)| {
+                                    if pos == 1 {
+                                        (m * nb * g + nb * a) * 2 + 2 * a * g
+                                    } else {
+                                        2 * m * nb * a * g
+                                    }
+                                })
+                            })
+                            .max()
+                            .unwrap_or(0);
+                        peak += 3 * factors * HOST + refit * s + pass;
+                    }
+                    peak
+                }
+            }
+        }
+        Object::Ntk => {
+            let c = options.outputs as u64;
+            let dim = n * c;
+            let pass = pass_bytes(model, n, c, s);
+            let factors: u64 = layers
+                .iter()
+                .map(|l| {
+                    let k = match (&l.layer, kfac_dims(l)) {
+                        (Layer::Linear { .. }, Some((_, g, _))) => g,
+                        _ => l.params,
+                    };
+                    3 * c * n * k * s
+                })
+                .sum::<u64>()
+                + layers.len() as u64 * sq(n) * s;
+            let blocks = 4 * sq(n) * s.max(HOST);
+            let mut peak = match structure {
+                Structure::BlockDiag | Structure::Diag => {
+                    dim.saturating_mul(p).saturating_mul(HOST + 2 * s) + n * sq(c) * HOST + pass
+                }
+                Structure::LowRank { rank: Some(_) } => {
+                    5 * sq(dim) * HOST + pass + factors + blocks
+                }
+                _ => held + pass + factors + blocks,
+            };
+            if options.centered {
+                peak += 2 * sq(dim) * HOST;
+            }
+            peak
+        }
+    }
+}
+
+/// What a measurement works on: the representation it reads, if any.
+pub struct MeasuredRepr<'a> {
+    pub object: Object,
+    pub structure: &'a Structure,
+    pub model: &'a ModelSpec,
+    pub options: &'a ReprOptions,
+}
+
+/// Bytes a measurement needs while it runs, beyond what it reads.
+pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dtype: Dtype) -> u64 {
+    let Some(r) = on else {
+        return 1 << 20;
+    };
+    let layers = covered_layers(r.model, r.options);
+    let dim = match r.object {
+        Object::Fim => layers.iter().map(|l| l.params).sum::<u64>(),
+        Object::Ntk => (r.options.examples * r.options.outputs) as u64,
+    };
+    let n = r.options.examples as u64;
+    let m = fisher_outputs(r.options);
+    // The largest block a block-diagonal structure decomposes or solves.
+    let largest_block = match (r.object, r.structure) {
+        (Object::Fim, Structure::Dense | Structure::Implicit | Structure::LowRank { .. }) => {
+            sq(dim)
+        }
+        (Object::Fim, s) => layers
+            .iter()
+            .map(|l| sq(l.params).min(fim_layer_entries(s, l, n, m).max(sq(l.params))))
+            .max()
+            .unwrap_or(0),
+        (Object::Ntk, Structure::Dense) => sq(dim),
+        (Object::Ntk, _) => sq(dim),
+    };
+    let implicit = matches!((r.object, r.structure), (Object::Fim, Structure::Implicit));
+    // A matrix-free product recomputes per-example quantities batch by batch.
+    let mv = if implicit {
+        let nb = batch_examples(r.options.examples, m as usize, model_width(r.model)) as u64;
+        6 * dim * HOST + pass_bytes(r.model, nb, m, dtype.size())
+    } else {
+        2 * dim * HOST
+    };
+    let dense_copy = |k: u64| k * sq(dim) * HOST;
+    let ntk_dense = matches!((r.object, r.structure), (Object::Ntk, Structure::Dense));
+    match measurement {
+        Measurement::Eigenvalues { top, .. }
+            if *top <= 64 && dim > 2000 && r.object == Object::Fim =>
+        {
+            // Lanczos on products: a Krylov basis, no dense copy.
+            3 * 64 * dim * HOST + mv
+        }
+        Measurement::Eigenvalues { .. }
+        | Measurement::EffectiveRank { .. }
+        | Measurement::SpectralNorm { .. } => {
+            if implicit {
+                mv + 3 * 64 * dim * HOST
+            } else {
+                3 * largest_block * HOST + mv
+            }
+        }
+        Measurement::Solve { .. } => {
+            if implicit {
+                mv + 4 * dim * HOST
+            } else {
+                2 * largest_block * HOST + mv
+            }
+        }
+        Measurement::RelError { .. } => dense_copy(2) + mv,
+        Measurement::Alignment { .. } => dense_copy(if ntk_dense { 3 } else { 4 }),
+        Measurement::Frobenius { .. } if implicit => dense_copy(2) + mv,
+        Measurement::Trace { .. }
+        | Measurement::Diagonal { .. }
+        | Measurement::Mv { .. }
+        | Measurement::VTMv { .. }
+            if r.object == Object::Ntk && !ntk_dense =>
+        {
+            dense_copy(1) + mv
+        }
+        _ => mv,
+    }
+}
+
+/// Host copies of the parameter vector a training step makes (gradients,
+/// optimiser state, new weights, the net rebuilt with them), measured.
+fn train_copies(config: &TrainConfig) -> u64 {
+    let base = match &config.optimizer {
+        Optimizer::Sgd { .. } => 10,
+        Optimizer::Adam { .. } => 12,
+        Optimizer::Ngd { .. } => 8,
+    };
+    base + match config.mode {
+        TrainMode::Plain => 0,
+        TrainMode::Scaled { .. } => 4,
+        TrainMode::Linearized { .. } => 10,
+    }
+}
+
+/// Bytes a training run needs while it runs (its hooks apart), the trained
+/// model included: the parameter copies, a mini-batch's pass, evaluation
+/// passes, and the natural gradient's own Fisher (running average, fresh
+/// estimate, EKFAC's factors and their eigendecompositions).
+pub fn train_peak(
+    model: &ModelSpec,
+    data: Option<&DataInfo>,
+    config: &TrainConfig,
+    dtype: Dtype,
+) -> u64 {
+    let s = dtype.size();
+    let batch = config.batch.max(1) as u64;
+    let per_example_input: u64 = data
+        .map(|d| d.shape.iter().map(|&x| x as u64).product::<u64>())
+        .unwrap_or(0);
+    let n = data.map_or(0, |d| d.n as u64);
+    let eval_nb = batch_examples(n as usize, 1, model_width(model)) as u64;
+    let mut peak = model_bytes(model, dtype)
+        + model.params.saturating_mul(train_copies(config) * HOST)
+        + pass_bytes(model, batch, 1, s).max(pass_bytes(model, eval_nb, 1, s))
+        + batch * per_example_input * (s + HOST)
+        // Per-example losses and tracking.
+        + n * 64;
+    if let Optimizer::Ngd { fim, fisher, .. } = &config.optimizer {
+        let options = ReprOptions {
+            fisher: Some(fisher.clone()),
+            task: match config.loss {
+                LossKind::CrossEntropy => Task::Classification,
+                LossKind::Mse => Task::Regression { sigma2: 1.0 },
+            },
+            layers: Vec::new(),
+            centered: false,
+            examples: config.batch,
+            outputs: model.output.iter().product(),
+        };
+        let held = repr_held(Object::Fim, fim, model, &options);
+        let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);
+        let kfac = if matches!(fim, Structure::Ekfac { .. }) {
+            repr_held(Object::Fim, &Structure::Kfac, model, &options)
+        } else {
+            0
+        };
+        peak += 2 * held + kfac + fresh;
+    }
+    peak
 }

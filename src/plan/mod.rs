@@ -106,8 +106,32 @@ impl Plan {
     pub fn step(&self, id: StepId) -> &Step {
         &self.steps[id.0 as usize]
     }
-    /// Peak of the per-step memory estimates.
+    /// The run's estimated peak memory (resident set): the process itself
+    /// ([`cost::BASE_BYTES`]) plus, at the worst step, the results held
+    /// before it and what the step needs while it runs.
     pub fn peak_memory(&self) -> u64 {
-        self.steps.iter().map(|s| s.cost.memory).max().unwrap_or(0)
+        self.peak_step().map_or(cost::BASE_BYTES, |(_, b)| b)
+    }
+
+    /// The top-level step at which the run's memory peaks, and the peak.
+    pub fn peak_step(&self) -> Option<(StepId, u64)> {
+        let mut held = cost::BASE_BYTES;
+        let mut worst: Option<(StepId, u64)> = None;
+        for s in self.steps.iter().filter(|s| s.hook.is_none()) {
+            let at = cost::BASE_BYTES
+                + cost::with_headroom(
+                    (held - cost::BASE_BYTES).saturating_add(s.cost.peak.max(s.cost.memory)),
+                );
+            if worst.is_none_or(|(_, w)| at > w) {
+                worst = Some((s.id, at));
+            }
+            held = held.saturating_add(s.cost.memory);
+            if let Op::Train { hooks, .. } = &s.op {
+                for h in hooks.iter().flat_map(|h| h.steps.iter()) {
+                    held = held.saturating_add(self.step(*h).cost.memory);
+                }
+            }
+        }
+        worst
     }
 }

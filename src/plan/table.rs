@@ -142,7 +142,7 @@ pub fn render_table(plan: &Plan) -> String {
     }
     let _ = writeln!(
         out,
-        "{} steps; peak memory of one step {}; total ≈ {} (≈ {} at a nominal {} FLOP/s on {})",
+        "{} steps; peak memory of the run ≈ {}; total ≈ {} (≈ {} at a nominal {} FLOP/s on {})",
         plan.steps.len(),
         format_bytes(plan.peak_memory()),
         format_flops(total_flops),

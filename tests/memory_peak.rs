@@ -1,0 +1,172 @@
+//! The plan's memory estimate against the peak resident set of the run:
+//! each case runs `nngeo exec` in a fresh process, whose peak RSS is read
+//! from `wait4`'s resource usage. The estimate must be an upper bound and
+//! at most 1.5 × the peak plus a small constant (the process's own base).
+//!
+//! The cases take tens to hundreds of MB, a few seconds each: run them
+//! with `cargo test --test memory_peak -- --ignored --test-threads 1`
+//! (`MEMORY_PEAK_TABLE=1` prints the table).
+
+use nngeo::plan::cost::format_bytes;
+use nngeo::plan::Plan;
+use std::process::Command;
+
+/// Slack for the process itself (executable, candle, allocator).
+const SMALL: u64 = 32 << 20;
+
+#[repr(C)]
+#[derive(Default)]
+struct Timeval {
+    sec: i64,
+    usec: i64,
+}
+
+/// `struct rusage` on Linux (x86_64 and aarch64): two timevals and 14 longs.
+#[repr(C)]
+#[derive(Default)]
+struct Rusage {
+    utime: Timeval,
+    stime: Timeval,
+    maxrss: i64,
+    rest: [i64; 13],
+}
+
+extern "C" {
+    fn wait4(pid: i32, status: *mut i32, options: i32, usage: *mut Rusage) -> i32;
+}
+
+/// Runs `cmd` and returns its exit status and peak RSS in bytes.
+fn run_measured(cmd: &mut Command) -> (i32, u64) {
+    let child = cmd.spawn().expect("nngeo starts");
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut usage = Rusage::default();
+    // SAFETY: `usage` and `status` are valid for writes; the child is ours
+    // and is reaped here (std never waits for it: `child` is forgotten).
+    let r = unsafe { wait4(pid, &mut status, 0, &mut usage) };
+    std::mem::forget(child);
+    assert_eq!(r, pid, "wait4 failed");
+    let code = if status & 0x7f == 0 {
+        (status >> 8) & 0xff
+    } else {
+        -(status & 0x7f)
+    };
+    (code, usage.maxrss as u64 * 1024)
+}
+
+fn header(name: &str, dtype: &str, n: usize, hidden: &str) -> String {
+    format!(
+        "experiment {name} {{\n  seed = 0\n  device = cpu\n  dtype = {dtype}\n  out = \"out\"\n}}\n\
+         data train = digits(split = train) |> normalize\n\
+         data probe = train |> take({n}, random, seed = 1)\n\
+         model net = mlp(in = 64, hidden = [{hidden}], out = 10, act = tanh, init = xavier(seed = 0))\n"
+    )
+}
+
+fn train(opt: &str, extra: &str) -> String {
+    format!("train net on train {{\n  optimizer = {opt}\n  steps = 10\n  batch = 256\n{extra}}}\n")
+}
+
+fn cases() -> Vec<(&'static str, String)> {
+    let measure = |name, dtype, n, hidden, m: &str| (name, header(name, dtype, n, hidden) + m);
+    vec![
+        measure("dense", "f64", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
+        measure("dense_f32", "f32", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
+        measure("dense_eigenvalues", "f64", 50, "32", "measure eigenvalues(Fim(Dense) of net on probe, top = 5) as \"e\"\n"),
+        measure("blockdiag", "f64", 50, "64, 64", "measure trace(Fim(BlockDiag) of net on probe) as \"t\"\n"),
+        measure("diag", "f64", 1000, "1024, 1024", "measure trace(Fim(Diag) of net on probe) as \"t\"\n"),
+        measure("kfac", "f64", 1000, "1024, 1024", "measure trace(Fim(KFAC) of net on probe) as \"t\"\n"),
+        measure("ekfac_refit", "f64", 500, "1024, 1024", "measure trace(Fim(EKFAC(refit = true)) of net on probe) as \"t\"\n"),
+        measure("lowrank", "f64", 30, "256, 256", "measure trace(Fim(LowRank) of net on probe) as \"t\"\n"),
+        measure("implicit", "f64", 1000, "1024, 1024", "let v = random_vector(net, seed = 3)\nmeasure vTMv(Fim(Implicit) of net on probe, v) as \"t\"\n"),
+        measure("ntk_dense", "f64", 400, "256", "measure trace(Ntk(Dense) of net on probe) as \"t\"\n"),
+        ("sgd", header("sgd", "f64", 10, "1024, 1024") + &train("sgd(lr = 0.01, momentum = 0.9)", "")),
+        ("ngd_kfac", header("ngd_kfac", "f64", 10, "512, 512") + &train("ngd(fim = KFAC, lr = 0.05, damping = 1e-2, refresh = 5)", "")),
+        ("ngd_ekfac", header("ngd_ekfac", "f64", 10, "512, 512") + &train("ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 5, refit = 5)", "")),
+        ("linearized", header("linearized", "f64", 10, "512, 512") + &train("sgd(lr = 0.01)", "  mode = linearized\n")),
+    ]
+}
+
+#[test]
+#[ignore = "runs 14 processes of up to 600 MB; see the module doc"]
+fn plan_peak_bounds_the_measured_peak() {
+    let exe = env!("CARGO_BIN_EXE_nngeo");
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    for (name, src) in cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{name}.ngx"));
+        std::fs::write(&file, &src).unwrap();
+        let out = Command::new(exe)
+            .args(["plan", "--format", "json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan = Plan::from_json(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        let estimate = plan.peak_memory();
+        let (code, peak) = run_measured(
+            Command::new(exe)
+                .arg("exec")
+                .arg(&file)
+                .arg("--out")
+                .arg(dir.path().join("out"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
+        assert_eq!(code, 0, "{name}: exec failed");
+        let ratio = estimate as f64 / peak as f64;
+        rows.push(format!(
+            "{name:<18} estimate {:>10}  measured {:>10}  ratio {ratio:.2}",
+            format_bytes(estimate),
+            format_bytes(peak)
+        ));
+        if estimate < peak || estimate as f64 > 1.5 * peak as f64 + SMALL as f64 {
+            bad.push(rows.last().unwrap().clone());
+        }
+    }
+    if std::env::var_os("MEMORY_PEAK_TABLE").is_some() || !bad.is_empty() {
+        eprintln!("{}", rows.join("\n"));
+    }
+    assert!(
+        bad.is_empty(),
+        "estimate not within [peak, 1.5 × peak + {}]:\n{}",
+        format_bytes(SMALL),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn exec_refuses_a_plan_over_its_memory_budget_before_touching_the_folder() {
+    let exe = env!("CARGO_BIN_EXE_nngeo");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.ngx");
+    std::fs::write(
+        &file,
+        header("big", "f64", 50, "64") + "measure trace(Fim(Dense) of net on probe) as \"t\"\n",
+    )
+    .unwrap();
+    let out = Command::new(exe)
+        .args(["exec", "--memory-budget", "200MiB"])
+        .arg(&file)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("would need about"), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+    assert!(
+        err.contains("200.0 MiB of the memory budget (--memory-budget)"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "the run folder was created"
+    );
+}
