@@ -557,3 +557,43 @@ fn plots_against_epoch_for_epoch_and_step_runs() {
         "no plot"
     );
 }
+
+/// Without a terminal, a run prints progress lines (here: as often as it
+/// can, `NNGEO_PROGRESS_EVERY = 0`): training steps with their loss and an
+/// ETA, and finished steps; with the default (10 s) a short run prints none.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("p.ngx");
+    std::fs::write(
+        &src,
+        "experiment p { seed = 0 }\n\
+         data d = blobs(n = 40, classes = 2, dim = 3, seed = 1)\n\
+         model m = mlp(in = 3, hidden = [4], out = 2)\n\
+         train m on d as t { optimizer = sgd(lr = 0.1)\n steps = 5\n batch = 10 }\n\
+         measure accuracy(t, d)\n",
+    )
+    .unwrap();
+    let run = |every: Option<&str>, out: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nngeo"));
+        cmd.args(["exec", src.to_str().unwrap(), "--out"])
+            .arg(dir.path().join(out));
+        if let Some(e) = every {
+            cmd.env("NNGEO_PROGRESS_EVERY", e);
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        text(&o.stderr)
+    };
+    let err = run(Some("0"), "a");
+    for k in 1..=5 {
+        assert!(
+            err.contains(&format!("train t: step {k}/5, loss ")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("eta "), "{err}");
+    assert!(err.contains("done: measure"), "{err}");
+    let quiet = run(None, "b");
+    assert!(!quiet.contains("[nngeo]"), "{quiet}");
+}

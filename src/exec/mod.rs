@@ -19,6 +19,7 @@
 
 pub mod jsonl;
 pub mod limit;
+mod progress;
 pub mod run_dir;
 mod session;
 
@@ -152,14 +153,15 @@ pub fn run_with(
     let info = backend.info();
     backend.prepare(plan, ctx).map_err(ExecError::BeforeStart)?;
     let steps: Vec<&Step> = plan.steps.iter().filter(|s| s.hook.is_none()).collect();
-    let bar = report::progress(steps.len() as u64, &plan.experiment.name);
+    let mut progress = progress::Progress::new(steps.len(), &plan.experiment.name);
     let t0 = Instant::now();
     let mut session: Option<Session> = None;
     // Timings of steps run before the folder was taken.
     let mut early: Vec<StepTiming> = Vec::new();
     let mut outcome: Result<(), ExecError> = Ok(());
     for step in &steps {
-        bar.inc(1);
+        let (op, name) = step_name(step);
+        progress.step(format!("{op} {name}"));
         if !needed.contains(&step.id.0) {
             continue;
         }
@@ -169,8 +171,6 @@ pub fn run_with(
             let s = open(&mut pending, plan, &info, &mut early)?;
             session = Some(s);
         }
-        let (op, name) = step_name(step);
-        bar.set_message(format!("{op} {name}"));
         let ts = Instant::now();
         let mut write_err: Option<ExecError> = None;
         // Results a step emits before the folder is taken (a backend may
@@ -187,6 +187,14 @@ pub fn run_with(
                 let Some(value) = value_json(e.output) else {
                     return;
                 };
+                if let (true, Some(t), Op::Train { config, .. }, Some(loss)) = (
+                    e.key == "train/loss",
+                    e.train_step,
+                    &step.op,
+                    value.as_f64(),
+                ) {
+                    progress.train(t, config.total_steps, loss);
+                }
                 let mut line = json!({
                     "key": e.key,
                     "step_id": e.step_id.0,
@@ -259,6 +267,7 @@ pub fn run_with(
                 }
             }
         }
+        progress.step_done();
         let timing = StepTiming {
             id: step.id.0,
             op,
@@ -276,7 +285,7 @@ pub fn run_with(
             None => early.push(timing),
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let (mut s, outcome) = match (session, outcome) {
         (Some(s), outcome) => (s, outcome),
         (None, Err(e)) => return Err(e),
