@@ -724,7 +724,7 @@ impl<'a> Checker<'a> {
         file: Option<&'a crate::syntax::StrLit>,
         span: Span,
     ) {
-        const FLAGS: [&str; 4] = ["log_x", "log_y", "points", "lines"];
+        const FLAGS: [&str; 5] = ["log_x", "log_y", "linear_y", "points", "lines"];
         for f in flags {
             if !FLAGS.contains(&f.name.as_str()) {
                 self.error(

@@ -10,12 +10,16 @@
 //!   sweep tags that are neither `x` nor in `by`) are all drawn as points,
 //!   with the line through their mean.
 //!
-//! The y axis is logarithmic when `log_y` is given or, on categorical charts,
-//! when the values are all positive and span more than three orders of
-//! magnitude (a log axis is never used for non-positive values). `log_x`
-//! applies to step charts only and leaves out step 0. `points` and `lines`
-//! choose the marks (default: lines on step charts, both on categorical
-//! ones).
+//! A sweep whose values are all numbers is drawn on a number line (lines
+//! through the mean per value); other sweeps are categories, drawn as
+//! points, never joined by lines.
+//!
+//! The y axis is logarithmic when `log_y` is given; by default when the
+//! values are all positive and are losses or errors spanning more than two
+//! orders of magnitude, or, on sweep charts, anything spanning more than
+//! three (`linear_y` keeps it linear; a log axis is never used for
+//! non-positive values). `log_x` applies to step charts only and leaves out
+//! step 0. `points` and `lines` choose the marks.
 //!
 //! Text is drawn with an embedded DejaVu Sans subset, so plots render on
 //! machines with no fonts installed.
@@ -232,6 +236,9 @@ impl Chart {
         let mut pts: Vec<(usize, f64, f64)> = Vec::new();
         let x_axis;
         let is_steps = spec.x == "step" || spec.x == "time";
+        // Whether x is a number line (steps, epochs, time, a numeric sweep)
+        // rather than unordered categories.
+        let mut numeric_x = is_steps || spec.x == "epoch";
         // Inside training runs time is the run's optimiser-step clock
         // (hooks and tracking excluded), so optimisers compare fairly.
         let train_clock = selected.iter().all(|(r, _)| r.train_time_s.is_some());
@@ -306,12 +313,40 @@ impl Chart {
             if cats.items.is_empty() {
                 return Err(nothing());
             }
-            x_axis = XAxis::Categories(cats.items);
+            // A numeric sweep (`for lr in [0.01, 0.1]`) is a number line,
+            // not categories.
+            let values: Option<Vec<f64>> =
+                cats.items.iter().map(|c| c.parse::<f64>().ok()).collect();
+            match values {
+                Some(v) if v.iter().all(|x| x.is_finite()) => {
+                    for p in &mut pts {
+                        p.1 = v[p.1 as usize];
+                    }
+                    let (lo, hi) = min_max(v.iter().copied()).ok_or_else(nothing)?;
+                    let pad = if lo == hi { 1.0 } else { (hi - lo) * 0.05 };
+                    numeric_x = true;
+                    x_axis = XAxis::Steps {
+                        range: lo - pad..hi + pad,
+                        log: false,
+                    };
+                }
+                _ => x_axis = XAxis::Categories(cats.items),
+            }
         }
 
         let (y_lo, y_hi) = min_max(pts.iter().map(|p| p.2)).ok_or_else(nothing)?;
         let positive = y_lo > 0.0;
-        let log_y = positive && (spec.flag("log_y") || (!is_steps && y_hi / y_lo > 1e3));
+        // Losses and errors that span more than two decades are read on a
+        // log axis unless `linear_y` says otherwise; other values from three.
+        let lossy = ids.items.iter().all(|id| {
+            let k = id.0.to_lowercase();
+            k.contains("loss") || k.contains("err")
+        });
+        let log_y = positive
+            && !spec.flag("linear_y")
+            && (spec.flag("log_y")
+                || (lossy && y_hi / y_lo > 1e2)
+                || (!is_steps && y_hi / y_lo > 1e3));
         let y = if log_y {
             decades(y_lo, y_hi)
         } else if y_lo == y_hi {
@@ -322,8 +357,9 @@ impl Chart {
             y_lo - pad..y_hi + pad
         };
 
+        // Lines join points along a number line only; categories get points.
         let (points, lines) = match (spec.flag("points"), spec.flag("lines")) {
-            (false, false) => (!is_steps, true),
+            (false, false) => (!is_steps, numeric_x),
             (p, l) => (p, l),
         };
         let keys: std::collections::HashSet<&str> =
@@ -342,9 +378,23 @@ impl Chart {
             series[s].points.push((x, y));
         }
         for s in &mut series {
-            if is_steps {
+            if is_steps || spec.x == "epoch" {
                 s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 s.line = s.points.clone();
+            } else if numeric_x {
+                // Mean per sweep value, in increasing order.
+                let mut sums: Vec<(f64, f64, usize)> = Vec::new();
+                for &(x, y) in &s.points {
+                    match sums.iter_mut().find(|e| e.0 == x) {
+                        Some(e) => {
+                            e.1 += y;
+                            e.2 += 1;
+                        }
+                        None => sums.push((x, y, 1)),
+                    }
+                }
+                sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+                s.line = sums.iter().map(|e| (e.0, e.1 / e.2 as f64)).collect();
             } else {
                 // Mean per category, in category order.
                 let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
@@ -359,10 +409,17 @@ impl Chart {
                     .collect();
             }
         }
+        // The quantity: the key, or what the pattern's keys share.
         let y_desc = if keys.len() == 1 {
             ids.items[0].0.clone()
         } else {
-            "value".to_string()
+            let stem = spec.pattern.split('*').next().unwrap_or("");
+            let stem = stem.trim_end_matches(['/', '_', '.', ' ']);
+            if stem.is_empty() {
+                spec.pattern.clone()
+            } else {
+                stem.to_string()
+            }
         };
         let mut chart = Chart {
             title: spec.pattern.clone(),
@@ -643,6 +700,8 @@ pub(super) mod tests_support {
     pub struct Built {
         pub categories: Vec<String>,
         pub log_y: bool,
+        pub lines: bool,
+        pub y_desc: String,
         pub labels: Vec<String>,
         pub points: Vec<Vec<(f64, f64)>>,
     }
@@ -655,6 +714,8 @@ pub(super) mod tests_support {
                 XAxis::Steps { .. } => vec![],
             },
             log_y: c.log_y,
+            lines: c.lines,
+            y_desc: c.y_desc.clone(),
             labels: c.series.iter().map(|s| s.label.clone()).collect(),
             points: c.series.iter().map(|s| s.points.clone()).collect(),
         })

@@ -174,7 +174,7 @@ fn categorical_plot_with_wildcard_and_auto_log_y() {
 }
 
 #[test]
-fn categorical_plot_uses_last_training_step_and_linear_axis() {
+fn numeric_sweep_plot_uses_last_training_step_on_a_number_line() {
     let text = "\
 {\"key\":\"acc\",\"step_id\":5,\"sweep\":{\"lr\":\"0.1\"},\"value\":0.2,\"step\":1}
 {\"key\":\"acc\",\"step_id\":5,\"sweep\":{\"lr\":\"0.1\"},\"value\":0.9,\"step\":2}
@@ -184,10 +184,43 @@ fn categorical_plot_uses_last_training_step_and_linear_axis() {
     let records = parse_results(text.as_bytes()).records;
     let s = spec("acc", "lr", &[], "acc_vs_lr");
     let chart = plot::tests_support::build(&s, &records).unwrap();
-    assert_eq!(chart.categories, vec!["0.1", "0.01"]);
+    // Numbers, not categories: x is the learning rate itself.
+    assert!(chart.categories.is_empty());
+    assert!(chart.lines);
     assert!(!chart.log_y);
     assert_eq!(chart.labels, vec!["acc"]);
-    assert_eq!(chart.points, vec![vec![(0.0, 0.9), (1.0, 0.7)]]);
+    assert_eq!(chart.points, vec![vec![(0.1, 0.9), (0.01, 0.7)]]);
+}
+
+#[test]
+fn a_sweep_over_structures_is_categories_drawn_as_points() {
+    let records = parse_results(categorical_results().as_bytes()).records;
+    let chart = plot::tests_support::build(&spec("align/*", "S", &[], "x"), &records).unwrap();
+    assert_eq!(chart.categories, vec!["KFAC", "EKFAC", "diag"]);
+    assert!(!chart.lines, "no line joins unrelated categories");
+    // The y axis names the quantity the keys share, not `value`.
+    assert_eq!(chart.y_desc, "align");
+}
+
+#[test]
+fn losses_spanning_two_decades_get_a_log_axis_unless_linear_y() {
+    let text: String = (1..=4)
+        .map(|k| {
+            format!(
+                "{{\"key\":\"train/loss\",\"step_id\":3,\"sweep\":{{}},\"value\":{},\"step\":{k}}}\n",
+                10f64.powi(-k)
+            )
+        })
+        .collect();
+    let records = parse_results(text.as_bytes()).records;
+    let chart =
+        plot::tests_support::build(&spec("train/loss", "step", &[], "l"), &records).unwrap();
+    assert!(chart.log_y);
+    let linear = PlotSpec {
+        flags: vec!["linear_y".into()],
+        ..spec("train/loss", "step", &[], "l")
+    };
+    assert!(!plot::tests_support::build(&linear, &records).unwrap().log_y);
 }
 
 #[test]
