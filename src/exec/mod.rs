@@ -177,6 +177,10 @@ pub fn run_with(
         // emit during any step): they are the first measurements, so the
         // folder is taken for them once the step returns.
         let mut early_lines: Vec<serde_json::Value> = Vec::new();
+        // Results with a training step come from this top-level step (a
+        // training run and its hooks): look its epoch length up once, not
+        // per emitted value.
+        let per_epoch = plan.steps_per_epoch(step.id);
         let result = {
             let mut emit = |e: Emitted| {
                 if silent || write_err.is_some() {
@@ -205,7 +209,7 @@ pub fn run_with(
                     line["step"] = json!(t);
                     // Epochs done when the value was taken: fractional for
                     // a run set by `steps`, whole at epoch boundaries.
-                    if let Some(per) = plan.steps_per_epoch(e.step_id) {
+                    if let Some(per) = per_epoch {
                         line["epoch"] = json!(t as f64 / per.max(1) as f64);
                     }
                 }
