@@ -103,6 +103,10 @@ enum Command {
         #[arg(long, value_name = "DIR", num_args = 0..=1)]
         #[allow(clippy::option_option)]
         resume: Option<Option<PathBuf>>,
+        /// Exit with status 3 when a claim the experiment declares
+        /// (`expect`) is not supported by the results.
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         budget: Budget,
     },
@@ -134,7 +138,12 @@ enum Command {
     /// Rebuild results.csv and the plots of a run folder from its
     /// results.jsonl and plan.json (also after a crash or an interruption).
     #[command(after_help = "Example:\n  nngeo report runs/fim_zoo")]
-    Report { dir: PathBuf },
+    Report {
+        dir: PathBuf,
+        /// Exit with status 3 when a declared claim is not supported.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -262,6 +271,7 @@ fn main() -> ExitCode {
             out,
             overwrite,
             resume,
+            strict,
             budget,
         } => {
             let (out, mode) = match (out, resume) {
@@ -367,7 +377,7 @@ fn main() -> ExitCode {
                         eprintln!("warning: {w}");
                     }
                     println!("results in {}", out.display());
-                    ExitCode::SUCCESS
+                    claims_exit(&summary.claims, strict)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -393,7 +403,7 @@ fn main() -> ExitCode {
             repeats,
             once,
         } => bench(cases, repeats, once),
-        Command::Report { dir } => match nngeo::report::rebuild(&dir) {
+        Command::Report { dir, strict } => match nngeo::report::rebuild(&dir) {
             Ok(r) => {
                 for w in &r.warnings {
                     eprintln!("warning: {w}");
@@ -401,7 +411,7 @@ fn main() -> ExitCode {
                 for f in &r.files {
                     println!("{}", f.display());
                 }
-                ExitCode::SUCCESS
+                claims_exit(&r.claims, strict)
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -414,6 +424,38 @@ fn main() -> ExitCode {
 }
 
 /// `nngeo models`: the library's models with their parameters.
+/// Prints each declared claim's verdict; with `strict`, a claim that the
+/// results do not support makes the exit status 3.
+fn claims_exit(claims: &[nngeo::report::claims::ClaimOutcome], strict: bool) -> ExitCode {
+    if claims.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let failed = claims.iter().filter(|c| c.failed()).count();
+    println!(
+        "claims: {} of {} supported",
+        claims.len() - failed,
+        claims.len()
+    );
+    for c in claims {
+        let mark = if c.failed() { "✗" } else { "✓" };
+        let at = c.at.as_deref().map_or(String::new(), |a| format!(" (line {a})"));
+        let value = if c.value.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", c.value)
+        };
+        println!("  {mark} {}{at}: {}{value}", c.text, c.verdict);
+        if let Some(f) = &c.failing {
+            println!("      fails {f}");
+        }
+    }
+    if strict && failed > 0 {
+        eprintln!("error: {failed} claim(s) not supported (--strict)");
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
 fn models() -> ExitCode {
     let opts = CheckOptions {
         default_budget: u64::MAX,

@@ -312,27 +312,45 @@ fn report_rebuilds_plots_and_csv_from_a_run_folder() {
 }
 
 #[test]
-fn summary_pairs_kfac_and_ekfac_within_a_run() {
-    // Two runs without sweep tags: only the first measures KFAC, so only
-    // its 2 checkpoints can test EKFAC ≤ KFAC; the second run's EKFAC
-    // errors must not be paired with the first run's KFAC.
+fn claims_are_reported_and_strict_fails_on_an_unsupported_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, out_dir) = exec_source(
-        dir.path(),
-        "experiment pairs { dtype = f64 }\n\
+    let src = "experiment claims { dtype = f64 }\n\
          data d = digits(split = train) |> take(30)\n\
          model a = mlp(data = d, hidden = [6])\n\
-         model b = mlp(data = d, hidden = [5, 4])\n\
-         train a on d { optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10\n every 2 steps {\n\
-           let B = Fim(BlockDiag) of a on d\n\
-           measure rel_error(Fim(KFAC) of a on d, B) as \"rel_error/KFAC\"\n\
-           measure rel_error(Fim(EKFAC) of a on d, B) as \"rel_error/EKFAC\" } }\n\
-         train b on d { optimizer = sgd(lr = 0.1)\n steps = 2\n batch = 10\n every 2 steps {\n\
-           measure rel_error(Fim(EKFAC) of b on d, Fim(BlockDiag) of b on d) as \"rel_error/EKFAC\" } }\n",
-    );
+         for lr in [0.1, 0.5] {\n\
+           train a on d { optimizer = sgd(lr = lr)\n steps = 4\n batch = 10\n every 2 steps {\n\
+             let B = Fim(BlockDiag) of a on d\n\
+             measure rel_error(Fim(KFAC) of a on d, B) as \"rel_error/KFAC\"\n\
+             measure rel_error(Fim(EKFAC) of a on d, B) as \"rel_error/EKFAC\" } }\n\
+         }\n\
+         expect \"EKFAC is never worse than KFAC\" : all(\"rel_error/EKFAC\" <= \"rel_error/KFAC\")\n\
+         expect \"KFAC is exact\" : all(\"rel_error/KFAC\" < 1e-12)\n";
+    let (out, out_dir) = exec_source(dir.path(), src);
+    // Without --strict an unsupported claim is reported, not an error.
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("claims: 1 of 2 supported"), "{stdout}");
+    assert!(stdout.contains("✓ EKFAC is never worse than KFAC (line 13:1): supported [6/6 hold]"), "{stdout}");
+    assert!(stdout.contains("✗ KFAC is exact (line 14:1): not supported [0/6 hold]"), "{stdout}");
+    assert!(stdout.contains("fails at lr = 0.1, step 0:"), "{stdout}");
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
-    assert!(summary.contains("holds at all 2 checkpoints"), "{summary}");
+    assert!(summary.contains("| KFAC is exact | 14:1 | 0/6 hold | **not supported** |"), "{summary}");
+
+    let rep = nngeo(&["report", out_dir.to_str().unwrap(), "--strict"]);
+    assert_eq!(rep.status.code(), Some(3), "{}", text(&rep.stderr));
+    assert!(text(&rep.stderr).contains("1 claim(s) not supported (--strict)"));
+    let rep = nngeo(&["report", out_dir.to_str().unwrap()]);
+    assert_eq!(rep.status.code(), Some(0));
+
+    let strict = nngeo(&[
+        "exec",
+        dir.path().join("file.ngx").to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--overwrite",
+        "--strict",
+    ]);
+    assert_eq!(strict.status.code(), Some(3), "{}", text(&strict.stderr));
 }
 
 #[test]

@@ -235,6 +235,7 @@ impl<'a> Checker<'a> {
             ExprKind::Call { callee, .. } => format!("a call to `{}`", callee.name),
             ExprKind::Index { .. } => "an indexed value".into(),
             ExprKind::Field { .. } => "a field access".into(),
+            ExprKind::Select { .. } => "a selection of results".into(),
             ExprKind::Pipe { .. } => "a pipeline".into(),
             ExprKind::Binary { .. } | ExprKind::Neg(_) => "an arithmetic expression".into(),
             ExprKind::Compare { .. } => "a comparison".into(),

@@ -1204,7 +1204,7 @@ impl<'a> Checker<'a> {
         let Some(measurement) = self.measurement(callee, args, e.span) else {
             return;
         };
-        self.keys.insert(key.clone());
+        self.record_key(&key, &[]);
         self.emit(Op::Measure { key, measurement }, item.span);
     }
 

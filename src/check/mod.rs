@@ -8,6 +8,7 @@
 
 mod args;
 mod block;
+mod claim;
 mod ctor;
 mod data;
 mod env;
@@ -108,6 +109,7 @@ pub fn check(file: &File, src: &str, opts: &CheckOptions) -> Result<Program, Vec
         c.stmt(stmt, true);
     }
     c.check_plots();
+    c.check_claims();
     if c.diags.is_empty() {
         Ok(Program {
             header: c.header,
@@ -148,6 +150,14 @@ pub(crate) struct Checker<'a> {
     hook: Option<HookCtx>,
     /// Every measurement key the file produces (for `plot` patterns).
     keys: BTreeSet<String>,
+    /// Each key's tags and the values they take (for claims).
+    key_tags: std::collections::BTreeMap<String, claim::KeyTags>,
+    /// `expect` statements, typed once every key is known.
+    claims: Vec<claim::PendingClaim<'a>>,
+    /// Keys measured during training (their results differ by step).
+    stepped_keys: BTreeSet<String>,
+    /// Defs being expanded inside a claim (recursion guard).
+    claim_defs: Vec<String>,
     /// Every sweep variable name (for `plot ... by`).
     sweep_vars: BTreeSet<String>,
     plots: Vec<PlotCheck>,
@@ -199,6 +209,10 @@ impl<'a> Checker<'a> {
             sweep: Tags::new(),
             hook: None,
             keys: BTreeSet::new(),
+            key_tags: std::collections::BTreeMap::new(),
+            claims: Vec::new(),
+            claim_defs: Vec::new(),
+            stepped_keys: BTreeSet::new(),
             sweep_vars: BTreeSet::new(),
             plots: Vec::new(),
             anon: 0,
@@ -541,6 +555,26 @@ impl<'a> Checker<'a> {
                     return;
                 }
                 self.plot_stmt(pattern, x, by, flags, file.as_ref(), stmt.span);
+            }
+            StmtKind::Expect { text, claim } => {
+                if !top {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "`expect` must be at the top level".into(),
+                            },
+                            stmt.span,
+                            "inside a block",
+                        )
+                        .hint("move it after the loop; select sweep values with `\"key\"[var = value]`"),
+                    );
+                    return;
+                }
+                self.claims.push(claim::PendingClaim {
+                    text,
+                    expr: claim,
+                    span: stmt.span,
+                });
             }
             StmtKind::Save { model, path } => {
                 let Some(m) = self.model_ref(model) else {

@@ -98,14 +98,14 @@ impl<'a> Checker<'a> {
         };
         if config.track.is_some() {
             // Per-example tracking reports these, tagged by group.
-            self.keys.insert("examples/accuracy".into());
-            self.keys.insert("examples/loss".into());
+            self.record_key("examples/accuracy", &["group"]);
+            self.record_key("examples/loss", &["group"]);
         }
         if config.eval.is_some() {
-            self.keys.insert("eval/accuracy".into());
-            self.keys.insert("eval/loss".into());
+            self.record_key("eval/accuracy", &[]);
+            self.record_key("eval/loss", &[]);
         }
-        self.keys.insert("train/loss".into());
+        self.record_key("train/loss", &[]);
         let name = result.map_or_else(|| format!("train_{}", m.name), |r| r.name.clone());
         let total = config.total_steps;
         let per_epoch = dv.info.n.div_ceil(config.batch) as u64;

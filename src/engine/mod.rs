@@ -288,7 +288,7 @@ impl<O: Ops> Backend for Engine<O> {
                 save_params(&net.params, &p, dtype).map_err(|e| fail(step, e))?;
                 Value::None
             }
-            Op::Plot { .. } => Value::None,
+            Op::Plot { .. } | Op::Expect { .. } => Value::None,
         };
         self.values.insert(step.id, value);
         Ok(StepOutput::Stored)

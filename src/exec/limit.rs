@@ -96,6 +96,7 @@ pub fn check(plan: &Plan, budget: Option<Limit>, available: Option<Limit>) -> Re
         Op::Vector { name, .. } => format!("vector `{name}`"),
         Op::Save { path, .. } => format!("save to `{path}`"),
         Op::Plot { file, .. } => format!("plot `{file}`"),
+        Op::Expect { text, .. } => format!("expect \"{text}\""),
     };
     Err(format!(
         "this run would need about {} of memory, at step #{} (line {}: {what}), over {} of {}; \

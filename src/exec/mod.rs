@@ -69,6 +69,8 @@ pub struct RunSummary {
     /// `results.csv` and the plots.
     pub files: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// The experiment's declared claims, evaluated on its results.
+    pub claims: Vec<report::claims::ClaimOutcome>,
 }
 
 fn step_name(step: &Step) -> (String, String) {
@@ -84,6 +86,7 @@ fn step_name(step: &Step) -> (String, String) {
         Op::Train { name, .. } => ("train", name.clone()),
         Op::Save { path, .. } => ("save", path.clone()),
         Op::Plot { file, .. } => ("plot", file.clone()),
+        Op::Expect { text, .. } => ("expect", text.clone()),
     };
     (op.to_string(), name)
 }
@@ -308,6 +311,7 @@ pub fn run_with(
         Ok(r) => {
             summary.files = r.files;
             summary.warnings.extend(r.warnings);
+            summary.claims = r.claims;
         }
         Err(e) => summary
             .warnings

@@ -4,6 +4,7 @@
 //! Plans are deterministic (same file → byte-identical JSON) and round-trip
 //! through JSON unchanged; backends receive these types.
 
+pub mod claim;
 mod compile;
 pub mod cost;
 mod layers;

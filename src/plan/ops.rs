@@ -79,6 +79,8 @@ pub enum Op {
         flags: Vec<String>,
         file: String,
     },
+    /// A claim checked on the results when the report is written.
+    Expect { text: String, claim: super::claim::ClaimExpr },
 }
 
 // ---------------------------------------------------------------- data

@@ -86,6 +86,7 @@ fn describe(op: &Op) -> (String, String) {
             ),
         ),
         Op::Save { model, path } => ("save".into(), format!("#{} → {path}", model.0)),
+        Op::Expect { text, .. } => ("expect".into(), format!("\"{text}\"")),
         Op::Plot { pattern, x, by, .. } => (
             "plot".into(),
             format!(

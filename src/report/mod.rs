@@ -15,8 +15,10 @@
 //! of it after the run, and a run that crashed half-way (leaving a truncated
 //! last line in `results.jsonl`) still gets its CSV and plots.
 
+pub mod claims;
 mod manifest;
 mod plot;
+mod stats;
 mod summary;
 
 pub use manifest::{
@@ -372,6 +374,8 @@ pub struct Rebuilt {
     /// Things worth telling the user that did not stop the rebuild: skipped
     /// malformed result lines, plots with nothing to plot.
     pub warnings: Vec<String>,
+    /// The experiment's declared claims, evaluated on the results.
+    pub claims: Vec<claims::ClaimOutcome>,
 }
 
 /// Re-creates `dir/results.csv`, `dir/summary.md` and every plot described
@@ -437,6 +441,7 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
     if let Some(note) = manifest::run_state_note(dir) {
         out.warnings.push(note);
     }
+    out.claims = claims::evaluate_plan(&plan, &results);
     let csv = dir.join(RESULTS_CSV);
     write_csv_records(&results.records, &csv)?;
     out.files.push(csv);

@@ -100,6 +100,8 @@ pub enum StmtKind {
     },
     /// `save model to "path"`
     Save { model: Ident, path: StrLit },
+    /// `expect "text" : claim`: a claim checked on the run's results.
+    Expect { text: StrLit, claim: Expr },
     /// `import "blocks.ngx"`: the blocks and defs of another file.
     Import { path: StrLit },
     /// `block NAME(params) { members }`: a reusable, parametrised module.
@@ -223,6 +225,12 @@ pub enum ExprKind {
     Index {
         base: Box<Expr>,
         index: Box<Expr>,
+    },
+    /// `"rel_error"[S = KFAC, opt = "sgd"]`: results selected by sweep tags
+    /// (in claims).
+    Select {
+        base: Box<Expr>,
+        filters: Vec<Arg>,
     },
     Field {
         base: Box<Expr>,

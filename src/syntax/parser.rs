@@ -246,6 +246,7 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::for_stmt | Rule::kw_for => "`for`",
         Rule::plot_stmt | Rule::kw_plot => "`plot`",
         Rule::save_stmt | Rule::kw_save => "`save`",
+        Rule::expect_stmt | Rule::kw_expect => "`expect`",
         Rule::import_stmt | Rule::kw_import => "`import`",
         Rule::block_def | Rule::kw_block => "`block`",
         Rule::def_stmt | Rule::kw_def => "`def`",
@@ -419,6 +420,7 @@ fn is_container(r: Rule) -> bool {
             | Rule::for_stmt
             | Rule::plot_stmt
             | Rule::save_stmt
+            | Rule::expect_stmt
             | Rule::setting
             | Rule::measure_item
             | Rule::list_item
@@ -640,6 +642,10 @@ fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
             model: ident(it.next().unwrap(), off),
             path: strlit(it.next().unwrap(), off),
         },
+        Rule::expect_stmt => StmtKind::Expect {
+            text: strlit(it.next().unwrap(), off),
+            claim: expr(it.next().unwrap(), off),
+        },
         Rule::import_stmt => StmtKind::Import {
             path: strlit(it.next().unwrap(), off),
         },
@@ -737,6 +743,7 @@ fn is_keyword(r: Rule) -> bool {
             | Rule::kw_by
             | Rule::kw_with
             | Rule::kw_save
+            | Rule::kw_expect
             | Rule::kw_to
             | Rule::kw_every
             | Rule::kw_at
@@ -944,14 +951,20 @@ fn expr(p: Pair<Rule>, off: usize) -> Expr {
                         };
                     }
                     Rule::index => {
-                        let index = expr(post.into_inner().next().unwrap(), off);
-                        acc = Expr {
-                            kind: ExprKind::Index {
+                        let mut args: Vec<Arg> = post.into_inner().map(|a| arg(a, off)).collect();
+                        // `x[i]` indexes; `x[tag = v, ...]` selects results.
+                        let kind = if args.len() == 1 && args[0].name.is_none() {
+                            ExprKind::Index {
                                 base: Box::new(acc),
-                                index: Box::new(index),
-                            },
-                            span: s,
+                                index: Box::new(args.pop().unwrap().value),
+                            }
+                        } else {
+                            ExprKind::Select {
+                                base: Box::new(acc),
+                                filters: args,
+                            }
                         };
+                        acc = Expr { kind, span: s };
                     }
                     _ => {
                         let field = ident(post.into_inner().next().unwrap(), off);
