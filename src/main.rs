@@ -438,7 +438,9 @@ fn claims_exit(claims: &[nngeo::report::claims::ClaimOutcome], strict: bool) -> 
     );
     for c in claims {
         let mark = if c.failed() { "✗" } else { "✓" };
-        let at = c.at.as_deref().map_or(String::new(), |a| format!(" (line {a})"));
+        let at =
+            c.at.as_deref()
+                .map_or(String::new(), |a| format!(" (line {a})"));
         let value = if c.value.is_empty() {
             String::new()
         } else {

@@ -330,11 +330,20 @@ fn claims_are_reported_and_strict_fails_on_an_unsupported_one() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("claims: 1 of 2 supported"), "{stdout}");
-    assert!(stdout.contains("✓ EKFAC is never worse than KFAC (line 13:1): supported [6/6 hold]"), "{stdout}");
-    assert!(stdout.contains("✗ KFAC is exact (line 14:1): not supported [0/6 hold]"), "{stdout}");
+    assert!(
+        stdout.contains("✓ EKFAC is never worse than KFAC (line 13:1): supported [6/6 hold]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✗ KFAC is exact (line 14:1): not supported [0/6 hold]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("fails at lr = 0.1, step 0:"), "{stdout}");
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
-    assert!(summary.contains("| KFAC is exact | 14:1 | 0/6 hold | **not supported** |"), "{summary}");
+    assert!(
+        summary.contains("| KFAC is exact | 14:1 | 0/6 hold | **not supported** |"),
+        "{summary}"
+    );
 
     let rep = nngeo(&["report", out_dir.to_str().unwrap(), "--strict"]);
     assert_eq!(rep.status.code(), Some(3), "{}", text(&rep.stderr));

@@ -76,16 +76,24 @@ impl Checker<'_> {
     /// `extra` ones), for `plot` patterns and claims.
     pub(super) fn record_key(&mut self, key: &str, extra: &[&str]) {
         self.keys.insert(key.to_string());
-        if self.hook.is_some() || !extra.is_empty() || key.starts_with("train/") || key.starts_with("eval/") {
+        if self.hook.is_some()
+            || !extra.is_empty()
+            || key.starts_with("train/")
+            || key.starts_with("eval/")
+        {
             self.stepped_keys.insert(key.to_string());
         }
         let tags = self.key_tags.entry(key.to_string()).or_default();
         for (name, value) in &self.sweep {
-            // `rel_error/{S}`: the tag is spelled out in the key.
-            if crate::plan::claim::rendered(key, value) {
+            // `rel_error/{S}`: the tag is spelled out in the key. A
+            // replicate tag is averaged over, never selected.
+            if crate::plan::claim::rendered(key, value) || self.header.replicates.contains(name) {
                 continue;
             }
-            if let Some(values) = tags.entry(name.clone()).or_insert_with(|| Some(BTreeSet::new())) {
+            if let Some(values) = tags
+                .entry(name.clone())
+                .or_insert_with(|| Some(BTreeSet::new()))
+            {
                 values.insert(value.clone());
             }
         }
@@ -208,7 +216,12 @@ impl Checker<'_> {
                 let (l, r) = self.claim_pair(lhs, rhs, complete)?;
                 for (t, side) in [(&l, lhs), (&r, rhs)] {
                     if t.ty != Ty::Bool {
-                        self.claim_mismatch(side.span, "a truth value", t.ty, "`and`/`or` join claims");
+                        self.claim_mismatch(
+                            side.span,
+                            "a truth value",
+                            t.ty,
+                            "`and`/`or` join claims",
+                        );
                         return None;
                     }
                 }
@@ -230,7 +243,12 @@ impl Checker<'_> {
             ExprKind::Select { base, filters } => {
                 let mut t = self.claim_expr(base, complete)?;
                 if !matches!(t.ty, Ty::Series | Ty::Bools) {
-                    self.claim_mismatch(base.span, "a series of results", t.ty, "selecting by tags");
+                    self.claim_mismatch(
+                        base.span,
+                        "a series of results",
+                        t.ty,
+                        "selecting by tags",
+                    );
                     return None;
                 }
                 let mut out = Vec::new();
@@ -266,7 +284,9 @@ impl Checker<'_> {
                     .settle(),
                 )
             }
-            ExprKind::Call { callee, args } => self.claim_call(&callee.name, callee.span, args, e.span, complete),
+            ExprKind::Call { callee, args } => {
+                self.claim_call(&callee.name, callee.span, args, e.span, complete)
+            }
             _ => {
                 let found = self.describe(e);
                 self.error(
@@ -295,7 +315,12 @@ impl Checker<'_> {
         if t.ty.numeric() {
             Some(())
         } else {
-            self.claim_mismatch(span, "a number or a series", t.ty, &format!("{what} needs numbers"));
+            self.claim_mismatch(
+                span,
+                "a number or a series",
+                t.ty,
+                &format!("{what} needs numbers"),
+            );
             None
         }
     }
@@ -333,7 +358,10 @@ impl Checker<'_> {
                 .hint(if keys.is_empty() {
                     "this file measures nothing".to_string()
                 } else {
-                    format!("measured: {}", keys.iter().take(10).copied().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "measured: {}",
+                        keys.iter().take(10).copied().collect::<Vec<_>>().join(", ")
+                    )
                 });
                 self.error(d);
             }
@@ -342,7 +370,9 @@ impl Checker<'_> {
         let mut tags = KeyTags::new();
         for k in &matched {
             for (name, values) in self.key_tags.get(k).into_iter().flatten() {
-                let slot = tags.entry(name.clone()).or_insert_with(|| Some(BTreeSet::new()));
+                let slot = tags
+                    .entry(name.clone())
+                    .or_insert_with(|| Some(BTreeSet::new()));
                 match (slot.as_mut(), values) {
                     (Some(all), Some(v)) => all.extend(v.iter().cloned()),
                     _ => *slot = None,
@@ -367,7 +397,13 @@ impl Checker<'_> {
     }
 
     /// The value of `tag = value`, as the results record it.
-    fn filter_value(&mut self, tags: &KeyTags, tag: &str, tag_span: Span, value: &Expr) -> Option<String> {
+    fn filter_value(
+        &mut self,
+        tags: &KeyTags,
+        tag: &str,
+        tag_span: Span,
+        value: &Expr,
+    ) -> Option<String> {
         let Some(known) = tags.get(tag) else {
             let names: Vec<&str> = tags.keys().map(String::as_str).collect();
             self.error(
@@ -449,7 +485,11 @@ impl Checker<'_> {
             );
             return None;
         };
-        let arity = if matches!(reducer, Reducer::Spearman | Reducer::Ratio) { 2 } else { 1 };
+        let arity = if matches!(reducer, Reducer::Spearman | Reducer::Ratio) {
+            2
+        } else {
+            1
+        };
         let mut positional = Vec::new();
         let mut by_expr = None;
         for a in args {
@@ -477,19 +517,17 @@ impl Checker<'_> {
             }
         }
         if positional.len() != arity {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::Invalid {
-                        message: format!(
-                            "`{name}` takes {}, got {} argument(s)",
-                            REDUCERS.iter().find(|r| r.1 == reducer).map_or("", |r| r.2),
-                            positional.len()
-                        ),
-                    },
-                    span,
-                    "wrong number of arguments",
-                ),
-            );
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!(
+                        "`{name}` takes {}, got {} argument(s)",
+                        REDUCERS.iter().find(|r| r.1 == reducer).map_or("", |r| r.2),
+                        positional.len()
+                    ),
+                },
+                span,
+                "wrong number of arguments",
+            ));
             return None;
         }
         let mut typed = Vec::new();
@@ -497,16 +535,29 @@ impl Checker<'_> {
             typed.push(self.claim_expr(p, complete));
         }
         let typed: Vec<Typed> = typed.into_iter().collect::<Option<_>>()?;
-        let wants_bools = matches!(reducer, Reducer::All | Reducer::Any | Reducer::Fraction | Reducer::FirstStep);
+        let wants_bools = matches!(
+            reducer,
+            Reducer::All | Reducer::Any | Reducer::Fraction | Reducer::FirstStep
+        );
         for (t, p) in typed.iter().zip(&positional) {
             let ok = if wants_bools {
-                matches!(t.ty, Ty::Bools | Ty::Bool) && (reducer != Reducer::FirstStep || t.ty == Ty::Bools)
+                matches!(t.ty, Ty::Bools | Ty::Bool)
+                    && (reducer != Reducer::FirstStep || t.ty == Ty::Bools)
             } else {
                 t.ty == Ty::Series || (t.ty == Ty::Scalar && reducer == Reducer::Ratio)
             };
             if !ok {
-                let expected = if wants_bools { "comparisons of results" } else { "a series of results" };
-                self.claim_mismatch(p.span, expected, t.ty, &format!("`{name}` needs {expected}"));
+                let expected = if wants_bools {
+                    "comparisons of results"
+                } else {
+                    "a series of results"
+                };
+                self.claim_mismatch(
+                    p.span,
+                    expected,
+                    t.ty,
+                    &format!("`{name}` needs {expected}"),
+                );
                 return None;
             }
         }
@@ -623,7 +674,10 @@ fn combine(
 }
 
 fn by_allowed(r: Reducer) -> bool {
-    !matches!(r, Reducer::First | Reducer::Last | Reducer::FirstStep | Reducer::Ratio)
+    !matches!(
+        r,
+        Reducer::First | Reducer::Last | Reducer::FirstStep | Reducer::Ratio
+    )
 }
 
 fn reducer_names() -> String {

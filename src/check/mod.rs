@@ -204,6 +204,7 @@ impl<'a> Checker<'a> {
                 dtype: Dtype::F32,
                 out: String::new(),
                 memory_budget: None,
+                replicates: Vec::new(),
             },
             budget: opts.default_budget,
             sweep: Tags::new(),
@@ -533,7 +534,17 @@ impl<'a> Checker<'a> {
                 }
                 self.train_stmt(model, data, result.as_ref(), settings, hooks, stmt.span);
             }
-            StmtKind::For { var, iter, body } => self.for_stmt(var, iter, body),
+            StmtKind::For {
+                var,
+                iter,
+                body,
+                replicate,
+            } => {
+                if *replicate && !self.header.replicates.contains(&var.name) {
+                    self.header.replicates.push(var.name.clone());
+                }
+                self.for_stmt(var, iter, body)
+            }
             StmtKind::Plot {
                 pattern,
                 x,

@@ -22,9 +22,13 @@ pub fn rendered(key: &str, value: &str) -> bool {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ClaimExpr {
     /// A number written in the claim.
-    Number { value: f64 },
+    Number {
+        value: f64,
+    },
     /// The measurements of one key, or of every key matching a `*` pattern.
-    Key { pattern: String },
+    Key {
+        pattern: String,
+    },
     /// `series[tag = value, ...]`: the entries whose tags have these values
     /// (the tags are then dropped, so series with different values of them
     /// line up).
@@ -37,7 +41,9 @@ pub enum ClaimExpr {
         lhs: Box<ClaimExpr>,
         rhs: Box<ClaimExpr>,
     },
-    Neg { value: Box<ClaimExpr> },
+    Neg {
+        value: Box<ClaimExpr>,
+    },
     Compare {
         op: Cmp,
         lhs: Box<ClaimExpr>,
@@ -176,10 +182,7 @@ pub const REDUCERS: [(&str, Reducer, &str); 13] = [
 
 impl Reducer {
     pub fn name(self) -> &'static str {
-        REDUCERS
-            .iter()
-            .find(|r| r.1 == self)
-            .map_or("?", |r| r.0)
+        REDUCERS.iter().find(|r| r.1 == self).map_or("?", |r| r.0)
     }
 
     pub fn by_name(name: &str) -> Option<Reducer> {

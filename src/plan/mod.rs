@@ -39,6 +39,10 @@ pub struct Header {
     pub out: String,
     /// Bytes; `None` means the default (half of physical memory).
     pub memory_budget: Option<u64>,
+    /// Sweep variables that repeat a run (`replicate seed in 0..5`):
+    /// plots and claims average over them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicates: Vec<String>,
 }
 
 /// Where in the source a step came from.

@@ -80,7 +80,10 @@ pub enum Op {
         file: String,
     },
     /// A claim checked on the results when the report is written.
-    Expect { text: String, claim: super::claim::ClaimExpr },
+    Expect {
+        text: String,
+        claim: super::claim::ClaimExpr,
+    },
 }
 
 // ---------------------------------------------------------------- data

@@ -31,6 +31,9 @@ pub enum Verdict {
     /// The results it needs are missing (an interrupted run, a key that was
     /// never measured, tensors where numbers are needed).
     NoData(String),
+    /// Over replicates, the mean supports it but its 95 % interval also
+    /// includes the opposite conclusion (or the replicates disagree).
+    Inconclusive(String),
 }
 
 impl fmt::Display for Verdict {
@@ -39,6 +42,7 @@ impl fmt::Display for Verdict {
             Verdict::Supported => write!(f, "supported"),
             Verdict::NotSupported => write!(f, "not supported"),
             Verdict::NoData(why) => write!(f, "not evaluated: {why}"),
+            Verdict::Inconclusive(why) => write!(f, "inconclusive: {why}"),
         }
     }
 }
@@ -61,8 +65,15 @@ pub fn evaluate_plan(plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
             (Some(l), Some(c)) => Some(format!("{l}:{c}")),
             _ => None,
         };
+        let replicates: Vec<String> = plan["experiment"]["replicates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         let outcome = match serde_json::from_value::<ClaimExpr>(step["claim"].clone()) {
-            Ok(claim) => evaluate(&text, &claim, &results.records),
+            Ok(claim) if replicates.is_empty() => evaluate(&text, &claim, &results.records),
+            Ok(claim) => evaluate_replicated(&text, &claim, &results.records, &replicates),
             Err(e) => ClaimOutcome {
                 text: text.clone(),
                 at: None,
@@ -78,23 +89,90 @@ pub fn evaluate_plan(plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
 
 /// Evaluates one claim on records.
 pub fn evaluate(text: &str, claim: &ClaimExpr, records: &[Record]) -> ClaimOutcome {
-    let mut ev = Eval { records };
-    let (verdict, value, failing) = match ev.eval(claim) {
-        Ok(V::Bool(b)) => (
-            if b.holds {
+    evaluate_truth(text, claim, records).0
+}
+
+/// Evaluates a claim once per replicate (each combination of the values of
+/// the `replicates` tags) and combines: a comparison of two numbers by the
+/// mean and 95 % interval (Student t) of its margin over replicates, any
+/// other claim by whether every replicate supports it.
+pub fn evaluate_replicated(
+    text: &str,
+    claim: &ClaimExpr,
+    records: &[Record],
+    replicates: &[String],
+) -> ClaimOutcome {
+    let mut groups: BTreeMap<Vec<String>, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        let key: Vec<String> = replicates
+            .iter()
+            .map(|t| r.sweep.get(t).cloned().unwrap_or_default())
+            .collect();
+        // Within a replicate its tags are constant: drop them, so the claim
+        // sees the index the checker typed it with.
+        let mut r = r.clone();
+        for t in replicates {
+            r.sweep.remove(t);
+        }
+        groups.entry(key).or_default().push(r);
+    }
+    // Results measured outside the replicate loop belong to every replicate.
+    let shared = groups
+        .remove(&vec![String::new(); replicates.len()])
+        .unwrap_or_default();
+    if groups.is_empty() {
+        return evaluate(text, claim, &shared);
+    }
+    let mut outcomes = Vec::new();
+    for (_, mut recs) in groups {
+        recs.extend(shared.iter().cloned());
+        outcomes.push(evaluate_truth(text, claim, &recs));
+    }
+    let n = outcomes.len();
+    if let Some((o, _)) = outcomes
+        .iter()
+        .find(|(o, _)| matches!(o.verdict, Verdict::NoData(_)))
+    {
+        return o.clone();
+    }
+    let held = outcomes
+        .iter()
+        .filter(|(o, _)| o.verdict == Verdict::Supported)
+        .count();
+    let failing = outcomes.iter().find_map(|(o, _)| o.failing.clone());
+    let margins: Option<Vec<f64>> = outcomes.iter().map(|(_, m)| *m).collect();
+    let (verdict, value) = match margins {
+        Some(m) if n >= 2 => {
+            let mean = m.iter().sum::<f64>() / n as f64;
+            let var = m.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let half = t975(n - 1) * (var / n as f64).sqrt();
+            let value = format!(
+                "margin {} ± {} (95 %, n = {n}); holds in {held}/{n} replicates",
+                num(mean),
+                num(half)
+            );
+            let verdict = if mean - half > 0.0 {
                 Verdict::Supported
+            } else if mean > 0.0 {
+                Verdict::Inconclusive(
+                    "the mean supports it, but the 95 % interval includes the opposite".into(),
+                )
             } else {
                 Verdict::NotSupported
-            },
-            b.value,
-            b.failing,
-        ),
-        Ok(_) => (
-            Verdict::NoData("the claim is not a truth value".into()),
-            String::new(),
-            None,
-        ),
-        Err(why) => (Verdict::NoData(why), String::new(), None),
+            };
+            (verdict, value)
+        }
+        _ => {
+            let value = format!("holds in {held}/{n} replicates");
+            let verdict = if held == n {
+                Verdict::Supported
+            } else if held > 0 {
+                Verdict::Inconclusive("the replicates disagree".into())
+            } else {
+                Verdict::NotSupported
+            };
+            (verdict, value)
+        }
     };
     ClaimOutcome {
         text: text.to_string(),
@@ -103,6 +181,58 @@ pub fn evaluate(text: &str, claim: &ClaimExpr, records: &[Record]) -> ClaimOutco
         value,
         failing,
     }
+}
+
+/// Student's t quantile 0.975 for `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=10 => T[df - 1],
+        11..=20 => 2.2 - (df - 10) as f64 * 0.0114,
+        21..=30 => 2.086 - (df - 20) as f64 * 0.0044,
+        _ => 1.96,
+    }
+}
+
+/// The outcome, and for a comparison of two numbers its margin (how far
+/// the claim holds: `lhs − rhs` for `>`, `rhs − lhs` for `<`).
+fn evaluate_truth(
+    text: &str,
+    claim: &ClaimExpr,
+    records: &[Record],
+) -> (ClaimOutcome, Option<f64>) {
+    let mut ev = Eval { records };
+    let mut margin = None;
+    let (verdict, value, failing) = match ev.eval(claim) {
+        Ok(V::Bool(b)) => {
+            margin = b.margin;
+            let verdict = if b.holds {
+                Verdict::Supported
+            } else {
+                Verdict::NotSupported
+            };
+            (verdict, b.value, b.failing)
+        }
+        Ok(_) => (
+            Verdict::NoData("the claim is not a truth value".into()),
+            String::new(),
+            None,
+        ),
+        Err(why) => (Verdict::NoData(why), String::new(), None),
+    };
+    (
+        ClaimOutcome {
+            text: text.to_string(),
+            at: None,
+            verdict,
+            value,
+            failing,
+        },
+        margin,
+    )
 }
 
 /// A result: its tags, its training step (if measured during training) and
@@ -130,6 +260,8 @@ struct Truth {
     holds: bool,
     value: String,
     failing: Option<String>,
+    /// For one comparison of two numbers: by how much it holds.
+    margin: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -242,6 +374,7 @@ impl Eval<'_> {
                     holds,
                     value: format!("{}; {}", l.value, r.value),
                     failing: l.failing.or(r.failing),
+                    margin: None,
                 }))
             }
             ClaimExpr::Reduce { reducer, args, by } => {
@@ -304,13 +437,20 @@ type Pairs = Vec<(Tags, Option<u64>, f64, f64)>;
 /// such comparison a truth value (the checker types them the same way).
 fn settle(v: V) -> V {
     match v {
-        V::Series(s) if s.len() == 1 && s[0].tags.is_empty() && s[0].step.is_none() => V::Num(s[0].v),
+        V::Series(s) if s.len() == 1 && s[0].tags.is_empty() && s[0].step.is_none() => {
+            V::Num(s[0].v)
+        }
         V::Checks(c) if c.len() == 1 && c[0].tags.is_empty() && c[0].step.is_none() => {
             let c = &c[0];
             V::Bool(Truth {
                 holds: c.holds,
                 value: format!("{} {} {}", num(c.lhs), c.op.symbol(), num(c.rhs)),
                 failing: None,
+                margin: match c.op {
+                    Cmp::Gt | Cmp::Ge => Some(c.lhs - c.rhs),
+                    Cmp::Lt | Cmp::Le => Some(c.rhs - c.lhs),
+                    Cmp::Eq | Cmp::Ne => None,
+                },
             })
         }
         v => v,
@@ -345,7 +485,9 @@ fn numeric_pair(l: V, r: V) -> R<Pairs> {
         }
     }
     if out.is_empty() {
-        return Err("the two sides have no results in common (no tags and steps that agree)".into());
+        return Err(
+            "the two sides have no results in common (no tags and steps that agree)".into(),
+        );
     }
     Ok(out)
 }
@@ -356,8 +498,7 @@ fn joinable(a: &Entry, b: &Entry) -> bool {
         _ => true,
     };
     steps
-        && a
-            .tags
+        && a.tags
             .iter()
             .all(|(k, v)| b.tags.get(k).is_none_or(|w| w == v))
 }
@@ -506,7 +647,11 @@ fn reduce(reducer: Reducer, mut vals: Vec<V>, by: &[String]) -> R<V> {
             Ok(V::Series(
                 pairs
                     .into_iter()
-                    .map(|(tags, step, a, b)| Entry { tags, step, v: a / b })
+                    .map(|(tags, step, a, b)| Entry {
+                        tags,
+                        step,
+                        v: a / b,
+                    })
                     .collect(),
             ))
         }
@@ -544,7 +689,11 @@ fn summarise(r: Reducer, v: &[f64]) -> f64 {
 /// `all` the first comparison that fails (in step order).
 fn truth_of(r: Reducer, cs: &[Check]) -> Truth {
     let k = cs.iter().filter(|c| c.holds).count();
-    let holds = if r == Reducer::Any { k > 0 } else { k == cs.len() };
+    let holds = if r == Reducer::Any {
+        k > 0
+    } else {
+        k == cs.len()
+    };
     let value = format!("{k}/{} hold", cs.len());
     let failing = if r == Reducer::All && !holds {
         cs.iter()
@@ -558,6 +707,7 @@ fn truth_of(r: Reducer, cs: &[Check]) -> Truth {
         holds,
         value,
         failing,
+        margin: None,
     }
 }
 
@@ -571,7 +721,12 @@ fn describe_check(c: &Check) -> String {
     } else {
         format!("at {}: ", at.join(", "))
     };
-    format!("{place}{} {} {} is false", num(c.lhs), c.op.symbol(), num(c.rhs))
+    format!(
+        "{place}{} {} {} is false",
+        num(c.lhs),
+        c.op.symbol(),
+        num(c.rhs)
+    )
 }
 
 fn filters_text(filters: &[crate::plan::claim::TagFilter]) -> String {

@@ -69,8 +69,11 @@ fn render_claims(out: &mut String, claims: &[ClaimOutcome]) {
         return;
     }
     let held = claims.iter().filter(|c| !c.failed()).count();
-    let _ = writeln!(out, "## Claims
-");
+    let _ = writeln!(
+        out,
+        "## Claims
+"
+    );
     let _ = writeln!(
         out,
         "{held} of {} claims declared in the experiment (`expect`) are supported by these results.\n",
@@ -377,9 +380,6 @@ fn point(p: Option<Point>) -> String {
         Some(p) => num(p.value),
     }
 }
-
-
-
 
 fn code(s: &str) -> String {
     format!("`{}`", s.replace('`', "'"))

@@ -384,7 +384,6 @@ fn plot_spec_from_plan_step() {
 
 // ---------------------------------------------------------------- summary.md
 
-
 /// One `results.jsonl` line.
 fn rec(key: &str, step_id: u64, sweep: serde_json::Value, value: f64, step: Option<u64>) -> String {
     let mut line = serde_json::json!({
@@ -441,6 +440,7 @@ fn sel(base: Box<ClaimExpr>, tag: &str, value: &str) -> Box<ClaimExpr> {
     })
 }
 
+#[allow(clippy::vec_box)] // the helpers build boxed nodes
 fn red(reducer: Reducer, args: Vec<Box<ClaimExpr>>, by: &[&str]) -> Box<ClaimExpr> {
     Box::new(ClaimExpr::Reduce {
         reducer,
@@ -465,8 +465,20 @@ fn ekfac_records(ekfac: impl Fn(&str, u64) -> f64) -> Vec<Record> {
     for opt in ["sgd", "kfac"] {
         for step in [0, 10, 20] {
             let kfac = 0.5 + step as f64 / 100.0;
-            lines += &rec("rel_error/KFAC", 3, serde_json::json!({"opt": opt, "S": "KFAC"}), kfac, Some(step));
-            lines += &rec("rel_error/EKFAC", 4, serde_json::json!({"opt": opt, "S": "EKFAC"}), ekfac(opt, step), Some(step));
+            lines += &rec(
+                "rel_error/KFAC",
+                3,
+                serde_json::json!({"opt": opt, "S": "KFAC"}),
+                kfac,
+                Some(step),
+            );
+            lines += &rec(
+                "rel_error/EKFAC",
+                4,
+                serde_json::json!({"opt": opt, "S": "EKFAC"}),
+                ekfac(opt, step),
+                Some(step),
+            );
         }
     }
     records_of(&lines)
@@ -479,7 +491,11 @@ fn all_pairs_results_by_tags_and_step_and_names_the_first_failure() {
         vec![cmp(Cmp::Le, key("rel_error/EKFAC"), key("rel_error/KFAC"))],
         &[],
     );
-    let ok = evaluate("theorem", &claim, &ekfac_records(|_, s| 0.4 + s as f64 / 100.0));
+    let ok = evaluate(
+        "theorem",
+        &claim,
+        &ekfac_records(|_, s| 0.4 + s as f64 / 100.0),
+    );
     assert_eq!(ok.verdict, Verdict::Supported);
     assert_eq!(ok.value, "6/6 hold");
     assert_eq!(ok.failing, None);
@@ -504,7 +520,13 @@ fn selections_first_last_and_arithmetic_give_numbers() {
     let mut lines = String::new();
     for (lr, losses) in [("0.1", [2.0, 1.0, 0.5]), ("0.2", [2.0, 1.5, 1.25])] {
         for (i, l) in losses.iter().enumerate() {
-            lines += &rec("loss", 2, serde_json::json!({ "lr": lr }), *l, Some(i as u64 * 10));
+            lines += &rec(
+                "loss",
+                2,
+                serde_json::json!({ "lr": lr }),
+                *l,
+                Some(i as u64 * 10),
+            );
         }
     }
     let records = records_of(&lines);
@@ -524,13 +546,20 @@ fn selections_first_last_and_arithmetic_give_numbers() {
         "mean",
         &red(
             Reducer::All,
-            vec![cmp(Cmp::Lt, red(Reducer::Mean, vec![key("loss")], &["lr"]), number(1.5))],
+            vec![cmp(
+                Cmp::Lt,
+                red(Reducer::Mean, vec![key("loss")], &["lr"]),
+                number(1.5),
+            )],
             &[],
         ),
         &records,
     );
     assert_eq!(c.verdict, Verdict::NotSupported);
-    assert_eq!(c.failing.as_deref(), Some("at lr = 0.2: 1.583 < 1.5 is false"));
+    assert_eq!(
+        c.failing.as_deref(),
+        Some("at lr = 0.2: 1.583 < 1.5 is false")
+    );
 
     // First step at which the loss is at most 1: 10 and never (∞).
     let c = evaluate(
@@ -539,7 +568,11 @@ fn selections_first_last_and_arithmetic_give_numbers() {
             Reducer::All,
             vec![cmp(
                 Cmp::Le,
-                red(Reducer::FirstStep, vec![cmp(Cmp::Le, key("loss"), number(1.0))], &[]),
+                red(
+                    Reducer::FirstStep,
+                    vec![cmp(Cmp::Le, key("loss"), number(1.0))],
+                    &[],
+                ),
                 number(10.0),
             )],
             &[],
@@ -554,14 +587,30 @@ fn selections_first_last_and_arithmetic_give_numbers() {
 fn spearman_spread_and_patterns() {
     let mut lines = String::new();
     for (layer, v) in [("fc1", 0.1), ("fc2", 0.3), ("fc3", 0.2)] {
-        lines += &rec(&format!("align/{layer}"), 2, serde_json::json!({ "layer": layer }), v, None);
-        lines += &rec(&format!("rank/{layer}"), 3, serde_json::json!({ "layer": layer }), v * 10.0, None);
+        lines += &rec(
+            &format!("align/{layer}"),
+            2,
+            serde_json::json!({ "layer": layer }),
+            v,
+            None,
+        );
+        lines += &rec(
+            &format!("rank/{layer}"),
+            3,
+            serde_json::json!({ "layer": layer }),
+            v * 10.0,
+            None,
+        );
     }
     let records = records_of(&lines);
     // (0.3 − 0.1) / 0.2 = 1 over the three keys of the pattern.
     let c = evaluate(
         "spread",
-        &cmp(Cmp::Gt, red(Reducer::Spread, vec![key("align/*")], &[]), number(0.99)),
+        &cmp(
+            Cmp::Gt,
+            red(Reducer::Spread, vec![key("align/*")], &[]),
+            number(0.99),
+        ),
         &records,
     );
     assert_eq!(c.value, "1 > 0.99", "{c:?}");
@@ -570,11 +619,18 @@ fn spearman_spread_and_patterns() {
     // by nothing but their `key` tag: they do not, and the claim says so.
     let c = evaluate(
         "spearman",
-        &cmp(Cmp::Gt, red(Reducer::Spearman, vec![key("align/*"), key("rank/*")], &[]), number(0.0)),
+        &cmp(
+            Cmp::Gt,
+            red(Reducer::Spearman, vec![key("align/*"), key("rank/*")], &[]),
+            number(0.0),
+        ),
         &records,
     );
     assert!(matches!(c.verdict, Verdict::NoData(_)), "{c:?}");
-    assert_eq!(super::stats::spearman(&[1.0, 2.0, 3.0], &[10.0, 30.0, 20.0]), Some(0.5));
+    assert_eq!(
+        super::stats::spearman(&[1.0, 2.0, 3.0], &[10.0, 30.0, 20.0]),
+        Some(0.5)
+    );
     assert_eq!(super::stats::median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
 }
 
@@ -583,17 +639,75 @@ fn missing_results_are_no_data_not_a_verdict() {
     let records = ekfac_records(|_, _| 0.1);
     let c = evaluate(
         "absent",
-        &red(Reducer::All, vec![cmp(Cmp::Lt, key("loss"), number(1.0))], &[]),
+        &red(
+            Reducer::All,
+            vec![cmp(Cmp::Lt, key("loss"), number(1.0))],
+            &[],
+        ),
         &records,
     );
     assert_eq!(c.verdict, Verdict::NoData("no results for `loss`".into()));
     assert!(c.failed());
     let c = evaluate(
         "absent value",
-        &red(Reducer::All, vec![cmp(Cmp::Lt, sel(key("rel_error/KFAC"), "opt", "adam"), number(1.0))], &[]),
+        &red(
+            Reducer::All,
+            vec![cmp(
+                Cmp::Lt,
+                sel(key("rel_error/KFAC"), "opt", "adam"),
+                number(1.0),
+            )],
+            &[],
+        ),
         &records,
     );
-    assert_eq!(c.verdict, Verdict::NoData("no results with opt = adam".into()));
+    assert_eq!(
+        c.verdict,
+        Verdict::NoData("no results with opt = adam".into())
+    );
+}
+
+/// `loss` at steps 0 and 10 for lr 0.1 / 0.5 in three replicates `s`;
+/// the gain of lr 0.5 over lr 0.1 in replicate `s` is `gap[s]`.
+fn replicated_records(gap: [f64; 3]) -> Vec<Record> {
+    let mut lines = String::new();
+    for (s, g) in gap.iter().enumerate() {
+        for (lr, end) in [("0.1", 1.0), ("0.5", 1.0 - g)] {
+            let tags = serde_json::json!({"lr": lr, "s": s.to_string()});
+            lines += &rec("loss", 2, tags.clone(), 2.0, Some(0));
+            lines += &rec("loss", 2, tags, end, Some(10));
+        }
+    }
+    records_of(&lines)
+}
+
+#[test]
+fn replicated_claims_give_a_mean_margin_with_a_95_percent_interval() {
+    use super::claims::evaluate_replicated;
+    let gain = |lr: &str| {
+        Box::new(ClaimExpr::Arith {
+            op: ArithOp::Sub,
+            lhs: red(Reducer::First, vec![sel(key("loss"), "lr", lr)], &[]),
+            rhs: red(Reducer::Last, vec![sel(key("loss"), "lr", lr)], &[]),
+        })
+    };
+    let claim = cmp(Cmp::Gt, gain("0.5"), gain("0.1"));
+    let s = ["s".to_string()];
+    // Margins 0.3, 0.4, 0.5: mean 0.4, s.d. 0.1, half-width 4.303 · 0.1/√3.
+    let c = evaluate_replicated("gain", &claim, &replicated_records([0.3, 0.4, 0.5]), &s);
+    assert_eq!(c.verdict, Verdict::Supported);
+    assert_eq!(
+        c.value,
+        "margin 0.4 ± 0.2484 (95 %, n = 3); holds in 3/3 replicates"
+    );
+    // Margins 0.1, −0.05, 0.2: the mean supports it, the interval does not.
+    let c = evaluate_replicated("gain", &claim, &replicated_records([0.1, -0.05, 0.2]), &s);
+    assert!(matches!(c.verdict, Verdict::Inconclusive(_)), "{c:?}");
+    assert!(c.value.ends_with("holds in 2/3 replicates"), "{c:?}");
+    assert!(c.failed());
+    // All negative: not supported.
+    let c = evaluate_replicated("gain", &claim, &replicated_records([-0.1, -0.2, -0.3]), &s);
+    assert_eq!(c.verdict, Verdict::NotSupported);
 }
 
 #[test]
@@ -616,7 +730,15 @@ fn summary_shows_declared_claims_with_their_verdicts() {
     write(dir.path(), "plan.json", &plan);
     let lines: String = ekfac_records(|o, s| if o == "kfac" && s == 20 { 0.9 } else { 0.1 })
         .iter()
-        .map(|r| rec(&r.key, r.step_id, serde_json::to_value(&r.sweep).unwrap(), r.value.as_scalar().unwrap(), r.step))
+        .map(|r| {
+            rec(
+                &r.key,
+                r.step_id,
+                serde_json::to_value(&r.sweep).unwrap(),
+                r.value.as_scalar().unwrap(),
+                r.step,
+            )
+        })
         .collect();
     write(dir.path(), "results.jsonl", &lines);
     let s = summary_of(dir.path());

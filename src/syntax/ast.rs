@@ -84,11 +84,14 @@ pub enum StmtKind {
         settings: Vec<Setting>,
         hooks: Vec<Hook>,
     },
-    /// `for x in expr { ... }`
+    /// `for x in expr { ... }`, or `replicate x in 0..5 { ... }` (a sweep
+    /// over repetitions, which reports average over).
     For {
         var: Ident,
         iter: Expr,
         body: Vec<Stmt>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replicate: bool,
     },
     /// `plot "pattern" against x [by a, b] [with flags] [as "file"]`
     Plot {

@@ -244,6 +244,8 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::measure_stmt | Rule::kw_measure => "`measure`",
         Rule::train_stmt | Rule::kw_train => "`train`",
         Rule::for_stmt | Rule::kw_for => "`for`",
+        Rule::kw_replicate => "`replicate`",
+        Rule::int_range => "a range `a..b`",
         Rule::plot_stmt | Rule::kw_plot => "`plot`",
         Rule::save_stmt | Rule::kw_save => "`save`",
         Rule::expect_stmt | Rule::kw_expect => "`expect`",
@@ -544,6 +546,7 @@ fn unescape(s: &str) -> String {
 fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
     let span = span_of(&p, off);
     let rule = p.as_rule();
+    let replicate = rule == Rule::for_stmt && p.as_str().starts_with("replicate");
     let mut it = p.into_inner().filter(|q| !is_keyword(q.as_rule()));
     let kind = match rule {
         Rule::experiment => {
@@ -611,11 +614,21 @@ fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
                 hooks,
             }
         }
-        Rule::for_stmt => StmtKind::For {
-            var: ident(it.next().unwrap(), off),
-            iter: expr(it.next().unwrap(), off),
-            body: block(it.next().unwrap(), off),
-        },
+        Rule::for_stmt => {
+            let var = ident(it.next().unwrap(), off);
+            let iter = it.next().unwrap();
+            let iter = if iter.as_rule() == Rule::int_range {
+                int_range(iter, off)
+            } else {
+                expr(iter, off)
+            };
+            StmtKind::For {
+                var,
+                iter,
+                body: block(it.next().unwrap(), off),
+                replicate,
+            }
+        }
         Rule::plot_stmt => {
             let pattern = strlit(it.next().unwrap(), off);
             let x = ident(it.next().unwrap(), off);
@@ -686,6 +699,42 @@ fn stmt(p: Pair<Rule>, off: usize) -> Stmt {
     Stmt { kind, span }
 }
 
+/// `a..b`: the integers a, a+1, ..., b−1, as a list.
+fn int_range(p: Pair<Rule>, off: usize) -> Expr {
+    let span = span_of(&p, off);
+    let mut it = p.into_inner();
+    let mut bound = || {
+        let q = it.next().unwrap();
+        (
+            q.as_str().parse::<i64>().unwrap_or(i64::MAX),
+            span_of(&q, off),
+        )
+    };
+    let ((a, _), (b, _)) = (bound(), bound());
+    // A range too long to unroll is left empty; the checker refuses it.
+    let items = if b.saturating_sub(a) > 10_000 {
+        Vec::new()
+    } else {
+        (a..b)
+            .map(|i| ListItem {
+                value: Expr {
+                    kind: ExprKind::Int(i),
+                    span,
+                },
+                // Results are tagged with the number, not the range's text.
+                label: Some(StrLit {
+                    value: i.to_string(),
+                    span,
+                }),
+            })
+            .collect()
+    };
+    Expr {
+        kind: ExprKind::List(items),
+        span,
+    }
+}
+
 fn param_list(p: Pair<Rule>, off: usize) -> Vec<Param> {
     p.into_inner()
         .map(|q| {
@@ -737,6 +786,7 @@ fn is_keyword(r: Rule) -> bool {
             | Rule::kw_measure
             | Rule::kw_train
             | Rule::kw_for
+            | Rule::kw_replicate
             | Rule::kw_in
             | Rule::kw_plot
             | Rule::kw_against
