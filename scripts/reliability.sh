@@ -278,7 +278,7 @@ bad_case() {
             return
         fi
     done
-    pass "bad data: $name (exit 2, names $(printf '`%s` ' "$@"))"
+    pass "bad data: $name (exit 2; names $(printf '"%s" ' "$@"))"
 }
 
 csv_exp() {
