@@ -53,15 +53,19 @@ fn add_hook_costs(steps: &mut [Step]) {
                 })
                 .sum();
             steps[i].cost.flops = steps[i].cost.flops.saturating_add(extra);
-            // Every hook's results stay while it fires again, and the
-            // largest hook step runs next to them.
+            // Every hook's results stay while it fires again, but a step's
+            // own earlier result goes before it runs again: the worst hook
+            // step runs next to all the others' results.
             let hook_steps = hooks.iter().flat_map(|h| h.steps.iter());
             let held: u64 = hook_steps
                 .clone()
                 .map(|s| steps[s.0 as usize].cost.memory)
                 .sum();
             let worst = hook_steps
-                .map(|s| steps[s.0 as usize].cost.peak)
+                .map(|s| {
+                    let c = steps[s.0 as usize].cost;
+                    c.peak.max(c.memory) - c.memory
+                })
                 .max()
                 .unwrap_or(0);
             steps[i].cost.peak = steps[i].cost.peak.saturating_add(held + worst);
