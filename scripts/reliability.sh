@@ -31,7 +31,7 @@ unset NNGEO_BACKEND NNGEO_DEVICE
 TMP="$(mktemp -d)"
 BG_PIDS=()
 cleanup() {
-    for p in "${BG_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    for p in ${BG_PIDS[@]+"${BG_PIDS[@]}"}; do kill -9 "$p" 2>/dev/null; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
