@@ -48,7 +48,8 @@ enum DtypeArg {
 #[derive(clap::Args)]
 struct Budget {
     /// Largest memory one representation may take, e.g. `8GiB` (default: the
-    /// file's `memory_budget`, else half of physical memory).
+    /// file's `memory_budget`, else half of physical memory); a budget that
+    /// is given also bounds the run's estimated peak.
     #[arg(long, value_parser = parse_size)]
     memory_budget: Option<u64>,
 }
@@ -180,6 +181,26 @@ fn parse_size(s: &str) -> Result<u64, String> {
 struct UserError;
 
 fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
+    load_with_source(file, budget).map(|(plan, _)| plan)
+}
+
+/// The memory budget a run is held to, and where it was given:
+/// `--memory-budget`, else the file's `memory_budget`.
+fn given_budget(budget: &Budget, plan: &Plan) -> Option<(u64, &'static str)> {
+    budget.memory_budget.map(|b| (b, "--memory-budget")).or(plan
+        .experiment
+        .memory_budget
+        .map(|b| (b, "the file's memory_budget")))
+}
+
+fn budget_limit(budget: &Budget, plan: &Plan) -> Option<nngeo::exec::limit::Limit> {
+    given_budget(budget, plan).map(|(bytes, from)| nngeo::exec::limit::Limit {
+        bytes,
+        source: format!("the memory budget ({from})"),
+    })
+}
+
+fn load_with_source(file: &Path, budget: &Budget) -> Result<(Plan, String), UserError> {
     let src = match nngeo::diag::read_source(file) {
         Ok(s) => s,
         Err(e) => {
@@ -202,7 +223,7 @@ fn load(file: &Path, budget: &Budget) -> Result<Plan, UserError> {
             if !warnings.is_empty() {
                 eprint!("{}", render(&file.display().to_string(), &src, &warnings));
             }
-            Ok(plan)
+            Ok((plan, src))
         }
         Err(diags) => {
             report(file, &src, &diags);
@@ -237,8 +258,20 @@ fn main() -> ExitCode {
         Command::Check { files, budget } => {
             let mut failed = false;
             for f in &files {
-                match load(f, &budget) {
-                    Ok(plan) => println!("{}: ok ({} steps)", f.display(), plan.steps.len()),
+                match load_with_source(f, &budget) {
+                    Ok((plan, src)) => {
+                        // A budget that is given holds for the whole run's
+                        // peak, not only for each representation.
+                        let over = given_budget(&budget, &plan).and_then(|(bytes, from)| {
+                            nngeo::exec::limit::over_budget(&plan, bytes, from)
+                        });
+                        if let Some(d) = over {
+                            report(f, &src, &[d]);
+                            failed = true;
+                        } else {
+                            println!("{}: ok ({} steps)", f.display(), plan.steps.len());
+                        }
+                    }
                     Err(UserError) => failed = true,
                 }
             }
@@ -338,20 +371,11 @@ fn main() -> ExitCode {
             // Memory estimates for the dtype this run uses, checked before
             // anything runs or is written.
             plan.reestimate();
-            let budget_limit = budget
-                .memory_budget
-                .map(|b| (b, "--memory-budget"))
-                .or(plan
-                    .experiment
-                    .memory_budget
-                    .map(|b| (b, "the file's memory_budget")))
-                .map(|(bytes, from)| nngeo::exec::limit::Limit {
-                    bytes,
-                    source: format!("the memory budget ({from})"),
-                });
-            if let Err(msg) =
-                nngeo::exec::limit::check(&plan, budget_limit, nngeo::exec::limit::available())
-            {
+            if let Err(msg) = nngeo::exec::limit::check(
+                &plan,
+                budget_limit(&budget, &plan),
+                nngeo::exec::limit::available(),
+            ) {
                 eprintln!("error: {msg}");
                 return ExitCode::from(2);
             }

@@ -67,6 +67,29 @@ fn train(opt: &str, extra: &str) -> String {
     format!("train net on train {{\n  optimizer = {opt}\n  steps = 10\n  batch = 256\n{extra}}}\n")
 }
 
+/// experiments/ekfac_optim.ngx in small: training runs one after the
+/// other (SGD, then EKFAC natural gradient with its own Fisher), each
+/// with hooks that build a block-diagonal Fisher and compare structures
+/// with it; the hook results of a finished run are dropped.
+const EKFAC_OPTIM: &str = r#"for opt in [
+  sgd(lr = 0.1, momentum = 0.9) as "sgd",
+  ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 5, refit = 5) as "ekfac",
+] {
+  train net on train {
+    optimizer = opt
+    steps = 10
+    batch = 128
+    every 5 steps {
+      measure loss(net, train) as "loss/train"
+      let B = Fim(BlockDiag) of net on probe
+      for S in [Diag, KFAC, EKFAC(refit = true), EKFAC(basis = initial)] {
+        measure rel_error(Fim(S) of net on probe, B) as "rel_error/{S}"
+      }
+    }
+  }
+}
+"#;
+
 fn cases() -> Vec<(&'static str, String)> {
     let measure = |name, dtype, n, hidden, m: &str| (name, header(name, dtype, n, hidden) + m);
     vec![
@@ -84,11 +107,12 @@ fn cases() -> Vec<(&'static str, String)> {
         ("ngd_kfac", header("ngd_kfac", "f64", 10, "512, 512") + &train("ngd(fim = KFAC, lr = 0.05, damping = 1e-2, refresh = 5)", "")),
         ("ngd_ekfac", header("ngd_ekfac", "f64", 10, "512, 512") + &train("ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 5, refit = 5)", "")),
         ("linearized", header("linearized", "f64", 10, "512, 512") + &train("sgd(lr = 0.01)", "  mode = linearized\n")),
+        ("ekfac_optim", header("ekfac_optim", "f32", 100, "64, 64") + EKFAC_OPTIM),
     ]
 }
 
 #[test]
-#[ignore = "runs 14 processes of up to 600 MB; see the module doc"]
+#[ignore = "runs 15 processes of up to 600 MB; see the module doc"]
 fn plan_peak_bounds_the_measured_peak() {
     let exe = env!("CARGO_BIN_EXE_nngeo");
     let mut rows = Vec::new();
@@ -140,9 +164,9 @@ fn plan_peak_bounds_the_measured_peak() {
     );
 }
 
-#[test]
-fn exec_refuses_a_plan_over_its_memory_budget_before_touching_the_folder() {
-    let exe = env!("CARGO_BIN_EXE_nngeo");
+/// A dense Fisher of a 4,874-parameter MLP on 50 examples (f64), written
+/// as `big.ngx` (line 10: the measurement) in a fresh folder.
+fn big_dense_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.ngx");
     std::fs::write(
@@ -150,6 +174,13 @@ fn exec_refuses_a_plan_over_its_memory_budget_before_touching_the_folder() {
         header("big", "f64", 50, "64") + "measure trace(Fim(Dense) of net on probe) as \"t\"\n",
     )
     .unwrap();
+    (dir, file)
+}
+
+#[test]
+fn exec_refuses_a_plan_over_its_memory_budget_before_touching_the_folder() {
+    let exe = env!("CARGO_BIN_EXE_nngeo");
+    let (dir, file) = big_dense_file();
     let out = Command::new(exe)
         .args(["exec", "--memory-budget", "200MiB"])
         .arg(&file)
@@ -168,5 +199,54 @@ fn exec_refuses_a_plan_over_its_memory_budget_before_touching_the_folder() {
     assert!(
         !dir.path().join("out").exists(),
         "the run folder was created"
+    );
+}
+
+#[test]
+fn check_refuses_a_plan_whose_peak_is_over_the_budget_naming_the_step() {
+    let exe = env!("CARGO_BIN_EXE_nngeo");
+    // The dense Fisher itself (181.2 MiB) fits in 200 MiB; the run's peak
+    // (building it, and the process) does not.
+    let (_dir, file) = big_dense_file();
+    let check = |budget: &str| {
+        Command::new(exe)
+            .args(["check", "--memory-budget", budget])
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let out = check("200MiB");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("big.ngx:10:"), "located at the peak: {err}");
+    assert!(err.contains("representation `_2` (Dense)"), "{err}");
+    assert!(err.contains("memory peaks here"), "{err}");
+    assert!(
+        err.contains("over the memory budget of 200.0 MiB (--memory-budget)"),
+        "{err}"
+    );
+    // The file's own budget holds too.
+    let src = std::fs::read_to_string(&file).unwrap().replacen(
+        "seed = 0",
+        "seed = 0\n  memory_budget = 200MiB",
+        1,
+    );
+    std::fs::write(&file, src).unwrap();
+    let out = Command::new(exe)
+        .arg("check")
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the file's memory_budget"), "{err}");
+    // A budget over the peak checks.
+    let out = check("2GiB");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -127,3 +127,69 @@ fn training_length_and_hook_counts() {
     assert_eq!(hooked.hook.unwrap().train, train.id);
     assert!(hooked.deps.contains(&train.id));
 }
+
+/// ekfac_optim's shape: training runs one after the other, each with a
+/// hook building a block-diagonal Fisher and comparing structures with it.
+fn ekfac_optim_like(optimisers: &[&str]) -> String {
+    format!(
+        "experiment t {{ dtype = f32 }}\n\
+         data train = digits(split = train) |> normalize\n\
+         data probe = train |> take(100, random, seed = 4)\n\
+         model net = mlp(data = train, hidden = [64, 64], act = tanh, init = xavier(seed = 0))\n\
+         for opt in [{}] {{\n\
+           train net on train {{\n\
+             optimizer = opt\n steps = 20\n batch = 128\n\
+             every 10 steps {{\n\
+               let B = Fim(BlockDiag) of net on probe\n\
+               for S in [Diag, KFAC, EKFAC(refit = true)] {{\n\
+                 measure rel_error(Fim(S) of net on probe, B) as \"rel_error/{{S}}\"\n\
+               }}\n\
+             }}\n\
+           }}\n\
+         }}\n",
+        optimisers.join(", ")
+    )
+}
+
+#[test]
+fn hook_results_are_not_held_after_their_training_run() {
+    // The executor drops a training run's hook results when it ends: a
+    // second, third and fourth run do not add a block-diagonal Fisher each.
+    let one = plan(&ekfac_optim_like(&["sgd(lr = 0.1) as \"sgd\""])).peak_memory();
+    let four = plan(&ekfac_optim_like(&[
+        "sgd(lr = 0.1) as \"sgd\"",
+        "adam(lr = 1e-3) as \"adam\"",
+        "ngd(fim = KFAC, lr = 0.05, damping = 1e-2, refresh = 20) as \"kfac\"",
+        "ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 20, refit = 5) as \"ekfac\"",
+    ]))
+    .peak_memory();
+    // p = 4160 + 4160 + 650: the block-diagonal Fisher is 267 MiB in f64.
+    let blockdiag = (2 * 4160u64 * 4160 + 650 * 650) * 8;
+    assert!(
+        four < one + blockdiag / 4,
+        "four runs {four} B, one run {one} B: hook results counted as held after their run"
+    );
+}
+
+#[test]
+fn rel_error_of_block_structures_needs_two_copies_of_the_largest_block() {
+    let p = plan(&ekfac_optim_like(&["sgd(lr = 0.1) as \"sgd\""]));
+    let largest = 4160u64 * 4160 * 8;
+    let dense = 8970u64 * 8970 * 8;
+    let rel_errors: Vec<u64> = p
+        .steps
+        .iter()
+        .filter(|s| matches!(&s.op, Op::Measure { key, .. } if key.starts_with("rel_error")))
+        .map(|s| s.cost.peak)
+        .collect();
+    assert_eq!(rel_errors.len(), 3);
+    for peak in rel_errors {
+        // Compared block by block: never the whole p × p matrix, twice.
+        assert!(peak >= 2 * largest, "{peak} below two blocks");
+        assert!(
+            peak < 2 * largest + (8 << 20),
+            "{peak} B, two dense copies are {}",
+            2 * dense
+        );
+    }
+}

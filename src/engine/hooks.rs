@@ -25,6 +25,10 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
             .values
             .insert(self.train_id, Value::Model(Box::new(live), self.w0.clone()));
         for &id in &self.hooks[hook].steps {
+            // The value this step computed when the hook last fired goes
+            // before it is computed again, not after (a block-diagonal
+            // Fisher would be held twice). Later steps read the new one.
+            self.engine.values.remove(&id);
             let hs = self.plan.step(id);
             let clock = self.clock;
             let mut inner = |mut e: Emitted| {

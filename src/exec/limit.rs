@@ -4,8 +4,10 @@
 //! limit, else the physical memory available), rather than being killed
 //! by the kernel half-way with no message.
 
+use crate::diag::{Diagnostic, ErrorKind};
 use crate::plan::cost::format_bytes;
-use crate::plan::{Op, Plan};
+use crate::plan::{Op, Plan, Step};
+use crate::syntax::Span;
 
 /// A memory limit and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +87,22 @@ pub fn check(plan: &Plan, budget: Option<Limit>, available: Option<Limit>) -> Re
         return Ok(());
     };
     let step = plan.step(id);
-    let what = match &step.op {
+    let what = describe(step);
+    Err(format!(
+        "this run would need about {} of memory, at step #{} (line {}: {what}), over {} of {}; \
+         nothing was run. Use a smaller structure (`nngeo plan` shows each step's memory), fewer \
+         examples, or a machine with more memory",
+        format_bytes(peak),
+        id.0,
+        step.span.line,
+        format_bytes(limit.bytes),
+        limit.source
+    ))
+}
+
+/// What a step is, in words: `representation `B` (BlockDiag)`.
+fn describe(step: &Step) -> String {
+    match &step.op {
         Op::Repr {
             name, structure, ..
         } => format!("representation `{name}` ({})", structure.name()),
@@ -97,17 +114,31 @@ pub fn check(plan: &Plan, budget: Option<Limit>, available: Option<Limit>) -> Re
         Op::Save { path, .. } => format!("save to `{path}`"),
         Op::Plot { file, .. } => format!("plot `{file}`"),
         Op::Expect { text, .. } => format!("expect \"{text}\""),
-    };
-    Err(format!(
-        "this run would need about {} of memory, at step #{} (line {}: {what}), over {} of {}; \
-         nothing was run. Use a smaller structure (`nngeo plan` shows each step's memory), fewer \
-         examples, or a machine with more memory",
-        format_bytes(peak),
-        id.0,
-        step.span.line,
-        format_bytes(limit.bytes),
-        limit.source
-    ))
+    }
+}
+
+/// The check-time form of [`check`] against a budget of `bytes` (given by
+/// `from`, e.g. `--memory-budget`): a located error at the statement where
+/// the run's memory peaks, when the plan's estimated peak is over it.
+pub fn over_budget(plan: &Plan, bytes: u64, from: &str) -> Option<Diagnostic> {
+    let (id, peak) = plan.peak_step()?;
+    if peak <= bytes {
+        return None;
+    }
+    let step = plan.step(id);
+    let what = describe(step);
+    Some(
+        Diagnostic::new(
+            ErrorKind::OverBudget {
+                what: format!("the run (its peak, at {what})"),
+                needed: format_bytes(peak),
+                budget: format!("{} ({from})", format_bytes(bytes)),
+            },
+            Span::new(step.span.start, step.span.end),
+            format!("the run's memory peaks here, at about {}", format_bytes(peak)),
+        )
+        .hint("`nngeo plan` shows each step's memory; use a smaller structure or fewer examples, or raise the budget"),
+    )
 }
 
 #[cfg(test)]

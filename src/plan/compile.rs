@@ -53,15 +53,19 @@ fn add_hook_costs(steps: &mut [Step]) {
                 })
                 .sum();
             steps[i].cost.flops = steps[i].cost.flops.saturating_add(extra);
-            // Every hook's results stay while it fires again, and the
-            // largest hook step runs next to them.
+            // Every hook's results stay while it fires again, but a step's
+            // own earlier result goes before it runs again: the worst hook
+            // step runs next to all the others' results.
             let hook_steps = hooks.iter().flat_map(|h| h.steps.iter());
             let held: u64 = hook_steps
                 .clone()
                 .map(|s| steps[s.0 as usize].cost.memory)
                 .sum();
             let worst = hook_steps
-                .map(|s| steps[s.0 as usize].cost.peak)
+                .map(|s| {
+                    let c = steps[s.0 as usize].cost;
+                    c.peak.max(c.memory) - c.memory
+                })
                 .max()
                 .unwrap_or(0);
             steps[i].cost.peak = steps[i].cost.peak.saturating_add(held + worst);
@@ -150,6 +154,25 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     }
 }
 
+/// What a measurement reads when `id` is a representation step.
+fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
+    match &steps.get(id.0 as usize)?.op {
+        Op::Repr {
+            object,
+            structure,
+            model,
+            options,
+            ..
+        } => Some(cost::MeasuredRepr {
+            object: *object,
+            structure,
+            model: model_of(steps, *model)?,
+            options,
+        }),
+        _ => None,
+    }
+}
+
 fn data_info(steps: &[Step], id: StepId) -> Option<&DataInfo> {
     match &steps.get(id.0 as usize)?.op {
         Op::Data { info, .. } | Op::Transform { info, .. } => Some(info),
@@ -225,6 +248,17 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
         Op::Measure { measurement, .. } => {
             let repr = op.refs().first().copied();
             let mut on = None;
+            // `rel_error` of two whole block-structured Fishers compares
+            // them block by block (one dense copy of each block at a time).
+            let blockwise = match measurement {
+                Measurement::RelError { a, b } if a.layer.is_none() && b.layer.is_none() => {
+                    match (measured_repr(steps, a.repr), measured_repr(steps, b.repr)) {
+                        (Some(ra), Some(rb)) => cost::blockwise_rel_error_peak(&ra, &rb),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
             let (dim, stored) = match repr.and_then(|r| steps.get(r.0 as usize)) {
                 Some(Step {
                     op:
@@ -274,7 +308,9 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             };
             Cost {
                 memory,
-                peak: memory + pass + cost::measure_peak(measurement, on, dtype),
+                peak: memory
+                    + pass
+                    + blockwise.unwrap_or_else(|| cost::measure_peak(measurement, on, dtype)),
                 flops,
             }
         }

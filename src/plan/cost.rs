@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
     /// Bytes the step's result holds once it has run (the executor keeps
-    /// every result to the end of the run).
+    /// every top-level result to the end of the run; a training run's hook
+    /// results only while it runs).
     pub memory: u64,
     /// Bytes the step needs while it runs, its result included (hooks
     /// included for a training run); see [`BASE_BYTES`].
@@ -294,7 +295,9 @@ pub fn format_seconds(s: f64) -> String {
 // ------------------------------------------------------------ working memory
 //
 // `Cost::memory` is what a step's result holds once it has run; the
-// executor keeps every result until the end, so they add up. `Cost::peak`
+// executor keeps every top-level result until the end, so they add up (a
+// training run's hook results are dropped when it ends: its `peak` holds
+// them). `Cost::peak`
 // is what the step needs while it runs, its result included: the device
 // buffers of a batch (activations, captures, per-example Jacobians), the
 // host f64 copies (every representation and vector lives on the host in
@@ -597,6 +600,35 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         }
         _ => mv,
     }
+}
+
+/// Bytes `rel_error(a, b)` needs beyond its operands when both are whole
+/// Fishers stored block by block (every structure but Dense, LowRank and
+/// Implicit) over the same layers: the executor compares them one layer at
+/// a time, with a dense copy of each operand's block, so the largest
+/// layer's p_l² numbers twice (on the host, f64) bound it, not p². `None`
+/// where it densifies the whole matrices ([`measure_peak`] then).
+pub fn blockwise_rel_error_peak(a: &MeasuredRepr<'_>, b: &MeasuredRepr<'_>) -> Option<u64> {
+    let blocks = |r: &MeasuredRepr<'_>| {
+        let stored_in_blocks = r.object == Object::Fim
+            && !matches!(
+                r.structure,
+                Structure::Dense | Structure::LowRank { .. } | Structure::Implicit
+            );
+        stored_in_blocks.then(|| {
+            covered_layers(r.model, r.options)
+                .iter()
+                .map(|l| (l.name.clone(), l.params))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (la, lb) = (blocks(a)?, blocks(b)?);
+    if la != lb || la.is_empty() {
+        return None;
+    }
+    let largest = la.iter().map(|(_, p)| sq(*p)).max().unwrap_or(0);
+    // Two dense blocks, and the difference's running sums.
+    Some(2 * largest * HOST + (1 << 20))
 }
 
 /// Host copies of the parameter vector a training step makes (gradients,

@@ -130,12 +130,10 @@ impl Plan {
             if worst.is_none_or(|(_, w)| at > w) {
                 worst = Some((s.id, at));
             }
+            // A training run's hook results are held while it runs (its
+            // `peak` counts them) and freed when it ends, so they are not
+            // held by the steps after it.
             held = held.saturating_add(s.cost.memory);
-            if let Op::Train { hooks, .. } = &s.op {
-                for h in hooks.iter().flat_map(|h| h.steps.iter()) {
-                    held = held.saturating_add(self.step(*h).cost.memory);
-                }
-            }
         }
         worst
     }

@@ -21,6 +21,15 @@
 //! non-positive values). `log_x` applies to step charts only and leaves out
 //! step 0. `points` and `lines` choose the marks.
 //!
+//! Memory (keys naming `memory` or `bytes`) is drawn on a log axis with
+//! ticks at powers of two labelled in B/KiB/MiB/GiB (`linear_y` keeps it
+//! linear, still in those units).
+//!
+//! Up to ten series get the ten palette colours, solid lines and round
+//! markers, with the legend in the emptiest corner of the data area. More
+//! series get distinct colour × dash (× marker) combinations
+//! ([`series_style`]) and the legend outside, to the right of the data.
+//!
 //! Text is drawn with an embedded DejaVu Sans subset, so plots render on
 //! machines with no fonts installed.
 
@@ -136,6 +145,116 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// How a line is stroked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dash {
+    Solid,
+    Dashed,
+    Dotted,
+    Long,
+}
+
+impl Dash {
+    const ALL: [Dash; 4] = [Dash::Solid, Dash::Dashed, Dash::Dotted, Dash::Long];
+
+    /// Dash length and gap in pixels (`None` for a solid line).
+    fn pattern(self) -> Option<(i32, i32)> {
+        match self {
+            Dash::Solid => None,
+            Dash::Dashed => Some((8, 5)),
+            Dash::Dotted => Some((2, 4)),
+            Dash::Long => Some((16, 6)),
+        }
+    }
+}
+
+/// How a point is marked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Marker {
+    Circle,
+    Square,
+    Triangle,
+    Cross,
+}
+
+impl Marker {
+    const ALL: [Marker; 4] = [
+        Marker::Circle,
+        Marker::Square,
+        Marker::Triangle,
+        Marker::Cross,
+    ];
+}
+
+/// The look of one series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SeriesStyle {
+    pub color: RGBColor,
+    pub dash: Dash,
+    pub marker: Marker,
+}
+
+/// More series than this get the legend outside the data area.
+pub(crate) const MANY_SERIES: usize = 10;
+
+/// The style of series `i` of `n`. Up to [`MANY_SERIES`]: the palette's
+/// colours, solid lines, round markers. More: the colour cycles fastest,
+/// then the dash, then the marker, so that every series has its own
+/// (colour, dash) pair up to 40 series and its own (colour, dash, marker)
+/// up to 160.
+pub(crate) fn series_style(i: usize, n: usize) -> SeriesStyle {
+    let color = PALETTE[i % PALETTE.len()];
+    if n <= MANY_SERIES {
+        return SeriesStyle {
+            color,
+            dash: Dash::Solid,
+            marker: Marker::Circle,
+        };
+    }
+    let round = i / PALETTE.len();
+    SeriesStyle {
+        color,
+        dash: Dash::ALL[round % Dash::ALL.len()],
+        marker: Marker::ALL[(round / Dash::ALL.len()) % Marker::ALL.len()],
+    }
+}
+
+/// Whether a key is a number of bytes (`memory(F)`, `…/bytes`).
+pub(crate) fn is_memory_key(key: &str) -> bool {
+    let k = key.to_lowercase();
+    k.contains("memory") || k.contains("bytes")
+}
+
+/// A byte count as a tick label: `512 B`, `1 KiB`, `256 MiB`, `1.5 GiB`
+/// (at most three significant digits).
+pub(crate) fn format_bytes_tick(v: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if v == 0.0 || !v.is_finite() {
+        return "0 B".into();
+    }
+    let sign = if v < 0.0 { "-" } else { "" };
+    let mut x = v.abs();
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    let decimals = if x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{x:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    format!("{sign}{s} {}", UNITS[u])
+}
+
 // ---------------------------------------------------------------- data
 
 #[derive(Debug, PartialEq)]
@@ -167,6 +286,12 @@ struct Chart {
     series: Vec<Series>,
     /// Where the legend covers the least data.
     legend: Corner,
+    /// More than [`MANY_SERIES`] series: the legend goes to the right of
+    /// the data area.
+    legend_outside: bool,
+    /// The values are bytes: ticks in B/KiB/MiB/GiB, powers of two on a
+    /// log axis.
+    bytes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -336,6 +461,7 @@ impl Chart {
 
         let (y_lo, y_hi) = min_max(pts.iter().map(|p| p.2)).ok_or_else(nothing)?;
         let positive = y_lo > 0.0;
+        let bytes = ids.items.iter().all(|id| is_memory_key(&id.0));
         // Losses and errors that span more than two decades are read on a
         // log axis unless `linear_y` says otherwise; other values from three.
         let lossy = ids.items.iter().all(|id| {
@@ -345,9 +471,12 @@ impl Chart {
         let log_y = positive
             && !spec.flag("linear_y")
             && (spec.flag("log_y")
+                || bytes
                 || (lossy && y_hi / y_lo > 1e2)
                 || (!is_steps && y_hi / y_lo > 1e3));
-        let y = if log_y {
+        let y = if log_y && bytes {
+            powers_of_two(y_lo, y_hi)
+        } else if log_y {
             decades(y_lo, y_hi)
         } else if y_lo == y_hi {
             let d = if y_lo == 0.0 { 1.0 } else { y_lo.abs() * 0.1 };
@@ -437,8 +566,10 @@ impl Chart {
             log_y,
             lines,
             points,
+            legend_outside: series.len() > MANY_SERIES,
             series,
             legend: Corner::UpperRight,
+            bytes,
         };
         chart.legend = chart.emptiest_corner();
         Ok(chart)
@@ -464,12 +595,7 @@ impl Chart {
     /// (upper right on ties).
     fn emptiest_corner(&self) -> Corner {
         // Plot area about 860 × 470 px; legend rows 16 px text + spacing.
-        let longest = self
-            .series
-            .iter()
-            .map(|s| s.label.chars().count())
-            .max()
-            .unwrap_or(0);
+        let longest = self.longest_label();
         let w = (40.0 + 9.5 * longest as f64) / 860.0;
         let h = (12.0 + 22.0 * self.series.len() as f64) / 470.0;
         let mut samples = Vec::new();
@@ -508,22 +634,92 @@ impl Chart {
     }
 
     fn render<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        let y = self.y.clone();
-        let r = match (&self.x, self.log_y) {
-            (XAxis::Steps { range, log: false }, false) => self.draw(root, range.clone(), y),
-            (XAxis::Steps { range, log: false }, true) => {
-                self.draw(root, range.clone(), y.log_scale())
-            }
-            (XAxis::Steps { range, log: true }, false) => {
-                self.draw(root, range.clone().log_scale(), y)
-            }
-            (XAxis::Steps { range, log: true }, true) => {
-                self.draw(root, range.clone().log_scale(), y.log_scale())
-            }
-            (XAxis::Categories(c), false) => self.draw(root, Categories(c.len()), y),
-            (XAxis::Categories(c), true) => self.draw(root, Categories(c.len()), y.log_scale()),
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let (area, legend) = if self.legend_outside {
+            let (w, _) = root.dim_in_pixel();
+            let (a, l) = root.split_horizontally(w.saturating_sub(self.legend_width()));
+            (a, Some(l))
+        } else {
+            (root.clone(), None)
         };
-        r.and_then(|()| root.present()).map_err(|e| e.to_string())
+        let y = self.y.clone();
+        let r = match (self.log_y, self.bytes) {
+            (true, true) => self.render_x(&area, LogBytes(y)),
+            (true, false) => self.render_x(&area, y.log_scale()),
+            (false, _) => self.render_x(&area, y),
+        };
+        r.map_err(|e| e.to_string())?;
+        if let Some(l) = legend {
+            self.draw_legend(&l).map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())
+    }
+
+    fn render_x<DB, Y>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        y: Y,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    where
+        DB: DrawingBackend,
+        Y: AsRangedCoord<Value = f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        match &self.x {
+            XAxis::Steps { range, log: false } => self.draw(root, range.clone(), y),
+            XAxis::Steps { range, log: true } => self.draw(root, range.clone().log_scale(), y),
+            XAxis::Categories(c) => self.draw(root, Categories(c.len()), y),
+        }
+    }
+
+    /// Characters in the longest series label.
+    fn longest_label(&self) -> usize {
+        self.series
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Width in pixels of the legend outside the data area.
+    fn legend_width(&self) -> u32 {
+        (56 + 8 * self.longest_label() as u32).clamp(140, 420)
+    }
+
+    /// The legend to the right of the data: one row per series, its line
+    /// (with its dash), its marker where points are drawn, then its label.
+    fn draw_legend<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        let (_, h) = area.dim_in_pixel();
+        let n = self.series.len().max(1) as i32;
+        let top = 60;
+        let row = ((h as i32 - top - 20) / n).clamp(8, 22);
+        let font = (row - 4).clamp(8, 15);
+        for (i, s) in self.series.iter().enumerate() {
+            let st = series_style(i, self.series.len());
+            let y = top + i as i32 * row + row / 2;
+            let line = vec![(6, y), (40, y)];
+            match st.dash.pattern() {
+                None => area.draw(&PathElement::new(line, st.color.stroke_width(2)))?,
+                Some((d, g)) => area.draw(&plotters::element::DashedPathElement::new(
+                    line,
+                    d,
+                    g,
+                    st.color.stroke_width(2),
+                ))?,
+            }
+            if self.points || s.line.len() < 2 {
+                draw_marker(area, (23, y), st, 4)?;
+            }
+            area.draw(&Text::new(
+                s.label.clone(),
+                (48, y - font / 2 - 1),
+                (FONT, font).into_font().color(&BLACK),
+            ))?;
+        }
+        Ok(())
     }
 
     fn x_label(&self, v: f64) -> String {
@@ -553,7 +749,6 @@ impl Chart {
         X::CoordDescType: ValueFormatter<f64>,
         Y::CoordDescType: ValueFormatter<f64>,
     {
-        root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FONT, 26))
             .margin(18)
@@ -563,7 +758,9 @@ impl Chart {
         let x_fmt = |v: &f64| self.x_label(*v);
         let sci = self.log_y && (self.y.start < 1e-3 || self.y.end > 1e5);
         let y_fmt = |v: &f64| {
-            if sci {
+            if self.bytes {
+                format_bytes_tick(*v)
+            } else if sci {
                 format_sci(*v)
             } else {
                 format_tick(*v)
@@ -581,31 +778,46 @@ impl Chart {
         }
         mesh.draw()?;
 
+        let n = self.series.len();
         for (i, s) in self.series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let legend = move |(x, y): (i32, i32)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            };
+            let st = series_style(i, n);
+            let color = st.color;
             // A lone point has no line: always mark it.
             let points = self.points || s.line.len() < 2;
-            let mut labelled = false;
             if self.lines && s.line.len() > 1 {
-                chart
-                    .draw_series(LineSeries::new(
-                        s.line.iter().copied(),
-                        color.stroke_width(2),
-                    ))?
-                    .label(s.label.as_str())
-                    .legend(legend);
-                labelled = true;
-            }
-            if points {
-                let ann = chart
-                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-                if !labelled {
-                    ann.label(s.label.as_str()).legend(legend);
+                let line = s.line.iter().copied();
+                match st.dash.pattern() {
+                    None => {
+                        chart.draw_series(LineSeries::new(line, color.stroke_width(2)))?;
+                    }
+                    Some((d, g)) => {
+                        chart.draw_series(DashedLineSeries::new(
+                            line,
+                            d,
+                            g,
+                            color.stroke_width(2),
+                        ))?;
+                    }
                 }
             }
+            if points {
+                let plotting = chart.plotting_area();
+                for &p in &s.points {
+                    draw_marker(plotting, p, st, 4)?;
+                }
+            }
+            if !self.legend_outside {
+                // An empty series carries the label into the inside legend.
+                chart
+                    .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+                    .label(s.label.as_str())
+                    .legend(move |(x, y): (i32, i32)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                    });
+            }
+        }
+        if self.legend_outside {
+            return Ok(());
         }
         chart
             .configure_series_labels()
@@ -623,6 +835,34 @@ impl Chart {
     }
 }
 
+/// One marker of style `st`, `r` pixels across half, at `at` (in the
+/// area's own coordinates).
+fn draw_marker<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    at: CT::From,
+    st: SeriesStyle,
+    r: i32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    CT::From: Clone,
+{
+    let fill = st.color.filled();
+    let stroke = st.color.stroke_width(2);
+    let e = || EmptyElement::at(at.clone());
+    match st.marker {
+        Marker::Circle => area.draw(&(e() + Circle::new((0, 0), r, fill))),
+        Marker::Square => area.draw(&(e() + Rectangle::new([(-r, -r), (r, r)], fill))),
+        Marker::Triangle => {
+            area.draw(&(e() + Polygon::new(vec![(0, -r - 1), (-r - 1, r), (r + 1, r)], fill)))
+        }
+        Marker::Cross => area.draw(
+            &(e()
+                + PathElement::new(vec![(-r, -r), (r, r)], stroke)
+                + PathElement::new(vec![(-r, r), (r, -r)], stroke)),
+        ),
+    }
+}
+
 fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     values.fold(None, |acc, v| match acc {
         None => Some((v, v)),
@@ -636,6 +876,62 @@ fn decades(lo: f64, hi: f64) -> Range<f64> {
     let a = lo.log10().floor();
     let b = hi.log10().ceil().max(a + 1.0);
     10f64.powf(a) * 0.9999..10f64.powf(b) * 1.0001
+}
+
+/// `lo..hi` (both positive) widened to powers of two, at least one
+/// doubling apart (a hair more, as [`decades`]).
+fn powers_of_two(lo: f64, hi: f64) -> Range<f64> {
+    let a = lo.log2().floor();
+    let b = hi.log2().ceil().max(a + 1.0);
+    2f64.powf(a) * 0.9999..2f64.powf(b) * 1.0001
+}
+
+/// A logarithmic axis of byte counts with key points at powers of two
+/// (every one, or every 2nd, 5th, 10th ... so that they fit: every 10th is
+/// 1 KiB, 1 MiB, 1 GiB).
+#[derive(Clone, Debug)]
+struct LogBytes(Range<f64>);
+
+impl LogBytes {
+    fn key_exponents(&self, max_points: usize) -> Vec<i32> {
+        let lo = self.0.start.log2().ceil() as i32;
+        let hi = self.0.end.log2().floor() as i32;
+        if hi < lo {
+            return Vec::new();
+        }
+        let count = (hi - lo + 1) as usize;
+        let stride = [1, 2, 5, 10, 20, 50]
+            .into_iter()
+            .find(|s| count.div_ceil(*s) <= max_points.max(1))
+            .unwrap_or(100) as i32;
+        let first = lo.div_euclid(stride) * stride;
+        (first..=hi)
+            .step_by(stride as usize)
+            .filter(|k| *k >= lo)
+            .collect()
+    }
+}
+
+impl plotters::coord::ranged1d::Ranged for LogBytes {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let (a, b) = (self.0.start.ln(), self.0.end.ln());
+        let frac = (value.max(f64::MIN_POSITIVE).ln() - a) / (b - a);
+        limit.0 + (frac * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        self.key_exponents(hint.max_num_points())
+            .into_iter()
+            .map(|k| 2f64.powi(k))
+            .collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.0.clone()
+    }
 }
 
 /// `1e-3`, `2.5e4`: for log axes spanning many decades.
@@ -704,6 +1000,10 @@ pub(super) mod tests_support {
         pub y_desc: String,
         pub labels: Vec<String>,
         pub points: Vec<Vec<(f64, f64)>>,
+        pub legend_outside: bool,
+        pub bytes: bool,
+        /// The y axis's key points (ticks), for a byte axis.
+        pub byte_ticks: Vec<f64>,
     }
 
     pub fn build(spec: &PlotSpec, records: &[Record]) -> Result<Built, ReportError> {
@@ -718,6 +1018,13 @@ pub(super) mod tests_support {
             y_desc: c.y_desc.clone(),
             labels: c.series.iter().map(|s| s.label.clone()).collect(),
             points: c.series.iter().map(|s| s.points.clone()).collect(),
+            legend_outside: c.legend_outside,
+            bytes: c.bytes,
+            byte_ticks: LogBytes(c.y.clone())
+                .key_exponents(10)
+                .into_iter()
+                .map(|k| 2f64.powi(k))
+                .collect(),
         })
     }
 }

@@ -795,3 +795,138 @@ fn summary_of_a_partial_run_reports_what_exists() {
         "{s}"
     );
 }
+
+// ------------------------------------------------------- many series, bytes
+
+#[test]
+fn twenty_five_series_get_distinct_colour_and_dash_pairs() {
+    use plot::{series_style, Dash, Marker};
+    let styles: Vec<_> = (0..25).map(|i| series_style(i, 25)).collect();
+    let pairs: std::collections::HashSet<_> = styles
+        .iter()
+        .map(|s| ((s.color.0, s.color.1, s.color.2), s.dash))
+        .collect();
+    assert_eq!(pairs.len(), 25, "a (colour, dash) pair repeats");
+    // Beyond ten series, dashes are in use; up to ten, all lines are solid
+    // round-marked and the colours distinct.
+    assert!(styles.iter().any(|s| s.dash != Dash::Solid));
+    let few: Vec<_> = (0..10).map(|i| series_style(i, 10)).collect();
+    assert!(few
+        .iter()
+        .all(|s| s.dash == Dash::Solid && s.marker == Marker::Circle));
+    let colours: std::collections::HashSet<_> = few
+        .iter()
+        .map(|s| (s.color.0, s.color.1, s.color.2))
+        .collect();
+    assert_eq!(colours.len(), 10);
+    // Up to 160 series, (colour, dash, marker) stays distinct.
+    let all: std::collections::HashSet<_> = (0..160)
+        .map(|i| series_style(i, 160))
+        .map(|s| ((s.color.0, s.color.1, s.color.2), s.dash, s.marker))
+        .collect();
+    assert_eq!(all.len(), 160);
+}
+
+#[test]
+fn byte_ticks_read_in_binary_units() {
+    use plot::format_bytes_tick as f;
+    assert_eq!(f(0.0), "0 B");
+    assert_eq!(f(512.0), "512 B");
+    assert_eq!(f(1024.0), "1 KiB");
+    assert_eq!(f(1536.0), "1.5 KiB");
+    assert_eq!(f(256.0 * 1024.0 * 1024.0), "256 MiB");
+    assert_eq!(f(2.0 * 1024f64.powi(3)), "2 GiB");
+    assert_eq!(f(1e6), "977 KiB");
+    assert_eq!(f(1.25e7), "11.9 MiB");
+    assert_eq!(f(3.0 * 1024f64.powi(4)), "3 TiB");
+}
+
+/// `n` series of one key each (`key_0` ... ), over steps 0..5.
+fn many_series(
+    n: usize,
+    key: impl Fn(usize) -> String,
+    value: impl Fn(usize, u64) -> f64,
+) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        for step in 0..5u64 {
+            s.push_str(&format!(
+                "{{\"key\":\"{}\",\"step_id\":{i},\"sweep\":{{}},\"value\":{},\"step\":{step}}}\n",
+                key(i),
+                value(i, step)
+            ));
+        }
+    }
+    s
+}
+
+#[test]
+fn a_plot_of_twelve_series_puts_the_legend_outside_and_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = many_series(
+        12,
+        |i| format!("rel_error/layer{i}"),
+        |i, s| (1 + i) as f64 * 0.01 + s as f64 * 0.001,
+    );
+    write(dir.path(), "results.jsonl", &text);
+    let s = spec("rel_error/*", "step", &[], "many");
+    let records = parse_results(text.as_bytes()).records;
+    let chart = plot::tests_support::build(&s, &records).unwrap();
+    assert_eq!(chart.labels.len(), 12);
+    assert!(chart.legend_outside, "12 series: the legend goes outside");
+    assert_eq!(chart.y_desc, "rel_error", "the quantity, not `value`");
+    let files = plot(dir.path(), &s).unwrap();
+    assert_png_svg(
+        &files,
+        &["rel_error/layer0", "rel_error/layer11", "rel_error"],
+    );
+    // Dashed series are drawn as dashes.
+    let svg = std::fs::read_to_string(&files[1]).unwrap();
+    let lines = svg.matches("<polyline").count() + svg.matches("<line").count();
+    assert!(lines > 12 * 2, "dashes and legend rows: {lines} lines");
+    // Ten series keep the legend inside the data area.
+    let text = many_series(10, |i| format!("rel_error/layer{i}"), |i, _| i as f64 + 1.0);
+    let records = parse_results(text.as_bytes()).records;
+    assert!(
+        !plot::tests_support::build(&s, &records)
+            .unwrap()
+            .legend_outside
+    );
+}
+
+#[test]
+fn memory_is_plotted_on_a_log_axis_in_binary_units() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 KiB to 3 GiB, one series per structure.
+    let text = many_series(
+        3,
+        |i| format!("memory/S{i}"),
+        |i, s| 4096.0 * 16f64.powi(i as i32 * 2) * (1.0 + s as f64),
+    );
+    write(dir.path(), "results.jsonl", &text);
+    let s = spec("memory/*", "step", &[], "mem");
+    let records = parse_results(text.as_bytes()).records;
+    let chart = plot::tests_support::build(&s, &records).unwrap();
+    assert!(chart.bytes && chart.log_y, "memory: a log axis of bytes");
+    assert_eq!(chart.y_desc, "memory");
+    // Ticks at powers of two, thinned to whole KiB/MiB/GiB here.
+    assert!(!chart.byte_ticks.is_empty());
+    for t in &chart.byte_ticks {
+        assert_eq!(t.log2().fract(), 0.0, "{t} is not a power of two");
+    }
+    let labels: Vec<String> = chart
+        .byte_ticks
+        .iter()
+        .map(|&t| plot::format_bytes_tick(t))
+        .collect();
+    assert!(labels.iter().any(|l| l.ends_with("MiB")), "{labels:?}");
+    let files = plot(dir.path(), &s).unwrap();
+    assert_png_svg(&files, &["MiB", "memory/S0"]);
+    // `linear_y` keeps a linear axis, still in bytes.
+    let linear = PlotSpec {
+        flags: vec!["linear_y".into()],
+        ..spec("memory/*", "step", &[], "mem")
+    };
+    let chart = plot::tests_support::build(&linear, &records).unwrap();
+    assert!(chart.bytes && !chart.log_y);
+}
