@@ -233,7 +233,7 @@ fn lazy_vs_hasty_runs_reduced() {
                 .ends_with(".difficulty.json")
         })
         .collect();
-    assert_eq!(difficulty.len(), 3);
+    assert_eq!(difficulty.len(), 9, "3 regimes × 3 initialisations");
     // α = 100 is the lazy limit: its loss curve is the centred linearised
     // model's to within a few percent, while the weights move ~α times less.
     let loss = series(&results, "loss/train", "regime");

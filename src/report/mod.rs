@@ -404,13 +404,19 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
         if step.get("op").and_then(|o| o.as_str()) != Some("plot") {
             continue;
         }
-        let spec = PlotSpec::from_plan_step(step).ok_or_else(|| ReportError::Plan {
+        let mut spec = PlotSpec::from_plan_step(step).ok_or_else(|| ReportError::Plan {
             path: plan_path.clone(),
             message: format!(
                 "plot step {} lacks `pattern`, `x` or `file`",
                 step_id(step, i)
             ),
         })?;
+        spec.replicates = plan["experiment"]["replicates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         specs.push(spec);
     }
 

@@ -58,6 +58,10 @@ pub struct PlotSpec {
     /// Output file stem relative to the run directory (`.png` and `.svg`
     /// are added).
     pub file: String,
+    /// Sweep tags that repeat a run (the plan's `replicates`): their values
+    /// are averaged, drawn as the mean with a ±1 standard error band.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicates: Vec<String>,
 }
 
 impl PlotSpec {
@@ -270,6 +274,8 @@ struct Series {
     line: Vec<(f64, f64)>,
     /// Drawn as markers.
     points: Vec<(f64, f64)>,
+    /// Over replicates: `(x, mean − s.e., mean + s.e.)`, drawn shaded.
+    band: Vec<(f64, f64, f64)>,
 }
 
 /// Everything needed to draw, independent of the backend.
@@ -501,13 +507,20 @@ impl Chart {
                 label: series_label(id, &spec.by, show_key),
                 line: Vec::new(),
                 points: Vec::new(),
+                band: Vec::new(),
             })
             .collect();
+        let replicated = !spec.replicates.is_empty();
         for &(s, x, y) in &pts {
             series[s].points.push((x, y));
         }
         for s in &mut series {
-            if is_steps || spec.x == "epoch" {
+            if replicated && numeric_x {
+                // Replicates: the mean per x and a ±1 s.e. band.
+                let (line, band) = mean_and_band(&s.points);
+                s.line = line;
+                s.band = band;
+            } else if is_steps || spec.x == "epoch" {
                 s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 s.line = s.points.clone();
             } else if numeric_x {
@@ -784,6 +797,21 @@ impl Chart {
             let color = st.color;
             // A lone point has no line: always mark it.
             let points = self.points || s.line.len() < 2;
+            if s.band.len() > 1 {
+                // Upper edge left to right, lower edge back.
+                let mut outline: Vec<(f64, f64)> = s.band.iter().map(|b| (b.0, b.2)).collect();
+                outline.extend(s.band.iter().rev().map(|b| (b.0, b.1)));
+                if self.log_y {
+                    let floor = self.y.start;
+                    for p in &mut outline {
+                        p.1 = p.1.max(floor);
+                    }
+                }
+                chart.draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.2).filled(),
+                )))?;
+            }
             if self.lines && s.line.len() > 1 {
                 let line = s.line.iter().copied();
                 match st.dash.pattern() {
@@ -861,6 +889,38 @@ where
                 + PathElement::new(vec![(-r, r), (r, -r)], stroke)),
         ),
     }
+}
+
+/// `(x, mean − s.e., mean + s.e.)` at each x with two or more values.
+pub(crate) type Band = Vec<(f64, f64, f64)>;
+
+/// The mean of the values at each x (in increasing x) and, where there are
+/// two or more, the band mean ± one standard error of the mean.
+pub(crate) fn mean_and_band(points: &[(f64, f64)]) -> (Vec<(f64, f64)>, Band) {
+    let mut at: BTreeMap<u64, (f64, Vec<f64>)> = BTreeMap::new();
+    for &(x, y) in points {
+        // Keyed by the bits of a total order on x (x is finite here).
+        let k = x.to_bits()
+            ^ if x.is_sign_negative() {
+                u64::MAX
+            } else {
+                1 << 63
+            };
+        at.entry(k).or_insert((x, Vec::new())).1.push(y);
+    }
+    let mut line = Vec::new();
+    let mut band = Vec::new();
+    for (x, ys) in at.into_values() {
+        let n = ys.len() as f64;
+        let mean = ys.iter().sum::<f64>() / n;
+        line.push((x, mean));
+        if ys.len() >= 2 {
+            let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            let se = (var / n).sqrt();
+            band.push((x, mean - se, mean + se));
+        }
+    }
+    (line, band)
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {

@@ -87,6 +87,7 @@ fn spec(pattern: &str, x: &str, by: &[&str], file: &str) -> PlotSpec {
         by: by.iter().map(|s| s.to_string()).collect(),
         flags: vec![],
         file: file.into(),
+        replicates: vec![],
     }
 }
 
@@ -929,4 +930,52 @@ fn memory_is_plotted_on_a_log_axis_in_binary_units() {
     };
     let chart = plot::tests_support::build(&linear, &records).unwrap();
     assert!(chart.bytes && !chart.log_y);
+}
+
+#[test]
+fn replicates_are_drawn_as_a_mean_with_a_standard_error_band() {
+    use super::plot::mean_and_band;
+    let (line, band) = mean_and_band(&[
+        (10.0, 1.0),
+        (0.0, 2.0),
+        (10.0, 3.0),
+        (0.0, 2.0),
+        (20.0, 5.0),
+    ]);
+    assert_eq!(line, vec![(0.0, 2.0), (10.0, 2.0), (20.0, 5.0)]);
+    // x = 0: no spread; x = 10: s.d. √2, s.e. 1; x = 20: one value, no band.
+    assert_eq!(band.len(), 2);
+    assert_eq!(band[0], (0.0, 2.0, 2.0));
+    assert!(
+        (band[1].1 - 1.0).abs() < 1e-12 && (band[1].2 - 3.0).abs() < 1e-12,
+        "{band:?}"
+    );
+
+    // A plan with replicates: the plot is drawn (one series per `lr`).
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for s in 0..3 {
+        for step in [0u64, 5, 10] {
+            let tags = serde_json::json!({"lr": "0.1", "s": s.to_string()});
+            lines += &rec(
+                "loss",
+                2,
+                tags,
+                2.0 - step as f64 / 10.0 + s as f64 / 10.0,
+                Some(step),
+            );
+        }
+    }
+    write(dir.path(), "results.jsonl", &lines);
+    let mut spec = spec("loss", "step", &["lr"], "loss_vs_step");
+    spec.replicates = vec!["s".into()];
+    let files = plot_records(
+        dir.path(),
+        &spec,
+        &read_results(&dir.path().join("results.jsonl"))
+            .unwrap()
+            .records,
+    )
+    .unwrap();
+    assert_png_svg(&files, &["lr=0.1"]);
 }
