@@ -189,6 +189,8 @@ fn tags_label(t: &Tags) -> String {
 struct Summary<'a> {
     /// The experiment's name, from the plan.
     name: Option<String>,
+    /// Sweep tags over repetitions, averaged in the tables.
+    replicates: Vec<String>,
     manifest: Option<Value>,
     records: &'a [Record],
     skipped: usize,
@@ -200,6 +202,12 @@ impl<'a> Summary<'a> {
         let manifest = super::manifest::trusted_json(dir);
         Summary {
             name: plan.and_then(|p| p["experiment"]["name"].as_str().map(str::to_string)),
+            replicates: plan
+                .and_then(|p| p["experiment"]["replicates"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             manifest,
             records: &results.records,
             skipped: results.skipped,
@@ -272,7 +280,12 @@ impl<'a> Summary<'a> {
     }
 
     fn generic(&self, out: &mut String) {
-        let mut series = collect_series(self.records, |r| Some((r.key.clone(), context(r))));
+        let reps = &self.replicates;
+        let mut series = collect_series(self.records, |r| {
+            let mut ctx = context(r);
+            ctx.retain(|k, _| !reps.contains(k));
+            Some((r.key.clone(), ctx))
+        });
         // Rows of one key together, keys in the order they first appear.
         let keys: Vec<String> = unique(series.iter().map(|s| s.key.clone()));
         series.sort_by_key(|s| keys.iter().position(|k| *k == s.key));
@@ -288,7 +301,15 @@ impl<'a> Summary<'a> {
         let _ = writeln!(out, "## All scalar results\n");
         let _ = writeln!(
             out,
-            "Every scalar key per sweep: how many values, the first and the last (by training step where there is one)."
+            "Every scalar key per sweep: how many values, the first and the last (by training step where there is one){}.",
+            if reps.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; over the replicates ({}), the mean ± one standard error",
+                    reps.join(", ")
+                )
+            }
         );
         if tensors > 0 {
             let _ = writeln!(
@@ -305,8 +326,16 @@ impl<'a> Summary<'a> {
                     code(&s.key),
                     tags_label(&s.ctx),
                     s.points.len().to_string(),
-                    point(s.first()),
-                    point(s.last()),
+                    if reps.is_empty() {
+                        point(s.first())
+                    } else {
+                        replicated_point(s, true)
+                    },
+                    if reps.is_empty() {
+                        point(s.last())
+                    } else {
+                        replicated_point(s, false)
+                    },
                 ]
             })
             .collect();
@@ -379,6 +408,30 @@ fn point(p: Option<Point>) -> String {
         }) => format!("{} ({s})", num(value)),
         Some(p) => num(p.value),
     }
+}
+
+/// Over replicates: the mean ± one standard error of the values at the
+/// series' first (or last) step, `n` of them.
+fn replicated_point(s: &Series, first: bool) -> String {
+    let Some(at) = (if first { s.first() } else { s.last() }) else {
+        return String::new();
+    };
+    let v: Vec<f64> = s
+        .points
+        .iter()
+        .filter(|p| p.step == at.step)
+        .map(|p| p.value)
+        .collect();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let spread = if v.len() > 1 {
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        format!(" ± {}", num((var / n).sqrt()))
+    } else {
+        String::new()
+    };
+    let step = at.step.map_or(String::new(), |s| format!(" ({s})"));
+    format!("{}{spread}{step}", num(mean))
 }
 
 fn code(s: &str) -> String {

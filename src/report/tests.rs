@@ -979,3 +979,35 @@ fn replicates_are_drawn_as_a_mean_with_a_standard_error_band() {
     .unwrap();
     assert_png_svg(&files, &["lr=0.1"]);
 }
+
+#[test]
+fn summary_tables_average_over_replicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = replicated_records([0.2, 0.4, 0.6])
+        .iter()
+        .map(|r| {
+            rec(
+                &r.key,
+                r.step_id,
+                serde_json::to_value(&r.sweep).unwrap(),
+                r.value.as_scalar().unwrap(),
+                r.step,
+            )
+        })
+        .collect();
+    write(dir.path(), "results.jsonl", &lines);
+    let mut plan: serde_json::Value =
+        serde_json::from_str(&plan_json("rep", "f64", serde_json::json!([]))).unwrap();
+    plan["experiment"]["replicates"] = serde_json::json!(["s"]);
+    write(dir.path(), "plan.json", &plan.to_string());
+    let s = summary_of(dir.path());
+    // lr 0.5 ends at 0.8, 0.6, 0.4: mean 0.6, s.e. 0.2/√3.
+    assert_eq!(
+        line_with(&s, "| `loss` | lr=0.5 |"),
+        "| `loss` | lr=0.5 | 6 | 2 ± 0 (0) | 0.6 ± 0.1155 (10) |"
+    );
+    assert!(
+        s.contains("over the replicates (s), the mean ± one standard error"),
+        "{s}"
+    );
+}
