@@ -427,6 +427,23 @@ fn records_of(lines: &str) -> Vec<Record> {
     read_results(&p).unwrap().records
 }
 
+/// Records written back as `results.jsonl` lines.
+fn jsonl_of(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| {
+            let sweep = serde_json::to_value(&r.sweep).unwrap();
+            rec(
+                &r.key,
+                r.step_id,
+                sweep,
+                r.value.as_scalar().unwrap(),
+                r.step,
+            )
+        })
+        .collect()
+}
+
 fn key(p: &str) -> Box<ClaimExpr> {
     Box::new(ClaimExpr::Key { pattern: p.into() })
 }
@@ -729,18 +746,13 @@ fn summary_shows_declared_claims_with_their_verdicts() {
         }]),
     );
     write(dir.path(), "plan.json", &plan);
-    let lines: String = ekfac_records(|o, s| if o == "kfac" && s == 20 { 0.9 } else { 0.1 })
-        .iter()
-        .map(|r| {
-            rec(
-                &r.key,
-                r.step_id,
-                serde_json::to_value(&r.sweep).unwrap(),
-                r.value.as_scalar().unwrap(),
-                r.step,
-            )
-        })
-        .collect();
+    let lines = jsonl_of(&ekfac_records(|o, s| {
+        if o == "kfac" && s == 20 {
+            0.9
+        } else {
+            0.1
+        }
+    }));
     write(dir.path(), "results.jsonl", &lines);
     let s = summary_of(dir.path());
     assert!(s.contains("0 of 1 claims declared"), "{s}");
@@ -983,18 +995,7 @@ fn replicates_are_drawn_as_a_mean_with_a_standard_error_band() {
 #[test]
 fn summary_tables_average_over_replicates() {
     let dir = tempfile::tempdir().unwrap();
-    let lines: String = replicated_records([0.2, 0.4, 0.6])
-        .iter()
-        .map(|r| {
-            rec(
-                &r.key,
-                r.step_id,
-                serde_json::to_value(&r.sweep).unwrap(),
-                r.value.as_scalar().unwrap(),
-                r.step,
-            )
-        })
-        .collect();
+    let lines = jsonl_of(&replicated_records([0.2, 0.4, 0.6]));
     write(dir.path(), "results.jsonl", &lines);
     let mut plan: serde_json::Value =
         serde_json::from_str(&plan_json("rep", "f64", serde_json::json!([]))).unwrap();
