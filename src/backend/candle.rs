@@ -3,9 +3,12 @@
 //! Only primitive tensor operations live here; all of the geometry is in
 //! [`crate::geometry`], shared with every other backend.
 
-use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+use crate::geometry::ops::{
+    fold_patches_default, unfold_patches_default, Binary, Ops, OpsError, OpsResult, Reduce, Unary,
+};
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct CandleOps {
@@ -212,6 +215,44 @@ impl Ops for CandleOps {
         let src = src.contiguous().map_err(e)?;
         base.index_add(idx, &src, dim).map_err(e)
     }
+    fn unfold_patches(
+        &self,
+        x: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        fill: f64,
+        lk: bool,
+    ) -> OpsResult<Tensor> {
+        let x = x.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_unfold::<f32>(&x, idx, c, k, fill, lk),
+            Dtype::F64 => cpu_unfold::<f64>(&x, idx, c, k, fill, lk),
+        };
+        match fast {
+            Some(r) => r,
+            None => unfold_patches_default(self, &x, idx, c, k, fill, lk),
+        }
+    }
+    fn fold_patches(
+        &self,
+        p: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        s: usize,
+        lk: bool,
+    ) -> OpsResult<Tensor> {
+        let p = p.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_fold::<f32>(&p, idx, c, k, s, lk),
+            Dtype::F64 => cpu_fold::<f64>(&p, idx, c, k, s, lk),
+        };
+        match fast {
+            Some(r) => r,
+            None => fold_patches_default(self, &p, idx, c, k, s, lk),
+        }
+    }
 }
 
 fn cpu_slice<'a, D: WithDType>(s: &'a Storage, l: &Layout) -> Option<&'a [D]> {
@@ -313,4 +354,131 @@ where
     let dst = MatMut::from_row_major_slice_mut(&mut out, m, n);
     faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), Par::rayon(0));
     Some(Tensor::from_vec(out, (m, n), &Device::Cpu).map_err(e))
+}
+
+/// The index map of [`Ops::unfold_patches`] on the host, position-major
+/// (`[L, K]`), and `L`; `None` unless it is a contiguous CPU `u32` tensor.
+fn host_index(idx: &Tensor, k: usize) -> Option<(Vec<u32>, usize)> {
+    if !idx.is_contiguous() || k == 0 {
+        return None;
+    }
+    let (si, li) = idx.storage_and_layout();
+    let kl = idx.elem_count();
+    let ix = &cpu_slice::<u32>(&si, li)?[..kl];
+    let l = kl / k;
+    let mut t = vec![0u32; kl];
+    for (kk, row) in ix.chunks_exact(l.max(1)).enumerate() {
+        for (li, &q) in row.iter().enumerate() {
+            t[li * k + kk] = q;
+        }
+    }
+    Some((t, l))
+}
+
+/// [`Ops::unfold_patches`] for a contiguous CPU tensor: one pass over the
+/// output, in parallel over the batch (instead of a padded copy, a
+/// gather and, for `lk`, a transpose).
+fn cpu_unfold<D: WithDType>(
+    x: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    fill: f64,
+    lk: bool,
+) -> Option<OpsResult<Tensor>> {
+    let b = *x.dims().first()?;
+    let total = x.elem_count();
+    if b == 0 || c == 0 || !total.is_multiple_of(b * c) {
+        return None;
+    }
+    let s = total / (b * c);
+    let (ixt, l) = host_index(idx, k)?;
+    let (sx, lx) = x.storage_and_layout();
+    let xs = &cpu_slice::<D>(&sx, lx)?[..total];
+    let fill = D::from_f64(fill);
+    let ck = c * k;
+    let mut out = vec![D::zero(); b * ck * l];
+    if ck * l > 0 {
+        out.par_chunks_mut(ck * l)
+            .zip(xs.par_chunks(c * s))
+            .for_each(|(o, x)| {
+                if lk {
+                    // o [L, c·K]: written in order.
+                    for (row, taps) in o.chunks_exact_mut(ck).zip(ixt.chunks_exact(k)) {
+                        for (ci, dst) in row.chunks_exact_mut(k).enumerate() {
+                            let xc = &x[ci * s..(ci + 1) * s];
+                            for (d, &q) in dst.iter_mut().zip(taps) {
+                                *d = xc.get(q as usize).copied().unwrap_or(fill);
+                            }
+                        }
+                    }
+                } else {
+                    // o [c·K, L].
+                    for (ci, plane) in o.chunks_exact_mut(k * l).enumerate() {
+                        let xc = &x[ci * s..(ci + 1) * s];
+                        for (kk, dst) in plane.chunks_exact_mut(l).enumerate() {
+                            for (li, d) in dst.iter_mut().enumerate() {
+                                let q = ixt[li * k + kk] as usize;
+                                *d = xc.get(q).copied().unwrap_or(fill);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    let shape = if lk { [b, l, ck] } else { [b, ck, l] };
+    Some(Tensor::from_vec(out, &shape, x.device()).map_err(e))
+}
+
+/// [`Ops::fold_patches`] for a contiguous CPU tensor: each example's
+/// patches summed onto its pixels in one pass, in parallel over the batch.
+fn cpu_fold<D: WithDType>(
+    p: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    s: usize,
+    lk: bool,
+) -> Option<OpsResult<Tensor>> {
+    let b = *p.dims().first()?;
+    let (ixt, l) = host_index(idx, k)?;
+    let ck = c * k;
+    if b == 0 || p.elem_count() != b * ck * l {
+        return None;
+    }
+    let (sp, lp) = p.storage_and_layout();
+    let ps = &cpu_slice::<D>(&sp, lp)?[..b * ck * l];
+    let mut out = vec![D::zero(); b * c * s];
+    if c * s > 0 && ck * l > 0 {
+        out.par_chunks_mut(c * s)
+            .zip(ps.par_chunks(ck * l))
+            .for_each(|(o, p)| {
+                if lk {
+                    // p [L, c·K], read in order.
+                    for (row, taps) in p.chunks_exact(ck).zip(ixt.chunks_exact(k)) {
+                        for (ci, src) in row.chunks_exact(k).enumerate() {
+                            let oc = &mut o[ci * s..(ci + 1) * s];
+                            for (&v, &q) in src.iter().zip(taps) {
+                                if let Some(d) = oc.get_mut(q as usize) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    // p [c·K, L].
+                    for (ci, plane) in p.chunks_exact(k * l).enumerate() {
+                        let oc = &mut o[ci * s..(ci + 1) * s];
+                        for (kk, src) in plane.chunks_exact(l).enumerate() {
+                            for (li, &v) in src.iter().enumerate() {
+                                if let Some(d) = oc.get_mut(ixt[li * k + kk] as usize) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    Some(Tensor::from_vec(out, (b, c, s), p.device()).map_err(e))
 }

@@ -10,6 +10,10 @@ use crate::plan::Layer;
 /// inputs (`None` where no parameter lies upstream).
 type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
 
+/// How many values of a convolution's patch gradient the backward pass
+/// forms at once (4 M: 16 MB in f32), before folding them onto the input.
+const PATCH_CHUNK: usize = 1 << 22;
+
 impl<O: Ops> Net<O> {
     /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
     /// w.r.t. its output; `need[k]` says whether input `k` wants its
@@ -63,17 +67,42 @@ impl<O: Ops> Net<O> {
                 Cache::Affine { a },
             ) => {
                 let u = layer.unfold.as_ref().unwrap();
-                let g3 = o.reshape(g, &[m * n, *out_channels, u.l])?;
-                let dx = if need0 {
-                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
-                    Some(self.fold(o, u, &dp, m * n)?)
-                } else {
+                let cout = *out_channels;
+                let g3 = o.reshape(g, &[m * n, cout, u.l])?;
+                let gt = o.transpose(&g3, 1, 2)?; // [mn, L, cout], the capture's layout
+                let w = layer.w.as_ref().unwrap();
+                let dx = if !need0 {
                     None
+                } else if o.shape(w).len() == 2 {
+                    // Ungrouped: `gᵀ W` as one tall product and its col2im,
+                    // a few examples at a time so that the patches'
+                    // gradient (K times the input's) stays small.
+                    let per = u.l * u.cin * u.k;
+                    let step = (PATCH_CHUNK / per.max(1)).clamp(1, m * n);
+                    let mut parts = Vec::with_capacity((m * n).div_ceil(step));
+                    for at in (0..m * n).step_by(step) {
+                        let len = step.min(m * n - at);
+                        let gc = if len == m * n {
+                            gt.clone()
+                        } else {
+                            o.narrow(&gt, 0, at, len)?
+                        };
+                        let dp = o.matmul(&gc, w)?; // [len, L, cin·K]
+                        parts.push(o.fold_patches(&dp, &u.idx, u.cin, u.k, u.hw, true)?);
+                    }
+                    Some(if parts.len() == 1 {
+                        parts.pop().unwrap()
+                    } else {
+                        o.cat(&parts, 0)?
+                    })
+                } else {
+                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
+                    Some(self.fold(o, u, &dp)?)
                 };
                 let cap = Capture {
                     slot: slot.unwrap(),
                     a: a.clone(),
-                    g: o.reshape(&o.transpose(&g3, 1, 2)?, &[m, n, u.l, *out_channels])?,
+                    g: o.reshape(&gt, &[m, n, u.l, cout])?,
                 };
                 Ok((Some(cap), one(dx)?))
             }
@@ -95,7 +124,7 @@ impl<O: Ops> Net<O> {
                     let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
                     o.mul(&g4, &ones)?
                 };
-                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?, m * n)?;
+                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?)?;
                 Ok((None, one(Some(dx))?))
             }
             (Layer::AdaptiveAvgPool2d { output }, Cache::Linear) => {
