@@ -11,8 +11,9 @@ use crate::plan::Layer;
 type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
 
 /// How many values of a convolution's patch gradient the backward pass
-/// forms at once (4 M: 16 MB in f32), before folding them onto the input.
-const PATCH_CHUNK: usize = 1 << 22;
+/// forms at once (1 M values: 4 MB in f32) before folding them onto the
+/// input.
+const PATCH_CHUNK: usize = 1 << 20;
 
 impl<O: Ops> Net<O> {
     /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
@@ -151,14 +152,16 @@ impl<O: Ops> Net<O> {
                 if !need0 {
                     return Ok((Some(cap), vec![None]));
                 }
-                let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?; // [m, n, c, l]
+                let w = layer.w.as_ref().unwrap();
                 let dx = match batch {
-                    // Running statistics: an affine map per channel.
-                    None => o.mul(&dxhat, s)?,
+                    // Running statistics: an affine map per channel, one
+                    // pass over the gradient.
+                    None => o.mul(&g4, &o.mul(w, s)?)?,
                     // Batch statistics couple the examples:
                     // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over
                     // examples and positions.
                     Some(xh) => {
+                        let dxhat = o.mul(&g4, w)?; // [m, n, c, l]
                         let count = (n * l) as f64;
                         let mean_nl = |t: &O::T| -> OpsResult<O::T> {
                             o.scale(&o.sum_dim(&o.sum_dim(t, 3)?, 1)?, 1.0 / count)
