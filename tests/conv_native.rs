@@ -4,10 +4,11 @@
 //! the operations alone on strided, padded, dilated and transposed index
 //! maps, then whole forward and backward passes through strided, padded,
 //! grouped and dilated convolutions, a transposed convolution, a Conv1d
-//! and pooling. The backward pass forms a convolution's patch gradient a
-//! few examples at a time; a batch large enough to be cut into several
-//! such pieces must give, example by example, what each example gives
-//! alone.
+//! and pooling; the input gradient of a convolution (`Ops::conv_input_grad`,
+//! fused per example on candle) is compared with the default, which forms
+//! the patches' gradient a few examples at a time. A batch large enough to
+//! be cut into several such pieces must give, example by example, what
+//! each example gives alone.
 
 use nngeo::backend::candle::CandleOps;
 use nngeo::geometry::init::init_params;

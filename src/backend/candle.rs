@@ -4,7 +4,8 @@
 //! [`crate::geometry`], shared with every other backend.
 
 use crate::geometry::ops::{
-    fold_patches_default, unfold_patches_default, Binary, Ops, OpsError, OpsResult, Reduce, Unary,
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
+    OpsResult, Reduce, Unary,
 };
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
@@ -243,6 +244,26 @@ impl Ops for CandleOps {
             None => unfold_patches_default(self, &x, idx, c, k, fill, lk),
         }
     }
+    fn conv_input_grad(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        s: usize,
+    ) -> OpsResult<Tensor> {
+        let g = g.contiguous().map_err(e)?;
+        let w = w.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_conv_input_grad::<f32>(&g, &w, idx, c, k, s),
+            Dtype::F64 => cpu_conv_input_grad::<f64>(&g, &w, idx, c, k, s),
+        };
+        match fast {
+            Some(r) => r,
+            None => conv_input_grad_default(self, &g, &w, idx, c, k, s),
+        }
+    }
     fn fold_patches(
         &self,
         p: &Tensor,
@@ -463,17 +484,7 @@ fn cpu_fold<D: WithDType>(
             .zip(ps.par_chunks(ck * l))
             .for_each(|(o, p)| {
                 if lk {
-                    // p [L, c·K], read in order.
-                    for (row, taps) in p.chunks_exact(ck).zip(ixt.chunks_exact(k)) {
-                        for (ci, src) in row.chunks_exact(k).enumerate() {
-                            let oc = &mut o[ci * s..(ci + 1) * s];
-                            for (&v, &q) in src.iter().zip(taps) {
-                                if let Some(d) = oc.get_mut(q as usize) {
-                                    *d += v;
-                                }
-                            }
-                        }
-                    }
+                    fold_lk(o, p, &ixt, k, s);
                 } else {
                     // p [c·K, L].
                     for (ci, plane) in p.chunks_exact(k * l).enumerate() {
@@ -528,4 +539,70 @@ fn cpu_transpose<D: WithDType>(t: &Tensor, d0: usize, d1: usize) -> Option<OpsRe
     let mut shape = dims.to_vec();
     shape.swap(d0, d1);
     Some(Tensor::from_vec(out, shape, t.device()).map_err(e))
+}
+
+/// One example's patches `p [L, c·K]` (read in order) added onto its
+/// pixels `o [c, s]`; `ixt` is the position-major index map.
+fn fold_lk<D: WithDType>(o: &mut [D], p: &[D], ixt: &[u32], k: usize, s: usize) {
+    let ck = o.len() / s.max(1) * k;
+    for (row, taps) in p.chunks_exact(ck).zip(ixt.chunks_exact(k)) {
+        for (ci, src) in row.chunks_exact(k).enumerate() {
+            let oc = &mut o[ci * s..(ci + 1) * s];
+            for (&v, &q) in src.iter().zip(taps) {
+                if let Some(d) = oc.get_mut(q as usize) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// [`Ops::conv_input_grad`] for contiguous CPU tensors, one example at a
+/// time in parallel: `g_bᵀ w` (faer, the transpose a free view) into a
+/// buffer of `L·c·K` values that stays in cache, folded at once onto the
+/// example's pixels. Neither the patches' gradient of the batch nor the
+/// transpose of `g` is ever formed.
+fn cpu_conv_input_grad<D>(
+    g: &Tensor,
+    w: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    s: usize,
+) -> Option<OpsResult<Tensor>>
+where
+    D: WithDType + faer::traits::ComplexField,
+{
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (gd, wd) = (g.dims(), w.dims());
+    if gd.len() != 3 || wd.len() != 2 || gd[1] != wd[0] {
+        return None;
+    }
+    let (b, cout, l) = (gd[0], gd[1], gd[2]);
+    let ck = c * k;
+    if wd[1] != ck || b == 0 || s == 0 || ck == 0 {
+        return None;
+    }
+    let (ixt, li) = host_index(idx, k)?;
+    if li != l {
+        return None;
+    }
+    let (sg, lg) = g.storage_and_layout();
+    let (sw, lw) = w.storage_and_layout();
+    let gs = &cpu_slice::<D>(&sg, lg)?[..b * cout * l];
+    let ws = &cpu_slice::<D>(&sw, lw)?[..cout * ck];
+    let mut out = vec![D::zero(); b * c * s];
+    out.par_chunks_mut(c * s)
+        .zip(gs.par_chunks(cout * l))
+        .for_each_init(
+            || vec![D::zero(); l * ck],
+            |buf, (o, gb)| {
+                let lhs = MatRef::from_row_major_slice(gb, cout, l).transpose();
+                let rhs = MatRef::from_row_major_slice(ws, cout, ck);
+                let dst = MatMut::from_row_major_slice_mut(buf, l, ck);
+                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), Par::Seq);
+                fold_lk(o, buf, &ixt, k, s);
+            },
+        );
+    Some(Tensor::from_vec(out, (b, c, s), g.device()).map_err(e))
 }

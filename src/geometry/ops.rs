@@ -137,6 +137,25 @@ pub trait Ops: Clone {
         fold_patches_default(self, p, idx, c, k, s, lk)
     }
 
+    /// The input gradient of an ungrouped convolution: its output
+    /// gradient `g [b, cout, L]` through the weight `w [cout, c·K]`, the
+    /// patches' gradient `gᵀ w` folded back onto the `s` input pixels,
+    /// `[b, c, s]` (see [`Ops::fold_patches`]). The default
+    /// ([`conv_input_grad_default`]) forms `gᵀ w` a few examples at a time;
+    /// a backend may fuse the product and the fold per example.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_input_grad(
+        &self,
+        g: &Self::T,
+        w: &Self::T,
+        idx: &Self::T,
+        c: usize,
+        k: usize,
+        s: usize,
+    ) -> OpsResult<Self::T> {
+        conv_input_grad_default(self, g, w, idx, c, k, s)
+    }
+
     // ---- conveniences with default implementations
 
     fn add(&self, a: &Self::T, b: &Self::T) -> OpsResult<Self::T> {
@@ -216,4 +235,42 @@ pub fn fold_patches_default<O: Ops>(
     let z = o.zeros(&[b, c, s + 1])?;
     let x = o.index_add(&z, idx, &p, 2)?;
     o.narrow(&x, 2, 0, s)
+}
+
+/// How many values of a convolution's patch gradient
+/// [`conv_input_grad_default`] forms at once (1 M values: 4 MB in f32)
+/// before folding them onto the input.
+const PATCH_CHUNK: usize = 1 << 20;
+
+/// [`Ops::conv_input_grad`] from `narrow`, `transpose`, `matmul`,
+/// [`Ops::fold_patches`] and `cat`, a few examples at a time so that the
+/// patches' gradient (K times the input's) stays small.
+pub fn conv_input_grad_default<O: Ops>(
+    o: &O,
+    g: &O::T,
+    w: &O::T,
+    idx: &O::T,
+    c: usize,
+    k: usize,
+    s: usize,
+) -> OpsResult<O::T> {
+    let b = o.shape(g)[0];
+    let l = o.numel(idx) / k.max(1);
+    let step = (PATCH_CHUNK / (l * c * k).max(1)).clamp(1, b.max(1));
+    let mut parts = Vec::with_capacity(b.div_ceil(step));
+    for at in (0..b).step_by(step) {
+        let len = step.min(b - at);
+        let gc = if len == b {
+            g.clone()
+        } else {
+            o.narrow(g, 0, at, len)?
+        };
+        let dp = o.matmul(&o.transpose(&gc, 1, 2)?, w)?; // [len, L, c·K]
+        parts.push(o.fold_patches(&dp, idx, c, k, s, true)?);
+    }
+    if parts.len() == 1 {
+        Ok(parts.pop().unwrap())
+    } else {
+        o.cat(&parts, 0)
+    }
 }

@@ -10,11 +10,6 @@ use crate::plan::Layer;
 /// inputs (`None` where no parameter lies upstream).
 type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
 
-/// How many values of a convolution's patch gradient the backward pass
-/// forms at once (1 M values: 4 MB in f32) before folding them onto the
-/// input.
-const PATCH_CHUNK: usize = 1 << 20;
-
 impl<O: Ops> Net<O> {
     /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
     /// w.r.t. its output; `need[k]` says whether input `k` wants its
@@ -75,27 +70,7 @@ impl<O: Ops> Net<O> {
                 let dx = if !need0 {
                     None
                 } else if o.shape(w).len() == 2 {
-                    // Ungrouped: `gᵀ W` as one tall product and its col2im,
-                    // a few examples at a time so that the patches'
-                    // gradient (K times the input's) stays small.
-                    let per = u.l * u.cin * u.k;
-                    let step = (PATCH_CHUNK / per.max(1)).clamp(1, m * n);
-                    let mut parts = Vec::with_capacity((m * n).div_ceil(step));
-                    for at in (0..m * n).step_by(step) {
-                        let len = step.min(m * n - at);
-                        let gc = if len == m * n {
-                            gt.clone()
-                        } else {
-                            o.narrow(&gt, 0, at, len)?
-                        };
-                        let dp = o.matmul(&gc, w)?; // [len, L, cin·K]
-                        parts.push(o.fold_patches(&dp, &u.idx, u.cin, u.k, u.hw, true)?);
-                    }
-                    Some(if parts.len() == 1 {
-                        parts.pop().unwrap()
-                    } else {
-                        o.cat(&parts, 0)?
-                    })
+                    Some(o.conv_input_grad(&g3, w, &u.idx, u.cin, u.k, u.hw)?)
                 } else {
                     let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
                     Some(self.fold(o, u, &dp)?)
