@@ -3,9 +3,13 @@
 //! Only primitive tensor operations live here; all of the geometry is in
 //! [`crate::geometry`], shared with every other backend.
 
-use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+use crate::geometry::ops::{
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
+    OpsResult, Reduce, Unary,
+};
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct CandleOps {
@@ -105,6 +109,15 @@ impl Ops for CandleOps {
         }
     }
     fn transpose(&self, t: &Tensor, d0: usize, d1: usize) -> OpsResult<Tensor> {
+        // candle's strided copy walks one element at a time; a blocked
+        // copy is several times faster on the large captures.
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_transpose::<f32>(t, d0.min(d1), d0.max(d1)),
+            Dtype::F64 => cpu_transpose::<f64>(t, d0.min(d1), d0.max(d1)),
+        };
+        if let Some(r) = fast {
+            return r;
+        }
         t.transpose(d0, d1).and_then(|t| t.contiguous()).map_err(e)
     }
     fn narrow(&self, t: &Tensor, dim: usize, start: usize, len: usize) -> OpsResult<Tensor> {
@@ -212,6 +225,64 @@ impl Ops for CandleOps {
         let src = src.contiguous().map_err(e)?;
         base.index_add(idx, &src, dim).map_err(e)
     }
+    fn unfold_patches(
+        &self,
+        x: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        fill: f64,
+        lk: bool,
+    ) -> OpsResult<Tensor> {
+        let x = x.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_unfold::<f32>(&x, idx, c, k, fill, lk),
+            Dtype::F64 => cpu_unfold::<f64>(&x, idx, c, k, fill, lk),
+        };
+        match fast {
+            Some(r) => r,
+            None => unfold_patches_default(self, &x, idx, c, k, fill, lk),
+        }
+    }
+    fn conv_input_grad(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        s: usize,
+    ) -> OpsResult<Tensor> {
+        let g = g.contiguous().map_err(e)?;
+        let w = w.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_conv_input_grad::<f32>(&g, &w, idx, c, k, s),
+            Dtype::F64 => cpu_conv_input_grad::<f64>(&g, &w, idx, c, k, s),
+        };
+        match fast {
+            Some(r) => r,
+            None => conv_input_grad_default(self, &g, &w, idx, c, k, s),
+        }
+    }
+    fn fold_patches(
+        &self,
+        p: &Tensor,
+        idx: &Tensor,
+        c: usize,
+        k: usize,
+        s: usize,
+        lk: bool,
+    ) -> OpsResult<Tensor> {
+        let p = p.contiguous().map_err(e)?;
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_fold::<f32>(&p, idx, c, k, s, lk),
+            Dtype::F64 => cpu_fold::<f64>(&p, idx, c, k, s, lk),
+        };
+        match fast {
+            Some(r) => r,
+            None => fold_patches_default(self, &p, idx, c, k, s, lk),
+        }
+    }
 }
 
 fn cpu_slice<'a, D: WithDType>(s: &'a Storage, l: &Layout) -> Option<&'a [D]> {
@@ -313,4 +384,225 @@ where
     let dst = MatMut::from_row_major_slice_mut(&mut out, m, n);
     faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), Par::rayon(0));
     Some(Tensor::from_vec(out, (m, n), &Device::Cpu).map_err(e))
+}
+
+/// The index map of [`Ops::unfold_patches`] on the host, position-major
+/// (`[L, K]`), and `L`; `None` unless it is a contiguous CPU `u32` tensor.
+fn host_index(idx: &Tensor, k: usize) -> Option<(Vec<u32>, usize)> {
+    if !idx.is_contiguous() || k == 0 {
+        return None;
+    }
+    let (si, li) = idx.storage_and_layout();
+    let kl = idx.elem_count();
+    let ix = &cpu_slice::<u32>(&si, li)?[..kl];
+    let l = kl / k;
+    let mut t = vec![0u32; kl];
+    for (kk, row) in ix.chunks_exact(l.max(1)).enumerate() {
+        for (li, &q) in row.iter().enumerate() {
+            t[li * k + kk] = q;
+        }
+    }
+    Some((t, l))
+}
+
+/// [`Ops::unfold_patches`] for a contiguous CPU tensor: one pass over the
+/// output, in parallel over the batch (instead of a padded copy, a
+/// gather and, for `lk`, a transpose).
+fn cpu_unfold<D: WithDType>(
+    x: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    fill: f64,
+    lk: bool,
+) -> Option<OpsResult<Tensor>> {
+    let b = *x.dims().first()?;
+    let total = x.elem_count();
+    if b == 0 || c == 0 || !total.is_multiple_of(b * c) {
+        return None;
+    }
+    let s = total / (b * c);
+    let (ixt, l) = host_index(idx, k)?;
+    let (sx, lx) = x.storage_and_layout();
+    let xs = &cpu_slice::<D>(&sx, lx)?[..total];
+    let fill = D::from_f64(fill);
+    let ck = c * k;
+    let mut out = vec![D::zero(); b * ck * l];
+    if ck * l > 0 {
+        out.par_chunks_mut(ck * l)
+            .zip(xs.par_chunks(c * s))
+            .for_each(|(o, x)| {
+                if lk {
+                    // o [L, c·K]: written in order.
+                    for (row, taps) in o.chunks_exact_mut(ck).zip(ixt.chunks_exact(k)) {
+                        for (ci, dst) in row.chunks_exact_mut(k).enumerate() {
+                            let xc = &x[ci * s..(ci + 1) * s];
+                            for (d, &q) in dst.iter_mut().zip(taps) {
+                                *d = xc.get(q as usize).copied().unwrap_or(fill);
+                            }
+                        }
+                    }
+                } else {
+                    // o [c·K, L].
+                    for (ci, plane) in o.chunks_exact_mut(k * l).enumerate() {
+                        let xc = &x[ci * s..(ci + 1) * s];
+                        for (kk, dst) in plane.chunks_exact_mut(l).enumerate() {
+                            for (li, d) in dst.iter_mut().enumerate() {
+                                let q = ixt[li * k + kk] as usize;
+                                *d = xc.get(q).copied().unwrap_or(fill);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    let shape = if lk { [b, l, ck] } else { [b, ck, l] };
+    Some(Tensor::from_vec(out, &shape, x.device()).map_err(e))
+}
+
+/// [`Ops::fold_patches`] for a contiguous CPU tensor: each example's
+/// patches summed onto its pixels in one pass, in parallel over the batch.
+fn cpu_fold<D: WithDType>(
+    p: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    s: usize,
+    lk: bool,
+) -> Option<OpsResult<Tensor>> {
+    let b = *p.dims().first()?;
+    let (ixt, l) = host_index(idx, k)?;
+    let ck = c * k;
+    if b == 0 || p.elem_count() != b * ck * l {
+        return None;
+    }
+    let (sp, lp) = p.storage_and_layout();
+    let ps = &cpu_slice::<D>(&sp, lp)?[..b * ck * l];
+    let mut out = vec![D::zero(); b * c * s];
+    if c * s > 0 && ck * l > 0 {
+        out.par_chunks_mut(c * s)
+            .zip(ps.par_chunks(ck * l))
+            .for_each(|(o, p)| {
+                if lk {
+                    fold_lk(o, p, &ixt, k, s);
+                } else {
+                    // p [c·K, L].
+                    for (ci, plane) in p.chunks_exact(k * l).enumerate() {
+                        let oc = &mut o[ci * s..(ci + 1) * s];
+                        for (kk, src) in plane.chunks_exact(l).enumerate() {
+                            for (li, &v) in src.iter().enumerate() {
+                                if let Some(d) = oc.get_mut(ixt[li * k + kk] as usize) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    Some(Tensor::from_vec(out, (b, c, s), p.device()).map_err(e))
+}
+
+/// Swaps adjacent dimensions `d0 < d1 = d0 + 1` of a contiguous CPU
+/// tensor, `[pre, a, b, post]` → `[pre, b, a, post]`, in 32×32 blocks, in
+/// parallel over `pre`; `None` for other cases.
+fn cpu_transpose<D: WithDType>(t: &Tensor, d0: usize, d1: usize) -> Option<OpsResult<Tensor>> {
+    let dims = t.dims();
+    if d1 != d0 + 1 || d1 >= dims.len() || !t.is_contiguous() {
+        return None;
+    }
+    let pre: usize = dims[..d0].iter().product();
+    let (a, b) = (dims[d0], dims[d1]);
+    let post: usize = dims[d1 + 1..].iter().product();
+    let total = pre * a * b * post;
+    let (st, lt) = t.storage_and_layout();
+    let x = &cpu_slice::<D>(&st, lt)?[..total];
+    let mut out = vec![D::zero(); total];
+    let plane = a * b * post;
+    if plane > 0 {
+        const BS: usize = 32;
+        out.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .for_each(|(o, x)| {
+                for i0 in (0..a).step_by(BS) {
+                    for j0 in (0..b).step_by(BS) {
+                        for i in i0..(i0 + BS).min(a) {
+                            for j in j0..(j0 + BS).min(b) {
+                                let (to, from) = ((j * a + i) * post, (i * b + j) * post);
+                                o[to..to + post].copy_from_slice(&x[from..from + post]);
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    let mut shape = dims.to_vec();
+    shape.swap(d0, d1);
+    Some(Tensor::from_vec(out, shape, t.device()).map_err(e))
+}
+
+/// One example's patches `p [L, c·K]` (read in order) added onto its
+/// pixels `o [c, s]`; `ixt` is the position-major index map.
+fn fold_lk<D: WithDType>(o: &mut [D], p: &[D], ixt: &[u32], k: usize, s: usize) {
+    let ck = o.len() / s.max(1) * k;
+    for (row, taps) in p.chunks_exact(ck).zip(ixt.chunks_exact(k)) {
+        for (ci, src) in row.chunks_exact(k).enumerate() {
+            let oc = &mut o[ci * s..(ci + 1) * s];
+            for (&v, &q) in src.iter().zip(taps) {
+                if let Some(d) = oc.get_mut(q as usize) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// [`Ops::conv_input_grad`] for contiguous CPU tensors, one example at a
+/// time in parallel: `g_bᵀ w` (faer, the transpose a free view) into a
+/// buffer of `L·c·K` values that stays in cache, folded at once onto the
+/// example's pixels. Neither the patches' gradient of the batch nor the
+/// transpose of `g` is ever formed.
+fn cpu_conv_input_grad<D>(
+    g: &Tensor,
+    w: &Tensor,
+    idx: &Tensor,
+    c: usize,
+    k: usize,
+    s: usize,
+) -> Option<OpsResult<Tensor>>
+where
+    D: WithDType + faer::traits::ComplexField,
+{
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (gd, wd) = (g.dims(), w.dims());
+    if gd.len() != 3 || wd.len() != 2 || gd[1] != wd[0] {
+        return None;
+    }
+    let (b, cout, l) = (gd[0], gd[1], gd[2]);
+    let ck = c * k;
+    if wd[1] != ck || b == 0 || s == 0 || ck == 0 {
+        return None;
+    }
+    let (ixt, li) = host_index(idx, k)?;
+    if li != l {
+        return None;
+    }
+    let (sg, lg) = g.storage_and_layout();
+    let (sw, lw) = w.storage_and_layout();
+    let gs = &cpu_slice::<D>(&sg, lg)?[..b * cout * l];
+    let ws = &cpu_slice::<D>(&sw, lw)?[..cout * ck];
+    let mut out = vec![D::zero(); b * c * s];
+    out.par_chunks_mut(c * s)
+        .zip(gs.par_chunks(cout * l))
+        .for_each_init(
+            || vec![D::zero(); l * ck],
+            |buf, (o, gb)| {
+                let lhs = MatRef::from_row_major_slice(gb, cout, l).transpose();
+                let rhs = MatRef::from_row_major_slice(ws, cout, ck);
+                let dst = MatMut::from_row_major_slice_mut(buf, l, ck);
+                faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, D::one(), Par::Seq);
+                fold_lk(o, buf, &ixt, k, s);
+            },
+        );
+    Some(Tensor::from_vec(out, (b, c, s), g.device()).map_err(e))
 }

@@ -99,6 +99,63 @@ pub trait Ops: Clone {
         dim: usize,
     ) -> OpsResult<Self::T>;
 
+    /// Image patches (im2col). `x [b, c, s]` holds `c` channels of `s`
+    /// pixels; `idx` (from [`Ops::upload_index`], `K·L` entries, tap-major)
+    /// says which pixel tap `k` reads for output position `l`, the value
+    /// `s` standing for the padding `fill`. The result is `[b, c·K, L]`
+    /// (`lk = false`) or its transpose `[b, L, c·K]` (`lk = true`, the
+    /// layout of a convolution's capture), column `ci·K + k`.
+    ///
+    /// The default ([`unfold_patches_default`]) gathers with
+    /// `index_select`; a backend may do it in one pass.
+    fn unfold_patches(
+        &self,
+        x: &Self::T,
+        idx: &Self::T,
+        c: usize,
+        k: usize,
+        fill: f64,
+        lk: bool,
+    ) -> OpsResult<Self::T> {
+        unfold_patches_default(self, x, idx, c, k, fill, lk)
+    }
+
+    /// The adjoint of [`Ops::unfold_patches`] (col2im): patches `p` in
+    /// the layout `lk` says (`[b, c·K, L]` or `[b, L, c·K]`) summed back
+    /// onto the `s` pixels they were read from, `[b, c, s]`; what fell on
+    /// the padding is dropped. The default ([`fold_patches_default`]) uses
+    /// `index_add`.
+    fn fold_patches(
+        &self,
+        p: &Self::T,
+        idx: &Self::T,
+        c: usize,
+        k: usize,
+        s: usize,
+        lk: bool,
+    ) -> OpsResult<Self::T> {
+        fold_patches_default(self, p, idx, c, k, s, lk)
+    }
+
+    /// The input gradient of an ungrouped convolution: its output
+    /// gradient `g [b, cout, L]` through the weight `w [cout, c·K]`, the
+    /// patches' gradient `gᵀ w` folded back onto the `s` input pixels,
+    /// `[b, c, s]` (see [`Ops::fold_patches`]). The default
+    /// ([`conv_input_grad_default`]) forms `gᵀ w` a few examples at a time;
+    /// a backend may fuse the product and the fold per example.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_input_grad(
+        &self,
+        g: &Self::T,
+        w: &Self::T,
+        idx: &Self::T,
+        c: usize,
+        k: usize,
+        s: usize,
+    ) -> OpsResult<Self::T> {
+        conv_input_grad_default(self, g, w, idx, c, k, s)
+    }
+
     // ---- conveniences with default implementations
 
     fn add(&self, a: &Self::T, b: &Self::T) -> OpsResult<Self::T> {
@@ -123,5 +180,97 @@ pub trait Ops: Clone {
     }
     fn numel(&self, t: &Self::T) -> usize {
         self.shape(t).iter().product()
+    }
+}
+
+/// [`Ops::unfold_patches`] from `cat`, `index_select` and `transpose`.
+pub fn unfold_patches_default<O: Ops>(
+    o: &O,
+    x: &O::T,
+    idx: &O::T,
+    c: usize,
+    k: usize,
+    fill: f64,
+    lk: bool,
+) -> OpsResult<O::T> {
+    let xs = o.shape(x);
+    let b = xs[0];
+    let s = xs.iter().product::<usize>() / (b * c).max(1);
+    let l = o.numel(idx) / k.max(1);
+    let x = o.reshape(x, &[b, c, s])?;
+    let pad = o.zeros(&[b, c, 1])?;
+    let pad = if fill == 0.0 {
+        pad
+    } else {
+        o.affine(&pad, 0.0, fill)?
+    };
+    let x = o.cat(&[x, pad], 2)?;
+    let p = o.index_select(&x, idx, 2)?; // [b, c, K·L]
+    let p = o.reshape(&p, &[b, c * k, l])?;
+    if lk {
+        o.transpose(&p, 1, 2)
+    } else {
+        Ok(p)
+    }
+}
+
+/// [`Ops::fold_patches`] from `transpose`, `index_add` and `narrow`.
+pub fn fold_patches_default<O: Ops>(
+    o: &O,
+    p: &O::T,
+    idx: &O::T,
+    c: usize,
+    k: usize,
+    s: usize,
+    lk: bool,
+) -> OpsResult<O::T> {
+    let b = o.shape(p)[0];
+    let l = o.numel(idx) / k.max(1);
+    let p = if lk {
+        o.transpose(&o.reshape(p, &[b, l, c * k])?, 1, 2)?
+    } else {
+        p.clone()
+    };
+    let p = o.reshape(&p, &[b, c, k * l])?;
+    let z = o.zeros(&[b, c, s + 1])?;
+    let x = o.index_add(&z, idx, &p, 2)?;
+    o.narrow(&x, 2, 0, s)
+}
+
+/// How many values of a convolution's patch gradient
+/// [`conv_input_grad_default`] forms at once (1 M values: 4 MB in f32)
+/// before folding them onto the input.
+const PATCH_CHUNK: usize = 1 << 20;
+
+/// [`Ops::conv_input_grad`] from `narrow`, `transpose`, `matmul`,
+/// [`Ops::fold_patches`] and `cat`, a few examples at a time so that the
+/// patches' gradient (K times the input's) stays small.
+pub fn conv_input_grad_default<O: Ops>(
+    o: &O,
+    g: &O::T,
+    w: &O::T,
+    idx: &O::T,
+    c: usize,
+    k: usize,
+    s: usize,
+) -> OpsResult<O::T> {
+    let b = o.shape(g)[0];
+    let l = o.numel(idx) / k.max(1);
+    let step = (PATCH_CHUNK / (l * c * k).max(1)).clamp(1, b.max(1));
+    let mut parts = Vec::with_capacity(b.div_ceil(step));
+    for at in (0..b).step_by(step) {
+        let len = step.min(b - at);
+        let gc = if len == b {
+            g.clone()
+        } else {
+            o.narrow(g, 0, at, len)?
+        };
+        let dp = o.matmul(&o.transpose(&gc, 1, 2)?, w)?; // [len, L, c·K]
+        parts.push(o.fold_patches(&dp, idx, c, k, s, true)?);
+    }
+    if parts.len() == 1 {
+        Ok(parts.pop().unwrap())
+    } else {
+        o.cat(&parts, 0)
     }
 }

@@ -63,17 +63,22 @@ impl<O: Ops> Net<O> {
                 Cache::Affine { a },
             ) => {
                 let u = layer.unfold.as_ref().unwrap();
-                let g3 = o.reshape(g, &[m * n, *out_channels, u.l])?;
-                let dx = if need0 {
-                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
-                    Some(self.fold(o, u, &dp, m * n)?)
-                } else {
+                let cout = *out_channels;
+                let g3 = o.reshape(g, &[m * n, cout, u.l])?;
+                let gt = o.transpose(&g3, 1, 2)?; // [mn, L, cout], the capture's layout
+                let w = layer.w.as_ref().unwrap();
+                let dx = if !need0 {
                     None
+                } else if o.shape(w).len() == 2 {
+                    Some(o.conv_input_grad(&g3, w, &u.idx, u.cin, u.k, u.hw)?)
+                } else {
+                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
+                    Some(self.fold(o, u, &dp)?)
                 };
                 let cap = Capture {
                     slot: slot.unwrap(),
                     a: a.clone(),
-                    g: o.reshape(&o.transpose(&g3, 1, 2)?, &[m, n, u.l, *out_channels])?,
+                    g: o.reshape(&gt, &[m, n, u.l, cout])?,
                 };
                 Ok((Some(cap), one(dx)?))
             }
@@ -95,7 +100,7 @@ impl<O: Ops> Net<O> {
                     let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
                     o.mul(&g4, &ones)?
                 };
-                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?, m * n)?;
+                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?)?;
                 Ok((None, one(Some(dx))?))
             }
             (Layer::AdaptiveAvgPool2d { output }, Cache::Linear) => {
@@ -122,14 +127,16 @@ impl<O: Ops> Net<O> {
                 if !need0 {
                     return Ok((Some(cap), vec![None]));
                 }
-                let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?; // [m, n, c, l]
+                let w = layer.w.as_ref().unwrap();
                 let dx = match batch {
-                    // Running statistics: an affine map per channel.
-                    None => o.mul(&dxhat, s)?,
+                    // Running statistics: an affine map per channel, one
+                    // pass over the gradient.
+                    None => o.mul(&g4, &o.mul(w, s)?)?,
                     // Batch statistics couple the examples:
                     // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over
                     // examples and positions.
                     Some(xh) => {
+                        let dxhat = o.mul(&g4, w)?; // [m, n, c, l]
                         let count = (n * l) as f64;
                         let mean_nl = |t: &O::T| -> OpsResult<O::T> {
                             o.scale(&o.sum_dim(&o.sum_dim(t, 3)?, 1)?, 1.0 / count)

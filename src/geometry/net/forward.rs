@@ -91,14 +91,21 @@ impl<O: Ops> Net<O> {
             | Layer::Conv1d { bias, .. }
             | Layer::ConvTranspose2d { bias, .. } => {
                 let u = layer.unfold.as_ref().unwrap();
-                let patches = self.unfold(o, u, x, n)?; // [n, cin·K, L]
+                // Patches straight in the capture's layout; an ungrouped
+                // convolution is then one tall product `[n·L, cin·K] ×
+                // [cin·K, cout]` rather than n small ones.
+                let mut a = self.unfold_lk(o, u, x, n)?; // [n, L, cin·K]
                 let w = layer.w.as_ref().unwrap();
-                let mut y = super::grouped_matmul(o, w, &patches)?; // [n, cout, L]
+                let mut y = if o.shape(w).len() == 2 {
+                    let yt = o.matmul(&a, layer.wt.as_ref().unwrap())?; // [n, L, cout]
+                    o.transpose(&yt, 1, 2)?
+                } else {
+                    super::grouped_matmul(o, w, &o.transpose(&a, 1, 2)?)?
+                }; // [n, cout, L]
                 if let Some(b) = &layer.b {
                     y = o.add(&y, b)?;
                 }
                 let y = o.reshape(&y, &out_shape)?;
-                let mut a = o.transpose(&patches, 1, 2)?; // [n, L, cin·K]
                 if *bias {
                     a = o.cat(&[a, o.affine(&o.zeros(&[n, u.l, 1])?, 0.0, 1.0)?], 2)?;
                 }

@@ -951,23 +951,18 @@ impl<O: Ops> Net<O> {
         fill: f64,
     ) -> OpsResult<O::T> {
         let x = o.reshape(x, &[n, u.cin, u.hw])?;
-        let pad = o.zeros(&[n, u.cin, 1])?;
-        let pad = if fill == 0.0 {
-            pad
-        } else {
-            o.affine(&pad, 0.0, fill)?
-        };
-        let x = o.cat(&[x, pad], 2)?;
-        let p = o.index_select(&x, &u.idx, 2)?; // [n, cin, K·L]
-        o.reshape(&p, &[n, u.cin * u.k, u.l])
+        o.unfold_patches(&x, &u.idx, u.cin, u.k, fill, false) // [n, cin·K, L]
+    }
+
+    /// A convolution's capture layout: `[n, L, cin·K]`.
+    fn unfold_lk(&self, o: &O, u: &Unfold<O::T>, x: &O::T, n: usize) -> OpsResult<O::T> {
+        let x = o.reshape(x, &[n, u.cin, u.hw])?;
+        o.unfold_patches(&x, &u.idx, u.cin, u.k, 0.0, true)
     }
 
     /// Adjoint of [`Self::unfold`]: `[b, cin·K, L]` → `[b, cin, hw]`.
-    fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T, b: usize) -> OpsResult<O::T> {
-        let p = o.reshape(p, &[b, u.cin, u.k * u.l])?;
-        let z = o.zeros(&[b, u.cin, u.hw + 1])?;
-        let x = o.index_add(&z, &u.idx, &p, 2)?;
-        o.narrow(&x, 2, 0, u.hw)
+    fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T) -> OpsResult<O::T> {
+        o.fold_patches(p, &u.idx, u.cin, u.k, u.hw, false)
     }
 
     /// Backpropagates `seed [m, n, C]` (m output functions per example) and
