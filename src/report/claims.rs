@@ -65,12 +65,7 @@ pub fn evaluate_plan(plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
             (Some(l), Some(c)) => Some(format!("{l}:{c}")),
             _ => None,
         };
-        let replicates: Vec<String> = plan["experiment"]["replicates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let replicates = plan_replicates(plan);
         let outcome = match serde_json::from_value::<ClaimExpr>(step["claim"].clone()) {
             Ok(claim) if replicates.is_empty() => evaluate(&text, &claim, &results.records),
             Ok(claim) => evaluate_replicated(&text, &claim, &results.records, &replicates),
@@ -85,6 +80,26 @@ pub fn evaluate_plan(plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
         out.push(ClaimOutcome { at, ..outcome });
     }
     out
+}
+
+/// The sweep tags a plan (as JSON) repeats runs over (`replicate`).
+pub(crate) fn plan_replicates(plan: &Value) -> Vec<String> {
+    plan["experiment"]["replicates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Two operands of a binary reducer, in order.
+fn two(mut vals: Vec<V>, name: &str) -> R<(V, V)> {
+    let b = vals.pop();
+    let a = vals.pop();
+    match (a, b) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(format!("`{name}` needs two series")),
+    }
 }
 
 /// Evaluates one claim on records.
@@ -619,11 +634,7 @@ fn reduce(reducer: Reducer, mut vals: Vec<V>, by: &[String]) -> R<V> {
             Ok(V::Series(pick.into_values().collect()))
         }
         Reducer::Spearman => {
-            let b = vals.pop();
-            let a = vals.pop();
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err("`spearman` needs two series".into());
-            };
+            let (a, b) = two(vals, name)?;
             let pairs = numeric_pair(a, b)?;
             let grouped = groups(pairs, |p| &p.0, by);
             let mut out = Vec::new();
@@ -638,11 +649,7 @@ fn reduce(reducer: Reducer, mut vals: Vec<V>, by: &[String]) -> R<V> {
             Ok(single_or_series(out, by))
         }
         Reducer::Ratio => {
-            let b = vals.pop();
-            let a = vals.pop();
-            let (Some(a), Some(b)) = (a, b) else {
-                return Err("`ratio` needs two series".into());
-            };
+            let (a, b) = two(vals, name)?;
             let pairs = numeric_pair(a, b)?;
             Ok(V::Series(
                 pairs

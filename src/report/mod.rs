@@ -411,12 +411,7 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
                 step_id(step, i)
             ),
         })?;
-        spec.replicates = plan["experiment"]["replicates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        spec.replicates = claims::plan_replicates(&plan);
         specs.push(spec);
     }
 

@@ -202,12 +202,7 @@ impl<'a> Summary<'a> {
         let manifest = super::manifest::trusted_json(dir);
         Summary {
             name: plan.and_then(|p| p["experiment"]["name"].as_str().map(str::to_string)),
-            replicates: plan
-                .and_then(|p| p["experiment"]["replicates"].as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
+            replicates: plan.map(super::claims::plan_replicates).unwrap_or_default(),
             manifest,
             records: &results.records,
             skipped: results.skipped,
