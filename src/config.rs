@@ -11,6 +11,15 @@
 //!
 //! [data]
 //! paths = ["/data/datasets"]   # where cifar10(split = ...) and mnist(...) look
+//!
+//! [slurm]                      # `nngeo exec FILE --on slurm`
+//! partition = "gpu"
+//! time = "04:00:00"
+//! cpus = 8                     # --cpus-per-task
+//! mem = "32G"                  # default: the largest shard's estimate
+//! gpus = 1                     # --gres=gpu:1
+//! account = "my-lab"
+//! extra = ["--qos=normal"]     # more #SBATCH lines
 //! ```
 //! Relative paths are relative to the `nngeo.toml` that names them.
 //! Precedence: command-line flags, then `[defaults]`, then the `.ngx`
@@ -32,6 +41,8 @@ pub struct Config {
     pub defaults: Defaults,
     #[serde(default)]
     pub data: DataSection,
+    #[serde(default)]
+    pub slurm: SlurmSection,
     /// The file this came from (none: no `nngeo.toml` found).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -51,6 +62,27 @@ pub struct PluginsSection {
 pub struct DataSection {
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+}
+
+/// Resources of the job array `--on slurm` submits (each overridable by
+/// the flag of the same name).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    pub partition: Option<String>,
+    /// Wall-time limit per task, as sbatch reads it (`04:00:00`, `90`).
+    pub time: Option<String>,
+    /// CPUs per task; the task's compute threads follow it.
+    pub cpus: Option<u32>,
+    /// Memory per task as sbatch reads it (`32G`); default: the largest
+    /// shard's estimated peak.
+    pub mem: Option<String>,
+    /// GPUs per task (`--gres=gpu:N`).
+    pub gpus: Option<u32>,
+    pub account: Option<String>,
+    /// Further `#SBATCH` lines, e.g. `--qos=normal`.
+    #[serde(default)]
+    pub extra: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

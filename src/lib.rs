@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod bench;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod diag;

@@ -10,6 +10,8 @@ use nngeo::plan::{render_table, Dtype, Plan};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cluster_cmd;
+
 const EXAMPLES: &str = "\
 Examples:
   nngeo check experiments/*.ngx             check files, report every error
@@ -74,43 +76,28 @@ enum Command {
         format: Format,
         #[command(flatten)]
         budget: Budget,
-    },
-    /// Run an experiment.
-    #[command(
-        after_help = "Example:\n  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu"
-    )]
-    Exec {
-        file: PathBuf,
-        /// Backend name (overrides the file's `backend`).
-        #[arg(long)]
-        backend: Option<String>,
-        /// `cpu`, `cuda` or `cuda:N` (overrides the file's `device`).
-        #[arg(long)]
-        device: Option<String>,
-        /// Overrides the file's `dtype`.
+        /// `slurm`: print the shards, each with its memory and FLOP
+        /// estimate, and the job script `exec --on slurm` would submit.
         #[arg(long, value_enum)]
-        dtype: Option<DtypeArg>,
-        /// Output directory (overrides the file's `out`).
+        on: Option<On>,
+        #[command(flatten)]
+        cluster: cluster_cmd::ClusterArgs,
+        #[command(flatten)]
+        over: Overrides,
+        /// The run folder the script writes to (default: the file's `out`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Replace the run already in the output folder (its results,
-        /// manifest, plots, examples and saved weights are removed once
-        /// this run reaches its first measurement).
-        #[arg(long, conflicts_with = "resume")]
-        overwrite: bool,
-        /// Continue the interrupted or failed run in DIR (default: the
-        /// output folder): only the steps without results run. The file and
-        /// the options must give the same plan.
-        #[arg(long, value_name = "DIR", num_args = 0..=1)]
-        #[allow(clippy::option_option)]
-        resume: Option<Option<PathBuf>>,
-        /// Exit with status 3 when a claim the experiment declares
-        /// (`expect`) is not supported by the results.
-        #[arg(long)]
-        strict: bool,
-        #[command(flatten)]
-        budget: Budget,
     },
+    /// Run an experiment, in this process (default), as one shard of it
+    /// (`--shard I/N`), or as a Slurm job array (`--on slurm`).
+    #[command(
+        after_help = "Examples:\n  nngeo exec experiments/ntk_align.ngx --backend candle --device cpu\n  nngeo exec experiments/ntk_align.ngx --on slurm --out runs/align\n  nngeo exec experiments/ntk_align.ngx --shard 2/15 --out runs/align/shards/2"
+    )]
+    Exec(ExecArgs),
+    /// Where each shard of a sharded run stands (pending, running, done,
+    /// failed, cancelled) and how many results it has written.
+    #[command(after_help = "Example:\n  nngeo status runs/align")]
+    Status { dir: PathBuf },
     /// List the backends this build knows and whether they can run.
     Backends,
     /// List the model library (written in the language, shipped in the
@@ -137,7 +124,8 @@ enum Command {
         once: bool,
     },
     /// Rebuild results.csv and the plots of a run folder from its
-    /// results.jsonl and plan.json (also after a crash or an interruption).
+    /// results.jsonl and plan.json (also after a crash or an interruption);
+    /// a sharded run's shards are merged first.
     #[command(after_help = "Example:\n  nngeo report runs/fim_zoo")]
     Report {
         dir: PathBuf,
@@ -145,6 +133,71 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum On {
+    /// This process (the default).
+    Local,
+    /// A Slurm job array, one task per shard.
+    Slurm,
+}
+
+/// Options that override the file's header (and `nngeo.toml`).
+#[derive(clap::Args)]
+struct Overrides {
+    /// Backend name (overrides the file's `backend`).
+    #[arg(long)]
+    backend: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N` (overrides the file's `device`).
+    #[arg(long)]
+    device: Option<String>,
+    /// Overrides the file's `dtype`.
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    file: PathBuf,
+    #[command(flatten)]
+    over: Overrides,
+    /// Output directory (overrides the file's `out`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the run already in the output folder (its results,
+    /// manifest, plots, examples and saved weights are removed once
+    /// this run reaches its first measurement).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Continue the interrupted or failed run in DIR (default: the
+    /// output folder): only the steps without results run. The file and
+    /// the options must give the same plan. With `--on slurm`, submits
+    /// again only the shards without all their results.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    #[allow(clippy::option_option)]
+    resume: Option<Option<PathBuf>>,
+    /// Exit with status 3 when a claim the experiment declares
+    /// (`expect`) is not supported by the results.
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    budget: Budget,
+    /// Run only shard I of N (`2/15`): the results of its sweep points,
+    /// into `--out`; `nngeo report RUN` merges `RUN/shards/I`. A folder
+    /// that already holds this shard is resumed.
+    #[arg(long, value_name = "I/N", conflicts_with_all = ["on", "overwrite"])]
+    shard: Option<String>,
+    /// Where to run: `local` (this process) or `slurm` (one job array).
+    #[arg(long, value_enum, default_value = "local")]
+    on: On,
+    #[command(flatten)]
+    cluster: cluster_cmd::ClusterArgs,
+    /// Where the relative paths of a plan file (FILE ending in `.json`)
+    /// start: the folder of the .ngx file it was compiled from (default:
+    /// the plan file's folder).
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -198,6 +251,28 @@ fn budget_limit(budget: &Budget, plan: &Plan) -> Option<nngeo::exec::limit::Limi
         bytes,
         source: format!("the memory budget ({from})"),
     })
+}
+
+/// A plan as `nngeo plan --format json` writes it.
+fn read_plan(file: &Path) -> Result<Plan, UserError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        eprintln!("error: cannot read `{}`: {e}", file.display());
+        UserError
+    })?;
+    let plan = Plan::from_json(&text).map_err(|e| {
+        eprintln!("error: `{}` is not a plan: {e}", file.display());
+        UserError
+    })?;
+    if plan.format != nngeo::plan::PLAN_FORMAT {
+        eprintln!(
+            "error: `{}` is a plan of format {}, this nngeo reads format {}",
+            file.display(),
+            plan.format,
+            nngeo::plan::PLAN_FORMAT
+        );
+        return Err(UserError);
+    }
+    Ok(plan)
 }
 
 fn load_with_source(file: &Path, budget: &Budget) -> Result<(Plan, String), UserError> {
@@ -285,165 +360,303 @@ fn main() -> ExitCode {
             file,
             format,
             budget,
-        } => match load(&file, &budget) {
-            Ok(plan) => {
-                match format {
-                    Format::Table => print!("{}", render_table(&plan)),
-                    Format::Json => println!("{}", plan.to_json()),
-                    Format::Yaml => print!("{}", plan.to_yaml()),
-                }
-                ExitCode::SUCCESS
-            }
-            Err(UserError) => ExitCode::from(2),
-        },
-        Command::Exec {
-            file,
-            backend,
-            device,
-            dtype,
+            on,
+            cluster,
+            over,
             out,
-            overwrite,
-            resume,
-            strict,
-            budget,
         } => {
-            let (out, mode) = match (out, resume) {
-                (out, None) => (
-                    out,
-                    if overwrite {
-                        nngeo::exec::Mode::Overwrite
-                    } else {
-                        nngeo::exec::Mode::New
-                    },
-                ),
-                (out, Some(None)) => (out, nngeo::exec::Mode::Resume),
-                (Some(o), Some(Some(r))) if o != r => {
-                    eprintln!(
-                        "error: --out `{}` and --resume `{}` name different folders",
-                        o.display(),
-                        r.display()
-                    );
-                    return ExitCode::from(2);
-                }
-                (_, Some(Some(r))) => (Some(r), nngeo::exec::Mode::Resume),
-            };
             let Ok(mut plan) = load(&file, &budget) else {
                 return ExitCode::from(2);
             };
-            let config = match nngeo::config::load() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            // Flags, then the environment, then nngeo.toml, then the file.
-            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-            if let Some(b) = backend
-                .or_else(|| env("NNGEO_BACKEND"))
-                .or_else(|| config.defaults.backend.clone())
-            {
-                plan.experiment.backend = b;
-            }
-            if let Some(d) = device
-                .or_else(|| env("NNGEO_DEVICE"))
-                .or_else(|| config.defaults.device.clone())
-            {
-                let ok = d == "cpu"
-                    || d == "cuda"
-                    || d.strip_prefix("cuda:")
-                        .is_some_and(|n| n.parse::<u32>().is_ok());
-                if !ok {
-                    eprintln!("error: device `{d}`: expected `cpu`, `cuda` or `cuda:N`");
-                    return ExitCode::from(2);
-                }
-                plan.experiment.device = d;
-            }
-            if let Some(t) = dtype {
-                plan.experiment.dtype = match t {
-                    DtypeArg::F32 => Dtype::F32,
-                    DtypeArg::F64 => Dtype::F64,
-                };
-            } else if let Some(t) = config.defaults.dtype {
-                plan.experiment.dtype = t;
-            }
-            let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
-            // Memory estimates for the dtype this run uses, checked before
-            // anything runs or is written.
-            plan.reestimate();
-            if let Err(msg) = nngeo::exec::limit::check(
-                &plan,
-                budget_limit(&budget, &plan),
-                nngeo::exec::limit::available(),
-            ) {
-                eprintln!("error: {msg}");
-                return ExitCode::from(2);
-            }
-            let mut be = match nngeo::select::create(&plan.experiment.backend, &config) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    eprintln!("note: `nngeo backends` lists what this build finds; `nngeo check` and `nngeo plan` work without a backend");
-                    return ExitCode::from(1);
-                }
-            };
-            let base_dir = file
-                .parent()
-                .map(|p| p.to_path_buf())
-                .unwrap_or_else(|| PathBuf::from("."));
-            let ctx = nngeo::backend::RunContext {
-                base_dir,
-                out_dir: out.clone(),
-            };
-            match nngeo::exec::run_with(&plan, be.as_mut(), &ctx, mode) {
-                Ok(summary) => {
-                    for w in &summary.warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    println!("results in {}", out.display());
-                    claims_exit(&summary.claims, strict)
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    if e.is_refusal() {
+            if on == Some(On::Slurm) {
+                let config = match nngeo::config::load() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {e}");
                         return ExitCode::from(2);
                     }
-                    if e.left_folder_untouched() {
-                        eprintln!("note: nothing in {} was changed", out.display());
-                    } else {
-                        eprintln!(
-                            "note: results computed so far are in {}; `nngeo exec {} --resume {}` continues the run",
-                            out.display(),
-                            file.display(),
-                            out.display()
-                        );
-                    }
-                    ExitCode::from(1)
+                };
+                if let Err(e) = resolve(&mut plan, &over, &config) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
                 }
+                plan.reestimate();
+                let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
+                return cluster_cmd::plan(
+                    &plan,
+                    &file,
+                    &out,
+                    &cluster,
+                    &config,
+                    &node_args(&plan, &budget),
+                );
             }
+            match format {
+                Format::Table => print!("{}", render_table(&plan)),
+                Format::Json => println!("{}", plan.to_json()),
+                Format::Yaml => print!("{}", plan.to_yaml()),
+            }
+            ExitCode::SUCCESS
         }
+        Command::Exec(args) => exec(args),
+        Command::Status { dir } => cluster_cmd::status(&dir),
         Command::Bench {
             cases,
             repeats,
             once,
         } => bench(cases, repeats, once),
-        Command::Report { dir, strict } => match nngeo::report::rebuild(&dir) {
-            Ok(r) => {
-                for w in &r.warnings {
-                    eprintln!("warning: {w}");
+        Command::Report { dir, strict } => {
+            if nngeo::cluster::is_sharded(&dir) {
+                if let Err(code) = cluster_cmd::merge(&dir) {
+                    return code;
                 }
-                for f in &r.files {
-                    println!("{}", f.display());
-                }
-                claims_exit(&r.claims, strict)
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+            report_dir(&dir, strict)
+        }
         Command::Backends => backends(),
         Command::Models => models(),
+    }
+}
+
+/// Applies `--backend/--device/--dtype`, then the environment, then
+/// `nngeo.toml`, over the file's header: the machine decides where an
+/// experiment runs, the file what it computes.
+fn resolve(
+    plan: &mut Plan,
+    over: &Overrides,
+    config: &nngeo::config::Config,
+) -> Result<(), String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(b) = over
+        .backend
+        .clone()
+        .or_else(|| env("NNGEO_BACKEND"))
+        .or_else(|| config.defaults.backend.clone())
+    {
+        plan.experiment.backend = b;
+    }
+    if let Some(d) = over
+        .device
+        .clone()
+        .or_else(|| env("NNGEO_DEVICE"))
+        .or_else(|| config.defaults.device.clone())
+    {
+        let ok = d == "cpu"
+            || d == "cuda"
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if !ok {
+            return Err(format!("device `{d}`: expected `cpu`, `cuda` or `cuda:N`"));
+        }
+        plan.experiment.device = d;
+    }
+    if let Some(t) = over.dtype {
+        plan.experiment.dtype = match t {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::F64 => Dtype::F64,
+        };
+    } else if let Some(t) = config.defaults.dtype {
+        plan.experiment.dtype = t;
+    }
+    Ok(())
+}
+
+/// The options a shard task needs to compile the same plan on its node:
+/// the resolved backend, device and dtype, and a budget that was given.
+fn node_args(plan: &Plan, budget: &Budget) -> Vec<String> {
+    let dtype = match plan.experiment.dtype {
+        Dtype::F32 => "f32",
+        Dtype::F64 => "f64",
+    };
+    let mut args = vec![
+        "--backend".to_string(),
+        plan.experiment.backend.clone(),
+        "--device".to_string(),
+        plan.experiment.device.clone(),
+        "--dtype".to_string(),
+        dtype.to_string(),
+    ];
+    if let Some(b) = budget.memory_budget {
+        args.extend(["--memory-budget".to_string(), format!("{b}B")]);
+    }
+    args
+}
+
+/// `nngeo exec`.
+fn exec(args: ExecArgs) -> ExitCode {
+    let ExecArgs {
+        file,
+        over,
+        out,
+        overwrite,
+        resume,
+        strict,
+        budget,
+        shard,
+        on,
+        cluster,
+        base_dir,
+    } = args;
+    let (out, mut mode) = match (out, resume) {
+        (out, None) => (
+            out,
+            if overwrite {
+                nngeo::exec::Mode::Overwrite
+            } else {
+                nngeo::exec::Mode::New
+            },
+        ),
+        (out, Some(None)) => (out, nngeo::exec::Mode::Resume),
+        (Some(o), Some(Some(r))) if o != r => {
+            eprintln!(
+                "error: --out `{}` and --resume `{}` name different folders",
+                o.display(),
+                r.display()
+            );
+            return ExitCode::from(2);
+        }
+        (_, Some(Some(r))) => (Some(r), nngeo::exec::Mode::Resume),
+    };
+    // A plan file (`nngeo plan --format json`, a sharded run's plan.json)
+    // runs as it was compiled: the tasks of a job array run the plan that
+    // was submitted, whatever happened to the .ngx file since.
+    let is_plan = file.extension().is_some_and(|e| e == "json");
+    let loaded = if is_plan {
+        read_plan(&file)
+    } else {
+        load(&file, &budget)
+    };
+    let Ok(mut plan) = loaded else {
+        return ExitCode::from(2);
+    };
+    let config = match nngeo::config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = resolve(&mut plan, &over, &config) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
+    // Memory estimates for the dtype this run uses, checked before
+    // anything runs or is written.
+    plan.reestimate();
+    if on == On::Slurm {
+        let resume = mode == nngeo::exec::Mode::Resume;
+        return cluster_cmd::submit(
+            &plan,
+            &file,
+            &out,
+            resume,
+            &cluster,
+            &config,
+            &node_args(&plan, &budget),
+        );
+    }
+    let shard = match shard
+        .as_deref()
+        .map(|s| cluster_cmd::shard_of(&plan, s, &out))
+    {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let limit = match &shard {
+        Some(s) => nngeo::exec::limit::check_of(
+            &plan,
+            &s.runs,
+            budget_limit(&budget, &plan),
+            nngeo::exec::limit::available(),
+        ),
+        None => nngeo::exec::limit::check(
+            &plan,
+            budget_limit(&budget, &plan),
+            nngeo::exec::limit::available(),
+        ),
+    };
+    if let Err(msg) = limit {
+        eprintln!("error: {msg}");
+        return ExitCode::from(2);
+    }
+    // A shard's folder that holds this shard already is continued: a task
+    // that was cancelled or failed runs again with the same command.
+    if shard.is_some() && out.join(nngeo::report::MANIFEST_JSON).exists() {
+        mode = nngeo::exec::Mode::Resume;
+    }
+    let mut be = match nngeo::select::create(&plan.experiment.backend, &config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("note: `nngeo backends` lists what this build finds; `nngeo check` and `nngeo plan` work without a backend");
+            return ExitCode::from(1);
+        }
+    };
+    let base_dir = base_dir
+        .or_else(|| file.parent().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let ctx = nngeo::backend::RunContext {
+        base_dir,
+        out_dir: out.clone(),
+    };
+    let shard_ref = shard.as_ref().map(nngeo::report::ShardRef::of);
+    match nngeo::exec::run_shard(&plan, be.as_mut(), &ctx, mode, shard_ref.as_ref()) {
+        Ok(summary) => {
+            for w in &summary.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("results in {}", out.display());
+            if shard.is_some() {
+                // Claims are about the whole run: `nngeo report` evaluates
+                // them once the shards are merged.
+                return ExitCode::SUCCESS;
+            }
+            claims_exit(&summary.claims, strict)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_refusal() {
+                return ExitCode::from(2);
+            }
+            if e.left_folder_untouched() {
+                eprintln!("note: nothing in {} was changed", out.display());
+            } else {
+                let again = match &shard {
+                    Some(s) => format!("--shard {}/{} --out {}", s.index, s.count, out.display()),
+                    None => format!("--resume {}", out.display()),
+                };
+                eprintln!(
+                    "note: results computed so far are in {}; `nngeo exec {} {again}` continues the run",
+                    out.display(),
+                    file.display(),
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `nngeo report DIR` once its shards (if any) are merged.
+fn report_dir(dir: &Path, strict: bool) -> ExitCode {
+    match nngeo::report::rebuild(dir) {
+        Ok(r) => {
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            for f in &r.files {
+                println!("{}", f.display());
+            }
+            claims_exit(&r.claims, strict)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -75,7 +75,27 @@ pub fn parse_meminfo(text: &str) -> Option<Limit> {
 /// the message names the step where memory peaks, the estimate and the
 /// limit with where it came from.
 pub fn check(plan: &Plan, budget: Option<Limit>, available: Option<Limit>) -> Result<(), String> {
-    let Some((id, peak)) = plan.peak_step() else {
+    check_peak(plan, plan.peak_step(), budget, available)
+}
+
+/// [`check`] for a process that runs only the top-level steps in `runs`
+/// (a shard).
+pub fn check_of(
+    plan: &Plan,
+    runs: &std::collections::BTreeSet<u32>,
+    budget: Option<Limit>,
+    available: Option<Limit>,
+) -> Result<(), String> {
+    check_peak(plan, plan.peak_step_of(runs), budget, available)
+}
+
+fn check_peak(
+    plan: &Plan,
+    peak: Option<(crate::plan::StepId, u64)>,
+    budget: Option<Limit>,
+    available: Option<Limit>,
+) -> Result<(), String> {
+    let Some((id, peak)) = peak else {
         return Ok(());
     };
     let limit = [budget, available]

@@ -26,8 +26,8 @@ mod session;
 pub use run_dir::{Mode, RunDirError};
 
 use crate::backend::{Backend, BackendError, Emitted, RunContext, StepOutput};
-use crate::plan::{Op, Plan, Step, StepId};
-use crate::report::{self, StepTiming};
+use crate::plan::{Op, Plan, Step};
+use crate::report::{self, ShardRef, StepTiming};
 use serde_json::json;
 use session::{Pending, Session};
 use std::collections::BTreeSet;
@@ -120,25 +120,13 @@ fn writes_folder(step: &Step) -> bool {
 /// The top-level steps to run when the steps in `done` have their results:
 /// the others, and (transitively) what they and their hooks depend on.
 fn to_run(plan: &Plan, done: &BTreeSet<u32>) -> BTreeSet<u32> {
-    let mut need = BTreeSet::new();
-    let mut stack: Vec<StepId> = plan
+    let todo: BTreeSet<u32> = plan
         .steps
         .iter()
         .filter(|s| s.hook.is_none() && !done.contains(&s.id.0))
-        .map(|s| s.id)
+        .map(|s| s.id.0)
         .collect();
-    while let Some(id) = stack.pop() {
-        if !need.insert(id.0) {
-            continue;
-        }
-        stack.extend(plan.step(id).deps.iter().copied());
-        for s in &plan.steps {
-            if s.hook.is_some_and(|h| h.train == id) {
-                stack.extend(s.deps.iter().copied());
-            }
-        }
-    }
-    need
+    crate::plan::shard::needed(plan, &todo)
 }
 
 /// Runs every top-level step in order (hook steps run inside their
@@ -150,8 +138,33 @@ pub fn run_with(
     ctx: &RunContext,
     mode: Mode,
 ) -> Result<RunSummary, ExecError> {
-    let mut pending = Some(Pending::check(&ctx.out_dir, mode, plan)?);
-    let done = pending.as_ref().map(Pending::done).unwrap_or_default();
+    run_shard(plan, backend, ctx, mode, None)
+}
+
+/// Like [`run_with`], writing only the results of `shard`'s steps (all of
+/// them when `None`): the steps they depend on run without writing (see
+/// [`crate::plan::shard`]). The folder's manifest records the shard, and
+/// resuming it as another shard is refused.
+pub fn run_shard(
+    plan: &Plan,
+    backend: &mut dyn Backend,
+    ctx: &RunContext,
+    mode: Mode,
+    shard: Option<&ShardRef>,
+) -> Result<RunSummary, ExecError> {
+    let mut pending = Some(Pending::check(&ctx.out_dir, mode, plan, shard)?);
+    let mut done = pending.as_ref().map(Pending::done).unwrap_or_default();
+    if let Some(shard) = shard {
+        // Steps owned by other shards count as done here: they run only
+        // where an owned step needs them, and write nothing.
+        let owned: BTreeSet<u32> = shard.owned.iter().copied().collect();
+        done.extend(
+            plan.steps
+                .iter()
+                .filter(|s| s.hook.is_none() && !owned.contains(&s.id.0))
+                .map(|s| s.id.0),
+        );
+    }
     let needed = to_run(plan, &done);
     let info = backend.info();
     backend.prepare(plan, ctx).map_err(ExecError::BeforeStart)?;
@@ -171,7 +184,7 @@ pub fn run_with(
         // Run again only for what later steps need: its results are in.
         let silent = done.contains(&step.id.0);
         if session.is_none() && writes_folder(step) {
-            let s = open(&mut pending, plan, &info, &mut early)?;
+            let s = open(&mut pending, plan, &info, shard, &mut early)?;
             session = Some(s);
         }
         let ts = Instant::now();
@@ -233,7 +246,7 @@ pub fn run_with(
             backend.run(plan, step, &mut emit)
         };
         if !early_lines.is_empty() {
-            let mut s = open(&mut pending, plan, &info, &mut early)?;
+            let mut s = open(&mut pending, plan, &info, shard, &mut early)?;
             for line in &early_lines {
                 if let Err(e) = append(&mut s, line) {
                     write_err.get_or_insert(e);
@@ -298,7 +311,7 @@ pub fn run_with(
         (None, Err(e)) => return Err(e),
         // Nothing wrote results (a plan without measurements, or a resumed
         // run that had finished): take the folder now for the manifest.
-        (None, Ok(())) => (open(&mut pending, plan, &info, &mut early)?, Ok(())),
+        (None, Ok(())) => (open(&mut pending, plan, &info, shard, &mut early)?, Ok(())),
     };
     let mut summary = RunSummary {
         warnings: backend.warnings(),
@@ -328,10 +341,11 @@ fn open(
     pending: &mut Option<Pending>,
     plan: &Plan,
     info: &crate::backend::BackendInfo,
+    shard: Option<&ShardRef>,
     early: &mut Vec<StepTiming>,
 ) -> Result<Session, ExecError> {
     let p = pending.take().expect("the folder is taken once");
-    let mut s = p.open(plan, info)?;
+    let mut s = p.open(plan, info, shard)?;
     for t in early.drain(..) {
         s.step_done(t)?;
     }

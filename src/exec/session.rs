@@ -12,8 +12,8 @@
 use super::jsonl::JsonlFile;
 use super::run_dir::{self, io_err, Lock, Mode, RunDirError};
 use crate::backend::BackendInfo;
-use crate::plan::{Plan, StepId};
-use crate::report::{self, Manifest, StepTiming, PLAN_JSON, RESULTS_JSONL};
+use crate::plan::Plan;
+use crate::report::{self, Manifest, ShardRef, StepTiming, PLAN_JSON, RESULTS_JSONL};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +31,12 @@ impl Pending {
     /// Checks `dir` for `mode` without writing anything into it except the
     /// lock file: another run holding it, an earlier run without
     /// `--overwrite`/`--resume`, a resume of another plan are refused here.
-    pub fn check(dir: &Path, mode: Mode, plan: &Plan) -> Result<Pending, RunDirError> {
+    pub fn check(
+        dir: &Path,
+        mode: Mode,
+        plan: &Plan,
+        shard: Option<&ShardRef>,
+    ) -> Result<Pending, RunDirError> {
         let shown = dir.display().to_string();
         if !dir.exists() {
             if mode == Mode::Resume {
@@ -69,6 +74,16 @@ impl Pending {
                         current,
                     });
                 }
+                if m.shard.as_ref() != shard {
+                    let name = |s: Option<&ShardRef>| match s {
+                        Some(s) => format!("shard {}/{}", s.index, s.count),
+                        None => "the whole plan".into(),
+                    };
+                    return Err(RunDirError::NothingToResume {
+                        dir: shown,
+                        reason: format!("it holds {}, not {}", name(m.shard.as_ref()), name(shard)),
+                    });
+                }
                 resumed = Some(m);
             }
         }
@@ -91,7 +106,12 @@ impl Pending {
     /// Takes the folder for this run: creates and locks it, removes an
     /// earlier run (`--overwrite`) or keeps only its complete steps'
     /// results (`--resume`), writes `plan.json` and a `running` manifest.
-    pub fn open(self, plan: &Plan, info: &BackendInfo) -> Result<Session, RunDirError> {
+    pub fn open(
+        self,
+        plan: &Plan,
+        info: &BackendInfo,
+        shard: Option<&ShardRef>,
+    ) -> Result<Session, RunDirError> {
         let dir = self.dir;
         let lock = match self.lock {
             Some(l) => l,
@@ -139,9 +159,13 @@ impl Pending {
                     wall_time_s: 0.0,
                     peak_memory_bytes: None,
                     status: "running".into(),
-                    total_steps: Some(plan.steps.iter().filter(|s| s.hook.is_none()).count()),
+                    total_steps: Some(match shard {
+                        Some(s) => s.owned.len(),
+                        None => plan.steps.iter().filter(|s| s.hook.is_none()).count(),
+                    }),
                     resumed: Vec::new(),
                     steps: Vec::new(),
+                    shard: shard.cloned(),
                 };
                 let f = JsonlFile::create(&results_path).map_err(io_err(&results_path))?;
                 (m, f)
@@ -169,10 +193,7 @@ fn keep_done_results(plan: &Plan, path: &Path, done: &BTreeSet<u32>) -> Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let top_level = |id: u64| -> Option<u32> {
-        let step = plan.steps.get(usize::try_from(id).ok()?)?;
-        Some(step.hook.map(|h| h.train).unwrap_or(StepId(step.id.0)).0)
-    };
+    let top_level = |id: u64| crate::plan::shard::top_level(plan, id);
     let mut kept = Vec::with_capacity(text.len());
     for line in text.split_inclusive(|&b| b == b'\n') {
         if line.last() != Some(&b'\n') {

@@ -9,6 +9,7 @@ mod compile;
 pub mod cost;
 mod layers;
 mod ops;
+pub mod shard;
 mod table;
 
 pub use compile::compile;
@@ -120,9 +121,24 @@ impl Plan {
 
     /// The top-level step at which the run's memory peaks, and the peak.
     pub fn peak_step(&self) -> Option<(StepId, u64)> {
+        self.peak_step_among(|_| true)
+    }
+
+    /// The estimated peak memory of a process that runs only the top-level
+    /// steps in `runs` (a shard, see [`shard`]).
+    pub fn peak_memory_of(&self, runs: &std::collections::BTreeSet<u32>) -> u64 {
+        self.peak_step_of(runs).map_or(cost::BASE_BYTES, |(_, b)| b)
+    }
+
+    /// [`Plan::peak_step`] of a process that runs only the steps in `runs`.
+    pub fn peak_step_of(&self, runs: &std::collections::BTreeSet<u32>) -> Option<(StepId, u64)> {
+        self.peak_step_among(|s| runs.contains(&s.id.0))
+    }
+
+    fn peak_step_among(&self, runs: impl Fn(&Step) -> bool) -> Option<(StepId, u64)> {
         let mut held = cost::BASE_BYTES;
         let mut worst: Option<(StepId, u64)> = None;
-        for s in self.steps.iter().filter(|s| s.hook.is_none()) {
+        for s in self.steps.iter().filter(|s| s.hook.is_none() && runs(s)) {
             let at = cost::BASE_BYTES
                 + cost::with_headroom(
                     (held - cost::BASE_BYTES).saturating_add(s.cost.peak.max(s.cost.memory)),

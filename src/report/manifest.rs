@@ -36,6 +36,28 @@ pub struct Manifest {
     /// Top-level steps whose results are all in `results.jsonl`, in the
     /// order they finished: what `--resume` does not run again.
     pub steps: Vec<StepTiming>,
+    /// Set when this folder holds one shard of a plan (`--shard I/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRef>,
+}
+
+/// Which shard of the plan a run folder holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    pub index: usize,
+    pub count: usize,
+    /// The top-level steps whose results it writes.
+    pub owned: Vec<u32>,
+}
+
+impl ShardRef {
+    pub fn of(shard: &crate::plan::shard::Shard) -> ShardRef {
+        ShardRef {
+            index: shard.index,
+            count: shard.count,
+            owned: shard.owned.iter().copied().collect(),
+        }
+    }
 }
 
 /// Time spent in one top-level plan step.

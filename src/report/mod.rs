@@ -22,7 +22,7 @@ mod stats;
 mod summary;
 
 pub use manifest::{
-    now_rfc3339, peak_rss_bytes, rfc3339_utc, run_state, Manifest, RunState, StepTiming,
+    now_rfc3339, peak_rss_bytes, rfc3339_utc, run_state, Manifest, RunState, ShardRef, StepTiming,
 };
 pub use plot::{plot, plot_records, PlotSpec};
 pub use summary::{render_summary, write_summary, SUMMARY_MD};

@@ -331,6 +331,7 @@ fn manifest_round_trips() {
                 peak_rss_bytes: None,
             },
         ],
+        shard: None,
     };
     m.write(dir.path()).unwrap();
     let text = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();

@@ -1,0 +1,236 @@
+use super::slurm::{parse_scontrol, JobScript};
+use super::state::classify;
+use super::*;
+use crate::config::SlurmSection;
+use crate::plan::shard::{all, needed, owns_results, parse_spec, units, ShardError};
+use crate::report::RunState;
+
+fn compile(src: &str) -> Plan {
+    let opts = crate::check::CheckOptions {
+        base_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ..Default::default()
+    };
+    crate::compile_source(src, &opts).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+const SWEEP: &str = r#"
+experiment sweep { seed = 0 }
+data train = blobs(n = 40, classes = 3, dim = 4, std = 0.5, seed = 1)
+model base = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = 0))
+train base on train as trained {
+  optimizer = sgd(lr = 0.1)
+  steps = 4
+}
+measure loss(trained, train) as "base_loss"
+for lr in [0.05, 0.5] {
+  replicate s in 0..3 {
+    model net = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = s))
+    train net on train {
+      optimizer = sgd(lr = lr)
+      steps = 4
+      every 2 steps { measure loss(net, train) as "loss" }
+    }
+    measure loss(trained, train) as "again"
+  }
+}
+plot "loss" against step by lr
+"#;
+
+#[test]
+fn every_result_writing_step_is_in_exactly_one_shard() {
+    let plan = compile(SWEEP);
+    let u = units(&plan);
+    // The shared unit (base's training and its loss), then 2 × 3 points.
+    assert_eq!(u.len(), 7, "{u:?}");
+    assert_eq!(u[0].label(), "shared");
+    assert_eq!(u[1].label(), "lr = 0.05, s = 0");
+    for n in [1, 2, 3, 7] {
+        let shards = all(&plan, Some(n)).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for sh in &shards {
+            for &o in &sh.owned {
+                assert!(seen.insert(o, sh.index).is_none(), "step {o} in two shards");
+                assert!(sh.runs.contains(&o));
+            }
+        }
+        let writing: Vec<u32> = plan
+            .steps
+            .iter()
+            .filter(|s| owns_results(s))
+            .map(|s| s.id.0)
+            .collect();
+        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), writing, "n = {n}");
+        // Sizes of contiguous groups differ by at most one unit.
+        let sizes: Vec<usize> = shards.iter().map(|s| s.units.len()).collect();
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+    }
+    // Plots and claims belong to no shard: they are drawn at the merge.
+    let plot = plan
+        .steps
+        .iter()
+        .find(|s| matches!(s.op, crate::plan::Op::Plot { .. }))
+        .unwrap();
+    assert!(all(&plan, None)
+        .unwrap()
+        .iter()
+        .all(|s| !s.runs.contains(&plot.id.0)));
+}
+
+#[test]
+fn a_sweep_point_recomputes_the_shared_training_it_measures() {
+    let plan = compile(SWEEP);
+    let shards = all(&plan, None).unwrap();
+    let base_train = plan
+        .steps
+        .iter()
+        .find(|s| matches!(s.op, crate::plan::Op::Train { .. }) && s.sweep.is_empty())
+        .unwrap()
+        .id;
+    assert!(shards[0].owned.contains(&base_train.0));
+    assert!(shards[0].recomputed.is_empty());
+    for sh in &shards[1..] {
+        assert!(sh.runs.contains(&base_train.0), "shard {}", sh.index);
+        assert_eq!(sh.recomputed, vec![base_train]);
+        assert!(sh.flops >= plan.step(base_train).cost.flops);
+        assert!(sh.peak_memory <= plan.peak_memory());
+    }
+    // Hook steps are never owned on their own: they run in their training.
+    let hooks: Vec<u32> = plan
+        .steps
+        .iter()
+        .filter(|s| s.hook.is_some())
+        .map(|s| s.id.0)
+        .collect();
+    assert!(!hooks.is_empty());
+    let needs = needed(&plan, &hooks.iter().copied().collect());
+    assert!(hooks.iter().all(|h| !needs.contains(h)));
+}
+
+#[test]
+fn shard_specs_and_counts_are_checked() {
+    assert_eq!(parse_spec("2/5").unwrap(), (2, 5));
+    for bad in ["5/5", "1", "a/2", "1/0", "-1/3"] {
+        assert!(
+            matches!(parse_spec(bad), Err(ShardError::Syntax { .. })),
+            "{bad}"
+        );
+    }
+    let plan = compile(SWEEP);
+    let err = crate::plan::shard::shard(&plan, 0, 8).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("7 independent part(s)"), "{text}");
+    assert!(text.contains("lr = 0.05, s = 0"), "{text}");
+}
+
+#[test]
+fn scontrol_lines_give_each_tasks_state() {
+    let text = "\
+JobId=12 ArrayJobId=10 ArrayTaskId=2 JobName=x JobState=CANCELLED Reason=None
+JobId=11 ArrayJobId=10 ArrayTaskId=1 JobState=COMPLETED Reason=None
+JobId=10 ArrayJobId=10 ArrayTaskId=3-5,7%2 JobState=PENDING Reason=JobArrayTaskLimit
+JobId=13 ArrayJobId=10 ArrayTaskId=0 JobState=FAILED ExitCode=1:0
+";
+    let s = parse_scontrol(text);
+    let get = |i: usize| s.get(&i).map(String::as_str);
+    assert_eq!(get(0), Some("FAILED"));
+    assert_eq!(get(1), Some("COMPLETED"));
+    assert_eq!(get(2), Some("CANCELLED"));
+    assert_eq!(get(4), Some("PENDING"));
+    assert_eq!(get(7), Some("PENDING"));
+    assert_eq!(get(6), None);
+}
+
+#[test]
+fn a_shards_state_prefers_its_finished_folder_then_the_scheduler() {
+    let ended = |s: &str| RunState::Ended { status: s.into() };
+    assert_eq!(classify(&ended("ok"), Some("COMPLETED")), ShardState::Done);
+    assert_eq!(classify(&ended("ok"), None), ShardState::Done);
+    assert_eq!(
+        classify(&RunState::NoManifest, Some("PENDING")),
+        ShardState::Pending
+    );
+    assert_eq!(
+        classify(
+            &RunState::Interrupted {
+                done: 1,
+                total: Some(3)
+            },
+            Some("CANCELLED")
+        ),
+        ShardState::Cancelled
+    );
+    assert_eq!(
+        classify(
+            &RunState::Interrupted {
+                done: 1,
+                total: Some(3)
+            },
+            None
+        ),
+        ShardState::Interrupted
+    );
+    let failed = classify(&ended("failed: no such file `x.csv`"), Some("FAILED"));
+    assert_eq!(
+        failed,
+        ShardState::Failed("FAILED: failed: no such file `x.csv`".into())
+    );
+    assert_eq!(
+        classify(&RunState::NoManifest, Some("TIMEOUT")),
+        ShardState::Failed("TIMEOUT".into())
+    );
+    assert_eq!(
+        classify(&RunState::NoManifest, None),
+        ShardState::NotStarted
+    );
+    assert!(ShardState::Cancelled.needs_rerun());
+    assert!(!ShardState::Pending.needs_rerun());
+    assert!(!ShardState::Done.needs_rerun());
+}
+
+#[test]
+fn task_lists_are_compressed_into_ranges() {
+    assert_eq!(list(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+    assert_eq!(list(&[4]), "4");
+    assert_eq!(list(&[]), "");
+}
+
+fn script(resources: SlurmSection) -> String {
+    JobScript {
+        experiment: "ntk_align".into(),
+        plan_hash: "0123456789abcdef0123".into(),
+        exe: "/opt/nngeo/bin/nngeo".into(),
+        base_dir: "/home/me/study/ntk align".into(),
+        run: "/scratch/me/runs/align".into(),
+        chdir: "/home/me/study".into(),
+        count: 15,
+        exec_args: vec![
+            "--backend".into(),
+            "tch".into(),
+            "--device".into(),
+            "cuda".into(),
+            "--dtype".into(),
+            "f32".into(),
+        ],
+        resources,
+        estimated_bytes: 3 * (1 << 30) + 1,
+    }
+    .render()
+}
+
+#[test]
+fn job_script_with_the_estimate_for_memory() {
+    insta::assert_snapshot!(script(SlurmSection::default()));
+}
+
+#[test]
+fn job_script_with_every_resource_set() {
+    insta::assert_snapshot!(script(SlurmSection {
+        partition: Some("gpu".into()),
+        time: Some("04:00:00".into()),
+        cpus: Some(8),
+        mem: Some("32G".into()),
+        gpus: Some(1),
+        account: Some("my-lab".into()),
+        extra: vec!["--qos=normal".into()],
+    }));
+}

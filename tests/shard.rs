@@ -1,0 +1,278 @@
+//! Sharded runs without a scheduler (`--shard I/N`, as any launcher would
+//! run them): shards written by separate processes merge into exactly the
+//! results of one process; a failed shard keeps the others' results and is
+//! named by the merge; running it again completes the run.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// A sweep of 2 learning rates × 3 replicates, a training run outside it
+/// that every sweep point measures (recomputed in each shard), hooks, a
+/// per-point data file, a plot and claims.
+const SWEEP: &str = r#"
+experiment sweep { seed = 0 dtype = f64 }
+data blobs3 = blobs(n = 40, classes = 3, dim = 4, std = 0.5, seed = 1)
+model base = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = 0))
+train base on blobs3 as trained {
+  optimizer = sgd(lr = 0.1)
+  steps = 4
+}
+measure loss(trained, blobs3) as "base_loss"
+for part in ["p1.csv", "p2.csv"] {
+  data probe = csv(part, target = "label", classes = 3)
+  replicate s in 0..3 {
+    model net = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = s))
+    train net on blobs3 as fitted {
+      optimizer = sgd(lr = 0.2)
+      steps = 4
+      every 2 steps { measure loss(net, probe) as "probe_loss" }
+    }
+    measure trace(Fim(KFAC) of fitted on probe) as "trace"
+    measure loss(trained, probe) as "base_on_probe"
+  }
+}
+expect "training lowers the probe loss" : all(first("probe_loss") >= 0)
+plot "probe_loss" against step by part
+"#;
+
+const PROBE: &str =
+    "a,b,c,d,label\n0.1,0.2,0.3,0.4,0\n1.0,-1.0,0.5,0.0,1\n-0.5,0.5,2.0,1.0,2\n0.0,0.0,0.0,1.0,1\n";
+
+fn setup(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("p1.csv"), PROBE).unwrap();
+    std::fs::write(dir.join("p2.csv"), PROBE.replace("0.1,", "0.7,")).unwrap();
+    let file = dir.join("sweep.ngx");
+    std::fs::write(&file, SWEEP).unwrap();
+    file
+}
+
+fn nngeo(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nngeo"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("NNGEO_BACKEND")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        err,
+    )
+}
+
+/// Result lines without their timings.
+fn results(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("time_s");
+            o.remove("train_time_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn shards_merge_into_exactly_the_results_of_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let (code, _, err) = nngeo(d, &["exec", "sweep.ngx", "--out", "one"]);
+    assert_eq!(code, 0, "{err}");
+    let one = results(&d.join("one"));
+    assert!(one.len() > 20, "{}", one.len());
+    // The natural split (1 shared + 6 sweep points), and 3 groups of them.
+    for n in [7usize, 3] {
+        let run = format!("run{n}");
+        for i in 0..n {
+            let out = format!("{run}/shards/{i}");
+            let spec = format!("{i}/{n}");
+            let (code, _, err) = nngeo(d, &["exec", "sweep.ngx", "--shard", &spec, "--out", &out]);
+            assert_eq!(code, 0, "shard {spec}: {err}");
+        }
+        let (code, out, err) = nngeo(d, &["report", &run]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!("merged {n} of {n} shard(s)")),
+            "{err}"
+        );
+        assert!(out.contains("claims: 1 of 1 supported"), "{out}");
+        let merged = results(&d.join(&run));
+        assert_eq!(merged.len(), one.len(), "n = {n}");
+        for (a, b) in merged.iter().zip(&one) {
+            assert_eq!(a, b, "n = {n}");
+        }
+        assert!(d.join(&run).join("probe_loss_vs_step.png").exists());
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join(&run).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["status"], "ok");
+    }
+}
+
+#[test]
+fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let (code, _, err) = nngeo(d, &["exec", "sweep.ngx", "--out", "one"]);
+    assert_eq!(code, 0, "{err}");
+    // The tasks run the plan as compiled (as a job array's tasks do); the
+    // data file of one sweep point goes missing before its task runs.
+    let (code, plan, err) = nngeo(d, &["plan", "sweep.ngx", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::create_dir_all(d.join("run")).unwrap();
+    std::fs::write(d.join("run/plan.json"), plan).unwrap();
+    std::fs::rename(d.join("p2.csv"), d.join("p2.moved")).unwrap();
+    let mut failed = Vec::new();
+    for i in 0..7 {
+        let out = format!("run/shards/{i}");
+        let spec = format!("{i}/7");
+        let (code, _, err) = nngeo(
+            d,
+            &[
+                "exec",
+                "run/plan.json",
+                "--base-dir",
+                ".",
+                "--shard",
+                &spec,
+                "--out",
+                &out,
+            ],
+        );
+        if code != 0 {
+            assert!(err.contains("p2.csv"), "{err}");
+            assert!(err.contains(&out), "{err}");
+            failed.push(i);
+        }
+    }
+    // The three replicates of the second data file.
+    assert_eq!(failed, vec![4, 5, 6]);
+    let (code, _, err) = nngeo(d, &["report", "run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("3 of 7 shard(s) are not complete (4-6)"),
+        "{err}"
+    );
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        m["status"].as_str().unwrap().starts_with("incomplete"),
+        "{m}"
+    );
+    let partial = results(&d.join("run"));
+    let one = results(&d.join("one"));
+    assert!(!partial.is_empty() && partial.len() < one.len());
+    assert!(partial.iter().all(|l| one.contains(l)));
+    // Back in place: the same commands finish the failed shards.
+    std::fs::rename(d.join("p2.moved"), d.join("p2.csv")).unwrap();
+    for i in failed {
+        let out = format!("run/shards/{i}");
+        let spec = format!("{i}/7");
+        let (code, _, err) = nngeo(
+            d,
+            &[
+                "exec",
+                "run/plan.json",
+                "--base-dir",
+                ".",
+                "--shard",
+                &spec,
+                "--out",
+                &out,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = nngeo(d, &["report", "run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(results(&d.join("run")), one);
+}
+
+#[test]
+fn a_shard_folder_of_another_plan_or_index_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let (code, plan, _) = nngeo(d, &["plan", "sweep.ngx", "--format", "json"]);
+    assert_eq!(code, 0);
+    std::fs::create_dir_all(d.join("run")).unwrap();
+    std::fs::write(d.join("run/plan.json"), plan).unwrap();
+    // Another index's folder.
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "sweep.ngx",
+            "--shard",
+            "1/7",
+            "--out",
+            "run/shards/2",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not the folder of shard 1"), "{err}");
+    // The file edited after the run's plan was written.
+    std::fs::write(
+        d.join("sweep.ngx"),
+        SWEEP.replace("steps = 4\n}", "steps = 5\n}"),
+    )
+    .unwrap();
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "sweep.ngx",
+            "--shard",
+            "0/7",
+            "--out",
+            "run/shards/0",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("plan.json differs"), "{err}");
+    // More shards than the plan has parts.
+    let (code, _, err) = nngeo(d, &["exec", "sweep.ngx", "--shard", "0/9", "--out", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("7 independent part(s)"), "{err}");
+}
+
+#[test]
+fn plan_on_slurm_prints_the_shards_and_the_job_script() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let (code, out, err) = nngeo(
+        d,
+        &[
+            "plan",
+            "sweep.ngx",
+            "--on",
+            "slurm",
+            "--out",
+            "runs/s",
+            "--time",
+            "00:10:00",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("7 shard(s) of `sweep`"), "{out}");
+    assert!(out.contains("part = \"p2.csv\", s = 2"), "{out}");
+    assert!(out.contains("recomputes #"), "{out}");
+    assert!(out.contains("#SBATCH --time=00:10:00"), "{out}");
+    assert!(out.contains("--shard \"$SLURM_ARRAY_TASK_ID/7\""), "{out}");
+    // Every shard's memory estimate is at most the one-process estimate,
+    // and the script asks for the largest.
+    assert!(out.contains("#SBATCH --mem="), "{out}");
+    // Nothing was written.
+    assert!(!d.join("runs").exists());
+}
