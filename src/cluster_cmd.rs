@@ -243,6 +243,12 @@ pub fn submit(
         }
         Err(e) => {
             eprintln!("error: {e}");
+            eprintln!(
+                "note: nothing was submitted; `{}` is ready: `nngeo exec {} --on slurm --resume {}` submits it",
+                run.display(),
+                file.display(),
+                run.display()
+            );
             ExitCode::from(1)
         }
     }

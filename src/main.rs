@@ -597,6 +597,10 @@ fn exec(args: ExecArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let again_base = base_dir
+        .as_ref()
+        .map(|d| format!(" --base-dir {}", d.display()))
+        .unwrap_or_default();
     let base_dir = base_dir
         .or_else(|| file.parent().map(|p| p.to_path_buf()))
         .unwrap_or_else(|| PathBuf::from("."));
@@ -627,7 +631,12 @@ fn exec(args: ExecArgs) -> ExitCode {
                 eprintln!("note: nothing in {} was changed", out.display());
             } else {
                 let again = match &shard {
-                    Some(s) => format!("--shard {}/{} --out {}", s.index, s.count, out.display()),
+                    Some(s) => format!(
+                        "--shard {}/{} --out {}{again_base}",
+                        s.index,
+                        s.count,
+                        out.display()
+                    ),
                     None => format!("--resume {}", out.display()),
                 };
                 eprintln!(

@@ -7,44 +7,16 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-/// A sweep of 2 learning rates × 3 replicates, a training run outside it
-/// that every sweep point measures (recomputed in each shard), hooks, a
-/// per-point data file, a plot and claims.
-const SWEEP: &str = r#"
-experiment sweep { seed = 0 dtype = f64 }
-data blobs3 = blobs(n = 40, classes = 3, dim = 4, std = 0.5, seed = 1)
-model base = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = 0))
-train base on blobs3 as trained {
-  optimizer = sgd(lr = 0.1)
-  steps = 4
-}
-measure loss(trained, blobs3) as "base_loss"
-for part in ["p1.csv", "p2.csv"] {
-  data probe = csv(part, target = "label", classes = 3)
-  replicate s in 0..3 {
-    model net = mlp(in = 4, hidden = [6], out = 3, init = kaiming(seed = s))
-    train net on blobs3 as fitted {
-      optimizer = sgd(lr = 0.2)
-      steps = 4
-      every 2 steps { measure loss(net, probe) as "probe_loss" }
-    }
-    measure trace(Fim(KFAC) of fitted on probe) as "trace"
-    measure loss(trained, probe) as "base_on_probe"
-  }
-}
-expect "training lowers the probe loss" : all(first("probe_loss") >= 0)
-plot "probe_loss" against step by part
-"#;
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/shard");
 
-const PROBE: &str =
-    "a,b,c,d,label\n0.1,0.2,0.3,0.4,0\n1.0,-1.0,0.5,0.0,1\n-0.5,0.5,2.0,1.0,2\n0.0,0.0,0.0,1.0,1\n";
-
+/// The sweep of tests/fixtures/shard (2 probe files × 3 replicates, a
+/// training run outside the sweep that every point measures, hooks, a
+/// claim, a plot) copied into `dir`.
 fn setup(dir: &Path) -> std::path::PathBuf {
-    std::fs::write(dir.join("p1.csv"), PROBE).unwrap();
-    std::fs::write(dir.join("p2.csv"), PROBE.replace("0.1,", "0.7,")).unwrap();
-    let file = dir.join("sweep.ngx");
-    std::fs::write(&file, SWEEP).unwrap();
-    file
+    for f in ["sweep.ngx", "p1.csv", "p2.csv"] {
+        std::fs::copy(Path::new(FIXTURES).join(f), dir.join(f)).unwrap();
+    }
+    dir.join("sweep.ngx")
 }
 
 fn nngeo(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -222,9 +194,10 @@ fn a_shard_folder_of_another_plan_or_index_is_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not the folder of shard 1"), "{err}");
     // The file edited after the run's plan was written.
+    let sweep = std::fs::read_to_string(d.join("sweep.ngx")).unwrap();
     std::fs::write(
         d.join("sweep.ngx"),
-        SWEEP.replace("steps = 4\n}", "steps = 5\n}"),
+        sweep.replace("steps = 4\n}", "steps = 5\n}"),
     )
     .unwrap();
     let (code, _, err) = nngeo(
@@ -275,4 +248,22 @@ fn plan_on_slurm_prints_the_shards_and_the_job_script() {
     assert!(out.contains("#SBATCH --mem="), "{out}");
     // Nothing was written.
     assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn the_cluster_example_is_a_fifteen_task_array() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = nngeo(
+        root,
+        &[
+            "plan",
+            "experiments/cluster/ntk_align_seeds.ngx",
+            "--on",
+            "slurm",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("15 shard(s) of `ntk_align_seeds`"), "{out}");
+    assert!(out.contains("noise = 0.5, s = 4"), "{out}");
+    assert!(out.contains("\"$SLURM_ARRAY_TASK_ID/15\""), "{out}");
 }

@@ -79,14 +79,20 @@ pub fn classify(folder: &RunState, slurm: Option<&str>) -> ShardState {
         ) => {
             // The run's own error says more than the scheduler's word.
             if let RunState::Ended { status } = folder {
-                return ShardState::Failed(format!("{s}: {status}"));
+                let why = status.strip_prefix("failed: ").unwrap_or(status);
+                return ShardState::Failed(format!("{s}: {why}"));
             }
             return ShardState::Failed(s.to_string());
         }
         _ => {}
     }
     match folder {
-        RunState::Ended { status } => ShardState::Failed(status.clone()),
+        RunState::Ended { status } => ShardState::Failed(
+            status
+                .strip_prefix("failed: ")
+                .unwrap_or(status)
+                .to_string(),
+        ),
         RunState::Interrupted { .. } => ShardState::Interrupted,
         RunState::Stale { .. } => ShardState::Failed("its folder holds another run".into()),
         RunState::NoManifest if slurm == Some("COMPLETED") => {

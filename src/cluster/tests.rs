@@ -172,7 +172,7 @@ fn a_shards_state_prefers_its_finished_folder_then_the_scheduler() {
     let failed = classify(&ended("failed: no such file `x.csv`"), Some("FAILED"));
     assert_eq!(
         failed,
-        ShardState::Failed("FAILED: failed: no such file `x.csv`".into())
+        ShardState::Failed("FAILED: no such file `x.csv`".into())
     );
     assert_eq!(
         classify(&RunState::NoManifest, Some("TIMEOUT")),
