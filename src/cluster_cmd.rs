@@ -1,7 +1,7 @@
 //! The command line of sharded runs: `exec --shard`, `exec --on slurm`,
 //! `plan --on slurm`, `status` and the merge before `report`.
 
-use nngeo::cluster::{self, slurm, ShardState, ShardsFile};
+use nngeo::cluster::{self, slurm, ShardState};
 use nngeo::config::{Config, SlurmSection};
 use nngeo::plan::cost::format_bytes;
 use nngeo::plan::shard::{self, Shard};
@@ -203,7 +203,7 @@ pub fn submit(
         for w in warnings {
             eprintln!("warning: {w}");
         }
-        match cluster::shard_states(run, &states) {
+        match cluster::shard_states(run, &sf, &states) {
             Ok(st) => st
                 .iter()
                 .filter(|s| s.state.needs_rerun())
@@ -256,13 +256,10 @@ pub fn submit(
 
 /// `nngeo status RUN`.
 pub fn status(run: &Path) -> ExitCode {
-    let sf = match ShardsFile::read(run) {
+    let sf = match cluster::describe(run) {
         Ok(sf) => sf,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!(
-                "note: `nngeo status` follows runs started with `nngeo exec FILE --on slurm`"
-            );
             return ExitCode::from(2);
         }
     };
@@ -270,7 +267,7 @@ pub fn status(run: &Path) -> ExitCode {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    let shards = match cluster::shard_states(run, &states) {
+    let shards = match cluster::shard_states(run, &sf, &states) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -81,6 +81,25 @@ fn shards_merge_into_exactly_the_results_of_one_process() {
             assert_eq!(a, b, "n = {n}");
         }
         assert!(d.join(&run).join("probe_loss_vs_step.png").exists());
+        // The per-example files of each sweep point's training, byte for
+        // byte; none from the shared run recomputed in the shards.
+        let names = |dir: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join("examples"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&d.join(&run)), names(&d.join("one")));
+        assert_eq!(names(&d.join("one")).len(), 6);
+        for f in names(&d.join("one")) {
+            assert_eq!(
+                std::fs::read(d.join(&run).join("examples").join(&f)).unwrap(),
+                std::fs::read(d.join("one/examples").join(&f)).unwrap(),
+                "{f}"
+            );
+        }
         let m: Value = serde_json::from_str(
             &std::fs::read_to_string(d.join(&run).join("manifest.json")).unwrap(),
         )
@@ -128,6 +147,11 @@ fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
     }
     // The three replicates of the second data file.
     assert_eq!(failed, vec![4, 5, 6]);
+    // Without a scheduler, `status` reads the shard folders alone.
+    let (code, status, err) = nngeo(d, &["status", "run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("4 done, 3 failed"), "{status}");
+    assert!(status.contains("cannot read `./p2.csv`"), "{status}");
     let (code, _, err) = nngeo(d, &["report", "run"]);
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -212,6 +212,8 @@ pub struct Merged {
     /// Shards without (all) their results.
     pub missing: Vec<usize>,
     pub lines: usize,
+    /// Per-example files and saved weights brought from the shards.
+    pub files: usize,
     pub warnings: Vec<String>,
 }
 
@@ -228,6 +230,48 @@ fn shard_folders(run: &Path) -> Vec<(usize, PathBuf)> {
         .collect();
     found.sort();
     found
+}
+
+/// `RUN/shards.json`, or for shards written by another launcher (no
+/// `shards.json`), the same description made from the plan and the count
+/// the shard folders' manifests give.
+pub fn describe(run: &Path) -> Result<ShardsFile, ClusterError> {
+    if run.join(SHARDS_JSON).exists() {
+        return ShardsFile::read(run);
+    }
+    let folders = shard_folders(run);
+    let manifests: Vec<Manifest> = folders
+        .iter()
+        .filter_map(|(_, d)| Manifest::read(d).ok())
+        .collect();
+    let count = manifests
+        .iter()
+        .find_map(|m| m.shard.as_ref().map(|s| s.count))
+        .ok_or_else(|| ClusterError::NotSharded { dir: run.into() })?;
+    let (plan, _) = run_plan(run, &folders)?;
+    let shards = shard::all(&plan, Some(count))?;
+    Ok(ShardsFile::new(&plan, Path::new(""), &shards))
+}
+
+/// The plan of a sharded run and its text: the run's own, else the first
+/// shard's (a launcher other than `--on slurm` may not have written one).
+fn run_plan(run: &Path, folders: &[(usize, PathBuf)]) -> Result<(Plan, String), ClusterError> {
+    let text = std::fs::read_to_string(run.join(PLAN_JSON))
+        .ok()
+        .or_else(|| {
+            folders
+                .iter()
+                .find_map(|(_, d)| std::fs::read_to_string(d.join(PLAN_JSON)).ok())
+        })
+        .ok_or_else(|| ClusterError::Bad {
+            path: run.join(PLAN_JSON),
+            message: "no plan.json here nor in any shard".into(),
+        })?;
+    let plan = Plan::from_json(&text).map_err(|e| ClusterError::Bad {
+        path: run.join(PLAN_JSON),
+        message: e.to_string(),
+    })?;
+    Ok((plan, text))
 }
 
 /// Whether `run` holds shards to merge.
@@ -247,23 +291,7 @@ pub fn merge(run: &Path) -> Result<Merged, ClusterError> {
         return Err(ClusterError::NotSharded { dir: run.into() });
     }
     let _lock = run_dir::lock(run)?;
-    // The plan: the run's own, else the first shard's (a launcher other
-    // than `--on slurm` may not have written one).
-    let plan_text = std::fs::read_to_string(run.join(PLAN_JSON))
-        .ok()
-        .or_else(|| {
-            folders
-                .iter()
-                .find_map(|(_, d)| std::fs::read_to_string(d.join(PLAN_JSON)).ok())
-        })
-        .ok_or_else(|| ClusterError::Bad {
-            path: run.join(PLAN_JSON),
-            message: "no plan.json here nor in any shard".into(),
-        })?;
-    let plan = Plan::from_json(&plan_text).map_err(|e| ClusterError::Bad {
-        path: run.join(PLAN_JSON),
-        message: e.to_string(),
-    })?;
+    let (plan, plan_text) = run_plan(run, &folders)?;
     let hash = plan.hash();
     let mut merged = Merged::default();
     let mut count = sharded.as_ref().map(|s| s.count);
@@ -317,6 +345,8 @@ pub fn merge(run: &Path) -> Result<Merged, ClusterError> {
                 lines.push((top, line.to_vec()));
             }
         }
+        let done: BTreeSet<u32> = owned.intersection(&finished).copied().collect();
+        merged.files += bring_files(&plan, dir, run, &done)?;
         steps.extend(m.steps.iter().filter(|s| owned.contains(&s.id)).cloned());
         wall += m.wall_time_s;
         peak = peak.max(m.peak_memory_bytes);
@@ -384,6 +414,60 @@ pub fn merge(run: &Path) -> Result<Merged, ClusterError> {
         message: e.to_string(),
     })?;
     Ok(merged)
+}
+
+/// Links (or copies) into `run` the files a shard's finished steps wrote
+/// besides results: per-example files of its training runs and the
+/// weights its `save` steps wrote. Files of steps it only recomputed are
+/// left behind: their owner brings them.
+fn bring_files(
+    plan: &Plan,
+    shard: &Path,
+    run: &Path,
+    done: &BTreeSet<u32>,
+) -> Result<usize, ClusterError> {
+    let mut names: Vec<PathBuf> = Vec::new();
+    for &id in done {
+        match &plan.step(crate::plan::StepId(id)).op {
+            crate::plan::Op::Train { .. } => {
+                for f in [
+                    format!("train_{id}.jsonl"),
+                    format!("train_{id}.difficulty.json"),
+                ] {
+                    names.push(Path::new(run_dir::EXAMPLES_DIR).join(f));
+                }
+            }
+            crate::plan::Op::Save { path, .. } => {
+                let rel = Path::new(path);
+                if rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                {
+                    names.push(rel.to_path_buf());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut brought = 0;
+    for name in names {
+        let from = shard.join(&name);
+        if !from.is_file() {
+            continue;
+        }
+        let to = run.join(&name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        if to.exists() {
+            std::fs::remove_file(&to).map_err(io_err(&to))?;
+        }
+        std::fs::hard_link(&from, &to)
+            .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+            .map_err(io_err(&to))?;
+        brought += 1;
+    }
+    Ok(brought)
 }
 
 fn short(hash: &str) -> &str {

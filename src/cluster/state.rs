@@ -106,9 +106,9 @@ pub fn classify(folder: &RunState, slurm: Option<&str>) -> ShardState {
 /// (from [`super::slurm::task_states`]; empty without a scheduler).
 pub fn shard_states(
     run: &Path,
+    sf: &ShardsFile,
     slurm: &BTreeMap<String, BTreeMap<usize, String>>,
 ) -> Result<Vec<ShardStatus>, ClusterError> {
-    let sf = ShardsFile::read(run)?;
     let mut out = Vec::new();
     for entry in &sf.shards {
         let dir = shard_dir(run, entry.index);
