@@ -25,7 +25,8 @@ pub struct ClusterArgs {
     /// CPUs per task.
     #[arg(long)]
     cpus: Option<u32>,
-    /// Memory per task (`16G`; default: the largest shard's estimate).
+    /// Memory per task (`16G`; default: the largest shard's estimate, at
+    /// least 1 GiB).
     #[arg(long)]
     mem: Option<String>,
     /// GPUs per task (`--gres=gpu:N`).

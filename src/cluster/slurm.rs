@@ -48,9 +48,14 @@ fn shown(p: &Path) -> String {
     quote(&p.display().to_string())
 }
 
-/// `--mem` from the estimate: whole MiB, rounded up.
+/// Least memory asked for a task: the estimate bounds what nngeo's own
+/// steps hold, while a backend's libraries (libtorch, CUDA) load more
+/// than a tiny plan's estimate.
+const MIN_TASK_BYTES: u64 = 1 << 30;
+
+/// `--mem` from the estimate: whole MiB, rounded up, at least 1 GiB.
 fn mem_of(bytes: u64) -> String {
-    format!("{}M", bytes.div_ceil(1 << 20).max(1))
+    format!("{}M", bytes.max(MIN_TASK_BYTES).div_ceil(1 << 20))
 }
 
 impl JobScript {
