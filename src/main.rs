@@ -369,17 +369,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             if on == Some(On::Slurm) {
-                let config = match nngeo::config::load() {
+                let config = match configure(&mut plan, &over) {
                     Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
+                    Err(code) => return code,
                 };
-                if let Err(e) = resolve(&mut plan, &over, &config) {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
                 plan.reestimate();
                 let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
                 return cluster_cmd::plan(
@@ -461,6 +454,20 @@ fn resolve(
     Ok(())
 }
 
+/// Loads `nngeo.toml` and applies it with the flags (see [`resolve`]);
+/// an error is printed and gives exit status 2.
+fn configure(plan: &mut Plan, over: &Overrides) -> Result<nngeo::config::Config, ExitCode> {
+    let config = nngeo::config::load().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    resolve(plan, over, &config).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok(config)
+}
+
 /// The options a shard task needs to compile the same plan on its node:
 /// the resolved backend, device and dtype, and a budget that was given.
 fn node_args(plan: &Plan, budget: &Budget) -> Vec<String> {
@@ -529,17 +536,10 @@ fn exec(args: ExecArgs) -> ExitCode {
     let Ok(mut plan) = loaded else {
         return ExitCode::from(2);
     };
-    let config = match nngeo::config::load() {
+    let config = match configure(&mut plan, &over) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if let Err(e) = resolve(&mut plan, &over, &config) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
     let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
     // Memory estimates for the dtype this run uses, checked before
     // anything runs or is written.

@@ -36,6 +36,23 @@ fn nngeo(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Shard `i` of `n` of `run/plan.json`, as a job array's task runs it.
+fn plan_shard(d: &Path, i: usize, n: usize) -> (i32, String) {
+    let (out, spec) = (format!("run/shards/{i}"), format!("{i}/{n}"));
+    let args = [
+        "exec",
+        "run/plan.json",
+        "--base-dir",
+        ".",
+        "--shard",
+        &spec,
+        "--out",
+        &out,
+    ];
+    let (code, _, err) = nngeo(d, &args);
+    (code, err)
+}
+
 /// Result lines without their timings.
 fn results(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
@@ -124,24 +141,10 @@ fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
     std::fs::rename(d.join("p2.csv"), d.join("p2.moved")).unwrap();
     let mut failed = Vec::new();
     for i in 0..7 {
-        let out = format!("run/shards/{i}");
-        let spec = format!("{i}/7");
-        let (code, _, err) = nngeo(
-            d,
-            &[
-                "exec",
-                "run/plan.json",
-                "--base-dir",
-                ".",
-                "--shard",
-                &spec,
-                "--out",
-                &out,
-            ],
-        );
+        let (code, err) = plan_shard(d, i, 7);
         if code != 0 {
             assert!(err.contains("p2.csv"), "{err}");
-            assert!(err.contains(&out), "{err}");
+            assert!(err.contains(&format!("run/shards/{i}")), "{err}");
             failed.push(i);
         }
     }
@@ -172,21 +175,7 @@ fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
     // Back in place: the same commands finish the failed shards.
     std::fs::rename(d.join("p2.moved"), d.join("p2.csv")).unwrap();
     for i in failed {
-        let out = format!("run/shards/{i}");
-        let spec = format!("{i}/7");
-        let (code, _, err) = nngeo(
-            d,
-            &[
-                "exec",
-                "run/plan.json",
-                "--base-dir",
-                ".",
-                "--shard",
-                &spec,
-                "--out",
-                &out,
-            ],
-        );
+        let (code, err) = plan_shard(d, i, 7);
         assert_eq!(code, 0, "{err}");
     }
     let (code, _, err) = nngeo(d, &["report", "run"]);

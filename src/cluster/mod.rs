@@ -333,14 +333,7 @@ pub fn merge(run: &Path) -> Result<Merged, ClusterError> {
         let finished: BTreeSet<u32> = m.steps.iter().map(|s| s.id).collect();
         let owned: BTreeSet<u32> = shard.owned.iter().copied().collect();
         let text = std::fs::read(dir.join(RESULTS_JSONL)).unwrap_or_default();
-        for line in text.split_inclusive(|&b| b == b'\n') {
-            if line.last() != Some(&b'\n') {
-                continue;
-            }
-            let top = serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step_id"].as_u64())
-                .and_then(|id| shard::top_level(&plan, id));
+        for (top, line) in crate::exec::jsonl::lines_by_step(&plan, &text) {
             if let Some(top) = top.filter(|t| owned.contains(t) && finished.contains(t)) {
                 lines.push((top, line.to_vec()));
             }

@@ -102,6 +102,24 @@ fn complete_len(file: &mut File) -> io::Result<u64> {
     Ok(0)
 }
 
+/// The whole lines of a results file (an unterminated last line, cut by a
+/// crash, is left out), each with the top-level plan step its `step_id`
+/// belongs to (a hook step's training run), if it names one.
+pub fn lines_by_step<'a>(
+    plan: &'a crate::plan::Plan,
+    text: &'a [u8],
+) -> impl Iterator<Item = (Option<u32>, &'a [u8])> + 'a {
+    text.split_inclusive(|&b| b == b'\n')
+        .filter(|line| line.last() == Some(&b'\n'))
+        .map(move |line| {
+            let top = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step_id"].as_u64())
+                .and_then(|id| crate::plan::shard::top_level(plan, id));
+            (top, line)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

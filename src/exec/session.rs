@@ -193,17 +193,9 @@ fn keep_done_results(plan: &Plan, path: &Path, done: &BTreeSet<u32>) -> Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let top_level = |id: u64| crate::plan::shard::top_level(plan, id);
     let mut kept = Vec::with_capacity(text.len());
-    for line in text.split_inclusive(|&b| b == b'\n') {
-        if line.last() != Some(&b'\n') {
-            continue;
-        }
-        let keep = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["step_id"].as_u64())
-            .and_then(top_level)
-            .is_some_and(|id| done.contains(&id));
+    for (top, line) in super::jsonl::lines_by_step(plan, &text) {
+        let keep = top.is_some_and(|id| done.contains(&id));
         if keep {
             kept.extend_from_slice(line);
         }
