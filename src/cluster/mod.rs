@@ -364,24 +364,7 @@ pub fn merge(run: &Path) -> Result<Merged, ClusterError> {
     if !plan_path.exists() {
         run_dir::write_atomic(&plan_path, plan_text.as_bytes()).map_err(io_err(&plan_path))?;
     }
-    let base = first.unwrap_or_else(|| Manifest {
-        plan_hash: hash.clone(),
-        experiment: plan.experiment.name.clone(),
-        backend: plan.experiment.backend.clone(),
-        backend_version: String::new(),
-        device: plan.experiment.device.clone(),
-        dtype: format!("{:?}", plan.experiment.dtype).to_lowercase(),
-        seed: plan.experiment.seed,
-        nngeo_version: env!("CARGO_PKG_VERSION").into(),
-        started: report::now_rfc3339(),
-        wall_time_s: 0.0,
-        peak_memory_bytes: None,
-        status: String::new(),
-        total_steps: None,
-        resumed: Vec::new(),
-        steps: Vec::new(),
-        shard: None,
-    });
+    let base = first.unwrap_or_else(|| Manifest::start(&plan, &plan.experiment.backend, ""));
     let status = if merged.missing.is_empty() {
         "ok".to_string()
     } else {

@@ -147,25 +147,13 @@ impl Pending {
             }
             None => {
                 let m = Manifest {
-                    plan_hash: plan.hash(),
-                    experiment: plan.experiment.name.clone(),
-                    backend: info.name.clone(),
-                    backend_version: info.version.clone(),
-                    device: plan.experiment.device.clone(),
-                    dtype: format!("{:?}", plan.experiment.dtype).to_lowercase(),
-                    seed: plan.experiment.seed,
-                    nngeo_version: env!("CARGO_PKG_VERSION").into(),
-                    started: report::now_rfc3339(),
-                    wall_time_s: 0.0,
-                    peak_memory_bytes: None,
                     status: "running".into(),
                     total_steps: Some(match shard {
                         Some(s) => s.owned.len(),
                         None => plan.steps.iter().filter(|s| s.hook.is_none()).count(),
                     }),
-                    resumed: Vec::new(),
-                    steps: Vec::new(),
                     shard: shard.cloned(),
+                    ..Manifest::start(plan, &info.name, &info.version)
                 };
                 let f = JsonlFile::create(&results_path).map_err(io_err(&results_path))?;
                 (m, f)

@@ -72,6 +72,29 @@ pub struct StepTiming {
 }
 
 impl Manifest {
+    /// The manifest of a run of `plan` starting now on `backend`, with no
+    /// step finished yet and an empty status.
+    pub fn start(plan: &crate::plan::Plan, backend: &str, backend_version: &str) -> Manifest {
+        Manifest {
+            plan_hash: plan.hash(),
+            experiment: plan.experiment.name.clone(),
+            backend: backend.into(),
+            backend_version: backend_version.into(),
+            device: plan.experiment.device.clone(),
+            dtype: format!("{:?}", plan.experiment.dtype).to_lowercase(),
+            seed: plan.experiment.seed,
+            nngeo_version: env!("CARGO_PKG_VERSION").into(),
+            started: now_rfc3339(),
+            wall_time_s: 0.0,
+            peak_memory_bytes: None,
+            status: String::new(),
+            total_steps: None,
+            resumed: Vec::new(),
+            steps: Vec::new(),
+            shard: None,
+        }
+    }
+
     /// Writes `dir/manifest.json` (pretty-printed), atomically: a reader
     /// sees the previous manifest or this one, never a mix.
     pub fn write(&self, dir: &Path) -> Result<(), ReportError> {
