@@ -76,6 +76,12 @@ pub enum ErrorKind {
     File { path: String, reason: String },
     #[error("{what}: {detail}")]
     Mismatch { what: String, detail: String },
+    /// A network exported from PyTorch that nngeo cannot import.
+    #[error("ONNX model `{path}`: {error}")]
+    Onnx {
+        path: String,
+        error: crate::onnx::OnnxError,
+    },
     #[error("{message}")]
     Invalid { message: String },
     /// A warning: the file is valid but probably not what was meant.
@@ -109,6 +115,7 @@ impl ErrorKind {
             ErrorKind::OverBudget { .. } => "E040",
             ErrorKind::File { .. } => "E050",
             ErrorKind::Mismatch { .. } => "E051",
+            ErrorKind::Onnx { .. } => "E052",
             ErrorKind::Invalid { .. } => "E060",
             ErrorKind::Suspicious { .. } => "W001",
         }

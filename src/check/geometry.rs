@@ -70,7 +70,7 @@ impl<'a> Checker<'a> {
                 let f = callee.name.as_str();
                 if super::data::SOURCES.contains(&f) {
                     self.data_expr(d, name).map(Val::Data)
-                } else if f == "sequential" || f == "mlp" || self.defs.contains_key(f) {
+                } else if f == "sequential" || f == "mlp" || f == "onnx" || self.defs.contains_key(f) {
                     self.model_expr(d, name).map(Val::Model)
                 } else if VECTORS.contains(&f) {
                     self.vector_expr(d, name).map(Val::Vector)
@@ -101,7 +101,7 @@ impl<'a> Checker<'a> {
                 } else {
                     let mut all: Vec<&str> = super::data::SOURCES.to_vec();
                     all.extend(VECTORS);
-                    all.extend(["sequential", "mlp", "Fim", "Ntk"]);
+                    all.extend(["sequential", "mlp", "onnx", "Fim", "Ntk"]);
                     self.error(
                         Diagnostic::new(
                             ErrorKind::Unknown {

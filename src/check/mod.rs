@@ -17,6 +17,7 @@ mod graph;
 mod library;
 mod model;
 mod names;
+mod onnx;
 mod train;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};

@@ -136,6 +136,7 @@ impl<'a> Checker<'a> {
                 let spec = match callee.name.as_str() {
                     "sequential" => self.sequential(callee, d.span, args)?,
                     "mlp" => self.mlp(callee, d.span, args)?,
+                    "onnx" => self.onnx_model(callee, d.span, args)?,
                     other if self.defs.contains_key(other) => {
                         self.block_model(callee, d.span, args)?
                     }
@@ -150,7 +151,7 @@ impl<'a> Checker<'a> {
                         )
                         .hint_opt(did_you_mean(
                             other,
-                            ["sequential", "mlp"]
+                            ["sequential", "mlp", "onnx"]
                                 .into_iter()
                                 .chain(self.defs.keys().map(|k| k.as_str())),
                         ));
@@ -159,7 +160,7 @@ impl<'a> Checker<'a> {
                                 "`{other}` is a layer: wrap layers in `sequential(...)`"
                             ));
                         }
-                        self.error(diag.hint("models: sequential(...), mlp(...)"));
+                        self.error(diag.hint("models: sequential(...), mlp(...), onnx(\"net.onnx\")"));
                         return None;
                     }
                 };

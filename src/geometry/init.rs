@@ -123,7 +123,11 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
 /// Reads weights with PyTorch `state_dict` names from a safetensors file,
 /// in the order [`init_params`] produces (the checker has already matched
 /// names and shapes). Float tensors of any width are converted to f64.
+/// An `.onnx` file's initializers are read by [`crate::onnx::load_params`].
 pub fn load_params(spec: &ModelSpec, path: &std::path::Path) -> Result<HostParams, String> {
+    if crate::onnx::is_onnx(path) {
+        return crate::onnx::load_params(spec, path);
+    }
     // Our reader's layout check names the tensors at fault where the
     // safetensors crate's error would not.
     crate::data::safetensors_keys(path).map_err(|e| e.to_string())?;
