@@ -68,3 +68,19 @@ pub fn load_params(spec: &ModelSpec, path: &Path) -> Result<HostParams, String> 
     }
     Ok(params)
 }
+
+/// The model in an ONNX file as a `ModelSpec` whose weights are the
+/// file's initializers (`weights` = `path` as given), for callers outside
+/// the language (tests, tools). Warnings are dropped.
+pub fn model_spec(path: &Path) -> Result<ModelSpec, OnnxError> {
+    let m = import(path)?;
+    Ok(ModelSpec {
+        params: m.layers.iter().map(|l| l.params).sum(),
+        input: m.input,
+        output: m.output,
+        layers: m.layers,
+        init: crate::plan::Init::Pytorch { seed: 0 },
+        weights: Some(path.display().to_string()),
+        param_order: m.param_order,
+    })
+}

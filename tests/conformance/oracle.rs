@@ -31,24 +31,35 @@ struct Case {
     json: Value,
     tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
     path: PathBuf,
+    /// The case's network exported by PyTorch (`NAME.f64.onnx`), imported
+    /// with `onnx(...)` instead of rebuilt from the sidecar; its weights
+    /// are the file's initializers.
+    onnx: Option<PathBuf>,
 }
 
-fn load_case(json_path: &Path) -> Case {
+fn load_case(json_path: &Path, onnx: Option<PathBuf>) -> Case {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
     let path = json_path.with_extension("safetensors");
     let tensors = read_tensors(&path);
+    let name = json["case"].as_str().unwrap();
     Case {
-        name: json["case"].as_str().unwrap().to_string(),
+        name: match &onnx {
+            Some(p) => format!("{name} ({})", p.file_name().unwrap().to_string_lossy()),
+            None => name.to_string(),
+        },
         json,
         tensors,
         path,
+        onnx,
     }
 }
 
 /// The sidecar's model: a graph (`modules` + `forward.steps`) or a chain
-/// (`layers`).
+/// (`layers`); or the case's ONNX export.
 fn model_spec(case: &Case) -> ModelSpec {
-    if case.json["model"]["forward"].is_object() {
+    if let Some(p) = &case.onnx {
+        nngeo::onnx::model_spec(p).unwrap_or_else(|e| panic!("{}: {e}", case.name))
+    } else if case.json["model"]["forward"].is_object() {
         graph_spec(
             &case.name,
             &case.json["model"],
@@ -131,7 +142,7 @@ struct Setup {
 fn setup(case: &Case) -> Setup {
     let o = test_ops(Dtype::F64);
     let spec = model_spec(case);
-    let params = load_params(&spec, &case.path).unwrap();
+    let params = load_params(&spec, case.onnx.as_ref().unwrap_or(&case.path)).unwrap();
     let net = Net::new(&o, &spec, params).unwrap();
     let (shape, inputs) = &case.tensors["inputs"];
     let x = o.upload(shape, inputs).unwrap();
@@ -245,7 +256,16 @@ fn cases() -> Vec<Case> {
         "no oracle cases in {}",
         fixtures_dir().display()
     );
-    paths.iter().map(|p| load_case(p)).collect()
+    let mut cases = Vec::new();
+    for p in &paths {
+        cases.push(load_case(p, None));
+        // `digits_resnet.json` → `digits_resnet.f64.onnx`.
+        let onnx = p.with_extension("f64.onnx");
+        if onnx.exists() {
+            cases.push(load_case(p, Some(onnx)));
+        }
+    }
+    cases
 }
 
 /// Checks every stored quantity of one FIM representation.
@@ -713,4 +733,48 @@ fn ntk_and_alignment_match_nngeometry() {
             );
         }
     }
+}
+
+/// The float32 export (`NAME.onnx`): its weights are the float64
+/// `state_dict` rounded to float32 (relative 6e-8 each), computed here in
+/// float64. It agrees with NNGeometry's float64 values to float32
+/// precision: outputs, the Fisher's trace and diagonal, the NTK's trace,
+/// each within `F32_TOL` = 1e-6 relative (measured: 1e-7 for the outputs).
+#[test]
+fn float32_onnx_export_agrees_to_its_precision() {
+    const F32_TOL: f64 = 1e-6;
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let p = entry.unwrap().path();
+        let onnx = p.with_extension("onnx");
+        if p.extension().is_none_or(|e| e != "json")
+            || !p.with_extension("safetensors").exists()
+            || !onnx.exists()
+        {
+            continue;
+        }
+        let case = load_case(&p, Some(onnx));
+        let s = setup(&case);
+        let name = &case.name;
+        let out =
+            s.o.download(&s.net.forward(&s.o, &s.x, false).unwrap().output)
+                .unwrap();
+        let outputs = get(&case, "outputs").unwrap();
+        eprintln!("{name}: outputs rel {:.2e}", rel_err(&out, outputs));
+        close(name, "outputs", &out, outputs, F32_TOL);
+        let p = s.problem(s.n, s.n);
+        let f = p.fim_dense(&s.fim_target()).unwrap();
+        let t = scalar(&case, "fim/dense/trace").unwrap();
+        eprintln!("{name}: fim trace rel {:.2e}", rel_err(&[f.trace()], &[t]));
+        close(name, "fim/dense/trace", &[f.trace()], &[t], F32_TOL);
+        let d = get(&case, "fim/dense/diag").unwrap();
+        eprintln!("{name}: fim diag rel {:.2e}", rel_err(&f.diag(), d));
+        close(name, "fim/dense/diag", &f.diag(), d, F32_TOL);
+        let k = p.ntk_dense(false).unwrap();
+        let t = scalar(&case, "ntk_all/trace").unwrap();
+        eprintln!("{name}: ntk trace rel {:.2e}", rel_err(&[k.trace()], &[t]));
+        close(name, "ntk_all/trace", &[k.trace()], &[t], F32_TOL);
+        seen += 1;
+    }
+    assert!(seen > 0, "no float32 ONNX export among the oracle cases");
 }
