@@ -70,7 +70,11 @@ impl<'a> Checker<'a> {
                 let f = callee.name.as_str();
                 if super::data::SOURCES.contains(&f) {
                     self.data_expr(d, name).map(Val::Data)
-                } else if f == "sequential" || f == "mlp" || f == "onnx" || self.defs.contains_key(f) {
+                } else if f == "sequential"
+                    || f == "mlp"
+                    || f == "onnx"
+                    || self.defs.contains_key(f)
+                {
                     self.model_expr(d, name).map(Val::Model)
                 } else if VECTORS.contains(&f) {
                     self.vector_expr(d, name).map(Val::Vector)

@@ -160,7 +160,9 @@ impl<'a> Checker<'a> {
                                 "`{other}` is a layer: wrap layers in `sequential(...)`"
                             ));
                         }
-                        self.error(diag.hint("models: sequential(...), mlp(...), onnx(\"net.onnx\")"));
+                        self.error(
+                            diag.hint("models: sequential(...), mlp(...), onnx(\"net.onnx\")"),
+                        );
                         return None;
                     }
                 };

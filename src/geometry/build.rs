@@ -104,6 +104,23 @@ pub struct Problem<'a, O: Ops> {
     pub batch: usize,
 }
 
+impl<'a, O: Ops> Problem<'a, O> {
+    /// Every layer of `net` on the `n` examples `x` with one target each
+    /// (class ids), in one batch.
+    pub fn whole(o: &'a O, net: &'a Net<O>, x: &'a O::T, y: &'a [f64], n: usize) -> Self {
+        Problem {
+            o,
+            net,
+            x,
+            y,
+            target_dim: 1,
+            n,
+            slots: (0..net.slots.len()).collect(),
+            batch: n,
+        }
+    }
+}
+
 fn softmax(z: &[f64]) -> Vec<f64> {
     let mx = z.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
     let e: Vec<f64> = z.iter().map(|x| (x - mx).exp()).collect();

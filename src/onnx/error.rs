@@ -88,10 +88,9 @@ impl OnnxError {
     /// What to do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            OnnxError::UnsupportedOp { .. } => Some(format!(
-                "supported operators: {}",
-                sorted_ops().join(", ")
-            )),
+            OnnxError::UnsupportedOp { .. } => {
+                Some(format!("supported operators: {}", sorted_ops().join(", ")))
+            }
             OnnxError::LooseParameter { .. } => Some(
                 "nngeo groups parameters by layer (Conv, ConvTranspose, Gemm/MatMul(+Add), \
                  BatchNormalization, GroupNorm, LayerNormalization, Gather as Embedding); a \
@@ -106,9 +105,9 @@ impl OnnxError {
                  do_constant_folding=False, dynamo=False)`"
                     .into(),
             ),
-            OnnxError::Decode { .. } => {
-                Some("write it with `torch.onnx.export(model, x, \"net.onnx\", dynamo=False)`".into())
-            }
+            OnnxError::Decode { .. } => Some(
+                "write it with `torch.onnx.export(model, x, \"net.onnx\", dynamo=False)`".into(),
+            ),
             _ => None,
         }
     }

@@ -45,6 +45,16 @@ pub struct Source {
     pub transpose: bool,
 }
 
+impl Source {
+    /// An initializer read as it is stored.
+    pub fn plain(init: &str) -> Self {
+        Source {
+            init: init.into(),
+            transpose: false,
+        }
+    }
+}
+
 /// A symbolic integer of a shape computation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dim {
@@ -66,7 +76,10 @@ pub enum Val {
     },
     Const(Tensor),
     /// Integers computed from shapes (`scalar`: rank 0).
-    Ints { vals: Vec<Dim>, scalar: bool },
+    Ints {
+        vals: Vec<Dim>,
+        scalar: bool,
+    },
     Pending(Pending),
 }
 
@@ -88,9 +101,20 @@ pub enum Pending {
     Half(usize),
     /// GroupNorm: `Reshape(x, [0, G, -1])`, `InstanceNormalization` with
     /// unit scale, `Reshape` back, `Mul` by the weight, `Add` the bias.
-    GnSplit { x: usize, groups: usize },
-    GnNorm { x: usize, groups: usize, eps: f64 },
-    GnBack { x: usize, groups: usize, eps: f64 },
+    GnSplit {
+        x: usize,
+        groups: usize,
+    },
+    GnNorm {
+        x: usize,
+        groups: usize,
+        eps: f64,
+    },
+    GnBack {
+        x: usize,
+        groups: usize,
+        eps: f64,
+    },
     GnScaled {
         x: usize,
         groups: usize,
@@ -257,9 +281,12 @@ impl<'f> Importer<'f> {
     pub fn ints(&self, v: &Val) -> Option<(Vec<Dim>, bool)> {
         match v {
             Val::Ints { vals, scalar } => Some((vals.clone(), *scalar)),
-            Val::Const(t) => t
-                .ints()
-                .map(|i| (i.iter().map(|&k| Dim::Known(k)).collect(), t.dims.is_empty())),
+            Val::Const(t) => t.ints().map(|i| {
+                (
+                    i.iter().map(|&k| Dim::Known(k)).collect(),
+                    t.dims.is_empty(),
+                )
+            }),
             _ => None,
         }
     }
@@ -360,7 +387,8 @@ impl<'f> Importer<'f> {
             // A bias or norm parameter may carry unit dimensions.
             let squeezed: Vec<usize> = dims.iter().copied().filter(|&d| d != 1).collect();
             let want: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
-            if dims != *shape && (squeezed != want || t.numel() != shape.iter().product::<usize>()) {
+            if dims != *shape && (squeezed != want || t.numel() != shape.iter().product::<usize>())
+            {
                 return Err(OnnxError::Shape {
                     at: at.clone(),
                     what: format!(
@@ -404,7 +432,6 @@ impl<'f> Importer<'f> {
         } else {
             (dims[0], dims[1])
         };
-        let name = self.layer_name(init, at)?;
         let layer = Layer::Linear {
             in_features,
             out_features,
@@ -418,15 +445,32 @@ impl<'f> Importer<'f> {
             },
         )];
         if let Some(b) = bias {
-            tensors.push((
-                "bias",
-                Source {
-                    init: b.into(),
-                    transpose: false,
-                },
-            ));
+            tensors.push(("bias", Source::plain(b)));
         }
-        self.push_params(at, &name, layer, &[x], &tensors)
+        match self.param_layer(at, init, layer, x, &tensors)? {
+            Val::Node(n) => Ok(n),
+            _ => unreachable!("param_layer gives a node"),
+        }
+    }
+
+    /// A parameterised layer reading node `x`, named after its weight
+    /// initializer `weight` (see [`Self::layer_name`]).
+    pub fn param_layer(
+        &mut self,
+        at: &At,
+        weight: &str,
+        layer: Layer,
+        x: usize,
+        tensors: &[(&str, Source)],
+    ) -> Result<Val, OnnxError> {
+        let name = self.layer_name(weight, at)?;
+        Ok(Val::Node(self.push_params(
+            at,
+            &name,
+            layer,
+            &[x],
+            tensors,
+        )?))
     }
 
     /// The name of a parameter-free layer: the module path of its node.
@@ -539,18 +583,7 @@ pub fn scope_path(node: &str) -> String {
             _ => path.push(s),
         }
     }
-    // `layer1` then `layer1.0`: keep the full path once.
-    let mut out = String::new();
-    for p in path {
-        if out.is_empty() {
-            out = p.to_string();
-        } else if p.starts_with(&format!("{out}.")) {
-            out = p.to_string();
-        } else {
-            out = format!("{out}.{p}");
-        }
-    }
-    out
+    path.join(".")
 }
 
 #[cfg(test)]

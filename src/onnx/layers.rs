@@ -13,10 +13,7 @@ use crate::plan::Layer;
 type R = Result<Val, OnnxError>;
 
 fn src(init: &str) -> Source {
-    Source {
-        init: init.into(),
-        transpose: false,
-    }
+    Source::plain(init)
 }
 
 /// A parameter input's initializer name.
@@ -81,9 +78,10 @@ impl<'f> Importer<'f> {
     /// layer (PyTorch's `nn.Linear` on a 2-D input, `transB = 1`).
     pub(super) fn gemm(&mut self, ins: &[String], a: &Attrs) -> R {
         let at = &a.at;
-        if a.int("transA", 0) != 0 || a.float("alpha", 1.0) != 1.0 || a.float("beta", 1.0) != 1.0
-        {
-            return Err(a.unsupported("Gemm with transA, alpha or beta other than PyTorch's Linear (0, 1, 1)"));
+        if a.int("transA", 0) != 0 || a.float("alpha", 1.0) != 1.0 || a.float("beta", 1.0) != 1.0 {
+            return Err(a.unsupported(
+                "Gemm with transA, alpha or beta other than PyTorch's Linear (0, 1, 1)",
+            ));
         }
         let x = self.input(ins, 0, at)?;
         let x = self.tensor(x, at)?;
@@ -96,7 +94,13 @@ impl<'f> Importer<'f> {
         let bias = param(self.val(ins.get(2).map_or("", |s| s), at)?, "bias C", a)?;
         // B is [out, in] when transB = 1; a transposed view flips that.
         let stored_out_in = (a.int("transB", 0) != 0) != transposed;
-        Ok(Val::Node(self.linear(x, &init, !stored_out_in, bias.as_deref(), at)?))
+        Ok(Val::Node(self.linear(
+            x,
+            &init,
+            !stored_out_in,
+            bias.as_deref(),
+            at,
+        )?))
     }
 
     pub(super) fn conv(&mut self, node: &NodeProto, a: &Attrs) -> R {
@@ -115,7 +119,9 @@ impl<'f> Importer<'f> {
         let win = window(a, Some(wd[2..].to_vec()), rank)?;
         if let Some(k) = a.ints("kernel_shape") {
             if k.iter().map(|&v| v as usize).collect::<Vec<_>>() != win.kernel {
-                return Err(a.unsupported(format!("kernel_shape {k:?} differs from the weight's {wd:?}")));
+                return Err(a.unsupported(format!(
+                    "kernel_shape {k:?} differs from the weight's {wd:?}"
+                )));
             }
         }
         let groups = a.int("group", 1).max(1) as usize;
@@ -166,12 +172,11 @@ impl<'f> Importer<'f> {
                 )))
             }
         };
-        let name = self.layer_name(&w, at)?;
         let mut tensors = vec![("weight", src(&w))];
         if let Some(b) = &b {
             tensors.push(("bias", src(b)));
         }
-        Ok(Val::Node(self.push_params(at, &name, layer, &[x], &tensors)?))
+        self.param_layer(at, &w, layer, x, &tensors)
     }
 
     pub(super) fn batchnorm(&mut self, node: &NodeProto, a: &Attrs) -> R {
@@ -204,14 +209,13 @@ impl<'f> Importer<'f> {
             },
             _ => return Err(a.unsupported(format!("batch normalisation of a {shape:?} tensor"))),
         };
-        let name = self.layer_name(&p[0], at)?;
         let tensors = [
             ("weight", src(&p[0])),
             ("bias", src(&p[1])),
             ("running_mean", src(&p[2])),
             ("running_var", src(&p[3])),
         ];
-        Ok(Val::Node(self.push_params(at, &name, layer, &[x], &tensors)?))
+        self.param_layer(at, &p[0], layer, x, &tensors)
     }
 
     pub(super) fn layernorm(&mut self, node: &NodeProto, a: &Attrs) -> R {
@@ -224,23 +228,26 @@ impl<'f> Importer<'f> {
         let x = self.tensor(x, at)?;
         let w = param(self.val(&ins[1], at)?, "scale", a)?.unwrap_or_default();
         let Some(b) = param(self.val(ins.get(2).map_or("", |s| s), at)?, "bias B", a)? else {
-            return Err(a.unsupported("a LayerNormalization without bias (nngeo's layernorm has one)"));
+            return Err(
+                a.unsupported("a LayerNormalization without bias (nngeo's layernorm has one)")
+            );
         };
         let per = self.shape(x).to_vec();
         let rank = per.len() as i64 + 1;
         let axis = a.int("axis", -1);
         let axis = if axis < 0 { axis + rank } else { axis };
         if axis < 1 || axis >= rank {
-            return Err(a.unsupported(format!("normalisation from axis {axis}, which includes the batch")));
+            return Err(a.unsupported(format!(
+                "normalisation from axis {axis}, which includes the batch"
+            )));
         }
         let eps = f32_decimal(a.float("epsilon", 1e-5));
         let layer = Layer::LayerNorm {
             shape: per[(axis - 1) as usize..].to_vec(),
             eps,
         };
-        let name = self.layer_name(&w, at)?;
         let tensors = [("weight", src(&w)), ("bias", src(&b))];
-        Ok(Val::Node(self.push_params(at, &name, layer, &[x], &tensors)?))
+        self.param_layer(at, &w, layer, x, &tensors)
     }
 
     pub(super) fn pool(&mut self, node: &NodeProto, a: &Attrs) -> R {

@@ -26,7 +26,8 @@ use std::path::Path;
 
 /// Whether a weights file is an ONNX model (by its extension).
 pub fn is_onnx(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// The parameters and buffers of `spec` from the initializers of the ONNX

@@ -178,13 +178,15 @@ impl<'f> Importer<'f> {
                 Some([r]) => *r,
                 _ => return Err(a.unsupported("a dropout ratio that is not a constant")),
             },
-            None if a.has("ratio") => f32_decimal(a.float("ratio", 0.5)) ,
+            None if a.has("ratio") => f32_decimal(a.float("ratio", 0.5)),
             None => 0.5,
         };
         // The ratio is stored in float32: read back its decimal.
         let ratio = f32_decimal(ratio as f32);
         if let Some(v) = self.val(ins.get(2).map_or("", |s| s), at)? {
-            if self.floats(&v).is_some_and(|t| t.iter().any(|&b| b != 0.0)) || a.int("is_test", 1) == 0 {
+            if self.floats(&v).is_some_and(|t| t.iter().any(|&b| b != 0.0))
+                || a.int("is_test", 1) == 0
+            {
                 return Err(OnnxError::TrainingMode { at: at.clone() });
             }
         }
@@ -192,7 +194,12 @@ impl<'f> Importer<'f> {
             return Ok(Val::Node(x));
         }
         let name = self.free_name(at, None);
-        Ok(Val::Node(self.push(at, &name, Layer::Dropout { p: ratio }, &[x])?))
+        Ok(Val::Node(self.push(
+            at,
+            &name,
+            Layer::Dropout { p: ratio },
+            &[x],
+        )?))
     }
 
     fn gather(&mut self, ins: &[String], a: &Attrs) -> R {
@@ -202,16 +209,12 @@ impl<'f> Importer<'f> {
         let axis = a.int("axis", 0);
         if let Val::Param { init, dims, .. } = &data {
             if let (Val::Node(0), 0, 2) = (&idx, axis, dims.len()) {
-                let name = self.layer_name(init, at)?;
                 let layer = Layer::Embedding {
                     num_embeddings: dims[0],
                     dim: dims[1],
                 };
-                let src = Source {
-                    init: init.clone(),
-                    transpose: false,
-                };
-                return Ok(Val::Node(self.push_params(at, &name, layer, &[0], &[("weight", src)])?));
+                let init = init.clone();
+                return self.param_layer(at, &init, layer, 0, &[("weight", Source::plain(&init))]);
             }
             return Err(OnnxError::LooseParameter {
                 at: at.clone(),
@@ -262,7 +265,10 @@ impl<'f> Importer<'f> {
             let mut d = dims.to_vec();
             if un {
                 let r = (d.len() + axes.len()) as i64;
-                let mut ax: Vec<usize> = axes.iter().map(|&x| (if x < 0 { x + r } else { x }) as usize).collect();
+                let mut ax: Vec<usize> = axes
+                    .iter()
+                    .map(|&x| (if x < 0 { x + r } else { x }) as usize)
+                    .collect();
                 ax.sort_unstable();
                 for x in ax {
                     if x > d.len() {
@@ -275,7 +281,9 @@ impl<'f> Importer<'f> {
                 let mut ax: Vec<usize> = if axes.is_empty() {
                     (0..d.len()).filter(|&i| d[i] == 1).collect()
                 } else {
-                    axes.iter().map(|&x| (if x < 0 { x + r } else { x }) as usize).collect()
+                    axes.iter()
+                        .map(|&x| (if x < 0 { x + r } else { x }) as usize)
+                        .collect()
                 };
                 ax.sort_unstable();
                 for x in ax.into_iter().rev() {
@@ -289,7 +297,11 @@ impl<'f> Importer<'f> {
         };
         let bad = || a.unsupported("axes that do not fit the operand");
         match v {
-            Val::Param { init, dims, transposed } => Ok(Val::Param {
+            Val::Param {
+                init,
+                dims,
+                transposed,
+            } => Ok(Val::Param {
                 init,
                 dims: reshape(&dims).ok_or_else(bad)?,
                 transposed,
@@ -357,7 +369,9 @@ impl<'f> Importer<'f> {
         let x = self.input(ins, 0, at)?;
         let target = self.input(ins, 1, at)?;
         let Some((target, _)) = self.ints(&target) else {
-            return Err(a.unsupported("a reshape to a shape that is neither constant nor computed from shapes"));
+            return Err(a.unsupported(
+                "a reshape to a shape that is neither constant nor computed from shapes",
+            ));
         };
         let (src, pending) = match &x {
             Val::Pending(Pending::GnNorm { x, groups, eps }) => (*x, Some((*groups, *eps))),
@@ -373,9 +387,15 @@ impl<'f> Importer<'f> {
         };
         if let Some((groups, eps)) = pending {
             if new != per {
-                return Err(a.unsupported("an exported GroupNorm whose second Reshape does not restore the input's shape"));
+                return Err(a.unsupported(
+                    "an exported GroupNorm whose second Reshape does not restore the input's shape",
+                ));
             }
-            return Ok(Val::Pending(Pending::GnBack { x: src, groups, eps }));
+            return Ok(Val::Pending(Pending::GnBack {
+                x: src,
+                groups,
+                eps,
+            }));
         }
         if new == per {
             return Ok(Val::Node(src));
@@ -384,7 +404,7 @@ impl<'f> Importer<'f> {
             let name = self.free_name(at, Some("flatten"));
             return Ok(Val::Node(self.push(at, &name, Layer::Flatten, &[src])?));
         }
-        if new.len() == 2 && per.len() >= 2 && per[0] % new[0] == 0 {
+        if new.len() == 2 && per.len() >= 2 && per[0].is_multiple_of(new[0]) {
             return Ok(Val::Pending(Pending::GnSplit {
                 x: src,
                 groups: new[0],
@@ -438,7 +458,13 @@ impl<'f> Importer<'f> {
                             Val::Param { init: b, .. },
                         ) => {
                             let (x, init, transpose, b) = (*x, init.clone(), *transpose, b.clone());
-                            return Ok(Val::Node(self.linear(x, &init, transpose, Some(&b), at)?));
+                            return Ok(Val::Node(self.linear(
+                                x,
+                                &init,
+                                transpose,
+                                Some(&b),
+                                at,
+                            )?));
                         }
                         (
                             Val::Pending(Pending::GnScaled {
@@ -449,7 +475,8 @@ impl<'f> Importer<'f> {
                             }),
                             Val::Param { init: b, .. },
                         ) => {
-                            let (x, groups, eps, w, b) = (*x, *groups, *eps, weight.clone(), b.clone());
+                            let (x, groups, eps, w, b) =
+                                (*x, *groups, *eps, weight.clone(), b.clone());
                             return self.groupnorm(at, x, groups, eps, &w, &b);
                         }
                         (Val::Pending(Pending::GeluErf(x)), q) if c(self, q, 1.0, 0.0) => {
@@ -458,8 +485,9 @@ impl<'f> Importer<'f> {
                         _ => {}
                     }
                 }
-                if let Some(Val::Param { init, .. }) =
-                    [&l, &r].into_iter().find(|v| matches!(v, Val::Param { .. }))
+                if let Some(Val::Param { init, .. }) = [&l, &r]
+                    .into_iter()
+                    .find(|v| matches!(v, Val::Param { .. }))
                 {
                     return Err(OnnxError::LooseParameter {
                         at: at.clone(),
@@ -474,7 +502,10 @@ impl<'f> Importer<'f> {
             "Mul" => {
                 for (p, q) in pair {
                     match (p, q) {
-                        (Val::Pending(Pending::GnBack { x, groups, eps }), Val::Param { init, .. }) => {
+                        (
+                            Val::Pending(Pending::GnBack { x, groups, eps }),
+                            Val::Param { init, .. },
+                        ) => {
                             return Ok(Val::Pending(Pending::GnScaled {
                                 x: *x,
                                 groups: *groups,
@@ -528,23 +559,13 @@ impl<'f> Importer<'f> {
 
     fn groupnorm(&mut self, at: &At, x: usize, groups: usize, eps: f64, w: &str, b: &str) -> R {
         let channels = self.shape(x)[0];
-        let name = self.layer_name(w, at)?;
         let layer = Layer::GroupNorm {
             groups,
             channels,
             eps,
         };
-        let src = |s: &str| Source {
-            init: s.into(),
-            transpose: false,
-        };
-        Ok(Val::Node(self.push_params(
-            at,
-            &name,
-            layer,
-            &[x],
-            &[("weight", src(w)), ("bias", src(b))],
-        )?))
+        let tensors = [("weight", Source::plain(w)), ("bias", Source::plain(b))];
+        self.param_layer(at, w, layer, x, &tensors)
     }
 }
 
@@ -577,7 +598,7 @@ fn per_example(per: &[usize], target: &[Dim], allowzero: bool) -> Option<Vec<usi
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if target[0] == Dim::Known(-1) || known == 0 || numel % known != 0 {
+        if target[0] == Dim::Known(-1) || known == 0 || !numel.is_multiple_of(known) {
             return None;
         }
         out[i] = numel / known;

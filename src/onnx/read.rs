@@ -38,7 +38,10 @@ pub struct Tensor {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
     /// float32 (`f32`: true) or float64 values.
-    Float { values: Vec<f64>, f32: bool },
+    Float {
+        values: Vec<f64>,
+        f32: bool,
+    },
     Int(Vec<i64>),
 }
 

@@ -312,16 +312,7 @@ fn check_layer_cases(stem: &str, required: &[&str]) {
         );
         eprintln!("{name}: output relative error {e:.2e}");
         if let Some((_, labels)) = t.get(&format!("{name}.labels")) {
-            let p = Problem {
-                o: &o,
-                net: &net,
-                x: &x,
-                y: labels,
-                target_dim: 1,
-                n: shape[0],
-                slots: (0..net.slots.len()).collect(),
-                batch: shape[0],
-            };
+            let p = Problem::whole(&o, &net, &x, labels, shape[0]);
             let (loss, g) = p.loss_and_gradient(false).unwrap();
             assert_close(
                 &format!("{name}: loss"),
