@@ -39,20 +39,16 @@ pub struct Imported {
 /// The initializer a `state_dict` tensor is read from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Source {
+    /// The parameter's name in the graph (its `state_dict` key).
     pub init: String,
+    /// The initializer holding its values: `init` itself, or the one an
+    /// `Identity` node copies (PyTorch's exporter keeps one initializer
+    /// of equal-valued parameters, e.g. the ones and zeros of fresh
+    /// BatchNorms, and gives the others as `Identity` outputs).
+    pub data: String,
     /// A 2-D initializer stored `[in, out]` (a `MatMul`'s right operand):
     /// transposed to PyTorch's `[out, in]`.
     pub transpose: bool,
-}
-
-impl Source {
-    /// An initializer read as it is stored.
-    pub fn plain(init: &str) -> Self {
-        Source {
-            init: init.into(),
-            transpose: false,
-        }
-    }
 }
 
 /// A symbolic integer of a shape computation.
@@ -152,6 +148,9 @@ pub struct Importer<'f> {
     pub warnings: Vec<String>,
     /// Parameterised layer names already used.
     names: BTreeMap<String, At>,
+    /// Parameters given as `Identity` copies of an initializer: their
+    /// names and the initializer's.
+    alias: HashMap<String, String>,
 }
 
 /// Reads `path` and maps its graph onto nngeo's layers.
@@ -209,7 +208,28 @@ impl<'f> Importer<'f> {
             sources: BTreeMap::new(),
             warnings,
             names: BTreeMap::new(),
+            alias: HashMap::new(),
         })
+    }
+
+    /// The initializer holding parameter `name`'s values.
+    pub fn init_tensor(&self, name: &str) -> &Tensor {
+        &self.file.inits[self.alias.get(name).map_or(name, |s| s.as_str())]
+    }
+
+    /// Where parameter `name` is read from, as stored.
+    pub fn source(&self, name: &str) -> Source {
+        Source {
+            init: name.into(),
+            data: self.alias.get(name).cloned().unwrap_or_else(|| name.into()),
+            transpose: false,
+        }
+    }
+
+    /// `Identity` of a parameter: the same values under the output's name.
+    pub fn alias_param(&mut self, out: &str, of: &str) {
+        let data = self.alias.get(of).cloned().unwrap_or_else(|| of.into());
+        self.alias.insert(out.into(), data);
     }
 
     /// The per-example shape of node `n`.
@@ -295,7 +315,7 @@ impl<'f> Importer<'f> {
     pub fn floats(&self, v: &Val) -> Option<Vec<f64>> {
         match v {
             Val::Const(t) => Some(t.floats()),
-            Val::Param { init, .. } => self.file.inits.get(init).map(|t| t.floats()),
+            Val::Param { init, .. } => Some(self.init_tensor(init).floats()),
             _ => None,
         }
     }
@@ -379,7 +399,7 @@ impl<'f> Importer<'f> {
                     what: format!("`{}` has no place in this layer", src.init),
                 });
             };
-            let t = &self.file.inits[&src.init];
+            let t = self.init_tensor(&src.init);
             let mut dims = t.dims.clone();
             if src.transpose {
                 dims.reverse();
@@ -420,7 +440,7 @@ impl<'f> Importer<'f> {
         bias: Option<&str>,
         at: &At,
     ) -> Result<usize, OnnxError> {
-        let dims = &self.file.inits[init].dims;
+        let dims = &self.init_tensor(init).dims;
         if dims.len() != 2 {
             return Err(OnnxError::Unsupported {
                 at: at.clone(),
@@ -440,12 +460,12 @@ impl<'f> Importer<'f> {
         let mut tensors = vec![(
             "weight",
             Source {
-                init: init.into(),
                 transpose,
+                ..self.source(init)
             },
         )];
         if let Some(b) = bias {
-            tensors.push(("bias", Source::plain(b)));
+            tensors.push(("bias", self.source(b)));
         }
         match self.param_layer(at, init, layer, x, &tensors)? {
             Val::Node(n) => Ok(n),
@@ -533,8 +553,27 @@ impl<'f> Importer<'f> {
                 .filter_map(|(_, s)| rank.get(s.init.as_str()).copied())
                 .min()
         };
-        let mut order = exec.clone();
-        order.sort_by_key(|&i| first(i));
+        // A layer all of whose tensors were deduplicated into other
+        // initializers has no rank of its own: it keeps its place after the
+        // layer that runs before it (a BatchNorm after its convolution).
+        let mut key = Vec::new();
+        let mut last = 0;
+        let mut inferred = Vec::new();
+        for (k, &i) in exec.iter().enumerate() {
+            match first(i) {
+                Some(r) => last = r,
+                None => inferred.push(self.layers[i].name.clone()),
+            }
+            key.push(((last, k), i));
+        }
+        if !inferred.is_empty() {
+            self.warnings.push(format!(
+                "the parameters of {} are copies (Identity nodes) of equal-valued initializers, which the exporter deduplicated; their place in the parameter order is taken from the execution order",
+                inferred.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        key.sort();
+        let order: Vec<usize> = key.into_iter().map(|(_, i)| i).collect();
         let output = self.layers[n - 1].output.clone();
         Ok(Imported {
             input: self.input,

@@ -5,16 +5,12 @@
 //! `ceil_mode`, ...), and anything else is refused at the node.
 
 use super::error::OnnxError;
-use super::import::{Importer, Source, Val};
+use super::import::{Importer, Val};
 use super::proto::NodeProto;
 use super::read::{f32_decimal, Attrs};
 use crate::plan::Layer;
 
 type R = Result<Val, OnnxError>;
-
-fn src(init: &str) -> Source {
-    Source::plain(init)
-}
 
 /// A parameter input's initializer name.
 fn param(v: Option<Val>, what: &str, a: &Attrs) -> Result<Option<String>, OnnxError> {
@@ -111,7 +107,7 @@ impl<'f> Importer<'f> {
         let x = self.tensor(x, at)?;
         let w = param(self.val(&ins[1], at)?, "weight", a)?.unwrap_or_default();
         let b = param(self.val(ins.get(2).map_or("", |s| s), at)?, "bias", a)?;
-        let wd = self.file.inits[&w].dims.clone();
+        let wd = self.init_tensor(&w).dims.clone();
         if wd.len() < 3 {
             return Err(a.unsupported(format!("a weight of shape {wd:?}")));
         }
@@ -172,9 +168,9 @@ impl<'f> Importer<'f> {
                 )))
             }
         };
-        let mut tensors = vec![("weight", src(&w))];
+        let mut tensors = vec![("weight", self.source(&w))];
         if let Some(b) = &b {
-            tensors.push(("bias", src(b)));
+            tensors.push(("bias", self.source(b)));
         }
         self.param_layer(at, &w, layer, x, &tensors)
     }
@@ -210,10 +206,10 @@ impl<'f> Importer<'f> {
             _ => return Err(a.unsupported(format!("batch normalisation of a {shape:?} tensor"))),
         };
         let tensors = [
-            ("weight", src(&p[0])),
-            ("bias", src(&p[1])),
-            ("running_mean", src(&p[2])),
-            ("running_var", src(&p[3])),
+            ("weight", self.source(&p[0])),
+            ("bias", self.source(&p[1])),
+            ("running_mean", self.source(&p[2])),
+            ("running_var", self.source(&p[3])),
         ];
         self.param_layer(at, &p[0], layer, x, &tensors)
     }
@@ -246,7 +242,7 @@ impl<'f> Importer<'f> {
             shape: per[(axis - 1) as usize..].to_vec(),
             eps,
         };
-        let tensors = [("weight", src(&w)), ("bias", src(&b))];
+        let tensors = [("weight", self.source(&w)), ("bias", self.source(&b))];
         self.param_layer(at, &w, layer, x, &tensors)
     }
 

@@ -49,12 +49,12 @@ pub fn load_params(spec: &ModelSpec, path: &Path) -> Result<HostParams, String> 
             }
             continue;
         };
-        let init = &file.inits[&src.init];
+        let init = &file.inits[&src.data];
         if init.numel() != t.shape.iter().product::<usize>() {
             return Err(format!(
                 "`{}`: initializer `{}` has shape {:?}, expected {:?}",
                 shown(),
-                src.init,
+                src.data,
                 init.dims,
                 t.shape
             ));

@@ -3,7 +3,7 @@
 //! pattern PyTorch exports in pieces).
 
 use super::error::{At, OnnxError};
-use super::import::{Dim, Importer, Pending, Source, Val};
+use super::import::{Dim, Importer, Pending, Val};
 use super::read::{f32_decimal, Attrs, Tensor};
 use crate::plan::Layer;
 
@@ -14,7 +14,21 @@ impl<'f> Importer<'f> {
         let at = &a.at;
         let ins = &node.input;
         match node.op_type.as_str() {
-            "Identity" => self.input(ins, 0, at),
+            "Identity" => {
+                let v = self.input(ins, 0, at)?;
+                match (v, node.output.first()) {
+                    // A deduplicated parameter: its own name, shared values.
+                    (Val::Param { init, dims, transposed }, Some(out)) => {
+                        self.alias_param(out, &init);
+                        Ok(Val::Param {
+                            init: out.clone(),
+                            dims,
+                            transposed,
+                        })
+                    }
+                    (v, _) => Ok(v),
+                }
+            }
             "Constant" => Ok(Val::Const(a.constant()?)),
             "Cast" => match self.input(ins, 0, at)? {
                 v @ (Val::Ints { .. } | Val::Const(_)) => Ok(v),
@@ -121,7 +135,7 @@ impl<'f> Importer<'f> {
                 match w {
                     Val::Param {
                         init, transposed, ..
-                    } if self.file.inits[&init].dims.len() == 2 => {
+                    } if self.init_tensor(&init).dims.len() == 2 => {
                         let x = self.tensor(x, at)?;
                         Ok(Val::Pending(Pending::Linear {
                             x,
@@ -214,7 +228,8 @@ impl<'f> Importer<'f> {
                     dim: dims[1],
                 };
                 let init = init.clone();
-                return self.param_layer(at, &init, layer, 0, &[("weight", Source::plain(&init))]);
+                let src = self.source(&init);
+                return self.param_layer(at, &init, layer, 0, &[("weight", src)]);
             }
             return Err(OnnxError::LooseParameter {
                 at: at.clone(),
@@ -564,7 +579,7 @@ impl<'f> Importer<'f> {
             channels,
             eps,
         };
-        let tensors = [("weight", Source::plain(w)), ("bias", Source::plain(b))];
+        let tensors = [("weight", self.source(w)), ("bias", self.source(b))];
         self.param_layer(at, w, layer, x, &tensors)
     }
 }
