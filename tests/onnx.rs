@@ -402,3 +402,133 @@ fn the_cli_refuses_bad_exports_and_runs_good_ones() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Corrupted files (truncated, bytes changed) give an error or a model,
+/// never a panic: 4000 variants of the fixtures.
+#[test]
+fn corrupted_files_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let files: Vec<Vec<u8>> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let path = tmp.path().join("m.onnx");
+    for round in 0..4000 {
+        let mut b = files[round % files.len()].clone();
+        match next() % 3 {
+            0 => b.truncate((next() as usize) % b.len()),
+            _ => {
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % b.len();
+                    b[i] = next() as u8;
+                }
+            }
+        }
+        std::fs::write(&path, &b).unwrap();
+        let r = std::panic::catch_unwind(|| {
+            if let Ok(spec) = model_spec(&path) {
+                let _ = load_params(&spec, &path);
+            }
+        });
+        if r.is_err() {
+            let keep = std::env::temp_dir().join("nngeo_onnx_panic.onnx");
+            std::fs::write(&keep, &b).unwrap();
+            panic!("panicked on a file saved to {}", keep.display());
+        }
+    }
+}
+
+/// Graphs changed structurally (a node's input dropped, an initializer
+/// removed or reshaped, an attribute set to another small value) give an
+/// error or a model, never a panic: 3000 variants of the fixtures.
+#[test]
+fn malformed_graphs_never_panic() {
+    use nngeo::onnx::proto::ModelProto;
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |m: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % m.max(1) as u64) as usize
+    };
+    let models: Vec<ModelProto> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .map(|p| ModelProto::decode(std::fs::read(p).unwrap().as_slice()).unwrap())
+        .collect();
+    let path = tmp.path().join("m.onnx");
+    for round in 0..3000 {
+        let mut m = models[round % models.len()].clone();
+        let g = m.graph.as_mut().unwrap();
+        for _ in 0..1 + next(3) {
+            match next(5) {
+                0 if !g.node.is_empty() => {
+                    let k = next(g.node.len());
+                    let n = &mut g.node[k];
+                    if !n.input.is_empty() {
+                        let i = next(n.input.len());
+                        n.input.remove(i);
+                    }
+                }
+                1 if !g.initializer.is_empty() => {
+                    let k = next(g.initializer.len());
+                    g.initializer.remove(k);
+                }
+                2 if !g.initializer.is_empty() => {
+                    let k = next(g.initializer.len());
+                    let t = &mut g.initializer[k];
+                    if !t.dims.is_empty() {
+                        let i = next(t.dims.len());
+                        t.dims[i] = next(4) as i64;
+                    }
+                }
+                3 if !g.node.is_empty() => {
+                    let k = next(g.node.len());
+                    let n = &mut g.node[k];
+                    if !n.attribute.is_empty() {
+                        let i = next(n.attribute.len());
+                        let a = &mut n.attribute[i];
+                        a.i = next(5) as i64 - 2;
+                        for v in a.ints.iter_mut() {
+                            *v = next(5) as i64 - 2;
+                        }
+                        if next(2) == 0 {
+                            a.ints.pop();
+                        }
+                    }
+                }
+                _ if !g.node.is_empty() => {
+                    let k = next(g.node.len());
+                    g.node.remove(k);
+                }
+                _ => {}
+            }
+        }
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        let r = std::panic::catch_unwind(|| {
+            if let Ok(spec) = model_spec(&path) {
+                let _ = load_params(&spec, &path);
+            }
+        });
+        if r.is_err() {
+            let keep = std::env::temp_dir().join("nngeo_onnx_panic.onnx");
+            std::fs::write(&keep, m.encode_to_vec()).unwrap();
+            panic!(
+                "round {round}: panicked on a file saved to {}",
+                keep.display()
+            );
+        }
+    }
+}

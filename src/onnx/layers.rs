@@ -51,15 +51,25 @@ fn window(a: &Attrs, kernel: Option<Vec<usize>>, rank: usize) -> Result<Window, 
         Some(k) => k,
         None => list("kernel_shape", 1, rank)?,
     };
+    if kernel.contains(&0) {
+        return Err(a.unsupported(format!("an empty kernel {kernel:?}")));
+    }
     let pads = list("pads", 0, 2 * rank)?;
     if pads[..rank] != pads[rank..] {
         return Err(a.unsupported(format!(
             "asymmetric padding {pads:?} (begin and end must be equal, as PyTorch's `padding` is)"
         )));
     }
+    let strides = list("strides", 1, rank)?;
+    let dilations = list("dilations", 1, rank)?;
+    if strides.contains(&0) || dilations.contains(&0) {
+        return Err(a.unsupported(format!(
+            "strides {strides:?} and dilations {dilations:?} must be positive"
+        )));
+    }
     Ok(Window {
-        strides: list("strides", 1, rank)?,
-        dilations: list("dilations", 1, rank)?,
+        strides,
+        dilations,
         pads: pads[..rank].to_vec(),
         kernel,
     })
@@ -105,7 +115,9 @@ impl<'f> Importer<'f> {
         let transposed = node.op_type == "ConvTranspose";
         let x = self.input(ins, 0, at)?;
         let x = self.tensor(x, at)?;
-        let w = param(self.val(&ins[1], at)?, "weight", a)?.unwrap_or_default();
+        let Some(w) = param(self.val(ins.get(1).map_or("", |s| s), at)?, "weight", a)? else {
+            return Err(a.unsupported("its weight input is missing"));
+        };
         let b = param(self.val(ins.get(2).map_or("", |s| s), at)?, "bias", a)?;
         let wd = self.init_tensor(&w).dims.clone();
         if wd.len() < 3 {
@@ -222,7 +234,9 @@ impl<'f> Importer<'f> {
         }
         let x = self.input(ins, 0, at)?;
         let x = self.tensor(x, at)?;
-        let w = param(self.val(&ins[1], at)?, "scale", a)?.unwrap_or_default();
+        let Some(w) = param(self.val(ins.get(1).map_or("", |s| s), at)?, "scale", a)? else {
+            return Err(a.unsupported("its scale input is missing"));
+        };
         let Some(b) = param(self.val(ins.get(2).map_or("", |s| s), at)?, "bias B", a)? else {
             return Err(
                 a.unsupported("a LayerNormalization without bias (nngeo's layernorm has one)")
