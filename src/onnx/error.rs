@@ -8,7 +8,7 @@ use serde::Serialize;
 /// The operators the importer maps onto nngeo's layers (some only inside
 /// the patterns PyTorch exports: GELU's erf form, GroupNorm's
 /// InstanceNormalization, `x.view(x.size(0), -1)`).
-pub const SUPPORTED_OPS: [&str; 32] = [
+pub const SUPPORTED_OPS: [&str; 33] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -31,6 +31,7 @@ pub const SUPPORTED_OPS: [&str; 32] = [
     "MatMul",
     "MaxPool",
     "Mul",
+    "ReduceMean",
     "Relu",
     "Reshape",
     "Shape",

@@ -159,6 +159,7 @@ impl<'f> Importer<'f> {
             "InstanceNormalization" => self.instance_norm(ins, a),
             "LayerNormalization" => self.layernorm(node, a),
             "MaxPool" | "AveragePool" => self.pool(node, a),
+            "ReduceMean" => self.reduce_mean(ins, a),
             "GlobalAveragePool" => {
                 let x = self.input(ins, 0, at)?;
                 let x = self.tensor(x, at)?;
@@ -171,6 +172,53 @@ impl<'f> Importer<'f> {
             }
             _ => Err(OnnxError::UnsupportedOp { at: at.clone() }),
         }
+    }
+
+    /// `x.mean([2, 3])` of a `[C, H, W]` tensor: global average pooling
+    /// (and a flatten unless `keepdims`).
+    fn reduce_mean(&mut self, ins: &[String], a: &Attrs) -> R {
+        let at = &a.at;
+        let x = self.input(ins, 0, at)?;
+        let x = self.tensor(x, at)?;
+        let axes: Option<Vec<i64>> = match a.ints("axes") {
+            Some(ax) => Some(ax),
+            // Opset 18 gives the axes as an input.
+            None => match self.val(ins.get(1).map_or("", |s| s), at)? {
+                Some(v) => self.ints(&v).and_then(|(d, _)| {
+                    d.iter()
+                        .map(|x| match x {
+                            Dim::Known(k) => Some(*k),
+                            Dim::Batch => None,
+                        })
+                        .collect()
+                }),
+                None => None,
+            },
+        };
+        let mut axes: Vec<i64> = axes
+            .unwrap_or_default()
+            .iter()
+            .map(|&k| if k < 0 { k + 4 } else { k })
+            .collect();
+        axes.sort_unstable();
+        if self.shape(x).len() != 3 || axes != [2, 3] {
+            return Err(a.unsupported(
+                "a mean that is not over the spatial axes [2, 3] of a [C, H, W] tensor (global average pooling)",
+            ));
+        }
+        let name = self.free_name(at, None);
+        let layer = Layer::AdaptiveAvgPool2d { output: [1, 1] };
+        let pooled = self.push(at, &name, layer, &[x])?;
+        if a.int("keepdims", 1) != 0 {
+            return Ok(Val::Node(pooled));
+        }
+        let name = self.free_name(at, Some("flatten"));
+        Ok(Val::Node(self.push(
+            at,
+            &name,
+            Layer::Flatten,
+            &[pooled],
+        )?))
     }
 
     /// A GELU layer on node `x`.
