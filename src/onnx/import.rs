@@ -553,27 +553,26 @@ impl<'f> Importer<'f> {
                 .filter_map(|(_, s)| rank.get(s.init.as_str()).copied())
                 .min()
         };
-        // A layer all of whose tensors were deduplicated into other
-        // initializers has no rank of its own: it keeps its place after the
-        // layer that runs before it (a BatchNorm after its convolution).
-        let mut key = Vec::new();
-        let mut last = 0;
-        let mut inferred = Vec::new();
-        for (k, &i) in exec.iter().enumerate() {
-            match first(i) {
-                Some(r) => last = r,
-                None => inferred.push(self.layers[i].name.clone()),
-            }
-            key.push(((last, k), i));
-        }
+        // Layers all of whose tensors were deduplicated into other
+        // initializers have no rank of their own (see `order`).
+        let ranks: Vec<Option<usize>> = exec.iter().map(|&i| first(i)).collect();
+        let inferred: Vec<String> = exec
+            .iter()
+            .zip(&ranks)
+            .filter(|(_, r)| r.is_none())
+            .map(|(&i, _)| format!("`{}`", self.layers[i].name))
+            .collect();
         if !inferred.is_empty() {
             self.warnings.push(format!(
-                "the parameters of {} are copies (Identity nodes) of equal-valued initializers, which the exporter deduplicated; their place in the parameter order is taken from the execution order",
-                inferred.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                "the parameters of {} are copies (Identity nodes) of equal-valued initializers, which the exporter deduplicated; their place in the parameter order is inferred from the module tree and the execution order",
+                inferred.join(", ")
             ));
         }
-        key.sort();
-        let order: Vec<usize> = key.into_iter().map(|(_, i)| i).collect();
+        let names: Vec<&str> = exec.iter().map(|&i| self.layers[i].name.as_str()).collect();
+        let order: Vec<usize> = super::order::state_dict_order(&names, &ranks)
+            .into_iter()
+            .map(|k| exec[k])
+            .collect();
         let output = self.layers[n - 1].output.clone();
         Ok(Imported {
             input: self.input,

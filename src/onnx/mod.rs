@@ -13,6 +13,7 @@ mod error;
 mod import;
 mod layers;
 mod ops;
+mod order;
 pub mod proto;
 mod read;
 
