@@ -287,6 +287,18 @@ fn ngx_and_onnx_give_the_same_network() {
     let wa = load_params(&a, &onnx).unwrap();
     let wb = load_params(&b, &oracle.join("digits_resnet.safetensors")).unwrap();
     assert_eq!(wa.flat(), wb.flat(), "parameters");
+    // A written model's `weights = "x.onnx"`: the export's parameters by
+    // `state_dict` key.
+    // (`num_batches_tracked`, not exported, starts at zero.)
+    let from_onnx = load_params(&b, &onnx).unwrap();
+    let buffers = |w: &nngeo::geometry::net::HostParams| -> Vec<f64> {
+        w.tensors
+            .iter()
+            .filter(|t| !t.key.ends_with("num_batches_tracked"))
+            .flat_map(|t| t.data.clone())
+            .collect()
+    };
+    assert_eq!(buffers(&from_onnx), buffers(&wb), "weights from ONNX");
     let t = read_tensors(&oracle.join("digits_resnet.safetensors"));
     let (shape, inputs) = &t["inputs"];
     let x = o.upload(shape, inputs).unwrap();

@@ -273,11 +273,17 @@ impl<'a> Checker<'a> {
                 "weights file",
             )
         };
-        let keys = match data::safetensors_keys(&full) {
-            Ok(k) => k,
-            Err(err) => {
-                self.error(unreadable(err));
-                return None;
+        let onnx = crate::onnx::is_onnx(&full);
+        let keys = if onnx {
+            // A PyTorch export's parameters by `state_dict` key.
+            self.onnx_state_keys(&full, &path, e.span)?
+        } else {
+            match data::safetensors_keys(&full) {
+                Ok(k) => k,
+                Err(err) => {
+                    self.error(unreadable(err));
+                    return None;
+                }
             }
         };
         for (key, shape) in expected_tensors(spec) {
@@ -321,7 +327,11 @@ impl<'a> Checker<'a> {
                 _ => {}
             }
             // A model with NaN weights would still report a loss and an
-            // accuracy; refuse it here.
+            // accuracy; refuse it here (ONNX initializers are checked when
+            // read).
+            if onnx {
+                continue;
+            }
             match data::first_nonfinite(&full, &key) {
                 Ok(None) => {}
                 Ok(Some(i)) => {

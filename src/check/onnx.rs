@@ -1,7 +1,8 @@
 //! `model net = onnx("net.onnx")`: a network exported from PyTorch, its
 //! layers and shapes from the ONNX graph (see [`crate::onnx`]), its
 //! weights from the file's initializers unless `weights = ...` or
-//! `init = ...` says otherwise.
+//! `init = ...` says otherwise. Any model's `weights = "x.onnx"` reads a
+//! PyTorch export's parameters by `state_dict` key.
 
 use super::Checker;
 use crate::diag::{Diagnostic, ErrorKind};
@@ -9,6 +10,50 @@ use crate::plan::ModelSpec;
 use crate::syntax::{Arg, Ident, Span};
 
 impl<'a> Checker<'a> {
+    /// The `state_dict` tensors an ONNX file gives (`weights = "x.onnx"`),
+    /// as `(key, shape, dtype)` like a safetensors header's entries.
+    pub(super) fn onnx_state_keys(
+        &mut self,
+        full: &std::path::Path,
+        path: &str,
+        span: Span,
+    ) -> Option<Vec<(String, Vec<usize>, String)>> {
+        let m = self.import_onnx(full, path, span)?;
+        Some(
+            m.layers
+                .iter()
+                .filter(|l| l.params > 0)
+                .flat_map(|l| l.layer.state_tensors(&l.name))
+                .filter(|(k, _, _)| m.sources.contains_key(k))
+                .map(|(k, s, _)| (k, s, "onnx".to_string()))
+                .collect(),
+        )
+    }
+
+    /// Imports `full` (written `path` at `span`), reporting why not.
+    fn import_onnx(
+        &mut self,
+        full: &std::path::Path,
+        path: &str,
+        span: Span,
+    ) -> Option<crate::onnx::Imported> {
+        match crate::onnx::import(full) {
+            Ok(m) => Some(m),
+            Err(error) => {
+                let hint = error.hint();
+                let label = match &error {
+                    crate::onnx::OnnxError::Read { .. } => "cannot be read",
+                    _ => "cannot be imported",
+                };
+                let path = path.to_string();
+                self.error(
+                    Diagnostic::new(ErrorKind::Onnx { path, error }, span, label).hint_opt(hint),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn onnx_model(
         &mut self,
         callee: &Ident,
@@ -23,20 +68,7 @@ impl<'a> Checker<'a> {
         } else {
             self.opts.base_dir.join(&path)
         };
-        let imported = match crate::onnx::import(&full) {
-            Ok(m) => m,
-            Err(error) => {
-                let hint = error.hint();
-                let label = match &error {
-                    crate::onnx::OnnxError::Read { .. } => "cannot be read",
-                    _ => "cannot be imported",
-                };
-                self.error(
-                    Diagnostic::new(ErrorKind::Onnx { path, error }, pe.span, label).hint_opt(hint),
-                );
-                return None;
-            }
-        };
+        let imported = self.import_onnx(&full, &path, pe.span)?;
         for w in &imported.warnings {
             self.warn(Diagnostic::new(
                 ErrorKind::Suspicious {

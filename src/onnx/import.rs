@@ -31,8 +31,6 @@ pub struct Imported {
     pub sources: BTreeMap<String, Source>,
     /// Things that are imported but worth knowing.
     pub warnings: Vec<String>,
-    /// Whether the input holds token ids (integers).
-    pub int_input: bool,
     pub opset: i64,
 }
 
@@ -151,6 +149,8 @@ pub struct Importer<'f> {
     /// Parameters given as `Identity` copies of an initializer: their
     /// names and the initializer's.
     alias: HashMap<String, String>,
+    /// Layers named from their node, not their weight (see `layer_name`).
+    renamed: Vec<String>,
 }
 
 /// Reads `path` and maps its graph onto nngeo's layers.
@@ -191,6 +191,15 @@ impl<'f> Importer<'f> {
                 })
             })
             .collect::<Result<_, _>>()?;
+        use super::proto::dtype;
+        if ![0, dtype::FLOAT, dtype::DOUBLE, dtype::INT64, dtype::INT32]
+            .contains(&file.input.elem_type)
+        {
+            return Err(graph(format!(
+                "input `{}` has element type {}; nngeo reads float32, float64 or integer (token id) inputs",
+                file.input.name, file.input.elem_type
+            )));
+        }
         let mut warnings = Vec::new();
         if let Some(b) = dims[0] {
             warnings.push(format!(
@@ -209,6 +218,7 @@ impl<'f> Importer<'f> {
             warnings,
             names: BTreeMap::new(),
             alias: HashMap::new(),
+            renamed: Vec::new(),
         })
     }
 
@@ -333,9 +343,7 @@ impl<'f> Importer<'f> {
                 } else {
                     scope
                 };
-                self.warnings.push(format!(
-                    "{at}: its weight `{init}` is not named by a `state_dict` key, so the layer is called `{name}`; an export with constant folding renames (and may merge) parameters, e.g. a BatchNorm folded into the convolution before it: export with `do_constant_folding=False` to keep the model's own parameters"
-                ));
+                self.renamed.push(format!("`{init}` ({at}) as `{name}`"));
                 name
             }
         };
@@ -573,6 +581,16 @@ impl<'f> Importer<'f> {
             .into_iter()
             .map(|k| exec[k])
             .collect();
+        if !self.renamed.is_empty() {
+            let shown: Vec<&str> = self.renamed.iter().take(3).map(|s| s.as_str()).collect();
+            let more = self.renamed.len().saturating_sub(3);
+            self.warnings.push(format!(
+                "{} weight(s) are not named by a `state_dict` key, so their layers are named after their nodes: {}{}; an export with constant folding renames (and may merge) parameters, e.g. a BatchNorm folded into the convolution before it: export with `do_constant_folding=False` to keep the model's own parameters",
+                self.renamed.len(),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+        }
         let output = self.layers[n - 1].output.clone();
         Ok(Imported {
             input: self.input,
@@ -581,10 +599,6 @@ impl<'f> Importer<'f> {
             layers: self.layers,
             sources: self.sources,
             warnings: self.warnings,
-            int_input: matches!(
-                file.input.elem_type,
-                super::proto::dtype::INT64 | super::proto::dtype::INT32
-            ),
             opset: file.opset,
         })
     }
