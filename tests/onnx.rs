@@ -257,6 +257,10 @@ fn layers_are_named_and_grouped_by_state_dict_key() {
     let names: Vec<&str> = f.param_layers().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["conv1", "bn1", "conv2", "bn2", "fc"]);
     assert!(op_types(&dir().join("fresh.onnx")).contains("Identity"));
+    // A Conv with a 1-D kernel is a Conv1d, its BatchNorm a BatchNorm1d.
+    let s = model_spec(&dir().join("seq1d.onnx")).unwrap();
+    let types: Vec<&str> = s.param_layers().map(|l| l.layer.type_name()).collect();
+    assert_eq!(types, ["Conv1d", "BatchNorm1d", "Linear"]);
 }
 
 /// `digits_resnet` written in `.ngx` with the library's `basic` block and

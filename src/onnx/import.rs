@@ -191,6 +191,16 @@ impl<'f> Importer<'f> {
                 })
             })
             .collect::<Result<_, _>>()?;
+        if input
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_none_or(|n| n > 1 << 40)
+        {
+            return Err(graph(format!(
+                "input `{}` of shape {input:?} per example is too large",
+                file.input.name
+            )));
+        }
         use super::proto::dtype;
         if ![0, dtype::FLOAT, dtype::DOUBLE, dtype::INT64, dtype::INT32]
             .contains(&file.input.elem_type)

@@ -161,7 +161,11 @@ pub fn tensor(t: &TensorProto) -> Result<Tensor, OnnxError> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
         .collect::<Result<_, _>>()?;
-    let numel: usize = dims.iter().product();
+    let numel = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= 1 << 40)
+        .ok_or_else(|| bad(format!("dimensions {dims:?} are too large")))?;
     let raw = &t.raw_data;
     let data = match t.data_type {
         dtype::FLOAT => Data::Float {
