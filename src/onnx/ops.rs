@@ -240,17 +240,19 @@ impl<'f> Importer<'f> {
                 Some([r]) => *r,
                 _ => return Err(a.unsupported("a dropout ratio that is not a constant")),
             },
-            None if a.has("ratio") => f32_decimal(a.float("ratio", 0.5)),
-            None => 0.5,
+            None => a.float("ratio", 0.5) as f64,
         };
         // The ratio is stored in float32: read back its decimal.
         let ratio = f32_decimal(ratio as f32);
-        if let Some(v) = self.val(ins.get(2).map_or("", |s| s), at)? {
-            if self.floats(&v).is_some_and(|t| t.iter().any(|&b| b != 0.0))
-                || a.int("is_test", 1) == 0
-            {
-                return Err(OnnxError::TrainingMode { at: at.clone() });
-            }
+        let training = match self.val(ins.get(2).map_or("", |s| s), at)? {
+            Some(v) => match self.floats(&v) {
+                Some(t) => t.iter().any(|&b| b != 0.0),
+                None => return Err(a.unsupported("a training_mode that is not a constant")),
+            },
+            None => false,
+        };
+        if training || a.int("is_test", 1) == 0 {
+            return Err(OnnxError::TrainingMode { at: at.clone() });
         }
         if ratio == 0.0 {
             return Ok(Val::Node(x));
