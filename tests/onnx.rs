@@ -34,11 +34,19 @@ fn fixtures() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .filter(|p| p.with_extension("safetensors").exists())
+        .filter(|p| reference(p).exists())
         .collect();
     v.sort();
     assert!(v.len() >= 5, "fixtures missing in {}", dir().display());
     v
+}
+
+/// The reference values of `NAME.onnx` or of its float32 export
+/// `NAME.f32.onnx`: `NAME.safetensors`.
+fn reference(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap().to_string_lossy();
+    let stem = name.trim_end_matches(".onnx").trim_end_matches(".f32");
+    path.with_file_name(format!("{stem}.safetensors"))
 }
 
 /// The operator types of a file (what it tests).
@@ -68,7 +76,7 @@ fn load(path: &Path) -> Loaded {
     let spec = model_spec(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let params = load_params(&spec, path).unwrap();
     let net = Net::new(&o, &spec, params.clone()).unwrap();
-    let t = read_tensors(&path.with_extension("safetensors"));
+    let t = read_tensors(&reference(path));
     let (shape, data) = &t["inputs"];
     let x = o.upload(shape, data).unwrap();
     Loaded {
@@ -108,8 +116,9 @@ fn softmax(z: &[f64], c: usize, log: bool) -> Vec<f64> {
 }
 
 /// Forward: nngeo's outputs against the stored ones (PyTorch float64:
-/// 1e-12 relative; onnxruntime's float32 for `handmade`: 1e-6, measured
-/// 1.2e-7). A final
+/// 1e-12 relative; onnxruntime's float32 for `handmade`, and a float32
+/// export's weights (`NAME.f32.onnx`) against float64 PyTorch: 1e-6,
+/// measured 1.2e-7). A final
 /// (Log)Softmax, which nngeo leaves out, is applied to nngeo's logits.
 #[test]
 fn forward_matches_pytorch_for_every_fixture() {
@@ -126,9 +135,10 @@ fn forward_matches_pytorch_for_every_fixture() {
         if ops.contains("LogSoftmax") {
             ours = softmax(&ours, c, true);
         }
-        let want = &read_tensors(&path.with_extension("safetensors"))["outputs"].1;
-        let f32_ref = path.file_name().unwrap() == "handmade.onnx";
-        let tol = if f32_ref { 1e-6 } else { 1e-12 };
+        let want = &read_tensors(&reference(&path))["outputs"].1;
+        let name = path.file_name().unwrap().to_string_lossy();
+        let float32 = name == "handmade.onnx" || name.ends_with(".f32.onnx");
+        let tol = if float32 { 1e-6 } else { 1e-12 };
         let rel = rel_err(&ours, want);
         eprintln!("{}: forward rel {rel:.2e}", path.display());
         assert!(
