@@ -12,6 +12,29 @@ use std::process::ExitCode;
 
 mod cluster_cmd;
 
+/// mimalloc, told to keep the pages it frees (see [`keep_freed_pages`]).
+/// With the system allocator every large tensor (tens of MB in a
+/// convolution's backward pass) was a fresh `mmap` whose pages the kernel
+/// zeroes on first touch, and its `munmap` cost a TLB shootdown on every
+/// core: over half of a ResNet18 KFAC's time went to the kernel.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Freed memory stays mapped and is reused by the next tensor of its size
+/// instead of being handed back to the OS (mimalloc's `purge_delay = -1`).
+/// The process's resident size then stays at its peak, which is what the
+/// memory estimates bound anyway; page faults of a ResNet18 KFAC fell from
+/// 68k to 4k. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn keep_freed_pages() {
+    // mimalloc 3's `mi_option_purge_delay` (libmimalloc-sys does not name it).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads it on its
+        // next purge decision, whatever it has allocated before.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
+    }
+}
+
 const EXAMPLES: &str = "\
 Examples:
   nngeo check experiments/*.ngx             check files, report every error
@@ -318,6 +341,7 @@ fn report(file: &Path, src: &str, diags: &[Diagnostic]) {
 }
 
 fn main() -> ExitCode {
+    keep_freed_pages();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

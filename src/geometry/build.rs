@@ -169,6 +169,11 @@ fn example_loss(z: &[f64], y: &[f64], mse: bool) -> (f64, Vec<f64>, bool) {
     (lse - z[label], g, arg == label)
 }
 
+/// Most bytes of captures EKFAC's refit keeps from the KFAC pass to
+/// avoid a second pass over a single batch; beyond it, it runs the second
+/// pass (memory, not time, is then the limit).
+const KEEP_BYTES: usize = 256 << 20;
+
 impl<'a, O: Ops> Problem<'a, O> {
     /// The included layers in model order, each once: captures come out
     /// of the backward pass in that order, so every representation is laid
@@ -362,21 +367,11 @@ impl<'a, O: Ops> Problem<'a, O> {
         mut f: impl FnMut(&[Capture<O::T>], usize, usize) -> OpsResult<()>,
     ) -> OpsResult<()> {
         let o = self.o;
-        let c = self.net.outputs();
-        let (m, _) = self.outputs_of(target);
         let mut rng = Self::rng(target);
         let mut start = 0;
         while start < self.n {
             let nb = self.batch.min(self.n - start);
-            let xb = if nb == self.n {
-                self.x.clone()
-            } else {
-                o.narrow(self.x, 0, start, nb)?
-            };
-            let fwd = self.net.forward(o, &xb, true)?;
-            let z = o.download(&fwd.output)?;
-            let seeds = self.seeds(target, &z, start, nb, &mut rng);
-            let seed = o.upload(&[m, nb, c], &seeds)?;
+            let (fwd, seed) = self.batch_pass(target, &mut rng, start, nb)?;
             let caps = self.net.backward(o, &fwd, &seed)?;
             let chosen: Vec<Capture<O::T>> = caps
                 .into_iter()
@@ -386,6 +381,68 @@ impl<'a, O: Ops> Problem<'a, O> {
             start += nb;
         }
         Ok(())
+    }
+
+    /// Runs `f(k, capture, first example, batch size)` on each included
+    /// layer's capture of every batch as the backward pass makes it, from
+    /// the last layer back; `k` indexes [`Self::layer_infos`]. Unlike
+    /// [`Self::for_each_batch`] no batch's captures are ever all held at
+    /// once, nor the forward caches of layers already passed.
+    pub fn for_each_capture(
+        &self,
+        target: &Target,
+        mut f: impl FnMut(usize, Capture<O::T>, usize, usize) -> OpsResult<()>,
+    ) -> OpsResult<()> {
+        let order = self.ordered_slots();
+        let mut rng = Self::rng(target);
+        let mut start = 0;
+        while start < self.n {
+            let nb = self.batch.min(self.n - start);
+            let (fwd, seed) = self.batch_pass(target, &mut rng, start, nb)?;
+            self.net
+                .backward_each(
+                    self.o,
+                    fwd,
+                    &seed,
+                    &mut |cap| match order.binary_search(&cap.slot) {
+                        Ok(k) => f(k, cap, start, nb),
+                        Err(_) => Ok(()),
+                    },
+                )?;
+            start += nb;
+        }
+        Ok(())
+    }
+
+    /// The forward pass of the batch `start..start + nb` and its output
+    /// seeds `[m, nb, C]` for `target`.
+    fn batch_pass(
+        &self,
+        target: &Target,
+        rng: &mut Rng,
+        start: usize,
+        nb: usize,
+    ) -> OpsResult<(super::net::Forward<O::T>, O::T)> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let (m, _) = self.outputs_of(target);
+        let xb = if nb == self.n {
+            self.x.clone()
+        } else {
+            o.narrow(self.x, 0, start, nb)?
+        };
+        let fwd = self.net.forward(o, &xb, true)?;
+        let z = o.download(&fwd.output)?;
+        let seeds = self.seeds(target, &z, start, nb, rng);
+        let seed = o.upload(&[m, nb, c], &seeds)?;
+        Ok((fwd, seed))
+    }
+
+    fn dtype_bytes(&self) -> usize {
+        match self.o.dtype() {
+            crate::plan::Dtype::F32 => 4,
+            crate::plan::Dtype::F64 => 8,
+        }
     }
 
     fn slot_of(&self, cap: &Capture<O::T>) -> &super::net::LayerSlot {
@@ -407,18 +464,18 @@ impl<'a, O: Ops> Problem<'a, O> {
             Ok(())
         };
         // With a single batch, EKFAC's refit reuses this pass's captures
-        // instead of running the network again.
-        let keep = self.batch >= self.n
+        // of its layers instead of running the network again, unless they
+        // would take more than KEEP_BYTES.
+        let mut keep = self.batch >= self.n
             && kinds
                 .iter()
                 .any(|k| matches!(k, BlockKind::Ekfac { refit: true }));
-        let mut kept = None;
-        self.for_each_batch(target, |caps, _, _| {
-            if keep {
-                kept = Some(caps.to_vec());
-            }
-            for (k, cap) in caps.iter().enumerate() {
-                let slot = self.slot_of(cap);
+        let mut kept: Vec<Option<Capture<O::T>>> = vec![None; kinds.len()];
+        let mut kept_bytes = 0;
+        self.for_each_capture(target, |k, cap, _, _| {
+            let slot = self.slot_of(&cap);
+            {
+                let cap = &cap;
                 match kinds[k] {
                     BlockKind::Dense => {
                         let j = stats::jacobian(o, slot, cap)?;
@@ -437,8 +494,18 @@ impl<'a, O: Ops> Problem<'a, O> {
                     }
                 }
             }
+            if keep && matches!(kinds[k], BlockKind::Ekfac { refit: true }) {
+                kept_bytes += (o.numel(&cap.a) + o.numel(&cap.g)) * self.dtype_bytes();
+                if kept_bytes > KEEP_BYTES {
+                    keep = false;
+                    kept.iter_mut().for_each(|c| *c = None);
+                } else {
+                    kept[k] = Some(cap);
+                }
+            }
             Ok(())
         })?;
+        let kept = keep.then_some(kept);
         let n = self.n as f64;
         let mut blocks = Vec::with_capacity(kinds.len());
         let mut bases = Vec::new();
@@ -531,7 +598,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         layers: &[LayerInfo],
         blocks: &mut [Block],
         which: &[usize],
-        kept: Option<Vec<Capture<O::T>>>,
+        kept: Option<Vec<Option<Capture<O::T>>>>,
     ) -> OpsResult<()> {
         let o = self.o;
         let mut bases = Vec::new();
@@ -546,20 +613,27 @@ impl<'a, O: Ops> Problem<'a, O> {
             ));
         }
         let mut sums: Vec<Option<O::T>> = vec![None; bases.len()];
-        let mut accumulate = |caps: &[Capture<O::T>], _: usize, _: usize| -> OpsResult<()> {
-            for (b, (k, ug, ua)) in bases.iter().enumerate() {
-                let cap = &caps[*k];
-                let s = stats::kfe_sum(o, self.slot_of(cap), cap, ug, ua)?;
-                sums[b] = Some(match sums[b].take() {
-                    Some(t) => o.add(&t, &s)?,
-                    None => s,
-                });
-            }
+        let mut accumulate = |k: usize, cap: &Capture<O::T>| -> OpsResult<()> {
+            let Some(b) = bases.iter().position(|(bk, _, _)| *bk == k) else {
+                return Ok(());
+            };
+            let (_, ug, ua) = &bases[b];
+            let s = stats::kfe_sum(o, self.slot_of(cap), cap, ug, ua)?;
+            sums[b] = Some(match sums[b].take() {
+                Some(t) => o.add(&t, &s)?,
+                None => s,
+            });
             Ok(())
         };
         match kept {
-            Some(caps) => accumulate(&caps, 0, self.n)?,
-            None => self.for_each_batch(target, accumulate)?,
+            Some(caps) => {
+                for (k, cap) in caps.iter().enumerate() {
+                    if let Some(cap) = cap {
+                        accumulate(k, cap)?;
+                    }
+                }
+            }
+            None => self.for_each_capture(target, |k, cap, _, _| accumulate(k, &cap))?,
         }
         for (b, (k, _, _)) in bases.iter().enumerate() {
             let l = &layers[*k];

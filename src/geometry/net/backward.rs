@@ -60,9 +60,10 @@ impl<O: Ops> Net<O> {
                 Layer::Conv2d { out_channels, .. }
                 | Layer::Conv1d { out_channels, .. }
                 | Layer::ConvTranspose2d { out_channels, .. },
-                Cache::Affine { a },
+                Cache::Conv { x, bias },
             ) => {
                 let u = layer.unfold.as_ref().unwrap();
+                let a = self.conv_capture_input(o, u, x, n, *bias)?;
                 let cout = *out_channels;
                 let g3 = o.reshape(g, &[m * n, cout, u.l])?;
                 let gt = o.transpose(&g3, 1, 2)?; // [mn, L, cout], the capture's layout
@@ -77,7 +78,7 @@ impl<O: Ops> Net<O> {
                 };
                 let cap = Capture {
                     slot: slot.unwrap(),
-                    a: a.clone(),
+                    a,
                     g: o.reshape(&gt, &[m, n, u.l, cout])?,
                 };
                 Ok((Some(cap), one(dx)?))

@@ -94,7 +94,7 @@ impl<O: Ops> Net<O> {
                 // Patches straight in the capture's layout; an ungrouped
                 // convolution is then one tall product `[n·L, cin·K] ×
                 // [cin·K, cout]` rather than n small ones.
-                let mut a = self.unfold_lk(o, u, x, n)?; // [n, L, cin·K]
+                let a = self.unfold_lk(o, u, x, n)?; // [n, L, cin·K]
                 let w = layer.w.as_ref().unwrap();
                 let mut y = if o.shape(w).len() == 2 {
                     let yt = o.matmul(&a, layer.wt.as_ref().unwrap())?; // [n, L, cout]
@@ -106,10 +106,10 @@ impl<O: Ops> Net<O> {
                     y = o.add(&y, b)?;
                 }
                 let y = o.reshape(&y, &out_shape)?;
-                if *bias {
-                    a = o.cat(&[a, o.affine(&o.zeros(&[n, u.l, 1])?, 0.0, 1.0)?], 2)?;
-                }
-                plain(y, Cache::Affine { a })
+                // The patches hold K times the input: the backward pass
+                // rebuilds them from the input when it needs them.
+                let x = o.reshape(x, &[n, u.cin, u.hw])?;
+                plain(y, Cache::Conv { x, bias: *bias })
             }
             Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => {
                 let op = match layer.spec.layer {

@@ -217,6 +217,12 @@ pub enum Cache<T> {
     Affine {
         a: T,
     },
+    /// A convolution's input `[n, cin, hw]`; its patches (the capture's
+    /// `a`, K times larger) are rebuilt in the backward pass.
+    Conv {
+        x: T,
+        bias: bool,
+    },
     Act {
         x: T,
         y: T,
@@ -821,11 +827,48 @@ impl<O: Ops> Net<O> {
         fwd: &Forward<O::T>,
         seed: &O::T,
     ) -> OpsResult<Vec<Capture<O::T>>> {
+        let mut caps = Vec::with_capacity(self.slots.len());
+        self.backward_with(o, Caches::Borrowed(&fwd.caches), fwd.n, seed, &mut |c| {
+            caps.push(c);
+            Ok(())
+        })?;
+        caps.sort_by_key(|c| c.slot);
+        Ok(caps)
+    }
+
+    /// [`Self::backward`] that hands each capture to `sink` as soon as it
+    /// is made (from the output back, so in decreasing slot order) and
+    /// drops each layer's forward cache once the pass has gone through it.
+    /// A caller that reduces captures (KFAC factors, diagonals) then never
+    /// holds more than one layer's per-example data.
+    pub fn backward_each(
+        &self,
+        o: &O,
+        fwd: Forward<O::T>,
+        seed: &O::T,
+        sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
+    ) -> OpsResult<()> {
+        let n = fwd.n;
+        self.backward_with(o, Caches::Owned(fwd.caches), n, seed, sink)
+    }
+
+    fn backward_with(
+        &self,
+        o: &O,
+        caches: Caches<'_, O::T>,
+        n: usize,
+        seed: &O::T,
+        sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
+    ) -> OpsResult<()> {
         match &self.mode {
-            Reparam::Plain => self.backward_net(o, fwd, seed),
-            Reparam::Scaled { alpha, .. } if *alpha == 1.0 => self.backward_net(o, fwd, seed),
-            Reparam::Scaled { alpha, .. } => self.backward_net(o, fwd, &o.scale(seed, *alpha)?),
-            Reparam::Linearized { base, .. } => base.backward_net(o, fwd, seed),
+            Reparam::Plain => self.backward_net(o, caches, n, seed, sink),
+            Reparam::Scaled { alpha, .. } if *alpha == 1.0 => {
+                self.backward_net(o, caches, n, seed, sink)
+            }
+            Reparam::Scaled { alpha, .. } => {
+                self.backward_net(o, caches, n, &o.scale(seed, *alpha)?, sink)
+            }
+            Reparam::Linearized { base, .. } => base.backward_net(o, caches, n, seed, sink),
         }
     }
 
@@ -960,27 +1003,45 @@ impl<O: Ops> Net<O> {
         o.unfold_patches(&x, &u.idx, u.cin, u.k, 0.0, true)
     }
 
+    /// A convolution's capture `a [n, L, cin·K (+1)]` from its input: the
+    /// patches, with a column of ones for the bias.
+    fn conv_capture_input(
+        &self,
+        o: &O,
+        u: &Unfold<O::T>,
+        x: &O::T,
+        n: usize,
+        bias: bool,
+    ) -> OpsResult<O::T> {
+        let a = self.unfold_lk(o, u, x, n)?;
+        if bias {
+            o.cat(&[a, o.affine(&o.zeros(&[n, u.l, 1])?, 0.0, 1.0)?], 2)
+        } else {
+            Ok(a)
+        }
+    }
+
     /// Adjoint of [`Self::unfold`]: `[b, cin·K, L]` → `[b, cin, hw]`.
     fn fold(&self, o: &O, u: &Unfold<O::T>, p: &O::T) -> OpsResult<O::T> {
         o.fold_patches(p, &u.idx, u.cin, u.k, u.hw, false)
     }
 
     /// Backpropagates `seed [m, n, C]` (m output functions per example) and
-    /// returns, for each parameterised layer, its input and output
-    /// gradient, in slot order. A node's gradient is the sum over its
-    /// readers; nodes with no parameter upstream get none.
+    /// gives `sink`, for each parameterised layer, its input and output
+    /// gradient, from the last layer back. A node's gradient is the sum
+    /// over its readers; nodes with no parameter upstream get none.
     fn backward_net(
         &self,
         o: &O,
-        fwd: &Forward<O::T>,
+        mut caches: Caches<'_, O::T>,
+        n: usize,
         seed: &O::T,
-    ) -> OpsResult<Vec<Capture<O::T>>> {
-        let n = fwd.n;
+        sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
+    ) -> OpsResult<()> {
         let m = o.shape(seed)[0];
         let last = self.layers.len();
         let mut grads: Vec<Option<O::T>> = vec![None; last + 1];
         grads[last] = Some(seed.clone());
-        let mut caps = Vec::with_capacity(self.slots.len());
         for i in (0..last).rev() {
             let Some(g) = grads[i + 1].take() else {
                 continue;
@@ -993,8 +1054,11 @@ impl<O: Ops> Net<O> {
             shape.extend(&layer.spec.output);
             let g = o.reshape(&g, &shape)?;
             let need: Vec<bool> = layer.src.iter().map(|&s| self.needs_grad[s]).collect();
-            let (cap, ins) = self.layer_backward(o, i, &fwd.caches[i], &g, m, n, &need)?;
-            caps.extend(cap);
+            let (cap, ins) = self.layer_backward(o, i, caches.get(i)?, &g, m, n, &need)?;
+            caches.release(i);
+            if let Some(cap) = cap {
+                sink(cap)?;
+            }
             for (&s, gin) in layer.src.iter().zip(ins) {
                 if let Some(gin) = gin {
                     grads[s] = Some(match grads[s].take() {
@@ -1004,8 +1068,32 @@ impl<O: Ops> Net<O> {
                 }
             }
         }
-        caps.sort_by_key(|c| c.slot);
-        Ok(caps)
+        Ok(())
+    }
+}
+
+/// The forward caches a backward pass reads: borrowed (the caller keeps
+/// them) or owned (each dropped once its layer is done).
+enum Caches<'a, T> {
+    Borrowed(&'a [Cache<T>]),
+    Owned(Vec<Cache<T>>),
+}
+
+impl<T> Caches<'_, T> {
+    fn get(&self, i: usize) -> OpsResult<&Cache<T>> {
+        let c = match self {
+            Caches::Borrowed(c) => c.get(i),
+            Caches::Owned(c) => c.get(i),
+        };
+        c.ok_or_else(|| OpsError(format!("no forward cache for layer {i}")))
+    }
+
+    fn release(&mut self, i: usize) {
+        if let Caches::Owned(c) = self {
+            if let Some(slot) = c.get_mut(i) {
+                *slot = Cache::Join;
+            }
+        }
     }
 }
 
