@@ -25,6 +25,7 @@ pub mod engine;
 pub mod exec;
 pub mod geometry;
 pub mod linalg;
+pub mod memory;
 pub mod onnx;
 pub mod plan;
 pub mod plugin;

@@ -231,30 +231,6 @@ pub fn eigh(a: &Mat) -> Result<(Vec<f64>, Mat), LinalgError> {
     Ok((evals, Mat::from_faer(evd.U())))
 }
 
-/// [`eigh`] computed in single precision: about twice as fast, for
-/// float32 runs whose data carry no more precision than that.
-pub fn eigh_f32(a: &Mat) -> Result<(Vec<f64>, Mat), LinalgError> {
-    const OP: &str = "eigh_f32";
-    let s = symmetric_input(OP, a)?;
-    let n = s.rows;
-    if n == 0 {
-        return Ok((Vec::new(), Mat::zeros(0, 0)));
-    }
-    let lo = faer::Mat::<f32>::from_fn(n, n, |i, j| s.data[i * n + j] as f32);
-    let evd = lo
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|_| LinalgError::NoConvergence { op: OP })?;
-    let evals: Vec<f64> = evd.S().column_vector().iter().map(|&x| x as f64).collect();
-    let u = evd.U();
-    let mut v = Mat::zeros(n, n);
-    for i in 0..n {
-        for j in 0..n {
-            v.data[i * n + j] = u[(i, j)] as f64;
-        }
-    }
-    Ok((evals, v))
-}
-
 /// Eigenvalues only, ascending.
 pub fn eigvalsh(a: &Mat) -> Result<Vec<f64>, LinalgError> {
     const OP: &str = "eigvalsh";

@@ -268,7 +268,9 @@ impl<O: Ops> Backend for Engine<O> {
                 Value::Vector(self.vector_op(vector).map_err(|e| fail(step, e))?)
             }
             Op::Measure { measurement, .. } => {
-                return self.measure(measurement).map_err(|e| fail(step, e));
+                let out = self.measure(measurement).map_err(|e| fail(step, e));
+                crate::memory::release();
+                return out;
             }
             Op::Train {
                 model,
@@ -291,6 +293,9 @@ impl<O: Ops> Backend for Engine<O> {
             Op::Plot { .. } | Op::Expect { .. } => Value::None,
         };
         self.values.insert(step.id, value);
+        // What the step freed goes back to the OS: the next step's
+        // estimate does not count it (see `crate::memory`).
+        crate::memory::release();
         Ok(StepOutput::Stored)
     }
 

@@ -8,7 +8,7 @@
 //! updated weights. Hooks run at their firing steps, before that step's
 //! update (step 0 is the initial model).
 
-use crate::geometry::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
+use crate::geometry::build::{kfac_eigenbasis, BlockKind, Problem, Target, DECOMPOSE};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
@@ -207,10 +207,9 @@ impl Preconditioner {
                 }
                 None => new,
             };
-            let decompose = decomposer(p.o.dtype());
             let mut blocks = factors
                 .iter()
-                .map(|b| kfac_eigenbasis(b, decompose).map_err(e))
+                .map(|b| kfac_eigenbasis(b, DECOMPOSE).map_err(e))
                 .collect::<Result<Vec<_>, _>>()?;
             let which: Vec<usize> = (0..blocks.len()).collect();
             p.refit(target, &kfac.layers, &mut blocks, &which, None)

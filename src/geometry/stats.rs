@@ -348,7 +348,10 @@ pub fn jtu<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>, u: &O::T) -> Op
         return o.reshape(&jtu, &[sg, sa]);
     }
     let u4 = o.reshape(u, &[m, n, 1, 1])?;
-    let w = o.sum_dim(&o.mul(&cap.g, &u4)?, 0)?; // [1, n, L, sg]
+    let w = o.mul(&cap.g, &u4)?;
+    // One output function (a loss gradient) needs no sum over them: the
+    // reduction would be a full copy of the largest tensor of the pass.
+    let w = if m == 1 { w } else { o.sum_dim(&w, 0)? }; // [1, n, L, sg]
     match slot.kind {
         SlotKind::Affine { .. } | SlotKind::Embedding { .. } => {
             let w = o.reshape(&w, &[n * l, sg])?;

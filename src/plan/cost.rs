@@ -315,10 +315,14 @@ pub fn format_seconds(s: f64) -> String {
 /// measured on.
 pub const BASE_BYTES: u64 = 32 << 20;
 
-/// Headroom over the sum of the buffers counted: allocator fragmentation
-/// and the small buffers no formula follows (×11/10).
+/// Headroom over the sum of the buffers counted: the small buffers no
+/// formula follows, and the allocator's fragmentation (×5/4). The `nngeo`
+/// binary's allocator keeps the pages a step frees for reuse within the
+/// step (see `crate::memory`), so a buffer that does not fit into what
+/// was freed before it adds to the resident size; with the system
+/// allocator ×11/10 sufficed.
 pub fn with_headroom(bytes: u64) -> u64 {
-    bytes.saturating_add(bytes / 10)
+    bytes.saturating_add(bytes / 4)
 }
 
 /// Bytes of one host number (representations, vectors, parameters are
@@ -426,7 +430,10 @@ pub fn repr_peak(
                         }
                         _ => 0,
                     };
-                    all + jac + pass + truncate
+                    // A batch's rows also pass through a host copy (f64)
+                    // on their way into the stacked matrix.
+                    let download = (m * nb).saturating_mul(p).saturating_mul(HOST);
+                    all + jac + download + pass + truncate
                 }
                 Structure::Implicit => held,
                 s_ => {
@@ -632,12 +639,14 @@ pub fn blockwise_rel_error_peak(a: &MeasuredRepr<'_>, b: &MeasuredRepr<'_>) -> O
 }
 
 /// Host copies of the parameter vector a training step makes (gradients,
-/// optimiser state, new weights, the net rebuilt with them), measured.
+/// optimiser state, new weights, the net rebuilt with them), measured;
+/// two more than are live at once, for the copies of earlier steps that
+/// the allocator keeps (see `crate::memory`).
 fn train_copies(config: &TrainConfig) -> u64 {
     let base = match &config.optimizer {
-        Optimizer::Sgd { .. } => 10,
-        Optimizer::Adam { .. } => 12,
-        Optimizer::Ngd { .. } => 8,
+        Optimizer::Sgd { .. } => 12,
+        Optimizer::Adam { .. } => 14,
+        Optimizer::Ngd { .. } => 10,
     };
     base + match config.mode {
         TrainMode::Plain => 0,
