@@ -124,7 +124,10 @@ impl<O: Ops> Engine<O> {
             );
         }
         let m = self.problem(net, d, slots.clone(), 1).outputs_of(&target).0;
-        let p = self.problem(net, d, slots.clone(), m);
+        let mut p = self.problem(net, d, slots.clone(), m);
+        // Batched by what the structure holds per example, as planned.
+        let width = crate::plan::cost::fim_batch_width(&net.spec, structure);
+        p.batch = crate::plan::cost::batch_examples(p.n, m, width);
         let kind = match structure {
             Structure::Dense => ReprKind::Fim(p.fim_dense(&target).map_err(|e| e.to_string())?),
             Structure::LowRank { rank } => {
