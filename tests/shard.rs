@@ -155,11 +155,20 @@ fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
     assert_eq!(code, 0, "{err}");
     assert!(status.contains("4 done, 3 failed"), "{status}");
     assert!(status.contains("cannot read `./p2.csv`"), "{status}");
-    let (code, _, err) = nngeo(d, &["report", "run"]);
+    let (code, out, err) = nngeo(d, &["report", "run"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("3 of 7 shard(s) are not complete (4-6)"),
         "{err}"
+    );
+    // No verdict on part of the data: the claim says why, and what the
+    // shards present say.
+    assert!(out.contains("claims: 0 of 1 supported"), "{out}");
+    let summary = std::fs::read_to_string(d.join("run/summary.md")).unwrap();
+    assert!(
+        summary.contains("not evaluated: the run is incomplete (incomplete: 3 of 7 shard(s)")
+            && summary.contains("the results so far: supported"),
+        "{summary}"
     );
     let m: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("run/manifest.json")).unwrap())
@@ -178,9 +187,10 @@ fn a_failed_shard_keeps_the_others_and_its_rerun_completes_the_run() {
         let (code, err) = plan_shard(d, i, 7);
         assert_eq!(code, 0, "{err}");
     }
-    let (code, _, err) = nngeo(d, &["report", "run"]);
+    let (code, out, err) = nngeo(d, &["report", "run"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(results(&d.join("run")), one);
+    assert!(out.contains("claims: 1 of 1 supported"), "{out}");
 }
 
 #[test]

@@ -53,6 +53,26 @@ impl ClaimOutcome {
     }
 }
 
+/// [`evaluate_plan`] for the run in `dir`. A run that has not ended `ok`
+/// (interrupted, failed, or merged from shards some of which are missing)
+/// holds part of the data a claim was declared on, so no verdict is
+/// given: the outcome says why, and what the results so far would say.
+pub fn evaluate_run(dir: &std::path::Path, plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
+    let mut out = evaluate_plan(plan, results);
+    if let Some(why) = super::manifest::incomplete_reason(dir) {
+        for c in &mut out {
+            if !matches!(c.verdict, Verdict::NoData(_)) {
+                c.verdict = Verdict::NoData(format!(
+                    "the run is incomplete ({why}); the results so far: {}",
+                    c.verdict
+                ));
+                c.failing = None;
+            }
+        }
+    }
+    out
+}
+
 /// The claims of a plan (its `expect` steps), evaluated on `results`.
 pub fn evaluate_plan(plan: &Value, results: &Results) -> Vec<ClaimOutcome> {
     let mut out = Vec::new();

@@ -205,8 +205,17 @@ fn state_of(dir: &Path, m: &serde_json::Value) -> RunState {
         std::fs::read(dir.join(super::PLAN_JSON)),
     ) {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(&plan);
-        let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        // The hash of the plan as nngeo writes it (`Plan::hash`): a
+        // plan.json placed by hand (`nngeo plan --format json > ...`, as
+        // a sharded run's folder may be set up) differs in layout only.
+        let hash = std::str::from_utf8(&plan)
+            .ok()
+            .and_then(|t| crate::plan::Plan::from_json(t).ok())
+            .map(|p| p.hash())
+            .unwrap_or_else(|| {
+                let digest = sha2::Sha256::digest(&plan);
+                digest.iter().map(|b| format!("{b:02x}")).collect()
+            });
         if hash != recorded {
             return RunState::Stale {
                 recorded: recorded.to_string(),
@@ -257,6 +266,19 @@ pub(super) fn run_state_note(dir: &Path) -> Option<String> {
             state.status().map(|s| format!("the run is incomplete: {s}"))
         }
         RunState::NoManifest | RunState::Ended { .. } => None,
+    }
+}
+
+/// Why the results in `dir` are not a finished run's, if they are not: the
+/// run still runs, was interrupted, failed, or was merged from shards some
+/// of which are missing. `None` for a run that ended `ok`, and where no
+/// manifest says anything (results copied on their own).
+pub(super) fn incomplete_reason(dir: &Path) -> Option<String> {
+    match run_state(dir) {
+        RunState::Ended { status } if status == "ok" => None,
+        RunState::Ended { status } => Some(status),
+        RunState::NoManifest | RunState::Stale { .. } => None,
+        state => state.status(),
     }
 }
 

@@ -442,7 +442,7 @@ pub fn rebuild(dir: &Path) -> Result<Rebuilt, ReportError> {
     if let Some(note) = manifest::run_state_note(dir) {
         out.warnings.push(note);
     }
-    out.claims = claims::evaluate_plan(&plan, &results);
+    out.claims = claims::evaluate_run(dir, &plan, &results);
     let csv = dir.join(RESULTS_CSV);
     write_csv_records(&results.records, &csv)?;
     out.files.push(csv);

@@ -11,7 +11,7 @@
 //! Every file is optional: a crashed run (no manifest, a truncated
 //! `results.jsonl`, no plan) gets a summary of what exists.
 
-use super::claims::{evaluate_plan, ClaimOutcome, Verdict};
+use super::claims::{evaluate_run, ClaimOutcome, Verdict};
 use super::{read_results, write_err, Record, ReportError, Results, PLAN_JSON, RESULTS_JSONL};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -55,7 +55,7 @@ pub fn render_summary(dir: &Path, plan: Option<&Value>, results: Option<&Results
     let empty = Results::default();
     let results_or_empty = results.unwrap_or(&empty);
     let s = Summary::new(dir, plan, results_or_empty);
-    let claims = plan.map_or_else(Vec::new, |p| evaluate_plan(p, results_or_empty));
+    let claims = plan.map_or_else(Vec::new, |p| evaluate_run(dir, p, results_or_empty));
     let mut out = String::new();
     s.header(&mut out, results.is_some());
     render_claims(&mut out, &claims);
