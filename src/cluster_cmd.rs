@@ -360,3 +360,38 @@ pub fn merge(run: &Path) -> Result<(), ExitCode> {
         }
     }
 }
+
+/// `nngeo exec FILE --part STEP[:STAGE]/J/K --out RUN`.
+pub fn run_part(
+    plan: &Plan,
+    file: &Path,
+    run: &Path,
+    spec: &str,
+    config: &Config,
+    base_dir: Option<PathBuf>,
+) -> ExitCode {
+    let spec = match nngeo::plan::parts::parse(plan, spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut be = match nngeo::select::create(&plan.experiment.backend, config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let base_dir = base_dir
+        .or_else(|| file.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    match nngeo::exec::part::run_part(plan, be.as_mut(), &base_dir, run, &spec) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -470,6 +470,7 @@ impl<'a> Checker<'a> {
             structure,
             model,
             data,
+            shards,
         } = &e.kind
         else {
             return None;
@@ -595,13 +596,15 @@ impl<'a> Checker<'a> {
             Some(c) => self.boolean(c, "centered")?,
             None => false,
         };
-        let options = ReprOptions {
+        let mut options = ReprOptions {
             fisher,
             task,
             layers,
             centered,
             examples: dv.info.n,
             outputs: m.spec.outputs(),
+            shards: None,
+            part: None,
         };
         // Which layers each structure supports.
         if object == Object::Ntk && !NTK_STRUCTURES.contains(&structure.name().as_str()) {
@@ -679,6 +682,9 @@ impl<'a> Checker<'a> {
                     return None;
                 }
             }
+        }
+        if let Some(k) = shards {
+            options.shards = Some(self.shard_count(k, object, &structure, &options)?);
         }
         // Memory budget.
         let bytes = cost::repr_memory(object, &structure, &m.spec, &options, self.header.dtype);
