@@ -236,8 +236,22 @@ pub fn fim_part<O: Ops>(
 
 /// Checks that `parts` are exactly parts `0..k` of `k`, in order, over
 /// `ranges(n, k)`; names the missing ones.
-fn complete<'p>(parts: &'p [Part], n: usize, k: usize) -> R<Vec<&'p Part>> {
+fn complete(parts: &[Part], n: usize, k: usize) -> R<Vec<&Part>> {
     let rs = ranges(n, k)?;
+    let by = present(parts, k)?;
+    for (j, part) in by.iter().enumerate() {
+        if part.rows != rs[j] {
+            return Err(PartsError::Mismatch(format!(
+                "part {j} covers examples {}..{}, expected {}..{}",
+                part.rows.0, part.rows.1, rs[j].0, rs[j].1
+            )));
+        }
+    }
+    Ok(by)
+}
+
+/// Parts `0..k` of `k`, each once, in order; names the missing ones.
+fn present(parts: &[Part], k: usize) -> R<Vec<&Part>> {
     let mut by: Vec<Option<&Part>> = vec![None; k];
     for part in parts {
         if part.count != k {
@@ -262,16 +276,7 @@ fn complete<'p>(parts: &'p [Part], n: usize, k: usize) -> R<Vec<&'p Part>> {
     if !missing.is_empty() {
         return Err(PartsError::Missing { missing, count: k });
     }
-    let by: Vec<&Part> = by.into_iter().flatten().collect();
-    for (j, part) in by.iter().enumerate() {
-        if part.cols.is_none() && part.rows != rs[j] {
-            return Err(PartsError::Mismatch(format!(
-                "part {j} covers examples {}..{}, expected {}..{}",
-                part.rows.0, part.rows.1, rs[j].0, rs[j].1
-            )));
-        }
-    }
-    Ok(by)
+    Ok(by.into_iter().flatten().collect())
 }
 
 fn axpy(acc: &mut [f64], w: f64, x: &[f64]) -> R<()> {
@@ -583,7 +588,7 @@ pub fn kernel_part<O: Ops>(p: &Problem<'_, O>, k: usize, t: usize) -> R<Part> {
 pub fn reduce_kernel(c: usize, n: usize, parts: &[Part], k: usize) -> R<Mat> {
     let rs = ranges(n, k)?;
     let pairs = kernel_pairs(k);
-    let parts = complete(parts, n, pairs.len())?;
+    let parts = present(parts, pairs.len())?;
     let m = c * n;
     let mut out = Mat::zeros(m, m);
     for (part, &(i, j)) in parts.iter().zip(&pairs) {
