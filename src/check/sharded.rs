@@ -60,18 +60,17 @@ impl<'a> Checker<'a> {
             _ => self.int(e, "sharded", 1, n.max(1) as i64)? as usize,
         };
         let why = match (object, structure) {
-            (Object::Ntk, Structure::Dense | Structure::LowRank { .. }) => None,
-            (Object::Ntk, s) => Some(format!(
-                "Ntk({}) holds per-example blocks only; sharding applies to the dense kernel",
-                s.name()
-            )),
-            (Object::Fim, Structure::Ekfac { initial_basis: true, .. }) => Some(
-                "EKFAC(initial_basis = true) takes its bases from another model and cannot be sharded yet".into(),
+            (Object::Ntk, Structure::Dense | Structure::LowRank { .. }) => None::<String>,
+            (Object::Ntk, _) => Some(
+                "it holds per-example blocks only; sharding applies to the dense kernel".into(),
             ),
-            (Object::Fim, s) if !fim_shardable(s) => Some(format!(
-                "Fim({}) is not a sum over examples (its truncation needs them all at once)",
-                s.name()
-            )),
+            (Object::Fim, Structure::Ekfac { initial_basis: true, .. }) => Some(
+                "its bases come from the model at initialisation, which parts do not recompute yet"
+                    .into(),
+            ),
+            (Object::Fim, s) if !fim_shardable(s) => Some(
+                "it is not a sum over examples (its truncation needs them all at once)".into(),
+            ),
             (Object::Fim, _) => match &options.fisher {
                 Some(FisherVariant::Mc { .. }) => Some(
                     "a Monte-Carlo Fisher draws its samples from one stream over all examples"
