@@ -291,7 +291,10 @@ fn a_reduce_with_a_part_missing_or_twice_is_refused() {
     let mut g = f.clone();
     parts::reduce_diagonals(&mut g, &shape, &second, k).unwrap();
     // Other bases: those of the first 6 examples only.
-    let six = Problem { n: 6, ..fx.problem(6) };
+    let six = Problem {
+        n: 6,
+        ..fx.problem(6)
+    };
     let other_bases = parts::fim_sharded(&six, &t, &shape, 1).unwrap();
     let mut h = f.clone();
     if let (FimBody::Blocks(hb), FimBody::Blocks(b6)) = (&mut h.body, &other_bases.body) {
@@ -323,10 +326,7 @@ fn a_reduce_with_a_part_missing_or_twice_is_refused() {
 fn bad_splits_and_monte_carlo_are_refused() {
     assert!(parts::ranges(5, 0).is_err());
     assert!(parts::ranges(5, 6).is_err());
-    assert_eq!(
-        parts::ranges(7, 3).unwrap(),
-        vec![(0, 2), (2, 4), (4, 7)]
-    );
+    assert_eq!(parts::ranges(7, 3).unwrap(), vec![(0, 2), (2, 4), (4, 7)]);
     assert_eq!(parts::kernel_pairs(3).len(), 6);
     let fx = Fx::new(MLP, 6, 8);
     let p = fx.problem(fx.n);

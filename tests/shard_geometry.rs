@@ -72,7 +72,10 @@ fn max_rel(a: &[(String, Value)], b: &[(String, Value)]) -> f64 {
 
 /// `(step, [(stage name, parts)])` of the plan's sharded steps, from `nngeo plan --on slurm`.
 fn sharded_steps(d: &Path) -> Vec<(u32, Vec<(String, usize)>)> {
-    let (code, out, err) = nngeo(d, &["plan", "geometry.ngx", "--on", "slurm", "--out", "run"]);
+    let (code, out, err) = nngeo(
+        d,
+        &["plan", "geometry.ngx", "--on", "slurm", "--out", "run"],
+    );
     assert_eq!(code, 0, "{err}");
     let mut steps: Vec<(u32, Vec<(String, usize)>)> = Vec::new();
     for line in out.lines() {
@@ -82,7 +85,15 @@ fn sharded_steps(d: &Path) -> Vec<(u32, Vec<(String, usize)>)> {
             steps.push((id, vec![]));
         } else if t.starts_with("stage ") && t.contains("task(s)") {
             let name = t.split('`').nth(1).unwrap().to_string();
-            let n: usize = t.split("`: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+            let n: usize = t
+                .split("`: ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             steps.last_mut().unwrap().1.push((name, n));
         }
     }
@@ -132,8 +143,10 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
         for (name, n) in stages {
             for j in 0..*n {
                 let spec = format!("{step}:{name}/{j}/{n}");
-                let (code, _, err) =
-                    nngeo(d, &["exec", "geometry.ngx", "--part", &spec, "--out", "run"]);
+                let (code, _, err) = nngeo(
+                    d,
+                    &["exec", "geometry.ngx", "--part", &spec, "--out", "run"],
+                );
                 assert_eq!(code, 0, "--part {spec}: {err}");
                 let f = d.join(format!("run/parts/{step}/{name}-{j}-of-{n}.safetensors"));
                 assert!(f.exists(), "{}", f.display());
@@ -141,7 +154,17 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
         }
     }
     // The shard that owns the steps reduces the parts; the merge.
-    let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--shard", "0/1", "--out", "run/shards/0"]);
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "geometry.ngx",
+            "--shard",
+            "0/1",
+            "--out",
+            "run/shards/0",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = nngeo(d, &["report", "run"]);
     assert_eq!(code, 0, "{err}");
@@ -155,7 +178,11 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
     // A part missing: the reduce refuses, naming it.
     let (ekfac, dense) = (steps[0].0, steps[1].0);
     std::fs::create_dir_all(d.join("gap/parts")).unwrap();
-    for (step, name, n, skip) in [(ekfac, "factors", 3, None), (ekfac, "diagonal", 3, Some(1)), (dense, "sums", 2, None)] {
+    for (step, name, n, skip) in [
+        (ekfac, "factors", 3, None),
+        (ekfac, "diagonal", 3, Some(1)),
+        (dense, "sums", 2, None),
+    ] {
         let from = d.join(format!("run/parts/{step}"));
         let to = d.join(format!("gap/parts/{step}"));
         std::fs::create_dir_all(&to).unwrap();
@@ -166,15 +193,41 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
             }
         }
     }
-    let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--shard", "0/1", "--out", "gap/shards/0"]);
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "geometry.ngx",
+            "--shard",
+            "0/1",
+            "--out",
+            "gap/shards/0",
+        ],
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("lacks part(s) 1 of the 3 of stage `diagonal`"), "{err}");
-    assert!(err.contains(&format!("--part {ekfac}:diagonal/J/3")), "{err}");
+    assert!(
+        err.contains("lacks part(s) 1 of the 3 of stage `diagonal`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--part {ekfac}:diagonal/J/3")),
+        "{err}"
+    );
 
     // A part of another plan (an edited file) is refused.
     let edited = src.replace("steps = 3", "steps = 2");
     std::fs::write(d.join("geometry.ngx"), edited).unwrap();
-    let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--shard", "0/1", "--out", "run2/shards/0"]);
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "geometry.ngx",
+            "--shard",
+            "0/1",
+            "--out",
+            "run2/shards/0",
+        ],
+    );
     assert_eq!(code, 0, "no parts folder: computed here; {err}");
     std::fs::create_dir_all(d.join("run3/parts")).unwrap();
     let copy = |from: &Path, to: &Path| {
@@ -184,8 +237,21 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     };
-    copy(&d.join(format!("run/parts/{dense}")), &d.join(format!("run3/parts/{dense}")));
-    let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--shard", "0/1", "--out", "run3/shards/0"]);
+    copy(
+        &d.join(format!("run/parts/{dense}")),
+        &d.join(format!("run3/parts/{dense}")),
+    );
+    let (code, _, err) = nngeo(
+        d,
+        &[
+            "exec",
+            "geometry.ngx",
+            "--shard",
+            "0/1",
+            "--out",
+            "run3/shards/0",
+        ],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("computed for another plan"), "{err}");
 }
@@ -199,18 +265,36 @@ fn bad_part_specs_are_refused() {
     let ekfac = steps[0].0;
     for (spec, want) in [
         ("x/0/3".to_string(), "expected STEP[:STAGE]/J/K".to_string()),
-        ("0/0/3".to_string(), "is not a top-level representation with `sharded(k)`".to_string()),
-        (format!("{ekfac}/3/3"), "has 3 part(s), so J/K must be J/3".to_string()),
+        (
+            "0/0/3".to_string(),
+            "is not a top-level representation with `sharded(k)`".to_string(),
+        ),
+        (
+            format!("{ekfac}/3/3"),
+            "has 3 part(s), so J/K must be J/3".to_string(),
+        ),
         (format!("{ekfac}/0/4"), "has 3 part(s)".to_string()),
-        (format!("{ekfac}:bogus/0/3"), "1 = factors (3 parts), 2 = diagonal (3 parts)".to_string()),
+        (
+            format!("{ekfac}:bogus/0/3"),
+            "1 = factors (3 parts), 2 = diagonal (3 parts)".to_string(),
+        ),
     ] {
-        let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--part", &spec, "--out", "run"]);
+        let (code, _, err) = nngeo(
+            d,
+            &["exec", "geometry.ngx", "--part", &spec, "--out", "run"],
+        );
         assert_eq!(code, 2, "{spec}: {err}");
         assert!(err.contains(&want), "{spec}: {err}");
     }
     // Stage 2 before stage 1: refused, naming the missing factors.
     let spec = format!("{ekfac}:diagonal/0/3");
-    let (code, _, err) = nngeo(d, &["exec", "geometry.ngx", "--part", &spec, "--out", "run"]);
+    let (code, _, err) = nngeo(
+        d,
+        &["exec", "geometry.ngx", "--part", &spec, "--out", "run"],
+    );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("lacks part(s) 0-2 of the 3 of stage `factors`"), "{err}");
+    assert!(
+        err.contains("lacks part(s) 0-2 of the 3 of stage `factors`"),
+        "{err}"
+    );
 }

@@ -49,7 +49,7 @@ impl<'a> Checker<'a> {
     pub(super) fn value(&mut self, e: &'a Expr, name: &str) -> Option<Val> {
         let d = self.deref(e);
         match &d.kind {
-            ExprKind::Repr { .. } => self.repr_expr(d, name).map(Val::Repr),
+            ExprKind::Repr { .. } => self.repr_expr(d, name).map(|r| Val::Repr(Box::new(r))),
             ExprKind::Pipe { .. } => self.data_expr(d, name).map(Val::Data),
             ExprKind::Binary { .. } => self.vector_expr(d, name).map(Val::Vector),
             ExprKind::Ident(n) => match self.lookup_val(n) {
@@ -933,7 +933,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Repr { .. } => self.repr_expr(d, "").map(|r| (r, None)),
             ExprKind::Ident(n) => match self.lookup_val(n) {
-                Some(Val::Repr(r)) => Some((r, None)),
+                Some(Val::Repr(r)) => Some((*r, None)),
                 Some(other) => {
                     self.error(Diagnostic::new(
                         ErrorKind::WrongKind {

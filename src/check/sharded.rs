@@ -64,13 +64,19 @@ impl<'a> Checker<'a> {
             (Object::Ntk, _) => Some(
                 "it holds per-example blocks only; sharding applies to the dense kernel".into(),
             ),
-            (Object::Fim, Structure::Ekfac { initial_basis: true, .. }) => Some(
+            (
+                Object::Fim,
+                Structure::Ekfac {
+                    initial_basis: true,
+                    ..
+                },
+            ) => Some(
                 "its bases come from the model at initialisation, which parts do not recompute yet"
                     .into(),
             ),
-            (Object::Fim, s) if !fim_shardable(s) => Some(
-                "it is not a sum over examples (its truncation needs them all at once)".into(),
-            ),
+            (Object::Fim, s) if !fim_shardable(s) => {
+                Some("it is not a sum over examples (its truncation needs them all at once)".into())
+            }
             (Object::Fim, _) => match &options.fisher {
                 Some(FisherVariant::Mc { .. }) => Some(
                     "a Monte-Carlo Fisher draws its samples from one stream over all examples"

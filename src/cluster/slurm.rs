@@ -166,7 +166,11 @@ pub fn submit(script: &Path, tasks: &[usize]) -> Result<String, ClusterError> {
 }
 
 /// [`submit`] with `--dependency=afterok:ID:...` on the jobs `after`.
-pub fn submit_after(script: &Path, tasks: &[usize], after: &[String]) -> Result<String, ClusterError> {
+pub fn submit_after(
+    script: &Path,
+    tasks: &[usize],
+    after: &[String],
+) -> Result<String, ClusterError> {
     let array = super::list(tasks);
     let mut cmd = Command::new("sbatch");
     cmd.arg("--parsable").arg(format!("--array={array}"));

@@ -135,10 +135,12 @@ impl<O: Ops> Engine<O> {
         let m = self.problem(net, d, slots.clone(), 1).outputs_of(&target).0;
         let p = self.problem(net, d, slots.clone(), m);
         let kind = match structure {
-            Structure::Dense => match self.fim_full(&p, &target, FimShape::Dense, opts.shards, at)? {
-                Built::Whole(f) => ReprKind::Fim(f),
-                Built::PartWritten => return Ok(Value::None),
-            },
+            Structure::Dense => {
+                match self.fim_full(&p, &target, FimShape::Dense, opts.shards, at)? {
+                    Built::Whole(f) => ReprKind::Fim(f),
+                    Built::PartWritten => return Ok(Value::None),
+                }
+            }
             Structure::LowRank { rank } => {
                 ReprKind::Fim(p.fim_lowrank(&target, *rank).map_err(|e| e.to_string())?)
             }

@@ -55,7 +55,7 @@ impl<O: Ops> Engine<O> {
         plan_parts::step_dir(&plan_parts::run_root(&self.ctx.out_dir), at.step)
     }
 
-    fn stage_of<'s>(at: &'s PartsAt, stage: usize) -> Result<&'s Stage, String> {
+    fn stage_of(at: &PartsAt, stage: usize) -> Result<&Stage, String> {
         at.stages
             .get(stage.wrapping_sub(1))
             .ok_or_else(|| format!("step #{} has no stage {stage}", at.step.0))
@@ -70,9 +70,7 @@ impl<O: Ops> Engine<O> {
     /// naming them, when some are missing.
     fn read_stage(&self, at: &PartsAt, stage: usize) -> Result<Vec<Part>, String> {
         let st = Self::stage_of(at, stage)?;
-        let paths: Vec<PathBuf> = (0..st.parts)
-            .map(|j| self.part_path(at, st, j))
-            .collect();
+        let paths: Vec<PathBuf> = (0..st.parts).map(|j| self.part_path(at, st, j)).collect();
         let missing: Vec<usize> = (0..st.parts).filter(|&j| !paths[j].exists()).collect();
         if !missing.is_empty() {
             return Err(format!(
@@ -131,7 +129,7 @@ impl<O: Ops> Engine<O> {
     }
 
     /// Whether this step's parts come from the run folder.
-    fn from_files(&self, at: Option<&PartsAt>) -> bool {
+    fn parts_on_disk(&self, at: Option<&PartsAt>) -> bool {
         at.is_some_and(|a| self.parts_dir(a).is_dir())
     }
 
@@ -146,11 +144,13 @@ impl<O: Ops> Engine<O> {
         at: Option<&PartsAt>,
     ) -> Result<Built<Fim>, String> {
         let Some(k) = shards else {
-            return Ok(Built::Whole(match &shape {
-                FimShape::Dense => p.fim_dense(target),
-                FimShape::Blocks(kinds) => p.fim_blocks(target, kinds),
-            }
-            .map_err(err)?));
+            return Ok(Built::Whole(
+                match &shape {
+                    FimShape::Dense => p.fim_dense(target),
+                    FimShape::Blocks(kinds) => p.fim_blocks(target, kinds),
+                }
+                .map_err(err)?,
+            ));
         };
         if let Some(at) = at {
             if let Some(req) = at.request {
@@ -166,7 +166,7 @@ impl<O: Ops> Engine<O> {
                 return Ok(Built::PartWritten);
             }
         }
-        if !self.from_files(at) {
+        if !self.parts_on_disk(at) {
             return Ok(Built::Whole(
                 parts::fim_sharded(p, target, &shape, k).map_err(err)?,
             ));
@@ -197,7 +197,7 @@ impl<O: Ops> Engine<O> {
             self.write_part(at, 1, &part)?;
             return Ok(Built::PartWritten);
         }
-        if !self.from_files(at) {
+        if !self.parts_on_disk(at) {
             return Ok(Built::Whole(parts::ntk_sharded(p, k).map_err(err)?));
         }
         let blocks = self.read_stage(at.expect("from_files"), 1)?;

@@ -210,7 +210,9 @@ pub fn fim_part<O: Ops>(
 ) -> R<Part> {
     shardable(target)?;
     let rs = ranges(p.n, k)?;
-    let rows = *rs.get(j).ok_or(PartsError::NoSuchPart { index: j, count: k })?;
+    let rows = *rs
+        .get(j)
+        .ok_or(PartsError::NoSuchPart { index: j, count: k })?;
     let body = on_range(p, rows, |sub| match shape {
         FimShape::Dense => Ok(sub.fim_dense(target)?.body),
         FimShape::Blocks(kinds) => {
@@ -455,7 +457,9 @@ pub fn diag_part<O: Ops>(
     shardable(target)?;
     let which = shape.refitted();
     let rs = ranges(p.n, k)?;
-    let rows = *rs.get(j).ok_or(PartsError::NoSuchPart { index: j, count: k })?;
+    let rows = *rs
+        .get(j)
+        .ok_or(PartsError::NoSuchPart { index: j, count: k })?;
     let FimBody::Blocks(blocks) = &f.body else {
         return Err(PartsError::Mismatch("EKFAC is block-diagonal".into()));
     };
@@ -645,7 +649,9 @@ fn vector_part<O: Ops>(
     f: impl FnOnce(&Problem<'_, O>) -> Result<Vec<f64>, OpsError>,
 ) -> R<Part> {
     let rs = ranges(p.n, k)?;
-    let rows = *rs.get(j).ok_or(PartsError::NoSuchPart { index: j, count: k })?;
+    let rows = *rs
+        .get(j)
+        .ok_or(PartsError::NoSuchPart { index: j, count: k })?;
     Ok(Part {
         index: j,
         count: k,
