@@ -249,3 +249,72 @@ pub fn step_dir(run: &Path, step: StepId) -> PathBuf {
 pub fn part_file(run: &Path, step: StepId, stage: &str, index: usize, count: usize) -> PathBuf {
     step_dir(run, step).join(format!("{stage}-{index}-of-{count}.safetensors"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(src: &str) -> Plan {
+        crate::compile_source(src, &Default::default()).unwrap()
+    }
+
+    const SRC: &str = "experiment p { seed = 0 }
+data d = blobs(n = 20, classes = 3, dim = 4, seed = 1)
+model net = mlp(in = 4, hidden = [5], out = 3)
+let F = Fim(EKFAC) of net on d sharded(4)
+let G = Fim(KFAC) of net on d sharded(2)
+let K = Ntk(Dense) of net on d sharded(3)
+let I = Fim(Implicit) of net on d sharded(2)
+measure trace(F), trace(G), trace(K), trace(I)
+";
+
+    #[test]
+    fn stages_of_each_sharded_step() {
+        let p = plan(SRC);
+        let all = sharded_steps(&p);
+        let shown: Vec<(usize, Vec<(&str, usize)>)> = all
+            .iter()
+            .map(|s| {
+                (
+                    s.shards,
+                    s.stages.iter().map(|st| (st.name, st.parts)).collect(),
+                )
+            })
+            .collect();
+        // The implicit representation has no stage of its own.
+        assert_eq!(
+            shown,
+            vec![
+                (4, vec![("factors", 4), ("diagonal", 4)]),
+                (2, vec![("sums", 2)]),
+                (3, vec![("kernel", 6)]),
+            ]
+        );
+        let f = all[0].step.0;
+        let ok = parse(&p, &format!("{f}:diagonal/3/4")).unwrap();
+        assert_eq!((ok.stage, ok.index, ok.count), (2, 3, 4));
+        assert_eq!(parse(&p, &format!("{f}/0/4")).unwrap().stage, 1);
+        assert_eq!(parse(&p, &format!("{f}:2/0/4")).unwrap().stage, 2);
+        for bad in [
+            format!("{f}:3/0/4"),
+            format!("{f}/4/4"),
+            format!("{f}/0/3"),
+            "x".into(),
+            "0/0/1".into(),
+        ] {
+            assert!(parse(&p, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_live_in_the_run_folder() {
+        let run = Path::new("runs/a");
+        assert_eq!(run_root(run), run);
+        assert_eq!(run_root(&run.join("shards/3")), run);
+        assert_eq!(run_root(&run.join("parts/5/.task-1-0")), run);
+        assert_eq!(
+            part_file(run, StepId(5), "kernel", 2, 6),
+            Path::new("runs/a/parts/5/kernel-2-of-6.safetensors")
+        );
+    }
+}
