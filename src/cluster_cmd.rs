@@ -4,6 +4,7 @@
 use nngeo::cluster::{self, slurm, ShardState};
 use nngeo::config::{Config, SlurmSection};
 use nngeo::plan::cost::format_bytes;
+use nngeo::plan::parts;
 use nngeo::plan::shard::{self, Shard};
 use nngeo::plan::Plan;
 use std::path::{Path, PathBuf};
@@ -111,12 +112,115 @@ pub fn plan(
     };
     print!("{}", render_shards(plan, &shards));
     let script = job_script(plan, file, out, &shards, args.resources(config), exec_args);
+    let sharded = parts::sharded_steps(plan);
+    if !sharded.is_empty() {
+        print!("{}", render_parts(plan, &sharded));
+    }
     println!(
         "\njob script ({}):",
         out.join("slurm/array.sbatch").display()
     );
     print!("{}", script.render());
+    for sh in &sharded {
+        for st in &sh.stages {
+            println!(
+                "\njob script ({}):",
+                out.join(part_script(sh.step.0, st.name)).display()
+            );
+            print!("{}", script.render_part(sh.step.0, st.name, st.parts));
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// `slurm/part-STEP-STAGE.sbatch`.
+fn part_script(step: u32, stage: &str) -> PathBuf {
+    Path::new(cluster::SLURM_DIR).join(format!("part-{step}-{stage}.sbatch"))
+}
+
+/// The stages of the sharded steps, as `plan --on slurm` shows them.
+pub fn render_parts(plan: &Plan, sharded: &[parts::Sharded]) -> String {
+    let mut s = format!(
+        "\n{} step(s) sharded over data run as job arrays of parts before the shards (each waits for the stage before it: --dependency=afterok):\n",
+        sharded.len()
+    );
+    for sh in sharded {
+        let step = plan.step(sh.step);
+        let name = match &step.op {
+            nngeo::plan::Op::Repr {
+                name,
+                object,
+                structure,
+                ..
+            } => format!("`{name}` = {object:?}({})", structure.name()),
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "  step #{} (line {}) {name}, sharded({})\n",
+            sh.step.0, step.span.line, sh.shards
+        ));
+        for (i, st) in sh.stages.iter().enumerate() {
+            s.push_str(&format!(
+                "    stage {} `{}`: {} task(s){}\n",
+                i + 1,
+                st.name,
+                st.parts,
+                if i > 0 {
+                    format!(" after stage {i}")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    s
+}
+
+/// Submits the part arrays of the plan's sharded steps, stage after
+/// stage (a resume only the parts without a file); the last stages' job
+/// ids, which the shards' array waits for.
+fn submit_parts(
+    plan: &Plan,
+    run: &Path,
+    script: &slurm::JobScript,
+    resume: bool,
+) -> Result<Vec<String>, String> {
+    let mut after = Vec::new();
+    for sh in parts::sharded_steps(plan) {
+        let mut prev: Option<String> = None;
+        for st in &sh.stages {
+            let path = run.join(part_script(sh.step.0, st.name));
+            std::fs::write(&path, script.render_part(sh.step.0, st.name, st.parts))
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            let tasks: Vec<usize> = (0..st.parts)
+                .filter(|&j| {
+                    !resume
+                        || prev.is_some()
+                        || !parts::part_file(run, sh.step, st.name, j, st.parts).exists()
+                })
+                .collect();
+            if tasks.is_empty() {
+                continue;
+            }
+            let deps: Vec<String> = prev.iter().cloned().collect();
+            let id = slurm::submit_after(&path, &tasks, &deps).map_err(|e| e.to_string())?;
+            println!(
+                "submitted Slurm job {id}: step #{} stage `{}`, {} part task(s) ({}){}",
+                sh.step.0,
+                st.name,
+                tasks.len(),
+                cluster::list(&tasks),
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after job {}", deps.join(", "))
+                }
+            );
+            prev = Some(id);
+        }
+        after.extend(prev);
+    }
+    Ok(after)
 }
 
 /// The shard table of `plan --on slurm`.
@@ -226,7 +330,14 @@ pub fn submit(
         );
         return ExitCode::SUCCESS;
     }
-    match slurm::submit_tasks(run, &mut sf, &tasks) {
+    let after = match submit_parts(plan, run, &script, resume) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match slurm::submit_tasks(run, &mut sf, &tasks, &after) {
         Ok(id) => {
             println!(
                 "submitted Slurm job {id}: {} task(s) ({}) of {} shard(s)",
@@ -357,6 +468,41 @@ pub fn merge(run: &Path) -> Result<(), ExitCode> {
         Err(e) => {
             eprintln!("error: {e}");
             Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `nngeo exec FILE --part STEP[:STAGE]/J/K --out RUN`.
+pub fn run_part(
+    plan: &Plan,
+    file: &Path,
+    run: &Path,
+    spec: &str,
+    config: &Config,
+    base_dir: Option<PathBuf>,
+) -> ExitCode {
+    let spec = match nngeo::plan::parts::parse(plan, spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut be = match nngeo::select::create(&plan.experiment.backend, config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let base_dir = base_dir
+        .or_else(|| file.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    match nngeo::exec::part::run_part(plan, be.as_mut(), &base_dir, run, &spec) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

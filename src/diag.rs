@@ -64,6 +64,10 @@ pub enum ErrorKind {
         layer: String,
         layer_type: String,
     },
+    #[error("`sharded({shards})`: {why}")]
+    BadShards { shards: String, why: String },
+    #[error("{what} cannot be sharded over data: {why}")]
+    NotShardable { what: String, why: String },
     #[error("{object} has no {structure} representation")]
     UnsupportedStructure { object: String, structure: String },
     #[error("{what} needs {needed}, over the memory budget of {budget}")]
@@ -112,6 +116,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedLayer { .. } => "E031",
             ErrorKind::BranchMismatch { .. } => "E033",
             ErrorKind::UnsupportedStructure { .. } => "E032",
+            ErrorKind::BadShards { .. } => "E034",
+            ErrorKind::NotShardable { .. } => "E035",
             ErrorKind::OverBudget { .. } => "E040",
             ErrorKind::File { .. } => "E050",
             ErrorKind::Mismatch { .. } => "E051",

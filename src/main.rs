@@ -219,6 +219,12 @@ struct ExecArgs {
     /// that already holds this shard is resumed.
     #[arg(long, value_name = "I/N", conflicts_with_all = ["on", "overwrite"])]
     shard: Option<String>,
+    /// Compute only part J of K of stage STAGE (name or number, default
+    /// the first) of the step STEP declared `sharded(k)`, into
+    /// `--out RUN` (`RUN/parts/STEP/`); the process that runs the step
+    /// reduces the parts.
+    #[arg(long, value_name = "STEP[:STAGE]/J/K", conflicts_with_all = ["on", "overwrite", "shard", "resume"])]
+    part: Option<String>,
     /// Where to run: `local` (this process) or `slurm` (one job array).
     #[arg(long, value_enum, default_value = "local")]
     on: On,
@@ -532,6 +538,7 @@ fn exec(args: ExecArgs) -> ExitCode {
         strict,
         budget,
         shard,
+        part,
         on,
         cluster,
         base_dir,
@@ -576,6 +583,9 @@ fn exec(args: ExecArgs) -> ExitCode {
     // Memory estimates for the dtype this run uses, checked before
     // anything runs or is written.
     plan.reestimate();
+    if let Some(part) = part {
+        return cluster_cmd::run_part(&plan, &file, &out, &part, &config, base_dir);
+    }
     if on == On::Slurm {
         let resume = mode == nngeo::exec::Mode::Resume;
         return cluster_cmd::submit(

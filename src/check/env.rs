@@ -67,7 +67,7 @@ pub struct VecV {
 pub enum Val {
     Data(DataV),
     Model(ModelV),
-    Repr(ReprV),
+    Repr(Box<ReprV>),
     Vector(VecV),
     /// A layer name, from `for layer in layers(net)`.
     Layer(String),

@@ -49,7 +49,7 @@ impl<'a> Checker<'a> {
     pub(super) fn value(&mut self, e: &'a Expr, name: &str) -> Option<Val> {
         let d = self.deref(e);
         match &d.kind {
-            ExprKind::Repr { .. } => self.repr_expr(d, name).map(Val::Repr),
+            ExprKind::Repr { .. } => self.repr_expr(d, name).map(|r| Val::Repr(Box::new(r))),
             ExprKind::Pipe { .. } => self.data_expr(d, name).map(Val::Data),
             ExprKind::Binary { .. } => self.vector_expr(d, name).map(Val::Vector),
             ExprKind::Ident(n) => match self.lookup_val(n) {
@@ -470,6 +470,7 @@ impl<'a> Checker<'a> {
             structure,
             model,
             data,
+            shards,
         } = &e.kind
         else {
             return None;
@@ -595,13 +596,15 @@ impl<'a> Checker<'a> {
             Some(c) => self.boolean(c, "centered")?,
             None => false,
         };
-        let options = ReprOptions {
+        let mut options = ReprOptions {
             fisher,
             task,
             layers,
             centered,
             examples: dv.info.n,
             outputs: m.spec.outputs(),
+            shards: None,
+            part: None,
         };
         // Which layers each structure supports.
         if object == Object::Ntk && !NTK_STRUCTURES.contains(&structure.name().as_str()) {
@@ -679,6 +682,9 @@ impl<'a> Checker<'a> {
                     return None;
                 }
             }
+        }
+        if let Some(k) = shards {
+            options.shards = Some(self.shard_count(k, object, &structure, &options)?);
         }
         // Memory budget.
         let bytes = cost::repr_memory(object, &structure, &m.spec, &options, self.header.dtype);
@@ -927,7 +933,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Repr { .. } => self.repr_expr(d, "").map(|r| (r, None)),
             ExprKind::Ident(n) => match self.lookup_val(n) {
-                Some(Val::Repr(r)) => Some((r, None)),
+                Some(Val::Repr(r)) => Some((*r, None)),
                 Some(other) => {
                     self.error(Diagnostic::new(
                         ErrorKind::WrongKind {

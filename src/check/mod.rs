@@ -18,6 +18,7 @@ mod library;
 mod model;
 mod names;
 mod onnx;
+mod sharded;
 mod train;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};

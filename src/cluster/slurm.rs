@@ -62,20 +62,70 @@ impl JobScript {
     /// The `sbatch` script. The array range is given on the command line
     /// (a resume submits only some tasks), so the script names none.
     pub fn render(&self) -> String {
+        let mut s = self.header(&format!("{} shard(s)", self.count), "");
+        let mut cmd = self.nngeo_exec();
+        cmd.extend([
+            "--shard".into(),
+            format!("\"$SLURM_ARRAY_TASK_ID/{}\"", self.count),
+            "--out".into(),
+            format!(
+                "{}/\"$SLURM_ARRAY_TASK_ID\"",
+                shown(&self.run.join(super::SHARDS_DIR))
+            ),
+        ]);
+        cmd.extend(self.exec_args.iter().map(|a| quote(a)));
+        s.push_str(&cmd.join(" "));
+        s.push('\n');
+        s
+    }
+
+    /// The script of the part tasks of stage `stage` (`parts` of them) of
+    /// the sharded step `step`: task J writes `RUN/parts/STEP/`.
+    pub fn render_part(&self, step: u32, stage: &str, parts: usize) -> String {
+        let mut s = self.header(
+            &format!("step #{step}, stage `{stage}`, {parts} part(s)"),
+            &format!("-part{step}-{stage}"),
+        );
+        let mut cmd = self.nngeo_exec();
+        cmd.extend([
+            "--part".into(),
+            format!("\"{step}:{stage}/$SLURM_ARRAY_TASK_ID/{parts}\""),
+            "--out".into(),
+            shown(&self.run),
+        ]);
+        cmd.extend(self.exec_args.iter().map(|a| quote(a)));
+        s.push_str(&cmd.join(" "));
+        s.push('\n');
+        s
+    }
+
+    /// `exec nngeo exec RUN/plan.json --base-dir DIR`.
+    fn nngeo_exec(&self) -> Vec<String> {
+        vec![
+            "exec".to_string(),
+            shown(&self.exe),
+            "exec".into(),
+            shown(&self.run.join(crate::report::PLAN_JSON)),
+            "--base-dir".into(),
+            shown(&self.base_dir),
+        ]
+    }
+
+    /// The script up to its command.
+    fn header(&self, what: &str, job_suffix: &str) -> String {
         let r = &self.resources;
         let logs = self.run.join(SLURM_DIR).join("logs");
         let mut s = String::new();
         s.push_str("#!/bin/bash\n");
         s.push_str(&format!(
-            "# nngeo: experiment `{}`, plan {}, {} shard(s); submitted with `sbatch --array=...`\n",
+            "# nngeo: experiment `{}`, plan {}, {what}; submitted with `sbatch --array=...`\n",
             self.experiment,
             &self.plan_hash[..self.plan_hash.len().min(12)],
-            self.count
         ));
         let mut directive = |line: String| s.push_str(&format!("#SBATCH {line}\n"));
         directive(format!(
             "--job-name={}",
-            quote(&format!("nngeo-{}", self.experiment))
+            quote(&format!("nngeo-{}{job_suffix}", self.experiment))
         ));
         directive(format!("--output={}", shown(&logs.join("%A_%a.out"))));
         directive(format!("--chdir={}", shown(&self.chdir)));
@@ -106,34 +156,31 @@ impl JobScript {
         s.push_str("set -eu\n");
         s.push_str("# One compute thread per CPU Slurm gave the task.\n");
         s.push_str("if [ -n \"${SLURM_CPUS_PER_TASK:-}\" ]; then export RAYON_NUM_THREADS=\"$SLURM_CPUS_PER_TASK\"; fi\n");
-        let mut cmd = vec![
-            "exec".to_string(),
-            shown(&self.exe),
-            "exec".into(),
-            shown(&self.run.join(crate::report::PLAN_JSON)),
-            "--base-dir".into(),
-            shown(&self.base_dir),
-            "--shard".into(),
-            format!("\"$SLURM_ARRAY_TASK_ID/{}\"", self.count),
-            "--out".into(),
-            format!(
-                "{}/\"$SLURM_ARRAY_TASK_ID\"",
-                shown(&self.run.join(super::SHARDS_DIR))
-            ),
-        ];
-        cmd.extend(self.exec_args.iter().map(|a| quote(a)));
-        s.push_str(&cmd.join(" "));
-        s.push('\n');
         s
     }
 }
 
 /// `sbatch --parsable --array=LIST SCRIPT`: the job id.
 pub fn submit(script: &Path, tasks: &[usize]) -> Result<String, ClusterError> {
+    submit_after(script, tasks, &[])
+}
+
+/// [`submit`] with `--dependency=afterok:ID:...` on the jobs `after`.
+pub fn submit_after(
+    script: &Path,
+    tasks: &[usize],
+    after: &[String],
+) -> Result<String, ClusterError> {
     let array = super::list(tasks);
-    let out = Command::new("sbatch")
-        .arg("--parsable")
-        .arg(format!("--array={array}"))
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--parsable").arg(format!("--array={array}"));
+    if !after.is_empty() {
+        cmd.arg(format!("--dependency=afterok:{}", after.join(":")));
+        // A failed stage cancels what waits for it instead of leaving it
+        // pending for ever; `--resume` submits it again.
+        cmd.arg("--kill-on-invalid-dep=yes");
+    }
+    let out = cmd
         .arg(script)
         .output()
         .map_err(|e| {
@@ -164,8 +211,9 @@ pub fn submit_tasks(
     run: &Path,
     sf: &mut ShardsFile,
     tasks: &[usize],
+    after: &[String],
 ) -> Result<String, ClusterError> {
-    let id = submit(&run.join(SLURM_DIR).join("array.sbatch"), tasks)?;
+    let id = submit_after(&run.join(SLURM_DIR).join("array.sbatch"), tasks, after)?;
     sf.submissions.push(Submission {
         job_id: id.clone(),
         tasks: tasks.to_vec(),

@@ -195,6 +195,10 @@ fn task_lists_are_compressed_into_ranges() {
 }
 
 fn script(resources: SlurmSection) -> String {
+    job(resources).render()
+}
+
+fn job(resources: SlurmSection) -> JobScript {
     JobScript {
         experiment: "ntk_align".into(),
         plan_hash: "0123456789abcdef0123".into(),
@@ -214,7 +218,11 @@ fn script(resources: SlurmSection) -> String {
         resources,
         estimated_bytes: 3 * (1 << 30) + 1,
     }
-    .render()
+}
+
+#[test]
+fn part_job_script_of_a_sharded_step() {
+    insta::assert_snapshot!(job(SlurmSection::default()).render_part(7, "diagonal", 8));
 }
 
 #[test]

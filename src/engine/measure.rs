@@ -2,6 +2,7 @@
 //! every quantity a plan can measure of them.
 
 use super::*;
+use crate::geometry::parts::{self, FimShape};
 use std::borrow::Cow;
 
 impl<O: Ops> Engine<O> {
@@ -40,7 +41,9 @@ impl<O: Ops> Engine<O> {
         model: StepId,
         data: StepId,
         opts: &ReprOptions,
+        at: Option<&sharded::PartsAt>,
     ) -> Result<Value<O>, String> {
+        use sharded::Built;
         let net = self.model(model)?;
         let d = self.data(data)?;
         let slots = Self::slots_for(net, opts)?;
@@ -85,7 +88,9 @@ impl<O: Ops> Engine<O> {
                 }
                 Structure::LowRank { rank: Some(k) } => {
                     // The best rank-k approximation: the top k eigenpairs.
-                    let full = p.ntk_dense(false).map_err(|e| e.to_string())?;
+                    let Built::Whole(full) = self.ntk_full(&p, opts.shards, at)? else {
+                        return Ok(Value::None);
+                    };
                     let (ev, u) = linalg::eigh(&full).map_err(|e| e.to_string())?;
                     let m = full.rows;
                     let mut low = Mat::zeros(m, m);
@@ -99,7 +104,10 @@ impl<O: Ops> Engine<O> {
                     }
                     NtkBody::Dense(low)
                 }
-                _ => NtkBody::Dense(p.ntk_dense(false).map_err(|e| e.to_string())?),
+                _ => match self.ntk_full(&p, opts.shards, at)? {
+                    Built::Whole(k) => NtkBody::Dense(k),
+                    Built::PartWritten => return Ok(Value::None),
+                },
             };
             let mut ntk = Ntk { c, n, body };
             if opts.centered {
@@ -111,6 +119,7 @@ impl<O: Ops> Engine<O> {
                 target,
                 slots,
                 centered: opts.centered,
+                shards: opts.shards,
                 kind: ReprKind::Ntk(ntk),
             }));
         }
@@ -129,7 +138,12 @@ impl<O: Ops> Engine<O> {
         let width = crate::plan::cost::fim_batch_width(&net.spec, structure);
         p.batch = crate::plan::cost::batch_examples(p.n, m, width);
         let kind = match structure {
-            Structure::Dense => ReprKind::Fim(p.fim_dense(&target).map_err(|e| e.to_string())?),
+            Structure::Dense => {
+                match self.fim_full(&p, &target, FimShape::Dense, opts.shards, at)? {
+                    Built::Whole(f) => ReprKind::Fim(f),
+                    Built::PartWritten => return Ok(Value::None),
+                }
+            }
             Structure::LowRank { rank } => {
                 ReprKind::Fim(p.fim_lowrank(&target, *rank).map_err(|e| e.to_string())?)
             }
@@ -150,7 +164,11 @@ impl<O: Ops> Engine<O> {
                 {
                     ReprKind::Fim(self.ekfac_initial_basis(model, &p, &target, kinds.len())?)
                 } else {
-                    ReprKind::Fim(p.fim_blocks(&target, &kinds).map_err(|e| e.to_string())?)
+                    let shape = FimShape::Blocks(kinds);
+                    match self.fim_full(&p, &target, shape, opts.shards, at)? {
+                        Built::Whole(f) => ReprKind::Fim(f),
+                        Built::PartWritten => return Ok(Value::None),
+                    }
                 }
             }
         };
@@ -160,6 +178,7 @@ impl<O: Ops> Engine<O> {
             target,
             slots,
             centered: false,
+            shards: opts.shards,
             kind,
         }))
     }
@@ -194,10 +213,14 @@ impl<O: Ops> Engine<O> {
             ReprKind::Ntk(k) => {
                 let d = self.data(r.data)?;
                 let p = self.problem(net, d, vec![slot], net.outputs());
+                let body = match r.shards {
+                    Some(s) => parts::ntk_sharded(&p, s).map_err(|e| e.to_string())?,
+                    None => p.ntk_dense(false).map_err(|e| e.to_string())?,
+                };
                 let mut ntk = Ntk {
                     c: k.c,
                     n: k.n,
-                    body: NtkBody::Dense(p.ntk_dense(false).map_err(|e| e.to_string())?),
+                    body: NtkBody::Dense(body),
                 };
                 if r.centered {
                     ntk = ntk.centered();
@@ -211,6 +234,7 @@ impl<O: Ops> Engine<O> {
             target: r.target.clone(),
             slots: vec![slot],
             centered: r.centered,
+            shards: r.shards,
             kind,
         }))
     }
@@ -288,18 +312,27 @@ impl<O: Ops> Engine<O> {
     }
 
     pub(super) fn implicit_mv(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
-        self.repr_problem(r)?
-            .implicit_mv(&r.target, v)
-            .map_err(|e| e.to_string())
+        let p = self.repr_problem(r)?;
+        match r.shards {
+            Some(k) => parts::implicit_mv_sharded(&p, &r.target, v, k).map_err(|e| e.to_string()),
+            None => p.implicit_mv(&r.target, v).map_err(|e| e.to_string()),
+        }
     }
 
     /// The implicit representation materialised as `kind` (Diag for its
     /// diagonal and trace, Dense for comparisons).
     pub(super) fn implicit_fim(&self, r: &ReprValue, kind: BlockKind) -> Result<Fim, String> {
         let p = self.repr_problem(r)?;
-        match kind {
-            BlockKind::Dense => p.fim_dense(&r.target),
-            k => p.fim_blocks(&r.target, &vec![k; p.ordered_slots().len()]),
+        let shape = match kind {
+            BlockKind::Dense => FimShape::Dense,
+            k => FimShape::Blocks(vec![k; p.ordered_slots().len()]),
+        };
+        if let Some(k) = r.shards {
+            return parts::fim_sharded(&p, &r.target, &shape, k).map_err(|e| e.to_string());
+        }
+        match shape {
+            FimShape::Dense => p.fim_dense(&r.target),
+            FimShape::Blocks(kinds) => p.fim_blocks(&r.target, &kinds),
         }
         .map_err(|e| e.to_string())
     }

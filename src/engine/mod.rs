@@ -5,6 +5,8 @@
 pub mod difficulty;
 mod hooks;
 mod measure;
+mod part_file;
+mod sharded;
 pub mod train;
 
 use crate::backend::{
@@ -41,6 +43,9 @@ struct ReprValue {
     target: Target,
     slots: Vec<usize>,
     centered: bool,
+    /// `sharded(k)`: the implicit representation's products (and layer
+    /// views) are computed over `k` example ranges.
+    shards: Option<usize>,
     kind: ReprKind,
 }
 
@@ -261,9 +266,11 @@ impl<O: Ops> Backend for Engine<O> {
                 data,
                 options,
                 ..
-            } => self
-                .build_repr(*object, structure, *model, *data, options)
-                .map_err(|e| fail(step, e))?,
+            } => {
+                let at = sharded::PartsAt::of(plan, step);
+                self.build_repr(*object, structure, *model, *data, options, at.as_ref())
+                    .map_err(|e| fail(step, e))?
+            }
             Op::Vector { vector, .. } => {
                 Value::Vector(self.vector_op(vector).map_err(|e| fail(step, e))?)
             }

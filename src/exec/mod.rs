@@ -19,6 +19,7 @@
 
 pub mod jsonl;
 pub mod limit;
+pub mod part;
 mod progress;
 pub mod run_dir;
 mod session;

@@ -6,5 +6,6 @@ pub mod init;
 pub mod kernel;
 pub mod net;
 pub mod ops;
+pub mod parts;
 pub mod repr;
 pub mod stats;

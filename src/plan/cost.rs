@@ -778,6 +778,8 @@ pub fn train_peak(
             centered: false,
             examples: config.batch,
             outputs: model.output.iter().product(),
+            shards: None,
+            part: None,
         };
         let held = repr_held(Object::Fim, fim, model, &options);
         let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);

@@ -9,6 +9,7 @@ mod compile;
 pub mod cost;
 mod layers;
 mod ops;
+pub mod parts;
 pub mod shard;
 mod table;
 

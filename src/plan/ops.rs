@@ -622,6 +622,14 @@ pub struct ReprOptions {
     pub examples: usize,
     /// Number of model outputs.
     pub outputs: usize,
+    /// `sharded(k)`: computed over `k` contiguous example ranges whose
+    /// partial sums are reduced exactly (see [`super::parts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    /// Set only by a part task (`nngeo exec --part`): compute this part of
+    /// one stage, write it to the run folder, and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<super::parts::PartRequest>,
 }
 
 /// A representation, whole or one layer's block of it.

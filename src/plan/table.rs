@@ -48,11 +48,15 @@ fn describe(op: &Op) -> (String, String) {
         } => (
             "repr".into(),
             format!(
-                "{name} = {object:?}({}) of #{} on #{} ({} examples)",
+                "{name} = {object:?}({}) of #{} on #{} ({} examples{})",
                 structure.name(),
                 model.0,
                 data.0,
-                options.examples
+                options.examples,
+                options
+                    .shards
+                    .map(|k| format!(", sharded({k})"))
+                    .unwrap_or_default()
             ),
         ),
         Op::Vector { name, vector } => (

@@ -262,11 +262,14 @@ pub enum ExprKind {
         lhs: Box<Expr>,
         rhs: Box<Expr>,
     },
-    /// `Fim(KFAC) of net on probe`
+    /// `Fim(KFAC) of net on probe`, `... on probe sharded(8)`
     Repr {
         structure: Box<Expr>,
         model: Box<Expr>,
         data: Option<Box<Expr>>,
+        /// `sharded(k)`: computed over `k` example ranges and reduced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shards: Option<Box<Expr>>,
     },
 }
 

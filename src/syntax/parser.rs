@@ -284,6 +284,7 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::pipe_op => "`|>`",
         Rule::kw_in => "`in`",
         Rule::kw_on => "`on`",
+        Rule::sharded | Rule::kw_sharded => "`sharded(k)`",
         Rule::kw_of => "`of`",
         Rule::kw_as => "`as`",
         Rule::kw_to => "`to`",
@@ -799,6 +800,7 @@ fn is_keyword(r: Rule) -> bool {
             | Rule::kw_at
             | Rule::kw_of
             | Rule::kw_on
+            | Rule::kw_sharded
             | Rule::kw_as
             | Rule::kw_import
             | Rule::kw_block
@@ -878,11 +880,18 @@ fn expr(p: Pair<Rule>, off: usize) -> Expr {
                 Some(m) => {
                     let model = expr(m, off);
                     let data = it.next().map(|d| Box::new(expr(d, off)));
+                    // `sharded(k)`: its one expression.
+                    let shards = it.next().and_then(|s| {
+                        s.into_inner()
+                            .find(|q| !is_keyword(q.as_rule()))
+                            .map(|k| Box::new(expr(k, off)))
+                    });
                     Expr {
                         kind: ExprKind::Repr {
                             structure: Box::new(first),
                             model: Box::new(model),
                             data,
+                            shards,
                         },
                         span,
                     }

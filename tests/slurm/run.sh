@@ -10,7 +10,13 @@
 #      results are complete and equal;
 #   3. a task whose data file is missing when it runs fails: `nngeo status`
 #      names the shard, its Slurm state and its log (which names the file),
-#      `report` keeps the other shards' results, and a resume completes it.
+#      `report` keeps the other shards' results, and a resume completes it;
+#   4. geometry sharded over data (tests/fixtures/shard/geometry.ngx: a
+#      two-stage EKFAC, a dense Fisher, a dense NTK as row blocks): the
+#      parts run as job arrays chained with --dependency=afterok before the
+#      shard that reduces them; the merged results equal the same file run
+#      in one process bit for bit, and the file without `sharded(k)` to
+#      1e-12 relative (f64).
 # One PASS/FAIL line per check; the daemons are stopped by PID on exit,
 # whatever happens. Needs root (apt, munge); prints SKIP without it.
 set -euo pipefail
@@ -67,7 +73,7 @@ same_results() {
 }
 
 cd "$work"
-cp "$root"/tests/fixtures/shard/{sweep.ngx,p1.csv,p2.csv,slow.ngx} .
+cp "$root"/tests/fixtures/shard/{sweep.ngx,p1.csv,p2.csv,slow.ngx,geometry.ngx} .
 
 # ---- 1. a sweep on Slurm equals one process
 "$NNGEO" exec sweep.ngx --out one >/dev/null 2>&1
@@ -162,6 +168,52 @@ else
         else
             pass "failure: shards 4-6 failed naming their log and p2.csv, the others kept, a resume completed the run"
         fi
+    fi
+fi
+
+# ---- 4. geometry sharded over data: part arrays, then the shard
+sed -E 's/ sharded\([0-9]+\)//' geometry.ngx >plain.ngx
+"$NNGEO" exec geometry.ngx --out geo-one >/dev/null 2>&1
+"$NNGEO" exec plain.ngx --out geo-plain >/dev/null 2>&1
+out=$("$NNGEO" exec geometry.ngx --on slurm --out runs/geo 2>&1) || true
+# 4 part arrays (EKFAC factors, then its diagonal after them; the dense
+# Fisher's sums; the kernel's 10 blocks), then the shards' array.
+parts=$(grep -c "part task(s)" <<<"$out" || true)
+if [ "$parts" != 4 ] || ! grep -q "stage \`diagonal\`, 3 part task(s) (0-2) after job" <<<"$out" \
+    || ! grep -q "stage \`kernel\`, 10 part task(s)" <<<"$out" || ! grep -q "submitted Slurm job .* of 1 shard(s)" <<<"$out"; then
+    fail geometry "submission: $out"
+else
+    wait_jobs runs/geo
+    "$NNGEO" report runs/geo >report.out 2>&1 || true
+    nfiles=$(find runs/geo/parts -name '*.safetensors' | wc -l)
+    rel=$(python3 -c '
+import json, sys
+def nums(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool): return [float(v)]
+    if isinstance(v, list): return [x for e in v for x in nums(e)]
+    if isinstance(v, dict): return [x for e in v.values() for x in nums(e)]
+    return []
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) and len(a) > 0, (len(a), len(b))
+worst = 0.0
+for x, y in zip(a, b):
+    assert x["key"] == y["key"], (x["key"], y["key"])
+    p, q = nums(x["value"]), nums(y["value"])
+    assert len(p) == len(q) and p, x["key"]
+    s = max(abs(v) for v in q) or 1.0
+    worst = max([worst] + [abs(u - v) / s for u, v in zip(p, q)])
+print(worst)' runs/geo/results.jsonl geo-plain/results.jsonl 2>&1 || true)
+    if ! grep -q "merged 1 of 1 shard(s)" report.out; then
+        fail geometry "$(cat report.out)"$'\n'"$(tail -n 5 runs/geo/slurm/logs/*.out)"
+    elif [ "$nfiles" != 18 ]; then
+        fail geometry "$nfiles part files, expected 18 (3 + 3 + 2 + 10)"
+    elif ! same_results geo-one runs/geo; then
+        fail geometry "merged results differ from the sharded file run in one process"
+    elif ! python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-12 else 1)' "$rel" 2>/dev/null; then
+        fail geometry "against the unsharded file: $rel"
+    else
+        pass "geometry: 18 parts in 4 chained arrays, reduced by the shard; equal to one process bit for bit, to the unsharded file within $rel relative"
     fi
 fi
 

@@ -1,0 +1,320 @@
+//! Representations sharded over data (`Fim(EKFAC) of net on train
+//! sharded(8)`): which steps are, their stages, and the part tasks that
+//! compute them in separate processes (`nngeo exec PLAN --part
+//! STEP[:STAGE]/J/K --out RUN`).
+//!
+//! A stage is a set of parts that can run at once; the next stage needs
+//! every part of the one before. A Fisher that is a sum over examples has
+//! one stage (`sums`); EKFAC with its refit two (`factors`, then
+//! `diagonal` in the eigenbases of the reduced factors); the dense NTK one
+//! (`kernel`, the `k(k+1)/2` row blocks `K[I_i, I_j]`, `j ≥ i`). Part `J`
+//! of stage `S` of step `STEP` is written atomically to
+//! `RUN/parts/STEP/S-J-of-K.safetensors`; the process that owns the step
+//! (a shard, or the whole run) reduces the parts it finds there and
+//! refuses when some are missing. Without a `parts/STEP` folder it
+//! computes the parts itself, one after another. The implicit
+//! representation has no stage: each of its products is computed over the
+//! ranges in the process that measures it.
+
+use super::{Object, Op, Plan, Step, StepId, Structure};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const PARTS_DIR: &str = "parts";
+
+/// What a part task computes: part `index` of stage `stage` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRequest {
+    pub stage: usize,
+    pub index: usize,
+}
+
+/// One stage of a sharded step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage {
+    pub name: &'static str,
+    pub parts: usize,
+}
+
+/// A top-level step sharded over data, with its stages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharded {
+    pub step: StepId,
+    pub shards: usize,
+    pub stages: Vec<Stage>,
+}
+
+/// Whether a structure refits an EKFAC diagonal somewhere.
+fn refits(s: &Structure) -> bool {
+    match s {
+        Structure::Ekfac { refit, .. } => *refit,
+        Structure::Mix { families, layers } => families.values().chain(layers.values()).any(refits),
+        _ => false,
+    }
+}
+
+/// The stages of a representation sharded into `k` ranges (none for the
+/// implicit one, whose products are sharded where they are measured).
+pub fn stages(object: Object, structure: &Structure, k: usize) -> Vec<Stage> {
+    match (object, structure) {
+        (Object::Ntk, _) => vec![Stage {
+            name: "kernel",
+            parts: k * (k + 1) / 2,
+        }],
+        (Object::Fim, Structure::Implicit) => vec![],
+        (Object::Fim, s) if refits(s) => vec![
+            Stage {
+                name: "factors",
+                parts: k,
+            },
+            Stage {
+                name: "diagonal",
+                parts: k,
+            },
+        ],
+        (Object::Fim, _) => vec![Stage {
+            name: "sums",
+            parts: k,
+        }],
+    }
+}
+
+/// The step's sharding, if it is a representation with `sharded(k)`.
+pub fn of_step(step: &Step) -> Option<Sharded> {
+    let Op::Repr {
+        object,
+        structure,
+        options,
+        ..
+    } = &step.op
+    else {
+        return None;
+    };
+    let k = options.shards?;
+    Some(Sharded {
+        step: step.id,
+        shards: k,
+        stages: stages(*object, structure, k),
+    })
+}
+
+/// Top-level sharded steps whose parts can run as separate tasks (inside
+/// a training hook, a step's parts run in the training process).
+pub fn sharded_steps(plan: &Plan) -> Vec<Sharded> {
+    plan.steps
+        .iter()
+        .filter(|s| s.hook.is_none())
+        .filter_map(of_step)
+        .filter(|s| !s.stages.is_empty())
+        .collect()
+}
+
+/// `--part STEP[:STAGE]/J/K`, resolved against the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartSpec {
+    pub step: StepId,
+    pub stage: usize,
+    pub index: usize,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PartError {
+    #[error("`--part {given}`: expected STEP[:STAGE]/J/K (step id, stage name or number, part J of K), e.g. `--part 5/0/8` or `--part 5:diagonal/0/8`")]
+    Syntax { given: String },
+    #[error("`--part {given}`: step #{step} is not a top-level representation with `sharded(k)`{}", if list.is_empty() { String::from("; this plan has none") } else { format!("; sharded steps: {list}") })]
+    NotSharded {
+        given: String,
+        step: u32,
+        list: String,
+    },
+    #[error("`--part {given}`: step #{step} has stage(s) {list}, not `{stage}`")]
+    NoStage {
+        given: String,
+        step: u32,
+        stage: String,
+        list: String,
+    },
+    #[error("`--part {given}`: stage `{stage}` of step #{step} has {parts} part(s), so J/K must be J/{parts} with 0 ≤ J < {parts}")]
+    Count {
+        given: String,
+        step: u32,
+        stage: String,
+        parts: usize,
+    },
+}
+
+/// Parses and checks `STEP[:STAGE]/J/K` against the plan.
+pub fn parse(plan: &Plan, given: &str) -> Result<PartSpec, PartError> {
+    let syntax = || PartError::Syntax {
+        given: given.into(),
+    };
+    let mut it = given.split('/');
+    let (Some(head), Some(j), Some(k), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(syntax());
+    };
+    let (step, stage) = head.split_once(':').unwrap_or((head, "1"));
+    let step: u32 = step.trim().parse().map_err(|_| syntax())?;
+    let j: usize = j.trim().parse().map_err(|_| syntax())?;
+    let k: usize = k.trim().parse().map_err(|_| syntax())?;
+    let all = sharded_steps(plan);
+    let Some(sh) = all.iter().find(|s| s.step.0 == step) else {
+        return Err(PartError::NotSharded {
+            given: given.into(),
+            step,
+            list: all
+                .iter()
+                .map(|s| format!("#{}", s.step.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let stage_ix = match stage.trim().parse::<usize>() {
+        Ok(n) if (1..=sh.stages.len()).contains(&n) => Some(n),
+        Ok(_) => None,
+        Err(_) => sh
+            .stages
+            .iter()
+            .position(|s| s.name == stage.trim())
+            .map(|i| i + 1),
+    };
+    let Some(stage_ix) = stage_ix else {
+        return Err(PartError::NoStage {
+            given: given.into(),
+            step,
+            stage: stage.into(),
+            list: stage_list(sh),
+        });
+    };
+    let st = &sh.stages[stage_ix - 1];
+    if k != st.parts || j >= k {
+        return Err(PartError::Count {
+            given: given.into(),
+            step,
+            stage: st.name.into(),
+            parts: st.parts,
+        });
+    }
+    Ok(PartSpec {
+        step: StepId(step),
+        stage: stage_ix,
+        index: j,
+        count: k,
+    })
+}
+
+/// `1 = factors (8 parts), 2 = diagonal (8 parts)`.
+pub fn stage_list(sh: &Sharded) -> String {
+    sh.stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{} = {} ({} parts)", i + 1, s.name, s.parts))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The run folder a process writing into `out` belongs to: `RUN` for a
+/// shard's folder `RUN/shards/I` and for a part task's scratch folder
+/// `RUN/parts/STEP/.task-S-J`, else `out` itself.
+pub fn run_root(out: &Path) -> PathBuf {
+    let up = |p: &Path, n: usize| -> Option<PathBuf> {
+        let mut p = p;
+        for _ in 0..n {
+            p = p.parent()?;
+        }
+        Some(p.to_path_buf())
+    };
+    let named = |p: Option<PathBuf>, name: &str| {
+        p.is_some_and(|p| p.file_name().is_some_and(|n| n == name))
+    };
+    if named(up(out, 1), "shards") {
+        if let Some(r) = up(out, 2) {
+            return r;
+        }
+    }
+    if named(up(out, 2), PARTS_DIR) {
+        if let Some(r) = up(out, 3) {
+            return r;
+        }
+    }
+    out.to_path_buf()
+}
+
+/// `RUN/parts/STEP`.
+pub fn step_dir(run: &Path, step: StepId) -> PathBuf {
+    run.join(PARTS_DIR).join(step.0.to_string())
+}
+
+/// `RUN/parts/STEP/NAME-J-of-K.safetensors`.
+pub fn part_file(run: &Path, step: StepId, stage: &str, index: usize, count: usize) -> PathBuf {
+    step_dir(run, step).join(format!("{stage}-{index}-of-{count}.safetensors"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(src: &str) -> Plan {
+        crate::compile_source(src, &Default::default()).unwrap()
+    }
+
+    const SRC: &str = "experiment p { seed = 0 }
+data d = blobs(n = 20, classes = 3, dim = 4, seed = 1)
+model net = mlp(in = 4, hidden = [5], out = 3)
+let F = Fim(EKFAC) of net on d sharded(4)
+let G = Fim(KFAC) of net on d sharded(2)
+let K = Ntk(Dense) of net on d sharded(3)
+let I = Fim(Implicit) of net on d sharded(2)
+measure trace(F), trace(G), trace(K), trace(I)
+";
+
+    #[test]
+    fn stages_of_each_sharded_step() {
+        let p = plan(SRC);
+        let all = sharded_steps(&p);
+        let shown: Vec<(usize, Vec<(&str, usize)>)> = all
+            .iter()
+            .map(|s| {
+                (
+                    s.shards,
+                    s.stages.iter().map(|st| (st.name, st.parts)).collect(),
+                )
+            })
+            .collect();
+        // The implicit representation has no stage of its own.
+        assert_eq!(
+            shown,
+            vec![
+                (4, vec![("factors", 4), ("diagonal", 4)]),
+                (2, vec![("sums", 2)]),
+                (3, vec![("kernel", 6)]),
+            ]
+        );
+        let f = all[0].step.0;
+        let ok = parse(&p, &format!("{f}:diagonal/3/4")).unwrap();
+        assert_eq!((ok.stage, ok.index, ok.count), (2, 3, 4));
+        assert_eq!(parse(&p, &format!("{f}/0/4")).unwrap().stage, 1);
+        assert_eq!(parse(&p, &format!("{f}:2/0/4")).unwrap().stage, 2);
+        for bad in [
+            format!("{f}:3/0/4"),
+            format!("{f}/4/4"),
+            format!("{f}/0/3"),
+            "x".into(),
+            "0/0/1".into(),
+        ] {
+            assert!(parse(&p, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_live_in_the_run_folder() {
+        let run = Path::new("runs/a");
+        assert_eq!(run_root(run), run);
+        assert_eq!(run_root(&run.join("shards/3")), run);
+        assert_eq!(run_root(&run.join("parts/5/.task-1-0")), run);
+        assert_eq!(
+            part_file(run, StepId(5), "kernel", 2, 6),
+            Path::new("runs/a/parts/5/kernel-2-of-6.safetensors")
+        );
+    }
+}
