@@ -24,7 +24,7 @@
 //! Monte-Carlo Fishers draw their samples from one stream over the
 //! examples, which a part cannot reproduce: they are refused.
 
-use super::build::{decomposer, kfac_eigenbasis, BlockKind, Problem, Target};
+use super::build::{kfac_eigenbasis, BlockKind, Problem, Target, DECOMPOSE};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
 use crate::linalg::Mat;
@@ -408,10 +408,9 @@ pub fn reduce_fim<O: Ops>(
                 kinds.len()
             )));
         }
-        let decompose = decomposer(p.o.dtype());
         for (b, kind) in blocks.iter_mut().zip(kinds) {
             if matches!(kind, BlockKind::Ekfac { .. }) {
-                *b = kfac_eigenbasis(b, decompose)?;
+                *b = kfac_eigenbasis(b, DECOMPOSE)?;
             }
         }
     }
