@@ -114,7 +114,7 @@ pub fn plan(
     let script = job_script(plan, file, out, &shards, args.resources(config), exec_args);
     let sharded = parts::sharded_steps(plan);
     if !sharded.is_empty() {
-        print!("{}", render_parts(plan, &sharded));
+        print!("{}", cluster::parts::render_plan(plan, &sharded));
     }
     println!(
         "\njob script ({}):",
@@ -122,12 +122,16 @@ pub fn plan(
     );
     print!("{}", script.render());
     for sh in &sharded {
-        for st in &sh.stages {
+        let costs = cluster::parts::stage_costs(plan, sh);
+        for (st, c) in sh.stages.iter().zip(costs) {
             println!(
                 "\njob script ({}):",
                 out.join(part_script(sh.step.0, st.name)).display()
             );
-            print!("{}", script.render_part(sh.step.0, st.name, st.parts));
+            print!(
+                "{}",
+                script.render_part(sh.step.0, st.name, st.parts, c.peak_memory)
+            );
         }
     }
     ExitCode::SUCCESS
@@ -138,85 +142,76 @@ fn part_script(step: u32, stage: &str) -> PathBuf {
     Path::new(cluster::SLURM_DIR).join(format!("part-{step}-{stage}.sbatch"))
 }
 
-/// The stages of the sharded steps, as `plan --on slurm` shows them.
-pub fn render_parts(plan: &Plan, sharded: &[parts::Sharded]) -> String {
-    let mut s = format!(
-        "\n{} step(s) sharded over data run as job arrays of parts before the shards (each waits for the stage before it: --dependency=afterok):\n",
-        sharded.len()
-    );
-    for sh in sharded {
-        let step = plan.step(sh.step);
-        let name = match &step.op {
-            nngeo::plan::Op::Repr {
-                name,
-                object,
-                structure,
-                ..
-            } => format!("`{name}` = {object:?}({})", structure.name()),
-            _ => String::new(),
-        };
-        s.push_str(&format!(
-            "  step #{} (line {}) {name}, sharded({})\n",
-            sh.step.0, step.span.line, sh.shards
-        ));
-        for (i, st) in sh.stages.iter().enumerate() {
-            s.push_str(&format!(
-                "    stage {} `{}`: {} task(s){}\n",
-                i + 1,
-                st.name,
-                st.parts,
-                if i > 0 {
-                    format!(" after stage {i}")
-                } else {
-                    String::new()
-                }
-            ));
-        }
-    }
-    s
-}
-
 /// Submits the part arrays of the plan's sharded steps, stage after
-/// stage (a resume only the parts without a file); the last stages' job
-/// ids, which the shards' array waits for.
+/// stage, and records them in `shards.json`. A resume submits only the
+/// parts without a file that are not pending or running in Slurm, and
+/// every part of the stages after one it submitted (they depend on it).
+/// Returns the jobs the shards' array must wait for: each step's last
+/// stage.
 fn submit_parts(
     plan: &Plan,
     run: &Path,
+    sf: &mut cluster::ShardsFile,
     script: &slurm::JobScript,
     resume: bool,
 ) -> Result<Vec<String>, String> {
+    let states = if resume {
+        let (slurm_states, warnings) = slurm::run_states(sf);
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        cluster::parts::part_states(run, plan, Some(sf), &slurm_states)
+    } else {
+        Vec::new()
+    };
     let mut after = Vec::new();
     for sh in parts::sharded_steps(plan) {
-        let mut prev: Option<String> = None;
-        for st in &sh.stages {
+        let costs = cluster::parts::stage_costs(plan, &sh);
+        // The jobs the next stage waits for; whether a stage before was
+        // submitted now (then every later part is computed again).
+        let mut prev: Vec<String> = Vec::new();
+        let mut again = false;
+        for (st, c) in sh.stages.iter().zip(costs) {
             let path = run.join(part_script(sh.step.0, st.name));
-            std::fs::write(&path, script.render_part(sh.step.0, st.name, st.parts))
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-            let tasks: Vec<usize> = (0..st.parts)
-                .filter(|&j| {
-                    !resume
-                        || prev.is_some()
-                        || !parts::part_file(run, sh.step, st.name, j, st.parts).exists()
-                })
-                .collect();
-            if tasks.is_empty() {
-                continue;
+            std::fs::write(
+                &path,
+                script.render_part(sh.step.0, st.name, st.parts, c.peak_memory),
+            )
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            let known = states
+                .iter()
+                .find(|s| s.step == sh.step.0 && s.stage == st.name);
+            let (tasks, live) = match known {
+                Some(k) if !again => (k.rerun(), k.live_jobs()),
+                _ => ((0..st.parts).collect(), Vec::new()),
+            };
+            let mut waits = live;
+            if !tasks.is_empty() {
+                let id = slurm::submit_after(&path, &tasks, &prev).map_err(|e| e.to_string())?;
+                println!(
+                    "submitted Slurm job {id}: step #{} stage `{}`, {} part task(s) ({}){}",
+                    sh.step.0,
+                    st.name,
+                    tasks.len(),
+                    cluster::list(&tasks),
+                    if prev.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" after job {}", prev.join(", "))
+                    }
+                );
+                sf.part_submissions.push(cluster::PartSubmission {
+                    step: sh.step.0,
+                    stage: st.name.to_string(),
+                    job_id: id.clone(),
+                    tasks,
+                    submitted: nngeo::report::now_rfc3339(),
+                });
+                sf.write(run).map_err(|e| e.to_string())?;
+                waits.push(id);
+                again = true;
             }
-            let deps: Vec<String> = prev.iter().cloned().collect();
-            let id = slurm::submit_after(&path, &tasks, &deps).map_err(|e| e.to_string())?;
-            println!(
-                "submitted Slurm job {id}: step #{} stage `{}`, {} part task(s) ({}){}",
-                sh.step.0,
-                st.name,
-                tasks.len(),
-                cluster::list(&tasks),
-                if deps.is_empty() {
-                    String::new()
-                } else {
-                    format!(" after job {}", deps.join(", "))
-                }
-            );
-            prev = Some(id);
+            prev = waits;
         }
         after.extend(prev);
     }
@@ -330,7 +325,7 @@ pub fn submit(
         );
         return ExitCode::SUCCESS;
     }
-    let after = match submit_parts(plan, run, &script, resume) {
+    let after = match submit_parts(plan, run, &mut sf, &script, resume) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
@@ -386,7 +381,7 @@ pub fn status(run: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let jobs: Vec<&str> = sf.submissions.iter().map(|s| s.job_id.as_str()).collect();
+    let jobs: Vec<&str> = sf.job_ids().collect();
     println!(
         "{}: experiment `{}`, {} shard(s){}",
         run.display(),
@@ -430,12 +425,23 @@ pub fn status(run: &Path) -> ExitCode {
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!("{}", summary.join(", "));
+    // The parts of the steps sharded over data, when the plan has some.
+    let stages = cluster::plan_of(run)
+        .map(|plan| cluster::parts::part_states(run, &plan, Some(&sf), &states))
+        .unwrap_or_default();
+    print!("{}", cluster::parts::render_states(run, &stages));
     let rerun = shards.iter().filter(|s| s.state.needs_rerun()).count();
+    let parts_rerun: usize = stages.iter().map(|s| s.rerun().len()).sum();
     if rerun > 0 && !sf.submissions.is_empty() {
         println!(
-            "`nngeo exec {} --on slurm --resume {}` submits the {rerun} shard(s) without results again",
+            "`nngeo exec {} --on slurm --resume {}` submits the {rerun} shard(s) without results again{}",
             sf.file.display(),
-            run.display()
+            run.display(),
+            if parts_rerun > 0 {
+                format!(", after the {parts_rerun} part(s) without a file")
+            } else {
+                String::new()
+            }
         );
     }
     ExitCode::SUCCESS

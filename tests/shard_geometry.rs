@@ -125,8 +125,8 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
     println!("sharded in one process vs unsharded: max relative difference {e:.2e}");
     assert!(e <= 1e-12, "{e:e}");
 
-    // The stages: EKFAC's two, the dense Fisher's and the kernel's one
-    // (4 ranges → 10 row blocks); the implicit one has none.
+    // The stages: EKFAC's two, the dense Fisher's, the kernel's (4 ranges
+    // → 10 row blocks) and the gradient's one; the implicit one has none.
     let steps = sharded_steps(d);
     let stages: Vec<Vec<(String, usize)>> = steps.iter().map(|s| s.1.clone()).collect();
     assert_eq!(
@@ -135,6 +135,7 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
             vec![("factors".to_string(), 3), ("diagonal".to_string(), 3)],
             vec![("sums".to_string(), 2)],
             vec![("kernel".to_string(), 10)],
+            vec![("sums".to_string(), 3)],
         ]
     );
 
@@ -267,7 +268,7 @@ fn bad_part_specs_are_refused() {
         ("x/0/3".to_string(), "expected STEP[:STAGE]/J/K".to_string()),
         (
             "0/0/3".to_string(),
-            "is not a top-level representation with `sharded(k)`".to_string(),
+            "is not a top-level representation or gradient with `sharded(k)`".to_string(),
         ),
         (
             format!("{ekfac}/3/3"),

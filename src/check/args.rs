@@ -241,6 +241,7 @@ impl<'a> Checker<'a> {
             ExprKind::Compare { .. } => "a comparison".into(),
             ExprKind::Logic { .. } => "a condition".into(),
             ExprKind::Repr { .. } => "a representation".into(),
+            ExprKind::Sharded { .. } => "a sharded dataset (`DATA sharded(k)`)".into(),
         }
     }
 

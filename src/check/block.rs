@@ -916,6 +916,7 @@ fn describe_kind(k: &ExprKind) -> &'static str {
         ExprKind::Field { .. } => "a field access",
         ExprKind::Pipe { .. } => "a pipeline",
         ExprKind::Repr { .. } => "a representation",
+        ExprKind::Sharded { .. } => "a sharded dataset",
         _ => "this expression",
     }
 }

@@ -213,14 +213,18 @@ impl<'a> Checker<'a> {
             }
             _ => {
                 let found = self.describe(d);
-                self.error(Diagnostic::new(
+                let mut diag = Diagnostic::new(
                     ErrorKind::TypeMismatch {
                         expected: "a dataset".into(),
                         found,
                     },
                     d.span,
                     "not a dataset",
-                ));
+                );
+                if matches!(d.kind, ExprKind::Sharded { .. }) {
+                    diag = diag.hint("`sharded(k)` splits the examples of what is computed on them: `Fim(KFAC) of net on train sharded(8)`, `grad(net, train sharded(8))`");
+                }
+                self.error(diag);
                 None
             }
         }

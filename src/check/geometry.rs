@@ -1028,14 +1028,26 @@ impl<'a> Checker<'a> {
                         let me = self.req(&c, "model");
                         let de = self.req(&c, "data");
                         let m = self.model_expr(me?, "")?;
-                        let dv = self.data_expr(de?, "")?;
-                        if !self.compatible(&m, &dv, de?.span) {
+                        // `grad(net, train sharded(8))`: the mean over the
+                        // examples as 8 range means, reduced.
+                        let (de, k) = match &self.deref(de?).kind {
+                            ExprKind::Sharded { data, shards } => (&**data, Some(&**shards)),
+                            _ => (de?, None),
+                        };
+                        let dv = self.data_expr(de, "")?;
+                        if !self.compatible(&m, &dv, de.span) {
                             return None;
                         }
+                        let shards = match k {
+                            Some(k) => Some(self.shard_k(k, dv.info.n)?),
+                            None => None,
+                        };
                         (
                             VectorOp::Grad {
                                 model: m.step,
                                 data: dv.step,
+                                shards,
+                                part: None,
                             },
                             m.spec.params,
                         )

@@ -34,8 +34,14 @@ impl<'a> Checker<'a> {
         structure: &Structure,
         options: &ReprOptions,
     ) -> Option<usize> {
+        let k = self.shard_k(e, options.examples)?;
+        self.shardable(e, object, structure, options)?;
+        Some(k)
+    }
+
+    /// `k` of `sharded(k)` over `n` examples: 1 ≤ k ≤ n (E034).
+    pub(super) fn shard_k(&mut self, e: &'a Expr, n: usize) -> Option<usize> {
         let d = self.deref(e);
-        let n = options.examples;
         let bad = |why: String| {
             Diagnostic::new(
                 ErrorKind::BadShards {
@@ -59,6 +65,17 @@ impl<'a> Checker<'a> {
             }
             _ => self.int(e, "sharded", 1, n.max(1) as i64)? as usize,
         };
+        Some(k)
+    }
+
+    /// Whether the representation is a sum over examples (E035).
+    fn shardable(
+        &mut self,
+        e: &'a Expr,
+        object: Object,
+        structure: &Structure,
+        options: &ReprOptions,
+    ) -> Option<()> {
         let why = match (object, structure) {
             (Object::Ntk, Structure::Dense | Structure::LowRank { .. }) => None::<String>,
             (Object::Ntk, _) => Some(
@@ -99,6 +116,6 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        Some(k)
+        Some(())
     }
 }

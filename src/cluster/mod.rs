@@ -13,6 +13,7 @@
 //! --out RUN/shards/I`; `nngeo report RUN` merges whatever shards are
 //! complete. [`slurm`] submits the shards as one job array.
 
+pub mod parts;
 pub mod slurm;
 pub mod state;
 
@@ -41,6 +42,9 @@ pub struct ShardsFile {
     pub shards: Vec<ShardEntry>,
     #[serde(default)]
     pub submissions: Vec<Submission>,
+    /// The part arrays of the steps sharded over data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_submissions: Vec<PartSubmission>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +60,16 @@ pub struct ShardEntry {
 /// One `sbatch` of some of the shards.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
+    pub job_id: String,
+    pub tasks: Vec<usize>,
+    pub submitted: String,
+}
+
+/// One `sbatch` of some parts of one stage of a step sharded over data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartSubmission {
+    pub step: u32,
+    pub stage: String,
     pub job_id: String,
     pub tasks: Vec<usize>,
     pub submitted: String,
@@ -93,6 +107,7 @@ impl ShardsFile {
                 })
                 .collect(),
             submissions: Vec::new(),
+            part_submissions: Vec::new(),
         }
     }
 
@@ -122,6 +137,23 @@ impl ShardsFile {
             .iter()
             .rev()
             .find(|s| s.tasks.contains(&index))
+    }
+
+    /// The newest submission that ran part `index` of stage `stage` of
+    /// step `step`.
+    pub fn part_job_of(&self, step: u32, stage: &str, index: usize) -> Option<&PartSubmission> {
+        self.part_submissions
+            .iter()
+            .rev()
+            .find(|s| s.step == step && s.stage == stage && s.tasks.contains(&index))
+    }
+
+    /// Every Slurm job of the run: the shards' arrays and the parts'.
+    pub fn job_ids(&self) -> impl Iterator<Item = &str> {
+        self.submissions
+            .iter()
+            .map(|s| s.job_id.as_str())
+            .chain(self.part_submissions.iter().map(|s| s.job_id.as_str()))
     }
 }
 
@@ -251,6 +283,11 @@ pub fn describe(run: &Path) -> Result<ShardsFile, ClusterError> {
     let (plan, _) = run_plan(run, &folders)?;
     let shards = shard::all(&plan, Some(count))?;
     Ok(ShardsFile::new(&plan, Path::new(""), &shards))
+}
+
+/// The plan of a sharded run (see [`run_plan`]).
+pub fn plan_of(run: &Path) -> Result<Plan, ClusterError> {
+    Ok(run_plan(run, &shard_folders(run))?.0)
 }
 
 /// The plan of a sharded run and its text: the run's own, else the first

@@ -62,7 +62,11 @@ impl JobScript {
     /// The `sbatch` script. The array range is given on the command line
     /// (a resume submits only some tasks), so the script names none.
     pub fn render(&self) -> String {
-        let mut s = self.header(&format!("{} shard(s)", self.count), "");
+        let mut s = self.header(
+            &format!("{} shard(s)", self.count),
+            "",
+            self.estimated_bytes,
+        );
         let mut cmd = self.nngeo_exec();
         cmd.extend([
             "--shard".into(),
@@ -80,11 +84,20 @@ impl JobScript {
     }
 
     /// The script of the part tasks of stage `stage` (`parts` of them) of
-    /// the sharded step `step`: task J writes `RUN/parts/STEP/`.
-    pub fn render_part(&self, step: u32, stage: &str, parts: usize) -> String {
+    /// the sharded step `step`: task J writes `RUN/parts/STEP/`. Without
+    /// a configured memory, `--mem` is `estimated_bytes`, one part task's
+    /// estimate (at least 1 GiB).
+    pub fn render_part(
+        &self,
+        step: u32,
+        stage: &str,
+        parts: usize,
+        estimated_bytes: u64,
+    ) -> String {
         let mut s = self.header(
             &format!("step #{step}, stage `{stage}`, {parts} part(s)"),
             &format!("-part{step}-{stage}"),
+            estimated_bytes,
         );
         let mut cmd = self.nngeo_exec();
         cmd.extend([
@@ -112,7 +125,7 @@ impl JobScript {
     }
 
     /// The script up to its command.
-    fn header(&self, what: &str, job_suffix: &str) -> String {
+    fn header(&self, what: &str, job_suffix: &str, estimated_bytes: u64) -> String {
         let r = &self.resources;
         let logs = self.run.join(SLURM_DIR).join("logs");
         let mut s = String::new();
@@ -131,9 +144,7 @@ impl JobScript {
         directive(format!("--chdir={}", shown(&self.chdir)));
         directive(format!(
             "--mem={}",
-            r.mem
-                .clone()
-                .unwrap_or_else(|| mem_of(self.estimated_bytes))
+            r.mem.clone().unwrap_or_else(|| mem_of(estimated_bytes))
         ));
         if let Some(c) = r.cpus {
             directive(format!("--cpus-per-task={c}"));
@@ -266,12 +277,15 @@ pub fn parse_scontrol(text: &str) -> BTreeMap<usize, String> {
 pub fn run_states(sf: &ShardsFile) -> (BTreeMap<String, BTreeMap<usize, String>>, Vec<String>) {
     let mut states = BTreeMap::new();
     let mut warnings = Vec::new();
-    for s in &sf.submissions {
-        match task_states(&s.job_id) {
+    for id in sf.job_ids() {
+        if states.contains_key(id) {
+            continue;
+        }
+        match task_states(id) {
             Ok(t) => {
-                states.insert(s.job_id.clone(), t);
+                states.insert(id.to_string(), t);
             }
-            Err(e) => warnings.push(format!("Slurm job {}: {e}", s.job_id)),
+            Err(e) => warnings.push(format!("Slurm job {id}: {e}")),
         }
     }
     (states, warnings)

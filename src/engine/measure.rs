@@ -544,8 +544,25 @@ impl<O: Ops> Engine<O> {
         })
     }
 
-    pub(super) fn vector_op(&self, v: &VectorOp) -> Result<Vec<f64>, String> {
-        Ok(match v {
+    /// A vector step's value; a sharded gradient in a part task writes its
+    /// part instead.
+    pub(super) fn vector_op(
+        &self,
+        v: &VectorOp,
+        at: Option<&sharded::PartsAt>,
+    ) -> Result<sharded::Built<Vec<f64>>, String> {
+        Ok(sharded::Built::Whole(match v {
+            VectorOp::Grad {
+                model,
+                data,
+                shards,
+                ..
+            } => {
+                let net = self.model(*model)?;
+                let d = self.data(*data)?;
+                let p = self.problem(net, d, (0..net.slots.len()).collect(), 1);
+                return self.grad_full(&p, d.host.info.classes.is_none(), *shards, at);
+            }
             VectorOp::Random { model, seed } => {
                 let p = self.model(*model)?.num_params();
                 let mut rng = Rng::new(*seed);
@@ -556,13 +573,6 @@ impl<O: Ops> Engine<O> {
                 Some(Value::Model(_, w0)) => w0.clone(),
                 _ => return Err("not a model".into()),
             },
-            VectorOp::Grad { model, data } => {
-                let net = self.model(*model)?;
-                let d = self.data(*data)?;
-                let p = self.problem(net, d, (0..net.slots.len()).collect(), 1);
-                p.loss_gradient(d.host.info.classes.is_none())
-                    .map_err(|e| e.to_string())?
-            }
             VectorOp::Add { a, b } | VectorOp::Sub { a, b } => {
                 let (x, y) = (self.vector(*a)?, self.vector(*b)?);
                 let s = if matches!(v, VectorOp::Add { .. }) {
@@ -573,7 +583,7 @@ impl<O: Ops> Engine<O> {
                 x.iter().zip(y).map(|(p, q)| p + s * q).collect()
             }
             VectorOp::Scale { factor, v } => self.vector(*v)?.iter().map(|x| x * factor).collect(),
-        })
+        }))
     }
 }
 

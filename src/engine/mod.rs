@@ -272,7 +272,14 @@ impl<O: Ops> Backend for Engine<O> {
                     .map_err(|e| fail(step, e))?
             }
             Op::Vector { vector, .. } => {
-                Value::Vector(self.vector_op(vector).map_err(|e| fail(step, e))?)
+                let at = sharded::PartsAt::of(plan, step);
+                match self
+                    .vector_op(vector, at.as_ref())
+                    .map_err(|e| fail(step, e))?
+                {
+                    sharded::Built::Whole(v) => Value::Vector(v),
+                    sharded::Built::PartWritten => Value::None,
+                }
             }
             Op::Measure { measurement, .. } => {
                 let out = self.measure(measurement).map_err(|e| fail(step, e));

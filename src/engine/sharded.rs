@@ -26,15 +26,12 @@ impl PartsAt {
             return None;
         }
         let sh = plan_parts::of_step(step)?;
-        let Op::Repr { options, .. } = &step.op else {
-            return None;
-        };
         Some(PartsAt {
             step: step.id,
             // The plan without the part request: what every task runs.
             plan_hash: plan.hash(),
             stages: sh.stages,
-            request: options.part,
+            request: plan_parts::request_of(step),
         })
     }
 }
@@ -203,6 +200,36 @@ impl<O: Ops> Engine<O> {
         let blocks = self.read_stage(at.expect("from_files"), 1)?;
         Ok(Built::Whole(
             parts::reduce_kernel(p.net.outputs(), p.n, &blocks, k).map_err(err)?,
+        ))
+    }
+
+    /// The gradient of the mean loss, sharded into `k` example ranges
+    /// when `shards` is set: computed or reduced here, or (part task) one
+    /// part written.
+    pub(super) fn grad_full(
+        &self,
+        p: &Problem<'_, O>,
+        mse: bool,
+        shards: Option<usize>,
+        at: Option<&PartsAt>,
+    ) -> Result<Built<Vec<f64>>, String> {
+        let Some(k) = shards else {
+            return Ok(Built::Whole(p.loss_gradient(mse).map_err(err)?));
+        };
+        if let Some(req) = at.and_then(|a| a.request) {
+            let at = at.expect("a request comes with its step");
+            let part = parts::loss_gradient_part(p, mse, req.index, k).map_err(err)?;
+            self.write_part(at, 1, &part)?;
+            return Ok(Built::PartWritten);
+        }
+        if !self.parts_on_disk(at) {
+            return Ok(Built::Whole(
+                parts::loss_gradient_sharded(p, mse, k).map_err(err)?,
+            ));
+        }
+        let sums = self.read_stage(at.expect("from_files"), 1)?;
+        Ok(Built::Whole(
+            parts::reduce_vector(p.n, &sums, k).map_err(err)?,
         ))
     }
 }

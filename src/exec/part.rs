@@ -5,7 +5,7 @@
 
 use crate::backend::{Backend, BackendError, RunContext};
 use crate::plan::parts::{self, PartRequest, PartSpec};
-use crate::plan::{shard, Op, Plan};
+use crate::plan::{shard, Plan};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -39,13 +39,13 @@ pub fn run_part(
     {
         backend.run(plan, s, &mut |_| {})?;
     }
-    let mut task = step.clone();
-    if let Op::Repr { options, .. } = &mut task.op {
-        options.part = Some(PartRequest {
+    let task = parts::with_request(
+        step,
+        PartRequest {
             stage: spec.stage,
             index: spec.index,
-        });
-    }
+        },
+    );
     backend.run(plan, &task, &mut |_| {})?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())

@@ -692,10 +692,16 @@ pub fn implicit_mv_sharded<O: Ops>(
     reduce_vector(p.n, &parts, k)
 }
 
+/// Part `j` of `k` of the gradient of the mean loss: the gradient of the
+/// mean loss over range `j`.
+pub fn loss_gradient_part<O: Ops>(p: &Problem<'_, O>, mse: bool, j: usize, k: usize) -> R<Part> {
+    vector_part(p, j, k, |sub| sub.loss_gradient(mse))
+}
+
 /// The gradient of the mean loss, as `k` parts reduced.
 pub fn loss_gradient_sharded<O: Ops>(p: &Problem<'_, O>, mse: bool, k: usize) -> R<Vec<f64>> {
     let parts = (0..k)
-        .map(|j| vector_part(p, j, k, |sub| sub.loss_gradient(mse)))
+        .map(|j| loss_gradient_part(p, mse, j, k))
         .collect::<R<Vec<_>>>()?;
     reduce_vector(p.n, &parts, k)
 }

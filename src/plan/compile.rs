@@ -103,7 +103,7 @@ impl Op {
             }
             Op::Repr { model, data, .. } => vec![*model, *data],
             Op::Vector { vector, .. } => match vector {
-                VectorOp::Grad { model, data } => vec![*model, *data],
+                VectorOp::Grad { model, data, .. } => vec![*model, *data],
                 VectorOp::Random { model, .. }
                 | VectorOp::Weights { model }
                 | VectorOp::InitialWeights { model } => vec![*model],
@@ -173,14 +173,15 @@ fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
     }
 }
 
-fn data_info(steps: &[Step], id: StepId) -> Option<&DataInfo> {
+pub(super) fn data_info(steps: &[Step], id: StepId) -> Option<&DataInfo> {
     match &steps.get(id.0 as usize)?.op {
         Op::Data { info, .. } | Op::Transform { info, .. } => Some(info),
         _ => None,
     }
 }
 
-fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
+/// The cost of `op` among the plan's `steps`.
+pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
     let size = dtype.size();
     match op {
         Op::Data { info, .. } | Op::Transform { info, .. } => {
@@ -227,7 +228,7 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                     _ => 0,
                 });
             let (flops, peak) = match vector {
-                VectorOp::Grad { model, data } => {
+                VectorOp::Grad { model, data, .. } => {
                     let n = data_info(steps, *data).map_or(0, |i| i.n as u64);
                     let m = model_of(steps, *model);
                     (

@@ -136,7 +136,28 @@ impl Plan {
         self.peak_step_among(|s| runs.contains(&s.id.0))
     }
 
+    /// The estimated peak memory of a process that runs the top-level
+    /// steps in `runs`, then one more costing `last` (a part task's part,
+    /// see [`parts`]).
+    pub fn peak_memory_then(
+        &self,
+        runs: &std::collections::BTreeSet<u32>,
+        last: cost::Cost,
+    ) -> u64 {
+        let (worst, held) = self.walk(|s| runs.contains(&s.id.0));
+        let at = cost::BASE_BYTES
+            + cost::with_headroom(
+                (held - cost::BASE_BYTES).saturating_add(last.peak.max(last.memory)),
+            );
+        worst.map_or(at, |(_, w)| w.max(at))
+    }
+
     fn peak_step_among(&self, runs: impl Fn(&Step) -> bool) -> Option<(StepId, u64)> {
+        self.walk(runs).0
+    }
+
+    /// The worst step among `runs` and the bytes held after them all.
+    fn walk(&self, runs: impl Fn(&Step) -> bool) -> (Option<(StepId, u64)>, u64) {
         let mut held = cost::BASE_BYTES;
         let mut worst: Option<(StepId, u64)> = None;
         for s in self.steps.iter().filter(|s| s.hook.is_none() && runs(s)) {
@@ -152,6 +173,6 @@ impl Plan {
             // held by the steps after it.
             held = held.saturating_add(s.cost.memory);
         }
-        worst
+        (worst, held)
     }
 }

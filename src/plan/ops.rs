@@ -647,6 +647,14 @@ pub enum VectorOp {
     Grad {
         model: StepId,
         data: StepId,
+        /// `grad(net, data sharded(k))`: summed over `k` contiguous
+        /// example ranges, reduced exactly (see [`super::parts`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shards: Option<usize>,
+        /// Set only by a part task (`nngeo exec --part`): compute this
+        /// part, write it to the run folder, and nothing else.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<super::parts::PartRequest>,
     },
     /// Standard normal entries.
     Random {

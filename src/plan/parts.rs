@@ -16,7 +16,7 @@
 //! representation has no stage: each of its products is computed over the
 //! ranges in the process that measures it.
 
-use super::{Object, Op, Plan, Step, StepId, Structure};
+use super::{Object, Op, Plan, Step, StepId, Structure, VectorOp};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -79,23 +79,78 @@ pub fn stages(object: Object, structure: &Structure, k: usize) -> Vec<Stage> {
     }
 }
 
-/// The step's sharding, if it is a representation with `sharded(k)`.
+/// The step's sharding, if it is a representation with `sharded(k)` or a
+/// gradient `grad(net, data sharded(k))` (one stage, `sums`).
 pub fn of_step(step: &Step) -> Option<Sharded> {
-    let Op::Repr {
-        object,
-        structure,
-        options,
-        ..
-    } = &step.op
-    else {
-        return None;
+    let (k, stages) = match &step.op {
+        Op::Repr {
+            object,
+            structure,
+            options,
+            ..
+        } => {
+            let k = options.shards?;
+            (k, stages(*object, structure, k))
+        }
+        Op::Vector {
+            vector: VectorOp::Grad {
+                shards: Some(k), ..
+            },
+            ..
+        } => (
+            *k,
+            vec![Stage {
+                name: "sums",
+                parts: *k,
+            }],
+        ),
+        _ => return None,
     };
-    let k = options.shards?;
     Some(Sharded {
         step: step.id,
         shards: k,
-        stages: stages(*object, structure, k),
+        stages,
     })
+}
+
+/// The part a part task asks of this step, if any.
+pub fn request_of(step: &Step) -> Option<PartRequest> {
+    match &step.op {
+        Op::Repr { options, .. } => options.part,
+        Op::Vector {
+            vector: VectorOp::Grad { part, .. },
+            ..
+        } => *part,
+        _ => None,
+    }
+}
+
+/// The step as a part task runs it: asked for part `req` only.
+pub fn with_request(step: &Step, req: PartRequest) -> Step {
+    let mut task = step.clone();
+    match &mut task.op {
+        Op::Repr { options, .. } => options.part = Some(req),
+        Op::Vector {
+            vector: VectorOp::Grad { part, .. },
+            ..
+        } => *part = Some(req),
+        _ => {}
+    }
+    task
+}
+
+/// `` `F` = Fim(EKFAC) `` or `` `g` = grad ``: how a sharded step is named.
+pub fn describe(step: &Step) -> String {
+    match &step.op {
+        Op::Repr {
+            name,
+            object,
+            structure,
+            ..
+        } => format!("`{name}` = {object:?}({})", structure.name()),
+        Op::Vector { name, .. } => format!("`{name}` = grad"),
+        _ => String::new(),
+    }
 }
 
 /// Top-level sharded steps whose parts can run as separate tasks (inside
@@ -107,6 +162,83 @@ pub fn sharded_steps(plan: &Plan) -> Vec<Sharded> {
         .filter_map(of_step)
         .filter(|s| !s.stages.is_empty())
         .collect()
+}
+
+/// What one task of a stage costs, at most: the steps it recomputes (what
+/// the sharded step depends on, training included), then its part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartCost {
+    /// Examples the largest part of the stage is computed over (a kernel
+    /// block off the diagonal: those of both its ranges).
+    pub examples: usize,
+    /// Estimated peak memory of the task's process.
+    pub peak_memory: u64,
+    /// FLOPs of everything the task runs.
+    pub flops: u64,
+}
+
+/// The examples the sharded step is computed over.
+fn examples_of(plan: &Plan, step: &Step) -> usize {
+    match &step.op {
+        Op::Repr { options, .. } => options.examples,
+        Op::Vector {
+            vector: VectorOp::Grad { data, .. },
+            ..
+        } => super::compile::data_info(&plan.steps, *data).map_or(0, |i| i.n),
+        _ => 0,
+    }
+}
+
+/// The estimate of one task of stage `stage` (1-based) of `sh`: the
+/// step's own estimate ([`super::cost`]) made for the examples of its
+/// largest part, after the steps it depends on.
+pub fn part_cost(plan: &Plan, sh: &Sharded, stage: usize) -> PartCost {
+    let step = plan.step(sh.step);
+    let n = examples_of(plan, step);
+    let k = sh.shards.max(1);
+    let kernel = sh.stages.get(stage.wrapping_sub(1)).map(|s| s.name) == Some("kernel");
+    // Ranges differ by at most one example; a kernel block off the
+    // diagonal is computed from both its ranges together.
+    let largest = n.div_ceil(k);
+    let m = if kernel && k > 1 {
+        (2 * largest).min(n)
+    } else {
+        largest
+    };
+    let mut part = match &step.op {
+        Op::Repr { .. } => {
+            let mut op = step.op.clone();
+            if let Op::Repr { options, .. } = &mut op {
+                options.examples = m;
+                options.shards = None;
+                options.part = None;
+            }
+            super::compile::estimate(&op, &plan.steps, plan.experiment.dtype)
+        }
+        // A gradient's FLOPs grow with its examples; what it holds is the
+        // model and the dataset, which a part task loads whole.
+        _ => super::cost::Cost {
+            flops: (u128::from(step.cost.flops) * m as u128 / n.max(1) as u128) as u64,
+            ..step.cost
+        },
+    };
+    // EKFAC's diagonal stage first reads and reduces every factor part.
+    if stage == 2 {
+        part.peak = part
+            .peak
+            .saturating_add((k as u64 + 1).saturating_mul(part.memory));
+    }
+    let deps: std::collections::BTreeSet<u32> = step.deps.iter().map(|d| d.0).collect();
+    let runs = super::shard::needed(plan, &deps);
+    let flops = runs
+        .iter()
+        .map(|&i| plan.step(StepId(i)).cost.flops)
+        .fold(part.flops, u64::saturating_add);
+    PartCost {
+        examples: m,
+        peak_memory: plan.peak_memory_then(&runs, part),
+        flops,
+    }
 }
 
 /// `--part STEP[:STAGE]/J/K`, resolved against the plan.
@@ -122,7 +254,7 @@ pub struct PartSpec {
 pub enum PartError {
     #[error("`--part {given}`: expected STEP[:STAGE]/J/K (step id, stage name or number, part J of K), e.g. `--part 5/0/8` or `--part 5:diagonal/0/8`")]
     Syntax { given: String },
-    #[error("`--part {given}`: step #{step} is not a top-level representation with `sharded(k)`{}", if list.is_empty() { String::from("; this plan has none") } else { format!("; sharded steps: {list}") })]
+    #[error("`--part {given}`: step #{step} is not a top-level representation or gradient with `sharded(k)`{}", if list.is_empty() { String::from("; this plan has none") } else { format!("; sharded steps: {list}") })]
     NotSharded {
         given: String,
         step: u32,
@@ -265,7 +397,9 @@ let F = Fim(EKFAC) of net on d sharded(4)
 let G = Fim(KFAC) of net on d sharded(2)
 let K = Ntk(Dense) of net on d sharded(3)
 let I = Fim(Implicit) of net on d sharded(2)
-measure trace(F), trace(G), trace(K), trace(I)
+let g = grad(net, d sharded(3))
+let h = grad(net, d)
+measure trace(F), trace(G), trace(K), trace(I), norm(g), norm(h)
 ";
 
     #[test]
@@ -281,15 +415,25 @@ measure trace(F), trace(G), trace(K), trace(I)
                 )
             })
             .collect();
-        // The implicit representation has no stage of its own.
+        // The implicit representation has no stage of its own; the
+        // gradient one, and only when sharded.
         assert_eq!(
             shown,
             vec![
                 (4, vec![("factors", 4), ("diagonal", 4)]),
                 (2, vec![("sums", 2)]),
                 (3, vec![("kernel", 6)]),
+                (3, vec![("sums", 3)]),
             ]
         );
+        let g = all[3].step;
+        let spec = parse(&p, &format!("{}:sums/2/3", g.0)).unwrap();
+        assert_eq!((spec.stage, spec.index, spec.count), (1, 2, 3));
+        let req = PartRequest { stage: 1, index: 2 };
+        let task = with_request(p.step(g), req);
+        assert_eq!(request_of(&task), Some(req));
+        assert_eq!(request_of(p.step(g)), None);
+        assert_eq!(describe(p.step(g)), "`g` = grad");
         let f = all[0].step.0;
         let ok = parse(&p, &format!("{f}:diagonal/3/4")).unwrap();
         assert_eq!((ok.stage, ok.index, ok.count), (2, 3, 4));

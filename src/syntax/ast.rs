@@ -271,6 +271,12 @@ pub enum ExprKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shards: Option<Box<Expr>>,
     },
+    /// `train sharded(8)`: a dataset whose examples a gradient is summed
+    /// over in `k` ranges (`grad(net, train sharded(8))`).
+    Sharded {
+        data: Box<Expr>,
+        shards: Box<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

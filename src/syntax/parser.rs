@@ -398,7 +398,10 @@ fn tidy_expected(expected: &mut Vec<String>) {
         // After a complete operand: the separator is what is missing.
         expected.retain(|e| {
             !CONTINUATIONS.contains(&e.as_str())
-                && !matches!(e.as_str(), "an expression" | "an argument" | "a list item")
+                && !matches!(
+                    e.as_str(),
+                    "an expression" | "an argument" | "a list item" | "`sharded(k)`"
+                )
         });
     } else if has("an argument") || has("a list item") {
         expected.retain(|e| !STARTS.contains(&e.as_str()) && e != "an expression");
@@ -877,6 +880,21 @@ fn expr(p: Pair<Rule>, off: usize) -> Expr {
             let first = expr(it.next().unwrap(), off);
             match it.next() {
                 None => first,
+                // `train sharded(8)`: its one expression.
+                Some(s) if s.as_rule() == Rule::sharded => {
+                    let k = s
+                        .into_inner()
+                        .find(|q| !is_keyword(q.as_rule()))
+                        .map(|k| expr(k, off))
+                        .expect("sharded(k) has its expression");
+                    Expr {
+                        kind: ExprKind::Sharded {
+                            data: Box::new(first),
+                            shards: Box::new(k),
+                        },
+                        span,
+                    }
+                }
                 Some(m) => {
                     let model = expr(m, off);
                     let data = it.next().map(|d| Box::new(expr(d, off)));

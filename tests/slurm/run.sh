@@ -12,11 +12,16 @@
 #      names the shard, its Slurm state and its log (which names the file),
 #      `report` keeps the other shards' results, and a resume completes it;
 #   4. geometry sharded over data (tests/fixtures/shard/geometry.ngx: a
-#      two-stage EKFAC, a dense Fisher, a dense NTK as row blocks): the
-#      parts run as job arrays chained with --dependency=afterok before the
-#      shard that reduces them; the merged results equal the same file run
-#      in one process bit for bit, and the file without `sharded(k)` to
-#      1e-12 relative (f64).
+#      two-stage EKFAC, a dense Fisher, a dense NTK as row blocks, the loss
+#      gradient): the parts run as job arrays chained with
+#      --dependency=afterok before the shard that reduces them; the merged
+#      results equal the same file run in one process bit for bit, and the
+#      file without `sharded(k)` to 1e-12 relative (f64);
+#   5. one part task fails (its data file is gone when it runs): the shard
+#      waiting for it is cancelled, `nngeo status` counts the parts done
+#      and names the failed one with its log, and `exec --on slurm
+#      --resume` submits that part and the shard only; the merged results
+#      equal one process.
 # One PASS/FAIL line per check; the daemons are stopped by PID on exit,
 # whatever happens. Needs root (apt, munge); prints SKIP without it.
 set -euo pipefail
@@ -49,7 +54,7 @@ fail() { echo "FAIL $1: $2"; failures=$((failures + 1)); }
 # Waits until Slurm has no job of the run left in its queue.
 wait_jobs() {
     local run=$1 ids
-    ids=$(python3 -c 'import json,sys; print(",".join(s["job_id"] for s in json.load(open(sys.argv[1]))["submissions"]))' "$run/shards.json")
+    ids=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])); print(",".join(s["job_id"] for s in f["submissions"] + f.get("part_submissions", [])))' "$run/shards.json")
     for _ in $(seq 600); do
         [ -z "$(squeue -h -j "$ids" 2>/dev/null)" ] && return 0
         sleep 0.5
@@ -73,7 +78,7 @@ same_results() {
 }
 
 cd "$work"
-cp "$root"/tests/fixtures/shard/{sweep.ngx,p1.csv,p2.csv,slow.ngx,geometry.ngx} .
+cp "$root"/tests/fixtures/shard/{sweep.ngx,p1.csv,p2.csv,slow.ngx,geometry.ngx,partfail.ngx} .
 
 # ---- 1. a sweep on Slurm equals one process
 "$NNGEO" exec sweep.ngx --out one >/dev/null 2>&1
@@ -176,11 +181,13 @@ sed -E 's/ sharded\([0-9]+\)//' geometry.ngx >plain.ngx
 "$NNGEO" exec geometry.ngx --out geo-one >/dev/null 2>&1
 "$NNGEO" exec plain.ngx --out geo-plain >/dev/null 2>&1
 out=$("$NNGEO" exec geometry.ngx --on slurm --out runs/geo 2>&1) || true
-# 4 part arrays (EKFAC factors, then its diagonal after them; the dense
-# Fisher's sums; the kernel's 10 blocks), then the shards' array.
+# 5 part arrays (EKFAC factors, then its diagonal after them; the dense
+# Fisher's sums; the kernel's 10 blocks; the gradient's sums), then the
+# shards' array.
 parts=$(grep -c "part task(s)" <<<"$out" || true)
-if [ "$parts" != 4 ] || ! grep -q "stage \`diagonal\`, 3 part task(s) (0-2) after job" <<<"$out" \
-    || ! grep -q "stage \`kernel\`, 10 part task(s)" <<<"$out" || ! grep -q "submitted Slurm job .* of 1 shard(s)" <<<"$out"; then
+if [ "$parts" != 5 ] || ! grep -q "stage \`diagonal\`, 3 part task(s) (0-2) after job" <<<"$out" \
+    || ! grep -q "stage \`kernel\`, 10 part task(s)" <<<"$out" || ! grep -q "stage \`sums\`, 3 part task(s)" <<<"$out" \
+    || ! grep -q "submitted Slurm job .* of 1 shard(s)" <<<"$out"; then
     fail geometry "submission: $out"
 else
     wait_jobs runs/geo
@@ -206,14 +213,55 @@ for x, y in zip(a, b):
 print(worst)' runs/geo/results.jsonl geo-plain/results.jsonl 2>&1 || true)
     if ! grep -q "merged 1 of 1 shard(s)" report.out; then
         fail geometry "$(cat report.out)"$'\n'"$(tail -n 5 runs/geo/slurm/logs/*.out)"
-    elif [ "$nfiles" != 18 ]; then
-        fail geometry "$nfiles part files, expected 18 (3 + 3 + 2 + 10)"
+    elif [ "$nfiles" != 21 ]; then
+        fail geometry "$nfiles part files, expected 21 (3 + 3 + 2 + 10 + 3)"
     elif ! same_results geo-one runs/geo; then
         fail geometry "merged results differ from the sharded file run in one process"
     elif ! python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= 1e-12 else 1)' "$rel" 2>/dev/null; then
         fail geometry "against the unsharded file: $rel"
     else
-        pass "geometry: 18 parts in 4 chained arrays, reduced by the shard; equal to one process bit for bit, to the unsharded file within $rel relative"
+        pass "geometry: 21 parts in 5 arrays (EKFAC's 2 chained), reduced by the shard; equal to one process bit for bit, to the unsharded file within $rel relative"
+    fi
+fi
+
+# ---- 5. one part task fails (its data file is gone when it runs); resume
+# Held at submission; the gradient's part 1 is released alone once the
+# file is moved away, the rest after the file is back.
+"$NNGEO" exec partfail.ngx --out pf-one >/dev/null 2>&1
+printf '[slurm]\nextra = ["--hold"]\n' >nngeo.toml
+out=$("$NNGEO" exec partfail.ngx --on slurm --out runs/pf 2>&1) || true
+rm nngeo.toml
+gjob=$(sed -n 's/^submitted Slurm job \([0-9]*\): step #[0-9]* stage `sums`, 3 part task(s).*/\1/p' <<<"$out")
+jobs=$(sed -n 's/^submitted Slurm job \([0-9]*\).*/\1/p' <<<"$out")
+if [ -z "$gjob" ] || [ "$(wc -l <<<"$jobs")" != 3 ]; then
+    fail part-failure "submission: $out"
+else
+    mv p1.csv p1.away
+    scontrol release "${gjob}_1"
+    for _ in $(seq 600); do
+        scontrol show job -o "${gjob}_1" 2>/dev/null | grep -Eq "JobState=(FAILED|COMPLETED)" && break
+        sleep 0.2
+    done
+    mv p1.away p1.csv
+    for j in $jobs; do scontrol release "$j" 2>/dev/null || true; done
+    wait_jobs runs/pf
+    status=$("$NNGEO" status runs/pf 2>&1 || true)
+    if ! grep -q "stage \`sums\`: 2 of 3 done, 1 failed (1); Slurm job(s) $gjob" <<<"$status" \
+        || ! grep -Eq "^ +0 +cancelled" <<<"$status" || ! grep -q "log: .*/slurm/logs/${gjob}_1.out" <<<"$status" \
+        || ! grep -q "p1.csv" <<<"$status" || ! grep -q "stage \`sums\`: 2 of 2 done" <<<"$status"; then
+        fail part-failure "status: $status"
+    else
+        out=$("$NNGEO" exec partfail.ngx --on slurm --resume runs/pf 2>&1) || true
+        wait_jobs runs/pf
+        "$NNGEO" report runs/pf >report.out 2>&1 || true
+        if [ "$(grep -c "part task(s)" <<<"$out")" != 1 ] || ! grep -q "stage \`sums\`, 1 part task(s) (1)" <<<"$out" \
+            || ! grep -q "1 task(s) (0) of 1 shard(s)" <<<"$out"; then
+            fail part-failure "resume: $out"
+        elif ! grep -q "merged 1 of 1 shard(s)" report.out || ! same_results pf-one runs/pf; then
+            fail part-failure "after the resume: $(cat report.out)"
+        else
+            pass "part failure: status counted 2 of 3 parts done and named part 1's log, the resume ran that part and the shard only, merged equal one process"
+        fi
     fi
 fi
 
