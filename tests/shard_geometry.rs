@@ -100,6 +100,32 @@ fn sharded_steps(d: &Path) -> Vec<(u32, Vec<(String, usize)>)> {
     steps
 }
 
+/// The owner of the sharded steps: `--shard 0/1` into `RUN/shards/0`.
+fn own(d: &Path, file: &str, run: &str) -> (i32, String) {
+    let out = format!("{run}/shards/0");
+    let (code, _, err) = nngeo(d, &["exec", file, "--shard", "0/1", "--out", &out]);
+    (code, err)
+}
+
+/// [`own`], then the merge.
+fn own_and_merge(d: &Path, file: &str, run: &str) {
+    let (code, err) = own(d, file, run);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = nngeo(d, &["report", run]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Copies the files of `from` into `to`, but those `skip` names.
+fn copy_dir(from: &Path, to: &Path, skip: impl Fn(&str) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if !skip(&e.file_name().to_string_lossy()) {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn parts_in_separate_processes_reduce_to_the_single_process_results() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,20 +181,20 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
         }
     }
     // The shard that owns the steps reduces the parts; the merge.
-    let (code, _, err) = nngeo(
-        d,
-        &[
-            "exec",
-            "geometry.ngx",
-            "--shard",
-            "0/1",
-            "--out",
-            "run/shards/0",
-        ],
-    );
+    own_and_merge(d, "geometry.ngx", "run");
+    // Without Slurm, `status` counts each stage's parts from their files.
+    let (code, out, err) = nngeo(d, &["status", "run"]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = nngeo(d, &["report", "run"]);
-    assert_eq!(code, 0, "{err}");
+    for (step, stages) in &steps {
+        for (name, n) in stages {
+            let line = format!("stage `{name}`: {n} of {n} done");
+            assert!(
+                out.lines()
+                    .any(|l| l.contains(&format!("step #{step} ")) && l.contains(&line)),
+                "{line}: {out}"
+            );
+        }
+    }
     let merged = results(&d.join("run"));
     // Same reduction order as the single process: bit for bit.
     assert_eq!(merged, one);
@@ -194,17 +220,7 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
             }
         }
     }
-    let (code, _, err) = nngeo(
-        d,
-        &[
-            "exec",
-            "geometry.ngx",
-            "--shard",
-            "0/1",
-            "--out",
-            "gap/shards/0",
-        ],
-    );
+    let (code, err) = own(d, "geometry.ngx", "gap");
     assert_ne!(code, 0);
     assert!(
         err.contains("lacks part(s) 1 of the 3 of stage `diagonal`"),
@@ -218,41 +234,15 @@ fn parts_in_separate_processes_reduce_to_the_single_process_results() {
     // A part of another plan (an edited file) is refused.
     let edited = src.replace("steps = 3", "steps = 2");
     std::fs::write(d.join("geometry.ngx"), edited).unwrap();
-    let (code, _, err) = nngeo(
-        d,
-        &[
-            "exec",
-            "geometry.ngx",
-            "--shard",
-            "0/1",
-            "--out",
-            "run2/shards/0",
-        ],
-    );
+    let (code, err) = own(d, "geometry.ngx", "run2");
     assert_eq!(code, 0, "no parts folder: computed here; {err}");
     std::fs::create_dir_all(d.join("run3/parts")).unwrap();
-    let copy = |from: &Path, to: &Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    };
-    copy(
+    copy_dir(
         &d.join(format!("run/parts/{dense}")),
         &d.join(format!("run3/parts/{dense}")),
+        |_| false,
     );
-    let (code, _, err) = nngeo(
-        d,
-        &[
-            "exec",
-            "geometry.ngx",
-            "--shard",
-            "0/1",
-            "--out",
-            "run3/shards/0",
-        ],
-    );
+    let (code, err) = own(d, "geometry.ngx", "run3");
     assert_ne!(code, 0);
     assert!(err.contains("computed for another plan"), "{err}");
 }
@@ -296,6 +286,83 @@ fn bad_part_specs_are_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("lacks part(s) 0-2 of the 3 of stage `factors`"),
+        "{err}"
+    );
+}
+
+/// `grad(net, DATA sharded(k))` of a classifier and of a regression
+/// network (MSE): `sharded(1)` is the unsharded gradient bit for bit, more
+/// parts agree to 1e-12 relative, and parts computed by separate
+/// processes reduce to exactly the single-process sharded result.
+#[test]
+fn a_sharded_gradient_equals_the_unsharded_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let src = |k: Option<usize>| {
+        let sh = k.map(|k| format!(" sharded({k})")).unwrap_or_default();
+        format!(
+            "experiment gradshard {{ seed = 0 dtype = f64 }}
+data blobs = blobs(n = 23, classes = 3, dim = 4, std = 0.8, seed = 3)
+data reg = diabetes |> normalize |> take(17, random, seed = 1)
+model net = mlp(in = 4, hidden = [6], out = 3, act = tanh, init = kaiming(seed = 0))
+model rnet = mlp(data = reg, hidden = [5], act = tanh, init = kaiming(seed = 1))
+let g = grad(net, blobs{sh})
+let h = grad(rnet, reg{sh})
+measure norm(g) as \"g/norm\", mv(Fim(Diag) of net on blobs, g) as \"g/entries\"
+measure norm(h) as \"h/norm\", mv(Fim(Diag) of rnet on reg, h) as \"h/entries\"
+"
+        )
+    };
+    let run = |name: &str, k: Option<usize>| {
+        std::fs::write(d.join(format!("{name}.ngx")), src(k)).unwrap();
+        let (code, _, err) = nngeo(d, &["exec", &format!("{name}.ngx"), "--out", name]);
+        assert_eq!(code, 0, "{err}");
+        results(&d.join(name))
+    };
+    let plain = run("plain", None);
+    assert_eq!(plain.len(), 4);
+    assert_eq!(
+        run("one", Some(1)),
+        plain,
+        "sharded(1) is the unsharded gradient"
+    );
+    for k in [2, 5, 17] {
+        let e = max_rel(&run(&format!("k{k}"), Some(k)), &plain);
+        println!("gradient in {k} parts vs unsharded: max relative difference {e:.2e}");
+        assert!(e <= 1e-12, "{k}: {e:e}");
+    }
+    // Parts as separate processes (5 of each gradient), then the owner.
+    let one = run("five", Some(5));
+    let steps = {
+        let (code, out, err) = nngeo(d, &["plan", "five.ngx", "--on", "slurm", "--out", "run"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("step #"))
+            .map(|r| r.split_whitespace().next().unwrap().parse::<u32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps.len(), 2);
+    for step in &steps {
+        for j in 0..5 {
+            let spec = format!("{step}:sums/{j}/5");
+            let (code, _, err) = nngeo(d, &["exec", "five.ngx", "--part", &spec, "--out", "run"]);
+            assert_eq!(code, 0, "--part {spec}: {err}");
+        }
+    }
+    own_and_merge(d, "five.ngx", "run");
+    assert_eq!(results(&d.join("run")), one);
+    // A gradient part missing: refused, naming it.
+    for step in &steps {
+        copy_dir(
+            &d.join(format!("run/parts/{step}")),
+            &d.join(format!("gap/parts/{step}")),
+            |name| *step == steps[1] && name == "sums-3-of-5.safetensors",
+        );
+    }
+    let (code, err) = own(d, "five.ngx", "gap");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("lacks part(s) 3 of the 5 of stage `sums`"),
         "{err}"
     );
 }
