@@ -108,7 +108,9 @@ enum Command {
         #[command(flatten)]
         budget: Budget,
         /// `slurm`: print the shards, each with its memory and FLOP
-        /// estimate, and the job script `exec --on slurm` would submit.
+        /// estimate, the stages of the steps sharded over data, each with
+        /// one part task's estimate, and the job scripts `exec --on slurm`
+        /// would submit.
         #[arg(long, value_enum)]
         on: Option<On>,
         #[command(flatten)]
@@ -126,7 +128,9 @@ enum Command {
     )]
     Exec(ExecArgs),
     /// Where each shard of a sharded run stands (pending, running, done,
-    /// failed, cancelled) and how many results it has written.
+    /// failed, cancelled) and how many results it has written; for steps
+    /// sharded over data, how many parts of each stage are done, pending,
+    /// running, failed or cancelled.
     #[command(after_help = "Example:\n  nngeo status runs/align")]
     Status { dir: PathBuf },
     /// List the backends this build knows and whether they can run.
