@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""NNGeometry's side of `nngeo bench`'s ResNet18 cases, on the same sizes:
-ResNet18 with the CIFAR stem (3x3 conv, no max pooling), 32x32 inputs,
-10 classes, float32, random N(0,1) inputs and random labels.
+"""NNGeometry's side of `nngeo bench`, on the same sizes: the MLP cases
+(784-512-512-10 on n = 1000, 64-64-64-10 on n = 500 for BlockDiag/Dense,
+the NTK on n = 100/1000/2000) and the ResNet18 cases (CIFAR stem: 3x3 conv,
+no max pooling, 32x32 inputs, 10 classes), float32, random N(0,1) inputs
+and random labels, the true classification Fisher (`classif_logits`).
 
     python scripts/nngeometry_bench.py [--width 64] [--repeats 3] [--case NAME ...]
 
 Needs torch and nngeometry (`pip install --no-deps nngeometry` into the
 libtorch venv). Prints one line per case: name, median seconds, peak RSS.
 The width (channels of the first stage; torchvision: 64) matches
-`NNGEO_BENCH_WIDTH` for the nngeo side.
+`NNGEO_BENCH_WIDTH` for the nngeo side. An `exec-*` case of `nngeo bench`
+is compared with the case it builds (`exec-kfac` with `kfac`, ...):
+NNGeometry has no whole-run path of its own.
 """
 import argparse
 import resource
@@ -79,9 +83,66 @@ def conv_linear(model):
     return lc
 
 
+def mlp(widths):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+def vectors(n, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=n)
+
+
+BIG = [784, 512, 512, 10]
+SMALL = [64, 64, 64, 10]
+MLP_CASES = ("kfac", "ekfac", "ekfac-refit", "diag", "blockdiag", "dense", "ntk-100", "ntk-1000", "ntk-2000")
+
+
+def mlp_case(name):
+    from nngeometry.metrics import FIM
+    from nngeometry.object import PMatBlockDiag, PMatDense, PMatDiag, PMatEKFAC, PMatKFAC
+
+    if name.startswith("ntk-"):
+        from nngeometry import GramMatrix
+        from nngeometry.object import FMatDense
+
+        model = mlp(BIG)
+        dl = vectors(int(name.split("-")[1]), BIG[0])
+        return lambda: GramMatrix(model, dl, representation=FMatDense)
+    small = name in ("blockdiag", "dense")
+    model = mlp(SMALL if small else BIG)
+    dl = vectors(500 if small else 1000, model[0].in_features)
+    rep = {"kfac": PMatKFAC, "ekfac": PMatEKFAC, "ekfac-refit": PMatEKFAC, "diag": PMatDiag,
+           "blockdiag": PMatBlockDiag, "dense": PMatDense}[name]
+    if name == "ekfac-refit":
+
+        def ekfac():
+            f = FIM(model, dl, PMatEKFAC, variant="classif_logits")
+            f.update_diag(dl)
+            return f
+
+        return ekfac
+    return lambda: FIM(model, dl, rep, variant="classif_logits")
+
+
 def case(name, model):
     from nngeometry.metrics import FIM
     from nngeometry.object import PMatDiag, PMatEKFAC, PMatKFAC
+
+    if name.startswith("exec-"):
+        name = {"exec-kfac-5000": "kfac-5000"}.get(name, name[len("exec-"):])
+    if name in MLP_CASES:
+        return mlp_case(name)
+    if name == "kfac-5000":
+        model = mlp(BIG)
+        dl = vectors(5000, BIG[0])
+        return lambda: FIM(model, dl, PMatKFAC, variant="classif_logits")
 
     if name in ("resnet18-kfac", "resnet18-ekfac-refit", "resnet18-diag"):
         dl = loader(256)
@@ -125,11 +186,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--case", action="append")
     a = ap.parse_args()
-    names = a.case or ["resnet18-kfac", "resnet18-ekfac-refit", "resnet18-diag", "resnet18-ntk-100", "resnet18-sgd-128"]
+    names = a.case or list(MLP_CASES) + [
+        "resnet18-kfac", "resnet18-ekfac-refit", "resnet18-diag", "resnet18-ntk-100", "resnet18-sgd-128"]
     torch.manual_seed(0)
     for name in names:
-        model = ResNet18(a.width)
-        run = case(name, model)
+        run = case(name, ResNet18(a.width) if name.startswith("resnet18") else None)
         run()  # warm-up
         times = []
         for _ in range(a.repeats):

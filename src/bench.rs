@@ -70,6 +70,41 @@ pub const CASES: &[Case] = &[
         reference: Some(4.9),
     },
     Case {
+        name: "ntk-2000",
+        what: "Ntk(Dense), MLP 784-512-512-10, n = 2000",
+        reference: None,
+    },
+    Case {
+        name: "exec-kfac",
+        what: "`nngeo exec` of Fim(KFAC) as `kfac` (whole process: data, model, build, trace)",
+        reference: None,
+    },
+    Case {
+        name: "exec-ekfac-refit",
+        what: "`nngeo exec` of Fim(EKFAC(refit = true)) as `ekfac-refit`",
+        reference: None,
+    },
+    Case {
+        name: "exec-diag",
+        what: "`nngeo exec` of Fim(Diag) as `diag`",
+        reference: None,
+    },
+    Case {
+        name: "exec-kfac-5000",
+        what: "`nngeo exec` of Fim(KFAC), MLP 784-512-512-10, n = 5000",
+        reference: None,
+    },
+    Case {
+        name: "exec-ntk-1000",
+        what: "`nngeo exec` of Ntk(Dense) as `ntk-1000`",
+        reference: None,
+    },
+    Case {
+        name: "exec-ntk-2000",
+        what: "`nngeo exec` of Ntk(Dense) as `ntk-2000`",
+        reference: None,
+    },
+    Case {
         name: "resnet18-kfac",
         what: "Fim(KFAC) of conv/linear layers, ResNet18 (CIFAR stem, 32×32, 10 classes), n = 256",
         reference: None,
@@ -297,8 +332,12 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let frac = (panels + 1.0) / (2.0 * panels);
             (secs, 2.0 * rows * pp * pp * frac, f.stored() as f64 * 4.0)
         }
-        "ntk-100" | "ntk-1000" => {
-            let n = if name == "ntk-100" { 100 } else { 1000 };
+        "ntk-100" | "ntk-1000" | "ntk-2000" => {
+            let n = match name {
+                "ntk-100" => 100,
+                "ntk-1000" => 1000,
+                _ => 2000,
+            };
             let s = mlp(o, &[784, 512, 512, 10], n);
             let p = s.problem();
             let t = Instant::now();
@@ -379,7 +418,119 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 128.0;
             (secs, 3.0 * fwd, spec.params as f64 * 4.0)
         }
+        other if other.starts_with("exec-") => {
+            let t = exec_once(other)?;
+            (t.whole_s, f64::NAN, t.peak_bytes)
+        }
         other => return Err(format!("no benchmark case `{other}`")),
+    })
+}
+
+/// The case an `exec-*` case runs through `nngeo exec`, and its example count.
+pub fn exec_counterpart(name: &str) -> Option<(&'static str, usize)> {
+    Some(match name {
+        "exec-kfac" => ("kfac", 1000),
+        "exec-ekfac-refit" => ("ekfac-refit", 1000),
+        "exec-diag" => ("diag", 1000),
+        "exec-kfac-5000" => ("kfac", 5000),
+        "exec-ntk-1000" => ("ntk-1000", 1000),
+        "exec-ntk-2000" => ("ntk-2000", 2000),
+        _ => return None,
+    })
+}
+
+/// The `.ngx` file an `exec-*` case runs: the in-process case's network and
+/// representation on `n` 784-dimensional blobs, in f32, measuring its trace.
+pub fn exec_source(name: &str) -> Option<String> {
+    let (inner, n) = exec_counterpart(name)?;
+    let repr = match inner {
+        "kfac" => "Fim(KFAC)",
+        "ekfac-refit" => "Fim(EKFAC(refit = true))",
+        "diag" => "Fim(Diag)",
+        _ => "Ntk(Dense)",
+    };
+    Some(format!(
+        "experiment bench {{\n  seed = 0\n  dtype = f32\n}}\n\
+         data d = blobs(n = {n}, classes = 10, dim = 784, seed = 0)\n\
+         model net = mlp(in = 784, hidden = [512, 512], out = 10)\n\
+         let M = {repr} of net on d\n\
+         measure trace(M)\n"
+    ))
+}
+
+/// One `nngeo exec` of an `exec-*` case.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecTiming {
+    /// The whole process, start-up to exit.
+    pub whole_s: f64,
+    /// The representation's own plan step, as its manifest records it.
+    pub step_s: f64,
+    /// The run's peak resident memory (bytes), from its manifest.
+    pub peak_bytes: f64,
+}
+
+/// Times one `nngeo exec` of an `exec-*` case's file in a fresh process (the
+/// path users take: start-up, data, model, the build, `measure trace(M)`
+/// and the run folder), with this executable; the backend follows
+/// `NNGEO_BACKEND` as `exec` does.
+pub fn exec_once(name: &str) -> Result<ExecTiming, String> {
+    let src = exec_source(name).ok_or_else(|| format!("no benchmark case `{name}`"))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("nngeo-bench-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join("case.ngx");
+    std::fs::write(&file, src).map_err(|e| format!("{}: {e}", file.display()))?;
+    let out = dir.join("run");
+    let t = Instant::now();
+    let status = std::process::Command::new(&exe)
+        .arg("exec")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let whole_s = t.elapsed().as_secs_f64();
+    let manifest = std::fs::read_to_string(out.join(crate::report::MANIFEST_JSON))
+        .ok()
+        .and_then(|m| serde_json::from_str::<crate::report::Manifest>(&m).ok());
+    let _ = std::fs::remove_dir_all(&dir);
+    if !status.status.success() {
+        return Err(format!(
+            "`nngeo exec` failed: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        ));
+    }
+    let manifest = manifest.ok_or("`nngeo exec` left no readable manifest")?;
+    let step_s = manifest
+        .steps
+        .iter()
+        .find(|s| s.op == "repr")
+        .map_or(f64::NAN, |s| s.wall_s);
+    let peak_bytes = manifest.peak_memory_bytes.map_or(f64::NAN, |b| b as f64);
+    Ok(ExecTiming {
+        whole_s,
+        step_s,
+        peak_bytes,
+    })
+}
+
+/// Medians of `repeats` runs of an `exec-*` case after one warm-up: the
+/// whole process, the representation's step, and the largest peak.
+pub fn exec_median(name: &str, repeats: usize) -> Result<ExecTiming, String> {
+    exec_once(name)?;
+    let runs = (0..repeats.max(1))
+        .map(|_| exec_once(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mid = |f: fn(&ExecTiming) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(ExecTiming {
+        whole_s: mid(|r| r.whole_s),
+        step_s: mid(|r| r.step_s),
+        peak_bytes: runs.iter().map(|r| r.peak_bytes).fold(f64::NAN, f64::max),
     })
 }
 

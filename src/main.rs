@@ -883,6 +883,21 @@ fn backends() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Peak memory of `case` run alone in a fresh process (`bench --once`).
+fn once_peak(exe: &std::path::Path, case: &str) -> Option<f64> {
+    let out = std::process::Command::new(exe)
+        .args(["bench", "--once", "--case", case])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace().find_map(|kv| {
+        kv.strip_prefix("peak_rss_bytes")?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    })
+}
+
 fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
     use nngeo::bench::{median, run_once, CASES};
     if once {
@@ -918,27 +933,34 @@ fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
         "case", "median s", "GFLOP", "GFLOP/s", "NNGeom. s", "speedup", "peak MB", "stored MB"
     );
     let exe = std::env::current_exe().ok();
+    // (case, median seconds, the representation step's median for `exec-*`).
+    let mut medians: Vec<(&str, f64, Option<f64>)> = Vec::new();
     for c in selected {
-        let (secs, flops, stored) = match median(c.name, repeats) {
+        let measured = if nngeo::bench::exec_counterpart(c.name).is_some() {
+            // A whole `nngeo exec` per run, its peak from the run itself;
+            // no FLOP count or stored size of its own.
+            nngeo::bench::exec_median(c.name, repeats).map(|t| {
+                (
+                    t.whole_s,
+                    f64::NAN,
+                    f64::NAN,
+                    Some(t.peak_bytes),
+                    Some(t.step_s),
+                )
+            })
+        } else {
+            median(c.name, repeats).map(|(secs, flops, stored)| {
+                let peak = exe.as_ref().and_then(|exe| once_peak(exe, c.name));
+                (secs, flops, stored, peak, None)
+            })
+        };
+        let (secs, flops, stored, peak, step) = match measured {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {}: {e}", c.name);
                 return ExitCode::from(1);
             }
         };
-        // Peak memory of the case alone, in a fresh process.
-        let peak = exe.as_ref().and_then(|exe| {
-            let out = std::process::Command::new(exe)
-                .args(["bench", "--once", "--case", c.name])
-                .output()
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let field = |k: &str| -> Option<f64> {
-                text.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
-            };
-            field("peak_rss_bytes")
-        });
         let reference = c
             .reference
             .map(|r| format!("{r:.2}"))
@@ -947,19 +969,51 @@ fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
             .reference
             .map(|r| format!("{:.2}x", r / secs))
             .unwrap_or_else(|| "-".into());
+        let num = |x: f64, p: usize| {
+            if x.is_finite() {
+                format!("{x:.p$}")
+            } else {
+                "-".into()
+            }
+        };
         println!(
-            "{:<12} {:>9.4} {:>8.2} {:>8.1} {:>10} {:>7} {:>9} {:>9.1}  {}",
+            "{:<12} {:>9.4} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}  {}",
             c.name,
             secs,
-            flops / 1e9,
-            flops / secs / 1e9,
+            num(flops / 1e9, 2),
+            num(flops / secs / 1e9, 1),
             reference,
             speedup,
-            peak.map(|p| format!("{:.0}", p / 1e6))
-                .unwrap_or_else(|| "-".into()),
-            stored / 1e6,
+            num(peak.unwrap_or(f64::NAN) / 1e6, 0),
+            num(stored / 1e6, 1),
             c.what
         );
+        medians.push((c.name, secs, step));
+    }
+    // The user's path against the builder alone, where both ran: the whole
+    // process, and the representation's own step in it.
+    for (name, whole, step) in &medians {
+        let Some((inner, n)) = nngeo::bench::exec_counterpart(name) else {
+            continue;
+        };
+        if let Some((_, s, _)) = medians.iter().find(|(m, _, _)| *m == inner) {
+            // `exec-kfac-5000` against 5 × `kfac` (n = 1000).
+            let s = if inner == "kfac" {
+                s * n as f64 / 1000.0
+            } else {
+                *s
+            };
+            println!(
+                "{name} / {inner}{}: whole process {:.2}, its `repr` step {:.2}",
+                if n != 1000 && inner == "kfac" {
+                    format!(" × {}", n / 1000)
+                } else {
+                    String::new()
+                },
+                whole / s,
+                step.unwrap_or(f64::NAN) / s
+            );
+        }
     }
     ExitCode::SUCCESS
 }

@@ -75,6 +75,10 @@ fn main() -> std::process::ExitCode {
         if !cases.is_empty() && !cases.iter().any(|n| n == c.name) {
             continue;
         }
+        // `exec-*` cases run the `nngeo` binary: `NNGEO_BACKEND=tch nngeo bench`.
+        if c.name.starts_with("exec-") {
+            continue;
+        }
         let t = match median_on(&tch, c.name, repeats) {
             Ok((s, _, _)) => s,
             Err(e) => {
