@@ -108,11 +108,58 @@ fn cases() -> Vec<(&'static str, String)> {
         ("ngd_ekfac", header("ngd_ekfac", "f64", 10, "512, 512") + &train("ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 5, refit = 5)", "")),
         ("linearized", header("linearized", "f64", 10, "512, 512") + &train("sgd(lr = 0.01)", "  mode = linearized\n")),
         ("ekfac_optim", header("ekfac_optim", "f32", 100, "64, 64") + EKFAC_OPTIM),
+        ("dense_sweep", header("dense_sweep", "f64", 50, "32") + &dense_sweep(4)),
     ]
 }
 
+/// A sweep whose every iteration builds a 96 MB dense Fisher (3,466
+/// parameters, f64) and measures it: nothing reads it afterwards.
+fn dense_sweep(points: usize) -> String {
+    let seeds: Vec<String> = (0..points).map(|s| s.to_string()).collect();
+    format!(
+        "for s in [{}] {{\n  let F = Fim(Dense) of net on probe\n  measure trace(F) as \"t\"\n}}\n",
+        seeds.join(", ")
+    )
+}
+
+/// Peak RSS of `nngeo exec` of `src` in a fresh folder.
+fn exec_peak(name: &str, src: &str) -> u64 {
+    let exe = env!("CARGO_BIN_EXE_nngeo");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{name}.ngx"));
+    std::fs::write(&file, src).unwrap();
+    let (code, peak) = run_measured(
+        Command::new(exe)
+            .arg("exec")
+            .arg(&file)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    assert_eq!(code, 0, "{name}: exec failed");
+    peak
+}
+
+/// Representations no later step reads are dropped as the sweep goes: four
+/// iterations peak where one does, not 3 × 96 MB above it.
 #[test]
-#[ignore = "runs 15 processes of up to 600 MB; see the module doc"]
+#[ignore = "measures peak RSS of fresh processes; see the module doc"]
+fn a_sweep_does_not_hold_its_earlier_representations() {
+    let one = exec_peak("one", &(header("one", "f64", 50, "32") + &dense_sweep(1)));
+    let four = exec_peak("four", &(header("four", "f64", 50, "32") + &dense_sweep(4)));
+    let matrix = 3466u64 * 3466 * 8;
+    assert!(
+        four < one + matrix / 2,
+        "4 iterations peak at {}, 1 at {} (one matrix: {})",
+        format_bytes(four),
+        format_bytes(one),
+        format_bytes(matrix)
+    );
+}
+
+#[test]
+#[ignore = "runs 16 processes of up to 600 MB; see the module doc"]
 fn plan_peak_bounds_the_measured_peak() {
     let exe = env!("CARGO_BIN_EXE_nngeo");
     let mut rows = Vec::new();

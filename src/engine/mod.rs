@@ -74,6 +74,8 @@ pub struct Engine<O: Ops> {
     devices: Vec<String>,
     ctx: RunContext,
     values: HashMap<StepId, Value<O>>,
+    /// Results dropped after each top-level step ([`Plan::freed_after`]).
+    freed_after: HashMap<StepId, Vec<StepId>>,
     warnings: std::cell::RefCell<Vec<String>>,
 }
 
@@ -88,6 +90,14 @@ fn fail(step: &Step, msg: impl std::fmt::Display) -> BackendError {
 use crate::plan::cost::batch_examples as batch_size;
 
 impl<O: Ops> Engine<O> {
+    /// Drops the results no step after `step` reads: a sweep's
+    /// representations go as its iterations end, not with the run.
+    fn drop_freed(&mut self, step: StepId) {
+        for id in self.freed_after.get(&step).into_iter().flatten() {
+            self.values.remove(id);
+        }
+    }
+
     pub fn new(name: &str, version: &str, make: fn(&str, Dtype) -> Result<O, OpsError>) -> Self {
         Engine {
             name: name.into(),
@@ -97,6 +107,7 @@ impl<O: Ops> Engine<O> {
             devices: vec!["cpu".into()],
             ctx: RunContext::default(),
             values: HashMap::new(),
+            freed_after: HashMap::new(),
             warnings: Default::default(),
         }
     }
@@ -208,6 +219,7 @@ impl<O: Ops> Backend for Engine<O> {
         self.ops = Some(ops);
         self.ctx = ctx.clone();
         self.values.clear();
+        self.freed_after = plan.freed_after();
         Ok(())
     }
 
@@ -283,6 +295,7 @@ impl<O: Ops> Backend for Engine<O> {
             }
             Op::Measure { measurement, .. } => {
                 let out = self.measure(measurement).map_err(|e| fail(step, e));
+                self.drop_freed(step.id);
                 crate::memory::release();
                 return out;
             }
@@ -307,6 +320,7 @@ impl<O: Ops> Backend for Engine<O> {
             Op::Plot { .. } | Op::Expect { .. } => Value::None,
         };
         self.values.insert(step.id, value);
+        self.drop_freed(step.id);
         // What the step freed goes back to the OS: the next step's
         // estimate does not count it (see `crate::memory`).
         crate::memory::release();

@@ -113,6 +113,44 @@ impl Plan {
     pub fn step(&self, id: StepId) -> &Step {
         &self.steps[id.0 as usize]
     }
+    /// For each top-level step, the top-level results that no later step
+    /// reads, to be dropped once it has run: a sweep's representations do
+    /// not pile up one iteration after another. A result is read by the
+    /// steps that name it, by a training run whose hooks name it, and by
+    /// whatever reads a result built from it (a representation keeps its
+    /// model and data: the matrix-free ones recompute from them); a result
+    /// nothing reads goes with its own step.
+    pub fn freed_after(&self) -> std::collections::HashMap<StepId, Vec<StepId>> {
+        let top = |id: StepId| self.step(id).hook.map_or(id, |h| h.train);
+        // Index of the last reader of each step (its own index if none).
+        let mut last: Vec<u32> = (0..self.steps.len() as u32).collect();
+        for s in &self.steps {
+            let reader = top(s.id).0;
+            for r in s.op.refs() {
+                if self.step(r).hook.is_none() {
+                    last[r.0 as usize] = last[r.0 as usize].max(reader);
+                }
+            }
+        }
+        // Readers of a result read what it was built from (refs are earlier
+        // steps, so one pass from the end carries this through chains).
+        for s in self.steps.iter().rev().filter(|s| s.hook.is_none()) {
+            for r in s.op.refs() {
+                if self.step(r).hook.is_none() {
+                    last[r.0 as usize] = last[r.0 as usize].max(last[s.id.0 as usize]);
+                }
+            }
+        }
+        let mut freed: std::collections::HashMap<StepId, Vec<StepId>> = Default::default();
+        for s in self.steps.iter().filter(|s| s.hook.is_none()) {
+            freed
+                .entry(StepId(last[s.id.0 as usize]))
+                .or_default()
+                .push(s.id);
+        }
+        freed
+    }
+
     /// The run's estimated peak memory (resident set): the process itself
     /// ([`cost::BASE_BYTES`]) plus, at the worst step, the results held
     /// before it and what the step needs while it runs.
@@ -158,8 +196,10 @@ impl Plan {
 
     /// The worst step among `runs` and the bytes held after them all.
     fn walk(&self, runs: impl Fn(&Step) -> bool) -> (Option<(StepId, u64)>, u64) {
+        let freed = self.freed_after();
         let mut held = cost::BASE_BYTES;
         let mut worst: Option<(StepId, u64)> = None;
+        let mut kept = std::collections::HashSet::new();
         for s in self.steps.iter().filter(|s| s.hook.is_none() && runs(s)) {
             let at = cost::BASE_BYTES
                 + cost::with_headroom(
@@ -172,6 +212,13 @@ impl Plan {
             // `peak` counts them) and freed when it ends, so they are not
             // held by the steps after it.
             held = held.saturating_add(s.cost.memory);
+            kept.insert(s.id);
+            // What no later step reads is dropped by the executor.
+            for id in freed.get(&s.id).into_iter().flatten() {
+                if kept.remove(id) {
+                    held = held.saturating_sub(self.step(*id).cost.memory);
+                }
+            }
         }
         (worst, held)
     }
