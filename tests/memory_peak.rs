@@ -180,16 +180,7 @@ fn plan_peak_bounds_the_measured_peak() {
         );
         let plan = Plan::from_json(&String::from_utf8(out.stdout).unwrap()).unwrap();
         let estimate = plan.peak_memory();
-        let (code, peak) = run_measured(
-            Command::new(exe)
-                .arg("exec")
-                .arg(&file)
-                .arg("--out")
-                .arg(dir.path().join("out"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null()),
-        );
-        assert_eq!(code, 0, "{name}: exec failed");
+        let peak = exec_peak(name, &src);
         let ratio = estimate as f64 / peak as f64;
         rows.push(format!(
             "{name:<18} estimate {:>10}  measured {:>10}  ratio {ratio:.2}",
