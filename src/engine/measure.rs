@@ -44,6 +44,9 @@ impl<O: Ops> Engine<O> {
         at: Option<&sharded::PartsAt>,
     ) -> Result<Value<O>, String> {
         use sharded::Built;
+        if let Some(file) = &opts.file {
+            return self.load_repr(model, file);
+        }
         let net = self.model(model)?;
         let d = self.data(data)?;
         let slots = Self::slots_for(net, opts)?;
@@ -239,22 +242,6 @@ impl<O: Ops> Engine<O> {
         }))
     }
 
-    /// Parameter-space vector restricted to a representation's layers.
-    pub(super) fn gather(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
-        let infos = self.infos(r)?;
-        let p: usize = self.model(r.model)?.num_params();
-        if v.len() != p {
-            return Err(format!(
-                "a vector of {} entries for a model of {p} parameters",
-                v.len()
-            ));
-        }
-        Ok(infos
-            .iter()
-            .flat_map(|l| v[l.full_offset..l.full_offset + l.numel].iter().copied())
-            .collect())
-    }
-
     pub(super) fn infos(&self, r: &ReprValue) -> Result<Vec<LayerInfo>, String> {
         match &r.kind {
             ReprKind::Fim(f) => Ok(f.layers.clone()),
@@ -413,41 +400,24 @@ impl<O: Ops> Engine<O> {
                 let ev = self.eigenvalues(&r, Some(1))?;
                 scalar(ev.first().copied().unwrap_or(0.0))
             }
-            Measurement::Diagonal { m } => {
-                let r = self.operand(m)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.diag(),
-                    ReprKind::Ntk(k) => k.diag(),
-                    ReprKind::Implicit(_) => self.implicit_fim(&r, BlockKind::Diag)?.diag(),
-                })
+            Measurement::Diagonal { m: op } => {
+                let r = self.operand(op)?;
+                match &r.kind {
+                    ReprKind::Ntk(k) => vector(k.diag()),
+                    _ => vector(self.vector_result(m)?.data),
+                }
             }
-            Measurement::Mv { m, v } => {
-                let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.mv(&v),
-                    _ => self.implicit_mv(&r, &v)?,
-                })
+            Measurement::Mv { .. } | Measurement::Solve { .. } => {
+                vector(self.vector_result(m)?.data)
             }
             Measurement::VTMv { m, v } => {
                 let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
+                let v = self.vector(*v)?.gather(&self.infos(&r)?)?;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.vtmv(&v),
                     _ => {
                         let fv = self.implicit_mv(&r, &v)?;
                         v.iter().zip(&fv).map(|(a, b)| a * b).sum()
-                    }
-                })
-            }
-            Measurement::Solve { m, v, damping } => {
-                let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.solve(&v, *damping).map_err(|e| e.to_string())?,
-                    _ => {
-                        let mut op = |x: &[f64]| self.implicit_mv(&r, x);
-                        conjugate_gradient(&mut op, &v, *damping, 1e-12, 10 * v.len().max(10))?
                     }
                 })
             }
@@ -531,48 +501,16 @@ impl<O: Ops> Engine<O> {
                     _ => scalar(acc.ok_or("accuracy needs a classification dataset")?),
                 }
             }
-            Measurement::Norm { v } => {
-                scalar(self.vector(*v)?.iter().map(|x| x * x).sum::<f64>().sqrt())
-            }
-            Measurement::Dot { a, b } => {
-                let (a, b) = (self.vector(*a)?, self.vector(*b)?);
-                if a.len() != b.len() {
-                    return Err("vectors of different lengths".into());
-                }
-                scalar(a.iter().zip(b).map(|(x, y)| x * y).sum())
-            }
-        })
-    }
-
-    pub(super) fn vector_op(&self, v: &VectorOp) -> Result<Vec<f64>, String> {
-        Ok(match v {
-            VectorOp::Random { model, seed } => {
-                let p = self.model(*model)?.num_params();
-                let mut rng = Rng::new(*seed);
-                (0..p).map(|_| rng.normal()).collect()
-            }
-            VectorOp::Weights { model } => self.model(*model)?.params.flat(),
-            VectorOp::InitialWeights { model } => match self.values.get(model) {
-                Some(Value::Model(_, w0)) => w0.clone(),
-                _ => return Err("not a model".into()),
-            },
-            VectorOp::Grad { model, data } => {
-                let net = self.model(*model)?;
-                let d = self.data(*data)?;
-                let p = self.problem(net, d, (0..net.slots.len()).collect(), 1);
-                p.loss_gradient(d.host.info.classes.is_none())
-                    .map_err(|e| e.to_string())?
-            }
-            VectorOp::Add { a, b } | VectorOp::Sub { a, b } => {
-                let (x, y) = (self.vector(*a)?, self.vector(*b)?);
-                let s = if matches!(v, VectorOp::Add { .. }) {
-                    1.0
-                } else {
-                    -1.0
-                };
-                x.iter().zip(y).map(|(p, q)| p + s * q).collect()
-            }
-            VectorOp::Scale { factor, v } => self.vector(*v)?.iter().map(|x| x * factor).collect(),
+            Measurement::Norm { v } => scalar(
+                self.vector(*v)?
+                    .data
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f64>()
+                    .sqrt(),
+            ),
+            Measurement::Dot { a, b } => scalar(self.vector(*a)?.dot(self.vector(*b)?)?),
+            Measurement::Vector { v } => vector(self.vector(*v)?.data.clone()),
         })
     }
 }

@@ -4,10 +4,12 @@
 
 pub mod difficulty;
 mod hooks;
+mod matrices;
 mod measure;
 mod part_file;
 mod sharded;
 pub mod train;
+mod vectors;
 
 use crate::backend::{
     Backend, BackendError, BackendInfo, Emitted, HostTensor, RunContext, StepOutput,
@@ -60,7 +62,7 @@ enum Value<O: Ops> {
     Data(DataValue<O::T>),
     Model(Box<Net<O>>, Vec<f64>),
     Repr(ReprValue),
-    Vector(Vec<f64>),
+    Vector(vectors::PVec),
     None,
 }
 
@@ -123,7 +125,7 @@ impl<O: Ops> Engine<O> {
             _ => Err(format!("step #{} is not a model", id.0)),
         }
     }
-    fn vector(&self, id: StepId) -> Result<&[f64], String> {
+    fn vector(&self, id: StepId) -> Result<&vectors::PVec, String> {
         match self.values.get(&id) {
             Some(Value::Vector(v)) => Ok(v),
             _ => Err(format!("step #{} is not a vector", id.0)),
@@ -274,6 +276,7 @@ impl<O: Ops> Backend for Engine<O> {
             Op::Vector { vector, .. } => {
                 Value::Vector(self.vector_op(vector).map_err(|e| fail(step, e))?)
             }
+            Op::Matrix { matrix, .. } => self.matrix_op(matrix).map_err(|e| fail(step, e))?,
             Op::Measure { measurement, .. } => {
                 let out = self.measure(measurement).map_err(|e| fail(step, e));
                 crate::memory::release();
@@ -288,6 +291,10 @@ impl<O: Ops> Backend for Engine<O> {
             } => self
                 .train(plan, step, *model, *data, config, hooks, emit)
                 .map_err(|e| fail(step, e))?,
+            Op::Save { model, path } if matches!(self.values.get(model), Some(Value::Repr(_))) => {
+                self.save_repr(*model, path).map_err(|e| fail(step, e))?;
+                Value::None
+            }
             Op::Save { model, path } => {
                 let net = self.model(*model).map_err(|e| fail(step, e))?;
                 // Weights land in the run folder: a run's outputs stay

@@ -108,7 +108,13 @@ impl Op {
                 | VectorOp::Weights { model }
                 | VectorOp::InitialWeights { model } => vec![*model],
                 VectorOp::Add { a, b } | VectorOp::Sub { a, b } => vec![*a, *b],
-                VectorOp::Scale { v, .. } => vec![*v],
+                VectorOp::Scale { v, .. } | VectorOp::Part { v, .. } => vec![*v],
+                VectorOp::Mul { a, b } | VectorOp::Div { a, b } => vec![*a, *b],
+                VectorOp::Measured { measurement } => Op::Measure {
+                    key: String::new(),
+                    measurement: measurement.clone(),
+                }
+                .refs(),
             },
             Op::Measure { measurement, .. } => match measurement {
                 Measurement::Trace { m }
@@ -126,7 +132,7 @@ impl Op {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
                     vec![*model, *data]
                 }
-                Measurement::Norm { v } => vec![*v],
+                Measurement::Norm { v } | Measurement::Vector { v } => vec![*v],
                 Measurement::Dot { a, b } => vec![*a, *b],
             },
             Op::Train {
@@ -140,6 +146,7 @@ impl Op {
                 v
             }
             Op::Save { model, .. } => vec![*model],
+            Op::Matrix { matrix, .. } => matrix.operands().iter().map(|o| o.repr).collect(),
         }
     }
 }
@@ -154,9 +161,11 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     }
 }
 
-/// What a measurement reads when `id` is a representation step.
+/// What a measurement reads when `id` is a representation step (a matrix
+/// step is estimated as the representation it is computed from).
 fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
     match &steps.get(id.0 as usize)?.op {
+        Op::Matrix { matrix, .. } => measured_repr(steps, matrix.operands()[0].repr),
         Op::Repr {
             object,
             structure,
@@ -215,6 +224,17 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             },
             None => Cost::default(),
         },
+        Op::Vector {
+            vector: VectorOp::Measured { measurement },
+            ..
+        } => estimate(
+            &Op::Measure {
+                key: String::new(),
+                measurement: measurement.clone(),
+            },
+            steps,
+            dtype,
+        ),
         Op::Vector { vector, .. } => {
             let p = op
                 .refs()
@@ -223,6 +243,9 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 .unwrap_or_else(|| match vector {
                     VectorOp::Add { a, .. }
                     | VectorOp::Sub { a, .. }
+                    | VectorOp::Mul { a, .. }
+                    | VectorOp::Div { a, .. }
+                    | VectorOp::Part { v: a, .. }
                     | VectorOp::Scale { v: a, .. } => steps[a.0 as usize].cost.memory / 8,
                     _ => 0,
                 });
@@ -300,6 +323,7 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 m => (cost::measure_flops(m, dim, stored), 0),
             };
             let memory = match measurement {
+                Measurement::Vector { v } => steps[v.0 as usize].cost.memory,
                 Measurement::Diagonal { .. }
                 | Measurement::Mv { .. }
                 | Measurement::Solve { .. } => dim * 8,
@@ -335,6 +359,27 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 memory: cost::model_bytes(spec, dtype),
                 peak: cost::train_peak(spec, data_info(steps, *data), config, dtype),
                 flops: per_step.saturating_mul(config.total_steps),
+            }
+        }
+        // As much as what it is computed from, and a dense copy of it.
+        Op::Matrix { matrix, .. } => {
+            let memory: u64 = matrix
+                .operands()
+                .iter()
+                .map(|o| steps[o.repr.0 as usize].cost.memory)
+                .max()
+                .unwrap_or(0);
+            let dense = measured_repr(steps, matrix.operands()[0].repr).map_or(0, |r| {
+                let p: u64 = cost::covered_layers(r.model, r.options)
+                    .iter()
+                    .map(|l| l.params)
+                    .sum();
+                p * p * 8
+            });
+            Cost {
+                memory,
+                peak: 3 * memory + dense,
+                flops: 10 * memory,
             }
         }
         Op::Save { model, .. } => Cost {

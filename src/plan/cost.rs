@@ -780,6 +780,7 @@ pub fn train_peak(
             outputs: model.output.iter().product(),
             shards: None,
             part: None,
+            file: None,
         };
         let held = repr_held(Object::Fim, fim, model, &options);
         let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);

@@ -55,6 +55,8 @@ pub enum Op {
     },
     /// A parameter-space vector.
     Vector { name: String, vector: VectorOp },
+    /// A representation computed from others (`A + B`, `inverse(F + λ)`).
+    Matrix { name: String, matrix: MatrixOp },
     /// Compute one measurement and stream it out under `key`.
     Measure {
         key: String,
@@ -630,6 +632,11 @@ pub struct ReprOptions {
     /// one stage, write it to the run folder, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<super::parts::PartRequest>,
+    /// Read from a file written by `save F to "...safetensors"` instead
+    /// of computed (`fim("f.safetensors", model = net)`; the step's `data`
+    /// is then the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// A representation, whole or one layer's block of it.
@@ -673,6 +680,61 @@ pub enum VectorOp {
         factor: f64,
         v: StepId,
     },
+    /// A vector-valued measurement (`mv`, `solve`, `diag` of a Fisher)
+    /// kept as a vector: laid out on the representation's layers.
+    Measured {
+        measurement: Measurement,
+    },
+    /// One layer's part of `v` (`v[layer]`).
+    Part {
+        v: StepId,
+        layer: String,
+    },
+    /// Elementwise `a * b`.
+    Mul {
+        a: StepId,
+        b: StepId,
+    },
+    /// Elementwise `a / b`.
+    Div {
+        a: StepId,
+        b: StepId,
+    },
+}
+
+/// Matrix algebra on Fisher representations (see `geometry::algebra`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MatrixOp {
+    /// `ca·a + cb·b` (`A + B`, `A - B`).
+    Combine {
+        a: Operand,
+        b: Operand,
+        ca: f64,
+        cb: f64,
+    },
+    /// `factor·m`.
+    Scale { factor: f64, m: Operand },
+    /// `m + damping·I`.
+    Damp { m: Operand, damping: f64 },
+    /// `m^power` (`inverse(m)` is power −1).
+    Power { m: Operand, power: f64 },
+    /// The same matrix stored Dense (`dense(m)`).
+    Dense { m: Operand },
+}
+
+impl MatrixOp {
+    /// The representations it reads, first the one whose model, data and
+    /// layers the result keeps.
+    pub fn operands(&self) -> Vec<&Operand> {
+        match self {
+            MatrixOp::Combine { a, b, .. } => vec![a, b],
+            MatrixOp::Scale { m, .. }
+            | MatrixOp::Damp { m, .. }
+            | MatrixOp::Power { m, .. }
+            | MatrixOp::Dense { m } => vec![m],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -745,6 +807,10 @@ pub enum Measurement {
     Dot {
         a: StepId,
         b: StepId,
+    },
+    /// A vector's entries, streamed as they are (`measure u`).
+    Vector {
+        v: StepId,
     },
 }
 

@@ -66,6 +66,13 @@ fn describe(op: &Op) -> (String, String) {
                 serde_json::to_string(vector).unwrap_or_default()
             ),
         ),
+        Op::Matrix { name, matrix } => (
+            "matrix".into(),
+            format!(
+                "{name} = {}",
+                serde_json::to_string(matrix).unwrap_or_default()
+            ),
+        ),
         Op::Measure { key, measurement } => {
             let kind = serde_json::to_value(measurement)
                 .ok()
