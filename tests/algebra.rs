@@ -184,16 +184,38 @@ fn matrix_algebra_matches_the_dense_operation() {
              measure rel_error(I{i}[\"layers.5\"], J{i}[\"layers.5\"]) as \"layer/{s}\"\n"
         );
     }
+    // Implicit: `+ λ` stays matrix-free, `inverse` multiplies by conjugate
+    // gradients (to 1e-14), `dense(M)` materialises either.
+    body += "let FI = Fim(Implicit) of net on probe\n\
+             let DI = dense(FI)\n\
+             let II = inverse(FI + 1e-2)\n\
+             let JI = inverse(DI + 1e-2)\n\
+             measure rel_error(dense(FI + 1e-2), DI + 1e-2) as \"damp/Implicit\"\n\
+             measure rel_error(dense(II), JI) as \"inverse/Implicit\"\n\
+             measure trace(II) as \"trace/Implicit\", trace(JI) as \"trace/dense/Implicit\"\n\
+             measure frobenius(II) as \"frob/Implicit\", frobenius(JI) as \"frob/dense/Implicit\"\n\
+             measure eigenvalues(II, top = 5) as \"ev/Implicit\", eigenvalues(JI, top = 5) as \"ev/dense/Implicit\"\n\
+             measure mv(II, v) as \"mv/Implicit\", mv(JI, v) as \"mv/dense/Implicit\"\n\
+             measure diag(II) as \"diag/Implicit\", diag(JI) as \"diag/dense/Implicit\"\n\
+             measure solve(II, v, damping = 0.5) as \"solve/Implicit\", solve(JI, v, damping = 0.5) as \"solve/dense/Implicit\"\n\
+             measure solve(FI, v, damping = 1e-2) as \"solve1/Implicit\"\n";
     let r = run(&body);
     let mut worst = 0.0f64;
+
     let mut see = |what: String, e: f64| {
         check(&what, e);
         worst = worst.max(e);
     };
-    for s in all {
-        for op in [
-            "add", "sub", "scale", "div", "damp", "inverse", "sqrt", "square", "ewc", "layer",
-        ] {
+    let every = [
+        "add", "sub", "scale", "div", "damp", "inverse", "sqrt", "square", "ewc", "layer",
+    ];
+    for s in all.into_iter().chain(["Implicit"]) {
+        let ops: &[&str] = if s == "Implicit" {
+            &["damp", "inverse"]
+        } else {
+            &every
+        };
+        for op in ops {
             see(format!("{op}/{s}"), num(&r, &format!("{op}/{s}")));
         }
         for m in ["trace", "frob"] {
@@ -235,7 +257,7 @@ fn errors_are_located() {
             "StructureMismatch { op: \"+\", a: \"Fim(KFAC)\", b: \"Fim(Diag)\" }",
         ),
         ("let K = Ntk(Dense) of net on probe\nmeasure trace(inverse(K))", "Fisher"),
-        ("let I = Fim(Implicit) of net on probe\nmeasure trace(inverse(I + 1))", "dense(M)"),
+        ("let I = Fim(Implicit) of net on probe\nmeasure trace(power(I, 2))", "takes `+ λ`"),
         ("let K = Ntk(Dense) of net on probe\nsave K to \"k.safetensors\"", "only Fisher"),
     ];
     for (body, needle) in cases {

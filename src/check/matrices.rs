@@ -56,8 +56,8 @@ impl<'a> Checker<'a> {
         let (r, layer) = self.operand(e)?;
         let why = match (r.object, &r.structure) {
             (Object::Ntk, _) => Some("matrix algebra applies to Fisher representations"),
-            (_, Structure::Implicit) if what != "dense" => {
-                Some("Fim(Implicit) is never stored: write `dense(M)` first")
+            (_, Structure::Implicit) if !["dense", "inverse", "+ λ"].contains(&what) => {
+                Some("Fim(Implicit) takes `+ λ`, `inverse` (by conjugate gradients) and `dense(M)`")
             }
             _ => None,
         };
@@ -132,14 +132,14 @@ impl<'a> Checker<'a> {
                         (MatrixOp::Combine { a, b, ca: 1.0, cb }, ra)
                     }
                     BinOp::Add | BinOp::Sub if lm => {
-                        let (r, m) = self.algebra_operand(lhs, sym)?;
+                        let (r, m) = self.algebra_operand(lhs, "+ λ")?;
                         let x = self.number(rhs, "damping")?;
                         let damping = if *op == BinOp::Add { x } else { -x };
                         (MatrixOp::Damp { m, damping }, r)
                     }
                     BinOp::Add => {
                         let damping = self.number(lhs, "damping")?;
-                        let (r, m) = self.algebra_operand(rhs, sym)?;
+                        let (r, m) = self.algebra_operand(rhs, "+ λ")?;
                         (MatrixOp::Damp { m, damping }, r)
                     }
                     BinOp::Mul if rm && !lm => {

@@ -26,6 +26,9 @@ impl<O: Ops> Engine<O> {
 
     pub(super) fn matrix_op(&self, m: &MatrixOp) -> Result<Value<O>, String> {
         let base = self.operand(m.operands()[0])?;
+        if let (ReprKind::Implicit(_), false) = (&base.kind, matches!(m, MatrixOp::Dense { .. })) {
+            return self.implicit_op(base.into_owned(), m);
+        }
         let f = self.fim_of(&base, matches!(m, MatrixOp::Dense { .. }))?;
         let out = match m {
             MatrixOp::Combine { b, ca, cb, .. } => {
@@ -73,6 +76,7 @@ impl<O: Ops> Engine<O> {
             slots.push(s);
         }
         Ok(Value::Repr(ReprValue {
+            form: Default::default(),
             model,
             data: model,
             target: Target::Fim {
@@ -84,5 +88,59 @@ impl<O: Ops> Engine<O> {
             shards: None,
             kind: ReprKind::Fim(f),
         }))
+    }
+}
+
+impl<O: Ops> Engine<O> {
+    /// `Implicit + λ` and `inverse(Implicit + λ)`: still matrix-free, the
+    /// inverse's products by conjugate gradients.
+    fn implicit_op(&self, mut r: ReprValue, m: &MatrixOp) -> Result<Value<O>, String> {
+        match m {
+            MatrixOp::Damp { damping, .. } if !r.form.inverse => r.form.shift += damping,
+            MatrixOp::Power { power, .. } if *power == -1.0 && !r.form.inverse => {
+                if r.form.shift <= 0.0 {
+                    return Err(
+                        "the inverse of a Fisher by conjugate gradients needs damping: write `inverse(I + λ)` with λ > 0".into(),
+                    );
+                }
+                r.form.inverse = true
+            }
+            _ => {
+                return Err(
+                    "Fim(Implicit) takes `+ λ` and then `inverse`; write `dense(M)` for more"
+                        .into(),
+                )
+            }
+        }
+        Ok(Value::Repr(r))
+    }
+
+    /// An implicit representation materialised column by column from its
+    /// products (`dense(inverse(I + λ))`, its trace, diagonal...).
+    pub(super) fn implicit_columns(&self, r: &ReprValue) -> Result<Fim, String> {
+        let infos = self.infos(r)?;
+        let p: usize = infos.iter().map(|l| l.numel).sum();
+        let mut m = Mat::zeros(p, p);
+        let mut e = vec![0.0; p];
+        for c in 0..p {
+            e[c] = 1.0;
+            let col = self.implicit_mv(r, &e)?;
+            e[c] = 0.0;
+            for (i, x) in col.iter().enumerate() {
+                m.set(i, c, *x);
+            }
+        }
+        // Symmetric up to the solver's tolerance: symmetrise.
+        let mt = m.transpose();
+        m.data
+            .iter_mut()
+            .zip(&mt.data)
+            .for_each(|(a, b)| *a = 0.5 * (*a + b));
+        Ok(Fim {
+            layers: infos,
+            body: FimBody::Dense(m),
+            n: self.data(r.data)?.host.info.n,
+            refit: false,
+        })
     }
 }

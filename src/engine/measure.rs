@@ -124,6 +124,7 @@ impl<O: Ops> Engine<O> {
                 centered: opts.centered,
                 shards: opts.shards,
                 kind: ReprKind::Ntk(ntk),
+                form: Default::default(),
             }));
         }
         let target = Target::Fim {
@@ -183,6 +184,7 @@ impl<O: Ops> Engine<O> {
             centered: false,
             shards: opts.shards,
             kind,
+            form: Default::default(),
         }))
     }
 
@@ -204,6 +206,11 @@ impl<O: Ops> Engine<O> {
         }
         let kind = match &r.kind {
             ReprKind::Fim(f) => ReprKind::Fim(f.layer(layer).ok_or("no such layer")?),
+            ReprKind::Implicit(_) if r.form.inverse => {
+                return Err(format!(
+                    "layer `{layer}` of an implicit inverse is not its inverse block: take `dense(M)[\"{layer}\"]`"
+                ))
+            }
             ReprKind::Implicit(infos) => {
                 let mut l = infos
                     .iter()
@@ -239,6 +246,7 @@ impl<O: Ops> Engine<O> {
             centered: r.centered,
             shards: r.shards,
             kind,
+            form: r.form,
         }))
     }
 
@@ -298,17 +306,39 @@ impl<O: Ops> Engine<O> {
         Ok(self.problem(net, d, r.slots.clone(), m))
     }
 
+    /// `M v` for an implicit `M = (F + shift)^(±1)`: the Fisher's
+    /// matrix-free product, or conjugate gradients for the inverse.
     pub(super) fn implicit_mv(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
         let p = self.repr_problem(r)?;
-        match r.shards {
-            Some(k) => parts::implicit_mv_sharded(&p, &r.target, v, k).map_err(|e| e.to_string()),
-            None => p.implicit_mv(&r.target, v).map_err(|e| e.to_string()),
+        let mut fv = |x: &[f64]| match r.shards {
+            Some(k) => parts::implicit_mv_sharded(&p, &r.target, x, k).map_err(|e| e.to_string()),
+            None => p.implicit_mv(&r.target, x).map_err(|e| e.to_string()),
+        };
+        let ImplicitForm { shift, inverse } = r.form;
+        if inverse {
+            return conjugate_gradient(&mut fv, v, shift, 1e-14, 10 * v.len().max(10));
         }
+        let mut y = fv(v)?;
+        if shift != 0.0 {
+            y.iter_mut().zip(v).for_each(|(a, b)| *a += shift * b);
+        }
+        Ok(y)
     }
 
     /// The implicit representation materialised as `kind` (Diag for its
     /// diagonal and trace, Dense for comparisons).
     pub(super) fn implicit_fim(&self, r: &ReprValue, kind: BlockKind) -> Result<Fim, String> {
+        if r.form.inverse {
+            return self.implicit_columns(r);
+        }
+        if r.form.shift != 0.0 {
+            let plain = ReprValue {
+                form: Default::default(),
+                ..r.clone()
+            };
+            let f = self.implicit_fim(&plain, kind)?;
+            return f.damp(r.form.shift).map_err(|e| e.to_string());
+        }
         let p = self.repr_problem(r)?;
         let shape = match kind {
             BlockKind::Dense => FimShape::Dense,

@@ -49,6 +49,17 @@ struct ReprValue {
     /// views) are computed over `k` example ranges.
     shards: Option<usize>,
     kind: ReprKind,
+    /// What an implicit representation's products compute from the
+    /// Fisher's (`inverse(I + λ)`); the identity form for every other.
+    form: ImplicitForm,
+}
+
+/// `(F + shift·I)`, inverted when `inverse` (products by conjugate
+/// gradients), for a matrix-free Fisher `F`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct ImplicitForm {
+    shift: f64,
+    inverse: bool,
 }
 
 #[derive(Clone)]

@@ -291,11 +291,9 @@ mod tests {
             Block::Ekfac { ua, ug, .. } => Block::Ekfac { ua, ug, d },
             _ => unreachable!(),
         };
-        let diag = (0..p)
-            .map(|i| 1.0 + (i as f64 * 0.37).sin().abs())
-            .collect();
-        let mut quasi: Vec<f64> = (0..p).map(|i| 5.0 + (i as f64).cos()).collect();
-        quasi.iter_mut().for_each(|x| *x += 1.0);
+        let t = |i: usize| (i as u64 + seed) as f64;
+        let diag = (0..p).map(|i| 1.0 + (t(i) * 0.37).sin().abs()).collect();
+        let quasi: Vec<f64> = (0..p).map(|i| 6.0 + t(i).cos()).collect();
         vec![
             Block::Dense(spd(p, seed + 3)),
             Block::Diag(diag),
