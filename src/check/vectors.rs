@@ -203,7 +203,7 @@ impl<'a> Checker<'a> {
             ExprKind::Index { base, index } => {
                 let v = self.vector_expr(base, "")?;
                 let covered: Vec<String> = v.layers.iter().map(|(n, _)| n.clone()).collect();
-                let layer = self.layer_index(index, &covered, "net", "this vector")?;
+                let layer = self.layer_index(index, &covered, "MODEL", "this vector")?;
                 let params = v
                     .layers
                     .iter()

@@ -101,6 +101,8 @@ impl Op {
                 }
                 v
             }
+            // A saved representation reads only its file and model.
+            Op::Repr { model, options, .. } if options.file.is_some() => vec![*model],
             Op::Repr { model, data, .. } => vec![*model, *data],
             Op::Vector { vector, .. } => match vector {
                 VectorOp::Grad { model, data } => vec![*model, *data],

@@ -43,6 +43,22 @@ fn describe(op: &Op) -> (String, String) {
             object,
             structure,
             model,
+            options,
+            ..
+        } if options.file.is_some() => (
+            "repr".into(),
+            format!(
+                "{name} = {object:?}({}) of #{} from `{}`",
+                structure.name(),
+                model.0,
+                options.file.as_deref().unwrap_or_default()
+            ),
+        ),
+        Op::Repr {
+            name,
+            object,
+            structure,
+            model,
             data,
             options,
         } => (
