@@ -10,33 +10,6 @@ use crate::syntax::{BinOp, Expr, ExprKind};
 
 pub const MATRIX_FUNCTIONS: [&str; 4] = ["inverse", "power", "dense", "fim"];
 
-/// The structure of the result, as the plan estimates it (see
-/// `geometry::algebra` for what each operation keeps).
-fn result_structure(op: &MatrixOp, s: &Structure) -> Structure {
-    let ekfac = Structure::Ekfac {
-        refit: true,
-        initial_basis: false,
-    };
-    match (op, s) {
-        (MatrixOp::Dense { .. }, _) => Structure::Dense,
-        (MatrixOp::Combine { .. }, Structure::Kfac | Structure::Ekfac { .. }) => {
-            Structure::BlockDiag
-        }
-        (MatrixOp::Combine { ca, cb, .. }, Structure::LowRank { .. }) if *ca < 0.0 || *cb < 0.0 => {
-            Structure::Dense
-        }
-        (MatrixOp::Scale { factor, .. }, Structure::LowRank { .. }) if *factor < 0.0 => {
-            Structure::Dense
-        }
-        (MatrixOp::Damp { .. }, Structure::Kfac) => ekfac,
-        (MatrixOp::Damp { .. } | MatrixOp::Power { .. }, Structure::LowRank { .. }) => {
-            Structure::Dense
-        }
-        (MatrixOp::Power { .. }, Structure::QuasiDiag) => Structure::BlockDiag,
-        (_, s) => s.clone(),
-    }
-}
-
 impl<'a> Checker<'a> {
     /// Whether `e` is written as a representation.
     pub(super) fn looks_matrix(&self, e: &'a Expr) -> bool {
@@ -174,7 +147,7 @@ impl<'a> Checker<'a> {
             }
         };
         let name = self.name_or_anon(name);
-        let structure = result_structure(&matrix, &base.structure);
+        let structure = matrix.result_structure(&base.structure);
         let step = self.emit(Op::Matrix { name, matrix }, d.span);
         Some(ReprV {
             step,

@@ -167,7 +167,11 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
 /// step is estimated as the representation it is computed from).
 fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
     match &steps.get(id.0 as usize)?.op {
-        Op::Matrix { matrix, .. } => measured_repr(steps, matrix.operands()[0].repr),
+        Op::Matrix { matrix, .. } => {
+            let mut r = measured_repr(steps, matrix.operands()[0].repr)?;
+            r.structure = std::borrow::Cow::Owned(matrix.result_structure(&r.structure));
+            Some(r)
+        }
         Op::Repr {
             object,
             structure,
@@ -176,7 +180,7 @@ fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
             ..
         } => Some(cost::MeasuredRepr {
             object: *object,
-            structure,
+            structure: std::borrow::Cow::Borrowed(structure),
             model: model_of(steps, *model)?,
             options,
         }),
@@ -284,35 +288,16 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 }
                 _ => None,
             };
-            let (dim, stored) = match repr.and_then(|r| steps.get(r.0 as usize)) {
-                Some(Step {
-                    op:
-                        Op::Repr {
-                            object,
-                            structure,
-                            model,
-                            options,
-                            ..
-                        },
-                    cost,
-                    ..
-                }) => {
-                    let spec = model_of(steps, *model);
-                    if let Some(spec) = spec {
-                        on = Some(cost::MeasuredRepr {
-                            object: *object,
-                            structure,
-                            model: spec,
-                            options,
-                        });
-                    }
-                    let dim = match object {
-                        Object::Fim => spec.map_or(0, |m| m.params),
-                        Object::Ntk => (options.examples * options.outputs) as u64,
+            let (dim, stored) = match repr.and_then(|r| Some((r, measured_repr(steps, r)?))) {
+                Some((id, r)) => {
+                    let dim = match r.object {
+                        Object::Fim => r.model.params,
+                        Object::Ntk => (r.options.examples * r.options.outputs) as u64,
                     };
-                    (dim, cost.memory / 8)
+                    on = Some(r);
+                    (dim, steps[id.0 as usize].cost.memory / 8)
                 }
-                _ => (0, 0),
+                None => (0, 0),
             };
             let (flops, pass) = match measurement {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
@@ -363,25 +348,37 @@ fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 flops: per_step.saturating_mul(config.total_steps),
             }
         }
-        // As much as what it is computed from, and a dense copy of it.
+        // What the result's structure holds; at the peak, its operands and
+        // a dense copy of the largest block an eigendecomposition takes.
         Op::Matrix { matrix, .. } => {
-            let memory: u64 = matrix
+            let operands: u64 = matrix
                 .operands()
                 .iter()
                 .map(|o| steps[o.repr.0 as usize].cost.memory)
-                .max()
-                .unwrap_or(0);
-            let dense = measured_repr(steps, matrix.operands()[0].repr).map_or(0, |r| {
-                let p: u64 = cost::covered_layers(r.model, r.options)
+                .sum();
+            let Some(r) = measured_repr(steps, matrix.operands()[0].repr) else {
+                return Cost::default();
+            };
+            let s = matrix.result_structure(&r.structure);
+            let memory = cost::repr_held(Object::Fim, &s, r.model, r.options);
+            // The largest matrix an eigendecomposition takes (factors and
+            // diagonals are no larger than what is held).
+            let layers = cost::covered_layers(r.model, r.options);
+            let block: u64 = match s {
+                Structure::Dense | Structure::LowRank { .. } => {
+                    layers.iter().map(|l| l.params).sum::<u64>().pow(2)
+                }
+                Structure::BlockDiag | Structure::QuasiDiag | Structure::Mix { .. } => layers
                     .iter()
-                    .map(|l| l.params)
-                    .sum();
-                p * p * 8
-            });
+                    .map(|l| l.params * l.params)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
             Cost {
                 memory,
-                peak: 3 * memory + dense,
-                flops: 10 * memory,
+                peak: memory + operands + 3 * 8 * block,
+                flops: (10 * memory).max(10 * block.saturating_mul(block.isqrt())),
             }
         }
         Op::Save { model, .. } => Cost {

@@ -56,7 +56,10 @@ pub enum Op {
     /// A parameter-space vector.
     Vector { name: String, vector: VectorOp },
     /// A representation computed from others (`A + B`, `inverse(F + λ)`).
-    Matrix { name: String, matrix: MatrixOp },
+    Matrix {
+        name: String,
+        matrix: super::MatrixOp,
+    },
     /// Compute one measurement and stream it out under `key`.
     Measure {
         key: String,
@@ -700,41 +703,6 @@ pub enum VectorOp {
         a: StepId,
         b: StepId,
     },
-}
-
-/// Matrix algebra on Fisher representations (see `geometry::algebra`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum MatrixOp {
-    /// `ca·a + cb·b` (`A + B`, `A - B`).
-    Combine {
-        a: Operand,
-        b: Operand,
-        ca: f64,
-        cb: f64,
-    },
-    /// `factor·m`.
-    Scale { factor: f64, m: Operand },
-    /// `m + damping·I`.
-    Damp { m: Operand, damping: f64 },
-    /// `m^power` (`inverse(m)` is power −1).
-    Power { m: Operand, power: f64 },
-    /// The same matrix stored Dense (`dense(m)`).
-    Dense { m: Operand },
-}
-
-impl MatrixOp {
-    /// The representations it reads, first the one whose model, data and
-    /// layers the result keeps.
-    pub fn operands(&self) -> Vec<&Operand> {
-        match self {
-            MatrixOp::Combine { a, b, .. } => vec![a, b],
-            MatrixOp::Scale { m, .. }
-            | MatrixOp::Damp { m, .. }
-            | MatrixOp::Power { m, .. }
-            | MatrixOp::Dense { m } => vec![m],
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
