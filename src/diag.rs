@@ -80,6 +80,9 @@ pub enum ErrorKind {
     File { path: String, reason: String },
     #[error("{what}: {detail}")]
     Mismatch { what: String, detail: String },
+    /// Matrix algebra on representations of different structures.
+    #[error("`{op}` needs representations of one structure, not {a} and {b}")]
+    StructureMismatch { op: String, a: String, b: String },
     /// A network exported from PyTorch that nngeo cannot import.
     #[error("ONNX model `{path}`: {error}")]
     Onnx {
@@ -122,6 +125,7 @@ impl ErrorKind {
             ErrorKind::File { .. } => "E050",
             ErrorKind::Mismatch { .. } => "E051",
             ErrorKind::Onnx { .. } => "E052",
+            ErrorKind::StructureMismatch { .. } => "E053",
             ErrorKind::Invalid { .. } => "E060",
             ErrorKind::Suspicious { .. } => "W001",
         }

@@ -2,22 +2,12 @@
 //! results.jsonl), checked against each other where the mathematics says
 //! they must agree.
 
-use nngeo::backend::{Backend, RunContext};
-use nngeo::select::candle_backend;
+mod run_ngx;
+
+use nngeo::backend::RunContext;
+use run_ngx::{backend, num, rel, run_source, vec_of};
 use serde_json::Value;
 use std::collections::HashMap;
-
-/// The backend under test: the built-in candle, or `$NNGEO_BACKEND` (e.g.
-/// `plugin:candle`, `tch`) to run this whole suite through a plugin.
-fn backend() -> Box<dyn Backend> {
-    match std::env::var("NNGEO_BACKEND") {
-        Ok(name) if !name.is_empty() => {
-            let config = nngeo::config::load().expect("nngeo.toml");
-            nngeo::select::create(&name, &config).unwrap_or_else(|e| panic!("{e}"))
-        }
-        _ => candle_backend(),
-    }
-}
 
 /// Runs `body` (declarations and measurements) after a common header and
 /// returns every result by key.
@@ -31,47 +21,6 @@ fn run(dtype: &str, body: &str) -> HashMap<String, Value> {
          let v = random_vector(net, seed = 5)\n{body}\n"
     );
     run_source(&src)
-}
-
-/// Runs a whole source file and returns every result by key.
-fn run_source(src: &str) -> HashMap<String, Value> {
-    let plan =
-        nngeo::compile_source(src, &Default::default()).unwrap_or_else(|e| panic!("{src}\n{e:?}"));
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = RunContext {
-        base_dir: ".".into(),
-        out_dir: dir.path().to_path_buf(),
-    };
-    let mut be = backend();
-    nngeo::exec::run(&plan, be.as_mut(), &ctx).unwrap();
-    let text = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["key"].as_str().unwrap().to_string(), v["value"].clone())
-        })
-        .collect()
-}
-
-fn num(r: &HashMap<String, Value>, k: &str) -> f64 {
-    r[k].as_f64().unwrap_or_else(|| panic!("{k}: {:?}", r[k]))
-}
-
-fn vec_of(r: &HashMap<String, Value>, k: &str) -> Vec<f64> {
-    r[k]["data"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{k}: {:?}", r[k]))
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]

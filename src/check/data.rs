@@ -230,7 +230,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(super) fn path(&self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
         if p.is_absolute() {
             p
@@ -239,7 +239,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn file_error(&mut self, e: &'a Expr, path: &str, err: impl std::fmt::Display) {
+    pub(super) fn file_error(&mut self, e: &'a Expr, path: &str, err: impl std::fmt::Display) {
         self.error(
             Diagnostic::new(
                 ErrorKind::File {

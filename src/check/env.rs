@@ -59,8 +59,10 @@ pub struct ReprV {
 #[derive(Clone, Debug)]
 pub struct VecV {
     pub step: StepId,
-    /// Number of parameters of the model the vector lives on.
+    /// Number of entries.
     pub len: u64,
+    /// The layers it holds, in order, with their parameter counts.
+    pub layers: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug)]

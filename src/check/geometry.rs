@@ -1,15 +1,15 @@
 //! Representations (`Fim(KFAC) of net on probe`), vectors and measurements.
 
 use super::args::Extra;
-use super::env::{Binding, DataV, ModelV, ReprV, Val, VecV};
+use super::env::{Binding, DataV, ModelV, ReprV, Val};
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::cost;
 use crate::plan::{
     FisherVariant, Layer, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure,
-    Task, Transform, VectorOp,
+    Task, Transform,
 };
-use crate::syntax::{Arg, BinOp, Expr, ExprKind, Ident, MeasureItem, Span};
+use crate::syntax::{Arg, Expr, ExprKind, Ident, MeasureItem, Span};
 use std::collections::BTreeMap;
 
 pub const STRUCTURES: [&str; 9] = [
@@ -42,7 +42,7 @@ pub const MEASUREMENTS: [&str; 16] = [
     "norm",
     "dot",
 ];
-const VECTORS: [&str; 4] = ["grad", "random_vector", "weights", "initial_weights"];
+use super::vectors::VECTORS;
 
 impl<'a> Checker<'a> {
     /// The value of a `let`: a representation, dataset, model or vector.
@@ -51,7 +51,18 @@ impl<'a> Checker<'a> {
         match &d.kind {
             ExprKind::Repr { .. } => self.repr_expr(d, name).map(|r| Val::Repr(Box::new(r))),
             ExprKind::Pipe { .. } => self.data_expr(d, name).map(Val::Data),
+            ExprKind::Binary { .. } | ExprKind::Neg(_) if self.looks_matrix(d) => {
+                self.matrix_expr(d, name).map(|r| Val::Repr(Box::new(r)))
+            }
+            ExprKind::Call { callee, .. }
+                if super::matrices::MATRIX_FUNCTIONS.contains(&callee.name.as_str()) =>
+            {
+                self.matrix_expr(d, name).map(|r| Val::Repr(Box::new(r)))
+            }
             ExprKind::Binary { .. } => self.vector_expr(d, name).map(Val::Vector),
+            ExprKind::Index { base, .. } if self.looks_vector(base) => {
+                self.vector_expr(d, name).map(Val::Vector)
+            }
             ExprKind::Ident(n) => match self.lookup_val(n) {
                 Some(v) => Some(v),
                 None => {
@@ -76,7 +87,7 @@ impl<'a> Checker<'a> {
                     || self.defs.contains_key(f)
                 {
                     self.model_expr(d, name).map(Val::Model)
-                } else if VECTORS.contains(&f) {
+                } else if VECTORS.contains(&f) || super::vectors::VECTOR_MEASUREMENTS.contains(&f) {
                     self.vector_expr(d, name).map(Val::Vector)
                 } else if f == "Fim" || f == "Ntk" {
                     self.error(
@@ -605,6 +616,7 @@ impl<'a> Checker<'a> {
             outputs: m.spec.outputs(),
             shards: None,
             part: None,
+            file: None,
         };
         // Which layers each structure supports.
         if object == Object::Ntk && !NTK_STRUCTURES.contains(&structure.name().as_str()) {
@@ -846,92 +858,25 @@ impl<'a> Checker<'a> {
     }
 
     /// A representation or one layer's block of it (`K[layer]`).
-    fn operand(&mut self, e: &'a Expr) -> Option<(ReprV, Option<String>)> {
+    pub(super) fn operand(&mut self, e: &'a Expr) -> Option<(ReprV, Option<String>)> {
         let d = self.deref(e);
         match &d.kind {
             ExprKind::Index { base, index } => {
                 let (r, _) = self.operand(base)?;
-                let id = self.deref(index);
-                let layer = match &id.kind {
-                    ExprKind::Ident(n) => match self.lookup_val(n) {
-                        Some(Val::Layer(l)) => l,
-                        _ => {
-                            self.error(
-                                Diagnostic::new(
-                                    ErrorKind::TypeMismatch {
-                                        expected: "a layer".into(),
-                                        found: self.describe(id),
-                                    },
-                                    id.span,
-                                    "not a layer",
-                                )
-                                .hint("loop over layers with `for layer in layers(net) { ... }` or write `\"layers.0\"`"),
-                            );
-                            return None;
-                        }
-                    },
-                    ExprKind::Str(s) => s.clone(),
-                    _ => {
-                        self.error(Diagnostic::new(
-                            ErrorKind::TypeMismatch {
-                                expected: "a layer".into(),
-                                found: self.describe(id),
-                            },
-                            id.span,
-                            "index representations by layer name",
-                        ));
-                        return None;
-                    }
-                };
                 let covered: Vec<String> = cost::covered_layers(&r.model.spec, &r.options)
                     .iter()
                     .map(|l| l.name.clone())
                     .collect();
-                // A pattern selects one block: it must match exactly one.
-                let layer = if layer.contains('*') {
-                    let known: Vec<&str> = covered.iter().map(|s| s.as_str()).collect();
-                    let hits = self.match_layers(&layer, &known, id.span, "this representation")?;
-                    if hits.len() > 1 {
-                        self.error(
-                            Diagnostic::new(
-                                ErrorKind::Invalid {
-                                    message: format!(
-                                        "`{layer}` matches {} layers, `[...]` takes one",
-                                        hits.len()
-                                    ),
-                                },
-                                id.span,
-                                format!("matches {}", hits.join(", ")),
-                            )
-                            .hint(format!(
-                                "loop over them: `for layer in layers({}, \"{layer}\") {{ ... }}`",
-                                r.model.name
-                            )),
-                        );
-                        return None;
-                    }
-                    hits[0].clone()
-                } else {
-                    layer
-                };
-                if !covered.contains(&layer) {
-                    self.error(
-                        Diagnostic::new(
-                            ErrorKind::Unknown {
-                                what: "layer".into(),
-                                name: layer.clone(),
-                            },
-                            id.span,
-                            "not a layer of this representation",
-                        )
-                        .hint_opt(did_you_mean(&layer, covered.iter().map(|s| s.as_str())))
-                        .hint(format!("layers: {}", covered.join(", "))),
-                    );
-                    return None;
-                }
+                let layer =
+                    self.layer_index(index, &covered, &r.model.name, "this representation")?;
                 Some((r, Some(layer)))
             }
             ExprKind::Repr { .. } => self.repr_expr(d, "").map(|r| (r, None)),
+            ExprKind::Binary { .. } | ExprKind::Call { .. } | ExprKind::Neg(_)
+                if self.looks_matrix(d) =>
+            {
+                self.matrix_expr(d, "").map(|r| (r, None))
+            }
             ExprKind::Ident(n) => match self.lookup_val(n) {
                 Some(Val::Repr(r)) => Some((*r, None)),
                 Some(other) => {
@@ -993,212 +938,6 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// A parameter-space vector.
-    pub(super) fn vector_expr(&mut self, e: &'a Expr, name: &str) -> Option<VecV> {
-        let d = self.deref(e);
-        let name = if name.is_empty() {
-            self.anon_name()
-        } else {
-            name.to_string()
-        };
-        let (vector, len) = match &d.kind {
-            ExprKind::Ident(n) => match self.lookup_val(n) {
-                Some(Val::Vector(v)) => return Some(v),
-                other => {
-                    self.error(Diagnostic::new(
-                        ErrorKind::TypeMismatch {
-                            expected: "a vector".into(),
-                            found: match other {
-                                Some(v) => format!("{} `{n}`", v.kind()),
-                                None => format!("undefined `{n}`"),
-                            },
-                        },
-                        d.span,
-                        "not a vector",
-                    )
-                    .hint("vectors: grad(net, data), random_vector(net, seed = 0), weights(net), initial_weights(net)"));
-                    return None;
-                }
-            },
-            ExprKind::Call { callee, args } => {
-                let f = callee.name.as_str();
-                match f {
-                    "grad" => {
-                        let c = self.bind(callee, d.span, args, &["model", "data"])?;
-                        let me = self.req(&c, "model");
-                        let de = self.req(&c, "data");
-                        let m = self.model_expr(me?, "")?;
-                        // `grad(net, train sharded(8))`: the mean over the
-                        // examples as 8 range means, reduced.
-                        let (de, k) = match &self.deref(de?).kind {
-                            ExprKind::Sharded { data, shards } => (&**data, Some(&**shards)),
-                            _ => (de?, None),
-                        };
-                        let dv = self.data_expr(de, "")?;
-                        if !self.compatible(&m, &dv, de.span) {
-                            return None;
-                        }
-                        let shards = match k {
-                            Some(k) => Some(self.shard_k(k, dv.info.n)?),
-                            None => None,
-                        };
-                        (
-                            VectorOp::Grad {
-                                model: m.step,
-                                data: dv.step,
-                                shards,
-                                part: None,
-                            },
-                            m.spec.params,
-                        )
-                    }
-                    "random_vector" => {
-                        let c = self.bind(callee, d.span, args, &["model", "seed"])?;
-                        let me = self.req(&c, "model")?;
-                        let m = self.model_expr(me, "")?;
-                        let seed = self.seed(&c)?;
-                        (
-                            VectorOp::Random {
-                                model: m.step,
-                                seed,
-                            },
-                            m.spec.params,
-                        )
-                    }
-                    "weights" | "initial_weights" => {
-                        let c = self.bind(callee, d.span, args, &["model"])?;
-                        let me = self.req(&c, "model")?;
-                        let m = self.model_expr(me, "")?;
-                        let op = if f == "weights" {
-                            VectorOp::Weights { model: m.step }
-                        } else {
-                            VectorOp::InitialWeights { model: m.step }
-                        };
-                        (op, m.spec.params)
-                    }
-                    other => {
-                        self.error(
-                            Diagnostic::new(
-                                ErrorKind::Unknown {
-                                    what: "vector".into(),
-                                    name: other.into(),
-                                },
-                                callee.span,
-                                "not a vector",
-                            )
-                            .hint_opt(did_you_mean(other, VECTORS))
-                            .hint(format!("vectors: {}", VECTORS.join(", "))),
-                        );
-                        return None;
-                    }
-                }
-            }
-            ExprKind::Binary { op, lhs, rhs } => match op {
-                BinOp::Add | BinOp::Sub => {
-                    let a = self.vector_expr(lhs, "");
-                    let b = self.vector_expr(rhs, "");
-                    let (a, b) = (a?, b?);
-                    if a.len != b.len {
-                        self.error(Diagnostic::new(
-                            ErrorKind::Mismatch {
-                                what: "vector sizes differ".into(),
-                                detail: format!("{} and {} entries", a.len, b.len),
-                            },
-                            d.span,
-                            "vectors of different models",
-                        ));
-                        return None;
-                    }
-                    let op = if *op == BinOp::Add {
-                        VectorOp::Add {
-                            a: a.step,
-                            b: b.step,
-                        }
-                    } else {
-                        VectorOp::Sub {
-                            a: a.step,
-                            b: b.step,
-                        }
-                    };
-                    (op, a.len)
-                }
-                BinOp::Mul => {
-                    let factor = self.number(lhs, "scale factor")?;
-                    let v = self.vector_expr(rhs, "")?;
-                    (VectorOp::Scale { factor, v: v.step }, v.len)
-                }
-                BinOp::Div => {
-                    self.error(Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: "vectors cannot be divided".into(),
-                        },
-                        d.span,
-                        "write `0.5 * v` to scale",
-                    ));
-                    return None;
-                }
-            },
-            ExprKind::Neg(x) => {
-                let v = self.vector_expr(x, "")?;
-                (
-                    VectorOp::Scale {
-                        factor: -1.0,
-                        v: v.step,
-                    },
-                    v.len,
-                )
-            }
-            _ => {
-                let found = self.describe(d);
-                self.error(Diagnostic::new(
-                    ErrorKind::TypeMismatch {
-                        expected: "a vector".into(),
-                        found,
-                    },
-                    d.span,
-                    "not a vector",
-                ));
-                return None;
-            }
-        };
-        let step = self.emit(Op::Vector { name, vector }, d.span);
-        Some(VecV { step, len })
-    }
-
-    /// A parameter vector for `m`'s Fisher.
-    fn fim_vector(&mut self, m: &ReprV, e: &'a Expr, what: &str) -> Option<crate::plan::StepId> {
-        if m.object != Object::Fim {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::Invalid {
-                        message: format!("`{what}` needs a Fisher representation"),
-                    },
-                    e.span,
-                    "parameter vectors apply to the Fisher",
-                )
-                .hint("the NTK lives on examples × outputs; use Fim(...) here"),
-            );
-            return None;
-        }
-        let v = self.vector_expr(e, "")?;
-        let want: u64 = cost::covered_layers(&m.model.spec, &m.options)
-            .iter()
-            .map(|l| l.params)
-            .sum();
-        if v.len != m.model.spec.params && v.len != want {
-            self.error(Diagnostic::new(
-                ErrorKind::Mismatch {
-                    what: "vector size".into(),
-                    detail: format!("{} entries, the representation has {want} rows", v.len),
-                },
-                e.span,
-                "vector of another model",
-            ));
-            return None;
-        }
-        Some(v.step)
-    }
-
     pub(super) fn measure_item(&mut self, item: &'a MeasureItem) {
         let e = self.deref(&item.expr);
         let key = match &item.name {
@@ -1208,6 +947,17 @@ impl<'a> Checker<'a> {
             },
             None => self.expr_text(&item.expr),
         };
+        let measured_call = Self::as_call(e)
+            .is_some_and(|(c, _)| super::vectors::VECTOR_MEASUREMENTS.contains(&c.name.as_str()));
+        if self.looks_vector(e) && !measured_call {
+            let Some(v) = self.vector_expr(e, "") else {
+                return;
+            };
+            self.record_key(&key, &[]);
+            let measurement = Measurement::Vector { v: v.step };
+            self.emit(Op::Measure { key, measurement }, item.span);
+            return;
+        }
         let Some((callee, args)) = Self::as_call(e) else {
             let found = self.describe(e);
             self.error(
@@ -1276,7 +1026,7 @@ impl<'a> Checker<'a> {
         Some(out)
     }
 
-    fn measurement(
+    pub(super) fn measurement(
         &mut self,
         callee: &'a Ident,
         args: &'a [Arg],
@@ -1307,7 +1057,7 @@ impl<'a> Checker<'a> {
                 let me = self.req(&c, "m");
                 let ve = self.req(&c, "v");
                 let (r, l) = self.operand(me?)?;
-                let v = self.fim_vector(&r, ve?, f)?;
+                let v = self.fim_vector(&r, l.as_deref(), ve?, f)?;
                 if f == "mv" {
                     Measurement::Mv { m: op(&r, l), v }
                 } else {
@@ -1319,7 +1069,7 @@ impl<'a> Checker<'a> {
                 let me = self.req(&c, "m");
                 let ve = self.req(&c, "v");
                 let (r, l) = self.operand(me?)?;
-                let v = self.fim_vector(&r, ve?, f)?;
+                let v = self.fim_vector(&r, l.as_deref(), ve?, f)?;
                 let damping = match c.get("damping") {
                     Some(d) => self.float_in(d, "damping", 0.0, f64::MAX)?,
                     None => 1e-3,
@@ -1559,9 +1309,11 @@ impl<'a> Checker<'a> {
                 let be = self.req(&c, "b");
                 let a = self.vector_expr(ae?, "");
                 let b = self.vector_expr(be?, "");
+                let (a, b) = (a?, b?);
+                self.same_layers(&a, &b, span)?;
                 Measurement::Dot {
-                    a: a?.step,
-                    b: b?.step,
+                    a: a.step,
+                    b: b.step,
                 }
             }
             other => {

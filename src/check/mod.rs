@@ -15,11 +15,14 @@ mod env;
 mod geometry;
 mod graph;
 mod library;
+mod matrices;
 mod model;
 mod names;
 mod onnx;
+mod saved;
 mod sharded;
 mod train;
+mod vectors;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{Dtype, Header, HookRef, Op, StepId, Tags};
@@ -322,6 +325,15 @@ impl<'a> Checker<'a> {
         format!("_{}", self.anon)
     }
 
+    /// `name`, or a fresh anonymous one when it is empty.
+    fn name_or_anon(&mut self, name: &str) -> String {
+        if name.is_empty() {
+            self.anon_name()
+        } else {
+            name.to_string()
+        }
+    }
+
     // ------------------------------------------------------------ header
 
     fn header(&mut self, file: &'a File) {
@@ -590,6 +602,9 @@ impl<'a> Checker<'a> {
                 });
             }
             StmtKind::Save { model, path } => {
+                if self.save_repr(model, path, stmt.span).is_some() {
+                    return;
+                }
                 let Some(m) = self.model_ref(model) else {
                     return;
                 };

@@ -44,6 +44,9 @@ impl<O: Ops> Engine<O> {
         at: Option<&sharded::PartsAt>,
     ) -> Result<Value<O>, String> {
         use sharded::Built;
+        if let Some(file) = &opts.file {
+            return self.load_repr(model, file);
+        }
         let net = self.model(model)?;
         let d = self.data(data)?;
         let slots = Self::slots_for(net, opts)?;
@@ -121,6 +124,7 @@ impl<O: Ops> Engine<O> {
                 centered: opts.centered,
                 shards: opts.shards,
                 kind: ReprKind::Ntk(ntk),
+                form: Default::default(),
             }));
         }
         let target = Target::Fim {
@@ -180,6 +184,7 @@ impl<O: Ops> Engine<O> {
             centered: false,
             shards: opts.shards,
             kind,
+            form: Default::default(),
         }))
     }
 
@@ -201,6 +206,11 @@ impl<O: Ops> Engine<O> {
         }
         let kind = match &r.kind {
             ReprKind::Fim(f) => ReprKind::Fim(f.layer(layer).ok_or("no such layer")?),
+            ReprKind::Implicit(_) if r.form.inverse => {
+                return Err(format!(
+                    "layer `{layer}` of an implicit inverse is not its inverse block: take `dense(M)[\"{layer}\"]`"
+                ))
+            }
             ReprKind::Implicit(infos) => {
                 let mut l = infos
                     .iter()
@@ -236,23 +246,8 @@ impl<O: Ops> Engine<O> {
             centered: r.centered,
             shards: r.shards,
             kind,
+            form: r.form,
         }))
-    }
-
-    /// Parameter-space vector restricted to a representation's layers.
-    pub(super) fn gather(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
-        let infos = self.infos(r)?;
-        let p: usize = self.model(r.model)?.num_params();
-        if v.len() != p {
-            return Err(format!(
-                "a vector of {} entries for a model of {p} parameters",
-                v.len()
-            ));
-        }
-        Ok(infos
-            .iter()
-            .flat_map(|l| v[l.full_offset..l.full_offset + l.numel].iter().copied())
-            .collect())
     }
 
     pub(super) fn infos(&self, r: &ReprValue) -> Result<Vec<LayerInfo>, String> {
@@ -311,17 +306,39 @@ impl<O: Ops> Engine<O> {
         Ok(self.problem(net, d, r.slots.clone(), m))
     }
 
+    /// `M v` for an implicit `M = (F + shift)^(±1)`: the Fisher's
+    /// matrix-free product, or conjugate gradients for the inverse.
     pub(super) fn implicit_mv(&self, r: &ReprValue, v: &[f64]) -> Result<Vec<f64>, String> {
         let p = self.repr_problem(r)?;
-        match r.shards {
-            Some(k) => parts::implicit_mv_sharded(&p, &r.target, v, k).map_err(|e| e.to_string()),
-            None => p.implicit_mv(&r.target, v).map_err(|e| e.to_string()),
+        let mut fv = |x: &[f64]| match r.shards {
+            Some(k) => parts::implicit_mv_sharded(&p, &r.target, x, k).map_err(|e| e.to_string()),
+            None => p.implicit_mv(&r.target, x).map_err(|e| e.to_string()),
+        };
+        let ImplicitForm { shift, inverse } = r.form;
+        if inverse {
+            return conjugate_gradient(&mut fv, v, shift, 1e-14, 10 * v.len().max(10));
         }
+        let mut y = fv(v)?;
+        if shift != 0.0 {
+            y.iter_mut().zip(v).for_each(|(a, b)| *a += shift * b);
+        }
+        Ok(y)
     }
 
     /// The implicit representation materialised as `kind` (Diag for its
     /// diagonal and trace, Dense for comparisons).
     pub(super) fn implicit_fim(&self, r: &ReprValue, kind: BlockKind) -> Result<Fim, String> {
+        if r.form.inverse {
+            return self.implicit_columns(r);
+        }
+        if r.form.shift != 0.0 {
+            let plain = ReprValue {
+                form: Default::default(),
+                ..r.clone()
+            };
+            let f = self.implicit_fim(&plain, kind)?;
+            return f.damp(r.form.shift).map_err(|e| e.to_string());
+        }
         let p = self.repr_problem(r)?;
         let shape = match kind {
             BlockKind::Dense => FimShape::Dense,
@@ -413,41 +430,24 @@ impl<O: Ops> Engine<O> {
                 let ev = self.eigenvalues(&r, Some(1))?;
                 scalar(ev.first().copied().unwrap_or(0.0))
             }
-            Measurement::Diagonal { m } => {
-                let r = self.operand(m)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.diag(),
-                    ReprKind::Ntk(k) => k.diag(),
-                    ReprKind::Implicit(_) => self.implicit_fim(&r, BlockKind::Diag)?.diag(),
-                })
+            Measurement::Diagonal { m: op } => {
+                let r = self.operand(op)?;
+                match &r.kind {
+                    ReprKind::Ntk(k) => vector(k.diag()),
+                    _ => vector(self.vector_result(m)?.data),
+                }
             }
-            Measurement::Mv { m, v } => {
-                let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.mv(&v),
-                    _ => self.implicit_mv(&r, &v)?,
-                })
+            Measurement::Mv { .. } | Measurement::Solve { .. } => {
+                vector(self.vector_result(m)?.data)
             }
             Measurement::VTMv { m, v } => {
                 let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
+                let v = self.vector(*v)?.gather(&self.infos(&r)?)?;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.vtmv(&v),
                     _ => {
                         let fv = self.implicit_mv(&r, &v)?;
                         v.iter().zip(&fv).map(|(a, b)| a * b).sum()
-                    }
-                })
-            }
-            Measurement::Solve { m, v, damping } => {
-                let r = self.operand(m)?;
-                let v = self.gather(&r, self.vector(*v)?)?;
-                vector(match &r.kind {
-                    ReprKind::Fim(f) => f.solve(&v, *damping).map_err(|e| e.to_string())?,
-                    _ => {
-                        let mut op = |x: &[f64]| self.implicit_mv(&r, x);
-                        conjugate_gradient(&mut op, &v, *damping, 1e-12, 10 * v.len().max(10))?
                     }
                 })
             }
@@ -531,59 +531,17 @@ impl<O: Ops> Engine<O> {
                     _ => scalar(acc.ok_or("accuracy needs a classification dataset")?),
                 }
             }
-            Measurement::Norm { v } => {
-                scalar(self.vector(*v)?.iter().map(|x| x * x).sum::<f64>().sqrt())
-            }
-            Measurement::Dot { a, b } => {
-                let (a, b) = (self.vector(*a)?, self.vector(*b)?);
-                if a.len() != b.len() {
-                    return Err("vectors of different lengths".into());
-                }
-                scalar(a.iter().zip(b).map(|(x, y)| x * y).sum())
-            }
+            Measurement::Norm { v } => scalar(
+                self.vector(*v)?
+                    .data
+                    .iter()
+                    .map(|x| x * x)
+                    .sum::<f64>()
+                    .sqrt(),
+            ),
+            Measurement::Dot { a, b } => scalar(self.vector(*a)?.dot(self.vector(*b)?)?),
+            Measurement::Vector { v } => vector(self.vector(*v)?.data.clone()),
         })
-    }
-
-    /// A vector step's value; a sharded gradient in a part task writes its
-    /// part instead.
-    pub(super) fn vector_op(
-        &self,
-        v: &VectorOp,
-        at: Option<&sharded::PartsAt>,
-    ) -> Result<sharded::Built<Vec<f64>>, String> {
-        Ok(sharded::Built::Whole(match v {
-            VectorOp::Grad {
-                model,
-                data,
-                shards,
-                ..
-            } => {
-                let net = self.model(*model)?;
-                let d = self.data(*data)?;
-                let p = self.problem(net, d, (0..net.slots.len()).collect(), 1);
-                return self.grad_full(&p, d.host.info.classes.is_none(), *shards, at);
-            }
-            VectorOp::Random { model, seed } => {
-                let p = self.model(*model)?.num_params();
-                let mut rng = Rng::new(*seed);
-                (0..p).map(|_| rng.normal()).collect()
-            }
-            VectorOp::Weights { model } => self.model(*model)?.params.flat(),
-            VectorOp::InitialWeights { model } => match self.values.get(model) {
-                Some(Value::Model(_, w0)) => w0.clone(),
-                _ => return Err("not a model".into()),
-            },
-            VectorOp::Add { a, b } | VectorOp::Sub { a, b } => {
-                let (x, y) = (self.vector(*a)?, self.vector(*b)?);
-                let s = if matches!(v, VectorOp::Add { .. }) {
-                    1.0
-                } else {
-                    -1.0
-                };
-                x.iter().zip(y).map(|(p, q)| p + s * q).collect()
-            }
-            VectorOp::Scale { factor, v } => self.vector(*v)?.iter().map(|x| x * factor).collect(),
-        }))
     }
 }
 

@@ -4,10 +4,12 @@
 
 pub mod difficulty;
 mod hooks;
+mod matrices;
 mod measure;
 mod part_file;
 mod sharded;
 pub mod train;
+mod vectors;
 
 use crate::backend::{
     Backend, BackendError, BackendInfo, Emitted, HostTensor, RunContext, StepOutput,
@@ -47,6 +49,17 @@ struct ReprValue {
     /// views) are computed over `k` example ranges.
     shards: Option<usize>,
     kind: ReprKind,
+    /// What an implicit representation's products compute from the
+    /// Fisher's (`inverse(I + λ)`); the identity form for every other.
+    form: ImplicitForm,
+}
+
+/// `(F + shift·I)`, inverted when `inverse` (products by conjugate
+/// gradients), for a matrix-free Fisher `F`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct ImplicitForm {
+    shift: f64,
+    inverse: bool,
 }
 
 #[derive(Clone)]
@@ -60,7 +73,7 @@ enum Value<O: Ops> {
     Data(DataValue<O::T>),
     Model(Box<Net<O>>, Vec<f64>),
     Repr(ReprValue),
-    Vector(Vec<f64>),
+    Vector(vectors::PVec),
     None,
 }
 
@@ -134,7 +147,7 @@ impl<O: Ops> Engine<O> {
             _ => Err(format!("step #{} is not a model", id.0)),
         }
     }
-    fn vector(&self, id: StepId) -> Result<&[f64], String> {
+    fn vector(&self, id: StepId) -> Result<&vectors::PVec, String> {
         match self.values.get(&id) {
             Some(Value::Vector(v)) => Ok(v),
             _ => Err(format!("step #{} is not a vector", id.0)),
@@ -293,6 +306,7 @@ impl<O: Ops> Backend for Engine<O> {
                     sharded::Built::PartWritten => Value::None,
                 }
             }
+            Op::Matrix { matrix, .. } => self.matrix_op(matrix).map_err(|e| fail(step, e))?,
             Op::Measure { measurement, .. } => {
                 let out = self.measure(measurement).map_err(|e| fail(step, e));
                 self.drop_freed(step.id);
@@ -308,6 +322,10 @@ impl<O: Ops> Backend for Engine<O> {
             } => self
                 .train(plan, step, *model, *data, config, hooks, emit)
                 .map_err(|e| fail(step, e))?,
+            Op::Save { model, path } if matches!(self.values.get(model), Some(Value::Repr(_))) => {
+                self.save_repr(*model, path).map_err(|e| fail(step, e))?;
+                Value::None
+            }
             Op::Save { model, path } => {
                 let net = self.model(*model).map_err(|e| fail(step, e))?;
                 // Weights land in the run folder: a run's outputs stay

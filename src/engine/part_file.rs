@@ -5,7 +5,6 @@
 use crate::geometry::parts::{Part, PartData};
 use crate::geometry::repr::{Block, FimBody};
 use crate::linalg::Mat;
-use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,19 +100,6 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
 /// Writes `part` to `path` atomically (a temporary file renamed over it).
 pub(super) fn write(path: &Path, e: &Expect<'_>, part: &Part) -> Result<(), String> {
     let (kind, ts) = tensors(&part.data);
-    let bytes: Vec<Vec<u8>> = ts
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = ts
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(safetensors::Dtype::F64, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("plan".to_string(), e.plan.to_string()),
@@ -130,7 +116,7 @@ pub(super) fn write(path: &Path, e: &Expect<'_>, part: &Part) -> Result<(), Stri
     if let Some(b) = &part.basis {
         meta.insert("basis".into(), b.clone());
     }
-    let data = safetensors::serialize(views, &Some(meta)).map_err(|e| e.to_string())?;
+    let data = crate::geometry::repr_io::f64_safetensors(&ts, meta)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;

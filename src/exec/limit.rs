@@ -131,6 +131,7 @@ fn describe(step: &Step) -> String {
         Op::Model { name, .. } => format!("model `{name}`"),
         Op::Data { name, .. } | Op::Transform { name, .. } => format!("data `{name}`"),
         Op::Vector { name, .. } => format!("vector `{name}`"),
+        Op::Matrix { name, .. } => format!("representation `{name}`"),
         Op::Save { path, .. } => format!("save to `{path}`"),
         Op::Plot { file, .. } => format!("plot `{file}`"),
         Op::Expect { text, .. } => format!("expect \"{text}\""),

@@ -83,6 +83,7 @@ fn step_name(step: &Step) -> (String, String) {
             name, structure, ..
         } => ("repr", format!("{name} ({})", structure.name())),
         Op::Vector { name, .. } => ("vector", name.clone()),
+        Op::Matrix { name, .. } => ("matrix", name.clone()),
         Op::Measure { key, .. } => ("measure", key.clone()),
         Op::Train { name, .. } => ("train", name.clone()),
         Op::Save { path, .. } => ("save", path.clone()),

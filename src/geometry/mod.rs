@@ -1,6 +1,7 @@
 //! The geometry engine: layers, backward passes, per-layer statistics and
 //! every Fisher/NTK representation, written once over [`ops::Ops`].
 
+pub mod algebra;
 pub mod build;
 pub mod init;
 pub mod kernel;
@@ -8,4 +9,5 @@ pub mod net;
 pub mod ops;
 pub mod parts;
 pub mod repr;
+pub mod repr_io;
 pub mod stats;

@@ -101,6 +101,8 @@ impl Op {
                 }
                 v
             }
+            // A saved representation reads only its file and model.
+            Op::Repr { model, options, .. } if options.file.is_some() => vec![*model],
             Op::Repr { model, data, .. } => vec![*model, *data],
             Op::Vector { vector, .. } => match vector {
                 VectorOp::Grad { model, data, .. } => vec![*model, *data],
@@ -108,7 +110,13 @@ impl Op {
                 | VectorOp::Weights { model }
                 | VectorOp::InitialWeights { model } => vec![*model],
                 VectorOp::Add { a, b } | VectorOp::Sub { a, b } => vec![*a, *b],
-                VectorOp::Scale { v, .. } => vec![*v],
+                VectorOp::Scale { v, .. } | VectorOp::Part { v, .. } => vec![*v],
+                VectorOp::Mul { a, b } | VectorOp::Div { a, b } => vec![*a, *b],
+                VectorOp::Measured { measurement } => Op::Measure {
+                    key: String::new(),
+                    measurement: measurement.clone(),
+                }
+                .refs(),
             },
             Op::Measure { measurement, .. } => match measurement {
                 Measurement::Trace { m }
@@ -126,7 +134,7 @@ impl Op {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
                     vec![*model, *data]
                 }
-                Measurement::Norm { v } => vec![*v],
+                Measurement::Norm { v } | Measurement::Vector { v } => vec![*v],
                 Measurement::Dot { a, b } => vec![*a, *b],
             },
             Op::Train {
@@ -140,6 +148,7 @@ impl Op {
                 v
             }
             Op::Save { model, .. } => vec![*model],
+            Op::Matrix { matrix, .. } => matrix.operands().iter().map(|o| o.repr).collect(),
         }
     }
 }
@@ -154,9 +163,15 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     }
 }
 
-/// What a measurement reads when `id` is a representation step.
+/// What a measurement reads when `id` is a representation step (a matrix
+/// step is estimated as the representation it is computed from).
 fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
     match &steps.get(id.0 as usize)?.op {
+        Op::Matrix { matrix, .. } => {
+            let mut r = measured_repr(steps, matrix.operands()[0].repr)?;
+            r.structure = std::borrow::Cow::Owned(matrix.result_structure(&r.structure));
+            Some(r)
+        }
         Op::Repr {
             object,
             structure,
@@ -165,7 +180,7 @@ fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
             ..
         } => Some(cost::MeasuredRepr {
             object: *object,
-            structure,
+            structure: std::borrow::Cow::Borrowed(structure),
             model: model_of(steps, *model)?,
             options,
         }),
@@ -216,6 +231,17 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             },
             None => Cost::default(),
         },
+        Op::Vector {
+            vector: VectorOp::Measured { measurement },
+            ..
+        } => estimate(
+            &Op::Measure {
+                key: String::new(),
+                measurement: measurement.clone(),
+            },
+            steps,
+            dtype,
+        ),
         Op::Vector { vector, .. } => {
             let p = op
                 .refs()
@@ -224,6 +250,9 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 .unwrap_or_else(|| match vector {
                     VectorOp::Add { a, .. }
                     | VectorOp::Sub { a, .. }
+                    | VectorOp::Mul { a, .. }
+                    | VectorOp::Div { a, .. }
+                    | VectorOp::Part { v: a, .. }
                     | VectorOp::Scale { v: a, .. } => steps[a.0 as usize].cost.memory / 8,
                     _ => 0,
                 });
@@ -260,35 +289,16 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 }
                 _ => None,
             };
-            let (dim, stored) = match repr.and_then(|r| steps.get(r.0 as usize)) {
-                Some(Step {
-                    op:
-                        Op::Repr {
-                            object,
-                            structure,
-                            model,
-                            options,
-                            ..
-                        },
-                    cost,
-                    ..
-                }) => {
-                    let spec = model_of(steps, *model);
-                    if let Some(spec) = spec {
-                        on = Some(cost::MeasuredRepr {
-                            object: *object,
-                            structure,
-                            model: spec,
-                            options,
-                        });
-                    }
-                    let dim = match object {
-                        Object::Fim => spec.map_or(0, |m| m.params),
-                        Object::Ntk => (options.examples * options.outputs) as u64,
+            let (dim, stored) = match repr.and_then(|r| Some((r, measured_repr(steps, r)?))) {
+                Some((id, r)) => {
+                    let dim = match r.object {
+                        Object::Fim => r.model.params,
+                        Object::Ntk => (r.options.examples * r.options.outputs) as u64,
                     };
-                    (dim, cost.memory / 8)
+                    on = Some(r);
+                    (dim, steps[id.0 as usize].cost.memory / 8)
                 }
-                _ => (0, 0),
+                None => (0, 0),
             };
             let (flops, pass) = match measurement {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
@@ -301,6 +311,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 m => (cost::measure_flops(m, dim, stored), 0),
             };
             let memory = match measurement {
+                Measurement::Vector { v } => steps[v.0 as usize].cost.memory,
                 Measurement::Diagonal { .. }
                 | Measurement::Mv { .. }
                 | Measurement::Solve { .. } => dim * 8,
@@ -336,6 +347,39 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 memory: cost::model_bytes(spec, dtype),
                 peak: cost::train_peak(spec, data_info(steps, *data), config, dtype),
                 flops: per_step.saturating_mul(config.total_steps),
+            }
+        }
+        // What the result's structure holds; at the peak, its operands and
+        // a dense copy of the largest block an eigendecomposition takes.
+        Op::Matrix { matrix, .. } => {
+            let operands: u64 = matrix
+                .operands()
+                .iter()
+                .map(|o| steps[o.repr.0 as usize].cost.memory)
+                .sum();
+            let Some(r) = measured_repr(steps, matrix.operands()[0].repr) else {
+                return Cost::default();
+            };
+            let s = matrix.result_structure(&r.structure);
+            let memory = cost::repr_held(Object::Fim, &s, r.model, r.options);
+            // The largest matrix an eigendecomposition takes (factors and
+            // diagonals are no larger than what is held).
+            let layers = cost::covered_layers(r.model, r.options);
+            let block: u64 = match s {
+                Structure::Dense | Structure::LowRank { .. } => {
+                    layers.iter().map(|l| l.params).sum::<u64>().pow(2)
+                }
+                Structure::BlockDiag | Structure::QuasiDiag | Structure::Mix { .. } => layers
+                    .iter()
+                    .map(|l| l.params * l.params)
+                    .max()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            Cost {
+                memory,
+                peak: memory + operands + 3 * 8 * block,
+                flops: (10 * memory).max(10 * block.saturating_mul(block.isqrt())),
             }
         }
         Op::Save { model, .. } => Cost {

@@ -620,7 +620,8 @@ pub fn repr_peak(
 /// What a measurement works on: the representation it reads, if any.
 pub struct MeasuredRepr<'a> {
     pub object: Object,
-    pub structure: &'a Structure,
+    /// Owned for a matrix-algebra result (the structure it computes to).
+    pub structure: std::borrow::Cow<'a, Structure>,
     pub model: &'a ModelSpec,
     pub options: &'a ReprOptions,
 }
@@ -638,7 +639,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     let n = r.options.examples as u64;
     let m = fisher_outputs(r.options);
     // The largest block a block-diagonal structure decomposes or solves.
-    let largest_block = match (r.object, r.structure) {
+    let largest_block = match (r.object, &*r.structure) {
         (Object::Fim, Structure::Dense | Structure::Implicit | Structure::LowRank { .. }) => {
             sq(dim)
         }
@@ -650,7 +651,10 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         (Object::Ntk, Structure::Dense) => sq(dim),
         (Object::Ntk, _) => sq(dim),
     };
-    let implicit = matches!((r.object, r.structure), (Object::Fim, Structure::Implicit));
+    let implicit = matches!(
+        (r.object, &*r.structure),
+        (Object::Fim, Structure::Implicit)
+    );
     // A matrix-free product recomputes per-example quantities batch by batch.
     let mv = if implicit {
         let nb = batch_examples(r.options.examples, m as usize, model_width(r.model)) as u64;
@@ -659,7 +663,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         2 * dim * HOST
     };
     let dense_copy = |k: u64| k * sq(dim) * HOST;
-    let ntk_dense = matches!((r.object, r.structure), (Object::Ntk, Structure::Dense));
+    let ntk_dense = matches!((r.object, &*r.structure), (Object::Ntk, Structure::Dense));
     match measurement {
         Measurement::Eigenvalues { top, .. }
             if *top <= 64 && dim > 2000 && r.object == Object::Fim =>
@@ -708,7 +712,7 @@ pub fn blockwise_rel_error_peak(a: &MeasuredRepr<'_>, b: &MeasuredRepr<'_>) -> O
     let blocks = |r: &MeasuredRepr<'_>| {
         let stored_in_blocks = r.object == Object::Fim
             && !matches!(
-                r.structure,
+                &*r.structure,
                 Structure::Dense | Structure::LowRank { .. } | Structure::Implicit
             );
         stored_in_blocks.then(|| {
@@ -780,6 +784,7 @@ pub fn train_peak(
             outputs: model.output.iter().product(),
             shards: None,
             part: None,
+            file: None,
         };
         let held = repr_held(Object::Fim, fim, model, &options);
         let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);

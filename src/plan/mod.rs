@@ -8,6 +8,7 @@ pub mod claim;
 mod compile;
 pub mod cost;
 mod layers;
+mod matrix;
 mod ops;
 pub mod parts;
 pub mod shard;
@@ -15,6 +16,7 @@ mod table;
 
 pub use compile::compile;
 pub use layers::{conv_len, conv_transpose_len};
+pub use matrix::MatrixOp;
 pub use ops::*;
 pub use table::render_table;
 

@@ -55,6 +55,11 @@ pub enum Op {
     },
     /// A parameter-space vector.
     Vector { name: String, vector: VectorOp },
+    /// A representation computed from others (`A + B`, `inverse(F + λ)`).
+    Matrix {
+        name: String,
+        matrix: super::MatrixOp,
+    },
     /// Compute one measurement and stream it out under `key`.
     Measure {
         key: String,
@@ -630,6 +635,11 @@ pub struct ReprOptions {
     /// one stage, write it to the run folder, and nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<super::parts::PartRequest>,
+    /// Read from a file written by `save F to "...safetensors"` instead
+    /// of computed (`fim("f.safetensors", model = net)`; the step's `data`
+    /// is then the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// A representation, whole or one layer's block of it.
@@ -680,6 +690,26 @@ pub enum VectorOp {
     Scale {
         factor: f64,
         v: StepId,
+    },
+    /// A vector-valued measurement (`mv`, `solve`, `diag` of a Fisher)
+    /// kept as a vector: laid out on the representation's layers.
+    Measured {
+        measurement: Measurement,
+    },
+    /// One layer's part of `v` (`v[layer]`).
+    Part {
+        v: StepId,
+        layer: String,
+    },
+    /// Elementwise `a * b`.
+    Mul {
+        a: StepId,
+        b: StepId,
+    },
+    /// Elementwise `a / b`.
+    Div {
+        a: StepId,
+        b: StepId,
     },
 }
 
@@ -753,6 +783,10 @@ pub enum Measurement {
     Dot {
         a: StepId,
         b: StepId,
+    },
+    /// A vector's entries, streamed as they are (`measure u`).
+    Vector {
+        v: StepId,
     },
 }
 

@@ -43,6 +43,22 @@ fn describe(op: &Op) -> (String, String) {
             object,
             structure,
             model,
+            options,
+            ..
+        } if options.file.is_some() => (
+            "repr".into(),
+            format!(
+                "{name} = {object:?}({}) of #{} from `{}`",
+                structure.name(),
+                model.0,
+                options.file.as_deref().unwrap_or_default()
+            ),
+        ),
+        Op::Repr {
+            name,
+            object,
+            structure,
+            model,
             data,
             options,
         } => (
@@ -64,6 +80,13 @@ fn describe(op: &Op) -> (String, String) {
             format!(
                 "{name} = {}",
                 serde_json::to_string(vector).unwrap_or_default()
+            ),
+        ),
+        Op::Matrix { name, matrix } => (
+            "matrix".into(),
+            format!(
+                "{name} = {}",
+                serde_json::to_string(matrix).unwrap_or_default()
             ),
         ),
         Op::Measure { key, measurement } => {

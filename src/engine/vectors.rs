@@ -1,0 +1,219 @@
+//! Parameter-space vectors as values: each knows which layer every entry
+//! belongs to (as NNGeometry's `PVector`), so a layer's part, a product with
+//! a representation restricted to some layers and the vector results of
+//! `mv`, `solve` and `diag` combine by layer name.
+
+use super::*;
+
+/// One layer's entries in a [`PVec`].
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Part {
+    /// The layer's PyTorch module path.
+    pub name: String,
+    /// Where its entries start in [`PVec::data`].
+    pub offset: usize,
+    pub numel: usize,
+}
+
+/// A parameter-space vector: entries laid out layer by layer.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PVec {
+    pub data: Vec<f64>,
+    pub parts: Vec<Part>,
+}
+
+impl PVec {
+    /// A vector over every parameter of `net`, in its flat order.
+    pub fn of_model<O: Ops>(net: &Net<O>, data: Vec<f64>) -> Result<PVec, String> {
+        if data.len() != net.num_params() {
+            return Err(format!(
+                "a vector of {} entries for a model of {} parameters",
+                data.len(),
+                net.num_params()
+            ));
+        }
+        let parts = net
+            .slots
+            .iter()
+            .map(|s| Part {
+                name: s.name.clone(),
+                offset: s.offset,
+                numel: s.numel,
+            })
+            .collect();
+        Ok(PVec { data, parts })
+    }
+
+    /// A vector laid out like a representation over `layers`.
+    pub fn of_layers(layers: &[LayerInfo], data: Vec<f64>) -> PVec {
+        let parts = layers
+            .iter()
+            .map(|l| Part {
+                name: l.name.clone(),
+                offset: l.offset,
+                numel: l.numel,
+            })
+            .collect();
+        PVec { data, parts }
+    }
+
+    /// The entries of layer `name`.
+    pub fn part(&self, name: &str) -> Result<&[f64], String> {
+        let p = self.parts.iter().find(|p| p.name == name).ok_or_else(|| {
+            let have: Vec<&str> = self.parts.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "the vector has no part for layer `{name}` (it covers {})",
+                have.join(", ")
+            )
+        })?;
+        Ok(&self.data[p.offset..p.offset + p.numel])
+    }
+
+    /// One layer's part as a vector of its own.
+    pub fn layer(&self, name: &str) -> Result<PVec, String> {
+        let data = self.part(name)?.to_vec();
+        Ok(PVec {
+            parts: vec![Part {
+                name: name.into(),
+                offset: 0,
+                numel: data.len(),
+            }],
+            data,
+        })
+    }
+
+    /// Entries for `layers`, in their order (a representation's layout).
+    pub fn gather(&self, layers: &[LayerInfo]) -> Result<Vec<f64>, String> {
+        let mut out = Vec::with_capacity(layers.iter().map(|l| l.numel).sum());
+        for l in layers {
+            let part = self.part(&l.name)?;
+            if part.len() != l.numel {
+                return Err(format!(
+                    "layer `{}` has {} entries in the vector but {} in the representation",
+                    l.name,
+                    part.len(),
+                    l.numel
+                ));
+            }
+            out.extend_from_slice(part);
+        }
+        Ok(out)
+    }
+
+    /// `f(a, b)` entry by entry, matched by layer; laid out like `self`.
+    pub fn zip_with(&self, other: &PVec, f: impl Fn(f64, f64) -> f64) -> Result<PVec, String> {
+        if self.parts.len() != other.parts.len() {
+            return Err(format!(
+                "vectors over {} and {} layers",
+                self.parts.len(),
+                other.parts.len()
+            ));
+        }
+        let mut data = vec![0.0; self.data.len()];
+        for p in &self.parts {
+            let b = other.part(&p.name)?;
+            if b.len() != p.numel {
+                return Err(format!(
+                    "layer `{}` has {} and {} entries",
+                    p.name,
+                    p.numel,
+                    b.len()
+                ));
+            }
+            let a = &self.data[p.offset..p.offset + p.numel];
+            for ((o, x), y) in data[p.offset..p.offset + p.numel].iter_mut().zip(a).zip(b) {
+                *o = f(*x, *y);
+            }
+        }
+        Ok(PVec {
+            data,
+            parts: self.parts.clone(),
+        })
+    }
+
+    pub fn map(&self, f: impl Fn(f64) -> f64) -> PVec {
+        PVec {
+            data: self.data.iter().map(|x| f(*x)).collect(),
+            parts: self.parts.clone(),
+        }
+    }
+
+    pub fn dot(&self, other: &PVec) -> Result<f64, String> {
+        Ok(self.zip_with(other, |x, y| x * y)?.data.iter().sum())
+    }
+}
+
+impl<O: Ops> Engine<O> {
+    pub(super) fn vector_op(
+        &self,
+        v: &VectorOp,
+        at: Option<&sharded::PartsAt>,
+    ) -> Result<sharded::Built<PVec>, String> {
+        let on_model = |model: &StepId, data: Vec<f64>| PVec::of_model(self.model(*model)?, data);
+        let whole = match v {
+            VectorOp::Random { model, seed } => {
+                let p = self.model(*model)?.num_params();
+                let mut rng = Rng::new(*seed);
+                on_model(model, (0..p).map(|_| rng.normal()).collect())
+            }
+            VectorOp::Weights { model } => on_model(model, self.model(*model)?.params.flat()),
+            VectorOp::InitialWeights { model } => match self.values.get(model) {
+                Some(Value::Model(_, w0)) => on_model(model, w0.clone()),
+                _ => Err("not a model".into()),
+            },
+            VectorOp::Grad {
+                model,
+                data,
+                shards,
+                ..
+            } => {
+                let net = self.model(*model)?;
+                let d = self.data(*data)?;
+                let p = self.problem(net, d, (0..net.slots.len()).collect(), 1);
+                // A sharded gradient in a part task writes its part instead.
+                return match self.grad_full(&p, d.host.info.classes.is_none(), *shards, at)? {
+                    sharded::Built::Whole(g) => on_model(model, g).map(sharded::Built::Whole),
+                    sharded::Built::PartWritten => Ok(sharded::Built::PartWritten),
+                };
+            }
+            VectorOp::Add { a, b } => self.vector(*a)?.zip_with(self.vector(*b)?, |x, y| x + y),
+            VectorOp::Sub { a, b } => self.vector(*a)?.zip_with(self.vector(*b)?, |x, y| x - y),
+            VectorOp::Mul { a, b } => self.vector(*a)?.zip_with(self.vector(*b)?, |x, y| x * y),
+            VectorOp::Div { a, b } => self.vector(*a)?.zip_with(self.vector(*b)?, |x, y| x / y),
+            VectorOp::Scale { factor, v } => Ok(self.vector(*v)?.map(|x| x * factor)),
+            VectorOp::Part { v, layer } => self.vector(*v)?.layer(layer),
+            VectorOp::Measured { measurement } => self.vector_result(measurement),
+        };
+        whole.map(sharded::Built::Whole)
+    }
+
+    /// The parameter-space vector a measurement yields (`mv`, `solve`,
+    /// `diag` of a Fisher), laid out on the representation's layers.
+    pub(super) fn vector_result(&self, m: &Measurement) -> Result<PVec, String> {
+        let (op, v) = match m {
+            Measurement::Mv { m, v } | Measurement::Solve { m, v, .. } => (m, Some(*v)),
+            Measurement::Diagonal { m } => (m, None),
+            _ => return Err("this measurement is not a parameter-space vector".into()),
+        };
+        let r = self.operand(op)?;
+        let infos = self.infos(&r)?;
+        let v = match v {
+            Some(v) => self.vector(v)?.gather(&infos)?,
+            None => Vec::new(),
+        };
+        let data = match (m, &r.kind) {
+            (Measurement::Mv { .. }, ReprKind::Fim(f)) => f.mv(&v),
+            (Measurement::Mv { .. }, _) => self.implicit_mv(&r, &v)?,
+            (Measurement::Solve { damping, .. }, ReprKind::Fim(f)) => {
+                f.solve(&v, *damping).map_err(|e| e.to_string())?
+            }
+            (Measurement::Solve { damping, .. }, _) => {
+                let mut op = |x: &[f64]| self.implicit_mv(&r, x);
+                measure::conjugate_gradient(&mut op, &v, *damping, 1e-12, 10 * v.len().max(10))?
+            }
+            (_, ReprKind::Fim(f)) => f.diag(),
+            (_, _) => self.implicit_fim(&r, BlockKind::Diag)?.diag(),
+        };
+        Ok(PVec::of_layers(&infos, data))
+    }
+}
