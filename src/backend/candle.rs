@@ -3,13 +3,16 @@
 //! Only primitive tensor operations live here; all of the geometry is in
 //! [`crate::geometry`], shared with every other backend.
 
+use crate::geometry::hostcopy::BlockAt;
 use crate::geometry::ops::{
-    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
-    OpsResult, Reduce, Unary,
+    conv_input_grad_default, fold_patches_default, sum_products_default, unfold_patches_default,
+    Binary, Ops, OpsError, OpsResult, Reduce, Unary,
 };
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
 use rayon::prelude::*;
+
+mod fused;
 
 #[derive(Clone, Debug)]
 pub struct CandleOps {
@@ -200,8 +203,8 @@ impl Ops for CandleOps {
     fn reduce(&self, op: Reduce, t: &Tensor, dim: usize) -> OpsResult<Tensor> {
         if op == Reduce::Sum {
             let fast = match self.dtype {
-                Dtype::F32 => cpu_sum_dim::<f32>(t, dim),
-                Dtype::F64 => cpu_sum_dim::<f64>(t, dim),
+                Dtype::F32 => cpu_sum_dim::<f32>(t, dim, false),
+                Dtype::F64 => cpu_sum_dim::<f64>(t, dim, false),
             };
             if let Some(r) = fast {
                 return r;
@@ -212,6 +215,39 @@ impl Ops for CandleOps {
             Reduce::Max => t.max_keepdim(dim),
         }
         .map_err(e)
+    }
+    fn sum_sqr(&self, t: &Tensor, dim: usize) -> OpsResult<Tensor> {
+        // Squared and summed in one pass, without the squares' tensor.
+        let fast = match self.dtype {
+            Dtype::F32 => cpu_sum_dim::<f32>(t, dim, true),
+            Dtype::F64 => cpu_sum_dim::<f64>(t, dim, true),
+        };
+        match fast {
+            Some(r) => r,
+            None => self.sum_dim(&self.unary(Unary::Sqr, t)?, dim),
+        }
+    }
+    fn sum_products(&self, terms: &[(&Tensor, &Tensor, Option<&Tensor>)]) -> OpsResult<Tensor> {
+        let fast = match self.dtype {
+            Dtype::F32 => fused::sum_products::<f32>(terms),
+            Dtype::F64 => fused::sum_products::<f64>(terms),
+        };
+        match fast {
+            Some(r) => r,
+            None => sum_products_default(self, terms),
+        }
+    }
+    fn write_host_block(&self, t: &Tensor, dst: &mut [f64], at: BlockAt) -> OpsResult<()> {
+        let done = match t.dtype() {
+            DType::F32 => fused::write_host_block::<f32>(t, dst, at),
+            DType::F64 => fused::write_host_block::<f64>(t, dst, at),
+            _ => None,
+        };
+        if done.is_none() {
+            let v = self.download(t)?;
+            crate::geometry::hostcopy::write_block(&v, dst, at);
+        }
+        Ok(())
     }
     fn sum_all(&self, t: &Tensor) -> OpsResult<f64> {
         t.sum_all()
@@ -309,8 +345,9 @@ fn cpu_slice<'a, D: WithDType>(s: &'a Storage, l: &Layout) -> Option<&'a [D]> {
 /// few channels) cost more than the convolutions around it. Here whole
 /// rows are added, in parallel over independent outputs, and a long
 /// reduction into one row is cut into fixed blocks summed in order, so the
-/// result does not depend on the thread count.
-fn cpu_sum_dim<D: WithDType>(t: &Tensor, dim: usize) -> Option<OpsResult<Tensor>> {
+/// result does not depend on the thread count. With `square`, each value
+/// is squared as it is added (a diagonal's reduction, in one pass).
+fn cpu_sum_dim<D: WithDType>(t: &Tensor, dim: usize, square: bool) -> Option<OpsResult<Tensor>> {
     const COLS: usize = 2048;
     const ROWS: usize = 512;
     let dims = t.dims();
@@ -330,8 +367,11 @@ fn cpu_sum_dim<D: WithDType>(t: &Tensor, dim: usize) -> Option<OpsResult<Tensor>
     let sum_into = |dst: &mut [D], x: &[D], c0: usize| {
         let w = dst.len();
         for row in x.chunks_exact(inner) {
-            for (d, &v) in dst.iter_mut().zip(&row[c0..c0 + w]) {
-                *d += v;
+            let row = dst.iter_mut().zip(&row[c0..c0 + w]);
+            if square {
+                row.for_each(|(d, &v)| *d += v * v);
+            } else {
+                row.for_each(|(d, &v)| *d += v);
             }
         }
     };

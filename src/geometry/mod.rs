@@ -2,9 +2,11 @@
 //! every Fisher/NTK representation, written once over [`ops::Ops`].
 
 pub mod build;
+pub mod hostcopy;
 pub mod init;
 pub mod kernel;
 pub mod net;
+pub mod ntk;
 pub mod ops;
 pub mod parts;
 pub mod repr;
