@@ -6,7 +6,7 @@
 use crate::geometry::hostcopy::BlockAt;
 use crate::geometry::ops::{
     conv_input_grad_default, fold_patches_default, sum_products_default, unfold_patches_default,
-    Binary, Ops, OpsError, OpsResult, Reduce, Unary,
+    Binary, Ops, OpsError, OpsResult, Reduce, Term, Unary,
 };
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
@@ -227,7 +227,7 @@ impl Ops for CandleOps {
             None => self.sum_dim(&self.unary(Unary::Sqr, t)?, dim),
         }
     }
-    fn sum_products(&self, terms: &[(&Tensor, &Tensor, Option<&Tensor>)]) -> OpsResult<Tensor> {
+    fn sum_products(&self, terms: &[Term<'_, Tensor>]) -> OpsResult<Tensor> {
         let fast = match self.dtype {
             Dtype::F32 => fused::sum_products::<f32>(terms),
             Dtype::F64 => fused::sum_products::<f64>(terms),

@@ -53,6 +53,10 @@ pub enum Reduce {
     Max,
 }
 
+/// One term `(l, r, h)` of [`Ops::sum_products`]: the product `l r`,
+/// multiplied elementwise by `h` where given.
+pub type Term<'a, T> = (&'a T, &'a T, Option<&'a T>);
+
 /// Tensor operations on one device in one dtype.
 pub trait Ops: Clone {
     type T: Clone;
@@ -162,7 +166,7 @@ pub trait Ops: Clone {
     /// product): the NTK's block of an output pair, summed over layers.
     /// The default ([`sum_products_default`]) is a matmul, a multiply and
     /// an add per term; a backend may accumulate in place in one pass.
-    fn sum_products(&self, terms: &[(&Self::T, &Self::T, Option<&Self::T>)]) -> OpsResult<Self::T> {
+    fn sum_products(&self, terms: &[Term<'_, Self::T>]) -> OpsResult<Self::T> {
         sum_products_default(self, terms)
     }
 
@@ -210,10 +214,7 @@ pub trait Ops: Clone {
 }
 
 /// [`Ops::sum_products`] from `matmul`, `mul` and `add`.
-pub fn sum_products_default<O: Ops>(
-    o: &O,
-    terms: &[(&O::T, &O::T, Option<&O::T>)],
-) -> OpsResult<O::T> {
+pub fn sum_products_default<O: Ops>(o: &O, terms: &[Term<'_, O::T>]) -> OpsResult<O::T> {
     let mut acc: Option<O::T> = None;
     for (l, r, h) in terms {
         let mut t = o.matmul(l, r)?;

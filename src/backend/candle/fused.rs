@@ -7,7 +7,7 @@
 
 use super::{cpu_slice, e, tall_matmul};
 use crate::geometry::hostcopy::{write_block, BlockAt};
-use crate::geometry::ops::OpsResult;
+use crate::geometry::ops::{OpsResult, Term};
 use candle_core::{Device, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -24,9 +24,7 @@ fn dims2(t: &Tensor) -> Option<[usize; 2]> {
 /// through faer into one reused buffer, then `acc += p ⊙ h` in a single
 /// pass (the first term is taken over in place). The arithmetic is that
 /// of the separate operations, so the result is identical.
-pub(super) fn sum_products<D>(
-    terms: &[(&Tensor, &Tensor, Option<&Tensor>)],
-) -> Option<OpsResult<Tensor>>
+pub(super) fn sum_products<D>(terms: &[Term<'_, Tensor>]) -> Option<OpsResult<Tensor>>
 where
     D: WithDType + faer::traits::ComplexField,
 {
