@@ -97,3 +97,84 @@ where
     write_block(&x[..at.rows * at.cols], dst, at);
     Some(())
 }
+
+/// The sum over a dimension that is not the last one (keeping it, as
+/// size 1) of a contiguous CPU tensor `[outer, r, inner]`; `None` for the
+/// last dimension, which candle's row reduction already does well. candle
+/// reduces other dimensions element by element through strided indexing,
+/// which made a BatchNorm's parameter gradient (a sum over 10⁵ rows of a
+/// few channels) cost more than the convolutions around it. Here whole
+/// rows are added, in parallel over independent outputs, and a long
+/// reduction into one row is cut into fixed blocks summed in order, so the
+/// result does not depend on the thread count. With `square`, each value
+/// is squared as it is added (a diagonal's reduction, in one pass).
+pub(super) fn cpu_sum_dim<D: WithDType>(
+    t: &Tensor,
+    dim: usize,
+    square: bool,
+) -> Option<OpsResult<Tensor>> {
+    const COLS: usize = 2048;
+    const ROWS: usize = 512;
+    let dims = t.dims();
+    if dim + 1 >= dims.len() || !t.is_contiguous() {
+        return None;
+    }
+    let outer: usize = dims[..dim].iter().product();
+    let r = dims[dim];
+    let inner: usize = dims[dim + 1..].iter().product();
+    if inner == 1 || r == 0 {
+        return None;
+    }
+    let (st, lt) = t.storage_and_layout();
+    let x = &cpu_slice::<D>(&st, lt)?[..outer * r * inner];
+    let mut out = vec![D::zero(); outer * inner];
+    // Columns `c0..c0 + dst.len()` of `x [rows, inner]` summed over rows.
+    let sum_into = |dst: &mut [D], x: &[D], c0: usize| {
+        let w = dst.len();
+        for row in x.chunks_exact(inner) {
+            let row = dst.iter_mut().zip(&row[c0..c0 + w]);
+            if square {
+                row.for_each(|(d, &v)| *d += v * v);
+            } else {
+                row.for_each(|(d, &v)| *d += v);
+            }
+        }
+    };
+    let by_columns = |o: &mut [D], x: &[D]| {
+        o.par_chunks_mut(COLS)
+            .enumerate()
+            .for_each(|(j, oc)| sum_into(oc, x, j * COLS))
+    };
+    if outer >= 2 {
+        out.par_chunks_mut(inner)
+            .zip(x.par_chunks(r * inner))
+            .for_each(|(o, x)| {
+                if inner >= 2 * COLS {
+                    by_columns(o, x)
+                } else {
+                    sum_into(o, x, 0)
+                }
+            });
+    } else if inner >= 2 * COLS {
+        by_columns(&mut out, x);
+    } else if r >= 2 * ROWS {
+        let parts: Vec<Vec<D>> = x
+            .par_chunks(ROWS * inner)
+            .map(|xb| {
+                let mut p = vec![D::zero(); inner];
+                sum_into(&mut p, xb, 0);
+                p
+            })
+            .collect();
+        for p in parts {
+            for (d, v) in out.iter_mut().zip(p) {
+                *d += v;
+            }
+        }
+    } else {
+        sum_into(&mut out, x, 0);
+    }
+    let mut shape = dims.to_vec();
+    shape[dim] = 1;
+    Some(Tensor::from_vec(out, shape, t.device()).map_err(e))
+}
