@@ -3,13 +3,16 @@
 //! Only primitive tensor operations live here; all of the geometry is in
 //! [`crate::geometry`], shared with every other backend.
 
+use crate::geometry::hostcopy::BlockAt;
 use crate::geometry::ops::{
-    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
-    OpsResult, Reduce, Unary,
+    conv_input_grad_default, fold_patches_default, sum_products_default, unfold_patches_default,
+    Binary, Ops, OpsError, OpsResult, Reduce, Term, Unary,
 };
 use crate::plan::Dtype;
 use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
 use rayon::prelude::*;
+
+mod fused;
 
 #[derive(Clone, Debug)]
 pub struct CandleOps {
@@ -200,8 +203,8 @@ impl Ops for CandleOps {
     fn reduce(&self, op: Reduce, t: &Tensor, dim: usize) -> OpsResult<Tensor> {
         if op == Reduce::Sum {
             let fast = match self.dtype {
-                Dtype::F32 => cpu_sum_dim::<f32>(t, dim),
-                Dtype::F64 => cpu_sum_dim::<f64>(t, dim),
+                Dtype::F32 => fused::cpu_sum_dim::<f32>(t, dim, false),
+                Dtype::F64 => fused::cpu_sum_dim::<f64>(t, dim, false),
             };
             if let Some(r) = fast {
                 return r;
@@ -212,6 +215,39 @@ impl Ops for CandleOps {
             Reduce::Max => t.max_keepdim(dim),
         }
         .map_err(e)
+    }
+    fn sum_sqr(&self, t: &Tensor, dim: usize) -> OpsResult<Tensor> {
+        // Squared and summed in one pass, without the squares' tensor.
+        let fast = match self.dtype {
+            Dtype::F32 => fused::cpu_sum_dim::<f32>(t, dim, true),
+            Dtype::F64 => fused::cpu_sum_dim::<f64>(t, dim, true),
+        };
+        match fast {
+            Some(r) => r,
+            None => self.sum_dim(&self.unary(Unary::Sqr, t)?, dim),
+        }
+    }
+    fn sum_products(&self, terms: &[Term<'_, Tensor>]) -> OpsResult<Tensor> {
+        let fast = match self.dtype {
+            Dtype::F32 => fused::sum_products::<f32>(terms),
+            Dtype::F64 => fused::sum_products::<f64>(terms),
+        };
+        match fast {
+            Some(r) => r,
+            None => sum_products_default(self, terms),
+        }
+    }
+    fn write_host_block(&self, t: &Tensor, dst: &mut [f64], at: BlockAt) -> OpsResult<()> {
+        let done = match t.dtype() {
+            DType::F32 => fused::write_host_block::<f32>(t, dst, at),
+            DType::F64 => fused::write_host_block::<f64>(t, dst, at),
+            _ => None,
+        };
+        if done.is_none() {
+            let v = self.download(t)?;
+            crate::geometry::hostcopy::write_block(&v, dst, at);
+        }
+        Ok(())
     }
     fn sum_all(&self, t: &Tensor) -> OpsResult<f64> {
         t.sum_all()
@@ -299,79 +335,6 @@ fn cpu_slice<'a, D: WithDType>(s: &'a Storage, l: &Layout) -> Option<&'a [D]> {
         Storage::Cpu(c) => c.as_slice::<D>().ok().map(|x| &x[l.start_offset()..]),
         _ => None,
     }
-}
-
-/// The sum over a dimension that is not the last one (keeping it, as
-/// size 1) of a contiguous CPU tensor `[outer, r, inner]`; `None` for the
-/// last dimension, which candle's row reduction already does well. candle
-/// reduces other dimensions element by element through strided indexing,
-/// which made a BatchNorm's parameter gradient (a sum over 10⁵ rows of a
-/// few channels) cost more than the convolutions around it. Here whole
-/// rows are added, in parallel over independent outputs, and a long
-/// reduction into one row is cut into fixed blocks summed in order, so the
-/// result does not depend on the thread count.
-fn cpu_sum_dim<D: WithDType>(t: &Tensor, dim: usize) -> Option<OpsResult<Tensor>> {
-    const COLS: usize = 2048;
-    const ROWS: usize = 512;
-    let dims = t.dims();
-    if dim + 1 >= dims.len() || !t.is_contiguous() {
-        return None;
-    }
-    let outer: usize = dims[..dim].iter().product();
-    let r = dims[dim];
-    let inner: usize = dims[dim + 1..].iter().product();
-    if inner == 1 || r == 0 {
-        return None;
-    }
-    let (st, lt) = t.storage_and_layout();
-    let x = &cpu_slice::<D>(&st, lt)?[..outer * r * inner];
-    let mut out = vec![D::zero(); outer * inner];
-    // Columns `c0..c0 + dst.len()` of `x [rows, inner]` summed over rows.
-    let sum_into = |dst: &mut [D], x: &[D], c0: usize| {
-        let w = dst.len();
-        for row in x.chunks_exact(inner) {
-            for (d, &v) in dst.iter_mut().zip(&row[c0..c0 + w]) {
-                *d += v;
-            }
-        }
-    };
-    let by_columns = |o: &mut [D], x: &[D]| {
-        o.par_chunks_mut(COLS)
-            .enumerate()
-            .for_each(|(j, oc)| sum_into(oc, x, j * COLS))
-    };
-    if outer >= 2 {
-        out.par_chunks_mut(inner)
-            .zip(x.par_chunks(r * inner))
-            .for_each(|(o, x)| {
-                if inner >= 2 * COLS {
-                    by_columns(o, x)
-                } else {
-                    sum_into(o, x, 0)
-                }
-            });
-    } else if inner >= 2 * COLS {
-        by_columns(&mut out, x);
-    } else if r >= 2 * ROWS {
-        let parts: Vec<Vec<D>> = x
-            .par_chunks(ROWS * inner)
-            .map(|xb| {
-                let mut p = vec![D::zero(); inner];
-                sum_into(&mut p, xb, 0);
-                p
-            })
-            .collect();
-        for p in parts {
-            for (d, v) in out.iter_mut().zip(p) {
-                *d += v;
-            }
-        }
-    } else {
-        sum_into(&mut out, x, 0);
-    }
-    let mut shape = dims.to_vec();
-    shape[dim] = 1;
-    Some(Tensor::from_vec(out, shape, t.device()).map_err(e))
 }
 
 /// `[..., m, k] × [..., k, n]` with broadcast batch dimensions, through faer,

@@ -3,6 +3,7 @@
 //! functions (the Fisher's pseudo-outputs or the NTK's logits) backward once,
 //! and each layer's statistics are accumulated on the device.
 
+use super::hostcopy::{self, BlockAt};
 use super::net::{BatchStats, Capture, Net, Phase};
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
@@ -232,7 +233,7 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// `diag(p) − ppᵀ` (as many as NNGeometry's, so KFAC's scale split
     /// matches), built without NNGeometry's divisions by `1 − Σ p`, so it
     /// stays finite when p is one-hot to machine precision.
-    fn seeds(
+    pub(super) fn seeds(
         &self,
         target: &Target,
         z: &[f64],
@@ -444,7 +445,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         }
     }
 
-    fn slot_of(&self, cap: &Capture<O::T>) -> &super::net::LayerSlot {
+    pub(super) fn slot_of(&self, cap: &Capture<O::T>) -> &super::net::LayerSlot {
         &self.net.slots[cap.slot]
     }
 
@@ -662,8 +663,9 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// The dense Fisher `1/n Σ Jᵀ J`.
     ///
     /// `JᵀJ` is symmetric: it is computed in column panels of `J`, only the
-    /// panels on and above the diagonal (about half the arithmetic), and
-    /// each panel is added into the host matrix as soon as it is made.
+    /// panels on and above the diagonal (about half the arithmetic), each
+    /// added into the upper triangle of the host matrix as soon as it is
+    /// made; one tiled pass at the end scales it and mirrors it below.
     pub fn fim_dense(&self, target: &Target) -> OpsResult<Fim> {
         const PANEL: usize = 2048;
         let o = self.o;
@@ -685,27 +687,25 @@ impl<'a, O: Ops> Problem<'a, O> {
                     .collect::<OpsResult<Vec<_>>>()?
             };
             for (a, &(sa, wa)) in bounds.iter().enumerate() {
-                let left = o.transpose(&panels[a], 0, 1)?;
                 for (b, &(sb, wb)) in bounds.iter().enumerate().skip(a) {
-                    let blk = o.download(&o.matmul(&left, &panels[b])?)?;
-                    for r in 0..wa {
-                        let row = &blk[r * wb..(r + 1) * wb];
-                        let dst = (sa + r) * p + sb;
-                        for (x, y) in acc.data[dst..dst + wb].iter_mut().zip(row) {
-                            *x += y;
-                        }
-                        if a != b {
-                            for (c, y) in row.iter().enumerate() {
-                                acc.data[(sb + c) * p + sa + r] += y;
-                            }
-                        }
-                    }
+                    // Added straight from the device block (converted on the
+                    // way); the lower triangle is filled once at the end.
+                    let blk = o.t_matmul(&panels[a], &panels[b])?;
+                    let at = BlockAt {
+                        rows: wa,
+                        cols: wb,
+                        ld: p,
+                        r0: sa,
+                        c0: sb,
+                        mirror: false,
+                        accumulate: true,
+                    };
+                    o.write_host_block(&blk, &mut acc.data, at)?;
                 }
             }
             Ok(())
         })?;
-        let inv = 1.0 / self.n as f64;
-        acc.data.iter_mut().for_each(|x| *x *= inv);
+        hostcopy::mirror_upper(&mut acc.data, p, 1.0 / self.n as f64);
         Ok(Fim {
             layers,
             body: FimBody::Dense(acc),
@@ -805,96 +805,6 @@ impl<'a, O: Ops> Problem<'a, O> {
             );
         }
         Ok(res)
-    }
-
-    /// The NTK over all examples `[C·n, C·n]` (rows `c·n + i`), summed over
-    /// the included layers.
-    ///
-    /// One backward pass gives every layer's `a` and `g`; the kernel is then
-    /// assembled output pair by output pair, only for `d ≥ c` (it is
-    /// symmetric): block `(c, d)` is `Σ_l (G_l[c] G_l[d]ᵀ) ⊙ (A_l A_lᵀ)` for
-    /// Linear layers, or `J_l[c] J_l[d]ᵀ` from per-example gradients for the
-    /// others (or all, with `force_per_example`). Each block goes straight
-    /// to the host (and its transpose to the mirrored place), so the device
-    /// never holds more than one `n × n` block beyond the layer factors.
-    pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
-        let o = self.o;
-        let c = self.net.outputs();
-        let n = self.n;
-        let x = o.narrow(self.x, 0, 0, n)?;
-        let fwd = self.net.forward(o, &x, true)?;
-        let z = o.download(&fwd.output)?;
-        let mut rng = Rng::new(0);
-        let seeds = self.seeds(&Target::Outputs, &z, 0, n, &mut rng);
-        let seed = o.upload(&[c, n, c], &seeds)?;
-        let caps = self.net.backward(o, &fwd, &seed)?;
-        drop(fwd);
-        // Per layer and output: (left factor [n, k], right factor [k, n], A Aᵀ).
-        type Factors<T> = (Vec<T>, Vec<T>, Option<T>);
-        let mut layers: Vec<Factors<O::T>> = Vec::new();
-        for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
-            let slot = self.slot_of(cap);
-            let l = o.shape(&cap.g)[2];
-            let affine = stats::factored(slot);
-            let (structured, per_example) = stats::ntk_costs(slot, c, n, l);
-            let cheaper = structured <= per_example;
-            let (full, aa) = if affine && l == 1 && cheaper && !force_per_example {
-                let (sg, sa, _) = stats::layout(slot);
-                let a = o.reshape(&cap.a, &[n, sa])?;
-                let aa = o.matmul(&a, &o.transpose(&a, 0, 1)?)?;
-                (o.reshape(&cap.g, &[c, n, sg])?, Some(aa))
-            } else {
-                let j = stats::jacobian(o, slot, cap)?;
-                let k = o.shape(&j)[1];
-                (o.reshape(&j, &[c, n, k])?, None)
-            };
-            let k = o.shape(&full)[2];
-            let mut left = Vec::with_capacity(c);
-            let mut right = Vec::with_capacity(c);
-            for a in 0..c {
-                let f = o.reshape(&o.narrow(&full, 0, a, 1)?, &[n, k])?;
-                right.push(o.transpose(&f, 0, 1)?);
-                left.push(f);
-            }
-            layers.push((left, right, aa));
-        }
-        drop(caps);
-        if layers.is_empty() {
-            return Err(OpsError("no layers".into()));
-        }
-        let m = c * n;
-        let mut k = Mat::zeros(m, m);
-        for a in 0..c {
-            for d in a..c {
-                // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], on the device.
-                let mut blk: Option<O::T> = None;
-                for (left, right, aa) in &layers {
-                    let mut t = o.matmul(&left[a], &right[d])?;
-                    if let Some(aa) = aa {
-                        t = o.mul(&t, aa)?;
-                    }
-                    blk = Some(match blk.take() {
-                        Some(b) => o.add(&b, &t)?,
-                        None => t,
-                    });
-                }
-                let host = o.download(blk.as_ref().expect("at least one layer"))?;
-                let rows = &mut k.data[a * n * m..(a + 1) * n * m];
-                rows.par_chunks_mut(m).enumerate().for_each(|(i, row)| {
-                    row[d * n..(d + 1) * n].copy_from_slice(&host[i * n..(i + 1) * n]);
-                });
-                if d != a {
-                    // The mirrored block, transposed on the device (a
-                    // blocked copy) so that the host writes whole rows.
-                    let tr = o.download(&o.transpose(blk.as_ref().expect("a block"), 0, 1)?)?;
-                    let rows = &mut k.data[d * n * m..(d + 1) * n * m];
-                    rows.par_chunks_mut(m).enumerate().for_each(|(j, row)| {
-                        row[a * n..(a + 1) * n].copy_from_slice(&tr[j * n..(j + 1) * n]);
-                    });
-                }
-            }
-        }
-        Ok(k)
     }
 
     /// Mean loss and accuracy (classification) of the model on the examples.

@@ -3,9 +3,11 @@
 
 pub mod algebra;
 pub mod build;
+pub mod hostcopy;
 pub mod init;
 pub mod kernel;
 pub mod net;
+pub mod ntk;
 pub mod ops;
 pub mod parts;
 pub mod repr;

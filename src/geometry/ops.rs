@@ -8,6 +8,7 @@
 //! Conventions: shapes are row-major; elementwise binary operations
 //! broadcast like NumPy; `matmul` broadcasts its batch dimensions.
 
+use super::hostcopy::{self, BlockAt};
 use crate::plan::Dtype;
 
 /// Why a tensor operation failed (shape mismatch, device error…).
@@ -51,6 +52,10 @@ pub enum Reduce {
     Sum,
     Max,
 }
+
+/// One term `(l, r, h)` of [`Ops::sum_products`]: the product `l r`,
+/// multiplied elementwise by `h` where given.
+pub type Term<'a, T> = (&'a T, &'a T, Option<&'a T>);
 
 /// Tensor operations on one device in one dtype.
 pub trait Ops: Clone {
@@ -156,6 +161,31 @@ pub trait Ops: Clone {
         conv_input_grad_default(self, g, w, idx, c, k, s)
     }
 
+    /// `Σ_k (l_k r_k) ⊙ h_k` for 2-d `l_k [m, k_k]`, `r_k [k_k, n]` and,
+    /// where given, `h_k [m, n]` (a term without `h_k` is the plain
+    /// product): the NTK's block of an output pair, summed over layers.
+    /// The default ([`sum_products_default`]) is a matmul, a multiply and
+    /// an add per term; a backend may accumulate in place in one pass.
+    fn sum_products(&self, terms: &[Term<'_, Self::T>]) -> OpsResult<Self::T> {
+        sum_products_default(self, terms)
+    }
+
+    /// Writes the 2-d tensor `t` into a host f64 matrix where `at` says
+    /// (its mirror too, or added to what is there). The default downloads
+    /// it and writes it with [`hostcopy::write_block`]; a backend whose
+    /// storage is on the host may convert straight from it.
+    fn write_host_block(&self, t: &Self::T, dst: &mut [f64], at: BlockAt) -> OpsResult<()> {
+        let v = self.download(t)?;
+        hostcopy::write_block(&v, dst, at);
+        Ok(())
+    }
+
+    /// `Σ_d t²` over dimension `dim` (kept, size 1). The default squares
+    /// then sums; a backend may do both in one pass.
+    fn sum_sqr(&self, t: &Self::T, dim: usize) -> OpsResult<Self::T> {
+        self.sum_dim(&self.unary(Unary::Sqr, t)?, dim)
+    }
+
     // ---- conveniences with default implementations
 
     fn add(&self, a: &Self::T, b: &Self::T) -> OpsResult<Self::T> {
@@ -181,6 +211,22 @@ pub trait Ops: Clone {
     fn numel(&self, t: &Self::T) -> usize {
         self.shape(t).iter().product()
     }
+}
+
+/// [`Ops::sum_products`] from `matmul`, `mul` and `add`.
+pub fn sum_products_default<O: Ops>(o: &O, terms: &[Term<'_, O::T>]) -> OpsResult<O::T> {
+    let mut acc: Option<O::T> = None;
+    for (l, r, h) in terms {
+        let mut t = o.matmul(l, r)?;
+        if let Some(h) = h {
+            t = o.mul(&t, h)?;
+        }
+        acc = Some(match acc.take() {
+            Some(a) => o.add(&a, &t)?,
+            None => t,
+        });
+    }
+    acc.ok_or_else(|| OpsError("a sum of no products".into()))
 }
 
 /// [`Ops::unfold_patches`] from `cat`, `index_select` and `transpose`.

@@ -216,15 +216,15 @@ pub fn diag_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResu
         // Σ_i (Σ_o g²)ᵀ a²: two small products instead of m·n outer products.
         let (sg, sa, _) = layout(slot);
         let gs = o.shape(&cap.g);
-        let g2 = o.sum_dim(&o.unary(Unary::Sqr, &cap.g)?, 0)?;
+        let g2 = o.sum_sqr(&cap.g, 0)?;
         let g2 = o.reshape(&g2, &[gs[1], sg])?;
         let a2 = o.reshape(&o.unary(Unary::Sqr, &cap.a)?, &[gs[1], sa])?;
         return o.t_matmul(&g2, &a2);
     }
     let w = gw(o, slot, cap)?;
     let s = o.shape(&w);
-    let w2 = o.reshape(&o.unary(Unary::Sqr, &w)?, &[s[0] * s[1], s[2] * s[3]])?;
-    let d = o.sum_dim(&w2, 0)?;
+    let w = o.reshape(&w, &[s[0] * s[1], s[2] * s[3]])?;
+    let d = o.sum_sqr(&w, 0)?;
     o.reshape(&d, &[s[2], s[3]])
 }
 
@@ -234,7 +234,7 @@ pub fn cross_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsRes
     let (sg, sa, _) = layout(slot);
     if factored(slot) && positions(o, cap) == 1 {
         let gs = o.shape(&cap.g);
-        let g2 = o.sum_dim(&o.unary(Unary::Sqr, &cap.g)?, 0)?;
+        let g2 = o.sum_sqr(&cap.g, 0)?;
         let g2 = o.reshape(&g2, &[gs[1], sg])?;
         let a = o.reshape(&cap.a, &[gs[1], sa])?;
         return o.t_matmul(&g2, &a);
@@ -273,15 +273,15 @@ pub fn kfe_sum<O: Ops>(
     let g = o.matmul(&o.reshape(&cap.g, &[m * n * l, sg])?, ug)?;
     let a = o.matmul(&o.reshape(&cap.a, &[n * l, sa])?, ua)?;
     if l == 1 {
-        let g2 = o.sum_dim(&o.reshape(&o.unary(Unary::Sqr, &g)?, &[m, n, sg])?, 0)?;
+        let g2 = o.sum_sqr(&o.reshape(&g, &[m, n, sg])?, 0)?;
         let g2 = o.reshape(&g2, &[n, sg])?;
         return o.t_matmul(&g2, &o.unary(Unary::Sqr, &a)?);
     }
     let gt = o.transpose(&o.reshape(&g, &[m * n, l, sg])?, 1, 2)?;
     let gt = o.reshape(&gt, &[m, n, sg, l])?;
     let rot = o.matmul(&gt, &o.reshape(&a, &[n, l, sa])?)?; // [m, n, sg, sa]
-    let r2 = o.reshape(&o.unary(Unary::Sqr, &rot)?, &[m * n, sg * sa])?;
-    o.reshape(&o.sum_dim(&r2, 0)?, &[sg, sa])
+    let rot = o.reshape(&rot, &[m * n, sg * sa])?;
+    o.reshape(&o.sum_sqr(&rot, 0)?, &[sg, sa])
 }
 
 /// Kronecker factors exist for Linear and ungrouped convolutions only.

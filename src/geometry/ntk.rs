@@ -1,0 +1,94 @@
+//! The dense NTK builder: one backward pass for every logit, then the
+//! kernel assembled block by block on the device and written once into the
+//! host matrix.
+
+use super::build::{Problem, Target};
+use super::hostcopy::BlockAt;
+use super::ops::{Ops, OpsError, OpsResult};
+use super::stats;
+use crate::linalg::Mat;
+use crate::rng::Rng;
+
+impl<O: Ops> Problem<'_, O> {
+    /// The NTK over all examples `[C·n, C·n]` (rows `c·n + i`), summed over
+    /// the included layers.
+    ///
+    /// One backward pass gives every layer's `a` and `g`; the kernel is then
+    /// assembled output pair by output pair, only for `d ≥ c` (it is
+    /// symmetric): block `(c, d)` is `Σ_l (G_l[c] G_l[d]ᵀ) ⊙ (A_l A_lᵀ)` for
+    /// Linear layers, or `J_l[c] J_l[d]ᵀ` from per-example gradients for the
+    /// others (or all, with `force_per_example`). Each block is one
+    /// [`Ops::sum_products`] (products, Hadamard and sum in one pass where
+    /// the backend fuses them) and one [`Ops::write_host_block`] (the
+    /// conversion to f64 and the mirrored block in one host pass), so the
+    /// device never holds more than one `n × n` block beyond the factors.
+    pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let n = self.n;
+        let x = o.narrow(self.x, 0, 0, n)?;
+        let fwd = self.net.forward(o, &x, true)?;
+        let z = o.download(&fwd.output)?;
+        let mut rng = Rng::new(0);
+        let seeds = self.seeds(&Target::Outputs, &z, 0, n, &mut rng);
+        let seed = o.upload(&[c, n, c], &seeds)?;
+        let caps = self.net.backward(o, &fwd, &seed)?;
+        drop(fwd);
+        // Per layer and output: (left factor [n, k], right factor [k, n], A Aᵀ).
+        type Factors<T> = (Vec<T>, Vec<T>, Option<T>);
+        let mut layers: Vec<Factors<O::T>> = Vec::new();
+        for cap in caps.iter().filter(|cap| self.slots.contains(&cap.slot)) {
+            let slot = self.slot_of(cap);
+            let l = o.shape(&cap.g)[2];
+            let affine = stats::factored(slot);
+            let (structured, per_example) = stats::ntk_costs(slot, c, n, l);
+            let cheaper = structured <= per_example;
+            let (full, aa) = if affine && l == 1 && cheaper && !force_per_example {
+                let (sg, sa, _) = stats::layout(slot);
+                let a = o.reshape(&cap.a, &[n, sa])?;
+                let aa = o.matmul(&a, &o.transpose(&a, 0, 1)?)?;
+                (o.reshape(&cap.g, &[c, n, sg])?, Some(aa))
+            } else {
+                let j = stats::jacobian(o, slot, cap)?;
+                let k = o.shape(&j)[1];
+                (o.reshape(&j, &[c, n, k])?, None)
+            };
+            let k = o.shape(&full)[2];
+            let mut left = Vec::with_capacity(c);
+            let mut right = Vec::with_capacity(c);
+            for a in 0..c {
+                let f = o.reshape(&o.narrow(&full, 0, a, 1)?, &[n, k])?;
+                right.push(o.transpose(&f, 0, 1)?);
+                left.push(f);
+            }
+            layers.push((left, right, aa));
+        }
+        drop(caps);
+        if layers.is_empty() {
+            return Err(OpsError("no layers".into()));
+        }
+        let m = c * n;
+        let mut k = Mat::zeros(m, m);
+        for a in 0..c {
+            for d in a..c {
+                // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], on the device.
+                let terms: Vec<_> = layers
+                    .iter()
+                    .map(|(left, right, aa)| (&left[a], &right[d], aa.as_ref()))
+                    .collect();
+                let blk = o.sum_products(&terms)?;
+                let at = BlockAt {
+                    rows: n,
+                    cols: n,
+                    ld: m,
+                    r0: a * n,
+                    c0: d * n,
+                    mirror: d != a,
+                    accumulate: false,
+                };
+                o.write_host_block(&blk, &mut k.data, at)?;
+            }
+        }
+        Ok(k)
+    }
+}
