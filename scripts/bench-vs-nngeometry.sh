@@ -17,8 +17,16 @@ cd "$(dirname "$0")/.."
 
 VENV=${NNGEO_TORCH_VENV:-.venv-torch}
 scripts/setup-libtorch.sh --release >/dev/null
+# The libtorch venv holds torch without its dependencies (the Rust side
+# needs only libtorch_cpu); Python's `import torch` also loads the CUDA
+# libraries and needs torch's pure-Python dependencies: `--cuda` adds both
+# (about 3 GB of wheels, once).
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    scripts/setup-libtorch.sh --release --cuda >/dev/null
+fi
 if ! "$VENV/bin/python" -c 'import nngeometry' 2>/dev/null; then
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps nngeometry
+    # --no-deps: it would pull torchvision, which it does not import.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps nngeometry numpy
 fi
 LIBTORCH="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch"
 export LIBTORCH
