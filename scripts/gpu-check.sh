@@ -1,43 +1,57 @@
 #!/usr/bin/env bash
-# Device checks of issue 5, for a GPU machine that has no Rust toolchain:
-# run from the repository root of a copy of the working tree, with release
-# binaries built here beforehand by
+# The device checks, for a GPU machine that has no Rust toolchain: run from
+# the repository root of a copy of the working tree that carries
+# target/gpu/bundle.tar.xz (made here by scripts/gpu-bundle.sh).
 #
-#   scripts/setup-libtorch.sh --release
-#   LIBTORCH=... cargo build --release -p nngeo-backend-tch --bins
-#   LIBTORCH=... cargo test --release -p nngeo-backend-tch --test conformance --no-run
-#   cp "$(ls -t target/release/deps/conformance-* | grep -v '\.d$' | head -1)" target/release/tch-conformance
+#   scripts/gpu-check.sh [all|correct|bench|mlp|resnet] [OUT]
 #
-# and carried: target/release/{nngeo, libnngeo_backend_tch.so,
-# nngeo-tch-bench, tch-conformance} (and libnngeo_backend_candle_cuda.so if
-# built, see backends/README.md).
-#
-#   scripts/gpu-check.sh <torch/lib of that machine's torch 2.11.0> [<nvidia/cu13/lib>] [OUT]
-#
-# DEVICE=cpu runs the same checks on the CPU (a dry run of this script).
-# Carry limit: nngeo, the tch plugin and the two test/bench binaries are
-# about 40 MB in release; the candle-cuda plugin (53 MB) needs its own call.
+# correct: `nngeo backends`, the shared conformance suite on tch-cuda, and
+#   experiments/fim_zoo.ngx on tch-cuda and candle-cuda against candle on
+#   the CPU (every result, worst relative difference).
+# bench: every bench case on tch-cuda and candle-cuda next to NNGeometry on
+#   the same GPU, in the same run (scripts/bench_vs_nngeometry.py), with
+#   $ROUNDS rounds (default 1): `mlp` the MLP cases ($CASES), `resnet` the
+#   ResNet18 ones ($RESNET_CASES, each on its own); raw times go to
+#   OUT/bench-*.json so that rounds of several calls can be pooled.
+# The torch and CUDA libraries are the machine's own Python torch 2.11.0
+# (the same PyPI build the plugin was linked against). DEVICE=cpu runs the
+# same checks on the CPU (a dry run of this script).
 set -uo pipefail
+what=${1:-all}
+out=${2:-${OUT:-/tmp/nngeo-gpu}}
 dev=${DEVICE:-cuda}
-torch_lib=$1
-cu13_lib=${2:-}
-out=${3:-${OUT:-/tmp/nngeo-gpu}}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$torch_lib${cu13_lib:+:$cu13_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-bin=target/release
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
-"$bin/nngeo" backends 2>&1 | tee "$out/backends.txt"
-
-echo "== conformance tests on $dev (tch)"
-NNGEO_TEST_DEVICE=$dev "$bin/tch-conformance" 2>&1 | tail -5 | tee "$out/conformance.txt"
-
-echo "== fim_zoo: tch $dev, candle cpu (f64)"
-"$bin/nngeo" exec experiments/fim_zoo.ngx --backend tch --device "$dev" --out "$out/fim_zoo_tch_cuda" --overwrite >/dev/null
-"$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle --out "$out/fim_zoo_candle" --overwrite >/dev/null
-if [ "$dev" != cpu ] && [ -e "$bin/libnngeo_backend_candle_cuda.so" ]; then
-    "$bin/nngeo" exec experiments/fim_zoo.ngx --backend candle-cuda --device cuda --out "$out/fim_zoo_candle_cuda" --overwrite >/dev/null
+g=target/gpu
+if [ ! -x "$g/bin/nngeo" ]; then
+    xz -dc "$g/bundle.tar.xz" | tar -C "$g" -xf -
 fi
-python3 - "$out" <<'PY'
+bin=$g/bin
+PY=${PYTHON:-python3}
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export LD_LIBRARY_PATH="$site/torch/lib:$site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$PWD/$g/py${PYTHONPATH:+:$PYTHONPATH}"
+export NNGEO_PLUGIN_PATH="$PWD/$bin"
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+if [ "$what" = all ] || [ "$what" = correct ]; then
+    stamp machine
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
+    "$bin/nngeo" backends 2>&1 | tee "$out/backends.txt"
+
+    stamp "conformance suite on tch $dev"
+    NNGEO_TEST_DEVICE=$dev timeout 240 "$bin/tch-conformance" >"$out/conformance.txt" 2>&1
+    echo "rc $?"; grep -E "^test result|FAILED|panicked" "$out/conformance.txt" | head -20
+
+    stamp "fim_zoo: tch $dev, candle-cuda $dev, candle cpu (f64)"
+    zoo() {
+        timeout 180 "$bin/nngeo" exec experiments/fim_zoo.ngx --backend "$1" --device "$2" \
+            --out "$out/$3" --overwrite >"$out/$3.log" 2>&1
+        echo "$3: rc $?"
+    }
+    zoo candle cpu fim_zoo_candle
+    zoo tch "$dev" fim_zoo_tch
+    if [ "$dev" != cpu ]; then zoo candle-cuda "$dev" fim_zoo_candle_cuda; fi
+    "$PY" - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 def load(d):
@@ -49,23 +63,39 @@ def flat(v):
     if isinstance(v, dict): return [x for k in sorted(v) for x in flat(v[k])]
     return []
 ref = load("fim_zoo_candle")
-for d in ("fim_zoo_tch_cuda", "fim_zoo_candle_cuda"):
-    if not os.path.exists(os.path.join(out, d)): continue
-    worst = (0.0, "")
-    for a, b in zip(load(d), ref):
+for d in ("fim_zoo_tch", "fim_zoo_candle_cuda"):
+    if not os.path.exists(os.path.join(out, d, "results.jsonl")): continue
+    got = load(d)
+    worst, n = (0.0, ""), 0
+    for a, b in zip(got, ref):
         if "time" in a["key"] or a["key"].startswith("memory"): continue
         x, y = flat(a["value"]), flat(b["value"])
         scale = max([abs(t) for t in y] + [1e-12])
         if a["key"].startswith("rel_error"): scale = max(scale, 1.0)
         r = max([abs(p - q) / scale for p, q in zip(x, y)] + [0.0])
-        worst = max(worst, (r, a["key"]))
-    print(f"{d} vs candle cpu: worst relative difference {worst[0]:.2e} ({worst[1]})")
+        worst, n = max(worst, (r, a["key"])), n + 1
+    print(f"{d} vs candle cpu: {n} of {len(ref)} results compared, worst relative difference {worst[0]:.2e} ({worst[1]})")
 PY
+fi
 
-echo "== experiments on $dev (tch)"
-for e in ntk_align ekfac_optim lazy_vs_hasty; do
-    /usr/bin/time -f "$e: %e s, %M KB" "$bin/nngeo" exec "experiments/$e.ngx" --backend tch --device "$dev" --out "$out/$e" --overwrite >/dev/null
-done
-
-echo "== benchmarks (tch on $dev; candle on cpu in the same run)"
-"$bin/nngeo-tch-bench" --device "$dev" --repeats 5 2>&1 | tee "$out/bench_cuda.txt"
+bench() {
+    # One comparison of the cases named, in its own process with its own
+    # time limit, so that a slow case cannot take the others' figures.
+    local candle=candle args=()
+    if [ "$dev" != cpu ]; then candle=candle-cuda; fi
+    for c in "$@"; do args+=(--case "$c"); done
+    stamp "benchmarks: $* (tch and $candle on $dev beside NNGeometry on $dev)"
+    "$PY" scripts/bench_vs_nngeometry.py --nngeo "$bin/nngeo" --tch-bench "$bin/nngeo-tch-bench" \
+        --python "$PY" --device "$dev" --candle "$candle" --rounds "${ROUNDS:-1}" \
+        --repeats "${REPEATS:-3}" --timeout "${SIDE_TIMEOUT:-240}" \
+        --json "$out/bench-$(date -u +%H%M%S)-$1.json" "${args[@]}" 2>&1 | tee -a "$out/bench.txt"
+}
+if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = mlp ]; then
+    bench ${CASES:-kfac ekfac-refit diag dense ntk-1000 exec-kfac exec-ekfac-refit exec-diag exec-ntk-1000}
+fi
+if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = resnet ]; then
+    for c in ${RESNET_CASES:-resnet18-ntk-100 exec-resnet18-ntk-100 resnet18-sgd-128 exec-resnet18-kfac-1000 exec-resnet18-ekfac-refit-1000}; do
+        bench "$c"
+    done
+fi
+stamp done

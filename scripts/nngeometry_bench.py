@@ -5,14 +5,16 @@ the NTK on n = 100/1000/2000) and the ResNet18 cases (CIFAR stem: 3x3 conv,
 no max pooling, 32x32 inputs, 10 classes), float32, random N(0,1) inputs
 and random labels, the true classification Fisher (`classif_logits`).
 
-    python scripts/nngeometry_bench.py [--width 64] [--repeats 3] [--case NAME ...]
+    python scripts/nngeometry_bench.py [--width 64] [--repeats 3] [--device cpu|cuda] [--case NAME ...]
 
 Needs torch and nngeometry (`pip install --no-deps nngeometry` into the
 libtorch venv). Prints one line per case: name, median seconds, peak RSS.
 The width (channels of the first stage; torchvision: 64) matches
 `NNGEO_BENCH_WIDTH` for the nngeo side. An `exec-*` case of `nngeo bench`
 is compared with the case it builds (`exec-kfac` with `kfac`, ...):
-NNGeometry has no whole-run path of its own.
+NNGeometry has no whole-run path of its own; `exec-resnet18-kfac-1000`
+is `resnet18-kfac` on 1000 images. On `--device cuda` the model and the
+data live on the GPU and every timing ends with a synchronisation.
 """
 import argparse
 import resource
@@ -66,10 +68,13 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+DEVICE = "cpu"
+
+
 def loader(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randn(n, 3, 32, 32, generator=g).to(DEVICE)
+    y = torch.randint(0, 10, (n,), generator=g).to(DEVICE)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=n)
 
 
@@ -89,13 +94,13 @@ def mlp(widths):
         if i:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(a, b))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(DEVICE)
 
 
 def vectors(n, dim, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randn(n, dim, generator=g).to(DEVICE)
+    y = torch.randint(0, 10, (n,), generator=g).to(DEVICE)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=n)
 
 
@@ -135,8 +140,12 @@ def case(name, model):
     from nngeometry.metrics import FIM
     from nngeometry.object import PMatDiag, PMatEKFAC, PMatKFAC
 
+    n = 256
     if name.startswith("exec-"):
         name = {"exec-kfac-5000": "kfac-5000"}.get(name, name[len("exec-"):])
+        for suffix in ("-1000",):
+            if name.startswith("resnet18-") and name.endswith(suffix):
+                name, n = name[: -len(suffix)], int(suffix[1:])
     if name in MLP_CASES:
         return mlp_case(name)
     if name == "kfac-5000":
@@ -145,7 +154,7 @@ def case(name, model):
         return lambda: FIM(model, dl, PMatKFAC, variant="classif_logits")
 
     if name in ("resnet18-kfac", "resnet18-ekfac-refit", "resnet18-diag"):
-        dl = loader(256)
+        dl = loader(n)
         model.eval()
         if name == "resnet18-diag":
             return lambda: FIM(model, dl, PMatDiag, variant="classif_logits")
@@ -185,17 +194,23 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--case", action="append")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
+    sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)
     names = a.case or list(MLP_CASES) + [
         "resnet18-kfac", "resnet18-ekfac-refit", "resnet18-diag", "resnet18-ntk-100", "resnet18-sgd-128"]
     torch.manual_seed(0)
     for name in names:
-        run = case(name, ResNet18(a.width) if name.startswith("resnet18") else None)
+        run = case(name, ResNet18(a.width).to(DEVICE) if "resnet18" in name else None)
         run()  # warm-up
+        sync()
         times = []
         for _ in range(a.repeats):
             t = time.perf_counter()
             run()
+            sync()
             times.append(time.perf_counter() - t)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{name}\t{statistics.median(times):.4f} s\tpeak RSS {rss:.0f} MB (whole process)", flush=True)

@@ -105,6 +105,21 @@ pub const CASES: &[Case] = &[
         reference: None,
     },
     Case {
+        name: "exec-resnet18-kfac-1000",
+        what: "`nngeo exec` of Fim(KFAC) of conv/linear layers, ResNet18, n = 1000 CIFAR-format images",
+        reference: None,
+    },
+    Case {
+        name: "exec-resnet18-ekfac-refit-1000",
+        what: "`nngeo exec` of Fim(EKFAC(refit = true)) of conv/linear layers, same",
+        reference: None,
+    },
+    Case {
+        name: "exec-resnet18-ntk-100",
+        what: "`nngeo exec` of Ntk(Dense), ResNet18, n = 100 CIFAR-format images",
+        reference: None,
+    },
+    Case {
         name: "resnet18-kfac",
         what: "Fim(KFAC) of conv/linear layers, ResNet18 (CIFAR stem, 32×32, 10 classes), n = 256",
         reference: None,
@@ -435,14 +450,65 @@ pub fn exec_counterpart(name: &str) -> Option<(&'static str, usize)> {
         "exec-kfac-5000" => ("kfac", 5000),
         "exec-ntk-1000" => ("ntk-1000", 1000),
         "exec-ntk-2000" => ("ntk-2000", 2000),
+        "exec-resnet18-kfac-1000" => ("resnet18-kfac", 1000),
+        "exec-resnet18-ekfac-refit-1000" => ("resnet18-ekfac-refit", 1000),
+        "exec-resnet18-ntk-100" => ("resnet18-ntk-100", 100),
         _ => return None,
     })
 }
 
+/// How many examples the in-process case `name` builds on.
+pub fn case_examples(name: &str) -> usize {
+    match name {
+        "blockdiag" | "dense" => 500,
+        "ntk-100" | "resnet18-ntk-100" => 100,
+        "ntk-2000" => 2000,
+        "resnet18-kfac" | "resnet18-ekfac-refit" | "resnet18-diag" => 256,
+        "resnet18-sgd-128" => 128,
+        _ => 1000,
+    }
+}
+
+/// The CIFAR-10 binary file (`cifar10("images.bin")`) the ResNet18 `exec-*`
+/// cases read: `n` records of a label byte and 3×32×32 pixel bytes, drawn
+/// from the benchmark's seed, so both sides of a comparison see data of the
+/// same shape and scale as CIFAR-10.
+pub const EXEC_IMAGES: &str = "images.bin";
+
+fn cifar_bytes(n: usize) -> Vec<u8> {
+    let mut rng = crate::rng::Rng::new(0);
+    let mut out = Vec::with_capacity(n * 3073);
+    for _ in 0..n {
+        out.push(rng.below(10) as u8);
+        out.extend((0..3072).map(|_| rng.below(256) as u8));
+    }
+    out
+}
+
 /// The `.ngx` file an `exec-*` case runs: the in-process case's network and
-/// representation on `n` 784-dimensional blobs, in f32, measuring its trace.
+/// representation on `n` examples (784-dimensional blobs for the MLP,
+/// CIFAR-format images in [`EXEC_IMAGES`] for ResNet18), in f32, measuring
+/// its trace.
 pub fn exec_source(name: &str) -> Option<String> {
     let (inner, n) = exec_counterpart(name)?;
+    let header = "experiment bench {\n  seed = 0\n  dtype = f32\n}\n";
+    if let Some(what) = inner.strip_prefix("resnet18-") {
+        // KFAC-type structures cover the conv and linear layers, as
+        // NNGeometry's do on this network (the norms have no Kronecker form).
+        let conv_linear = r#"layers = ["*conv*", "*downsample.0", "fc"]"#;
+        let repr = match what {
+            "kfac" => format!("Fim(KFAC, {conv_linear})"),
+            "ekfac-refit" => format!("Fim(EKFAC(refit = true), {conv_linear})"),
+            _ => "Ntk(Dense)".to_string(),
+        };
+        return Some(format!(
+            "{header}data d = cifar10(\"{EXEC_IMAGES}\")\n\
+             model net = resnet18(classes = 10, stem = cifar, input = [3, 32, 32], width = {})\n\
+             let M = {repr} of net on d\n\
+             measure trace(M)\n",
+            resnet_width()
+        ));
+    }
     let repr = match inner {
         "kfac" => "Fim(KFAC)",
         "ekfac-refit" => "Fim(EKFAC(refit = true))",
@@ -450,8 +516,7 @@ pub fn exec_source(name: &str) -> Option<String> {
         _ => "Ntk(Dense)",
     };
     Some(format!(
-        "experiment bench {{\n  seed = 0\n  dtype = f32\n}}\n\
-         data d = blobs(n = {n}, classes = 10, dim = 784, seed = 0)\n\
+        "{header}data d = blobs(n = {n}, classes = 10, dim = 784, seed = 0)\n\
          model net = mlp(in = 784, hidden = [512, 512], out = 10)\n\
          let M = {repr} of net on d\n\
          measure trace(M)\n"
@@ -480,6 +545,11 @@ pub fn exec_once(name: &str) -> Result<ExecTiming, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = dir.join("case.ngx");
     std::fs::write(&file, src).map_err(|e| format!("{}: {e}", file.display()))?;
+    if let Some((_, n)) = exec_counterpart(name).filter(|(i, _)| i.starts_with("resnet18")) {
+        let images = dir.join(EXEC_IMAGES);
+        std::fs::write(&images, cifar_bytes(n))
+            .map_err(|e| format!("{}: {e}", images.display()))?;
+    }
     let out = dir.join("run");
     let t = Instant::now();
     let status = std::process::Command::new(&exe)

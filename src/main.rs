@@ -928,6 +928,7 @@ fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
     println!("nngeo bench: candle backend (faer matmul), cpu, f32, threads = {threads}, median of {repeats}");
+    println!("(`exec-*` cases run `nngeo exec` on $NNGEO_BACKEND / $NNGEO_DEVICE, candle on cpu when unset)");
     println!(
         "{:<12} {:>9} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9}  what",
         "case", "median s", "GFLOP", "GFLOP/s", "NNGeom. s", "speedup", "peak MB", "stored MB"
@@ -997,19 +998,19 @@ fn bench(cases: Vec<String>, repeats: usize, once: bool) -> ExitCode {
             continue;
         };
         if let Some((_, s, _)) = medians.iter().find(|(m, _, _)| *m == inner) {
-            // `exec-kfac-5000` against 5 × `kfac` (n = 1000).
-            let s = if inner == "kfac" {
-                s * n as f64 / 1000.0
+            // A Fisher's build is linear in n (`exec-kfac-5000` against
+            // 5 × `kfac`); an NTK is compared at equal n only.
+            let m = nngeo::bench::case_examples(inner);
+            let scale = if m == n {
+                String::new()
+            } else if inner.contains("ntk") {
+                continue;
             } else {
-                *s
+                format!(" × {}/{m}", n)
             };
+            let s = s * n as f64 / m as f64;
             println!(
-                "{name} / {inner}{}: whole process {:.2}, its `repr` step {:.2}",
-                if n != 1000 && inner == "kfac" {
-                    format!(" × {}", n / 1000)
-                } else {
-                    String::new()
-                },
+                "{name} / {inner}{scale}: whole process {:.2}, its `repr` step {:.2}",
                 whole / s,
                 step.unwrap_or(f64::NAN) / s
             );

@@ -624,3 +624,42 @@ fn progress_lines_without_a_terminal() {
     let quiet = run(None, "b");
     assert!(!quiet.contains("[nngeo]"), "{quiet}");
 }
+
+/// The ResNet18 `exec-*` benchmark cases (the GPU targets) run end to end
+/// through `nngeo exec`, here at width 2: each prints a finite median and
+/// the comparison with its in-process case.
+#[test]
+fn bench_runs_the_resnet18_exec_cases() {
+    let cases = [
+        "exec-resnet18-ntk-100",
+        "exec-resnet18-kfac-1000",
+        "exec-resnet18-ekfac-refit-1000",
+    ];
+    let mut args = vec!["bench", "--repeats", "1"];
+    for c in cases {
+        args.extend(["--case", c]);
+    }
+    args.extend(["--case", "resnet18-kfac"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_nngeo"))
+        .args(&args)
+        .env("NNGEO_BENCH_WIDTH", "2")
+        .env_remove("NNGEO_BACKEND")
+        .env_remove("NNGEO_DEVICE")
+        .output()
+        .expect("run nngeo");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for c in cases {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(c))
+            .unwrap_or_else(|| panic!("no line for {c} in\n{stdout}"));
+        let secs: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(secs.is_finite() && secs > 0.0, "{line}");
+    }
+    // KFAC's build is linear in n: 1000 images against 256 in-process.
+    assert!(
+        stdout.contains("exec-resnet18-kfac-1000 / resnet18-kfac × 1000/256: whole process"),
+        "{stdout}"
+    );
+}

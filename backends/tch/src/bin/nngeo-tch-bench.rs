@@ -3,8 +3,10 @@
 //! and NNGeometry's reference figures.
 //!
 //! ```text
-//! nngeo-tch-bench [--device cpu|cuda|cuda:N] [--repeats N] [--case NAME]...
+//! nngeo-tch-bench [--device cpu|cuda|cuda:N] [--repeats N] [--no-candle] [--case NAME]...
 //! ```
+//! `--no-candle` skips the candle column (on a GPU machine, where the
+//! comparison that matters is against NNGeometry on the same GPU).
 //! Reference column: NNGeometry on a 2-core CPU (as `nngeo bench`) for
 //! `cpu`; NNGeometry 0.4 / torch 2.11 on an H200 (shared/GPU.md) for `cuda`.
 
@@ -24,6 +26,7 @@ fn main() -> std::process::ExitCode {
     let mut device = "cpu".to_string();
     let mut repeats = 5usize;
     let mut cases: Vec<String> = Vec::new();
+    let mut with_candle = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |what: &str| {
@@ -41,9 +44,10 @@ fn main() -> std::process::ExitCode {
                 })
             }
             "--case" => cases.push(value("a case name")),
+            "--no-candle" => with_candle = false,
             _ => {
                 eprintln!(
-                    "usage: nngeo-tch-bench [--device cpu|cuda|cuda:N] [--repeats N] [--case NAME]..."
+                    "usage: nngeo-tch-bench [--device cpu|cuda|cuda:N] [--repeats N] [--no-candle] [--case NAME]..."
                 );
                 return std::process::ExitCode::from(2);
             }
@@ -86,7 +90,9 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(1);
             }
         };
-        let k = median_on(&candle, c.name, repeats).map(|r| r.0).ok();
+        let k = with_candle
+            .then(|| median_on(&candle, c.name, repeats).map(|r| r.0).ok())
+            .flatten();
         let reference = if gpu {
             H200.iter().find(|(n, _)| *n == c.name).map(|(_, s)| *s)
         } else {
