@@ -19,6 +19,7 @@ mod matrices;
 mod model;
 mod names;
 mod onnx;
+mod penalty;
 mod saved;
 mod sharded;
 mod train;

@@ -106,6 +106,9 @@ impl<'a> Checker<'a> {
             self.record_key("eval/loss", &[]);
         }
         self.record_key("train/loss", &[]);
+        if !config.penalties.is_empty() {
+            self.record_key("train/penalty", &[]);
+        }
         let name = result.map_or_else(|| format!("train_{}", m.name), |r| r.name.clone());
         let total = config.total_steps;
         let per_epoch = dv.info.n.div_ceil(config.batch) as u64;
@@ -189,18 +192,13 @@ impl<'a> Checker<'a> {
         span: Span,
     ) -> Option<TrainConfig> {
         let mut ok = true;
-        let loss = match s.get("loss") {
-            Some(l) => self
-                .symbol(&l.value, "loss", &["cross_entropy", "mse"])
-                .map(|v| {
-                    if v == "mse" {
-                        LossKind::Mse
-                    } else {
-                        LossKind::CrossEntropy
-                    }
-                }),
-            None if dv.info.classes.is_some() => Some(LossKind::CrossEntropy),
-            None => Some(LossKind::Mse),
+        let (loss, penalties) = match s.get("loss") {
+            Some(l) => match self.loss_setting(&l.value, m) {
+                Some((k, p)) => (Some(k), p),
+                None => (None, Vec::new()),
+            },
+            None if dv.info.classes.is_some() => (Some(LossKind::CrossEntropy), Vec::new()),
+            None => (Some(LossKind::Mse), Vec::new()),
         };
         if loss == Some(LossKind::CrossEntropy) && dv.info.classes.is_none() {
             self.error(
@@ -315,6 +313,7 @@ impl<'a> Checker<'a> {
         };
         Some(TrainConfig {
             loss,
+            penalties,
             optimizer,
             length,
             batch,

@@ -99,6 +99,7 @@ fn fold_config(cfg: &TrainConfig, n_train: usize, epochs: u64, seed: u64) -> Tra
     let batch = cfg.batch.clamp(1, n_train.max(1));
     TrainConfig {
         augment: None,
+        penalties: vec![],
         loss: cfg.loss,
         optimizer: fold_optimizer(&cfg.optimizer),
         length: Length::Epochs(epochs),
@@ -370,6 +371,7 @@ mod tests {
         TrainConfig {
             loss: LossKind::CrossEntropy,
             optimizer,
+            penalties: vec![],
             length: Length::Epochs(3),
             batch: 10,
             schedule: LrSchedule::Cosine,

@@ -2,6 +2,7 @@
 //! hooks measured on the live model and every curve streamed out.
 
 use super::*;
+use crate::plan::Penalty;
 
 /// Runs hook steps on the live model and forwards results to the sink.
 struct HookRunner<'a, 'e, O: Ops> {
@@ -13,6 +14,9 @@ struct HookRunner<'a, 'e, O: Ops> {
     emit: &'a mut dyn FnMut(Emitted),
     /// The training run's optimiser-step clock, in seconds.
     clock: f64,
+    /// The loss's penalty terms and the model being trained.
+    penalties: &'a [Penalty],
+    model: StepId,
     _e: std::marker::PhantomData<&'e ()>,
 }
 
@@ -73,6 +77,60 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
                 .collect(),
             output: StepOutput::Scalar { value },
         });
+    }
+
+    fn penalty(&mut self, w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
+        if self.penalties.is_empty() {
+            return Ok(None);
+        }
+        let e = &*self.engine;
+        let mut value = 0.0;
+        let mut grad = vec![0.0; w.len()];
+        for p in self.penalties {
+            // Where the term's entries sit in the flat weights, layer by
+            // layer, in the order of the matrix (or of the model for `l2`).
+            let repr = p.m.as_ref().map(|m| e.operand(m)).transpose()?;
+            let segments: Vec<(String, usize, usize)> = match &repr {
+                Some(r) => e
+                    .infos(r)?
+                    .into_iter()
+                    .map(|l| (l.name, l.full_offset, l.numel))
+                    .collect(),
+                None => e
+                    .model(self.model)?
+                    .slots
+                    .iter()
+                    .map(|s| (s.name.clone(), s.offset, s.numel))
+                    .collect(),
+            };
+            let anchor = p.anchor.map(|a| e.vector(a)).transpose()?;
+            let mut d = Vec::with_capacity(segments.iter().map(|s| s.2).sum());
+            for (name, at, numel) in &segments {
+                let w = w
+                    .get(*at..at + numel)
+                    .ok_or_else(|| format!("layer `{name}` lies outside the trained weights"))?;
+                match anchor {
+                    Some(a) => d.extend(w.iter().zip(a.part(name)?).map(|(x, y)| x - y)),
+                    None => d.extend_from_slice(w),
+                }
+            }
+            let md = match repr.as_deref().map(|r| &r.kind) {
+                None => d.clone(),
+                Some(ReprKind::Fim(f)) => f.mv(&d),
+                Some(ReprKind::Implicit(_)) => e.implicit_mv(repr.as_deref().expect("some"), &d)?,
+                Some(ReprKind::Ntk(_)) => return Err("a penalty's matrix is an NTK".into()),
+            };
+            value += p.coef * d.iter().zip(&md).map(|(x, y)| x * y).sum::<f64>();
+            // ∇ c·dᵀMd = 2c·Md for the symmetric matrices a Fisher gives.
+            let mut k = 0;
+            for (_, at, numel) in &segments {
+                for (gi, mi) in grad[*at..at + numel].iter_mut().zip(&md[k..k + numel]) {
+                    *gi += 2.0 * p.coef * mi;
+                }
+                k += numel;
+            }
+        }
+        Ok(Some((value, grad)))
     }
 
     fn clock(&mut self, seconds: f64) {
@@ -180,6 +238,8 @@ impl<O: Ops> Engine<O> {
             hooks,
             emit,
             clock: 0.0,
+            penalties: &config.penalties,
+            model,
             _e: std::marker::PhantomData,
         };
         let init = params.clone();

@@ -61,6 +61,12 @@ pub trait TrainObserver<O: Ops> {
     fn difficulty(&mut self, _score: &[f64], _bin: &[usize], _k: usize) -> Result<(), String> {
         Ok(())
     }
+    /// The loss's penalty terms at the flat weights `w` (the config's
+    /// [`crate::plan::Penalty`] list, which only the executor can resolve):
+    /// their sum and its gradient, or `None` when there are none.
+    fn penalty(&mut self, _w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
+        Ok(None)
+    }
 }
 
 enum State {
@@ -408,6 +414,12 @@ pub fn train_binned<O: Ops>(
         if scale != 1.0 {
             g.iter_mut().for_each(|x| *x *= scale);
         }
+        // Penalties act on the weights themselves, whatever the model's
+        // scale or linearisation.
+        let penalty = obs.penalty(&w)?;
+        if let Some((_, pg)) = &penalty {
+            g.iter_mut().zip(pg).for_each(|(gi, pi)| *gi += pi);
+        }
         epoch_loss.0 += loss;
         epoch_loss.1 += 1;
         let lr = learning_rate(cfg, base_lr, step, per_epoch);
@@ -513,6 +525,9 @@ pub fn train_binned<O: Ops>(
         clock += started.elapsed();
         obs.clock(clock.as_secs_f64());
         obs.log("train/loss", step + 1, loss, &[]);
+        if let Some((value, _)) = penalty {
+            obs.log("train/penalty", step + 1, value, &[]);
+        }
         if (step + 1) % per_epoch == 0 {
             obs.log(
                 "train/epoch_loss",

@@ -145,6 +145,7 @@ impl Op {
             } => {
                 let mut v = vec![*model, *data];
                 v.extend(config.eval);
+                v.extend(config.penalties.iter().flat_map(|p| p.refs()));
                 v
             }
             Op::Save { model, .. } => vec![*model],
@@ -343,10 +344,40 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                     _ => 4 * spec.params,
                 };
             let _ = size;
+            // Each penalty term: the difference, its product with the
+            // matrix and the gradient (f64 vectors of the parameters), plus
+            // what that product needs beyond the stored matrix (an
+            // Implicit Fisher's passes over its data).
+            let penalty: u64 = config
+                .penalties
+                .iter()
+                .map(|p| {
+                    let mv = p.m.as_ref().map_or(0, |m| {
+                        let on = measured_repr(steps, m.repr);
+                        let product = Measurement::Mv {
+                            m: m.clone(),
+                            v: StepId(0),
+                        };
+                        cost::measure_peak(&product, on, dtype)
+                    });
+                    3 * 8 * spec.params + mv
+                })
+                .max()
+                .unwrap_or(0);
+            let penalty_flops: u64 = config
+                .penalties
+                .iter()
+                .map(|p| {
+                    let stored =
+                        p.m.as_ref()
+                            .map_or(0, |m| steps[m.repr.0 as usize].cost.memory / 8);
+                    4 * spec.params + 2 * stored
+                })
+                .sum();
             Cost {
                 memory: cost::model_bytes(spec, dtype),
-                peak: cost::train_peak(spec, data_info(steps, *data), config, dtype),
-                flops: per_step.saturating_mul(config.total_steps),
+                peak: cost::train_peak(spec, data_info(steps, *data), config, dtype) + penalty,
+                flops: (per_step + penalty_flops).saturating_mul(config.total_steps),
             }
         }
         // What the result's structure holds; at the peak, its operands and

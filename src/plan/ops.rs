@@ -795,6 +795,10 @@ pub enum Measurement {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub loss: LossKind,
+    /// Terms added to the data loss (`loss = cross_entropy + 50 *
+    /// vTMv(F_A, weights(net) - w_A)`), as elastic weight consolidation does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub penalties: Vec<Penalty>,
     pub optimizer: Optimizer,
     pub length: Length,
     pub batch: usize,
@@ -822,6 +826,27 @@ pub struct Augment {
     /// Flip left–right with probability ½.
     pub flip: bool,
     pub seed: u64,
+}
+
+/// `coef · (w − anchor)ᵀ M (w − anchor)` on the weights `w` being trained,
+/// restricted to the layers `M` covers (`M` = identity: `l2`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Penalty {
+    pub coef: f64,
+    /// A stored Fisher (or a matrix computed from one); `None`: the
+    /// squared Euclidean norm over every parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<Operand>,
+    /// A parameter-space vector step; `None`: the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<StepId>,
+}
+
+impl Penalty {
+    /// Steps the term reads.
+    pub fn refs(&self) -> impl Iterator<Item = StepId> + '_ {
+        self.m.iter().map(|m| m.repr).chain(self.anchor)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

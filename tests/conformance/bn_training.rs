@@ -184,6 +184,7 @@ fn batchnorm_training_matches_pytorch() {
         let steps = m["steps"].as_u64().unwrap();
         let cfg = TrainConfig {
             augment: None,
+            penalties: vec![],
             loss: LossKind::CrossEntropy,
             optimizer: Optimizer::Sgd {
                 lr: f("lr"),

@@ -2445,6 +2445,7 @@ impl TrainObserver<TestOps> for Quiet {
 fn config(optimizer: Optimizer, mode: TrainMode, steps: u64, batch: usize) -> TrainConfig {
     TrainConfig {
         augment: None,
+        penalties: vec![],
         loss: LossKind::CrossEntropy,
         optimizer,
         length: Length::Steps(steps),
