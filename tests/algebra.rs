@@ -7,7 +7,7 @@
 
 mod run_ngx;
 
-use run_ngx::{num, rel, run_in, run_source, vec_of};
+use run_ngx::{num, rel, run_in, run_source, vec_of, STORED};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -35,17 +35,6 @@ fn check_norm(r: &HashMap<String, Value>, key: &str, v: &[f64]) {
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     check(key, (num(r, key) - norm).abs() / norm);
 }
-
-/// Every structure that is stored (all but Implicit), KFAC first.
-const STORED: [&str; 7] = [
-    "KFAC",
-    "Dense",
-    "BlockDiag",
-    "Diag",
-    "EKFAC",
-    "QuasiDiag",
-    "LowRank",
-];
 
 #[test]
 fn vector_results_are_values() {

@@ -64,3 +64,14 @@ pub fn rel(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
         / scale
 }
+
+/// Every Fisher structure that is stored (all but Implicit), KFAC first.
+pub const STORED: [&str; 7] = [
+    "KFAC",
+    "Dense",
+    "BlockDiag",
+    "Diag",
+    "EKFAC",
+    "QuasiDiag",
+    "LowRank",
+];
