@@ -280,3 +280,45 @@ fn lazy_vs_hasty_resnet_runs_reduced() {
         far("lazy")
     );
 }
+
+/// Elastic weight consolidation: every penalty structure trains through
+/// both later tasks with its penalty logged, and every claim is evaluated.
+#[test]
+fn ewc_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "ewc",
+        &[
+            ("replicate init in 0..5", "replicate init in 0..2"),
+            ("take(300, random, seed = 7)", "take(60, random, seed = 7)"),
+            ("epochs = 10", "epochs = 2"),
+            ("every 20 steps", "every 10 steps"),
+        ],
+        dir.path(),
+    );
+    for s in ["Diag", "KFAC", "EKFAC", "BlockDiag"] {
+        let after: Vec<f64> = results
+            .iter()
+            .filter(|r| r["key"] == "after/task1" && r["sweep"]["S"] == s)
+            .map(|r| r["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(after.len(), 2, "{s}: one per initialisation");
+        // Both penalised trainings log their penalty, which is positive
+        // once the weights leave the anchor.
+        let penalty: Vec<f64> = results
+            .iter()
+            .filter(|r| r["key"] == "train/penalty" && r["sweep"]["S"] == s)
+            .map(|r| r["value"].as_f64().unwrap())
+            .collect();
+        assert!(!penalty.is_empty(), "{s}: no train/penalty");
+        assert!(penalty.iter().all(|p| p.is_finite() && *p >= 0.0), "{s}");
+        assert!(penalty.iter().any(|p| *p > 0.0), "{s}");
+    }
+    assert!(
+        !results
+            .iter()
+            .any(|r| r["key"] == "train/penalty" && r["sweep"]["S"].is_null()),
+        "the unpenalised run logs no penalty"
+    );
+    assert_claims_evaluated(&summary, 3);
+}

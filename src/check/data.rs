@@ -23,8 +23,9 @@ pub const SOURCES: [&str; 10] = [
     "teacher",
     "noisy_linear",
 ];
-pub const TRANSFORMS: [&str; 8] = [
+pub const TRANSFORMS: [&str; 9] = [
     "autoencode",
+    "permute",
     "take",
     "split",
     "normalize",
@@ -888,6 +889,12 @@ impl<'a> Checker<'a> {
                 let fe = self.req(&call, "factor")?;
                 Transform::Scale {
                     factor: self.number(fe, "factor")?,
+                }
+            }
+            "permute" => {
+                let call = self.bind(&callee, stage.span, args, &["seed"])?;
+                Transform::Permute {
+                    seed: self.seed(&call)?,
                 }
             }
             "label_noise" => {

@@ -85,6 +85,7 @@ pub fn apply(
             }
             Ok(out)
         }
+        Transform::Permute { seed } => Ok(permute(input, seed)),
         Transform::LabelNoise { fraction, seed } => label_noise(input, fraction, seed),
         Transform::OneHot => one_hot(input),
         Transform::Autoencode => Ok(autoencode(input)),
@@ -99,10 +100,34 @@ fn op_name(t: &Transform) -> &'static str {
         Transform::Split { .. } => "split",
         Transform::Normalize { .. } | Transform::ChannelNormalize { .. } => "normalize",
         Transform::Scale { .. } => "scale",
+        Transform::Permute { .. } => "permute",
         Transform::LabelNoise { .. } => "label_noise",
         Transform::OneHot => "onehot",
         Transform::Autoencode => "autoencode",
     }
+}
+
+/// The permutation of `d` features that `permute(seed)` applies: feature
+/// `j` of the result is feature `perm[j]` of the input. It depends only on
+/// the seed and `d`, so a task's training and test sets agree.
+pub fn feature_permutation(d: usize, seed: u64) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..d).collect();
+    crate::rng::Rng::new(seed).shuffle(&mut perm);
+    perm
+}
+
+fn permute(input: &HostData, seed: u64) -> HostData {
+    let d: usize = input.info.shape.iter().product();
+    let perm = feature_permutation(d, seed);
+    let mut out = input.clone();
+    if d > 0 {
+        for (o, x) in out.x.chunks_exact_mut(d).zip(input.x.chunks_exact(d)) {
+            for (oj, &pj) in o.iter_mut().zip(&perm) {
+                *oj = x[pj];
+            }
+        }
+    }
+    out
 }
 
 fn err(op: &str, detail: impl Into<String>) -> DataError {
@@ -755,6 +780,36 @@ mod tests {
         let out = apply(&Transform::Scale { factor: -0.5 }, &small(), None).unwrap();
         assert_eq!(out.x[..4], [-0.0, -0.0, -0.5, -5.0]);
         assert_eq!(out.y, small().y);
+    }
+
+    #[test]
+    fn permute_moves_every_example_s_features_the_same_way() {
+        let d = HostData {
+            info: DataInfo {
+                n: 3,
+                shape: vec![1, 4, 4],
+                classes: Some(2),
+                target_dim: 1,
+            },
+            x: (0..48).map(|v| v as f32).collect(),
+            y: vec![0.0, 1.0, 0.0],
+            flipped: Vec::new(),
+        };
+        let out = apply(&Transform::Permute { seed: 9 }, &d, None).unwrap();
+        let perm = feature_permutation(16, 9);
+        let mut sorted = perm.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..16).collect::<Vec<_>>(), "a bijection");
+        assert_ne!(perm, sorted, "not the identity");
+        for i in 0..3 {
+            for (j, &p) in perm.iter().enumerate() {
+                assert_eq!(out.x[i * 16 + j], d.x[i * 16 + p]);
+            }
+        }
+        assert_eq!((out.y, out.info), (d.y, d.info));
+        // Another seed, another permutation; the same seed, the same one.
+        assert_ne!(feature_permutation(16, 10), perm);
+        assert_eq!(feature_permutation(16, 9), perm);
     }
 
     #[test]

@@ -180,6 +180,9 @@ pub enum Transform {
     ChannelNormalize { mean: Vec<f64>, std: Vec<f64> },
     /// Multiply every feature by `factor`.
     Scale { factor: f64 },
+    /// The same fixed random permutation of every example's features,
+    /// drawn from `seed` (the permuted-pixels tasks of continual learning).
+    Permute { seed: u64 },
     /// Replace a `fraction` of the labels by a different random class; the
     /// flipped examples form the group `flipped`, the others `clean`.
     LabelNoise { fraction: f64, seed: u64 },
