@@ -139,6 +139,35 @@ fn elementwise_operations() {
     assert_eq!(vec_of(&r, "neg"), v.iter().map(|x| -x).collect::<Vec<_>>());
 }
 
+/// `with_weights(net, v)`: a model whose weights are the vector's, whole or
+/// on the layers it covers; its initial weights are those; the same
+/// weights give the same model.
+#[test]
+fn vectors_write_into_weights() {
+    let r = run("model moved = with_weights(net, weights(net) + 0.01 * v)
+         model part = with_weights(net, 0.5 * weights(net)[\"layers.3\"])
+         model same = with_weights(net, weights(net))
+         measure weights(net) as \"w\", weights(moved) as \"moved\", initial_weights(moved) as \"moved0\"
+         measure weights(part) as \"part\", v as \"v\"
+         measure loss(same, probe) as \"loss_same\", loss(net, probe) as \"loss\"
+         measure accuracy(same, probe) as \"acc_same\", accuracy(net, probe) as \"acc\"
+");
+    let (w, v) = (vec_of(&r, "w"), vec_of(&r, "v"));
+    let moved: Vec<f64> = w.iter().zip(&v).map(|(a, b)| a + 0.01 * b).collect();
+    assert_eq!(vec_of(&r, "moved"), moved);
+    assert_eq!(vec_of(&r, "moved0"), moved);
+    let part = vec_of(&r, "part");
+    let (a, b) = (LAYERS[0].1, LAYERS[0].1 + LAYERS[1].1);
+    assert_eq!(part[..a], w[..a]);
+    assert_eq!(
+        part[a..b],
+        w[a..b].iter().map(|x| x * 0.5).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(part[b..], w[b..]);
+    assert_eq!(num(&r, "loss_same"), num(&r, "loss"));
+    assert_eq!(num(&r, "acc_same"), num(&r, "acc"));
+}
+
 /// `A + B`, `A - B`, `c * A`, `A + λ`, `inverse` and `power` of every
 /// structure against the same operation on its dense form (`dense(M)`),
 /// and the measurements of the results against the dense ones.
@@ -248,6 +277,14 @@ fn errors_are_located() {
         ("let K = Ntk(Dense) of net on probe\nmeasure trace(inverse(K))", "Fisher"),
         ("let I = Fim(Implicit) of net on probe\nmeasure trace(power(I, 2))", "takes `+ λ`"),
         ("let K = Ntk(Dense) of net on probe\nsave K to \"k.safetensors\"", "only Fisher"),
+        (
+            "model small = mlp(in = 64, hidden = [4], out = 10)\nmodel m = with_weights(net, weights(small))",
+            "layer `layers.0` of `net` has 20 parameters, the vector 260 entries",
+        ),
+        (
+            "model small = mlp(in = 64, hidden = [4], out = 10)\nmodel m = with_weights(net, random_vector(small, seed = 1)[\"layers.2\"])",
+            "the vector's layer `layers.2` is not a layer of `net`",
+        ),
     ];
     for (body, needle) in cases {
         let src = format!("{HEADER}{body}\n");

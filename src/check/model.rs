@@ -132,6 +132,9 @@ impl<'a> Checker<'a> {
                     spec: m.spec,
                 })
             }
+            ExprKind::Call { callee, args } if callee.name == "with_weights" => {
+                self.with_weights(callee, args, d.span, name)
+            }
             ExprKind::Call { callee, args } => {
                 let spec = match callee.name.as_str() {
                     "sequential" => self.sequential(callee, d.span, args)?,
@@ -151,7 +154,7 @@ impl<'a> Checker<'a> {
                         )
                         .hint_opt(did_you_mean(
                             other,
-                            ["sequential", "mlp", "onnx"]
+                            ["sequential", "mlp", "onnx", "with_weights"]
                                 .into_iter()
                                 .chain(self.defs.keys().map(|k| k.as_str())),
                         ));
@@ -194,6 +197,60 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// `with_weights(net, v)`: `net` with the layers the vector `v` covers
+    /// set to `v` (every layer of `v` must be one of `net`'s, same size).
+    fn with_weights(
+        &mut self,
+        callee: &'a Ident,
+        args: &'a [Arg],
+        span: crate::syntax::Span,
+        name: &str,
+    ) -> Option<ModelV> {
+        let call = self.bind(callee, span, args, &["model", "weights"])?;
+        let me = self.req(&call, "model");
+        let ve = self.req(&call, "weights");
+        let m = self.model_expr(me?, "")?;
+        let ve = ve?;
+        let v = self.vector_expr(ve, "")?;
+        let layers: Vec<(String, u64)> = m
+            .spec
+            .param_layers()
+            .map(|l| (l.name.clone(), l.params))
+            .collect();
+        if let Some((layer, n)) = v.layers.iter().find(|l| !layers.contains(l)) {
+            let why = match layers.iter().find(|l| &l.0 == layer) {
+                Some((_, p)) => format!(
+                    "layer `{layer}` of {} has {p} parameters, the vector {n} entries",
+                    m.shown()
+                ),
+                None => format!(
+                    "the vector's layer `{layer}` is not a layer of {}",
+                    m.shown()
+                ),
+            };
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid { message: why },
+                ve.span,
+                "these weights do not fit the model",
+            ));
+            return None;
+        }
+        let name = self.name_or_anon(name);
+        let step = self.emit(
+            Op::WithWeights {
+                name: name.clone(),
+                model: m.step,
+                weights: v.step,
+            },
+            span,
+        );
+        Some(ModelV {
+            step,
+            name,
+            spec: m.spec,
+        })
     }
 
     /// The `model` step a (possibly live, trained) model descends from.

@@ -73,7 +73,7 @@ impl<'a> Checker<'a> {
         let spec = loop {
             match &self.items.get(id.0 as usize)?.op {
                 Op::Model { spec, .. } => break spec,
-                Op::Train { model, .. } => id = *model,
+                Op::Train { model, .. } | Op::WithWeights { model, .. } => id = *model,
                 _ => return None,
             }
         };

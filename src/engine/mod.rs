@@ -284,6 +284,9 @@ impl<O: Ops> Backend for Engine<O> {
                 let net = Net::new(self.o(), spec, params).map_err(|e| fail(step, e))?;
                 Value::Model(Box::new(net), w0)
             }
+            Op::WithWeights { model, weights, .. } => self
+                .with_weights(*model, *weights)
+                .map_err(|e| fail(step, e))?,
             Op::Repr {
                 object,
                 structure,

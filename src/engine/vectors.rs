@@ -144,6 +144,35 @@ impl PVec {
 }
 
 impl<O: Ops> Engine<O> {
+    /// `with_weights(model, v)`: a copy of the model whose layers covered
+    /// by `v` take `v`'s entries; its initial weights are these.
+    pub(super) fn with_weights(&self, model: StepId, v: StepId) -> Result<Value<O>, String> {
+        let net = self.model(model)?;
+        let v = self.vector(v)?;
+        let mut w = net.params.flat();
+        for part in &v.parts {
+            let slot = net
+                .slots
+                .iter()
+                .find(|s| s.name == part.name)
+                .ok_or_else(|| format!("the model has no layer `{}`", part.name))?;
+            if slot.numel != part.numel {
+                return Err(format!(
+                    "layer `{}` has {} parameters but the vector {} entries",
+                    part.name, slot.numel, part.numel
+                ));
+            }
+            w[slot.offset..slot.offset + slot.numel]
+                .copy_from_slice(&v.data[part.offset..part.offset + part.numel]);
+        }
+        let mut params = net.params.clone();
+        params.set_flat(&w).map_err(|e| e.to_string())?;
+        let out = net
+            .with_params(self.o(), params)
+            .map_err(|e| e.to_string())?;
+        Ok(Value::Model(Box::new(out), w))
+    }
+
     pub(super) fn vector_op(
         &self,
         v: &VectorOp,

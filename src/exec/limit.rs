@@ -128,7 +128,7 @@ fn describe(step: &Step) -> String {
         } => format!("representation `{name}` ({})", structure.name()),
         Op::Measure { key, .. } => format!("measurement \"{key}\""),
         Op::Train { name, .. } => format!("training run `{name}`"),
-        Op::Model { name, .. } => format!("model `{name}`"),
+        Op::Model { name, .. } | Op::WithWeights { name, .. } => format!("model `{name}`"),
         Op::Data { name, .. } | Op::Transform { name, .. } => format!("data `{name}`"),
         Op::Vector { name, .. } => format!("vector `{name}`"),
         Op::Matrix { name, .. } => format!("representation `{name}`"),

@@ -78,7 +78,7 @@ fn step_name(step: &Step) -> (String, String) {
     let (op, name) = match &step.op {
         Op::Data { name, .. } => ("data", name.clone()),
         Op::Transform { name, .. } => ("transform", name.clone()),
-        Op::Model { name, .. } => ("model", name.clone()),
+        Op::Model { name, .. } | Op::WithWeights { name, .. } => ("model", name.clone()),
         Op::Repr {
             name, structure, ..
         } => ("repr", format!("{name} ({})", structure.name())),

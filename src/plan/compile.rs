@@ -149,6 +149,7 @@ impl Op {
                 v
             }
             Op::Save { model, .. } => vec![*model],
+            Op::WithWeights { model, weights, .. } => vec![*model, *weights],
             Op::Matrix { matrix, .. } => matrix.operands().iter().map(|o| o.repr).collect(),
         }
     }
@@ -158,7 +159,7 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
     loop {
         match &steps.get(id.0 as usize)?.op {
             Op::Model { spec, .. } => return Some(spec),
-            Op::Train { model, .. } => id = *model,
+            Op::Train { model, .. } | Op::WithWeights { model, .. } => id = *model,
             _ => return None,
         }
     }
@@ -413,6 +414,16 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 flops: (10 * memory).max(10 * block.saturating_mul(block.isqrt())),
             }
         }
+        // A second copy of the model, built through two f64 copies of its
+        // flat weights.
+        Op::WithWeights { model, .. } => match model_of(steps, *model) {
+            Some(m) => Cost {
+                memory: cost::model_bytes(m, dtype),
+                peak: cost::model_bytes(m, dtype) + 3 * 8 * m.params,
+                flops: 2 * m.params,
+            },
+            None => Cost::default(),
+        },
         Op::Save { model, .. } => Cost {
             memory: 0,
             peak: model_of(steps, *model).map_or(0, |m| m.params * 16),

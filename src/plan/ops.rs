@@ -44,6 +44,14 @@ pub enum Op {
     },
     /// Build a model and initialise (or load) its weights.
     Model { name: String, spec: ModelSpec },
+    /// `with_weights(model, v)`: the model with the layers `v` covers set
+    /// to `v`'s entries (the others kept): a point along a direction,
+    /// an eigenvector's perturbation, a merged network.
+    WithWeights {
+        name: String,
+        model: StepId,
+        weights: StepId,
+    },
     /// Compute a Fisher or NTK representation of `model` on `data`.
     Repr {
         name: String,

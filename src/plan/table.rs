@@ -113,6 +113,14 @@ fn describe(op: &Op) -> (String, String) {
             ),
         ),
         Op::Save { model, path } => ("save".into(), format!("#{} → {path}", model.0)),
+        Op::WithWeights {
+            name,
+            model,
+            weights,
+        } => (
+            "model".into(),
+            format!("{name} = #{} with the weights of #{}", model.0, weights.0),
+        ),
         Op::Expect { text, .. } => ("expect".into(), format!("\"{text}\"")),
         Op::Plot { pattern, x, by, .. } => (
             "plot".into(),
