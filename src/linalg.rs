@@ -398,6 +398,11 @@ fn apply(op: &mut dyn FnMut(&[f64]) -> Vec<f64>, n: usize, v: &[f64]) -> Vec<f64
 /// Column-by-column dense build for small operators; symmetrised by
 /// `eigvalsh`. `None` when the operator produced non-finite values.
 fn dense_eigvals(n: usize, op: &mut dyn FnMut(&[f64]) -> Vec<f64>) -> Option<Vec<f64>> {
+    eigvalsh(&dense_of(n, op)?).ok()
+}
+
+/// The operator as a dense matrix, column by column.
+fn dense_of(n: usize, op: &mut dyn FnMut(&[f64]) -> Vec<f64>) -> Option<Mat> {
     let mut a = Mat::zeros(n, n);
     let mut e = vec![0.0; n];
     for j in 0..n {
@@ -408,7 +413,7 @@ fn dense_eigvals(n: usize, op: &mut dyn FnMut(&[f64]) -> Vec<f64>) -> Option<Vec
             a.set(i, j, x);
         }
     }
-    eigvalsh(&a).ok()
+    Some(a)
 }
 
 /// Ritz values (ascending) and the eigenvectors of the tridiagonal matrix.
@@ -673,21 +678,30 @@ pub fn top_eigs_op(
 }
 
 fn lanczos_top(n: usize, k: usize, op: &mut dyn FnMut(&[f64]) -> Vec<f64>, tol: f64) -> Vec<f64> {
+    lanczos_converge(n, k, op, tol).map_or_else(|| vec![f64::NAN; k], |(_, top)| top)
+}
+
+/// Runs Lanczos until the top k Ritz values are trusted; the iteration and
+/// those values, or `None` when the operator gave non-finite output.
+fn lanczos_converge(
+    n: usize,
+    k: usize,
+    op: &mut dyn FnMut(&[f64]) -> Vec<f64>,
+    tol: f64,
+) -> Option<(Lanczos, Vec<f64>)> {
     let mut rng = SplitMix(0x6E6E_6765_6F00_0002);
     let start = rng.vector(n);
     let mut l = Lanczos::new(n, start, rng);
     let mut last = 0;
     loop {
-        let Some(stepped) = l.step(op) else {
-            return vec![f64::NAN; k];
-        };
+        let stepped = l.step(op)?;
         let m = l.alpha.len();
         if !stepped || l.exhausted() {
             // The Krylov space is all of Rⁿ: the Ritz values are the spectrum.
             let mut out: Vec<f64> = l.ritz().map(|r| r.theta).unwrap_or_default();
             out.reverse();
             out.resize(k, f64::NAN);
-            return out;
+            return Some((l, out));
         }
         let broke = l.beta[m - 1] == 0.0;
         if m < k || !(broke || due_for_check(m, last)) {
@@ -695,9 +709,65 @@ fn lanczos_top(n: usize, k: usize, op: &mut dyn FnMut(&[f64]) -> Vec<f64>, tol: 
         }
         last = m;
         if let Some(top) = converged_top(&l, k, tol) {
-            return top;
+            if top.iter().any(|x| !x.is_finite()) {
+                return None;
+            }
+            return Some((l, top));
         }
     }
+}
+
+/// Flips `v` so that its largest-magnitude entry is positive (an
+/// eigenvector's sign is otherwise arbitrary).
+pub fn fix_sign(v: &mut [f64]) {
+    let top = v
+        .iter()
+        .fold(0.0f64, |m, x| if x.abs() > m.abs() { *x } else { m });
+    if top < 0.0 {
+        v.iter_mut().for_each(|x| *x = -*x);
+    }
+}
+
+/// Top-k eigenpairs (eigenvalues descending, unit eigenvectors) of a
+/// symmetric operator, as [`top_eigs_op`] finds the values: the Ritz
+/// vectors of the same Lanczos iteration (dense below 128 dimensions).
+/// `None` when the operator gave non-finite output.
+pub fn top_eigpairs_op(
+    n: usize,
+    k: usize,
+    op: &mut dyn FnMut(&[f64]) -> Vec<f64>,
+    tol: f64,
+) -> Option<(Vec<f64>, Vec<Vec<f64>>)> {
+    let k = k.min(n);
+    if k == 0 {
+        return Some((Vec::new(), Vec::new()));
+    }
+    if n <= DENSE_CUTOFF {
+        let (theta, s) = eigh(&dense_of(n, op)?).ok()?;
+        let cols = (n - k..n).rev();
+        let vectors = cols
+            .clone()
+            .map(|i| (0..n).map(|r| s.get(r, i)).collect())
+            .collect();
+        return Some((cols.map(|i| theta[i]).collect(), vectors));
+    }
+    let (l, _) = lanczos_converge(n, k, op, tol)?;
+    let full = l.ritz()?;
+    let m = full.theta.len();
+    let mut values = Vec::with_capacity(k);
+    let mut vectors = Vec::with_capacity(k);
+    for i in (m.saturating_sub(k)..m).rev() {
+        let mut y = vec![0.0; n];
+        for (j, q) in l.basis.iter().enumerate().take(m) {
+            let c = full.s.get(j, i);
+            y.iter_mut().zip(q).for_each(|(a, b)| *a += c * b);
+        }
+        let norm = y.iter().map(|x| x * x).sum::<f64>().sqrt();
+        y.iter_mut().for_each(|x| *x /= norm);
+        values.push(full.theta[i]);
+        vectors.push(y);
+    }
+    Some((values, vectors))
 }
 
 /// The top-k Ritz values, descending, once they can be trusted; `None` to

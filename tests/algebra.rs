@@ -139,6 +139,66 @@ fn elementwise_operations() {
     assert_eq!(vec_of(&r, "neg"), v.iter().map(|x| -x).collect::<Vec<_>>());
 }
 
+/// `eigenvector(F, k)` for every structure: unit, orthogonal, largest entry
+/// positive, `F u_k = λ_k u_k` with `λ_k` the k-th of `eigenvalues(F)`
+/// (≤ 1e-10 relative to the largest eigenvalue), for the top three and for
+/// one layer's block.
+#[test]
+fn eigenvectors_are_eigenvectors() {
+    let mut body = String::new();
+    for (i, s) in STORED.iter().chain(["Implicit"].iter()).enumerate() {
+        body += &format!(
+            "let F{i} = Fim({s}) of net on probe\n\
+             measure eigenvalues(F{i}, top = 3) as \"ev/{s}\"\n\
+             measure eigenvalues(F{i}[\"layers.3\"], top = 1) as \"evl/{s}\"\n\
+             let l{i} = eigenvector(F{i}[\"layers.3\"], 1)\n\
+             measure l{i} as \"l/{s}\", mv(F{i}[\"layers.3\"], l{i}) as \"Fl/{s}\"\n"
+        );
+        for k in 1..=3 {
+            body += &format!(
+                "let u{i}_{k} = eigenvector(F{i}, {k})\n\
+                 measure u{i}_{k} as \"u{k}/{s}\", mv(F{i}, u{i}_{k}) as \"Fu{k}/{s}\"\n"
+            );
+        }
+    }
+    let r = run(&body);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let pair = |s: &str, u: &[f64], fu: &[f64], lambda: f64, top: f64| {
+        let res = fu
+            .iter()
+            .zip(u)
+            .map(|(a, b)| (a - lambda * b).abs())
+            .fold(0.0f64, f64::max);
+        check(&format!("{s}: F u = λ u"), res / top);
+        check(&format!("{s}: |u| = 1"), (dot(u, u) - 1.0).abs());
+        let big = u
+            .iter()
+            .fold(0.0f64, |m, x| if x.abs() > m.abs() { *x } else { m });
+        assert!(big > 0.0, "{s}: sign");
+    };
+    for s in STORED.iter().chain(["Implicit"].iter()) {
+        let ev = vec_of(&r, &format!("ev/{s}"));
+        let us: Vec<Vec<f64>> = (1..=3).map(|k| vec_of(&r, &format!("u{k}/{s}"))).collect();
+        for k in 0..3 {
+            let fu = vec_of(&r, &format!("Fu{}/{s}", k + 1));
+            pair(&format!("{s} {}", k + 1), &us[k], &fu, ev[k], ev[0]);
+            for j in 0..k {
+                check(
+                    &format!("{s}: u{} · u{}", j + 1, k + 1),
+                    dot(&us[j], &us[k]).abs(),
+                );
+            }
+        }
+        let evl = vec_of(&r, &format!("evl/{s}"))[0];
+        let (l, fl) = (
+            vec_of(&r, &format!("l/{s}")),
+            vec_of(&r, &format!("Fl/{s}")),
+        );
+        assert_eq!(l.len(), LAYERS[1].1);
+        pair(&format!("{s} layers.3"), &l, &fl, evl, evl);
+    }
+}
+
 /// `with_weights(net, v)`: a model whose weights are the vector's, whole or
 /// on the layers it covers; its initial weights are those; the same
 /// weights give the same model.
@@ -277,6 +337,8 @@ fn errors_are_located() {
         ("let K = Ntk(Dense) of net on probe\nmeasure trace(inverse(K))", "Fisher"),
         ("let I = Fim(Implicit) of net on probe\nmeasure trace(power(I, 2))", "takes `+ λ`"),
         ("let K = Ntk(Dense) of net on probe\nsave K to \"k.safetensors\"", "only Fisher"),
+        ("let K = Ntk(Dense) of net on probe\nlet u = eigenvector(K, 1)", "NTK's eigenvectors"),
+        ("let F = Fim(KFAC) of net on probe\nlet u = eigenvector(F[\"layers.5\"], 91)", "OutOfRange"),
         (
             "model small = mlp(in = 64, hidden = [4], out = 10)\nmodel m = with_weights(net, weights(small))",
             "layer `layers.0` of `net` has 20 parameters, the vector 260 entries",

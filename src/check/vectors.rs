@@ -9,7 +9,13 @@ use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{cost, Measurement, ModelSpec, Object, Op, Operand, StepId, VectorOp};
 use crate::syntax::{BinOp, Expr, ExprKind, Span};
 
-pub const VECTORS: [&str; 4] = ["grad", "random_vector", "weights", "initial_weights"];
+pub const VECTORS: [&str; 5] = [
+    "grad",
+    "random_vector",
+    "weights",
+    "initial_weights",
+    "eigenvector",
+];
 /// Measurements whose result is a parameter-space vector (of a Fisher).
 pub const VECTOR_MEASUREMENTS: [&str; 3] = ["mv", "solve", "diag"];
 
@@ -104,7 +110,7 @@ impl<'a> Checker<'a> {
                         d.span,
                         "not a vector",
                     )
-                    .hint("vectors: grad(net, data), random_vector(net, seed = 0), weights(net), initial_weights(net), mv(F, v), solve(F, v, damping = 1e-3), diag(F)"));
+                    .hint("vectors: grad(net, data), random_vector(net, seed = 0), weights(net), initial_weights(net), eigenvector(F, 1), mv(F, v), solve(F, v, damping = 1e-3), diag(F)"));
                     return None;
                 }
             },
@@ -151,6 +157,40 @@ impl<'a> Checker<'a> {
                                 seed,
                             },
                             model_layers(&m.spec),
+                        )
+                    }
+                    "eigenvector" => {
+                        let c = self.bind(callee, d.span, args, &["m", "k"])?;
+                        let me = self.req(&c, "m");
+                        let ke = self.req(&c, "k");
+                        let (r, layer) = self.operand(me?)?;
+                        let layers = repr_layers(&r, layer.as_deref());
+                        let dim: u64 = layers.iter().map(|(_, p)| p).sum();
+                        let rank = self.int(ke?, "k", 1, dim.max(1) as i64)? as usize;
+                        if r.object != Object::Fim {
+                            self.error(
+                                Diagnostic::new(
+                                    ErrorKind::Invalid {
+                                        message:
+                                            "an NTK's eigenvectors are not parameter-space vectors"
+                                                .into(),
+                                    },
+                                    d.span,
+                                    "the NTK lives on examples × outputs",
+                                )
+                                .hint("its eigenvalues: `measure eigenvalues(K, top = 5)`"),
+                            );
+                            return None;
+                        }
+                        (
+                            VectorOp::Eigenvector {
+                                m: Operand {
+                                    repr: r.step,
+                                    layer,
+                                },
+                                rank,
+                            },
+                            layers,
                         )
                     }
                     "weights" | "initial_weights" => {

@@ -186,6 +186,7 @@ impl<O: Ops> Engine<O> {
                 on_model(model, (0..p).map(|_| rng.normal()).collect())
             }
             VectorOp::Weights { model } => on_model(model, self.model(*model)?.params.flat()),
+            VectorOp::Eigenvector { m, rank } => self.eigenvector(m, *rank),
             VectorOp::InitialWeights { model } => match self.values.get(model) {
                 Some(Value::Model(_, w0)) => on_model(model, w0.clone()),
                 _ => Err("not a model".into()),
@@ -214,6 +215,55 @@ impl<O: Ops> Engine<O> {
             VectorOp::Measured { measurement } => self.vector_result(measurement),
         };
         whole.map(sharded::Built::Whole)
+    }
+
+    /// The eigenvector of `m` with the `rank`-th largest eigenvalue: each
+    /// stored structure's own eigenpairs ([`Fim::eigenpairs`]); Lanczos on
+    /// the product for a large Dense Fisher and for an Implicit one.
+    fn eigenvector(&self, m: &Operand, rank: usize) -> Result<PVec, String> {
+        let r = self.operand(m)?;
+        let infos = self.infos(&r)?;
+        let dim: usize = infos.iter().map(|l| l.numel).sum();
+        if rank == 0 || rank > dim {
+            return Err(format!(
+                "eigenvector {rank} of a {dim} × {dim} matrix does not exist"
+            ));
+        }
+        let lanczos = |op: &mut dyn FnMut(&[f64]) -> Vec<f64>| {
+            linalg::top_eigpairs_op(dim, rank, op, 1e-12)
+                .map(|(_, mut v)| {
+                    let mut u = v.swap_remove(rank - 1);
+                    linalg::fix_sign(&mut u);
+                    u
+                })
+                .ok_or_else(|| "the eigenvector iteration met a non-finite product".to_string())
+        };
+        let u = match &r.kind {
+            ReprKind::Fim(f) if matches!(f.body, FimBody::Dense(_)) && dim > 2000 && rank <= 64 => {
+                lanczos(&mut |v: &[f64]| f.mv(v))?
+            }
+            ReprKind::Fim(f) => {
+                let (_, mut v) = f.eigenpairs(rank).map_err(|e| e.to_string())?;
+                v.swap_remove(rank - 1)
+            }
+            ReprKind::Implicit(_) => {
+                let mut err = None;
+                let mut op = |v: &[f64]| match self.implicit_mv(&r, v) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        err = Some(e);
+                        vec![f64::NAN; v.len()]
+                    }
+                };
+                let u = lanczos(&mut op);
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                u?
+            }
+            ReprKind::Ntk(_) => return Err("an NTK's eigenvectors live on examples".into()),
+        };
+        Ok(PVec::of_layers(&infos, u))
     }
 
     /// The parameter-space vector a measurement yields (`mv`, `solve`,

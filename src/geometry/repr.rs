@@ -110,6 +110,43 @@ fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
     flat_pos(g, a, l.sg, l.sa, l.bias, l.order)
 }
 
+/// One block's eigenpairs: values in a fixed order and each vector on demand.
+enum BlockEigen {
+    /// Eigenvalues and eigenvectors as columns (natural = flat order).
+    Columns(Vec<f64>, Mat),
+    /// A diagonal: the eigenvectors are coordinates.
+    Unit(Vec<f64>),
+    /// `val[i·sa + j]` pairs column i of `ug` with column j of `ua`.
+    Kron { val: Vec<f64>, ug: Mat, ua: Mat },
+}
+
+impl BlockEigen {
+    fn values(&self) -> &[f64] {
+        match self {
+            BlockEigen::Columns(v, _) | BlockEigen::Unit(v) | BlockEigen::Kron { val: v, .. } => v,
+        }
+    }
+
+    /// Eigenvector `i` in the layer's flat order.
+    fn vector(&self, l: &LayerInfo, i: usize) -> Vec<f64> {
+        match self {
+            BlockEigen::Columns(_, m) => (0..m.rows).map(|r| m.get(r, i)).collect(),
+            BlockEigen::Unit(d) => {
+                let mut v = vec![0.0; d.len()];
+                v[i] = 1.0;
+                v
+            }
+            BlockEigen::Kron { ug, ua, .. } => {
+                let (gi, aj) = (i / ua.cols, i % ua.cols);
+                let natural: Vec<f64> = (0..ug.rows)
+                    .flat_map(|r| (0..ua.rows).map(move |c| ug.get(r, gi) * ua.get(c, aj)))
+                    .collect();
+                flat(&Mat::from_vec(ug.rows, ua.rows, natural), l)
+            }
+        }
+    }
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -315,6 +352,37 @@ impl Block {
             }
             Block::Ekfac { d, .. } => d.data.clone(),
             Block::QuasiDiag { .. } => eigvalsh(&self.to_dense(l))?,
+        })
+    }
+
+    /// Every eigenpair as a value and the means to build its vector (in the
+    /// layer's flat order) on demand: a block's P eigenvectors are never all
+    /// materialised when only the top few are wanted.
+    fn eigen_parts(&self, l: &LayerInfo) -> R<BlockEigen> {
+        Ok(match self {
+            Block::Dense(m) => {
+                let (val, vec) = eigh(m)?;
+                BlockEigen::Columns(val, vec)
+            }
+            Block::QuasiDiag { .. } => {
+                let (val, vec) = eigh(&self.to_dense(l))?;
+                BlockEigen::Columns(val, vec)
+            }
+            Block::Diag(d) => BlockEigen::Unit(d.clone()),
+            Block::Kfac { a, g } => {
+                let (ea, ua) = eigh(a)?;
+                let (eg, ug) = eigh(g)?;
+                let val = eg
+                    .iter()
+                    .flat_map(|x| ea.iter().map(move |y| x * y))
+                    .collect();
+                BlockEigen::Kron { val, ug, ua }
+            }
+            Block::Ekfac { ua, ug, d } => BlockEigen::Kron {
+                val: d.data.clone(),
+                ug: ug.clone(),
+                ua: ua.clone(),
+            },
         })
     }
 
@@ -564,6 +632,80 @@ impl Fim {
         // LᵀL has the nonzero eigenvalues of LLᵀ and zeros elsewhere.
         ev.resize(self.dim(), 0.0);
         Ok(ev)
+    }
+
+    /// The top `k` eigenpairs, eigenvalues descending, unit eigenvectors in
+    /// the representation's flat order, each in its structure: the layer
+    /// blocks' own (a Kronecker pair for KFAC and EKFAC, a coordinate for
+    /// Diag), zero outside their layer; LowRank's from the small r × r
+    /// problem. A vector's sign makes its largest entry positive.
+    pub fn eigenpairs(&self, k: usize) -> R<(Vec<f64>, Vec<Vec<f64>>)> {
+        let dim = self.dim();
+        let (values, mut vectors): (Vec<f64>, Vec<Vec<f64>>) = match &self.body {
+            FimBody::Dense(m) => {
+                let (val, vec) = eigh(m)?;
+                let top: Vec<usize> = (0..val.len()).rev().take(k).collect();
+                (
+                    top.iter().map(|&i| val[i]).collect(),
+                    top.iter()
+                        .map(|&i| (0..dim).map(|r| vec.get(r, i)).collect())
+                        .collect(),
+                )
+            }
+            FimBody::Blocks(blocks) => {
+                let parts: Vec<BlockEigen> = blocks
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(b, l)| b.eigen_parts(l))
+                    .collect::<R<_>>()?;
+                // (value, block, index within it), largest first.
+                let mut all: Vec<(f64, usize, usize)> = parts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, p)| p.values().iter().enumerate().map(move |(i, v)| (*v, b, i)))
+                    .collect();
+                all.sort_by(|x, y| y.0.total_cmp(&x.0));
+                all.truncate(k);
+                let vectors = all
+                    .iter()
+                    .map(|&(_, b, i)| {
+                        let l = &self.layers[b];
+                        let mut v = vec![0.0; dim];
+                        v[l.offset..l.offset + l.numel].copy_from_slice(&parts[b].vector(l, i));
+                        v
+                    })
+                    .collect();
+                (all.iter().map(|x| x.0).collect(), vectors)
+            }
+            FimBody::LowRank(f) => {
+                // F = LᵀL: with L Lᵀ = U Σ² Uᵀ, F's eigenvectors are Lᵀu/σ.
+                let (val, u) = eigh(&f.matmul(&f.transpose()))?;
+                let top: Vec<usize> = (0..val.len())
+                    .rev()
+                    .filter(|&i| val[i] > 0.0)
+                    .take(k)
+                    .collect();
+                if top.len() < k.min(dim) {
+                    return Err(ReprError::Unsupported(format!(
+                        "this LowRank Fisher has {} nonzero eigenvalues; eigenvectors of its zero eigenvalue are not unique",
+                        top.len()
+                    )));
+                }
+                let vectors = top
+                    .iter()
+                    .map(|&i| {
+                        let ui: Vec<f64> = (0..f.rows).map(|r| u.get(r, i)).collect();
+                        let sigma = val[i].sqrt();
+                        (0..dim)
+                            .map(|c| (0..f.rows).map(|r| f.get(r, c) * ui[r]).sum::<f64>() / sigma)
+                            .collect()
+                    })
+                    .collect();
+                (top.iter().map(|&i| val[i]).collect(), vectors)
+            }
+        };
+        vectors.iter_mut().for_each(|v| crate::linalg::fix_sign(v));
+        Ok((values, vectors))
     }
 
     /// `(F + λI)^p` in the same structure where it has one (Dense, blocks,

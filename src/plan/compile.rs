@@ -106,6 +106,7 @@ impl Op {
             Op::Repr { model, data, .. } => vec![*model, *data],
             Op::Vector { vector, .. } => match vector {
                 VectorOp::Grad { model, data, .. } => vec![*model, *data],
+                VectorOp::Eigenvector { m, .. } => vec![m.repr],
                 VectorOp::Random { model, .. }
                 | VectorOp::Weights { model }
                 | VectorOp::InitialWeights { model } => vec![*model],
@@ -244,6 +245,34 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             steps,
             dtype,
         ),
+        // As the eigenvalues it comes with, plus the vectors built.
+        Op::Vector {
+            vector: VectorOp::Eigenvector { m, rank },
+            ..
+        } => {
+            let eig = estimate(
+                &Op::Measure {
+                    key: String::new(),
+                    measurement: Measurement::Eigenvalues {
+                        m: m.clone(),
+                        top: *rank,
+                    },
+                },
+                steps,
+                dtype,
+            );
+            let p = measured_repr(steps, m.repr).map_or(0, |r| {
+                cost::covered_layers(r.model, r.options)
+                    .iter()
+                    .map(|l| l.params)
+                    .sum()
+            });
+            Cost {
+                memory: p * 8,
+                peak: eig.peak + (*rank as u64 + 1) * p * 8,
+                flops: eig.flops,
+            }
+        }
         Op::Vector { vector, .. } => {
             let p = op
                 .refs()

@@ -664,6 +664,12 @@ pub struct Operand {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VectorOp {
+    /// The eigenvector of a Fisher with the `rank`-th largest eigenvalue
+    /// (1 = the top one), unit norm, its largest entry positive.
+    Eigenvector {
+        m: Operand,
+        rank: usize,
+    },
     /// Gradient of the mean training loss.
     Grad {
         model: StepId,
