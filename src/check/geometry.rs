@@ -24,7 +24,7 @@ pub const STRUCTURES: [&str; 9] = [
     "mix",
 ];
 const NTK_STRUCTURES: [&str; 5] = ["Dense", "BlockDiag", "Diag", "LowRank", "Implicit"];
-pub const MEASUREMENTS: [&str; 16] = [
+pub const MEASUREMENTS: [&str; 17] = [
     "trace",
     "frobenius",
     "spectral_norm",
@@ -33,6 +33,7 @@ pub const MEASUREMENTS: [&str; 16] = [
     "vTMv",
     "solve",
     "eigenvalues",
+    "eigenvectors",
     "effective_rank",
     "alignment",
     "rel_error",
@@ -1122,6 +1123,33 @@ impl<'a> Checker<'a> {
                     None => 10,
                 };
                 Measurement::Eigenvalues { m: op(&r, l), top }
+            }
+            "eigenvectors" => {
+                let c = self.bind(callee, span, args, &["m", "top"])?;
+                let me = self.req(&c, "m")?;
+                let (r, l) = self.operand(me)?;
+                let dim: u64 = super::vectors::repr_layers(&r, l.as_deref())
+                    .iter()
+                    .map(|(_, p)| p)
+                    .sum();
+                let top = match c.get("top") {
+                    Some(t) => self.int(t, "top", 1, dim.max(1) as i64)? as usize,
+                    None => 1,
+                };
+                if r.object != Object::Fim {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "eigenvectors are measured for a Fisher".into(),
+                            },
+                            me.span,
+                            "an NTK",
+                        )
+                        .hint("its eigenvalues: `measure eigenvalues(K, top = 5)`"),
+                    );
+                    return None;
+                }
+                Measurement::Eigenvectors { m: op(&r, l), top }
             }
             "alignment" => {
                 let c = self.bind(callee, span, args, &["m", "targets", "centered", "kernel"])?;

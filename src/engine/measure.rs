@@ -455,6 +455,16 @@ impl<O: Ops> Engine<O> {
                 let r = self.operand(m)?;
                 vector(self.eigenvalues(&r, Some(*top))?)
             }
+            Measurement::Eigenvectors { m, top } => {
+                let (_, vectors) = self.eigenvectors(m, *top)?;
+                let dim = vectors.first().map_or(0, Vec::len);
+                StepOutput::Tensor {
+                    tensor: HostTensor {
+                        shape: vec![vectors.len(), dim],
+                        data: vectors.concat(),
+                    },
+                }
+            }
             Measurement::EffectiveRank { m } => {
                 let r = self.operand(m)?;
                 scalar(linalg::effective_rank(&self.eigenvalues(&r, None)?))

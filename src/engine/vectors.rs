@@ -217,35 +217,43 @@ impl<O: Ops> Engine<O> {
         whole.map(sharded::Built::Whole)
     }
 
-    /// The eigenvector of `m` with the `rank`-th largest eigenvalue: each
-    /// stored structure's own eigenpairs ([`Fim::eigenpairs`]); Lanczos on
-    /// the product for a large Dense Fisher and for an Implicit one.
+    /// The eigenvector of `m` with the `rank`-th largest eigenvalue.
     fn eigenvector(&self, m: &Operand, rank: usize) -> Result<PVec, String> {
+        let (infos, mut vectors) = self.eigenvectors(m, rank)?;
+        let u = vectors.swap_remove(rank - 1);
+        Ok(PVec::of_layers(&infos, u))
+    }
+
+    /// The unit eigenvectors of the `top` largest eigenvalues of `m`, in
+    /// order, each with its largest entry positive: each stored
+    /// structure's own eigenpairs ([`Fim::eigenpairs`]); Lanczos on the
+    /// product for a large Dense Fisher and for an Implicit one.
+    pub(super) fn eigenvectors(
+        &self,
+        m: &Operand,
+        top: usize,
+    ) -> Result<(Vec<LayerInfo>, Vec<Vec<f64>>), String> {
         let r = self.operand(m)?;
         let infos = self.infos(&r)?;
         let dim: usize = infos.iter().map(|l| l.numel).sum();
-        if rank == 0 || rank > dim {
+        if top == 0 || top > dim {
             return Err(format!(
-                "eigenvector {rank} of a {dim} × {dim} matrix does not exist"
+                "eigenvector {top} of a {dim} × {dim} matrix does not exist"
             ));
         }
         let lanczos = |op: &mut dyn FnMut(&[f64]) -> Vec<f64>| {
-            linalg::top_eigpairs_op(dim, rank, op, 1e-12)
+            linalg::top_eigpairs_op(dim, top, op, 1e-12)
                 .map(|(_, mut v)| {
-                    let mut u = v.swap_remove(rank - 1);
-                    linalg::fix_sign(&mut u);
-                    u
+                    v.iter_mut().for_each(|u| linalg::fix_sign(u));
+                    v
                 })
                 .ok_or_else(|| "the eigenvector iteration met a non-finite product".to_string())
         };
-        let u = match &r.kind {
-            ReprKind::Fim(f) if matches!(f.body, FimBody::Dense(_)) && dim > 2000 && rank <= 64 => {
+        let vectors = match &r.kind {
+            ReprKind::Fim(f) if matches!(f.body, FimBody::Dense(_)) && dim > 2000 && top <= 64 => {
                 lanczos(&mut |v: &[f64]| f.mv(v))?
             }
-            ReprKind::Fim(f) => {
-                let (_, mut v) = f.eigenpairs(rank).map_err(|e| e.to_string())?;
-                v.swap_remove(rank - 1)
-            }
+            ReprKind::Fim(f) => f.eigenpairs(top).map_err(|e| e.to_string())?.1,
             ReprKind::Implicit(_) => {
                 let mut err = None;
                 let mut op = |v: &[f64]| match self.implicit_mv(&r, v) {
@@ -255,15 +263,15 @@ impl<O: Ops> Engine<O> {
                         vec![f64::NAN; v.len()]
                     }
                 };
-                let u = lanczos(&mut op);
+                let v = lanczos(&mut op);
                 if let Some(e) = err {
                     return Err(e);
                 }
-                u?
+                v?
             }
             ReprKind::Ntk(_) => return Err("an NTK's eigenvectors live on examples".into()),
         };
-        Ok(PVec::of_layers(&infos, u))
+        Ok((infos, vectors))
     }
 
     /// The parameter-space vector a measurement yields (`mv`, `solve`,

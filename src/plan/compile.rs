@@ -125,6 +125,7 @@ impl Op {
                 | Measurement::SpectralNorm { m }
                 | Measurement::Diagonal { m }
                 | Measurement::Eigenvalues { m, .. }
+                | Measurement::Eigenvectors { m, .. }
                 | Measurement::EffectiveRank { m }
                 | Measurement::Memory { m } => vec![m.repr],
                 Measurement::Mv { m, v }
@@ -347,6 +348,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 | Measurement::Mv { .. }
                 | Measurement::Solve { .. } => dim * 8,
                 Measurement::Eigenvalues { top, .. } => *top as u64 * 8,
+                Measurement::Eigenvectors { top, .. } => *top as u64 * dim * 8,
                 _ => 8,
             };
             Cost {

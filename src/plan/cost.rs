@@ -241,6 +241,7 @@ pub fn repr_flops(
 pub fn measure_flops(measurement: &Measurement, dim: u64, stored: u64) -> u64 {
     match measurement {
         Measurement::Eigenvalues { .. }
+        | Measurement::Eigenvectors { .. }
         | Measurement::SpectralNorm { .. }
         | Measurement::EffectiveRank { .. } => 10 * dim.saturating_mul(sq(dim)).min(u64::MAX / 20),
         Measurement::Solve { .. } => dim.saturating_mul(sq(dim)) / 3 + 2 * stored,
@@ -665,13 +666,14 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     let dense_copy = |k: u64| k * sq(dim) * HOST;
     let ntk_dense = matches!((r.object, &*r.structure), (Object::Ntk, Structure::Dense));
     match measurement {
-        Measurement::Eigenvalues { top, .. }
+        Measurement::Eigenvalues { top, .. } | Measurement::Eigenvectors { top, .. }
             if *top <= 64 && dim > 2000 && r.object == Object::Fim =>
         {
             // Lanczos on products: a Krylov basis, no dense copy.
             3 * 64 * dim * HOST + mv
         }
         Measurement::Eigenvalues { .. }
+        | Measurement::Eigenvectors { .. }
         | Measurement::EffectiveRank { .. }
         | Measurement::SpectralNorm { .. } => {
             if implicit {

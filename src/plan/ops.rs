@@ -763,6 +763,12 @@ pub enum Measurement {
         m: Operand,
         top: usize,
     },
+    /// The eigenvectors of the `top` largest eigenvalues of a Fisher, as
+    /// the rows of a `[top, P]` tensor (those of `eigenvector(M, k)`).
+    Eigenvectors {
+        m: Operand,
+        top: usize,
+    },
     EffectiveRank {
         m: Operand,
     },
