@@ -109,6 +109,21 @@ fn cases() -> Vec<(&'static str, String)> {
         ("linearized", header("linearized", "f64", 10, "512, 512") + &train("sgd(lr = 0.01)", "  mode = linearized\n")),
         ("ekfac_optim", header("ekfac_optim", "f32", 100, "64, 64") + EKFAC_OPTIM),
         ("dense_sweep", header("dense_sweep", "f64", 50, "32") + &dense_sweep(4)),
+        // A loss penalty: the Fisher and anchor held through the training,
+        // three parameter-sized vectors per step.
+        (
+            "ewc_kfac",
+            header("ewc_kfac", "f64", 200, "1024, 1024")
+                + "let F = Fim(KFAC) of net on probe\nlet w0 = weights(net)\n"
+                + &train("sgd(lr = 0.01)", "  loss = cross_entropy + 10 * vTMv(F, weights(net) - w0) + 1e-3 * l2(weights(net))\n"),
+        ),
+        (
+            "ewc_implicit",
+            header("ewc_implicit", "f64", 500, "512, 512")
+                + "let F = Fim(Implicit) of net on probe\nlet w0 = weights(net)\n"
+                + &train("sgd(lr = 0.01)", "  loss = cross_entropy + 10 * vTMv(F, weights(net) - w0)\n"),
+        ),
+        measure("eigenvectors_kfac", "f64", 500, "1024, 1024", "measure eigenvectors(Fim(KFAC) of net on probe, top = 3) as \"e\"\nlet u = eigenvector(Fim(EKFAC) of net on probe, 2)\nmeasure norm(u) as \"n\"\n"),
     ]
 }
 

@@ -246,34 +246,25 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             steps,
             dtype,
         ),
-        // As the eigenvalues it comes with, plus the vectors built.
+        // The structure's own eigenpairs, the vectors built.
         Op::Vector {
             vector: VectorOp::Eigenvector { m, rank },
             ..
-        } => {
-            let eig = estimate(
-                &Op::Measure {
-                    key: String::new(),
-                    measurement: Measurement::Eigenvalues {
-                        m: m.clone(),
-                        top: *rank,
-                    },
-                },
-                steps,
-                dtype,
-            );
-            let p = measured_repr(steps, m.repr).map_or(0, |r| {
-                cost::covered_layers(r.model, r.options)
+        } => match measured_repr(steps, m.repr) {
+            Some(r) => {
+                let p: u64 = cost::covered_layers(r.model, r.options)
                     .iter()
                     .map(|l| l.params)
-                    .sum()
-            });
-            Cost {
-                memory: p * 8,
-                peak: eig.peak + (*rank as u64 + 1) * p * 8,
-                flops: eig.flops,
+                    .sum();
+                let (peak, flops) = cost::eigenvectors_cost(&r, *rank as u64, dtype);
+                Cost {
+                    memory: p * 8,
+                    peak: p * 8 + peak,
+                    flops,
+                }
             }
-        }
+            None => Cost::default(),
+        },
         Op::Vector { vector, .. } => {
             let p = op
                 .refs()
@@ -332,6 +323,15 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 }
                 None => (0, 0),
             };
+            if let (Measurement::Eigenvectors { top, .. }, Some(r)) = (measurement, &on) {
+                let (peak, flops) = cost::eigenvectors_cost(r, *top as u64, dtype);
+                let memory = *top as u64 * dim * 8;
+                return Cost {
+                    memory,
+                    peak: memory + peak + cost::streamed_bytes(memory),
+                    flops,
+                };
+            }
             let (flops, pass) = match measurement {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
                     let n = data_info(steps, *data).map_or(0, |i| i.n as u64);
@@ -354,6 +354,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             Cost {
                 memory,
                 peak: memory
+                    + cost::streamed_bytes(memory)
                     + pass
                     + blockwise.unwrap_or_else(|| cost::measure_peak(measurement, on, dtype)),
                 flops,
