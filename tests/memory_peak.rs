@@ -123,6 +123,10 @@ fn cases() -> Vec<(&'static str, String)> {
                 + "let F = Fim(Implicit) of net on probe\nlet w0 = weights(net)\n"
                 + &train("sgd(lr = 0.01)", "  loss = cross_entropy + 10 * vTMv(F, weights(net) - w0)\n"),
         ),
+        // A Hessian built column by column (each batch's passes kept whole),
+        // and a matrix-free one under Lanczos.
+        measure("hessian_dense", "f64", 200, "32", "measure trace(Hessian(Dense) of net on probe) as \"t\"\n"),
+        measure("hessian_implicit", "f64", 500, "256, 256", "measure eigenvalues(Hessian(Implicit) of net on probe, top = 3) as \"e\"\n"),
         measure("eigenvectors_kfac", "f64", 500, "1024, 1024", "measure eigenvectors(Fim(KFAC) of net on probe, top = 3) as \"e\"\nlet u = eigenvector(Fim(EKFAC) of net on probe, 2)\nmeasure norm(u) as \"n\"\n"),
     ]
 }

@@ -83,6 +83,7 @@ impl Val {
             Val::Repr(r) => match r.object {
                 Object::Fim => "Fisher representation",
                 Object::Ntk => "NTK representation",
+                Object::Hessian => "Hessian representation",
             },
             Val::Vector(_) => "vector",
             Val::Layer(_) => "layer",

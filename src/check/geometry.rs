@@ -6,8 +6,8 @@ use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::cost;
 use crate::plan::{
-    FisherVariant, Layer, LayerFamily, Measurement, Object, Op, Operand, ReprOptions, Structure,
-    Task, Transform,
+    FisherVariant, HessianPart, Layer, LayerFamily, Measurement, Object, Op, Operand, ReprOptions,
+    Structure, Task, Transform,
 };
 use crate::syntax::{Arg, Expr, ExprKind, Ident, MeasureItem, Span};
 use std::collections::BTreeMap;
@@ -508,6 +508,7 @@ impl<'a> Checker<'a> {
         let object = match callee.name.as_str() {
             "Fim" => Object::Fim,
             "Ntk" => Object::Ntk,
+            "Hessian" => Object::Hessian,
             other => {
                 let mut d = Diagnostic::new(
                     ErrorKind::Unknown {
@@ -519,9 +520,9 @@ impl<'a> Checker<'a> {
                         },
                     },
                     callee.span,
-                    "expected `Fim(...)` or `Ntk(...)`",
+                    "expected `Fim(...)`, `Ntk(...)` or `Hessian(...)`",
                 )
-                .hint_opt(did_you_mean(other, ["Fim", "Ntk"]));
+                .hint_opt(did_you_mean(other, ["Fim", "Ntk", "Hessian"]));
                 if STRUCTURES.contains(&other) {
                     d = d.hint(format!(
                         "say which object: `Fim({other})` or `Ntk({other})`"
@@ -534,6 +535,7 @@ impl<'a> Checker<'a> {
         let params: &[&'static str] = match object {
             Object::Fim => &["structure", "fisher", "task", "layers", "centered"],
             Object::Ntk => &["structure", "layers", "centered"],
+            Object::Hessian => &["structure", "loss", "part", "layers"],
         };
         let call = self.bind(&callee, head.span, args, params)?;
         let se = self.req(&call, "structure");
@@ -567,18 +569,26 @@ impl<'a> Checker<'a> {
             return None;
         }
         // Options.
-        let task = match call.get("task") {
-            Some(t) => self.task(t)?,
-            None if dv.info.classes.is_some() && m.spec.outputs() == 1 => Task::Binary,
-            None if dv.info.classes.is_some() => Task::Classification,
-            None => Task::Regression { sigma2: 1.0 },
+        let task = match call.get("loss") {
+            Some(l) => self.hessian_loss(l, &m, &dv)?,
+            None => match call.get("task") {
+                Some(t) => self.task(t)?,
+                None if dv.info.classes.is_some() && m.spec.outputs() == 1 => Task::Binary,
+                None if dv.info.classes.is_some() => Task::Classification,
+                None => Task::Regression { sigma2: 1.0 },
+            },
         };
         let fisher = match object {
             Object::Fim => Some(match call.get("fisher") {
                 Some(f) => self.fisher(f)?,
                 None => FisherVariant::True,
             }),
-            Object::Ntk => None,
+            Object::Ntk | Object::Hessian => None,
+        };
+        let hessian = match (object, call.get("part")) {
+            (Object::Hessian, Some(p)) => Some(self.hessian_part(p)?),
+            (Object::Hessian, None) => Some(HessianPart::Full),
+            _ => None,
         };
         let layers = match call.get("layers") {
             Some(l) => {
@@ -618,7 +628,11 @@ impl<'a> Checker<'a> {
             shards: None,
             part: None,
             file: None,
+            hessian,
         };
+        if object == Object::Hessian {
+            self.hessian_support(&structure, se?.span, &m)?;
+        }
         // Which layers each structure supports.
         if object == Object::Ntk && !NTK_STRUCTURES.contains(&structure.name().as_str()) {
             self.error(
@@ -763,6 +777,7 @@ impl<'a> Checker<'a> {
                 Structure::Implicit,
             ],
             Object::Ntk => vec![Structure::BlockDiag, Structure::Diag, Structure::Implicit],
+            Object::Hessian => vec![Structure::Diag, Structure::Implicit],
         };
         let fits_layers = |s: &Structure| {
             !matches!(s, Structure::Kfac | Structure::Ekfac { .. })
@@ -1136,11 +1151,12 @@ impl<'a> Checker<'a> {
                     Some(t) => self.int(t, "top", 1, dim.max(1) as i64)? as usize,
                     None => 1,
                 };
-                if r.object != Object::Fim {
+                if !r.object.param_space() {
                     self.error(
                         Diagnostic::new(
                             ErrorKind::Invalid {
-                                message: "eigenvectors are measured for a Fisher".into(),
+                                message: "eigenvectors are measured for a Fisher or a Hessian"
+                                    .into(),
                             },
                             me.span,
                             "an NTK",
@@ -1248,8 +1264,8 @@ impl<'a> Checker<'a> {
                         l.as_ref().map(|l| format!("[{l}]")).unwrap_or_default()
                     )
                 };
-                let why = if ra.object != rb.object {
-                    Some("a Fisher and an NTK live in different spaces".to_string())
+                let why = if ra.object.param_space() != rb.object.param_space() {
+                    Some("a matrix on the weights and an NTK live in different spaces".to_string())
                 } else if ra.model.spec.params != rb.model.spec.params {
                     Some(format!(
                         "they are of models with {} and {} parameters",

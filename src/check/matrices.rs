@@ -200,5 +200,6 @@ fn fmt_object(o: Object) -> &'static str {
     match o {
         Object::Fim => "Fim",
         Object::Ntk => "Ntk",
+        Object::Hessian => "Hessian",
     }
 }

@@ -14,6 +14,7 @@ mod data;
 mod env;
 mod geometry;
 mod graph;
+mod hessian;
 mod library;
 mod matrices;
 mod model;

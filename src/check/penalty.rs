@@ -11,7 +11,7 @@ use super::env::{ModelV, VecV};
 use super::vectors::repr_layers;
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
-use crate::plan::{LossKind, Object, Operand, Penalty};
+use crate::plan::{LossKind, Operand, Penalty};
 use crate::syntax::{BinOp, Expr, ExprKind};
 
 const LOSSES: [&str; 2] = ["cross_entropy", "mse"];
@@ -159,10 +159,10 @@ impl<'a> Checker<'a> {
                 let operand = if quadratic {
                     let me = self.req(&c, "m")?;
                     let (r, layer) = self.operand(me)?;
-                    if r.object != Object::Fim {
+                    if !r.object.param_space() {
                         self.error(Diagnostic::new(
                             ErrorKind::Invalid {
-                                message: "a penalty's matrix must be a Fisher".into(),
+                                message: "a penalty's matrix must be a Fisher or a Hessian".into(),
                             },
                             c.get("m").map_or(d.span, |x| x.span),
                             "an NTK lives on examples, not on the weights",

@@ -34,7 +34,7 @@ impl<'a> Checker<'a> {
             return None;
         };
         let why = match (r.object, &r.structure) {
-            (Object::Ntk, _) => Some("only Fisher representations are saved"),
+            (Object::Ntk | Object::Hessian, _) => Some("only Fisher representations are saved"),
             (_, Structure::Implicit) => Some("Fim(Implicit) is never stored: save `dense(M)`"),
             _ => None,
         };
@@ -135,6 +135,7 @@ impl<'a> Checker<'a> {
             shards: None,
             part: None,
             file: Some(file),
+            hessian: None,
         };
         let structure = structure_named(&h.structure);
         let name = self.name_or_anon(name);

@@ -78,6 +78,9 @@ impl<'a> Checker<'a> {
     ) -> Option<()> {
         let why = match (object, structure) {
             (Object::Ntk, Structure::Dense | Structure::LowRank { .. }) => None::<String>,
+            (Object::Hessian, _) => Some(
+                "its products keep whole passes per batch; it is not computed in parts yet".into(),
+            ),
             (Object::Ntk, _) => Some(
                 "it holds per-example blocks only; sharding applies to the dense kernel".into(),
             ),

@@ -167,7 +167,7 @@ impl<'a> Checker<'a> {
                         let layers = repr_layers(&r, layer.as_deref());
                         let dim: u64 = layers.iter().map(|(_, p)| p).sum();
                         let rank = self.int(ke?, "k", 1, dim.max(1) as i64)? as usize;
-                        if r.object != Object::Fim {
+                        if !r.object.param_space() {
                             self.error(
                                 Diagnostic::new(
                                     ErrorKind::Invalid {
@@ -213,7 +213,7 @@ impl<'a> Checker<'a> {
                             return None;
                         };
                         let (object, layers) = self.operand_layers(&m)?;
-                        if object != Object::Fim {
+                        if !object.param_space() {
                             self.error(
                                 Diagnostic::new(
                                     ErrorKind::Invalid {
@@ -369,11 +369,11 @@ impl<'a> Checker<'a> {
         e: &'a Expr,
         what: &str,
     ) -> Option<StepId> {
-        if m.object != Object::Fim {
+        if !m.object.param_space() {
             self.error(
                 Diagnostic::new(
                     ErrorKind::Invalid {
-                        message: format!("`{what}` needs a Fisher representation"),
+                        message: format!("`{what}` needs a Fisher or Hessian representation"),
                     },
                     e.span,
                     "parameter vectors apply to the Fisher",

@@ -50,6 +50,43 @@ impl<O: Ops> Engine<O> {
         let net = self.model(model)?;
         let d = self.data(data)?;
         let slots = Self::slots_for(net, opts)?;
+        if object == Object::Hessian {
+            let (task, part) = (&opts.task, opts.hessian.unwrap_or_default());
+            let e = |e: OpsError| e.to_string();
+            let mut p = self.problem(net, d, slots.clone(), 1);
+            p.batch = crate::plan::cost::hessian_batch(&net.spec, p.n);
+            let kind = match structure {
+                Structure::Dense => ReprKind::Fim(p.hessian_dense(task, part).map_err(e)?),
+                Structure::BlockDiag | Structure::Diag => {
+                    let kind = if *structure == Structure::Diag {
+                        BlockKind::Diag
+                    } else {
+                        BlockKind::Dense
+                    };
+                    let kinds = vec![kind; slots.len()];
+                    ReprKind::Fim(p.hessian_blocks(task, part, &kinds).map_err(e)?)
+                }
+                Structure::LowRank { rank } => ReprKind::Fim(
+                    p.hessian_lowrank(task, part, rank.unwrap_or(1))
+                        .map_err(e)?,
+                ),
+                Structure::Implicit => ReprKind::Implicit(p.layer_infos()),
+                other => return Err(format!("a Hessian has no {} form", other.name())),
+            };
+            return Ok(Value::Repr(ReprValue {
+                model,
+                data,
+                target: Target::Hessian {
+                    task: task.clone(),
+                    part,
+                },
+                slots,
+                centered: false,
+                shards: None,
+                kind,
+                form: Default::default(),
+            }));
+        }
         if object == Object::Ntk {
             let target = Target::Outputs;
             let p = self.problem(net, d, slots.clone(), net.outputs());
@@ -303,7 +340,11 @@ impl<O: Ops> Engine<O> {
             .problem(net, d, r.slots.clone(), 1)
             .outputs_of(&r.target)
             .0;
-        Ok(self.problem(net, d, r.slots.clone(), m))
+        let mut p = self.problem(net, d, r.slots.clone(), m);
+        if let Target::Hessian { .. } = r.target {
+            p.batch = crate::plan::cost::hessian_batch(&net.spec, p.n);
+        }
+        Ok(p)
     }
 
     /// `M v` for an implicit `M = (F + shift)^(±1)`: the Fisher's

@@ -9,7 +9,7 @@ use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
 use crate::linalg::{eigh, Mat};
-use crate::plan::{FisherVariant, LayerFamily, Structure, Task};
+use crate::plan::{FisherVariant, HessianPart, LayerFamily, Structure, Task};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -20,6 +20,8 @@ pub enum Target {
     Fim { variant: FisherVariant, task: Task },
     /// The model's raw outputs (NTK, Jacobians).
     Outputs,
+    /// The Hessian of the mean loss of `task` (see [`super::hessian`]).
+    Hessian { task: Task, part: HessianPart },
 }
 
 /// Structure of one layer's block.
@@ -121,7 +123,7 @@ impl<'a, O: Ops> Problem<'a, O> {
     }
 }
 
-fn softmax(z: &[f64]) -> Vec<f64> {
+pub(super) fn softmax(z: &[f64]) -> Vec<f64> {
     let mx = z.iter().fold(f64::NEG_INFINITY, |m, x| m.max(*x));
     let e: Vec<f64> = z.iter().map(|x| (x - mx).exp()).collect();
     let s: f64 = e.iter().sum();
@@ -136,7 +138,7 @@ fn sigmoid(z: f64) -> f64 {
 /// classified correctly: PyTorch's MSE (mean over outputs), softmax
 /// cross-entropy, or — for a single logit on class labels — binary
 /// cross-entropy with the logit.
-fn example_loss(z: &[f64], y: &[f64], mse: bool) -> (f64, Vec<f64>, bool) {
+pub(super) fn example_loss(z: &[f64], y: &[f64], mse: bool) -> (f64, Vec<f64>, bool) {
     let c = z.len();
     if mse {
         let mut g = vec![0.0; c];
@@ -214,6 +216,8 @@ impl<'a, O: Ops> Problem<'a, O> {
         let c = self.net.outputs();
         match target {
             Target::Outputs => (c, c),
+            // One function: the loss.
+            Target::Hessian { .. } => (1, 1),
             Target::Fim { variant, task } => match (variant, task) {
                 (FisherVariant::True, Task::Classification) => {
                     let k = c.saturating_sub(1).max(1);
@@ -252,6 +256,14 @@ impl<'a, O: Ops> Problem<'a, O> {
                 Target::Outputs => {
                     for k in 0..c {
                         s[at(k, i, k)] = 1.0;
+                    }
+                }
+                // The gradient of the example's loss.
+                Target::Hessian { task, .. } => {
+                    let mse = matches!(task, Task::Regression { .. });
+                    let (_, g, _) = example_loss(zi, yi, mse);
+                    for k in 0..c {
+                        s[at(0, i, k)] = g[k];
                     }
                 }
                 Target::Fim { variant, task } => match task {
@@ -451,6 +463,9 @@ impl<'a, O: Ops> Problem<'a, O> {
 
     /// A block-diagonal representation with `kinds[k]` for the k-th included layer.
     pub fn fim_blocks(&self, target: &Target, kinds: &[BlockKind]) -> OpsResult<Fim> {
+        if let Target::Hessian { task, part } = target {
+            return self.hessian_blocks(task, *part, kinds);
+        }
         let o = self.o;
         let layers = self.layer_infos();
         let (_, n_out) = self.outputs_of(target);
@@ -667,6 +682,9 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// added into the upper triangle of the host matrix as soon as it is
     /// made; one tiled pass at the end scales it and mirrors it below.
     pub fn fim_dense(&self, target: &Target) -> OpsResult<Fim> {
+        if let Target::Hessian { task, part } = target {
+            return self.hessian_dense(task, *part);
+        }
         const PANEL: usize = 2048;
         let o = self.o;
         let layers = self.layer_infos();
@@ -760,6 +778,9 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// Matrix-free `F v = 1/n Jᵀ (J v)`, layer by layer, with no per-example
     /// gradient ever formed.
     pub fn implicit_mv(&self, target: &Target, v: &[f64]) -> OpsResult<Vec<f64>> {
+        if let Target::Hessian { task, part } = target {
+            return self.hvp(task, *part, v);
+        }
         let o = self.o;
         let layers = self.layer_infos();
         let vs = layers

@@ -315,7 +315,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             let (dim, stored) = match repr.and_then(|r| Some((r, measured_repr(steps, r)?))) {
                 Some((id, r)) => {
                     let dim = match r.object {
-                        Object::Fim => r.model.params,
+                        Object::Fim | Object::Hessian => r.model.params,
                         Object::Ntk => (r.options.examples * r.options.outputs) as u64,
                     };
                     on = Some(r);

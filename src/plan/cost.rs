@@ -185,6 +185,11 @@ pub fn repr_memory(
                 s => layers.iter().map(|l| fim_layer_entries(s, l, n, m)).sum(),
             }
         }
+        Object::Hessian => match structure {
+            Structure::Dense => sq(layers.iter().map(|l| l.params).sum()),
+            Structure::Implicit => layers.iter().map(|l| l.params).sum::<u64>(),
+            s => layers.iter().map(|l| fim_layer_entries(s, l, n, 1)).sum(),
+        },
         Object::Ntk => match structure {
             Structure::Dense => sq(n * c),
             Structure::BlockDiag => n * sq(c),
@@ -228,6 +233,17 @@ pub fn repr_flops(
                 _ => 2 * n * m * p,
             };
             grads.saturating_add(extra)
+        }
+        Object::Hessian => {
+            // One kept pass, then per product a tangent forward and a
+            // tangent backward pass (about three forward passes each way).
+            let products = match structure {
+                Structure::Implicit => 0,
+                Structure::LowRank { rank } => lanczos_steps(p, rank.unwrap_or(1) as u64),
+                _ => p,
+            };
+            let per = n * 3 * fwd;
+            per.saturating_add(products.saturating_mul(2 * per + 2 * p))
         }
         Object::Ntk => {
             let c = options.outputs as u64;
@@ -437,6 +453,38 @@ fn pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
         .saturating_mul(s)
 }
 
+/// Examples per batch of a Hessian's products: each batch's forward and
+/// backward passes are kept whole (values, caches, gradients) next to a
+/// product's tangents.
+pub fn hessian_batch(model: &ModelSpec, n: usize) -> usize {
+    batch_examples(n, 8, model_width(model))
+}
+
+/// Device and host bytes of a Hessian's products on one batch: the kept
+/// passes and a product's tangents (about eight numbers per activation and
+/// two unfolded inputs per example), the direction's network (its
+/// weights on the device, its host parameters twice) and the product.
+fn hessian_pass_bytes(model: &ModelSpec, n: usize, s: u64) -> u64 {
+    let nb = hessian_batch(model, n) as u64;
+    let unfolded: u64 = model
+        .param_layers()
+        .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
+        .sum();
+    pass_bytes(model, nb, 7, s)
+        + nb.saturating_mul(unfolded).saturating_mul(s)
+        + model.params.saturating_mul(2 * s + 4 * HOST)
+}
+
+/// Lanczos steps to converge the top `k` eigenpairs of a `p`-dimensional
+/// operator (all `p` below the dense cutoff, where it is built densely).
+fn lanczos_steps(p: u64, k: u64) -> u64 {
+    if p <= 128 {
+        p
+    } else {
+        p.min(10 * k + 64)
+    }
+}
+
 /// Bytes a model holds: its parameters on the device, on the host and its
 /// initial weights (f64), plus the network's own copies.
 pub fn model_bytes(model: &ModelSpec, dtype: Dtype) -> u64 {
@@ -461,7 +509,7 @@ pub fn repr_held(
 ) -> u64 {
     match (object, structure) {
         // Nothing but the layer layout: it is recomputed from model and data.
-        (Object::Fim, Structure::Implicit) => 1 << 10,
+        (Object::Fim | Object::Hessian, Structure::Implicit) => 1 << 10,
         _ => repr_memory(object, structure, model, options, Dtype::F64),
     }
 }
@@ -480,6 +528,26 @@ pub fn repr_peak(
     let p: u64 = layers.iter().map(|l| l.params).sum();
     let n = options.examples as u64;
     match object {
+        Object::Hessian => {
+            let pass = hessian_pass_bytes(model, options.examples, s);
+            // A product's share and its flat copy on the host.
+            let share = 2 * p * HOST;
+            match structure {
+                Structure::Implicit => held,
+                // Built in place, then symmetrised.
+                Structure::Dense | Structure::BlockDiag | Structure::Diag => held + pass + share,
+                Structure::LowRank { rank } => {
+                    let k = rank.unwrap_or(1) as u64;
+                    let basis = if p <= 128 {
+                        3 * sq(p)
+                    } else {
+                        2 * lanczos_steps(p, k) * p
+                    };
+                    held + pass + share + basis * HOST
+                }
+                _ => held + pass + share,
+            }
+        }
         Object::Fim => {
             let m = fisher_outputs(options);
             let width = fim_batch_width(model, structure);
@@ -717,17 +785,18 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     };
     let layers = covered_layers(r.model, r.options);
     let dim = match r.object {
-        Object::Fim => layers.iter().map(|l| l.params).sum::<u64>(),
+        Object::Fim | Object::Hessian => layers.iter().map(|l| l.params).sum::<u64>(),
         Object::Ntk => (r.options.examples * r.options.outputs) as u64,
     };
     let n = r.options.examples as u64;
     let m = fisher_outputs(r.options);
     // The largest block a block-diagonal structure decomposes or solves.
     let largest_block = match (r.object, &*r.structure) {
-        (Object::Fim, Structure::Dense | Structure::Implicit | Structure::LowRank { .. }) => {
-            sq(dim)
-        }
-        (Object::Fim, s) => layers
+        (
+            Object::Fim | Object::Hessian,
+            Structure::Dense | Structure::Implicit | Structure::LowRank { .. },
+        ) => sq(dim),
+        (Object::Fim | Object::Hessian, s) => layers
             .iter()
             .map(|l| sq(l.params).min(fim_layer_entries(s, l, n, m).max(sq(l.params))))
             .max()
@@ -737,10 +806,12 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     };
     let implicit = matches!(
         (r.object, &*r.structure),
-        (Object::Fim, Structure::Implicit)
+        (Object::Fim | Object::Hessian, Structure::Implicit)
     );
     // A matrix-free product recomputes per-example quantities batch by batch.
-    let mv = if implicit {
+    let mv = if implicit && r.object == Object::Hessian {
+        6 * dim * HOST + hessian_pass_bytes(r.model, r.options.examples, dtype.size())
+    } else if implicit {
         let nb = batch_examples(r.options.examples, m as usize, model_width(r.model)) as u64;
         6 * dim * HOST + pass_bytes(r.model, nb, m, dtype.size())
     } else {
@@ -750,7 +821,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     let ntk_dense = matches!((r.object, &*r.structure), (Object::Ntk, Structure::Dense));
     match measurement {
         Measurement::Eigenvalues { top, .. } | Measurement::Eigenvectors { top, .. }
-            if *top <= 64 && dim > 2000 && r.object == Object::Fim =>
+            if *top <= 64 && dim > 2000 && r.object.param_space() =>
         {
             // Lanczos on products: a Krylov basis, no dense copy.
             3 * 64 * dim * HOST + mv
@@ -870,6 +941,7 @@ pub fn train_peak(
             shards: None,
             part: None,
             file: None,
+            hessian: None,
         };
         let held = repr_held(Object::Fim, fim, model, &options);
         let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);

@@ -517,6 +517,28 @@ pub enum Init {
 pub enum Object {
     Fim,
     Ntk,
+    /// The Hessian of the mean loss (or one of its parts).
+    Hessian,
+}
+
+impl Object {
+    /// Whether its matrices act on parameter-space vectors (a Fisher or a
+    /// Hessian), not on the examples' outputs (an NTK).
+    pub fn param_space(self) -> bool {
+        !matches!(self, Object::Ntk)
+    }
+}
+
+/// Which part of the loss Hessian `Jᵀ H_ℓ J + Σ_c (∂ℓ/∂f_c) ∇²f_c`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HessianPart {
+    #[default]
+    Full,
+    /// `Jᵀ H_ℓ J`: the true Fisher for the cross-entropy.
+    GaussNewton,
+    /// The network's own curvature weighted by the loss gradient.
+    Residual,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -651,6 +673,10 @@ pub struct ReprOptions {
     /// is then the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Hessian only: which part. Its loss is the task's (cross-entropy
+    /// for classes, PyTorch's MSE for regression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hessian: Option<HessianPart>,
 }
 
 /// A representation, whole or one layer's block of it.

@@ -61,7 +61,7 @@ pub fn stages(object: Object, structure: &Structure, k: usize) -> Vec<Stage> {
             name: "kernel",
             parts: k * (k + 1) / 2,
         }],
-        (Object::Fim, Structure::Implicit) => vec![],
+        (Object::Fim, Structure::Implicit) | (Object::Hessian, _) => vec![],
         (Object::Fim, s) if refits(s) => vec![
             Stage {
                 name: "factors",

@@ -2756,3 +2756,6 @@ fn natural_gradient_for_mse_uses_the_gauss_newton_matrix() {
     .flat();
     assert_close("MSE NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
 }
+
+#[path = "hessian.rs"]
+mod hessian;

@@ -20,6 +20,7 @@
 
 mod backward;
 mod forward;
+pub mod hessian;
 mod tangent;
 
 use super::ops::{Ops, OpsError, OpsResult, Unary};
@@ -1033,10 +1034,24 @@ impl<O: Ops> Net<O> {
     fn backward_net(
         &self,
         o: &O,
+        caches: Caches<'_, O::T>,
+        n: usize,
+        seed: &O::T,
+        sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
+    ) -> OpsResult<()> {
+        self.backward_graph(o, caches, n, seed, sink, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::backward_net`] that also hands `each(i, g)` the gradient
+    /// w.r.t. layer `i`'s output, `[m, n, output...]`, before its rule runs.
+    fn backward_graph(
+        &self,
+        o: &O,
         mut caches: Caches<'_, O::T>,
         n: usize,
         seed: &O::T,
         sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
+        each: &mut dyn FnMut(usize, &O::T) -> OpsResult<()>,
     ) -> OpsResult<()> {
         let m = o.shape(seed)[0];
         let last = self.layers.len();
@@ -1053,6 +1068,7 @@ impl<O: Ops> Net<O> {
             let mut shape = vec![m, n];
             shape.extend(&layer.spec.output);
             let g = o.reshape(&g, &shape)?;
+            each(i, &g)?;
             let need: Vec<bool> = layer.src.iter().map(|&s| self.needs_grad[s]).collect();
             let (cap, ins) = self.layer_backward(o, i, caches.get(i)?, &g, m, n, &need)?;
             caches.release(i);
