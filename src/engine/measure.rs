@@ -420,19 +420,9 @@ impl<O: Ops> Engine<O> {
             ReprKind::Implicit(infos) => {
                 let dim: usize = infos.iter().map(|l| l.numel).sum();
                 let k = top.unwrap_or(dim).min(dim);
-                let mut err = None;
-                let mut op = |v: &[f64]| match self.implicit_mv(r, v) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        err = Some(e);
-                        vec![f64::NAN; v.len()]
-                    }
-                };
-                let ev = linalg::top_eigs_op(dim, k, &mut op, 1e-10);
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                ev
+                linalg::with_fallible_op(&mut |v| self.implicit_mv(r, v), |op| {
+                    linalg::top_eigs_op(dim, k, op, 1e-10)
+                })?
             }
         };
         if let Some(k) = top {

@@ -255,19 +255,7 @@ impl<O: Ops> Engine<O> {
             }
             ReprKind::Fim(f) => f.eigenpairs(top).map_err(|e| e.to_string())?.1,
             ReprKind::Implicit(_) => {
-                let mut err = None;
-                let mut op = |v: &[f64]| match self.implicit_mv(&r, v) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        err = Some(e);
-                        vec![f64::NAN; v.len()]
-                    }
-                };
-                let v = lanczos(&mut op);
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                v?
+                linalg::with_fallible_op(&mut |v| self.implicit_mv(&r, v), lanczos)??
             }
             ReprKind::Ntk(_) => return Err("an NTK's eigenvectors live on examples".into()),
         };

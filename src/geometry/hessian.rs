@@ -13,7 +13,7 @@ use super::net::Net;
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
-use crate::linalg::{top_eigpairs_op, Mat};
+use crate::linalg::{top_eigpairs_op, with_fallible_op, Mat};
 use crate::plan::{HessianPart, Task};
 
 /// Relative residual at which Lanczos accepts LowRank's eigenpairs.
@@ -238,18 +238,9 @@ impl<O: Ops> Problem<'_, O> {
     pub fn hessian_lowrank(&self, task: &Task, part: HessianPart, rank: usize) -> OpsResult<Fim> {
         let layers = self.layer_infos();
         let p: usize = layers.iter().map(|l| l.numel).sum();
-        let mut err = None;
-        let mut op = |v: &[f64]| match self.hvp(task, part, v) {
-            Ok(y) => y,
-            Err(e) => {
-                err.get_or_insert(e);
-                vec![f64::NAN; v.len()]
-            }
-        };
-        let found = top_eigpairs_op(p, rank, &mut op, LANCZOS_TOL);
-        if let Some(e) = err {
-            return Err(e);
-        }
+        let found = with_fallible_op(&mut |v| self.hvp(task, part, v), |op| {
+            top_eigpairs_op(p, rank, op, LANCZOS_TOL)
+        })?;
         let (values, vectors) =
             found.ok_or_else(|| OpsError("Lanczos on the Hessian did not converge".into()))?;
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| **v < 0.0) {

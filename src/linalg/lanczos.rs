@@ -365,6 +365,27 @@ fn lanczos_converge(
     }
 }
 
+/// Runs an eigensolver `solve` on an operator that may fail (a
+/// matrix-free product): the first failure is returned instead of the
+/// result, the solver having seen NaNs (on which it stops) from then on.
+pub fn with_fallible_op<T, E>(
+    op: &mut impl FnMut(&[f64]) -> Result<Vec<f64>, E>,
+    solve: impl FnOnce(&mut dyn FnMut(&[f64]) -> Vec<f64>) -> T,
+) -> Result<T, E> {
+    let mut err = None;
+    let out = solve(&mut |v: &[f64]| match op(v) {
+        Ok(x) => x,
+        Err(e) => {
+            err.get_or_insert(e);
+            vec![f64::NAN; v.len()]
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 /// Flips `v` so that its largest-magnitude entry is positive (an
 /// eigenvector's sign is otherwise arbitrary).
 pub fn fix_sign(v: &mut [f64]) {

@@ -359,7 +359,7 @@ pub fn effective_rank(evals: &[f64]) -> f64 {
 }
 
 mod lanczos;
-pub use lanczos::{fix_sign, spectral_norm_op, top_eigpairs_op, top_eigs_op};
+pub use lanczos::{fix_sign, spectral_norm_op, top_eigpairs_op, top_eigs_op, with_fallible_op};
 
 #[cfg(test)]
 mod tests {
