@@ -302,3 +302,45 @@ fn ekfac_with_a_stale_basis() {
     assert!(num(&r, "stale") <= num(&r, "initial") * (1.0 + 1e-12));
     assert!(num(&r, "fresh") <= num(&r, "kfac") * (1.0 + 1e-12));
 }
+
+/// The Hessian and Jacobian products through the language: each Hessian
+/// structure agrees with the dense one, its Gauss–Newton part with the
+/// true Fisher; `jvp` is a `[n, C]` tensor and `vjp` its adjoint.
+#[test]
+fn hessian_and_jacobian_products() {
+    let r = run(
+        "f64",
+        "let H = Hessian(Dense) of net on probe\n\
+         let HI = Hessian(Implicit) of net on probe\n\
+         measure trace(H) as \"t/dense\", trace(Hessian(Diag) of net on probe) as \"t/diag\"\n\
+         measure trace(Hessian(BlockDiag) of net on probe) as \"t/block\", vTMv(H, v) as \"q/dense\", vTMv(HI, v) as \"q/implicit\"\n\
+         measure eigenvalues(H, top = 3) as \"ev/dense\", eigenvalues(HI, top = 3) as \"ev/implicit\"\n\
+         measure rel_error(Hessian(Dense, part = gauss_newton) of net on probe, Fim(Dense) of net on probe) as \"gn\"\n\
+         measure rel_error(H, Hessian(Dense, part = gauss_newton) of net on probe) as \"curved\"\n\
+         let J = Jacobian of net on probe\n\
+         let u = jvp(J, v)\n\
+         let w = random_vector(net, seed = 9)\n\
+         measure u as \"u\", dot(jvp(J, w), u) as \"<Jw, Jv>\", dot(vjp(J, u), w) as \"<JtJv, w>\"",
+    );
+    let t = num(&r, "t/dense");
+    for k in ["t/diag", "t/block"] {
+        assert!((num(&r, k) - t).abs() < 1e-10 * t.abs(), "{k}");
+    }
+    let q = num(&r, "q/dense");
+    assert!((num(&r, "q/implicit") - q).abs() < 1e-10 * q.abs());
+    assert!(rel(&vec_of(&r, "ev/implicit"), &vec_of(&r, "ev/dense")) < 1e-8);
+    assert!(num(&r, "gn") < 1e-10, "{}", num(&r, "gn"));
+    assert!(
+        num(&r, "curved") > 1e-3,
+        "the network's curvature is missing"
+    );
+    let shape: Vec<u64> = r["u"]["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(shape, vec![30, 10]);
+    let a = num(&r, "<Jw, Jv>");
+    assert!((num(&r, "<JtJv, w>") - a).abs() < 1e-12 * a.abs().max(1.0));
+}

@@ -15,6 +15,7 @@ mod env;
 mod geometry;
 mod graph;
 mod hessian;
+mod jacobian;
 mod library;
 mod matrices;
 mod model;
@@ -666,7 +667,8 @@ impl<'a> Checker<'a> {
                 | ExprKind::Size(_)
                 | ExprKind::List(_)
                 | ExprKind::Neg(_)
-        ) || matches!(&target.kind, ExprKind::Ident(n) if self.scopes.get(n).is_none());
+        ) || matches!(&target.kind, ExprKind::Ident(n) if self.scopes.get(n).is_none())
+            || Self::is_jacobian(target);
         if plain {
             self.scopes
                 .insert(name.name.clone(), Binding::Expr(value, name.span));

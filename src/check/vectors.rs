@@ -9,18 +9,20 @@ use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{cost, Measurement, ModelSpec, Object, Op, Operand, StepId, VectorOp};
 use crate::syntax::{BinOp, Expr, ExprKind, Span};
 
-pub const VECTORS: [&str; 5] = [
+pub const VECTORS: [&str; 7] = [
     "grad",
     "random_vector",
     "weights",
     "initial_weights",
     "eigenvector",
+    "jvp",
+    "vjp",
 ];
 /// Measurements whose result is a parameter-space vector (of a Fisher).
 pub const VECTOR_MEASUREMENTS: [&str; 3] = ["mv", "solve", "diag"];
 
 /// Every parameterised layer of a model with its parameter count.
-fn model_layers(spec: &ModelSpec) -> Vec<(String, u64)> {
+pub(super) fn model_layers(spec: &ModelSpec) -> Vec<(String, u64)> {
     spec.param_layers()
         .map(|l| (l.name.clone(), l.params))
         .collect()
@@ -193,6 +195,7 @@ impl<'a> Checker<'a> {
                             layers,
                         )
                     }
+                    "jvp" | "vjp" => self.jacobian_product(f, callee, args, d.span)?,
                     "weights" | "initial_weights" => {
                         let c = self.bind(callee, d.span, args, &["model"])?;
                         let me = self.req(&c, "model")?;

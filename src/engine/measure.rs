@@ -581,7 +581,19 @@ impl<O: Ops> Engine<O> {
                     .sqrt(),
             ),
             Measurement::Dot { a, b } => scalar(self.vector(*a)?.dot(self.vector(*b)?)?),
-            Measurement::Vector { v } => vector(self.vector(*v)?.data.clone()),
+            Measurement::Vector { v } => {
+                let v = self.vector(*v)?;
+                match v.rows {
+                    // A function-space vector: `[n, C]`.
+                    Some(n) if n > 0 => StepOutput::Tensor {
+                        tensor: HostTensor {
+                            shape: vec![n, v.data.len() / n],
+                            data: v.data.clone(),
+                        },
+                    },
+                    _ => vector(v.data.clone()),
+                }
+            }
         })
     }
 }

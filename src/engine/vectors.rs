@@ -20,6 +20,9 @@ pub(super) struct Part {
 pub(super) struct PVec {
     pub data: Vec<f64>,
     pub parts: Vec<Part>,
+    /// A function-space vector (`jvp(J, v)`): its examples, the entries
+    /// being `[n, C]` row-major under one part.
+    pub rows: Option<usize>,
 }
 
 impl PVec {
@@ -41,7 +44,11 @@ impl PVec {
                 numel: s.numel,
             })
             .collect();
-        Ok(PVec { data, parts })
+        Ok(PVec {
+            data,
+            parts,
+            rows: None,
+        })
     }
 
     /// A vector laid out like a representation over `layers`.
@@ -54,7 +61,11 @@ impl PVec {
                 numel: l.numel,
             })
             .collect();
-        PVec { data, parts }
+        PVec {
+            data,
+            parts,
+            rows: None,
+        }
     }
 
     /// The entries of layer `name`.
@@ -79,6 +90,7 @@ impl PVec {
                 numel: data.len(),
             }],
             data,
+            rows: self.rows,
         })
     }
 
@@ -128,6 +140,7 @@ impl PVec {
         Ok(PVec {
             data,
             parts: self.parts.clone(),
+            rows: self.rows,
         })
     }
 
@@ -135,6 +148,7 @@ impl PVec {
         PVec {
             data: self.data.iter().map(|x| f(*x)).collect(),
             parts: self.parts.clone(),
+            rows: self.rows,
         }
     }
 
@@ -213,8 +227,51 @@ impl<O: Ops> Engine<O> {
             VectorOp::Scale { factor, v } => Ok(self.vector(*v)?.map(|x| x * factor)),
             VectorOp::Part { v, layer } => self.vector(*v)?.layer(layer),
             VectorOp::Measured { measurement } => self.vector_result(measurement),
+            VectorOp::Jvp { model, data, v } => self.jvp(*model, *data, *v),
+            VectorOp::Vjp { model, data, u } => self.vjp(*model, *data, *u),
         };
         whole.map(sharded::Built::Whole)
+    }
+
+    /// `J v` on every example of `data`, `v` covering some of the model's
+    /// layers (the Jacobian restricted to them).
+    fn jvp(&self, model: StepId, data: StepId, v: StepId) -> Result<PVec, String> {
+        let net = self.model(model)?;
+        let d = self.data(data)?;
+        let v = self.vector(v)?;
+        let mut slots = v
+            .parts
+            .iter()
+            .map(|p| {
+                net.slot(&p.name)
+                    .ok_or_else(|| format!("the model has no parameterised layer `{}`", p.name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        slots.sort_unstable();
+        let p = self.problem(net, d, slots, net.outputs());
+        let x = v.gather(&p.layer_infos())?;
+        let out = p.jvp_outputs(&x).map_err(|e| e.to_string())?;
+        // Only vectors on the same data meet (the checker sees to it).
+        let name = format!("outputs(#{})", data.0);
+        Ok(PVec {
+            parts: vec![Part {
+                name,
+                offset: 0,
+                numel: out.len(),
+            }],
+            data: out,
+            rows: Some(d.host.info.n),
+        })
+    }
+
+    /// `Jᵀ u` over every parameter of the model.
+    fn vjp(&self, model: StepId, data: StepId, u: StepId) -> Result<PVec, String> {
+        let net = self.model(model)?;
+        let d = self.data(data)?;
+        let u = self.vector(u)?;
+        let p = self.problem(net, d, (0..net.slots.len()).collect(), net.outputs());
+        let g = p.vjp_params(&u.data).map_err(|e| e.to_string())?;
+        PVec::of_model(net, g)
     }
 
     /// The eigenvector of `m` with the `rank`-th largest eigenvalue.

@@ -783,19 +783,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         }
         let o = self.o;
         let layers = self.layer_infos();
-        let vs = layers
-            .iter()
-            .map(|l| {
-                let nat = stats::from_flat_host(
-                    &v[l.offset..l.offset + l.numel],
-                    l.sg,
-                    l.sa,
-                    l.bias,
-                    l.order,
-                );
-                o.upload(&[l.sg, l.sa], &nat)
-            })
-            .collect::<OpsResult<Vec<_>>>()?;
+        let vs = self.upload_natural(&layers, v)?;
         let mut out: Vec<Option<O::T>> = vec![None; layers.len()];
         self.for_each_batch(target, |caps, _, _| {
             let mut u: Option<O::T> = None;
@@ -826,6 +814,24 @@ impl<'a, O: Ops> Problem<'a, O> {
             );
         }
         Ok(res)
+    }
+
+    /// Each layer's part of `v` (the representation's order over
+    /// `layers`) on the device, in its natural layout `[sg, sa]`.
+    pub fn upload_natural(&self, layers: &[LayerInfo], v: &[f64]) -> OpsResult<Vec<O::T>> {
+        layers
+            .iter()
+            .map(|l| {
+                let nat = stats::from_flat_host(
+                    &v[l.offset..l.offset + l.numel],
+                    l.sg,
+                    l.sa,
+                    l.bias,
+                    l.order,
+                );
+                self.o.upload(&[l.sg, l.sa], &nat)
+            })
+            .collect()
     }
 
     /// Mean loss and accuracy (classification) of the model on the examples.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod hessian;
 pub mod hostcopy;
 pub mod init;
+pub mod jacobian;
 pub mod kernel;
 pub mod net;
 pub mod ntk;

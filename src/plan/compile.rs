@@ -106,6 +106,9 @@ impl Op {
             Op::Repr { model, data, .. } => vec![*model, *data],
             Op::Vector { vector, .. } => match vector {
                 VectorOp::Grad { model, data, .. } => vec![*model, *data],
+                VectorOp::Jvp { model, data, v: x } | VectorOp::Vjp { model, data, u: x } => {
+                    vec![*model, *data, *x]
+                }
                 VectorOp::Eigenvector { m, .. } => vec![m.repr],
                 VectorOp::Random { model, .. }
                 | VectorOp::Weights { model }
@@ -264,6 +267,27 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 }
             }
             None => Cost::default(),
+        },
+        Op::Vector {
+            vector: VectorOp::Jvp { model, data, .. } | VectorOp::Vjp { model, data, .. },
+            ..
+        } => match (model_of(steps, *model), data_info(steps, *data)) {
+            (Some(m), Some(d)) => {
+                let out = match op {
+                    Op::Vector {
+                        vector: VectorOp::Jvp { .. },
+                        ..
+                    } => (d.n * m.outputs()) as u64,
+                    _ => m.params,
+                };
+                let (peak, flops) = cost::jacobian_product_cost(m, d.n, dtype);
+                Cost {
+                    memory: out * 8,
+                    peak: out * 8 + peak,
+                    flops,
+                }
+            }
+            _ => Cost::default(),
         },
         Op::Vector { vector, .. } => {
             let p = op

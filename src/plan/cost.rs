@@ -475,6 +475,21 @@ fn hessian_pass_bytes(model: &ModelSpec, n: usize, s: u64) -> u64 {
         + model.params.saturating_mul(2 * s + 4 * HOST)
 }
 
+/// Bytes (result included) and FLOPs of `jvp(J, v)` or `vjp(J, u)` on `n`
+/// examples: per batch the backward pass of the C outputs (each layer's
+/// capture), the layer products, and on the host the function-space
+/// vector `[n, C]` and parameter vectors.
+pub fn jacobian_product_cost(model: &ModelSpec, n: usize, dtype: Dtype) -> (u64, u64) {
+    let c = model.outputs();
+    let nb = batch_examples(n, c, model_width(model)) as u64;
+    let (n, c64) = (n as u64, c as u64);
+    let peak = pass_bytes(model, nb, c64, dtype.size())
+        + 3 * n * c64 * HOST
+        + model.params.saturating_mul(4 * HOST + 2 * dtype.size());
+    let flops = n * c64 * 3 * forward_flops(model) + 2 * n * c64 * model.params;
+    (peak, flops)
+}
+
 /// Lanczos steps to converge the top `k` eigenpairs of a `p`-dimensional
 /// operator (all `p` below the dense cutoff, where it is built densely).
 fn lanczos_steps(p: u64, k: u64) -> u64 {

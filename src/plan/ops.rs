@@ -744,6 +744,21 @@ pub enum VectorOp {
         v: StepId,
         layer: String,
     },
+    /// `J v`: the outputs' directional derivative on every example, a
+    /// function-space vector `[n, C]` (NNGeometry's `FVector`); `v` may
+    /// cover some layers only (the others count as zero).
+    Jvp {
+        model: StepId,
+        data: StepId,
+        v: StepId,
+    },
+    /// `Jᵀ u` for a function-space vector `u [n, C]`: a vector over every
+    /// parameter of the model.
+    Vjp {
+        model: StepId,
+        data: StepId,
+        u: StepId,
+    },
     /// Elementwise `a * b`.
     Mul {
         a: StepId,

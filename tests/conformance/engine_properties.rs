@@ -2759,3 +2759,6 @@ fn natural_gradient_for_mse_uses_the_gauss_newton_matrix() {
 
 #[path = "hessian.rs"]
 mod hessian;
+
+#[path = "jacobian.rs"]
+mod jacobian;
