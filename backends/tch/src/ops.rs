@@ -299,7 +299,7 @@ impl Ops for TchOps {
         lk: bool,
     ) -> OpsResult<TT> {
         let b = p.size().first().map_or(0, |&b| b as usize);
-        let l = usize::try_from(idx.numel()).unwrap_or(0) / k.max(1);
+        let l = idx.numel() / k.max(1);
         if b == 0 || c == 0 || k == 0 || s == 0 || l == 0 || p.numel() != b * c * k * l {
             return fold_patches_default(self, p, idx, c, k, s, lk);
         }
@@ -320,7 +320,7 @@ impl Ops for TchOps {
         s: usize,
     ) -> OpsResult<TT> {
         let (gs, ws) = (g.size(), w.size());
-        let l = usize::try_from(idx.numel()).unwrap_or(0) / k.max(1);
+        let l = idx.numel() / k.max(1);
         let ck = c * k;
         if gs.len() != 3
             || ws.len() != 2
@@ -365,9 +365,15 @@ const PATCH_CHUNK: usize = 1 << 20;
 /// handles.
 fn patch_dims(x: &TT, idx: &TT, c: usize, k: usize) -> Option<(usize, usize, usize)> {
     let b = *x.size().first()? as usize;
-    let total = usize::try_from(x.numel()).ok()?;
-    let kl = usize::try_from(idx.numel()).ok()?;
-    if b == 0 || c == 0 || k == 0 || total == 0 || total % (b * c) != 0 || kl % k != 0 {
+    let total = x.numel();
+    let kl = idx.numel();
+    if b == 0
+        || c == 0
+        || k == 0
+        || total == 0
+        || !total.is_multiple_of(b * c)
+        || !kl.is_multiple_of(k)
+    {
         return None;
     }
     let l = kl / k;
