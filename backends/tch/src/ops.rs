@@ -7,7 +7,10 @@
 //! nngeo computes every backward pass itself: no tensor made here requires
 //! a gradient, so libtorch's autograd never records anything.
 
-use nngeo::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
+use nngeo::geometry::ops::{
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
+    OpsResult, Reduce, Unary,
+};
 use nngeo::plan::Dtype;
 use std::sync::OnceLock;
 use tch::{Device, Kind, TchError, Tensor};
@@ -246,6 +249,178 @@ impl Ops for TchOps {
     fn index_add(&self, base: &TT, idx: &TT, src: &TT, dim: usize) -> OpsResult<TT> {
         ok(base.f_index_add(i(dim), idx, src))
     }
+
+    // The three convolution paths below work on each example's values as
+    // one flat row: the input padded with one slot, `[b, c·(s+1)]`, and
+    // the patches `[b, c·K·L]` in the layout `lk` says. One index of the
+    // patches' length (see `patch_index`) then maps every patch value to
+    // its pixel, so that the gather (unfold) and its adjoint, the
+    // scatter-add (fold), are each one libtorch kernel, parallel over the
+    // batch on the CPU and over everything on CUDA, with no transposed
+    // copy of the patches (the defaults' `index_select` along the last
+    // dimension, transposes, `cat`s and `index_add` cost several passes).
+
+    fn unfold_patches(
+        &self,
+        x: &TT,
+        idx: &TT,
+        c: usize,
+        k: usize,
+        fill: f64,
+        lk: bool,
+    ) -> OpsResult<TT> {
+        let Some((b, s, l)) = patch_dims(x, idx, c, k) else {
+            return unfold_patches_default(self, x, idx, c, k, fill, lk);
+        };
+        let full = patch_index(idx, c, k, l, s, lk)?;
+        // [b, c, s+1], the last slot of each channel the padding.
+        let xp = x
+            .f_reshape([i(b), i(c), i(s)])
+            .and_then(|x| x.f_pad([0, 1], "constant", fill))
+            .map_err(e)?;
+        let shape = if lk {
+            [i(b), i(l), i(c * k)]
+        } else {
+            [i(b), i(c * k), i(l)]
+        };
+        ok(xp
+            .f_reshape([i(b), i(c * (s + 1))])
+            .and_then(|x| x.f_index_select(1, &full))
+            .and_then(|p| p.f_reshape(shape)))
+    }
+
+    fn fold_patches(
+        &self,
+        p: &TT,
+        idx: &TT,
+        c: usize,
+        k: usize,
+        s: usize,
+        lk: bool,
+    ) -> OpsResult<TT> {
+        let b = p.size().first().map_or(0, |&b| b as usize);
+        let l = idx.numel() / k.max(1);
+        if b == 0 || c == 0 || k == 0 || s == 0 || l == 0 || p.numel() != b * c * k * l {
+            return fold_patches_default(self, p, idx, c, k, s, lk);
+        }
+        let full = patch_index(idx, c, k, l, s, lk)?;
+        let out = self.zeros(&[b, c * (s + 1)])?;
+        let src = p.f_reshape([i(b), i(c * k * l)]).map_err(e)?;
+        scatter_rows(&out, &full, &src)?;
+        unpad(&out, b, c, s)
+    }
+
+    fn conv_input_grad(
+        &self,
+        g: &TT,
+        w: &TT,
+        idx: &TT,
+        c: usize,
+        k: usize,
+        s: usize,
+    ) -> OpsResult<TT> {
+        let (gs, ws) = (g.size(), w.size());
+        let l = idx.numel() / k.max(1);
+        let ck = c * k;
+        if gs.len() != 3
+            || ws.len() != 2
+            || gs[1] != ws[0]
+            || ws[1] != i(ck)
+            || gs[2] != i(l)
+            || gs[0] == 0
+            || ck == 0
+            || s == 0
+            || l == 0
+        {
+            return conv_input_grad_default(self, g, w, idx, c, k, s);
+        }
+        let b = gs[0] as usize;
+        let full = patch_index(idx, c, k, l, s, true)?;
+        let out = self.zeros(&[b, c * (s + 1)])?;
+        // The patches' gradient `gᵀ w` [len, L, c·K] a few examples at a
+        // time (as the default, so that it stays small); the transpose of
+        // `g` is a view the matmul reads as it is.
+        let step = (PATCH_CHUNK / (l * ck)).clamp(1, b);
+        for at in (0..b).step_by(step) {
+            let len = step.min(b - at);
+            let dp = g
+                .f_narrow(0, i(at), i(len))
+                .and_then(|g| g.f_transpose(1, 2))
+                .and_then(|gt| gt.f_matmul(w))
+                .and_then(|dp| dp.f_reshape([i(len), i(l * ck)]))
+                .map_err(e)?;
+            let part = out.f_narrow(0, i(at), i(len)).map_err(e)?;
+            scatter_rows(&TT(part), &full, &dp)?;
+        }
+        unpad(&out, b, c, s)
+    }
+}
+
+/// How many values of a convolution's patch gradient
+/// [`Ops::conv_input_grad`] forms at once (as nngeo's default: 1 M).
+const PATCH_CHUNK: usize = 1 << 20;
+
+/// `(b, s, L)` of an unfold of `x [b, c, s]` (or `[b, c, h, w]`) through
+/// `idx` (`K·L` entries); `None` for the degenerate cases the default
+/// handles.
+fn patch_dims(x: &TT, idx: &TT, c: usize, k: usize) -> Option<(usize, usize, usize)> {
+    let b = *x.size().first()? as usize;
+    let total = x.numel();
+    let kl = idx.numel();
+    if b == 0
+        || c == 0
+        || k == 0
+        || total == 0
+        || !total.is_multiple_of(b * c)
+        || !kl.is_multiple_of(k)
+    {
+        return None;
+    }
+    let l = kl / k;
+    (l > 0).then_some((b, total / (b * c), l))
+}
+
+/// The index map `idx [K, L]` (pixels `0..=s`, `s` the padding) spread
+/// over the channels of a padded row `[c, s+1]`, in the patches' order:
+/// `[L, c, K]` (`lk`) or `[c, K, L]`, entry `ci·(s+1) + idx[k, l]`.
+fn patch_index(idx: &TT, c: usize, k: usize, l: usize, s: usize, lk: bool) -> OpsResult<TT> {
+    let offs =
+        Tensor::f_arange_start_step(0, i(c * (s + 1)), i(s + 1), (Kind::Int64, idx.device()))
+            .map_err(e)?;
+    let idx = idx.f_reshape([i(k), i(l)]).map_err(e)?;
+    let full = if lk {
+        // [L, 1, K] + [1, c, 1]
+        idx.f_transpose(0, 1)
+            .and_then(|t| t.f_unsqueeze(1))
+            .and_then(|t| t.f_add(&offs.f_reshape([1, i(c), 1])?))
+    } else {
+        // [1, K, L] + [c, 1, 1]
+        idx.f_unsqueeze(0)
+            .and_then(|t| t.f_add(&offs.f_reshape([i(c), 1, 1])?))
+    };
+    ok(full.and_then(|t| t.f_reshape([-1])))
+}
+
+/// `out [b, n] += src [b, m]` scattered along each row through the same
+/// `index [m]`, in place (`out` is a tensor this module just made).
+fn scatter_rows(out: &TT, index: &TT, src: &Tensor) -> OpsResult<()> {
+    let rows = out.size()[0];
+    let index = index
+        .f_unsqueeze(0)
+        .and_then(|t| t.f_expand([rows, index.numel() as i64], false))
+        .map_err(e)?;
+    let mut out = out.shallow_clone();
+    // The result is `out` itself again.
+    let _same = out.f_scatter_add_(1, &index, src).map_err(e)?;
+    Ok(())
+}
+
+/// `[b, c·(s+1)]` → `[b, c, s]`, the padding slots dropped.
+fn unpad(out: &TT, b: usize, c: usize, s: usize) -> OpsResult<TT> {
+    ok(out
+        .f_reshape([i(b), i(c), i(s + 1)])
+        .and_then(|t| t.f_narrow(2, 0, i(s)))
+        .and_then(|t| t.f_contiguous()))
 }
 
 // ---------------------------------------------------------------- CUDA

@@ -1,0 +1,272 @@
+//! `TchOps`'s own `unfold_patches`, `fold_patches` and `conv_input_grad`
+//! against nngeo's generic defaults (`*_default` in
+//! `nngeo::geometry::ops`) run on the same `TchOps`, in f64, on random
+//! inputs: convolution index maps with padding, stride, dilation and
+//! non-square kernels, a transposed convolution's, and arbitrary maps
+//! (pixels read by many taps, repeated padding); both patch layouts and a
+//! padding value other than zero. On CUDA too where libtorch sees a device.
+
+use nngeo::geometry::ops::{
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, Ops,
+};
+use nngeo::plan::Dtype;
+use nngeo::rng::Rng;
+use nngeo_backend_tch::TchOps;
+
+/// Relative to the largest magnitude of the default's result. The
+/// overrides sum a pixel's contributions in another order than
+/// `index_add`, so folds may differ in the last bits.
+const TOL: f64 = 1e-12;
+
+/// One index map: what it is, the image `h × w`, the taps `K` and the
+/// map itself (`K·L` entries, tap-major, `h·w` for the padding).
+struct Map {
+    what: String,
+    s: usize,
+    k: usize,
+    idx: Vec<u32>,
+}
+
+/// As nngeo's convolution unfold (`src/geometry/net/mod.rs`).
+fn conv_map(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Map {
+    let len = |n: usize, a: usize| {
+        (n + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
+    };
+    let (oh, ow) = (len(h, 0), len(w, 1));
+    let pad = (h * w) as u32;
+    let mut idx = Vec::new();
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    let r = (oi * stride[0] + ki * dilation[0]) as isize - padding[0] as isize;
+                    let c = (oj * stride[1] + kj * dilation[1]) as isize - padding[1] as isize;
+                    if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                        idx.push((r as usize * w + c as usize) as u32);
+                    } else {
+                        idx.push(pad);
+                    }
+                }
+            }
+        }
+    }
+    Map {
+        what: format!(
+            "conv {h}×{w}, kernel {kernel:?}, stride {stride:?}, padding {padding:?}, dilation {dilation:?}"
+        ),
+        s: h * w,
+        k: kernel[0] * kernel[1],
+        idx,
+    }
+}
+
+/// A transposed convolution's map (`h × w` → `oh × ow`): output position
+/// `o` reads input `(o + padding - k) / stride` where that divides.
+fn transposed_map(h: usize, w: usize, kernel: usize, stride: usize, padding: usize) -> Map {
+    let (oh, ow) = (
+        (h - 1) * stride + kernel - 2 * padding,
+        (w - 1) * stride + kernel - 2 * padding,
+    );
+    let src = |o: usize, k: usize, size: usize| -> Option<usize> {
+        let t = (o + padding).checked_sub(k)?;
+        (t % stride == 0 && t / stride < size).then_some(t / stride)
+    };
+    let mut idx = Vec::new();
+    for ki in 0..kernel {
+        for kj in 0..kernel {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    idx.push(match (src(oi, ki, h), src(oj, kj, w)) {
+                        (Some(r), Some(c)) => (r * w + c) as u32,
+                        _ => (h * w) as u32,
+                    });
+                }
+            }
+        }
+    }
+    Map {
+        what: format!("transposed conv {h}×{w} → {oh}×{ow}, kernel {kernel}, stride {stride}, padding {padding}"),
+        s: h * w,
+        k: kernel * kernel,
+        idx,
+    }
+}
+
+/// Any map: each entry a random pixel or the padding.
+fn random_map(s: usize, k: usize, l: usize, seed: u64) -> Map {
+    let mut rng = Rng::new(seed);
+    Map {
+        what: format!("random map s = {s}, K = {k}, L = {l}"),
+        s,
+        k,
+        idx: (0..k * l).map(|_| rng.below(s + 1) as u32).collect(),
+    }
+}
+
+fn maps() -> Vec<Map> {
+    vec![
+        conv_map(5, 5, [3, 3], [1, 1], [1, 1], [1, 1]),
+        conv_map(6, 7, [3, 3], [2, 2], [1, 1], [1, 1]),
+        conv_map(7, 6, [3, 2], [2, 1], [1, 0], [1, 1]),
+        conv_map(8, 8, [1, 1], [2, 2], [0, 0], [1, 1]),
+        conv_map(9, 9, [3, 3], [1, 2], [2, 2], [2, 2]),
+        conv_map(4, 4, [4, 4], [1, 1], [0, 0], [1, 1]),
+        conv_map(8, 8, [2, 2], [2, 2], [0, 0], [1, 1]),
+        conv_map(1, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
+        transposed_map(4, 3, 3, 2, 1),
+        random_map(10, 4, 7, 11),
+        random_map(3, 5, 9, 12),
+    ]
+}
+
+fn random(o: &TchOps, shape: &[usize], rng: &mut Rng) -> <TchOps as Ops>::T {
+    let n: usize = shape.iter().product();
+    let data: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    o.upload(shape, &data).unwrap()
+}
+
+/// Same shape and values within [`TOL`] of the largest magnitude of the
+/// default's result `want`; the message says which case and element.
+fn same(o: &TchOps, what: &str, want: &<TchOps as Ops>::T, got: &<TchOps as Ops>::T) {
+    assert_eq!(o.shape(want), o.shape(got), "{what}: shapes");
+    let (x, y) = (o.download(want).unwrap(), o.download(got).unwrap());
+    let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    for (n, (p, q)) in x.iter().zip(&y).enumerate() {
+        assert!(
+            (p - q).abs() <= TOL * scale,
+            "{what}: element {n}: default {p} vs override {q}"
+        );
+    }
+}
+
+fn devices() -> Vec<&'static str> {
+    let mut d = vec!["cpu"];
+    if nngeo_backend_tch::cuda_status().is_ok() {
+        d.push("cuda");
+    }
+    d
+}
+
+#[test]
+fn unfold_patches_matches_the_default() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(1);
+        for m in maps() {
+            let idx = o.upload_index(&m.idx).unwrap();
+            for (b, c) in [(1, 1), (3, 2), (2, 5)] {
+                // `[b, c, s]` and the 4-d `[b, c, s, 1]` a layer may pass.
+                for shape in [vec![b, c, m.s], vec![b, c, m.s, 1]] {
+                    let x = random(&o, &shape, &mut rng);
+                    for lk in [false, true] {
+                        for fill in [0.0, -1.5, f64::MIN] {
+                            let what = format!(
+                                "{dev}: unfold {}, x {shape:?}, lk {lk}, fill {fill}",
+                                m.what
+                            );
+                            let want =
+                                unfold_patches_default(&o, &x, &idx, c, m.k, fill, lk).unwrap();
+                            let got = o.unfold_patches(&x, &idx, c, m.k, fill, lk).unwrap();
+                            same(&o, &what, &want, &got);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fold_patches_matches_the_default() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(2);
+        for m in maps() {
+            let idx = o.upload_index(&m.idx).unwrap();
+            let l = m.idx.len() / m.k;
+            for (b, c) in [(1, 1), (3, 2), (2, 5)] {
+                for lk in [false, true] {
+                    let shape = if lk { [b, l, c * m.k] } else { [b, c * m.k, l] };
+                    let p = random(&o, &shape, &mut rng);
+                    let what = format!("{dev}: fold {}, p {shape:?}, lk {lk}", m.what);
+                    let want = fold_patches_default(&o, &p, &idx, c, m.k, m.s, lk).unwrap();
+                    let got = o.fold_patches(&p, &idx, c, m.k, m.s, lk).unwrap();
+                    same(&o, &what, &want, &got);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_input_grad_matches_the_default() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(3);
+        for m in maps() {
+            let idx = o.upload_index(&m.idx).unwrap();
+            let l = m.idx.len() / m.k;
+            for (b, c, cout) in [(1, 1, 1), (3, 2, 4), (4, 5, 3)] {
+                let g = random(&o, &[b, cout, l], &mut rng);
+                let w = random(&o, &[cout, c * m.k], &mut rng);
+                let what = format!(
+                    "{dev}: conv_input_grad {}, b {b}, c {c}, cout {cout}",
+                    m.what
+                );
+                let want = conv_input_grad_default(&o, &g, &w, &idx, c, m.k, m.s).unwrap();
+                let got = o.conv_input_grad(&g, &w, &idx, c, m.k, m.s).unwrap();
+                same(&o, &what, &want, &got);
+            }
+        }
+    }
+}
+
+/// Several chunks of `gᵀ w` (the override forms 1 M values at a time):
+/// each example still lands on its own rows.
+#[test]
+fn conv_input_grad_in_chunks_matches_the_default() {
+    let o = TchOps::new("cpu", Dtype::F64).unwrap();
+    let mut rng = Rng::new(4);
+    let m = conv_map(32, 32, [3, 3], [1, 1], [1, 1], [1, 1]);
+    let idx = o.upload_index(&m.idx).unwrap();
+    let (b, c, cout, l) = (13, 16, 8, 1024);
+    // 16·9·1024 = 147 456 values an example: 7 a chunk, 2 chunks.
+    let g = random(&o, &[b, cout, l], &mut rng);
+    let w = random(&o, &[cout, c * m.k], &mut rng);
+    let want = conv_input_grad_default(&o, &g, &w, &idx, c, m.k, m.s).unwrap();
+    let got = o.conv_input_grad(&g, &w, &idx, c, m.k, m.s).unwrap();
+    same(&o, "conv_input_grad in chunks", &want, &got);
+}
+
+/// The overrides' results are plain contiguous tensors of the working
+/// dtype, in f32 too.
+#[test]
+fn results_are_contiguous_in_the_working_dtype() {
+    let o = TchOps::new("cpu", Dtype::F32).unwrap();
+    let mut rng = Rng::new(5);
+    let m = conv_map(6, 7, [3, 3], [2, 2], [1, 1], [1, 1]);
+    let idx = o.upload_index(&m.idx).unwrap();
+    let l = m.idx.len() / m.k;
+    let x = random(&o, &[2, 3, m.s], &mut rng);
+    let p = o.unfold_patches(&x, &idx, 3, m.k, 0.5, true).unwrap();
+    let f = o.fold_patches(&p, &idx, 3, m.k, m.s, true).unwrap();
+    let g = random(&o, &[2, 4, l], &mut rng);
+    let w = random(&o, &[4, 3 * m.k], &mut rng);
+    let d = o.conv_input_grad(&g, &w, &idx, 3, m.k, m.s).unwrap();
+    for (t, shape) in [
+        (&p, vec![2, l, 3 * m.k]),
+        (&f, vec![2, 3, m.s]),
+        (&d, vec![2, 3, m.s]),
+    ] {
+        assert!(t.is_contiguous());
+        assert_eq!(t.kind(), tch::Kind::Float);
+        assert_eq!(o.shape(t), shape);
+    }
+}
