@@ -322,3 +322,57 @@ fn ewc_runs_reduced() {
     );
     assert_claims_evaluated(&summary, 3);
 }
+
+/// experiments/influence.ngx in small: each preconditioner's influence of
+/// every example, of the chosen ones (the same numbers) and the means over
+/// the mislabelled and the clean examples (which add up to the total), and
+/// the leave-one-out retrainings.
+#[test]
+fn influence_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, summary) = run_reduced(
+        "influence",
+        &[
+            ("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]", "[0, 1, 2, 3]"),
+            ("steps = 1500", "steps = 200"),
+        ],
+        dir.path(),
+    );
+    let value = |key: &str, m: &str| -> &Value {
+        &results
+            .iter()
+            .find(|r| r["key"] == key && r["sweep"]["M"] == m)
+            .unwrap_or_else(|| panic!("no {key} for {m}"))["value"]
+    };
+    for m in ["KFAC", "EKFAC", "Fisher", "Hessian"] {
+        let all: Vec<f64> = value("influence", m)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(all.len(), 300, "{m}");
+        let scale = all.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        for r in results
+            .iter()
+            .filter(|r| r["key"] == "predicted" && r["sweep"]["M"] == m)
+        {
+            let i: usize = r["sweep"]["i"].as_str().unwrap().parse().unwrap();
+            let p = r["value"].as_f64().unwrap();
+            assert!((p - all[i]).abs() <= 1e-10 * scale, "{m}: example {i}");
+        }
+        // 30 of the 300 labels are flipped.
+        let (f, c) = (
+            value("mean/flipped", m).as_f64().unwrap(),
+            value("mean/clean", m).as_f64().unwrap(),
+        );
+        let total: f64 = all.iter().sum();
+        assert!(
+            (30.0 * f + 270.0 * c - total).abs() <= 1e-9 * scale * 300.0,
+            "{m}"
+        );
+    }
+    let loo = results.iter().filter(|r| r["key"] == "loss/loo").count();
+    assert_eq!(loo, 4);
+    assert_claims_evaluated(&summary, 4);
+}

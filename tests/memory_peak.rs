@@ -124,9 +124,13 @@ fn cases() -> Vec<(&'static str, String)> {
                 + &train("sgd(lr = 0.01)", "  loss = cross_entropy + 10 * vTMv(F, weights(net) - w0)\n"),
         ),
         // A Hessian built column by column (each batch's passes kept whole),
-        // and a matrix-free one under Lanczos.
+        // and a matrix-free product.
         measure("hessian_dense", "f64", 200, "32", "measure trace(Hessian(Dense) of net on probe) as \"t\"\n"),
-        measure("hessian_implicit", "f64", 500, "256, 256", "measure eigenvalues(Hessian(Implicit) of net on probe, top = 3) as \"e\"\n"),
+        measure("hessian_implicit", "f64", 500, "256, 256", "let v = random_vector(net, seed = 3)\nmeasure vTMv(Hessian(Implicit) of net on probe, v) as \"q\"\n"),
+        // A KFAC solve works on the factors (a 512-wide layer's 262,144²
+        // block is never formed), and influence adds a Jacobian product.
+        measure("solve_kfac", "f64", 500, "512, 512", "let F = Fim(KFAC) of net on probe\nmeasure solve(F, grad(net, probe), damping = 1e-3) as \"s\"\n"),
+        measure("influence_kfac", "f64", 500, "512, 512", "let F = Fim(KFAC) of net on probe\nmeasure influence(F, net, train, probe, damping = 1e-3) as \"i\"\n"),
         measure("eigenvectors_kfac", "f64", 500, "1024, 1024", "measure eigenvectors(Fim(KFAC) of net on probe, top = 3) as \"e\"\nlet u = eigenvector(Fim(EKFAC) of net on probe, 2)\nmeasure norm(u) as \"n\"\n"),
     ]
 }

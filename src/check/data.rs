@@ -23,8 +23,10 @@ pub const SOURCES: [&str; 10] = [
     "teacher",
     "noisy_linear",
 ];
-pub const TRANSFORMS: [&str; 9] = [
+pub const TRANSFORMS: [&str; 11] = [
     "autoencode",
+    "drop",
+    "only",
     "permute",
     "take",
     "split",
@@ -114,6 +116,7 @@ impl<'a> Checker<'a> {
                         name: n.name.clone(),
                         info,
                         noisy: src.noisy,
+                        flipped: None,
                     };
                     self.scopes
                         .insert(n.name.clone(), Binding::Val(Val::Data(v), n.span));
@@ -726,6 +729,7 @@ impl<'a> Checker<'a> {
             name,
             info,
             noisy: false,
+            flipped: None,
         })
     }
 
@@ -777,6 +781,7 @@ impl<'a> Checker<'a> {
         };
         let mut info = src.info.clone();
         let mut noisy = src.noisy;
+        let n_before = info.n;
         let transform = match callee.name.as_str() {
             "take" | "subset" => {
                 let call = self.bind(&callee, stage.span, args, &["n", "mode", "seed"])?;
@@ -891,6 +896,62 @@ impl<'a> Checker<'a> {
                     factor: self.number(fe, "factor")?,
                 }
             }
+            "only" => {
+                let call = self.bind(&callee, stage.span, args, &["group"])?;
+                let ge = self.req(&call, "group")?;
+                let group = self.symbol(ge, "group", &["flipped", "clean"])?;
+                let Some(k) = src.flipped.filter(|_| src.noisy) else {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: format!(
+                                    "`only({group})` needs the labels `label_noise` flipped, counted before the run"
+                                ),
+                            },
+                            stage.span,
+                            if src.noisy {
+                                "examples were taken or dropped after the noise".to_string()
+                            } else {
+                                format!("{} has no label noise", src.shown())
+                            },
+                        )
+                        .hint("apply it to the noisy dataset itself: `noisy |> only(flipped)`"),
+                    );
+                    return None;
+                };
+                let keep = if group == "flipped" { k } else { info.n - k };
+                if keep == 0 {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!("`only({group})` keeps no example"),
+                        },
+                        stage.span,
+                        format!("{k} of {} labels are flipped", info.n),
+                    ));
+                    return None;
+                }
+                info.n = keep;
+                Transform::Only {
+                    flipped: group == "flipped",
+                }
+            }
+            "drop" => {
+                let call = self.bind(&callee, stage.span, args, &["index"])?;
+                let ie = self.req(&call, "index")?;
+                if info.n < 2 {
+                    self.error(Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: "dropping an example leaves no data".into(),
+                        },
+                        stage.span,
+                        format!("{} has {} example(s)", src.shown(), info.n),
+                    ));
+                    return None;
+                }
+                let index = self.int(ie, "index", 0, info.n as i64 - 1)? as usize;
+                info.n -= 1;
+                Transform::Drop { index }
+            }
             "permute" => {
                 let call = self.bind(&callee, stage.span, args, &["seed"])?;
                 Transform::Permute {
@@ -954,6 +1015,20 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        // What `only(flipped)` would keep after this operation.
+        let flipped = match &transform {
+            Transform::LabelNoise { fraction, .. } if !src.noisy => {
+                Some((n_before as f64 * fraction).round() as usize)
+            }
+            Transform::Only { flipped: true } => Some(info.n),
+            Transform::Only { flipped: false } => Some(0),
+            Transform::Normalize { .. }
+            | Transform::ChannelNormalize { .. }
+            | Transform::Scale { .. }
+            | Transform::Permute { .. }
+            | Transform::OneHot => src.flipped,
+            _ => None,
+        };
         let name = if name.is_empty() {
             self.anon_name()
         } else {
@@ -973,6 +1048,7 @@ impl<'a> Checker<'a> {
             name,
             info,
             noisy,
+            flipped,
         })
     }
 }

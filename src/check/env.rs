@@ -14,6 +14,10 @@ pub struct DataV {
     pub info: DataInfo,
     /// Labels were corrupted with `label_noise`, so `flipped`/`clean` exist.
     pub noisy: bool,
+    /// How many labels `label_noise` flipped, where that is known before
+    /// the run (right after it, or through operations that keep every
+    /// example): what `only(flipped)` keeps.
+    pub flipped: Option<usize>,
 }
 
 impl DataV {

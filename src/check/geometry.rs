@@ -24,7 +24,7 @@ pub const STRUCTURES: [&str; 9] = [
     "mix",
 ];
 const NTK_STRUCTURES: [&str; 5] = ["Dense", "BlockDiag", "Diag", "LowRank", "Implicit"];
-pub const MEASUREMENTS: [&str; 17] = [
+pub const MEASUREMENTS: [&str; 18] = [
     "trace",
     "frobenius",
     "spectral_norm",
@@ -42,6 +42,7 @@ pub const MEASUREMENTS: [&str; 17] = [
     "accuracy",
     "norm",
     "dot",
+    "influence",
 ];
 use super::vectors::VECTORS;
 
@@ -1341,6 +1342,7 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
+            "influence" => self.influence(callee, args, span)?,
             "norm" => {
                 let c = self.bind(callee, span, args, &["v"])?;
                 let ve = self.req(&c, "v")?;

@@ -15,6 +15,7 @@ mod env;
 mod geometry;
 mod graph;
 mod hessian;
+mod influence;
 mod jacobian;
 mod library;
 mod matrices;

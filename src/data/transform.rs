@@ -85,6 +85,25 @@ pub fn apply(
             }
             Ok(out)
         }
+        Transform::Only { flipped } => {
+            if input.flipped.is_empty() {
+                return Err(err("only", "the dataset has no label noise"));
+            }
+            let idx: Vec<usize> = (0..input.info.n)
+                .filter(|&i| input.flipped[i] == flipped)
+                .collect();
+            Ok(subset(input, &idx))
+        }
+        Transform::Drop { index } => {
+            if index >= input.info.n {
+                return Err(err(
+                    "drop",
+                    format!("example {index} of a dataset of {}", input.info.n),
+                ));
+            }
+            let idx: Vec<usize> = (0..input.info.n).filter(|&i| i != index).collect();
+            Ok(subset(input, &idx))
+        }
         Transform::Permute { seed } => Ok(permute(input, seed)),
         Transform::LabelNoise { fraction, seed } => label_noise(input, fraction, seed),
         Transform::OneHot => one_hot(input),
@@ -101,6 +120,8 @@ fn op_name(t: &Transform) -> &'static str {
         Transform::Normalize { .. } | Transform::ChannelNormalize { .. } => "normalize",
         Transform::Scale { .. } => "scale",
         Transform::Permute { .. } => "permute",
+        Transform::Drop { .. } => "drop",
+        Transform::Only { .. } => "only",
         Transform::LabelNoise { .. } => "label_noise",
         Transform::OneHot => "onehot",
         Transform::Autoencode => "autoencode",

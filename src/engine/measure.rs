@@ -20,10 +20,16 @@ impl<O: Ops> Engine<O> {
         if opts.layers.is_empty() {
             return Ok((0..net.slots.len()).collect());
         }
-        // Model order, each layer once: the order every representation uses.
-        let mut slots = opts
-            .layers
-            .iter()
+        Self::slots_named(net, opts.layers.iter().map(String::as_str))
+    }
+
+    /// The slots of the named layers in model order, each once: the order
+    /// every representation uses.
+    pub(super) fn slots_named<'n>(
+        net: &Net<O>,
+        names: impl Iterator<Item = &'n str>,
+    ) -> Result<Vec<usize>, String> {
+        let mut slots = names
             .map(|name| {
                 net.slot(name)
                     .ok_or_else(|| format!("the model has no parameterised layer `{name}`"))
@@ -581,6 +587,22 @@ impl<O: Ops> Engine<O> {
                     .sqrt(),
             ),
             Measurement::Dot { a, b } => scalar(self.vector(*a)?.dot(self.vector(*b)?)?),
+            Measurement::Influence {
+                m,
+                model,
+                data,
+                test,
+                damping,
+                example,
+                mean,
+            } => {
+                let s = self.influence(m, *model, *data, *test, *damping)?;
+                match (example, mean) {
+                    (Some(i), _) => scalar(*s.get(*i).ok_or("no such example")?),
+                    (None, true) => scalar(s.iter().sum::<f64>() / s.len().max(1) as f64),
+                    (None, false) => vector(s),
+                }
+            }
             Measurement::Vector { v } => {
                 let v = self.vector(*v)?;
                 match v.rows {

@@ -4,6 +4,7 @@
 
 pub mod difficulty;
 mod hooks;
+mod influence;
 mod matrices;
 mod measure;
 mod part_file;

@@ -239,15 +239,7 @@ impl<O: Ops> Engine<O> {
         let net = self.model(model)?;
         let d = self.data(data)?;
         let v = self.vector(v)?;
-        let mut slots = v
-            .parts
-            .iter()
-            .map(|p| {
-                net.slot(&p.name)
-                    .ok_or_else(|| format!("the model has no parameterised layer `{}`", p.name))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        slots.sort_unstable();
+        let slots = Self::slots_named(net, v.parts.iter().map(|p| p.name.as_str()))?;
         let p = self.problem(net, d, slots, net.outputs());
         let x = v.gather(&p.layer_infos())?;
         let out = p.jvp_outputs(&x).map_err(|e| e.to_string())?;
@@ -319,6 +311,23 @@ impl<O: Ops> Engine<O> {
         Ok((infos, vectors))
     }
 
+    /// `(M + λ)⁻¹ v` in the representation's order: its structure's solve,
+    /// or conjugate gradients on products for an implicit one.
+    pub(super) fn solve_repr(
+        &self,
+        r: &ReprValue,
+        v: &[f64],
+        damping: f64,
+    ) -> Result<Vec<f64>, String> {
+        match &r.kind {
+            ReprKind::Fim(f) => f.solve(v, damping).map_err(|e| e.to_string()),
+            _ => {
+                let mut op = |x: &[f64]| self.implicit_mv(r, x);
+                measure::conjugate_gradient(&mut op, v, damping, 1e-12, 10 * v.len().max(10))
+            }
+        }
+    }
+
     /// The parameter-space vector a measurement yields (`mv`, `solve`,
     /// `diag` of a Fisher), laid out on the representation's layers.
     pub(super) fn vector_result(&self, m: &Measurement) -> Result<PVec, String> {
@@ -336,13 +345,7 @@ impl<O: Ops> Engine<O> {
         let data = match (m, &r.kind) {
             (Measurement::Mv { .. }, ReprKind::Fim(f)) => f.mv(&v),
             (Measurement::Mv { .. }, _) => self.implicit_mv(&r, &v)?,
-            (Measurement::Solve { damping, .. }, ReprKind::Fim(f)) => {
-                f.solve(&v, *damping).map_err(|e| e.to_string())?
-            }
-            (Measurement::Solve { damping, .. }, _) => {
-                let mut op = |x: &[f64]| self.implicit_mv(&r, x);
-                measure::conjugate_gradient(&mut op, &v, *damping, 1e-12, 10 * v.len().max(10))?
-            }
+            (Measurement::Solve { damping, .. }, _) => self.solve_repr(&r, &v, *damping)?,
             (_, ReprKind::Fim(f)) => f.diag(),
             (_, _) => self.implicit_fim(&r, BlockKind::Diag)?.diag(),
         };

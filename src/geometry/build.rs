@@ -845,9 +845,23 @@ impl<'a, O: Ops> Problem<'a, O> {
 
     /// Every example's loss and whether it is classified correctly.
     pub fn per_example_loss(&self, mse: bool) -> OpsResult<(Vec<f64>, Vec<bool>)> {
+        let (mut losses, mut correct) = (Vec::with_capacity(self.n), Vec::with_capacity(self.n));
+        self.each_example_loss(mse, |l, _, ok| {
+            losses.push(l);
+            correct.push(ok);
+        })?;
+        Ok((losses, correct))
+    }
+
+    /// `f(loss, ∂loss/∂outputs, correct)` for every example in order, from
+    /// one forward pass per batch.
+    pub fn each_example_loss(
+        &self,
+        mse: bool,
+        mut f: impl FnMut(f64, Vec<f64>, bool),
+    ) -> OpsResult<()> {
         let o = self.o;
         let c = self.net.outputs();
-        let (mut losses, mut correct) = (Vec::with_capacity(self.n), Vec::with_capacity(self.n));
         let mut start = 0;
         while start < self.n {
             let nb = self.batch.min(self.n - start);
@@ -856,13 +870,12 @@ impl<'a, O: Ops> Problem<'a, O> {
             for i in 0..nb {
                 let zi = &z[i * c..(i + 1) * c];
                 let yi = &self.y[(start + i) * self.target_dim..(start + i + 1) * self.target_dim];
-                let (l, _, ok) = example_loss(zi, yi, mse);
-                losses.push(l);
-                correct.push(ok);
+                let (l, g, ok) = example_loss(zi, yi, mse);
+                f(l, g, ok);
             }
             start += nb;
         }
-        Ok((losses, correct))
+        Ok(())
     }
 
     /// Gradient of the mean loss (cross-entropy or PyTorch's MSE), flat.

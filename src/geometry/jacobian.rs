@@ -77,4 +77,12 @@ impl<O: Ops> Problem<'_, O> {
         }
         Ok(out)
     }
+
+    /// Each example's loss gradient w.r.t. its outputs, `∂ℓᵢ/∂f [n, C]`
+    /// row-major (cross-entropy, or PyTorch's MSE when `mse`).
+    pub fn loss_output_grads(&self, mse: bool) -> OpsResult<Vec<f64>> {
+        let mut out = Vec::with_capacity(self.n * self.net.outputs());
+        self.each_example_loss(mse, |_, g, _| out.extend(g))?;
+        Ok(out)
+    }
 }

@@ -141,6 +141,13 @@ impl Op {
                 }
                 Measurement::Norm { v } | Measurement::Vector { v } => vec![*v],
                 Measurement::Dot { a, b } => vec![*a, *b],
+                Measurement::Influence {
+                    m,
+                    model,
+                    data,
+                    test,
+                    ..
+                } => vec![m.repr, *model, *data, *test],
             },
             Op::Train {
                 model,
@@ -356,6 +363,47 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                     flops,
                 };
             }
+            if let Measurement::Influence {
+                m,
+                model,
+                data,
+                test,
+                damping,
+                example,
+                mean,
+            } = measurement
+            {
+                // The test gradient, one solve with M, one Jacobian
+                // product over the examples.
+                let (Some(spec), Some(d), Some(t)) = (
+                    model_of(steps, *model),
+                    data_info(steps, *data),
+                    data_info(steps, *test),
+                ) else {
+                    return Cost::default();
+                };
+                let solve = Measurement::Solve {
+                    m: m.clone(),
+                    v: *test,
+                    damping: *damping,
+                };
+                let (jac_peak, jac_flops) = cost::jacobian_product_cost(spec, d.n, dtype);
+                let grad = cost::model_bytes(spec, dtype) + spec.params * 8 * 4;
+                let memory = if example.is_some() || *mean {
+                    8
+                } else {
+                    d.n as u64 * 8
+                };
+                let flops = cost::measure_flops_on(&solve, on.as_ref(), dim, stored);
+                return Cost {
+                    memory,
+                    peak: memory
+                        + cost::streamed_bytes(memory)
+                        + grad
+                        + jac_peak.max(cost::measure_peak(&solve, on, dtype)),
+                    flops: flops + jac_flops + 3 * t.n as u64 * cost::forward_flops(spec),
+                };
+            }
             let (flops, pass) = match measurement {
                 Measurement::Loss { model, data } | Measurement::Accuracy { model, data } => {
                     let n = data_info(steps, *data).map_or(0, |i| i.n as u64);
@@ -364,7 +412,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                         model_of(steps, *model).map_or(0, |m| m.params * 8),
                     )
                 }
-                m => (cost::measure_flops(m, dim, stored), 0),
+                m => (cost::measure_flops_on(m, on.as_ref(), dim, stored), 0),
             };
             let memory = match measurement {
                 Measurement::Vector { v } => steps[v.0 as usize].cost.memory,

@@ -266,6 +266,59 @@ pub fn measure_flops(measurement: &Measurement, dim: u64, stored: u64) -> u64 {
     }
 }
 
+/// [`measure_flops`] knowing the representation: a block-diagonal one
+/// solves and decomposes block by block (a KFAC block its two factors, a
+/// diagonal nothing), not as one `dim × dim` matrix.
+pub fn measure_flops_on(
+    measurement: &Measurement,
+    on: Option<&MeasuredRepr<'_>>,
+    dim: u64,
+    stored: u64,
+) -> u64 {
+    let whole = measure_flops(measurement, dim, stored);
+    let Some(r) = on.filter(|r| r.object.param_space()) else {
+        return whole;
+    };
+    let per_block = matches!(
+        measurement,
+        Measurement::Solve { .. }
+            | Measurement::Eigenvalues { .. }
+            | Measurement::EffectiveRank { .. }
+            | Measurement::SpectralNorm { .. }
+    );
+    if !per_block
+        || matches!(
+            &*r.structure,
+            Structure::Dense | Structure::LowRank { .. } | Structure::Implicit
+        )
+    {
+        return whole;
+    }
+    let n = r.options.examples as u64;
+    let m = fisher_outputs(r.options);
+    let blocks: u64 = covered_layers(r.model, r.options)
+        .iter()
+        .map(|l| {
+            let s = match &*r.structure {
+                Structure::Mix { .. } => r
+                    .structure
+                    .for_layer(&l.name, l.layer.family())
+                    .unwrap_or(&Structure::BlockDiag),
+                s => s,
+            };
+            let p = l.params;
+            match (s, kfac_dims(l)) {
+                (Structure::Diag, _) => 2 * p,
+                (Structure::Kfac | Structure::Ekfac { .. }, Some((a, g, _))) => {
+                    10 * (a * sq(a) + g * sq(g)) + 4 * p * (a + g)
+                }
+                _ => 10 * p * sq(p).min(fim_layer_entries(s, l, n, m).max(p)),
+            }
+        })
+        .sum();
+    blocks.saturating_add(2 * stored).min(whole)
+}
+
 /// Human-readable bytes: `1.5 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -457,8 +510,14 @@ fn pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
 /// backward passes are kept whole (values, caches, gradients) next to a
 /// product's tangents.
 pub fn hessian_batch(model: &ModelSpec, n: usize) -> usize {
-    batch_examples(n, 8, model_width(model))
+    batch_examples(n, HESSIAN_KEPT, model_width(model))
 }
+
+/// Numbers a Hessian product holds per example and activation: measured
+/// (peak RSS against the batch size, an MLP 64-256-256-10) at about 60,
+/// far above the dozen tensors the passes keep, so the batches are kept
+/// small and the estimate takes the measurement.
+const HESSIAN_KEPT: usize = 64;
 
 /// Device and host bytes of a Hessian's products on one batch: the kept
 /// passes and a product's tangents (about eight numbers per activation and
@@ -470,8 +529,8 @@ fn hessian_pass_bytes(model: &ModelSpec, n: usize, s: u64) -> u64 {
         .param_layers()
         .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
         .sum();
-    pass_bytes(model, nb, 7, s)
-        + nb.saturating_mul(unfolded).saturating_mul(s)
+    pass_bytes(model, nb, HESSIAN_KEPT as u64 - 1, s)
+        + nb.saturating_mul(unfolded).saturating_mul(2 * s)
         + model.params.saturating_mul(2 * s + 4 * HOST)
 }
 
@@ -811,9 +870,11 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
             Object::Fim | Object::Hessian,
             Structure::Dense | Structure::Implicit | Structure::LowRank { .. },
         ) => sq(dim),
+        // What each layer's block stores (a KFAC block's factors, a
+        // diagonal), which is what its solve or eigendecomposition works on.
         (Object::Fim | Object::Hessian, s) => layers
             .iter()
-            .map(|l| sq(l.params).min(fim_layer_entries(s, l, n, m).max(sq(l.params))))
+            .map(|l| fim_layer_entries(s, l, n, m).min(sq(l.params)))
             .max()
             .unwrap_or(0),
         (Object::Ntk, Structure::Dense) => sq(dim),
@@ -855,7 +916,9 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
             if implicit {
                 mv + 4 * dim * HOST
             } else {
-                2 * largest_block * HOST + mv
+                // A block's copy, its factorisation or eigenvectors, and
+                // the decomposition's workspace.
+                3 * largest_block * HOST + mv
             }
         }
         Measurement::RelError { .. } => dense_copy(2) + mv,

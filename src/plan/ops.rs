@@ -188,6 +188,11 @@ pub enum Transform {
     ChannelNormalize { mean: Vec<f64>, std: Vec<f64> },
     /// Multiply every feature by `factor`.
     Scale { factor: f64 },
+    /// The examples whose labels `label_noise` flipped (`flipped`), or the
+    /// others.
+    Only { flipped: bool },
+    /// Every example but the `index`-th (0-based): leave-one-out retraining.
+    Drop { index: usize },
     /// The same fixed random permutation of every example's features,
     /// drawn from `seed` (the permuted-pixels tasks of continual learning).
     Permute { seed: u64 },
@@ -847,6 +852,21 @@ pub enum Measurement {
     Dot {
         a: StepId,
         b: StepId,
+    },
+    /// The influence of each example of `data` on the mean loss of
+    /// `model` on `test`: `−∇L_testᵀ (M + λ)⁻¹ ∇ℓᵢ` (Koh and Liang's
+    /// `I_up,loss`, preconditioned by `M`), for every example, one
+    /// (`example`), or their mean (`mean`).
+    Influence {
+        m: Operand,
+        model: StepId,
+        data: StepId,
+        test: StepId,
+        damping: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        example: Option<usize>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mean: bool,
     },
     /// A vector's entries, streamed as they are (`measure u`).
     Vector {
