@@ -344,3 +344,37 @@ fn hessian_and_jacobian_products() {
     let a = num(&r, "<Jw, Jv>");
     assert!((num(&r, "<JtJv, w>") - a).abs() < 1e-12 * a.abs().max(1.0));
 }
+
+/// `influence` against the same numbers written out in the language: the
+/// test gradient solved with M, against example i's own gradient (from
+/// the mean over all examples and the mean without it, `drop(i)`), for a
+/// KFAC Fisher and a dense Hessian; the mean option is the mean.
+#[test]
+fn influence_is_the_preconditioned_gradient_product() {
+    let r = run(
+        "f64",
+        "data test = digits(split = test) |> normalize |> take(20, random, seed = 3)\n\
+         let F = Fim(KFAC) of net on probe\n\
+         let H = Hessian(Dense) of net on probe\n\
+         let gi = 30 * grad(net, probe) - 29 * grad(net, probe |> drop(7))\n\
+         measure dot(solve(F, grad(net, test), damping = 1e-2), gi) as \"F/by hand\"\n\
+         measure influence(F, net, probe, test, damping = 1e-2, example = 7) as \"F/influence\"\n\
+         measure dot(solve(H, grad(net, test), damping = 1e-1), gi) as \"H/by hand\"\n\
+         measure influence(H, net, probe, test, damping = 1e-1, example = 7) as \"H/influence\"\n\
+         measure influence(F, net, probe, test, damping = 1e-2) as \"F/all\"\n\
+         measure influence(F, net, probe, test, damping = 1e-2, mean = true) as \"F/mean\"",
+    );
+    for m in ["F", "H"] {
+        let by_hand = -num(&r, &format!("{m}/by hand"));
+        let got = num(&r, &format!("{m}/influence"));
+        assert!(
+            (got - by_hand).abs() <= 1e-10 * by_hand.abs(),
+            "{m}: {got} vs {by_hand}"
+        );
+    }
+    let all = vec_of(&r, "F/all");
+    assert_eq!(all.len(), 30);
+    assert!((all[7] - num(&r, "F/influence")).abs() <= 1e-12 * all[7].abs());
+    let mean = all.iter().sum::<f64>() / 30.0;
+    assert!((num(&r, "F/mean") - mean).abs() <= 1e-12 * mean.abs().max(1e-300));
+}

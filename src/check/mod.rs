@@ -864,7 +864,7 @@ impl<'a> Checker<'a> {
                     }),
                 );
             }
-            const AXES: [&str; 4] = ["step", "epoch", "time", "memory"];
+            const AXES: [&str; 5] = ["step", "epoch", "time", "memory", "index"];
             if !AXES.contains(&p.x.0.as_str()) && !self.sweep_vars.contains(&p.x.0) {
                 let mut cands: Vec<String> = AXES.iter().map(|s| s.to_string()).collect();
                 cands.extend(self.sweep_vars.iter().cloned());

@@ -366,14 +366,46 @@ impl Chart {
         // (series index, x, y), in file order.
         let mut pts: Vec<(usize, f64, f64)> = Vec::new();
         let x_axis;
-        let is_steps = spec.x == "step" || spec.x == "time";
+        // `against index`: a vector or `[n, C]` result's entries by
+        // position (one series per column), e.g. a function-space vector.
+        let is_index = spec.x == "index";
+        let is_steps = spec.x == "step" || spec.x == "time" || is_index;
         // Whether x is a number line (steps, epochs, time, a numeric sweep)
         // rather than unordered categories.
         let mut numeric_x = is_steps || spec.x == "epoch";
         // Inside training runs time is the run's optimiser-step clock
         // (hooks and tracking excluded), so optimisers compare fairly.
         let train_clock = selected.iter().all(|(r, _)| r.train_time_s.is_some());
-        if spec.x == "time" {
+        if is_index {
+            // The last measurement of each key and sweep point.
+            let mut last: BTreeMap<(String, Vec<Option<String>>), &Record> = BTreeMap::new();
+            for r in records
+                .iter()
+                .filter(|r| crate::check::glob(&spec.pattern, &r.key))
+            {
+                if let super::Measured::Tensor { shape, .. } = &r.value {
+                    if (1..=2).contains(&shape.len()) {
+                        last.insert(series_id(r), r);
+                    }
+                }
+            }
+            for r in last.values() {
+                let super::Measured::Tensor { shape, data } = &r.value else {
+                    continue;
+                };
+                let cols = if shape.len() == 2 { shape[1].max(1) } else { 1 };
+                for (k, v) in data.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+                    let mut id = series_id(r);
+                    if cols > 1 {
+                        id.0 = format!("{}[{}]", r.key, k % cols);
+                    }
+                    pts.push((ids.of(&id), (k / cols) as f64, *v));
+                }
+            }
+            let (lo, hi) = min_max(pts.iter().map(|p| p.1)).ok_or_else(nothing)?;
+            let range = if lo == hi { lo - 1.0..hi + 1.0 } else { lo..hi };
+            x_axis = XAxis::Steps { range, log: false };
+        } else if spec.x == "time" {
             // Otherwise seconds since each series' first point: runs that
             // follow one another in the file share the origin of their own
             // clock.

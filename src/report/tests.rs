@@ -118,6 +118,26 @@ fn step_plot_writes_png_and_svg_with_labels() {
     assert_png_svg(&files, &["S=KFAC", "S=diag", "step", "loss"]);
 }
 
+/// `against index`: a vector's entries by position, an `[n, C]` tensor's
+/// one series per column, the last measurement of each sweep point.
+#[test]
+fn index_plot_draws_vectors_and_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        r#"{"key":"u","step_id":3,"sweep":{},"value":{"shape":[3,2],"data":[1,2,3,4,5,6]}}"#,
+        r#"{"key":"ev","step_id":4,"sweep":{"S":"KFAC"},"value":{"shape":[4],"data":[9,4,1,0.5]}}"#,
+        r#"{"key":"ev","step_id":4,"sweep":{"S":"Diag"},"value":{"shape":[4],"data":[8,3,2,1]}}"#,
+        r#"{"key":"loss","step_id":5,"sweep":{},"value":0.5}"#,
+    ];
+    write(dir.path(), "results.jsonl", &(rows.join("\n") + "\n"));
+    let files = plot(dir.path(), &spec("u", "index", &[], "u")).unwrap();
+    assert_png_svg(&files, &["u[0]", "u[1]", "index"]);
+    let files = plot(dir.path(), &spec("ev", "index", &["S"], "ev")).unwrap();
+    assert_png_svg(&files, &["S=KFAC", "S=Diag"]);
+    // A scalar has no entries to draw by position.
+    assert!(plot(dir.path(), &spec("loss", "index", &[], "l")).is_err());
+}
+
 #[test]
 fn step_plot_with_log_axes_and_points() {
     let dir = tempfile::tempdir().unwrap();
