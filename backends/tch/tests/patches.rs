@@ -6,6 +6,7 @@
 //! (pixels read by many taps, repeated padding); both patch layouts and a
 //! padding value other than zero. On CUDA too where libtorch sees a device.
 
+use nngeo::geometry::net::unfold_index;
 use nngeo::geometry::ops::{
     conv_input_grad_default, fold_patches_default, unfold_patches_default, Ops,
 };
@@ -27,7 +28,7 @@ struct Map {
     idx: Vec<u32>,
 }
 
-/// As nngeo's convolution unfold (`src/geometry/net/mod.rs`).
+/// nngeo's own convolution unfold map.
 fn conv_map(
     h: usize,
     w: usize,
@@ -36,27 +37,7 @@ fn conv_map(
     padding: [usize; 2],
     dilation: [usize; 2],
 ) -> Map {
-    let len = |n: usize, a: usize| {
-        (n + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
-    };
-    let (oh, ow) = (len(h, 0), len(w, 1));
-    let pad = (h * w) as u32;
-    let mut idx = Vec::new();
-    for ki in 0..kernel[0] {
-        for kj in 0..kernel[1] {
-            for oi in 0..oh {
-                for oj in 0..ow {
-                    let r = (oi * stride[0] + ki * dilation[0]) as isize - padding[0] as isize;
-                    let c = (oj * stride[1] + kj * dilation[1]) as isize - padding[1] as isize;
-                    if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
-                        idx.push((r as usize * w + c as usize) as u32);
-                    } else {
-                        idx.push(pad);
-                    }
-                }
-            }
-        }
-    }
+    let (idx, _, _) = unfold_index(h, w, kernel, stride, padding, dilation);
     Map {
         what: format!(
             "conv {h}×{w}, kernel {kernel:?}, stride {stride:?}, padding {padding:?}, dilation {dilation:?}"

@@ -278,8 +278,9 @@ pub struct Capture<T> {
 
 /// Unfold indices for a `kernel` window moved by `stride` over an `h × w`
 /// image padded by `padding`, taps `dilation` apart. Out-of-image taps
-/// point at index `h·w`, a zero appended to the image.
-fn unfold_index(
+/// point at index `h·w`, a zero appended to the image. Returns the map
+/// (tap-major, `K·L` entries) and the output size `(oh, ow)`.
+pub fn unfold_index(
     h: usize,
     w: usize,
     kernel: [usize; 2],
