@@ -12,36 +12,10 @@ use std::process::ExitCode;
 
 mod cluster_cmd;
 
-/// mimalloc, told to keep the pages it frees (see [`keep_freed_pages`]).
-/// With the system allocator every large tensor (tens of MB in a
-/// convolution's backward pass) was a fresh `mmap` whose pages the kernel
-/// zeroes on first touch, and its `munmap` cost a TLB shootdown on every
-/// core: over half of a ResNet18 KFAC's time went to the kernel.
+/// mimalloc, told to keep the pages it frees
+/// ([`nngeo::memory::keep_freed_mimalloc_pages`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Freed memory stays mapped and is reused by the next tensor of its size
-/// instead of being handed back to the OS after mimalloc's default second:
-/// page faults of a ResNet18 KFAC fell from 500k to 2k and its time by a
-/// third, an SGD step's by half. The purge is scheduled an hour out, so
-/// that the executor can still hand everything freed back at each step's
-/// end ([`nngeo::memory::release`], a forced `mi_collect`), which keeps
-/// the resident size within the plan's per-step estimate.
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn keep_freed_pages() {
-    // mimalloc 3's `mi_option_purge_delay` (libmimalloc-sys does not name it).
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option; mimalloc reads it when it
-        // next schedules a purge.
-        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 3_600_000) };
-    }
-    nngeo::memory::set_release(|| {
-        // SAFETY: mimalloc's documented collection entry point; `force`
-        // purges every free range already scheduled, whatever its delay.
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    });
-}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -372,7 +346,7 @@ fn passive_openmp() {
 
 fn main() -> ExitCode {
     passive_openmp();
-    keep_freed_pages();
+    nngeo::memory::keep_freed_mimalloc_pages();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -57,6 +57,37 @@ pub enum Reduce {
 /// multiplied elementwise by `h` where given.
 pub type Term<'a, T> = (&'a T, &'a T, Option<&'a T>);
 
+/// The shape of an untransposed 2-d convolution (a Conv1d is one over a
+/// 1-pixel-high image), for backends with native convolution kernels.
+/// The weight is the natural `[cout, cin/groups · K]` (per group
+/// `[groups, cout/groups, cin/groups · K]`), whose row-major order is
+/// PyTorch's `[cout, cin/groups, kh, kw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub cin: usize,
+    pub cout: usize,
+    pub groups: usize,
+    /// Input and output image sizes `[h, w]`.
+    pub input: [usize; 2],
+    pub output: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl ConvGeom {
+    /// The `output_padding` of the transposed convolution that maps the
+    /// output back onto the input's exact size (the input gradient).
+    pub fn adjoint_output_padding(&self) -> [usize; 2] {
+        std::array::from_fn(|d| {
+            let reach =
+                (self.output[d] - 1) * self.stride[d] + self.dilation[d] * (self.kernel[d] - 1) + 1;
+            (self.input[d] + 2 * self.padding[d]).saturating_sub(reach)
+        })
+    }
+}
+
 /// Tensor operations on one device in one dtype.
 pub trait Ops: Clone {
     type T: Clone;
@@ -159,6 +190,28 @@ pub trait Ops: Clone {
         s: usize,
     ) -> OpsResult<Self::T> {
         conv_input_grad_default(self, g, w, idx, c, k, s)
+    }
+
+    /// A convolution by a native kernel: `x [b, cin, h, w]` and the natural
+    /// weight `w` (see [`ConvGeom`]) give `[b, cout, oh, ow]`, without the
+    /// bias. `None` (the default) means the backend has none: the engine
+    /// then multiplies unfolded patches ([`Ops::unfold_patches`]).
+    fn conv2d(&self, x: &Self::T, w: &Self::T, geom: &ConvGeom) -> OpsResult<Option<Self::T>> {
+        let _ = (x, w, geom);
+        Ok(None)
+    }
+
+    /// The input gradient of [`Ops::conv2d`] by a native kernel:
+    /// `g [b, cout, oh, ow]` → `[b, cin, h, w]`. `None` (the default): the
+    /// engine uses [`Ops::conv_input_grad`].
+    fn conv2d_input_grad(
+        &self,
+        g: &Self::T,
+        w: &Self::T,
+        geom: &ConvGeom,
+    ) -> OpsResult<Option<Self::T>> {
+        let _ = (g, w, geom);
+        Ok(None)
     }
 
     /// `Σ_k (l_k r_k) ⊙ h_k` for 2-d `l_k [m, k_k]`, `r_k [k_k, n]` and,

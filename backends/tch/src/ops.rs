@@ -8,8 +8,8 @@
 //! a gradient, so libtorch's autograd never records anything.
 
 use nngeo::geometry::ops::{
-    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, Ops, OpsError,
-    OpsResult, Reduce, Unary,
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, Binary, ConvGeom, Ops,
+    OpsError, OpsResult, Reduce, Unary,
 };
 use nngeo::plan::Dtype;
 use std::sync::OnceLock;
@@ -310,6 +310,36 @@ impl Ops for TchOps {
         unpad(&out, b, c, s)
     }
 
+    /// libtorch's own convolution (oneDNN on the CPU, cuDNN on CUDA).
+    fn conv2d(&self, x: &TT, w: &TT, geom: &ConvGeom) -> OpsResult<Option<TT>> {
+        let w4 = conv_weight(w, geom)?;
+        let y = x.f_conv2d::<Tensor>(
+            &w4,
+            None,
+            dims(&geom.stride),
+            dims(&geom.padding),
+            dims(&geom.dilation),
+            i(geom.groups),
+        );
+        ok(y).map(Some)
+    }
+
+    /// The adjoint of [`Ops::conv2d`]: the transposed convolution by the
+    /// same weight, its output padding fixing the input's size.
+    fn conv2d_input_grad(&self, g: &TT, w: &TT, geom: &ConvGeom) -> OpsResult<Option<TT>> {
+        let w4 = conv_weight(w, geom)?;
+        let dx = g.f_conv_transpose2d::<Tensor>(
+            &w4,
+            None,
+            dims(&geom.stride),
+            dims(&geom.padding),
+            dims(&geom.adjoint_output_padding()),
+            i(geom.groups),
+            dims(&geom.dilation),
+        );
+        ok(dx).map(Some)
+    }
+
     fn conv_input_grad(
         &self,
         g: &TT,
@@ -363,6 +393,18 @@ const PATCH_CHUNK: usize = 1 << 20;
 /// `(b, s, L)` of an unfold of `x [b, c, s]` (or `[b, c, h, w]`) through
 /// `idx` (`K·L` entries); `None` for the degenerate cases the default
 /// handles.
+/// The natural weight (see [`ConvGeom`]) as PyTorch's
+/// `[cout, cin/groups, kh, kw]`: the same row-major order.
+fn conv_weight(w: &TT, geom: &ConvGeom) -> OpsResult<Tensor> {
+    w.f_reshape([
+        i(geom.cout),
+        i(geom.cin / geom.groups),
+        i(geom.kernel[0]),
+        i(geom.kernel[1]),
+    ])
+    .map_err(e)
+}
+
 fn patch_dims(x: &TT, idx: &TT, c: usize, k: usize) -> Option<(usize, usize, usize)> {
     let b = *x.size().first()? as usize;
     let total = x.numel();

@@ -4,11 +4,13 @@
 //! inputs: convolution index maps with padding, stride, dilation and
 //! non-square kernels, a transposed convolution's, and arbitrary maps
 //! (pixels read by many taps, repeated padding); both patch layouts and a
-//! padding value other than zero. On CUDA too where libtorch sees a device.
+//! padding value other than zero. Its native `conv2d` and
+//! `conv2d_input_grad` against the patch product and the default input
+//! gradient, group by group. On CUDA too where libtorch sees a device.
 
 use nngeo::geometry::net::unfold_index;
 use nngeo::geometry::ops::{
-    conv_input_grad_default, fold_patches_default, unfold_patches_default, Ops,
+    conv_input_grad_default, fold_patches_default, unfold_patches_default, ConvGeom, Ops,
 };
 use nngeo::plan::Dtype;
 use nngeo::rng::Rng;
@@ -249,5 +251,164 @@ fn results_are_contiguous_in_the_working_dtype() {
         assert!(t.is_contiguous());
         assert_eq!(t.kind(), tch::Kind::Float);
         assert_eq!(o.shape(t), shape);
+    }
+}
+
+/// Convolution shapes for the native kernels: padding, strides whose
+/// last window leaves a remainder (the input gradient's output padding),
+/// dilation, non-square kernels, groups and a Conv1d's 1-pixel-high image.
+fn geoms() -> Vec<ConvGeom> {
+    type Pair = [usize; 2];
+    let g = |cin,
+             cout,
+             groups,
+             input: Pair,
+             kernel: Pair,
+             stride: Pair,
+             padding: Pair,
+             dilation: Pair| {
+        let out = |d: usize| {
+            (input[d] + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) / stride[d] + 1
+        };
+        ConvGeom {
+            cin,
+            cout,
+            groups,
+            input,
+            output: [out(0), out(1)],
+            kernel,
+            stride,
+            padding,
+            dilation,
+        }
+    };
+    vec![
+        g(3, 4, 1, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1]),
+        g(2, 5, 1, [8, 8], [3, 3], [2, 2], [1, 1], [1, 1]),
+        g(2, 3, 1, [7, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
+        g(4, 2, 1, [9, 7], [2, 3], [3, 2], [0, 2], [1, 1]),
+        g(3, 3, 1, [9, 9], [3, 3], [1, 1], [2, 2], [2, 2]),
+        g(4, 6, 2, [6, 5], [3, 3], [1, 2], [1, 1], [1, 1]),
+        g(6, 6, 6, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
+        g(3, 2, 1, [1, 12], [1, 4], [1, 3], [0, 2], [1, 1]),
+        g(5, 4, 1, [4, 4], [1, 1], [2, 2], [0, 0], [1, 1]),
+    ]
+}
+
+/// The convolution's unfold map, uploaded.
+fn conv_idx(o: &TchOps, c: &ConvGeom) -> <TchOps as Ops>::T {
+    let (idx, _, _) = unfold_index(
+        c.input[0], c.input[1], c.kernel, c.stride, c.padding, c.dilation,
+    );
+    o.upload_index(&idx).unwrap()
+}
+
+/// The engine's generic convolution of one group: patches times weight.
+fn patches_conv(
+    o: &TchOps,
+    x: &<TchOps as Ops>::T,
+    w: &<TchOps as Ops>::T,
+    c: ConvGeom,
+) -> <TchOps as Ops>::T {
+    let idx = conv_idx(o, &c);
+    let k = c.kernel[0] * c.kernel[1];
+    let b = o.shape(x)[0];
+    let x = o.reshape(x, &[b, c.cin, c.input[0] * c.input[1]]).unwrap();
+    let p = unfold_patches_default(o, &x, &idx, c.cin, k, 0.0, false).unwrap(); // [b, cin·K, L]
+    o.matmul(w, &p).unwrap() // [b, cout, L]
+}
+
+/// One group of a grouped convolution: its input channels, output
+/// channels and weight rows.
+fn group(
+    o: &TchOps,
+    c: ConvGeom,
+    x: &<TchOps as Ops>::T,
+    w: &<TchOps as Ops>::T,
+    j: usize,
+) -> (ConvGeom, <TchOps as Ops>::T, <TchOps as Ops>::T) {
+    let (ci, co) = (c.cin / c.groups, c.cout / c.groups);
+    let one = ConvGeom {
+        cin: ci,
+        cout: co,
+        groups: 1,
+        ..c
+    };
+    (
+        one,
+        o.narrow(x, 1, j * ci, ci).unwrap(),
+        o.narrow(w, 0, j * co, co).unwrap(),
+    )
+}
+
+#[test]
+fn native_conv2d_matches_the_patch_product() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(6);
+        for c in geoms() {
+            let k = c.kernel[0] * c.kernel[1];
+            let b = 3;
+            let x = random(&o, &[b, c.cin, c.input[0], c.input[1]], &mut rng);
+            let w = random(&o, &[c.cout, c.cin / c.groups * k], &mut rng);
+            let parts: Vec<_> = (0..c.groups)
+                .map(|j| {
+                    let (one, xj, wj) = group(&o, c, &x, &w, j);
+                    patches_conv(&o, &xj, &wj, one)
+                })
+                .collect();
+            let want = o.cat(&parts, 1).unwrap();
+            let got = o
+                .conv2d(&x, &w, &c)
+                .unwrap()
+                .expect("tch has a native convolution");
+            assert_eq!(
+                o.shape(&got),
+                vec![b, c.cout, c.output[0], c.output[1]],
+                "{dev}: {c:?}"
+            );
+            let got = o
+                .reshape(&got, &[b, c.cout, c.output[0] * c.output[1]])
+                .unwrap();
+            same(&o, &format!("{dev}: conv2d {c:?}"), &want, &got);
+        }
+    }
+}
+
+#[test]
+fn native_conv2d_input_grad_matches_the_default() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(7);
+        for c in geoms() {
+            let k = c.kernel[0] * c.kernel[1];
+            let b = 3;
+            let l = c.output[0] * c.output[1];
+            let s = c.input[0] * c.input[1];
+            let g = random(&o, &[b, c.cout, c.output[0], c.output[1]], &mut rng);
+            let w = random(&o, &[c.cout, c.cin / c.groups * k], &mut rng);
+            let g3 = o.reshape(&g, &[b, c.cout, l]).unwrap();
+            let idx = conv_idx(&o, &c);
+            let (ci, co) = (c.cin / c.groups, c.cout / c.groups);
+            let parts: Vec<_> = (0..c.groups)
+                .map(|j| {
+                    let gj = o.narrow(&g3, 1, j * co, co).unwrap();
+                    let wj = o.narrow(&w, 0, j * co, co).unwrap();
+                    conv_input_grad_default(&o, &gj, &wj, &idx, ci, k, s).unwrap()
+                })
+                .collect();
+            let want = o.cat(&parts, 1).unwrap();
+            let got = o
+                .conv2d_input_grad(&g, &w, &c)
+                .unwrap()
+                .expect("tch has a native input gradient");
+            assert_eq!(
+                o.shape(&got),
+                vec![b, c.cin, c.input[0], c.input[1]],
+                "{dev}: {c:?}"
+            );
+            let got = o.reshape(&got, &[b, c.cin, s]).unwrap();
+            same(&o, &format!("{dev}: conv2d_input_grad {c:?}"), &want, &got);
+        }
     }
 }

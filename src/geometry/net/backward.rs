@@ -68,8 +68,17 @@ impl<O: Ops> Net<O> {
                 let g3 = o.reshape(g, &[m * n, cout, u.l])?;
                 let gt = o.transpose(&g3, 1, 2)?; // [mn, L, cout], the capture's layout
                 let w = layer.w.as_ref().unwrap();
+                let native = match (&u.geom, need0) {
+                    (Some(geom), true) => {
+                        let g4 = o.reshape(&g3, &[m * n, cout, geom.output[0], geom.output[1]])?;
+                        o.conv2d_input_grad(&g4, w, geom)?
+                    }
+                    _ => None,
+                };
                 let dx = if !need0 {
                     None
+                } else if native.is_some() {
+                    native
                 } else if o.shape(w).len() == 2 {
                     Some(o.conv_input_grad(&g3, w, &u.idx, u.cin, u.k, u.hw)?)
                 } else {

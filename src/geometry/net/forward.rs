@@ -91,17 +91,8 @@ impl<O: Ops> Net<O> {
             | Layer::Conv1d { bias, .. }
             | Layer::ConvTranspose2d { bias, .. } => {
                 let u = layer.unfold.as_ref().unwrap();
-                // Patches straight in the capture's layout; an ungrouped
-                // convolution is then one tall product `[n·L, cin·K] ×
-                // [cin·K, cout]` rather than n small ones.
-                let a = self.unfold_lk(o, u, x, n)?; // [n, L, cin·K]
                 let w = layer.w.as_ref().unwrap();
-                let mut y = if o.shape(w).len() == 2 {
-                    let yt = o.matmul(&a, layer.wt.as_ref().unwrap())?; // [n, L, cout]
-                    o.transpose(&yt, 1, 2)?
-                } else {
-                    super::grouped_matmul(o, w, &o.transpose(&a, 1, 2)?)?
-                }; // [n, cout, L]
+                let mut y = self.conv(o, u, w, layer.wt.as_ref(), x, n)?; // [n, cout, L]
                 if let Some(b) = &layer.b {
                     y = o.add(&y, b)?;
                 }

@@ -23,7 +23,7 @@ mod forward;
 pub mod hessian;
 mod tangent;
 
-use super::ops::{Ops, OpsError, OpsResult, Unary};
+use super::ops::{ConvGeom, Ops, OpsError, OpsResult, Unary};
 use crate::plan::{Layer, LayerSpec, ModelSpec, TrainMode};
 use std::sync::Arc;
 
@@ -131,6 +131,8 @@ pub(crate) struct Unfold<T> {
     k: usize,
     l: usize,
     hw: usize,
+    /// An untransposed convolution's shape, for native kernels.
+    geom: Option<ConvGeom>,
 }
 
 pub struct NetLayer<T> {
@@ -471,6 +473,7 @@ impl<O: Ops> Net<O> {
                         k,
                         l: oh * ow,
                         hw: h * w,
+                        geom: None,
                     });
                     // PyTorch's `[in, out/groups, K]` in the natural layout
                     // `[out, in/groups · K]` of a convolution.
@@ -560,6 +563,17 @@ impl<O: Ops> Net<O> {
                         k,
                         l: oh * ow,
                         hw: h * w,
+                        geom: Some(ConvGeom {
+                            cin,
+                            cout,
+                            groups,
+                            input: [h, w],
+                            output: [oh, ow],
+                            kernel,
+                            stride,
+                            padding,
+                            dilation,
+                        }),
                     });
                     let sa_w = cin / groups * k;
                     conv_weights(o, &mut layer, &get("weight")?.data, cout, sa_w, groups)?;
@@ -593,6 +607,7 @@ impl<O: Ops> Net<O> {
                         k: kernel[0] * kernel[1],
                         l: oh * ow,
                         hw: h * w,
+                        geom: None,
                     });
                 }
                 Layer::AdaptiveAvgPool2d { output } => {
@@ -997,6 +1012,37 @@ impl<O: Ops> Net<O> {
     ) -> OpsResult<O::T> {
         let x = o.reshape(x, &[n, u.cin, u.hw])?;
         o.unfold_patches(&x, &u.idx, u.cin, u.k, fill, false) // [n, cin·K, L]
+    }
+
+    /// The convolution of `x` by the natural weight `w` (`wt`, its
+    /// transpose, where the layer keeps one), `[n, cout, L]` without the
+    /// bias: the backend's own kernel where it has one, otherwise a product
+    /// with the unfolded patches.
+    fn conv(
+        &self,
+        o: &O,
+        u: &Unfold<O::T>,
+        w: &O::T,
+        wt: Option<&O::T>,
+        x: &O::T,
+        n: usize,
+    ) -> OpsResult<O::T> {
+        if let Some(g) = &u.geom {
+            let x4 = o.reshape(x, &[n, u.cin, g.input[0], g.input[1]])?;
+            if let Some(y) = o.conv2d(&x4, w, g)? {
+                return o.reshape(&y, &[n, g.cout, u.l]);
+            }
+        }
+        match wt {
+            // Patches straight in the capture's layout: an ungrouped
+            // convolution is then one tall product `[n·L, cin·K] ×
+            // [cin·K, cout]` rather than n small ones.
+            Some(wt) if o.shape(w).len() == 2 => {
+                let a = self.unfold_lk(o, u, x, n)?; // [n, L, cin·K]
+                o.transpose(&o.matmul(&a, wt)?, 1, 2)
+            }
+            _ => grouped_matmul(o, w, &self.unfold(o, u, x, n)?),
+        }
     }
 
     /// A convolution's capture layout: `[n, L, cin·K]`.

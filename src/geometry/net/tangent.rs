@@ -54,11 +54,10 @@ impl<O: Ops> Net<O> {
             }
             (Layer::Conv2d { .. } | Layer::Conv1d { .. } | Layer::ConvTranspose2d { .. }, _) => {
                 let u = layer.unfold.as_ref().unwrap();
-                let mm = super::grouped_matmul;
                 let through = dx
-                    .map(|d| mm(o, layer.w.as_ref().unwrap(), &self.unfold(o, u, d, n)?))
+                    .map(|d| self.conv(o, u, layer.w.as_ref().unwrap(), layer.wt.as_ref(), d, n))
                     .transpose()?;
-                let own = mm(o, tl.w.as_ref().unwrap(), &self.unfold(o, u, x, n)?)?;
+                let own = self.conv(o, u, tl.w.as_ref().unwrap(), None, x, n)?;
                 let mut y = sum(through, own)?;
                 if let Some(vb) = &tl.b {
                     y = o.add(&y, vb)?;

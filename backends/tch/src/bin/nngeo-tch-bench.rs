@@ -22,7 +22,14 @@ const H200: &[(&str, f64)] = &[
     ("ntk-1000", 2.15),
 ];
 
+/// As the `nngeo` binary: candle's column runs on the allocator it has
+/// there, and libtorch's tensors on the heap settings the plugin sets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    nngeo::memory::keep_freed_mimalloc_pages();
+    nngeo_backend_tch::keep_freed_pages();
     let mut device = "cpu".to_string();
     let mut repeats = 5usize;
     let mut cases: Vec<String> = Vec::new();
