@@ -397,12 +397,14 @@ fn main() -> ExitCode {
             let Ok(mut plan) = load(&file, &budget) else {
                 return ExitCode::from(2);
             };
+            // Where it would run decides part of the estimate (the
+            // backend's process, the dtype), as for `exec`.
+            let config = match configure(&mut plan, &over) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            plan.reestimate();
             if on == Some(On::Slurm) {
-                let config = match configure(&mut plan, &over) {
-                    Ok(c) => c,
-                    Err(code) => return code,
-                };
-                plan.reestimate();
                 let out = out.unwrap_or_else(|| PathBuf::from(&plan.experiment.out));
                 return cluster_cmd::plan(
                     &plan,

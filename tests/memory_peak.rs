@@ -90,9 +90,41 @@ const EKFAC_OPTIM: &str = r#"for opt in [
 }
 "#;
 
-fn cases() -> Vec<(&'static str, String)> {
+/// `n` random images in CIFAR-10's binary format (a label byte, then
+/// 3×32×32 pixel bytes), written into `dir`.
+fn cifar_images(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let mut rng = nngeo::rng::Rng::new(9);
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for _ in 0..n {
+        bytes.push(rng.below(10) as u8);
+        bytes.extend((0..3072).map(|_| rng.below(256) as u8));
+    }
+    let path = dir.join("images.bin");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A ResNet18 at width 8 on 300 CIFAR-format images: several batches of
+/// a streamed pass through convolutions, whose patches and gradients come
+/// in many sizes.
+fn resnet(name: &'static str, images: &std::path::Path, repr: &str) -> (&'static str, String) {
+    let src = format!(
+        "experiment {name} {{\n  seed = 0\n  device = cpu\n  dtype = f32\n  out = \"out\"\n}}\n\
+         data d = cifar10({:?})\n\
+         model net = resnet18(classes = 10, stem = cifar, input = [3, 32, 32], width = 8)\n\
+         measure trace({repr} of net on d) as \"t\"\n",
+        images.display().to_string()
+    );
+    (name, src)
+}
+
+fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
     let measure = |name, dtype, n, hidden, m: &str| (name, header(name, dtype, n, hidden) + m);
+    let conv_linear = r#"layers = ["*conv*", "*downsample.0", "fc"]"#;
     vec![
+        resnet("resnet_kfac", images, &format!("Fim(KFAC, {conv_linear})")),
+        resnet("resnet_diag", images, "Fim(Diag)"),
+        resnet("resnet_ekfac_refit", images, &format!("Fim(EKFAC(refit = true), {conv_linear})")),
         measure("dense", "f64", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_f32", "f32", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_eigenvalues", "f64", 50, "32", "measure eigenvalues(Fim(Dense) of net on probe, top = 5) as \"e\"\n"),
@@ -182,12 +214,14 @@ fn a_sweep_does_not_hold_its_earlier_representations() {
 }
 
 #[test]
-#[ignore = "runs 16 processes of up to 600 MB; see the module doc"]
+#[ignore = "runs 27 processes of up to 600 MB; see the module doc"]
 fn plan_peak_bounds_the_measured_peak() {
     let exe = env!("CARGO_BIN_EXE_nngeo");
     let mut rows = Vec::new();
     let mut bad = Vec::new();
-    for (name, src) in cases() {
+    let data = tempfile::tempdir().unwrap();
+    let images = cifar_images(data.path(), 300);
+    for (name, src) in cases(&images) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(format!("{name}.ngx"));
         std::fs::write(&file, &src).unwrap();

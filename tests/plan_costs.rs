@@ -193,3 +193,27 @@ fn rel_error_of_block_structures_needs_two_copies_of_the_largest_block() {
         );
     }
 }
+
+/// The libtorch plugin's process holds libtorch itself (about 500 MB
+/// resident on the CPU) and fragments its heap more than candle's
+/// allocator: the same plan run by `tch` is estimated above candle's by at
+/// least that base, and its working memory by the larger headroom.
+#[test]
+fn the_backend_that_runs_a_plan_sets_its_process_memory() {
+    let src = format!("{CNN}\nmeasure trace(Fim(KFAC) of net on d)");
+    let candle = plan(&src);
+    let mut tch = candle.clone();
+    tch.experiment.backend = "tch".into();
+    let (c, t) = (candle.peak_memory(), tch.peak_memory());
+    let (cb, tb) = (candle.process().base, tch.process().base);
+    assert!(tb >= cb + (512 << 20), "tch base {tb}, candle base {cb}");
+    assert!(
+        t - tb > c - cb,
+        "working memory: tch {} vs candle {}",
+        t - tb,
+        c - cb
+    );
+    let mut plugin = candle.clone();
+    plugin.experiment.backend = "plugin:candle".into();
+    assert_eq!(plugin.peak_memory(), c);
+}

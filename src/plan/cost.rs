@@ -395,6 +395,48 @@ pub fn with_headroom(bytes: u64) -> u64 {
     bytes.saturating_add(bytes / 4)
 }
 
+/// What the process of a backend holds beyond the buffers the steps count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Before any data or model (see [`BASE_BYTES`]).
+    pub base: u64,
+    /// Whether the working memory takes the libtorch allocator's headroom
+    /// ([`Process::headroom`]).
+    libtorch: bool,
+}
+
+impl Process {
+    /// The process that runs `backend` (a plan's `backend`, as `exec`
+    /// resolves it: `tch`, `candle`, `plugin:NAME`...).
+    ///
+    /// The libtorch plugin's process also holds libtorch's own code and
+    /// tables: an `exec` of a 50-example KFAC of a 20-16-10 MLP peaks at
+    /// 500 MB resident on the CPU (19 MB on candle); its base here is
+    /// 512 MiB more than candle's. Its tensors come from the C library's
+    /// heap, which the plugin keeps within a step (`nngeo-backend-tch`'s
+    /// `keep_freed_pages`), and blocks of many sizes fragment it: a
+    /// ResNet18 (width 8, 1,000 CIFAR-size images) KFAC's step held twice
+    /// its live buffers (233 MB against 115 MB with pages returned at
+    /// once), Diag's and EKFAC's up to 2.45× what candle's plan counts, so
+    /// its working memory takes ×3 where candle's takes ×5/4.
+    pub fn of(backend: &str) -> Self {
+        let libtorch = backend == "tch" || backend.starts_with("tch-");
+        Process {
+            base: BASE_BYTES + if libtorch { 512 << 20 } else { 0 },
+            libtorch,
+        }
+    }
+
+    /// `bytes` of working memory with the allocator's headroom.
+    pub fn headroom(&self, bytes: u64) -> u64 {
+        if self.libtorch {
+            bytes.saturating_mul(3)
+        } else {
+            with_headroom(bytes)
+        }
+    }
+}
+
 /// Bytes of one host number (representations, vectors, parameters are
 /// held in f64 on the host).
 const HOST: u64 = 8;
@@ -489,8 +531,29 @@ fn streamed_pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
         .map(|l| l.output.iter().map(|&d| d as u64).product::<u64>())
         .max()
         .unwrap_or(0);
-    nb.saturating_mul(streamed_width(model) + 3 * m * widest)
-        .saturating_mul(s)
+    let live = nb
+        .saturating_mul(streamed_width(model) + 3 * m * widest)
+        .saturating_mul(s);
+    if has_patches(model) {
+        live.saturating_add(live * 3 / 5)
+    } else {
+        live
+    }
+}
+
+/// Whether a layer unfolds its input into patches (a convolution over
+/// more than one position). A streamed pass of such a model frees and
+/// allocates tensors of a dozen sizes layer after layer (activations,
+/// each layer's patches, gradients in two layouts), and the binary's
+/// allocator keeps what was freed for reuse: in a ResNet18 (width 8, 32×32
+/// images) KFAC, Diag and EKFAC build the pass's resident peak was 1.55×
+/// its live peak (184 MB against 118 MB with pages returned at once),
+/// where an MLP's stays within the plan's general ×5/4. Returning pages
+/// after each batch cut the peak by only 5 % and cost 10 % of the time.
+fn has_patches(model: &ModelSpec) -> bool {
+    model
+        .param_layers()
+        .any(|l| kfac_dims(l).is_some_and(|(_, _, pos)| pos > 1))
 }
 
 /// Device bytes of one forward and backward pass of `nb` examples with `m`
@@ -717,10 +780,19 @@ pub fn repr_peak(
                         } else {
                             0
                         };
+                        // A refit whose captures were not kept runs the
+                        // passes again, next to the bases it projects on.
+                        let again = nb < n
+                            && ekfac
+                                .iter()
+                                .any(|l| matches!(kind(l), Structure::Ekfac { refit: true, .. }));
                         // The pass (with the captures kept so far) and
                         // the decompositions and refit come one after the
                         // other.
-                        let after = build.max(download) + 3 * factors * HOST + refit * s;
+                        let after = build.max(download)
+                            + 3 * factors * HOST
+                            + refit * s
+                            + if again { pass } else { 0 };
                         peak = peak.max(after) + kept;
                     }
                     peak

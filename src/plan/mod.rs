@@ -154,10 +154,15 @@ impl Plan {
     }
 
     /// The run's estimated peak memory (resident set): the process itself
-    /// ([`cost::BASE_BYTES`]) plus, at the worst step, the results held
+    /// ([`cost::Process`]) plus, at the worst step, the results held
     /// before it and what the step needs while it runs.
     pub fn peak_memory(&self) -> u64 {
-        self.peak_step().map_or(cost::BASE_BYTES, |(_, b)| b)
+        self.peak_step().map_or(self.process().base, |(_, b)| b)
+    }
+
+    /// The process of the backend that runs the plan.
+    pub fn process(&self) -> cost::Process {
+        cost::Process::of(&self.experiment.backend)
     }
 
     /// The top-level step at which the run's memory peaks, and the peak.
@@ -168,7 +173,8 @@ impl Plan {
     /// The estimated peak memory of a process that runs only the top-level
     /// steps in `runs` (a shard, see [`shard`]).
     pub fn peak_memory_of(&self, runs: &std::collections::BTreeSet<u32>) -> u64 {
-        self.peak_step_of(runs).map_or(cost::BASE_BYTES, |(_, b)| b)
+        self.peak_step_of(runs)
+            .map_or(self.process().base, |(_, b)| b)
     }
 
     /// [`Plan::peak_step`] of a process that runs only the steps in `runs`.
@@ -185,10 +191,8 @@ impl Plan {
         last: cost::Cost,
     ) -> u64 {
         let (worst, held) = self.walk(|s| runs.contains(&s.id.0));
-        let at = cost::BASE_BYTES
-            + cost::with_headroom(
-                (held - cost::BASE_BYTES).saturating_add(last.peak.max(last.memory)),
-            );
+        let p = self.process();
+        let at = p.base + p.headroom((held - p.base).saturating_add(last.peak.max(last.memory)));
         worst.map_or(at, |(_, w)| w.max(at))
     }
 
@@ -199,14 +203,13 @@ impl Plan {
     /// The worst step among `runs` and the bytes held after them all.
     fn walk(&self, runs: impl Fn(&Step) -> bool) -> (Option<(StepId, u64)>, u64) {
         let freed = self.freed_after();
-        let mut held = cost::BASE_BYTES;
+        let p = self.process();
+        let mut held = p.base;
         let mut worst: Option<(StepId, u64)> = None;
         let mut kept = std::collections::HashSet::new();
         for s in self.steps.iter().filter(|s| s.hook.is_none() && runs(s)) {
-            let at = cost::BASE_BYTES
-                + cost::with_headroom(
-                    (held - cost::BASE_BYTES).saturating_add(s.cost.peak.max(s.cost.memory)),
-                );
+            let at =
+                p.base + p.headroom((held - p.base).saturating_add(s.cost.peak.max(s.cost.memory)));
             if worst.is_none_or(|(_, w)| at > w) {
                 worst = Some((s.id, at));
             }
