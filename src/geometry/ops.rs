@@ -108,7 +108,9 @@ pub trait Ops: Clone {
 
     fn zeros(&self, shape: &[usize]) -> OpsResult<Self::T>;
     fn reshape(&self, t: &Self::T, shape: &[usize]) -> OpsResult<Self::T>;
-    /// Swaps two dimensions; the result is contiguous.
+    /// Swaps two dimensions. The result behaves as a contiguous tensor in
+    /// every operation here; a backend whose kernels read strided tensors
+    /// may return a view.
     fn transpose(&self, t: &Self::T, d0: usize, d1: usize) -> OpsResult<Self::T>;
     fn narrow(&self, t: &Self::T, dim: usize, start: usize, len: usize) -> OpsResult<Self::T>;
     fn cat(&self, ts: &[Self::T], dim: usize) -> OpsResult<Self::T>;

@@ -178,8 +178,12 @@ impl Ops for TchOps {
     fn reshape(&self, t: &TT, shape: &[usize]) -> OpsResult<TT> {
         ok(t.f_reshape(dims(shape)))
     }
+    /// A strided view: libtorch's kernels (GEMM included) read it where it
+    /// lies, and `reshape` copies only when the strides require it. The
+    /// copy that made every transpose contiguous was a sixth of a ResNet's
+    /// KFAC build.
     fn transpose(&self, t: &TT, d0: usize, d1: usize) -> OpsResult<TT> {
-        ok(t.f_transpose(i(d0), i(d1)).and_then(|t| t.f_contiguous()))
+        ok(t.f_transpose(i(d0), i(d1)))
     }
     fn narrow(&self, t: &TT, dim: usize, start: usize, len: usize) -> OpsResult<TT> {
         ok(t.f_narrow(i(dim), i(start), i(len))
@@ -200,6 +204,19 @@ impl Ops for TchOps {
             )));
         }
         ok(a.f_matmul(b))
+    }
+    /// `aᵀ b` without the transposed copy of the default: libtorch's GEMM
+    /// reads `a` transposed where it lies (KFAC's factors and every
+    /// summed gradient are such products over all positions).
+    fn t_matmul(&self, a: &TT, b: &TT) -> OpsResult<TT> {
+        if a.dim() != 2 || b.dim() != 2 {
+            return Err(OpsError(format!(
+                "tch: t_matmul of shapes {:?} and {:?}: both need 2 dimensions",
+                a.size(),
+                b.size()
+            )));
+        }
+        ok(a.f_transpose(0, 1).and_then(|at| at.f_matmul(b)))
     }
     fn unary(&self, op: Unary, t: &TT) -> OpsResult<TT> {
         ok(match op {
