@@ -118,6 +118,16 @@ fn resnet(name: &'static str, images: &std::path::Path, repr: &str) -> (&'static
     (name, src)
 }
 
+/// Eight SGD steps of the same ResNet18, BatchNorm in training mode.
+fn resnet_sgd(images: &std::path::Path) -> (&'static str, String) {
+    let (name, src) = resnet("resnet_sgd", images, "Fim(Diag)");
+    let head = src.split("measure").next().unwrap().to_string();
+    (
+        name,
+        head + "train net on d {\n  optimizer = sgd(lr = 0.01)\n  steps = 8\n  batch = 128\n}\n",
+    )
+}
+
 fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
     let measure = |name, dtype, n, hidden, m: &str| (name, header(name, dtype, n, hidden) + m);
     let conv_linear = r#"layers = ["*conv*", "*downsample.0", "fc"]"#;
@@ -125,6 +135,7 @@ fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
         resnet("resnet_kfac", images, &format!("Fim(KFAC, {conv_linear})")),
         resnet("resnet_diag", images, "Fim(Diag)"),
         resnet("resnet_ekfac_refit", images, &format!("Fim(EKFAC(refit = true), {conv_linear})")),
+        resnet_sgd(images),
         measure("dense", "f64", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_f32", "f32", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_eigenvalues", "f64", 50, "32", "measure eigenvalues(Fim(Dense) of net on probe, top = 5) as \"e\"\n"),
@@ -214,7 +225,7 @@ fn a_sweep_does_not_hold_its_earlier_representations() {
 }
 
 #[test]
-#[ignore = "runs 27 processes of up to 600 MB; see the module doc"]
+#[ignore = "runs 28 processes of up to 600 MB; see the module doc"]
 fn plan_peak_bounds_the_measured_peak() {
     let exe = env!("CARGO_BIN_EXE_nngeo");
     let mut rows = Vec::new();
