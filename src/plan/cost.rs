@@ -525,15 +525,25 @@ fn activations(model: &ModelSpec) -> u64 {
 /// capture and the statistic's copy of it (3 × `m` × the largest layer
 /// output).
 fn streamed_pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
-    let widest = model
+    let live = nb
+        .saturating_mul(streamed_width(model) + 3 * m * widest_output(model))
+        .saturating_mul(s);
+    with_retention(model, live)
+}
+
+/// Numbers per example of the largest layer output.
+fn widest_output(model: &ModelSpec) -> u64 {
+    model
         .layers
         .iter()
         .map(|l| l.output.iter().map(|&d| d as u64).product::<u64>())
         .max()
-        .unwrap_or(0);
-    let live = nb
-        .saturating_mul(streamed_width(model) + 3 * m * widest)
-        .saturating_mul(s);
+        .unwrap_or(0)
+}
+
+/// `live` bytes of a pass and what the allocator keeps beside them (see
+/// [`has_patches`]).
+fn with_retention(model: &ModelSpec, live: u64) -> u64 {
     if has_patches(model) {
         live.saturating_add(live * 3 / 5)
     } else {
@@ -546,23 +556,15 @@ fn streamed_pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
 /// beside its branch) and one layer's patches, with a patch model's
 /// allocator retention (see [`has_patches`]).
 fn forward_bytes(model: &ModelSpec, nb: u64, s: u64) -> u64 {
-    let widest = model
-        .layers
-        .iter()
-        .map(|l| l.output.iter().map(|&d| d as u64).product::<u64>())
-        .max()
-        .unwrap_or(0);
     let unfolded = model
         .param_layers()
         .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
         .max()
         .unwrap_or(0);
-    let live = nb.saturating_mul(3 * widest + unfolded).saturating_mul(s);
-    if has_patches(model) {
-        live.saturating_add(live * 3 / 5)
-    } else {
-        live
-    }
+    let live = nb
+        .saturating_mul(3 * widest_output(model) + unfolded)
+        .saturating_mul(s);
+    with_retention(model, live)
 }
 
 /// Whether a layer unfolds its input into patches (a convolution over
