@@ -86,6 +86,8 @@ pub struct Engine<O: Ops> {
     ops: Option<O>,
     /// What `info()` lists; a backend that can see GPUs sets it.
     devices: Vec<String>,
+    /// Where the representations' linear algebra runs, for `info()`.
+    linalg: Vec<String>,
     ctx: RunContext,
     values: HashMap<StepId, Value<O>>,
     /// Results dropped after each top-level step ([`Plan::freed_after`]).
@@ -119,6 +121,7 @@ impl<O: Ops> Engine<O> {
             make,
             ops: None,
             devices: vec!["cpu".into()],
+            linalg: vec!["linalg:host".into()],
             ctx: RunContext::default(),
             values: HashMap::new(),
             freed_after: HashMap::new(),
@@ -129,6 +132,14 @@ impl<O: Ops> Engine<O> {
     /// The devices `info()` reports (default: `cpu`).
     pub fn with_devices(mut self, devices: Vec<String>) -> Self {
         self.devices = devices;
+        self
+    }
+
+    /// Where the linear algebra of representations runs, as `info()`
+    /// lists it (default `linalg:host`: all of it on the host, with faer;
+    /// e.g. `linalg:eigh:cuda` where [`Ops::device_eigh`] holds on CUDA).
+    pub fn with_linalg(mut self, linalg: Vec<String>) -> Self {
+        self.linalg = linalg;
         self
     }
 
@@ -220,6 +231,7 @@ impl<O: Ops> Backend for Engine<O> {
             ]
             .iter()
             .map(|s| s.to_string())
+            .chain(self.linalg.iter().cloned())
             .collect(),
         }
     }

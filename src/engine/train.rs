@@ -8,7 +8,7 @@
 //! updated weights. Hooks run at their firing steps, before that step's
 //! update (step 0 is the initial model).
 
-use crate::geometry::build::{kfac_eigenbasis, BlockKind, Problem, Target, DECOMPOSE};
+use crate::geometry::build::{eigenbases, BlockKind, Problem, Target};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
@@ -213,11 +213,11 @@ impl Preconditioner {
                 }
                 None => new,
             };
-            let mut blocks = factors
-                .iter()
-                .map(|b| kfac_eigenbasis(b, DECOMPOSE).map_err(e))
-                .collect::<Result<Vec<_>, _>>()?;
-            let which: Vec<usize> = (0..blocks.len()).collect();
+            let which: Vec<usize> = (0..factors.len()).collect();
+            let mut blocks = factors.clone();
+            for (k, b) in eigenbases(p.o, &factors, &which).map_err(e)? {
+                blocks[k] = b;
+            }
             p.refit(target, &kfac.layers, &mut blocks, &which, None)
                 .map_err(e)?;
             *this = Some(Preconditioner {

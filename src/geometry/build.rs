@@ -64,13 +64,13 @@ impl BlockKind {
 
 /// EKFAC's starting point from a KFAC block `A ⊗ G`: the Kronecker
 /// eigenbasis `U_G ⊗ U_A` with the products of the factors' eigenvalues as
-/// its diagonal (a refit then replaces them).
-pub fn kfac_eigenbasis(block: &Block, decompose: Decompose) -> OpsResult<Block> {
+/// its diagonal (a refit then replaces them). `eig` decomposes one factor.
+pub fn kfac_eigenbasis(block: &Block, eig: &Eigh<'_>) -> OpsResult<Block> {
     let Block::Kfac { a, g } = block else {
         return Err(OpsError("EKFAC starts from a KFAC block".into()));
     };
-    let (ea, ua) = decompose(a).map_err(|e| OpsError(e.to_string()))?;
-    let (eg, ug) = decompose(g).map_err(|e| OpsError(e.to_string()))?;
+    let (ea, ua) = eig(a)?;
+    let (eg, ug) = eig(g)?;
     let mut d = Mat::zeros(g.rows, a.rows);
     for kk in 0..g.rows {
         for j in 0..a.rows {
@@ -80,15 +80,31 @@ pub fn kfac_eigenbasis(block: &Block, decompose: Decompose) -> OpsResult<Block> 
     Ok(Block::Ekfac { ua, ug, d })
 }
 
-/// A symmetric eigendecomposition.
-pub type Decompose = fn(&Mat) -> Result<(Vec<f64>, Mat), crate::linalg::LinalgError>;
+/// A symmetric eigendecomposition of a KFAC factor.
+pub type Eigh<'a> = dyn Fn(&Mat) -> OpsResult<(Vec<f64>, Mat)> + 'a;
 
-/// The eigendecomposition of KFAC factors, in f64 whatever the run's
-/// precision: the factors are held on the host in f64 anyway, and a
-/// single-precision decomposition (faer's f32 `self_adjoint_eigen`) lost
-/// 1.3·10⁻³ of an f32 EKFAC's trace on a 513-wide MLP, where the products
-/// of the eigenvalues must reproduce KFAC's trace exactly.
-pub const DECOMPOSE: Decompose = eigh;
+/// The EKFAC bases of the KFAC blocks `which` (index, new block). Where
+/// the backend decomposes on its device ([`Ops::device_eigh`]) the factors
+/// go there one after another, each using the whole device; otherwise the
+/// host decomposes several at once on its threads.
+pub fn eigenbases<O: Ops>(
+    o: &O,
+    blocks: &[Block],
+    which: &[usize],
+) -> OpsResult<Vec<(usize, Block)>> {
+    if o.device_eigh() {
+        which
+            .iter()
+            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &|m| o.eigh(m))?)))
+            .collect()
+    } else {
+        let host = |m: &Mat| eigh(m).map_err(|e| OpsError(e.to_string()));
+        which
+            .par_iter()
+            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &host)?)))
+            .collect::<OpsResult<Vec<_>>>()
+    }
+}
 
 /// A model, its examples, and which layers take part.
 pub struct Problem<'a, O: Ops> {
@@ -578,11 +594,7 @@ impl<'a, O: Ops> Problem<'a, O> {
             blocks.push(block);
         }
         // EKFAC: eigenbases of every factor, the decompositions in parallel.
-        let decomposed = bases
-            .par_iter()
-            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], DECOMPOSE)?)))
-            .collect::<OpsResult<Vec<_>>>()?;
-        for (k, b) in decomposed {
+        for (k, b) in eigenbases(o, &blocks, &bases)? {
             blocks[k] = b;
         }
         let refit_layers: Vec<usize> = bases
@@ -923,15 +935,13 @@ impl<'a, O: Ops> Problem<'a, O> {
                 }
             }
             let seed = o.upload(&[1, nb, c], &s)?;
-            let ones = o.affine(&o.zeros(&[1, nb])?, 0.0, 1.0)?;
-            // Streamed: each layer's capture is reduced to its gradient as
+            // Streamed: each layer's share is reduced to its gradient as
             // the backward pass makes it, so no batch holds every layer's
             // per-example data at once.
-            self.net.backward_each(o, fwd, &seed, &mut |cap| {
-                let Ok(k) = order.binary_search(&cap.slot) else {
+            self.net.gradient_each(o, fwd, &seed, &mut |slot, t| {
+                let Ok(k) = order.binary_search(&slot) else {
                     return Ok(());
                 };
-                let t = stats::jtu(o, &self.net.slots[cap.slot], &cap, &ones)?;
                 acc[k] = Some(match acc[k].take() {
                     Some(a) => o.add(&a, &t)?,
                     None => t,

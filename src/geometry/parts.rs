@@ -24,7 +24,7 @@
 //! Monte-Carlo Fishers draw their samples from one stream over the
 //! examples, which a part cannot reproduce: they are refused.
 
-use super::build::{kfac_eigenbasis, BlockKind, Problem, Target, DECOMPOSE};
+use super::build::{eigenbases, BlockKind, Problem, Target};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
 use crate::linalg::Mat;
@@ -408,10 +408,12 @@ pub fn reduce_fim<O: Ops>(
                 kinds.len()
             )));
         }
-        for (b, kind) in blocks.iter_mut().zip(kinds) {
-            if matches!(kind, BlockKind::Ekfac { .. }) {
-                *b = kfac_eigenbasis(b, DECOMPOSE)?;
-            }
+        let which: Vec<usize> = (kinds.iter().enumerate())
+            .filter(|(_, kind)| matches!(kind, BlockKind::Ekfac { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        for (k, b) in eigenbases(p.o, blocks, &which)? {
+            blocks[k] = b;
         }
     }
     Ok(Fim {

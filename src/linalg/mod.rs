@@ -215,6 +215,12 @@ fn symmetric_input(op: &'static str, a: &Mat) -> Result<Mat, LinalgError> {
     Ok(s)
 }
 
+/// What [`eigh`] decomposes: `a` checked square and finite, symmetrised
+/// (for a backend's own solver, which must see the same matrix).
+pub fn eigh_input(a: &Mat) -> Result<Mat, LinalgError> {
+    symmetric_input("eigh", a)
+}
+
 /// Symmetric eigendecomposition: eigenvalues ascending, eigenvectors as the
 /// COLUMNS of the returned Mat (n×n), matching numpy/torch eigh.
 pub fn eigh(a: &Mat) -> Result<(Vec<f64>, Mat), LinalgError> {

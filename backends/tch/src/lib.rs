@@ -78,7 +78,13 @@ pub fn keep_freed_pages() {
 /// The backend: nngeo's engine over [`TchOps`].
 pub fn backend() -> Box<dyn nngeo::backend::Backend> {
     keep_freed_pages();
-    Box::new(nngeo::engine::Engine::new("tch", &version(), TchOps::new).with_devices(devices()))
+    Box::new(
+        nngeo::engine::Engine::new("tch", &version(), TchOps::new)
+            .with_devices(devices())
+            // EKFAC's eigendecompositions run in libtorch on CUDA
+            // (`TchOps::with_device_eigh`); the rest on the host.
+            .with_linalg(vec!["linalg:host".into(), "linalg:eigh:cuda".into()]),
+    )
 }
 
 // ---------------------------------------------------------------- plugin export

@@ -200,8 +200,12 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn agree(model: &str, name: &str, n: usize) {
+    agree_on(TchOps::new("cpu", Dtype::F64).unwrap(), model, name, n);
+}
+
+fn agree_on(tch: TchOps, model: &str, name: &str, n: usize) {
     let c = quantities(&CandleOps::new("cpu", Dtype::F64).unwrap(), model, n, 11);
-    let t = quantities(&TchOps::new("cpu", Dtype::F64).unwrap(), model, n, 11);
+    let t = quantities(&tch, model, n, 11);
     assert_eq!(c.keys().collect::<Vec<_>>(), t.keys().collect::<Vec<_>>());
     let mut worst = (0.0f64, String::new());
     for (k, a) in &c {
@@ -225,6 +229,20 @@ fn agree(model: &str, name: &str, n: usize) {
 #[test]
 fn mlp_agrees_with_candle() {
     agree(MLP, "mlp", 9);
+}
+
+/// EKFAC's bases from `torch.linalg.eigh` (the path a CUDA run takes),
+/// forced on the CPU: every structure still agrees with candle's, whose
+/// bases come from the host.
+#[test]
+fn ekfac_bases_from_libtorch_agree_with_candle() {
+    for (model, name, n) in [(MLP, "mlp", 9), (CNN, "cnn", 7)] {
+        let t = TchOps::new("cpu", Dtype::F64)
+            .unwrap()
+            .with_device_eigh(true);
+        assert!(t.device_eigh());
+        agree_on(t, model, name, n);
+    }
 }
 
 #[test]

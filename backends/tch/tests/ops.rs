@@ -441,3 +441,56 @@ fn versions_and_backend_info() {
     assert_eq!(info.devices, nngeo_backend_tch::devices());
     assert!(info.dtypes.contains(&Dtype::F32) && info.dtypes.contains(&Dtype::F64));
 }
+
+/// `torch.linalg.eigh` (the EKFAC bases on tch) against the host's faer:
+/// the same eigenvalues, an orthonormal basis that rebuilds the matrix,
+/// in f64 whatever the run's dtype; rank-deficient factors (fewer examples
+/// than inputs, as KFAC's `A` often is) included; bad input refused.
+#[test]
+fn eigh_on_the_device_agrees_with_the_host() {
+    use nngeo::linalg::Mat;
+    let mut rng = Rng::new(21);
+    let mut cases = vec![Mat::zeros(0, 0), Mat::from_vec(1, 1, vec![2.5])];
+    for (rows, dim) in [(40, 7), (3, 12), (60, 60)] {
+        let x: Vec<f64> = (0..rows * dim).map(|_| rng.normal()).collect();
+        let x = Mat::from_vec(rows, dim, x);
+        cases.push(x.transpose().matmul(&x));
+    }
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let t = TchOps::new("cpu", dtype).unwrap();
+        assert!(!t.device_eigh(), "the host decomposes for a CPU run");
+        for a in &cases {
+            let n = a.rows;
+            let (want, _) = nngeo::linalg::eigh(a).unwrap();
+            let (val, vec) = t.eigh(a).unwrap();
+            assert_eq!((vec.rows, vec.cols, val.len()), (n, n, n));
+            let scale = want.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+            for (p, q) in want.iter().zip(&val) {
+                assert!(
+                    (p - q).abs() <= 1e-12 * scale,
+                    "{n}×{n} {dtype:?}: {p} vs {q}"
+                );
+            }
+            for r in 0..n {
+                for c in 0..n {
+                    let (mut rebuilt, mut gram) = (0.0, 0.0);
+                    for (k, v) in val.iter().enumerate() {
+                        rebuilt += vec.get(r, k) * v * vec.get(c, k);
+                        gram += vec.get(k, r) * vec.get(k, c);
+                    }
+                    let id = if r == c { 1.0 } else { 0.0 };
+                    assert!(
+                        (rebuilt - a.get(r, c)).abs() <= 1e-12 * scale,
+                        "{n}×{n}: rebuilt ({r}, {c})"
+                    );
+                    assert!(
+                        (gram - id).abs() <= 1e-12,
+                        "{n}×{n}: VᵀV ({r}, {c}) = {gram}"
+                    );
+                }
+            }
+        }
+        assert!(t.eigh(&Mat::zeros(2, 3)).is_err(), "non-square");
+        assert!(t.eigh(&Mat::from_vec(1, 1, vec![f64::NAN])).is_err(), "NaN");
+    }
+}

@@ -412,3 +412,39 @@ fn native_conv2d_input_grad_matches_the_default() {
         }
     }
 }
+
+#[test]
+fn native_conv2d_weight_grad_matches_the_patch_product() {
+    for dev in devices() {
+        let o = TchOps::new(dev, Dtype::F64).unwrap();
+        let mut rng = Rng::new(8);
+        for c in geoms() {
+            let k = c.kernel[0] * c.kernel[1];
+            let b = 3;
+            let l = c.output[0] * c.output[1];
+            let x = random(&o, &[b, c.cin, c.input[0], c.input[1]], &mut rng);
+            let g = random(&o, &[b, c.cout, c.output[0], c.output[1]], &mut rng);
+            let g3 = o.reshape(&g, &[b, c.cout, l]).unwrap();
+            let (ci, co) = (c.cin / c.groups, c.cout / c.groups);
+            let idx = conv_idx(&o, &c);
+            // Per group, Σ_b g_b p_bᵀ with the patches p_b [ci·K, L].
+            let parts: Vec<_> = (0..c.groups)
+                .map(|j| {
+                    let xj = o.narrow(&x, 1, j * ci, ci).unwrap();
+                    let xj = o.reshape(&xj, &[b, ci, c.input[0] * c.input[1]]).unwrap();
+                    let p = unfold_patches_default(&o, &xj, &idx, ci, k, 0.0, false).unwrap();
+                    let gj = o.narrow(&g3, 1, j * co, co).unwrap();
+                    let per = o.matmul(&gj, &o.transpose(&p, 1, 2).unwrap()).unwrap();
+                    o.reshape(&o.sum_dim(&per, 0).unwrap(), &[co, ci * k])
+                        .unwrap()
+                })
+                .collect();
+            let want = o.cat(&parts, 0).unwrap();
+            let got = o
+                .conv2d_weight_grad(&x, &g, &c)
+                .unwrap()
+                .expect("tch has a native weight gradient");
+            same(&o, &format!("{dev}: conv2d_weight_grad {c:?}"), &want, &got);
+        }
+    }
+}

@@ -10,7 +10,89 @@ use crate::plan::Layer;
 /// inputs (`None` where no parameter lies upstream).
 type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
 
+/// A layer's slot, its gradient summed over the examples and the gradient
+/// for each of its inputs.
+type Summed<T> = (usize, T, Vec<Option<T>>);
+
 impl<O: Ops> Net<O> {
+    /// A convolution's input gradient from `g3 [b, cout, L]`: the
+    /// backend's native transposed convolution where it has one, else the
+    /// patch product folded back onto the image.
+    fn conv_dx(&self, o: &O, i: usize, g3: &O::T) -> OpsResult<O::T> {
+        let layer = &self.layers[i];
+        let u = layer.unfold.as_ref().unwrap();
+        let w = layer.w.as_ref().unwrap();
+        if let Some(geom) = &u.geom {
+            let b = o.shape(g3)[0];
+            let g4 = o.reshape(g3, &[b, geom.cout, geom.output[0], geom.output[1]])?;
+            if let Some(dx) = o.conv2d_input_grad(&g4, w, geom)? {
+                return Ok(dx);
+            }
+        }
+        if o.shape(w).len() == 2 {
+            o.conv_input_grad(g3, w, &u.idx, u.cin, u.k, u.hw)
+        } else {
+            let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), g3)?; // [b, cin·K, L]
+            self.fold(o, u, &dp)
+        }
+    }
+
+    /// A convolution's gradient summed over the examples, by the
+    /// backend's native weight-gradient kernel, for one output function
+    /// (`g [1, n, output...]`, a loss gradient): its slot, the gradient in
+    /// the natural layout `[cout, cin/groups · K (+1)]` and the gradient
+    /// for its input. No patches are unfolded. `None` where layer `i` is
+    /// not such a convolution or the backend has no kernel: the caller then
+    /// takes the capture path.
+    pub(super) fn conv_gradient(
+        &self,
+        o: &O,
+        i: usize,
+        cache: &Cache<O::T>,
+        g: &O::T,
+        n: usize,
+        need: &[bool],
+    ) -> OpsResult<Option<Summed<O::T>>> {
+        let layer = &self.layers[i];
+        let (
+            Layer::Conv2d { out_channels, .. } | Layer::Conv1d { out_channels, .. },
+            Cache::Conv { x, bias },
+        ) = (&layer.spec.layer, cache)
+        else {
+            return Ok(None);
+        };
+        let (Some(u), Some(slot)) = (layer.unfold.as_ref(), self.slot_of[i]) else {
+            return Ok(None);
+        };
+        let Some(geom) = &u.geom else {
+            return Ok(None);
+        };
+        let cout = *out_channels;
+        let x4 = o.reshape(x, &[n, u.cin, geom.input[0], geom.input[1]])?;
+        let g4 = o.reshape(g, &[n, cout, geom.output[0], geom.output[1]])?;
+        let Some(dw) = o.conv2d_weight_grad(&x4, &g4, geom)? else {
+            return Ok(None);
+        };
+        let dw = o.reshape(&dw, &[cout, u.cin / geom.groups * u.k])?;
+        let g3 = o.reshape(g, &[n, cout, u.l])?;
+        let grad = if *bias {
+            let per = o.sum_dim(&g3, 2)?; // [n, cout, 1]
+            let db = o.reshape(&o.sum_dim(&per, 0)?, &[cout, 1])?;
+            o.cat(&[dw, db], 1)?
+        } else {
+            dw
+        };
+        let dx = match need.first() {
+            Some(true) => {
+                let mut shape = vec![1, n];
+                shape.extend(&layer.spec.input);
+                Some(o.reshape(&self.conv_dx(o, i, &g3)?, &shape)?)
+            }
+            _ => None,
+        };
+        Ok(Some((slot, grad, vec![dx])))
+    }
+
     /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
     /// w.r.t. its output; `need[k]` says whether input `k` wants its
     /// gradient.
@@ -67,24 +149,7 @@ impl<O: Ops> Net<O> {
                 let cout = *out_channels;
                 let g3 = o.reshape(g, &[m * n, cout, u.l])?;
                 let gt = o.transpose(&g3, 1, 2)?; // [mn, L, cout], the capture's layout
-                let w = layer.w.as_ref().unwrap();
-                let native = match (&u.geom, need0) {
-                    (Some(geom), true) => {
-                        let g4 = o.reshape(&g3, &[m * n, cout, geom.output[0], geom.output[1]])?;
-                        o.conv2d_input_grad(&g4, w, geom)?
-                    }
-                    _ => None,
-                };
-                let dx = if !need0 {
-                    None
-                } else if native.is_some() {
-                    native
-                } else if o.shape(w).len() == 2 {
-                    Some(o.conv_input_grad(&g3, w, &u.idx, u.cin, u.k, u.hw)?)
-                } else {
-                    let dp = super::grouped_matmul(o, layer.wt.as_ref().unwrap(), &g3)?; // [mn, cin·K, L]
-                    Some(self.fold(o, u, &dp)?)
-                };
+                let dx = need0.then(|| self.conv_dx(o, i, &g3)).transpose()?;
                 let cap = Capture {
                     slot: slot.unwrap(),
                     a,

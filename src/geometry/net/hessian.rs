@@ -155,6 +155,7 @@ impl<O: Ops> Net<O> {
                 gout[i] = Some(g.clone());
                 Ok(())
             },
+            None,
         )?;
         Ok(Curvature {
             n,

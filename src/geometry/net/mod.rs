@@ -869,6 +869,42 @@ impl<O: Ops> Net<O> {
         self.backward_with(o, Caches::Owned(fwd.caches), n, seed, sink)
     }
 
+    /// The gradient of `⟨seed, outputs⟩` summed over the examples
+    /// (`seed [1, n, C]`, a loss gradient), layer by layer from the output
+    /// back: `sink(slot, g)` with `g` in the slot's natural layout
+    /// `[sg, sa]`. A convolution whose backend has a native
+    /// weight-gradient kernel ([`Ops::conv2d_weight_grad`]) never unfolds
+    /// its patches here; every other layer is reduced from its capture.
+    pub fn gradient_each(
+        &self,
+        o: &O,
+        fwd: Forward<O::T>,
+        seed: &O::T,
+        sink: &mut dyn FnMut(usize, O::T) -> OpsResult<()>,
+    ) -> OpsResult<()> {
+        let n = fwd.n;
+        let (runner, seed) = match &self.mode {
+            Reparam::Scaled { alpha, .. } if *alpha != 1.0 => (self, o.scale(seed, *alpha)?),
+            Reparam::Linearized { base, .. } => (&**base, seed.clone()),
+            _ => (self, seed.clone()),
+        };
+        let ones = o.affine(&o.zeros(&[1, n])?, 0.0, 1.0)?;
+        // Both paths hand their layer to the one sink, never at once.
+        let sink = std::cell::RefCell::new(sink);
+        runner.backward_graph(
+            o,
+            Caches::Owned(fwd.caches),
+            n,
+            &seed,
+            &mut |cap| {
+                let t = super::stats::jtu(o, &runner.slots[cap.slot], &cap, &ones)?;
+                (sink.borrow_mut())(cap.slot, t)
+            },
+            &mut |_, _| Ok(()),
+            Some(&mut |slot, g| (sink.borrow_mut())(slot, g)),
+        )
+    }
+
     fn backward_with(
         &self,
         o: &O,
@@ -1086,11 +1122,15 @@ impl<O: Ops> Net<O> {
         seed: &O::T,
         sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
     ) -> OpsResult<()> {
-        self.backward_graph(o, caches, n, seed, sink, &mut |_, _| Ok(()))
+        self.backward_graph(o, caches, n, seed, sink, &mut |_, _| Ok(()), None)
     }
 
     /// [`Self::backward_net`] that also hands `each(i, g)` the gradient
     /// w.r.t. layer `i`'s output, `[m, n, output...]`, before its rule runs.
+    /// With `summed` (one output function only), a convolution the backend
+    /// can differentiate natively hands it its summed gradient instead of
+    /// a capture (see [`Self::gradient_each`]).
+    #[allow(clippy::too_many_arguments)]
     fn backward_graph(
         &self,
         o: &O,
@@ -1099,6 +1139,7 @@ impl<O: Ops> Net<O> {
         seed: &O::T,
         sink: &mut dyn FnMut(Capture<O::T>) -> OpsResult<()>,
         each: &mut dyn FnMut(usize, &O::T) -> OpsResult<()>,
+        mut summed: Option<&mut dyn FnMut(usize, O::T) -> OpsResult<()>>,
     ) -> OpsResult<()> {
         let m = o.shape(seed)[0];
         let last = self.layers.len();
@@ -1117,11 +1158,29 @@ impl<O: Ops> Net<O> {
             let g = o.reshape(&g, &shape)?;
             each(i, &g)?;
             let need: Vec<bool> = layer.src.iter().map(|&s| self.needs_grad[s]).collect();
-            let (cap, ins) = self.layer_backward(o, i, caches.get(i)?, &g, m, n, &need)?;
+            let native = match summed.as_mut() {
+                Some(to) if m == 1 => {
+                    match self.conv_gradient(o, i, caches.get(i)?, &g, n, &need)? {
+                        Some((slot, grad, ins)) => {
+                            to(slot, grad)?;
+                            Some(ins)
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            };
+            let ins = match native {
+                Some(ins) => ins,
+                None => {
+                    let (cap, ins) = self.layer_backward(o, i, caches.get(i)?, &g, m, n, &need)?;
+                    if let Some(cap) = cap {
+                        sink(cap)?;
+                    }
+                    ins
+                }
+            };
             caches.release(i);
-            if let Some(cap) = cap {
-                sink(cap)?;
-            }
             for (&s, gin) in layer.src.iter().zip(ins) {
                 if let Some(gin) = gin {
                     grads[s] = Some(match grads[s].take() {
