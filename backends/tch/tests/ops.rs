@@ -456,9 +456,17 @@ fn eigh_on_the_device_agrees_with_the_host() {
         let x = Mat::from_vec(rows, dim, x);
         cases.push(x.transpose().matmul(&x));
     }
-    for dtype in [Dtype::F64, Dtype::F32] {
-        let t = TchOps::new("cpu", dtype).unwrap();
-        assert!(!t.device_eigh(), "the host decomposes for a CPU run");
+    let mut devices = vec!["cpu"];
+    if nngeo_backend_tch::cuda_status().is_ok() {
+        devices.push("cuda");
+    }
+    for (dev, dtype) in devices
+        .iter()
+        .flat_map(|d| [(*d, Dtype::F64), (*d, Dtype::F32)])
+    {
+        let t = TchOps::new(dev, dtype).unwrap();
+        // By default the host decomposes for a CPU run, CUDA for a CUDA one.
+        assert_eq!(t.device_eigh(), dev != "cpu", "{dev}");
         for a in &cases {
             let n = a.rows;
             let (want, _) = nngeo::linalg::eigh(a).unwrap();
@@ -468,7 +476,7 @@ fn eigh_on_the_device_agrees_with_the_host() {
             for (p, q) in want.iter().zip(&val) {
                 assert!(
                     (p - q).abs() <= 1e-12 * scale,
-                    "{n}×{n} {dtype:?}: {p} vs {q}"
+                    "{dev} {n}×{n} {dtype:?}: {p} vs {q}"
                 );
             }
             for r in 0..n {
