@@ -137,7 +137,7 @@ impl<O: Ops> Engine<O> {
                     let Built::Whole(full) = self.ntk_full(&p, opts.shards, at)? else {
                         return Ok(Value::None);
                     };
-                    let (ev, u) = linalg::eigh(&full).map_err(|e| e.to_string())?;
+                    let (ev, u) = self.eigh_dense(&full)?;
                     let m = full.rows;
                     let mut low = Mat::zeros(m, m);
                     for e in m.saturating_sub(*k)..m {
@@ -409,6 +409,17 @@ impl<O: Ops> Engine<O> {
         })
     }
 
+    /// A dense symmetric matrix's eigenpairs (ascending): on the backend's
+    /// device where [`Ops::device_eigh`] says it decomposes there, else on
+    /// the host.
+    fn eigh_dense(&self, m: &Mat) -> Result<(Vec<f64>, Mat), String> {
+        if self.o().device_eigh() {
+            self.o().eigh(m).map_err(|e| e.to_string())
+        } else {
+            linalg::eigh(m).map_err(|e| e.to_string())
+        }
+    }
+
     pub(super) fn eigenvalues(
         &self,
         r: &ReprValue,
@@ -420,6 +431,21 @@ impl<O: Ops> Engine<O> {
             ReprKind::Fim(f) if top.is_some_and(|k| k <= 64) && f.dim() > 2000 => {
                 let mut op = |v: &[f64]| f.mv(v);
                 linalg::top_eigs_op(f.dim(), top.unwrap_or(1), &mut op, 1e-10)
+            }
+            // A dense matrix's whole spectrum on the backend's device where
+            // it decomposes there: a 10,000-square NTK takes minutes on the
+            // host's cores.
+            ReprKind::Fim(Fim {
+                body: FimBody::Dense(m),
+                ..
+            })
+            | ReprKind::Ntk(Ntk {
+                body: NtkBody::Dense(m),
+                ..
+            }) if self.o().device_eigh() => {
+                let (mut ev, _) = self.eigh_dense(m)?;
+                ev.reverse();
+                ev
             }
             ReprKind::Fim(f) => f.eigenvalues().map_err(|e| e.to_string())?,
             ReprKind::Ntk(k) => k.eigenvalues().map_err(|e| e.to_string())?,

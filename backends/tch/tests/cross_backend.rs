@@ -285,6 +285,8 @@ measure eigenvalues(F, top = 4) as "evals/F", mv(K, v) as "mv/K"
 measure rel_error(K, F) as "rel/K", rel_error(E, F) as "rel/E"
 measure solve(E, g, damping = 1e-2) as "solve/E", norm(g) as "norm/g"
 measure trace(N) as "trace/N", alignment(N, onehot(probe), centered = true) as "align/N"
+measure eigenvalues(N, top = 5) as "evals/N"
+measure eigenvalues(Ntk(LowRank(rank = 3)) of net on probe, top = 3) as "evals/Nlow"
 
 for opt in [
   sgd(lr = 0.1, momentum = 0.9) as "sgd",
@@ -335,8 +337,26 @@ fn run_plan(backend: &mut dyn nngeo::backend::Backend) -> Vec<(String, String, V
 
 #[test]
 fn a_whole_plan_gives_the_same_results() {
+    same_plan_results(nngeo_backend_tch::backend().as_mut());
+}
+
+/// `TchOps` that decompose in libtorch, as they do on CUDA.
+fn tch_decomposing(device: &str, dtype: Dtype) -> Result<TchOps, nngeo::geometry::ops::OpsError> {
+    TchOps::new(device, dtype).map(|o| o.with_device_eigh(true))
+}
+
+/// The plan again with every eigendecomposition a CUDA run would hand
+/// libtorch (EKFAC's bases, dense spectra, the low-rank NTK) handed to it
+/// on the CPU.
+#[test]
+fn a_whole_plan_with_libtorch_decompositions_gives_the_same_results() {
+    let mut tch = nngeo::engine::Engine::new("tch", "test", tch_decomposing);
+    same_plan_results(&mut tch);
+}
+
+fn same_plan_results(tch: &mut dyn nngeo::backend::Backend) {
     let c = run_plan(nngeo::select::candle_backend().as_mut());
-    let t = run_plan(nngeo_backend_tch::backend().as_mut());
+    let t = run_plan(tch);
     assert_eq!(c.len(), t.len(), "as many results");
     assert!(c.len() > 30, "{} results", c.len());
     let mut worst = 0.0f64;
