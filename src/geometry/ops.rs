@@ -233,6 +233,13 @@ pub trait Ops: Clone {
         Ok(None)
     }
 
+    /// `g` where `x > 0`, else 0 (`g` broadcasting against `x`): ReLU's
+    /// backward pass. The default multiplies by [`Unary::Step`]; a backend
+    /// may do it in one pass.
+    fn relu_grad(&self, g: &Self::T, x: &Self::T) -> OpsResult<Self::T> {
+        self.mul(g, &self.unary(Unary::Step, x)?)
+    }
+
     /// A symmetric eigendecomposition (ascending eigenvalues, orthonormal
     /// eigenvectors as columns) in f64 whatever the working dtype: EKFAC's
     /// bases. A single-precision one (faer's f32 `self_adjoint_eigen`)

@@ -411,6 +411,11 @@ impl Ops for TchOps {
         ok(dw.f_reshape([i(geom.cout), -1])).map(Some)
     }
 
+    /// libtorch's `threshold_backward`: one pass.
+    fn relu_grad(&self, g: &TT, x: &TT) -> OpsResult<TT> {
+        ok(x.f_threshold_backward(&g.0, 0.0))
+    }
+
     /// `torch.linalg.eigh` in f64 on the run's device: cuSOLVER on CUDA,
     /// LAPACK's divide and conquer on the CPU.
     fn eigh(&self, m: &Mat) -> OpsResult<(Vec<f64>, Mat)> {

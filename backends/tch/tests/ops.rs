@@ -502,3 +502,22 @@ fn eigh_on_the_device_agrees_with_the_host() {
         assert!(t.eigh(&Mat::from_vec(1, 1, vec![f64::NAN])).is_err(), "NaN");
     }
 }
+
+/// ReLU's backward pass in one libtorch kernel against candle's default
+/// (the gradient times the step of the input), a zero input included,
+/// with the gradient broadcasting over a leading output axis.
+#[test]
+fn relu_grad_matches_the_default() {
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let p = Pair::new(dtype);
+        let mut x: Vec<f64> = (0..24).map(|i| i as f64 * 0.37 - 4.0).collect();
+        x[5] = 0.0;
+        let (cx, tx) = p.up(&[2, 3, 4], &x);
+        for shape in [&[2, 3, 4][..], &[1, 2, 3, 4], &[3, 2, 3, 4]] {
+            let (cg, tg) = p.random(shape, 31);
+            let want = p.c.relu_grad(&cg, &cx).unwrap();
+            let got = p.t.relu_grad(&tg, &tx).unwrap();
+            p.same(&format!("relu_grad {shape:?}"), &want, &got, EXACT);
+        }
+    }
+}

@@ -37,6 +37,84 @@ impl<O: Ops> Net<O> {
         }
     }
 
+    /// Layer `i`'s gradient summed over the examples for one output
+    /// function (`g [1, n, output...]`, a loss gradient), without the
+    /// per-example capture the Fisher structures need, where the layer has
+    /// such a path: a convolution the backend differentiates natively
+    /// ([`Self::conv_gradient`]), a BatchNorm with batch statistics
+    /// ([`Self::batch_norm_gradient`]). `None`: the capture path.
+    pub(super) fn summed_gradient(
+        &self,
+        o: &O,
+        i: usize,
+        cache: &Cache<O::T>,
+        g: &O::T,
+        n: usize,
+        need: &[bool],
+    ) -> OpsResult<Option<Summed<O::T>>> {
+        match cache {
+            Cache::Conv { .. } => self.conv_gradient(o, i, cache, g, n, need),
+            Cache::Norm { .. } => self.batch_norm_gradient(o, i, cache, g, n, need),
+            _ => Ok(None),
+        }
+    }
+
+    /// A training-mode BatchNorm's summed gradient `[C, 2]` (scale, shift:
+    /// `Σ g ⊙ x̂` and `Σ g` over examples and positions) and its input
+    /// gradient, straight from `g` in the layer's own `[n, C, L]` layout:
+    /// no transposed capture, and the two sums the input gradient needs
+    /// come from the parameter gradient.
+    fn batch_norm_gradient(
+        &self,
+        o: &O,
+        i: usize,
+        cache: &Cache<O::T>,
+        g: &O::T,
+        n: usize,
+        need: &[bool],
+    ) -> OpsResult<Option<Summed<O::T>>> {
+        let layer = &self.layers[i];
+        let (
+            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. },
+            Cache::Norm {
+                s, batch: Some(xh), ..
+            },
+        ) = (&layer.spec.layer, cache)
+        else {
+            return Ok(None);
+        };
+        let Some(slot) = self.slot_of[i] else {
+            return Ok(None);
+        };
+        let c = layer.spec.input[0];
+        let l: usize = layer.spec.input[1..].iter().product();
+        let g3 = o.reshape(g, &[n, c, l])?;
+        let sum_nl = |t: &O::T| -> OpsResult<O::T> { o.sum_dim(&o.sum_dim(t, 2)?, 0) }; // [1, C, 1]
+        let dshift = sum_nl(&g3)?;
+        let dscale = sum_nl(&o.mul(&g3, xh)?)?;
+        let grad = o.cat(
+            &[o.reshape(&dscale, &[c, 1])?, o.reshape(&dshift, &[c, 1])?],
+            1,
+        )?;
+        let dx = match need.first() {
+            Some(true) => {
+                // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = w g, whose
+                // means over examples and positions are w Σg / count and
+                // w Σ g x̂ / count.
+                let w = o.reshape(layer.w.as_ref().unwrap(), &[1, c, 1])?;
+                let count = 1.0 / (n * l) as f64;
+                let m1 = o.scale(&o.mul(&dshift, &w)?, count)?;
+                let m2 = o.scale(&o.mul(&dscale, &w)?, count)?;
+                let inner = o.sub(&o.sub(&o.mul(&g3, &w)?, &m1)?, &o.mul(xh, &m2)?)?;
+                let mut shape = vec![1, n];
+                shape.extend(&layer.spec.input);
+                Some(o.reshape(&o.mul(&inner, s)?, &shape)?)
+            }
+            _ => None,
+        };
+        Ok(Some((slot, grad, vec![dx])))
+    }
+
     /// A convolution's gradient summed over the examples, by the
     /// backend's native weight-gradient kernel, for one output function
     /// (`g [1, n, output...]`, a loss gradient): its slot, the gradient in
@@ -44,7 +122,7 @@ impl<O: Ops> Net<O> {
     /// for its input. No patches are unfolded. `None` where layer `i` is
     /// not such a convolution or the backend has no kernel: the caller then
     /// takes the capture path.
-    pub(super) fn conv_gradient(
+    fn conv_gradient(
         &self,
         o: &O,
         i: usize,
@@ -157,6 +235,7 @@ impl<O: Ops> Net<O> {
                 };
                 Ok((Some(cap), one(dx)?))
             }
+            (Layer::Relu, Cache::Act { x, .. }) => one(Some(o.relu_grad(g, x)?)).map(|d| (None, d)),
             (l, Cache::Act { x, y }) => {
                 one(Some(o.mul(g, &act_grad(o, l, x, y)?)?)).map(|d| (None, d))
             }

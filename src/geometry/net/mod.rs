@@ -874,7 +874,8 @@ impl<O: Ops> Net<O> {
     /// back: `sink(slot, g)` with `g` in the slot's natural layout
     /// `[sg, sa]`. A convolution whose backend has a native
     /// weight-gradient kernel ([`Ops::conv2d_weight_grad`]) never unfolds
-    /// its patches here; every other layer is reduced from its capture.
+    /// its patches here, and a training-mode BatchNorm sums its gradient in
+    /// its own layout; every other layer is reduced from its capture.
     pub fn gradient_each(
         &self,
         o: &O,
@@ -1127,8 +1128,8 @@ impl<O: Ops> Net<O> {
 
     /// [`Self::backward_net`] that also hands `each(i, g)` the gradient
     /// w.r.t. layer `i`'s output, `[m, n, output...]`, before its rule runs.
-    /// With `summed` (one output function only), a convolution the backend
-    /// can differentiate natively hands it its summed gradient instead of
+    /// With `summed` (one output function only), a layer with a path of
+    /// its own (`summed_gradient`) hands it its summed gradient instead of
     /// a capture (see [`Self::gradient_each`]).
     #[allow(clippy::too_many_arguments)]
     fn backward_graph(
@@ -1160,7 +1161,7 @@ impl<O: Ops> Net<O> {
             let need: Vec<bool> = layer.src.iter().map(|&s| self.needs_grad[s]).collect();
             let native = match summed.as_mut() {
                 Some(to) if m == 1 => {
-                    match self.conv_gradient(o, i, caches.get(i)?, &g, n, &need)? {
+                    match self.summed_gradient(o, i, caches.get(i)?, &g, n, &need)? {
                         Some((slot, grad, ins)) => {
                             to(slot, grad)?;
                             Some(ins)
