@@ -14,6 +14,9 @@ type Step<T> = (Option<Capture<T>>, Vec<Option<T>>);
 /// for each of its inputs.
 type Summed<T> = (usize, T, Vec<Option<T>>);
 
+/// A layer's summed gradient and the gradient for its one input.
+type Share<T> = (T, Option<T>);
+
 impl<O: Ops> Net<O> {
     /// A convolution's input gradient from `g3 [b, cout, L]`: the
     /// backend's native transposed convolution where it has one, else the
@@ -42,7 +45,9 @@ impl<O: Ops> Net<O> {
     /// per-example capture the Fisher structures need, where the layer has
     /// such a path: a convolution the backend differentiates natively
     /// ([`Self::conv_gradient`]), a BatchNorm with batch statistics
-    /// ([`Self::batch_norm_gradient`]). `None`: the capture path.
+    /// ([`Self::batch_norm_gradient`]). Its slot, the gradient in the
+    /// slot's natural layout and the gradient for its input; `None`: the
+    /// capture path.
     pub(super) fn summed_gradient(
         &self,
         o: &O,
@@ -52,40 +57,50 @@ impl<O: Ops> Net<O> {
         n: usize,
         need: &[bool],
     ) -> OpsResult<Option<Summed<O::T>>> {
-        match cache {
-            Cache::Conv { .. } => self.conv_gradient(o, i, cache, g, n, need),
-            Cache::Norm { .. } => self.batch_norm_gradient(o, i, cache, g, n, need),
-            _ => Ok(None),
-        }
+        let layer = &self.layers[i];
+        let Some(slot) = self.slot_of[i] else {
+            return Ok(None);
+        };
+        let need0 = need.first().copied().unwrap_or(false);
+        let found = match (&layer.spec.layer, cache) {
+            (Layer::Conv2d { .. } | Layer::Conv1d { .. }, Cache::Conv { x, bias }) => {
+                self.conv_gradient(o, i, x, *bias, g, n, need0)?
+            }
+            (
+                Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. },
+                Cache::Norm {
+                    s, batch: Some(xh), ..
+                },
+            ) => Some(self.batch_norm_gradient(o, i, s, xh, g, n, need0)?),
+            _ => None,
+        };
+        let mut shape = vec![1, n];
+        shape.extend(&layer.spec.input);
+        found
+            .map(|(grad, dx)| {
+                let dx = dx.map(|d| o.reshape(&d, &shape)).transpose()?;
+                Ok((slot, grad, vec![dx]))
+            })
+            .transpose()
     }
 
     /// A training-mode BatchNorm's summed gradient `[C, 2]` (scale, shift:
     /// `Σ g ⊙ x̂` and `Σ g` over examples and positions) and its input
-    /// gradient, straight from `g` in the layer's own `[n, C, L]` layout:
-    /// no transposed capture, and the two sums the input gradient needs
-    /// come from the parameter gradient.
+    /// gradient, straight from `g` in the layer's own `[n, C, L]` layout
+    /// (`x̂ [n, C, L]`, `s [1, C, 1]`): no transposed capture, and the two
+    /// sums the input gradient needs come from the parameter gradient.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_gradient(
         &self,
         o: &O,
         i: usize,
-        cache: &Cache<O::T>,
+        s: &O::T,
+        xh: &O::T,
         g: &O::T,
         n: usize,
-        need: &[bool],
-    ) -> OpsResult<Option<Summed<O::T>>> {
+        need: bool,
+    ) -> OpsResult<Share<O::T>> {
         let layer = &self.layers[i];
-        let (
-            Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. },
-            Cache::Norm {
-                s, batch: Some(xh), ..
-            },
-        ) = (&layer.spec.layer, cache)
-        else {
-            return Ok(None);
-        };
-        let Some(slot) = self.slot_of[i] else {
-            return Ok(None);
-        };
         let c = layer.spec.input[0];
         let l: usize = layer.spec.input[1..].iter().product();
         let g3 = o.reshape(g, &[n, c, l])?;
@@ -96,56 +111,43 @@ impl<O: Ops> Net<O> {
             &[o.reshape(&dscale, &[c, 1])?, o.reshape(&dshift, &[c, 1])?],
             1,
         )?;
-        let dx = match need.first() {
-            Some(true) => {
-                // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = w g, whose
-                // means over examples and positions are w Σg / count and
-                // w Σ g x̂ / count.
-                let w = o.reshape(layer.w.as_ref().unwrap(), &[1, c, 1])?;
-                let count = 1.0 / (n * l) as f64;
-                let m1 = o.scale(&o.mul(&dshift, &w)?, count)?;
-                let m2 = o.scale(&o.mul(&dscale, &w)?, count)?;
-                let inner = o.sub(&o.sub(&o.mul(&g3, &w)?, &m1)?, &o.mul(xh, &m2)?)?;
-                let mut shape = vec![1, n];
-                shape.extend(&layer.spec.input);
-                Some(o.reshape(&o.mul(&inner, s)?, &shape)?)
-            }
-            _ => None,
-        };
-        Ok(Some((slot, grad, vec![dx])))
+        if !need {
+            return Ok((grad, None));
+        }
+        // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = w g, whose means
+        // over examples and positions are w Σg / count and w Σ g x̂ / count.
+        let w = o.reshape(layer.w.as_ref().unwrap(), &[1, c, 1])?;
+        let count = 1.0 / (n * l) as f64;
+        let m1 = o.scale(&o.mul(&dshift, &w)?, count)?;
+        let m2 = o.scale(&o.mul(&dscale, &w)?, count)?;
+        let inner = o.sub(&o.sub(&o.mul(&g3, &w)?, &m1)?, &o.mul(xh, &m2)?)?;
+        Ok((grad, Some(o.mul(&inner, s)?)))
     }
 
-    /// A convolution's gradient summed over the examples, by the
-    /// backend's native weight-gradient kernel, for one output function
-    /// (`g [1, n, output...]`, a loss gradient): its slot, the gradient in
-    /// the natural layout `[cout, cin/groups · K (+1)]` and the gradient
-    /// for its input. No patches are unfolded. `None` where layer `i` is
-    /// not such a convolution or the backend has no kernel: the caller then
-    /// takes the capture path.
+    /// A convolution's gradient summed over the examples by the backend's
+    /// native weight-gradient kernel (`x` its input, `g` its output's
+    /// gradient): the natural layout `[cout, cin/groups · K (+1)]` and the
+    /// gradient for its input. No patches are unfolded. `None` where the
+    /// backend has no kernel for this convolution.
+    #[allow(clippy::too_many_arguments)]
     fn conv_gradient(
         &self,
         o: &O,
         i: usize,
-        cache: &Cache<O::T>,
+        x: &O::T,
+        bias: bool,
         g: &O::T,
         n: usize,
-        need: &[bool],
-    ) -> OpsResult<Option<Summed<O::T>>> {
+        need: bool,
+    ) -> OpsResult<Option<Share<O::T>>> {
         let layer = &self.layers[i];
-        let (
-            Layer::Conv2d { out_channels, .. } | Layer::Conv1d { out_channels, .. },
-            Cache::Conv { x, bias },
-        ) = (&layer.spec.layer, cache)
-        else {
-            return Ok(None);
-        };
-        let (Some(u), Some(slot)) = (layer.unfold.as_ref(), self.slot_of[i]) else {
+        let Some(u) = layer.unfold.as_ref() else {
             return Ok(None);
         };
         let Some(geom) = &u.geom else {
             return Ok(None);
         };
-        let cout = *out_channels;
+        let cout = geom.cout;
         let x4 = o.reshape(x, &[n, u.cin, geom.input[0], geom.input[1]])?;
         let g4 = o.reshape(g, &[n, cout, geom.output[0], geom.output[1]])?;
         let Some(dw) = o.conv2d_weight_grad(&x4, &g4, geom)? else {
@@ -153,22 +155,15 @@ impl<O: Ops> Net<O> {
         };
         let dw = o.reshape(&dw, &[cout, u.cin / geom.groups * u.k])?;
         let g3 = o.reshape(g, &[n, cout, u.l])?;
-        let grad = if *bias {
+        let grad = if bias {
             let per = o.sum_dim(&g3, 2)?; // [n, cout, 1]
             let db = o.reshape(&o.sum_dim(&per, 0)?, &[cout, 1])?;
             o.cat(&[dw, db], 1)?
         } else {
             dw
         };
-        let dx = match need.first() {
-            Some(true) => {
-                let mut shape = vec![1, n];
-                shape.extend(&layer.spec.input);
-                Some(o.reshape(&self.conv_dx(o, i, &g3)?, &shape)?)
-            }
-            _ => None,
-        };
-        Ok(Some((slot, grad, vec![dx])))
+        let dx = need.then(|| self.conv_dx(o, i, &g3)).transpose()?;
+        Ok(Some((grad, dx)))
     }
 
     /// Layer `i`'s backward pass from the gradient `g [m, n, output...]`
