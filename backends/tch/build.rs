@@ -37,6 +37,25 @@ fn main() {
     // The CUDA toolkit the wheel was built for (`+cu130` → `CUDA 13.0`).
     let cuda = wheel_cuda(&lib).unwrap_or_else(|| "no CUDA build tag".into());
     println!("cargo:rustc-env=NNGEO_LIBTORCH_CUDA={cuda}");
+    shim(&lib);
+}
+
+/// Compiles `cpp/shim.cpp` against libtorch's headers, with the C++ ABI
+/// torch-sys compiles its own bindings with (PyPI's torch: the new one).
+fn shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=cpp/shim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let include = lib.parent().map(|root| root.join("include")).unwrap();
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("cpp/shim.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("nngeo_tch_shim");
 }
 
 /// `2.11.0` from a Python wheel's `torch/version.py`, a libtorch archive's

@@ -380,9 +380,11 @@ impl Ops for TchOps {
     }
 
     /// libtorch's own weight gradient (oneDNN's backward-weights on the
-    /// CPU, cuDNN's on CUDA), reached through autograd: tch exposes no
-    /// `convolution_backward`. The weight's value does not enter its own
-    /// gradient, so a zero leaf stands for it.
+    /// CPU, cuDNN's on CUDA): `aten::convolution_backward` asked for the
+    /// weight's output only, through `cpp/shim.cpp` (tch binds no
+    /// `convolution_backward`). Going through autograd instead (a zero
+    /// leaf, the forward convolution again and `Σ y ⊙ g`) took 5.3 ms
+    /// against 1.1 ms on a 128 × 8 × 32 × 32 input.
     fn conv2d_weight_grad(&self, x: &TT, g: &TT, geom: &ConvGeom) -> OpsResult<Option<TT>> {
         let shape = [
             i(geom.cout),
@@ -390,24 +392,38 @@ impl Ops for TchOps {
             i(geom.kernel[0]),
             i(geom.kernel[1]),
         ];
-        let grads = tch::with_grad(|| {
-            let w = Tensor::f_zeros(shape, (x.kind(), x.device()))?.set_requires_grad(true);
-            let y = x.f_conv2d::<Tensor>(
-                &w,
-                None,
-                dims(&geom.stride),
-                dims(&geom.padding),
-                dims(&geom.dilation),
+        let (stride, padding, dilation) = (
+            dims(&geom.stride),
+            dims(&geom.padding),
+            dims(&geom.dilation),
+        );
+        let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: both handles are live tensors for the call; the result is
+        // a new tensor handle owned by the returned `Tensor`, or null with
+        // a malloc'd message.
+        let dw = unsafe {
+            let out = nngeo_conv2d_weight_grad(
+                g.0.as_ptr(),
+                x.0.as_ptr(),
+                shape.as_ptr(),
+                stride.as_ptr(),
+                padding.as_ptr(),
+                dilation.as_ptr(),
                 i(geom.groups),
-            )?;
-            let root = y.f_mul(&g.0)?.f_sum(x.kind())?;
-            Tensor::f_run_backward(&[root], &[w], false, false)
-        })
-        .map_err(e)?;
-        let dw = grads
-            .into_iter()
-            .next()
-            .ok_or_else(|| OpsError("no gradient".into()))?;
+                &mut err,
+            );
+            if out.is_null() {
+                let msg = if err.is_null() {
+                    "convolution_backward failed".to_string()
+                } else {
+                    let m = std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned();
+                    libc::free(err as *mut libc::c_void);
+                    first_line(&m).to_string()
+                };
+                return Err(OpsError(format!("tch: {msg}")));
+            }
+            Tensor::from_ptr(out)
+        };
         ok(dw.f_reshape([i(geom.cout), -1])).map(Some)
     }
 
@@ -620,7 +636,6 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-/// What the dynamic loader says about the NVIDIA driver library.
 /// Whether the NVIDIA driver's library loads (checked once).
 fn nvidia_driver() -> Result<(), String> {
     static DRIVER: OnceLock<Result<(), String>> = OnceLock::new();
@@ -634,6 +649,7 @@ fn nvidia_driver() -> Result<(), String> {
         .clone()
 }
 
+/// What the dynamic loader says about the NVIDIA driver library.
 fn driver_status() -> String {
     use libloading::os::unix::{Library, RTLD_LAZY, RTLD_LOCAL};
     match unsafe { Library::open(Some("libcuda.so.1"), RTLD_LAZY | RTLD_LOCAL) } {
@@ -670,6 +686,21 @@ fn loaded_dir(name: &str) -> Option<std::path::PathBuf> {
         let s = std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().ok()?;
         Some(std::path::PathBuf::from(s))
     }
+}
+
+extern "C" {
+    /// `cpp/shim.cpp`.
+    #[allow(clippy::too_many_arguments)]
+    fn nngeo_conv2d_weight_grad(
+        grad_output: *const torch_sys::C_tensor,
+        input: *const torch_sys::C_tensor,
+        weight_shape: *const i64,
+        stride: *const i64,
+        padding: *const i64,
+        dilation: *const i64,
+        groups: i64,
+        err: *mut *mut std::ffi::c_char,
+    ) -> *mut torch_sys::C_tensor;
 }
 
 /// Loads `libtorch_cuda.so` once (the first call decides).

@@ -448,3 +448,15 @@ fn native_conv2d_weight_grad_matches_the_patch_product() {
         }
     }
 }
+
+/// A libtorch exception in the shim comes back as an error, not a crash.
+#[test]
+fn native_conv2d_weight_grad_refuses_mismatched_shapes() {
+    let o = TchOps::new("cpu", Dtype::F64).unwrap();
+    let mut rng = Rng::new(9);
+    let c = geoms()[0];
+    let x = random(&o, &[2, c.cin, c.input[0], c.input[1]], &mut rng);
+    let g = random(&o, &[2, c.cout + 1, c.output[0], c.output[1]], &mut rng);
+    let err = o.conv2d_weight_grad(&x, &g, &c).expect_err("an error");
+    assert!(err.0.starts_with("tch: ") && err.0.len() > 10, "{}", err.0);
+}
