@@ -8,7 +8,7 @@
 //! updated weights. Hooks run at their firing steps, before that step's
 //! update (step 0 is the initial model).
 
-use crate::geometry::build::{eigenbases, BlockKind, Problem, Target};
+use crate::geometry::build::{to_eigenbases, BlockKind, Problem, Target};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
@@ -215,9 +215,7 @@ impl Preconditioner {
             };
             let which: Vec<usize> = (0..factors.len()).collect();
             let mut blocks = factors.clone();
-            for (k, b) in eigenbases(p.o, &factors, &which).map_err(e)? {
-                blocks[k] = b;
-            }
+            to_eigenbases(p.o, &mut blocks, &which).map_err(e)?;
             p.refit(target, &kfac.layers, &mut blocks, &which, None)
                 .map_err(e)?;
             *this = Some(Preconditioner {

@@ -83,27 +83,28 @@ pub fn kfac_eigenbasis(block: &Block, eig: &Eigh<'_>) -> OpsResult<Block> {
 /// A symmetric eigendecomposition of a KFAC factor.
 pub type Eigh<'a> = dyn Fn(&Mat) -> OpsResult<(Vec<f64>, Mat)> + 'a;
 
-/// The EKFAC bases of the KFAC blocks `which` (index, new block). Where
-/// the backend decomposes on its device ([`Ops::device_eigh`]) the factors
-/// go there one after another, each using the whole device; otherwise the
+/// Replaces the KFAC blocks `which` by their EKFAC bases. Where the
+/// backend decomposes on its device ([`Ops::device_eigh`]) the factors go
+/// there one after another, each using the whole device; otherwise the
 /// host decomposes several at once on its threads.
-pub fn eigenbases<O: Ops>(
-    o: &O,
-    blocks: &[Block],
-    which: &[usize],
-) -> OpsResult<Vec<(usize, Block)>> {
-    if o.device_eigh() {
+pub fn to_eigenbases<O: Ops>(o: &O, blocks: &mut [Block], which: &[usize]) -> OpsResult<()> {
+    let bases: Vec<(usize, Block)> = if o.device_eigh() {
         which
             .iter()
             .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &|m| o.eigh(m))?)))
-            .collect()
+            .collect::<OpsResult<_>>()?
     } else {
         let host = |m: &Mat| eigh(m).map_err(|e| OpsError(e.to_string()));
+        let shared: &[Block] = blocks;
         which
             .par_iter()
-            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &host)?)))
-            .collect::<OpsResult<Vec<_>>>()
+            .map(|&k| Ok((k, kfac_eigenbasis(&shared[k], &host)?)))
+            .collect::<OpsResult<_>>()?
+    };
+    for (k, b) in bases {
+        blocks[k] = b;
     }
+    Ok(())
 }
 
 /// A model, its examples, and which layers take part.
@@ -594,9 +595,7 @@ impl<'a, O: Ops> Problem<'a, O> {
             blocks.push(block);
         }
         // EKFAC: eigenbases of every factor, the decompositions in parallel.
-        for (k, b) in eigenbases(o, &blocks, &bases)? {
-            blocks[k] = b;
-        }
+        to_eigenbases(o, &mut blocks, &bases)?;
         let refit_layers: Vec<usize> = bases
             .into_iter()
             .filter(|&k| matches!(kinds[k], BlockKind::Ekfac { refit: true }))

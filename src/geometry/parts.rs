@@ -24,7 +24,7 @@
 //! Monte-Carlo Fishers draw their samples from one stream over the
 //! examples, which a part cannot reproduce: they are refused.
 
-use super::build::{eigenbases, BlockKind, Problem, Target};
+use super::build::{to_eigenbases, BlockKind, Problem, Target};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
 use crate::linalg::Mat;
@@ -412,9 +412,7 @@ pub fn reduce_fim<O: Ops>(
             .filter(|(_, kind)| matches!(kind, BlockKind::Ekfac { .. }))
             .map(|(k, _)| k)
             .collect();
-        for (k, b) in eigenbases(p.o, blocks, &which)? {
-            blocks[k] = b;
-        }
+        to_eigenbases(p.o, blocks, &which)?;
     }
     Ok(Fim {
         layers,
