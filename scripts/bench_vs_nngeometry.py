@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 MLP = ["kfac", "ekfac", "ekfac-refit", "diag", "blockdiag", "dense", "ntk-100", "ntk-1000", "ntk-2000"]
 EXEC = ["exec-kfac", "exec-ekfac-refit", "exec-diag", "exec-kfac-5000", "exec-ntk-1000", "exec-ntk-2000"]
@@ -68,7 +69,7 @@ def main():
     width = os.environ.get("NNGEO_BENCH_WIDTH", "64")
     here = os.path.dirname(os.path.abspath(__file__))
     reps = ["--repeats", str(a.repeats)]
-    times = {c: {"nngeometry": [], "candle": [], "tch": []} for c in cases}
+    times = {c: {"nngeometry": [], "candle": [], "tch": [], "nngeometry-process": []} for c in cases}
     execs = [c for c in cases if c.startswith("exec-") or a.no_tch]
     inproc = [c for c in cases if c not in execs]
 
@@ -102,6 +103,19 @@ def main():
                    "--device", a.device] + each(cases) + reps)
         for c in cases:
             times[c]["nngeometry"].append(column(out, c, 1))
+        # The user's path on NNGeometry's side of an `exec-*` case: a fresh
+        # Python process that imports torch and nngeometry, makes the data
+        # and the model and builds once (what `nngeo exec` is on ours).
+        for c in execs:
+            xs = []
+            for _ in range(a.repeats):
+                t = time.perf_counter()
+                p = subprocess.run([a.python, os.path.join(here, "nngeometry_bench.py"), "--once",
+                                    "--width", width, "--device", a.device, "--case", c],
+                                   capture_output=True, text=True, timeout=TIMEOUT)
+                if p.returncode == 0:
+                    xs.append(time.perf_counter() - t)
+            times[c]["nngeometry-process"].append(statistics.median(xs) if xs else None)
 
     # Each round runs every case on each side, the sides alternating first.
     for r in range(a.rounds):
@@ -119,7 +133,7 @@ def main():
             earlier = json.load(f)["times"]
         for c in cases:
             for side, xs in earlier.get(c, {}).items():
-                times[c][side].extend(xs)
+                times[c].setdefault(side, []).extend(xs)
 
     def med(xs):
         xs = [x for x in xs if x is not None]
@@ -131,12 +145,14 @@ def main():
     threads = os.environ.get("RAYON_NUM_THREADS", "all cores")
     print(f"\nmedians over {a.rounds} round(s) here and {len(a.pool)} pooled file(s), each the median of {a.repeats}; f32, device {a.device}, "
           f"RAYON_NUM_THREADS={threads}, ResNet width {width}\n")
-    print(f"| case | NNGeometry (s) | {a.candle} (s) | tch (s) | NNGeometry / {a.candle} | NNGeometry / tch |")
-    print("|---|---|---|---|---|---|")
+    print(f"| case | NNGeometry (s) | {a.candle} (s) | tch (s) | NNGeometry / {a.candle} | NNGeometry / tch "
+          f"| NNGeometry process (s) | process / {a.candle} | process / tch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in cases:
-        n, k, t = (med(times[c][s]) for s in ("nngeometry", "candle", "tch"))
-        ratio = lambda x: None if n is None or x is None else n / x
-        print(f"| {c} | {fmt(n)} | {fmt(k)} | {fmt(t)} | {fmt(ratio(k), '×')} | {fmt(ratio(t), '×')} |")
+        n, k, t, p = (med(times[c][s]) for s in ("nngeometry", "candle", "tch", "nngeometry-process"))
+        ratio = lambda num, x: None if num is None or x is None else num / x
+        print(f"| {c} | {fmt(n)} | {fmt(k)} | {fmt(t)} | {fmt(ratio(n, k), '×')} | {fmt(ratio(n, t), '×')} "
+              f"| {fmt(p)} | {fmt(ratio(p, k), '×')} | {fmt(ratio(p, t), '×')} |")
 
 
 if __name__ == "__main__":

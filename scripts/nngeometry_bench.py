@@ -195,6 +195,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--case", action="append")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--once", action="store_true",
+                    help="build each case once, untimed (the harness times the whole process: "
+                         "NNGeometry's side of the user's path that `nngeo exec` is)")
     a = ap.parse_args()
     global DEVICE
     DEVICE = a.device
@@ -204,6 +207,10 @@ def main():
     torch.manual_seed(0)
     for name in names:
         run = case(name, ResNet18(a.width).to(DEVICE) if "resnet18" in name else None)
+        if a.once:
+            run()
+            sync()
+            continue
         run()  # warm-up
         sync()
         times = []

@@ -150,6 +150,26 @@ impl Ops for CandleOps {
             a.broadcast_matmul(&b).map_err(e)
         }
     }
+    fn t_matmul_cols(
+        &self,
+        a: &Tensor,
+        ca: (usize, usize),
+        b: &Tensor,
+        cb: (usize, usize),
+    ) -> OpsResult<Tensor> {
+        // Column panels read in place: `narrow` would copy them first.
+        let fast = match self.dtype {
+            Dtype::F32 => faer_t_matmul_cols::<f32>(a, ca, b, cb),
+            Dtype::F64 => faer_t_matmul_cols::<f64>(a, ca, b, cb),
+        };
+        match fast {
+            Some(r) => r,
+            None => self.t_matmul(
+                &self.narrow(a, 1, ca.0, ca.1)?,
+                &self.narrow(b, 1, cb.0, cb.1)?,
+            ),
+        }
+    }
     fn t_matmul(&self, a: &Tensor, b: &Tensor) -> OpsResult<Tensor> {
         // `aᵀ b` with the transpose as a free view in faer.
         let a = a.contiguous().map_err(e)?;
@@ -475,36 +495,73 @@ fn faer_t_matmul<D>(a: &Tensor, b: &Tensor) -> Option<OpsResult<Tensor>>
 where
     D: WithDType + faer::traits::ComplexField,
 {
-    use faer::{Accum, MatMut, MatRef, Par};
     let (ad, bd) = (a.dims(), b.dims());
-    if ad.len() != 2 || bd.len() != 2 || ad[0] != bd[0] {
+    if ad.len() != 2 || bd.len() != 2 {
         return None;
     }
-    let (k, m, n) = (ad[0], ad[1], bd[1]);
+    faer_t_matmul_cols::<D>(a, (0, ad[1]), b, (0, bd[1]))
+}
+
+/// `a[:, ca]ᵀ b[:, cb]` for contiguous 2-d CPU tensors `a [k, ·]`,
+/// `b [k, ·]` and column ranges `(start, width)`, read in place.
+fn faer_t_matmul_cols<D>(
+    a: &Tensor,
+    ca: (usize, usize),
+    b: &Tensor,
+    cb: (usize, usize),
+) -> Option<OpsResult<Tensor>>
+where
+    D: WithDType + faer::traits::ComplexField,
+{
+    use faer::{Accum, MatMut, MatRef, Par};
+    let (ad, bd) = (a.dims(), b.dims());
+    if ad.len() != 2
+        || bd.len() != 2
+        || ad[0] != bd[0]
+        || ca.0 + ca.1 > ad[1]
+        || cb.0 + cb.1 > bd[1]
+        || !a.is_contiguous()
+        || !b.is_contiguous()
+    {
+        return None;
+    }
+    let (k, m, n) = (ad[0], ca.1, cb.1);
+    let (lda, ldb) = (ad[1], bd[1]);
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
-    let xa = &cpu_slice::<D>(&sa, la)?[..k * m];
-    let xb = &cpu_slice::<D>(&sb, lb)?[..k * n];
+    let xa = &cpu_slice::<D>(&sa, la)?[..k * lda];
+    let xb = &cpu_slice::<D>(&sb, lb)?[..k * ldb];
     let mut out = vec![D::zero(); m * n];
-    let product = |dst: &mut [D], x: &[D], y: &[D], accum: Accum, par: Par| {
-        let rows = x.len() / m.max(1);
-        let lhs = MatRef::from_row_major_slice(x, rows, m).transpose();
-        let rhs = MatRef::from_row_major_slice(y, rows, n);
+    if m * n == 0 || k == 0 {
+        return Some(Tensor::from_vec(out, (m, n), &Device::Cpu).map_err(e));
+    }
+    // Rows `r0..r1` of the two column ranges, as faer views.
+    let product = |dst: &mut [D], r0: usize, r1: usize, accum: Accum, par: Par| {
+        let rows = r1 - r0;
+        let x = &xa[r0 * lda + ca.0..(r1 - 1) * lda + ca.0 + m];
+        let y = &xb[r0 * ldb + cb.0..(r1 - 1) * ldb + cb.0 + n];
+        let lhs = MatRef::from_row_major_slice_with_stride(x, rows, m, lda).transpose();
+        let rhs = MatRef::from_row_major_slice_with_stride(y, rows, n, ldb);
         let dst = MatMut::from_row_major_slice_mut(dst, m, n);
         faer::linalg::matmul::matmul(dst, accum, lhs, rhs, D::one(), par);
     };
     let blocks = k.div_ceil(K_BLOCK);
-    if m * n == 0 || k == 0 {
-    } else if blocks >= 2 && k >= 8 * (m + n) && blocks * m * n <= MAX_PARTIAL_VALUES {
+    if blocks >= 2 && k >= 8 * (m + n) && blocks * m * n <= MAX_PARTIAL_VALUES {
         // A long reduction into a small result (a Kronecker factor over
         // every example and position): blocks of the shared dimension on
         // separate threads, summed in a fixed order.
-        let parts: Vec<Vec<D>> = xa
-            .par_chunks(K_BLOCK * m)
-            .zip(xb.par_chunks(K_BLOCK * n))
-            .map(|(x, y)| {
+        let parts: Vec<Vec<D>> = (0..blocks)
+            .into_par_iter()
+            .map(|blk| {
                 let mut part = vec![D::zero(); m * n];
-                product(&mut part, x, y, Accum::Replace, Par::Seq);
+                let r0 = blk * K_BLOCK;
+                product(
+                    &mut part,
+                    r0,
+                    (r0 + K_BLOCK).min(k),
+                    Accum::Replace,
+                    Par::Seq,
+                );
                 part
             })
             .collect();
@@ -519,7 +576,7 @@ where
         } else {
             Par::rayon(0)
         };
-        product(&mut out, xa, xb, Accum::Replace, par);
+        product(&mut out, 0, k, Accum::Replace, par);
     }
     Some(Tensor::from_vec(out, (m, n), &Device::Cpu).map_err(e))
 }

@@ -3,6 +3,7 @@
 //! functions (the Fisher's pseudo-outputs or the NTK's logits) backward once,
 //! and each layer's statistics are accumulated on the device.
 
+use super::gram::GramSum;
 use super::hostcopy::{self, BlockAt};
 use super::net::{BatchStats, Capture, Net, Phase};
 use super::ops::{Ops, OpsError, OpsResult};
@@ -487,6 +488,13 @@ impl<'a, O: Ops> Problem<'a, O> {
         let layers = self.layer_infos();
         let (_, n_out) = self.outputs_of(target);
         let mut acc: Vec<Vec<Option<O::T>>> = vec![vec![None, None]; kinds.len()];
+        // Symmetric sums (a Dense block; KFAC's A and G) as upper panel blocks.
+        let mut grams: Vec<[Option<GramSum<O::T>>; 2]> =
+            (0..kinds.len()).map(|_| [None, None]).collect();
+        let gram = |sum: &mut Option<GramSum<O::T>>, t: &O::T| -> OpsResult<()> {
+            sum.get_or_insert_with(|| GramSum::new(o.shape(t)[1]))
+                .add(o, t)
+        };
         let mut positions = vec![1usize; kinds.len()];
         let add = |slot: &mut Option<O::T>, t: O::T| -> OpsResult<()> {
             *slot = Some(match slot.take() {
@@ -510,8 +518,7 @@ impl<'a, O: Ops> Problem<'a, O> {
                 let cap = &cap;
                 match kinds[k] {
                     BlockKind::Dense => {
-                        let j = stats::jacobian(o, slot, cap)?;
-                        add(&mut acc[k][0], o.t_matmul(&j, &j)?)?;
+                        gram(&mut grams[k][0], &stats::jacobian(o, slot, cap)?)?;
                     }
                     BlockKind::Diag => add(&mut acc[k][0], stats::diag_sum(o, slot, cap)?)?,
                     BlockKind::QuasiDiag => {
@@ -520,9 +527,9 @@ impl<'a, O: Ops> Problem<'a, O> {
                     }
                     BlockKind::Kfac | BlockKind::Ekfac { .. } => {
                         positions[k] = o.shape(&cap.g)[2];
-                        let (a, g) = stats::kfac_sums(o, slot, cap)?;
-                        add(&mut acc[k][0], a)?;
-                        add(&mut acc[k][1], g)?;
+                        let (a, g) = stats::kfac_rows(o, slot, cap)?;
+                        gram(&mut grams[k][0], &a)?;
+                        gram(&mut grams[k][1], &g)?;
                     }
                 }
             }
@@ -548,12 +555,13 @@ impl<'a, O: Ops> Problem<'a, O> {
             };
             let scale =
                 |v: Vec<f64>, f: f64| -> Vec<f64> { v.into_iter().map(|x| x * f).collect() };
+            let sym = |sum: &mut Option<GramSum<O::T>>, f: f64| -> OpsResult<Mat> {
+                sum.take()
+                    .ok_or_else(|| OpsError("no examples".into()))?
+                    .into_host(o, f)
+            };
             let block = match kinds[k] {
-                BlockKind::Dense => Block::Dense(Mat::from_vec(
-                    l.numel,
-                    l.numel,
-                    scale(get(&mut acc[k][0])?, 1.0 / n),
-                )),
+                BlockKind::Dense => Block::Dense(sym(&mut grams[k][0], 1.0 / n)?),
                 BlockKind::Diag => Block::Diag(stats::to_flat_host(
                     &scale(get(&mut acc[k][0])?, 1.0 / n),
                     l.sg,
@@ -580,12 +588,8 @@ impl<'a, O: Ops> Problem<'a, O> {
                 }
                 BlockKind::Kfac | BlockKind::Ekfac { .. } => {
                     let r = (n_out as f64).sqrt();
-                    let a = Mat::from_vec(l.sa, l.sa, scale(get(&mut acc[k][0])?, r / n));
-                    let g = Mat::from_vec(
-                        l.sg,
-                        l.sg,
-                        scale(get(&mut acc[k][1])?, 1.0 / (r * n * positions[k] as f64)),
-                    );
+                    let a = sym(&mut grams[k][0], r / n)?;
+                    let g = sym(&mut grams[k][1], 1.0 / (r * n * positions[k] as f64))?;
                     if let BlockKind::Ekfac { .. } = kinds[k] {
                         bases.push(k);
                     }
@@ -707,19 +711,15 @@ impl<'a, O: Ops> Problem<'a, O> {
             .collect();
         self.for_each_batch(target, |caps, _, _| {
             let j = self.batch_jacobian(caps)?;
-            let panels = if bounds.len() == 1 {
-                vec![j]
-            } else {
-                bounds
-                    .iter()
-                    .map(|&(s, w)| o.narrow(&j, 1, s, w))
-                    .collect::<OpsResult<Vec<_>>>()?
-            };
             for (a, &(sa, wa)) in bounds.iter().enumerate() {
-                for (b, &(sb, wb)) in bounds.iter().enumerate().skip(a) {
+                for &(sb, wb) in &bounds[a..] {
                     // Added straight from the device block (converted on the
                     // way); the lower triangle is filled once at the end.
-                    let blk = o.t_matmul(&panels[a], &panels[b])?;
+                    let blk = if bounds.len() == 1 {
+                        o.t_matmul(&j, &j)?
+                    } else {
+                        o.t_matmul_cols(&j, (sa, wa), &j, (sb, wb))?
+                    };
                     let at = BlockAt {
                         rows: wa,
                         cols: wb,

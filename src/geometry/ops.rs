@@ -305,6 +305,22 @@ pub trait Ops: Clone {
         let at = self.transpose(a, 0, 1)?;
         self.matmul(&at, b)
     }
+    /// `a[:, ca]ᵀ b[:, cb]` for 2-d `a [r, ·]`, `b [r, ·]` and column
+    /// ranges `(start, width)`: the panel products of a symmetric sum
+    /// ([`crate::geometry::gram`]). A backend whose `narrow` copies can
+    /// read the columns in place instead.
+    fn t_matmul_cols(
+        &self,
+        a: &Self::T,
+        ca: (usize, usize),
+        b: &Self::T,
+        cb: (usize, usize),
+    ) -> OpsResult<Self::T> {
+        self.t_matmul(
+            &self.narrow(a, 1, ca.0, ca.1)?,
+            &self.narrow(b, 1, cb.0, cb.1)?,
+        )
+    }
     fn numel(&self, t: &Self::T) -> usize {
         self.shape(t).iter().product()
     }

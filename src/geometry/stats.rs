@@ -247,14 +247,15 @@ pub fn cross_sum<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsRes
     o.reshape(&o.sum_dim(&prod, 0)?, &[sg, sa])
 }
 
-/// Unnormalised KFAC factors `(Σ a aᵀ, Σ g gᵀ)` over examples, outputs and
-/// positions.
-pub fn kfac_sums<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<(O::T, O::T)> {
+/// The rows whose Gram matrices are the unnormalised KFAC factors
+/// (`Σ a aᵀ`, `Σ g gᵀ` over examples, outputs and positions): `a [·, sa]`
+/// and `g [·, sg]`.
+pub fn kfac_rows<O: Ops>(o: &O, slot: &LayerSlot, cap: &Capture<O::T>) -> OpsResult<(O::T, O::T)> {
     no_factors(slot)?;
     let (sg, sa, _) = layout(slot);
     let a = o.reshape(&cap.a, &[o.numel(&cap.a) / sa, sa])?;
     let g = o.reshape(&cap.g, &[o.numel(&cap.g) / sg, sg])?;
-    Ok((o.t_matmul(&a, &a)?, o.t_matmul(&g, &g)?))
+    Ok((a, g))
 }
 
 /// `Σ_{o,i} (U_Gᵀ gw U_A)²`: the EKFAC diagonal in the Kronecker-factored
