@@ -410,10 +410,10 @@ impl<O: Ops> Engine<O> {
     }
 
     /// A dense symmetric matrix's eigenpairs (ascending): on the backend's
-    /// device where [`Ops::device_eigh`] says it decomposes there, else on
+    /// device where [`Ops::device_linalg`] says it decomposes there, else on
     /// the host.
     fn eigh_dense(&self, m: &Mat) -> Result<(Vec<f64>, Mat), String> {
-        if self.o().device_eigh() {
+        if self.o().device_linalg() {
             self.o().eigh(m).map_err(|e| e.to_string())
         } else {
             linalg::eigh(m).map_err(|e| e.to_string())
@@ -432,22 +432,19 @@ impl<O: Ops> Engine<O> {
                 let mut op = |v: &[f64]| f.mv(v);
                 linalg::top_eigs_op(f.dim(), top.unwrap_or(1), &mut op, 1e-10)
             }
-            // A dense matrix's whole spectrum on the backend's device where
-            // it decomposes there: a 10,000-square NTK takes minutes on the
-            // host's cores.
-            ReprKind::Fim(Fim {
-                body: FimBody::Dense(m),
-                ..
-            })
-            | ReprKind::Ntk(Ntk {
+            // Dense spectra on the backend's device where it decomposes
+            // there: a 10,000-square NTK takes minutes on the host's cores.
+            ReprKind::Ntk(Ntk {
                 body: NtkBody::Dense(m),
                 ..
-            }) if self.o().device_eigh() => {
-                let (mut ev, _) = self.eigh_dense(m)?;
+            }) if self.o().device_linalg() => {
+                let mut ev = self.o().eigvalsh(m).map_err(|e| e.to_string())?;
                 ev.reverse();
                 ev
             }
-            ReprKind::Fim(f) => f.eigenvalues().map_err(|e| e.to_string())?,
+            ReprKind::Fim(f) => f
+                .eigenvalues_in(&*linalg_of(self.o()))
+                .map_err(|e| e.to_string())?,
             ReprKind::Ntk(k) => k.eigenvalues().map_err(|e| e.to_string())?,
             ReprKind::Implicit(infos) => {
                 let dim: usize = infos.iter().map(|l| l.numel).sum();

@@ -20,7 +20,7 @@ use crate::geometry::build::{BlockKind, Problem, Target};
 use crate::geometry::init::{init_params, load_params};
 use crate::geometry::kernel::{self, Ntk, NtkBody};
 use crate::geometry::net::Net;
-use crate::geometry::ops::{Ops, OpsError};
+use crate::geometry::ops::{linalg_of, Ops, OpsError};
 use crate::geometry::repr::{Fim, FimBody, LayerInfo};
 use crate::linalg::{self, Mat};
 use crate::plan::{
@@ -137,7 +137,7 @@ impl<O: Ops> Engine<O> {
 
     /// Where the linear algebra of representations runs, as `info()`
     /// lists it (default `linalg:host`: all of it on the host, with faer;
-    /// e.g. `linalg:eigh:cuda` where [`Ops::device_eigh`] holds on CUDA).
+    /// e.g. `linalg:eigh:cuda` where [`Ops::device_linalg`] holds on CUDA).
     pub fn with_linalg(mut self, linalg: Vec<String>) -> Self {
         self.linalg = linalg;
         self

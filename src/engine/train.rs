@@ -10,7 +10,7 @@
 
 use crate::geometry::build::{to_eigenbases, BlockKind, Problem, Target};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
-use crate::geometry::ops::{Ops, OpsError, OpsResult};
+use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
 use crate::plan::{
     Augment, FisherVariant, Group, LossKind, LrSchedule, ModelSpec, Optimizer, Structure, Task,
@@ -496,7 +496,9 @@ pub fn train_binned<O: Ops>(
                 let target = ngd_target(fisher, mse, net.outputs());
                 Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
                 let f = &pre.as_ref().expect("made at the first step").fim;
-                let mut d = f.solve(&g, *damping).map_err(|e| e.to_string())?;
+                let mut d = f
+                    .solve_in(&g, *damping, &*linalg_of(o))
+                    .map_err(|e| e.to_string())?;
                 if *momentum != 0.0 {
                     if let Some(b) = buf.as_ref() {
                         d.iter_mut()

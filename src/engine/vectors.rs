@@ -320,7 +320,9 @@ impl<O: Ops> Engine<O> {
         damping: f64,
     ) -> Result<Vec<f64>, String> {
         match &r.kind {
-            ReprKind::Fim(f) => f.solve(v, damping).map_err(|e| e.to_string()),
+            ReprKind::Fim(f) => f
+                .solve_in(v, damping, &*linalg_of(self.o()))
+                .map_err(|e| e.to_string()),
             _ => {
                 let mut op = |x: &[f64]| self.implicit_mv(r, x);
                 measure::conjugate_gradient(&mut op, v, damping, 1e-12, 10 * v.len().max(10))

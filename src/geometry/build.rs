@@ -85,11 +85,11 @@ pub fn kfac_eigenbasis(block: &Block, eig: &Eigh<'_>) -> OpsResult<Block> {
 pub type Eigh<'a> = dyn Fn(&Mat) -> OpsResult<(Vec<f64>, Mat)> + 'a;
 
 /// Replaces the KFAC blocks `which` by their EKFAC bases. Where the
-/// backend decomposes on its device ([`Ops::device_eigh`]) the factors go
+/// backend decomposes on its device ([`Ops::device_linalg`]) the factors go
 /// there one after another, each using the whole device; otherwise the
 /// host decomposes several at once on its threads.
 pub fn to_eigenbases<O: Ops>(o: &O, blocks: &mut [Block], which: &[usize]) -> OpsResult<()> {
-    let bases: Vec<(usize, Block)> = if o.device_eigh() {
+    let bases: Vec<(usize, Block)> = if o.device_linalg() {
         which
             .iter()
             .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &|m| o.eigh(m))?)))

@@ -246,15 +246,29 @@ pub trait Ops: Clone {
     /// lost 1.3·10⁻³ of an f32 EKFAC's trace on a 513-wide MLP, where the
     /// products of the eigenvalues must reproduce KFAC's trace exactly.
     /// The default runs on the host (faer); a backend with a solver on its
-    /// device overrides it and [`Ops::device_eigh`].
+    /// device overrides it and [`Ops::device_linalg`].
     fn eigh(&self, m: &Mat) -> OpsResult<(Vec<f64>, Mat)> {
         crate::linalg::eigh(m).map_err(|e| OpsError(e.to_string()))
     }
 
-    /// Whether [`Ops::eigh`] runs on the backend's device (the engine then
-    /// hands it one factor at a time, rather than several to the host's
-    /// threads at once).
-    fn device_eigh(&self) -> bool {
+    /// `A X = B` for symmetric positive (semi)definite `A` in f64, as
+    /// [`crate::linalg::solve_sym`] (Cholesky, LU where it breaks down): a
+    /// Fisher's solve for natural gradients, `solve(M, v)` and influence.
+    /// The default runs on the host.
+    fn solve_sym(&self, a: &Mat, b: &Mat) -> OpsResult<Mat> {
+        crate::linalg::solve_sym(a, b).map_err(|e| OpsError(e.to_string()))
+    }
+
+    /// A symmetric matrix's eigenvalues (ascending) in f64, as
+    /// [`crate::linalg::eigvalsh`]. The default runs on the host.
+    fn eigvalsh(&self, a: &Mat) -> OpsResult<Vec<f64>> {
+        crate::linalg::eigvalsh(a).map_err(|e| OpsError(e.to_string()))
+    }
+
+    /// Whether [`Ops::eigh`], [`Ops::solve_sym`] and [`Ops::eigvalsh`]
+    /// run on the backend's device (the engine then hands it one matrix
+    /// at a time, rather than several to the host's threads at once).
+    fn device_linalg(&self) -> bool {
         false
     }
 
@@ -431,5 +445,32 @@ pub fn conv_input_grad_default<O: Ops>(
         Ok(parts.pop().unwrap())
     } else {
         o.cat(&parts, 0)
+    }
+}
+
+/// The backend's dense solvers as the representations'
+/// [`crate::linalg::Linalg`].
+pub struct OnDevice<'a, O>(pub &'a O);
+
+impl<O: Ops> crate::linalg::Linalg for OnDevice<'_, O> {
+    fn solve_sym(&self, a: &Mat, b: &Mat) -> Result<Mat, crate::linalg::LinalgError> {
+        self.0
+            .solve_sym(a, b)
+            .map_err(|e| crate::linalg::LinalgError::Backend(e.0))
+    }
+    fn eigvalsh(&self, a: &Mat) -> Result<Vec<f64>, crate::linalg::LinalgError> {
+        self.0
+            .eigvalsh(a)
+            .map_err(|e| crate::linalg::LinalgError::Backend(e.0))
+    }
+}
+
+/// Where a representation's dense solves run for this backend: its
+/// device where [`Ops::device_linalg`] says so, else the host.
+pub fn linalg_of<O: Ops>(o: &O) -> Box<dyn crate::linalg::Linalg + '_> {
+    if o.device_linalg() {
+        Box::new(OnDevice(o))
+    } else {
+        Box::new(crate::linalg::Host)
     }
 }

@@ -6,7 +6,7 @@
 //! restricted to the representation's layers.
 
 use super::stats::{flat_pos, from_flat_host, to_flat_host, Order};
-use crate::linalg::{eigh, eigvalsh, solve_sym, LinalgError, Mat};
+use crate::linalg::{eigh, Host, Linalg, LinalgError, Mat};
 
 /// One parameterised layer of a representation.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,8 +83,8 @@ type R<T> = Result<T, ReprError>;
 /// Refuses an undamped solve with a matrix that is singular to working
 /// precision, saying how small its smallest eigenvalue is, instead of
 /// returning the round-off of a pivoted solve.
-fn nonsingular(m: &Mat) -> R<()> {
-    let ev = eigvalsh(m)?;
+fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
+    let ev = la.eigvalsh(m)?;
     let top = ev.iter().fold(0.0f64, |a, x| a.max(x.abs()));
     let tol = top * m.rows as f64 * f64::EPSILON;
     let zero = ev.iter().filter(|x| x.abs() <= tol).count();
@@ -237,15 +237,17 @@ impl Block {
 
     /// `(B + λI)⁻¹ v`; KFAC uses NNGeometry's π-damping
     /// `(G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹`.
-    pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64) -> R<Vec<f64>> {
+    /// The dense factorisations run where `la` says.
+    pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
             Block::Dense(m) => {
                 if damping == 0.0 {
-                    nonsingular(m)?;
+                    nonsingular(m, la)?;
                 }
                 let mut md = m.clone();
                 md.add_diag(damping);
-                solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data
+                la.solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
+                    .data
             }
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
             Block::Kfac { a, g } => {
@@ -255,8 +257,8 @@ impl Block {
                 gd.add_diag(s / pi);
                 let mut ad = a.clone();
                 ad.add_diag(pi * s);
-                let x1 = solve_sym(&gd, &natural(v, l))?; // [sg, sa]
-                let x = solve_sym(&ad, &x1.transpose())?.transpose();
+                let x1 = la.solve_sym(&gd, &natural(v, l))?; // [sg, sa]
+                let x = la.solve_sym(&ad, &x1.transpose())?.transpose();
                 flat(&x, l)
             }
             Block::Ekfac { ua, ug, d } => {
@@ -339,19 +341,20 @@ impl Block {
     }
 
     /// All eigenvalues, in no particular order.
-    pub fn eigenvalues(&self, l: &LayerInfo) -> R<Vec<f64>> {
+    /// The spectra of dense matrices are computed where `la` runs them.
+    pub fn eigenvalues(&self, l: &LayerInfo, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => eigvalsh(m)?,
+            Block::Dense(m) => la.eigvalsh(m)?,
             Block::Diag(d) => d.clone(),
             Block::Kfac { a, g } => {
-                let ea = eigvalsh(a)?;
-                let eg = eigvalsh(g)?;
+                let ea = la.eigvalsh(a)?;
+                let eg = la.eigvalsh(g)?;
                 eg.iter()
                     .flat_map(|x| ea.iter().map(move |y| x * y))
                     .collect()
             }
             Block::Ekfac { d, .. } => d.data.clone(),
-            Block::QuasiDiag { .. } => eigvalsh(&self.to_dense(l))?,
+            Block::QuasiDiag { .. } => la.eigvalsh(&self.to_dense(l))?,
         })
     }
 
@@ -552,19 +555,27 @@ impl Fim {
     /// `(F + λI)⁻¹ v` (KFAC: π-damped factors; LowRank: NNGeometry's
     /// row-space solve `V (Vᵀv)/(S² + λ)`).
     pub fn solve(&self, v: &[f64], damping: f64) -> R<Vec<f64>> {
+        self.solve_in(v, damping, &Host)
+    }
+
+    /// [`Fim::solve`] with its dense factorisations (Cholesky/LU, the
+    /// singularity check's spectrum) where `la` runs them.
+    pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         match &self.body {
             FimBody::Dense(m) => {
                 if damping == 0.0 {
-                    nonsingular(m)?;
+                    nonsingular(m, la)?;
                 }
                 let mut md = m.clone();
                 md.add_diag(damping);
-                Ok(solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data)
+                Ok(la
+                    .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
+                    .data)
             }
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
-                    out.extend(b.solve(l, self.slice(v, l), damping)?);
+                    out.extend(b.solve(l, self.slice(v, l), damping, la)?);
                 }
                 Ok(out)
             }
@@ -573,7 +584,9 @@ impl Fim {
                 // the dense solve.
                 let mut md = f.transpose().matmul(f);
                 md.add_diag(damping);
-                Ok(solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?.data)
+                Ok(la
+                    .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
+                    .data)
             }
             FimBody::LowRank(f) => {
                 let (s2, u) = eigh(&f.matmul(&f.transpose()))?;
@@ -617,16 +630,22 @@ impl Fim {
 
     /// Every eigenvalue, descending.
     pub fn eigenvalues(&self) -> R<Vec<f64>> {
+        self.eigenvalues_in(&Host)
+    }
+
+    /// [`Fim::eigenvalues`] with the dense spectra computed where `la`
+    /// runs them.
+    pub fn eigenvalues_in(&self, la: &dyn Linalg) -> R<Vec<f64>> {
         let mut ev = match &self.body {
-            FimBody::Dense(m) => eigvalsh(m)?,
+            FimBody::Dense(m) => la.eigvalsh(m)?,
             FimBody::Blocks(blocks) => {
                 let mut all = Vec::new();
                 for (b, l) in blocks.iter().zip(&self.layers) {
-                    all.extend(b.eigenvalues(l)?);
+                    all.extend(b.eigenvalues(l, la)?);
                 }
                 all
             }
-            FimBody::LowRank(f) => eigvalsh(&f.matmul(&f.transpose()))?,
+            FimBody::LowRank(f) => la.eigvalsh(&f.matmul(&f.transpose()))?,
         };
         ev.sort_by(|a, b| b.total_cmp(a));
         // LᵀL has the nonzero eigenvalues of LLᵀ and zeros elsewhere.

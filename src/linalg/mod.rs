@@ -32,6 +32,9 @@ pub enum LinalgError {
     NoConvergence { op: &'static str },
     #[error("{op}: matrix is singular to working precision (solution is not finite)")]
     Singular { op: &'static str },
+    /// A backend's solver (the device side of [`Linalg`]) failed.
+    #[error("{0}")]
+    Backend(String),
     #[error("sym_fn: f({lambda:e}) = {value} is not finite")]
     NonFiniteFn { lambda: f64, value: f64 },
 }
@@ -249,7 +252,10 @@ pub fn eigvalsh(a: &Mat) -> Result<Vec<f64>, LinalgError> {
         .map_err(|_| LinalgError::NoConvergence { op: OP })
 }
 
-fn check_system(op: &'static str, a: &Mat, b: &Mat) -> Result<(), LinalgError> {
+/// Checks a system `A X = B` (square `A`, matching rows, finite entries)
+/// as every solver here does first: for a backend's solver to refuse the
+/// same inputs with the same errors.
+pub fn check_system(op: &'static str, a: &Mat, b: &Mat) -> Result<(), LinalgError> {
     let n = check_square(op, a)?;
     if b.rows != n {
         return Err(LinalgError::DimensionMismatch {
@@ -292,6 +298,30 @@ pub fn solve_sym(a: &Mat, b: &Mat) -> Result<Mat, LinalgError> {
         }
     }
     lu_solve(OP, a, b)
+}
+
+/// Where a representation's dense solves and spectra run: the host's
+/// cores (faer, [`Host`]) or a backend's device (the executor's adapter
+/// over `Ops`, where the backend says it decomposes there), so that a GPU
+/// run does not factor a large matrix on the host. Both give the same
+/// results to round-off.
+pub trait Linalg {
+    /// As [`solve_sym`]: Cholesky, LU where Cholesky breaks down.
+    fn solve_sym(&self, a: &Mat, b: &Mat) -> Result<Mat, LinalgError>;
+    /// As [`eigvalsh`]: ascending.
+    fn eigvalsh(&self, a: &Mat) -> Result<Vec<f64>, LinalgError>;
+}
+
+/// The host's solvers (faer).
+pub struct Host;
+
+impl Linalg for Host {
+    fn solve_sym(&self, a: &Mat, b: &Mat) -> Result<Mat, LinalgError> {
+        solve_sym(a, b)
+    }
+    fn eigvalsh(&self, a: &Mat) -> Result<Vec<f64>, LinalgError> {
+        eigvalsh(a)
+    }
 }
 
 /// General square solve (LU with partial pivoting).

@@ -81,9 +81,14 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
     Box::new(
         nngeo::engine::Engine::new("tch", &version(), TchOps::new)
             .with_devices(devices())
-            // EKFAC's eigendecompositions run in libtorch on CUDA
-            // (`TchOps::with_device_eigh`); the rest on the host.
-            .with_linalg(vec!["linalg:host".into(), "linalg:eigh:cuda".into()]),
+            // EKFAC's bases, dense spectra and a Fisher's solves run in
+            // libtorch on CUDA (`TchOps::with_device_linalg`); the rest
+            // (Lanczos, low-rank algebra) on the host.
+            .with_linalg(vec![
+                "linalg:host".into(),
+                "linalg:eigh:cuda".into(),
+                "linalg:solve:cuda".into(),
+            ]),
     )
 }
 

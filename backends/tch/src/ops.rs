@@ -51,9 +51,9 @@ impl std::ops::Deref for TT {
 pub struct TchOps {
     device: Device,
     dtype: Dtype,
-    /// Whether EKFAC's eigendecompositions run in libtorch (see
-    /// [`TchOps::with_device_eigh`]).
-    device_eigh: bool,
+    /// Whether the dense decompositions (EKFAC's bases, spectra, solves)
+    /// run in libtorch (see [`TchOps::with_device_linalg`]).
+    device_linalg: bool,
 }
 
 /// libtorch's messages end with a C++ backtrace ("Exception raised from
@@ -118,16 +118,27 @@ impl TchOps {
             // On the CPU, faer decomposing several factors at once on the
             // host's threads beat LAPACK's one at a time (MLP EKFAC: 0.23 s
             // against 0.26 s); on CUDA the factors stay off the host's cores.
-            device_eigh: device != Device::Cpu,
+            device_linalg: device != Device::Cpu,
         })
     }
 
-    /// Sets whether [`Ops::eigh`] (EKFAC's bases) runs in libtorch on this
-    /// device, one factor at a time, or on the host: by default on CUDA
-    /// only.
-    pub fn with_device_eigh(mut self, on: bool) -> Self {
-        self.device_eigh = on;
+    /// Sets whether [`Ops::eigh`], [`Ops::eigvalsh`] and
+    /// [`Ops::solve_sym`] (EKFAC's bases, dense spectra, a Fisher's
+    /// solves) run in libtorch on this device, one matrix at a time, or on
+    /// the host: by default on CUDA only (on the CPU faer, several
+    /// matrices at once on the host's threads, was the faster).
+    pub fn with_device_linalg(mut self, on: bool) -> Self {
+        self.device_linalg = on;
         self
+    }
+
+    /// A row-major f64 host matrix `[r, c]` on the run's device, in f64
+    /// whatever the run's dtype (the decompositions' precision).
+    fn upload_f64(&self, data: &[f64], r: usize, c: usize) -> OpsResult<Tensor> {
+        Tensor::f_from_slice(data)
+            .and_then(|t| t.f_reshape([i(r), i(c)]))
+            .and_then(|t| t.f_to_device(self.device))
+            .map_err(e)
     }
 
     fn kind(&self) -> Kind {
@@ -440,22 +451,68 @@ impl Ops for TchOps {
         if n == 0 {
             return Ok((Vec::new(), Mat::zeros(0, 0)));
         }
-        let (vals, vecs) = Tensor::f_from_slice(&s.data)
-            .and_then(|t| t.f_reshape([i(n), i(n)]))
-            .and_then(|t| t.f_to_device(self.device))
-            .and_then(|t| t.f_linalg_eigh("L"))
+        let (vals, vecs) = self
+            .upload_f64(&s.data, n, n)?
+            .f_linalg_eigh("L")
             .map_err(e)?;
-        let host = |t: Tensor, len: usize| -> OpsResult<Vec<f64>> {
-            let t = t.f_to_device(Device::Cpu).map_err(e)?;
-            let mut out = vec![0.0f64; len];
-            t.f_copy_data(&mut out, len).map_err(e)?;
-            Ok(out)
-        };
-        Ok((host(vals, n)?, Mat::from_vec(n, n, host(vecs, n * n)?)))
+        Ok((
+            to_host_f64(&vals, n)?,
+            Mat::from_vec(n, n, to_host_f64(&vecs, n * n)?),
+        ))
     }
 
-    fn device_eigh(&self) -> bool {
-        self.device_eigh
+    /// `torch.linalg.eigvalsh` in f64 on the run's device.
+    fn eigvalsh(&self, m: &Mat) -> OpsResult<Vec<f64>> {
+        let s = nngeo::linalg::eigh_input(m).map_err(|err| OpsError(err.to_string()))?;
+        let n = s.rows;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let vals = self
+            .upload_f64(&s.data, n, n)?
+            .f_linalg_eigvalsh("L")
+            .map_err(e)?;
+        to_host_f64(&vals, n)
+    }
+
+    /// Cholesky (`linalg.cholesky_ex`, `cholesky_solve`) in f64 on the
+    /// run's device, LU (`linalg.solve`) where Cholesky meets a
+    /// non-positive pivot or gives a non-finite answer: the host solver's
+    /// fallback, so that both accept the same matrices.
+    fn solve_sym(&self, a: &Mat, b: &Mat) -> OpsResult<Mat> {
+        nngeo::linalg::check_system("solve_sym", a, b).map_err(|err| OpsError(err.to_string()))?;
+        let (n, k) = (a.rows, b.cols);
+        if n == 0 || k == 0 {
+            return Ok(Mat::zeros(n, k));
+        }
+        let at = self.upload_f64(&a.data, n, n)?;
+        let bt = self.upload_f64(&b.data, n, k)?;
+        let finite = |x: &Tensor| -> OpsResult<bool> {
+            x.f_isfinite()
+                .and_then(|f| f.f_all())
+                .and_then(|f| f.f_int64_value(&[]))
+                .map(|v| v != 0)
+                .map_err(e)
+        };
+        let (l, info) = at.f_linalg_cholesky_ex(false, false).map_err(e)?;
+        if info.f_int64_value(&[]).map_err(e)? == 0 {
+            let x = bt.f_cholesky_solve(&l, false).map_err(e)?;
+            if finite(&x)? {
+                return Ok(Mat::from_vec(n, k, to_host_f64(&x, n * k)?));
+            }
+        }
+        let x = Tensor::f_linalg_solve(&at, &bt, true).map_err(e)?;
+        if !finite(&x)? {
+            return Err(OpsError(
+                "solve_sym: matrix is singular to working precision (solution is not finite)"
+                    .into(),
+            ));
+        }
+        Ok(Mat::from_vec(n, k, to_host_f64(&x, n * k)?))
+    }
+
+    fn device_linalg(&self) -> bool {
+        self.device_linalg
     }
 
     fn conv_input_grad(
@@ -726,6 +783,18 @@ fn dlopen_libtorch_cuda() -> Result<(), String> {
         }
         Err(err) => Err(format!("libtorch_cuda.so could not be loaded: {err}")),
     }
+}
+
+/// The first `len` values of a device tensor as host f64.
+fn to_host_f64(t: &Tensor, len: usize) -> OpsResult<Vec<f64>> {
+    let t = t
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_to_kind(tch::Kind::Double))
+        .and_then(|t| t.f_contiguous())
+        .map_err(e)?;
+    let mut out = vec![0.0f64; len];
+    t.f_copy_data(&mut out, len).map_err(e)?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -239,8 +239,8 @@ fn ekfac_bases_from_libtorch_agree_with_candle() {
     for (model, name, n) in [(MLP, "mlp", 9), (CNN, "cnn", 7)] {
         let t = TchOps::new("cpu", Dtype::F64)
             .unwrap()
-            .with_device_eigh(true);
-        assert!(t.device_eigh());
+            .with_device_linalg(true);
+        assert!(t.device_linalg());
         agree_on(t, model, name, n);
     }
 }
@@ -281,9 +281,10 @@ let E = Fim(EKFAC(refit = true)) of net on probe
 let N = Ntk(Dense) of net on probe
 
 measure trace(F) as "trace/F", frobenius(F) as "frob/F", vTMv(F, v) as "vtmv/F"
-measure eigenvalues(F, top = 4) as "evals/F", mv(K, v) as "mv/K"
+measure eigenvalues(F, top = 4) as "evals/F", eigenvalues(K, top = 4) as "evals/K", mv(K, v) as "mv/K"
 measure rel_error(K, F) as "rel/K", rel_error(E, F) as "rel/E"
 measure solve(E, g, damping = 1e-2) as "solve/E", norm(g) as "norm/g"
+measure solve(F, g, damping = 1e-2) as "solve/F", solve(K, g, damping = 1e-3) as "solve/K"
 measure trace(N) as "trace/N", alignment(N, onehot(probe), centered = true) as "align/N"
 measure eigenvalues(N, top = 5) as "evals/N"
 measure eigenvalues(Ntk(LowRank(rank = 3)) of net on probe, top = 3) as "evals/Nlow"
@@ -342,12 +343,13 @@ fn a_whole_plan_gives_the_same_results() {
 
 /// `TchOps` that decompose in libtorch, as they do on CUDA.
 fn tch_decomposing(device: &str, dtype: Dtype) -> Result<TchOps, nngeo::geometry::ops::OpsError> {
-    TchOps::new(device, dtype).map(|o| o.with_device_eigh(true))
+    TchOps::new(device, dtype).map(|o| o.with_device_linalg(true))
 }
 
-/// The plan again with every eigendecomposition a CUDA run would hand
-/// libtorch (EKFAC's bases, dense spectra, the low-rank NTK) handed to it
-/// on the CPU.
+/// The plan again with every decomposition a CUDA run would hand libtorch
+/// (EKFAC's bases, dense spectra, the low-rank NTK, the dense and KFAC
+/// solves of `solve(...)` and of natural-gradient steps) handed to it on
+/// the CPU.
 #[test]
 fn a_whole_plan_with_libtorch_decompositions_gives_the_same_results() {
     let mut tch = nngeo::engine::Engine::new("tch", "test", tch_decomposing);

@@ -466,7 +466,7 @@ fn eigh_on_the_device_agrees_with_the_host() {
     {
         let t = TchOps::new(dev, dtype).unwrap();
         // By default the host decomposes for a CPU run, CUDA for a CUDA one.
-        assert_eq!(t.device_eigh(), dev != "cpu", "{dev}");
+        assert_eq!(t.device_linalg(), dev != "cpu", "{dev}");
         for a in &cases {
             let n = a.rows;
             let (want, _) = nngeo::linalg::eigh(a).unwrap();
@@ -500,6 +500,59 @@ fn eigh_on_the_device_agrees_with_the_host() {
         }
         assert!(t.eigh(&Mat::zeros(2, 3)).is_err(), "non-square");
         assert!(t.eigh(&Mat::from_vec(1, 1, vec![f64::NAN])).is_err(), "NaN");
+    }
+}
+
+/// Solves and spectra in libtorch (forced on the CPU as a CUDA run has
+/// them) against the host's: a positive definite system with several
+/// right-hand sides, an indefinite one (Cholesky breaks down, both fall
+/// back to LU), the empty system, f32 runs too (the decompositions stay in
+/// f64), and the host's refusals of bad input.
+#[test]
+fn solves_and_spectra_on_the_device_agree_with_the_host() {
+    use nngeo::linalg::Mat;
+    let mut rng = Rng::new(5);
+    let mut spd = {
+        let x: Vec<f64> = (0..50 * 30).map(|_| rng.normal()).collect();
+        let x = Mat::from_vec(50, 30, x);
+        x.transpose().matmul(&x)
+    };
+    spd.add_diag(1e-3);
+    let mut indefinite = spd.clone();
+    indefinite.add_diag(-indefinite.get(0, 0) - 5.0);
+    let rhs = Mat::from_vec(30, 3, (0..90).map(|_| rng.normal()).collect());
+    for dtype in [Dtype::F64, Dtype::F32] {
+        let t = TchOps::new("cpu", dtype).unwrap().with_device_linalg(true);
+        assert!(t.device_linalg());
+        for a in [&spd, &indefinite] {
+            let want = nngeo::linalg::solve_sym(a, &rhs).unwrap();
+            let got = t.solve_sym(a, &rhs).unwrap();
+            assert_eq!((got.rows, got.cols), (30, 3));
+            let scale = want.data.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for (p, q) in want.data.iter().zip(&got.data) {
+                assert!((p - q).abs() <= 1e-10 * scale, "{dtype:?}: {p} vs {q}");
+            }
+            let want = nngeo::linalg::eigvalsh(a).unwrap();
+            let got = t.eigvalsh(a).unwrap();
+            let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert_eq!(want.len(), got.len());
+            for (p, q) in want.iter().zip(&got) {
+                assert!((p - q).abs() <= 1e-12 * scale, "{dtype:?}: {p} vs {q}");
+            }
+        }
+        let empty = t.solve_sym(&Mat::zeros(0, 0), &Mat::zeros(0, 2)).unwrap();
+        assert_eq!((empty.rows, empty.cols), (0, 2));
+        assert!(t.eigvalsh(&Mat::zeros(0, 0)).unwrap().is_empty());
+        for (a, b, why) in [
+            (Mat::zeros(2, 3), Mat::zeros(2, 1), "non-square"),
+            (Mat::identity(3), Mat::zeros(2, 1), "rows"),
+            (Mat::from_vec(1, 1, vec![f64::NAN]), Mat::zeros(1, 1), "NaN"),
+        ] {
+            let host = nngeo::linalg::solve_sym(&a, &b).unwrap_err().to_string();
+            let dev = t.solve_sym(&a, &b).unwrap_err().0;
+            assert_eq!(dev, host, "{why}");
+        }
+        assert!(t.eigvalsh(&Mat::zeros(2, 3)).is_err(), "non-square");
     }
 }
 
