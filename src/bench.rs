@@ -311,13 +311,17 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let (n, m) = (s.n as f64, 9.0);
             let lay = s.layers();
             let mut flops: f64 = lay.iter().map(|(a, g)| 2.0 * n * a * g * (1.0 + m)).sum();
+            // A symmetric sum `Σ xᵀx` of width k is counted as its
+            // triangle, k(k+1) per row (BLAS's `syrk` convention), since
+            // that is what is computed (geometry/gram.rs).
+            let sym = |k: f64| k * (k + 1.0);
             flops += match kind {
                 BlockKind::Kfac | BlockKind::Ekfac { .. } => lay
                     .iter()
-                    .map(|(a, g)| 2.0 * n * a * a + 2.0 * m * n * g * g)
+                    .map(|(a, g)| n * sym(*a) + m * n * sym(*g))
                     .sum::<f64>(),
                 BlockKind::Diag => lay.iter().map(|(a, g)| 2.0 * n * a * g).sum(),
-                _ => lay.iter().map(|(a, g)| 2.0 * m * n * (a * g).powi(2)).sum(),
+                _ => lay.iter().map(|(a, g)| m * n * sym(a * g)).sum(),
             };
             if let BlockKind::Ekfac { refit } = kind {
                 // Eigendecompositions (~9 s³ each, f64 on the host), and the refit's rotations.
