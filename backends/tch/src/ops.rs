@@ -251,6 +251,27 @@ impl Ops for TchOps {
         }
         ok(a.f_transpose(0, 1).and_then(|at| at.f_matmul(b)))
     }
+    /// Column panels as strided views: BLAS reads a panel of a row-major
+    /// matrix in place (its leading dimension is the full width), where
+    /// `narrow` would make each contiguous first.
+    fn t_matmul_cols(
+        &self,
+        a: &TT,
+        ca: (usize, usize),
+        b: &TT,
+        cb: (usize, usize),
+    ) -> OpsResult<TT> {
+        if a.dim() != 2 || b.dim() != 2 {
+            return Err(OpsError(format!(
+                "tch: t_matmul_cols of shapes {:?} and {:?}: both need 2 dimensions",
+                a.size(),
+                b.size()
+            )));
+        }
+        ok(a.f_narrow(1, i(ca.0), i(ca.1))
+            .and_then(|a| a.f_transpose(0, 1))
+            .and_then(|at| at.f_matmul(&b.f_narrow(1, i(cb.0), i(cb.1))?)))
+    }
     fn unary(&self, op: Unary, t: &TT) -> OpsResult<TT> {
         ok(match op {
             Unary::Relu => t.f_relu(),

@@ -161,6 +161,36 @@ fn matmul_broadcasts_batch_dimensions() {
             &p.t.t_matmul(&ta, &tb).unwrap(),
             tol,
         );
+        // Column panels read in place (both backends override the
+        // default): against candle's, and against the narrowed product.
+        let (ca, ta) = p.random(&[37, 300], 8);
+        let (cb, tb) = p.random(&[37, 41], 9);
+        for (ra, rb) in [
+            ((0, 160), (0, 41)),
+            ((160, 140), (3, 30)),
+            ((299, 1), (40, 1)),
+        ] {
+            let what = format!("t_matmul_cols {ra:?} {rb:?}");
+            let t = p.t.t_matmul_cols(&ta, ra, &tb, rb).unwrap();
+            p.same(
+                &what,
+                &p.c.t_matmul_cols(&ca, ra, &cb, rb).unwrap(),
+                &t,
+                tol,
+            );
+            let narrowed =
+                p.c.t_matmul(
+                    &p.c.narrow(&ca, 1, ra.0, ra.1).unwrap(),
+                    &p.c.narrow(&cb, 1, rb.0, rb.1).unwrap(),
+                )
+                .unwrap();
+            p.same(&what, &narrowed, &t, tol);
+        }
+        assert!(
+            p.t.t_matmul_cols(&ta, (290, 20), &tb, (0, 1)).is_err(),
+            "past the end"
+        );
+        assert!(p.t.t_matmul_cols(&ta, (0, 2), &ta, (0, 2)).is_ok());
     }
 }
 
