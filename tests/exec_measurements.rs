@@ -148,6 +148,25 @@ fn float32_runs_agree_with_float64() {
     }
 }
 
+/// `memory(M)` is what the representation holds: host f64 values in a
+/// float32 run too (it said half of that there). The counts follow from
+/// the layers: the conv's 2 × (9 + 1) weights, `linear(32, 8)`'s 8 × 33,
+/// `linear(8, 10)`'s 10 × 9 (374 parameters); KFAC holds 10² + 2²,
+/// 33² + 8² and 9² + 10²; the probe has 30 examples of 10 outputs.
+#[test]
+fn memory_is_what_a_representation_holds_in_either_dtype() {
+    let body = "measure memory(Fim(KFAC) of net on probe) as \"kfac\"\n\
+                measure memory(Fim(Dense) of net on probe) as \"dense\"\n\
+                measure memory(Ntk(Dense) of net on probe) as \"ntk\"";
+    let kfac = (100 + 4 + 33 * 33 + 64 + 81 + 100) as f64;
+    for dtype in ["f32", "f64"] {
+        let r = run(dtype, body);
+        assert_eq!(num(&r, "kfac"), kfac * 8.0, "{dtype}");
+        assert_eq!(num(&r, "dense"), (374.0 * 374.0) * 8.0, "{dtype}");
+        assert_eq!(num(&r, "ntk"), (300.0 * 300.0) * 8.0, "{dtype}");
+    }
+}
+
 /// EKFAC without refit keeps KFAC's eigenvalue products, so its trace is
 /// KFAC's, `tr(A)·tr(G)`, in any precision. With a single-precision
 /// eigendecomposition of the 513-wide factors it was 1.3·10⁻³ short.

@@ -582,8 +582,10 @@ impl<O: Ops> Engine<O> {
                 scalar(diff / db.frobenius())
             }
             Measurement::Memory { m } => {
+                // What the representation holds: its values on the host in
+                // f64 whatever the run's dtype (as the plan counts it).
                 let r = self.operand(m)?;
-                let size = self.o().dtype().size() as f64;
+                let size = std::mem::size_of::<f64>() as f64;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.stored() as f64 * size,
                     ReprKind::Ntk(k) => k.stored() as f64 * size,
