@@ -360,7 +360,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let s = mlp(o, &[784, 512, 512, 10], n);
             let p = s.problem();
             let t = Instant::now();
-            let k = p.ntk_dense(false).map_err(e)?;
+            let k = p.ntk_dense_in(false, o.dtype()).map_err(e)?;
             let secs = t.elapsed().as_secs_f64();
             let (nf, c) = (n as f64, 10.0);
             let pairs = c * (c + 1.0) / 2.0;
@@ -371,7 +371,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                     pairs * 2.0 * nf * nf * g + 2.0 * nf * nf * a + 2.0 * nf * a * g * (1.0 + c)
                 })
                 .sum();
-            (secs, flops, (k.rows * k.cols) as f64 * 4.0)
+            (secs, flops, k.bytes() as f64)
         }
         "resnet18-kfac" | "resnet18-ekfac-refit" | "resnet18-diag" => {
             let (s, spec) = resnet18(o, 256);
@@ -405,14 +405,14 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let (s, spec) = resnet18(o, 100);
             let p = s.problem();
             let t = Instant::now();
-            let k = p.ntk_dense(false).map_err(e)?;
+            let k = p.ntk_dense_in(false, o.dtype()).map_err(e)?;
             let secs = t.elapsed().as_secs_f64();
             let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 100.0;
             let (nf, c, pp) = (100.0, 10.0, spec.params as f64);
             (
                 secs,
                 fwd * (1.0 + 2.0 * c) + 2.0 * (nf * c).powi(2) * pp / 2.0,
-                (k.rows * k.cols) as f64 * 4.0,
+                k.bytes() as f64,
             )
         }
         "resnet18-sgd-128" => {

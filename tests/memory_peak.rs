@@ -146,6 +146,15 @@ fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
         measure("lowrank", "f64", 30, "256, 256", "measure trace(Fim(LowRank) of net on probe) as \"t\"\n"),
         measure("implicit", "f64", 1000, "1024, 1024", "let v = random_vector(net, seed = 3)\nmeasure vTMv(Fim(Implicit) of net on probe, v) as \"t\"\n"),
         measure("ntk_dense", "f64", 400, "256", "measure trace(Ntk(Dense) of net on probe) as \"t\"\n"),
+        // Held in f32; the alignment reads it in place, the spectrum
+        // through an f64 copy.
+        measure(
+            "ntk_f32_measures",
+            "f32",
+            200,
+            "256",
+            "let K = Ntk(Dense) of net on probe\nmeasure trace(K) as \"t\", alignment(K, onehot(probe), centered = true) as \"a\"\nmeasure eigenvalues(K, top = 5) as \"e\", memory(K) as \"m\"\n",
+        ),
         ("sgd", header("sgd", "f64", 10, "1024, 1024") + &train("sgd(lr = 0.01, momentum = 0.9)", "")),
         ("ngd_kfac", header("ngd_kfac", "f64", 10, "512, 512") + &train("ngd(fim = KFAC, lr = 0.05, damping = 1e-2, refresh = 5)", "")),
         ("ngd_ekfac", header("ngd_ekfac", "f64", 10, "512, 512") + &train("ngd(fim = EKFAC, lr = 0.05, damping = 1e-2, refresh = 5, refit = 5)", "")),

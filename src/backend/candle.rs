@@ -49,6 +49,25 @@ impl CandleOps {
         };
         Ok(CandleOps { device, dtype })
     }
+    /// [`Ops::write_host_block`] into f64 or f32: straight from the
+    /// storage of a contiguous CPU tensor, else through a download.
+    fn write_host<T: crate::linalg::HostElem>(
+        &self,
+        t: &Tensor,
+        dst: &mut [T],
+        at: BlockAt,
+    ) -> OpsResult<()> {
+        let done = match t.dtype() {
+            DType::F32 => fused::write_host_block::<f32, T>(t, dst, at),
+            DType::F64 => fused::write_host_block::<f64, T>(t, dst, at),
+            _ => None,
+        };
+        if done.is_none() {
+            let v = self.download(t)?;
+            crate::geometry::hostcopy::write_block(&v, dst, at);
+        }
+        Ok(())
+    }
     fn ct(&self) -> DType {
         match self.dtype {
             Dtype::F32 => DType::F32,
@@ -258,16 +277,10 @@ impl Ops for CandleOps {
         }
     }
     fn write_host_block(&self, t: &Tensor, dst: &mut [f64], at: BlockAt) -> OpsResult<()> {
-        let done = match t.dtype() {
-            DType::F32 => fused::write_host_block::<f32>(t, dst, at),
-            DType::F64 => fused::write_host_block::<f64>(t, dst, at),
-            _ => None,
-        };
-        if done.is_none() {
-            let v = self.download(t)?;
-            crate::geometry::hostcopy::write_block(&v, dst, at);
-        }
-        Ok(())
+        self.write_host(t, dst, at)
+    }
+    fn write_host_block_f32(&self, t: &Tensor, dst: &mut [f32], at: BlockAt) -> OpsResult<()> {
+        self.write_host(t, dst, at)
     }
     fn sum_all(&self, t: &Tensor) -> OpsResult<f64> {
         t.sum_all()

@@ -134,11 +134,11 @@ impl<O: Ops> Engine<O> {
                 }
                 Structure::LowRank { rank: Some(k) } => {
                     // The best rank-k approximation: the top k eigenpairs.
-                    let Built::Whole(full) = self.ntk_full(&p, opts.shards, at)? else {
+                    let Built::Whole(full) = self.ntk_full(&p, opts.shards, at, Dtype::F64)? else {
                         return Ok(Value::None);
                     };
-                    let (ev, u) = self.eigh_dense(&full)?;
-                    let m = full.rows;
+                    let (ev, u) = self.eigh_dense(&full.as_f64())?;
+                    let m = full.rows();
                     let mut low = Mat::zeros(m, m);
                     for e in m.saturating_sub(*k)..m {
                         for r in 0..m {
@@ -148,12 +148,16 @@ impl<O: Ops> Engine<O> {
                             }
                         }
                     }
-                    NtkBody::Dense(low)
+                    NtkBody::Dense(Stored::F64(low))
                 }
-                _ => match self.ntk_full(&p, opts.shards, at)? {
-                    Built::Whole(k) => NtkBody::Dense(k),
-                    Built::PartWritten => return Ok(Value::None),
-                },
+                // Held in the run's precision unless it is centred next
+                // (new values, derived on the host in f64).
+                _ => {
+                    match self.ntk_full(&p, opts.shards, at, store_for(self.o(), opts.centered))? {
+                        Built::Whole(k) => NtkBody::Dense(k),
+                        Built::PartWritten => return Ok(Value::None),
+                    }
+                }
             };
             let mut ntk = Ntk { c, n, body };
             if opts.centered {
@@ -267,8 +271,10 @@ impl<O: Ops> Engine<O> {
                 let d = self.data(r.data)?;
                 let p = self.problem(net, d, vec![slot], net.outputs());
                 let body = match r.shards {
-                    Some(s) => parts::ntk_sharded(&p, s).map_err(|e| e.to_string())?,
-                    None => p.ntk_dense(false).map_err(|e| e.to_string())?,
+                    Some(s) => Stored::F64(parts::ntk_sharded(&p, s).map_err(|e| e.to_string())?),
+                    None => p
+                        .ntk_dense_in(false, store_for(self.o(), r.centered))
+                        .map_err(|e| e.to_string())?,
                 };
                 let mut ntk = Ntk {
                     c: k.c,
@@ -438,7 +444,7 @@ impl<O: Ops> Engine<O> {
                 body: NtkBody::Dense(m),
                 ..
             }) if self.o().device_linalg() => {
-                let mut ev = self.o().eigvalsh(m).map_err(|e| e.to_string())?;
+                let mut ev = self.o().eigvalsh(&m.as_f64()).map_err(|e| e.to_string())?;
                 ev.reverse();
                 ev
             }
@@ -548,13 +554,20 @@ impl<O: Ops> Engine<O> {
                 }
                 let y = targets_matrix(d, k.c)?;
                 if *trace {
-                    let t = kernel::trace_kernel(&k.dense_view(), k.c, k.n);
+                    let t = match &k.body {
+                        NtkBody::Dense(m) => kernel::trace_kernel_of(m, k.c, k.n),
+                        _ => kernel::trace_kernel(&k.to_dense(), k.c, k.n),
+                    };
                     let ym = crate::linalg::Mat::from_vec(k.n, k.c, y);
                     let yy = ym.matmul(&ym.transpose());
                     return Ok(scalar(kernel::alignment_matrices(&t, &yy, *centered)));
                 }
                 let yv = kernel::target_vector(&y, k.n, k.c);
-                scalar(kernel::alignment(&k.dense_view(), &yv, k.c, k.n, *centered))
+                // A dense kernel is read where it is stored, in its precision.
+                scalar(match &k.body {
+                    NtkBody::Dense(m) => kernel::alignment_stored(m, &yv, k.c, k.n, *centered),
+                    _ => kernel::alignment(&k.to_dense(), &yv, k.c, k.n, *centered),
+                })
             }
             Measurement::RelError { a, b } => {
                 let ra = self.operand(a)?;
@@ -582,13 +595,14 @@ impl<O: Ops> Engine<O> {
                 scalar(diff / db.frobenius())
             }
             Measurement::Memory { m } => {
-                // What the representation holds: its values on the host in
-                // f64 whatever the run's dtype (as the plan counts it).
+                // What the representation holds, as the plan counts it: a
+                // Fisher's values on the host in f64 whatever the run's
+                // dtype; a dense NTK built whole in the run's precision.
                 let r = self.operand(m)?;
                 let size = std::mem::size_of::<f64>() as f64;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.stored() as f64 * size,
-                    ReprKind::Ntk(k) => k.stored() as f64 * size,
+                    ReprKind::Ntk(k) => k.bytes() as f64,
                     ReprKind::Implicit(_) => 0.0,
                 })
             }
@@ -729,4 +743,14 @@ pub(super) fn conjugate_gradient(
         rs = rs_new;
     }
     Ok(x)
+}
+
+/// The precision a dense NTK is held in: the run's, or f64 when it is
+/// centred next (see `plan::cost::held_in_run_dtype`).
+fn store_for<O: Ops>(o: &O, centered: bool) -> Dtype {
+    if centered {
+        Dtype::F64
+    } else {
+        o.dtype()
+    }
 }

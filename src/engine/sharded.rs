@@ -184,9 +184,10 @@ impl<O: Ops> Engine<O> {
         p: &Problem<'_, O>,
         shards: Option<usize>,
         at: Option<&PartsAt>,
-    ) -> Result<Built<Mat>, String> {
+        store: Dtype,
+    ) -> Result<Built<Stored>, String> {
         let Some(k) = shards else {
-            return Ok(Built::Whole(p.ntk_dense(false).map_err(err)?));
+            return Ok(Built::Whole(p.ntk_dense_in(false, store).map_err(err)?));
         };
         if let Some(req) = at.and_then(|a| a.request) {
             let at = at.expect("a request comes with its step");
@@ -195,12 +196,14 @@ impl<O: Ops> Engine<O> {
             return Ok(Built::PartWritten);
         }
         if !self.parts_on_disk(at) {
-            return Ok(Built::Whole(parts::ntk_sharded(p, k).map_err(err)?));
+            return Ok(Built::Whole(Stored::F64(
+                parts::ntk_sharded(p, k).map_err(err)?,
+            )));
         }
         let blocks = self.read_stage(at.expect("from_files"), 1)?;
-        Ok(Built::Whole(
+        Ok(Built::Whole(Stored::F64(
             parts::reduce_kernel(p.net.outputs(), p.n, &blocks, k).map_err(err)?,
-        ))
+        )))
     }
 
     /// The gradient of the mean loss, sharded into `k` example ranges

@@ -4,6 +4,7 @@
 //! that a transposed write stays in cache, and in parallel over the rows it
 //! writes.
 
+use crate::linalg::HostElem;
 use rayon::prelude::*;
 
 /// Side of the square tiles a transposed copy moves at once (64 × 64 f64
@@ -25,13 +26,15 @@ pub struct BlockAt {
     pub accumulate: bool,
 }
 
-/// Writes `src [rows, cols]` (row-major, any float type) into `dst` as
-/// `at` says, converting to f64 on the way: one pass for the block and
-/// one tiled pass for its mirror, instead of a conversion, a copy and a
-/// transposed copy. A mirror must not overlap the block's own rows.
-pub fn write_block<D>(src: &[D], dst: &mut [f64], at: BlockAt)
+/// Writes `src [rows, cols]` (row-major, any float type) into `dst` (f64,
+/// or f32 for a float32 run's stored NTK) as `at` says, converting on the
+/// way: one pass for the block and one tiled pass for its mirror, instead
+/// of a conversion, a copy and a transposed copy. A mirror must not
+/// overlap the block's own rows.
+pub fn write_block<D, T>(src: &[D], dst: &mut [T], at: BlockAt)
 where
     D: Copy + Into<f64> + Send + Sync,
+    T: HostElem,
 {
     let BlockAt {
         rows,
@@ -46,14 +49,14 @@ where
         return;
     }
     let src = &src[..rows * cols];
-    let put = |d: &mut f64, v: D| {
+    let put = |d: &mut T, v: D| {
         if accumulate {
-            *d += v.into()
+            *d = T::from_f64(d.to_f64() + v.into())
         } else {
-            *d = v.into()
+            *d = T::from_f64(v.into())
         }
     };
-    let direct = |region: &mut [f64]| {
+    let direct = |region: &mut [T]| {
         region
             .par_chunks_mut(ld)
             .zip(src.par_chunks(cols))
@@ -65,7 +68,7 @@ where
     };
     // Destination rows `c0 + j` take source column `j`: TILE rows of the
     // destination per task, read TILE source rows at a time.
-    let transposed = |region: &mut [f64]| {
+    let transposed = |region: &mut [T]| {
         region
             .par_chunks_mut(TILE * ld)
             .enumerate()

@@ -5,11 +5,14 @@
 //! matrix whose row `c·n + i` is output `c` of example `i` (NNGeometry's
 //! `[C, n, C, n]` reshaped).
 
-use crate::linalg::{eigvalsh, LinalgError, Mat};
+use crate::linalg::{eigvalsh, HostElem, LinalgError, Mat, Stored};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum NtkBody {
-    Dense(Mat),
+    /// In the run's precision where it was built whole (see
+    /// [`crate::linalg::Stored`]); f64 where it was derived on the host.
+    Dense(Stored),
     /// Per example, the `C × C` block `J_i J_iᵀ`.
     BlockDiag(Vec<Mat>),
     /// `K[(c,i),(c,i)]`, in row order.
@@ -31,7 +34,7 @@ impl Ntk {
     /// The dense kernel, borrowed when it is stored dense (no copy).
     pub fn dense_view(&self) -> std::borrow::Cow<'_, Mat> {
         match &self.body {
-            NtkBody::Dense(m) => std::borrow::Cow::Borrowed(m),
+            NtkBody::Dense(m) => m.as_f64(),
             _ => std::borrow::Cow::Owned(self.to_dense()),
         }
     }
@@ -39,7 +42,7 @@ impl Ntk {
     pub fn to_dense(&self) -> Mat {
         let (c, n) = (self.c, self.n);
         match &self.body {
-            NtkBody::Dense(m) => m.clone(),
+            NtkBody::Dense(m) => m.as_f64().into_owned(),
             NtkBody::BlockDiag(blocks) => {
                 let mut m = Mat::zeros(c * n, c * n);
                 for (i, b) in blocks.iter().enumerate() {
@@ -80,6 +83,7 @@ impl Ntk {
     pub fn diag(&self) -> Vec<f64> {
         match &self.body {
             NtkBody::Diag(d) => d.clone(),
+            NtkBody::Dense(m) => m.diag(),
             _ => self.to_dense().diag(),
         }
     }
@@ -103,7 +107,7 @@ impl Ntk {
                 }
                 all
             }
-            NtkBody::Dense(m) => eigvalsh(m)?,
+            NtkBody::Dense(m) => eigvalsh(&m.as_f64())?,
         };
         ev.sort_by(|a, b| b.total_cmp(a));
         Ok(ev)
@@ -115,13 +119,26 @@ impl Ntk {
         Ntk {
             c: self.c,
             n: self.n,
-            body: NtkBody::Dense(center_examples(&self.to_dense(), self.c, self.n)),
+            // In f64: the centred values are new sums, which f32 would round.
+            body: NtkBody::Dense(Stored::F64(center_examples(
+                &self.dense_view(),
+                self.c,
+                self.n,
+            ))),
+        }
+    }
+
+    /// Bytes the kernel holds.
+    pub fn bytes(&self) -> usize {
+        match &self.body {
+            NtkBody::Dense(m) => m.bytes(),
+            _ => self.stored() * std::mem::size_of::<f64>(),
         }
     }
 
     pub fn stored(&self) -> usize {
         match &self.body {
-            NtkBody::Dense(m) => m.data.len(),
+            NtkBody::Dense(m) => m.len(),
             NtkBody::BlockDiag(b) => b.iter().map(|m| m.data.len()).sum(),
             NtkBody::Diag(d) => d.len(),
         }
@@ -169,21 +186,86 @@ pub fn target_vector(y: &[f64], n: usize, c: usize) -> Vec<f64> {
 /// sides (as the NTK-alignment paper's code does: each class column of the
 /// targets minus its mean, each per-example Jacobian centred).
 pub fn alignment(k: &Mat, y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
-    let (k, y) = if centered {
-        let kc = center_examples(k, c, n);
-        let mut yc = y.to_vec();
+    align(&k.data, y, c, n, centered)
+}
+
+/// [`alignment`] of a stored kernel, read in its own precision.
+pub fn alignment_stored(k: &Stored, y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
+    match k {
+        Stored::F64(m) => align(&m.data, y, c, n, centered),
+        Stored::F32 { data, .. } => align(data, y, c, n, centered),
+    }
+}
+
+/// [`alignment`] without a copy of the kernel (the whole kernel is the
+/// largest object of a run, read once or twice here). Centred: the
+/// numerator is `(Hy)ᵀ K (Hy)`, since `H` is a projector; `‖HKH‖_F`
+/// comes from the kernel's means over examples within each output pair of
+/// blocks, `(HKH)[(a,i),(b,j)] = K − r[(a,i), b] − s[a, (b,j)] + t[a, b]`,
+/// accumulated entry by entry.
+fn align<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
+    let m = c * n;
+    if m == 0 {
+        return f64::NAN;
+    }
+    let mut y = y.to_vec();
+    if centered {
         for a in 0..c {
             let mean: f64 = y[a * n..(a + 1) * n].iter().sum::<f64>() / n as f64;
-            yc[a * n..(a + 1) * n].iter_mut().for_each(|x| *x -= mean);
+            y[a * n..(a + 1) * n].iter_mut().for_each(|x| *x -= mean);
         }
-        (kc, yc)
-    } else {
-        (k.clone(), y.to_vec())
-    };
-    let ky = k.matvec(&y);
-    let num: f64 = y.iter().zip(&ky).map(|(a, b)| a * b).sum();
+    }
+    let rows = || k.par_chunks(m);
+    let num: f64 = rows()
+        .zip(&y)
+        .map(|(row, yi)| yi * row.iter().zip(&y).map(|(a, b)| a.to_f64() * b).sum::<f64>())
+        .sum();
     let yy: f64 = y.iter().map(|x| x * x).sum();
-    num / (k.frobenius() * yy)
+    let sq: f64 = if centered {
+        let nf = n as f64;
+        // r[row·c + b]: the row's mean over the examples of output b.
+        let r: Vec<f64> = rows()
+            .flat_map_iter(|row| {
+                row.chunks(n)
+                    .map(|blk| blk.iter().map(|x| x.to_f64()).sum::<f64>() / nf)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // s[a·m + col]: the column's mean over the examples of output a.
+        let s: Vec<f64> = (0..c)
+            .into_par_iter()
+            .flat_map_iter(|a| {
+                let mut acc = vec![0.0f64; m];
+                for row in k[a * n * m..(a + 1) * n * m].chunks(m) {
+                    acc.iter_mut().zip(row).for_each(|(x, v)| *x += v.to_f64());
+                }
+                acc.into_iter().map(move |x| x / nf)
+            })
+            .collect();
+        // t[a·c + b]: the mean of block (a, b).
+        let t: Vec<f64> = (0..c * c)
+            .map(|ab| {
+                let (a, b) = (ab / c, ab % c);
+                (0..n).map(|i| r[(a * n + i) * c + b]).sum::<f64>() / nf
+            })
+            .collect();
+        rows()
+            .enumerate()
+            .map(|(row, kr)| {
+                let a = row / n;
+                (0..m)
+                    .map(|col| {
+                        let b = col / n;
+                        let v = kr[col].to_f64() - r[row * c + b] - s[a * m + col] + t[a * c + b];
+                        v * v
+                    })
+                    .sum::<f64>()
+            })
+            .sum()
+    } else {
+        k.par_iter().map(|x| x.to_f64() * x.to_f64()).sum()
+    };
+    num / (sq.sqrt() * yy)
 }
 
 /// `A(K, T)` for two square matrices, optionally centred with
@@ -219,11 +301,20 @@ pub fn center_full(k: &Mat) -> Mat {
 
 /// `Σ_c K[(c,i),(c,j)]`, `[n, n]`.
 pub fn trace_kernel(k: &Mat, c: usize, n: usize) -> Mat {
+    sum_diagonal_blocks(c, n, |r, col| k.get(r, col))
+}
+
+/// [`trace_kernel`] of a stored kernel, read in its own precision.
+pub fn trace_kernel_of(k: &Stored, c: usize, n: usize) -> Mat {
+    sum_diagonal_blocks(c, n, |r, col| k.get(r, col))
+}
+
+fn sum_diagonal_blocks(c: usize, n: usize, get: impl Fn(usize, usize) -> f64) -> Mat {
     let mut t = Mat::zeros(n, n);
     for a in 0..c {
         for i in 0..n {
             for j in 0..n {
-                t.data[i * n + j] += k.get(a * n + i, a * n + j);
+                t.data[i * n + j] += get(a * n + i, a * n + j);
             }
         }
     }

@@ -4,9 +4,10 @@
 
 use super::build::{Problem, Target};
 use super::hostcopy::BlockAt;
-use super::ops::{Ops, OpsError, OpsResult};
+use super::ops::{write_stored, Ops, OpsError, OpsResult};
 use super::stats;
-use crate::linalg::Mat;
+use crate::linalg::{Mat, Stored};
+use crate::plan::Dtype;
 use crate::rng::Rng;
 
 impl<O: Ops> Problem<'_, O> {
@@ -23,6 +24,14 @@ impl<O: Ops> Problem<'_, O> {
     /// conversion to f64 and the mirrored block in one host pass), so the
     /// device never holds more than one `n × n` block beyond the factors.
     pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
+        self.ntk_dense_in(force_per_example, Dtype::F64)
+            .map(Stored::into_f64)
+    }
+
+    /// [`Problem::ntk_dense`] stored in `store`'s precision: the run's,
+    /// for a float32 run its values exactly as computed in half the memory
+    /// of f64; f64 where the host goes on to derive new values from it.
+    pub fn ntk_dense_in(&self, force_per_example: bool, store: Dtype) -> OpsResult<Stored> {
         let o = self.o;
         let c = self.net.outputs();
         let n = self.n;
@@ -68,7 +77,7 @@ impl<O: Ops> Problem<'_, O> {
             return Err(OpsError("no layers".into()));
         }
         let m = c * n;
-        let mut k = Mat::zeros(m, m);
+        let mut k = Stored::zeros(m, m, store);
         for a in 0..c {
             for d in a..c {
                 // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], on the device.
@@ -86,7 +95,7 @@ impl<O: Ops> Problem<'_, O> {
                     mirror: d != a,
                     accumulate: false,
                 };
-                o.write_host_block(&blk, &mut k.data, at)?;
+                write_stored(o, &blk, &mut k, at)?;
             }
         }
         Ok(k)

@@ -291,6 +291,14 @@ pub trait Ops: Clone {
         Ok(())
     }
 
+    /// [`Ops::write_host_block`] into a host f32 matrix (a float32 run's
+    /// stored NTK: its values as computed, half the memory).
+    fn write_host_block_f32(&self, t: &Self::T, dst: &mut [f32], at: BlockAt) -> OpsResult<()> {
+        let v = self.download(t)?;
+        hostcopy::write_block(&v, dst, at);
+        Ok(())
+    }
+
     /// `Σ_d t²` over dimension `dim` (kept, size 1). The default squares
     /// then sums; a backend may do both in one pass.
     fn sum_sqr(&self, t: &Self::T, dim: usize) -> OpsResult<Self::T> {
@@ -472,5 +480,18 @@ pub fn linalg_of<O: Ops>(o: &O) -> Box<dyn crate::linalg::Linalg + '_> {
         Box::new(OnDevice(o))
     } else {
         Box::new(crate::linalg::Host)
+    }
+}
+
+/// Writes the 2-d tensor `t` into a stored host matrix, in its precision.
+pub fn write_stored<O: Ops>(
+    o: &O,
+    t: &O::T,
+    dst: &mut crate::linalg::Stored,
+    at: BlockAt,
+) -> OpsResult<()> {
+    match dst {
+        crate::linalg::Stored::F64(m) => o.write_host_block(t, &mut m.data, at),
+        crate::linalg::Stored::F32 { data, .. } => o.write_host_block_f32(t, data, at),
     }
 }

@@ -239,7 +239,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
             ..
         } => match model_of(steps, *model) {
             Some(spec) => Cost {
-                memory: cost::repr_held(*object, structure, spec, options),
+                memory: cost::repr_held(*object, structure, spec, options, dtype),
                 peak: cost::repr_peak(*object, structure, spec, options, dtype),
                 flops: cost::repr_flops(*object, structure, spec, options),
             },
@@ -349,8 +349,15 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                         Object::Fim | Object::Hessian => r.model.params,
                         Object::Ntk => (r.options.examples * r.options.outputs) as u64,
                     };
+                    // Entries, from the bytes held in their precision.
+                    let size = if cost::held_in_run_dtype(r.object, &r.structure, r.options) {
+                        dtype.size()
+                    } else {
+                        8
+                    };
+                    let stored = steps[id.0 as usize].cost.memory / size;
                     on = Some(r);
-                    (dim, steps[id.0 as usize].cost.memory / 8)
+                    (dim, stored)
                 }
                 None => (0, 0),
             };
@@ -497,7 +504,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 return Cost::default();
             };
             let s = matrix.result_structure(&r.structure);
-            let memory = cost::repr_held(Object::Fim, &s, r.model, r.options);
+            let memory = cost::repr_held(Object::Fim, &s, r.model, r.options, Dtype::F64);
             // The largest matrix an eigendecomposition takes (factors and
             // diagonals are no larger than what is held).
             let layers = cost::covered_layers(r.model, r.options);

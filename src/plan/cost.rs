@@ -194,7 +194,8 @@ pub fn repr_memory(
             Structure::Dense => sq(n * c),
             Structure::BlockDiag => n * sq(c),
             Structure::Diag | Structure::Implicit => n * c,
-            Structure::LowRank { rank } => n * c * rank.map_or(n * c, |k| k as u64),
+            // The best rank-k kernel is kept whole (`C·n` square).
+            Structure::LowRank { .. } => sq(n * c),
             _ => sq(n * c),
         },
     };
@@ -663,16 +664,32 @@ pub fn data_bytes(info: &DataInfo, dtype: Dtype) -> u64 {
         .saturating_add(y.saturating_mul(2 * HOST))
 }
 
-/// Bytes the result of a representation holds (host f64).
+/// Whether a representation is held in the run's precision: a dense NTK
+/// built whole (`linalg::Stored`). Every other result is held in f64: a
+/// centred or sharded kernel (new sums, which f32 would round), the
+/// low-rank kernel and the Fishers (derived on the host).
+pub fn held_in_run_dtype(object: Object, structure: &Structure, options: &ReprOptions) -> bool {
+    object == Object::Ntk
+        && matches!(structure, Structure::Dense)
+        && !options.centered
+        && options.shards.is_none()
+}
+
+/// Bytes the result of a representation holds (host f64, or the run's
+/// dtype where [`held_in_run_dtype`]).
 pub fn repr_held(
     object: Object,
     structure: &Structure,
     model: &ModelSpec,
     options: &ReprOptions,
+    dtype: Dtype,
 ) -> u64 {
     match (object, structure) {
         // Nothing but the layer layout: it is recomputed from model and data.
         (Object::Fim | Object::Hessian, Structure::Implicit) => 1 << 10,
+        _ if held_in_run_dtype(object, structure, options) => {
+            repr_memory(object, structure, model, options, dtype)
+        }
         _ => repr_memory(object, structure, model, options, Dtype::F64),
     }
 }
@@ -686,7 +703,7 @@ pub fn repr_peak(
     dtype: Dtype,
 ) -> u64 {
     let s = dtype.size();
-    let held = repr_held(object, structure, model, options);
+    let held = repr_held(object, structure, model, options, dtype);
     let layers = covered_layers(model, options);
     let p: u64 = layers.iter().map(|l| l.params).sum();
     let n = options.examples as u64;
@@ -900,7 +917,7 @@ pub fn eigenvectors_cost(r: &MeasuredRepr<'_>, k: u64, dtype: Dtype) -> (u64, u6
             },
             top: k as usize,
         };
-        let stored = repr_memory(r.object, &r.structure, r.model, r.options, dtype) / 8;
+        let stored = repr_memory(r.object, &r.structure, r.model, r.options, Dtype::F64) / 8;
         (
             measure_peak(&eig, Some(r.clone()), dtype) + out,
             measure_flops(&eig, dim, stored),
@@ -991,8 +1008,17 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     } else {
         2 * dim * HOST
     };
-    let dense_copy = |k: u64| k * sq(dim) * HOST;
     let ntk_dense = matches!((r.object, &*r.structure), (Object::Ntk, Structure::Dense));
+    // A kernel held in f32 is read through an f64 copy by the measurements
+    // that need a whole matrix (the others read it in place).
+    let view =
+        if ntk_dense && dtype != Dtype::F64 && held_in_run_dtype(r.object, &r.structure, r.options)
+        {
+            sq(dim) * HOST
+        } else {
+            0
+        };
+    let dense_copy = |k: u64| k * sq(dim) * HOST + view;
     match measurement {
         Measurement::Eigenvalues { top, .. } | Measurement::Eigenvectors { top, .. }
             if *top <= 64 && dim > 2000 && r.object.param_space() =>
@@ -1007,7 +1033,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
             if implicit {
                 mv + 3 * 64 * dim * HOST
             } else {
-                3 * largest_block * HOST + mv
+                3 * largest_block * HOST + mv + view
             }
         }
         Measurement::Solve { .. } => {
@@ -1020,7 +1046,11 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
             }
         }
         Measurement::RelError { .. } => dense_copy(2) + mv,
-        Measurement::Alignment { .. } => dense_copy(if ntk_dense { 3 } else { 4 }),
+        // A dense kernel is read in place (a few vectors and means);
+        // another one is made dense first.
+        // (The trace kernel's variant: `[n, n]` matrices, centred copies.)
+        Measurement::Alignment { .. } if ntk_dense => 8 * dim * HOST + 6 * sq(n) * HOST,
+        Measurement::Alignment { .. } => sq(dim) * HOST + 8 * dim * HOST + 6 * sq(n) * HOST,
         Measurement::Frobenius { .. } if implicit => dense_copy(2) + mv,
         Measurement::Trace { .. }
         | Measurement::Diagonal { .. }
@@ -1137,10 +1167,10 @@ pub fn train_peak(
             file: None,
             hessian: None,
         };
-        let held = repr_held(Object::Fim, fim, model, &options);
+        let held = repr_held(Object::Fim, fim, model, &options, Dtype::F64);
         let fresh = repr_peak(Object::Fim, fim, model, &options, dtype);
         let kfac = if matches!(fim, Structure::Ekfac { .. }) {
-            repr_held(Object::Fim, &Structure::Kfac, model, &options)
+            repr_held(Object::Fim, &Structure::Kfac, model, &options, Dtype::F64)
         } else {
             0
         };

@@ -85,9 +85,10 @@ where
 
 /// [`crate::geometry::ops::Ops::write_host_block`] straight from a
 /// contiguous CPU tensor's storage: no f64 copy of the block is made.
-pub(super) fn write_host_block<D>(t: &Tensor, dst: &mut [f64], at: BlockAt) -> Option<()>
+pub(super) fn write_host_block<D, T>(t: &Tensor, dst: &mut [T], at: BlockAt) -> Option<()>
 where
     D: WithDType + Into<f64>,
+    T: crate::linalg::HostElem,
 {
     if !t.is_contiguous() || t.elem_count() != at.rows * at.cols {
         return None;
