@@ -268,7 +268,8 @@ pub fn run_once(name: &str) -> Result<(f64, f64, f64), String> {
 
 /// Runs `name` once on any backend's tensor operations (the `tch` plugin
 /// crate's `nngeo-tch-bench` uses this for libtorch on CPU and CUDA);
-/// returns (seconds, estimated FLOPs, stored bytes). The time ends when the
+/// returns (seconds, estimated FLOPs, stored bytes: a Fisher's f64 values
+/// on the host, a kernel's in its precision). The time ends when the
 /// result is on the host, so asynchronous devices are timed fully.
 pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String> {
     let big = || mlp(o, &[784, 512, 512, 10], 1000);
@@ -336,7 +337,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                         .sum::<f64>();
                 }
             }
-            (secs, flops, f.stored() as f64 * 4.0)
+            (secs, flops, f.stored() as f64 * 8.0)
         }
         "dense" => {
             let s = small();
@@ -349,7 +350,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             // JᵀJ over the panels on and above the diagonal (≈ half).
             let panels = (pp / 2048.0).ceil();
             let frac = (panels + 1.0) / (2.0 * panels);
-            (secs, 2.0 * rows * pp * pp * frac, f.stored() as f64 * 4.0)
+            (secs, 2.0 * rows * pp * pp * frac, f.stored() as f64 * 8.0)
         }
         "ntk-100" | "ntk-1000" | "ntk-2000" => {
             let n = match name {
@@ -399,7 +400,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let secs = t.elapsed().as_secs_f64();
             // One forward and a 9-output backward pass (≈ 2× forward each).
             let fwd = crate::plan::cost::forward_flops(&spec) as f64 * s.n as f64;
-            (secs, fwd * (1.0 + 2.0 * 9.0), f.stored() as f64 * 4.0)
+            (secs, fwd * (1.0 + 2.0 * 9.0), f.stored() as f64 * 8.0)
         }
         "resnet18-ntk-100" => {
             let (s, spec) = resnet18(o, 100);
