@@ -361,7 +361,9 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let s = mlp(o, &[784, 512, 512, 10], n);
             let p = s.problem();
             let t = Instant::now();
-            let k = p.ntk_dense_in(false, o.dtype()).map_err(e)?;
+            let k = p
+                .ntk_dense_in(false, crate::geometry::ops::keep_of(o))
+                .map_err(e)?;
             let secs = t.elapsed().as_secs_f64();
             let (nf, c) = (n as f64, 10.0);
             let pairs = c * (c + 1.0) / 2.0;
@@ -406,7 +408,9 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
             let (s, spec) = resnet18(o, 100);
             let p = s.problem();
             let t = Instant::now();
-            let k = p.ntk_dense_in(false, o.dtype()).map_err(e)?;
+            let k = p
+                .ntk_dense_in(false, crate::geometry::ops::keep_of(o))
+                .map_err(e)?;
             let secs = t.elapsed().as_secs_f64();
             let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 100.0;
             let (nf, c, pp) = (100.0, 10.0, spec.params as f64);

@@ -134,10 +134,12 @@ impl<O: Ops> Engine<O> {
                 }
                 Structure::LowRank { rank: Some(k) } => {
                     // The best rank-k approximation: the top k eigenpairs.
-                    let Built::Whole(full) = self.ntk_full(&p, opts.shards, at, Dtype::F64)? else {
+                    let Built::Whole(full) =
+                        self.ntk_full(&p, opts.shards, at, Keep::Host(Dtype::F64))?
+                    else {
                         return Ok(Value::None);
                     };
-                    let (ev, u) = self.eigh_dense(&full.as_f64())?;
+                    let (ev, u) = self.eigh_dense(&*full.as_f64().map_err(|e| e.to_string())?)?;
                     let m = full.rows();
                     let mut low = Mat::zeros(m, m);
                     for e in m.saturating_sub(*k)..m {
@@ -161,7 +163,7 @@ impl<O: Ops> Engine<O> {
             };
             let mut ntk = Ntk { c, n, body };
             if opts.centered {
-                ntk = ntk.centered();
+                ntk = ntk.centered().map_err(|e| e.to_string())?;
             }
             return Ok(Value::Repr(ReprValue {
                 model,
@@ -282,7 +284,7 @@ impl<O: Ops> Engine<O> {
                     body: NtkBody::Dense(body),
                 };
                 if r.centered {
-                    ntk = ntk.centered();
+                    ntk = ntk.centered().map_err(|e| e.to_string())?;
                 }
                 ReprKind::Ntk(ntk)
             }
@@ -411,7 +413,7 @@ impl<O: Ops> Engine<O> {
         Ok(match &r.kind {
             ReprKind::Fim(f) => f.to_dense(),
             ReprKind::Implicit(_) => self.implicit_fim(r, BlockKind::Dense)?.to_dense(),
-            ReprKind::Ntk(k) => k.to_dense(),
+            ReprKind::Ntk(k) => k.to_dense().map_err(|e| e.to_string())?,
         })
     }
 
@@ -439,12 +441,14 @@ impl<O: Ops> Engine<O> {
                 linalg::top_eigs_op(f.dim(), top.unwrap_or(1), &mut op, 1e-10)
             }
             // Dense spectra on the backend's device where it decomposes
-            // there: a 10,000-square NTK takes minutes on the host's cores.
+            // there: a 10,000-square NTK takes minutes on the host's cores
+            // (a kernel held there is decomposed in place, no copies).
             ReprKind::Ntk(Ntk {
                 body: NtkBody::Dense(m),
                 ..
-            }) if self.o().device_linalg() => {
-                let mut ev = self.o().eigvalsh(&m.as_f64()).map_err(|e| e.to_string())?;
+            }) if self.o().device_linalg() && m.device().is_none() => {
+                let m = m.as_f64().map_err(|e| e.to_string())?;
+                let mut ev = self.o().eigvalsh(&m).map_err(|e| e.to_string())?;
                 ev.reverse();
                 ev
             }
@@ -479,7 +483,7 @@ impl<O: Ops> Engine<O> {
                 let r = self.operand(m)?;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.trace(),
-                    ReprKind::Ntk(k) => k.trace(),
+                    ReprKind::Ntk(k) => k.trace().map_err(|e| e.to_string())?,
                     ReprKind::Implicit(_) => self.implicit_fim(&r, BlockKind::Diag)?.trace(),
                 })
             }
@@ -487,7 +491,7 @@ impl<O: Ops> Engine<O> {
                 let r = self.operand(m)?;
                 scalar(match &r.kind {
                     ReprKind::Fim(f) => f.frobenius(),
-                    ReprKind::Ntk(k) => k.frobenius(),
+                    ReprKind::Ntk(k) => k.frobenius().map_err(|e| e.to_string())?,
                     ReprKind::Implicit(_) => self.dense(&r)?.frobenius(),
                 })
             }
@@ -499,7 +503,7 @@ impl<O: Ops> Engine<O> {
             Measurement::Diagonal { m: op } => {
                 let r = self.operand(op)?;
                 match &r.kind {
-                    ReprKind::Ntk(k) => vector(k.diag()),
+                    ReprKind::Ntk(k) => vector(k.diag().map_err(|e| e.to_string())?),
                     _ => vector(self.vector_result(m)?.data),
                 }
             }
@@ -556,18 +560,24 @@ impl<O: Ops> Engine<O> {
                 if *trace {
                     let t = match &k.body {
                         NtkBody::Dense(m) => kernel::trace_kernel_of(m, k.c, k.n),
-                        _ => kernel::trace_kernel(&k.to_dense(), k.c, k.n),
-                    };
+                        _ => k.to_dense().map(|d| kernel::trace_kernel(&d, k.c, k.n)),
+                    }
+                    .map_err(|e| e.to_string())?;
                     let ym = crate::linalg::Mat::from_vec(k.n, k.c, y);
                     let yy = ym.matmul(&ym.transpose());
                     return Ok(scalar(kernel::alignment_matrices(&t, &yy, *centered)));
                 }
                 let yv = kernel::target_vector(&y, k.n, k.c);
                 // A dense kernel is read where it is stored, in its precision.
-                scalar(match &k.body {
-                    NtkBody::Dense(m) => kernel::alignment_stored(m, &yv, k.c, k.n, *centered),
-                    _ => kernel::alignment(&k.to_dense(), &yv, k.c, k.n, *centered),
-                })
+                scalar(
+                    match &k.body {
+                        NtkBody::Dense(m) => kernel::alignment_stored(m, &yv, k.c, k.n, *centered),
+                        _ => k
+                            .to_dense()
+                            .map(|d| kernel::alignment(&d, &yv, k.c, k.n, *centered)),
+                    }
+                    .map_err(|e| e.to_string())?,
+                )
             }
             Measurement::RelError { a, b } => {
                 let ra = self.operand(a)?;
@@ -745,12 +755,14 @@ pub(super) fn conjugate_gradient(
     Ok(x)
 }
 
-/// The precision a dense NTK is held in: the run's, or f64 when it is
-/// centred next (see `plan::cost::held_in_run_dtype`).
-fn store_for<O: Ops>(o: &O, centered: bool) -> Dtype {
+/// Where a dense NTK is held: on the device where the backend keeps
+/// results there, else on the host in the run's precision; on the host in
+/// f64 when it is centred next (new values derived there; see
+/// `plan::cost::held_in_run_dtype`).
+fn store_for<O: Ops>(o: &O, centered: bool) -> Keep {
     if centered {
-        Dtype::F64
+        Keep::Host(Dtype::F64)
     } else {
-        o.dtype()
+        crate::geometry::ops::keep_of(o)
     }
 }

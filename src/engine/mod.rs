@@ -22,7 +22,7 @@ use crate::geometry::kernel::{self, Ntk, NtkBody};
 use crate::geometry::net::Net;
 use crate::geometry::ops::{linalg_of, Ops, OpsError};
 use crate::geometry::repr::{Fim, FimBody, LayerInfo};
-use crate::linalg::{self, Mat, Stored};
+use crate::linalg::{self, Keep, Mat, Stored};
 use crate::plan::{
     Dtype, FisherVariant, HookSpec, Measurement, Object, Op, Operand, Plan, ReprOptions, Step,
     StepId, Structure, TrainConfig, VectorOp,

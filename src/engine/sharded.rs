@@ -184,10 +184,10 @@ impl<O: Ops> Engine<O> {
         p: &Problem<'_, O>,
         shards: Option<usize>,
         at: Option<&PartsAt>,
-        store: Dtype,
+        keep: Keep,
     ) -> Result<Built<Stored>, String> {
         let Some(k) = shards else {
-            return Ok(Built::Whole(p.ntk_dense_in(false, store).map_err(err)?));
+            return Ok(Built::Whole(p.ntk_dense_in(false, keep).map_err(err)?));
         };
         if let Some(req) = at.and_then(|a| a.request) {
             let at = at.expect("a request comes with its step");

@@ -31,18 +31,19 @@ impl Ntk {
         self.c * self.n
     }
 
-    /// The dense kernel, borrowed when it is stored dense (no copy).
-    pub fn dense_view(&self) -> std::borrow::Cow<'_, Mat> {
+    /// The dense kernel on the host, borrowed when it is stored dense in
+    /// f64 there (no copy).
+    pub fn dense_view(&self) -> Result<std::borrow::Cow<'_, Mat>, LinalgError> {
         match &self.body {
             NtkBody::Dense(m) => m.as_f64(),
-            _ => std::borrow::Cow::Owned(self.to_dense()),
+            _ => self.to_dense().map(std::borrow::Cow::Owned),
         }
     }
 
-    pub fn to_dense(&self) -> Mat {
+    pub fn to_dense(&self) -> Result<Mat, LinalgError> {
         let (c, n) = (self.c, self.n);
-        match &self.body {
-            NtkBody::Dense(m) => m.as_f64().into_owned(),
+        Ok(match &self.body {
+            NtkBody::Dense(m) => m.as_f64()?.into_owned(),
             NtkBody::BlockDiag(blocks) => {
                 let mut m = Mat::zeros(c * n, c * n);
                 for (i, b) in blocks.iter().enumerate() {
@@ -61,38 +62,38 @@ impl Ntk {
                 }
                 m
             }
-        }
+        })
     }
 
-    pub fn trace(&self) -> f64 {
-        match &self.body {
-            NtkBody::Dense(m) => m.trace(),
+    pub fn trace(&self) -> Result<f64, LinalgError> {
+        Ok(match &self.body {
+            NtkBody::Dense(m) => m.trace()?,
             NtkBody::BlockDiag(b) => b.iter().map(Mat::trace).sum(),
             NtkBody::Diag(d) => d.iter().sum(),
-        }
+        })
     }
 
-    pub fn frobenius(&self) -> f64 {
-        match &self.body {
-            NtkBody::Dense(m) => m.frobenius(),
+    pub fn frobenius(&self) -> Result<f64, LinalgError> {
+        Ok(match &self.body {
+            NtkBody::Dense(m) => m.frobenius()?,
             NtkBody::BlockDiag(b) => b.iter().map(|m| m.frobenius().powi(2)).sum::<f64>().sqrt(),
             NtkBody::Diag(d) => d.iter().map(|x| x * x).sum::<f64>().sqrt(),
-        }
+        })
     }
 
-    pub fn diag(&self) -> Vec<f64> {
+    pub fn diag(&self) -> Result<Vec<f64>, LinalgError> {
         match &self.body {
-            NtkBody::Diag(d) => d.clone(),
+            NtkBody::Diag(d) => Ok(d.clone()),
             NtkBody::Dense(m) => m.diag(),
-            _ => self.to_dense().diag(),
+            _ => Ok(self.to_dense()?.diag()),
         }
     }
 
-    pub fn mv(&self, v: &[f64]) -> Vec<f64> {
+    pub fn mv(&self, v: &[f64]) -> Result<Vec<f64>, LinalgError> {
         match &self.body {
             NtkBody::Dense(m) => m.matvec(v),
-            NtkBody::Diag(d) => d.iter().zip(v).map(|(a, b)| a * b).collect(),
-            NtkBody::BlockDiag(_) => self.to_dense().matvec(v),
+            NtkBody::Diag(d) => Ok(d.iter().zip(v).map(|(a, b)| a * b).collect()),
+            NtkBody::BlockDiag(_) => Ok(self.to_dense()?.matvec(v)),
         }
     }
 
@@ -107,7 +108,7 @@ impl Ntk {
                 }
                 all
             }
-            NtkBody::Dense(m) => eigvalsh(&m.as_f64())?,
+            NtkBody::Dense(m) => m.eigvalsh()?,
         };
         ev.sort_by(|a, b| b.total_cmp(a));
         Ok(ev)
@@ -115,17 +116,17 @@ impl Ntk {
 
     /// `H K H` with `H = (I_n − 11ᵀ/n) ⊗ I_C`: every per-example Jacobian
     /// centred over examples, output by output.
-    pub fn centered(&self) -> Ntk {
-        Ntk {
+    pub fn centered(&self) -> Result<Ntk, LinalgError> {
+        Ok(Ntk {
             c: self.c,
             n: self.n,
             // In f64: the centred values are new sums, which f32 would round.
             body: NtkBody::Dense(Stored::F64(center_examples(
-                &self.dense_view(),
+                &*self.dense_view()?,
                 self.c,
                 self.n,
             ))),
-        }
+        })
     }
 
     /// Bytes the kernel holds.
@@ -189,25 +190,39 @@ pub fn alignment(k: &Mat, y: &[f64], c: usize, n: usize, centered: bool) -> f64 
     align(&k.data, y, c, n, centered)
 }
 
-/// [`alignment`] of a stored kernel, read in its own precision.
-pub fn alignment_stored(k: &Stored, y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
-    match k {
-        Stored::F64(m) => align(&m.data, y, c, n, centered),
-        Stored::F32 { data, .. } => align(data, y, c, n, centered),
-    }
+/// [`alignment`] of a stored kernel, read in its own precision where it
+/// lives (a device-held kernel is reduced on its device).
+pub fn alignment_stored(
+    k: &Stored,
+    y: &[f64],
+    c: usize,
+    n: usize,
+    centered: bool,
+) -> Result<f64, LinalgError> {
+    let y = target_for(y, c, n, centered);
+    let (num, sq) = match k {
+        Stored::F64(m) => align_terms(&m.data, &y, c, n, centered),
+        Stored::F32 { data, .. } => align_terms(data, &y, c, n, centered),
+        Stored::Device(d) => {
+            d.0.alignment_terms(&y, c, n, centered)
+                .map_err(LinalgError::Backend)?
+        }
+    };
+    Ok(finish_alignment(num, sq, &y, c * n))
 }
 
-/// [`alignment`] without a copy of the kernel (the whole kernel is the
-/// largest object of a run, read once or twice here). Centred: the
-/// numerator is `(Hy)ᵀ K (Hy)`, since `H` is a projector; `‖HKH‖_F`
-/// comes from the kernel's means over examples within each output pair of
-/// blocks, `(HKH)[(a,i),(b,j)] = K − r[(a,i), b] − s[a, (b,j)] + t[a, b]`,
-/// accumulated entry by entry.
-fn align<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
-    let m = c * n;
+/// [`alignment`] from its two reductions (see [`align_terms`]).
+fn finish_alignment(num: f64, sq: f64, y: &[f64], m: usize) -> f64 {
     if m == 0 {
         return f64::NAN;
     }
+    let yy: f64 = y.iter().map(|x| x * x).sum();
+    num / (sq.sqrt() * yy)
+}
+
+/// The targets as alignment reads them: each output's column minus its
+/// mean over examples where `centered`.
+fn target_for(y: &[f64], c: usize, n: usize, centered: bool) -> Vec<f64> {
     let mut y = y.to_vec();
     if centered {
         for a in 0..c {
@@ -215,12 +230,32 @@ fn align<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) ->
             y[a * n..(a + 1) * n].iter_mut().for_each(|x| *x -= mean);
         }
     }
+    y
+}
+
+/// [`alignment`] without a copy of the kernel (the whole kernel is the
+/// largest object of a run, read once or twice here).
+fn align<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) -> f64 {
+    let y = target_for(y, c, n, centered);
+    let (num, sq) = align_terms(k, &y, c, n, centered);
+    finish_alignment(num, sq, &y, c * n)
+}
+
+/// `yᵀ K y` and `‖K‖²_F`, or centred (`y` already centred by the caller):
+/// the numerator is `(Hy)ᵀ K (Hy)`, since `H` is a projector; `‖HKH‖²_F`
+/// comes from the kernel's means over examples within each output pair of
+/// blocks, `(HKH)[(a,i),(b,j)] = K − r[(a,i), b] − s[a, (b,j)] + t[a, b]`,
+/// accumulated entry by entry.
+fn align_terms<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) -> (f64, f64) {
+    let m = c * n;
+    if m == 0 {
+        return (0.0, 0.0);
+    }
     let rows = || k.par_chunks(m);
     let num: f64 = rows()
-        .zip(&y)
-        .map(|(row, yi)| yi * row.iter().zip(&y).map(|(a, b)| a.to_f64() * b).sum::<f64>())
+        .zip(y)
+        .map(|(row, yi)| yi * row.iter().zip(y).map(|(a, b)| a.to_f64() * b).sum::<f64>())
         .sum();
-    let yy: f64 = y.iter().map(|x| x * x).sum();
     let sq: f64 = if centered {
         let nf = n as f64;
         // r[row·c + b]: the row's mean over the examples of output b.
@@ -265,7 +300,7 @@ fn align<T: HostElem>(k: &[T], y: &[f64], c: usize, n: usize, centered: bool) ->
     } else {
         k.par_iter().map(|x| x.to_f64() * x.to_f64()).sum()
     };
-    num / (sq.sqrt() * yy)
+    (num, sq)
 }
 
 /// `A(K, T)` for two square matrices, optionally centred with
@@ -304,9 +339,10 @@ pub fn trace_kernel(k: &Mat, c: usize, n: usize) -> Mat {
     sum_diagonal_blocks(c, n, |r, col| k.get(r, col))
 }
 
-/// [`trace_kernel`] of a stored kernel, read in its own precision.
-pub fn trace_kernel_of(k: &Stored, c: usize, n: usize) -> Mat {
-    sum_diagonal_blocks(c, n, |r, col| k.get(r, col))
+/// [`trace_kernel`] of a stored kernel, read in its own precision where
+/// it lives.
+pub fn trace_kernel_of(k: &Stored, c: usize, n: usize) -> Result<Mat, LinalgError> {
+    k.diagonal_block_sum(c, n)
 }
 
 fn sum_diagonal_blocks(c: usize, n: usize, get: impl Fn(usize, usize) -> f64) -> Mat {

@@ -6,7 +6,7 @@ use super::build::{Problem, Target};
 use super::hostcopy::BlockAt;
 use super::ops::{write_stored, Ops, OpsError, OpsResult};
 use super::stats;
-use crate::linalg::{Mat, Stored};
+use crate::linalg::{Keep, Mat, Stored};
 use crate::plan::Dtype;
 use crate::rng::Rng;
 
@@ -24,14 +24,17 @@ impl<O: Ops> Problem<'_, O> {
     /// conversion to f64 and the mirrored block in one host pass), so the
     /// device never holds more than one `n × n` block beyond the factors.
     pub fn ntk_dense(&self, force_per_example: bool) -> OpsResult<Mat> {
-        self.ntk_dense_in(force_per_example, Dtype::F64)
-            .map(Stored::into_f64)
+        self.ntk_dense_in(force_per_example, Keep::Host(Dtype::F64))?
+            .into_f64()
+            .map_err(|e| OpsError(e.to_string()))
     }
 
-    /// [`Problem::ntk_dense`] stored in `store`'s precision: the run's,
-    /// for a float32 run its values exactly as computed in half the memory
-    /// of f64; f64 where the host goes on to derive new values from it.
-    pub fn ntk_dense_in(&self, force_per_example: bool, store: Dtype) -> OpsResult<Stored> {
+    /// [`Problem::ntk_dense`] kept where `keep` says: on the host in the
+    /// run's precision (a float32 run's values exactly as computed, in
+    /// half the memory of f64), in f64 where the host goes on to derive new
+    /// values from it, or on the device where the backend holds results
+    /// there ([`Ops::holds_on_device`]): assembled in place, never copied.
+    pub fn ntk_dense_in(&self, force_per_example: bool, keep: Keep) -> OpsResult<Stored> {
         let o = self.o;
         let c = self.net.outputs();
         let n = self.n;
@@ -77,7 +80,14 @@ impl<O: Ops> Problem<'_, O> {
             return Err(OpsError("no layers".into()));
         }
         let m = c * n;
-        let mut k = Stored::zeros(m, m, store);
+        let on_device = match keep {
+            Keep::Device => Some(o.zeros(&[m, m])?),
+            Keep::Host(_) => None,
+        };
+        let mut k = match keep {
+            Keep::Host(dtype) => Stored::zeros(m, m, dtype),
+            Keep::Device => Stored::zeros(0, 0, Dtype::F64),
+        };
         for a in 0..c {
             for d in a..c {
                 // K[(a,i),(d,j)] = Σ_l P_l[i,j] · (A_l A_lᵀ)[i,j], on the device.
@@ -95,9 +105,15 @@ impl<O: Ops> Problem<'_, O> {
                     mirror: d != a,
                     accumulate: false,
                 };
-                write_stored(o, &blk, &mut k, at)?;
+                match &on_device {
+                    Some(dst) => o.write_device_block(&blk, dst, at)?,
+                    None => write_stored(o, &blk, &mut k, at)?,
+                }
             }
         }
-        Ok(k)
+        match on_device {
+            Some(dst) => Ok(Stored::Device(o.hold(dst)?)),
+            None => Ok(k),
+        }
     }
 }

@@ -272,6 +272,34 @@ pub trait Ops: Clone {
         false
     }
 
+    /// Whether a dense result the engine would otherwise copy to the host
+    /// (the NTK built whole) stays on the device, assembled there with
+    /// [`Ops::write_device_block`] and handed over with [`Ops::hold`]; its
+    /// reductions, products and spectrum then run where it lives. A
+    /// backend that says so implements both.
+    fn holds_on_device(&self) -> bool {
+        false
+    }
+
+    /// Writes the 2-d tensor `t` into the device matrix `dst` (made by
+    /// [`Ops::zeros`]) in place, where `at` says (its mirror too, or added).
+    fn write_device_block(&self, t: &Self::T, dst: &Self::T, at: BlockAt) -> OpsResult<()> {
+        let _ = (t, dst, at);
+        Err(OpsError(format!(
+            "{}: this backend keeps no results on its device",
+            self.name()
+        )))
+    }
+
+    /// Hands a finished 2-d tensor over as a device-held matrix.
+    fn hold(&self, t: Self::T) -> OpsResult<crate::linalg::Held> {
+        let _ = t;
+        Err(OpsError(format!(
+            "{}: this backend keeps no results on its device",
+            self.name()
+        )))
+    }
+
     /// `Σ_k (l_k r_k) ⊙ h_k` for 2-d `l_k [m, k_k]`, `r_k [k_k, n]` and,
     /// where given, `h_k [m, n]` (a term without `h_k` is the plain
     /// product): the NTK's block of an output pair, summed over layers.
@@ -483,6 +511,16 @@ pub fn linalg_of<O: Ops>(o: &O) -> Box<dyn crate::linalg::Linalg + '_> {
     }
 }
 
+/// Where this backend keeps a dense result it builds whole: on its device
+/// where it holds results there, else on the host in the run's precision.
+pub fn keep_of<O: Ops>(o: &O) -> crate::linalg::Keep {
+    if o.holds_on_device() {
+        crate::linalg::Keep::Device
+    } else {
+        crate::linalg::Keep::Host(o.dtype())
+    }
+}
+
 /// Writes the 2-d tensor `t` into a stored host matrix, in its precision.
 pub fn write_stored<O: Ops>(
     o: &O,
@@ -493,5 +531,8 @@ pub fn write_stored<O: Ops>(
     match dst {
         crate::linalg::Stored::F64(m) => o.write_host_block(t, &mut m.data, at),
         crate::linalg::Stored::F32 { data, .. } => o.write_host_block_f32(t, data, at),
+        crate::linalg::Stored::Device(_) => Err(OpsError(
+            "a device-held matrix is written before it is held (Ops::write_device_block)".into(),
+        )),
     }
 }

@@ -1709,20 +1709,23 @@ fn float32_agrees_with_float64() {
 /// in place agree with those of the f64 copy.
 #[test]
 fn a_float32_kernel_is_held_in_float32_with_the_same_values() {
-    use nngeo::linalg::Stored;
+    use nngeo::linalg::{Keep, Stored};
     for (model, n) in [(MLP, 10), (NORM_CNN, 6)] {
         let fx = Fx::build(model, n, 102, Dtype::F32, false);
         let p = fx.problem(n);
-        let held = p.ntk_dense_in(false, Dtype::F32).unwrap();
-        let wide = p.ntk_dense_in(false, Dtype::F64).unwrap();
+        let held = p.ntk_dense_in(false, Keep::Host(Dtype::F32)).unwrap();
+        let wide = p.ntk_dense_in(false, Keep::Host(Dtype::F64)).unwrap();
         assert!(matches!(held, Stored::F32 { .. }), "{model}");
         assert_eq!(held.bytes() * 2, wide.bytes(), "{model}");
-        let (h, w) = (held.as_f64().into_owned(), wide.into_f64());
+        let (h, w) = (
+            held.as_f64().unwrap().into_owned(),
+            wide.into_f64().unwrap(),
+        );
         assert_eq!(h, w, "{model}: the same values");
         let c = h.rows / n;
         let y: Vec<f64> = (0..c * n).map(|i| ((i * 7) % 5) as f64 - 2.0).collect();
         for centered in [false, true] {
-            let a = kernel::alignment_stored(&held, &y, c, n, centered);
+            let a = kernel::alignment_stored(&held, &y, c, n, centered).unwrap();
             let b = kernel::alignment(&w, &y, c, n, centered);
             assert!(
                 (a - b).abs() <= 1e-12 * b.abs(),
@@ -1730,7 +1733,7 @@ fn a_float32_kernel_is_held_in_float32_with_the_same_values() {
             );
         }
         assert_eq!(
-            kernel::trace_kernel_of(&held, c, n),
+            kernel::trace_kernel_of(&held, c, n).unwrap(),
             kernel::trace_kernel(&w, c, n)
         );
     }

@@ -7,6 +7,7 @@
 //! libtorch's library folder is baked in as RUNPATH by `build.rs`; CUDA is
 //! used when libtorch's CUDA library loads and sees a device.
 
+pub mod held;
 pub mod ops;
 
 pub use ops::{TchOps, TT};
@@ -82,12 +83,15 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
         nngeo::engine::Engine::new("tch", &version(), TchOps::new)
             .with_devices(devices())
             // EKFAC's bases, dense spectra and a Fisher's solves run in
-            // libtorch on CUDA (`TchOps::with_device_linalg`); the rest
-            // (Lanczos, low-rank algebra) on the host.
+            // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK
+            // stays on the GPU with its reductions and spectrum
+            // (`TchOps::with_device_storage`); the rest (Lanczos, low-rank
+            // algebra, Fishers' storage) on the host.
             .with_linalg(vec![
                 "linalg:host".into(),
                 "linalg:eigh:cuda".into(),
                 "linalg:solve:cuda".into(),
+                "storage:ntk:cuda".into(),
             ]),
     )
 }

@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, TchError, Tensor};
 
 /// A libtorch tensor. `tch::Tensor` is not `Clone`; cloning this one makes
-/// a shallow copy sharing the storage, which is safe because no operation
-/// here writes into an existing tensor.
+/// a shallow copy sharing the storage, which is safe because the only
+/// operation that writes into an existing tensor
+/// ([`Ops::write_device_block`]) writes into one the engine made for it.
 pub struct TT(pub Tensor);
 
 impl Clone for TT {
@@ -54,6 +55,9 @@ pub struct TchOps {
     /// Whether the dense decompositions (EKFAC's bases, spectra, solves)
     /// run in libtorch (see [`TchOps::with_device_linalg`]).
     device_linalg: bool,
+    /// Whether a dense NTK stays in libtorch (see
+    /// [`TchOps::with_device_storage`]).
+    device_storage: bool,
 }
 
 /// libtorch's messages end with a C++ backtrace ("Exception raised from
@@ -119,7 +123,18 @@ impl TchOps {
             // host's threads beat LAPACK's one at a time (MLP EKFAC: 0.23 s
             // against 0.26 s); on CUDA the factors stay off the host's cores.
             device_linalg: device != Device::Cpu,
+            // On the CPU the host's f32 storage is the same memory, read
+            // by rayon's threads; on CUDA it saves the download.
+            device_storage: device != Device::Cpu,
         })
+    }
+
+    /// Sets whether a dense NTK built whole stays a libtorch tensor on
+    /// this device ([`Ops::holds_on_device`]), its trace, norms, products,
+    /// alignment and spectrum computed there: by default on CUDA only.
+    pub fn with_device_storage(mut self, on: bool) -> Self {
+        self.device_storage = on;
+        self
     }
 
     /// Sets whether [`Ops::eigh`], [`Ops::eigvalsh`] and
@@ -534,6 +549,23 @@ impl Ops for TchOps {
 
     fn device_linalg(&self) -> bool {
         self.device_linalg
+    }
+
+    fn holds_on_device(&self) -> bool {
+        self.device_storage
+    }
+
+    fn write_device_block(
+        &self,
+        t: &TT,
+        dst: &TT,
+        at: nngeo::geometry::hostcopy::BlockAt,
+    ) -> OpsResult<()> {
+        crate::held::write_block(t, dst, at)
+    }
+
+    fn hold(&self, t: TT) -> OpsResult<nngeo::linalg::Held> {
+        crate::held::hold(t.0, self)
     }
 
     fn conv_input_grad(

@@ -286,7 +286,9 @@ measure rel_error(K, F) as "rel/K", rel_error(E, F) as "rel/E"
 measure solve(E, g, damping = 1e-2) as "solve/E", norm(g) as "norm/g"
 measure solve(F, g, damping = 1e-2) as "solve/F", solve(K, g, damping = 1e-3) as "solve/K"
 measure trace(N) as "trace/N", alignment(N, onehot(probe), centered = true) as "align/N"
-measure eigenvalues(N, top = 5) as "evals/N"
+measure eigenvalues(N, top = 5) as "evals/N", frobenius(N) as "frob/N", diag(N) as "diag/N"
+measure alignment(N, onehot(probe)) as "align/N/raw", alignment(N, onehot(probe), kernel = trace) as "align/N/trace"
+measure effective_rank(N) as "erank/N"
 measure eigenvalues(Ntk(LowRank(rank = 3)) of net on probe, top = 3) as "evals/Nlow"
 
 for opt in [
@@ -341,15 +343,17 @@ fn a_whole_plan_gives_the_same_results() {
     same_plan_results(nngeo_backend_tch::backend().as_mut());
 }
 
-/// `TchOps` that decompose in libtorch, as they do on CUDA.
+/// `TchOps` that decompose in libtorch and keep the dense NTK there, as
+/// they do on CUDA.
 fn tch_decomposing(device: &str, dtype: Dtype) -> Result<TchOps, nngeo::geometry::ops::OpsError> {
-    TchOps::new(device, dtype).map(|o| o.with_device_linalg(true))
+    TchOps::new(device, dtype).map(|o| o.with_device_linalg(true).with_device_storage(true))
 }
 
 /// The plan again with every decomposition a CUDA run would hand libtorch
 /// (EKFAC's bases, dense spectra, the low-rank NTK, the dense and KFAC
 /// solves of `solve(...)` and of natural-gradient steps) handed to it on
-/// the CPU.
+/// the CPU, and the dense NTK held in libtorch (its trace, norm, diagonal,
+/// alignments and spectrum computed there).
 #[test]
 fn a_whole_plan_with_libtorch_decompositions_gives_the_same_results() {
     let mut tch = nngeo::engine::Engine::new("tch", "test", tch_decomposing);
@@ -369,4 +373,82 @@ fn same_plan_results(tch: &mut dyn nngeo::backend::Backend) {
         worst = worst.max(e);
     }
     eprintln!("{} results agree; worst {worst:.2e}", c.len());
+}
+
+/// A dense NTK held in libtorch is the host's, value for value: the same
+/// blocks written in place of copied, and every reduction the engine asks
+/// of it (trace, norm, diagonal, products, the trace kernel, alignments
+/// centred or not, the spectrum) agrees with the host's to round-off, in
+/// either precision. Fails if a block lands in the wrong place, a mirror
+/// is missed, or a reduction reads the kernel in the run's precision.
+#[test]
+fn a_kernel_held_on_the_device_equals_the_host_path() {
+    use nngeo::geometry::kernel;
+    use nngeo::linalg::{Keep, Stored};
+    for dtype in [Dtype::F64, Dtype::F32] {
+        for (model, n) in [(MLP, 7), (NORM_CNN, 5)] {
+            let o = TchOps::new("cpu", dtype).unwrap().with_device_storage(true);
+            assert!(o.holds_on_device());
+            let spec = compile_model(model);
+            let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).unwrap();
+            let mut rng = Rng::new(9);
+            let d: usize = spec.input.iter().product();
+            let mut shape = vec![n];
+            shape.extend(&spec.input);
+            let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
+            let x = o.upload(&shape, &xs).unwrap();
+            let labels = vec![0.0; n];
+            let p = Problem {
+                o: &o,
+                net: &net,
+                x: &x,
+                y: &labels,
+                target_dim: 1,
+                n,
+                slots: (0..net.slots.len()).collect(),
+                batch: n,
+            };
+            let on_host = p.ntk_dense_in(false, Keep::Host(dtype)).unwrap();
+            let held = p.ntk_dense_in(false, Keep::Device).unwrap();
+            let what = format!("{model} {dtype:?}");
+            assert!(matches!(held, Stored::Device(_)), "{what}");
+            assert_eq!(held.device().as_deref(), Some("cpu"), "{what}");
+            assert_eq!(held.bytes(), on_host.bytes(), "{what}: the run's precision");
+            let h = on_host.as_f64().unwrap().into_owned();
+            let got = held.as_f64().unwrap().into_owned();
+            assert_eq!(
+                rel(&got.data, &h.data),
+                0.0,
+                "{what}: the same values, in the same places"
+            );
+            let c = h.rows / n;
+            let close = |name: &str, a: &[f64], b: &[f64]| {
+                let e = rel(a, b);
+                assert!(e <= 1e-12, "{what} {name}: {a:?} vs {b:?} ({e:.2e})");
+            };
+            close("trace", &[held.trace().unwrap()], &[h.trace()]);
+            close("frobenius", &[held.frobenius().unwrap()], &[h.frobenius()]);
+            close("diag", &held.diag().unwrap(), &h.diag());
+            let v: Vec<f64> = (0..h.rows).map(|_| rng.normal()).collect();
+            close("matvec", &held.matvec(&v).unwrap(), &h.matvec(&v));
+            close(
+                "eigvalsh",
+                &held.eigvalsh().unwrap(),
+                &nngeo::linalg::eigvalsh(&h).unwrap(),
+            );
+            close(
+                "trace kernel",
+                &kernel::trace_kernel_of(&held, c, n).unwrap().data,
+                &kernel::trace_kernel(&h, c, n).data,
+            );
+            let y: Vec<f64> = (0..h.rows).map(|i| ((i * 7) % 5) as f64 - 2.0).collect();
+            for centered in [false, true] {
+                close(
+                    &format!("alignment centred {centered}"),
+                    &[kernel::alignment_stored(&held, &y, c, n, centered).unwrap()],
+                    &[kernel::alignment(&h, &y, c, n, centered)],
+                );
+            }
+        }
+    }
 }
