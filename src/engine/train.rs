@@ -9,6 +9,7 @@
 //! update (step 0 is the initial model).
 
 use crate::geometry::build::{to_eigenbases, BlockKind, Problem, Target};
+use crate::geometry::inverse::Inverse;
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
 use crate::geometry::repr::{Block, Fim, FimBody};
@@ -69,7 +70,7 @@ pub trait TrainObserver<O: Ops> {
     }
 }
 
-enum State {
+enum State<T> {
     Sgd {
         buf: Option<Vec<f64>>,
     },
@@ -81,6 +82,9 @@ enum State {
     Ngd {
         pre: Option<Preconditioner>,
         buf: Option<Vec<f64>>,
+        /// The preconditioner's damped inverse, prepared on the device
+        /// when it serves a second step unchanged (see `Inverse`).
+        ready: Option<Box<Inverse<T>>>,
     },
 }
 
@@ -149,7 +153,7 @@ fn ngd_target(fisher: &FisherVariant, mse: bool, outputs: usize) -> Target {
 impl Preconditioner {
     /// Updates the statistics from the mini-batch `p` at optimiser step
     /// `step`: everything at refresh steps (new eigenbases for EKFAC), only
-    /// EKFAC's diagonal at its refit steps.
+    /// EKFAC's diagonal at its refit steps. Says whether anything changed.
     #[allow(clippy::too_many_arguments)]
     fn update<O: Ops>(
         this: &mut Option<Self>,
@@ -160,7 +164,7 @@ impl Preconditioner {
         refresh: u64,
         refit: Option<u64>,
         decay: f64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let e = |e: crate::geometry::ops::OpsError| e.to_string();
         let is_refresh = this.is_none() || step.is_multiple_of(refresh.max(1));
         let ekfac = matches!(structure, Structure::Ekfac { .. });
@@ -168,10 +172,10 @@ impl Preconditioner {
             // Between refreshes only EKFAC refits its diagonal, in the
             // current basis, from the current mini-batch.
             let (Some(pre), Some(t)) = (this.as_mut(), refit) else {
-                return Ok(());
+                return Ok(false);
             };
             if !ekfac || !step.is_multiple_of(t.max(1)) {
-                return Ok(());
+                return Ok(false);
             }
             let FimBody::Blocks(blocks) = &pre.fim.body else {
                 return Err("EKFAC is block-diagonal".into());
@@ -185,7 +189,7 @@ impl Preconditioner {
                     blend_block(r, x, decay)?;
                 }
             }
-            return Ok(());
+            return Ok(true);
         }
         let slots = p.ordered_slots();
         let kinds = |s: &Structure| -> Result<Vec<BlockKind>, String> {
@@ -227,7 +231,7 @@ impl Preconditioner {
                 },
                 factors: Some(factors),
             });
-            return Ok(());
+            return Ok(true);
         }
         let fresh = match structure {
             Structure::Dense => p.fim_dense(target).map_err(e)?,
@@ -242,7 +246,7 @@ impl Preconditioner {
                 })
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -315,6 +319,7 @@ pub fn train_binned<O: Ops>(
         Optimizer::Ngd { .. } => State::Ngd {
             pre: None,
             buf: None,
+            ready: None,
         },
         Optimizer::Sgd { .. } => State::Sgd { buf: None },
     };
@@ -491,14 +496,26 @@ pub fn train_binned<O: Ops>(
                     decay,
                     ..
                 },
-                State::Ngd { pre, buf },
+                State::Ngd { pre, buf, ready },
             ) => {
                 let target = ngd_target(fisher, mse, net.outputs());
-                Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
+                let changed =
+                    Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
                 let f = &pre.as_ref().expect("made at the first step").fim;
-                let mut d = f
-                    .solve_in(&g, *damping, &*linalg_of(o))
-                    .map_err(|e| e.to_string())?;
+                let la = linalg_of(o);
+                if changed {
+                    *ready = None;
+                } else if ready.is_none() {
+                    // Unchanged since the last step: it serves several, so
+                    // its inverse is prepared once rather than the matrices
+                    // factorised at every step.
+                    let inv = Inverse::new(o, f, *damping, &*la).map_err(|e| e.to_string())?;
+                    *ready = Some(Box::new(inv));
+                }
+                let mut d = match ready {
+                    Some(inv) => inv.apply(o, &g, &*la).map_err(|e| e.to_string())?,
+                    None => f.solve_in(&g, *damping, &*la).map_err(|e| e.to_string())?,
+                };
                 if *momentum != 0.0 {
                     if let Some(b) = buf.as_ref() {
                         d.iter_mut()

@@ -7,6 +7,7 @@ pub mod gram;
 pub mod hessian;
 pub mod hostcopy;
 pub mod init;
+pub mod inverse;
 pub mod jacobian;
 pub mod kernel;
 pub mod net;

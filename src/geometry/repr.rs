@@ -83,7 +83,7 @@ type R<T> = Result<T, ReprError>;
 /// Refuses an undamped solve with a matrix that is singular to working
 /// precision, saying how small its smallest eigenvalue is, instead of
 /// returning the round-off of a pivoted solve.
-fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
+pub(crate) fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
     let ev = la.eigvalsh(m)?;
     let top = ev.iter().fold(0.0f64, |a, x| a.max(x.abs()));
     let tol = top * m.rows as f64 * f64::EPSILON;
@@ -97,11 +97,11 @@ fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
     }
 }
 
-fn natural(v: &[f64], l: &LayerInfo) -> Mat {
+pub(crate) fn natural(v: &[f64], l: &LayerInfo) -> Mat {
     Mat::from_vec(l.sg, l.sa, from_flat_host(v, l.sg, l.sa, l.bias, l.order))
 }
 
-fn flat(m: &Mat, l: &LayerInfo) -> Vec<f64> {
+pub(crate) fn flat(m: &Mat, l: &LayerInfo) -> Vec<f64> {
     to_flat_host(&m.data, l.sg, l.sa, l.bias, l.order)
 }
 
@@ -152,7 +152,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// `(K, damping)` → the π of NNGeometry's KFAC damping.
-fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
+pub(crate) fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
     let ta = a.trace() / a.rows as f64;
     let tg = g.trace() / g.rows as f64;
     if ta > 0.0 && tg > 0.0 {
@@ -458,7 +458,7 @@ impl Fim {
         self.layers.iter().map(|l| l.numel).sum()
     }
 
-    fn slice<'a>(&self, v: &'a [f64], l: &LayerInfo) -> &'a [f64] {
+    pub(crate) fn slice<'a>(&self, v: &'a [f64], l: &LayerInfo) -> &'a [f64] {
         &v[l.offset..l.offset + l.numel]
     }
 

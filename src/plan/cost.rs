@@ -1174,7 +1174,10 @@ pub fn train_peak(
         } else {
             0
         };
-        peak += 2 * held + kfac + fresh;
+        // The running statistics, a fresh batch's, EKFAC's running KFAC
+        // factors, and the prepared inverse of the running ones (in the
+        // run's dtype, at most the f64 `held`; kept until a refresh ends).
+        peak += 3 * held + kfac + fresh;
     }
     peak
 }

@@ -1,0 +1,142 @@
+//! A Fisher's damped inverse, prepared once and applied to many vectors:
+//! the natural gradient between two refreshes of its statistics solves
+//! with the same matrix at every step. [`Fim::solve_in`] factorises the
+//! damped matrices on each call (KFAC: two Cholesky factorisations and
+//! triangular solves per layer, in f64 on the host); prepared, each step
+//! is a few products on the backend's device in the run's precision, where
+//! the gradient was computed (on a GPU, no host work at all).
+//!
+//! The inverses themselves are computed in f64 (where [`Linalg`] says)
+//! and then held in the run's precision: an f64 run's steps agree with
+//! [`Fim::solve_in`] to round-off.
+
+use super::ops::{Ops, OpsError, OpsResult};
+use super::repr::{flat, kfac_pi, natural, Block, Fim, FimBody, LayerInfo};
+use crate::linalg::{Linalg, Mat};
+
+/// How one layer's block (or the whole matrix) is applied.
+enum Part<T> {
+    /// `(M + λI)⁻¹` as one matrix, in the layer's flat order.
+    Matrix(T),
+    /// KFAC with π-damping: `(G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹` on the
+    /// natural layout `V [sg, sa]`.
+    Kron { ginv: T, ainv: T },
+    /// EKFAC: `U_G ((U_Gᵀ V U_A) ⊘ (D + λ)) U_Aᵀ`.
+    Eigen { ug: T, ua: T, inv: T },
+    /// Solved on the host as [`Block::solve`] does (diagonals: already a
+    /// division per entry).
+    Host(Block),
+}
+
+/// `(F + λI)⁻¹` of a Fisher for one damping, ready to apply.
+pub struct Inverse<T> {
+    layers: Vec<LayerInfo>,
+    damping: f64,
+    how: How<T>,
+}
+
+enum How<T> {
+    /// A dense Fisher: one matrix over every layer.
+    Dense(T),
+    /// Block-diagonal: one part per layer.
+    Blocks(Vec<Part<T>>),
+    /// A low-rank Fisher, solved as [`Fim::solve_in`] does.
+    Solve(Fim),
+}
+
+fn err(e: impl std::fmt::Display) -> OpsError {
+    OpsError(e.to_string())
+}
+
+/// `(m + shift·I)⁻¹` in f64 where `la` solves.
+fn damped_inverse(m: &Mat, shift: f64, la: &dyn Linalg) -> OpsResult<Mat> {
+    let mut md = m.clone();
+    md.add_diag(shift);
+    la.solve_sym(&md, &Mat::identity(m.rows)).map_err(err)
+}
+
+fn up<O: Ops>(o: &O, m: &Mat) -> OpsResult<O::T> {
+    o.upload(&[m.rows, m.cols], &m.data)
+}
+
+impl<T> Inverse<T> {
+    /// Prepares `(f + damping·I)⁻¹` on `o`'s device. The caller has solved
+    /// with it once already (a singular undamped matrix was refused there).
+    pub fn new<O: Ops<T = T>>(
+        o: &O,
+        f: &Fim,
+        damping: f64,
+        la: &dyn Linalg,
+    ) -> OpsResult<Inverse<T>> {
+        let how = match &f.body {
+            FimBody::Dense(m) => How::Dense(up(o, &damped_inverse(m, damping, la)?)?),
+            FimBody::LowRank(_) => How::Solve(f.clone()),
+            FimBody::Blocks(blocks) => {
+                let parts = blocks
+                    .iter()
+                    .map(|b| {
+                        Ok(match b {
+                            Block::Dense(m) => {
+                                Part::Matrix(up(o, &damped_inverse(m, damping, la)?)?)
+                            }
+                            Block::Kfac { a, g } => {
+                                let pi = kfac_pi(a, g);
+                                let s = damping.sqrt();
+                                Part::Kron {
+                                    ginv: up(o, &damped_inverse(g, s / pi, la)?)?,
+                                    ainv: up(o, &damped_inverse(a, pi * s, la)?)?,
+                                }
+                            }
+                            Block::Ekfac { ua, ug, d } => {
+                                let inv: Vec<f64> =
+                                    d.data.iter().map(|e| 1.0 / (e + damping)).collect();
+                                Part::Eigen {
+                                    ug: up(o, ug)?,
+                                    ua: up(o, ua)?,
+                                    inv: o.upload(&[d.rows, d.cols], &inv)?,
+                                }
+                            }
+                            other => Part::Host(other.clone()),
+                        })
+                    })
+                    .collect::<OpsResult<_>>()?;
+                How::Blocks(parts)
+            }
+        };
+        Ok(Inverse {
+            layers: f.layers.clone(),
+            damping,
+            how,
+        })
+    }
+
+    /// `(F + λI)⁻¹ v`, `v` in the Fisher's flat order.
+    pub fn apply<O: Ops<T = T>>(&self, o: &O, v: &[f64], la: &dyn Linalg) -> OpsResult<Vec<f64>> {
+        let parts = match &self.how {
+            How::Solve(f) => return f.solve_in(v, self.damping, la).map_err(err),
+            How::Dense(m) => return o.download(&o.matmul(m, &o.upload(&[v.len(), 1], v)?)?),
+            How::Blocks(parts) => parts,
+        };
+        let mut out = Vec::with_capacity(v.len());
+        for (part, l) in parts.iter().zip(&self.layers) {
+            let vl = &v[l.offset..l.offset + l.numel];
+            out.extend(match part {
+                Part::Matrix(m) => o.download(&o.matmul(m, &o.upload(&[vl.len(), 1], vl)?)?)?,
+                Part::Kron { ginv, ainv } => {
+                    let x = up(o, &natural(vl, l))?;
+                    let y = o.matmul(&o.matmul(ginv, &x)?, ainv)?;
+                    flat(&Mat::from_vec(l.sg, l.sa, o.download(&y)?), l)
+                }
+                Part::Eigen { ug, ua, inv } => {
+                    let x = up(o, &natural(vl, l))?;
+                    let r = o.matmul(&o.t_matmul(ug, &x)?, ua)?;
+                    let q = o.mul(&r, inv)?;
+                    let y = o.matmul(&o.matmul(ug, &q)?, &o.transpose(ua, 0, 1)?)?;
+                    flat(&Mat::from_vec(l.sg, l.sa, o.download(&y)?), l)
+                }
+                Part::Host(b) => b.solve(l, vl, self.damping, la).map_err(err)?,
+            });
+        }
+        Ok(out)
+    }
+}
