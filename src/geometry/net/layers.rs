@@ -1,0 +1,421 @@
+//! Building a [`Net`] from its spec: each layer's parameters uploaded in
+//! the layout its kernels read, the unfold indices of its convolutions and
+//! pools, and when each node's value can be released.
+
+use super::*;
+
+/// Unfold indices for a `kernel` window moved by `stride` over an `h × w`
+/// image padded by `padding`, taps `dilation` apart. Out-of-image taps
+/// point at index `h·w`, a zero appended to the image. Returns the map
+/// (tap-major, `K·L` entries) and the output size `(oh, ow)`.
+pub fn unfold_index(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> (Vec<u32>, usize, usize) {
+    let oh = crate::plan::conv_len(h, kernel[0], stride[0], padding[0], dilation[0]).unwrap_or(0);
+    let ow = crate::plan::conv_len(w, kernel[1], stride[1], padding[1], dilation[1]).unwrap_or(0);
+    let pad = (h * w) as u32;
+    let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    let r = (oi * stride[0] + ki * dilation[0]) as isize - padding[0] as isize;
+                    let c = (oj * stride[1] + kj * dilation[1]) as isize - padding[1] as isize;
+                    if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                        idx.push((r as usize * w + c as usize) as u32);
+                    } else {
+                        idx.push(pad);
+                    }
+                }
+            }
+        }
+    }
+    (idx, oh, ow)
+}
+
+/// Unfold indices of a transposed convolution from an `h × w` image to
+/// its `oh × ow` output: for each tap and output position, the input
+/// position that reaches it through that tap (`h·w`, a zero, if none).
+/// With them a transposed convolution is a convolution of its patches,
+/// as NNGeometry's `unfold_transpose_conv2d` sees it.
+#[allow(clippy::too_many_arguments)]
+fn transposed_index(
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Vec<u32> {
+    let pad = (h * w) as u32;
+    let src = |o: usize, k: usize, a: usize, size: usize| -> Option<usize> {
+        let t = (o + padding[a]).checked_sub(k * dilation[a])?;
+        (t % stride[a] == 0 && t / stride[a] < size).then_some(t / stride[a])
+    };
+    let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+    for ki in 0..kernel[0] {
+        for kj in 0..kernel[1] {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    idx.push(match (src(oi, ki, 0, h), src(oj, kj, 1, w)) {
+                        (Some(r), Some(c)) => (r * w + c) as u32,
+                        _ => pad,
+                    });
+                }
+            }
+        }
+    }
+    idx
+}
+
+/// PyTorch's adaptive average pooling of an `h × w` image to `oh × ow` as
+/// a matrix `[h·w, oh·ow]`: output cell `(i, j)` averages rows
+/// `[⌊i·h/oh⌋, ⌈(i+1)·h/oh⌉)` and the same for columns.
+fn adaptive_pool_matrix(h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
+    let mut p = vec![0.0; h * w * oh * ow];
+    for i in 0..oh {
+        let (r0, r1) = (i * h / oh, ((i + 1) * h).div_ceil(oh));
+        for j in 0..ow {
+            let (c0, c1) = (j * w / ow, ((j + 1) * w).div_ceil(ow));
+            let share = 1.0 / ((r1 - r0) * (c1 - c0)) as f64;
+            for r in r0..r1 {
+                for c in c0..c1 {
+                    p[(r * w + c) * oh * ow + i * ow + j] = share;
+                }
+            }
+        }
+    }
+    p
+}
+
+/// A convolution's natural weight `[out, sa_w]` (row-major `data`) and
+/// its transpose, per group `[groups, out/groups, sa_w]` when grouped.
+fn conv_weights<O: Ops>(
+    o: &O,
+    layer: &mut NetLayer<O::T>,
+    data: &[f64],
+    cout: usize,
+    sa_w: usize,
+    groups: usize,
+) -> OpsResult<()> {
+    let (w, wt) = if groups == 1 {
+        let w = o.upload(&[cout, sa_w], data)?;
+        let wt = o.transpose(&w, 0, 1)?;
+        (w, wt)
+    } else {
+        let w = o.upload(&[groups, cout / groups, sa_w], data)?;
+        let wt = o.transpose(&w, 1, 2)?;
+        (w, wt)
+    };
+    layer.w = Some(w);
+    layer.wt = Some(wt);
+    Ok(())
+}
+
+/// `w [rows, cols]` (or per group `[G, rows/G, cols/G]`) applied to
+/// `x [b, cols, L]`: `[b, rows, L]`.
+pub(super) fn grouped_matmul<O: Ops>(o: &O, w: &O::T, x: &O::T) -> OpsResult<O::T> {
+    let ws = o.shape(w);
+    if ws.len() == 2 {
+        return o.matmul(w, x);
+    }
+    let xs = o.shape(x);
+    let (g, b, l) = (ws[0], xs[0], xs[2]);
+    let x4 = o.reshape(x, &[b, g, xs[1] / g, l])?;
+    o.reshape(&o.matmul(w, &x4)?, &[b, g * ws[1], l])
+}
+
+impl<O: Ops> Net<O> {
+    /// Uploads `params` (as made by [`crate::geometry::init`] or read from a file).
+    pub fn new(o: &O, spec: &ModelSpec, params: HostParams) -> OpsResult<Self> {
+        spec.validate().map_err(OpsError)?;
+        let mut layers = Vec::new();
+        let mut kinds = Vec::new();
+        for (index, l) in spec.layers.iter().enumerate() {
+            let key = |k: &str| format!("{}.{k}", l.name);
+            let get = |k: &str| -> OpsResult<&HostParam> {
+                params
+                    .get(&key(k))
+                    .ok_or_else(|| OpsError(format!("missing parameter `{}`", key(k))))
+            };
+            let mut layer = NetLayer {
+                spec: l.clone(),
+                w: None,
+                wt: None,
+                b: None,
+                running: None,
+                unfold: None,
+                pool: None,
+                src: spec.sources(index),
+            };
+            let mut slot_kind = None;
+            match &l.layer {
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    let w = o.upload(&[*out_features, *in_features], &get("weight")?.data)?;
+                    layer.wt = Some(o.transpose(&w, 0, 1)?);
+                    layer.w = Some(w);
+                    if *bias {
+                        layer.b = Some(o.upload(&[*out_features], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: *out_features,
+                        sa: in_features + *bias as usize,
+                        bias: *bias,
+                        conv: false,
+                        groups: 1,
+                        transposed: None,
+                    });
+                }
+                Layer::ConvTranspose2d {
+                    in_channels: cin,
+                    out_channels: cout,
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    bias,
+                    ..
+                } => {
+                    let (cin, cout, groups, bias) = (*cin, *cout, *groups, *bias);
+                    let (h, w) = (l.input[1], l.input[2]);
+                    let (oh, ow) = (l.output[1], l.output[2]);
+                    let idx = transposed_index(h, w, oh, ow, *kernel, *stride, *padding, *dilation);
+                    let k = kernel[0] * kernel[1];
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin,
+                        k,
+                        l: oh * ow,
+                        hw: h * w,
+                        geom: None,
+                    });
+                    // PyTorch's `[in, out/groups, K]` in the natural layout
+                    // `[out, in/groups · K]` of a convolution.
+                    let pt = &get("weight")?.data;
+                    let sa_w = cin / groups * k;
+                    let ord = Some((groups, k));
+                    let mut nat = vec![0.0; cout * sa_w];
+                    for g in 0..cout {
+                        for a in 0..sa_w {
+                            nat[g * sa_w + a] =
+                                pt[crate::geometry::stats::weight_pos(g, a, cout, sa_w, ord)];
+                        }
+                    }
+                    conv_weights(o, &mut layer, &nat, cout, sa_w, groups)?;
+                    if bias {
+                        layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: cout,
+                        sa: sa_w + bias as usize,
+                        bias,
+                        conv: true,
+                        groups,
+                        transposed: Some(k),
+                    });
+                }
+                Layer::Embedding {
+                    num_embeddings,
+                    dim,
+                } => {
+                    layer.w = Some(o.upload(&[*num_embeddings, *dim], &get("weight")?.data)?);
+                    slot_kind = Some(SlotKind::Embedding {
+                        num: *num_embeddings,
+                        dim: *dim,
+                    });
+                }
+                Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
+                    // A Conv1d is a Conv2d over a 1-pixel-high image.
+                    let (cin, cout, h, w, kernel, stride, padding, dilation, bias, groups) =
+                        match &l.layer {
+                            Layer::Conv2d {
+                                in_channels,
+                                out_channels,
+                                kernel,
+                                stride,
+                                padding,
+                                bias,
+                                dilation,
+                                groups,
+                            } => (
+                                *in_channels,
+                                *out_channels,
+                                l.input[1],
+                                l.input[2],
+                                *kernel,
+                                *stride,
+                                *padding,
+                                *dilation,
+                                *bias,
+                                *groups,
+                            ),
+                            Layer::Conv1d {
+                                in_channels,
+                                out_channels,
+                                kernel,
+                                stride,
+                                padding,
+                                bias,
+                            } => (
+                                *in_channels,
+                                *out_channels,
+                                1,
+                                l.input[1],
+                                [1, *kernel],
+                                [1, *stride],
+                                [0, *padding],
+                                [1, 1],
+                                *bias,
+                                1,
+                            ),
+                            _ => unreachable!(),
+                        };
+                    let (idx, oh, ow) = unfold_index(h, w, kernel, stride, padding, dilation);
+                    let k = kernel[0] * kernel[1];
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin,
+                        k,
+                        l: oh * ow,
+                        hw: h * w,
+                        geom: Some(ConvGeom {
+                            cin,
+                            cout,
+                            groups,
+                            input: [h, w],
+                            output: [oh, ow],
+                            kernel,
+                            stride,
+                            padding,
+                            dilation,
+                        }),
+                    });
+                    let sa_w = cin / groups * k;
+                    conv_weights(o, &mut layer, &get("weight")?.data, cout, sa_w, groups)?;
+                    if bias {
+                        layer.b = Some(o.upload(&[cout, 1], &get("bias")?.data)?);
+                    }
+                    slot_kind = Some(SlotKind::Affine {
+                        sg: cout,
+                        sa: sa_w + bias as usize,
+                        bias,
+                        conv: true,
+                        groups,
+                        transposed: None,
+                    });
+                }
+                Layer::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                }
+                | Layer::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
+                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, *padding, [1, 1]);
+                    layer.unfold = Some(Unfold {
+                        idx: o.upload_index(&idx)?,
+                        cin: c,
+                        k: kernel[0] * kernel[1],
+                        l: oh * ow,
+                        hw: h * w,
+                        geom: None,
+                    });
+                }
+                Layer::AdaptiveAvgPool2d { output } => {
+                    let (h, w) = (l.input[1], l.input[2]);
+                    let p = adaptive_pool_matrix(h, w, output[0], output[1]);
+                    let m = o.upload(&[h * w, output[0] * output[1]], &p)?;
+                    layer.pool = Some((m.clone(), o.transpose(&m, 0, 1)?));
+                }
+                Layer::BatchNorm1d { features: c, eps }
+                | Layer::BatchNorm2d { channels: c, eps } => {
+                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                    let mean = &get("running_mean")?.data;
+                    let s: Vec<f64> = get("running_var")?
+                        .data
+                        .iter()
+                        .map(|v| 1.0 / (v + eps).sqrt())
+                        .collect();
+                    layer.running = Some((o.upload(&[*c, 1], mean)?, o.upload(&[*c, 1], &s)?));
+                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                }
+                Layer::GroupNorm { channels: c, .. } => {
+                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                }
+                Layer::LayerNorm { shape, .. } => {
+                    let d: usize = shape.iter().product();
+                    layer.w = Some(o.upload(&[1, d], &get("weight")?.data)?);
+                    layer.b = Some(o.upload(&[1, d], &get("bias")?.data)?);
+                    slot_kind = Some(SlotKind::Elementwise { d });
+                }
+                Layer::Dropout { .. }
+                | Layer::Relu
+                | Layer::Tanh
+                | Layer::Sigmoid
+                | Layer::Gelu
+                | Layer::Flatten
+                | Layer::Add
+                | Layer::Concat => {}
+            }
+            kinds.push(slot_kind);
+            layers.push(layer);
+        }
+        // Slots in parameter order, which fixes the flat layout.
+        let mut slots = Vec::new();
+        let mut slot_of = vec![None; layers.len()];
+        let mut offset = 0;
+        for index in spec.param_indices() {
+            let l = &spec.layers[index];
+            let kind = kinds[index].ok_or_else(|| {
+                OpsError(format!("layer `{}` has parameters but no layout", l.name))
+            })?;
+            let numel = l.params as usize;
+            slot_of[index] = Some(slots.len());
+            slots.push(LayerSlot {
+                index,
+                name: l.name.clone(),
+                offset,
+                numel,
+                kind,
+            });
+            offset += numel;
+        }
+        let mut needs_grad = vec![false; layers.len() + 1];
+        let mut last_use = vec![0; layers.len() + 1];
+        for (i, l) in layers.iter().enumerate() {
+            needs_grad[i + 1] = l.spec.params > 0 || l.src.iter().any(|&s| needs_grad[s]);
+            for &s in &l.src {
+                last_use[s] = i;
+            }
+        }
+        Ok(Net {
+            spec: spec.clone(),
+            layers,
+            slots,
+            params,
+            mode: Reparam::Plain,
+            needs_grad,
+            last_use,
+            slot_of,
+        })
+    }
+}
