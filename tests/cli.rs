@@ -663,3 +663,23 @@ fn bench_runs_the_resnet18_exec_cases() {
         "{stdout}"
     );
 }
+
+/// A reader that stops early (`nngeo models | head -1`) ends a listing
+/// quietly, as any Unix filter does: no panic message, no exit status 101.
+/// The pipe's read end is closed before the command writes anything.
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    for cmd in ["models", "backends"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_nngeo"))
+            .arg(cmd)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(writer)
+            .output()
+            .expect("run nngeo");
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{cmd}: {err}");
+    }
+}
