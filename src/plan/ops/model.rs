@@ -1,0 +1,300 @@
+//! Models: their layers (PyTorch's parameter layout), graph sources and
+//! initialisation.
+
+use super::*;
+
+/// A model as a directed acyclic graph of named layers.
+///
+/// `layers` is in execution (topological) order and the last layer's output
+/// is the model's output. A chain leaves every `from` empty. Names are
+/// PyTorch module paths (`layer2.0.downsample.0`), so a `state_dict` loads
+/// unchanged; a parameter-free module applied twice (a block's `relu`) is
+/// two layers of the same name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Per-example input shape; inputs are reshaped to it (row-major).
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub layers: Vec<LayerSpec>,
+    /// Total number of parameters.
+    pub params: u64,
+    pub init: Init,
+    /// safetensors file with PyTorch `state_dict` names to load.
+    pub weights: Option<String>,
+    /// Indices into `layers` of the parameterised layers in parameter
+    /// order (PyTorch's `named_modules()` order, which NNGeometry's flat
+    /// vectors follow), when that differs from execution order. Empty:
+    /// execution order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub param_order: Vec<usize>,
+}
+
+impl ModelSpec {
+    pub fn outputs(&self) -> usize {
+        self.output.iter().product()
+    }
+    /// The parameterised layer of this name (parameter-free names may
+    /// repeat; the first is returned).
+    pub fn layer(&self, name: &str) -> Option<&LayerSpec> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+    /// Indices of the layers that own parameters, in parameter order.
+    pub fn param_indices(&self) -> Vec<usize> {
+        if self.param_order.is_empty() {
+            (0..self.layers.len())
+                .filter(|&i| self.layers[i].params > 0)
+                .collect()
+        } else {
+            self.param_order.clone()
+        }
+    }
+    /// Layers that own parameters, in parameter order.
+    pub fn param_layers(&self) -> impl Iterator<Item = &LayerSpec> {
+        self.param_indices().into_iter().map(|i| &self.layers[i])
+    }
+    /// Layers that carry `state_dict` tensors (parameters or buffers), in
+    /// `state_dict` order.
+    pub fn stateful_layers(&self) -> impl Iterator<Item = &LayerSpec> {
+        self.param_layers()
+    }
+    /// The graph nodes layer `i` reads: `0` is the model input, `k` the
+    /// output of `layers[k − 1]`.
+    pub fn sources(&self, i: usize) -> Vec<usize> {
+        let f = &self.layers[i].from;
+        if f.is_empty() {
+            vec![i]
+        } else {
+            f.clone()
+        }
+    }
+    /// Whether any layer reads something other than its predecessor.
+    pub fn is_graph(&self) -> bool {
+        self.layers
+            .iter()
+            .enumerate()
+            .any(|(i, l)| !l.from.is_empty() && l.from != [i])
+    }
+    /// The shape of graph node `node` (see [`Self::sources`]).
+    pub fn node_shape(&self, node: usize) -> &[usize] {
+        if node == 0 {
+            &self.input
+        } else {
+            &self.layers[node - 1].output
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// The PyTorch module path (`layers.{i}` in an `nn.Sequential`).
+    pub name: String,
+    pub layer: Layer,
+    /// Shape of the (first) input, per example.
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub params: u64,
+    /// Graph models: the nodes this layer reads (`0` the model input, `k`
+    /// the output of layer `k − 1`); empty reads the previous layer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Layer {
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        bias: bool,
+        #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
+        dilation: [usize; 2],
+        /// Weight `[out, in/groups, kh, kw]`.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+    },
+    /// PyTorch's `ConvTranspose2d`: weight `[in, out/groups, kh, kw]`,
+    /// output `(H−1)·stride − 2·padding + dilation·(k−1) + output_padding + 1`.
+    ConvTranspose2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        output_padding: [usize; 2],
+        #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
+        dilation: [usize; 2],
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+        bias: bool,
+    },
+    /// PyTorch's `Embedding`: weight `[num_embeddings, dim]`; reads the
+    /// model input, whose values are integer token ids.
+    Embedding {
+        num_embeddings: usize,
+        dim: usize,
+    },
+    Conv1d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    Relu,
+    Tanh,
+    Sigmoid,
+    Gelu,
+    Flatten,
+    /// Max pooling; padded positions never win (PyTorch pads with −∞).
+    MaxPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        padding: [usize; 2],
+    },
+    /// Average pooling; padded zeros count (PyTorch's `count_include_pad`).
+    AvgPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_zero2")]
+        padding: [usize; 2],
+    },
+    /// Evaluation mode (running statistics) for curvature.
+    BatchNorm1d {
+        features: usize,
+        eps: f64,
+    },
+    BatchNorm2d {
+        channels: usize,
+        eps: f64,
+    },
+    LayerNorm {
+        shape: Vec<usize>,
+        eps: f64,
+    },
+    /// Per-channel affine over `groups` normalised channel groups.
+    GroupNorm {
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    },
+    /// Average over windows `[floor(i·H/oh), ceil((i+1)·H/oh))`, as
+    /// PyTorch's `AdaptiveAvgPool2d` (global average pooling at 1×1).
+    AdaptiveAvgPool2d {
+        output: [usize; 2],
+    },
+    /// Zeroes each value with probability `p` and scales the rest by
+    /// 1/(1−p) in training (seeded per step); the identity in evaluation,
+    /// so every measurement sees the deterministic network.
+    Dropout {
+        p: f64,
+    },
+    /// Elementwise sum of its inputs (a skip connection).
+    Add,
+    /// Concatenation of its inputs along the channel (first per-example)
+    /// dimension.
+    Concat,
+}
+
+fn one() -> usize {
+    1
+}
+fn is_one(g: &usize) -> bool {
+    *g == 1
+}
+fn ones2() -> [usize; 2] {
+    [1, 1]
+}
+fn is_ones2(d: &[usize; 2]) -> bool {
+    *d == [1, 1]
+}
+fn is_zero2(d: &[usize; 2]) -> bool {
+    *d == [0, 0]
+}
+
+impl Layer {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Layer::Linear { .. } => "Linear",
+            Layer::Conv2d { .. } => "Conv2d",
+            Layer::Conv1d { .. } => "Conv1d",
+            Layer::ConvTranspose2d { .. } => "ConvTranspose2d",
+            Layer::Embedding { .. } => "Embedding",
+            Layer::Relu => "ReLU",
+            Layer::Tanh => "Tanh",
+            Layer::Sigmoid => "Sigmoid",
+            Layer::Gelu => "GELU",
+            Layer::Flatten => "Flatten",
+            Layer::MaxPool2d { .. } => "MaxPool2d",
+            Layer::AvgPool2d { .. } => "AvgPool2d",
+            Layer::BatchNorm1d { .. } => "BatchNorm1d",
+            Layer::BatchNorm2d { .. } => "BatchNorm2d",
+            Layer::LayerNorm { .. } => "LayerNorm",
+            Layer::GroupNorm { .. } => "GroupNorm",
+            Layer::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Layer::Dropout { .. } => "Dropout",
+            Layer::Add => "Add",
+            Layer::Concat => "Concat",
+        }
+    }
+    /// Which group of a per-layer-type `mix(...)` this layer falls in.
+    pub fn family(&self) -> Option<LayerFamily> {
+        match self {
+            Layer::Linear { .. } => Some(LayerFamily::Linear),
+            Layer::Conv2d { .. } | Layer::Conv1d { .. } | Layer::ConvTranspose2d { .. } => {
+                Some(LayerFamily::Conv)
+            }
+            Layer::Embedding { .. } => Some(LayerFamily::Embedding),
+            Layer::BatchNorm1d { .. }
+            | Layer::BatchNorm2d { .. }
+            | Layer::LayerNorm { .. }
+            | Layer::GroupNorm { .. } => Some(LayerFamily::Norm),
+            _ => None,
+        }
+    }
+
+    /// Why KFAC, EKFAC and QuasiDiag (Kronecker-factored structures) cannot
+    /// represent this layer's block, if they cannot. As NNGeometry: Linear,
+    /// Conv1d/2d without groups and ConvTranspose2d have factors.
+    pub fn kron_refusal(&self) -> Option<&'static str> {
+        match self {
+            Layer::Conv2d { groups, .. } | Layer::ConvTranspose2d { groups, .. } if *groups > 1 => {
+                Some("has no Kronecker factors for grouped convolutions (NNGeometry has none either)")
+            }
+            Layer::Embedding { .. } => Some("has no Kronecker factors for embeddings"),
+            l if l.family() == Some(LayerFamily::Norm) => {
+                Some("has no Kronecker factors for normalisation layers")
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+pub enum Init {
+    /// PyTorch's default initialisation of each layer type.
+    Pytorch {
+        seed: u64,
+    },
+    Kaiming {
+        seed: u64,
+    },
+    Xavier {
+        seed: u64,
+    },
+    Normal {
+        std: f64,
+        seed: u64,
+    },
+}
