@@ -33,6 +33,12 @@
 //! Text is drawn with an embedded DejaVu Sans subset, so plots render on
 //! machines with no fonts installed.
 
+mod axes;
+mod style;
+
+use axes::*;
+pub(crate) use style::*;
+
 use super::{read_results, Record, ReportError, RESULTS_JSONL};
 use plotters::coord::ranged1d::{AsRangedCoord, DefaultFormatting, KeyPointHint, ValueFormatter};
 use plotters::coord::Shift;
@@ -123,7 +129,7 @@ pub fn plot_records(
 
 const SIZE: (u32, u32) = (1024, 640);
 const FONT: &str = "sans-serif";
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// Registers the embedded font as plotters' `sans-serif` (once).
 fn register_font() -> Result<(), String> {
@@ -133,130 +139,6 @@ fn register_font() -> Result<(), String> {
             .map_err(|_| "the embedded font is not a valid TrueType font".to_string())
     })
     .clone()
-}
-
-/// Tableau 10.
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
-/// How a line is stroked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Dash {
-    Solid,
-    Dashed,
-    Dotted,
-    Long,
-}
-
-impl Dash {
-    const ALL: [Dash; 4] = [Dash::Solid, Dash::Dashed, Dash::Dotted, Dash::Long];
-
-    /// Dash length and gap in pixels (`None` for a solid line).
-    fn pattern(self) -> Option<(i32, i32)> {
-        match self {
-            Dash::Solid => None,
-            Dash::Dashed => Some((8, 5)),
-            Dash::Dotted => Some((2, 4)),
-            Dash::Long => Some((16, 6)),
-        }
-    }
-}
-
-/// How a point is marked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Marker {
-    Circle,
-    Square,
-    Triangle,
-    Cross,
-}
-
-impl Marker {
-    const ALL: [Marker; 4] = [
-        Marker::Circle,
-        Marker::Square,
-        Marker::Triangle,
-        Marker::Cross,
-    ];
-}
-
-/// The look of one series.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct SeriesStyle {
-    pub color: RGBColor,
-    pub dash: Dash,
-    pub marker: Marker,
-}
-
-/// More series than this get the legend outside the data area.
-pub(crate) const MANY_SERIES: usize = 10;
-
-/// The style of series `i` of `n`. Up to [`MANY_SERIES`]: the palette's
-/// colours, solid lines, round markers. More: the colour cycles fastest,
-/// then the dash, then the marker, so that every series has its own
-/// (colour, dash) pair up to 40 series and its own (colour, dash, marker)
-/// up to 160.
-pub(crate) fn series_style(i: usize, n: usize) -> SeriesStyle {
-    let color = PALETTE[i % PALETTE.len()];
-    if n <= MANY_SERIES {
-        return SeriesStyle {
-            color,
-            dash: Dash::Solid,
-            marker: Marker::Circle,
-        };
-    }
-    let round = i / PALETTE.len();
-    SeriesStyle {
-        color,
-        dash: Dash::ALL[round % Dash::ALL.len()],
-        marker: Marker::ALL[(round / Dash::ALL.len()) % Marker::ALL.len()],
-    }
-}
-
-/// Whether a key is a number of bytes (`memory(F)`, `…/bytes`).
-pub(crate) fn is_memory_key(key: &str) -> bool {
-    let k = key.to_lowercase();
-    k.contains("memory") || k.contains("bytes")
-}
-
-/// A byte count as a tick label: `512 B`, `1 KiB`, `256 MiB`, `1.5 GiB`
-/// (at most three significant digits).
-pub(crate) fn format_bytes_tick(v: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if v == 0.0 || !v.is_finite() {
-        return "0 B".into();
-    }
-    let sign = if v < 0.0 { "-" } else { "" };
-    let mut x = v.abs();
-    let mut u = 0;
-    while x >= 1024.0 && u + 1 < UNITS.len() {
-        x /= 1024.0;
-        u += 1;
-    }
-    let decimals = if x >= 100.0 {
-        0
-    } else if x >= 10.0 {
-        1
-    } else {
-        2
-    };
-    let s = format!("{x:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &s
-    };
-    format!("{sign}{s} {}", UNITS[u])
 }
 
 // ---------------------------------------------------------------- data
@@ -953,131 +835,6 @@ pub(crate) fn mean_and_band(points: &[(f64, f64)]) -> (Vec<(f64, f64)>, Band) {
         }
     }
     (line, band)
-}
-
-fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    values.fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
-}
-
-/// `lo..hi` (both positive) widened to whole decades, at least one, and
-/// a hair more so that rounding cannot drop the end decades' ticks.
-fn decades(lo: f64, hi: f64) -> Range<f64> {
-    let a = lo.log10().floor();
-    let b = hi.log10().ceil().max(a + 1.0);
-    10f64.powf(a) * 0.9999..10f64.powf(b) * 1.0001
-}
-
-/// `lo..hi` (both positive) widened to powers of two, at least one
-/// doubling apart (a hair more, as [`decades`]).
-fn powers_of_two(lo: f64, hi: f64) -> Range<f64> {
-    let a = lo.log2().floor();
-    let b = hi.log2().ceil().max(a + 1.0);
-    2f64.powf(a) * 0.9999..2f64.powf(b) * 1.0001
-}
-
-/// A logarithmic axis of byte counts with key points at powers of two
-/// (every one, or every 2nd, 5th, 10th ... so that they fit: every 10th is
-/// 1 KiB, 1 MiB, 1 GiB).
-#[derive(Clone, Debug)]
-struct LogBytes(Range<f64>);
-
-impl LogBytes {
-    fn key_exponents(&self, max_points: usize) -> Vec<i32> {
-        let lo = self.0.start.log2().ceil() as i32;
-        let hi = self.0.end.log2().floor() as i32;
-        if hi < lo {
-            return Vec::new();
-        }
-        let count = (hi - lo + 1) as usize;
-        let stride = [1, 2, 5, 10, 20, 50]
-            .into_iter()
-            .find(|s| count.div_ceil(*s) <= max_points.max(1))
-            .unwrap_or(100) as i32;
-        let first = lo.div_euclid(stride) * stride;
-        (first..=hi)
-            .step_by(stride as usize)
-            .filter(|k| *k >= lo)
-            .collect()
-    }
-}
-
-impl plotters::coord::ranged1d::Ranged for LogBytes {
-    type FormatOption = DefaultFormatting;
-    type ValueType = f64;
-
-    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
-        let (a, b) = (self.0.start.ln(), self.0.end.ln());
-        let frac = (value.max(f64::MIN_POSITIVE).ln() - a) / (b - a);
-        limit.0 + (frac * f64::from(limit.1 - limit.0)).round() as i32
-    }
-
-    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
-        self.key_exponents(hint.max_num_points())
-            .into_iter()
-            .map(|k| 2f64.powi(k))
-            .collect()
-    }
-
-    fn range(&self) -> Range<f64> {
-        self.0.clone()
-    }
-}
-
-/// `1e-3`, `2.5e4`: for log axes spanning many decades.
-fn format_sci(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let s = format!("{v:.1e}");
-    s.replace(".0e", "e").replace("e0", "")
-}
-
-/// Short tick text: integers as integers, tiny or huge numbers in
-/// scientific notation, others with at most four significant digits.
-fn format_tick(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let a = v.abs();
-    if !(1e-3..1e5).contains(&a) {
-        let s = format!("{v:.1e}");
-        // 1.0e-3 → 1e-3
-        return s.replace(".0e", "e");
-    }
-    if v.fract() == 0.0 {
-        return format!("{v:.0}");
-    }
-    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
-    let s = format!("{v:.decimals$}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
-}
-
-/// A categorical axis: category `i` sits at `i`, the axis spans
-/// `-0.5..n-0.5`, and there is a key point at each category.
-#[derive(Clone, Debug)]
-struct Categories(usize);
-
-impl plotters::coord::ranged1d::Ranged for Categories {
-    type FormatOption = DefaultFormatting;
-    type ValueType = f64;
-
-    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
-        let frac = (value + 0.5) / self.0 as f64;
-        limit.0 + (frac * f64::from(limit.1 - limit.0)).round() as i32
-    }
-
-    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
-        let stride = self.0.div_ceil(hint.max_num_points().max(1)).max(1);
-        (0..self.0).step_by(stride).map(|i| i as f64).collect()
-    }
-
-    fn range(&self) -> Range<f64> {
-        -0.5..self.0 as f64 - 0.5
-    }
 }
 
 #[cfg(test)]
