@@ -27,7 +27,9 @@ mod penalty;
 mod repr;
 mod saved;
 mod sharded;
+mod sources;
 mod train;
+mod transforms;
 mod vectors;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
