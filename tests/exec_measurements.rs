@@ -148,25 +148,29 @@ fn float32_runs_agree_with_float64() {
     }
 }
 
-/// `memory(M)` is what the representation holds: a Fisher's host f64
-/// values whatever the run's dtype (it said half of that in float32
-/// runs), a dense NTK in the run's precision (f32: half of f64), a
-/// centred one in f64. The counts follow from the layers: the conv's
-/// 2 × (9 + 1) weights, `linear(32, 8)`'s 8 × 33, `linear(8, 10)`'s
-/// 10 × 9 (374 parameters); KFAC holds 10² + 2², 33² + 8² and 9² + 10²;
-/// the probe has 30 examples of 10 outputs.
+/// `memory(M)` is what the representation holds, in the precision it is
+/// held in: a dense Fisher and BlockDiag's blocks in the run's precision
+/// (f32: half of f64), KFAC's factors in f64 whatever the run's dtype, a
+/// dense NTK in the run's precision, a centred one in f64. The counts
+/// follow from the layers: the conv's 2 × (9 + 1) weights,
+/// `linear(32, 8)`'s 8 × 33, `linear(8, 10)`'s 10 × 9 (374 parameters);
+/// KFAC holds 10² + 2², 33² + 8² and 9² + 10²; the probe has 30 examples
+/// of 10 outputs.
 #[test]
 fn memory_is_what_a_representation_holds_in_either_dtype() {
     let body = "measure memory(Fim(KFAC) of net on probe) as \"kfac\"\n\
                 measure memory(Fim(Dense) of net on probe) as \"dense\"\n\
+                measure memory(Fim(BlockDiag) of net on probe) as \"blocks\"\n\
                 measure memory(Ntk(Dense) of net on probe) as \"ntk\"\n\
                 measure memory(Ntk(Dense, centered = true) of net on probe) as \"centred\"";
     let kfac = (100 + 4 + 33 * 33 + 64 + 81 + 100) as f64;
+    let blocks = (20 * 20 + 264 * 264 + 90 * 90) as f64;
     for dtype in ["f32", "f64"] {
         let r = run(dtype, body);
-        assert_eq!(num(&r, "kfac"), kfac * 8.0, "{dtype}");
-        assert_eq!(num(&r, "dense"), (374.0 * 374.0) * 8.0, "{dtype}");
         let size = if dtype == "f32" { 4.0 } else { 8.0 };
+        assert_eq!(num(&r, "kfac"), kfac * 8.0, "{dtype}");
+        assert_eq!(num(&r, "dense"), (374.0 * 374.0) * size, "{dtype}");
+        assert_eq!(num(&r, "blocks"), blocks * size, "{dtype}");
         assert_eq!(num(&r, "ntk"), (300.0 * 300.0) * size, "{dtype}");
         assert_eq!(num(&r, "centred"), (300.0 * 300.0) * 8.0, "{dtype}");
     }

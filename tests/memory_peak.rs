@@ -139,6 +139,9 @@ fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
         measure("dense", "f64", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_f32", "f32", 50, "64", "measure trace(Fim(Dense) of net on probe) as \"t\"\n"),
         measure("dense_eigenvalues", "f64", 50, "32", "measure eigenvalues(Fim(Dense) of net on probe, top = 5) as \"e\"\n"),
+        // Held in f32, read through an f64 copy by the factorisation.
+        measure("dense_f32_solve", "f32", 50, "64", "measure solve(Fim(Dense) of net on probe, grad(net, probe), damping = 1e-3) as \"s\"\n"),
+        measure("blockdiag_f32_eigenvalues", "f32", 50, "64, 64", "measure eigenvalues(Fim(BlockDiag) of net on probe, top = 100) as \"e\"\n"),
         measure("blockdiag", "f64", 50, "64, 64", "measure trace(Fim(BlockDiag) of net on probe) as \"t\"\n"),
         measure("diag", "f64", 1000, "1024, 1024", "measure trace(Fim(Diag) of net on probe) as \"t\"\n"),
         measure("kfac", "f64", 1000, "1024, 1024", "measure trace(Fim(KFAC) of net on probe) as \"t\"\n"),
@@ -234,7 +237,7 @@ fn a_sweep_does_not_hold_its_earlier_representations() {
 }
 
 #[test]
-#[ignore = "runs 28 processes of up to 600 MB; see the module doc"]
+#[ignore = "runs 30 processes of up to 600 MB; see the module doc"]
 fn plan_peak_bounds_the_measured_peak() {
     let exe = env!("CARGO_BIN_EXE_nngeo");
     let mut rows = Vec::new();

@@ -64,12 +64,21 @@ fn ntk_memory_is_n_c_squared() {
 }
 
 #[test]
-fn f32_representations_are_held_in_f64_on_the_host() {
-    // The executor keeps every representation as f64 on the host, whatever
-    // the dtype: an f32 run's Fisher takes as much memory as an f64 one's.
-    let src = format!("{CNN}\nmeasure trace(Fim(Dense) of net on d)")
-        .replace("dtype = f64", "dtype = f32");
-    assert_eq!(repr_memory(&plan(&src)), vec![1638 * 1638 * 8]);
+fn f32_dense_representations_are_held_in_f32() {
+    // A float32 run keeps a dense Fisher, BlockDiag's blocks and a dense
+    // NTK in f32 (half the bytes of an f64 run's); KFAC's factors, EKFAC's
+    // bases and a diagonal stay in f64, so they take what an f64 run's do.
+    let body = "measure trace(Fim(Dense) of net on d), trace(Fim(BlockDiag) of net on d), \
+                trace(Fim(KFAC) of net on d), trace(Fim(Diag) of net on d), \
+                trace(Ntk(Dense) of net on d)";
+    let src = format!("{CNN}\n{body}");
+    let wide = repr_memory(&plan(&src));
+    let narrow = repr_memory(&plan(&src.replace("dtype = f64", "dtype = f32")));
+    assert_eq!(narrow[0] * 2, wide[0], "Dense");
+    assert_eq!(narrow[0], 1638 * 1638 * 4);
+    assert_eq!(narrow[1] * 2, wide[1], "BlockDiag");
+    assert_eq!(narrow[2..4], wide[2..4], "KFAC and Diag in f64");
+    assert_eq!(narrow[4] * 2, wide[4], "NTK");
 }
 
 #[test]

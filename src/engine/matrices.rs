@@ -138,7 +138,7 @@ impl<O: Ops> Engine<O> {
             .for_each(|(a, b)| *a = 0.5 * (*a + b));
         Ok(Fim {
             layers: infos,
-            body: FimBody::Dense(m),
+            body: FimBody::Dense(crate::linalg::HostMatrix::F64(m)),
             n: self.data(r.data)?.host.info.n,
             refit: false,
         })

@@ -150,7 +150,7 @@ impl<O: Ops> Engine<O> {
                             }
                         }
                     }
-                    NtkBody::Dense(Stored::F64(low))
+                    NtkBody::Dense(Stored::from(low))
                 }
                 // Held in the run's precision unless it is centred next
                 // (new values, derived on the host in f64).
@@ -273,7 +273,7 @@ impl<O: Ops> Engine<O> {
                 let d = self.data(r.data)?;
                 let p = self.problem(net, d, vec![slot], net.outputs());
                 let body = match r.shards {
-                    Some(s) => Stored::F64(parts::ntk_sharded(&p, s).map_err(|e| e.to_string())?),
+                    Some(s) => Stored::from(parts::ntk_sharded(&p, s).map_err(|e| e.to_string())?),
                     None => p
                         .ntk_dense_in(false, store_for(self.o(), r.centered))
                         .map_err(|e| e.to_string())?,
@@ -605,13 +605,11 @@ impl<O: Ops> Engine<O> {
                 scalar(diff / db.frobenius())
             }
             Measurement::Memory { m } => {
-                // What the representation holds, as the plan counts it: a
-                // Fisher's values on the host in f64 whatever the run's
-                // dtype; a dense NTK built whole in the run's precision.
+                // What the representation holds, in the precision it holds
+                // it (as the plan counts it: `plan::cost::dense_dtype`).
                 let r = self.operand(m)?;
-                let size = std::mem::size_of::<f64>() as f64;
                 scalar(match &r.kind {
-                    ReprKind::Fim(f) => f.stored() as f64 * size,
+                    ReprKind::Fim(f) => f.bytes() as f64,
                     ReprKind::Ntk(k) => k.bytes() as f64,
                     ReprKind::Implicit(_) => 0.0,
                 })
@@ -758,7 +756,7 @@ pub(super) fn conjugate_gradient(
 /// Where a dense NTK is held: on the device where the backend keeps
 /// results there, else on the host in the run's precision; on the host in
 /// f64 when it is centred next (new values derived there; see
-/// `plan::cost::held_in_run_dtype`).
+/// `plan::cost::dense_dtype`).
 fn store_for<O: Ops>(o: &O, centered: bool) -> Keep {
     if centered {
         Keep::Host(Dtype::F64)

@@ -4,8 +4,9 @@
 
 use crate::geometry::parts::{Part, PartData};
 use crate::geometry::repr::{Block, FimBody};
-use crate::linalg::Mat;
+use crate::linalg::{HostMatrix, Mat};
 use safetensors::SafeTensors;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -29,10 +30,14 @@ fn parse_range(s: &str) -> Option<(usize, usize)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-type Named<'d> = Vec<(String, Vec<usize>, &'d [f64])>;
+type Named<'d> = Vec<crate::geometry::repr_io::Named<'d>>;
 
 fn mat<'d>(t: &mut Named<'d>, name: String, m: &'d Mat) {
-    t.push((name, vec![m.rows, m.cols], &m.data));
+    t.push((name, vec![m.rows, m.cols], Cow::Borrowed(&m.data)));
+}
+
+fn host<'d>(t: &mut Named<'d>, name: String, m: &'d HostMatrix) {
+    t.push((name, vec![m.rows(), m.cols()], m.values_f64()));
 }
 
 /// The tensors of a part, named, with the body's layout.
@@ -40,7 +45,7 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
     let mut t: Named<'_> = Vec::new();
     let kind = match data {
         PartData::Fim(FimBody::Dense(m)) => {
-            mat(&mut t, "dense".into(), m);
+            host(&mut t, "dense".into(), m);
             "fim:dense".to_string()
         }
         PartData::Fim(FimBody::Blocks(blocks)) => {
@@ -48,11 +53,11 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
             for (k, b) in blocks.iter().enumerate() {
                 kinds.push(match b {
                     Block::Dense(m) => {
-                        mat(&mut t, format!("{k}.dense"), m);
+                        host(&mut t, format!("{k}.dense"), m);
                         "dense"
                     }
                     Block::Diag(d) => {
-                        t.push((format!("{k}.diag"), vec![d.len()], d));
+                        t.push((format!("{k}.diag"), vec![d.len()], Cow::Borrowed(d)));
                         "diag"
                     }
                     Block::Kfac { a, g } => {
@@ -61,7 +66,7 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
                         "kfac"
                     }
                     Block::QuasiDiag { diag, cross } => {
-                        t.push((format!("{k}.diag"), vec![diag.len()], diag));
+                        t.push((format!("{k}.diag"), vec![diag.len()], Cow::Borrowed(diag)));
                         mat(&mut t, format!("{k}.cross"), cross);
                         "quasidiag"
                     }
@@ -90,7 +95,7 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
             "kernel".to_string()
         }
         PartData::Vector(v) => {
-            t.push(("vector".into(), vec![v.len()], v));
+            t.push(("vector".into(), vec![v.len()], Cow::Borrowed(v)));
             "vector".to_string()
         }
     };
@@ -190,7 +195,7 @@ pub(super) fn read(path: &Path, e: &Expect<'_>) -> Result<Part, String> {
     };
     let kind = get("kind")?;
     let data = if kind == "fim:dense" {
-        PartData::Fim(FimBody::Dense(mat("dense")?))
+        PartData::Fim(FimBody::Dense(HostMatrix::F64(mat("dense")?)))
     } else if kind == "fim:lowrank" {
         PartData::Fim(FimBody::LowRank(mat("lowrank")?))
     } else if let Some(list) = kind.strip_prefix("fim:blocks:") {
@@ -200,7 +205,7 @@ pub(super) fn read(path: &Path, e: &Expect<'_>) -> Result<Part, String> {
             .enumerate()
             .map(|(k, b)| {
                 Ok(match b {
-                    "dense" => Block::Dense(mat(&format!("{k}.dense"))?),
+                    "dense" => Block::Dense(HostMatrix::F64(mat(&format!("{k}.dense"))?)),
                     "diag" => Block::Diag(vec_of(&format!("{k}.diag"))?.1),
                     "kfac" => Block::Kfac {
                         a: mat(&format!("{k}.a"))?,

@@ -196,12 +196,12 @@ impl<O: Ops> Engine<O> {
             return Ok(Built::PartWritten);
         }
         if !self.parts_on_disk(at) {
-            return Ok(Built::Whole(Stored::F64(
+            return Ok(Built::Whole(Stored::from(
                 parts::ntk_sharded(p, k).map_err(err)?,
             )));
         }
         let blocks = self.read_stage(at.expect("from_files"), 1)?;
-        Ok(Built::Whole(Stored::F64(
+        Ok(Built::Whole(Stored::from(
             parts::reduce_kernel(p.net.outputs(), p.n, &blocks, k).map_err(err)?,
         )))
     }

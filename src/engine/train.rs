@@ -105,7 +105,9 @@ fn blend(run: &mut [f64], new: &[f64], decay: f64) {
 
 fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
     match (run, new) {
-        (Block::Dense(r), Block::Dense(x)) => blend(&mut r.data, &x.data, decay),
+        (Block::Dense(r), Block::Dense(x)) => {
+            r.zip_in_place(x, |r, x| decay * r + (1.0 - decay) * x)
+        }
         (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
         (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
             blend(&mut a.data, &xa.data, decay);
@@ -119,7 +121,9 @@ fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
 
 fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
     match (&mut run.body, &new.body) {
-        (FimBody::Dense(r), FimBody::Dense(x)) => blend(&mut r.data, &x.data, decay),
+        (FimBody::Dense(r), FimBody::Dense(x)) => {
+            r.zip_in_place(x, |r, x| decay * r + (1.0 - decay) * x)
+        }
         (FimBody::Blocks(r), FimBody::Blocks(x)) => {
             for (rb, xb) in r.iter_mut().zip(x) {
                 blend_block(rb, xb, decay)?;

@@ -16,7 +16,7 @@
 //!   anything else is Dense.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo, ReprError};
-use crate::linalg::{eigh, sym_fn, Mat};
+use crate::linalg::{eigh, sym_fn, wider, HostMatrix, Mat};
 
 type R<T> = Result<T, ReprError>;
 
@@ -47,7 +47,7 @@ impl Block {
     /// `ca·self + cb·other` on the same layer.
     pub fn combine(&self, l: &LayerInfo, other: &Block, ca: f64, cb: f64) -> Block {
         match (self, other) {
-            (Block::Dense(a), Block::Dense(b)) => Block::Dense(lin_mat(a, b, ca, cb)),
+            (Block::Dense(a), Block::Dense(b)) => Block::Dense(HostMatrix::combine(a, b, ca, cb)),
             (Block::Diag(a), Block::Diag(b)) => Block::Diag(lin(a, b, ca, cb)),
             (Block::QuasiDiag { diag: a, cross: x }, Block::QuasiDiag { diag: b, cross: y }) => {
                 Block::QuasiDiag {
@@ -67,14 +67,23 @@ impl Block {
                 ug: ug.clone(),
                 d: lin_mat(d, e, ca, cb),
             },
-            _ => Block::Dense(lin_mat(&self.to_dense(l), &other.to_dense(l), ca, cb)),
+            _ => Block::Dense(HostMatrix::F64(lin_mat(
+                &self.to_dense(l),
+                &other.to_dense(l),
+                ca,
+                cb,
+            ))),
         }
     }
 
     /// `c·self`.
     pub fn scale(&self, c: f64) -> Block {
         match self {
-            Block::Dense(m) => Block::Dense(scaled(m, c)),
+            Block::Dense(m) => {
+                let mut m = m.clone();
+                m.map_in_place(|x| x * c);
+                Block::Dense(m)
+            }
             Block::Diag(d) => Block::Diag(d.iter().map(|x| x * c).collect()),
             Block::QuasiDiag { diag, cross } => Block::QuasiDiag {
                 diag: diag.iter().map(|x| x * c).collect(),
@@ -140,7 +149,10 @@ impl Block {
     /// `self^p` (exact; `p = −1` is the inverse).
     pub fn pow(&self, l: &LayerInfo, p: f64) -> R<Block> {
         Ok(match self {
-            Block::Dense(m) => Block::Dense(sym_fn(m, |x| pow(x, p))?),
+            Block::Dense(m) => Block::Dense(HostMatrix::from_mat(
+                sym_fn(&m.as_f64(), |x| pow(x, p))?,
+                m.dtype(),
+            )),
             Block::Diag(d) => Block::Diag(d.iter().map(|x| pow(*x, p)).collect()),
             Block::Kfac { a, g } => Block::Kfac {
                 a: sym_fn(a, |x| pow(x, p))?,
@@ -151,7 +163,9 @@ impl Block {
                 ug: ug.clone(),
                 d: Mat::from_vec(d.rows, d.cols, d.data.iter().map(|x| pow(*x, p)).collect()),
             },
-            Block::QuasiDiag { .. } => Block::Dense(sym_fn(&self.to_dense(l), |x| pow(x, p))?),
+            Block::QuasiDiag { .. } => {
+                Block::Dense(HostMatrix::F64(sym_fn(&self.to_dense(l), |x| pow(x, p))?))
+            }
         })
     }
 }
@@ -195,7 +209,9 @@ impl Fim {
             )));
         }
         let body = match (&self.body, &other.body) {
-            (FimBody::Dense(a), FimBody::Dense(b)) => FimBody::Dense(lin_mat(a, b, ca, cb)),
+            (FimBody::Dense(a), FimBody::Dense(b)) => {
+                FimBody::Dense(HostMatrix::combine(a, b, ca, cb))
+            }
             (FimBody::Blocks(a), FimBody::Blocks(b)) => FimBody::Blocks(
                 a.iter()
                     .zip(b)
@@ -208,7 +224,10 @@ impl Fim {
                 data.extend(scaled(b, cb.sqrt()).data);
                 FimBody::LowRank(Mat::from_vec(a.rows + b.rows, a.cols, data))
             }
-            _ => FimBody::Dense(lin_mat(&self.to_dense(), &other.to_dense(), ca, cb)),
+            _ => FimBody::Dense(HostMatrix::from_mat(
+                lin_mat(&self.to_dense(), &other.to_dense(), ca, cb),
+                wider(self.dense_dtype(), other.dense_dtype()),
+            )),
         };
         Ok(self.with_body(body))
     }
@@ -220,7 +239,10 @@ impl Fim {
         }
         Ok(self.with_body(match &self.body {
             FimBody::LowRank(m) if c >= 0.0 => FimBody::LowRank(scaled(m, c.sqrt())),
-            _ => FimBody::Dense(scaled(&self.to_dense(), c)),
+            _ => FimBody::Dense(HostMatrix::from_mat(
+                scaled(&self.to_dense(), c),
+                self.dense_dtype(),
+            )),
         }))
     }
 
@@ -231,7 +253,7 @@ impl Fim {
         }
         let mut m = self.to_dense();
         m.add_diag(lambda);
-        Ok(self.with_body(FimBody::Dense(m)))
+        Ok(self.with_body(FimBody::Dense(HostMatrix::from_mat(m, self.dense_dtype()))))
     }
 
     /// `self^p`; `p = −1` is the inverse.
@@ -239,12 +261,18 @@ impl Fim {
         if let Some(f) = self.each_block(|b, l| b.pow(l, p))? {
             return Ok(f);
         }
-        Ok(self.with_body(FimBody::Dense(sym_fn(&self.to_dense(), |x| pow(x, p))?)))
+        Ok(self.with_body(FimBody::Dense(HostMatrix::from_mat(
+            sym_fn(&self.to_dense(), |x| pow(x, p))?,
+            self.dense_dtype(),
+        ))))
     }
 
     /// The same matrix as one Dense body.
     pub fn densified(&self) -> Fim {
-        self.with_body(FimBody::Dense(self.to_dense()))
+        self.with_body(FimBody::Dense(HostMatrix::from_mat(
+            self.to_dense(),
+            self.dense_dtype(),
+        )))
     }
 }
 
@@ -295,7 +323,7 @@ mod tests {
         let diag = (0..p).map(|i| 1.0 + (t(i) * 0.37).sin().abs()).collect();
         let quasi: Vec<f64> = (0..p).map(|i| 6.0 + t(i).cos()).collect();
         vec![
-            Block::Dense(spd(p, seed + 3)),
+            Block::Dense(HostMatrix::F64(spd(p, seed + 3))),
             Block::Diag(diag),
             kfac,
             ekfac,

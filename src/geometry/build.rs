@@ -6,11 +6,11 @@
 use super::gram::GramSum;
 use super::hostcopy::{self, BlockAt};
 use super::net::{BatchStats, Capture, Net, Phase};
-use super::ops::{Ops, OpsError, OpsResult};
+use super::ops::{write_host, Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
-use crate::linalg::{eigh, Mat};
-use crate::plan::{FisherVariant, HessianPart, LayerFamily, Structure, Task};
+use crate::linalg::{eigh, HostMatrix, Mat};
+use crate::plan::{Dtype, FisherVariant, HessianPart, LayerFamily, Structure, Task};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -561,7 +561,13 @@ impl<'a, O: Ops> Problem<'a, O> {
                     .into_host(o, f)
             };
             let block = match kinds[k] {
-                BlockKind::Dense => Block::Dense(sym(&mut grams[k][0], 1.0 / n)?),
+                // In the run's precision: the values the device summed.
+                BlockKind::Dense => Block::Dense(
+                    grams[k][0]
+                        .take()
+                        .ok_or_else(|| OpsError("no examples".into()))?
+                        .into_matrix(o, 1.0 / n, o.dtype())?,
+                ),
                 BlockKind::Diag => Block::Diag(stats::to_flat_host(
                     &scale(get(&mut acc[k][0])?, 1.0 / n),
                     l.sg,
@@ -696,7 +702,13 @@ impl<'a, O: Ops> Problem<'a, O> {
     /// panels on and above the diagonal (about half the arithmetic), each
     /// added into the upper triangle of the host matrix as soon as it is
     /// made; one tiled pass at the end scales it and mirrors it below.
+    /// Kept in the run's precision: a float32 run holds half the bytes.
     pub fn fim_dense(&self, target: &Target) -> OpsResult<Fim> {
+        self.fim_dense_in(target, self.o.dtype())
+    }
+
+    /// [`Problem::fim_dense`] kept in the precision of `dtype`.
+    pub fn fim_dense_in(&self, target: &Target, dtype: Dtype) -> OpsResult<Fim> {
         if let Target::Hessian { task, part } = target {
             return self.hessian_dense(task, *part);
         }
@@ -704,7 +716,7 @@ impl<'a, O: Ops> Problem<'a, O> {
         let o = self.o;
         let layers = self.layer_infos();
         let p: usize = layers.iter().map(|l| l.numel).sum();
-        let mut acc = Mat::zeros(p, p);
+        let mut acc = HostMatrix::zeros(p, p, dtype);
         let bounds: Vec<(usize, usize)> = (0..p)
             .step_by(PANEL)
             .map(|s| (s, PANEL.min(p - s)))
@@ -729,12 +741,16 @@ impl<'a, O: Ops> Problem<'a, O> {
                         mirror: false,
                         accumulate: true,
                     };
-                    o.write_host_block(&blk, &mut acc.data, at)?;
+                    write_host(o, &blk, &mut acc, at)?;
                 }
             }
             Ok(())
         })?;
-        hostcopy::mirror_upper(&mut acc.data, p, 1.0 / self.n as f64);
+        let scale = 1.0 / self.n as f64;
+        match &mut acc {
+            HostMatrix::F64(m) => hostcopy::mirror_upper(&mut m.data, p, scale),
+            HostMatrix::F32 { data, .. } => hostcopy::mirror_upper(data, p, scale),
+        }
         Ok(Fim {
             layers,
             body: FimBody::Dense(acc),

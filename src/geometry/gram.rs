@@ -11,8 +11,9 @@
 //! device memory.
 
 use super::hostcopy::BlockAt;
-use super::ops::{Ops, OpsError, OpsResult};
-use crate::linalg::Mat;
+use super::ops::{write_host, Ops, OpsError, OpsResult};
+use crate::linalg::{HostMatrix, Mat};
+use crate::plan::Dtype;
 
 /// Below this width one product is as fast as the panels (the saving is
 /// eaten by the smaller products' lower efficiency).
@@ -90,11 +91,21 @@ impl<T: Clone> GramSum<T> {
         Ok(())
     }
 
-    /// The whole symmetric sum on the host, times `scale`; each device
-    /// block is freed as it is copied.
+    /// The whole symmetric sum on the host in f64, times `scale`; each
+    /// device block is freed as it is copied.
     pub fn into_host<O: Ops<T = T>>(self, o: &O, scale: f64) -> OpsResult<Mat> {
+        Ok(self.into_matrix(o, scale, Dtype::F64)?.into_f64())
+    }
+
+    /// [`GramSum::into_host`] kept in the precision of `dtype`.
+    pub fn into_matrix<O: Ops<T = T>>(
+        self,
+        o: &O,
+        scale: f64,
+        dtype: Dtype,
+    ) -> OpsResult<HostMatrix> {
         let k = self.k;
-        let mut m = Mat::zeros(k, k);
+        let mut m = HostMatrix::zeros(k, k, dtype);
         let mut slot = self.blocks.into_iter();
         for (a, &(ra, wa)) in self.bounds.iter().enumerate() {
             for &(cb, wb) in &self.bounds[a..] {
@@ -111,11 +122,11 @@ impl<T: Clone> GramSum<T> {
                     mirror: cb != ra,
                     accumulate: false,
                 };
-                o.write_host_block(&blk, &mut m.data, at)?;
+                write_host(o, &blk, &mut m, at)?;
             }
         }
         if scale != 1.0 {
-            m.data.iter_mut().for_each(|x| *x *= scale);
+            m.map_in_place(|x| x * scale);
         }
         Ok(m)
     }

@@ -109,7 +109,7 @@ where
 /// it into the lower one, in one tiled pass, so the result is exactly
 /// symmetric. Bands of rows are finished in order; each band's lower part
 /// is read from the rows above it, already final.
-pub fn mirror_upper(a: &mut [f64], p: usize, scale: f64) {
+pub fn mirror_upper<T: HostElem>(a: &mut [T], p: usize, scale: f64) {
     const BAND: usize = 256;
     for i0 in (0..p).step_by(BAND) {
         let (top, rest) = a.split_at_mut(i0 * p);
@@ -122,7 +122,9 @@ pub fn mirror_upper(a: &mut [f64], p: usize, scale: f64) {
                 let r0 = i0 + t * TILE;
                 // The upper part of these rows, scaled.
                 for (r, row) in rows.chunks_mut(p).enumerate() {
-                    row[r0 + r..].iter_mut().for_each(|x| *x *= scale);
+                    row[r0 + r..]
+                        .iter_mut()
+                        .for_each(|x| *x = T::from_f64(x.to_f64() * scale));
                 }
                 // Columns below `i0` from the (final) rows above the band.
                 for j0 in (0..i0).step_by(TILE) {
@@ -189,6 +191,17 @@ mod tests {
                 for j in 0..p {
                     let (u, v) = (i.min(j), i.max(j));
                     assert_eq!(a[i * p + j], orig[u * p + v] * 0.25, "p {p} ({i}, {j})");
+                }
+            }
+            // In f32, each value is the f64 result rounded once.
+            let mut b: Vec<f32> = orig.iter().map(|&x| (x * 0.3) as f32).collect();
+            let src = b.clone();
+            mirror_upper(&mut b, p, 1.0 / 3.0);
+            for i in 0..p {
+                for j in 0..p {
+                    let (u, v) = (i.min(j), i.max(j));
+                    let want = (src[u * p + v] as f64 * (1.0 / 3.0)) as f32;
+                    assert_eq!(b[i * p + j], want, "f32 p {p} ({i}, {j})");
                 }
             }
         }

@@ -69,7 +69,7 @@ impl<T> Inverse<T> {
         la: &dyn Linalg,
     ) -> OpsResult<Inverse<T>> {
         let how = match &f.body {
-            FimBody::Dense(m) => How::Dense(up(o, &damped_inverse(m, damping, la)?)?),
+            FimBody::Dense(m) => How::Dense(up(o, &damped_inverse(&m.as_f64(), damping, la)?)?),
             FimBody::LowRank(_) => How::Solve(f.clone()),
             FimBody::Blocks(blocks) => {
                 let parts = blocks
@@ -77,7 +77,7 @@ impl<T> Inverse<T> {
                     .map(|b| {
                         Ok(match b {
                             Block::Dense(m) => {
-                                Part::Matrix(up(o, &damped_inverse(m, damping, la)?)?)
+                                Part::Matrix(up(o, &damped_inverse(&m.as_f64(), damping, la)?)?)
                             }
                             Block::Kfac { a, g } => {
                                 let pi = kfac_pi(a, g);

@@ -5,7 +5,7 @@
 //! matrix whose row `c·n + i` is output `c` of example `i` (NNGeometry's
 //! `[C, n, C, n]` reshaped).
 
-use crate::linalg::{eigvalsh, HostElem, LinalgError, Mat, Stored};
+use crate::linalg::{eigvalsh, HostElem, HostMatrix, LinalgError, Mat, Stored};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,7 +121,7 @@ impl Ntk {
             c: self.c,
             n: self.n,
             // In f64: the centred values are new sums, which f32 would round.
-            body: NtkBody::Dense(Stored::F64(center_examples(
+            body: NtkBody::Dense(Stored::from(center_examples(
                 &*self.dense_view()?,
                 self.c,
                 self.n,
@@ -201,8 +201,8 @@ pub fn alignment_stored(
 ) -> Result<f64, LinalgError> {
     let y = target_for(y, c, n, centered);
     let (num, sq) = match k {
-        Stored::F64(m) => align_terms(&m.data, &y, c, n, centered),
-        Stored::F32 { data, .. } => align_terms(data, &y, c, n, centered),
+        Stored::Host(HostMatrix::F64(m)) => align_terms(&m.data, &y, c, n, centered),
+        Stored::Host(HostMatrix::F32 { data, .. }) => align_terms(data, &y, c, n, centered),
         Stored::Device(d) => {
             d.0.alignment_terms(&y, c, n, centered)
                 .map_err(LinalgError::Backend)?

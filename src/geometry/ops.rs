@@ -529,10 +529,22 @@ pub fn write_stored<O: Ops>(
     at: BlockAt,
 ) -> OpsResult<()> {
     match dst {
-        crate::linalg::Stored::F64(m) => o.write_host_block(t, &mut m.data, at),
-        crate::linalg::Stored::F32 { data, .. } => o.write_host_block_f32(t, data, at),
+        crate::linalg::Stored::Host(m) => write_host(o, t, m, at),
         crate::linalg::Stored::Device(_) => Err(OpsError(
             "a device-held matrix is written before it is held (Ops::write_device_block)".into(),
         )),
+    }
+}
+
+/// Writes the 2-d tensor `t` into a host matrix, in its precision.
+pub fn write_host<O: Ops>(
+    o: &O,
+    t: &O::T,
+    dst: &mut crate::linalg::HostMatrix,
+    at: BlockAt,
+) -> OpsResult<()> {
+    match dst {
+        crate::linalg::HostMatrix::F64(m) => o.write_host_block(t, &mut m.data, at),
+        crate::linalg::HostMatrix::F32 { data, .. } => o.write_host_block_f32(t, data, at),
     }
 }

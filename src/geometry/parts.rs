@@ -27,8 +27,8 @@
 use super::build::{to_eigenbases, BlockKind, Problem, Target};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
-use crate::linalg::Mat;
-use crate::plan::FisherVariant;
+use crate::linalg::{HostMatrix, Mat};
+use crate::plan::{Dtype, FisherVariant};
 
 /// A part's payload.
 #[derive(Clone, Debug, PartialEq)]
@@ -303,14 +303,34 @@ fn axpy_mat(acc: &mut Mat, w: f64, x: &Mat) -> R<()> {
     axpy(&mut acc.data, w, &x.data)
 }
 
+/// `acc += w · x` on host matrices of the same shape, in `acc`'s precision.
+fn axpy_host(acc: &mut HostMatrix, w: f64, x: &HostMatrix) -> R<()> {
+    if (acc.rows(), acc.cols()) != (x.rows(), x.cols()) {
+        return Err(PartsError::Mismatch(format!(
+            "a {}×{} matrix against {}×{}",
+            x.rows(),
+            x.cols(),
+            acc.rows(),
+            acc.cols()
+        )));
+    }
+    acc.zip_in_place(x, |a, b| a + w * b);
+    Ok(())
+}
+
 fn zero_like(b: &FimBody) -> R<FimBody> {
     let z = |m: &Mat| Mat::zeros(m.rows, m.cols);
     Ok(match b {
-        FimBody::Dense(m) => FimBody::Dense(z(m)),
+        // Parts are summed in f64 (as the plan counts a sharded result).
+        FimBody::Dense(m) => FimBody::Dense(HostMatrix::zeros(m.rows(), m.cols(), Dtype::F64)),
         FimBody::Blocks(bs) => FimBody::Blocks(
             bs.iter()
                 .map(|b| match b {
-                    Block::Dense(m) => Ok(Block::Dense(z(m))),
+                    Block::Dense(m) => Ok(Block::Dense(HostMatrix::zeros(
+                        m.rows(),
+                        m.cols(),
+                        Dtype::F64,
+                    ))),
                     Block::Diag(d) => Ok(Block::Diag(vec![0.0; d.len()])),
                     Block::Kfac { a, g } => Ok(Block::Kfac { a: z(a), g: z(g) }),
                     Block::QuasiDiag { diag, cross } => Ok(Block::QuasiDiag {
@@ -333,11 +353,11 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
 
 fn axpy_body(acc: &mut FimBody, w: f64, x: &FimBody) -> R<()> {
     match (acc, x) {
-        (FimBody::Dense(a), FimBody::Dense(b)) => axpy_mat(a, w, b),
+        (FimBody::Dense(a), FimBody::Dense(b)) => axpy_host(a, w, b),
         (FimBody::Blocks(a), FimBody::Blocks(b)) if a.len() == b.len() => {
             for (a, b) in a.iter_mut().zip(b) {
                 match (a, b) {
-                    (Block::Dense(a), Block::Dense(b)) => axpy_mat(a, w, b)?,
+                    (Block::Dense(a), Block::Dense(b)) => axpy_host(a, w, b)?,
                     (Block::Diag(a), Block::Diag(b)) => axpy(a, w, b)?,
                     (Block::Kfac { a, g }, Block::Kfac { a: pa, g: pg }) => {
                         axpy_mat(a, w, pa)?;

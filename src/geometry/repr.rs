@@ -1,12 +1,17 @@
 //! Stored representations of a Fisher matrix and the operations on them.
 //!
-//! These live on the host in f64: they are small next to the per-example
-//! data they are built from, and the delicate operations (eigendecomposition,
-//! solves) run there with `faer`. Every vector is in NNGeometry's flat order
-//! restricted to the representation's layers.
+//! These live on the host. The dense ones (a Dense Fisher, BlockDiag's
+//! blocks: `P²` and `Σ p_l²` values) are kept in the run's precision, so a
+//! float32 run holds half the bytes; every reduction and product over them
+//! accumulates in f64, and a decomposition reads an f64 copy of one block
+//! at a time. The factored ones (KFAC's and EKFAC's factors, bases and
+//! diagonals, Diag) are small next to the per-example data they are built
+//! from and stay in f64: EKFAC's float64 bases are what keeps a float32
+//! EKFAC's trace equal to KFAC's. Every vector is in NNGeometry's flat
+//! order restricted to the representation's layers.
 
 use super::stats::{flat_pos, from_flat_host, to_flat_host, Order};
-use crate::linalg::{eigh, Host, Linalg, LinalgError, Mat};
+use crate::linalg::{eigh, Host, HostMatrix, Linalg, LinalgError, Mat};
 
 /// One parameterised layer of a representation.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,32 +34,24 @@ pub struct LayerInfo {
 /// One layer's diagonal block.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Block {
-    Dense(Mat),
+    /// In the run's precision.
+    Dense(HostMatrix),
     /// Flat order.
     Diag(Vec<f64>),
     /// `F_l ≈ G ⊗ A` on the natural layout.
-    Kfac {
-        a: Mat,
-        g: Mat,
-    },
+    Kfac { a: Mat, g: Mat },
     /// Eigenbases of the KFAC factors with a diagonal `d [sg, sa]` in that
     /// basis (`d[k, j]` pairs column k of `ug` with column j of `ua`).
-    Ekfac {
-        ua: Mat,
-        ug: Mat,
-        d: Mat,
-    },
+    Ekfac { ua: Mat, ug: Mat, d: Mat },
     /// Diagonal (flat) plus, per output unit, the weight–bias cross terms
     /// `cross [sg, sa−1]`.
-    QuasiDiag {
-        diag: Vec<f64>,
-        cross: Mat,
-    },
+    QuasiDiag { diag: Vec<f64>, cross: Mat },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum FimBody {
-    Dense(Mat),
+    /// In the run's precision.
+    Dense(HostMatrix),
     Blocks(Vec<Block>),
     /// `F = Lᵀ L` with `L [r, P]`.
     LowRank(Mat),
@@ -203,7 +200,7 @@ impl Block {
     /// Squared Frobenius norm.
     pub fn frobenius2(&self) -> f64 {
         match self {
-            Block::Dense(m) => m.data.iter().map(|x| x * x).sum(),
+            Block::Dense(m) => m.frobenius2(),
             Block::Diag(d) => d.iter().map(|x| x * x).sum(),
             Block::QuasiDiag { diag, cross } => {
                 diag.iter().map(|x| x * x).sum::<f64>()
@@ -240,15 +237,7 @@ impl Block {
     /// The dense factorisations run where `la` says.
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => {
-                if damping == 0.0 {
-                    nonsingular(m, la)?;
-                }
-                let mut md = m.clone();
-                md.add_diag(damping);
-                la.solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
-                    .data
-            }
+            Block::Dense(m) => dense_solve(m, v, damping, la)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
             Block::Kfac { a, g } => {
                 let pi = kfac_pi(a, g);
@@ -300,7 +289,7 @@ impl Block {
     pub fn to_dense(&self, l: &LayerInfo) -> Mat {
         let p = l.numel;
         match self {
-            Block::Dense(m) => m.clone(),
+            Block::Dense(m) => m.as_f64().into_owned(),
             Block::Diag(d) => {
                 let mut m = Mat::zeros(p, p);
                 for (i, x) in d.iter().enumerate() {
@@ -344,7 +333,7 @@ impl Block {
     /// The spectra of dense matrices are computed where `la` runs them.
     pub fn eigenvalues(&self, l: &LayerInfo, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => la.eigvalsh(m)?,
+            Block::Dense(m) => la.eigvalsh(&m.as_f64())?,
             Block::Diag(d) => d.clone(),
             Block::Kfac { a, g } => {
                 let ea = la.eigvalsh(a)?;
@@ -364,7 +353,7 @@ impl Block {
     fn eigen_parts(&self, l: &LayerInfo) -> R<BlockEigen> {
         Ok(match self {
             Block::Dense(m) => {
-                let (val, vec) = eigh(m)?;
+                let (val, vec) = eigh(&m.as_f64())?;
                 BlockEigen::Columns(val, vec)
             }
             Block::QuasiDiag { .. } => {
@@ -395,9 +384,12 @@ impl Block {
         let f = |x: f64| (x.max(0.0) + damping).powf(p);
         Ok(match self {
             Block::Dense(m) => {
-                let mut md = m.clone();
+                let mut md = m.as_f64().into_owned();
                 md.add_diag(damping);
-                Block::Dense(crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?)
+                Block::Dense(HostMatrix::from_mat(
+                    crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?,
+                    m.dtype(),
+                ))
             }
             Block::Diag(d) => Block::Diag(d.iter().map(|x| f(*x)).collect()),
             Block::Kfac { a, g } => {
@@ -423,7 +415,9 @@ impl Block {
             Block::QuasiDiag { .. } => {
                 let mut md = self.to_dense(l);
                 md.add_diag(damping);
-                Block::Dense(crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?)
+                Block::Dense(HostMatrix::F64(crate::linalg::sym_fn(&md, |x| {
+                    x.max(0.0).powf(p)
+                })?))
             }
         })
     }
@@ -431,13 +425,36 @@ impl Block {
     /// Stored numbers.
     pub fn stored(&self) -> usize {
         match self {
-            Block::Dense(m) => m.data.len(),
+            Block::Dense(m) => m.len(),
             Block::Diag(d) => d.len(),
             Block::Kfac { a, g } => a.data.len() + g.data.len(),
             Block::Ekfac { ua, ug, d } => ua.data.len() + ug.data.len() + d.data.len(),
             Block::QuasiDiag { diag, cross } => diag.len() + cross.data.len(),
         }
     }
+}
+
+impl Block {
+    /// Bytes its values take.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Block::Dense(m) => m.bytes(),
+            other => other.stored() * std::mem::size_of::<f64>(),
+        }
+    }
+}
+
+/// `(M + λI)⁻¹ v`, refusing an undamped singular `M`; the factorisation in
+/// f64 where `la` runs it.
+fn dense_solve(m: &HostMatrix, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
+    let mut md = m.as_f64().into_owned();
+    if damping == 0.0 {
+        nonsingular(&md, la)?;
+    }
+    md.add_diag(damping);
+    Ok(la
+        .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
+        .data)
 }
 
 fn hadamard(a: &Mat, b: &Mat) -> Mat {
@@ -472,7 +489,7 @@ impl Fim {
         let mut one = l.clone();
         one.offset = 0;
         let body = match &self.body {
-            FimBody::Dense(m) => FimBody::Dense(sub_block(m, l.offset, l.numel)),
+            FimBody::Dense(m) => FimBody::Dense(m.sub_block(l.offset, l.numel)),
             FimBody::Blocks(b) => FimBody::Blocks(vec![b[i].clone()]),
             FimBody::LowRank(f) => {
                 let mut s = Mat::zeros(f.rows, l.numel);
@@ -562,16 +579,7 @@ impl Fim {
     /// singularity check's spectrum) where `la` runs them.
     pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         match &self.body {
-            FimBody::Dense(m) => {
-                if damping == 0.0 {
-                    nonsingular(m, la)?;
-                }
-                let mut md = m.clone();
-                md.add_diag(damping);
-                Ok(la
-                    .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
-                    .data)
-            }
+            FimBody::Dense(m) => dense_solve(m, v, damping, la),
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -610,7 +618,7 @@ impl Fim {
 
     pub fn to_dense(&self) -> Mat {
         match &self.body {
-            FimBody::Dense(m) => m.clone(),
+            FimBody::Dense(m) => m.as_f64().into_owned(),
             FimBody::Blocks(blocks) => {
                 let p = self.dim();
                 let mut out = Mat::zeros(p, p);
@@ -637,7 +645,7 @@ impl Fim {
     /// runs them.
     pub fn eigenvalues_in(&self, la: &dyn Linalg) -> R<Vec<f64>> {
         let mut ev = match &self.body {
-            FimBody::Dense(m) => la.eigvalsh(m)?,
+            FimBody::Dense(m) => la.eigvalsh(&m.as_f64())?,
             FimBody::Blocks(blocks) => {
                 let mut all = Vec::new();
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -662,7 +670,7 @@ impl Fim {
         let dim = self.dim();
         let (values, mut vectors): (Vec<f64>, Vec<Vec<f64>>) = match &self.body {
             FimBody::Dense(m) => {
-                let (val, vec) = eigh(m)?;
+                let (val, vec) = eigh(&m.as_f64())?;
                 let top: Vec<usize> = (0..val.len()).rev().take(k).collect();
                 (
                     top.iter().map(|&i| val[i]).collect(),
@@ -741,7 +749,10 @@ impl Fim {
             _ => {
                 let mut m = self.to_dense();
                 m.add_diag(damping);
-                FimBody::Dense(crate::linalg::sym_fn(&m, |x| x.max(0.0).powf(p))?)
+                FimBody::Dense(HostMatrix::from_mat(
+                    crate::linalg::sym_fn(&m, |x| x.max(0.0).powf(p))?,
+                    self.dense_dtype(),
+                ))
             }
         };
         Ok(Fim {
@@ -755,22 +766,28 @@ impl Fim {
     /// Stored numbers.
     pub fn stored(&self) -> usize {
         match &self.body {
-            FimBody::Dense(m) | FimBody::LowRank(m) => m.data.len(),
+            FimBody::Dense(m) => m.len(),
+            FimBody::LowRank(m) => m.data.len(),
             FimBody::Blocks(b) => b.iter().map(Block::stored).sum(),
         }
     }
-}
 
-fn sub_block(m: &Mat, offset: usize, k: usize) -> Mat {
-    let mut s = Mat::zeros(k, k);
-    for r in 0..k {
-        s.data[r * k..(r + 1) * k].copy_from_slice(
-            &m.data[(offset + r) * m.cols + offset..(offset + r) * m.cols + offset + k],
-        );
+    /// Bytes its values take.
+    pub fn bytes(&self) -> usize {
+        match &self.body {
+            FimBody::Dense(m) => m.bytes(),
+            FimBody::LowRank(m) => m.data.len() * std::mem::size_of::<f64>(),
+            FimBody::Blocks(b) => b.iter().map(Block::bytes).sum(),
+        }
     }
-    s
-}
 
-pub fn sub_block_of(m: &Mat, offset: usize, k: usize) -> Mat {
-    sub_block(m, offset, k)
+    /// The precision a dense result derived from this one is kept in: a
+    /// Dense body's own; f64 for anything else, whose dense form holds
+    /// products of factors that the run's precision would round.
+    pub(crate) fn dense_dtype(&self) -> crate::plan::Dtype {
+        match &self.body {
+            FimBody::Dense(m) => m.dtype(),
+            _ => crate::plan::Dtype::F64,
+        }
+    }
 }

@@ -5,8 +5,9 @@
 //! for bit.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo};
-use crate::linalg::Mat;
+use crate::linalg::{HostMatrix, Mat};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -56,12 +57,15 @@ fn block_kind(b: &Block) -> &'static str {
 }
 
 /// The tensors of a body, keyed as in the file.
-fn tensors(f: &Fim) -> Vec<(String, Vec<usize>, &[f64])> {
-    fn mat(k: String, m: &Mat) -> (String, Vec<usize>, &[f64]) {
-        (k, vec![m.rows, m.cols], m.data.as_slice())
+fn tensors(f: &Fim) -> Vec<Named<'_>> {
+    fn mat(k: String, m: &Mat) -> Named<'_> {
+        (k, vec![m.rows, m.cols], Cow::Borrowed(m.data.as_slice()))
+    }
+    fn host(k: String, m: &HostMatrix) -> Named<'_> {
+        (k, vec![m.rows(), m.cols()], m.values_f64())
     }
     match &f.body {
-        FimBody::Dense(m) => vec![mat("dense".into(), m)],
+        FimBody::Dense(m) => vec![host("dense".into(), m)],
         FimBody::LowRank(m) => vec![mat("lowrank".into(), m)],
         FimBody::Blocks(blocks) => blocks
             .iter()
@@ -69,14 +73,14 @@ fn tensors(f: &Fim) -> Vec<(String, Vec<usize>, &[f64])> {
             .flat_map(|(b, l)| {
                 let k = |s: &str| format!("{}.{s}", l.name);
                 match b {
-                    Block::Dense(m) => vec![mat(k("dense"), m)],
-                    Block::Diag(d) => vec![(k("diag"), vec![d.len()], d.as_slice())],
+                    Block::Dense(m) => vec![host(k("dense"), m)],
+                    Block::Diag(d) => vec![(k("diag"), vec![d.len()], Cow::Borrowed(d.as_slice()))],
                     Block::Kfac { a, g } => vec![mat(k("A"), a), mat(k("G"), g)],
                     Block::Ekfac { ua, ug, d } => {
                         vec![mat(k("UA"), ua), mat(k("UG"), ug), mat(k("D"), d)]
                     }
                     Block::QuasiDiag { diag, cross } => vec![
-                        (k("diag"), vec![diag.len()], diag.as_slice()),
+                        (k("diag"), vec![diag.len()], Cow::Borrowed(diag.as_slice())),
                         mat(k("cross"), cross),
                     ],
                 }
@@ -129,10 +133,10 @@ pub fn to_bytes(f: &Fim, structure: &str) -> Result<Vec<u8>, String> {
 
 /// A safetensors file of float64 tensors `(key, shape, values)` with
 /// `meta`, serialised.
-pub fn f64_safetensors(
-    ts: &[(String, Vec<usize>, &[f64])],
-    meta: HashMap<String, String>,
-) -> Result<Vec<u8>, String> {
+/// A tensor to write: its key, shape and f64 values.
+pub type Named<'d> = (String, Vec<usize>, Cow<'d, [f64]>);
+
+pub fn f64_safetensors(ts: &[Named<'_>], meta: HashMap<String, String>) -> Result<Vec<u8>, String> {
     let bytes: Vec<Vec<u8>> = ts
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -234,7 +238,7 @@ pub fn load(path: &Path) -> Result<(Header, Fim), String> {
         .collect();
     let p = offset;
     let body = match h.body.as_str() {
-        "dense" => FimBody::Dense(mat("dense", p, p)?),
+        "dense" => FimBody::Dense(HostMatrix::F64(mat("dense", p, p)?)),
         "lowrank" => {
             let rows = st.tensor("lowrank").map_or(0, |v| v.shape()[0]);
             FimBody::LowRank(mat("lowrank", rows, p)?)
@@ -245,7 +249,9 @@ pub fn load(path: &Path) -> Result<(Header, Fim), String> {
                 .map(|l| {
                     let k = |s: &str| format!("{}.{s}", l.name);
                     Ok(match l.block.as_str() {
-                        "dense" => Block::Dense(mat(&k("dense"), l.numel, l.numel)?),
+                        "dense" => {
+                            Block::Dense(HostMatrix::F64(mat(&k("dense"), l.numel, l.numel)?))
+                        }
                         "diag" => Block::Diag(mat(&k("diag"), 1, l.numel)?.data),
                         "kfac" => Block::Kfac {
                             a: mat(&k("A"), l.sa, l.sa)?,

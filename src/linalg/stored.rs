@@ -99,24 +99,29 @@ pub enum Keep {
     Device,
 }
 
-/// A row-major dense matrix in f64 or f32 on the host, or on a device.
+/// A row-major dense matrix on the host, in f64 or f32. Every reduction
+/// and product over it accumulates in f64; an f32 matrix is converted to
+/// f64 only where a decomposition needs it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Stored {
+pub enum HostMatrix {
     F64(Mat),
     F32 {
         rows: usize,
         cols: usize,
         data: Vec<f32>,
     },
-    Device(Held),
 }
 
-impl Stored {
+/// Values per block of a reduction: fixed, so that a sum does not depend
+/// on how rayon splits the work.
+const CHUNK: usize = 1 << 16;
+
+impl HostMatrix {
     /// Zeros in the precision a run of `dtype` stores.
-    pub fn zeros(rows: usize, cols: usize, dtype: Dtype) -> Stored {
+    pub fn zeros(rows: usize, cols: usize, dtype: Dtype) -> HostMatrix {
         match dtype {
-            Dtype::F64 => Stored::F64(Mat::zeros(rows, cols)),
-            Dtype::F32 => Stored::F32 {
+            Dtype::F64 => HostMatrix::F64(Mat::zeros(rows, cols)),
+            Dtype::F32 => HostMatrix::F32 {
                 rows,
                 cols,
                 data: vec![0.0; rows * cols],
@@ -125,10 +130,10 @@ impl Stored {
     }
 
     /// `m` in the precision of `dtype` (rounded to f32 for a float32 run).
-    pub fn from_mat(m: Mat, dtype: Dtype) -> Stored {
+    pub fn from_mat(m: Mat, dtype: Dtype) -> HostMatrix {
         match dtype {
-            Dtype::F64 => Stored::F64(m),
-            Dtype::F32 => Stored::F32 {
+            Dtype::F64 => HostMatrix::F64(m),
+            Dtype::F32 => HostMatrix::F32 {
                 rows: m.rows,
                 cols: m.cols,
                 data: m.data.par_iter().map(|&x| x as f32).collect(),
@@ -138,16 +143,275 @@ impl Stored {
 
     pub fn rows(&self) -> usize {
         match self {
-            Stored::F64(m) => m.rows,
-            Stored::F32 { rows, .. } => *rows,
+            HostMatrix::F64(m) => m.rows,
+            HostMatrix::F32 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            HostMatrix::F64(m) => m.cols,
+            HostMatrix::F32 { cols, .. } => *cols,
+        }
+    }
+
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        self.rows() * self.cols()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            HostMatrix::F64(_) => Dtype::F64,
+            HostMatrix::F32 { .. } => Dtype::F32,
+        }
+    }
+
+    /// Bytes the values take.
+    pub fn bytes(&self) -> usize {
+        self.len() * self.dtype().size() as usize
+    }
+
+    /// The matrix in f64: borrowed when it is stored so, else a copy.
+    pub fn as_f64(&self) -> Cow<'_, Mat> {
+        match self {
+            HostMatrix::F64(m) => Cow::Borrowed(m),
+            HostMatrix::F32 { rows, cols, data } => Cow::Owned(Mat::from_vec(
+                *rows,
+                *cols,
+                data.par_iter().map(|&x| x as f64).collect(),
+            )),
+        }
+    }
+
+    /// Every value in f64, row-major: borrowed when stored so.
+    pub fn values_f64(&self) -> Cow<'_, [f64]> {
+        match self.as_f64() {
+            Cow::Borrowed(m) => Cow::Borrowed(m.data.as_slice()),
+            Cow::Owned(m) => Cow::Owned(m.data),
+        }
+    }
+
+    /// `self = f(self, other)` entry by entry, in the stored precision.
+    pub fn zip_in_place(&mut self, other: &HostMatrix, f: impl Fn(f64, f64) -> f64 + Sync) {
+        let o = other.values_f64();
+        match self {
+            HostMatrix::F64(m) => m
+                .data
+                .par_iter_mut()
+                .zip(&o[..])
+                .for_each(|(x, y)| *x = f(*x, *y)),
+            HostMatrix::F32 { data, .. } => data
+                .par_iter_mut()
+                .zip(&o[..])
+                .for_each(|(x, y)| *x = f(*x as f64, *y) as f32),
+        }
+    }
+
+    pub fn into_f64(self) -> Mat {
+        match self {
+            HostMatrix::F64(m) => m,
+            other => other.as_f64().into_owned(),
+        }
+    }
+
+    /// The same values in the precision of `dtype`.
+    pub fn to_dtype(self, dtype: Dtype) -> HostMatrix {
+        if self.dtype() == dtype {
+            self
+        } else {
+            HostMatrix::from_mat(self.into_f64(), dtype)
+        }
+    }
+
+    /// Reads the values in their own precision.
+    fn read<R>(
+        &self,
+        f64s: impl FnOnce(&[f64], usize) -> R,
+        f32s: impl FnOnce(&[f32], usize) -> R,
+    ) -> R {
+        match self {
+            HostMatrix::F64(m) => f64s(&m.data, m.cols),
+            HostMatrix::F32 { cols, data, .. } => f32s(data, *cols),
+        }
+    }
+
+    /// Applies `f` to every value in place, in the stored precision.
+    pub fn map_in_place(&mut self, f: impl Fn(f64) -> f64 + Sync) {
+        match self {
+            HostMatrix::F64(m) => m.data.par_iter_mut().for_each(|x| *x = f(*x)),
+            HostMatrix::F32 { data, .. } => {
+                data.par_iter_mut().for_each(|x| *x = f(*x as f64) as f32)
+            }
+        }
+    }
+
+    /// Entry `(r, c)`.
+    pub fn get(&self, r: usize, c: usize) -> f64 {
+        self.read(|d, w| d[r * w + c], |d, w| d[r * w + c] as f64)
+    }
+
+    pub fn diag(&self) -> Vec<f64> {
+        fn dg<T: HostElem>(d: &[T], cols: usize, k: usize) -> Vec<f64> {
+            (0..k).map(|i| d[i * cols + i].to_f64()).collect()
+        }
+        let k = self.rows().min(self.cols());
+        self.read(|d, c| dg(d, c, k), |d, c| dg(d, c, k))
+    }
+
+    pub fn trace(&self) -> f64 {
+        self.diag().iter().sum()
+    }
+
+    /// `Σ m²`, accumulated in f64 in fixed blocks.
+    pub fn frobenius2(&self) -> f64 {
+        fn sq<T: HostElem>(d: &[T], _: usize) -> f64 {
+            let parts: Vec<f64> = d
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum())
+                .collect();
+            parts.iter().sum()
+        }
+        self.read(sq, sq)
+    }
+
+    pub fn frobenius(&self) -> f64 {
+        self.frobenius2().sqrt()
+    }
+
+    /// `M v`, accumulated in f64.
+    pub fn matvec(&self, v: &[f64]) -> Vec<f64> {
+        fn mv<T: HostElem>(d: &[T], cols: usize, v: &[f64]) -> Vec<f64> {
+            d.par_chunks(cols.max(1))
+                .map(|row| row.iter().zip(v).map(|(a, b)| a.to_f64() * b).sum())
+                .collect()
+        }
+        match self {
+            HostMatrix::F64(m) => m.matvec(v),
+            _ => self.read(|d, c| mv(d, c, v), |d, c| mv(d, c, v)),
+        }
+    }
+
+    /// The sum of the `c` diagonal `n × n` blocks of a `[c·n, c·n]`
+    /// matrix, read in its own precision.
+    pub fn diagonal_block_sum(&self, c: usize, n: usize) -> Mat {
+        fn sum<T: HostElem>(d: &[T], cols: usize, c: usize, n: usize) -> Mat {
+            let mut t = Mat::zeros(n, n);
+            for a in 0..c {
+                for i in 0..n {
+                    let row = &d[(a * n + i) * cols + a * n..][..n];
+                    t.data[i * n..(i + 1) * n]
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(x, v)| *x += v.to_f64());
+                }
+            }
+            t
+        }
+        self.read(|d, w| sum(d, w, c, n), |d, w| sum(d, w, c, n))
+    }
+
+    /// `M + λI`, in place.
+    pub fn add_diag(&mut self, lambda: f64) {
+        let k = self.rows().min(self.cols());
+        let w = self.cols();
+        match self {
+            HostMatrix::F64(m) => m.add_diag(lambda),
+            HostMatrix::F32 { data, .. } => {
+                (0..k).for_each(|i| data[i * w + i] = (data[i * w + i] as f64 + lambda) as f32)
+            }
+        }
+    }
+
+    /// `ca·a + cb·b`, computed in f64 and kept in the wider of the two
+    /// precisions.
+    pub fn combine(a: &HostMatrix, b: &HostMatrix, ca: f64, cb: f64) -> HostMatrix {
+        let dtype = wider(a.dtype(), b.dtype());
+        let (x, y) = (a.as_f64(), b.as_f64());
+        let data = x
+            .data
+            .par_iter()
+            .zip(&y.data)
+            .map(|(p, q)| ca * p + cb * q)
+            .collect();
+        HostMatrix::from_mat(Mat::from_vec(x.rows, x.cols, data), dtype)
+    }
+
+    /// The `k × k` diagonal block starting at `(offset, offset)`.
+    pub fn sub_block(&self, offset: usize, k: usize) -> HostMatrix {
+        fn sub<T: HostElem>(d: &[T], cols: usize, offset: usize, k: usize) -> Vec<T> {
+            let mut s = Vec::with_capacity(k * k);
+            for r in 0..k {
+                s.extend_from_slice(&d[(offset + r) * cols + offset..][..k]);
+            }
+            s
+        }
+        match self {
+            HostMatrix::F64(m) => {
+                HostMatrix::F64(Mat::from_vec(k, k, sub(&m.data, m.cols, offset, k)))
+            }
+            HostMatrix::F32 { cols, data, .. } => HostMatrix::F32 {
+                rows: k,
+                cols: k,
+                data: sub(data, *cols, offset, k),
+            },
+        }
+    }
+}
+
+/// The precision that holds values of both: f64 unless both are f32.
+pub fn wider(a: Dtype, b: Dtype) -> Dtype {
+    if a == Dtype::F32 && b == Dtype::F32 {
+        Dtype::F32
+    } else {
+        Dtype::F64
+    }
+}
+
+/// A dense matrix on the host (f64 or f32) or on a device.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stored {
+    Host(HostMatrix),
+    Device(Held),
+}
+
+impl From<HostMatrix> for Stored {
+    fn from(m: HostMatrix) -> Stored {
+        Stored::Host(m)
+    }
+}
+
+impl From<Mat> for Stored {
+    fn from(m: Mat) -> Stored {
+        Stored::Host(HostMatrix::F64(m))
+    }
+}
+
+impl Stored {
+    /// Zeros on the host in the precision a run of `dtype` stores.
+    pub fn zeros(rows: usize, cols: usize, dtype: Dtype) -> Stored {
+        Stored::Host(HostMatrix::zeros(rows, cols, dtype))
+    }
+
+    /// `m` on the host in the precision of `dtype`.
+    pub fn from_mat(m: Mat, dtype: Dtype) -> Stored {
+        Stored::Host(HostMatrix::from_mat(m, dtype))
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            Stored::Host(m) => m.rows(),
             Stored::Device(d) => d.0.rows(),
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
-            Stored::F64(m) => m.cols,
-            Stored::F32 { cols, .. } => *cols,
+            Stored::Host(m) => m.cols(),
             Stored::Device(d) => d.0.cols(),
         }
     }
@@ -163,17 +427,12 @@ impl Stored {
 
     /// Bytes the values take (on the device for a device-held matrix).
     pub fn bytes(&self) -> usize {
-        let per = match self.dtype() {
-            Dtype::F64 => 8,
-            Dtype::F32 => 4,
-        };
-        self.len() * per
+        self.len() * self.dtype().size() as usize
     }
 
     pub fn dtype(&self) -> Dtype {
         match self {
-            Stored::F64(_) => Dtype::F64,
-            Stored::F32 { .. } => Dtype::F32,
+            Stored::Host(m) => m.dtype(),
             Stored::Device(d) => d.0.dtype(),
         }
     }
@@ -182,88 +441,53 @@ impl Stored {
     pub fn device(&self) -> Option<String> {
         match self {
             Stored::Device(d) => Some(d.0.device()),
-            _ => None,
+            Stored::Host(_) => None,
         }
     }
 
     /// The matrix in f64 on the host: borrowed when it is stored so, else
     /// a copy (the download, for a device-held one).
     pub fn as_f64(&self) -> Result<Cow<'_, Mat>, LinalgError> {
-        Ok(match self {
-            Stored::F64(m) => Cow::Borrowed(m),
-            Stored::F32 { rows, cols, data } => Cow::Owned(Mat::from_vec(
-                *rows,
-                *cols,
-                data.par_iter().map(|&x| x as f64).collect(),
-            )),
-            Stored::Device(d) => Cow::Owned(d.0.to_host().map_err(device)?),
-        })
+        match self {
+            Stored::Host(m) => Ok(m.as_f64()),
+            Stored::Device(d) => Ok(Cow::Owned(d.0.to_host().map_err(device)?)),
+        }
     }
 
     pub fn into_f64(self) -> Result<Mat, LinalgError> {
         match self {
-            Stored::F64(m) => Ok(m),
+            Stored::Host(m) => Ok(m.into_f64()),
             other => Ok(other.as_f64()?.into_owned()),
-        }
-    }
-
-    /// Reads the host values in their own precision.
-    fn host<R>(
-        &self,
-        f64s: impl FnOnce(&[f64], usize) -> R,
-        f32s: impl FnOnce(&[f32], usize) -> R,
-    ) -> Option<R> {
-        match self {
-            Stored::F64(m) => Some(f64s(&m.data, m.cols)),
-            Stored::F32 { cols, data, .. } => Some(f32s(data, *cols)),
-            Stored::Device(_) => None,
         }
     }
 
     pub fn trace(&self) -> Result<f64, LinalgError> {
         match self {
+            Stored::Host(m) => Ok(m.trace()),
             Stored::Device(d) => d.0.trace().map_err(device),
-            _ => Ok(self.diag()?.iter().sum()),
         }
     }
 
     pub fn diag(&self) -> Result<Vec<f64>, LinalgError> {
-        fn dg<T: HostElem>(d: &[T], cols: usize, k: usize) -> Vec<f64> {
-            (0..k).map(|i| d[i * cols + i].to_f64()).collect()
-        }
-        let k = self.rows().min(self.cols());
         match self {
+            Stored::Host(m) => Ok(m.diag()),
             Stored::Device(d) => d.0.diag().map_err(device),
-            _ => Ok(self
-                .host(|d, c| dg(d, c, k), |d, c| dg(d, c, k))
-                .unwrap_or_default()),
         }
     }
 
     /// Accumulated in f64.
     pub fn frobenius(&self) -> Result<f64, LinalgError> {
-        fn sq<T: HostElem>(d: &[T], _: usize) -> f64 {
-            d.par_iter().map(|&x| x.to_f64() * x.to_f64()).sum()
-        }
         match self {
+            Stored::Host(m) => Ok(m.frobenius()),
             Stored::Device(d) => d.0.frobenius().map_err(device),
-            _ => Ok(self.host(sq, sq).unwrap_or_default().sqrt()),
         }
     }
 
     /// `M v`, accumulated in f64.
     pub fn matvec(&self, v: &[f64]) -> Result<Vec<f64>, LinalgError> {
-        fn mv<T: HostElem>(d: &[T], cols: usize, v: &[f64]) -> Vec<f64> {
-            d.par_chunks(cols.max(1))
-                .map(|row| row.iter().zip(v).map(|(a, b)| a.to_f64() * b).sum())
-                .collect()
-        }
         match self {
+            Stored::Host(m) => Ok(m.matvec(v)),
             Stored::Device(d) => d.0.matvec(v).map_err(device),
-            Stored::F64(m) => Ok(m.matvec(v)),
-            _ => Ok(self
-                .host(|d, c| mv(d, c, v), |d, c| mv(d, c, v))
-                .unwrap_or_default()),
         }
     }
 
@@ -272,31 +496,16 @@ impl Stored {
     pub fn eigvalsh(&self) -> Result<Vec<f64>, LinalgError> {
         match self {
             Stored::Device(d) => d.0.eigvalsh().map_err(device),
-            _ => super::eigvalsh(&*self.as_f64()?),
+            Stored::Host(m) => super::eigvalsh(&m.as_f64()),
         }
     }
 
     /// The sum of the `c` diagonal `n × n` blocks of a `[c·n, c·n]`
     /// matrix, read in its own precision.
     pub fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, LinalgError> {
-        fn sum<T: HostElem>(d: &[T], cols: usize, c: usize, n: usize) -> Mat {
-            let mut t = Mat::zeros(n, n);
-            for a in 0..c {
-                for i in 0..n {
-                    let row = &d[(a * n + i) * cols + a * n..][..n];
-                    t.data[i * n..(i + 1) * n]
-                        .iter_mut()
-                        .zip(row)
-                        .for_each(|(x, v)| *x += v.to_f64());
-                }
-            }
-            t
-        }
         match self {
+            Stored::Host(m) => Ok(m.diagonal_block_sum(c, n)),
             Stored::Device(d) => d.0.diagonal_block_sum(c, n).map_err(device),
-            _ => Ok(self
-                .host(|d, w| sum(d, w, c, n), |d, w| sum(d, w, c, n))
-                .unwrap_or_else(|| Mat::zeros(n, n))),
         }
     }
 }

@@ -179,6 +179,17 @@ fn model_of(steps: &[Step], mut id: StepId) -> Option<&ModelSpec> {
 
 /// What a measurement reads when `id` is a representation step (a matrix
 /// step is estimated as the representation it is computed from).
+/// Values a representation step holds (what its products and
+/// reductions read), from its bytes counted as if all were f64: a float32
+/// run holds some of them in 4 bytes.
+fn stored_entries(steps: &[Step], id: StepId) -> u64 {
+    let held = steps.get(id.0 as usize).map_or(0, |s| s.cost.memory);
+    let wide = measured_repr(steps, id).map_or(0, |r| {
+        cost::repr_held(r.object, &r.structure, r.model, r.options, Dtype::F64)
+    });
+    held.max(wide) / 8
+}
+
 fn measured_repr(steps: &[Step], id: StepId) -> Option<cost::MeasuredRepr<'_>> {
     match &steps.get(id.0 as usize)?.op {
         Op::Matrix { matrix, .. } => {
@@ -349,13 +360,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                         Object::Fim | Object::Hessian => r.model.params,
                         Object::Ntk => (r.options.examples * r.options.outputs) as u64,
                     };
-                    // Entries, from the bytes held in their precision.
-                    let size = if cost::held_in_run_dtype(r.object, &r.structure, r.options) {
-                        dtype.size()
-                    } else {
-                        8
-                    };
-                    let stored = steps[id.0 as usize].cost.memory / size;
+                    let stored = stored_entries(steps, id);
                     on = Some(r);
                     (dim, stored)
                 }
@@ -480,9 +485,7 @@ pub(super) fn estimate(op: &Op, steps: &[Step], dtype: Dtype) -> Cost {
                 .penalties
                 .iter()
                 .map(|p| {
-                    let stored =
-                        p.m.as_ref()
-                            .map_or(0, |m| steps[m.repr.0 as usize].cost.memory / 8);
+                    let stored = p.m.as_ref().map_or(0, |m| stored_entries(steps, m.repr));
                     4 * spec.params + 2 * stored
                 })
                 .sum();

@@ -1709,13 +1709,16 @@ fn float32_agrees_with_float64() {
 /// in place agree with those of the f64 copy.
 #[test]
 fn a_float32_kernel_is_held_in_float32_with_the_same_values() {
-    use nngeo::linalg::{Keep, Stored};
+    use nngeo::linalg::{HostMatrix, Keep, Stored};
     for (model, n) in [(MLP, 10), (NORM_CNN, 6)] {
         let fx = Fx::build(model, n, 102, Dtype::F32, false);
         let p = fx.problem(n);
         let held = p.ntk_dense_in(false, Keep::Host(Dtype::F32)).unwrap();
         let wide = p.ntk_dense_in(false, Keep::Host(Dtype::F64)).unwrap();
-        assert!(matches!(held, Stored::F32 { .. }), "{model}");
+        assert!(
+            matches!(held, Stored::Host(HostMatrix::F32 { .. })),
+            "{model}"
+        );
         assert_eq!(held.bytes() * 2, wide.bytes(), "{model}");
         let (h, w) = (
             held.as_f64().unwrap().into_owned(),
@@ -1736,6 +1739,75 @@ fn a_float32_kernel_is_held_in_float32_with_the_same_values() {
             kernel::trace_kernel_of(&held, c, n).unwrap(),
             kernel::trace_kernel(&w, c, n)
         );
+    }
+}
+
+/// A float32 run holds its dense Fisher and BlockDiag's blocks in f32:
+/// half the bytes, each value the f32 rounding of what an f64-held Fisher
+/// of the same run holds (both summed in f32 on the device, scaled by
+/// `1/n` in f64), and the measurements over them agree to f32 rounding.
+#[test]
+fn a_float32_fisher_is_held_in_float32() {
+    use nngeo::linalg::HostMatrix;
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-300);
+    for (model, n) in [(MLP, 10), (NORM_CNN, 6)] {
+        let fx = Fx::build(model, n, 103, Dtype::F32, false);
+        let p = fx.problem(n);
+        let t = classification();
+        let held = p.fim_dense(&t).unwrap();
+        let wide = p.fim_dense_in(&t, Dtype::F64).unwrap();
+        let (FimBody::Dense(h), FimBody::Dense(w)) = (&held.body, &wide.body) else {
+            panic!("{model}: dense bodies");
+        };
+        assert!(matches!(h, HostMatrix::F32 { .. }), "{model}");
+        assert_eq!(h.bytes() * 2, w.bytes(), "{model}");
+        assert_eq!(held.bytes() * 2, wide.bytes(), "{model}");
+        let (hv, wv) = (h.values_f64(), w.values_f64());
+        assert!(
+            hv.iter()
+                .zip(wv.iter())
+                .all(|(a, b)| *a == *b as f32 as f64),
+            "{model}: every value the f32 rounding of the f64-held one"
+        );
+        assert!(rel(held.trace(), wide.trace()) < 1e-6, "{model}");
+        assert!(rel(held.frobenius(), wide.frobenius()) < 1e-6, "{model}");
+        let v: Vec<f64> = (0..held.dim()).map(|i| (i % 7) as f64 - 3.0).collect();
+        let (a, b) = (held.solve(&v, 1e-2).unwrap(), wide.solve(&v, 1e-2).unwrap());
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+        assert!(err < 1e-4 * norm, "{model}: solve {err:e} of {norm:e}");
+        // BlockDiag: each block in f32, the dense Fisher's diagonal block.
+        let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
+        let FimBody::Blocks(blocks) = &bd.body else {
+            panic!("{model}: blocks");
+        };
+        let mut bytes = 0;
+        for (b, l) in blocks.iter().zip(&bd.layers) {
+            let Block::Dense(m) = b else {
+                panic!("{model}: a dense block");
+            };
+            assert!(matches!(m, HostMatrix::F32 { .. }), "{model} {}", l.name);
+            bytes += l.numel * l.numel * 4;
+            let want = wide.layer(&l.name).unwrap().to_dense();
+            let got = m.as_f64();
+            let top = want.data.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            let diff = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                diff <= 1e-5 * top,
+                "{model} {}: {diff:e} of {top:e}",
+                l.name
+            );
+        }
+        assert_eq!(bd.bytes(), bytes, "{model}");
     }
 }
 

@@ -149,27 +149,62 @@ pub fn covered_layers<'a>(model: &'a ModelSpec, options: &'a ReprOptions) -> Vec
         .collect()
 }
 
-/// Number of stored values of one layer's block under `structure`.
-fn fim_layer_entries(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -> u64 {
+/// Number of stored values of one layer's block under `structure`: those
+/// of a dense block (kept in the run's precision) and the others (f64).
+fn fim_layer_entries(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -> (u64, u64) {
     let p = layer.params;
+    let dense = (sq(p), 0);
     match structure {
-        Structure::Dense | Structure::BlockDiag => sq(p),
-        Structure::Diag => p,
-        Structure::Kfac => kfac_dims(layer).map_or(sq(p), |(a, g, _)| sq(a) + sq(g)),
+        Structure::Dense | Structure::BlockDiag => dense,
+        Structure::Diag => (0, p),
+        Structure::Kfac => kfac_dims(layer).map_or(dense, |(a, g, _)| (0, sq(a) + sq(g))),
         Structure::Ekfac { .. } => {
-            kfac_dims(layer).map_or(sq(p), |(a, g, _)| sq(a) + sq(g) + a * g)
+            kfac_dims(layer).map_or(dense, |(a, g, _)| (0, sq(a) + sq(g) + a * g))
         }
-        Structure::QuasiDiag => kfac_dims(layer).map_or(2 * p, |(a, g, _)| p + g * a),
-        Structure::LowRank { rank } => rank.map_or(n * m, |k| k as u64) * p,
-        Structure::Implicit => 0,
+        Structure::QuasiDiag => (0, kfac_dims(layer).map_or(2 * p, |(a, g, _)| p + g * a)),
+        Structure::LowRank { rank } => (0, rank.map_or(n * m, |k| k as u64) * p),
+        Structure::Implicit => (0, 0),
         Structure::Mix { .. } => match structure.for_layer(&layer.name, layer.layer.family()) {
             Some(s) => fim_layer_entries(s, layer, n, m),
-            None => sq(p),
+            None => dense,
         },
     }
 }
 
-/// Bytes a representation holds.
+/// Number of stored values of one layer's block under `structure`.
+fn fim_layer_count(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -> u64 {
+    let (dense, other) = fim_layer_entries(structure, layer, n, m);
+    dense + other
+}
+
+/// The precision a representation's dense values are held in, for a run
+/// of `dtype`: the run's for a dense NTK built whole and for a Fisher's
+/// Dense body and dense (BlockDiag) blocks built whole
+/// (`linalg::HostMatrix`); f64 for a centred or sharded result (new sums,
+/// which f32 would round, or parts read back in f64), a Hessian, and every
+/// factored value (KFAC's and EKFAC's factors and bases, diagonals,
+/// low-rank factors).
+pub fn dense_dtype(
+    object: Object,
+    structure: &Structure,
+    options: &ReprOptions,
+    dtype: Dtype,
+) -> Dtype {
+    let run = options.shards.is_none()
+        && match object {
+            Object::Ntk => matches!(structure, Structure::Dense) && !options.centered,
+            Object::Fim => !matches!(structure, Structure::LowRank { .. } | Structure::Implicit),
+            Object::Hessian => false,
+        };
+    if run {
+        dtype
+    } else {
+        Dtype::F64
+    }
+}
+
+/// Bytes a representation holds in a run of `dtype` (each value in the
+/// precision [`dense_dtype`] says; `Dtype::F64` gives every value 8 bytes).
 pub fn repr_memory(
     object: Object,
     structure: &Structure,
@@ -180,20 +215,27 @@ pub fn repr_memory(
     let layers = covered_layers(model, options);
     let n = options.examples as u64;
     let c = options.outputs as u64;
-    let entries = match object {
-        Object::Fim => {
-            let m = fisher_outputs(options);
+    let dense = dense_dtype(object, structure, options, dtype);
+    let bytes = |(d, other): (u64, u64)| {
+        d.saturating_mul(dense.size())
+            .saturating_add(other.saturating_mul(Dtype::F64.size()))
+    };
+    let per_layer = |m: u64| {
+        bytes(layers.iter().fold((0, 0), |(d, o), l| {
+            let (ld, lo) = fim_layer_entries(structure, l, n, m);
+            (d + ld, o + lo)
+        }))
+    };
+    match object {
+        Object::Fim | Object::Hessian => {
+            let all: u64 = layers.iter().map(|l| l.params).sum();
             match structure {
-                Structure::Dense => sq(layers.iter().map(|l| l.params).sum()),
-                Structure::Implicit => layers.iter().map(|l| l.params).sum::<u64>(),
-                s => layers.iter().map(|l| fim_layer_entries(s, l, n, m)).sum(),
+                Structure::Dense => bytes((sq(all), 0)),
+                Structure::Implicit => bytes((0, all)),
+                _ if object == Object::Fim => per_layer(fisher_outputs(options)),
+                _ => per_layer(1),
             }
         }
-        Object::Hessian => match structure {
-            Structure::Dense => sq(layers.iter().map(|l| l.params).sum()),
-            Structure::Implicit => layers.iter().map(|l| l.params).sum::<u64>(),
-            s => layers.iter().map(|l| fim_layer_entries(s, l, n, 1)).sum(),
-        },
         Object::Ntk => match structure {
             Structure::Dense => sq(n * c),
             Structure::BlockDiag => n * sq(c),
@@ -201,9 +243,9 @@ pub fn repr_memory(
             // The best rank-k kernel is kept whole (`C·n` square).
             Structure::LowRank { .. } => sq(n * c),
             _ => sq(n * c),
-        },
-    };
-    entries.saturating_mul(dtype.size())
+        }
+        .saturating_mul(dense.size()),
+    }
 }
 
 /// FLOPs to build a representation.
@@ -317,7 +359,7 @@ pub fn measure_flops_on(
                 (Structure::Kfac | Structure::Ekfac { .. }, Some((a, g, _))) => {
                     10 * (a * sq(a) + g * sq(g)) + 4 * p * (a + g)
                 }
-                _ => 10 * p * sq(p).min(fim_layer_entries(s, l, n, m).max(p)),
+                _ => 10 * p * sq(p).min(fim_layer_count(s, l, n, m).max(p)),
             }
         })
         .sum();

@@ -6,9 +6,9 @@
 //! them). `Cost::peak`
 //! is what the step needs while it runs, its result included: the device
 //! buffers of a batch (activations, captures, per-example Jacobians), the
-//! host copies (representations and vectors live on the host in f64,
-//! whatever the run's dtype, except a dense NTK built whole: the run's
-//! dtype, see [`held_in_run_dtype`]), and the workspace of decompositions
+//! host copies (representations and vectors live on the host, dense
+//! values in the run's precision where [`dense_dtype`] says, the rest in
+//! f64), and the workspace of decompositions
 //! and solves. The run's peak ([`crate::plan::Plan::peak_memory`]) is
 //! [`BASE_BYTES`] plus, at the worst step, everything held before it plus
 //! its `peak`. The constants below were measured against peak RSS
@@ -76,8 +76,9 @@ impl Process {
     }
 }
 
-/// Bytes of one host number (representations, vectors, parameters are
-/// held in f64 on the host).
+/// Bytes of one host number (vectors, parameters and every copy a
+/// decomposition reads are f64 on the host; a representation held in
+/// f32 is counted at 8 bytes here, an upper bound).
 const HOST: u64 = 8;
 
 /// Examples per batch so that per-example data (`m · nb · width`) stays
@@ -302,19 +303,8 @@ pub fn data_bytes(info: &DataInfo, dtype: Dtype) -> u64 {
         .saturating_add(y.saturating_mul(2 * HOST))
 }
 
-/// Whether a representation is held in the run's precision: a dense NTK
-/// built whole (`linalg::Stored`). Every other result is held in f64: a
-/// centred or sharded kernel (new sums, which f32 would round), the
-/// low-rank kernel and the Fishers (derived on the host).
-pub fn held_in_run_dtype(object: Object, structure: &Structure, options: &ReprOptions) -> bool {
-    object == Object::Ntk
-        && matches!(structure, Structure::Dense)
-        && !options.centered
-        && options.shards.is_none()
-}
-
-/// Bytes the result of a representation holds (host f64, or the run's
-/// dtype where [`held_in_run_dtype`]).
+/// Bytes the result of a representation holds (each value in the
+/// precision [`dense_dtype`] says).
 pub fn repr_held(
     object: Object,
     structure: &Structure,
@@ -325,10 +315,7 @@ pub fn repr_held(
     match (object, structure) {
         // Nothing but the layer layout: it is recomputed from model and data.
         (Object::Fim | Object::Hessian, Structure::Implicit) => 1 << 10,
-        _ if held_in_run_dtype(object, structure, options) => {
-            repr_memory(object, structure, model, options, dtype)
-        }
-        _ => repr_memory(object, structure, model, options, Dtype::F64),
+        _ => repr_memory(object, structure, model, options, dtype),
     }
 }
 
@@ -399,7 +386,7 @@ pub fn repr_peak(
                 s_ => {
                     let entries: Vec<u64> = layers
                         .iter()
-                        .map(|l| fim_layer_entries(s_, l, n, m))
+                        .map(|l| fim_layer_count(s_, l, n, m))
                         .collect();
                     let total: u64 = entries.iter().sum();
                     let largest = entries.iter().copied().max().unwrap_or(0);
@@ -415,11 +402,17 @@ pub fn repr_peak(
                             .unwrap_or(&Structure::BlockDiag),
                         other => other,
                     };
-                    // A dense block forms the layer's per-example Jacobian.
+                    // A dense block forms the layer's per-example Jacobian,
+                    // and so does a diagonal of a convolution (its square
+                    // summed over positions is not a product of captures).
+                    let conv = |l: &LayerSpec| kfac_dims(l).is_some_and(|(_, _, pos)| pos > 1);
                     let per_layer_jac = layers
                         .iter()
-                        .filter(|l| matches!(kind(l), Structure::BlockDiag))
-                        .map(|l| (m * nb).saturating_mul(l.params) * 2 * s)
+                        .map(|l| match kind(l) {
+                            Structure::BlockDiag => 2,
+                            Structure::Diag | Structure::QuasiDiag if conv(l) => 1,
+                            _ => 0,
+                        } * (m * nb).saturating_mul(l.params) * s)
                         .max()
                         .unwrap_or(0);
                     let mut peak = build.max(download) + per_layer_jac + pass;
@@ -627,7 +620,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         // diagonal), which is what its solve or eigendecomposition works on.
         (Object::Fim | Object::Hessian, s) => layers
             .iter()
-            .map(|l| fim_layer_entries(s, l, n, m).min(sq(l.params)))
+            .map(|l| fim_layer_count(s, l, n, m).min(sq(l.params)))
             .max()
             .unwrap_or(0),
         (Object::Ntk, Structure::Dense) => sq(dim),
@@ -648,14 +641,15 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
     };
     let ntk_dense = matches!((r.object, &*r.structure), (Object::Ntk, Structure::Dense));
     // A kernel held in f32 is read through an f64 copy by the measurements
-    // that need a whole matrix (the others read it in place).
-    let view =
-        if ntk_dense && dtype != Dtype::F64 && held_in_run_dtype(r.object, &r.structure, r.options)
-        {
-            sq(dim) * HOST
-        } else {
-            0
-        };
+    // that need a whole matrix (the others read it in place). A Fisher's
+    // f32 block is too, but that copy is the one its decomposition makes of
+    // an f64 block (counted in `3 · largest_block`: the copy, the
+    // factorisation or eigenvectors, the workspace).
+    let view = if ntk_dense && dense_dtype(r.object, &r.structure, r.options, dtype) != Dtype::F64 {
+        sq(dim) * HOST
+    } else {
+        0
+    };
     let dense_copy = |k: u64| k * sq(dim) * HOST + view;
     match measurement {
         Measurement::Eigenvalues { top, .. } | Measurement::Eigenvectors { top, .. }
@@ -674,13 +668,15 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
                 3 * largest_block * HOST + mv + view
             }
         }
-        Measurement::Solve { .. } => {
+        Measurement::Solve { damping, .. } => {
             if implicit {
                 mv + 4 * dim * HOST
             } else {
-                // A block's copy, its factorisation or eigenvectors, and
-                // the decomposition's workspace.
-                3 * largest_block * HOST + mv
+                // A block's damped f64 copy and the factorisation's own;
+                // undamped, the singularity check's spectrum (a copy and
+                // its workspace) comes first.
+                let copies = if *damping == 0.0 { 3 } else { 2 };
+                copies * largest_block * HOST + mv
             }
         }
         Measurement::RelError { .. } => dense_copy(2) + mv,
