@@ -122,7 +122,7 @@ fn numbers(f: &Fim) -> Vec<f64> {
     let p: usize = f.layers.iter().map(|l| l.numel).sum();
     let mut out = Vec::new();
     match &f.body {
-        FimBody::Dense(m) => out.extend(m.values_f64().iter()),
+        FimBody::Dense(m) => out.extend(m.values_f64().unwrap().iter()),
         FimBody::Blocks(blocks) => {
             for (b, l) in blocks.iter().zip(&f.layers) {
                 match b {

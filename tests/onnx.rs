@@ -328,7 +328,7 @@ fn ngx_and_onnx_give_the_same_network() {
             variant: FisherVariant::True,
             task: Task::Classification,
         };
-        let f = p.fim_dense(&target).unwrap().to_dense().data;
+        let f = p.fim_dense(&target).unwrap().to_dense().unwrap().data;
         let k = p.ntk_dense(false).unwrap().data;
         (out, f, k)
     };

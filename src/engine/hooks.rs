@@ -116,7 +116,7 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
             }
             let md = match repr.as_deref().map(|r| &r.kind) {
                 None => d.clone(),
-                Some(ReprKind::Fim(f)) => f.mv(&d),
+                Some(ReprKind::Fim(f)) => f.mv(&d).map_err(|e| e.to_string())?,
                 Some(ReprKind::Implicit(_)) => e.implicit_mv(repr.as_deref().expect("some"), &d)?,
                 Some(ReprKind::Ntk(_)) => return Err("a penalty's matrix is an NTK".into()),
             };

@@ -38,7 +38,7 @@ impl<O: Ops> Engine<O> {
             MatrixOp::Scale { factor, .. } => f.scale(*factor),
             MatrixOp::Damp { damping, .. } => f.damp(*damping),
             MatrixOp::Power { power, .. } => f.pow(*power),
-            MatrixOp::Dense { .. } => Ok(f.densified()),
+            MatrixOp::Dense { .. } => f.densified(),
         }
         .map_err(|e| e.to_string())?;
         let mut r = base.into_owned();
@@ -138,7 +138,7 @@ impl<O: Ops> Engine<O> {
             .for_each(|(a, b)| *a = 0.5 * (*a + b));
         Ok(Fim {
             layers: infos,
-            body: FimBody::Dense(crate::linalg::HostMatrix::F64(m)),
+            body: FimBody::Dense(m.into()),
             n: self.data(r.data)?.host.info.n,
             refit: false,
         })

@@ -254,7 +254,11 @@ impl<O: Ops> Engine<O> {
             ));
         }
         let kind = match &r.kind {
-            ReprKind::Fim(f) => ReprKind::Fim(f.layer(layer).ok_or("no such layer")?),
+            ReprKind::Fim(f) => ReprKind::Fim(
+                f.layer(layer)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no such layer")?,
+            ),
             ReprKind::Implicit(_) if r.form.inverse => {
                 return Err(format!(
                     "layer `{layer}` of an implicit inverse is not its inverse block: take `dense(M)[\"{layer}\"]`"
@@ -411,8 +415,11 @@ impl<O: Ops> Engine<O> {
 
     pub(super) fn dense(&self, r: &ReprValue) -> Result<Mat, String> {
         Ok(match &r.kind {
-            ReprKind::Fim(f) => f.to_dense(),
-            ReprKind::Implicit(_) => self.implicit_fim(r, BlockKind::Dense)?.to_dense(),
+            ReprKind::Fim(f) => f.to_dense().map_err(|e| e.to_string())?,
+            ReprKind::Implicit(_) => self
+                .implicit_fim(r, BlockKind::Dense)?
+                .to_dense()
+                .map_err(|e| e.to_string())?,
             ReprKind::Ntk(k) => k.to_dense().map_err(|e| e.to_string())?,
         })
     }
@@ -437,8 +444,11 @@ impl<O: Ops> Engine<O> {
             // A few top eigenvalues of a large matrix: Lanczos on `mv`
             // instead of a full O(P³) decomposition.
             ReprKind::Fim(f) if top.is_some_and(|k| k <= 64) && f.dim() > 2000 => {
-                let mut op = |v: &[f64]| f.mv(v);
-                linalg::top_eigs_op(f.dim(), top.unwrap_or(1), &mut op, 1e-10)
+                let k = top.unwrap_or(1);
+                linalg::with_fallible_op(&mut |v| f.mv(v), |op| {
+                    linalg::top_eigs_op(f.dim(), k, op, 1e-10)
+                })
+                .map_err(|e| e.to_string())?
             }
             // Dense spectra on the backend's device where it decomposes
             // there: a 10,000-square NTK takes minutes on the host's cores
@@ -482,15 +492,18 @@ impl<O: Ops> Engine<O> {
             Measurement::Trace { m } => {
                 let r = self.operand(m)?;
                 scalar(match &r.kind {
-                    ReprKind::Fim(f) => f.trace(),
+                    ReprKind::Fim(f) => f.trace().map_err(|e| e.to_string())?,
                     ReprKind::Ntk(k) => k.trace().map_err(|e| e.to_string())?,
-                    ReprKind::Implicit(_) => self.implicit_fim(&r, BlockKind::Diag)?.trace(),
+                    ReprKind::Implicit(_) => self
+                        .implicit_fim(&r, BlockKind::Diag)?
+                        .trace()
+                        .map_err(|e| e.to_string())?,
                 })
             }
             Measurement::Frobenius { m } => {
                 let r = self.operand(m)?;
                 scalar(match &r.kind {
-                    ReprKind::Fim(f) => f.frobenius(),
+                    ReprKind::Fim(f) => f.frobenius().map_err(|e| e.to_string())?,
                     ReprKind::Ntk(k) => k.frobenius().map_err(|e| e.to_string())?,
                     ReprKind::Implicit(_) => self.dense(&r)?.frobenius(),
                 })
@@ -514,7 +527,7 @@ impl<O: Ops> Engine<O> {
                 let r = self.operand(m)?;
                 let v = self.vector(*v)?.gather(&self.infos(&r)?)?;
                 scalar(match &r.kind {
-                    ReprKind::Fim(f) => f.vtmv(&v),
+                    ReprKind::Fim(f) => f.vtmv(&v).map_err(|e| e.to_string())?,
                     _ => {
                         let fv = self.implicit_mv(&r, &v)?;
                         v.iter().zip(&fv).map(|(a, b)| a * b).sum()

@@ -41,11 +41,12 @@ fn host<'d>(t: &mut Named<'d>, name: String, m: &'d HostMatrix) {
 }
 
 /// The tensors of a part, named, with the body's layout.
-fn tensors(data: &PartData) -> (String, Named<'_>) {
+fn tensors(data: &PartData) -> Result<(String, Named<'_>), String> {
     let mut t: Named<'_> = Vec::new();
     let kind = match data {
         PartData::Fim(FimBody::Dense(m)) => {
-            host(&mut t, "dense".into(), m);
+            let values = m.values_f64().map_err(|e| e.to_string())?;
+            t.push(("dense".into(), vec![m.rows(), m.cols()], values));
             "fim:dense".to_string()
         }
         PartData::Fim(FimBody::Blocks(blocks)) => {
@@ -99,12 +100,12 @@ fn tensors(data: &PartData) -> (String, Named<'_>) {
             "vector".to_string()
         }
     };
-    (kind, t)
+    Ok((kind, t))
 }
 
 /// Writes `part` to `path` atomically (a temporary file renamed over it).
 pub(super) fn write(path: &Path, e: &Expect<'_>, part: &Part) -> Result<(), String> {
-    let (kind, ts) = tensors(&part.data);
+    let (kind, ts) = tensors(&part.data)?;
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("plan".to_string(), e.plan.to_string()),
@@ -195,7 +196,7 @@ pub(super) fn read(path: &Path, e: &Expect<'_>) -> Result<Part, String> {
     };
     let kind = get("kind")?;
     let data = if kind == "fim:dense" {
-        PartData::Fim(FimBody::Dense(HostMatrix::F64(mat("dense")?)))
+        PartData::Fim(FimBody::Dense(mat("dense")?.into()))
     } else if kind == "fim:lowrank" {
         PartData::Fim(FimBody::LowRank(mat("lowrank")?))
     } else if let Some(list) = kind.strip_prefix("fim:blocks:") {

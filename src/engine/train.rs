@@ -121,9 +121,12 @@ fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
 
 fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
     match (&mut run.body, &new.body) {
-        (FimBody::Dense(r), FimBody::Dense(x)) => {
-            r.zip_in_place(x, |r, x| decay * r + (1.0 - decay) * x)
-        }
+        (FimBody::Dense(r), FimBody::Dense(x)) => r
+            .host_mut()
+            .map_err(|e| e.to_string())?
+            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
+                decay * r + (1.0 - decay) * x
+            }),
         (FimBody::Blocks(r), FimBody::Blocks(x)) => {
             for (rb, xb) in r.iter_mut().zip(x) {
                 blend_block(rb, xb, decay)?;

@@ -300,7 +300,7 @@ impl<O: Ops> Engine<O> {
         };
         let vectors = match &r.kind {
             ReprKind::Fim(f) if matches!(f.body, FimBody::Dense(_)) && dim > 2000 && top <= 64 => {
-                lanczos(&mut |v: &[f64]| f.mv(v))?
+                linalg::with_fallible_op(&mut |v| f.mv(v), lanczos).map_err(|e| e.to_string())??
             }
             ReprKind::Fim(f) => f.eigenpairs(top).map_err(|e| e.to_string())?.1,
             ReprKind::Implicit(_) => {
@@ -345,11 +345,14 @@ impl<O: Ops> Engine<O> {
             None => Vec::new(),
         };
         let data = match (m, &r.kind) {
-            (Measurement::Mv { .. }, ReprKind::Fim(f)) => f.mv(&v),
+            (Measurement::Mv { .. }, ReprKind::Fim(f)) => f.mv(&v).map_err(|e| e.to_string())?,
             (Measurement::Mv { .. }, _) => self.implicit_mv(&r, &v)?,
             (Measurement::Solve { damping, .. }, _) => self.solve_repr(&r, &v, *damping)?,
-            (_, ReprKind::Fim(f)) => f.diag(),
-            (_, _) => self.implicit_fim(&r, BlockKind::Diag)?.diag(),
+            (_, ReprKind::Fim(f)) => f.diag().map_err(|e| e.to_string())?,
+            (_, _) => self
+                .implicit_fim(&r, BlockKind::Diag)?
+                .diag()
+                .map_err(|e| e.to_string())?,
         };
         Ok(PVec::of_layers(&infos, data))
     }

@@ -16,7 +16,7 @@
 //!   anything else is Dense.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo, ReprError};
-use crate::linalg::{eigh, sym_fn, wider, HostMatrix, Mat};
+use crate::linalg::{eigh, sym_fn, wider, HostMatrix, Mat, Stored};
 
 type R<T> = Result<T, ReprError>;
 
@@ -209,8 +209,9 @@ impl Fim {
             )));
         }
         let body = match (&self.body, &other.body) {
+            // On the host (a device-held operand is downloaded).
             (FimBody::Dense(a), FimBody::Dense(b)) => {
-                FimBody::Dense(HostMatrix::combine(a, b, ca, cb))
+                FimBody::Dense(HostMatrix::combine(&*a.host()?, &*b.host()?, ca, cb).into())
             }
             (FimBody::Blocks(a), FimBody::Blocks(b)) => FimBody::Blocks(
                 a.iter()
@@ -224,8 +225,8 @@ impl Fim {
                 data.extend(scaled(b, cb.sqrt()).data);
                 FimBody::LowRank(Mat::from_vec(a.rows + b.rows, a.cols, data))
             }
-            _ => FimBody::Dense(HostMatrix::from_mat(
-                lin_mat(&self.to_dense(), &other.to_dense(), ca, cb),
+            _ => FimBody::Dense(Stored::from_mat(
+                lin_mat(&self.to_dense()?, &other.to_dense()?, ca, cb),
                 wider(self.dense_dtype(), other.dense_dtype()),
             )),
         };
@@ -239,8 +240,8 @@ impl Fim {
         }
         Ok(self.with_body(match &self.body {
             FimBody::LowRank(m) if c >= 0.0 => FimBody::LowRank(scaled(m, c.sqrt())),
-            _ => FimBody::Dense(HostMatrix::from_mat(
-                scaled(&self.to_dense(), c),
+            _ => FimBody::Dense(Stored::from_mat(
+                scaled(&self.to_dense()?, c),
                 self.dense_dtype(),
             )),
         }))
@@ -251,9 +252,9 @@ impl Fim {
         if let Some(f) = self.each_block(|b, l| b.damp(l, lambda))? {
             return Ok(f);
         }
-        let mut m = self.to_dense();
+        let mut m = self.to_dense()?;
         m.add_diag(lambda);
-        Ok(self.with_body(FimBody::Dense(HostMatrix::from_mat(m, self.dense_dtype()))))
+        Ok(self.with_body(FimBody::Dense(Stored::from_mat(m, self.dense_dtype()))))
     }
 
     /// `self^p`; `p = −1` is the inverse.
@@ -261,18 +262,18 @@ impl Fim {
         if let Some(f) = self.each_block(|b, l| b.pow(l, p))? {
             return Ok(f);
         }
-        Ok(self.with_body(FimBody::Dense(HostMatrix::from_mat(
-            sym_fn(&self.to_dense(), |x| pow(x, p))?,
+        Ok(self.with_body(FimBody::Dense(Stored::from_mat(
+            sym_fn(&self.to_dense()?, |x| pow(x, p))?,
             self.dense_dtype(),
         ))))
     }
 
     /// The same matrix as one Dense body.
-    pub fn densified(&self) -> Fim {
-        self.with_body(FimBody::Dense(HostMatrix::from_mat(
-            self.to_dense(),
+    pub fn densified(&self) -> R<Fim> {
+        Ok(self.with_body(FimBody::Dense(Stored::from_mat(
+            self.to_dense()?,
             self.dense_dtype(),
-        )))
+        ))))
     }
 }
 

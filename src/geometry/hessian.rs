@@ -167,7 +167,7 @@ impl<O: Ops> Problem<'_, O> {
         h.symmetrize();
         Ok(Fim {
             layers,
-            body: FimBody::Dense(HostMatrix::F64(h)),
+            body: FimBody::Dense(h.into()),
             n: self.n,
             refit: false,
         })

@@ -69,7 +69,14 @@ impl<T> Inverse<T> {
         la: &dyn Linalg,
     ) -> OpsResult<Inverse<T>> {
         let how = match &f.body {
-            FimBody::Dense(m) => How::Dense(up(o, &damped_inverse(&m.as_f64(), damping, la)?)?),
+            FimBody::Dense(m) => How::Dense(up(
+                o,
+                &damped_inverse(
+                    &*m.as_f64().map_err(|e| OpsError(e.to_string()))?,
+                    damping,
+                    la,
+                )?,
+            )?),
             FimBody::LowRank(_) => How::Solve(f.clone()),
             FimBody::Blocks(blocks) => {
                 let parts = blocks

@@ -3,6 +3,7 @@
 
 pub mod algebra;
 pub mod build;
+pub mod fisher;
 pub mod gram;
 pub mod hessian;
 pub mod hostcopy;

@@ -27,7 +27,7 @@
 use super::build::{to_eigenbases, BlockKind, Problem, Target};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
-use crate::linalg::{HostMatrix, Mat};
+use crate::linalg::{HostMatrix, Mat, Stored};
 use crate::plan::{Dtype, FisherVariant};
 
 /// A part's payload.
@@ -322,7 +322,7 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
     let z = |m: &Mat| Mat::zeros(m.rows, m.cols);
     Ok(match b {
         // Parts are summed in f64 (as the plan counts a sharded result).
-        FimBody::Dense(m) => FimBody::Dense(HostMatrix::zeros(m.rows(), m.cols(), Dtype::F64)),
+        FimBody::Dense(m) => FimBody::Dense(Stored::zeros(m.rows(), m.cols(), Dtype::F64)),
         FimBody::Blocks(bs) => FimBody::Blocks(
             bs.iter()
                 .map(|b| match b {
@@ -353,7 +353,10 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
 
 fn axpy_body(acc: &mut FimBody, w: f64, x: &FimBody) -> R<()> {
     match (acc, x) {
-        (FimBody::Dense(a), FimBody::Dense(b)) => axpy_host(a, w, b),
+        (FimBody::Dense(a), FimBody::Dense(b)) => {
+            let err = |e: crate::linalg::LinalgError| PartsError::Ops(OpsError(e.to_string()));
+            axpy_host(a.host_mut().map_err(err)?, w, &*b.host().map_err(err)?)
+        }
         (FimBody::Blocks(a), FimBody::Blocks(b)) if a.len() == b.len() => {
             for (a, b) in a.iter_mut().zip(b) {
                 match (a, b) {

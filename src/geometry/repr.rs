@@ -11,7 +11,7 @@
 //! order restricted to the representation's layers.
 
 use super::stats::{flat_pos, from_flat_host, to_flat_host, Order};
-use crate::linalg::{eigh, Host, HostMatrix, Linalg, LinalgError, Mat};
+use crate::linalg::{eigh, Host, HostMatrix, Linalg, LinalgError, Mat, Stored};
 
 /// One parameterised layer of a representation.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,8 +50,8 @@ pub enum Block {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum FimBody {
-    /// In the run's precision.
-    Dense(HostMatrix),
+    /// In the run's precision, on the host or on the backend's device.
+    Dense(Stored),
     Blocks(Vec<Block>),
     /// `F = Lᵀ L` with `L [r, P]`.
     LowRank(Mat),
@@ -237,7 +237,7 @@ impl Block {
     /// The dense factorisations run where `la` says.
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => dense_solve(m, v, damping, la)?,
+            Block::Dense(m) => dense_solve(m.as_f64(), v, damping, la)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
             Block::Kfac { a, g } => {
                 let pi = kfac_pi(a, g);
@@ -446,8 +446,13 @@ impl Block {
 
 /// `(M + λI)⁻¹ v`, refusing an undamped singular `M`; the factorisation in
 /// f64 where `la` runs it.
-fn dense_solve(m: &HostMatrix, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
-    let mut md = m.as_f64().into_owned();
+fn dense_solve(
+    m: std::borrow::Cow<'_, Mat>,
+    v: &[f64],
+    damping: f64,
+    la: &dyn Linalg,
+) -> R<Vec<f64>> {
+    let mut md = m.into_owned();
     if damping == 0.0 {
         nonsingular(&md, la)?;
     }
@@ -479,17 +484,18 @@ impl Fim {
         &v[l.offset..l.offset + l.numel]
     }
 
-    /// The one-layer representation of `name`'s diagonal block.
-    pub fn layer(&self, name: &str) -> Option<Fim> {
-        let (i, l) = self
-            .layers
-            .iter()
-            .enumerate()
-            .find(|(_, l)| l.name == name)?;
+    /// The one-layer representation of `name`'s diagonal block (a
+    /// device-held one comes to the host).
+    pub fn layer(&self, name: &str) -> R<Option<Fim>> {
+        let Some((i, l)) = self.layers.iter().enumerate().find(|(_, l)| l.name == name) else {
+            return Ok(None);
+        };
         let mut one = l.clone();
         one.offset = 0;
         let body = match &self.body {
-            FimBody::Dense(m) => FimBody::Dense(m.sub_block(l.offset, l.numel)),
+            FimBody::Dense(m) => {
+                FimBody::Dense(Stored::Host(m.host()?.sub_block(l.offset, l.numel)))
+            }
             FimBody::Blocks(b) => FimBody::Blocks(vec![b[i].clone()]),
             FimBody::LowRank(f) => {
                 let mut s = Mat::zeros(f.rows, l.numel);
@@ -501,17 +507,18 @@ impl Fim {
                 FimBody::LowRank(s)
             }
         };
-        Some(Fim {
+        Ok(Some(Fim {
             layers: vec![one],
             body,
             n: self.n,
             refit: self.refit,
-        })
+        }))
     }
 
-    pub fn mv(&self, v: &[f64]) -> Vec<f64> {
-        match &self.body {
-            FimBody::Dense(m) => m.matvec(v),
+    /// `F v` (on the device for a device-held Dense body).
+    pub fn mv(&self, v: &[f64]) -> R<Vec<f64>> {
+        Ok(match &self.body {
+            FimBody::Dense(m) => m.matvec(v)?,
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -523,35 +530,35 @@ impl Fim {
                 let u = f.matvec(v);
                 f.transpose().matvec(&u)
             }
-        }
+        })
     }
 
-    pub fn vtmv(&self, v: &[f64]) -> f64 {
-        match &self.body {
+    pub fn vtmv(&self, v: &[f64]) -> R<f64> {
+        Ok(match &self.body {
             FimBody::LowRank(f) => f.matvec(v).iter().map(|x| x * x).sum(),
-            _ => dot(v, &self.mv(v)),
-        }
+            _ => dot(v, &self.mv(v)?),
+        })
     }
 
-    pub fn trace(&self) -> f64 {
-        match &self.body {
-            FimBody::Dense(m) => m.trace(),
+    pub fn trace(&self) -> R<f64> {
+        Ok(match &self.body {
+            FimBody::Dense(m) => m.trace()?,
             FimBody::Blocks(b) => b.iter().map(Block::trace).sum(),
             FimBody::LowRank(f) => f.data.iter().map(|x| x * x).sum(),
-        }
+        })
     }
 
-    pub fn frobenius(&self) -> f64 {
-        match &self.body {
-            FimBody::Dense(m) => m.frobenius(),
+    pub fn frobenius(&self) -> R<f64> {
+        Ok(match &self.body {
+            FimBody::Dense(m) => m.frobenius()?,
             FimBody::Blocks(b) => b.iter().map(Block::frobenius2).sum::<f64>().sqrt(),
             FimBody::LowRank(f) => f.matmul(&f.transpose()).frobenius(),
-        }
+        })
     }
 
-    pub fn diag(&self) -> Vec<f64> {
-        match &self.body {
-            FimBody::Dense(m) => m.diag(),
+    pub fn diag(&self) -> R<Vec<f64>> {
+        Ok(match &self.body {
+            FimBody::Dense(m) => m.diag()?,
             FimBody::Blocks(b) => b
                 .iter()
                 .zip(&self.layers)
@@ -566,7 +573,7 @@ impl Fim {
                 }
                 d
             }
-        }
+        })
     }
 
     /// `(F + λI)⁻¹ v` (KFAC: π-damped factors; LowRank: NNGeometry's
@@ -579,7 +586,8 @@ impl Fim {
     /// singularity check's spectrum) where `la` runs them.
     pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         match &self.body {
-            FimBody::Dense(m) => dense_solve(m, v, damping, la),
+            // A device-held matrix comes to the host in f64 for `la`.
+            FimBody::Dense(m) => dense_solve(m.as_f64()?, v, damping, la),
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -616,9 +624,9 @@ impl Fim {
         }
     }
 
-    pub fn to_dense(&self) -> Mat {
-        match &self.body {
-            FimBody::Dense(m) => m.as_f64().into_owned(),
+    pub fn to_dense(&self) -> R<Mat> {
+        Ok(match &self.body {
+            FimBody::Dense(m) => m.as_f64()?.into_owned(),
             FimBody::Blocks(blocks) => {
                 let p = self.dim();
                 let mut out = Mat::zeros(p, p);
@@ -633,7 +641,7 @@ impl Fim {
                 out
             }
             FimBody::LowRank(f) => f.transpose().matmul(f),
-        }
+        })
     }
 
     /// Every eigenvalue, descending.
@@ -645,7 +653,9 @@ impl Fim {
     /// runs them.
     pub fn eigenvalues_in(&self, la: &dyn Linalg) -> R<Vec<f64>> {
         let mut ev = match &self.body {
-            FimBody::Dense(m) => la.eigvalsh(&m.as_f64())?,
+            // On the device where it is held there.
+            FimBody::Dense(m @ Stored::Device(_)) => m.eigvalsh()?,
+            FimBody::Dense(m) => la.eigvalsh(&*m.as_f64()?)?,
             FimBody::Blocks(blocks) => {
                 let mut all = Vec::new();
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -670,7 +680,7 @@ impl Fim {
         let dim = self.dim();
         let (values, mut vectors): (Vec<f64>, Vec<Vec<f64>>) = match &self.body {
             FimBody::Dense(m) => {
-                let (val, vec) = eigh(&m.as_f64())?;
+                let (val, vec) = eigh(&*m.as_f64()?)?;
                 let top: Vec<usize> = (0..val.len()).rev().take(k).collect();
                 (
                     top.iter().map(|&i| val[i]).collect(),
@@ -747,9 +757,9 @@ impl Fim {
                     .collect::<R<_>>()?,
             ),
             _ => {
-                let mut m = self.to_dense();
+                let mut m = self.to_dense()?;
                 m.add_diag(damping);
-                FimBody::Dense(HostMatrix::from_mat(
+                FimBody::Dense(Stored::from_mat(
                     crate::linalg::sym_fn(&m, |x| x.max(0.0).powf(p))?,
                     self.dense_dtype(),
                 ))

@@ -57,15 +57,19 @@ fn block_kind(b: &Block) -> &'static str {
 }
 
 /// The tensors of a body, keyed as in the file.
-fn tensors(f: &Fim) -> Vec<Named<'_>> {
+fn tensors(f: &Fim) -> Result<Vec<Named<'_>>, String> {
     fn mat(k: String, m: &Mat) -> Named<'_> {
         (k, vec![m.rows, m.cols], Cow::Borrowed(m.data.as_slice()))
     }
     fn host(k: String, m: &HostMatrix) -> Named<'_> {
         (k, vec![m.rows(), m.cols()], m.values_f64())
     }
-    match &f.body {
-        FimBody::Dense(m) => vec![host("dense".into(), m)],
+    Ok(match &f.body {
+        FimBody::Dense(m) => vec![(
+            "dense".into(),
+            vec![m.rows(), m.cols()],
+            m.values_f64().map_err(|e| e.to_string())?,
+        )],
         FimBody::LowRank(m) => vec![mat("lowrank".into(), m)],
         FimBody::Blocks(blocks) => blocks
             .iter()
@@ -86,7 +90,7 @@ fn tensors(f: &Fim) -> Vec<Named<'_>> {
                 }
             })
             .collect(),
-    }
+    })
 }
 
 /// The file of `f` (float64) with its structure name and layers.
@@ -128,7 +132,7 @@ pub fn to_bytes(f: &Fim, structure: &str) -> Result<Vec<u8>, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    f64_safetensors(&tensors(f), meta)
+    f64_safetensors(&tensors(f)?, meta)
 }
 
 /// A safetensors file of float64 tensors `(key, shape, values)` with
@@ -238,7 +242,7 @@ pub fn load(path: &Path) -> Result<(Header, Fim), String> {
         .collect();
     let p = offset;
     let body = match h.body.as_str() {
-        "dense" => FimBody::Dense(HostMatrix::F64(mat("dense", p, p)?)),
+        "dense" => FimBody::Dense(mat("dense", p, p)?.into()),
         "lowrank" => {
             let rows = st.tensor("lowrank").map_or(0, |v| v.shape()[0]);
             FimBody::LowRank(mat("lowrank", rows, p)?)

@@ -454,6 +454,40 @@ impl Stored {
         }
     }
 
+    /// The matrix on the host in its precision: borrowed when it is there,
+    /// else downloaded.
+    pub fn host(&self) -> Result<Cow<'_, HostMatrix>, LinalgError> {
+        match self {
+            Stored::Host(m) => Ok(Cow::Borrowed(m)),
+            Stored::Device(d) => Ok(Cow::Owned(HostMatrix::from_mat(
+                d.0.to_host().map_err(device)?,
+                d.0.dtype(),
+            ))),
+        }
+    }
+
+    /// The matrix on the host, to change in place (a device-held one is
+    /// downloaded first and kept there from then on).
+    pub fn host_mut(&mut self) -> Result<&mut HostMatrix, LinalgError> {
+        if let Stored::Device(_) = self {
+            *self = Stored::Host(self.host()?.into_owned());
+        }
+        match self {
+            Stored::Host(m) => Ok(m),
+            Stored::Device(_) => Err(LinalgError::Backend(
+                "a device-held matrix did not come to the host".into(),
+            )),
+        }
+    }
+
+    /// Every value in f64, row-major (downloaded for a device-held one).
+    pub fn values_f64(&self) -> Result<Cow<'_, [f64]>, LinalgError> {
+        match self {
+            Stored::Host(m) => Ok(m.values_f64()),
+            Stored::Device(d) => Ok(Cow::Owned(d.0.to_host().map_err(device)?.data)),
+        }
+    }
+
     pub fn into_f64(self) -> Result<Mat, LinalgError> {
         match self {
             Stored::Host(m) => Ok(m.into_f64()),

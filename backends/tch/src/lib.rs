@@ -84,14 +84,16 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
             .with_devices(devices())
             // EKFAC's bases, dense spectra and a Fisher's solves run in
             // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK
-            // stays on the GPU with its reductions and spectrum
-            // (`TchOps::with_device_storage`); the rest (Lanczos, low-rank
-            // algebra, Fishers' storage) on the host.
+            // and a dense Fisher stay on the GPU with their reductions,
+            // products and spectrum (`TchOps::with_device_storage`); the
+            // rest (Lanczos, low-rank algebra, the other Fishers' storage)
+            // on the host.
             .with_linalg(vec![
                 "linalg:host".into(),
                 "linalg:eigh:cuda".into(),
                 "linalg:solve:cuda".into(),
                 "storage:ntk:cuda".into(),
+                "storage:fim-dense:cuda".into(),
             ]),
     )
 }

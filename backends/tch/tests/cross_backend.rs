@@ -143,7 +143,7 @@ fn quantities<O: Ops>(o: &O, model: &str, n: usize, seed: u64) -> BTreeMap<Strin
     for (tag, prob, t) in &targets {
         put(
             &format!("{tag}/dense"),
-            prob.fim_dense(t).unwrap().to_dense().data,
+            prob.fim_dense(t).unwrap().to_dense().unwrap().data,
         );
         let mut structures = vec![("blockdiag", BlockKind::Dense), ("diag", BlockKind::Diag)];
         if affine_only(&spec) {
@@ -156,7 +156,7 @@ fn quantities<O: Ops>(o: &O, model: &str, n: usize, seed: u64) -> BTreeMap<Strin
         }
         for (name, k) in structures {
             let f = prob.fim_blocks(t, &kinds(k)).unwrap();
-            put(&format!("{tag}/{name}"), f.to_dense().data);
+            put(&format!("{tag}/{name}"), f.to_dense().unwrap().data);
             if *tag == "true" {
                 put(&format!("{tag}/{name} solve"), f.solve(&v, 1e-3).unwrap());
             }
@@ -167,7 +167,7 @@ fn quantities<O: Ops>(o: &O, model: &str, n: usize, seed: u64) -> BTreeMap<Strin
         );
     }
     let low = p.fim_lowrank(&targets[0].2, None).unwrap();
-    put("true/lowrank", low.to_dense().data);
+    put("true/lowrank", low.to_dense().unwrap().data);
     out
 }
 
@@ -375,6 +375,124 @@ fn same_plan_results(tch: &mut dyn nngeo::backend::Backend) {
     eprintln!("{} results agree; worst {worst:.2e}", c.len());
 }
 
+/// libtorch's CPU ops keeping dense results "on the device", `model` with
+/// its initial weights, and `n` random inputs.
+fn stored_on_device(
+    model: &str,
+    n: usize,
+    dtype: Dtype,
+    rng: &mut Rng,
+) -> (TchOps, Net<TchOps>, <TchOps as Ops>::T) {
+    let o = TchOps::new("cpu", dtype).unwrap().with_device_storage(true);
+    let spec = compile_model(model);
+    let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).unwrap();
+    let d: usize = spec.input.iter().product();
+    let mut shape = vec![n];
+    shape.extend(&spec.input);
+    let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
+    let x = o.upload(&shape, &xs).unwrap();
+    (o, net, x)
+}
+
+/// A dense Fisher built with device storage is assembled in one device
+/// matrix (each panel product scaled and added in place, its mirror
+/// written with it) and held there: its values are the host path's to
+/// round-off, in either precision, one batch or several, one column panel
+/// or several (2,693 parameters: two panels of at most 2,048), and every
+/// operation on it (trace, norm, diagonal, products, the spectrum on the
+/// device; solves, a layer's block, sums through a host copy) agrees with
+/// the host-held Fisher's. Fails if a mirror is missed or a panel lands in
+/// the wrong place.
+#[test]
+fn a_fisher_held_on_the_device_equals_the_host_path() {
+    use nngeo::geometry::repr::FimBody;
+    use nngeo::linalg::{Keep, Stored};
+    const WIDE: &str =
+        "mlp(in = 6, hidden = [64, 32], out = 5, act = tanh, init = pytorch(seed = 2))";
+    let t = Target::Fim {
+        variant: FisherVariant::True,
+        task: Task::Classification,
+    };
+    for dtype in [Dtype::F64, Dtype::F32] {
+        for (model, n, batch) in [(MLP, 7, 7), (NORM_CNN, 5, 2), (WIDE, 4, 3)] {
+            let mut rng = Rng::new(11);
+            let (o, net, x) = stored_on_device(model, n, dtype, &mut rng);
+            let labels: Vec<f64> = (0..n).map(|i| (i % 3) as f64).collect();
+            let p = Problem {
+                batch,
+                ..Problem::whole(&o, &net, &x, &labels, n)
+            };
+            let on_host = p.fim_dense_in(&t, Keep::Host(dtype)).unwrap();
+            let held = p.fim_dense(&t).unwrap();
+            let what = format!("{model} {dtype:?} batch {batch}");
+            let FimBody::Dense(m) = &held.body else {
+                panic!("{what}: a dense body");
+            };
+            assert!(matches!(m, Stored::Device(_)), "{what}");
+            assert_eq!(held.bytes(), on_host.bytes(), "{what}: the run's precision");
+            // Scaled before it is summed on the device, after on the host.
+            let tol = if dtype == Dtype::F64 { 1e-13 } else { 1e-6 };
+            let close = |name: &str, a: &[f64], b: &[f64]| {
+                let e = rel(a, b);
+                assert!(e <= tol, "{what} {name}: {e:.2e}");
+            };
+            let h = on_host.to_dense().unwrap();
+            close("values", &held.to_dense().unwrap().data, &h.data);
+            close("trace", &[held.trace().unwrap()], &[h.trace()]);
+            close("frobenius", &[held.frobenius().unwrap()], &[h.frobenius()]);
+            close("diag", &held.diag().unwrap(), &h.diag());
+            let v: Vec<f64> = (0..h.rows).map(|_| rng.normal()).collect();
+            close("mv", &held.mv(&v).unwrap(), &h.matvec(&v));
+            close(
+                "vTMv",
+                &[held.vtmv(&v).unwrap()],
+                &[on_host.vtmv(&v).unwrap()],
+            );
+            close(
+                "eigenvalues",
+                &held.eigenvalues().unwrap(),
+                &on_host.eigenvalues().unwrap(),
+            );
+            // The solve magnifies the last-bit differences by the damped
+            // matrix's condition number (at most 1 + 100·P here).
+            let damping = 1e-2 * h.trace() / h.rows as f64;
+            let (a, b) = (
+                held.solve(&v, damping).unwrap(),
+                on_host.solve(&v, damping).unwrap(),
+            );
+            let e = rel(&a, &b);
+            assert!(e <= tol * 1e3, "{what} solve: {e:.2e}");
+            let first = &held.layers[0].name;
+            close(
+                "layer",
+                &held.layer(first).unwrap().unwrap().to_dense().unwrap().data,
+                &on_host
+                    .layer(first)
+                    .unwrap()
+                    .unwrap()
+                    .to_dense()
+                    .unwrap()
+                    .data,
+            );
+            close(
+                "sum",
+                &held
+                    .combine(&held, 0.5, 2.0)
+                    .unwrap()
+                    .to_dense()
+                    .unwrap()
+                    .data,
+                &on_host
+                    .combine(&on_host, 0.5, 2.0)
+                    .unwrap()
+                    .to_dense()
+                    .unwrap()
+                    .data,
+            );
+        }
+    }
+}
+
 /// A dense NTK held in libtorch is the host's, value for value: the same
 /// blocks written in place of copied, and every reduction the engine asks
 /// of it (trace, norm, diagonal, products, the trace kernel, alignments
@@ -387,27 +505,11 @@ fn a_kernel_held_on_the_device_equals_the_host_path() {
     use nngeo::linalg::{Keep, Stored};
     for dtype in [Dtype::F64, Dtype::F32] {
         for (model, n) in [(MLP, 7), (NORM_CNN, 5)] {
-            let o = TchOps::new("cpu", dtype).unwrap().with_device_storage(true);
-            assert!(o.holds_on_device());
-            let spec = compile_model(model);
-            let net = Net::new(&o, &spec, init_params(&spec, &spec.init)).unwrap();
             let mut rng = Rng::new(9);
-            let d: usize = spec.input.iter().product();
-            let mut shape = vec![n];
-            shape.extend(&spec.input);
-            let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
-            let x = o.upload(&shape, &xs).unwrap();
+            let (o, net, x) = stored_on_device(model, n, dtype, &mut rng);
+            assert!(o.holds_on_device());
             let labels = vec![0.0; n];
-            let p = Problem {
-                o: &o,
-                net: &net,
-                x: &x,
-                y: &labels,
-                target_dim: 1,
-                n,
-                slots: (0..net.slots.len()).collect(),
-                batch: n,
-            };
+            let p = Problem::whole(&o, &net, &x, &labels, n);
             let on_host = p.ntk_dense_in(false, Keep::Host(dtype)).unwrap();
             let held = p.ntk_dense_in(false, Keep::Device).unwrap();
             let what = format!("{model} {dtype:?}");
