@@ -14,6 +14,7 @@ mod data;
 mod env;
 mod geometry;
 mod graph;
+mod header;
 mod hessian;
 mod influence;
 mod jacobian;
@@ -24,6 +25,7 @@ mod model;
 mod names;
 mod onnx;
 mod penalty;
+mod plots;
 mod repr;
 mod saved;
 mod sharded;
@@ -342,152 +344,6 @@ impl<'a> Checker<'a> {
         }
     }
 
-    // ------------------------------------------------------------ header
-
-    fn header(&mut self, file: &'a File) {
-        let headers: Vec<&Stmt> = file
-            .stmts
-            .iter()
-            .filter(|s| matches!(s.kind, StmtKind::Experiment { .. }))
-            .collect();
-        let Some(first) = headers.first() else {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::Invalid {
-                        message: "missing `experiment` header".into(),
-                    },
-                    Span::new(0, 0),
-                    "the file should start with the experiment header",
-                )
-                .hint("start the file with `experiment NAME { seed = 0 }`"),
-            );
-            return;
-        };
-        let name_span = |s: &Stmt| match &s.kind {
-            StmtKind::Experiment { name, .. } => name.span,
-            _ => s.span,
-        };
-        for extra in &headers[1..] {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::Invalid {
-                        message: "a file declares one experiment".into(),
-                    },
-                    name_span(extra),
-                    "second `experiment` header",
-                )
-                .related(name_span(first), "first declared here"),
-            );
-        }
-        let StmtKind::Experiment { name, settings } = &first.kind else {
-            return;
-        };
-        self.header.name = name.name.clone();
-        self.header.out = format!("runs/{}", name.name);
-        let mut seen: std::collections::BTreeMap<&str, Span> = std::collections::BTreeMap::new();
-        const KEYS: [&str; 6] = ["seed", "backend", "device", "dtype", "out", "memory_budget"];
-        for s in settings {
-            let key = s.key.name.as_str();
-            if let Some(first) = seen.get(key).filter(|_| KEYS.contains(&key)) {
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::Duplicate { name: key.into() },
-                        s.key.span,
-                        "set again here",
-                    )
-                    .related(*first, "first set here"),
-                );
-                continue;
-            }
-            seen.insert(key, s.key.span);
-            match key {
-                "seed" => {
-                    if let Some(v) = self.int(&s.value, "seed", 0, u32::MAX as i64) {
-                        self.header.seed = v as u64;
-                    }
-                }
-                "backend" => {
-                    if let Some(v) = self.word(&s.value, "backend") {
-                        self.header.backend = v;
-                    }
-                }
-                "device" => {
-                    if let Some(v) = self.device(&s.value) {
-                        self.header.device = v;
-                    }
-                }
-                "dtype" => {
-                    if let Some(v) = self.symbol(&s.value, "dtype", &["f32", "f64"]) {
-                        self.header.dtype = if v == "f64" { Dtype::F64 } else { Dtype::F32 };
-                    }
-                }
-                "out" => {
-                    if let Some(v) = self.string(&s.value, "out") {
-                        self.header.out = v;
-                    }
-                }
-                "memory_budget" => {
-                    if let Some(v) = self.size(&s.value, "memory_budget") {
-                        self.header.memory_budget = Some(v);
-                    }
-                }
-                other => {
-                    self.error(
-                        Diagnostic::new(
-                            ErrorKind::Unknown {
-                                what: "experiment setting".into(),
-                                name: other.into(),
-                            },
-                            s.key.span,
-                            "not an experiment setting",
-                        )
-                        .hint_opt(did_you_mean(other, KEYS))
-                        .hint(format!("settings are: {}", KEYS.join(", "))),
-                    );
-                }
-            }
-        }
-        self.budget = self
-            .opts
-            .memory_budget
-            .or(self.header.memory_budget)
-            .unwrap_or(self.opts.default_budget);
-    }
-
-    fn device(&mut self, e: &'a Expr) -> Option<String> {
-        let e = self.deref(e);
-        let text = match &e.kind {
-            ExprKind::Ident(n) => n.clone(),
-            ExprKind::Str(s) => s.clone(),
-            ExprKind::Call { callee, args } if callee.name == "cuda" && args.len() == 1 => {
-                let n = self.int(&args[0].value, "cuda device", 0, 1023)?;
-                format!("cuda:{n}")
-            }
-            _ => String::new(),
-        };
-        let ok = text == "cpu"
-            || text == "cuda"
-            || text
-                .strip_prefix("cuda:")
-                .is_some_and(|n| !n.is_empty() && n.parse::<u32>().is_ok());
-        if ok {
-            Some(text)
-        } else {
-            self.error(
-                Diagnostic::new(
-                    ErrorKind::BadChoice {
-                        what: "device".into(),
-                        value: if text.is_empty() { "this".into() } else { text },
-                    },
-                    e.span,
-                    "expected `cpu`, `cuda` or `\"cuda:N\"`",
-                )
-                .hint("write `device = cpu`, `device = cuda` or `device = \"cuda:1\"`"),
-            );
-            None
-        }
-    }
-
     // ------------------------------------------------------------ statements
 
     fn stmt(&mut self, stmt: &'a Stmt, top: bool) {
@@ -782,126 +638,6 @@ impl<'a> Checker<'a> {
             Some(p) => {
                 let text = self.string(p, "pattern")?;
                 self.match_layers(&text, &known, p.span, &m.shown())
-            }
-        }
-    }
-
-    fn plot_stmt(
-        &mut self,
-        pattern: &'a crate::syntax::StrLit,
-        x: &'a crate::syntax::Ident,
-        by: &'a [crate::syntax::Ident],
-        flags: &'a [crate::syntax::Ident],
-        file: Option<&'a crate::syntax::StrLit>,
-        span: Span,
-    ) {
-        const FLAGS: [&str; 5] = ["log_x", "log_y", "linear_y", "points", "lines"];
-        for f in flags {
-            if !FLAGS.contains(&f.name.as_str()) {
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::Unknown {
-                            what: "plot option".into(),
-                            name: f.name.clone(),
-                        },
-                        f.span,
-                        "not a plot option",
-                    )
-                    .hint_opt(did_you_mean(&f.name, FLAGS))
-                    .hint(format!("plot options are: {}", FLAGS.join(", "))),
-                );
-            }
-        }
-        self.plots.push(PlotCheck {
-            pattern: pattern.value.clone(),
-            span: pattern.span,
-            x: (x.name.clone(), x.span),
-            by: by.iter().map(|b| (b.name.clone(), b.span)).collect(),
-        });
-        let file = file.map(|f| f.value.clone()).unwrap_or_else(|| {
-            let mut f: String = pattern
-                .value
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            f = f.trim_matches('_').to_string();
-            format!("{f}_vs_{}", x.name)
-        });
-        self.emit(
-            Op::Plot {
-                pattern: pattern.value.clone(),
-                x: x.name.clone(),
-                by: by.iter().map(|b| b.name.clone()).collect(),
-                flags: flags.iter().map(|b| b.name.clone()).collect(),
-                file,
-            },
-            span,
-        );
-    }
-
-    /// Plots are checked last: their patterns may match keys defined later.
-    fn check_plots(&mut self) {
-        let plots = std::mem::take(&mut self.plots);
-        // After another error some measurements were never checked, so a
-        // pattern matching nothing may be a consequence: do not report it.
-        let keys_complete = self.diags.is_empty();
-        for p in plots {
-            let matches = self.keys.iter().any(|k| glob(&p.pattern, k));
-            if !matches && keys_complete {
-                let keys: Vec<&str> = self.keys.iter().map(|s| s.as_str()).collect();
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: format!("no measurement matches `{}`", p.pattern),
-                        },
-                        p.span,
-                        "matches nothing this file measures",
-                    )
-                    .hint_opt(did_you_mean(&p.pattern, keys.iter().copied()))
-                    .hint(if keys.is_empty() {
-                        "this file measures nothing".to_string()
-                    } else {
-                        format!(
-                            "measured: {}",
-                            keys.iter().take(8).copied().collect::<Vec<_>>().join(", ")
-                        )
-                    }),
-                );
-            }
-            const AXES: [&str; 5] = ["step", "epoch", "time", "memory", "index"];
-            if !AXES.contains(&p.x.0.as_str()) && !self.sweep_vars.contains(&p.x.0) {
-                let mut cands: Vec<String> = AXES.iter().map(|s| s.to_string()).collect();
-                cands.extend(self.sweep_vars.iter().cloned());
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::Unknown {
-                            what: "plot axis".into(),
-                            name: p.x.0.clone(),
-                        },
-                        p.x.1,
-                        "not an axis",
-                    )
-                    .hint_opt(did_you_mean(&p.x.0, cands.iter().map(|s| s.as_str())))
-                    .hint(format!("plot against: {}", cands.join(", "))),
-                );
-            }
-            for (b, span) in &p.by {
-                if b != "group" && b != "layer" && !self.sweep_vars.contains(b) {
-                    let mut cands: Vec<String> = vec!["group".into(), "layer".into()];
-                    cands.extend(self.sweep_vars.iter().cloned());
-                    self.error(
-                        Diagnostic::new(
-                            ErrorKind::Undefined {
-                                what: "sweep variable".into(),
-                                name: b.clone(),
-                            },
-                            *span,
-                            "not a sweep variable of this file",
-                        )
-                        .hint_opt(did_you_mean(b, cands.iter().map(|s| s.as_str())))
-                        .hint(format!("group by: {}", cands.join(", "))),
-                    );
-                }
             }
         }
     }
