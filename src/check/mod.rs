@@ -18,6 +18,7 @@ mod header;
 mod hessian;
 mod influence;
 mod jacobian;
+mod layers;
 mod library;
 mod matrices;
 mod measure;
