@@ -8,6 +8,7 @@
 
 mod args;
 mod block;
+mod block_eval;
 mod claim;
 mod ctor;
 mod data;
