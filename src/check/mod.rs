@@ -26,6 +26,7 @@ mod measure;
 mod model;
 mod names;
 mod onnx;
+mod optim;
 mod penalty;
 mod plots;
 mod repr;
