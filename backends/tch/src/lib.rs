@@ -7,6 +7,7 @@
 //! libtorch's library folder is baked in as RUNPATH by `build.rs`; CUDA is
 //! used when libtorch's CUDA library loads and sees a device.
 
+mod cuda;
 pub mod held;
 pub mod ops;
 
