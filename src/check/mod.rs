@@ -9,6 +9,7 @@
 mod args;
 mod block;
 mod block_eval;
+mod block_model;
 mod claim;
 mod ctor;
 mod data;
