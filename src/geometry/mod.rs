@@ -2,6 +2,7 @@
 //! every Fisher/NTK representation, written once over [`ops::Ops`].
 
 pub mod algebra;
+pub mod blocks;
 pub mod build;
 pub mod fisher;
 pub mod gram;

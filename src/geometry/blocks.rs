@@ -1,0 +1,378 @@
+//! One layer's block of a Fisher ([`Block`]): its products, reductions,
+//! solves, dense form and spectrum, each in the block's own structure.
+
+use super::repr::{flat, natural, nonsingular, Block, LayerInfo, R};
+use super::stats::flat_pos;
+use crate::linalg::{eigh, HostMatrix, Linalg, Mat};
+
+/// Index in the layer's flat order of natural position `(g, a)`.
+fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
+    flat_pos(g, a, l.sg, l.sa, l.bias, l.order)
+}
+
+/// One block's eigenpairs: values in a fixed order and each vector on demand.
+pub(crate) enum BlockEigen {
+    /// Eigenvalues and eigenvectors as columns (natural = flat order).
+    Columns(Vec<f64>, Mat),
+    /// A diagonal: the eigenvectors are coordinates.
+    Unit(Vec<f64>),
+    /// `val[i·sa + j]` pairs column i of `ug` with column j of `ua`.
+    Kron { val: Vec<f64>, ug: Mat, ua: Mat },
+}
+
+impl BlockEigen {
+    pub(crate) fn values(&self) -> &[f64] {
+        match self {
+            BlockEigen::Columns(v, _) | BlockEigen::Unit(v) | BlockEigen::Kron { val: v, .. } => v,
+        }
+    }
+
+    /// Eigenvector `i` in the layer's flat order.
+    pub(crate) fn vector(&self, l: &LayerInfo, i: usize) -> Vec<f64> {
+        match self {
+            BlockEigen::Columns(_, m) => (0..m.rows).map(|r| m.get(r, i)).collect(),
+            BlockEigen::Unit(d) => {
+                let mut v = vec![0.0; d.len()];
+                v[i] = 1.0;
+                v
+            }
+            BlockEigen::Kron { ug, ua, .. } => {
+                let (gi, aj) = (i / ua.cols, i % ua.cols);
+                let natural: Vec<f64> = (0..ug.rows)
+                    .flat_map(|r| (0..ua.rows).map(move |c| ug.get(r, gi) * ua.get(c, aj)))
+                    .collect();
+                flat(&Mat::from_vec(ug.rows, ua.rows, natural), l)
+            }
+        }
+    }
+}
+
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `(K, damping)` → the π of NNGeometry's KFAC damping.
+pub(crate) fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
+    let ta = a.trace() / a.rows as f64;
+    let tg = g.trace() / g.rows as f64;
+    if ta > 0.0 && tg > 0.0 {
+        (ta / tg).sqrt()
+    } else {
+        1.0
+    }
+}
+
+impl Block {
+    pub fn mv(&self, l: &LayerInfo, v: &[f64]) -> Vec<f64> {
+        match self {
+            Block::Dense(m) => m.matvec(v),
+            Block::Diag(d) => d.iter().zip(v).map(|(a, b)| a * b).collect(),
+            Block::Kfac { a, g } => flat(&g.matmul(&natural(v, l)).matmul(a), l),
+            Block::Ekfac { ua, ug, d } => {
+                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
+                let scaled = hadamard(&r, d);
+                flat(&ug.matmul(&scaled).matmul(&ua.transpose()), l)
+            }
+            Block::QuasiDiag { diag, cross } => {
+                let mut out: Vec<f64> = diag.iter().zip(v).map(|(a, b)| a * b).collect();
+                if l.bias {
+                    for gi in 0..l.sg {
+                        let b = flat_index(l, gi, l.sa - 1);
+                        for ai in 0..l.sa - 1 {
+                            let w = flat_index(l, gi, ai);
+                            let c = cross.get(gi, ai);
+                            out[w] += c * v[b];
+                            out[b] += c * v[w];
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    pub fn trace(&self) -> f64 {
+        match self {
+            Block::Dense(m) => m.trace(),
+            Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.iter().sum(),
+            Block::Kfac { a, g } => a.trace() * g.trace(),
+            Block::Ekfac { d, .. } => d.data.iter().sum(),
+        }
+    }
+
+    /// Squared Frobenius norm.
+    pub fn frobenius2(&self) -> f64 {
+        match self {
+            Block::Dense(m) => m.frobenius2(),
+            Block::Diag(d) => d.iter().map(|x| x * x).sum(),
+            Block::QuasiDiag { diag, cross } => {
+                diag.iter().map(|x| x * x).sum::<f64>()
+                    + 2.0 * cross.data.iter().map(|x| x * x).sum::<f64>()
+            }
+            Block::Kfac { a, g } => a.frobenius().powi(2) * g.frobenius().powi(2),
+            Block::Ekfac { d, .. } => d.data.iter().map(|x| x * x).sum(),
+        }
+    }
+
+    pub fn diag(&self, l: &LayerInfo) -> Vec<f64> {
+        match self {
+            Block::Dense(m) => m.diag(),
+            Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.clone(),
+            Block::Kfac { a, g } => {
+                let mut m = Mat::zeros(l.sg, l.sa);
+                for gi in 0..l.sg {
+                    for ai in 0..l.sa {
+                        m.set(gi, ai, g.get(gi, gi) * a.get(ai, ai));
+                    }
+                }
+                flat(&m, l)
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let ug2 = square(ug);
+                let ua2 = square(ua);
+                flat(&ug2.matmul(d).matmul(&ua2.transpose()), l)
+            }
+        }
+    }
+
+    /// `(B + λI)⁻¹ v`; KFAC uses NNGeometry's π-damping
+    /// `(G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹`.
+    /// The dense factorisations run where `la` says.
+    pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => dense_solve(m.as_f64(), v, damping, la)?,
+            Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
+            Block::Kfac { a, g } => {
+                let pi = kfac_pi(a, g);
+                let s = damping.sqrt();
+                let mut gd = g.clone();
+                gd.add_diag(s / pi);
+                let mut ad = a.clone();
+                ad.add_diag(pi * s);
+                let x1 = la.solve_sym(&gd, &natural(v, l))?; // [sg, sa]
+                let x = la.solve_sym(&ad, &x1.transpose())?.transpose();
+                flat(&x, l)
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
+                let mut q = r.clone();
+                for (x, e) in q.data.iter_mut().zip(&d.data) {
+                    *x /= e + damping;
+                }
+                flat(&ug.matmul(&q).matmul(&ua.transpose()), l)
+            }
+            Block::QuasiDiag { diag, cross } => {
+                let mut x = vec![0.0; v.len()];
+                if !l.bias {
+                    return Ok(diag.iter().zip(v).map(|(a, b)| b / (a + damping)).collect());
+                }
+                // Per output unit an arrowhead system: eliminate the weights.
+                for gi in 0..l.sg {
+                    let b = flat_index(l, gi, l.sa - 1);
+                    let mut schur = diag[b] + damping;
+                    let mut rhs = v[b];
+                    for ai in 0..l.sa - 1 {
+                        let w = flat_index(l, gi, ai);
+                        let c = cross.get(gi, ai);
+                        let dw = diag[w] + damping;
+                        schur -= c * c / dw;
+                        rhs -= c * v[w] / dw;
+                    }
+                    x[b] = rhs / schur;
+                    for ai in 0..l.sa - 1 {
+                        let w = flat_index(l, gi, ai);
+                        x[w] = (v[w] - cross.get(gi, ai) * x[b]) / (diag[w] + damping);
+                    }
+                }
+                x
+            }
+        })
+    }
+
+    pub fn to_dense(&self, l: &LayerInfo) -> Mat {
+        let p = l.numel;
+        match self {
+            Block::Dense(m) => m.as_f64().into_owned(),
+            Block::Diag(d) => {
+                let mut m = Mat::zeros(p, p);
+                for (i, x) in d.iter().enumerate() {
+                    m.set(i, i, *x);
+                }
+                m
+            }
+            Block::Kfac { a, g } => {
+                let mut m = Mat::zeros(p, p);
+                for g1 in 0..l.sg {
+                    for a1 in 0..l.sa {
+                        let r = flat_index(l, g1, a1);
+                        for g2 in 0..l.sg {
+                            let gv = g.get(g1, g2);
+                            for a2 in 0..l.sa {
+                                m.set(r, flat_index(l, g2, a2), gv * a.get(a1, a2));
+                            }
+                        }
+                    }
+                }
+                m
+            }
+            _ => {
+                // Column by column through `mv`: exact, and these blocks are small.
+                let mut m = Mat::zeros(p, p);
+                let mut e = vec![0.0; p];
+                for c in 0..p {
+                    e[c] = 1.0;
+                    let col = self.mv(l, &e);
+                    e[c] = 0.0;
+                    for (r, x) in col.iter().enumerate() {
+                        m.set(r, c, *x);
+                    }
+                }
+                m
+            }
+        }
+    }
+
+    /// All eigenvalues, in no particular order.
+    /// The spectra of dense matrices are computed where `la` runs them.
+    pub fn eigenvalues(&self, l: &LayerInfo, la: &dyn Linalg) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => la.eigvalsh(&m.as_f64())?,
+            Block::Diag(d) => d.clone(),
+            Block::Kfac { a, g } => {
+                let ea = la.eigvalsh(a)?;
+                let eg = la.eigvalsh(g)?;
+                eg.iter()
+                    .flat_map(|x| ea.iter().map(move |y| x * y))
+                    .collect()
+            }
+            Block::Ekfac { d, .. } => d.data.clone(),
+            Block::QuasiDiag { .. } => la.eigvalsh(&self.to_dense(l))?,
+        })
+    }
+
+    /// Every eigenpair as a value and the means to build its vector (in the
+    /// layer's flat order) on demand: a block's P eigenvectors are never all
+    /// materialised when only the top few are wanted.
+    pub(crate) fn eigen_parts(&self, l: &LayerInfo) -> R<BlockEigen> {
+        Ok(match self {
+            Block::Dense(m) => {
+                let (val, vec) = eigh(&m.as_f64())?;
+                BlockEigen::Columns(val, vec)
+            }
+            Block::QuasiDiag { .. } => {
+                let (val, vec) = eigh(&self.to_dense(l))?;
+                BlockEigen::Columns(val, vec)
+            }
+            Block::Diag(d) => BlockEigen::Unit(d.clone()),
+            Block::Kfac { a, g } => {
+                let (ea, ua) = eigh(a)?;
+                let (eg, ug) = eigh(g)?;
+                let val = eg
+                    .iter()
+                    .flat_map(|x| ea.iter().map(move |y| x * y))
+                    .collect();
+                BlockEigen::Kron { val, ug, ua }
+            }
+            Block::Ekfac { ua, ug, d } => BlockEigen::Kron {
+                val: d.data.clone(),
+                ug: ug.clone(),
+                ua: ua.clone(),
+            },
+        })
+    }
+
+    /// `B^p` (eigenvalues raised to `p`, with `damping` added first), in the
+    /// same structure where it has one.
+    pub fn power(&self, l: &LayerInfo, p: f64, damping: f64) -> R<Block> {
+        let f = |x: f64| (x.max(0.0) + damping).powf(p);
+        Ok(match self {
+            Block::Dense(m) => {
+                let mut md = m.as_f64().into_owned();
+                md.add_diag(damping);
+                Block::Dense(HostMatrix::from_mat(
+                    crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?,
+                    m.dtype(),
+                ))
+            }
+            Block::Diag(d) => Block::Diag(d.iter().map(|x| f(*x)).collect()),
+            Block::Kfac { a, g } => {
+                let (ea, ua) = eigh(a)?;
+                let (eg, ug) = eigh(g)?;
+                let mut d = Mat::zeros(l.sg, l.sa);
+                for k in 0..l.sg {
+                    for j in 0..l.sa {
+                        d.set(k, j, f(eg[k].max(0.0) * ea[j].max(0.0)));
+                    }
+                }
+                Block::Ekfac { ua, ug, d }
+            }
+            Block::Ekfac { ua, ug, d } => {
+                let mut d2 = d.clone();
+                d2.data.iter_mut().for_each(|x| *x = f(*x));
+                Block::Ekfac {
+                    ua: ua.clone(),
+                    ug: ug.clone(),
+                    d: d2,
+                }
+            }
+            Block::QuasiDiag { .. } => {
+                let mut md = self.to_dense(l);
+                md.add_diag(damping);
+                Block::Dense(HostMatrix::F64(crate::linalg::sym_fn(&md, |x| {
+                    x.max(0.0).powf(p)
+                })?))
+            }
+        })
+    }
+
+    /// Stored numbers.
+    pub fn stored(&self) -> usize {
+        match self {
+            Block::Dense(m) => m.len(),
+            Block::Diag(d) => d.len(),
+            Block::Kfac { a, g } => a.data.len() + g.data.len(),
+            Block::Ekfac { ua, ug, d } => ua.data.len() + ug.data.len() + d.data.len(),
+            Block::QuasiDiag { diag, cross } => diag.len() + cross.data.len(),
+        }
+    }
+}
+
+impl Block {
+    /// Bytes its values take.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Block::Dense(m) => m.bytes(),
+            other => other.stored() * std::mem::size_of::<f64>(),
+        }
+    }
+}
+
+/// `(M + λI)⁻¹ v`, refusing an undamped singular `M`; the factorisation in
+/// f64 where `la` runs it.
+pub(crate) fn dense_solve(
+    m: std::borrow::Cow<'_, Mat>,
+    v: &[f64],
+    damping: f64,
+    la: &dyn Linalg,
+) -> R<Vec<f64>> {
+    let mut md = m.into_owned();
+    if damping == 0.0 {
+        nonsingular(&md, la)?;
+    }
+    md.add_diag(damping);
+    Ok(la
+        .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
+        .data)
+}
+
+fn hadamard(a: &Mat, b: &Mat) -> Mat {
+    Mat::from_vec(
+        a.rows,
+        a.cols,
+        a.data.iter().zip(&b.data).map(|(x, y)| x * y).collect(),
+    )
+}
+
+fn square(a: &Mat) -> Mat {
+    Mat::from_vec(a.rows, a.cols, a.data.iter().map(|x| x * x).collect())
+}
