@@ -38,6 +38,41 @@ pub(super) enum Extra {
 }
 
 impl<'a> Checker<'a> {
+    /// `name` or `name(args...)`: the callee and its arguments, else a
+    /// located error saying a `what` (one of `names`) was expected.
+    pub(super) fn named(
+        &mut self,
+        d: &'a Expr,
+        what: &str,
+        names: &[&str],
+    ) -> Option<(Ident, &'a [Arg])> {
+        match &d.kind {
+            ExprKind::Ident(n) => Some((
+                Ident {
+                    name: n.clone(),
+                    span: d.span,
+                },
+                &[],
+            )),
+            ExprKind::Call { callee, args } => Some((callee.clone(), args.as_slice())),
+            _ => {
+                let found = self.describe(d);
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::TypeMismatch {
+                            expected: format!("a {what}"),
+                            found,
+                        },
+                        d.span,
+                        format!("not a {what}"),
+                    )
+                    .hint(format!("{what}s: {}", names.join(", "))),
+                );
+                None
+            }
+        }
+    }
+
     /// Matches `args` to `params` (positional in order, or by name).
     pub(super) fn bind(
         &mut self,

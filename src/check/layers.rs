@@ -7,7 +7,7 @@ use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::conv_len;
 use crate::plan::Layer;
-use crate::syntax::{Arg, Expr, ExprKind, Ident};
+use crate::syntax::Expr;
 
 impl<'a> Checker<'a> {
     /// One layer applied to `shape`: the layer and its output shape.
@@ -18,31 +18,7 @@ impl<'a> Checker<'a> {
         name: &str,
     ) -> Option<(Layer, Vec<usize>)> {
         let d = self.deref(e);
-        let (callee, args): (Ident, &'a [Arg]) = match &d.kind {
-            ExprKind::Ident(n) => (
-                Ident {
-                    name: n.clone(),
-                    span: d.span,
-                },
-                &[],
-            ),
-            ExprKind::Call { callee, args } => (callee.clone(), args.as_slice()),
-            _ => {
-                let found = self.describe(d);
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::TypeMismatch {
-                            expected: "a layer".into(),
-                            found,
-                        },
-                        d.span,
-                        "not a layer",
-                    )
-                    .hint(format!("layers: {}", LAYERS.join(", "))),
-                );
-                return None;
-            }
-        };
+        let (callee, args) = self.named(d, "layer", &LAYERS)?;
         let span = d.span;
         let mismatch = |c: &mut Self, expected: String, hint: Option<String>| {
             c.error(

@@ -34,31 +34,7 @@ impl<'a> Checker<'a> {
     /// names and how to show the model) resolves a mix's quoted layer keys.
     fn structure(&mut self, e: &'a Expr, layers: Option<(&[&str], &str)>) -> Option<Structure> {
         let d = self.deref(e);
-        let (callee, args): (Ident, &'a [Arg]) = match &d.kind {
-            ExprKind::Ident(n) => (
-                Ident {
-                    name: n.clone(),
-                    span: d.span,
-                },
-                &[],
-            ),
-            ExprKind::Call { callee, args } => (callee.clone(), args.as_slice()),
-            _ => {
-                let found = self.describe(d);
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::TypeMismatch {
-                            expected: "a structure".into(),
-                            found,
-                        },
-                        d.span,
-                        "not a structure",
-                    )
-                    .hint(format!("structures: {}", STRUCTURES.join(", "))),
-                );
-                return None;
-            }
-        };
+        let (callee, args) = self.named(d, "structure", &STRUCTURES)?;
         let span = d.span;
         Some(match callee.name.as_str() {
             "Dense" | "BlockDiag" | "Diag" | "KFAC" | "QuasiDiag" | "Implicit" => {
