@@ -138,13 +138,13 @@ fn numbers(f: &Fim) -> Vec<f64> {
                         for i in 0..l.numel {
                             let mut e = vec![0.0; l.numel];
                             e[i] = 1.0;
-                            out.extend(b.mv(l, &e));
+                            out.extend(b.mv(l, &e).unwrap());
                         }
                     }
-                    other => out.extend(other.diag(l)),
+                    other => out.extend(other.diag(l).unwrap()),
                 }
                 if let Block::Dense(m) = b {
-                    out.extend(m.values_f64().iter());
+                    out.extend(m.values_f64().unwrap().iter());
                 }
             }
         }

@@ -596,7 +596,7 @@ impl<O: Ops> Engine<O> {
                 let ra = self.operand(a)?;
                 let rb = self.operand(b)?;
                 if let (ReprKind::Fim(fa), ReprKind::Fim(fb)) = (&ra.kind, &rb.kind) {
-                    if let Some(e) = blockwise_rel_error(fa, fb) {
+                    if let Some(e) = blockwise_rel_error(fa, fb).map_err(|e| e.to_string())? {
                         return Ok(scalar(e));
                     }
                 }
@@ -683,16 +683,19 @@ impl<O: Ops> Engine<O> {
 /// `‖A − B‖_F / ‖B‖_F` block by block when both are block-diagonal on the
 /// same layers: the off-diagonal blocks are zero on both sides, so the
 /// whole matrices (P² entries each) are never formed.
-pub(super) fn blockwise_rel_error(a: &Fim, b: &Fim) -> Option<f64> {
+pub(super) fn blockwise_rel_error(
+    a: &Fim,
+    b: &Fim,
+) -> Result<Option<f64>, crate::geometry::repr::ReprError> {
     let (FimBody::Blocks(ba), FimBody::Blocks(bb)) = (&a.body, &b.body) else {
-        return None;
+        return Ok(None);
     };
     if a.layers != b.layers || ba.len() != bb.len() {
-        return None;
+        return Ok(None);
     }
-    let (mut diff, mut norm) = (0.0, 0.0);
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
     for ((l, x), y) in a.layers.iter().zip(ba).zip(bb) {
-        let (dx, dy) = (x.to_dense(l), y.to_dense(l));
+        let (dx, dy) = (x.to_dense(l)?, y.to_dense(l)?);
         diff += dx
             .data
             .iter()
@@ -701,7 +704,7 @@ pub(super) fn blockwise_rel_error(a: &Fim, b: &Fim) -> Option<f64> {
             .sum::<f64>();
         norm += dy.data.iter().map(|q| q * q).sum::<f64>();
     }
-    Some(diff.sqrt() / norm.sqrt())
+    Ok(Some(diff.sqrt() / norm.sqrt()))
 }
 
 /// `[n, C]` targets: one-hot rows for class labels, raw values otherwise.

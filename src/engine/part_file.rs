@@ -4,7 +4,7 @@
 
 use crate::geometry::parts::{Part, PartData};
 use crate::geometry::repr::{Block, FimBody};
-use crate::linalg::{HostMatrix, Mat};
+use crate::linalg::{Mat, Stored};
 use safetensors::SafeTensors;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -36,8 +36,11 @@ fn mat<'d>(t: &mut Named<'d>, name: String, m: &'d Mat) {
     t.push((name, vec![m.rows, m.cols], Cow::Borrowed(&m.data)));
 }
 
-fn host<'d>(t: &mut Named<'d>, name: String, m: &'d HostMatrix) {
-    t.push((name, vec![m.rows(), m.cols()], m.values_f64()));
+/// A stored matrix's values (downloaded where it is held on a device).
+fn stored<'d>(t: &mut Named<'d>, name: String, m: &'d Stored) -> Result<(), String> {
+    let values = m.values_f64().map_err(|e| e.to_string())?;
+    t.push((name, vec![m.rows(), m.cols()], values));
+    Ok(())
 }
 
 /// The tensors of a part, named, with the body's layout.
@@ -45,8 +48,7 @@ fn tensors(data: &PartData) -> Result<(String, Named<'_>), String> {
     let mut t: Named<'_> = Vec::new();
     let kind = match data {
         PartData::Fim(FimBody::Dense(m)) => {
-            let values = m.values_f64().map_err(|e| e.to_string())?;
-            t.push(("dense".into(), vec![m.rows(), m.cols()], values));
+            stored(&mut t, "dense".into(), m)?;
             "fim:dense".to_string()
         }
         PartData::Fim(FimBody::Blocks(blocks)) => {
@@ -54,7 +56,7 @@ fn tensors(data: &PartData) -> Result<(String, Named<'_>), String> {
             for (k, b) in blocks.iter().enumerate() {
                 kinds.push(match b {
                     Block::Dense(m) => {
-                        host(&mut t, format!("{k}.dense"), m);
+                        stored(&mut t, format!("{k}.dense"), m)?;
                         "dense"
                     }
                     Block::Diag(d) => {
@@ -206,7 +208,7 @@ pub(super) fn read(path: &Path, e: &Expect<'_>) -> Result<Part, String> {
             .enumerate()
             .map(|(k, b)| {
                 Ok(match b {
-                    "dense" => Block::Dense(HostMatrix::F64(mat(&format!("{k}.dense"))?)),
+                    "dense" => Block::Dense(Stored::from(mat(&format!("{k}.dense"))?)),
                     "diag" => Block::Diag(vec_of(&format!("{k}.diag"))?.1),
                     "kfac" => Block::Kfac {
                         a: mat(&format!("{k}.a"))?,

@@ -105,9 +105,13 @@ fn blend(run: &mut [f64], new: &[f64], decay: f64) {
 
 fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
     match (run, new) {
-        (Block::Dense(r), Block::Dense(x)) => {
-            r.zip_in_place(x, |r, x| decay * r + (1.0 - decay) * x)
-        }
+        // On the host (a device-held block comes there once and stays).
+        (Block::Dense(r), Block::Dense(x)) => r
+            .host_mut()
+            .map_err(|e| e.to_string())?
+            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
+                decay * r + (1.0 - decay) * x
+            }),
         (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
         (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
             blend(&mut a.data, &xa.data, decay);

@@ -44,10 +44,13 @@ fn pow(x: f64, p: f64) -> f64 {
 }
 
 impl Block {
-    /// `ca·self + cb·other` on the same layer.
-    pub fn combine(&self, l: &LayerInfo, other: &Block, ca: f64, cb: f64) -> Block {
-        match (self, other) {
-            (Block::Dense(a), Block::Dense(b)) => Block::Dense(HostMatrix::combine(a, b, ca, cb)),
+    /// `ca·self + cb·other` on the same layer (a derived matrix: on the
+    /// host, a device-held operand downloaded).
+    pub fn combine(&self, l: &LayerInfo, other: &Block, ca: f64, cb: f64) -> R<Block> {
+        Ok(match (self, other) {
+            (Block::Dense(a), Block::Dense(b)) => {
+                Block::Dense(HostMatrix::combine(&*a.host()?, &*b.host()?, ca, cb).into())
+            }
             (Block::Diag(a), Block::Diag(b)) => Block::Diag(lin(a, b, ca, cb)),
             (Block::QuasiDiag { diag: a, cross: x }, Block::QuasiDiag { diag: b, cross: y }) => {
                 Block::QuasiDiag {
@@ -67,22 +70,22 @@ impl Block {
                 ug: ug.clone(),
                 d: lin_mat(d, e, ca, cb),
             },
-            _ => Block::Dense(HostMatrix::F64(lin_mat(
-                &self.to_dense(l),
-                &other.to_dense(l),
+            _ => Block::Dense(Stored::from(lin_mat(
+                &self.to_dense(l)?,
+                &other.to_dense(l)?,
                 ca,
                 cb,
             ))),
-        }
+        })
     }
 
     /// `c·self`.
-    pub fn scale(&self, c: f64) -> Block {
-        match self {
+    pub fn scale(&self, c: f64) -> R<Block> {
+        Ok(match self {
             Block::Dense(m) => {
-                let mut m = m.clone();
+                let mut m = m.host()?.into_owned();
                 m.map_in_place(|x| x * c);
-                Block::Dense(m)
+                Block::Dense(m.into())
             }
             Block::Diag(d) => Block::Diag(d.iter().map(|x| x * c).collect()),
             Block::QuasiDiag { diag, cross } => Block::QuasiDiag {
@@ -98,16 +101,16 @@ impl Block {
                 ug: ug.clone(),
                 d: scaled(d, c),
             },
-        }
+        })
     }
 
     /// `self + λI`.
     pub fn damp(&self, l: &LayerInfo, lambda: f64) -> R<Block> {
         Ok(match self {
             Block::Dense(m) => {
-                let mut m = m.clone();
+                let mut m = m.host()?.into_owned();
                 m.add_diag(lambda);
-                Block::Dense(m)
+                Block::Dense(m.into())
             }
             Block::Diag(d) => Block::Diag(d.iter().map(|x| x + lambda).collect()),
             Block::QuasiDiag { diag, cross } => Block::QuasiDiag {
@@ -149,8 +152,8 @@ impl Block {
     /// `self^p` (exact; `p = −1` is the inverse).
     pub fn pow(&self, l: &LayerInfo, p: f64) -> R<Block> {
         Ok(match self {
-            Block::Dense(m) => Block::Dense(HostMatrix::from_mat(
-                sym_fn(&m.as_f64(), |x| pow(x, p))?,
+            Block::Dense(m) => Block::Dense(Stored::from_mat(
+                sym_fn(&*m.as_f64()?, |x| pow(x, p))?,
                 m.dtype(),
             )),
             Block::Diag(d) => Block::Diag(d.iter().map(|x| pow(*x, p)).collect()),
@@ -164,7 +167,7 @@ impl Block {
                 d: Mat::from_vec(d.rows, d.cols, d.data.iter().map(|x| pow(*x, p)).collect()),
             },
             Block::QuasiDiag { .. } => {
-                Block::Dense(HostMatrix::F64(sym_fn(&self.to_dense(l), |x| pow(x, p))?))
+                Block::Dense(Stored::from(sym_fn(&self.to_dense(l)?, |x| pow(x, p))?))
             }
         })
     }
@@ -218,7 +221,7 @@ impl Fim {
                     .zip(b)
                     .zip(&self.layers)
                     .map(|((x, y), l)| x.combine(l, y, ca, cb))
-                    .collect(),
+                    .collect::<R<_>>()?,
             ),
             (FimBody::LowRank(a), FimBody::LowRank(b)) if ca >= 0.0 && cb >= 0.0 => {
                 let mut data = scaled(a, ca.sqrt()).data;
@@ -235,7 +238,7 @@ impl Fim {
 
     /// `c·self`.
     pub fn scale(&self, c: f64) -> R<Fim> {
-        if let Some(f) = self.each_block(|b, _| Ok(b.scale(c)))? {
+        if let Some(f) = self.each_block(|b, _| b.scale(c))? {
             return Ok(f);
         }
         Ok(self.with_body(match &self.body {
@@ -324,7 +327,7 @@ mod tests {
         let diag = (0..p).map(|i| 1.0 + (t(i) * 0.37).sin().abs()).collect();
         let quasi: Vec<f64> = (0..p).map(|i| 6.0 + t(i).cos()).collect();
         vec![
-            Block::Dense(HostMatrix::F64(spd(p, seed + 3))),
+            Block::Dense(Stored::from(spd(p, seed + 3))),
             Block::Diag(diag),
             kfac,
             ekfac,
@@ -350,11 +353,17 @@ mod tests {
         let l = layer(3, 4);
         let mut worst = 0.0f64;
         for (b, c) in blocks(&l, 1).iter().zip(blocks(&l, 7)) {
-            let (db, dc) = (b.to_dense(&l), c.to_dense(&l));
+            let (db, dc) = (b.to_dense(&l).unwrap(), c.to_dense(&l).unwrap());
             let mut cases = vec![
-                (b.combine(&l, &c, 1.0, 1.0), lin_mat(&db, &dc, 1.0, 1.0)),
-                (b.combine(&l, &c, 1.0, -1.0), lin_mat(&db, &dc, 1.0, -1.0)),
-                (b.scale(-2.5), scaled(&db, -2.5)),
+                (
+                    b.combine(&l, &c, 1.0, 1.0).unwrap(),
+                    lin_mat(&db, &dc, 1.0, 1.0),
+                ),
+                (
+                    b.combine(&l, &c, 1.0, -1.0).unwrap(),
+                    lin_mat(&db, &dc, 1.0, -1.0),
+                ),
+                (b.scale(-2.5).unwrap(), scaled(&db, -2.5)),
             ];
             let mut damped = db.clone();
             damped.add_diag(0.3);
@@ -367,7 +376,7 @@ mod tests {
                 sym_fn(&damped, |x| 1.0 / x).unwrap(),
             ));
             for (got, want) in cases {
-                let e = rel(&got.to_dense(&l), &want);
+                let e = rel(&got.to_dense(&l).unwrap(), &want);
                 worst = worst.max(e);
                 assert!(e < 1e-10, "{b:?}: {e:e}");
             }
@@ -376,7 +385,7 @@ mod tests {
         let k = &blocks(&l, 1)[2];
         assert!(matches!(k.pow(&l, -1.0).unwrap(), Block::Kfac { .. }));
         assert!(matches!(k.damp(&l, 0.1).unwrap(), Block::Ekfac { .. }));
-        assert!(matches!(k.scale(2.0), Block::Kfac { .. }));
+        assert!(matches!(k.scale(2.0).unwrap(), Block::Kfac { .. }));
         println!("worst relative error: {worst:e}");
     }
 }

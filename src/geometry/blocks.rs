@@ -1,9 +1,9 @@
 //! One layer's block of a Fisher ([`Block`]): its products, reductions,
 //! solves, dense form and spectrum, each in the block's own structure.
 
-use super::repr::{flat, natural, nonsingular, Block, LayerInfo, R};
+use super::repr::{flat, natural, nonsingular, nonsingular_spectrum, Block, LayerInfo, R};
 use super::stats::flat_pos;
-use crate::linalg::{eigh, HostMatrix, Linalg, Mat};
+use crate::linalg::{eigh, Linalg, LinalgError, Mat, Stored};
 
 /// Index in the layer's flat order of natural position `(g, a)`.
 fn flat_index(l: &LayerInfo, g: usize, a: usize) -> usize {
@@ -63,9 +63,10 @@ pub(crate) fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
 }
 
 impl Block {
-    pub fn mv(&self, l: &LayerInfo, v: &[f64]) -> Vec<f64> {
-        match self {
-            Block::Dense(m) => m.matvec(v),
+    /// `B v` (on the device for a device-held Dense block).
+    pub fn mv(&self, l: &LayerInfo, v: &[f64]) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => m.matvec(v)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| a * b).collect(),
             Block::Kfac { a, g } => flat(&g.matmul(&natural(v, l)).matmul(a), l),
             Block::Ekfac { ua, ug, d } => {
@@ -88,22 +89,22 @@ impl Block {
                 }
                 out
             }
-        }
+        })
     }
 
-    pub fn trace(&self) -> f64 {
-        match self {
-            Block::Dense(m) => m.trace(),
+    pub fn trace(&self) -> R<f64> {
+        Ok(match self {
+            Block::Dense(m) => m.trace()?,
             Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.iter().sum(),
             Block::Kfac { a, g } => a.trace() * g.trace(),
             Block::Ekfac { d, .. } => d.data.iter().sum(),
-        }
+        })
     }
 
     /// Squared Frobenius norm.
-    pub fn frobenius2(&self) -> f64 {
-        match self {
-            Block::Dense(m) => m.frobenius2(),
+    pub fn frobenius2(&self) -> R<f64> {
+        Ok(match self {
+            Block::Dense(m) => m.frobenius2()?,
             Block::Diag(d) => d.iter().map(|x| x * x).sum(),
             Block::QuasiDiag { diag, cross } => {
                 diag.iter().map(|x| x * x).sum::<f64>()
@@ -111,12 +112,12 @@ impl Block {
             }
             Block::Kfac { a, g } => a.frobenius().powi(2) * g.frobenius().powi(2),
             Block::Ekfac { d, .. } => d.data.iter().map(|x| x * x).sum(),
-        }
+        })
     }
 
-    pub fn diag(&self, l: &LayerInfo) -> Vec<f64> {
-        match self {
-            Block::Dense(m) => m.diag(),
+    pub fn diag(&self, l: &LayerInfo) -> R<Vec<f64>> {
+        Ok(match self {
+            Block::Dense(m) => m.diag()?,
             Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.clone(),
             Block::Kfac { a, g } => {
                 let mut m = Mat::zeros(l.sg, l.sa);
@@ -132,7 +133,7 @@ impl Block {
                 let ua2 = square(ua);
                 flat(&ug2.matmul(d).matmul(&ua2.transpose()), l)
             }
-        }
+        })
     }
 
     /// `(B + λI)⁻¹ v`; KFAC uses NNGeometry's π-damping
@@ -140,7 +141,7 @@ impl Block {
     /// The dense factorisations run where `la` says.
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => dense_solve(m.as_f64(), v, damping, la)?,
+            Block::Dense(m) => dense_solve(m, v, damping, la)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
             Block::Kfac { a, g } => {
                 let pi = kfac_pi(a, g);
@@ -189,10 +190,11 @@ impl Block {
         })
     }
 
-    pub fn to_dense(&self, l: &LayerInfo) -> Mat {
+    /// The block in f64 on the host (a device-held one downloaded).
+    pub fn to_dense(&self, l: &LayerInfo) -> R<Mat> {
         let p = l.numel;
-        match self {
-            Block::Dense(m) => m.as_f64().into_owned(),
+        Ok(match self {
+            Block::Dense(m) => m.as_f64()?.into_owned(),
             Block::Diag(d) => {
                 let mut m = Mat::zeros(p, p);
                 for (i, x) in d.iter().enumerate() {
@@ -221,7 +223,7 @@ impl Block {
                 let mut e = vec![0.0; p];
                 for c in 0..p {
                     e[c] = 1.0;
-                    let col = self.mv(l, &e);
+                    let col = self.mv(l, &e)?;
                     e[c] = 0.0;
                     for (r, x) in col.iter().enumerate() {
                         m.set(r, c, *x);
@@ -229,14 +231,16 @@ impl Block {
                 }
                 m
             }
-        }
+        })
     }
 
     /// All eigenvalues, in no particular order.
     /// The spectra of dense matrices are computed where `la` runs them.
     pub fn eigenvalues(&self, l: &LayerInfo, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
-            Block::Dense(m) => la.eigvalsh(&m.as_f64())?,
+            // On the device where it is held there.
+            Block::Dense(m @ Stored::Device(_)) => m.eigvalsh()?,
+            Block::Dense(m) => la.eigvalsh(&*m.as_f64()?)?,
             Block::Diag(d) => d.clone(),
             Block::Kfac { a, g } => {
                 let ea = la.eigvalsh(a)?;
@@ -246,7 +250,7 @@ impl Block {
                     .collect()
             }
             Block::Ekfac { d, .. } => d.data.clone(),
-            Block::QuasiDiag { .. } => la.eigvalsh(&self.to_dense(l))?,
+            Block::QuasiDiag { .. } => la.eigvalsh(&self.to_dense(l)?)?,
         })
     }
 
@@ -256,11 +260,11 @@ impl Block {
     pub(crate) fn eigen_parts(&self, l: &LayerInfo) -> R<BlockEigen> {
         Ok(match self {
             Block::Dense(m) => {
-                let (val, vec) = eigh(&m.as_f64())?;
+                let (val, vec) = eigh(&*m.as_f64()?)?;
                 BlockEigen::Columns(val, vec)
             }
             Block::QuasiDiag { .. } => {
-                let (val, vec) = eigh(&self.to_dense(l))?;
+                let (val, vec) = eigh(&self.to_dense(l)?)?;
                 BlockEigen::Columns(val, vec)
             }
             Block::Diag(d) => BlockEigen::Unit(d.clone()),
@@ -286,10 +290,11 @@ impl Block {
     pub fn power(&self, l: &LayerInfo, p: f64, damping: f64) -> R<Block> {
         let f = |x: f64| (x.max(0.0) + damping).powf(p);
         Ok(match self {
+            // A derived matrix: on the host, in the block's precision.
             Block::Dense(m) => {
-                let mut md = m.as_f64().into_owned();
+                let mut md = m.as_f64()?.into_owned();
                 md.add_diag(damping);
-                Block::Dense(HostMatrix::from_mat(
+                Block::Dense(Stored::from_mat(
                     crate::linalg::sym_fn(&md, |x| x.max(0.0).powf(p))?,
                     m.dtype(),
                 ))
@@ -316,9 +321,9 @@ impl Block {
                 }
             }
             Block::QuasiDiag { .. } => {
-                let mut md = self.to_dense(l);
+                let mut md = self.to_dense(l)?;
                 md.add_diag(damping);
-                Block::Dense(HostMatrix::F64(crate::linalg::sym_fn(&md, |x| {
+                Block::Dense(Stored::from(crate::linalg::sym_fn(&md, |x| {
                     x.max(0.0).powf(p)
                 })?))
             }
@@ -348,14 +353,16 @@ impl Block {
 }
 
 /// `(M + λI)⁻¹ v`, refusing an undamped singular `M`; the factorisation in
-/// f64 where `la` runs it.
-pub(crate) fn dense_solve(
-    m: std::borrow::Cow<'_, Mat>,
-    v: &[f64],
-    damping: f64,
-    la: &dyn Linalg,
-) -> R<Vec<f64>> {
-    let mut md = m.into_owned();
+/// f64 on the device for a device-held `M` (no host copy of it), else
+/// where `la` runs it.
+pub(crate) fn dense_solve(m: &Stored, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
+    if let Stored::Device(d) = m {
+        if damping == 0.0 {
+            nonsingular_spectrum(&m.eigvalsh()?)?;
+        }
+        return Ok(d.0.solve(v, damping).map_err(LinalgError::Backend)?);
+    }
+    let mut md = m.as_f64()?.into_owned();
     if damping == 0.0 {
         nonsingular(&md, la)?;
     }

@@ -103,8 +103,21 @@ pub fn to_eigenbases<O: Ops>(o: &O, blocks: &mut [Block], which: &[usize]) -> Op
 const KEEP_BYTES: usize = 256 << 20;
 
 impl<'a, O: Ops> Problem<'a, O> {
-    /// A block-diagonal representation with `kinds[k]` for the k-th included layer.
+    /// A block-diagonal representation with `kinds[k]` for the k-th
+    /// included layer; its Dense blocks kept where the backend keeps
+    /// results ([`super::ops::keep_of`]).
     pub fn fim_blocks(&self, target: &Target, kinds: &[BlockKind]) -> OpsResult<Fim> {
+        self.fim_blocks_in(target, kinds, super::ops::keep_of(self.o))
+    }
+
+    /// [`Problem::fim_blocks`] with its Dense blocks kept where `store`
+    /// says (the factored structures are small and stay on the host).
+    pub fn fim_blocks_in(
+        &self,
+        target: &Target,
+        kinds: &[BlockKind],
+        store: Keep,
+    ) -> OpsResult<Fim> {
         if let Target::Hessian { task, part } = target {
             return self.hessian_blocks(task, *part, kinds);
         }
@@ -185,12 +198,13 @@ impl<'a, O: Ops> Problem<'a, O> {
                     .into_host(o, f)
             };
             let block = match kinds[k] {
-                // In the run's precision: the values the device summed.
+                // In the run's precision: the values the device summed,
+                // kept on the device where the backend holds results there.
                 BlockKind::Dense => Block::Dense(
                     grams[k][0]
                         .take()
                         .ok_or_else(|| OpsError("no examples".into()))?
-                        .into_matrix(o, 1.0 / n, o.dtype())?,
+                        .into_stored(o, 1.0 / n, store)?,
                 ),
                 BlockKind::Diag => Block::Diag(stats::to_flat_host(
                     &scale(get(&mut acc[k][0])?, 1.0 / n),

@@ -12,7 +12,7 @@
 
 use super::hostcopy::BlockAt;
 use super::ops::{write_host, Ops, OpsError, OpsResult};
-use crate::linalg::{HostMatrix, Mat};
+use crate::linalg::{HostMatrix, Keep, Mat, Stored};
 use crate::plan::Dtype;
 
 /// Below this width one product is as fast as the panels (the saving is
@@ -97,15 +97,10 @@ impl<T: Clone> GramSum<T> {
         Ok(self.into_matrix(o, scale, Dtype::F64)?.into_f64())
     }
 
-    /// [`GramSum::into_host`] kept in the precision of `dtype`.
-    pub fn into_matrix<O: Ops<T = T>>(
-        self,
-        o: &O,
-        scale: f64,
-        dtype: Dtype,
-    ) -> OpsResult<HostMatrix> {
+    /// Each upper panel block with where it goes in the `k × k` sum (its
+    /// mirror below the diagonal included), in order, handing each over.
+    fn into_blocks(self, mut f: impl FnMut(T, BlockAt) -> OpsResult<()>) -> OpsResult<()> {
         let k = self.k;
-        let mut m = HostMatrix::zeros(k, k, dtype);
         let mut slot = self.blocks.into_iter();
         for (a, &(ra, wa)) in self.bounds.iter().enumerate() {
             for &(cb, wb) in &self.bounds[a..] {
@@ -122,9 +117,34 @@ impl<T: Clone> GramSum<T> {
                     mirror: cb != ra,
                     accumulate: false,
                 };
-                write_host(o, &blk, &mut m, at)?;
+                f(blk, at)?;
             }
         }
+        Ok(())
+    }
+
+    /// The whole symmetric sum times `scale`, kept where `keep` says: on
+    /// the host in its precision, or assembled on the backend's device
+    /// (each upper block scaled and written with its mirror) and held
+    /// there, with no host copy.
+    pub fn into_stored<O: Ops<T = T>>(self, o: &O, scale: f64, keep: Keep) -> OpsResult<Stored> {
+        if let Keep::Host(dtype) = keep {
+            return Ok(self.into_matrix(o, scale, dtype)?.into());
+        }
+        let dst = o.zeros(&[self.k, self.k])?;
+        self.into_blocks(|blk, at| o.write_device_block(&o.scale(&blk, scale)?, &dst, at))?;
+        Ok(Stored::Device(o.hold(dst)?))
+    }
+
+    /// [`GramSum::into_host`] kept in the precision of `dtype`.
+    pub fn into_matrix<O: Ops<T = T>>(
+        self,
+        o: &O,
+        scale: f64,
+        dtype: Dtype,
+    ) -> OpsResult<HostMatrix> {
+        let mut m = HostMatrix::zeros(self.k, self.k, dtype);
+        self.into_blocks(|blk, at| write_host(o, &blk, &mut m, at))?;
         if scale != 1.0 {
             m.map_in_place(|x| x * scale);
         }

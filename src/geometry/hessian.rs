@@ -13,7 +13,7 @@ use super::net::Net;
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{Block, Fim, FimBody, LayerInfo};
 use super::stats;
-use crate::linalg::{top_eigpairs_op, with_fallible_op, HostMatrix, Mat};
+use crate::linalg::{top_eigpairs_op, with_fallible_op, HostMatrix, Mat, Stored};
 use crate::plan::{HessianPart, Task};
 
 /// Relative residual at which Lanczos accepts LowRank's eigenpairs.
@@ -202,7 +202,7 @@ impl<O: Ops> Problem<'_, O> {
             .zip(kinds)
             .map(|(l, kind)| match kind {
                 BlockKind::Diag => Block::Diag(vec![0.0; l.numel]),
-                _ => Block::Dense(HostMatrix::F64(Mat::zeros(l.numel, l.numel))),
+                _ => Block::Dense(Stored::from(Mat::zeros(l.numel, l.numel))),
             })
             .collect();
         self.hessian_products(task, part, p, &|j| Self::unit(p, j), &mut |j, s| {
@@ -212,7 +212,7 @@ impl<O: Ops> Problem<'_, O> {
             match &mut blocks[b] {
                 Block::Diag(d) => d[j - o0] += s[j],
                 // Built here in f64 (a Hessian is kept in f64).
-                Block::Dense(HostMatrix::F64(m)) => {
+                Block::Dense(Stored::Host(HostMatrix::F64(m))) => {
                     for r in 0..k {
                         m.data[r * k + (j - o0)] += s[o0 + r];
                     }
@@ -221,7 +221,7 @@ impl<O: Ops> Problem<'_, O> {
             }
         })?;
         for b in &mut blocks {
-            if let Block::Dense(HostMatrix::F64(m)) = b {
+            if let Block::Dense(Stored::Host(HostMatrix::F64(m))) = b {
                 m.symmetrize();
             }
         }

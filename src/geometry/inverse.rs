@@ -12,7 +12,7 @@
 
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{flat, kfac_pi, natural, Block, Fim, FimBody, LayerInfo};
-use crate::linalg::{Linalg, Mat};
+use crate::linalg::{Linalg, Mat, Stored};
 
 /// How one layer's block (or the whole matrix) is applied.
 enum Part<T> {
@@ -59,6 +59,13 @@ fn up<O: Ops>(o: &O, m: &Mat) -> OpsResult<O::T> {
     o.upload(&[m.rows, m.cols], &m.data)
 }
 
+/// [`damped_inverse`] of a stored matrix (a device-held one comes to the
+/// host in f64 once), uploaded to `o`'s device.
+fn stored_inverse<O: Ops>(o: &O, m: &Stored, damping: f64, la: &dyn Linalg) -> OpsResult<O::T> {
+    let m = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
+    up(o, &damped_inverse(&m, damping, la)?)
+}
+
 impl<T> Inverse<T> {
     /// Prepares `(f + damping·I)⁻¹` on `o`'s device. The caller has solved
     /// with it once already (a singular undamped matrix was refused there).
@@ -69,23 +76,14 @@ impl<T> Inverse<T> {
         la: &dyn Linalg,
     ) -> OpsResult<Inverse<T>> {
         let how = match &f.body {
-            FimBody::Dense(m) => How::Dense(up(
-                o,
-                &damped_inverse(
-                    &*m.as_f64().map_err(|e| OpsError(e.to_string()))?,
-                    damping,
-                    la,
-                )?,
-            )?),
+            FimBody::Dense(m) => How::Dense(stored_inverse(o, m, damping, la)?),
             FimBody::LowRank(_) => How::Solve(f.clone()),
             FimBody::Blocks(blocks) => {
                 let parts = blocks
                     .iter()
                     .map(|b| {
                         Ok(match b {
-                            Block::Dense(m) => {
-                                Part::Matrix(up(o, &damped_inverse(&m.as_f64(), damping, la)?)?)
-                            }
+                            Block::Dense(m) => Part::Matrix(stored_inverse(o, m, damping, la)?),
                             Block::Kfac { a, g } => {
                                 let pi = kfac_pi(a, g);
                                 let s = damping.sqrt();

@@ -318,6 +318,12 @@ fn axpy_host(acc: &mut HostMatrix, w: f64, x: &HostMatrix) -> R<()> {
     Ok(())
 }
 
+/// [`axpy_host`] on the host (a device-held operand comes there once).
+fn axpy_stored(acc: &mut Stored, w: f64, x: &Stored) -> R<()> {
+    let err = |e: crate::linalg::LinalgError| PartsError::Ops(OpsError(e.to_string()));
+    axpy_host(acc.host_mut().map_err(err)?, w, &*x.host().map_err(err)?)
+}
+
 fn zero_like(b: &FimBody) -> R<FimBody> {
     let z = |m: &Mat| Mat::zeros(m.rows, m.cols);
     Ok(match b {
@@ -326,11 +332,9 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
         FimBody::Blocks(bs) => FimBody::Blocks(
             bs.iter()
                 .map(|b| match b {
-                    Block::Dense(m) => Ok(Block::Dense(HostMatrix::zeros(
-                        m.rows(),
-                        m.cols(),
-                        Dtype::F64,
-                    ))),
+                    Block::Dense(m) => {
+                        Ok(Block::Dense(Stored::zeros(m.rows(), m.cols(), Dtype::F64)))
+                    }
                     Block::Diag(d) => Ok(Block::Diag(vec![0.0; d.len()])),
                     Block::Kfac { a, g } => Ok(Block::Kfac { a: z(a), g: z(g) }),
                     Block::QuasiDiag { diag, cross } => Ok(Block::QuasiDiag {
@@ -353,14 +357,11 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
 
 fn axpy_body(acc: &mut FimBody, w: f64, x: &FimBody) -> R<()> {
     match (acc, x) {
-        (FimBody::Dense(a), FimBody::Dense(b)) => {
-            let err = |e: crate::linalg::LinalgError| PartsError::Ops(OpsError(e.to_string()));
-            axpy_host(a.host_mut().map_err(err)?, w, &*b.host().map_err(err)?)
-        }
+        (FimBody::Dense(a), FimBody::Dense(b)) => axpy_stored(a, w, b),
         (FimBody::Blocks(a), FimBody::Blocks(b)) if a.len() == b.len() => {
             for (a, b) in a.iter_mut().zip(b) {
                 match (a, b) {
-                    (Block::Dense(a), Block::Dense(b)) => axpy_host(a, w, b)?,
+                    (Block::Dense(a), Block::Dense(b)) => axpy_stored(a, w, b)?,
                     (Block::Diag(a), Block::Diag(b)) => axpy(a, w, b)?,
                     (Block::Kfac { a, g }, Block::Kfac { a: pa, g: pg }) => {
                         axpy_mat(a, w, pa)?;

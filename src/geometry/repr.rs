@@ -14,7 +14,7 @@
 pub(crate) use super::blocks::kfac_pi;
 use super::blocks::{dense_solve, dot, BlockEigen};
 use super::stats::{from_flat_host, to_flat_host, Order};
-use crate::linalg::{eigh, Host, HostMatrix, Linalg, LinalgError, Mat, Stored};
+use crate::linalg::{eigh, Host, Linalg, LinalgError, Mat, Stored};
 
 /// One parameterised layer of a representation.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +37,8 @@ pub struct LayerInfo {
 /// One layer's diagonal block.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Block {
-    /// In the run's precision.
-    Dense(HostMatrix),
+    /// In the run's precision, on the host or on the backend's device.
+    Dense(Stored),
     /// Flat order.
     Diag(Vec<f64>),
     /// `F_l ≈ G ⊗ A` on the natural layout.
@@ -84,14 +84,19 @@ pub(crate) type R<T> = Result<T, ReprError>;
 /// precision, saying how small its smallest eigenvalue is, instead of
 /// returning the round-off of a pivoted solve.
 pub(crate) fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
-    let ev = la.eigvalsh(m)?;
+    nonsingular_spectrum(&la.eigvalsh(m)?)
+}
+
+/// [`nonsingular`] from the matrix's eigenvalues.
+pub(crate) fn nonsingular_spectrum(ev: &[f64]) -> R<()> {
+    let rows = ev.len();
     let top = ev.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-    let tol = top * m.rows as f64 * f64::EPSILON;
+    let tol = top * rows as f64 * f64::EPSILON;
     let zero = ev.iter().filter(|x| x.abs() <= tol).count();
     match ev.iter().copied().min_by(|a, b| a.abs().total_cmp(&b.abs())) {
         Some(min) if zero > 0 => Err(ReprError::Unsupported(format!(
             "solve with damping = 0: the matrix is singular ({zero} of {} eigenvalues are zero to working precision; the smallest is {min:e}, the largest {top:e}); use damping > 0",
-            m.rows
+            rows
         ))),
         _ => Ok(()),
     }
@@ -153,7 +158,7 @@ impl Fim {
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
-                    out.extend(b.mv(l, self.slice(v, l)));
+                    out.extend(b.mv(l, self.slice(v, l))?);
                 }
                 out
             }
@@ -174,7 +179,7 @@ impl Fim {
     pub fn trace(&self) -> R<f64> {
         Ok(match &self.body {
             FimBody::Dense(m) => m.trace()?,
-            FimBody::Blocks(b) => b.iter().map(Block::trace).sum(),
+            FimBody::Blocks(b) => b.iter().map(Block::trace).sum::<R<f64>>()?,
             FimBody::LowRank(f) => f.data.iter().map(|x| x * x).sum(),
         })
     }
@@ -182,7 +187,7 @@ impl Fim {
     pub fn frobenius(&self) -> R<f64> {
         Ok(match &self.body {
             FimBody::Dense(m) => m.frobenius()?,
-            FimBody::Blocks(b) => b.iter().map(Block::frobenius2).sum::<f64>().sqrt(),
+            FimBody::Blocks(b) => b.iter().map(Block::frobenius2).sum::<R<f64>>()?.sqrt(),
             FimBody::LowRank(f) => f.matmul(&f.transpose()).frobenius(),
         })
     }
@@ -190,11 +195,13 @@ impl Fim {
     pub fn diag(&self) -> R<Vec<f64>> {
         Ok(match &self.body {
             FimBody::Dense(m) => m.diag()?,
-            FimBody::Blocks(b) => b
-                .iter()
-                .zip(&self.layers)
-                .flat_map(|(b, l)| b.diag(l))
-                .collect(),
+            FimBody::Blocks(b) => {
+                let mut out = Vec::with_capacity(self.dim());
+                for (b, l) in b.iter().zip(&self.layers) {
+                    out.extend(b.diag(l)?);
+                }
+                out
+            }
             FimBody::LowRank(f) => {
                 let mut d = vec![0.0; f.cols];
                 for r in 0..f.rows {
@@ -218,7 +225,8 @@ impl Fim {
     pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         match &self.body {
             // A device-held matrix comes to the host in f64 for `la`.
-            FimBody::Dense(m) => dense_solve(m.as_f64()?, v, damping, la),
+            // On the device for a device-held matrix.
+            FimBody::Dense(m) => dense_solve(m, v, damping, la),
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());
                 for (b, l) in blocks.iter().zip(&self.layers) {
@@ -262,7 +270,7 @@ impl Fim {
                 let p = self.dim();
                 let mut out = Mat::zeros(p, p);
                 for (b, l) in blocks.iter().zip(&self.layers) {
-                    let d = b.to_dense(l);
+                    let d = b.to_dense(l)?;
                     for r in 0..l.numel {
                         out.data[(l.offset + r) * p + l.offset
                             ..(l.offset + r) * p + l.offset + l.numel]

@@ -5,7 +5,7 @@
 //! for bit.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo};
-use crate::linalg::{HostMatrix, Mat};
+use crate::linalg::{Mat, Stored};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -61,23 +61,21 @@ fn tensors(f: &Fim) -> Result<Vec<Named<'_>>, String> {
     fn mat(k: String, m: &Mat) -> Named<'_> {
         (k, vec![m.rows, m.cols], Cow::Borrowed(m.data.as_slice()))
     }
-    fn host(k: String, m: &HostMatrix) -> Named<'_> {
-        (k, vec![m.rows(), m.cols()], m.values_f64())
+    /// Downloaded where it is held on a device.
+    fn stored(k: String, m: &Stored) -> Result<Named<'_>, String> {
+        let values = m.values_f64().map_err(|e| e.to_string())?;
+        Ok((k, vec![m.rows(), m.cols()], values))
     }
     Ok(match &f.body {
-        FimBody::Dense(m) => vec![(
-            "dense".into(),
-            vec![m.rows(), m.cols()],
-            m.values_f64().map_err(|e| e.to_string())?,
-        )],
+        FimBody::Dense(m) => vec![stored("dense".into(), m)?],
         FimBody::LowRank(m) => vec![mat("lowrank".into(), m)],
         FimBody::Blocks(blocks) => blocks
             .iter()
             .zip(&f.layers)
-            .flat_map(|(b, l)| {
+            .map(|(b, l)| {
                 let k = |s: &str| format!("{}.{s}", l.name);
-                match b {
-                    Block::Dense(m) => vec![host(k("dense"), m)],
+                Ok(match b {
+                    Block::Dense(m) => vec![stored(k("dense"), m)?],
                     Block::Diag(d) => vec![(k("diag"), vec![d.len()], Cow::Borrowed(d.as_slice()))],
                     Block::Kfac { a, g } => vec![mat(k("A"), a), mat(k("G"), g)],
                     Block::Ekfac { ua, ug, d } => {
@@ -87,8 +85,11 @@ fn tensors(f: &Fim) -> Result<Vec<Named<'_>>, String> {
                         (k("diag"), vec![diag.len()], Cow::Borrowed(diag.as_slice())),
                         mat(k("cross"), cross),
                     ],
-                }
+                })
             })
+            .collect::<Result<Vec<_>, String>>()?
+            .into_iter()
+            .flatten()
             .collect(),
     })
 }
@@ -253,9 +254,7 @@ pub fn load(path: &Path) -> Result<(Header, Fim), String> {
                 .map(|l| {
                     let k = |s: &str| format!("{}.{s}", l.name);
                     Ok(match l.block.as_str() {
-                        "dense" => {
-                            Block::Dense(HostMatrix::F64(mat(&k("dense"), l.numel, l.numel)?))
-                        }
+                        "dense" => Block::Dense(Stored::from(mat(&k("dense"), l.numel, l.numel)?)),
                         "diag" => Block::Diag(mat(&k("diag"), 1, l.numel)?.data),
                         "kfac" => Block::Kfac {
                             a: mat(&k("A"), l.sa, l.sa)?,

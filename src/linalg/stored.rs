@@ -59,6 +59,10 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
     fn matvec(&self, v: &[f64]) -> Result<Vec<f64>, String>;
     /// Every eigenvalue of the (symmetric) matrix, ascending.
     fn eigvalsh(&self) -> Result<Vec<f64>, String>;
+    /// `(M + λI)⁻¹ v` for the (symmetric) matrix, factored in f64 on the
+    /// device: Cholesky, LU where Cholesky breaks down (as the host's
+    /// `solve_sym`); an error where the solution is not finite.
+    fn solve(&self, v: &[f64], damping: f64) -> Result<Vec<f64>, String>;
     /// `Σ_a M[a·n .. (a+1)·n, a·n .. (a+1)·n]` over the `c` diagonal
     /// blocks of a `[c·n, c·n]` matrix: `[n, n]`.
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String>;
@@ -514,6 +518,14 @@ impl Stored {
         match self {
             Stored::Host(m) => Ok(m.frobenius()),
             Stored::Device(d) => d.0.frobenius().map_err(device),
+        }
+    }
+
+    /// `‖M‖²_F`, accumulated in f64.
+    pub fn frobenius2(&self) -> Result<f64, LinalgError> {
+        match self {
+            Stored::Host(m) => Ok(m.frobenius2()),
+            Stored::Device(d) => Ok(d.0.frobenius().map_err(device)?.powi(2)),
         }
     }
 

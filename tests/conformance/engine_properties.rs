@@ -1222,7 +1222,10 @@ fn check_kfac_one_example(model: impl Model, seed: u64) {
         let SlotKind::Affine { conv, .. } = fx.net.slots[k].kind else {
             continue;
         };
-        let (ours, exact) = (blocks(&kfac)[k].to_dense(l), blocks(&bd)[k].to_dense(l));
+        let (ours, exact) = (
+            blocks(&kfac)[k].to_dense(l).unwrap(),
+            blocks(&bd)[k].to_dense(l).unwrap(),
+        );
         if conv {
             assert!(
                 rel_err(&ours.data, &exact.data) > 1e-6,
@@ -1342,7 +1345,7 @@ fn kfac_of_conv_transpose_matches_its_definition() {
     // And the block is G ⊗ A in PyTorch's flat order `[in, out, kh, kw]`
     // then the bias.
     let l0 = &kfac.layers[0];
-    let dense = blocks(&kfac)[0].to_dense(l0);
+    let dense = blocks(&kfac)[0].to_dense(l0).unwrap();
     for (gu, au, gv, av) in [(0, 0, 0, 0), (1, 3, 2, 5), (2, 12, 0, 7), (1, 4, 1, 12)] {
         assert_close(
             "ConvTranspose2d KFAC entry",
@@ -1418,9 +1421,9 @@ fn check_ekfac(model: impl Model, n: usize, seed: u64) {
     );
     let mut strict = 0;
     for (k, l) in e1.layers.iter().enumerate() {
-        let fl = blocks(&bd)[k].to_dense(l);
-        let kl = blocks(&kfac)[k].to_dense(l);
-        let el = blocks(&e1)[k].to_dense(l);
+        let fl = blocks(&bd)[k].to_dense(l).unwrap();
+        let kl = blocks(&kfac)[k].to_dense(l).unwrap();
+        let el = blocks(&e1)[k].to_dense(l).unwrap();
         let Block::Ekfac { ua, ug, d } = &blocks(&e1)[k] else {
             assert!(
                 !fx.net.slots[k].kind.kron(),
@@ -1822,10 +1825,14 @@ fn a_float32_fisher_is_held_in_float32() {
             let Block::Dense(m) = b else {
                 panic!("{model}: a dense block");
             };
-            assert!(matches!(m, HostMatrix::F32 { .. }), "{model} {}", l.name);
+            assert!(
+                matches!(m, Stored::Host(HostMatrix::F32 { .. })),
+                "{model} {}",
+                l.name
+            );
             bytes += l.numel * l.numel * 4;
             let want = wide.layer(&l.name).unwrap().unwrap().to_dense().unwrap();
-            let got = m.as_f64();
+            let got = m.as_f64().unwrap();
             let top = want.data.iter().fold(0.0f64, |a, x| a.max(x.abs()));
             let diff = got
                 .data

@@ -210,6 +210,37 @@ impl DeviceMatrix for HeldTensor {
         }
     }
 
+    /// `(M + λI)⁻¹ v` from an f64 copy on the device (the host solver's
+    /// precision), factored there: nothing of the matrix comes to the host.
+    fn solve(&self, v: &[f64], damping: f64) -> Result<Vec<f64>, String> {
+        if self.rows != self.cols || v.len() != self.rows {
+            return Err(format!(
+                "solve: a {}×{} matrix and a vector of {}",
+                self.rows,
+                self.cols,
+                v.len()
+            ));
+        }
+        if self.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let rhs = self.on_device(v)?;
+        let x = self.with(|t| {
+            // A copy even where the matrix is already f64: the damping
+            // goes on its diagonal in place.
+            let a = t.f_to_dtype(Kind::Double, false, true)?;
+            if damping != 0.0 {
+                let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
+            }
+            let b = rhs
+                .f_to_kind(Kind::Double)?
+                .f_reshape([self.rows as i64, 1])?;
+            Ok((a, b))
+        })?;
+        let x = crate::ops::solve_sym_tensor(&x.0, &x.1).map_err(|err| err.0)?;
+        host(&x)
+    }
+
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String> {
         if c * n != self.rows || c * n != self.cols {
             return Err(format!(

@@ -84,17 +84,18 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
         nngeo::engine::Engine::new("tch", &version(), TchOps::new)
             .with_devices(devices())
             // EKFAC's bases, dense spectra and a Fisher's solves run in
-            // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK
-            // and a dense Fisher stay on the GPU with their reductions,
-            // products and spectrum (`TchOps::with_device_storage`); the
-            // rest (Lanczos, low-rank algebra, the other Fishers' storage)
-            // on the host.
+            // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK,
+            // a dense Fisher and BlockDiag's dense blocks stay on the GPU
+            // with their reductions, products, spectrum and solves
+            // (`TchOps::with_device_storage`); the rest (Lanczos, low-rank
+            // algebra, the factored Fishers' storage) on the host.
             .with_linalg(vec![
                 "linalg:host".into(),
                 "linalg:eigh:cuda".into(),
                 "linalg:solve:cuda".into(),
                 "storage:ntk:cuda".into(),
                 "storage:fim-dense:cuda".into(),
+                "storage:fim-blocks:cuda".into(),
             ]),
     )
 }

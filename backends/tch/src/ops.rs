@@ -524,27 +524,7 @@ impl Ops for TchOps {
         }
         let at = self.upload_f64(&a.data, n, n)?;
         let bt = self.upload_f64(&b.data, n, k)?;
-        let finite = |x: &Tensor| -> OpsResult<bool> {
-            x.f_isfinite()
-                .and_then(|f| f.f_all())
-                .and_then(|f| f.f_int64_value(&[]))
-                .map(|v| v != 0)
-                .map_err(e)
-        };
-        let (l, info) = at.f_linalg_cholesky_ex(false, false).map_err(e)?;
-        if info.f_int64_value(&[]).map_err(e)? == 0 {
-            let x = bt.f_cholesky_solve(&l, false).map_err(e)?;
-            if finite(&x)? {
-                return Ok(Mat::from_vec(n, k, to_host_f64(&x, n * k)?));
-            }
-        }
-        let x = Tensor::f_linalg_solve(&at, &bt, true).map_err(e)?;
-        if !finite(&x)? {
-            return Err(OpsError(
-                "solve_sym: matrix is singular to working precision (solution is not finite)"
-                    .into(),
-            ));
-        }
+        let x = solve_sym_tensor(&at, &bt)?;
         Ok(Mat::from_vec(n, k, to_host_f64(&x, n * k)?))
     }
 
@@ -710,6 +690,34 @@ extern "C" {
 }
 
 /// The first `len` values of a device tensor as host f64.
+/// `A⁻¹ B` for a symmetric f64 `A` on its device: Cholesky
+/// (`linalg.cholesky_ex`, `cholesky_solve`), LU (`linalg.solve`) where
+/// Cholesky meets a non-positive pivot or gives a non-finite answer, as
+/// the host's `solve_sym` does; an error where the solution is not finite.
+pub(crate) fn solve_sym_tensor(a: &Tensor, b: &Tensor) -> OpsResult<Tensor> {
+    let finite = |x: &Tensor| -> OpsResult<bool> {
+        x.f_isfinite()
+            .and_then(|f| f.f_all())
+            .and_then(|f| f.f_int64_value(&[]))
+            .map(|v| v != 0)
+            .map_err(e)
+    };
+    let (l, info) = a.f_linalg_cholesky_ex(false, false).map_err(e)?;
+    if info.f_int64_value(&[]).map_err(e)? == 0 {
+        let x = b.f_cholesky_solve(&l, false).map_err(e)?;
+        if finite(&x)? {
+            return Ok(x);
+        }
+    }
+    let x = Tensor::f_linalg_solve(a, b, true).map_err(e)?;
+    if !finite(&x)? {
+        return Err(OpsError(
+            "solve_sym: matrix is singular to working precision (solution is not finite)".into(),
+        ));
+    }
+    Ok(x)
+}
+
 fn to_host_f64(t: &Tensor, len: usize) -> OpsResult<Vec<f64>> {
     let t = t
         .f_to_device(Device::Cpu)

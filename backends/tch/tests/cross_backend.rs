@@ -394,18 +394,92 @@ fn stored_on_device(
     (o, net, x)
 }
 
-/// A dense Fisher built with device storage is assembled in one device
-/// matrix (each panel product scaled and added in place, its mirror
-/// written with it) and held there: its values are the host path's to
-/// round-off, in either precision, one batch or several, one column panel
-/// or several (2,693 parameters: two panels of at most 2,048), and every
-/// operation on it (trace, norm, diagonal, products, the spectrum on the
-/// device; solves, a layer's block, sums through a host copy) agrees with
-/// the host-held Fisher's. Fails if a mirror is missed or a panel lands in
-/// the wrong place.
+/// Every operation on a Fisher held on the device agrees with the same
+/// Fisher held on the host: values, trace, norm, diagonal, `mv`, `vTMv`,
+/// the spectrum (device-side where held), the damped solve (device-side),
+/// the undamped solve's verdict, a layer, sums, scaling, damping, a power
+/// and the top eigenvalues (through host copies).
+fn same_operations(
+    what: &str,
+    held: &nngeo::geometry::repr::Fim,
+    on_host: &nngeo::geometry::repr::Fim,
+    dtype: Dtype,
+    rng: &mut Rng,
+) {
+    let tol = if dtype == Dtype::F64 { 1e-13 } else { 1e-6 };
+    let close = |name: &str, a: &[f64], b: &[f64]| {
+        let e = rel(a, b);
+        assert!(e <= tol, "{what} {name}: {e:.2e}");
+    };
+    let h = on_host.to_dense().unwrap();
+    close("values", &held.to_dense().unwrap().data, &h.data);
+    close("trace", &[held.trace().unwrap()], &[h.trace()]);
+    close("frobenius", &[held.frobenius().unwrap()], &[h.frobenius()]);
+    close("diag", &held.diag().unwrap(), &h.diag());
+    let v: Vec<f64> = (0..h.rows).map(|_| rng.normal()).collect();
+    close("mv", &held.mv(&v).unwrap(), &h.matvec(&v));
+    close(
+        "vTMv",
+        &[held.vtmv(&v).unwrap()],
+        &[on_host.vtmv(&v).unwrap()],
+    );
+    close(
+        "eigenvalues",
+        &held.eigenvalues().unwrap(),
+        &on_host.eigenvalues().unwrap(),
+    );
+    // The solve magnifies the last-bit differences by the damped matrix's
+    // condition number (at most 1 + 100·P here).
+    let damping = 1e-2 * h.trace() / h.rows as f64;
+    let (a, b) = (
+        held.solve(&v, damping).unwrap(),
+        on_host.solve(&v, damping).unwrap(),
+    );
+    let e = rel(&a, &b);
+    assert!(e <= tol * 1e3, "{what} solve: {e:.2e}");
+    // Fewer examples × outputs than parameters: singular, refused by both
+    // in f64 (an f32 Fisher's rounding lifts its zero eigenvalues above
+    // f64's working precision: both solve).
+    let (a, b) = (held.solve(&v, 0.0), on_host.solve(&v, 0.0));
+    assert_eq!(a.is_ok(), b.is_ok(), "{what}: the same verdict");
+    if dtype == Dtype::F64 {
+        let (a, b) = (a.unwrap_err().to_string(), b.unwrap_err().to_string());
+        assert!(
+            a.contains("singular") && b.contains("singular"),
+            "{what}: {a} / {b}"
+        );
+    }
+    let first = &held.layers[0].name;
+    let layer =
+        |f: &nngeo::geometry::repr::Fim| f.layer(first).unwrap().unwrap().to_dense().unwrap().data;
+    close("layer", &layer(held), &layer(on_host));
+    let derived = |f: &nngeo::geometry::repr::Fim| {
+        let mut out = f.combine(f, 0.5, 2.0).unwrap().to_dense().unwrap().data;
+        out.extend(f.scale(-1.5).unwrap().to_dense().unwrap().data);
+        out.extend(f.damp(damping).unwrap().to_dense().unwrap().data);
+        out.extend(f.pow(2.0).unwrap().to_dense().unwrap().data);
+        out
+    };
+    close("derived", &derived(held), &derived(on_host));
+    let (ha, _) = held.eigenpairs(3).unwrap();
+    let (hb, _) = on_host.eigenpairs(3).unwrap();
+    close("top eigenvalues", &ha, &hb);
+}
+
+/// A Fisher built with device storage is assembled and held on the
+/// device, and every operation on it ([`same_operations`]) agrees with the
+/// host-held Fisher's, in either precision, one batch or several:
+/// - Dense: one device matrix, each panel product scaled and added in
+///   place with its mirror (2,693 parameters: two panels of at most 2,048);
+/// - BlockDiag: each dense block in its own device matrix (a
+///   2,080-parameter block in several column panels), mixed with Diag and
+///   KFAC blocks that stay on the host.
+///
+/// Fails if a mirror is missed, a panel lands in the wrong place, or the
+/// device solve drops the damping (checked).
 #[test]
-fn a_fisher_held_on_the_device_equals_the_host_path() {
-    use nngeo::geometry::repr::FimBody;
+fn fishers_held_on_the_device_equal_the_host_path() {
+    use nngeo::geometry::repr::{Block, FimBody};
     use nngeo::linalg::{Keep, Stored};
     const WIDE: &str =
         "mlp(in = 6, hidden = [64, 32], out = 5, act = tanh, init = pytorch(seed = 2))";
@@ -424,71 +498,43 @@ fn a_fisher_held_on_the_device_equals_the_host_path() {
             };
             let on_host = p.fim_dense_in(&t, Keep::Host(dtype)).unwrap();
             let held = p.fim_dense(&t).unwrap();
-            let what = format!("{model} {dtype:?} batch {batch}");
+            let what = format!("{model} {dtype:?} batch {batch} Dense");
             let FimBody::Dense(m) = &held.body else {
                 panic!("{what}: a dense body");
             };
             assert!(matches!(m, Stored::Device(_)), "{what}");
             assert_eq!(held.bytes(), on_host.bytes(), "{what}: the run's precision");
             // Scaled before it is summed on the device, after on the host.
-            let tol = if dtype == Dtype::F64 { 1e-13 } else { 1e-6 };
-            let close = |name: &str, a: &[f64], b: &[f64]| {
-                let e = rel(a, b);
-                assert!(e <= tol, "{what} {name}: {e:.2e}");
+            same_operations(&what, &held, &on_host, dtype, &mut rng);
+
+            let layers = p.layer_infos();
+            // Dense everywhere but the second layer (Diag) and, where it
+            // is a linear layer, the last (KFAC).
+            let kinds: Vec<BlockKind> = (0..layers.len())
+                .map(|k| match k {
+                    1 => BlockKind::Diag,
+                    k if k + 1 == layers.len() && model != NORM_CNN => BlockKind::Kfac,
+                    _ => BlockKind::Dense,
+                })
+                .collect();
+            let on_host = p.fim_blocks_in(&t, &kinds, Keep::Host(dtype)).unwrap();
+            let held = p.fim_blocks(&t, &kinds).unwrap();
+            let what = format!("{model} {dtype:?} batch {batch} BlockDiag");
+            let (FimBody::Blocks(hb), FimBody::Blocks(db)) = (&on_host.body, &held.body) else {
+                panic!("{what}: block bodies");
             };
-            let h = on_host.to_dense().unwrap();
-            close("values", &held.to_dense().unwrap().data, &h.data);
-            close("trace", &[held.trace().unwrap()], &[h.trace()]);
-            close("frobenius", &[held.frobenius().unwrap()], &[h.frobenius()]);
-            close("diag", &held.diag().unwrap(), &h.diag());
-            let v: Vec<f64> = (0..h.rows).map(|_| rng.normal()).collect();
-            close("mv", &held.mv(&v).unwrap(), &h.matvec(&v));
-            close(
-                "vTMv",
-                &[held.vtmv(&v).unwrap()],
-                &[on_host.vtmv(&v).unwrap()],
-            );
-            close(
-                "eigenvalues",
-                &held.eigenvalues().unwrap(),
-                &on_host.eigenvalues().unwrap(),
-            );
-            // The solve magnifies the last-bit differences by the damped
-            // matrix's condition number (at most 1 + 100·P here).
-            let damping = 1e-2 * h.trace() / h.rows as f64;
-            let (a, b) = (
-                held.solve(&v, damping).unwrap(),
-                on_host.solve(&v, damping).unwrap(),
-            );
-            let e = rel(&a, &b);
-            assert!(e <= tol * 1e3, "{what} solve: {e:.2e}");
-            let first = &held.layers[0].name;
-            close(
-                "layer",
-                &held.layer(first).unwrap().unwrap().to_dense().unwrap().data,
-                &on_host
-                    .layer(first)
-                    .unwrap()
-                    .unwrap()
-                    .to_dense()
-                    .unwrap()
-                    .data,
-            );
-            close(
-                "sum",
-                &held
-                    .combine(&held, 0.5, 2.0)
-                    .unwrap()
-                    .to_dense()
-                    .unwrap()
-                    .data,
-                &on_host
-                    .combine(&on_host, 0.5, 2.0)
-                    .unwrap()
-                    .to_dense()
-                    .unwrap()
-                    .data,
-            );
+            for ((k, a), b) in kinds.iter().zip(hb).zip(db) {
+                match (k, a, b) {
+                    (BlockKind::Dense, Block::Dense(Stored::Host(_)), Block::Dense(m)) => {
+                        assert!(matches!(m, Stored::Device(_)), "{what}: held");
+                        assert_eq!(m.dtype(), dtype, "{what}: the run's precision");
+                    }
+                    (BlockKind::Dense, ..) => panic!("{what}: dense blocks"),
+                    (_, a, b) => assert_eq!(a, b, "{what}: other blocks are the host's"),
+                }
+            }
+            assert_eq!(held.bytes(), on_host.bytes(), "{what}");
+            same_operations(&what, &held, &on_host, dtype, &mut rng);
         }
     }
 }
