@@ -23,7 +23,10 @@ mod conv;
 mod forward;
 pub mod hessian;
 mod layers;
+mod params;
 mod tangent;
+
+pub use params::{HostParam, HostParams};
 
 use layers::grouped_matmul;
 pub use layers::unfold_index;
@@ -31,58 +34,6 @@ pub use layers::unfold_index;
 use super::ops::{ConvGeom, Ops, OpsError, OpsResult, Unary};
 use crate::plan::{Layer, LayerSpec, ModelSpec, TrainMode};
 use std::sync::Arc;
-
-/// Parameters on the host, in `state_dict` order with PyTorch names and
-/// shapes (BatchNorm running statistics included).
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostParams {
-    pub tensors: Vec<HostParam>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostParam {
-    pub key: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f64>,
-    /// False for buffers (running mean/var), which are not parameters.
-    pub trainable: bool,
-}
-
-impl HostParams {
-    /// Trainable parameters as one vector, in NNGeometry's flat order
-    /// (layer by layer, weight row-major then bias).
-    pub fn flat(&self) -> Vec<f64> {
-        self.tensors
-            .iter()
-            .filter(|t| t.trainable)
-            .flat_map(|t| t.data.iter().copied())
-            .collect()
-    }
-    pub fn set_flat(&mut self, flat: &[f64]) -> Result<(), OpsError> {
-        let n: usize = self
-            .tensors
-            .iter()
-            .filter(|t| t.trainable)
-            .map(|t| t.data.len())
-            .sum();
-        if n != flat.len() {
-            return Err(OpsError(format!(
-                "a parameter vector of {} entries for a model of {n} parameters",
-                flat.len()
-            )));
-        }
-        let mut at = 0;
-        for t in self.tensors.iter_mut().filter(|t| t.trainable) {
-            let k = t.data.len();
-            t.data.copy_from_slice(&flat[at..at + k]);
-            at += k;
-        }
-        Ok(())
-    }
-    pub fn get(&self, key: &str) -> Option<&HostParam> {
-        self.tensors.iter().find(|t| t.key == key)
-    }
-}
 
 /// Where one parameterised layer sits in the flat parameter vector.
 #[derive(Clone, Debug, PartialEq)]
@@ -758,73 +709,4 @@ fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::candle::CandleOps;
-    use crate::plan::{Dtype, Init};
-
-    /// Padded max pooling never picks the padding (PyTorch pads with −∞),
-    /// and padded average pooling counts the padded zeros.
-    #[test]
-    fn padded_pooling_matches_pytorch_conventions() {
-        let o = CandleOps::new("cpu", Dtype::F64).unwrap();
-        let x: Vec<f64> = (0..9).map(|i| -1.0 - i as f64).collect(); // all negative
-        for (max, want) in [
-            // 3×3 windows at stride 2 with padding 1 over a 3×3 image: the
-            // four corners' windows.
-            (true, vec![-1.0, -2.0, -4.0, -5.0]),
-            (
-                false,
-                vec![
-                    (-1.0 - 2.0 - 4.0 - 5.0) / 9.0,
-                    (-2.0 - 3.0 - 5.0 - 6.0) / 9.0,
-                    (-4.0 - 5.0 - 7.0 - 8.0) / 9.0,
-                    (-5.0 - 6.0 - 8.0 - 9.0) / 9.0,
-                ],
-            ),
-        ] {
-            let (kernel, stride, padding) = ([3, 3], [2, 2], [1, 1]);
-            let pool = if max {
-                Layer::MaxPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                }
-            } else {
-                Layer::AvgPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                }
-            };
-            let l = LayerSpec::node("pool", pool, &[&[1, 3, 3]], vec![]).unwrap();
-            let f = LayerSpec::node("flatten", Layer::Flatten, &[&[1, 2, 2]], vec![]).unwrap();
-            let fc = Layer::Linear {
-                in_features: 4,
-                out_features: 1,
-                bias: false,
-            };
-            let fc = LayerSpec::node("fc", fc, &[&[4]], vec![]).unwrap();
-            let spec = ModelSpec {
-                input: vec![1, 3, 3],
-                output: vec![1],
-                params: 4,
-                layers: vec![l, f, fc],
-                init: Init::Pytorch { seed: 0 },
-                weights: None,
-                param_order: vec![],
-            };
-            let params = crate::geometry::init::init_params(&spec, &spec.init);
-            let net = Net::new(&o, &spec, params).unwrap();
-            let xt = o.upload(&[1, 1, 3, 3], &x).unwrap();
-            let cache = net.forward(&o, &xt, true).unwrap();
-            let Cache::Pool { out, .. } = &cache.caches[0] else {
-                panic!("no pool cache")
-            };
-            let got = o.download(out).unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-12, "max = {max}: {got:?} vs {want:?}");
-            }
-        }
-    }
-}
+mod tests;

@@ -5,8 +5,10 @@
 //! are order-of-magnitude estimates (a forward pass of the network is the
 //! unit) meant to rank steps and flag the expensive ones, not to predict.
 
+mod measure;
 mod peak;
 
+pub use measure::*;
 pub use peak::*;
 
 use super::ops::*;
