@@ -1,4 +1,4 @@
-//! The engine's mathematical properties (tests/conformance/engine_properties.rs)
+//! The engine's mathematical properties (tests/conformance/engine_properties/)
 //! on the built-in candle backend, CPU. The libtorch backend runs the same
 //! module from backends/tch/tests/conformance.rs.
 
@@ -13,5 +13,5 @@ fn test_ops(dtype: Dtype) -> TestOps {
 #[path = "conformance/common.rs"]
 mod common;
 
-#[path = "conformance/engine_properties.rs"]
+#[path = "conformance/engine_properties/mod.rs"]
 mod engine_properties;

@@ -28,7 +28,7 @@ fn fixtures_dir() -> PathBuf {
 #[path = "../../../tests/conformance/common.rs"]
 mod common;
 
-#[path = "../../../tests/conformance/engine_properties.rs"]
+#[path = "../../../tests/conformance/engine_properties/mod.rs"]
 mod engine_properties;
 
 #[path = "../../../tests/conformance/oracle.rs"]

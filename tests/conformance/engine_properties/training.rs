@@ -1,0 +1,549 @@
+//! Training: the linearised and the scaled model, and natural-gradient
+//! steps.
+
+use super::*;
+
+// ---------------------------------------------------------------- training
+
+/// `J v` with `J` in `jacobian_rows` layout (rows `a·n + i`), as `[n, C]`.
+fn j_times(j: &Mat, v: &[f64], n: usize, c: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * c];
+    for i in 0..n {
+        for a in 0..c {
+            out[i * c + a] = (0..v.len()).map(|k| j.get(a * n + i, k) * v[k]).sum();
+        }
+    }
+    out
+}
+
+/// The linearised model is `f(w₀) + J(w₀) Δw` (forward mode, to 1e-10
+/// against the dense Jacobian), its directional derivative matches central
+/// finite differences of the network (1e-6), it is exactly linear in Δw,
+/// and its Jacobian is the network's at w₀ whatever the weights (1e-12).
+/// Every layer type takes part, in chains and in graphs.
+#[test]
+fn linearised_model_is_the_first_order_expansion_at_w0() {
+    let chains = [(ALL_2D, 31), (ALL_1D, 32), (POOL_FIRST, 33), (MLP, 34)];
+    for (model, seed) in chains {
+        check_linearised(model, seed);
+    }
+    check_linearised(RESNET, 35);
+    check_linearised(BRANCHES, 36);
+}
+
+fn check_linearised(model: impl Model, seed: u64) {
+    let fx = Fx::new(model, 5, seed);
+    let (n, c) = (fx.n, fx.c);
+    let w0 = fx.params.flat();
+    let dw: Vec<f64> = fx
+        .random_vector(seed + 100)
+        .iter()
+        .map(|x| 0.3 * x)
+        .collect();
+    let j0 = fx.jacobian_of(&fx.net);
+    let f0 = fx.outputs_of(&fx.net);
+    let lin = fx.model_at(&axpy(&w0, 1.0, &dw), &LINEARISED);
+    let taylor = axpy(&f0, 1.0, &j_times(&j0, &dw, n, c));
+    assert_close(
+        &format!("f_lin ({model})"),
+        &fx.outputs_of(&lin),
+        &taylor,
+        1e-10,
+    );
+    // Forward mode against finite differences of the network itself.
+    let h = 1e-6;
+    let zp = fx.outputs_at(&axpy(&w0, h, &dw));
+    let zm = fx.outputs_at(&axpy(&w0, -h, &dw));
+    let fd: Vec<f64> = zp
+        .iter()
+        .zip(&zm)
+        .map(|(p, m)| (p - m) / (2.0 * h))
+        .collect();
+    let jv: Vec<f64> = fx
+        .outputs_of(&lin)
+        .iter()
+        .zip(&f0)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_close(&format!("J v by forward mode ({model})"), &jv, &fd, 1e-6);
+    // Centred: J(w₀) Δw alone.
+    let centred = fx.model_at(
+        &axpy(&w0, 1.0, &dw),
+        &TrainMode::Linearized { center: true },
+    );
+    assert_close(
+        &format!("centred f_lin ({model})"),
+        &fx.outputs_of(&centred),
+        &jv,
+        1e-12,
+    );
+    // Exactly linear: doubling Δw doubles the change.
+    let lin2 = fx.model_at(&axpy(&w0, 2.0, &dw), &LINEARISED);
+    let jv2: Vec<f64> = fx
+        .outputs_of(&lin2)
+        .iter()
+        .zip(&f0)
+        .map(|(a, b)| a - b)
+        .collect();
+    let twice: Vec<f64> = jv.iter().map(|x| 2.0 * x).collect();
+    assert_close(&format!("linearity ({model})"), &jv2, &twice, 1e-12);
+    assert_close(
+        &format!("linearised Jacobian ({model})"),
+        &fx.jacobian_of(&lin2).data,
+        &j0.data,
+        1e-12,
+    );
+}
+
+/// The gradient of the linearised model's loss is `J(w₀)ᵀ ∇ℓ` at the
+/// linearised outputs: it matches central finite differences of that loss
+/// along random directions (1e-6), and is not the network's own gradient.
+#[test]
+fn linearised_loss_gradient_matches_finite_differences() {
+    let fx = Fx::new(MLP, 7, 41);
+    let w0 = fx.params.flat();
+    let w = axpy(&w0, 0.5, &fx.random_vector(42));
+    let lin = fx.model_at(&w, &LINEARISED);
+    let (_, g) = fx.loss_grad_of(&lin);
+    let h = 1e-5;
+    for s in 0..3 {
+        let v = fx.random_vector(50 + s);
+        let lp = fx
+            .loss_grad_of(&fx.model_at(&axpy(&w, h, &v), &LINEARISED))
+            .0;
+        let lm = fx
+            .loss_grad_of(&fx.model_at(&axpy(&w, -h, &v), &LINEARISED))
+            .0;
+        let fd = (lp - lm) / (2.0 * h);
+        assert_close("directional derivative", &[dot(&g, &v)], &[fd], 1e-6);
+    }
+    let (_, g_net) = fx.loss_grad_of(&fx.model_at(&w, &TrainMode::Plain));
+    assert!(
+        rel_err(&g, &g_net) > 1e-3,
+        "the linearised gradient is the network's"
+    );
+}
+
+/// `f_α = α (f(w) − f(w₀))` (1e-12), its Jacobian is `α J(w)` (1e-12), its
+/// loss gradient matches finite differences (1e-6); uncentred at α = 1 it
+/// is the network, bit for bit.
+#[test]
+fn scaled_model_is_alpha_times_the_centred_network() {
+    let fx = Fx::new(MLP, 6, 43);
+    let w0 = fx.params.flat();
+    let w = axpy(&w0, 0.01, &fx.random_vector(44));
+    let alpha = 10.0;
+    let scaled = TrainMode::Scaled {
+        alpha,
+        center: true,
+    };
+    let net = fx.model_at(&w, &scaled);
+    let f0 = fx.outputs_of(&fx.net);
+    let f = fx.outputs_at(&w);
+    let want: Vec<f64> = f.iter().zip(&f0).map(|(a, b)| alpha * (a - b)).collect();
+    assert_close("f_alpha", &fx.outputs_of(&net), &want, 1e-12);
+    let plain = fx.model_at(&w, &TrainMode::Plain);
+    let j_alpha: Vec<f64> = fx
+        .jacobian_of(&plain)
+        .data
+        .iter()
+        .map(|x| alpha * x)
+        .collect();
+    assert_close(
+        "Jacobian of f_alpha",
+        &fx.jacobian_of(&net).data,
+        &j_alpha,
+        1e-12,
+    );
+    let (_, g) = fx.loss_grad_of(&net);
+    let h = 1e-6;
+    let v = fx.random_vector(45);
+    let lp = fx.loss_grad_of(&fx.model_at(&axpy(&w, h, &v), &scaled)).0;
+    let lm = fx.loss_grad_of(&fx.model_at(&axpy(&w, -h, &v), &scaled)).0;
+    assert_close(
+        "scaled gradient",
+        &[dot(&g, &v)],
+        &[(lp - lm) / (2.0 * h)],
+        1e-6,
+    );
+    assert!((net.loss_scale() - 1.0 / (alpha * alpha)).abs() < 1e-18);
+    let one = fx.model_at(
+        &w,
+        &TrainMode::Scaled {
+            alpha: 1.0,
+            center: false,
+        },
+    );
+    assert_eq!(fx.outputs_of(&one), f);
+    assert_eq!(fx.loss_grad_of(&one), fx.loss_grad_of(&plain));
+}
+
+struct Quiet;
+impl TrainObserver<TestOps> for Quiet {
+    fn hook(&mut self, _: usize, _: u64, _: &Net<TestOps>) -> Result<(), String> {
+        Ok(())
+    }
+    fn log(&mut self, _: &str, _: u64, _: f64, _: &[(&str, String)]) {}
+    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn config(optimizer: Optimizer, mode: TrainMode, steps: u64, batch: usize) -> TrainConfig {
+    TrainConfig {
+        augment: None,
+        penalties: vec![],
+        loss: LossKind::CrossEntropy,
+        optimizer,
+        length: Length::Steps(steps),
+        batch,
+        schedule: LrSchedule::Constant,
+        mode,
+        seed: 3,
+        eval: None,
+        track: None,
+        total_steps: steps,
+    }
+}
+
+impl Fx {
+    fn train(&self, cfg: &TrainConfig) -> Vec<f64> {
+        let data = TrainData {
+            x: &self.x,
+            y: &self.labels,
+            n: self.n,
+            target_dim: 1,
+            flipped: &[],
+        };
+        train(
+            &self.o,
+            &self.spec,
+            self.params.clone(),
+            &data,
+            None,
+            cfg,
+            &[],
+            &mut Quiet,
+        )
+        .unwrap()
+        .flat()
+    }
+}
+
+fn ngd(fim: Structure, refresh: u64, refit: Option<u64>) -> Optimizer {
+    Optimizer::Ngd {
+        fim,
+        fisher: FisherVariant::True,
+        lr: 0.7,
+        damping: 0.05,
+        refresh,
+        refit,
+        momentum: 0.0,
+        decay: 0.95,
+    }
+}
+
+/// One natural-gradient step on the full batch is `w − lr (F + λI)⁻¹ ∇L`
+/// with F the representation built directly (Dense: the exact solve of the
+/// exact Fisher; KFAC with π-damping; EKFAC refitted), to 1e-10. A second
+/// step uses the running average 0.95 F(w₀) + 0.05 F(w₁).
+#[test]
+fn natural_gradient_steps_solve_with_the_fisher() {
+    let fx = Fx::new(CNN, 10, 61);
+    let w0 = fx.params.flat();
+    let (lr, damping) = (0.7, 0.05);
+    let (_, g0) = fx.loss_grad_of(&fx.net);
+    let p = fx.problem(fx.n);
+    let exact = {
+        let mut f = p.fim_dense(&classification()).unwrap().to_dense().unwrap();
+        f.add_diag(damping);
+        nngeo::linalg::solve_sym(&f, &Mat::from_vec(g0.len(), 1, g0.clone()))
+            .unwrap()
+            .data
+    };
+    let got = fx.train(&config(
+        ngd(Structure::Dense, 1, None),
+        TrainMode::Plain,
+        1,
+        fx.n,
+    ));
+    assert_close("dense NGD step", &got, &axpy(&w0, -lr, &exact), 1e-10);
+    for (s, kind) in [
+        (Structure::BlockDiag, BlockKind::Dense),
+        (Structure::Diag, BlockKind::Diag),
+        (Structure::Kfac, BlockKind::Kfac),
+        (
+            Structure::Ekfac {
+                refit: true,
+                initial_basis: false,
+            },
+            BlockKind::Ekfac { refit: true },
+        ),
+    ] {
+        let refit = matches!(s, Structure::Ekfac { .. }).then_some(1);
+        let f = p.fim_blocks(&classification(), &fx.kinds(kind)).unwrap();
+        let want = axpy(&w0, -lr, &f.solve(&g0, damping).unwrap());
+        let got = fx.train(&config(ngd(s.clone(), 1, refit), TrainMode::Plain, 1, fx.n));
+        assert_close(&format!("{} NGD step", s.name()), &got, &want, 1e-10);
+    }
+    // Two Diag steps: the second preconditions with the running average.
+    let w1 = fx.train(&config(
+        ngd(Structure::Diag, 1, None),
+        TrainMode::Plain,
+        1,
+        fx.n,
+    ));
+    let d0 = p
+        .fim_blocks(&classification(), &fx.kinds(BlockKind::Diag))
+        .unwrap()
+        .diag()
+        .unwrap();
+    let net1 = fx.model_at(&w1, &TrainMode::Plain);
+    let p1 = Problem {
+        net: &net1,
+        ..fx.problem(fx.n)
+    };
+    let d1 = p1
+        .fim_blocks(&classification(), &fx.kinds(BlockKind::Diag))
+        .unwrap()
+        .diag()
+        .unwrap();
+    let (_, g1) = fx.loss_grad_of(&net1);
+    let step: Vec<f64> = (0..g1.len())
+        .map(|k| g1[k] / (0.95 * d0[k] + 0.05 * d1[k] + damping))
+        .collect();
+    let got = fx.train(&config(
+        ngd(Structure::Diag, 1, None),
+        TrainMode::Plain,
+        2,
+        fx.n,
+    ));
+    assert_close(
+        "running-average Diag step",
+        &got,
+        &axpy(&w1, -lr, &step),
+        1e-10,
+    );
+}
+
+/// α-scaled training without centring at α = 1 is plain training, bit for
+/// bit (same shuffles, momentum, steps); centred α = 100 moves the weights
+/// about α times less than α = 1 over the same steps.
+#[test]
+fn scaled_training_at_alpha_one_is_plain_training() {
+    let fx = Fx::new(MLP, 12, 71);
+    let sgd = Optimizer::Sgd {
+        lr: 0.3,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 1e-3,
+    };
+    let plain = fx.train(&config(sgd.clone(), TrainMode::Plain, 7, 5));
+    let one = fx.train(&config(
+        sgd.clone(),
+        TrainMode::Scaled {
+            alpha: 1.0,
+            center: false,
+        },
+        7,
+        5,
+    ));
+    assert_eq!(plain, one, "α = 1 differs from plain training");
+    let w0 = fx.params.flat();
+    let moved = |w: &[f64]| -> f64 {
+        w.iter()
+            .zip(&w0)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let sgd = Optimizer::Sgd {
+        lr: 0.05,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let centred = |alpha| {
+        let w = fx.train(&config(
+            sgd.clone(),
+            TrainMode::Scaled {
+                alpha,
+                center: true,
+            },
+            3,
+            12,
+        ));
+        moved(&w)
+    };
+    let ratio = centred(1.0) / centred(100.0);
+    assert!(
+        (ratio / 100.0 - 1.0).abs() < 0.2,
+        "weights moved {ratio:.1}× less at α = 100, expected about 100×"
+    );
+}
+
+/// A Fisher's prepared damped inverse (what natural-gradient steps between
+/// refreshes apply) is its solve: every structure, on convolutions and
+/// transposed convolutions (whose natural layout differs from the flat
+/// order), to 1e-10 in f64; in f32 the inverse and the products are in
+/// single precision, to 1e-5 of the f64 solve of the same matrix.
+#[test]
+fn a_prepared_inverse_is_the_solve() {
+    prepared_inverse_is_the_solve(CNN, Dtype::F64, 1e-10);
+    prepared_inverse_is_the_solve(CONVT, Dtype::F64, 1e-10);
+    prepared_inverse_is_the_solve(CNN, Dtype::F32, 1e-5);
+}
+
+fn prepared_inverse_is_the_solve(model: impl Model, dtype: Dtype, tol: f64) {
+    use nngeo::geometry::inverse::Inverse;
+    use nngeo::linalg::Host;
+    let t = classification();
+    let damping = 0.05;
+    let fx = Fx::build(model, 10, 62, dtype, false);
+    let p = fx.problem(fx.n);
+    let mut fims = vec![
+        ("Dense", p.fim_dense(&t).unwrap()),
+        ("LowRank", p.fim_lowrank(&t, None).unwrap()),
+    ];
+    for (name, k) in [
+        ("BlockDiag", BlockKind::Dense),
+        ("Diag", BlockKind::Diag),
+        ("QuasiDiag", BlockKind::QuasiDiag),
+        ("KFAC", BlockKind::Kfac),
+        ("EKFAC", BlockKind::Ekfac { refit: true }),
+    ] {
+        fims.push((name, p.fim_blocks(&t, &fx.kinds(k)).unwrap()));
+    }
+    let mut rng = Rng::new(5);
+    let v: Vec<f64> = (0..fims[0].1.dim()).map(|_| rng.normal()).collect();
+    for (name, f) in fims {
+        let want = f.solve(&v, damping).unwrap();
+        let inv = Inverse::new(&fx.o, &f, damping, &Host).unwrap();
+        let got = inv.apply(&fx.o, &v, &Host).unwrap();
+        assert_close(&format!("{model} {dtype:?} {name}"), &got, &want, tol);
+    }
+}
+
+/// EKFAC natural gradient between eigenbasis refreshes: with `refresh = 3`
+/// and `refit = 1`, the second step keeps the basis of w₀ and refits the
+/// diagonal at w₁ in it, averaged as 0.95 d(w₀) + 0.05 d(w₁) (1e-10).
+#[test]
+fn ekfac_natural_gradient_refits_between_refreshes() {
+    let fx = Fx::new(MLP, 9, 81);
+    let (lr, damping) = (0.7, 0.05);
+    let ekfac = Structure::Ekfac {
+        refit: true,
+        initial_basis: false,
+    };
+    let w1 = fx.train(&config(
+        ngd(ekfac.clone(), 3, Some(1)),
+        TrainMode::Plain,
+        1,
+        fx.n,
+    ));
+    let p = fx.problem(fx.n);
+    let mut f = p
+        .fim_blocks(
+            &classification(),
+            &fx.kinds(BlockKind::Ekfac { refit: true }),
+        )
+        .unwrap();
+    let net1 = fx.model_at(&w1, &TrainMode::Plain);
+    let p1 = Problem {
+        net: &net1,
+        ..fx.problem(fx.n)
+    };
+    let FimBody::Blocks(blocks) = &mut f.body else {
+        panic!("EKFAC is block-diagonal")
+    };
+    let mut fresh = blocks.clone();
+    let which: Vec<usize> = (0..fresh.len()).collect();
+    p1.refit(&classification(), &f.layers, &mut fresh, &which, None)
+        .unwrap();
+    for (b, x) in blocks.iter_mut().zip(&fresh) {
+        let (Block::Ekfac { d, .. }, Block::Ekfac { d: dx, .. }) = (b, x) else {
+            panic!("EKFAC blocks")
+        };
+        for (a, b) in d.data.iter_mut().zip(&dx.data) {
+            *a = 0.95 * *a + 0.05 * b;
+        }
+    }
+    let (_, g1) = fx.loss_grad_of(&net1);
+    let want = axpy(&w1, -lr, &f.solve(&g1, damping).unwrap());
+    let got = fx.train(&config(ngd(ekfac, 3, Some(1)), TrainMode::Plain, 2, fx.n));
+    assert_close("EKFAC step in a kept basis", &got, &want, 1e-10);
+}
+
+/// Natural gradient on a scaled model uses the model's own gradient and
+/// Fisher, without SGD's 1/α² loss factor: one Dense step is
+/// `w − lr (F_α + λI)⁻¹ ∇L_α` (1e-10), so the function step does not shrink
+/// with α.
+#[test]
+fn natural_gradient_on_a_scaled_model_is_not_rescaled() {
+    let fx = Fx::new(MLP, 8, 91);
+    let (lr, damping) = (0.7, 0.05);
+    let scaled = TrainMode::Scaled {
+        alpha: 10.0,
+        center: true,
+    };
+    let w0 = fx.params.flat();
+    let net = fx.model_at(&w0, &scaled);
+    let (_, g) = fx.loss_grad_of(&net);
+    let p = Problem {
+        net: &net,
+        ..fx.problem(fx.n)
+    };
+    let mut f = p.fim_dense(&classification()).unwrap().to_dense().unwrap();
+    f.add_diag(damping);
+    let step = nngeo::linalg::solve_sym(&f, &Mat::from_vec(g.len(), 1, g.clone()))
+        .unwrap()
+        .data;
+    let got = fx.train(&config(ngd(Structure::Dense, 1, None), scaled, 1, fx.n));
+    assert_close("scaled NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
+}
+
+/// For the MSE loss (PyTorch's mean over the C outputs) the natural
+/// gradient's Fisher is the loss's Gauss–Newton matrix
+/// `(2/C) · 1/n Σ Jᵢᵀ Jᵢ`, built here from the dense Jacobian (1e-10).
+#[test]
+fn natural_gradient_for_mse_uses_the_gauss_newton_matrix() {
+    let fx = Fx::new(REG_MLP, 7, 93);
+    let (n, c) = (fx.n, fx.c);
+    let (lr, damping) = (0.4, 0.05);
+    let w0 = fx.params.flat();
+    let (_, g) = fx.problem_regression(n).loss_and_gradient(true).unwrap();
+    let j = fx.jacobian_of(&fx.net);
+    let mut gn = j.transpose().matmul(&j);
+    gn.data
+        .iter_mut()
+        .for_each(|x| *x *= 2.0 / (c as f64 * n as f64));
+    gn.add_diag(damping);
+    let step = nngeo::linalg::solve_sym(&gn, &Mat::from_vec(g.len(), 1, g.clone()))
+        .unwrap()
+        .data;
+    let mut cfg = config(ngd(Structure::Dense, 1, None), TrainMode::Plain, 1, n);
+    cfg.loss = LossKind::Mse;
+    if let Optimizer::Ngd { lr: l, .. } = &mut cfg.optimizer {
+        *l = lr;
+    }
+    let data = TrainData {
+        x: &fx.x,
+        y: &fx.targets,
+        n,
+        target_dim: c,
+        flipped: &[],
+    };
+    let got = train(
+        &fx.o,
+        &fx.spec,
+        fx.params.clone(),
+        &data,
+        None,
+        &cfg,
+        &[],
+        &mut Quiet,
+    )
+    .unwrap()
+    .flat();
+    assert_close("MSE NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
+}
