@@ -138,7 +138,8 @@ impl Block {
 
     /// `(B + λI)⁻¹ v`; KFAC uses NNGeometry's π-damping
     /// `(G + √λ/π I)⁻¹ V (A + π√λ I)⁻¹`.
-    /// The dense factorisations run where `la` says.
+    /// The dense factorisations run where `la` says (on its device for a
+    /// device-held block).
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         Ok(match self {
             Block::Dense(m) => dense_solve(m, v, damping, la)?,

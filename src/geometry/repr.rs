@@ -221,11 +221,10 @@ impl Fim {
     }
 
     /// [`Fim::solve`] with its dense factorisations (Cholesky/LU, the
-    /// singularity check's spectrum) where `la` runs them.
+    /// singularity check's spectrum) where `la` runs them, or on its
+    /// device for a device-held matrix.
     pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         match &self.body {
-            // A device-held matrix comes to the host in f64 for `la`.
-            // On the device for a device-held matrix.
             FimBody::Dense(m) => dense_solve(m, v, damping, la),
             FimBody::Blocks(blocks) => {
                 let mut out = Vec::with_capacity(v.len());

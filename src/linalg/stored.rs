@@ -60,9 +60,16 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
     /// Every eigenvalue of the (symmetric) matrix, ascending.
     fn eigvalsh(&self) -> Result<Vec<f64>, String>;
     /// `(M + λI)⁻¹ v` for the (symmetric) matrix, factored in f64 on the
-    /// device: Cholesky, LU where Cholesky breaks down (as the host's
-    /// `solve_sym`); an error where the solution is not finite.
-    fn solve(&self, v: &[f64], damping: f64) -> Result<Vec<f64>, String>;
+    /// device: Cholesky, LU where Cholesky breaks down, non-finite inputs
+    /// refused (the host's `solve_sym` rules and words); an error where
+    /// the solution is not finite. The default solves a host copy.
+    fn solve(&self, v: &[f64], damping: f64) -> Result<Vec<f64>, String> {
+        let mut m = self.to_host()?;
+        m.add_diag(damping);
+        super::solve_sym(&m, &Mat::from_vec(v.len(), 1, v.to_vec()))
+            .map(|x| x.data)
+            .map_err(|e| e.to_string())
+    }
     /// `Σ_a M[a·n .. (a+1)·n, a·n .. (a+1)·n]` over the `c` diagonal
     /// blocks of a `[c·n, c·n]` matrix: `[n, n]`.
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String>;

@@ -221,11 +221,20 @@ impl DeviceMatrix for HeldTensor {
                 v.len()
             ));
         }
+        // The host solver's input rule, in its words: finite inputs only.
+        let non_finite =
+            || nngeo::linalg::LinalgError::NonFiniteInput { op: "solve_sym" }.to_string();
+        if !damping.is_finite() || v.iter().any(|x| !x.is_finite()) {
+            return Err(non_finite());
+        }
         if self.rows == 0 {
             return Ok(Vec::new());
         }
         let rhs = self.on_device(v)?;
-        let x = self.with(|t| {
+        let system = self.with(|t| {
+            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+                return Ok(None);
+            }
             // A copy even where the matrix is already f64: the damping
             // goes on its diagonal in place.
             let a = t.f_to_dtype(Kind::Double, false, true)?;
@@ -235,9 +244,12 @@ impl DeviceMatrix for HeldTensor {
             let b = rhs
                 .f_to_kind(Kind::Double)?
                 .f_reshape([self.rows as i64, 1])?;
-            Ok((a, b))
+            Ok(Some((a, b)))
         })?;
-        let x = crate::ops::solve_sym_tensor(&x.0, &x.1).map_err(|err| err.0)?;
+        let Some((a, b)) = system else {
+            return Err(non_finite());
+        };
+        let x = crate::ops::solve_sym_tensor(&a, &b).map_err(|err| err.0)?;
         host(&x)
     }
 

@@ -56,8 +56,8 @@ pub struct TchOps {
     /// Whether the dense decompositions (EKFAC's bases, spectra, solves)
     /// run in libtorch (see [`TchOps::with_device_linalg`]).
     device_linalg: bool,
-    /// Whether a dense NTK stays in libtorch (see
-    /// [`TchOps::with_device_storage`]).
+    /// Whether dense results (the NTK, a dense Fisher, BlockDiag's dense
+    /// blocks) stay in libtorch (see [`TchOps::with_device_storage`]).
     device_storage: bool,
 }
 
@@ -130,9 +130,11 @@ impl TchOps {
         })
     }
 
-    /// Sets whether a dense NTK built whole stays a libtorch tensor on
-    /// this device ([`Ops::holds_on_device`]), its trace, norms, products,
-    /// alignment and spectrum computed there: by default on CUDA only.
+    /// Sets whether dense results built whole (the NTK, a dense Fisher,
+    /// BlockDiag's dense blocks) stay libtorch tensors on this device
+    /// ([`Ops::holds_on_device`]), their trace, norms, products,
+    /// alignments, spectra and damped solves computed there: by default
+    /// on CUDA only.
     pub fn with_device_storage(mut self, on: bool) -> Self {
         self.device_storage = on;
         self
@@ -142,7 +144,9 @@ impl TchOps {
     /// [`Ops::solve_sym`] (EKFAC's bases, dense spectra, a Fisher's
     /// solves) run in libtorch on this device, one matrix at a time, or on
     /// the host: by default on CUDA only (on the CPU faer, several
-    /// matrices at once on the host's threads, was the faster).
+    /// matrices at once on the host's threads, was the faster). A matrix
+    /// held on the device ([`TchOps::with_device_storage`]) is solved and
+    /// decomposed there either way.
     pub fn with_device_linalg(mut self, on: bool) -> Self {
         self.device_linalg = on;
         self
@@ -689,7 +693,6 @@ extern "C" {
     ) -> *mut torch_sys::C_tensor;
 }
 
-/// The first `len` values of a device tensor as host f64.
 /// `A⁻¹ B` for a symmetric f64 `A` on its device: Cholesky
 /// (`linalg.cholesky_ex`, `cholesky_solve`), LU (`linalg.solve`) where
 /// Cholesky meets a non-positive pivot or gives a non-finite answer, as
@@ -718,6 +721,7 @@ pub(crate) fn solve_sym_tensor(a: &Tensor, b: &Tensor) -> OpsResult<Tensor> {
     Ok(x)
 }
 
+/// The first `len` values of a device tensor as host f64.
 fn to_host_f64(t: &Tensor, len: usize) -> OpsResult<Vec<f64>> {
     let t = t
         .f_to_device(Device::Cpu)

@@ -449,6 +449,16 @@ fn same_operations(
             "{what}: {a} / {b}"
         );
     }
+    // Non-finite input (in the first layer, a dense block in both
+    // Fishers): refused by both, in the host solver's words.
+    let mut bad = v.clone();
+    bad[0] = f64::NAN;
+    let (a, b) = (held.solve(&bad, damping), on_host.solve(&bad, damping));
+    let (a, b) = (a.unwrap_err().to_string(), b.unwrap_err().to_string());
+    assert!(
+        a.contains("NaN or infinite") && b.contains("NaN or infinite"),
+        "{what}: {a} / {b}"
+    );
     let first = &held.layers[0].name;
     let layer =
         |f: &nngeo::geometry::repr::Fim| f.layer(first).unwrap().unwrap().to_dense().unwrap().data;

@@ -78,7 +78,9 @@ fn a_float32_fisher_is_held_in_float32() {
         let fx = Fx::build(model, n, 103, Dtype::F32, false);
         let p = fx.problem(n);
         let t = classification();
-        let held = p.fim_dense(&t).unwrap();
+        // Kept on the host (a CUDA run keeps it on the device, where
+        // `cross_backend.rs` checks it against this path).
+        let held = p.fim_dense_in(&t, Keep::Host(Dtype::F32)).unwrap();
         let wide = p.fim_dense_in(&t, Keep::Host(Dtype::F64)).unwrap();
         let (FimBody::Dense(h), FimBody::Dense(w)) = (&held.body, &wide.body) else {
             panic!("{model}: dense bodies");
@@ -112,7 +114,9 @@ fn a_float32_fisher_is_held_in_float32() {
         let norm = b.iter().map(|y| y * y).sum::<f64>().sqrt();
         assert!(err < 1e-4 * norm, "{model}: solve {err:e} of {norm:e}");
         // BlockDiag: each block in f32, the dense Fisher's diagonal block.
-        let bd = p.fim_blocks(&t, &fx.kinds(BlockKind::Dense)).unwrap();
+        let bd = p
+            .fim_blocks_in(&t, &fx.kinds(BlockKind::Dense), Keep::Host(Dtype::F32))
+            .unwrap();
         let FimBody::Blocks(blocks) = &bd.body else {
             panic!("{model}: blocks");
         };
