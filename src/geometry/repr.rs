@@ -224,6 +224,20 @@ impl Fim {
     /// singularity check's spectrum) where `la` runs them, or on its
     /// device for a device-held matrix.
     pub fn solve_in(&self, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
+        // One rule for every structure (a diagonal would otherwise divide
+        // NaN through silently where a dense solve refuses it).
+        const OP: &str = "solve";
+        if v.len() != self.dim() {
+            return Err(LinalgError::DimensionMismatch {
+                op: OP,
+                n: self.dim(),
+                rhs_rows: v.len(),
+            }
+            .into());
+        }
+        if !damping.is_finite() || v.iter().any(|x| !x.is_finite()) {
+            return Err(LinalgError::NonFiniteInput { op: OP }.into());
+        }
         match &self.body {
             FimBody::Dense(m) => dense_solve(m, v, damping, la),
             FimBody::Blocks(blocks) => {

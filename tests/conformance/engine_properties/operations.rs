@@ -144,6 +144,34 @@ fn solve_inverts_the_damped_matrix() {
     assert_close("linear lowrank: (F + λI) solve(v)", &back, &v, 1e-8);
 }
 
+/// A vector with a NaN, an infinite damping or a vector of the wrong
+/// length is refused by every structure with the same located words,
+/// never divided through (Diag) or sliced out of bounds (BlockDiag).
+#[test]
+fn every_structure_refuses_a_bad_right_hand_side() {
+    let fx = Fx::new(MLP, 6, 74);
+    let p = fx.problem(6);
+    let t = classification();
+    let mut reps = vec![("dense", p.fim_dense(&t).unwrap())];
+    for (name, k) in [
+        ("blockdiag", BlockKind::Dense),
+        ("diag", BlockKind::Diag),
+        ("kfac", BlockKind::Kfac),
+    ] {
+        reps.push((name, p.fim_blocks(&t, &fx.kinds(k)).unwrap()));
+    }
+    let v = fx.random_vector(5);
+    let mut nan = v.clone();
+    *nan.last_mut().unwrap() = f64::NAN;
+    for (name, f) in &reps {
+        let err = |v: &[f64], d: f64| f.solve(v, d).unwrap_err().to_string();
+        assert!(err(&nan, 0.1).contains("NaN or infinite"), "{name}");
+        assert!(err(&v, f64::INFINITY).contains("NaN or infinite"), "{name}");
+        assert!(err(&v[1..], 0.1).contains("dimension mismatch"), "{name}");
+        assert!(f.solve(&v, 0.1).is_ok(), "{name}");
+    }
+}
+
 // ---------------------------------------------------------------- 7. KL
 
 /// `mean_i KL(p_i(w) ‖ p_i(w + εδ)) ≈ ½ ε² δᵀFδ` for ε = 1e-4 (relative
