@@ -3,6 +3,7 @@
 //! of similar size, and the peak memory of each case in a fresh process.
 
 use crate::backend::candle::CandleOps;
+use crate::engine::device_update::{refresh_buffers, DeviceUpdate, UpdateAt};
 use crate::geometry::build::{BlockKind, Problem, Target};
 use crate::geometry::init::init_params;
 use crate::geometry::net::Net;
@@ -145,6 +146,17 @@ pub const CASES: &[Case] = &[
         reference: None,
     },
 ];
+
+/// Where the SGD case updates the weights: the backend's choice (what a
+/// training run does), or `$NNGEO_BENCH_UPDATE` = `host` / `device` to
+/// time the other side on the same machine.
+fn update_at<O: Ops>(o: &O) -> UpdateAt {
+    match std::env::var("NNGEO_BENCH_UPDATE").as_deref() {
+        Ok("host") => UpdateAt::Host,
+        Ok("device") => UpdateAt::Device,
+        _ => UpdateAt::of(o),
+    }
+}
 
 /// The ResNet18 cases' width (channels of the first stage; torchvision:
 /// 64): `$NNGEO_BENCH_WIDTH` scales them down for a laptop.
@@ -423,22 +435,49 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
         "resnet18-sgd-128" => {
             let (s, spec) = resnet18(o, 128);
             let p = s.problem();
-            let t = Instant::now();
-            let (_, g, stats) = p
-                .loss_gradient_in(false, crate::geometry::net::Phase::Train { seed: 0 })
-                .map_err(e)?;
-            let mut params = s.net.params.clone();
-            let w: Vec<f64> = params
-                .flat()
-                .iter()
-                .zip(&g)
-                .map(|(w, g)| w - 0.1 * g)
-                .collect();
-            params.set_flat(&w).map_err(e)?;
-            crate::engine::train::update_running_stats(&mut params, &spec, &stats);
-            let net = s.net.with_params(o, params).map_err(e)?;
-            let secs = t.elapsed().as_secs_f64();
-            drop(net);
+            let phase = crate::geometry::net::Phase::Train { seed: 0 };
+            let opt = crate::plan::Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            };
+            let secs = match update_at(o) {
+                UpdateAt::Host => {
+                    let t = Instant::now();
+                    let (_, g, stats) = p.loss_gradient_in(false, phase).map_err(e)?;
+                    let mut params = s.net.params.clone();
+                    let w: Vec<f64> = params
+                        .flat()
+                        .iter()
+                        .zip(&g)
+                        .map(|(w, g)| w - 0.1 * g)
+                        .collect();
+                    params.set_flat(&w).map_err(e)?;
+                    crate::engine::train::update_running_stats(&mut params, &spec, &stats);
+                    let net = s.net.with_params(o, params).map_err(e)?;
+                    let secs = t.elapsed().as_secs_f64();
+                    drop(net);
+                    secs
+                }
+                UpdateAt::Device => {
+                    // The copy (host parameters included) is made before
+                    // the clock starts: a training run steps its own.
+                    let mut net = s.net.clone();
+                    let mut dev = DeviceUpdate::<O>::new(&opt).expect("SGD");
+                    let t = Instant::now();
+                    let (loss, grads, stats) =
+                        p.loss_gradient_natural_in(false, phase).map_err(e)?;
+                    dev.apply(o, &opt, &mut net, grads, 1.0, 0.1, 0, loss)?;
+                    refresh_buffers(o, &mut net, &spec, &stats).map_err(e)?;
+                    // Finished, as a training step is when its next
+                    // forward pass reads the weights.
+                    o.download(&net.slot_tensors(0)[0]).map_err(e)?;
+                    let secs = t.elapsed().as_secs_f64();
+                    drop(net);
+                    secs
+                }
+            };
             let fwd = crate::plan::cost::forward_flops(&spec) as f64 * 128.0;
             (secs, 3.0 * fwd, spec.params as f64 * 4.0)
         }

@@ -96,6 +96,11 @@ impl Ops for CandleOps {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
+    /// On a GPU (the `candle-cuda` plugin) SGD and Adam step the weights
+    /// there; on the CPU the f64 host copy is kept.
+    fn trains_on_device(&self) -> bool {
+        !self.device.is_cpu()
+    }
     fn upload(&self, shape: &[usize], data: &[f64]) -> OpsResult<Tensor> {
         match self.dtype {
             Dtype::F64 => Tensor::from_slice(data, shape, &self.device).map_err(e),

@@ -2,12 +2,14 @@
 //! models, representations and vectors behind the step ids that made them,
 //! and answers measurements. A backend only provides [`Ops`].
 
+pub mod device_update;
 pub mod difficulty;
 mod hooks;
 mod influence;
 mod matrices;
 mod measure;
 mod part_file;
+mod preconditioner;
 mod sharded;
 pub mod train;
 mod vectors;

@@ -3,20 +3,20 @@
 //! constant, step and cosine schedules; seeded shuffling; the plain,
 //! α-scaled and linearised models of [`Reparam`](crate::geometry::net::Reparam).
 //!
-//! Parameters live on the host as one flat vector in NNGeometry's order; each
-//! step computes the mini-batch gradient on the device and re-uploads the
-//! updated weights. Hooks run at their firing steps, before that step's
-//! update (step 0 is the initial model).
+//! Each step computes the mini-batch gradient on the device. Where the
+//! backend trains on its device ([`UpdateAt`]), SGD and Adam step the
+//! layers' tensors there ([`super::device_update`]); otherwise the
+//! parameters live on the host as one flat f64 vector in NNGeometry's
+//! order, updated there and re-uploaded. Hooks run at their firing steps,
+//! before that step's update (step 0 is the initial model).
 
-use crate::geometry::build::{to_eigenbases, BlockKind, Problem, Target};
+use super::device_update::{refresh_buffers, DeviceUpdate, UpdateAt};
+use super::preconditioner::{ngd_target, Preconditioner};
+use crate::geometry::build::Problem;
 use crate::geometry::inverse::Inverse;
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
-use crate::geometry::repr::{Block, Fim, FimBody};
-use crate::plan::{
-    Augment, FisherVariant, Group, LossKind, LrSchedule, ModelSpec, Optimizer, Structure, Task,
-    TrainConfig,
-};
+use crate::plan::{Augment, Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig};
 use crate::rng::Rng;
 
 /// A dataset as training sees it.
@@ -68,6 +68,11 @@ pub trait TrainObserver<O: Ops> {
     fn penalty(&mut self, _w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
         Ok(None)
     }
+    /// Whether [`TrainObserver::penalty`] has terms (it then reads the
+    /// weights on the host every step).
+    fn has_penalty(&self) -> bool {
+        false
+    }
 }
 
 enum State<T> {
@@ -86,179 +91,6 @@ enum State<T> {
         /// when it serves a second step unchanged (see `Inverse`).
         ready: Option<Box<Inverse<T>>>,
     },
-}
-
-/// The natural gradient's curvature: running averages of the Fisher's
-/// statistics on the mini-batches seen at refresh (and refit) steps.
-struct Preconditioner {
-    fim: Fim,
-    /// EKFAC: the running KFAC factors its eigenbases come from.
-    factors: Option<Vec<Block>>,
-}
-
-/// `run = decay · run + (1 − decay) · new`, entry by entry.
-fn blend(run: &mut [f64], new: &[f64], decay: f64) {
-    run.iter_mut()
-        .zip(new)
-        .for_each(|(r, x)| *r = decay * *r + (1.0 - decay) * x);
-}
-
-fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
-    match (run, new) {
-        // On the host (a device-held block comes there once and stays).
-        (Block::Dense(r), Block::Dense(x)) => r
-            .host_mut()
-            .map_err(|e| e.to_string())?
-            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
-                decay * r + (1.0 - decay) * x
-            }),
-        (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
-        (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
-            blend(&mut a.data, &xa.data, decay);
-            blend(&mut g.data, &xg.data, decay);
-        }
-        (Block::Ekfac { d, .. }, Block::Ekfac { d: xd, .. }) => blend(&mut d.data, &xd.data, decay),
-        _ => return Err("running averages of different structures".into()),
-    }
-    Ok(())
-}
-
-fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
-    match (&mut run.body, &new.body) {
-        (FimBody::Dense(r), FimBody::Dense(x)) => r
-            .host_mut()
-            .map_err(|e| e.to_string())?
-            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
-                decay * r + (1.0 - decay) * x
-            }),
-        (FimBody::Blocks(r), FimBody::Blocks(x)) => {
-            for (rb, xb) in r.iter_mut().zip(x) {
-                blend_block(rb, xb, decay)?;
-            }
-        }
-        _ => return Err("running averages of different structures".into()),
-    }
-    Ok(())
-}
-
-/// The Fisher the natural gradient uses, for the model's loss. The MSE loss
-/// is averaged over the C outputs (PyTorch's), whose Hessian in the outputs
-/// is (2/C)·I: the Gaussian Fisher with σ² = C/2 is exactly its Gauss–Newton
-/// matrix, so `lr = 1` is a full Gauss–Newton step for either loss.
-fn ngd_target(fisher: &FisherVariant, mse: bool, outputs: usize) -> Target {
-    let task = if mse {
-        Task::Regression {
-            sigma2: outputs as f64 / 2.0,
-        }
-    } else if outputs == 1 {
-        Task::Binary
-    } else {
-        Task::Classification
-    };
-    Target::Fim {
-        variant: fisher.clone(),
-        task,
-    }
-}
-
-impl Preconditioner {
-    /// Updates the statistics from the mini-batch `p` at optimiser step
-    /// `step`: everything at refresh steps (new eigenbases for EKFAC), only
-    /// EKFAC's diagonal at its refit steps. Says whether anything changed.
-    #[allow(clippy::too_many_arguments)]
-    fn update<O: Ops>(
-        this: &mut Option<Self>,
-        p: &Problem<O>,
-        structure: &Structure,
-        target: &Target,
-        step: u64,
-        refresh: u64,
-        refit: Option<u64>,
-        decay: f64,
-    ) -> Result<bool, String> {
-        let e = |e: crate::geometry::ops::OpsError| e.to_string();
-        let is_refresh = this.is_none() || step.is_multiple_of(refresh.max(1));
-        let ekfac = matches!(structure, Structure::Ekfac { .. });
-        if !is_refresh {
-            // Between refreshes only EKFAC refits its diagonal, in the
-            // current basis, from the current mini-batch.
-            let (Some(pre), Some(t)) = (this.as_mut(), refit) else {
-                return Ok(false);
-            };
-            if !ekfac || !step.is_multiple_of(t.max(1)) {
-                return Ok(false);
-            }
-            let FimBody::Blocks(blocks) = &pre.fim.body else {
-                return Err("EKFAC is block-diagonal".into());
-            };
-            let mut fresh = blocks.clone();
-            let which: Vec<usize> = (0..fresh.len()).collect();
-            p.refit(target, &pre.fim.layers, &mut fresh, &which, None)
-                .map_err(e)?;
-            if let FimBody::Blocks(blocks) = &mut pre.fim.body {
-                for (r, x) in blocks.iter_mut().zip(&fresh) {
-                    blend_block(r, x, decay)?;
-                }
-            }
-            return Ok(true);
-        }
-        let slots = p.ordered_slots();
-        let kinds = |s: &Structure| -> Result<Vec<BlockKind>, String> {
-            slots
-                .iter()
-                .map(|&k| {
-                    let layer = &p.net.spec.layers[p.net.slots[k].index];
-                    BlockKind::for_structure(s, &layer.name, layer.layer.family())
-                })
-                .collect()
-        };
-        if ekfac {
-            // Running KFAC factors, then their eigenbases, then the
-            // diagonal refitted from this mini-batch in the new basis.
-            let kfac = p.fim_blocks(target, &kinds(&Structure::Kfac)?).map_err(e)?;
-            let FimBody::Blocks(new) = kfac.body else {
-                return Err("KFAC is block-diagonal".into());
-            };
-            let factors = match this.take().and_then(|pre| pre.factors) {
-                Some(mut run) => {
-                    for (r, x) in run.iter_mut().zip(&new) {
-                        blend_block(r, x, decay)?;
-                    }
-                    run
-                }
-                None => new,
-            };
-            let which: Vec<usize> = (0..factors.len()).collect();
-            let mut blocks = factors.clone();
-            to_eigenbases(p.o, &mut blocks, &which).map_err(e)?;
-            p.refit(target, &kfac.layers, &mut blocks, &which, None)
-                .map_err(e)?;
-            *this = Some(Preconditioner {
-                fim: Fim {
-                    layers: kfac.layers,
-                    body: FimBody::Blocks(blocks),
-                    n: p.n,
-                    refit: true,
-                },
-                factors: Some(factors),
-            });
-            return Ok(true);
-        }
-        let fresh = match structure {
-            Structure::Dense => p.fim_dense(target).map_err(e)?,
-            s => p.fim_blocks(target, &kinds(s)?).map_err(e)?,
-        };
-        match this {
-            Some(pre) => blend_fim(&mut pre.fim, &fresh, decay)?,
-            None => {
-                *this = Some(Preconditioner {
-                    fim: fresh,
-                    factors: None,
-                })
-            }
-        }
-        Ok(true)
-    }
 }
 
 fn learning_rate(cfg: &TrainConfig, base: f64, step: u64, per_epoch: u64) -> f64 {
@@ -315,7 +147,35 @@ pub fn train_binned<O: Ops>(
     obs: &mut dyn TrainObserver<O>,
     difficulty: Option<(Vec<usize>, usize)>,
 ) -> Result<HostParams, String> {
+    let at = UpdateAt::of(o);
+    train_at(
+        o, spec, params, data, eval, cfg, firing, obs, difficulty, at,
+    )
+}
+
+/// [`train_binned`] with the update where `at` says: on the device for
+/// SGD and Adam without penalty terms, else on the host.
+#[allow(clippy::too_many_arguments)]
+pub fn train_at<O: Ops>(
+    o: &O,
+    spec: &ModelSpec,
+    params: HostParams,
+    data: &TrainData<O::T>,
+    eval: Option<&TrainData<O::T>>,
+    cfg: &TrainConfig,
+    firing: &[Vec<u64>],
+    obs: &mut dyn TrainObserver<O>,
+    difficulty: Option<(Vec<usize>, usize)>,
+    at: UpdateAt,
+) -> Result<HostParams, String> {
     let mse = cfg.loss == LossKind::Mse;
+    // Penalty terms read the weights on the host every step.
+    let mut device = match at {
+        UpdateAt::Device if !obs.has_penalty() => DeviceUpdate::<O>::new(&cfg.optimizer),
+        _ => None,
+    };
+    // The device update leaves `net.params` behind until it is read.
+    let mut stale = false;
     let base_lr = match &cfg.optimizer {
         Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::Ngd { lr, .. } => *lr,
     };
@@ -351,6 +211,10 @@ pub fn train_binned<O: Ops>(
         obs.clock(clock.as_secs_f64());
         for (h, steps) in firing.iter().enumerate() {
             if steps.binary_search(&step).is_ok() {
+                if stale {
+                    net.download_params(o).map_err(|e| e.to_string())?;
+                    stale = false;
+                }
                 obs.hook(h, step, &net)?;
             }
         }
@@ -403,6 +267,43 @@ pub fn train_binned<O: Ops>(
             slots: (0..net.slots.len()).collect(),
             batch: nb,
         };
+        if let Some(dev) = device.as_mut() {
+            let (loss, grads, stats) = p
+                .loss_gradient_natural_in(
+                    mse,
+                    Phase::Train {
+                        seed: cfg.seed ^ (step + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            if !loss.is_finite() {
+                return Err(format!(
+                    "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
+                ));
+            }
+            let lr = learning_rate(cfg, base_lr, step, per_epoch);
+            let scale = net.loss_scale();
+            dev.apply(o, &cfg.optimizer, &mut net, grads, scale, lr, step, loss)?;
+            refresh_buffers(o, &mut net, spec, &stats).map_err(|e| e.to_string())?;
+            stale = true;
+            epoch_loss.0 += loss;
+            epoch_loss.1 += 1;
+            clock += started.elapsed();
+            after_step(
+                o,
+                &net,
+                step,
+                loss,
+                None,
+                per_epoch,
+                &mut epoch_loss,
+                eval,
+                mse,
+                obs,
+                clock,
+            )?;
+            continue;
+        }
         let (loss, mut g, stats) = p
             .loss_gradient_in(
                 mse,
@@ -551,32 +452,72 @@ pub fn train_binned<O: Ops>(
             .with_params(o, params.clone())
             .map_err(|e| e.to_string())?;
         clock += started.elapsed();
-        obs.clock(clock.as_secs_f64());
-        obs.log("train/loss", step + 1, loss, &[]);
-        if let Some((value, _)) = penalty {
-            obs.log("train/penalty", step + 1, value, &[]);
+        let penalty = penalty.map(|(value, _)| value);
+        after_step(
+            o,
+            &net,
+            step,
+            loss,
+            penalty,
+            per_epoch,
+            &mut epoch_loss,
+            eval,
+            mse,
+            obs,
+            clock,
+        )?;
+    }
+    if device.is_some() {
+        if stale {
+            net.download_params(o).map_err(|e| e.to_string())?;
         }
-        if (step + 1) % per_epoch == 0 {
-            obs.log(
-                "train/epoch_loss",
-                step + 1,
-                epoch_loss.0 / epoch_loss.1.max(1) as f64,
-                &[],
-            );
-            epoch_loss = (0.0, 0);
-            if let Some(ev) = eval {
-                let (l, acc) = ev
-                    .problem(o, &net)
-                    .loss_accuracy(mse)
-                    .map_err(|e| e.to_string())?;
-                obs.log("eval/loss", step + 1, l, &[]);
-                if let Some(a) = acc {
-                    obs.log("eval/accuracy", step + 1, a, &[]);
-                }
+        return Ok(net.params);
+    }
+    Ok(params)
+}
+
+/// What follows each optimiser step: the clock, `train/loss` (and the
+/// penalty's value), and at each epoch's end its mean loss and the
+/// evaluation set's loss and accuracy.
+#[allow(clippy::too_many_arguments)]
+fn after_step<O: Ops>(
+    o: &O,
+    net: &Net<O>,
+    step: u64,
+    loss: f64,
+    penalty: Option<f64>,
+    per_epoch: u64,
+    epoch_loss: &mut (f64, usize),
+    eval: Option<&TrainData<O::T>>,
+    mse: bool,
+    obs: &mut dyn TrainObserver<O>,
+    clock: std::time::Duration,
+) -> Result<(), String> {
+    obs.clock(clock.as_secs_f64());
+    obs.log("train/loss", step + 1, loss, &[]);
+    if let Some(value) = penalty {
+        obs.log("train/penalty", step + 1, value, &[]);
+    }
+    if (step + 1).is_multiple_of(per_epoch) {
+        obs.log(
+            "train/epoch_loss",
+            step + 1,
+            epoch_loss.0 / epoch_loss.1.max(1) as f64,
+            &[],
+        );
+        *epoch_loss = (0.0, 0);
+        if let Some(ev) = eval {
+            let (l, acc) = ev
+                .problem(o, net)
+                .loss_accuracy(mse)
+                .map_err(|e| e.to_string())?;
+            obs.log("eval/loss", step + 1, l, &[]);
+            if let Some(a) = acc {
+                obs.log("eval/accuracy", step + 1, a, &[]);
             }
         }
     }
-    Ok(params)
+    Ok(())
 }
 
 /// The batch `x [nb, C, H, W]` randomly cropped after zero padding and

@@ -8,7 +8,7 @@
 
 pub use super::fisher::{kfac_eigenbasis, to_eigenbases, BlockKind, Eigh};
 use super::net::{BatchStats, Capture, Net, Phase};
-use super::ops::{Ops, OpsResult};
+use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::LayerInfo;
 use super::stats;
 use crate::plan::{FisherVariant, HessianPart, Task};
@@ -473,12 +473,30 @@ impl<'a, O: Ops> Problem<'a, O> {
         mse: bool,
         phase: Phase,
     ) -> OpsResult<(f64, Vec<f64>, Vec<BatchStats>)> {
+        let (loss, grads, stats) = self.loss_gradient_natural_in(mse, phase)?;
+        let mut out = Vec::new();
+        for (l, (_, g)) in self.layer_infos().iter().zip(&grads) {
+            let nat = self.o.download(g)?;
+            out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order));
+        }
+        Ok((loss, out, stats))
+    }
+
+    /// [`Problem::loss_gradient_in`] with the gradient left where it was
+    /// computed: per slot (in [`Problem::ordered_slots`] order), the
+    /// backend tensor of its natural layout `[sg, sa]`. An optimiser that
+    /// updates the weights on the device reads it there.
+    #[allow(clippy::type_complexity)]
+    pub fn loss_gradient_natural_in(
+        &self,
+        mse: bool,
+        phase: Phase,
+    ) -> OpsResult<(f64, Vec<(usize, O::T)>, Vec<BatchStats>)> {
         let o = self.o;
         let mut loss = 0.0;
         let c = self.net.outputs();
-        let layers = self.layer_infos();
         let order = self.ordered_slots();
-        let mut acc: Vec<Option<O::T>> = vec![None; layers.len()];
+        let mut acc: Vec<Option<O::T>> = vec![None; order.len()];
         let mut stats = Vec::new();
         let mut start = 0;
         while start < self.n {
@@ -513,11 +531,20 @@ impl<'a, O: Ops> Problem<'a, O> {
             })?;
             start += nb;
         }
-        let mut out = Vec::new();
-        for (k, l) in layers.iter().enumerate() {
-            let nat = o.download(acc[k].as_ref().unwrap())?;
-            out.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order));
-        }
-        Ok((loss / self.n as f64, out, stats))
+        let grads = order
+            .iter()
+            .zip(acc)
+            .map(|(&s, g)| {
+                let (sg, sa, _) = stats::layout(&self.net.slots[s]);
+                let g = g.ok_or_else(|| {
+                    OpsError(format!(
+                        "no gradient reached layer `{}`",
+                        self.net.slots[s].name
+                    ))
+                })?;
+                Ok((s, o.reshape(&g, &[sg, sa])?))
+            })
+            .collect::<OpsResult<Vec<_>>>()?;
+        Ok((loss / self.n as f64, grads, stats))
     }
 }

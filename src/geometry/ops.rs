@@ -281,6 +281,14 @@ pub trait Ops: Clone {
         false
     }
 
+    /// Whether SGD and Adam step the weights where they live (the
+    /// backend's tensors, in its dtype) instead of in an f64 copy on the
+    /// host re-uploaded every step; see `engine::device_update`. By
+    /// default wherever results stay on the device.
+    fn trains_on_device(&self) -> bool {
+        self.holds_on_device()
+    }
+
     /// Writes the 2-d tensor `t` into the device matrix `dst` (made by
     /// [`Ops::zeros`]) in place, where `at` says (its mirror too, or added).
     fn write_device_block(&self, t: &Self::T, dst: &Self::T, at: BlockAt) -> OpsResult<()> {

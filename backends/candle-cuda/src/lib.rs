@@ -45,7 +45,9 @@ impl BackendPlugin for CandleCuda {
                 ),
                 CandleOps::new,
             )
-            .with_devices(cuda_devices()),
+            .with_devices(cuda_devices())
+            // SGD and Adam step the weights on the GPU (`CandleOps::trains_on_device`).
+            .with_linalg(vec!["linalg:host".into(), "train:update:cuda".into()]),
         ))
     }
 }

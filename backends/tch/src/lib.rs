@@ -87,7 +87,8 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
             // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK,
             // a dense Fisher and BlockDiag's dense blocks stay on the GPU
             // with their reductions, products, spectrum and solves
-            // (`TchOps::with_device_storage`); the rest (Lanczos, low-rank
+            // (`TchOps::with_device_storage`), and so do SGD's and Adam's
+            // weights and state in training; the rest (Lanczos, low-rank
             // algebra, the factored Fishers' storage) on the host.
             .with_linalg(vec![
                 "linalg:host".into(),
@@ -96,6 +97,7 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
                 "storage:ntk:cuda".into(),
                 "storage:fim-dense:cuda".into(),
                 "storage:fim-blocks:cuda".into(),
+                "train:update:cuda".into(),
             ]),
     )
 }

@@ -119,6 +119,21 @@ fn conv_weights<O: Ops>(
     Ok(())
 }
 
+/// A BatchNorm's running statistics as its evaluation pass reads them:
+/// the mean and `1/sqrt(var + eps)`, per channel `[C, 1]`.
+pub(super) fn running_tensors<O: Ops>(
+    o: &O,
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+) -> OpsResult<(O::T, O::T)> {
+    let s: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    Ok((
+        o.upload(&[mean.len(), 1], mean)?,
+        o.upload(&[s.len(), 1], &s)?,
+    ))
+}
+
 /// `w [rows, cols]` (or per group `[G, rows/G, cols/G]`) applied to
 /// `x [b, cols, L]`: `[b, rows, L]`.
 pub(super) fn grouped_matmul<O: Ops>(o: &O, w: &O::T, x: &O::T) -> OpsResult<O::T> {
@@ -347,13 +362,12 @@ impl<O: Ops> Net<O> {
                 | Layer::BatchNorm2d { channels: c, eps } => {
                     layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
                     layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
-                    let mean = &get("running_mean")?.data;
-                    let s: Vec<f64> = get("running_var")?
-                        .data
-                        .iter()
-                        .map(|v| 1.0 / (v + eps).sqrt())
-                        .collect();
-                    layer.running = Some((o.upload(&[*c, 1], mean)?, o.upload(&[*c, 1], &s)?));
+                    layer.running = Some(running_tensors(
+                        o,
+                        &get("running_mean")?.data,
+                        &get("running_var")?.data,
+                        *eps,
+                    )?);
                     slot_kind = Some(SlotKind::Elementwise { d: *c });
                 }
                 Layer::GroupNorm { channels: c, .. } => {

@@ -25,6 +25,7 @@ pub mod hessian;
 mod layers;
 mod params;
 mod tangent;
+mod trainable;
 
 pub use params::{HostParam, HostParams};
 
@@ -91,6 +92,7 @@ pub(crate) struct Unfold<T> {
     geom: Option<ConvGeom>,
 }
 
+#[derive(Clone)]
 pub struct NetLayer<T> {
     pub spec: LayerSpec,
     /// Linear `[out, in]`; convolutions `[out, in·K]`.
@@ -107,10 +109,15 @@ pub struct NetLayer<T> {
     src: Vec<usize>,
 }
 
+#[derive(Clone)]
 pub struct Net<O: Ops> {
     pub spec: ModelSpec,
     pub layers: Vec<NetLayer<O::T>>,
     pub slots: Vec<LayerSlot>,
+    /// The weights and buffers on the host. A training run whose update
+    /// stays on the device leaves the trainable entries behind between
+    /// steps and refreshes them ([`Net::download_params`]) before anyone
+    /// reads them: hooks, the end of the run.
     pub params: HostParams,
     /// Which function of the weights the model computes.
     pub mode: Reparam<O>,
@@ -151,6 +158,7 @@ pub struct BatchStats {
 /// and [`Net::backward`], so each of them is that of the model as trained:
 /// the NTK of a scaled model is α² times the network's, a linearised
 /// model's NTK stays the kernel at `w₀`.
+#[derive(Clone)]
 pub enum Reparam<O: Ops> {
     Plain,
     /// `α (f(x; w) − f(x; w₀))`, or `α f(x; w)` when `base` is `None`

@@ -664,7 +664,8 @@ fn task_models() -> Vec<(&'static str, usize, Task)> {
 
 // ---------------------------------------------------------------- training helpers
 
-use nngeo::engine::train::{train, TrainData, TrainObserver};
+use nngeo::engine::device_update::UpdateAt;
+use nngeo::engine::train::{train, train_at, TrainData, TrainObserver};
 use nngeo::plan::{Length, LossKind, LrSchedule, Optimizer, Structure, TrainConfig, TrainMode};
 
 const LINEARISED: TrainMode = TrainMode::Linearized { center: false };

@@ -547,3 +547,201 @@ fn natural_gradient_for_mse_uses_the_gauss_newton_matrix() {
     .flat();
     assert_close("MSE NGD step", &got, &axpy(&w0, -lr, &step), 1e-10);
 }
+
+/// Records `train/loss`, and the weights each hook sees and the model's
+/// outputs there in evaluation mode (BatchNorm's running statistics).
+struct Record {
+    o: TestOps,
+    x: T,
+    losses: Vec<f64>,
+    seen: Vec<Vec<f64>>,
+    outputs: Vec<Vec<f64>>,
+}
+
+impl TrainObserver<TestOps> for Record {
+    fn hook(&mut self, _: usize, _: u64, net: &Net<TestOps>) -> Result<(), String> {
+        self.seen.push(net.params.flat());
+        let z = net
+            .forward(&self.o, &self.x, false)
+            .and_then(|f| self.o.download(&f.output))
+            .map_err(|e| e.to_string())?;
+        self.outputs.push(z);
+        Ok(())
+    }
+    fn log(&mut self, key: &str, _: u64, value: f64, _: &[(&str, String)]) {
+        if key == "train/loss" {
+            self.losses.push(value);
+        }
+    }
+    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Fx {
+    /// Trains with the update where `at` says; the final weights and
+    /// buffers and what the observer saw (a hook at steps 0, 3 and 7).
+    fn train_where(&self, cfg: &TrainConfig, at: UpdateAt) -> (HostParams, Record) {
+        let data = TrainData {
+            x: &self.x,
+            y: &self.labels,
+            n: self.n,
+            target_dim: 1,
+            flipped: &[],
+        };
+        let mut rec = Record {
+            o: self.o.clone(),
+            x: self.x.clone(),
+            losses: vec![],
+            seen: vec![],
+            outputs: vec![],
+        };
+        let params = train_at(
+            &self.o,
+            &self.spec,
+            self.params.clone(),
+            &data,
+            None,
+            cfg,
+            &[vec![0, 3, 7]],
+            &mut rec,
+            None,
+            at,
+        )
+        .unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        (params, rec)
+    }
+}
+
+/// SGD (momentum, Nesterov, weight decay) and Adam (weight decay)
+/// stepping the backend's tensors in place (`UpdateAt::Device`, what a
+/// GPU run does) train the same model as the host's f64 update: every
+/// weight and BatchNorm buffer, every mini-batch loss, the weights each
+/// hook reads and the outputs it sees in evaluation mode, on the plain, the centred α-scaled (whose initial copy
+/// follows the running statistics) and the linearised model, across norm
+/// layers, 1-d and 2-d convolutions, grouped and transposed convolutions,
+/// embeddings and skip connections. f64 to 1e-12 (Adam 1e-10: see
+/// below); f32 weights stay within 1e-4 of the f64 host copy's over 7
+/// steps.
+#[test]
+fn the_device_update_is_the_host_update() {
+    fn check(model: impl Model, dtype: Dtype, tol: f64) {
+        let fx = Fx::build(model, 12, 17, dtype, false);
+        let optimizers = [
+            Optimizer::Sgd {
+                lr: 0.2,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-2,
+            },
+            Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.5,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            Optimizer::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 1e-3,
+            },
+        ];
+        let modes = [
+            TrainMode::Plain,
+            TrainMode::Scaled {
+                alpha: 10.0,
+                center: true,
+            },
+            LINEARISED,
+        ];
+        for opt in &optimizers {
+            for mode in &modes {
+                let cfg = config(opt.clone(), mode.clone(), 7, 5);
+                let (host, h) = fx.train_where(&cfg, UpdateAt::Host);
+                let (dev, d) = fx.train_where(&cfg, UpdateAt::Device);
+                let what = format!("{model} ({dtype:?}), {opt:?}, {mode:?}");
+                // Adam divides by √v + ε: a bias that BatchNorm makes
+                // gradient-free (rounding noise, 1e-17) moves by noise/ε, so
+                // ulp-level differences in earlier steps reach 1e-12 there.
+                let tol = match opt {
+                    Optimizer::Adam { .. } => tol.max(1e-10),
+                    _ => tol,
+                };
+                assert_ne!(host.flat(), fx.params.flat(), "{what}: nothing trained");
+                for (a, b) in dev.tensors.iter().zip(&host.tensors) {
+                    assert_eq!(a.key, b.key);
+                    let err = rel_err(&a.data, &b.data);
+                    assert!(err <= tol, "{what}: `{}` off by {err:.2e}", a.key);
+                }
+                let err = rel_err(&d.losses, &h.losses);
+                assert!(err <= tol, "{what}: losses off by {err:.2e}");
+                assert_eq!(d.seen.len(), h.seen.len(), "{what}: hooks");
+                for (k, (a, b)) in d.seen.iter().zip(&h.seen).enumerate() {
+                    let err = rel_err(a, b);
+                    assert!(err <= tol, "{what}: hook {k} read weights off by {err:.2e}");
+                    let err = rel_err(&d.outputs[k], &h.outputs[k]);
+                    assert!(err <= tol, "{what}: hook {k}'s outputs off by {err:.2e}");
+                }
+            }
+        }
+    }
+    for model in [ALL_2D, ALL_1D, MLP] {
+        check(model, Dtype::F64, 1e-12);
+    }
+    for model in [RESNET, EMBED, GROUPED] {
+        check(model, Dtype::F64, 1e-12);
+    }
+    check(NORM_CNN, Dtype::F32, 1e-4);
+}
+
+/// A diverging run stops with the same message whichever side updates:
+/// a non-finite loss, or the first weight the update made non-finite.
+#[test]
+fn a_diverging_device_update_fails_as_the_host_update_does() {
+    let fx = Fx::new(NORM_CNN, 12, 5);
+    let data = TrainData {
+        x: &fx.x,
+        y: &fx.labels,
+        n: fx.n,
+        target_dim: 1,
+        flipped: &[],
+    };
+    // The second overflows the weights in the first update.
+    for (weight_decay, says) in [
+        (0.0, "the mini-batch loss is NaN"),
+        (1e10, "weight 0 became"),
+    ] {
+        let cfg = config(
+            Optimizer::Sgd {
+                lr: 1e300,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay,
+            },
+            TrainMode::Plain,
+            4,
+            6,
+        );
+        let fail = |at| {
+            train_at(
+                &fx.o,
+                &fx.spec,
+                fx.params.clone(),
+                &data,
+                None,
+                &cfg,
+                &[],
+                &mut Quiet,
+                None,
+                at,
+            )
+            .expect_err("trained at a diverging learning rate")
+        };
+        let (host, dev) = (fail(UpdateAt::Host), fail(UpdateAt::Device));
+        assert!(host.starts_with("training diverged at step"), "{host}");
+        assert!(host.contains(says), "{host}");
+        assert_eq!(dev, host);
+    }
+}
