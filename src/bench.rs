@@ -464,7 +464,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                     // The copy (host parameters included) is made before
                     // the clock starts: a training run steps its own.
                     let mut net = s.net.clone();
-                    let mut dev = DeviceUpdate::<O>::new(&opt).expect("SGD");
+                    let mut dev = DeviceUpdate::<O>::new();
                     let t = Instant::now();
                     let (loss, grads, stats) =
                         p.loss_gradient_natural_in(false, phase).map_err(e)?;

@@ -96,7 +96,7 @@ impl Ops for CandleOps {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
-    /// On a GPU (the `candle-cuda` plugin) SGD and Adam step the weights
+    /// On a GPU (the `candle-cuda` plugin) the optimiser steps the weights
     /// there; on the CPU the f64 host copy is kept.
     fn trains_on_device(&self) -> bool {
         !self.device.is_cpu()

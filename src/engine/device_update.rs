@@ -1,4 +1,4 @@
-//! SGD's and Adam's update where the backend computes.
+//! The optimiser's update where the backend computes.
 //!
 //! The host update of [`super::train`] downloads the gradient, steps an f64
 //! copy of the weights and uploads them into a new network every step:
@@ -6,9 +6,13 @@
 //! a CPU step but several times a GPU's. Here the gradient never leaves the
 //! device: each layer's tensors (and the optimiser's state, tensor by
 //! tensor as PyTorch keeps it) are stepped in place in the run's dtype, and
-//! only the BatchNorm running statistics (a few numbers per channel) cross
-//! to the host. With float64 storage the arithmetic is the host's, entry
-//! by entry; in float32 the weights are float32, as in PyTorch.
+//! only the loss and the BatchNorm running statistics (a few numbers per
+//! channel) cross to the host. SGD and Adam step from the gradient;
+//! natural gradient from its preconditioned direction, which a prepared
+//! inverse makes on the device (after a refresh, the one solve with a new
+//! Fisher takes the gradient to the host once). With float64 storage the
+//! arithmetic is the host's, entry by entry; in float32 the weights are
+//! float32, as in PyTorch.
 
 use super::train::update_running_stats;
 use crate::geometry::net::{BatchStats, Net, Reparam};
@@ -46,22 +50,18 @@ pub(crate) struct DeviceUpdate<O: Ops> {
 }
 
 impl<O: Ops> DeviceUpdate<O> {
-    /// `None` for optimisers that update on the host only (natural
-    /// gradient, whose preconditioner is assembled there).
-    pub fn new(opt: &Optimizer) -> Option<Self> {
-        match opt {
-            Optimizer::Sgd { .. } | Optimizer::Adam { .. } => Some(DeviceUpdate {
-                first: Vec::new(),
-                second: Vec::new(),
-                t: 0,
-            }),
-            Optimizer::Ngd { .. } => None,
+    pub fn new() -> Self {
+        DeviceUpdate {
+            first: Vec::new(),
+            second: Vec::new(),
+            t: 0,
         }
     }
 
     /// One optimiser step on `net` from the mean loss's gradient `grads`
-    /// (per slot, natural layout), scaled by `scale` (the loss scale of
-    /// an α-scaled model), at learning rate `lr`. A linearised model's
+    /// (per slot, natural layout; for natural gradient, the
+    /// preconditioned gradient), scaled by `scale` (the loss scale of an
+    /// α-scaled model), at learning rate `lr`. A linearised model's
     /// offset from its initial weights takes the same step. Fails, with
     /// the host update's words, when the gradient or the new weights are
     /// not finite.
@@ -215,9 +215,17 @@ impl<O: Ops> DeviceUpdate<O> {
                 }
                 Ok(d)
             }
-            Optimizer::Ngd { .. } => Err(OpsError(
-                "natural gradient updates on the host (its preconditioner lives there)".into(),
-            )),
+            Optimizer::Ngd { momentum, .. } => {
+                // `g` is already the preconditioned direction.
+                let mut d = g;
+                if *momentum != 0.0 {
+                    if !fresh {
+                        d = o.add(&d, &o.scale(&self.first[i], *momentum)?)?;
+                    }
+                    self.keep(i, fresh, d.clone());
+                }
+                o.scale(&d, lr)
+            }
         }
     }
 

@@ -13,9 +13,10 @@
 use super::device_update::{refresh_buffers, DeviceUpdate, UpdateAt};
 use super::preconditioner::{ngd_target, Preconditioner};
 use crate::geometry::build::Problem;
-use crate::geometry::inverse::Inverse;
+use crate::geometry::inverse::{download_flat, upload_natural, Inverse};
 use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
+use crate::geometry::repr::Fim;
 use crate::plan::{Augment, Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig};
 use crate::rng::Rng;
 
@@ -153,8 +154,8 @@ pub fn train_binned<O: Ops>(
     )
 }
 
-/// [`train_binned`] with the update where `at` says: on the device for
-/// SGD and Adam without penalty terms, else on the host.
+/// [`train_binned`] with the update where `at` says: on the device unless
+/// the loss has penalty terms, else on the host.
 #[allow(clippy::too_many_arguments)]
 pub fn train_at<O: Ops>(
     o: &O,
@@ -171,7 +172,7 @@ pub fn train_at<O: Ops>(
     let mse = cfg.loss == LossKind::Mse;
     // Penalty terms read the weights on the host every step.
     let mut device = match at {
-        UpdateAt::Device if !obs.has_penalty() => DeviceUpdate::<O>::new(&cfg.optimizer),
+        UpdateAt::Device if !obs.has_penalty() => Some(DeviceUpdate::<O>::new()),
         _ => None,
     };
     // The device update leaves `net.params` behind until it is read.
@@ -282,7 +283,30 @@ pub fn train_at<O: Ops>(
                 ));
             }
             let lr = learning_rate(cfg, base_lr, step, per_epoch);
-            let scale = net.loss_scale();
+            let (grads, scale) = match (&cfg.optimizer, &mut state) {
+                (
+                    Optimizer::Ngd {
+                        fim,
+                        fisher,
+                        damping,
+                        refresh,
+                        refit,
+                        decay,
+                        ..
+                    },
+                    State::Ngd { pre, ready, .. },
+                ) => {
+                    let target = ngd_target(fisher, mse, net.outputs());
+                    let changed = Preconditioner::update(
+                        pre, &p, fim, &target, step, *refresh, *refit, *decay,
+                    )?;
+                    let f = &pre.as_ref().expect("made at the first step").fim;
+                    let d = natural_direction(o, f, &grads, *damping, changed, ready)
+                        .map_err(|e| e.to_string())?;
+                    (grads.iter().map(|(s, _)| *s).zip(d).collect(), 1.0)
+                }
+                _ => (grads, net.loss_scale()),
+            };
             dev.apply(o, &cfg.optimizer, &mut net, grads, scale, lr, step, loss)?;
             refresh_buffers(o, &mut net, spec, &stats).map_err(|e| e.to_string())?;
             stale = true;
@@ -474,6 +498,38 @@ pub fn train_at<O: Ops>(
         return Ok(net.params);
     }
     Ok(params)
+}
+
+/// The natural-gradient direction `(F + λI)⁻¹ ∇L` on the device, layer by
+/// layer in the natural layout. Right after a refresh the Fisher serves
+/// one step: it is solved once on the host (the gradient's one round
+/// trip); unchanged, its inverse is prepared once and applied where the
+/// gradient is (see `Inverse::apply_natural`).
+fn natural_direction<O: Ops>(
+    o: &O,
+    f: &Fim,
+    grads: &[(usize, O::T)],
+    damping: f64,
+    changed: bool,
+    ready: &mut Option<Box<Inverse<O::T>>>,
+) -> OpsResult<Vec<O::T>> {
+    let la = linalg_of(o);
+    let g: Vec<O::T> = grads.iter().map(|(_, g)| g.clone()).collect();
+    if changed {
+        *ready = None;
+        let flat = download_flat(o, &g, &f.layers)?;
+        let d = f
+            .solve_in(&flat, damping, &*la)
+            .map_err(|e| OpsError(e.to_string()))?;
+        return upload_natural(o, &d, &f.layers);
+    }
+    if ready.is_none() {
+        *ready = Some(Box::new(Inverse::new(o, f, damping, &*la)?));
+    }
+    ready
+        .as_ref()
+        .expect("prepared above")
+        .apply_natural(o, &g, &*la)
 }
 
 /// What follows each optimiser step: the clock, `train/loss` (and the

@@ -12,6 +12,7 @@
 
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::{flat, kfac_pi, natural, Block, Fim, FimBody, LayerInfo};
+use super::stats;
 use crate::linalg::{Linalg, Mat, Stored};
 
 /// How one layer's block (or the whole matrix) is applied.
@@ -53,6 +54,30 @@ fn damped_inverse(m: &Mat, shift: f64, la: &dyn Linalg) -> OpsResult<Mat> {
     let mut md = m.clone();
     md.add_diag(shift);
     la.solve_sym(&md, &Mat::identity(m.rows)).map_err(err)
+}
+
+/// Per-layer tensors in the natural layout `[sg, sa]` → one host vector
+/// in the layers' flat order.
+pub fn download_flat<O: Ops>(o: &O, v: &[O::T], layers: &[LayerInfo]) -> OpsResult<Vec<f64>> {
+    let mut flat = Vec::with_capacity(layers.iter().map(|l| l.numel).sum());
+    for (x, l) in v.iter().zip(layers) {
+        let nat = o.download(x)?;
+        flat.extend(stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order));
+    }
+    Ok(flat)
+}
+
+/// The inverse of [`download_flat`]: a flat host vector uploaded layer
+/// by layer in the natural layout.
+pub fn upload_natural<O: Ops>(o: &O, v: &[f64], layers: &[LayerInfo]) -> OpsResult<Vec<O::T>> {
+    layers
+        .iter()
+        .map(|l| {
+            let vl = &v[l.offset..l.offset + l.numel];
+            let nat = stats::from_flat_host(vl, l.sg, l.sa, l.bias, l.order);
+            o.upload(&[l.sg, l.sa], &nat)
+        })
+        .collect()
 }
 
 fn up<O: Ops>(o: &O, m: &Mat) -> OpsResult<O::T> {
@@ -143,5 +168,85 @@ impl<T> Inverse<T> {
             });
         }
         Ok(out)
+    }
+
+    /// [`Inverse::apply`] to a vector held on the device as each layer's
+    /// natural layout `[sg, sa]` (the Fisher's layers, in order), giving
+    /// the same: what a natural-gradient step on the device applies to the
+    /// gradient. KFAC's and EKFAC's parts and the dense matrices never
+    /// leave the device (a matrix reads its layer in flat order there);
+    /// the diagonal structures, low-rank Fishers and transposed
+    /// convolutions' matrices go through the host once.
+    pub fn apply_natural<O: Ops<T = T>>(
+        &self,
+        o: &O,
+        v: &[T],
+        la: &dyn Linalg,
+    ) -> OpsResult<Vec<T>> {
+        if v.len() != self.layers.len() {
+            return Err(OpsError(format!(
+                "apply: {} layers given to the inverse of a Fisher over {}",
+                v.len(),
+                self.layers.len()
+            )));
+        }
+        let through_host = |o: &O, v: &[T]| -> OpsResult<Vec<T>> {
+            let y = self.apply(o, &download_flat(o, v, &self.layers)?, la)?;
+            upload_natural(o, &y, &self.layers)
+        };
+        let flat_on_device = |o: &O, x: &T, l: &LayerInfo| -> OpsResult<T> {
+            let f = stats::to_flat(o, x, l.sg, l.sa, l.bias, l.order)?;
+            o.reshape(&f, &[l.numel, 1])
+        };
+        match &self.how {
+            How::Solve(_) => through_host(o, v),
+            How::Dense(m) => {
+                if self.layers.iter().any(|l| l.order.is_some()) {
+                    return through_host(o, v);
+                }
+                let xs = v
+                    .iter()
+                    .zip(&self.layers)
+                    .map(|(x, l)| flat_on_device(o, x, l))
+                    .collect::<OpsResult<Vec<_>>>()?;
+                let y = o.matmul(m, &o.cat(&xs, 0)?)?;
+                self.layers
+                    .iter()
+                    .map(|l| {
+                        let yl = o.narrow(&y, 0, l.offset, l.numel)?;
+                        stats::from_flat(o, &yl, l.sg, l.sa, l.bias)
+                    })
+                    .collect()
+            }
+            How::Blocks(parts) => parts
+                .iter()
+                .zip(v.iter().zip(&self.layers))
+                .map(|(part, (x, l))| match part {
+                    Part::Matrix(m) if l.order.is_none() => {
+                        let y = o.matmul(m, &flat_on_device(o, x, l)?)?;
+                        stats::from_flat(o, &y, l.sg, l.sa, l.bias)
+                    }
+                    Part::Kron { ginv, ainv } => o.matmul(&o.matmul(ginv, x)?, ainv),
+                    Part::Eigen { ug, ua, inv } => {
+                        let r = o.matmul(&o.t_matmul(ug, x)?, ua)?;
+                        let q = o.mul(&r, inv)?;
+                        o.matmul(&o.matmul(ug, &q)?, &o.transpose(ua, 0, 1)?)
+                    }
+                    Part::Matrix(_) | Part::Host(_) => {
+                        let nat = o.download(x)?;
+                        let vl = stats::to_flat_host(&nat, l.sg, l.sa, l.bias, l.order);
+                        let yl = match part {
+                            Part::Matrix(m) => {
+                                o.download(&o.matmul(m, &o.upload(&[vl.len(), 1], &vl)?)?)?
+                            }
+                            Part::Host(b) => b.solve(l, &vl, self.damping, la).map_err(err)?,
+                            _ => unreachable!("matched above"),
+                        };
+                        let nat = stats::from_flat_host(&yl, l.sg, l.sa, l.bias, l.order);
+                        o.upload(&[l.sg, l.sa], &nat)
+                    }
+                })
+                .collect(),
+        }
     }
 }

@@ -281,10 +281,10 @@ pub trait Ops: Clone {
         false
     }
 
-    /// Whether SGD and Adam step the weights where they live (the
-    /// backend's tensors, in its dtype) instead of in an f64 copy on the
-    /// host re-uploaded every step; see `engine::device_update`. By
-    /// default wherever results stay on the device.
+    /// Whether training steps the weights where they live (the backend's
+    /// tensors, in its dtype) instead of in an f64 copy on the host
+    /// re-uploaded every step; see `engine::device_update`. By default
+    /// wherever results stay on the device.
     fn trains_on_device(&self) -> bool {
         self.holds_on_device()
     }

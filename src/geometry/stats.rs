@@ -163,6 +163,21 @@ pub fn to_flat<O: Ops>(
     o.cat(&[w, b], r - 2)
 }
 
+/// Flat order `[sg·sa]` (or `[sg·sa, 1]`) → natural layout `[sg, sa]` on
+/// the device: the inverse of [`to_flat`] for one vector of a layer whose
+/// weight order is the natural one (every layer but transposed
+/// convolutions).
+pub fn from_flat<O: Ops>(o: &O, t: &O::T, sg: usize, sa: usize, bias: bool) -> OpsResult<O::T> {
+    let sa_w = sa - bias as usize;
+    let t = o.reshape(t, &[sg * sa])?;
+    if !bias {
+        return o.reshape(&t, &[sg, sa]);
+    }
+    let w = o.reshape(&o.narrow(&t, 0, 0, sg * sa_w)?, &[sg, sa_w])?;
+    let b = o.reshape(&o.narrow(&t, 0, sg * sa_w, sg)?, &[sg, 1])?;
+    o.cat(&[w, b], 1)
+}
+
 /// Flat position of natural entry `(g, a)` of a `[sg, sa]` layout whose
 /// last column is the bias if `bias`.
 pub fn flat_pos(g: usize, a: usize, sg: usize, sa: usize, bias: bool, ord: Order) -> usize {

@@ -46,7 +46,7 @@ impl BackendPlugin for CandleCuda {
                 CandleOps::new,
             )
             .with_devices(cuda_devices())
-            // SGD and Adam step the weights on the GPU (`CandleOps::trains_on_device`).
+            // Training steps the weights on the GPU (`CandleOps::trains_on_device`).
             .with_linalg(vec!["linalg:host".into(), "train:update:cuda".into()]),
         ))
     }

@@ -87,7 +87,7 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
             // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK,
             // a dense Fisher and BlockDiag's dense blocks stay on the GPU
             // with their reductions, products, spectrum and solves
-            // (`TchOps::with_device_storage`), and so do SGD's and Adam's
+            // (`TchOps::with_device_storage`), and so do the optimiser's
             // weights and state in training; the rest (Lanczos, low-rank
             // algebra, the factored Fishers' storage) on the host.
             .with_linalg(vec![

@@ -280,7 +280,7 @@ fn natural_gradient_steps_solve_with_the_fisher() {
             BlockKind::Ekfac { refit: true },
         ),
     ] {
-        let refit = matches!(s, Structure::Ekfac { .. }).then_some(1);
+        let refit = matches!(s, Structure::Ekfac { .. }).then_some(2);
         let f = p.fim_blocks(&classification(), &fx.kinds(kind)).unwrap();
         let want = axpy(&w0, -lr, &f.solve(&g0, damping).unwrap());
         let got = fx.train(&config(ngd(s.clone(), 1, refit), TrainMode::Plain, 1, fx.n));
@@ -421,6 +421,29 @@ fn prepared_inverse_is_the_solve(model: impl Model, dtype: Dtype, tol: f64) {
         let inv = Inverse::new(&fx.o, &f, damping, &Host).unwrap();
         let got = inv.apply(&fx.o, &v, &Host).unwrap();
         assert_close(&format!("{model} {dtype:?} {name}"), &got, &want, tol);
+        // The same on the device, each layer in its natural layout.
+        let nat: Vec<T> = f
+            .layers
+            .iter()
+            .map(|l| {
+                let vl = &v[l.offset..l.offset + l.numel];
+                let x = stats::from_flat_host(vl, l.sg, l.sa, l.bias, l.order);
+                fx.o.upload(&[l.sg, l.sa], &x).unwrap()
+            })
+            .collect();
+        let ys = inv.apply_natural(&fx.o, &nat, &Host).unwrap();
+        let mut got = Vec::new();
+        for (y, l) in ys.iter().zip(&f.layers) {
+            assert_eq!(fx.o.shape(y), [l.sg, l.sa], "{name}: natural layout");
+            let y = fx.o.download(y).unwrap();
+            got.extend(stats::to_flat_host(&y, l.sg, l.sa, l.bias, l.order));
+        }
+        assert_close(
+            &format!("{model} {dtype:?} {name}, natural"),
+            &got,
+            &want,
+            tol,
+        );
     }
 }
 
@@ -613,21 +636,25 @@ impl Fx {
     }
 }
 
-/// SGD (momentum, Nesterov, weight decay) and Adam (weight decay)
-/// stepping the backend's tensors in place (`UpdateAt::Device`, what a
-/// GPU run does) train the same model as the host's f64 update: every
+/// SGD (momentum, Nesterov, weight decay), Adam (weight decay) and
+/// natural gradient (Dense, BlockDiag, Diag, KFAC, EKFAC with refits;
+/// momentum; fresh and prepared inverses) stepping the backend's tensors
+/// in place (`UpdateAt::Device`, what a GPU run does) train the same
+/// model as the host's f64 update: every
 /// weight and BatchNorm buffer, every mini-batch loss, the weights each
 /// hook reads and the outputs it sees in evaluation mode, on the plain, the centred α-scaled (whose initial copy
 /// follows the running statistics) and the linearised model, across norm
 /// layers, 1-d and 2-d convolutions, grouped and transposed convolutions,
-/// embeddings and skip connections. f64 to 1e-12 (Adam 1e-10: see
-/// below); f32 weights stay within 1e-4 of the f64 host copy's over 7
+/// embeddings and skip connections. f64 to 1e-12 (Adam and natural
+/// gradient 1e-10: see below); f32 weights stay within 1e-4 of the f64 host copy's over 7
 /// steps.
 #[test]
 fn the_device_update_is_the_host_update() {
     fn check(model: impl Model, dtype: Dtype, tol: f64) {
-        let fx = Fx::build(model, 12, 17, dtype, false);
-        let optimizers = [
+        check_with(model, dtype, tol, &first_order());
+    }
+    fn first_order() -> Vec<Optimizer> {
+        vec![
             Optimizer::Sgd {
                 lr: 0.2,
                 momentum: 0.9,
@@ -647,7 +674,42 @@ fn the_device_update_is_the_host_update() {
                 eps: 1e-8,
                 weight_decay: 1e-3,
             },
-        ];
+        ]
+    }
+    /// Natural gradient with momentum, refreshed every third step (the
+    /// steps between apply a prepared inverse; EKFAC refits at every
+    /// second step, which then solves afresh).
+    fn natural(structures: &[Structure]) -> Vec<Optimizer> {
+        structures
+            .iter()
+            .map(|s| {
+                let refit = matches!(s, Structure::Ekfac { .. }).then_some(2);
+                match ngd(s.clone(), 3, refit) {
+                    Optimizer::Ngd {
+                        fim,
+                        fisher,
+                        damping,
+                        refresh,
+                        refit,
+                        decay,
+                        ..
+                    } => Optimizer::Ngd {
+                        fim,
+                        fisher,
+                        lr: 0.3,
+                        damping,
+                        refresh,
+                        refit,
+                        momentum: 0.5,
+                        decay,
+                    },
+                    other => other,
+                }
+            })
+            .collect()
+    }
+    fn check_with(model: impl Model, dtype: Dtype, tol: f64, optimizers: &[Optimizer]) {
+        let fx = Fx::build(model, 12, 17, dtype, false);
         let modes = [
             TrainMode::Plain,
             TrainMode::Scaled {
@@ -656,7 +718,7 @@ fn the_device_update_is_the_host_update() {
             },
             LINEARISED,
         ];
-        for opt in &optimizers {
+        for opt in optimizers {
             for mode in &modes {
                 let cfg = config(opt.clone(), mode.clone(), 7, 5);
                 let (host, h) = fx.train_where(&cfg, UpdateAt::Host);
@@ -665,8 +727,10 @@ fn the_device_update_is_the_host_update() {
                 // Adam divides by √v + ε: a bias that BatchNorm makes
                 // gradient-free (rounding noise, 1e-17) moves by noise/ε, so
                 // ulp-level differences in earlier steps reach 1e-12 there.
+                // Natural gradient applies its inverse in another order
+                // of products (natural layout, not flat).
                 let tol = match opt {
-                    Optimizer::Adam { .. } => tol.max(1e-10),
+                    Optimizer::Adam { .. } | Optimizer::Ngd { .. } => tol.max(1e-10),
                     _ => tol,
                 };
                 assert_ne!(host.flat(), fx.params.flat(), "{what}: nothing trained");
@@ -694,6 +758,16 @@ fn the_device_update_is_the_host_update() {
         check(model, Dtype::F64, 1e-12);
     }
     check(NORM_CNN, Dtype::F32, 1e-4);
+    let any = [Structure::Dense, Structure::BlockDiag, Structure::Diag];
+    check_with(NORM_CNN, Dtype::F64, 1e-12, &natural(&any));
+    check_with(CONVT, Dtype::F64, 1e-12, &natural(&any));
+    let ekfac = |initial_basis| Structure::Ekfac {
+        refit: true,
+        initial_basis,
+    };
+    let kron = [Structure::Kfac, ekfac(false), ekfac(true)];
+    check_with(CNN, Dtype::F64, 1e-12, &natural(&kron));
+    check_with(MLP, Dtype::F64, 1e-12, &natural(&kron));
 }
 
 /// A diverging run stops with the same message whichever side updates:
