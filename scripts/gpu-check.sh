@@ -12,7 +12,8 @@
 #   the same GPU, in the same run (scripts/bench_vs_nngeometry.py), with
 #   $ROUNDS rounds (default 1): `mlp` the MLP cases ($CASES), `resnet` the
 #   ResNet18 ones ($RESNET_CASES, each on its own); raw times go to
-#   OUT/bench-*.json so that rounds of several calls can be pooled.
+#   OUT/bench-*.json so that rounds of several calls can be pooled; the
+#   ResNet18 SGD step also with its update on the host ($NNGEO_BENCH_UPDATE).
 # The torch and CUDA libraries are the machine's own Python torch 2.11.0
 # (the same PyPI build the plugin was linked against). DEVICE=cpu runs the
 # same checks on the CPU (a dry run of this script).
@@ -96,6 +97,13 @@ fi
 if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = resnet ]; then
     for c in ${RESNET_CASES:-resnet18-ntk-100 exec-resnet18-ntk-100 resnet18-sgd-128 exec-resnet18-kfac-1000 exec-resnet18-ekfac-refit-1000}; do
         bench "$c"
+    done
+    # The same SGD step with the update on the host (an f64 copy of the
+    # weights, re-uploaded), what training did before it moved to the GPU.
+    for u in device host; do
+        stamp "resnet18-sgd-128 on tch $dev, update on the $u"
+        NNGEO_BENCH_UPDATE=$u timeout 240 "$bin/nngeo-tch-bench" --device "$dev" --no-candle \
+            --repeats "${REPEATS:-3}" --case resnet18-sgd-128 2>&1 | tee -a "$out/bench.txt"
     done
 fi
 stamp done
