@@ -454,7 +454,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                         .map(|(w, g)| w - 0.1 * g)
                         .collect();
                     params.set_flat(&w).map_err(e)?;
-                    crate::engine::train::update_running_stats(&mut params, &spec, &stats);
+                    params.fold_batch_stats(&spec, &stats);
                     let net = s.net.with_params(o, params).map_err(e)?;
                     let secs = t.elapsed().as_secs_f64();
                     drop(net);

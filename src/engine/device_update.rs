@@ -14,7 +14,6 @@
 //! arithmetic is the host's, entry by entry; in float32 the weights are
 //! float32, as in PyTorch.
 
-use super::train::update_running_stats;
 use crate::geometry::net::{BatchStats, Net, Reparam};
 use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
 use crate::plan::{ModelSpec, Optimizer};
@@ -256,7 +255,7 @@ pub(crate) fn refresh_buffers<O: Ops>(
     if stats.is_empty() {
         return Ok(());
     }
-    update_running_stats(&mut net.params, spec, stats);
+    net.params.fold_batch_stats(spec, stats);
     net.refresh_running(o)?;
     if let Reparam::Scaled { base: Some(b), .. } = &mut net.mode {
         // Held by this run alone, the initial copy is updated in place.

@@ -14,7 +14,7 @@ use super::device_update::{refresh_buffers, DeviceUpdate, UpdateAt};
 use super::preconditioner::{ngd_target, Preconditioner};
 use crate::geometry::build::Problem;
 use crate::geometry::inverse::{download_flat, upload_natural, Inverse};
-use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
+use crate::geometry::net::{HostParams, Net, Phase};
 use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
 use crate::geometry::repr::Fim;
 use crate::plan::{Augment, Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig};
@@ -471,7 +471,7 @@ pub fn train_at<O: Ops>(
             ));
         }
         params.set_flat(&w).map_err(|e| e.to_string())?;
-        update_running_stats(&mut params, spec, &stats);
+        params.fold_batch_stats(spec, &stats);
         net = net
             .with_params(o, params.clone())
             .map_err(|e| e.to_string())?;
@@ -617,38 +617,6 @@ pub fn augment<O: Ops>(o: &O, x: &O::T, a: &Augment, step: u64) -> OpsResult<O::
     let out = o.index_select(&flat, &o.upload_index(&idx)?, 0)?;
     o.reshape(&out, &shape)
 }
-
-/// BatchNorm's running averages after a training batch, as PyTorch
-/// updates them: `r ← (1 − momentum) r + momentum · batch`, with the
-/// unbiased batch variance, and one more `num_batches_tracked`.
-pub fn update_running_stats(params: &mut HostParams, spec: &ModelSpec, stats: &[BatchStats]) {
-    for st in stats {
-        let name = &spec.layers[st.layer].name;
-        let momentum = BN_MOMENTUM;
-        for (key, batch) in [("running_mean", &st.mean), ("running_var", &st.var)] {
-            if let Some(t) = params
-                .tensors
-                .iter_mut()
-                .find(|t| t.key == format!("{name}.{key}"))
-            {
-                t.data
-                    .iter_mut()
-                    .zip(batch)
-                    .for_each(|(r, b)| *r = (1.0 - momentum) * *r + momentum * b);
-            }
-        }
-        if let Some(t) = params
-            .tensors
-            .iter_mut()
-            .find(|t| t.key == format!("{name}.num_batches_tracked"))
-        {
-            t.data[0] += 1.0;
-        }
-    }
-}
-
-/// PyTorch's default BatchNorm momentum.
-const BN_MOMENTUM: f64 = 0.1;
 
 /// Per-example tracking: every example's loss and correctness (written
 /// compactly by the observer), and their means per group as

@@ -1,7 +1,8 @@
 //! A network's parameters and buffers on the host, as PyTorch names and
 //! lays them out.
 
-use super::OpsError;
+use super::{BatchStats, OpsError};
+use crate::plan::ModelSpec;
 
 /// Parameters on the host, in `state_dict` order with PyTorch names and
 /// shapes (BatchNorm running statistics included).
@@ -53,4 +54,31 @@ impl HostParams {
     pub fn get(&self, key: &str) -> Option<&HostParam> {
         self.tensors.iter().find(|t| t.key == key)
     }
+
+    /// BatchNorm's running averages after a training batch, as PyTorch
+    /// updates them: `r ← (1 − momentum) r + momentum · batch`, with the
+    /// unbiased batch variance, and one more `num_batches_tracked`.
+    pub fn fold_batch_stats(&mut self, spec: &ModelSpec, stats: &[BatchStats]) {
+        for st in stats {
+            let name = &spec.layers[st.layer].name;
+            for (key, batch) in [("running_mean", &st.mean), ("running_var", &st.var)] {
+                if let Some(t) = self.get_mut(&format!("{name}.{key}")) {
+                    t.data
+                        .iter_mut()
+                        .zip(batch)
+                        .for_each(|(r, b)| *r = (1.0 - BN_MOMENTUM) * *r + BN_MOMENTUM * b);
+                }
+            }
+            if let Some(t) = self.get_mut(&format!("{name}.num_batches_tracked")) {
+                t.data[0] += 1.0;
+            }
+        }
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut HostParam> {
+        self.tensors.iter_mut().find(|t| t.key == key)
+    }
 }
+
+/// PyTorch's default BatchNorm momentum.
+const BN_MOMENTUM: f64 = 0.1;
