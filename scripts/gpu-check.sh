@@ -51,6 +51,10 @@ if [ "$what" = all ] || [ "$what" = correct ]; then
     }
     zoo candle cpu fim_zoo_candle
     zoo tch "$dev" fim_zoo_tch
+    # The other side of tch's paths: the host's on a GPU, the GPU's on a
+    # CPU (a dry run of them).
+    if [ "$dev" != cpu ]; then paths=off; else paths=on; fi
+    NNGEO_TCH_DEVICE_PATHS=$paths zoo tch "$dev" fim_zoo_tch_paths
     if [ "$dev" != cpu ]; then zoo candle-cuda "$dev" fim_zoo_candle_cuda; fi
     "$PY" - "$out" <<'PY'
 import json, sys, os
@@ -64,7 +68,7 @@ def flat(v):
     if isinstance(v, dict): return [x for k in sorted(v) for x in flat(v[k])]
     return []
 ref = load("fim_zoo_candle")
-for d in ("fim_zoo_tch", "fim_zoo_candle_cuda"):
+for d in ("fim_zoo_tch", "fim_zoo_tch_paths", "fim_zoo_candle_cuda"):
     if not os.path.exists(os.path.join(out, d, "results.jsonl")): continue
     got = load(d)
     worst, n = (0.0, ""), 0

@@ -87,6 +87,23 @@ fn i(x: usize) -> i64 {
     x as i64
 }
 
+/// Whether a run on `device` takes the GPU's paths (results held and
+/// decomposed on the device, the optimiser's update there): on CUDA by
+/// default. `NNGEO_TCH_DEVICE_PATHS=on` takes them on the CPU too (a dry
+/// run of every GPU-only code path, which the CLI cross-backend tests
+/// run), `off` keeps CUDA on the host's paths (to compare the two on a
+/// GPU).
+fn device_paths(device: Device) -> OpsResult<bool> {
+    match std::env::var("NNGEO_TCH_DEVICE_PATHS").as_deref() {
+        Err(_) | Ok("") => Ok(device != Device::Cpu),
+        Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(OpsError(format!(
+            "NNGEO_TCH_DEVICE_PATHS is `{other}`: expected `on` or `off`"
+        ))),
+    }
+}
+
 impl TchOps {
     /// `device`: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
     pub fn new(device: &str, dtype: Dtype) -> OpsResult<Self> {
@@ -117,16 +134,18 @@ impl TchOps {
                 )));
             }
         }
+        let gpu_paths = device_paths(device)?;
         Ok(TchOps {
             device,
             dtype,
             // On the CPU, faer decomposing several factors at once on the
             // host's threads beat LAPACK's one at a time (MLP EKFAC: 0.23 s
             // against 0.26 s); on CUDA the factors stay off the host's cores.
-            device_linalg: device != Device::Cpu,
+            device_linalg: gpu_paths,
             // On the CPU the host's f32 storage is the same memory, read
-            // by rayon's threads; on CUDA it saves the download.
-            device_storage: device != Device::Cpu,
+            // by rayon's threads; on CUDA it saves the download (and the
+            // optimiser's update runs there).
+            device_storage: gpu_paths,
         })
     }
 

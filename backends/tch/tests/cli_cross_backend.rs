@@ -1,6 +1,9 @@
 //! `nngeo exec FILE --backend tch` against `--backend candle`: the same
 //! `results.jsonl` up to float tolerance, through the real executable and
-//! the tch plugin loaded from next to it.
+//! the tch plugin loaded from next to it; tch both on its CPU paths and on
+//! the GPU's (`NNGEO_TCH_DEVICE_PATHS=on`: the NTK and dense Fishers held
+//! as libtorch tensors, decompositions and solves in libtorch, the
+//! optimiser's update on the device), which no GPU is needed to check.
 //!
 //! Tolerances: `fim_zoo` (f64, no training) within 1e-10 relative to each
 //! value's largest entry; the training experiments, forced to f64, within
@@ -34,6 +37,8 @@ fn nngeo_exe() -> &'static Path {
             .unwrap()
             .to_path_buf();
         let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        // `--lib` too: with `--bin` alone the plugin's library is not a
+        // target of this build and a stale copy next to `nngeo` would load.
         cmd.current_dir(root()).args([
             "build",
             "-p",
@@ -42,6 +47,7 @@ fn nngeo_exe() -> &'static Path {
             "nngeo",
             "-p",
             "nngeo-backend-tch",
+            "--lib",
         ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
@@ -57,15 +63,25 @@ fn nngeo_exe() -> &'static Path {
 }
 
 fn nngeo(args: &[&str]) -> Output {
+    nngeo_with(args, &[])
+}
+
+fn nngeo_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(nngeo_exe())
         .args(args)
         .current_dir(root())
         .env_remove("NNGEO_BACKEND")
         .env_remove("NNGEO_DEVICE")
+        .env_remove("NNGEO_TCH_DEVICE_PATHS")
         .env("NNGEO_CONFIG", "")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
+
+/// The GPU's code paths on the CPU (see `TchOps`): results held and
+/// decomposed as libtorch tensors, the optimiser's update on the device.
+const GPU_PATHS: &[(&str, &str)] = &[("NNGEO_TCH_DEVICE_PATHS", "on")];
 
 fn text(o: &Output) -> String {
     format!(
@@ -76,6 +92,16 @@ fn text(o: &Output) -> String {
 }
 
 fn exec(file: &Path, backend: &str, extra: &[&str], out: &Path) -> Vec<Value> {
+    exec_with(file, backend, extra, out, &[])
+}
+
+fn exec_with(
+    file: &Path,
+    backend: &str,
+    extra: &[&str],
+    out: &Path,
+    env: &[(&str, &str)],
+) -> Vec<Value> {
     let mut args = vec![
         "exec",
         file.to_str().unwrap(),
@@ -85,7 +111,7 @@ fn exec(file: &Path, backend: &str, extra: &[&str], out: &Path) -> Vec<Value> {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let o = nngeo(&args);
+    let o = nngeo_with(&args, env);
     assert!(o.status.success(), "{backend}: {}", text(&o));
     std::fs::read_to_string(out.join("results.jsonl"))
         .unwrap()
@@ -174,6 +200,9 @@ fn fim_zoo_gives_the_same_results_on_tch_and_candle() {
     assert!(c.len() > 20);
     let (worst, key) = compare(&t, &c, 1e-10);
     println!("fim_zoo: worst relative difference {worst:.2e} ({key})");
+    let g = exec_with(&file, "tch", &[], &dir.path().join("gpu"), GPU_PATHS);
+    let (worst, key) = compare(&g, &c, 1e-10);
+    println!("fim_zoo, GPU paths: worst relative difference {worst:.2e} ({key})");
     let manifest = std::fs::read_to_string(dir.path().join("tch/manifest.json")).unwrap();
     assert!(manifest.contains("\"backend\": \"tch\""), "{manifest}");
 }
@@ -193,6 +222,9 @@ fn experiment_agrees(name: &str, edits: &[(&str, &str)], tol: f64) {
         "{name}: {} results, worst relative difference {worst:.2e} ({key})",
         c.len()
     );
+    let g = exec_with(&file, "tch", &f64, &dir.path().join("gpu"), GPU_PATHS);
+    let (worst, key) = compare(&g, &c, tol);
+    println!("{name}, GPU paths: worst relative difference {worst:.2e} ({key})");
 }
 
 #[test]
