@@ -18,7 +18,8 @@ site=${3:-}
 : "${LIBTORCH:?set LIBTORCH to the torch 2.11.0 the tch plugin builds against}"
 
 cargo build --quiet --release --target-dir "$target"
-cargo build --quiet --release --target-dir "$target" -p nngeo-backend-tch --bins
+# `--lib` too: the plugin is not built (nor refreshed) by `--bins` alone.
+cargo build --quiet --release --target-dir "$target" -p nngeo-backend-tch --bins --lib
 cargo test --quiet --release --target-dir "$target" -p nngeo-backend-tch --test conformance --no-run 2>/dev/null
 conf=$(ls -t "$target"/release/deps/conformance-* | grep -v '\.d$' | head -1)
 
