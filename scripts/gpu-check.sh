@@ -5,9 +5,11 @@
 #
 #   scripts/gpu-check.sh [all|correct|bench|mlp|resnet] [OUT]
 #
-# correct: `nngeo backends`, the shared conformance suite on tch-cuda, and
-#   experiments/fim_zoo.ngx on tch-cuda and candle-cuda against candle on
-#   the CPU (every result, worst relative difference).
+# correct: `nngeo backends`, the shared conformance suite on tch-cuda,
+#   experiments/fim_zoo.ngx on tch-cuda (on its GPU paths and, with
+#   NNGEO_TCH_DEVICE_PATHS=off, the host's) and candle-cuda, and a reduced
+#   lazy_vs_hasty (training) on both tch paths, against candle on the CPU
+#   (every result, worst relative difference).
 # bench: every bench case on tch-cuda and candle-cuda next to NNGeometry on
 #   the same GPU, in the same run (scripts/bench_vs_nngeometry.py), with
 #   $ROUNDS rounds (default 1): `mlp` the MLP cases ($CASES), `resnet` the
@@ -56,9 +58,10 @@ if [ "$what" = all ] || [ "$what" = correct ]; then
     if [ "$dev" != cpu ]; then paths=off; else paths=on; fi
     NNGEO_TCH_DEVICE_PATHS=$paths zoo tch "$dev" fim_zoo_tch_paths
     if [ "$dev" != cpu ]; then zoo candle-cuda "$dev" fim_zoo_candle_cuda; fi
-    "$PY" - "$out" <<'PY'
+    compare() {
+    "$PY" - "$out" "$@" <<'PY'
 import json, sys, os
-out = sys.argv[1]
+out, ref_dir, dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
 def load(d):
     return [json.loads(l) for l in open(os.path.join(out, d, "results.jsonl"))]
 def flat(v):
@@ -67,8 +70,8 @@ def flat(v):
     if isinstance(v, list): return [x for e in v for x in flat(e)]
     if isinstance(v, dict): return [x for k in sorted(v) for x in flat(v[k])]
     return []
-ref = load("fim_zoo_candle")
-for d in ("fim_zoo_tch", "fim_zoo_tch_paths", "fim_zoo_candle_cuda"):
+ref = load(ref_dir)
+for d in dirs:
     if not os.path.exists(os.path.join(out, d, "results.jsonl")): continue
     got = load(d)
     worst, n = (0.0, ""), 0
@@ -79,8 +82,27 @@ for d in ("fim_zoo_tch", "fim_zoo_tch_paths", "fim_zoo_candle_cuda"):
         if a["key"].startswith("rel_error"): scale = max(scale, 1.0)
         r = max([abs(p - q) / scale for p, q in zip(x, y)] + [0.0])
         worst, n = max(worst, (r, a["key"])), n + 1
-    print(f"{d} vs candle cpu: {n} of {len(ref)} results compared, worst relative difference {worst[0]:.2e} ({worst[1]})")
+    print(f"{d} vs {ref_dir}: {n} of {len(ref)} results compared, worst relative difference {worst[0]:.2e} ({worst[1]})")
 PY
+    }
+    compare fim_zoo_candle fim_zoo_tch fim_zoo_tch_paths fim_zoo_candle_cuda
+
+    # Training on both of tch's paths (the optimiser's update on the
+    # device or on the host) against candle on the CPU, f64: lazy_vs_hasty
+    # reduced as backends/tch/tests/cli_cross_backend.rs runs it.
+    stamp "lazy_vs_hasty (reduced, f64): tch $dev on both paths, candle cpu"
+    sed -e 's/take(1000, random, seed = 1)/take(200, random, seed = 1)/' \
+        -e 's/steps = 3000/steps = 60/' -e 's/every 100 steps/every 20 steps/' \
+        experiments/lazy_vs_hasty.ngx >"$out/lvh.ngx"
+    lvh() {
+        timeout 180 "$bin/nngeo" exec "$out/lvh.ngx" --backend "$1" --device "$2" --dtype f64 \
+            --out "$out/$3" --overwrite >"$out/$3.log" 2>&1
+        echo "$3: rc $?"
+    }
+    lvh candle cpu lvh_candle
+    lvh tch "$dev" lvh_tch
+    NNGEO_TCH_DEVICE_PATHS=$paths lvh tch "$dev" lvh_tch_paths
+    compare lvh_candle lvh_tch lvh_tch_paths
 fi
 
 bench() {

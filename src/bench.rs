@@ -468,7 +468,7 @@ pub fn run_once_on<O: Ops>(o: &O, name: &str) -> Result<(f64, f64, f64), String>
                     let t = Instant::now();
                     let (loss, grads, stats) =
                         p.loss_gradient_natural_in(false, phase).map_err(e)?;
-                    dev.apply(o, &opt, &mut net, grads, 1.0, 0.1, 0, loss)?;
+                    dev.apply(o, &opt, &mut net, grads, &[], 1.0, 0.1, 0, loss)?;
                     refresh_buffers(o, &mut net, &spec, &stats).map_err(e)?;
                     // Finished, as a training step is when its next
                     // forward pass reads the weights.

@@ -3,16 +3,19 @@
 //! The host update of [`super::train`] downloads the gradient, steps an f64
 //! copy of the weights and uploads them into a new network every step:
 //! about a gigabyte of host traffic for a ResNet18 step, negligible next to
-//! a CPU step but several times a GPU's. Here the gradient never leaves the
+//! a CPU step but several times a GPU's. Here the gradient stays on the
 //! device: each layer's tensors (and the optimiser's state, tensor by
-//! tensor as PyTorch keeps it) are stepped in place in the run's dtype, and
-//! only the loss and the BatchNorm running statistics (a few numbers per
-//! channel) cross to the host. SGD and Adam step from the gradient;
-//! natural gradient from its preconditioned direction, which a prepared
-//! inverse makes on the device (after a refresh, the one solve with a new
-//! Fisher takes the gradient to the host once). With float64 storage the
-//! arithmetic is the host's, entry by entry; in float32 the weights are
-//! float32, as in PyTorch.
+//! tensor as PyTorch keeps it) are replaced by their stepped values, slot by
+//! slot, in the run's dtype, and the host sees only what it did before the
+//! update (the outputs the loss is computed from, BatchNorm's per-channel
+//! batch statistics) plus one vector of sums that says whether anything
+//! diverged. SGD and Adam step from the gradient; natural gradient from its
+//! preconditioned direction, which a prepared inverse makes on the device
+//! (after a refresh or refit, the one solve with a new Fisher, and the
+//! layers a diagonal or low-rank Fisher covers, take the gradient to the
+//! host). With float64 storage the arithmetic is the host's up to rounding
+//! (Adam's bias corrections multiply where the host divides); in float32
+//! the weights are float32, as in PyTorch.
 
 use crate::geometry::net::{BatchStats, Net, Reparam};
 use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
@@ -57,13 +60,17 @@ impl<O: Ops> DeviceUpdate<O> {
         }
     }
 
-    /// One optimiser step on `net` from the mean loss's gradient `grads`
-    /// (per slot, natural layout; for natural gradient, the
-    /// preconditioned gradient), scaled by `scale` (the loss scale of an
-    /// α-scaled model), at learning rate `lr`. A linearised model's
-    /// offset from its initial weights takes the same step. Fails, with
-    /// the host update's words, when the gradient or the new weights are
-    /// not finite.
+    /// One optimiser step on `net` from `grads` (per slot, natural
+    /// layout): the mean loss's gradient for SGD and Adam, scaled by
+    /// `scale` (the loss scale of an α-scaled model); for natural gradient
+    /// its preconditioned direction, with the gradient itself in `raw`
+    /// (only checked). At learning rate `lr`. Each slot's tensors are
+    /// replaced as soon as they are stepped, so the update holds one
+    /// slot's temporaries at a time. A linearised model's offset from its
+    /// initial weights takes the step and its weights follow from it
+    /// (`w = w₀ + δ`, so that a step too small for `w`'s precision still
+    /// counts in the function trained). Fails, with the host update's
+    /// words, when the gradient or the new weights are not finite.
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
@@ -71,6 +78,7 @@ impl<O: Ops> DeviceUpdate<O> {
         opt: &Optimizer,
         net: &mut Net<O>,
         grads: Vec<(usize, O::T)>,
+        raw: &[O::T],
         scale: f64,
         lr: f64,
         step: u64,
@@ -80,17 +88,27 @@ impl<O: Ops> DeviceUpdate<O> {
         if let Optimizer::Adam { .. } = opt {
             self.t += 1;
         }
+        let natural = matches!(opt, Optimizer::Ngd { .. });
         let fresh = self.first.is_empty();
-        let mut probes = Vec::with_capacity(2 * grads.len() + 2);
-        let mut new = Vec::with_capacity(grads.len());
+        // Sums whose non-finiteness says the gradient diverged, then the
+        // new weights'.
+        let mut gradient = raw
+            .iter()
+            .map(|g| total(o, g))
+            .collect::<OpsResult<Vec<_>>>()
+            .map_err(e)?;
+        let mut weights = Vec::with_capacity(2 * grads.len());
         let mut i = 0;
-        for (s, g) in &grads {
-            let gs = net.split_natural(o, *s, g).map_err(e)?;
-            let ws = net.slot_tensors(*s);
+        for (s, g) in grads {
+            let gs = net.split_natural(o, s, &g).map_err(e)?;
+            drop(g);
+            let ws = net.slot_tensors(s);
             let mut stepped = Vec::with_capacity(ws.len());
             let mut moves = Vec::with_capacity(ws.len());
             for (g, w) in gs.into_iter().zip(&ws) {
-                probes.push(total(o, &g).map_err(e)?);
+                if !natural {
+                    gradient.push(total(o, &g).map_err(e)?);
+                }
                 let g = if scale != 1.0 {
                     o.scale(&g, scale).map_err(e)?
                 } else {
@@ -98,15 +116,12 @@ impl<O: Ops> DeviceUpdate<O> {
                 };
                 let d = self.direction(o, opt, g, w, i, fresh, lr).map_err(e)?;
                 let w2 = o.sub(w, &d).map_err(e)?;
-                probes.push(total(o, &w2).map_err(e)?);
                 stepped.push(w2);
                 moves.push(d);
                 i += 1;
             }
-            new.push((*s, stepped, moves));
-        }
-        for (s, stepped, moves) in new {
-            if let Reparam::Linearized { delta, .. } = &mut net.mode {
+            drop(ws);
+            if let Reparam::Linearized { base, delta, .. } = &mut net.mode {
                 let shifted = delta
                     .slot_tensors(s)
                     .iter()
@@ -114,19 +129,32 @@ impl<O: Ops> DeviceUpdate<O> {
                     .map(|(t, d)| o.sub(t, d))
                     .collect::<OpsResult<Vec<_>>>()
                     .map_err(e)?;
+                stepped = base
+                    .slot_tensors(s)
+                    .iter()
+                    .zip(&shifted)
+                    .map(|(w0, dt)| o.add(w0, dt))
+                    .collect::<OpsResult<Vec<_>>>()
+                    .map_err(e)?;
                 delta.set_slot_tensors(o, s, shifted).map_err(e)?;
+            }
+            drop(moves);
+            for w in &stepped {
+                weights.push(total(o, w).map_err(e)?);
             }
             net.set_slot_tensors(o, s, stepped).map_err(e)?;
         }
         // One download says whether every gradient and weight is finite
         // (their sums are); only a failing step looks further.
-        let sums = o.download(&o.cat(&probes, 0).map_err(e)?).map_err(e)?;
-        if sums.iter().step_by(2).any(|x| !x.is_finite()) {
+        let ng = gradient.len();
+        gradient.extend(weights);
+        let sums = o.download(&o.cat(&gradient, 0).map_err(e)?).map_err(e)?;
+        if sums[..ng].iter().any(|x| !x.is_finite()) {
             return Err(format!(
                 "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
             ));
         }
-        if sums.iter().skip(1).step_by(2).any(|x| !x.is_finite()) {
+        if sums[ng..].iter().any(|x| !x.is_finite()) {
             net.download_params(o).map_err(e)?;
             let w = net.params.flat();
             if let Some(i) = w.iter().position(|x| !x.is_finite()) {

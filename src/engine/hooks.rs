@@ -79,10 +79,6 @@ impl<O: Ops> TrainObserver<O> for HookRunner<'_, '_, O> {
         });
     }
 
-    fn has_penalty(&self) -> bool {
-        !self.penalties.is_empty()
-    }
-
     fn penalty(&mut self, w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
         if self.penalties.is_empty() {
             return Ok(None);

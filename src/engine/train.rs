@@ -4,8 +4,9 @@
 //! α-scaled and linearised models of [`Reparam`](crate::geometry::net::Reparam).
 //!
 //! Each step computes the mini-batch gradient on the device. Where the
-//! backend trains on its device ([`UpdateAt`]), SGD and Adam step the
-//! layers' tensors there ([`super::device_update`]); otherwise the
+//! backend trains on its device ([`UpdateAt`]), SGD, Adam and natural
+//! gradient step the layers' tensors there ([`super::device_update`];
+//! penalty terms keep the host update); otherwise the
 //! parameters live on the host as one flat f64 vector in NNGeometry's
 //! order, updated there and re-uploaded. Hooks run at their firing steps,
 //! before that step's update (step 0 is the initial model).
@@ -68,11 +69,6 @@ pub trait TrainObserver<O: Ops> {
     /// their sum and its gradient, or `None` when there are none.
     fn penalty(&mut self, _w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
         Ok(None)
-    }
-    /// Whether [`TrainObserver::penalty`] has terms (it then reads the
-    /// weights on the host every step).
-    fn has_penalty(&self) -> bool {
-        false
     }
 }
 
@@ -170,18 +166,19 @@ pub fn train_at<O: Ops>(
     at: UpdateAt,
 ) -> Result<HostParams, String> {
     let mse = cfg.loss == LossKind::Mse;
-    // Penalty terms read the weights on the host every step.
-    let mut device = match at {
-        UpdateAt::Device if !obs.has_penalty() => Some(DeviceUpdate::<O>::new()),
-        _ => None,
-    };
+    let mut params = params;
+    // Penalty terms read the weights on the host every step: a loss that
+    // has any (asked once, at the initial weights) keeps the host update.
+    let on_device = at == UpdateAt::Device && obs.penalty(&params.flat())?.is_none();
+    let mut device = on_device.then(DeviceUpdate::<O>::new);
     // The device update leaves `net.params` behind until it is read.
     let mut stale = false;
     let base_lr = match &cfg.optimizer {
         Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::Ngd { lr, .. } => *lr,
     };
-    let mut params = params;
-    let mut w = params.flat();
+    // The host update's flat f64 weights (and Adam's moments below);
+    // nothing for the device's.
+    let mut w = if on_device { Vec::new() } else { params.flat() };
     let mut state = match &cfg.optimizer {
         Optimizer::Adam { .. } => State::Adam {
             m: vec![0.0; w.len()],
@@ -283,7 +280,7 @@ pub fn train_at<O: Ops>(
                 ));
             }
             let lr = learning_rate(cfg, base_lr, step, per_epoch);
-            let (grads, scale) = match (&cfg.optimizer, &mut state) {
+            let (steps, raw, scale) = match (&cfg.optimizer, &mut state) {
                 (
                     Optimizer::Ngd {
                         fim,
@@ -303,11 +300,23 @@ pub fn train_at<O: Ops>(
                     let f = &pre.as_ref().expect("made at the first step").fim;
                     let d = natural_direction(o, f, &grads, *damping, changed, ready)
                         .map_err(|e| e.to_string())?;
-                    (grads.iter().map(|(s, _)| *s).zip(d).collect(), 1.0)
+                    let slots = grads.iter().map(|(s, _)| *s);
+                    let raw = grads.iter().map(|(_, g)| g.clone()).collect();
+                    (slots.zip(d).collect(), raw, 1.0)
                 }
-                _ => (grads, net.loss_scale()),
+                _ => (grads, Vec::new(), net.loss_scale()),
             };
-            dev.apply(o, &cfg.optimizer, &mut net, grads, scale, lr, step, loss)?;
+            dev.apply(
+                o,
+                &cfg.optimizer,
+                &mut net,
+                steps,
+                &raw,
+                scale,
+                lr,
+                step,
+                loss,
+            )?;
             refresh_buffers(o, &mut net, spec, &stats).map_err(|e| e.to_string())?;
             stale = true;
             epoch_loss.0 += loss;
@@ -514,6 +523,13 @@ fn natural_direction<O: Ops>(
     ready: &mut Option<Box<Inverse<O::T>>>,
 ) -> OpsResult<Vec<O::T>> {
     let la = linalg_of(o);
+    if grads.len() != f.layers.len() {
+        return Err(OpsError(format!(
+            "natural gradient: {} layers' gradients for a Fisher over {}",
+            grads.len(),
+            f.layers.len()
+        )));
+    }
     let g: Vec<O::T> = grads.iter().map(|(_, g)| g.clone()).collect();
     if changed {
         *ready = None;

@@ -59,6 +59,13 @@ fn damped_inverse(m: &Mat, shift: f64, la: &dyn Linalg) -> OpsResult<Mat> {
 /// Per-layer tensors in the natural layout `[sg, sa]` → one host vector
 /// in the layers' flat order.
 pub fn download_flat<O: Ops>(o: &O, v: &[O::T], layers: &[LayerInfo]) -> OpsResult<Vec<f64>> {
+    if v.len() != layers.len() {
+        return Err(OpsError(format!(
+            "{} layers' tensors for {} layers",
+            v.len(),
+            layers.len()
+        )));
+    }
     let mut flat = Vec::with_capacity(layers.iter().map(|l| l.numel).sum());
     for (x, l) in v.iter().zip(layers) {
         let nat = o.download(x)?;

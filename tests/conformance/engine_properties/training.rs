@@ -819,3 +819,65 @@ fn a_diverging_device_update_fails_as_the_host_update_does() {
         assert_eq!(dev, host);
     }
 }
+
+/// An L2 penalty `λ/2 |w|²` as the executor's penalty terms come in.
+struct L2(f64);
+impl TrainObserver<TestOps> for L2 {
+    fn hook(&mut self, _: usize, _: u64, _: &Net<TestOps>) -> Result<(), String> {
+        Ok(())
+    }
+    fn log(&mut self, _: &str, _: u64, _: f64, _: &[(&str, String)]) {}
+    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
+        Ok(())
+    }
+    fn penalty(&mut self, w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
+        let value = 0.5 * self.0 * w.iter().map(|x| x * x).sum::<f64>();
+        Ok(Some((value, w.iter().map(|x| self.0 * x).collect())))
+    }
+}
+
+/// Penalty terms read the weights on the host at every step, so a loss
+/// with any trains on the host whatever the backend prefers: the same
+/// weights, bit for bit, and not those of the loss without them.
+#[test]
+fn a_penalty_keeps_the_host_update() {
+    let fx = Fx::new(NORM_CNN, 12, 9);
+    let data = TrainData {
+        x: &fx.x,
+        y: &fx.labels,
+        n: fx.n,
+        target_dim: 1,
+        flipped: &[],
+    };
+    let cfg = config(
+        Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        TrainMode::Plain,
+        5,
+        6,
+    );
+    let run = |at, obs: &mut dyn TrainObserver<TestOps>| {
+        train_at(
+            &fx.o,
+            &fx.spec,
+            fx.params.clone(),
+            &data,
+            None,
+            &cfg,
+            &[],
+            obs,
+            None,
+            at,
+        )
+        .unwrap()
+        .flat()
+    };
+    let host = run(UpdateAt::Host, &mut L2(0.3));
+    assert_eq!(run(UpdateAt::Device, &mut L2(0.3)), host);
+    let plain = run(UpdateAt::Device, &mut Quiet);
+    assert!(rel_err(&plain, &host) > 1e-3, "the penalty changed nothing");
+}
