@@ -207,14 +207,19 @@ fn config(optimizer: Optimizer, mode: TrainMode, steps: u64, batch: usize) -> Tr
 }
 
 impl Fx {
-    fn train(&self, cfg: &TrainConfig) -> Vec<f64> {
-        let data = TrainData {
+    /// The fixture's examples and class labels as training reads them.
+    fn data(&self) -> TrainData<'_, T> {
+        TrainData {
             x: &self.x,
             y: &self.labels,
             n: self.n,
             target_dim: 1,
             flipped: &[],
-        };
+        }
+    }
+
+    fn train(&self, cfg: &TrainConfig) -> Vec<f64> {
+        let data = self.data();
         train(
             &self.o,
             &self.spec,
@@ -605,13 +610,7 @@ impl Fx {
     /// Trains with the update where `at` says; the final weights and
     /// buffers and what the observer saw (a hook at steps 0, 3 and 7).
     fn train_where(&self, cfg: &TrainConfig, at: UpdateAt) -> (HostParams, Record) {
-        let data = TrainData {
-            x: &self.x,
-            y: &self.labels,
-            n: self.n,
-            target_dim: 1,
-            flipped: &[],
-        };
+        let data = self.data();
         let mut rec = Record {
             o: self.o.clone(),
             x: self.x.clone(),
@@ -684,26 +683,15 @@ fn the_device_update_is_the_host_update() {
             .iter()
             .map(|s| {
                 let refit = matches!(s, Structure::Ekfac { .. }).then_some(2);
-                match ngd(s.clone(), 3, refit) {
-                    Optimizer::Ngd {
-                        fim,
-                        fisher,
-                        damping,
-                        refresh,
-                        refit,
-                        decay,
-                        ..
-                    } => Optimizer::Ngd {
-                        fim,
-                        fisher,
-                        lr: 0.3,
-                        damping,
-                        refresh,
-                        refit,
-                        momentum: 0.5,
-                        decay,
-                    },
-                    other => other,
+                Optimizer::Ngd {
+                    fim: s.clone(),
+                    fisher: FisherVariant::True,
+                    lr: 0.3,
+                    damping: 0.05,
+                    refresh: 3,
+                    refit,
+                    momentum: 0.5,
+                    decay: 0.95,
                 }
             })
             .collect()
@@ -775,13 +763,7 @@ fn the_device_update_is_the_host_update() {
 #[test]
 fn a_diverging_device_update_fails_as_the_host_update_does() {
     let fx = Fx::new(NORM_CNN, 12, 5);
-    let data = TrainData {
-        x: &fx.x,
-        y: &fx.labels,
-        n: fx.n,
-        target_dim: 1,
-        flipped: &[],
-    };
+    let data = fx.data();
     // The second overflows the weights in the first update.
     for (weight_decay, says) in [
         (0.0, "the mini-batch loss is NaN"),
@@ -842,13 +824,7 @@ impl TrainObserver<TestOps> for L2 {
 #[test]
 fn a_penalty_keeps_the_host_update() {
     let fx = Fx::new(NORM_CNN, 12, 9);
-    let data = TrainData {
-        x: &fx.x,
-        y: &fx.labels,
-        n: fx.n,
-        target_dim: 1,
-        flipped: &[],
-    };
+    let data = fx.data();
     let cfg = config(
         Optimizer::Sgd {
             lr: 0.1,
