@@ -4,6 +4,7 @@
 //! measurement applies to it.
 
 use super::*;
+use crate::geometry::repr::Block;
 use crate::geometry::repr_io;
 use crate::plan::MatrixOp;
 use std::borrow::Cow;
@@ -67,6 +68,12 @@ impl<O: Ops> Engine<O> {
     pub(super) fn load_repr(&self, model: StepId, file: &str) -> Result<Value<O>, String> {
         let net = self.model(model)?;
         let (_, mut f) = repr_io::load(&self.ctx.base_dir.join(file))?;
+        if self.o().holds_on_device() {
+            // Where the run keeps its dense matrices on the device, a
+            // loaded one joins them: its operations then run as those of
+            // the matrix that was saved did.
+            f = dense_to_device(self.o(), f).map_err(|e| e.to_string())?;
+        }
         let mut slots = Vec::with_capacity(f.layers.len());
         for l in &mut f.layers {
             let s = net
@@ -89,6 +96,31 @@ impl<O: Ops> Engine<O> {
             kind: ReprKind::Fim(f),
         }))
     }
+}
+
+/// A Fisher's dense matrices (the whole matrix, BlockDiag's blocks) held
+/// on `o`'s device in the run's dtype.
+fn dense_to_device<O: Ops>(o: &O, mut f: Fim) -> crate::geometry::ops::OpsResult<Fim> {
+    use crate::geometry::ops::OpsError;
+    use crate::linalg::Stored;
+    let up = |m: &Stored| -> crate::geometry::ops::OpsResult<Stored> {
+        let m = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
+        Ok(Stored::Device(
+            o.hold(o.upload(&[m.rows, m.cols], &m.data)?)?,
+        ))
+    };
+    match &mut f.body {
+        FimBody::Dense(m) => *m = up(m)?,
+        FimBody::Blocks(blocks) => {
+            for b in blocks.iter_mut() {
+                if let Block::Dense(m) = b {
+                    *m = up(m)?;
+                }
+            }
+        }
+        FimBody::LowRank(_) => {}
+    }
+    Ok(f)
 }
 
 impl<O: Ops> Engine<O> {
