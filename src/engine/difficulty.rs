@@ -116,15 +116,7 @@ fn fold_config(cfg: &TrainConfig, n_train: usize, epochs: u64, seed: u64) -> Tra
 /// Ignores everything training reports.
 struct Quiet;
 
-impl<O: Ops> TrainObserver<O> for Quiet {
-    fn hook(&mut self, _: usize, _: u64, _: &Net<O>) -> Result<(), String> {
-        Ok(())
-    }
-    fn log(&mut self, _: &str, _: u64, _: f64, _: &[(&str, String)]) {}
-    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
-        Ok(())
-    }
-}
+impl<O: Ops> TrainObserver<O> for Quiet {}
 
 /// Per-example consistency: higher = easier (see the module documentation
 /// for exactly what is computed).

@@ -48,14 +48,19 @@ impl<'a, T> TrainData<'a, T> {
     }
 }
 
-/// What the training loop reports as it goes.
+/// What the training loop reports as it goes; every report is ignored
+/// unless the observer takes it.
 pub trait TrainObserver<O: Ops> {
     /// Runs hook `hook` at optimiser step `step` on the live model.
-    fn hook(&mut self, hook: usize, step: u64, net: &Net<O>) -> Result<(), String>;
+    fn hook(&mut self, _hook: usize, _step: u64, _net: &Net<O>) -> Result<(), String> {
+        Ok(())
+    }
     /// A scalar such as `train/loss` at `step`, with extra tags.
-    fn log(&mut self, key: &str, step: u64, value: f64, tags: &[(&str, String)]);
+    fn log(&mut self, _key: &str, _step: u64, _value: f64, _tags: &[(&str, String)]) {}
     /// Every training example's loss and correctness at `step`.
-    fn examples(&mut self, step: u64, loss: &[f64], correct: &[bool]) -> Result<(), String>;
+    fn examples(&mut self, _step: u64, _loss: &[f64], _correct: &[bool]) -> Result<(), String> {
+        Ok(())
+    }
     /// Seconds spent on optimiser steps so far (called before each step's
     /// hooks and logs).
     fn clock(&mut self, _seconds: f64) {}

@@ -110,16 +110,10 @@ impl Case {
 /// Records `train/loss`.
 struct Losses(Vec<f64>);
 impl TrainObserver<TestOps> for Losses {
-    fn hook(&mut self, _: usize, _: u64, _: &Net<TestOps>) -> Result<(), String> {
-        Ok(())
-    }
     fn log(&mut self, key: &str, _: u64, value: f64, _: &[(&str, String)]) {
         if key == "train/loss" {
             self.0.push(value);
         }
-    }
-    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
-        Ok(())
     }
 }
 

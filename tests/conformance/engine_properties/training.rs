@@ -179,15 +179,7 @@ fn scaled_model_is_alpha_times_the_centred_network() {
 }
 
 struct Quiet;
-impl TrainObserver<TestOps> for Quiet {
-    fn hook(&mut self, _: usize, _: u64, _: &Net<TestOps>) -> Result<(), String> {
-        Ok(())
-    }
-    fn log(&mut self, _: &str, _: u64, _: f64, _: &[(&str, String)]) {}
-    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
-        Ok(())
-    }
-}
+impl TrainObserver<TestOps> for Quiet {}
 
 fn config(optimizer: Optimizer, mode: TrainMode, steps: u64, batch: usize) -> TrainConfig {
     TrainConfig {
@@ -601,9 +593,6 @@ impl TrainObserver<TestOps> for Record {
             self.losses.push(value);
         }
     }
-    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 impl Fx {
@@ -805,13 +794,6 @@ fn a_diverging_device_update_fails_as_the_host_update_does() {
 /// An L2 penalty `λ/2 |w|²` as the executor's penalty terms come in.
 struct L2(f64);
 impl TrainObserver<TestOps> for L2 {
-    fn hook(&mut self, _: usize, _: u64, _: &Net<TestOps>) -> Result<(), String> {
-        Ok(())
-    }
-    fn log(&mut self, _: &str, _: u64, _: f64, _: &[(&str, String)]) {}
-    fn examples(&mut self, _: u64, _: &[f64], _: &[bool]) -> Result<(), String> {
-        Ok(())
-    }
     fn penalty(&mut self, w: &[f64]) -> Result<Option<(f64, Vec<f64>)>, String> {
         let value = 0.5 * self.0 * w.iter().map(|x| x * x).sum::<f64>();
         Ok(Some((value, w.iter().map(|x| self.0 * x).collect())))
