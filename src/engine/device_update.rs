@@ -187,10 +187,7 @@ impl<O: Ops> DeviceUpdate<O> {
                 weight_decay,
                 ..
             } => {
-                let mut g = g;
-                if *weight_decay != 0.0 {
-                    g = o.add(&g, &o.scale(w, *weight_decay)?)?;
-                }
+                let mut g = decayed(o, g, w, *weight_decay)?;
                 if *momentum != 0.0 {
                     let b = if fresh {
                         g.clone()
@@ -213,10 +210,7 @@ impl<O: Ops> DeviceUpdate<O> {
                 weight_decay,
                 ..
             } => {
-                let mut g = g;
-                if *weight_decay != 0.0 {
-                    g = o.add(&g, &o.scale(w, *weight_decay)?)?;
-                }
+                let g = decayed(o, g, w, *weight_decay)?;
                 let m = o.scale(&g, 1.0 - beta1)?;
                 let v = o.mul(&o.scale(&g, 1.0 - beta2)?, &g)?;
                 let (m, v) = if fresh {
@@ -263,6 +257,15 @@ impl<O: Ops> DeviceUpdate<O> {
             self.first[i] = t;
         }
     }
+}
+
+/// `g + λ w`: weight decay as an L2 term of the loss (PyTorch's SGD and
+/// Adam, and the host update).
+fn decayed<O: Ops>(o: &O, g: O::T, w: &O::T, decay: f64) -> OpsResult<O::T> {
+    if decay == 0.0 {
+        return Ok(g);
+    }
+    o.add(&g, &o.scale(w, decay)?)
 }
 
 /// The sum of every entry of `t`, as a one-entry tensor left on the device.

@@ -599,7 +599,6 @@ impl Fx {
     /// Trains with the update where `at` says; the final weights and
     /// buffers and what the observer saw (a hook at steps 0, 3 and 7).
     fn train_where(&self, cfg: &TrainConfig, at: UpdateAt) -> (HostParams, Record) {
-        let data = self.data();
         let mut rec = Record {
             o: self.o.clone(),
             x: self.x.clone(),
@@ -607,20 +606,32 @@ impl Fx {
             seen: vec![],
             outputs: vec![],
         };
-        let params = train_at(
+        let params = self
+            .train_with(cfg, &[vec![0, 3, 7]], &mut rec, at)
+            .unwrap_or_else(|e| panic!("{at:?}: {e}"));
+        (params, rec)
+    }
+
+    /// [`train_at`] from the fixture's weights on its examples.
+    fn train_with(
+        &self,
+        cfg: &TrainConfig,
+        firing: &[Vec<u64>],
+        obs: &mut dyn TrainObserver<TestOps>,
+        at: UpdateAt,
+    ) -> Result<HostParams, String> {
+        train_at(
             &self.o,
             &self.spec,
             self.params.clone(),
-            &data,
+            &self.data(),
             None,
             cfg,
-            &[vec![0, 3, 7]],
-            &mut rec,
+            firing,
+            obs,
             None,
             at,
         )
-        .unwrap_or_else(|e| panic!("{at:?}: {e}"));
-        (params, rec)
     }
 }
 
@@ -752,7 +763,6 @@ fn the_device_update_is_the_host_update() {
 #[test]
 fn a_diverging_device_update_fails_as_the_host_update_does() {
     let fx = Fx::new(NORM_CNN, 12, 5);
-    let data = fx.data();
     // The second overflows the weights in the first update.
     for (weight_decay, says) in [
         (0.0, "the mini-batch loss is NaN"),
@@ -770,19 +780,8 @@ fn a_diverging_device_update_fails_as_the_host_update_does() {
             6,
         );
         let fail = |at| {
-            train_at(
-                &fx.o,
-                &fx.spec,
-                fx.params.clone(),
-                &data,
-                None,
-                &cfg,
-                &[],
-                &mut Quiet,
-                None,
-                at,
-            )
-            .expect_err("trained at a diverging learning rate")
+            fx.train_with(&cfg, &[], &mut Quiet, at)
+                .expect_err("trained at a diverging learning rate")
         };
         let (host, dev) = (fail(UpdateAt::Host), fail(UpdateAt::Device));
         assert!(host.starts_with("training diverged at step"), "{host}");
@@ -806,7 +805,6 @@ impl TrainObserver<TestOps> for L2 {
 #[test]
 fn a_penalty_keeps_the_host_update() {
     let fx = Fx::new(NORM_CNN, 12, 9);
-    let data = fx.data();
     let cfg = config(
         Optimizer::Sgd {
             lr: 0.1,
@@ -819,20 +817,7 @@ fn a_penalty_keeps_the_host_update() {
         6,
     );
     let run = |at, obs: &mut dyn TrainObserver<TestOps>| {
-        train_at(
-            &fx.o,
-            &fx.spec,
-            fx.params.clone(),
-            &data,
-            None,
-            &cfg,
-            &[],
-            obs,
-            None,
-            at,
-        )
-        .unwrap()
-        .flat()
+        fx.train_with(&cfg, &[], obs, at).unwrap().flat()
     };
     let host = run(UpdateAt::Host, &mut L2(0.3));
     assert_eq!(run(UpdateAt::Device, &mut L2(0.3)), host);
