@@ -127,8 +127,8 @@ fn numbers(f: &Fim) -> Vec<f64> {
             for (b, l) in blocks.iter().zip(&f.layers) {
                 match b {
                     Block::Kfac { a, g } => {
-                        out.extend(&a.data);
-                        out.extend(&g.data);
+                        out.extend(&a.as_f64().unwrap().data);
+                        out.extend(&g.as_f64().unwrap().data);
                     }
                     Block::Ekfac { d, .. } => {
                         let mut ev = d.data.clone();
@@ -280,7 +280,7 @@ fn a_reduce_with_a_part_missing_or_twice_is_refused() {
     let mut scaled = first.clone();
     if let PartData::Fim(FimBody::Blocks(b)) = &mut scaled[2].data {
         if let Block::Kfac { a, .. } = &mut b[0] {
-            a.data.iter_mut().for_each(|x| *x *= 0.5);
+            a.host_mut().unwrap().map_in_place(|x| x * 0.5);
         }
     }
     assert_ne!(parts::reduce_fim(&p, &shape, &scaled, k).unwrap(), f);

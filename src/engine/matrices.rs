@@ -99,7 +99,8 @@ impl<O: Ops> Engine<O> {
 }
 
 /// A Fisher's dense matrices (the whole matrix, BlockDiag's blocks) held
-/// on `o`'s device in the run's dtype.
+/// on `o`'s device in the run's dtype, KFAC's factors and EKFAC's bases
+/// there in f64: where the run's own are.
 fn dense_to_device<O: Ops>(o: &O, mut f: Fim) -> crate::geometry::ops::OpsResult<Fim> {
     use crate::geometry::ops::OpsError;
     use crate::linalg::Stored;
@@ -109,12 +110,26 @@ fn dense_to_device<O: Ops>(o: &O, mut f: Fim) -> crate::geometry::ops::OpsResult
             o.hold(o.upload(&[m.rows, m.cols], &m.data)?)?,
         ))
     };
+    let up_f64 = |m: &mut Stored| -> crate::geometry::ops::OpsResult<()> {
+        let host = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
+        *m = Stored::Device(o.hold_host(&host)?);
+        Ok(())
+    };
     match &mut f.body {
         FimBody::Dense(m) => *m = up(m)?,
         FimBody::Blocks(blocks) => {
             for b in blocks.iter_mut() {
-                if let Block::Dense(m) = b {
-                    *m = up(m)?;
+                match b {
+                    Block::Dense(m) => *m = up(m)?,
+                    Block::Kfac { a, g } => {
+                        up_f64(a)?;
+                        up_f64(g)?;
+                    }
+                    Block::Ekfac { ua, ug, .. } => {
+                        up_f64(ua)?;
+                        up_f64(ug)?;
+                    }
+                    Block::Diag(_) | Block::QuasiDiag { .. } => {}
                 }
             }
         }

@@ -64,8 +64,8 @@ fn tensors(data: &PartData) -> Result<(String, Named<'_>), String> {
                         "diag"
                     }
                     Block::Kfac { a, g } => {
-                        mat(&mut t, format!("{k}.a"), a);
-                        mat(&mut t, format!("{k}.g"), g);
+                        stored(&mut t, format!("{k}.a"), a)?;
+                        stored(&mut t, format!("{k}.g"), g)?;
                         "kfac"
                     }
                     Block::QuasiDiag { diag, cross } => {
@@ -74,8 +74,8 @@ fn tensors(data: &PartData) -> Result<(String, Named<'_>), String> {
                         "quasidiag"
                     }
                     Block::Ekfac { ua, ug, d } => {
-                        mat(&mut t, format!("{k}.ua"), ua);
-                        mat(&mut t, format!("{k}.ug"), ug);
+                        stored(&mut t, format!("{k}.ua"), ua)?;
+                        stored(&mut t, format!("{k}.ug"), ug)?;
                         mat(&mut t, format!("{k}.d"), d);
                         "ekfac"
                     }
@@ -211,16 +211,16 @@ pub(super) fn read(path: &Path, e: &Expect<'_>) -> Result<Part, String> {
                     "dense" => Block::Dense(Stored::from(mat(&format!("{k}.dense"))?)),
                     "diag" => Block::Diag(vec_of(&format!("{k}.diag"))?.1),
                     "kfac" => Block::Kfac {
-                        a: mat(&format!("{k}.a"))?,
-                        g: mat(&format!("{k}.g"))?,
+                        a: Stored::from(mat(&format!("{k}.a"))?),
+                        g: Stored::from(mat(&format!("{k}.g"))?),
                     },
                     "quasidiag" => Block::QuasiDiag {
                         diag: vec_of(&format!("{k}.diag"))?.1,
                         cross: mat(&format!("{k}.cross"))?,
                     },
                     "ekfac" => Block::Ekfac {
-                        ua: mat(&format!("{k}.ua"))?,
-                        ug: mat(&format!("{k}.ug"))?,
+                        ua: Stored::from(mat(&format!("{k}.ua"))?),
+                        ug: Stored::from(mat(&format!("{k}.ug"))?),
                         d: mat(&format!("{k}.d"))?,
                     },
                     other => return Err(bad(format!("unknown block kind `{other}`"))),

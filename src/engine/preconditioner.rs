@@ -32,9 +32,15 @@ fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
                 decay * r + (1.0 - decay) * x
             }),
         (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
+        // KFAC's factors too, on the host.
         (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
-            blend(&mut a.data, &xa.data, decay);
-            blend(&mut g.data, &xg.data, decay);
+            for (r, x) in [(a, xa), (g, xg)] {
+                r.host_mut()
+                    .map_err(|e| e.to_string())?
+                    .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
+                        decay * r + (1.0 - decay) * x
+                    });
+            }
         }
         (Block::Ekfac { d, .. }, Block::Ekfac { d: xd, .. }) => blend(&mut d.data, &xd.data, decay),
         _ => return Err("running averages of different structures".into()),

@@ -16,7 +16,7 @@
 //!   anything else is Dense.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo, ReprError};
-use crate::linalg::{eigh, sym_fn, wider, HostMatrix, Mat, Stored};
+use crate::linalg::{sym_fn, wider, HostMatrix, Mat, Stored};
 
 type R<T> = Result<T, ReprError>;
 
@@ -92,9 +92,11 @@ impl Block {
                 diag: diag.iter().map(|x| x * c).collect(),
                 cross: scaled(cross, c),
             },
+            // A derived matrix: on the host (both factors, so that its
+            // products do not mix a device and a host operand).
             Block::Kfac { a, g } => Block::Kfac {
-                a: a.clone(),
-                g: scaled(g, c),
+                a: Stored::from(a.as_f64()?.into_owned()),
+                g: Stored::from(scaled(&*g.as_f64()?, c)),
             },
             Block::Ekfac { ua, ug, d } => Block::Ekfac {
                 ua: ua.clone(),
@@ -133,13 +135,14 @@ impl Block {
         })
     }
 
-    /// KFAC in its factors' eigenbasis: `U_G ⊗ U_A` with `λ_G λ_A` (exact).
+    /// KFAC in its factors' eigenbasis: `U_G ⊗ U_A` with `λ_G λ_A`
+    /// (exact), the bases where the factors are.
     fn eigenbasis(&self, l: &LayerInfo) -> R<Block> {
         let Block::Kfac { a, g } = self else {
             return Ok(self.clone());
         };
-        let (ea, ua) = eigh(a)?;
-        let (eg, ug) = eigh(g)?;
+        let (ea, ua) = a.eigh()?;
+        let (eg, ug) = g.eigh()?;
         let mut d = Mat::zeros(l.sg, l.sa);
         for (k, x) in eg.iter().enumerate() {
             for (j, y) in ea.iter().enumerate() {
@@ -158,8 +161,8 @@ impl Block {
             )),
             Block::Diag(d) => Block::Diag(d.iter().map(|x| pow(*x, p)).collect()),
             Block::Kfac { a, g } => Block::Kfac {
-                a: sym_fn(a, |x| pow(x, p))?,
-                g: sym_fn(g, |x| pow(x, p))?,
+                a: Stored::from(sym_fn(&*a.as_f64()?, |x| pow(x, p))?),
+                g: Stored::from(sym_fn(&*g.as_f64()?, |x| pow(x, p))?),
             },
             Block::Ekfac { ua, ug, d } => Block::Ekfac {
                 ua: ua.clone(),
@@ -314,8 +317,8 @@ mod tests {
     fn blocks(l: &LayerInfo, seed: u64) -> Vec<Block> {
         let (sg, sa, p) = (l.sg, l.sa, l.numel);
         let kfac = Block::Kfac {
-            a: spd(sa, seed),
-            g: spd(sg, seed + 1),
+            a: Stored::from(spd(sa, seed)),
+            g: Stored::from(spd(sg, seed + 1)),
         };
         let mut d = rng_mat(sg, sa, seed + 2);
         d.data.iter_mut().for_each(|x| *x = x.abs() + 0.1);

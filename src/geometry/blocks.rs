@@ -52,14 +52,32 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// `(K, damping)` → the π of NNGeometry's KFAC damping.
-pub(crate) fn kfac_pi(a: &Mat, g: &Mat) -> f64 {
-    let ta = a.trace() / a.rows as f64;
-    let tg = g.trace() / g.rows as f64;
-    if ta > 0.0 && tg > 0.0 {
+pub(crate) fn kfac_pi(a: &Stored, g: &Stored) -> R<f64> {
+    let ta = a.trace()? / a.rows() as f64;
+    let tg = g.trace()? / g.rows() as f64;
+    Ok(if ta > 0.0 && tg > 0.0 {
         (ta / tg).sqrt()
     } else {
         1.0
+    })
+}
+
+/// The eigenvalues of `G ⊗ A` from those of its factors, `G`'s major.
+fn kron_values(eg: &[f64], ea: &[f64]) -> Vec<f64> {
+    eg.iter()
+        .flat_map(|x| ea.iter().map(move |y| x * y))
+        .collect()
+}
+
+/// `U_G ((U_Gᵀ V U_A) ⊙ s(D)) U_Aᵀ` with `s` applied to each eigenvalue:
+/// EKFAC's product (`s(d) = d`) and solve (`1/(d + λ)`), the rotations
+/// where the bases live.
+fn ekfac_apply(ug: &Stored, ua: &Stored, d: &Mat, v: &Mat, s: impl Fn(f64) -> f64) -> R<Mat> {
+    let mut r = ug.sandwich(v, ua, true, false)?;
+    for (x, e) in r.data.iter_mut().zip(&d.data) {
+        *x *= s(*e);
     }
+    Ok(ug.sandwich(&r, ua, false, true)?)
 }
 
 impl Block {
@@ -68,12 +86,8 @@ impl Block {
         Ok(match self {
             Block::Dense(m) => m.matvec(v)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| a * b).collect(),
-            Block::Kfac { a, g } => flat(&g.matmul(&natural(v, l)).matmul(a), l),
-            Block::Ekfac { ua, ug, d } => {
-                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
-                let scaled = hadamard(&r, d);
-                flat(&ug.matmul(&scaled).matmul(&ua.transpose()), l)
-            }
+            Block::Kfac { a, g } => flat(&g.sandwich(&natural(v, l), a, false, false)?, l),
+            Block::Ekfac { ua, ug, d } => flat(&ekfac_apply(ug, ua, d, &natural(v, l), |e| e)?, l),
             Block::QuasiDiag { diag, cross } => {
                 let mut out: Vec<f64> = diag.iter().zip(v).map(|(a, b)| a * b).collect();
                 if l.bias {
@@ -96,7 +110,7 @@ impl Block {
         Ok(match self {
             Block::Dense(m) => m.trace()?,
             Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.iter().sum(),
-            Block::Kfac { a, g } => a.trace() * g.trace(),
+            Block::Kfac { a, g } => a.trace()? * g.trace()?,
             Block::Ekfac { d, .. } => d.data.iter().sum(),
         })
     }
@@ -110,7 +124,7 @@ impl Block {
                 diag.iter().map(|x| x * x).sum::<f64>()
                     + 2.0 * cross.data.iter().map(|x| x * x).sum::<f64>()
             }
-            Block::Kfac { a, g } => a.frobenius().powi(2) * g.frobenius().powi(2),
+            Block::Kfac { a, g } => a.frobenius2()? * g.frobenius2()?,
             Block::Ekfac { d, .. } => d.data.iter().map(|x| x * x).sum(),
         })
     }
@@ -120,17 +134,13 @@ impl Block {
             Block::Dense(m) => m.diag()?,
             Block::Diag(d) | Block::QuasiDiag { diag: d, .. } => d.clone(),
             Block::Kfac { a, g } => {
-                let mut m = Mat::zeros(l.sg, l.sa);
-                for gi in 0..l.sg {
-                    for ai in 0..l.sa {
-                        m.set(gi, ai, g.get(gi, gi) * a.get(ai, ai));
-                    }
-                }
-                flat(&m, l)
+                let (da, dg) = (a.diag()?, g.diag()?);
+                flat(&Mat::from_vec(l.sg, l.sa, kron_values(&dg, &da)), l)
             }
+            // A result with every value: from host copies of the bases.
             Block::Ekfac { ua, ug, d } => {
-                let ug2 = square(ug);
-                let ua2 = square(ua);
+                let ug2 = square(&*ug.as_f64()?);
+                let ua2 = square(&*ua.as_f64()?);
                 flat(&ug2.matmul(d).matmul(&ua2.transpose()), l)
             }
         })
@@ -141,28 +151,33 @@ impl Block {
     /// The dense factorisations run where `la` says (on its device for a
     /// device-held block).
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
+        // Undamped, a singular block is refused as a dense one is (its
+        // spectrum: the factors', the diagonal), not divided through.
+        if damping == 0.0 {
+            match self {
+                Block::Diag(d) => nonsingular_spectrum(d)?,
+                Block::Ekfac { d, .. } => nonsingular_spectrum(&d.data)?,
+                Block::Kfac { a, g } => {
+                    nonsingular_spectrum(&a.eigvalsh_in(la)?)?;
+                    nonsingular_spectrum(&g.eigvalsh_in(la)?)?;
+                }
+                Block::Dense(_) | Block::QuasiDiag { .. } => {}
+            }
+        }
         Ok(match self {
             Block::Dense(m) => dense_solve(m, v, damping, la)?,
             Block::Diag(d) => d.iter().zip(v).map(|(a, b)| b / (a + damping)).collect(),
             Block::Kfac { a, g } => {
-                let pi = kfac_pi(a, g);
+                let pi = kfac_pi(a, g)?;
                 let s = damping.sqrt();
-                let mut gd = g.clone();
-                gd.add_diag(s / pi);
-                let mut ad = a.clone();
-                ad.add_diag(pi * s);
-                let x1 = la.solve_sym(&gd, &natural(v, l))?; // [sg, sa]
-                let x = la.solve_sym(&ad, &x1.transpose())?.transpose();
+                let x1 = g.solve_many(&natural(v, l), s / pi, la)?; // [sg, sa]
+                let x = a.solve_many(&x1.transpose(), pi * s, la)?.transpose();
                 flat(&x, l)
             }
-            Block::Ekfac { ua, ug, d } => {
-                let r = ug.transpose().matmul(&natural(v, l)).matmul(ua);
-                let mut q = r.clone();
-                for (x, e) in q.data.iter_mut().zip(&d.data) {
-                    *x /= e + damping;
-                }
-                flat(&ug.matmul(&q).matmul(&ua.transpose()), l)
-            }
+            Block::Ekfac { ua, ug, d } => flat(
+                &ekfac_apply(ug, ua, d, &natural(v, l), |e| 1.0 / (e + damping))?,
+                l,
+            ),
             Block::QuasiDiag { diag, cross } => {
                 let mut x = vec![0.0; v.len()];
                 if !l.bias {
@@ -204,6 +219,7 @@ impl Block {
                 m
             }
             Block::Kfac { a, g } => {
+                let (a, g) = (a.as_f64()?, g.as_f64()?);
                 let mut m = Mat::zeros(p, p);
                 for g1 in 0..l.sg {
                     for a1 in 0..l.sa {
@@ -243,13 +259,7 @@ impl Block {
             Block::Dense(m @ Stored::Device(_)) => m.eigvalsh()?,
             Block::Dense(m) => la.eigvalsh(&*m.as_f64()?)?,
             Block::Diag(d) => d.clone(),
-            Block::Kfac { a, g } => {
-                let ea = la.eigvalsh(a)?;
-                let eg = la.eigvalsh(g)?;
-                eg.iter()
-                    .flat_map(|x| ea.iter().map(move |y| x * y))
-                    .collect()
-            }
+            Block::Kfac { a, g } => kron_values(&g.eigvalsh_in(la)?, &a.eigvalsh_in(la)?),
             Block::Ekfac { d, .. } => d.data.clone(),
             Block::QuasiDiag { .. } => la.eigvalsh(&self.to_dense(l)?)?,
         })
@@ -269,19 +279,20 @@ impl Block {
                 BlockEigen::Columns(val, vec)
             }
             Block::Diag(d) => BlockEigen::Unit(d.clone()),
+            // The vectors are built on the host from copies of the bases.
             Block::Kfac { a, g } => {
-                let (ea, ua) = eigh(a)?;
-                let (eg, ug) = eigh(g)?;
-                let val = eg
-                    .iter()
-                    .flat_map(|x| ea.iter().map(move |y| x * y))
-                    .collect();
-                BlockEigen::Kron { val, ug, ua }
+                let (ea, ua) = a.eigh()?;
+                let (eg, ug) = g.eigh()?;
+                BlockEigen::Kron {
+                    val: kron_values(&eg, &ea),
+                    ug: ug.into_f64()?,
+                    ua: ua.into_f64()?,
+                }
             }
             Block::Ekfac { ua, ug, d } => BlockEigen::Kron {
                 val: d.data.clone(),
-                ug: ug.clone(),
-                ua: ua.clone(),
+                ug: ug.as_f64()?.into_owned(),
+                ua: ua.as_f64()?.into_owned(),
             },
         })
     }
@@ -301,9 +312,10 @@ impl Block {
                 ))
             }
             Block::Diag(d) => Block::Diag(d.iter().map(|x| f(*x)).collect()),
+            // In the factors' eigenbases, kept where the factors are.
             Block::Kfac { a, g } => {
-                let (ea, ua) = eigh(a)?;
-                let (eg, ug) = eigh(g)?;
+                let (ea, ua) = a.eigh()?;
+                let (eg, ug) = g.eigh()?;
                 let mut d = Mat::zeros(l.sg, l.sa);
                 for k in 0..l.sg {
                     for j in 0..l.sa {
@@ -336,8 +348,8 @@ impl Block {
         match self {
             Block::Dense(m) => m.len(),
             Block::Diag(d) => d.len(),
-            Block::Kfac { a, g } => a.data.len() + g.data.len(),
-            Block::Ekfac { ua, ug, d } => ua.data.len() + ug.data.len() + d.data.len(),
+            Block::Kfac { a, g } => a.len() + g.len(),
+            Block::Ekfac { ua, ug, d } => ua.len() + ug.len() + d.data.len(),
             Block::QuasiDiag { diag, cross } => diag.len() + cross.data.len(),
         }
     }
@@ -371,14 +383,6 @@ pub(crate) fn dense_solve(m: &Stored, v: &[f64], damping: f64, la: &dyn Linalg) 
     Ok(la
         .solve_sym(&md, &Mat::from_vec(v.len(), 1, v.to_vec()))?
         .data)
-}
-
-fn hadamard(a: &Mat, b: &Mat) -> Mat {
-    Mat::from_vec(
-        a.rows,
-        a.cols,
-        a.data.iter().zip(&b.data).map(|(x, y)| x * y).collect(),
-    )
 }
 
 fn square(a: &Mat) -> Mat {

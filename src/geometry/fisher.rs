@@ -61,34 +61,52 @@ pub fn kfac_eigenbasis(block: &Block, eig: &Eigh<'_>) -> OpsResult<Block> {
     };
     let (ea, ua) = eig(a)?;
     let (eg, ug) = eig(g)?;
-    let mut d = Mat::zeros(g.rows, a.rows);
-    for kk in 0..g.rows {
-        for j in 0..a.rows {
+    let mut d = Mat::zeros(g.rows(), a.rows());
+    for kk in 0..g.rows() {
+        for j in 0..a.rows() {
             d.set(kk, j, eg[kk] * ea[j]);
         }
     }
     Ok(Block::Ekfac { ua, ug, d })
 }
 
-/// A symmetric eigendecomposition of a KFAC factor.
-pub type Eigh<'a> = dyn Fn(&Mat) -> OpsResult<(Vec<f64>, Mat)> + 'a;
+/// A symmetric eigendecomposition of a KFAC factor: eigenvalues and the
+/// basis, kept where the factor was.
+pub type Eigh<'a> = dyn Fn(&Stored) -> OpsResult<(Vec<f64>, Stored)> + 'a;
 
-/// Replaces the KFAC blocks `which` by their EKFAC bases. Where the
-/// backend decomposes on its device ([`Ops::device_linalg`]) the factors go
-/// there one after another, each using the whole device; otherwise the
-/// host decomposes several at once on its threads.
+fn host_eigh(m: &Stored) -> OpsResult<(Vec<f64>, Stored)> {
+    m.eigh().map_err(|e| OpsError(e.to_string()))
+}
+
+/// Replaces the KFAC blocks `which` by their EKFAC bases. A factor held on
+/// the device is decomposed there and its basis stays there; where the
+/// backend decomposes on its device ([`Ops::device_linalg`]) a host
+/// factor goes there and its basis comes back; either way one factor
+/// after another, each using the whole device. Otherwise the host
+/// decomposes several at once on its threads.
 pub fn to_eigenbases<O: Ops>(o: &O, blocks: &mut [Block], which: &[usize]) -> OpsResult<()> {
-    let bases: Vec<(usize, Block)> = if o.device_linalg() {
+    let held = which.iter().any(|&k| {
+        matches!(&blocks[k], Block::Kfac { a, g } if a.device().is_some() || g.device().is_some())
+    });
+    let bases: Vec<(usize, Block)> = if o.device_linalg() || held {
+        let eig = |m: &Stored| -> OpsResult<(Vec<f64>, Stored)> {
+            match m {
+                Stored::Host(h) if o.device_linalg() => {
+                    let (v, u) = o.eigh(&h.as_f64())?;
+                    Ok((v, Stored::from(u)))
+                }
+                _ => host_eigh(m),
+            }
+        };
         which
             .iter()
-            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &|m| o.eigh(m))?)))
+            .map(|&k| Ok((k, kfac_eigenbasis(&blocks[k], &eig)?)))
             .collect::<OpsResult<_>>()?
     } else {
-        let host = |m: &Mat| eigh(m).map_err(|e| OpsError(e.to_string()));
         let shared: &[Block] = blocks;
         which
             .par_iter()
-            .map(|&k| Ok((k, kfac_eigenbasis(&shared[k], &host)?)))
+            .map(|&k| Ok((k, kfac_eigenbasis(&shared[k], &host_eigh)?)))
             .collect::<OpsResult<_>>()?
     };
     for (k, b) in bases {
@@ -110,8 +128,9 @@ impl<'a, O: Ops> Problem<'a, O> {
         self.fim_blocks_in(target, kinds, super::ops::keep_of(self.o))
     }
 
-    /// [`Problem::fim_blocks`] with its Dense blocks kept where `store`
-    /// says (the factored structures are small and stay on the host).
+    /// [`Problem::fim_blocks`] with its Dense blocks, KFAC's factors and
+    /// EKFAC's bases kept where `store` says (the per-parameter ones, Diag,
+    /// QuasiDiag and EKFAC's diagonal, on the host).
     pub fn fim_blocks_in(
         &self,
         target: &Target,
@@ -192,10 +211,10 @@ impl<'a, O: Ops> Problem<'a, O> {
             };
             let scale =
                 |v: Vec<f64>, f: f64| -> Vec<f64> { v.into_iter().map(|x| x * f).collect() };
-            let sym = |sum: &mut Option<GramSum<O::T>>, f: f64| -> OpsResult<Mat> {
+            let factor = |sum: &mut Option<GramSum<O::T>>, f: f64| -> OpsResult<Stored> {
                 sum.take()
                     .ok_or_else(|| OpsError("no examples".into()))?
-                    .into_host(o, f)
+                    .into_factor(o, f, store)
             };
             let block = match kinds[k] {
                 // In the run's precision: the values the device summed,
@@ -232,8 +251,8 @@ impl<'a, O: Ops> Problem<'a, O> {
                 }
                 BlockKind::Kfac | BlockKind::Ekfac { .. } => {
                     let r = (n_out as f64).sqrt();
-                    let a = sym(&mut grams[k][0], r / n)?;
-                    let g = sym(&mut grams[k][1], 1.0 / (r * n * positions[k] as f64))?;
+                    let a = factor(&mut grams[k][0], r / n)?;
+                    let g = factor(&mut grams[k][1], 1.0 / (r * n * positions[k] as f64))?;
                     if let BlockKind::Ekfac { .. } = kinds[k] {
                         bases.push(k);
                     }
@@ -280,8 +299,8 @@ impl<'a, O: Ops> Problem<'a, O> {
             };
             bases.push((
                 k,
-                o.upload(&[ug.rows, ug.cols], &ug.data)?,
-                o.upload(&[ua.rows, ua.cols], &ua.data)?,
+                super::ops::stored_tensor(o, ug)?,
+                super::ops::stored_tensor(o, ua)?,
             ));
         }
         let mut sums: Vec<Option<O::T>> = vec![None; bases.len()];

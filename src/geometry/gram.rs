@@ -136,6 +136,19 @@ impl<T: Clone> GramSum<T> {
         Ok(Stored::Device(o.hold(dst)?))
     }
 
+    /// A KFAC factor: the whole symmetric sum times `scale` in f64, on the
+    /// host ([`GramSum::into_host`]) or, where `keep` says the device,
+    /// assembled there in the run's precision and widened and scaled there
+    /// ([`Ops::hold_f64`]): the same values, with no host copy.
+    pub fn into_factor<O: Ops<T = T>>(self, o: &O, scale: f64, keep: Keep) -> OpsResult<Stored> {
+        if let Keep::Host(_) = keep {
+            return Ok(Stored::from(self.into_host(o, scale)?));
+        }
+        let dst = o.zeros(&[self.k, self.k])?;
+        self.into_blocks(|blk, at| o.write_device_block(&blk, &dst, at))?;
+        Ok(Stored::Device(o.hold_f64(dst, scale)?))
+    }
+
     /// [`GramSum::into_host`] kept in the precision of `dtype`.
     pub fn into_matrix<O: Ops<T = T>>(
         self,

@@ -2,15 +2,16 @@
 //! the natural gradient between two refreshes of its statistics solves
 //! with the same matrix at every step. [`Fim::solve_in`] factorises the
 //! damped matrices on each call (KFAC: two Cholesky factorisations and
-//! triangular solves per layer, in f64 on the host); prepared, each step
+//! triangular solves per layer, in f64 where the factors are); prepared, each step
 //! is a few products on the backend's device in the run's precision, where
 //! the gradient was computed (on a GPU, no host work at all).
 //!
-//! The inverses themselves are computed in f64 (where [`Linalg`] says)
-//! and then held in the run's precision: an f64 run's steps agree with
+//! The inverses themselves are computed in f64 (on the device for a
+//! matrix held there, else where [`Linalg`] says) and then held in the
+//! run's precision: an f64 run's steps agree with
 //! [`Fim::solve_in`] to round-off.
 
-use super::ops::{Ops, OpsError, OpsResult};
+use super::ops::{stored_tensor, Ops, OpsError, OpsResult};
 use super::repr::{flat, kfac_pi, natural, Block, Fim, FimBody, LayerInfo};
 use super::stats;
 use crate::linalg::{Linalg, Mat, Stored};
@@ -49,13 +50,6 @@ fn err(e: impl std::fmt::Display) -> OpsError {
     OpsError(e.to_string())
 }
 
-/// `(m + shift·I)⁻¹` in f64 where `la` solves.
-fn damped_inverse(m: &Mat, shift: f64, la: &dyn Linalg) -> OpsResult<Mat> {
-    let mut md = m.clone();
-    md.add_diag(shift);
-    la.solve_sym(&md, &Mat::identity(m.rows)).map_err(err)
-}
-
 /// Per-layer tensors in the natural layout `[sg, sa]` → one host vector
 /// in the layers' flat order.
 pub fn download_flat<O: Ops>(o: &O, v: &[O::T], layers: &[LayerInfo]) -> OpsResult<Vec<f64>> {
@@ -91,11 +85,11 @@ fn up<O: Ops>(o: &O, m: &Mat) -> OpsResult<O::T> {
     o.upload(&[m.rows, m.cols], &m.data)
 }
 
-/// [`damped_inverse`] of a stored matrix (a device-held one comes to the
-/// host in f64 once), uploaded to `o`'s device.
-fn stored_inverse<O: Ops>(o: &O, m: &Stored, damping: f64, la: &dyn Linalg) -> OpsResult<O::T> {
-    let m = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
-    up(o, &damped_inverse(&m, damping, la)?)
+/// `(m + shift·I)⁻¹` in f64 (factored on the device for a device-held
+/// `m`, with no host copy; else where `la` solves), as a tensor of the run
+/// on `o`'s device.
+fn stored_inverse<O: Ops>(o: &O, m: &Stored, shift: f64, la: &dyn Linalg) -> OpsResult<O::T> {
+    stored_tensor(o, &m.damped_inverse(shift, la).map_err(err)?)
 }
 
 impl<T> Inverse<T> {
@@ -117,19 +111,19 @@ impl<T> Inverse<T> {
                         Ok(match b {
                             Block::Dense(m) => Part::Matrix(stored_inverse(o, m, damping, la)?),
                             Block::Kfac { a, g } => {
-                                let pi = kfac_pi(a, g);
+                                let pi = kfac_pi(a, g).map_err(err)?;
                                 let s = damping.sqrt();
                                 Part::Kron {
-                                    ginv: up(o, &damped_inverse(g, s / pi, la)?)?,
-                                    ainv: up(o, &damped_inverse(a, pi * s, la)?)?,
+                                    ginv: stored_inverse(o, g, s / pi, la)?,
+                                    ainv: stored_inverse(o, a, pi * s, la)?,
                                 }
                             }
                             Block::Ekfac { ua, ug, d } => {
                                 let inv: Vec<f64> =
                                     d.data.iter().map(|e| 1.0 / (e + damping)).collect();
                                 Part::Eigen {
-                                    ug: up(o, ug)?,
-                                    ua: up(o, ua)?,
+                                    ug: stored_tensor(o, ug)?,
+                                    ua: stored_tensor(o, ua)?,
                                     inv: o.upload(&[d.rows, d.cols], &inv)?,
                                 }
                             }

@@ -308,6 +308,36 @@ pub trait Ops: Clone {
         )))
     }
 
+    /// Hands a finished 2-d tensor over as a device-held matrix in f64,
+    /// times `scale` (widened first, so that the values are the host's
+    /// `f64(t) · scale`): KFAC's factors and EKFAC's bases, which stay in
+    /// f64 whatever the run's precision.
+    fn hold_f64(&self, t: Self::T, scale: f64) -> OpsResult<crate::linalg::Held> {
+        let _ = (t, scale);
+        Err(OpsError(format!(
+            "{}: this backend keeps no results on its device",
+            self.name()
+        )))
+    }
+
+    /// An f64 host matrix held on the device in f64 (a loaded Fisher's
+    /// KFAC factors and EKFAC bases joining the run's).
+    fn hold_host(&self, m: &Mat) -> OpsResult<crate::linalg::Held> {
+        let _ = m;
+        Err(OpsError(format!(
+            "{}: this backend keeps no results on its device",
+            self.name()
+        )))
+    }
+
+    /// The tensor behind a matrix this backend holds ([`Ops::hold`],
+    /// [`Ops::hold_f64`]) in the run's precision, to compute with: `None`
+    /// for a matrix it did not make.
+    fn held_tensor(&self, m: &crate::linalg::Held) -> OpsResult<Option<Self::T>> {
+        let _ = m;
+        Ok(None)
+    }
+
     /// `Σ_k (l_k r_k) ⊙ h_k` for 2-d `l_k [m, k_k]`, `r_k [k_k, n]` and,
     /// where given, `h_k [m, n]` (a term without `h_k` is the plain
     /// product): the NTK's block of an output pair, summed over layers.
@@ -517,6 +547,18 @@ pub fn linalg_of<O: Ops>(o: &O) -> Box<dyn crate::linalg::Linalg + '_> {
     } else {
         Box::new(crate::linalg::Host)
     }
+}
+
+/// A stored matrix as a tensor of the run on `o`'s device, in its
+/// precision: the tensor itself where `o` holds it, else uploaded.
+pub fn stored_tensor<O: Ops>(o: &O, m: &crate::linalg::Stored) -> OpsResult<O::T> {
+    if let crate::linalg::Stored::Device(h) = m {
+        if let Some(t) = o.held_tensor(h)? {
+            return Ok(t);
+        }
+    }
+    let host = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
+    o.upload(&[host.rows, host.cols], &host.data)
 }
 
 /// Where this backend keeps a dense result it builds whole: on its device

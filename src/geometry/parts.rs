@@ -336,7 +336,10 @@ fn zero_like(b: &FimBody) -> R<FimBody> {
                         Ok(Block::Dense(Stored::zeros(m.rows(), m.cols(), Dtype::F64)))
                     }
                     Block::Diag(d) => Ok(Block::Diag(vec![0.0; d.len()])),
-                    Block::Kfac { a, g } => Ok(Block::Kfac { a: z(a), g: z(g) }),
+                    Block::Kfac { a, g } => Ok(Block::Kfac {
+                        a: Stored::zeros(a.rows(), a.cols(), Dtype::F64),
+                        g: Stored::zeros(g.rows(), g.cols(), Dtype::F64),
+                    }),
                     Block::QuasiDiag { diag, cross } => Ok(Block::QuasiDiag {
                         diag: vec![0.0; diag.len()],
                         cross: z(cross),
@@ -364,8 +367,8 @@ fn axpy_body(acc: &mut FimBody, w: f64, x: &FimBody) -> R<()> {
                     (Block::Dense(a), Block::Dense(b)) => axpy_stored(a, w, b)?,
                     (Block::Diag(a), Block::Diag(b)) => axpy(a, w, b)?,
                     (Block::Kfac { a, g }, Block::Kfac { a: pa, g: pg }) => {
-                        axpy_mat(a, w, pa)?;
-                        axpy_mat(g, w, pg)?;
+                        axpy_stored(a, w, pa)?;
+                        axpy_stored(g, w, pg)?;
                     }
                     (Block::QuasiDiag { diag, cross }, Block::QuasiDiag { diag: d, cross: c }) => {
                         axpy(diag, w, d)?;
@@ -448,13 +451,17 @@ pub fn reduce_fim<O: Ops>(
 
 /// SHA-256 of the eigenbases of the refitted layers: what stage 2's parts
 /// must agree on.
-pub fn basis_fingerprint(f: &Fim, which: &[usize]) -> String {
+pub fn basis_fingerprint(f: &Fim, which: &[usize]) -> R<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     if let FimBody::Blocks(blocks) = &f.body {
         for &k in which {
             if let Some(Block::Ekfac { ua, ug, .. }) = blocks.get(k) {
                 for m in [ua, ug] {
+                    // The values themselves (a held basis downloaded).
+                    let m = m
+                        .as_f64()
+                        .map_err(|e| PartsError::Ops(OpsError(e.to_string())))?;
                     h.update((m.rows as u64).to_le_bytes());
                     h.update((m.cols as u64).to_le_bytes());
                     for x in &m.data {
@@ -464,7 +471,7 @@ pub fn basis_fingerprint(f: &Fim, which: &[usize]) -> String {
             }
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Stage 2, part `j` of `k`: EKFAC's diagonals refitted over range `j` in
@@ -502,7 +509,7 @@ pub fn diag_part<O: Ops>(
         count: k,
         rows,
         cols: None,
-        basis: Some(basis_fingerprint(f, &which)),
+        basis: Some(basis_fingerprint(f, &which)?),
         data: PartData::Diagonals(diags),
     })
 }
@@ -511,7 +518,7 @@ pub fn diag_part<O: Ops>(
 pub fn reduce_diagonals(f: &mut Fim, shape: &FimShape, parts: &[Part], k: usize) -> R<()> {
     let which = shape.refitted();
     let parts = complete(parts, f.n, k)?;
-    let want = basis_fingerprint(f, &which);
+    let want = basis_fingerprint(f, &which)?;
     if let Some(bad) = parts.iter().find(|p| p.basis.as_deref() != Some(&want)) {
         return Err(PartsError::Mismatch(format!(
             "part {} of the diagonal was refitted in other eigenbases than those of the reduced factors",

@@ -1,15 +1,20 @@
 //! Stored representations of a Fisher matrix and the operations on them.
 //!
-//! These live on the host. The dense ones (a Dense Fisher, BlockDiag's
-//! blocks: `P²` and `Σ p_l²` values) are kept in the run's precision, so a
-//! float32 run holds half the bytes; every reduction and product over them
-//! accumulates in f64, and a decomposition reads an f64 copy of one block
-//! at a time. The factored ones (KFAC's and EKFAC's factors, bases and
-//! diagonals, Diag) are small next to the per-example data they are built
-//! from and stay in f64: EKFAC's float64 bases are what keeps a float32
-//! EKFAC's trace equal to KFAC's. Every vector is in NNGeometry's flat
-//! order restricted to the representation's layers. One layer's block and
-//! its operations are in [`super::blocks`].
+//! The dense ones (a Dense Fisher, BlockDiag's blocks: `P²` and `Σ p_l²`
+//! values) are kept in the run's precision, so a float32 run holds half
+//! the bytes; every reduction and product over them accumulates in f64,
+//! and a decomposition reads an f64 copy of one block at a time. KFAC's
+//! factors and EKFAC's bases are small next to the per-example data they
+//! are built from and are kept in f64: EKFAC's float64 bases are what
+//! keeps a float32 EKFAC's trace equal to KFAC's. Where the backend holds
+//! results on its device (`Ops::holds_on_device`: libtorch on CUDA) both
+//! kinds stay there, so that products, solves and spectra run where they
+//! were built; the host gets a copy when a result needs every value (a
+//! saved Fisher, a derived one, a dense form). The per-parameter ones
+//! (Diag, QuasiDiag, EKFAC's diagonal) live on the host: every operation
+//! on them is elementwise with a vector that is on the host anyway. Every
+//! vector is in NNGeometry's flat order restricted to the representation's
+//! layers. One layer's block and its operations are in [`super::blocks`].
 
 pub(crate) use super::blocks::kfac_pi;
 use super::blocks::{dense_solve, dot, BlockEigen};
@@ -41,11 +46,13 @@ pub enum Block {
     Dense(Stored),
     /// Flat order.
     Diag(Vec<f64>),
-    /// `F_l ≈ G ⊗ A` on the natural layout.
-    Kfac { a: Mat, g: Mat },
-    /// Eigenbases of the KFAC factors with a diagonal `d [sg, sa]` in that
-    /// basis (`d[k, j]` pairs column k of `ug` with column j of `ua`).
-    Ekfac { ua: Mat, ug: Mat, d: Mat },
+    /// `F_l ≈ G ⊗ A` on the natural layout; the factors in f64, on the
+    /// host or where the backend holds results.
+    Kfac { a: Stored, g: Stored },
+    /// Eigenbases of the KFAC factors (in f64, where the factors were)
+    /// with a diagonal `d [sg, sa]` in that basis on the host (`d[k, j]`
+    /// pairs column k of `ug` with column j of `ua`).
+    Ekfac { ua: Stored, ug: Stored, d: Mat },
     /// Diagonal (flat) plus, per output unit, the weight–bias cross terms
     /// `cross [sg, sa−1]`.
     QuasiDiag { diag: Vec<f64>, cross: Mat },

@@ -77,9 +77,9 @@ fn tensors(f: &Fim) -> Result<Vec<Named<'_>>, String> {
                 Ok(match b {
                     Block::Dense(m) => vec![stored(k("dense"), m)?],
                     Block::Diag(d) => vec![(k("diag"), vec![d.len()], Cow::Borrowed(d.as_slice()))],
-                    Block::Kfac { a, g } => vec![mat(k("A"), a), mat(k("G"), g)],
+                    Block::Kfac { a, g } => vec![stored(k("A"), a)?, stored(k("G"), g)?],
                     Block::Ekfac { ua, ug, d } => {
-                        vec![mat(k("UA"), ua), mat(k("UG"), ug), mat(k("D"), d)]
+                        vec![stored(k("UA"), ua)?, stored(k("UG"), ug)?, mat(k("D"), d)]
                     }
                     Block::QuasiDiag { diag, cross } => vec![
                         (k("diag"), vec![diag.len()], Cow::Borrowed(diag.as_slice())),
@@ -257,12 +257,12 @@ pub fn load(path: &Path) -> Result<(Header, Fim), String> {
                         "dense" => Block::Dense(Stored::from(mat(&k("dense"), l.numel, l.numel)?)),
                         "diag" => Block::Diag(mat(&k("diag"), 1, l.numel)?.data),
                         "kfac" => Block::Kfac {
-                            a: mat(&k("A"), l.sa, l.sa)?,
-                            g: mat(&k("G"), l.sg, l.sg)?,
+                            a: Stored::from(mat(&k("A"), l.sa, l.sa)?),
+                            g: Stored::from(mat(&k("G"), l.sg, l.sg)?),
                         },
                         "ekfac" => Block::Ekfac {
-                            ua: mat(&k("UA"), l.sa, l.sa)?,
-                            ug: mat(&k("UG"), l.sg, l.sg)?,
+                            ua: Stored::from(mat(&k("UA"), l.sa, l.sa)?),
+                            ug: Stored::from(mat(&k("UG"), l.sg, l.sg)?),
                             d: mat(&k("D"), l.sg, l.sa)?,
                         },
                         "quasidiag" => Block::QuasiDiag {

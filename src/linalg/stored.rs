@@ -70,6 +70,51 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
             .map(|x| x.data)
             .map_err(|e| e.to_string())
     }
+    /// The value itself, for the backend that made it to find its own
+    /// tensor again (an operand of [`DeviceMatrix::sandwich`], or of the
+    /// run's tensors through `Ops::held_tensor`).
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// `op(M) X op(R)` for a host matrix `X`, `op` a transpose where
+    /// asked and `R` another matrix of the same backend, in f64: KFAC's
+    /// `G V A` and EKFAC's rotations `U_Gᵀ V U_A`, `U_G Q U_Aᵀ` with the
+    /// factors where they live. The default multiplies host copies.
+    fn sandwich(
+        &self,
+        x: &Mat,
+        right: &dyn DeviceMatrix,
+        t_left: bool,
+        t_right: bool,
+    ) -> Result<Mat, String> {
+        Ok(sandwich_host(
+            &self.to_host()?,
+            x,
+            &right.to_host()?,
+            t_left,
+            t_right,
+        ))
+    }
+    /// Eigenvalues (ascending) and eigenvectors (columns, kept where the
+    /// matrix lives, in f64) of the symmetric matrix, as
+    /// [`super::eigh`] (its input rules and words). The default
+    /// decomposes a host copy.
+    fn eigh(&self) -> Result<(Vec<f64>, Stored), String> {
+        let (v, u) = super::eigh(&self.to_host()?).map_err(|e| e.to_string())?;
+        Ok((v, Stored::from(u)))
+    }
+    /// `(M + λI)⁻¹ B` for the symmetric matrix in f64, as
+    /// [`super::solve_sym`] (Cholesky, LU where it breaks down; its
+    /// words). The default solves a host copy.
+    fn solve_many(&self, b: &Mat, damping: f64) -> Result<Mat, String> {
+        let mut m = self.to_host()?;
+        m.add_diag(damping);
+        super::solve_sym(&m, b).map_err(|e| e.to_string())
+    }
+    /// `(M + λI)⁻¹`, kept where the matrix lives, in f64. The default
+    /// inverts a host copy.
+    fn damped_inverse(&self, damping: f64) -> Result<Stored, String> {
+        self.solve_many(&Mat::identity(self.rows()), damping)
+            .map(Stored::from)
+    }
     /// `Σ_a M[a·n .. (a+1)·n, a·n .. (a+1)·n]` over the `c` diagonal
     /// blocks of a `[c·n, c·n]` matrix: `[n, n]`.
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String>;
@@ -83,6 +128,13 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
         n: usize,
         centered: bool,
     ) -> Result<(f64, f64), String>;
+}
+
+/// `op(l) x op(r)` on the host, `op` a transpose where asked.
+pub fn sandwich_host(l: &Mat, x: &Mat, r: &Mat, t_left: bool, t_right: bool) -> Mat {
+    let l = if t_left { l.transpose() } else { l.clone() };
+    let r = if t_right { r.transpose() } else { r.clone() };
+    l.matmul(x).matmul(&r)
 }
 
 /// A shared handle on a [`DeviceMatrix`]. Equal when both hold the same
@@ -550,6 +602,86 @@ impl Stored {
         match self {
             Stored::Device(d) => d.0.eigvalsh().map_err(device),
             Stored::Host(m) => super::eigvalsh(&m.as_f64()),
+        }
+    }
+
+    /// `op(self) x op(right)` in f64: on the device where both are held
+    /// there, else from host copies.
+    pub fn sandwich(
+        &self,
+        x: &Mat,
+        right: &Stored,
+        t_left: bool,
+        t_right: bool,
+    ) -> Result<Mat, LinalgError> {
+        match (self, right) {
+            (Stored::Device(l), Stored::Device(r)) => {
+                l.0.sandwich(x, &*r.0, t_left, t_right).map_err(device)
+            }
+            _ => Ok(sandwich_host(
+                &*self.as_f64()?,
+                x,
+                &*right.as_f64()?,
+                t_left,
+                t_right,
+            )),
+        }
+    }
+
+    /// Eigenvalues (ascending) and eigenvectors (columns, in f64, kept
+    /// where the matrix lives) of a symmetric matrix; a host matrix is
+    /// decomposed as [`super::eigh`] does.
+    pub fn eigh(&self) -> Result<(Vec<f64>, Stored), LinalgError> {
+        match self {
+            Stored::Device(d) => d.0.eigh().map_err(device),
+            Stored::Host(m) => {
+                let (v, u) = super::eigh(&m.as_f64())?;
+                Ok((v, Stored::from(u)))
+            }
+        }
+    }
+
+    /// `(self + λI)⁻¹ b` for a symmetric matrix, in f64: on the device for
+    /// a device-held one, else where `la` solves.
+    pub fn solve_many(
+        &self,
+        b: &Mat,
+        damping: f64,
+        la: &dyn super::Linalg,
+    ) -> Result<Mat, LinalgError> {
+        match self {
+            Stored::Device(d) => d.0.solve_many(b, damping).map_err(device),
+            Stored::Host(m) => {
+                let mut m = m.as_f64().into_owned();
+                m.add_diag(damping);
+                la.solve_sym(&m, b)
+            }
+        }
+    }
+
+    /// `(self + λI)⁻¹` in f64, kept where the matrix lives (solved where
+    /// `la` solves for a host one).
+    pub fn damped_inverse(
+        &self,
+        damping: f64,
+        la: &dyn super::Linalg,
+    ) -> Result<Stored, LinalgError> {
+        match self {
+            Stored::Device(d) => d.0.damped_inverse(damping).map_err(device),
+            Stored::Host(_) => Ok(Stored::from(self.solve_many(
+                &Mat::identity(self.rows()),
+                damping,
+                la,
+            )?)),
+        }
+    }
+
+    /// Every eigenvalue, ascending: on the device for a device-held
+    /// matrix, else where `la` decomposes an f64 copy.
+    pub fn eigvalsh_in(&self, la: &dyn super::Linalg) -> Result<Vec<f64>, LinalgError> {
+        match self {
+            Stored::Device(d) => d.0.eigvalsh().map_err(device),
+            Stored::Host(m) => la.eigvalsh(&m.as_f64()),
         }
     }
 

@@ -386,6 +386,7 @@ fn fim_representations_match_nngeometry() {
                         unreachable!()
                     };
                     for (q, m) in [("A", a), ("G", g)] {
+                        let m = &*m.as_f64().unwrap();
                         let k = format!("fim/kfac/{q}/{}", l.name);
                         if let Some(r) = get(&case, &k) {
                             close(&case.name, &k, &m.data, r, TOL);

@@ -11,7 +11,7 @@
 use crate::ops::TchOps;
 use nngeo::geometry::hostcopy::BlockAt;
 use nngeo::geometry::ops::{OpsError, OpsResult};
-use nngeo::linalg::{DeviceMatrix, Mat};
+use nngeo::linalg::{DeviceMatrix, Held, Mat, Stored};
 use nngeo::plan::Dtype;
 use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, TchError, Tensor};
@@ -74,13 +74,82 @@ impl HeldTensor {
             t.f_double_value(&[0, 0])
                 .map_err(|err| OpsError(msg(err)))?;
         }
+        // The tensor's own precision: KFAC's factors are f64 in any run.
+        let dtype = match t.kind() {
+            Kind::Double => Dtype::F64,
+            Kind::Float => Dtype::F32,
+            _ => nngeo::geometry::ops::Ops::dtype(ops),
+        };
         Ok(HeldTensor {
             t: Mutex::new(t),
             rows: rows as usize,
             cols: cols as usize,
-            dtype: nngeo::geometry::ops::Ops::dtype(ops),
+            dtype,
             device: nngeo::geometry::ops::Ops::device(ops),
         })
+    }
+
+    /// An f64 result computed from this matrix, held beside it, row-major
+    /// as every other held matrix (LAPACK's results are column-major): the
+    /// products of a basis then do not depend on whether it was decomposed
+    /// here or loaded from a file.
+    fn sibling(&self, t: Tensor) -> Result<HeldTensor, String> {
+        let t = t.f_contiguous().map_err(msg)?;
+        let size = t.size();
+        let [rows, cols] = size[..] else {
+            return Err(format!("tch: a held matrix is 2-d, got shape {size:?}"));
+        };
+        Ok(HeldTensor {
+            t: Mutex::new(t),
+            rows: rows as usize,
+            cols: cols as usize,
+            dtype: Dtype::F64,
+            device: self.device.clone(),
+        })
+    }
+
+    /// The tensor, shared (not copied).
+    pub fn tensor(&self) -> Tensor {
+        self.with(|t| Ok(t.shallow_clone()))
+            .expect("a shallow clone does not fail")
+    }
+
+    /// `(M + λI)⁻¹ B` for `B [rows, k]` (row-major), factored in f64 on
+    /// the device: the host solver's input rules and words.
+    fn solve_system(&self, b: &[f64], k: usize, damping: f64) -> Result<Tensor, String> {
+        if self.rows != self.cols || b.len() != self.rows * k {
+            return Err(format!(
+                "solve: a {}×{} matrix and {} values for {k} right-hand sides",
+                self.rows,
+                self.cols,
+                b.len()
+            ));
+        }
+        let non_finite =
+            || nngeo::linalg::LinalgError::NonFiniteInput { op: "solve_sym" }.to_string();
+        if !damping.is_finite() || b.iter().any(|x| !x.is_finite()) {
+            return Err(non_finite());
+        }
+        let rhs = self.on_device(b)?;
+        let system = self.with(|t| {
+            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+                return Ok(None);
+            }
+            // A copy even where the matrix is already f64: the damping
+            // goes on its diagonal in place.
+            let a = t.f_to_dtype(Kind::Double, false, true)?;
+            if damping != 0.0 {
+                let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
+            }
+            let b = rhs
+                .f_to_kind(Kind::Double)?
+                .f_reshape([self.rows as i64, k as i64])?;
+            Ok(Some((a, b)))
+        })?;
+        let Some((a, b)) = system else {
+            return Err(non_finite());
+        };
+        crate::ops::solve_sym_tensor(&a, &b).map_err(|err| err.0)
     }
 
     fn with<R>(&self, f: impl FnOnce(&Tensor) -> Result<R, TchError>) -> Result<R, String> {
@@ -213,44 +282,108 @@ impl DeviceMatrix for HeldTensor {
     /// `(M + λI)⁻¹ v` from an f64 copy on the device (the host solver's
     /// precision), factored there: nothing of the matrix comes to the host.
     fn solve(&self, v: &[f64], damping: f64) -> Result<Vec<f64>, String> {
-        if self.rows != self.cols || v.len() != self.rows {
-            return Err(format!(
-                "solve: a {}×{} matrix and a vector of {}",
-                self.rows,
-                self.cols,
-                v.len()
-            ));
-        }
-        // The host solver's input rule, in its words: finite inputs only.
-        let non_finite =
-            || nngeo::linalg::LinalgError::NonFiniteInput { op: "solve_sym" }.to_string();
-        if !damping.is_finite() || v.iter().any(|x| !x.is_finite()) {
-            return Err(non_finite());
-        }
-        if self.rows == 0 {
+        if self.rows == self.cols && v.len() == self.rows && self.rows == 0 {
             return Ok(Vec::new());
         }
-        let rhs = self.on_device(v)?;
-        let system = self.with(|t| {
-            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        host(&self.solve_system(v, 1, damping)?)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    /// In f64 on the device where `right` is libtorch's too.
+    fn sandwich(
+        &self,
+        x: &Mat,
+        right: &dyn DeviceMatrix,
+        t_left: bool,
+        t_right: bool,
+    ) -> Result<Mat, String> {
+        let Some(r) = right.as_any().downcast_ref::<HeldTensor>() else {
+            let (l, r) = (self.to_host()?, right.to_host()?);
+            return Ok(nngeo::linalg::sandwich_host(&l, x, &r, t_left, t_right));
+        };
+        let (lr, lc) = if t_left {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        };
+        let (rr, rc) = if t_right {
+            (r.cols, r.rows)
+        } else {
+            (r.rows, r.cols)
+        };
+        if x.rows != lc || x.cols != rr {
+            return Err(format!(
+                "sandwich: [{lr}, {lc}] · [{}, {}] · [{rr}, {rc}]",
+                x.rows, x.cols
+            ));
+        }
+        let xt = self
+            .on_device(&x.data)?
+            .f_reshape([x.rows as i64, x.cols as i64])
+            .map_err(msg)?;
+        let rt = r.tensor();
+        let y = self.with(|l| {
+            let op = |t: &Tensor, tr: bool| -> Result<Tensor, TchError> {
+                let t = t.f_to_kind(Kind::Double)?;
+                if tr {
+                    t.f_transpose(0, 1)
+                } else {
+                    Ok(t)
+                }
+            };
+            op(l, t_left)?
+                .f_matmul(&xt.f_to_kind(Kind::Double)?)?
+                .f_matmul(&op(&rt, t_right)?)
+        })?;
+        Ok(Mat::from_vec(lr, rc, host(&y)?))
+    }
+
+    /// `torch.linalg.eigh` in f64 on the device; the basis stays there.
+    fn eigh(&self) -> Result<(Vec<f64>, Stored), String> {
+        if self.rows != self.cols {
+            return Err(format!(
+                "eigh: matrix must be square, got {}×{}",
+                self.rows, self.cols
+            ));
+        }
+        if self.rows == 0 {
+            return Ok((Vec::new(), Stored::from(Mat::zeros(0, 0))));
+        }
+        // The host's input rule: finite, and symmetrised (A + Aᵀ)/2.
+        let pair = self.with(|t| {
+            let a = t.f_to_kind(Kind::Double)?;
+            if a.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
                 return Ok(None);
             }
-            // A copy even where the matrix is already f64: the damping
-            // goes on its diagonal in place.
-            let a = t.f_to_dtype(Kind::Double, false, true)?;
-            if damping != 0.0 {
-                let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
-            }
-            let b = rhs
-                .f_to_kind(Kind::Double)?
-                .f_reshape([self.rows as i64, 1])?;
-            Ok(Some((a, b)))
+            let s = a.f_add(&a.f_transpose(0, 1)?)?.f_mul_scalar(0.5)?;
+            s.f_linalg_eigh("L").map(Some)
         })?;
-        let Some((a, b)) = system else {
-            return Err(non_finite());
+        let Some((vals, vecs)) = pair else {
+            return Err(nngeo::linalg::LinalgError::NonFiniteInput { op: "eigh" }.to_string());
         };
-        let x = crate::ops::solve_sym_tensor(&a, &b).map_err(|err| err.0)?;
-        host(&x)
+        let basis = Held(Arc::new(self.sibling(vecs)?));
+        Ok((host(&vals)?, Stored::Device(basis)))
+    }
+
+    fn solve_many(&self, b: &Mat, damping: f64) -> Result<Mat, String> {
+        if b.rows == self.rows && self.rows == self.cols && (b.rows == 0 || b.cols == 0) {
+            return Ok(Mat::zeros(b.rows, b.cols));
+        }
+        let x = self.solve_system(&b.data, b.cols, damping)?;
+        Ok(Mat::from_vec(b.rows, b.cols, host(&x)?))
+    }
+
+    /// In f64 on the device, kept there.
+    fn damped_inverse(&self, damping: f64) -> Result<Stored, String> {
+        if self.rows == 0 {
+            return Ok(Stored::from(Mat::zeros(0, 0)));
+        }
+        let eye = Mat::identity(self.rows);
+        let inv = self.solve_system(&eye.data, self.rows, damping)?;
+        Ok(Stored::Device(Held(Arc::new(self.sibling(inv)?))))
     }
 
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String> {

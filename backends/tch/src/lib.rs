@@ -85,11 +85,12 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
             .with_devices(devices())
             // EKFAC's bases, dense spectra and a Fisher's solves run in
             // libtorch on CUDA (`TchOps::with_device_linalg`); a dense NTK,
-            // a dense Fisher and BlockDiag's dense blocks stay on the GPU
-            // with their reductions, products, spectrum and solves
-            // (`TchOps::with_device_storage`), and so do the optimiser's
-            // weights and state in training; the rest (Lanczos, low-rank
-            // algebra, the factored Fishers' storage) on the host.
+            // a dense Fisher, BlockDiag's dense blocks, KFAC's factors and
+            // EKFAC's bases stay on the GPU with their reductions,
+            // products, spectra and solves (`TchOps::with_device_storage`),
+            // and so do the optimiser's weights and state in training; the
+            // rest (Lanczos, low-rank algebra, the per-parameter diagonals
+            // of Diag, QuasiDiag and EKFAC) on the host.
             .with_linalg(vec![
                 "linalg:host".into(),
                 "linalg:eigh:cuda".into(),
@@ -97,6 +98,7 @@ pub fn backend() -> Box<dyn nngeo::backend::Backend> {
                 "storage:ntk:cuda".into(),
                 "storage:fim-dense:cuda".into(),
                 "storage:fim-blocks:cuda".into(),
+                "storage:fim-factors:cuda".into(),
                 "train:update:cuda".into(),
             ]),
     )

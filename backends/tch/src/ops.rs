@@ -572,6 +572,34 @@ impl Ops for TchOps {
         crate::held::hold(t.0, self)
     }
 
+    fn hold_f64(&self, t: TT, scale: f64) -> OpsResult<nngeo::linalg::Held> {
+        let t = t.0.f_to_kind(Kind::Double).map_err(e)?;
+        let t = if scale == 1.0 {
+            t
+        } else {
+            t.f_mul_scalar(scale).map_err(e)?
+        };
+        crate::held::hold(t, self)
+    }
+
+    fn hold_host(&self, m: &Mat) -> OpsResult<nngeo::linalg::Held> {
+        crate::held::hold(self.upload_f64(&m.data, m.rows, m.cols)?, self)
+    }
+
+    /// A shared view of the held tensor in the run's precision, on its
+    /// device (a copy only where the precision differs).
+    fn held_tensor(&self, m: &nngeo::linalg::Held) -> OpsResult<Option<TT>> {
+        let Some(h) = m.0.as_any().downcast_ref::<crate::held::HeldTensor>() else {
+            return Ok(None);
+        };
+        let t = h
+            .tensor()
+            .f_to_device(self.device)
+            .and_then(|t| t.f_to_kind(self.kind()))
+            .map_err(e)?;
+        Ok(Some(TT(t)))
+    }
+
     fn conv_input_grad(
         &self,
         g: &TT,

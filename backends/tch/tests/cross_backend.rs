@@ -540,11 +540,97 @@ fn fishers_held_on_the_device_equal_the_host_path() {
                         assert_eq!(m.dtype(), dtype, "{what}: the run's precision");
                     }
                     (BlockKind::Dense, ..) => panic!("{what}: dense blocks"),
+                    (BlockKind::Kfac, Block::Kfac { a: ha, g: hg }, Block::Kfac { a, g }) => {
+                        for (h, d) in [(ha, a), (hg, g)] {
+                            assert!(matches!(d, Stored::Device(_)), "{what}: factor held");
+                            assert_eq!(d.dtype(), Dtype::F64, "{what}: factors in f64");
+                            // Widened and scaled as the host does: bit for bit.
+                            assert_eq!(d.as_f64().unwrap(), h.as_f64().unwrap(), "{what}");
+                        }
+                    }
                     (_, a, b) => assert_eq!(a, b, "{what}: other blocks are the host's"),
                 }
             }
             assert_eq!(held.bytes(), on_host.bytes(), "{what}");
             same_operations(&what, &held, &on_host, dtype, &mut rng);
+        }
+    }
+}
+
+/// KFAC and EKFAC (with and without refit) built with device storage keep
+/// KFAC's factors and EKFAC's bases on the device in f64, in either run
+/// precision, and every operation on them ([`same_operations`]: products,
+/// spectra, solves through the factors held there, the dense form, derived
+/// Fishers through host copies) agrees with the host-held Fisher's; a
+/// natural-gradient inverse prepared from the held factors applies as the
+/// host's. Layers KFAC cannot take (norms) are Diag blocks.
+///
+/// Fails if the device's product drops a transpose, its solve the damping
+/// or its eigenbasis comes back transposed (each checked).
+#[test]
+fn factored_fishers_held_on_the_device_equal_the_host_path() {
+    use nngeo::geometry::inverse::Inverse;
+    use nngeo::geometry::repr::{Block, FimBody};
+    use nngeo::linalg::{Host, Keep, Stored};
+    let t = Target::Fim {
+        variant: FisherVariant::True,
+        task: Task::Classification,
+    };
+    for dtype in [Dtype::F64, Dtype::F32] {
+        for (model, n, batch) in [(MLP, 7, 7), (NORM_CNN, 5, 2), (CNN, 6, 4)] {
+            let mut rng = Rng::new(13);
+            let (o, net, x) = stored_on_device(model, n, dtype, &mut rng);
+            let labels: Vec<f64> = (0..n).map(|i| (i % 4) as f64).collect();
+            let p = Problem {
+                batch,
+                ..Problem::whole(&o, &net, &x, &labels, n)
+            };
+            let kron: Vec<bool> = p
+                .ordered_slots()
+                .iter()
+                .map(|&k| p.net.slots[k].kind.kron())
+                .collect();
+            for structure in [
+                BlockKind::Kfac,
+                BlockKind::Ekfac { refit: false },
+                BlockKind::Ekfac { refit: true },
+            ] {
+                let kinds: Vec<BlockKind> = kron
+                    .iter()
+                    .map(|&k| if k { structure } else { BlockKind::Diag })
+                    .collect();
+                let on_host = p.fim_blocks_in(&t, &kinds, Keep::Host(dtype)).unwrap();
+                let held = p.fim_blocks(&t, &kinds).unwrap();
+                let what = format!("{model} {dtype:?} batch {batch} {structure:?}");
+                let (FimBody::Blocks(hb), FimBody::Blocks(db)) = (&on_host.body, &held.body) else {
+                    panic!("{what}: block bodies");
+                };
+                for (a, b) in hb.iter().zip(db) {
+                    match (a, b) {
+                        (Block::Kfac { .. }, Block::Kfac { a, g })
+                        | (Block::Ekfac { .. }, Block::Ekfac { ua: a, ug: g, .. }) => {
+                            for m in [a, g] {
+                                assert!(matches!(m, Stored::Device(_)), "{what}: held");
+                                assert_eq!(m.dtype(), Dtype::F64, "{what}: in f64");
+                            }
+                        }
+                        (Block::Diag(_), Block::Diag(_)) => assert_eq!(a, b, "{what}"),
+                        _ => panic!("{what}: the same structure on both sides"),
+                    }
+                }
+                assert_eq!(held.bytes(), on_host.bytes(), "{what}");
+                same_operations(&what, &held, &on_host, dtype, &mut rng);
+                // The natural gradient's prepared inverse, from the held
+                // factors and bases, on the device.
+                let v: Vec<f64> = (0..held.dim()).map(|_| rng.normal()).collect();
+                let damping = 1e-2 * on_host.trace().unwrap() / held.dim() as f64;
+                let inv = Inverse::new(&o, &held, damping, &Host).unwrap();
+                let got = inv.apply(&o, &v, &Host).unwrap();
+                let want = on_host.solve(&v, damping).unwrap();
+                let tol = if dtype == Dtype::F64 { 1e-10 } else { 1e-4 };
+                let e = rel(&got, &want);
+                assert!(e <= tol, "{what}: prepared inverse {e:.2e}");
+            }
         }
     }
 }

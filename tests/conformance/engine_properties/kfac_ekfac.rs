@@ -57,6 +57,7 @@ fn kfac_is_exact_where_it_must_be() {
         let Block::Kfac { a, g } = &blocks(&kfac)[0] else {
             panic!("not KFAC")
         };
+        let (a, g) = (&*a.as_f64().unwrap(), &*g.as_f64().unwrap());
         let xs = fx.o.download(&fx.x).unwrap();
         let n_out = match task {
             Task::Classification => fx.c - 1,
@@ -196,6 +197,7 @@ fn kfac_of_conv_transpose_matches_its_definition() {
     let Block::Kfac { a, g } = &blocks(&kfac)[0] else {
         panic!("not KFAC")
     };
+    let (a, g) = (&*a.as_f64().unwrap(), &*g.as_f64().unwrap());
     let (cin, cout, kh, kw) = (2, 3, 3, 2);
     let (h, w, oh, ow) = (3, 2, 6, 4);
     let (stride, pad, dil) = ([2, 1], [1, 0], [1, 2]);
@@ -350,7 +352,7 @@ fn check_ekfac(model: impl Model, n: usize, seed: u64) {
         assert_close(
             &format!("{model} {}: refitted diagonal", l.name),
             &d.data,
-            &kfe_diag_by_hand(l, &fl, ua, ug),
+            &kfe_diag_by_hand(l, &fl, &ua.as_f64().unwrap(), &ug.as_f64().unwrap()),
             1e-10,
         );
         let (de, dk) = (frob_dist(&el, &fl), frob_dist(&kl, &fl));

@@ -85,11 +85,17 @@ fn solve_inverts_the_damped_matrix() {
                 let Block::Kfac { a, g } = b else {
                     panic!("not KFAC")
                 };
+                let (mut a, mut g) = (
+                    a.as_f64().unwrap().into_owned(),
+                    g.as_f64().unwrap().into_owned(),
+                );
                 let pi = ((a.trace() / a.rows as f64) / (g.trace() / g.rows as f64)).sqrt();
-                let (mut a, mut g) = (a.clone(), g.clone());
                 a.add_diag(pi * lambda.sqrt());
                 g.add_diag(lambda.sqrt() / pi);
-                Block::Kfac { a, g }
+                Block::Kfac {
+                    a: a.into(),
+                    g: g.into(),
+                }
             })
             .collect();
         let damped = Fim {
