@@ -391,4 +391,55 @@ mod tests {
         assert!(matches!(k.scale(2.0).unwrap(), Block::Kfac { .. }));
         println!("worst relative error: {worst:e}");
     }
+
+    /// Undamped, every structure's solve with a singular block is refused
+    /// (as the dense solve is) instead of dividing through; damped, it
+    /// solves `(B + λI) x = v` (KFAC: its π-damped factors').
+    #[test]
+    fn an_undamped_singular_block_is_refused() {
+        use crate::geometry::repr::kfac_pi;
+        use crate::linalg::Host;
+        let l = layer(3, 4);
+        let mut bs = blocks(&l, 3);
+        // A zero direction in each: a diagonal entry, a factor's rank, an
+        // EKFAC eigenvalue.
+        if let Block::Diag(d) = &mut bs[1] {
+            d[5] = 0.0;
+        }
+        let x = rng_mat(4, 2, 9);
+        bs[2] = Block::Kfac {
+            a: Stored::from(x.matmul(&x.transpose())),
+            g: Stored::from(spd(3, 4)),
+        };
+        if let Block::Ekfac { d, .. } = &mut bs[3] {
+            d.set(1, 2, 0.0);
+        }
+        let v: Vec<f64> = (0..l.numel).map(|i| (i as f64 * 0.7).sin()).collect();
+        for b in &bs[1..4] {
+            let e = b.solve(&l, &v, 0.0, &Host).unwrap_err().to_string();
+            assert!(e.contains("singular") && e.contains("damping > 0"), "{e}");
+            let x = b.solve(&l, &v, 0.2, &Host).unwrap();
+            let bx = match b {
+                Block::Kfac { a, g } => {
+                    let pi = kfac_pi(a, g).unwrap();
+                    let (mut a, mut g) =
+                        (a.clone().into_f64().unwrap(), g.clone().into_f64().unwrap());
+                    a.add_diag(pi * 0.2f64.sqrt());
+                    g.add_diag(0.2f64.sqrt() / pi);
+                    let damped = Block::Kfac {
+                        a: a.into(),
+                        g: g.into(),
+                    };
+                    damped.mv(&l, &x).unwrap()
+                }
+                _ => {
+                    let mut m = b.to_dense(&l).unwrap();
+                    m.add_diag(0.2);
+                    m.matvec(&x)
+                }
+            };
+            let r: f64 = bx.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum();
+            assert!(r < 1e-10, "{b:?}: residual {r:e}");
+        }
+    }
 }
