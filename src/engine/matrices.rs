@@ -110,28 +110,15 @@ fn dense_to_device<O: Ops>(o: &O, mut f: Fim) -> crate::geometry::ops::OpsResult
             o.hold(o.upload(&[m.rows, m.cols], &m.data)?)?,
         ))
     };
-    let up_f64 = |m: &mut Stored| -> crate::geometry::ops::OpsResult<()> {
-        let host = m.as_f64().map_err(|e| OpsError(e.to_string()))?;
-        *m = Stored::Device(o.hold_host(&host)?);
-        Ok(())
-    };
     match &mut f.body {
         FimBody::Dense(m) => *m = up(m)?,
         FimBody::Blocks(blocks) => {
             for b in blocks.iter_mut() {
-                match b {
-                    Block::Dense(m) => *m = up(m)?,
-                    Block::Kfac { a, g } => {
-                        up_f64(a)?;
-                        up_f64(g)?;
-                    }
-                    Block::Ekfac { ua, ug, .. } => {
-                        up_f64(ua)?;
-                        up_f64(ug)?;
-                    }
-                    Block::Diag(_) | Block::QuasiDiag { .. } => {}
+                if let Block::Dense(m) = b {
+                    *m = up(m)?;
                 }
             }
+            crate::geometry::build::factors_to_device(o, blocks)?;
         }
         FimBody::LowRank(_) => {}
     }

@@ -5,6 +5,7 @@
 use crate::geometry::build::{to_eigenbases, BlockKind, Problem, Target};
 use crate::geometry::ops::Ops;
 use crate::geometry::repr::{Block, Fim, FimBody};
+use crate::linalg::Stored;
 use crate::plan::{FisherVariant, Structure, Task};
 
 /// The natural gradient's curvature: running averages of the Fisher's
@@ -22,25 +23,19 @@ fn blend(run: &mut [f64], new: &[f64], decay: f64) {
         .for_each(|(r, x)| *r = decay * *r + (1.0 - decay) * x);
 }
 
+/// [`blend`] of stored matrices: where both are on the device, there.
+fn blend_stored(run: &mut Stored, new: &Stored, decay: f64) -> Result<(), String> {
+    run.combine_in_place(new, decay, 1.0 - decay)
+        .map_err(|e| e.to_string())
+}
+
 fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
     match (run, new) {
-        // On the host (a device-held block comes there once and stays).
-        (Block::Dense(r), Block::Dense(x)) => r
-            .host_mut()
-            .map_err(|e| e.to_string())?
-            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
-                decay * r + (1.0 - decay) * x
-            }),
+        (Block::Dense(r), Block::Dense(x)) => blend_stored(r, x, decay)?,
         (Block::Diag(r), Block::Diag(x)) => blend(r, x, decay),
-        // KFAC's factors too, on the host.
         (Block::Kfac { a, g }, Block::Kfac { a: xa, g: xg }) => {
-            for (r, x) in [(a, xa), (g, xg)] {
-                r.host_mut()
-                    .map_err(|e| e.to_string())?
-                    .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
-                        decay * r + (1.0 - decay) * x
-                    });
-            }
+            blend_stored(a, xa, decay)?;
+            blend_stored(g, xg, decay)?;
         }
         (Block::Ekfac { d, .. }, Block::Ekfac { d: xd, .. }) => blend(&mut d.data, &xd.data, decay),
         _ => return Err("running averages of different structures".into()),
@@ -50,12 +45,7 @@ fn blend_block(run: &mut Block, new: &Block, decay: f64) -> Result<(), String> {
 
 fn blend_fim(run: &mut Fim, new: &Fim, decay: f64) -> Result<(), String> {
     match (&mut run.body, &new.body) {
-        (FimBody::Dense(r), FimBody::Dense(x)) => r
-            .host_mut()
-            .map_err(|e| e.to_string())?
-            .zip_in_place(&*x.host().map_err(|e| e.to_string())?, |r, x| {
-                decay * r + (1.0 - decay) * x
-            }),
+        (FimBody::Dense(r), FimBody::Dense(x)) => blend_stored(r, x, decay)?,
         (FimBody::Blocks(r), FimBody::Blocks(x)) => {
             for (rb, xb) in r.iter_mut().zip(x) {
                 blend_block(rb, xb, decay)?;

@@ -394,7 +394,8 @@ mod tests {
 
     /// Undamped, every structure's solve with a singular block is refused
     /// (as the dense solve is) instead of dividing through; damped, it
-    /// solves `(B + λI) x = v` (KFAC: its π-damped factors').
+    /// solves `(B + λI) x = v` (KFAC: its π-damped factors'). Diag, KFAC,
+    /// EKFAC, and QuasiDiag singular through its bias pivot or a weight.
     #[test]
     fn an_undamped_singular_block_is_refused() {
         use crate::geometry::repr::kfac_pi;
@@ -414,8 +415,23 @@ mod tests {
         if let Block::Ekfac { d, .. } = &mut bs[3] {
             d.set(1, 2, 0.0);
         }
+        // QuasiDiag: output unit 1's bias pivot eliminated to zero; a
+        // weight with a zero diagonal (and no cross term).
+        let pos = |g, a| crate::geometry::stats::flat_pos(g, a, l.sg, l.sa, l.bias, l.order);
+        let mut zero_weight = bs[4].clone();
+        if let Block::QuasiDiag { diag, cross } = &mut bs[4] {
+            let schur: f64 = (0..l.sa - 1)
+                .map(|a| cross.get(1, a).powi(2) / diag[pos(1, a)])
+                .sum();
+            diag[pos(1, l.sa - 1)] = schur;
+        }
+        if let Block::QuasiDiag { diag, cross } = &mut zero_weight {
+            diag[pos(2, 1)] = 0.0;
+            cross.set(2, 1, 0.0);
+        }
+        bs.push(zero_weight);
         let v: Vec<f64> = (0..l.numel).map(|i| (i as f64 * 0.7).sin()).collect();
-        for b in &bs[1..4] {
+        for b in &bs[1..] {
             let e = b.solve(&l, &v, 0.0, &Host).unwrap_err().to_string();
             assert!(e.contains("singular") && e.contains("damping > 0"), "{e}");
             let x = b.solve(&l, &v, 0.2, &Host).unwrap();

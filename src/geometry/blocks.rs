@@ -1,7 +1,10 @@
 //! One layer's block of a Fisher ([`Block`]): its products, reductions,
 //! solves, dense form and spectrum, each in the block's own structure.
 
-use super::repr::{flat, natural, nonsingular, nonsingular_spectrum, Block, LayerInfo, R};
+use super::repr::{
+    flat, natural, nonsingular, nonsingular_spectrum, nonsingular_values, Block, LayerInfo,
+    ReprError, R,
+};
 use super::stats::flat_pos;
 use crate::linalg::{eigh, Linalg, LinalgError, Mat, Stored};
 
@@ -152,15 +155,17 @@ impl Block {
     /// device-held block).
     pub fn solve(&self, l: &LayerInfo, v: &[f64], damping: f64, la: &dyn Linalg) -> R<Vec<f64>> {
         // Undamped, a singular block is refused as a dense one is (its
-        // spectrum: the factors', the diagonal), not divided through.
+        // spectrum: the factors', EKFAC's diagonal to the precision of the
+        // factors' eigenvalues, Diag's exact zeros), not divided through.
         if damping == 0.0 {
             match self {
-                Block::Diag(d) => nonsingular_spectrum(d)?,
-                Block::Ekfac { d, .. } => nonsingular_spectrum(&d.data)?,
+                Block::Diag(d) => nonsingular_values(d, 0)?,
+                Block::Ekfac { d, .. } => nonsingular_values(&d.data, l.sg.max(l.sa))?,
                 Block::Kfac { a, g } => {
                     nonsingular_spectrum(&a.eigvalsh_in(la)?)?;
                     nonsingular_spectrum(&g.eigvalsh_in(la)?)?;
                 }
+                // QuasiDiag: its pivots, below; Dense: `dense_solve`.
                 Block::Dense(_) | Block::QuasiDiag { .. } => {}
             }
         }
@@ -180,6 +185,15 @@ impl Block {
             ),
             Block::QuasiDiag { diag, cross } => {
                 let mut x = vec![0.0; v.len()];
+                if damping == 0.0 {
+                    // The weights' pivots are their diagonal as summed (a
+                    // zero one is a zero row of a PSD matrix).
+                    let w = if l.bias { l.sa - 1 } else { l.sa };
+                    let pivots: Vec<f64> = (0..l.sg)
+                        .flat_map(|gi| (0..w).map(move |ai| diag[flat_index(l, gi, ai)]))
+                        .collect();
+                    nonsingular_values(&pivots, 0)?;
+                }
                 if !l.bias {
                     return Ok(diag.iter().zip(v).map(|(a, b)| b / (a + damping)).collect());
                 }
@@ -194,6 +208,14 @@ impl Block {
                         let dw = diag[w] + damping;
                         schur -= c * c / dw;
                         rhs -= c * v[w] / dw;
+                    }
+                    // The bias's pivot, to the precision of its elimination.
+                    let scale = (diag[b] + damping).abs();
+                    if damping == 0.0 && schur.abs() <= scale * l.sa as f64 * f64::EPSILON {
+                        return Err(ReprError::Unsupported(format!(
+                            "solve with damping = 0: the matrix is singular (its pivot for output unit {gi} of layer `{}` is {schur:e}, its diagonal {scale:e}); use damping > 0",
+                            l.name
+                        )));
                     }
                     x[b] = rhs / schur;
                     for ai in 0..l.sa - 1 {

@@ -6,7 +6,7 @@
 //! beside it: the Fisher structures in [`super::fisher`], the NTK in
 //! [`super::ntk`], the Hessian in [`super::hessian`].
 
-pub use super::fisher::{kfac_eigenbasis, to_eigenbases, BlockKind, Eigh};
+pub use super::fisher::{factors_to_device, kfac_eigenbasis, to_eigenbases, BlockKind, Eigh};
 use super::net::{BatchStats, Capture, Net, Phase};
 use super::ops::{Ops, OpsError, OpsResult};
 use super::repr::LayerInfo;

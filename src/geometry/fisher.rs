@@ -115,6 +115,29 @@ pub fn to_eigenbases<O: Ops>(o: &O, blocks: &mut [Block], which: &[usize]) -> Op
     Ok(())
 }
 
+/// Moves KFAC's factors and EKFAC's bases of `blocks` to `o`'s device
+/// (in f64, as a run that holds results there builds them): a Fisher
+/// loaded from a file or reduced from parts then computes where the run's
+/// own do.
+pub fn factors_to_device<O: Ops>(o: &O, blocks: &mut [Block]) -> OpsResult<()> {
+    let up = |m: &mut Stored| -> OpsResult<()> {
+        if let Stored::Host(h) = m {
+            *m = Stored::Device(o.hold_host(&h.as_f64())?);
+        }
+        Ok(())
+    };
+    for b in blocks {
+        match b {
+            Block::Kfac { a: x, g: y } | Block::Ekfac { ua: x, ug: y, .. } => {
+                up(x)?;
+                up(y)?;
+            }
+            Block::Dense(_) | Block::Diag(_) | Block::QuasiDiag { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 /// Most bytes of captures EKFAC's refit keeps from the KFAC pass to
 /// avoid a second pass over a single batch; beyond it, it runs the second
 /// pass (memory, not time, is then the limit).

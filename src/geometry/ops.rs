@@ -273,10 +273,13 @@ pub trait Ops: Clone {
     }
 
     /// Whether a dense result the engine would otherwise copy to the host
-    /// (the NTK built whole) stays on the device, assembled there with
-    /// [`Ops::write_device_block`] and handed over with [`Ops::hold`]; its
-    /// reductions, products and spectrum then run where it lives. A
-    /// backend that says so implements both.
+    /// (the NTK built whole, a dense Fisher or block) stays on the device,
+    /// assembled there with [`Ops::write_device_block`] and handed over
+    /// with [`Ops::hold`], and KFAC's factors and EKFAC's bases with
+    /// [`Ops::hold_f64`] (a loaded Fisher's with [`Ops::hold_host`]); their
+    /// reductions, products and spectra then run where they live
+    /// ([`crate::linalg::DeviceMatrix`]). A backend that says so implements
+    /// those four, and [`Ops::held_tensor`] to compute with them.
     fn holds_on_device(&self) -> bool {
         false
     }

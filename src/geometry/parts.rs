@@ -24,7 +24,7 @@
 //! Monte-Carlo Fishers draw their samples from one stream over the
 //! examples, which a part cannot reproduce: they are refused.
 
-use super::build::{to_eigenbases, BlockKind, Problem, Target};
+use super::build::{factors_to_device, to_eigenbases, BlockKind, Problem, Target};
 use super::ops::{Ops, OpsError};
 use super::repr::{Block, Fim, FimBody};
 use crate::linalg::{HostMatrix, Mat, Stored};
@@ -439,6 +439,11 @@ pub fn reduce_fim<O: Ops>(
             .filter(|(_, kind)| matches!(kind, BlockKind::Ekfac { .. }))
             .map(|(k, _)| k)
             .collect();
+        // The factors (summed on the host in f64) go where a whole build
+        // keeps them, and are decomposed there.
+        if p.o.holds_on_device() {
+            factors_to_device(p.o, blocks)?;
+        }
         to_eigenbases(p.o, blocks, &which)?;
     }
     Ok(Fim {

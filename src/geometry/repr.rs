@@ -10,7 +10,9 @@
 //! results on its device (`Ops::holds_on_device`: libtorch on CUDA) both
 //! kinds stay there, so that products, solves and spectra run where they
 //! were built; the host gets a copy when a result needs every value (a
-//! saved Fisher, a derived one, a dense form). The per-parameter ones
+//! saved Fisher, a dense form, a diagonal, eigenvectors) and for the
+//! algebra that derives a new dense matrix or new KFAC factors (EKFAC's
+//! scaling, damping and powers keep their bases where they are). The per-parameter ones
 //! (Diag, QuasiDiag, EKFAC's diagonal) live on the host: every operation
 //! on them is elementwise with a vector that is on the host anyway. Every
 //! vector is in NNGeometry's flat order restricted to the representation's
@@ -96,9 +98,17 @@ pub(crate) fn nonsingular(m: &Mat, la: &dyn Linalg) -> R<()> {
 
 /// [`nonsingular`] from the matrix's eigenvalues.
 pub(crate) fn nonsingular_spectrum(ev: &[f64]) -> R<()> {
+    nonsingular_values(ev, ev.len())
+}
+
+/// [`nonsingular_spectrum`] with the values taken as zero below
+/// `precision · ε` of the largest: the size of the matrix whose computed
+/// eigenvalues they are (their working precision), or 0 for values that
+/// are exact (a diagonal as summed: only an exact zero is singular).
+pub(crate) fn nonsingular_values(ev: &[f64], precision: usize) -> R<()> {
     let rows = ev.len();
     let top = ev.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-    let tol = top * rows as f64 * f64::EPSILON;
+    let tol = top * precision as f64 * f64::EPSILON;
     let zero = ev.iter().filter(|x| x.abs() <= tol).count();
     match ev.iter().copied().min_by(|a, b| a.abs().total_cmp(&b.abs())) {
         Some(min) if zero > 0 => Err(ReprError::Unsupported(format!(

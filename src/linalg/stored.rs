@@ -109,6 +109,19 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
         m.add_diag(damping);
         super::solve_sym(&m, b).map_err(|e| e.to_string())
     }
+    /// `ca·M + cb·R` for `R` another matrix of the same backend, computed
+    /// in f64 and kept where `M` lives in `M`'s precision: a running
+    /// average of statistics held on the device. The default combines host
+    /// copies.
+    fn combine(&self, right: &dyn DeviceMatrix, ca: f64, cb: f64) -> Result<Stored, String> {
+        let m = HostMatrix::combine(
+            &HostMatrix::from_mat(self.to_host()?, self.dtype()),
+            &HostMatrix::from_mat(right.to_host()?, right.dtype()),
+            ca,
+            cb,
+        );
+        Ok(Stored::Host(m.to_dtype(self.dtype())))
+    }
     /// `(M + λI)⁻¹`, kept where the matrix lives, in f64. The default
     /// inverts a host copy.
     fn damped_inverse(&self, damping: f64) -> Result<Stored, String> {
@@ -626,6 +639,24 @@ impl Stored {
                 t_right,
             )),
         }
+    }
+
+    /// `self ← ca·self + cb·other` in `self`'s precision (accumulated in
+    /// f64): on the device where both are held there, else on the host (a
+    /// device-held operand downloaded, `self` then kept on the host).
+    pub fn combine_in_place(
+        &mut self,
+        other: &Stored,
+        ca: f64,
+        cb: f64,
+    ) -> Result<(), LinalgError> {
+        if let (Stored::Device(a), Stored::Device(b)) = (&*self, other) {
+            *self = a.0.combine(&*b.0, ca, cb).map_err(device)?;
+            return Ok(());
+        }
+        let x = other.host()?;
+        self.host_mut()?.zip_in_place(&x, |a, b| ca * a + cb * b);
+        Ok(())
     }
 
     /// Eigenvalues (ascending) and eigenvectors (columns, in f64, kept

@@ -89,23 +89,28 @@ impl HeldTensor {
         })
     }
 
-    /// An f64 result computed from this matrix, held beside it, row-major
-    /// as every other held matrix (LAPACK's results are column-major): the
-    /// products of a basis then do not depend on whether it was decomposed
-    /// here or loaded from a file.
-    fn sibling(&self, t: Tensor) -> Result<HeldTensor, String> {
+    /// A result computed from this matrix (f64 or f32), held beside it,
+    /// row-major as every other held matrix (LAPACK's results are
+    /// column-major): the products of a basis then do not depend on
+    /// whether it was decomposed here or loaded from a file.
+    fn sibling(&self, t: Tensor) -> Result<Stored, String> {
         let t = t.f_contiguous().map_err(msg)?;
         let size = t.size();
         let [rows, cols] = size[..] else {
             return Err(format!("tch: a held matrix is 2-d, got shape {size:?}"));
         };
-        Ok(HeldTensor {
+        let dtype = if t.kind() == Kind::Float {
+            Dtype::F32
+        } else {
+            Dtype::F64
+        };
+        Ok(Stored::Device(Held(Arc::new(HeldTensor {
             t: Mutex::new(t),
             rows: rows as usize,
             cols: cols as usize,
-            dtype: Dtype::F64,
+            dtype,
             device: self.device.clone(),
-        })
+        }))))
     }
 
     /// The tensor, shared (not copied).
@@ -364,8 +369,7 @@ impl DeviceMatrix for HeldTensor {
         let Some((vals, vecs)) = pair else {
             return Err(nngeo::linalg::LinalgError::NonFiniteInput { op: "eigh" }.to_string());
         };
-        let basis = Held(Arc::new(self.sibling(vecs)?));
-        Ok((host(&vals)?, Stored::Device(basis)))
+        Ok((host(&vals)?, self.sibling(vecs)?))
     }
 
     fn solve_many(&self, b: &Mat, damping: f64) -> Result<Mat, String> {
@@ -376,14 +380,86 @@ impl DeviceMatrix for HeldTensor {
         Ok(Mat::from_vec(b.rows, b.cols, host(&x)?))
     }
 
-    /// In f64 on the device, kept there.
+    /// In f64 on the device, kept there: Cholesky's inverse, LU's solve
+    /// with the identity (made there) where Cholesky breaks down.
     fn damped_inverse(&self, damping: f64) -> Result<Stored, String> {
+        if self.rows != self.cols {
+            return Err(format!(
+                "inverse: a {}×{} matrix is not square",
+                self.rows, self.cols
+            ));
+        }
         if self.rows == 0 {
             return Ok(Stored::from(Mat::zeros(0, 0)));
         }
-        let eye = Mat::identity(self.rows);
-        let inv = self.solve_system(&eye.data, self.rows, damping)?;
-        Ok(Stored::Device(Held(Arc::new(self.sibling(inv)?))))
+        let non_finite =
+            || nngeo::linalg::LinalgError::NonFiniteInput { op: "solve_sym" }.to_string();
+        if !damping.is_finite() {
+            return Err(non_finite());
+        }
+        let inv = self.with(|t| {
+            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+                return Ok(None);
+            }
+            let a = t.f_to_dtype(Kind::Double, false, true)?;
+            if damping != 0.0 {
+                let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
+            }
+            let (l, info) = a.f_linalg_cholesky_ex(false, false)?;
+            if info.f_int64_value(&[])? == 0 {
+                let x = l.f_cholesky_inverse(false)?;
+                if x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0 {
+                    return Ok(Some(x));
+                }
+            }
+            drop(l);
+            let eye = Tensor::f_eye(self.rows as i64, (Kind::Double, t.device()))?;
+            Tensor::f_linalg_solve(&a, &eye, true).map(Some)
+        })?;
+        let Some(x) = inv else {
+            return Err(non_finite());
+        };
+        let finite = x
+            .f_isfinite()
+            .and_then(|f| f.f_all())
+            .and_then(|f| f.f_int64_value(&[]))
+            .map_err(msg)?;
+        if finite == 0 {
+            return Err(
+                "solve_sym: matrix is singular to working precision (solution is not finite)"
+                    .into(),
+            );
+        }
+        self.sibling(x)
+    }
+
+    /// `ca·M + cb·R` in f64 on the device where `R` is libtorch's too,
+    /// in `M`'s precision.
+    fn combine(&self, right: &dyn DeviceMatrix, ca: f64, cb: f64) -> Result<Stored, String> {
+        let Some(r) = right.as_any().downcast_ref::<HeldTensor>() else {
+            let m = nngeo::linalg::HostMatrix::combine(
+                &nngeo::linalg::HostMatrix::from_mat(self.to_host()?, self.dtype),
+                &nngeo::linalg::HostMatrix::from_mat(right.to_host()?, right.dtype()),
+                ca,
+                cb,
+            );
+            return Ok(Stored::Host(m.to_dtype(self.dtype)));
+        };
+        if (r.rows, r.cols) != (self.rows, self.cols) {
+            return Err(format!(
+                "combine: a {}×{} and a {}×{} matrix",
+                self.rows, self.cols, r.rows, r.cols
+            ));
+        }
+        let rt = r.tensor();
+        let y = self.with(|l| {
+            let kind = l.kind();
+            l.f_to_kind(Kind::Double)?
+                .f_mul_scalar(ca)?
+                .f_add(&rt.f_to_kind(Kind::Double)?.f_mul_scalar(cb)?)?
+                .f_to_kind(kind)
+        })?;
+        self.sibling(y)
     }
 
     fn diagonal_block_sum(&self, c: usize, n: usize) -> Result<Mat, String> {

@@ -482,8 +482,9 @@ fn same_operations(
 /// - Dense: one device matrix, each panel product scaled and added in
 ///   place with its mirror (2,693 parameters: two panels of at most 2,048);
 /// - BlockDiag: each dense block in its own device matrix (a
-///   2,080-parameter block in several column panels), mixed with Diag and
-///   KFAC blocks that stay on the host.
+///   2,080-parameter block in several column panels), mixed with Diag
+///   blocks (on the host) and KFAC blocks (their factors held in f64, the
+///   host's values bit for bit).
 ///
 /// Fails if a mirror is missed, a panel lands in the wrong place, or the
 /// device solve drops the damping (checked).
@@ -563,13 +564,16 @@ fn fishers_held_on_the_device_equal_the_host_path() {
 /// spectra, solves through the factors held there, the dense form, derived
 /// Fishers through host copies) agrees with the host-held Fisher's; a
 /// natural-gradient inverse prepared from the held factors applies as the
-/// host's. Layers KFAC cannot take (norms) are Diag blocks.
+/// host's, to a host vector or to per-layer tensors on the device; the
+/// same Fisher summed from three parts holds its factors on the device too
+/// and agrees. Layers KFAC cannot take (norms) are Diag blocks.
 ///
 /// Fails if the device's product drops a transpose, its solve the damping
 /// or its eigenbasis comes back transposed (each checked).
 #[test]
 fn factored_fishers_held_on_the_device_equal_the_host_path() {
-    use nngeo::geometry::inverse::Inverse;
+    use nngeo::geometry::inverse::{download_flat, upload_natural, Inverse};
+    use nngeo::geometry::parts::{fim_sharded, FimShape};
     use nngeo::geometry::repr::{Block, FimBody};
     use nngeo::linalg::{Host, Keep, Stored};
     let t = Target::Fim {
@@ -630,6 +634,30 @@ fn factored_fishers_held_on_the_device_equal_the_host_path() {
                 let tol = if dtype == Dtype::F64 { 1e-10 } else { 1e-4 };
                 let e = rel(&got, &want);
                 assert!(e <= tol, "{what}: prepared inverse {e:.2e}");
+                // Applied to a gradient kept on the device (a training
+                // step's), layer by layer in the natural layout.
+                let nat = upload_natural(&o, &v, &held.layers).unwrap();
+                let y = inv.apply_natural(&o, &nat, &Host).unwrap();
+                let e = rel(&download_flat(&o, &y, &held.layers).unwrap(), &want);
+                assert!(e <= tol, "{what}: prepared inverse on the device {e:.2e}");
+                // Summed from three parts on the host, the factors go to
+                // the device as a whole build's do (EKFAC's refit then in
+                // the bases decomposed there).
+                let shape = FimShape::Blocks(kinds.clone());
+                let sharded = fim_sharded(&p, &t, &shape, 3).unwrap();
+                let FimBody::Blocks(sb) = &sharded.body else {
+                    panic!("{what}: sharded blocks");
+                };
+                for b in sb {
+                    if let Block::Kfac { a, g } | Block::Ekfac { ua: a, ug: g, .. } = b {
+                        assert!(a.device().is_some() && g.device().is_some(), "{what}");
+                    }
+                }
+                let e = rel(
+                    &sharded.to_dense().unwrap().data,
+                    &on_host.to_dense().unwrap().data,
+                );
+                assert!(e <= tol, "{what}: sharded {e:.2e}");
             }
         }
     }
