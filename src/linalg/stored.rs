@@ -55,6 +55,10 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
     fn trace(&self) -> Result<f64, String>;
     fn diag(&self) -> Result<Vec<f64>, String>;
     fn frobenius(&self) -> Result<f64, String>;
+    /// `‖M‖²_F` as summed (no square root and square between).
+    fn frobenius2(&self) -> Result<f64, String> {
+        self.frobenius().map(|f| f * f)
+    }
     /// `M v`.
     fn matvec(&self, v: &[f64]) -> Result<Vec<f64>, String>;
     /// Every eigenvalue of the (symmetric) matrix, ascending.
@@ -597,7 +601,7 @@ impl Stored {
     pub fn frobenius2(&self) -> Result<f64, LinalgError> {
         match self {
             Stored::Host(m) => Ok(m.frobenius2()),
-            Stored::Device(d) => Ok(d.0.frobenius().map_err(device)?.powi(2)),
+            Stored::Device(d) => d.0.frobenius2().map_err(device),
         }
     }
 
