@@ -397,7 +397,9 @@ pub fn effective_rank(evals: &[f64]) -> f64 {
 mod lanczos;
 mod stored;
 pub use lanczos::{fix_sign, spectral_norm_op, top_eigpairs_op, top_eigs_op, with_fallible_op};
-pub use stored::{sandwich_host, wider, DeviceMatrix, Held, HostElem, HostMatrix, Keep, Stored};
+pub use stored::{
+    combine_host, sandwich_host, wider, DeviceMatrix, Held, HostElem, HostMatrix, Keep, Stored,
+};
 
 #[cfg(test)]
 mod tests {

@@ -118,13 +118,7 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
     /// average of statistics held on the device. The default combines host
     /// copies.
     fn combine(&self, right: &dyn DeviceMatrix, ca: f64, cb: f64) -> Result<Stored, String> {
-        let m = HostMatrix::combine(
-            &HostMatrix::from_mat(self.to_host()?, self.dtype()),
-            &HostMatrix::from_mat(right.to_host()?, right.dtype()),
-            ca,
-            cb,
-        );
-        Ok(Stored::Host(m.to_dtype(self.dtype())))
+        combine_host(self, right, ca, cb)
     }
     /// `(M + λI)⁻¹`, kept where the matrix lives, in f64. The default
     /// inverts a host copy.
@@ -145,6 +139,23 @@ pub trait DeviceMatrix: Send + Sync + fmt::Debug {
         n: usize,
         centered: bool,
     ) -> Result<(f64, f64), String>;
+}
+
+/// [`DeviceMatrix::combine`] of host copies: `ca·l + cb·r` in `l`'s
+/// precision, on the host.
+pub fn combine_host(
+    l: &(impl DeviceMatrix + ?Sized),
+    r: &dyn DeviceMatrix,
+    ca: f64,
+    cb: f64,
+) -> Result<Stored, String> {
+    let m = HostMatrix::combine(
+        &HostMatrix::from_mat(l.to_host()?, l.dtype()),
+        &HostMatrix::from_mat(r.to_host()?, r.dtype()),
+        ca,
+        cb,
+    );
+    Ok(Stored::Host(m.to_dtype(l.dtype())))
 }
 
 /// `op(l) x op(r)` on the host, `op` a transpose where asked.

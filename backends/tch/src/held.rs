@@ -136,25 +136,30 @@ impl HeldTensor {
             return Err(non_finite());
         }
         let rhs = self.on_device(b)?;
-        let system = self.with(|t| {
-            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+        let Some(a) = self.damped_f64(damping)? else {
+            return Err(non_finite());
+        };
+        let b = rhs
+            .f_to_kind(Kind::Double)
+            .and_then(|b| b.f_reshape([self.rows as i64, k as i64]))
+            .map_err(msg)?;
+        crate::ops::solve_sym_tensor(&a, &b).map_err(|err| err.0)
+    }
+
+    /// `M + λI` in an f64 copy on the device (a copy even where `M` is
+    /// already f64: the damping goes on its diagonal in place); `None`
+    /// where `M` has a value that is not finite.
+    fn damped_f64(&self, damping: f64) -> Result<Option<Tensor>, String> {
+        self.with(|t| {
+            if !all_finite(t)? {
                 return Ok(None);
             }
-            // A copy even where the matrix is already f64: the damping
-            // goes on its diagonal in place.
             let a = t.f_to_dtype(Kind::Double, false, true)?;
             if damping != 0.0 {
                 let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
             }
-            let b = rhs
-                .f_to_kind(Kind::Double)?
-                .f_reshape([self.rows as i64, k as i64])?;
-            Ok(Some((a, b)))
-        })?;
-        let Some((a, b)) = system else {
-            return Err(non_finite());
-        };
-        crate::ops::solve_sym_tensor(&a, &b).map_err(|err| err.0)
+            Ok(Some(a))
+        })
     }
 
     fn with<R>(&self, f: impl FnOnce(&Tensor) -> Result<R, TchError>) -> Result<R, String> {
@@ -194,6 +199,11 @@ impl HeldTensor {
 
 fn scalar(t: &Tensor) -> Result<f64, TchError> {
     t.f_double_value(&[])
+}
+
+/// Whether every value of `t` is finite (one value read back).
+fn all_finite(t: &Tensor) -> Result<bool, TchError> {
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
 }
 
 impl DeviceMatrix for HeldTensor {
@@ -274,8 +284,7 @@ impl DeviceMatrix for HeldTensor {
         // The host's input rule: finite, and symmetrised (A + Aᵀ)/2.
         let vals = self.with(|t| {
             let a = t.f_to_kind(Kind::Double)?;
-            let finite = a.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
-            if !finite {
+            if !all_finite(&a)? {
                 return Ok(None);
             }
             let s = a.f_add(&a.f_transpose(0, 1)?)?.f_mul_scalar(0.5)?;
@@ -364,7 +373,7 @@ impl DeviceMatrix for HeldTensor {
         // The host's input rule: finite, and symmetrised (A + Aᵀ)/2.
         let pair = self.with(|t| {
             let a = t.f_to_kind(Kind::Double)?;
-            if a.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            if !all_finite(&a)? {
                 return Ok(None);
             }
             let s = a.f_add(&a.f_transpose(0, 1)?)?.f_mul_scalar(0.5)?;
@@ -401,34 +410,25 @@ impl DeviceMatrix for HeldTensor {
         if !damping.is_finite() {
             return Err(non_finite());
         }
-        let inv = self.with(|t| {
-            if t.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
-                return Ok(None);
-            }
-            let a = t.f_to_dtype(Kind::Double, false, true)?;
-            if damping != 0.0 {
-                let _ = a.f_diagonal(0, 0, 1)?.f_add_scalar_(damping)?;
-            }
+        let Some(a) = self.damped_f64(damping)? else {
+            return Err(non_finite());
+        };
+        let inverse = || -> Result<(Tensor, bool), TchError> {
             let (l, info) = a.f_linalg_cholesky_ex(false, false)?;
             if info.f_int64_value(&[])? == 0 {
                 let x = l.f_cholesky_inverse(false)?;
-                if x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0 {
-                    return Ok(Some(x));
+                if all_finite(&x)? {
+                    return Ok((x, true));
                 }
             }
             drop(l);
-            let eye = Tensor::f_eye(self.rows as i64, (Kind::Double, t.device()))?;
-            Tensor::f_linalg_solve(&a, &eye, true).map(Some)
-        })?;
-        let Some(x) = inv else {
-            return Err(non_finite());
+            let eye = Tensor::f_eye(self.rows as i64, (Kind::Double, a.device()))?;
+            let x = Tensor::f_linalg_solve(&a, &eye, true)?;
+            let finite = all_finite(&x)?;
+            Ok((x, finite))
         };
-        let finite = x
-            .f_isfinite()
-            .and_then(|f| f.f_all())
-            .and_then(|f| f.f_int64_value(&[]))
-            .map_err(msg)?;
-        if finite == 0 {
+        let (x, finite) = inverse().map_err(msg)?;
+        if !finite {
             return Err(
                 "solve_sym: matrix is singular to working precision (solution is not finite)"
                     .into(),
@@ -441,13 +441,7 @@ impl DeviceMatrix for HeldTensor {
     /// in `M`'s precision.
     fn combine(&self, right: &dyn DeviceMatrix, ca: f64, cb: f64) -> Result<Stored, String> {
         let Some(r) = right.as_any().downcast_ref::<HeldTensor>() else {
-            let m = nngeo::linalg::HostMatrix::combine(
-                &nngeo::linalg::HostMatrix::from_mat(self.to_host()?, self.dtype),
-                &nngeo::linalg::HostMatrix::from_mat(right.to_host()?, right.dtype()),
-                ca,
-                cb,
-            );
-            return Ok(Stored::Host(m.to_dtype(self.dtype)));
+            return nngeo::linalg::combine_host(self, right, ca, cb);
         };
         if (r.rows, r.cols) != (self.rows, self.cols) {
             return Err(format!(
