@@ -242,20 +242,33 @@ fn scalar(case: &Case, key: &str) -> Option<f64> {
     get(case, key).map(|v| v[0])
 }
 
+/// The folders whose `<case>.json` + `<case>.safetensors` pairs are run:
+/// the shipped fixtures, and every folder of `NNGEO_ORACLE_CASES`
+/// (separated as `PATH` is), so that further NNGeometry cases run through
+/// these tests without being copied into the tree.
+fn case_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![fixtures_dir()];
+    if let Some(extra) = std::env::var_os("NNGEO_ORACLE_CASES") {
+        dirs.extend(std::env::split_paths(&extra).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs
+}
+
 fn cases() -> Vec<Case> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json") && p.with_extension("safetensors").exists()
-        })
-        .collect();
-    paths.sort();
-    assert!(
-        !paths.is_empty(),
-        "no oracle cases in {}",
-        fixtures_dir().display()
-    );
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for dir in case_dirs() {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("oracle cases in {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && p.with_extension("safetensors").exists()
+            })
+            .collect();
+        assert!(!here.is_empty(), "no oracle cases in {}", dir.display());
+        here.sort();
+        paths.extend(here);
+    }
     let mut cases = Vec::new();
     for p in &paths {
         cases.push(load_case(p, None));
@@ -753,8 +766,10 @@ fn ntk_and_alignment_match_nngeometry() {
 fn float32_onnx_export_agrees_to_its_precision() {
     const F32_TOL: f64 = 1e-6;
     let mut seen = 0;
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let p = entry.unwrap().path();
+    let entries = case_dirs()
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()));
+    for p in entries {
         let onnx = p.with_extension("onnx");
         if p.extension().is_none_or(|e| e != "json")
             || !p.with_extension("safetensors").exists()
