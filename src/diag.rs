@@ -174,8 +174,21 @@ impl Diagnostic {
 /// Reads an `.ngx` source file. Invalid UTF-8 is reported with the file,
 /// line, column and byte offset of the first bad byte.
 pub fn read_source(path: &std::path::Path) -> Result<String, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    use std::io::Read;
+    /// Far above any experiment; a device such as `/dev/zero` would
+    /// otherwise be read until memory runs out.
+    const MAX_SOURCE: u64 = 16 << 20;
+    let cannot = |e: std::io::Error| format!("cannot read `{}`: {e}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SOURCE + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_SOURCE {
+        return Err(format!(
+            "`{}` is larger than 16 MiB: not an .ngx source",
+            path.display()
+        ));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let off = e.utf8_error().valid_up_to();
         let bytes = e.into_bytes();

@@ -359,7 +359,21 @@ fn quiet_on_closed_stdout() {
     }
 }
 
+/// A file-size limit (`ulimit -f`) kills a process on its first write past
+/// it (SIGXFSZ) and would cut a results line in half. Ignored, the write
+/// fails with EFBIG instead, and the run stops naming the file with every
+/// finished line whole.
+fn write_errors_not_signals() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any thread exists; ignoring a
+    // signal installs no handler.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
+    write_errors_not_signals();
     passive_openmp();
     nngeo::memory::keep_freed_mimalloc_pages();
     let cli = match Cli::try_parse() {

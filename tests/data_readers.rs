@@ -159,6 +159,11 @@ fn idx_count_mismatch_and_truncation_are_errors() {
         assert!(matches!(err, DataError::Format { .. }), "{err:?}");
         assert!(err.to_string().contains("needs 6"), "{err}");
     }
+    // Dimensions whose product passes 2⁶⁴ are a format error, not an
+    // overflow.
+    write(&ip, &idx_bytes(0x803, &[3, u32::MAX, u32::MAX], &[1, 2, 3]));
+    let err = idx_info(&ip, &lp, None).unwrap_err();
+    assert!(err.to_string().contains("more than 2⁶⁴"), "{err}");
     let missing = dir.path().join("nope");
     let err = idx_info(&missing, &lp, None).unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err:?}");
@@ -345,7 +350,11 @@ fn csv_classification_classes() {
     );
     assert_eq!(load_csv(&s).unwrap().y, vec![0.0, 4.0, 4.0, 1.0]);
 
-    for bad in ["f,cls\n1,0\n2,1.5\n", "f,cls\n1,-1\n"] {
+    for bad in [
+        "f,cls\n1,0\n2,1.5\n",
+        "f,cls\n1,-1\n",
+        "f,cls\n1,0\n2,99999999999999999999\n",
+    ] {
         write(&path, bad.as_bytes());
         let err = csv_info(&s).unwrap_err();
         assert!(matches!(err, DataError::Format { .. }), "{err:?}");

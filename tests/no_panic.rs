@@ -196,3 +196,70 @@ fn pathological_inputs_are_errors_not_crashes() {
         assert!(nngeo::compile_source(&src, &opts).is_err());
     }
 }
+
+/// Sizes past what any machine runs are located errors, not overflows
+/// (debug builds panic on them), allocations of the whole schedule or an
+/// unrolled sweep that never ends. Each says what the limit is.
+#[test]
+fn oversized_models_schedules_and_sweeps_are_refused() {
+    let opts = options();
+    let head = "experiment x {\n  seed = 0\n}\ndata train = digits(split = train) |> take(20)\n";
+    let measure = "measure trace(Fim(Diag) of net on train)\n";
+    let ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]";
+    let nested = format!(
+        "{}{{\n  measure trace(Fim(Diag) of net on train) as \"t\"\n}}",
+        (0..6)
+            .map(|k| format!("for v{k} in {ten} "))
+            .collect::<Vec<_>>()
+            .join("{ ")
+    ) + &"}".repeat(5);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "model net = mlp(in = 64, hidden = [4000000000], out = 10)\n".into(),
+            "must be ≤ 2147483648",
+        ),
+        (
+            "model net = mlp(in = 64, hidden = [2000000000, 2000000000], out = 10)\n".into(),
+            "beyond nngeo's limit",
+        ),
+        (
+            "model net = sequential(flatten, linear(64, 10), input = [1, 2147483648, 2147483648])\n"
+                .into(),
+            "beyond nngeo's limit",
+        ),
+        (
+            "block res(c) {\n  conv = conv2d(c, c, kernel = 3, padding = 1)\n  out(x) = conv(x) + x\n}\n\
+             model net = sequential(res(4294967296), flatten, linear(256, 10), input = [4, 8, 8])\n"
+                .into(),
+            "must be ≤ 2147483648",
+        ),
+        (
+            "model net = sequential(conv2d(1, 2000000000, kernel = 1), conv2d(2000000000, 2, kernel = 1), flatten, linear(128, 10), input = [1, 8, 8])\n"
+                .into(),
+            "beyond nngeo's limit",
+        ),
+        (
+            format!("model net = mlp(in = 64, hidden = [4], out = 10)\n{nested}\n"),
+            "more than 100000 plan steps",
+        ),
+        (
+            format!("model net = mlp(in = 64, hidden = [4], out = 10)\nreplicate s in 0..65536 {{\n  {measure}}}\n"),
+            "too long: a sweep takes at most 10000 values",
+        ),
+    ];
+    for (body, want) in &cases {
+        let src = format!("{head}{body}{measure}");
+        check(&src, &opts);
+        let diags = nngeo::compile_source(&src, &opts).expect_err(body);
+        let text = nngeo::diag::render("f.ngx", &src, &diags);
+        assert!(text.contains(want), "{body}: {text}");
+    }
+    // A schedule of 10¹² steps is counted, not listed: checking it takes
+    // no memory (it allocated 1.6 TB before).
+    let src = format!(
+        "{head}model net = mlp(in = 64, hidden = [4], out = 10)\n\
+         train net on train {{\n  optimizer = sgd(lr = 0.1)\n  steps = 1000000000000\n  \
+         every 5 steps {{\n    measure loss(net, train) as \"loss\"\n  }}\n}}\n"
+    );
+    nngeo::compile_source(&src, &opts).unwrap();
+}

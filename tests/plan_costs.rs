@@ -113,6 +113,26 @@ fn log_schedule_fires_at_floor_of_powers() {
         vec![0, 10, 20]
     );
     assert_eq!(HookSchedule::End.firing_steps(25, 5), vec![25]);
+    // The count a regular schedule gives without listing its steps.
+    for s in [
+        HookSchedule::EverySteps { n: 10 },
+        HookSchedule::EverySteps { n: 7 },
+        HookSchedule::EveryEpochs { n: 2 },
+        HookSchedule::EveryEpochs { n: 3 },
+        HookSchedule::Start,
+    ] {
+        for (total, per_epoch) in [(0, 5), (25, 5), (30, 5), (29, 1)] {
+            assert_eq!(
+                s.fire_count(total, per_epoch),
+                s.firing_steps(total, per_epoch).len() as u64,
+                "{s:?} over {total} steps"
+            );
+        }
+    }
+    assert_eq!(
+        HookSchedule::EverySteps { n: 5 }.fire_count(1 << 40, 1),
+        (1 << 40) / 5 + 1
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use super::env::{Binding, Val};
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
+use crate::plan::MAX_NODE_SIZE;
 use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::collections::BTreeMap;
 
@@ -399,7 +400,24 @@ impl<'a> Checker<'a> {
             }
         };
         if v < min || v > max {
-            self.out_of_range(d, what, v as f64, &range_text(min as f64, max as f64));
+            // The bound that is broken, with the value as written (an
+            // `f64` would round a large one).
+            let range = if max < MAX_NODE_SIZE as i64 {
+                format!("must be between {min} and {max}")
+            } else if v < min {
+                format!("must be ≥ {min}")
+            } else {
+                format!("must be ≤ {max}")
+            };
+            self.error(Diagnostic::new(
+                ErrorKind::OutOfRange {
+                    name: what.into(),
+                    value: v.to_string(),
+                    range: range.clone(),
+                },
+                d.span,
+                range,
+            ));
             return None;
         }
         Some(v)
@@ -521,14 +539,16 @@ impl<'a> Checker<'a> {
                 let mut out = Vec::new();
                 let mut ok = true;
                 for it in items {
-                    match self.int(&it.value, what, min, 1 << 40) {
+                    match self.int(&it.value, what, min, MAX_NODE_SIZE as i64) {
                         Some(v) => out.push(v as usize),
                         None => ok = false,
                     }
                 }
                 ok.then_some(out)
             }
-            _ => self.int(d, what, min, 1 << 40).map(|v| vec![v as usize]),
+            _ => self
+                .int(d, what, min, MAX_NODE_SIZE as i64)
+                .map(|v| vec![v as usize]),
         }
     }
 

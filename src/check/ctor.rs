@@ -5,7 +5,7 @@
 use super::block::{ArgV, Frame, Module, SrcId, V};
 use super::Checker;
 use crate::diag::ErrorKind;
-use crate::plan::Layer;
+use crate::plan::{Layer, MAX_NODE_SIZE};
 use crate::syntax::{Ident, Span};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -287,17 +287,22 @@ impl<'a> Getter<'_, 'a, '_> {
     }
     fn int_v(&mut self, key: &str, v: &V, span: Span, min: i64) -> Option<usize> {
         match v {
-            V::Int(i) if *i >= min && *i <= 1 << 40 => Some(*i as usize),
+            V::Int(i) if *i >= min && *i <= MAX_NODE_SIZE as i64 => Some(*i as usize),
             V::Int(i) => {
+                let range = if *i < min {
+                    format!("must be ≥ {min}")
+                } else {
+                    format!("must be ≤ {MAX_NODE_SIZE} (2³¹)")
+                };
                 self.c.err_at(
                     self.src,
                     ErrorKind::OutOfRange {
                         name: key.into(),
                         value: i.to_string(),
-                        range: format!("must be ≥ {min}"),
+                        range: range.clone(),
                     },
                     span,
-                    format!("must be ≥ {min}"),
+                    range,
                 );
                 None
             }

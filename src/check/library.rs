@@ -135,7 +135,15 @@ fn load_one(
         return;
     }
     seen.push(key);
-    let text = match crate::diag::read_source(full) {
+    // An imported library is a file on disk: a FIFO or a device would block
+    // or stream forever.
+    let special = std::fs::metadata(full).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    let read = if special {
+        Err("not a regular file".to_string())
+    } else {
+        crate::diag::read_source(full)
+    };
+    let text = match read {
         Ok(t) => t,
         Err(e) => {
             diags.push(Diagnostic::new(

@@ -152,6 +152,11 @@ struct PlotCheck {
     by: Vec<(String, Span)>,
 }
 
+/// The most steps a plan may unroll into (nested sweeps multiply).
+const MAX_PLAN_STEPS: usize = 100_000;
+/// The longest range `a..b` a sweep unrolls (the parser's limit).
+const MAX_SWEEP_RANGE: usize = 10_000;
+
 pub(crate) struct Checker<'a> {
     src: &'a str,
     opts: &'a CheckOptions,
@@ -179,6 +184,8 @@ pub(crate) struct Checker<'a> {
     claim_defs: Vec<String>,
     /// Every sweep variable name (for `plot ... by`).
     sweep_vars: BTreeSet<String>,
+    /// Set once the plan has passed [`MAX_PLAN_STEPS`] (reported once).
+    plan_too_long: bool,
     plots: Vec<PlotCheck>,
     anon: usize,
     /// Names whose definition failed: their uses are not reported again as
@@ -234,6 +241,7 @@ impl<'a> Checker<'a> {
             claim_defs: Vec::new(),
             stepped_keys: BTreeSet::new(),
             sweep_vars: BTreeSet::new(),
+            plan_too_long: false,
             plots: Vec::new(),
             anon: 0,
             failed: BTreeSet::new(),
@@ -553,12 +561,20 @@ impl<'a> Checker<'a> {
         let items: Vec<(Binding<'a>, String)> = match &iter_d.kind {
             ExprKind::List(items) => {
                 if items.is_empty() {
+                    // The parser leaves a range too long to unroll empty.
+                    let text = self.expr_text(iter_d);
+                    let (message, label) = if text.contains("..") {
+                        (
+                            format!("the range `{text}` is too long: a sweep takes at most {MAX_SWEEP_RANGE} values"),
+                            "too long",
+                        )
+                    } else {
+                        ("a sweep needs at least one value".to_string(), "empty list")
+                    };
                     self.error(Diagnostic::new(
-                        ErrorKind::Invalid {
-                            message: "a sweep needs at least one value".into(),
-                        },
+                        ErrorKind::Invalid { message },
                         iter.span,
-                        "empty list",
+                        label,
                     ));
                     return;
                 }
@@ -622,6 +638,25 @@ impl<'a> Checker<'a> {
             }
         };
         for (binding, label) in items {
+            // Nested sweeps multiply: refuse a plan that would not fit in
+            // memory before unrolling it.
+            if self.items.len() > MAX_PLAN_STEPS {
+                if !std::mem::replace(&mut self.plan_too_long, true) {
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: format!(
+                                    "these sweeps unroll into more than {MAX_PLAN_STEPS} plan steps"
+                                ),
+                            },
+                            iter.span,
+                            "too many sweep values",
+                        )
+                        .hint("sweep fewer values, or split the experiment into several files"),
+                    );
+                }
+                return;
+            }
             let saved = self.sweep.clone();
             self.sweep.insert(var.name.clone(), label);
             self.scopes.push();

@@ -8,7 +8,7 @@ use super::env::{Binding, ModelV, Val};
 use super::Checker;
 use crate::data;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
-use crate::plan::{Init, Layer, LayerSpec, ModelSpec, Op};
+use crate::plan::{within_limit, Init, Layer, LayerSpec, ModelSpec, Op, MAX_NODE_SIZE};
 use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::rc::Rc;
 
@@ -465,10 +465,12 @@ impl<'a> Checker<'a> {
         if call.rest.iter().any(|e| self.needs_blocks(e)) {
             return self.block_sequential(&call, input);
         }
+        self.within_limit(&input, "input", callee.span)?;
         let mut layers = Vec::new();
         let mut shape = input.clone();
         for (i, le) in call.rest.iter().enumerate() {
             let (layer, out) = self.layer(le, &shape, &format!("layers.{i}"))?;
+            self.within_limit(&out, "output", le.span)?;
             let params = layer_params(&layer);
             layers.push(LayerSpec {
                 name: format!("layers.{i}"),
@@ -483,6 +485,22 @@ impl<'a> Checker<'a> {
         self.finish_model(&call, input, shape, layers, vec![])
     }
 
+    /// Refuses a per-example shape beyond [`MAX_NODE_SIZE`] values at
+    /// `span` (the graph path checks each node as it is built).
+    fn within_limit(&mut self, shape: &[usize], what: &str, span: Span) -> Option<()> {
+        match within_limit(shape, what) {
+            Ok(()) => Some(()),
+            Err(message) => {
+                self.error(Diagnostic::new(
+                    ErrorKind::Invalid { message },
+                    span,
+                    "too large",
+                ));
+                None
+            }
+        }
+    }
+
     pub(super) fn finish_model(
         &mut self,
         call: &super::args::Call<'a>,
@@ -492,7 +510,7 @@ impl<'a> Checker<'a> {
         param_order: Vec<usize>,
     ) -> Option<ModelSpec> {
         let init = self.init(call)?;
-        let params = layers.iter().map(|l| l.params).sum();
+        let params = layers.iter().fold(0u64, |a, l| a.saturating_add(l.params));
         let mut spec = ModelSpec {
             input,
             output,
@@ -509,6 +527,18 @@ impl<'a> Checker<'a> {
                 },
                 call.span,
                 "no linear, conv or norm layer",
+            ));
+            return None;
+        }
+        if params > MAX_NODE_SIZE {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!(
+                        "this model has {params} parameters, beyond nngeo's limit of {MAX_NODE_SIZE} (2³¹)"
+                    ),
+                },
+                call.span,
+                "too many parameters",
             ));
             return None;
         }

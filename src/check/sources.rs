@@ -438,6 +438,30 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        // An empty source, or examples of no values, would pass every later
+        // check and fail only when the run reaches it.
+        let empty = if info.n == 0 {
+            Some("has no examples".to_string())
+        } else if info.shape.contains(&0) {
+            Some(format!(
+                "has examples of shape {}, which hold no values",
+                super::data::fmt_shape(&info.shape)
+            ))
+        } else if info.target_dim == 0 {
+            Some("has targets of no values".to_string())
+        } else {
+            None
+        };
+        if let Some(what) = empty {
+            self.error(Diagnostic::new(
+                ErrorKind::Invalid {
+                    message: format!("this dataset {what}"),
+                },
+                e.span,
+                "empty dataset",
+            ));
+            return None;
+        }
         let name = if name.is_empty() {
             self.anon_name()
         } else {

@@ -126,7 +126,7 @@ impl<'a> Checker<'a> {
             let Some(schedule) = self.hook_schedule(h) else {
                 continue;
             };
-            let fires = schedule.firing_steps(total, per_epoch).len() as u64;
+            let fires = schedule.fire_count(total, per_epoch);
             let first = self.items.len();
             let saved = self.hook.replace(HookCtx {
                 train: train_id,

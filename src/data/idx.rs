@@ -182,8 +182,10 @@ fn read_word(
 }
 
 fn check_len(path: &Path, dims: &[usize], data_len: u64) -> Result<(), DataError> {
-    let expected: u64 = dims.iter().map(|&d| d as u64).product();
-    if data_len != expected {
+    // A header's dimensions can multiply past 64 bits: no file holds that.
+    let expected = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    if expected != Some(data_len) {
+        let expected = expected.map_or("more than 2⁶⁴".to_string(), |e| e.to_string());
         let dims_text: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
         return Err(DataError::format(
             path,

@@ -310,11 +310,13 @@ fn classes_from_labels(
     let mut max: Option<(f32, usize)> = None;
     let mut seen = std::collections::BTreeSet::new();
     for (i, &v) in labels.iter().enumerate() {
-        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0) {
+        // Labels are stored as f32, exact up to 2²⁴: beyond it two classes
+        // could not be told apart.
+        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < (1 << 24) as f32) {
             return Err(DataError::format(
                 path,
                 format!(
-                    "has {what} value {v} at row {i}; class labels must be non-negative integers"
+                    "has {what} value {v} at row {i}; class labels must be non-negative integers below 2²⁴ = 16777216"
                 ),
             ));
         }

@@ -389,11 +389,13 @@ fn parse_entry(path: &Path, name: String, value: &serde_json::Value) -> Result<E
         return Err(bad("`data_offsets` end before they start"));
     }
     if let Some(size) = dtype_size(&dtype) {
-        let numel: u64 = shape.iter().map(|&d| d as u64).product();
-        if end - start != numel * size as u64 {
+        let bytes = shape
+            .iter()
+            .try_fold(size as u64, |a, &d| a.checked_mul(d as u64));
+        if bytes != Some(end - start) {
+            let needs = bytes.map_or("more than 2⁶⁴".to_string(), |b| b.to_string());
             return Err(bad(&format!(
-                "shape {shape:?} of {dtype} needs {} bytes but `data_offsets` span {}",
-                numel * size as u64,
+                "shape {shape:?} of {dtype} needs {needs} bytes but `data_offsets` span {}",
                 end - start
             )));
         }

@@ -41,14 +41,23 @@ fn fmt(shape: &[usize]) -> String {
 }
 
 impl Layer {
-    /// Number of trainable parameters (weights and bias; γ and β of norms).
+    /// Number of trainable parameters (weights and bias; γ and β of norms),
+    /// `u64::MAX` where it would not fit (the checker refuses such layers:
+    /// [`MAX_NODE_SIZE`]).
     pub fn num_params(&self) -> u64 {
+        u64::try_from(self.params_wide()).unwrap_or(u64::MAX)
+    }
+
+    /// The parameter count without overflow: every factor is a checked size
+    /// of at most 2³¹, but a kernel may be as large as its padded input.
+    fn params_wide(&self) -> u128 {
+        let w = |x: usize| x as u128;
         match self {
             Layer::Linear {
                 in_features,
                 out_features,
                 bias,
-            } => (*in_features as u64 + *bias as u64) * *out_features as u64,
+            } => (w(*in_features) + w(*bias as usize)) * w(*out_features),
             Layer::Conv2d {
                 in_channels,
                 out_channels,
@@ -65,24 +74,25 @@ impl Layer {
                 groups,
                 ..
             } => {
-                ((in_channels / (*groups).max(1) * kernel[0] * kernel[1]) as u64 + *bias as u64)
-                    * *out_channels as u64
+                (w(in_channels / (*groups).max(1)) * w(kernel[0]) * w(kernel[1])
+                    + w(*bias as usize))
+                    * w(*out_channels)
             }
             Layer::Embedding {
                 num_embeddings,
                 dim,
-            } => (*num_embeddings * *dim) as u64,
+            } => w(*num_embeddings) * w(*dim),
             Layer::Conv1d {
                 in_channels,
                 out_channels,
                 kernel,
                 bias,
                 ..
-            } => ((in_channels * kernel) as u64 + *bias as u64) * *out_channels as u64,
+            } => (w(*in_channels) * w(*kernel) + w(*bias as usize)) * w(*out_channels),
             Layer::BatchNorm1d { features: c, .. }
             | Layer::BatchNorm2d { channels: c, .. }
-            | Layer::GroupNorm { channels: c, .. } => 2 * *c as u64,
-            Layer::LayerNorm { shape, .. } => 2 * shape.iter().product::<usize>() as u64,
+            | Layer::GroupNorm { channels: c, .. } => 2 * w(*c),
+            Layer::LayerNorm { shape, .. } => 2 * shape.iter().map(|&d| w(d)).product::<u128>(),
             _ => 0,
         }
     }
@@ -395,6 +405,26 @@ fn check_groups(cin: usize, cout: usize, groups: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The most values one layer may hold or produce per example, and the most
+/// parameters a model may have: 2³¹, beyond any network whose curvature fits
+/// a machine, and small enough that the plan's sizes and costs stay exact
+/// in 64 bits.
+pub const MAX_NODE_SIZE: u64 = 1 << 31;
+
+/// Refuses a per-example shape of more than [`MAX_NODE_SIZE`] values.
+pub fn within_limit(shape: &[usize], what: &str) -> Result<(), String> {
+    let values = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    match values {
+        Some(v) if v <= MAX_NODE_SIZE => Ok(()),
+        _ => Err(format!(
+            "an {what} of shape {} per example is beyond nngeo's limit of {MAX_NODE_SIZE} (2³¹) values",
+            fmt(shape)
+        )),
+    }
+}
+
 impl LayerSpec {
     /// A layer of a graph: shapes and parameter count from its inputs.
     pub fn node(
@@ -403,10 +433,20 @@ impl LayerSpec {
         inputs: &[&[usize]],
         from: Vec<usize>,
     ) -> Result<Self, String> {
+        for x in inputs {
+            within_limit(x, "input")?;
+        }
         let output = layer.output_shape(inputs)?;
+        within_limit(&output, "output")?;
+        let params = layer.num_params();
+        if params > MAX_NODE_SIZE {
+            return Err(format!(
+                "{params} parameters in one layer are beyond nngeo's limit of {MAX_NODE_SIZE} (2³¹)"
+            ));
+        }
         Ok(LayerSpec {
             name: name.to_string(),
-            params: layer.num_params(),
+            params,
             input: inputs[0].to_vec(),
             output,
             layer,

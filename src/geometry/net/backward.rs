@@ -3,7 +3,7 @@
 //! the capture (`a`, `g`) every representation is built from.
 
 use super::{act_grad, Cache, Capture, Net};
-use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult};
+use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::plan::Layer;
 
 /// The capture of a parameterised layer and the gradient for each of its
@@ -236,15 +236,11 @@ impl<O: Ops> Net<O> {
             }
             (_, Cache::Reshape) => Ok((None, one(Some(g.clone()))?)),
             (_, Cache::Mask(mask)) => Ok((None, one(Some(o.mul(g, mask)?))?)),
-            (_, Cache::Pool { patches, out, max }) => {
+            (_, Cache::Pool { route, .. }) => {
                 let u = layer.unfold.as_ref().unwrap();
                 let g4 = o.reshape(g, &[m, n, u.cin, 1, u.l])?;
-                let dp = if *max {
-                    // Ties share the gradient.
-                    let mask = o.binary(Binary::Ge, patches, out)?; // [n, c, K, L]
-                    let count = o.sum_dim(&mask, 2)?;
-                    let w = o.binary(Binary::Div, &mask, &count)?;
-                    o.mul(&g4, &w)?
+                let dp = if let Some(route) = route {
+                    o.mul(&g4, route)?
                 } else {
                     let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
                     o.mul(&g4, &ones)?

@@ -2,7 +2,7 @@
 //! curvature statistics need.
 
 use super::{Cache, Net, NetLayer, Phase};
-use crate::geometry::ops::{Ops, OpsError, OpsResult, Reduce, Unary};
+use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
 use crate::plan::Layer;
 
 /// A BatchNorm layer's batch mean and unbiased variance, on the host.
@@ -145,14 +145,10 @@ impl<O: Ops> Net<O> {
                     o.scale(&o.sum_dim(&p, 2)?, 1.0 / u.k as f64)?
                 };
                 let y = o.reshape(&out, &out_shape)?;
-                plain(
-                    y,
-                    Cache::Pool {
-                        patches: p,
-                        out,
-                        max,
-                    },
-                )
+                let route = max
+                    .then(|| first_max(o, &p, &out, [n, u.cin, u.k, u.l]))
+                    .transpose()?;
+                plain(y, Cache::Pool { out, route })
             }
             Layer::AdaptiveAvgPool2d { .. } => {
                 let (pool, _) = layer.pool.as_ref().unwrap();
@@ -281,4 +277,33 @@ impl<O: Ops> Net<O> {
             }
         }
     }
+}
+
+/// For max pooling's windows `p [n, c, K, L]` and their maxima
+/// `out [n, c, 1, L]`: the one-hot of each window's first maximum in the
+/// kernel's row-major order, PyTorch's choice when values tie (a bias-only
+/// region of a feature map ties whole windows).
+fn first_max<O: Ops>(o: &O, p: &O::T, out: &O::T, dims: [usize; 4]) -> OpsResult<O::T> {
+    let [n, c, k, l] = dims;
+    let hit = o.binary(Binary::Ge, p, out)?;
+    if k == 1 {
+        return Ok(hit);
+    }
+    // Maxima strictly before each position: the hits times a strictly
+    // upper-triangular matrix of ones (exact small integers in any dtype).
+    let upper: Vec<f64> = (0..k * k)
+        .map(|i| if i / k < i % k { 1.0 } else { 0.0 })
+        .collect();
+    let upper = o.upload(&[k, k], &upper)?;
+    let rows = o.reshape(
+        &o.transpose(&o.reshape(&hit, &[n * c, k, l])?, 1, 2)?,
+        &[n * c * l, k],
+    )?;
+    let before = o.matmul(&rows, &upper)?;
+    let none_before = o.binary(Binary::Ge, &o.zeros(&[1, 1])?, &before)?;
+    let first = o.mul(&rows, &none_before)?;
+    o.reshape(
+        &o.transpose(&o.reshape(&first, &[n * c, l, k])?, 1, 2)?,
+        &[n, c, k, l],
+    )
 }

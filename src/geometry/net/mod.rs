@@ -195,10 +195,13 @@ pub enum Cache<T> {
         y: T,
     },
     Reshape,
+    /// Pooling: `out [n, c, 1, L]`, each window's value; for max pooling
+    /// `route [n, c, K, L]`, one-hot on the window's first maximum, where
+    /// the whole gradient goes (PyTorch's rule: tied maxima do not share
+    /// it, which KFAC's output-gradient factor of the layer below sees).
     Pool {
-        patches: T,
         out: T,
-        max: bool,
+        route: Option<T>,
     },
     /// Norm layers. BatchNorm: `xhat [n, L, C]` (what the capture needs),
     /// `s [C, 1]` (evaluation) or, with `batch` (training, batch

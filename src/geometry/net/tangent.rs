@@ -3,7 +3,7 @@
 //! direction `tl` of its own parameters.
 
 use super::{act_grad, Cache, Net, NetLayer};
-use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult};
+use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::plan::Layer;
 
 impl<O: Ops> Net<O> {
@@ -70,17 +70,14 @@ impl<O: Ops> Net<O> {
             },
             (_, Cache::Reshape) => dx.map(|d| o.reshape(d, &out_shape)).transpose()?,
             (_, Cache::Mask(mask)) => dx.map(|d| o.mul(d, mask)).transpose()?,
-            (_, Cache::Pool { patches, out, max }) => match dx {
+            (_, Cache::Pool { route, .. }) => match dx {
                 None => None,
                 Some(d) => {
                     let u = layer.unfold.as_ref().unwrap();
                     let dp = o.reshape(&self.unfold(o, u, d, n)?, &[n, u.cin, u.k, u.l])?;
-                    let y = if *max {
-                        // Ties share the derivative, as in the backward pass.
-                        let mask = o.binary(Binary::Ge, patches, out)?;
-                        let count = o.sum_dim(&mask, 2)?;
-                        let w = o.binary(Binary::Div, &mask, &count)?;
-                        o.sum_dim(&o.mul(&dp, &w)?, 2)?
+                    let y = if let Some(route) = route {
+                        // The first maximum's derivative, as in the backward pass.
+                        o.sum_dim(&o.mul(&dp, route)?, 2)?
                     } else {
                         o.scale(&o.sum_dim(&dp, 2)?, 1.0 / u.k as f64)?
                     };

@@ -194,6 +194,17 @@ pub enum HookSchedule {
 }
 
 impl HookSchedule {
+    /// How many times this hook fires, without listing a regular
+    /// schedule's steps (a run of 10¹² steps checks in no memory).
+    pub fn fire_count(&self, total: u64, per_epoch: u64) -> u64 {
+        let every = |k: u64| total / k.max(1) + 1;
+        match self {
+            HookSchedule::EverySteps { n } => every(*n),
+            HookSchedule::EveryEpochs { n } => every(n.saturating_mul(per_epoch.max(1))),
+            _ => self.firing_steps(total, per_epoch).len() as u64,
+        }
+    }
+
     /// The optimiser steps at which this hook fires in a run of
     /// `total` steps with `per_epoch` steps per epoch.
     pub fn firing_steps(&self, total: u64, per_epoch: u64) -> Vec<u64> {
