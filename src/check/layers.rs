@@ -114,7 +114,8 @@ impl<'a> Checker<'a> {
                         self,
                         format!(
                             "an image of at least {}×{} after padding",
-                            kernel[0], kernel[1]
+                            dilation[0] * (kernel[0] - 1) + 1,
+                            dilation[1] * (kernel[1] - 1) + 1
                         ),
                         Some("use a smaller kernel or more padding".into()),
                     );
@@ -197,42 +198,49 @@ impl<'a> Checker<'a> {
                 Some((layer, out))
             }
             "maxpool2d" | "avgpool2d" => {
-                let c = self.bind(&callee, span, args, &["kernel", "stride"])?;
+                let c = self.bind(&callee, span, args, &["kernel", "stride", "padding"])?;
                 let ke = self.req(&c, "kernel")?;
                 let kernel = self.pair(ke, "kernel", 1)?;
                 let stride = match c.get("stride") {
                     Some(s) => self.pair(s, "stride", 1)?,
                     None => kernel,
                 };
-                if shape.len() != 3 {
-                    mismatch(self, "[C, H, W]".into(), None);
-                    return None;
-                }
-                let (Some(h), Some(w)) = (
-                    spatial(shape[1], kernel[0], stride[0], 0),
-                    spatial(shape[2], kernel[1], stride[1], 0),
-                ) else {
-                    mismatch(
-                        self,
-                        format!("an image of at least {}×{}", kernel[0], kernel[1]),
-                        None,
-                    );
-                    return None;
+                let padding = match c.get("padding") {
+                    Some(p) => self.pair(p, "padding", 0)?,
+                    None => [0, 0],
                 };
                 let layer = if callee.name == "maxpool2d" {
                     Layer::MaxPool2d {
                         kernel,
                         stride,
-                        padding: [0, 0],
+                        padding,
                     }
                 } else {
                     Layer::AvgPool2d {
                         kernel,
                         stride,
-                        padding: [0, 0],
+                        padding,
                     }
                 };
-                Some((layer, vec![shape[0], h, w]))
+                // The graph's shape rule (padding at most half the kernel,
+                // as PyTorch).
+                match layer.output_shape(&[shape]) {
+                    Ok(out) => Some((layer, out)),
+                    Err(e) => {
+                        match e
+                            .strip_prefix("expected ")
+                            .and_then(|e| e.split(", found ").next())
+                        {
+                            Some(expected) => mismatch(self, expected.to_string(), None),
+                            None => self.error(Diagnostic::new(
+                                ErrorKind::Invalid { message: e },
+                                span,
+                                "padding too large",
+                            )),
+                        }
+                        None
+                    }
+                }
             }
             "batchnorm1d" | "batchnorm2d" => {
                 let c = self.bind(&callee, span, args, &["features", "eps"])?;

@@ -40,7 +40,7 @@ mod vectors;
 
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{Dtype, Header, HookRef, Op, StepId, Tags};
-use crate::syntax::{Expr, ExprKind, File, Span, Stmt, StmtKind};
+use crate::syntax::{Expr, ExprKind, File, Span, Stmt, StmtKind, StrLit};
 use env::{Binding, Scopes, Val};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -455,6 +455,9 @@ impl<'a> Checker<'a> {
                     );
                     return;
                 }
+                if file.as_ref().is_some_and(|f| !self.in_run_folder(f)) {
+                    return;
+                }
                 self.plot_stmt(pattern, x, by, flags, file.as_ref(), stmt.span);
             }
             StmtKind::Expect { text, claim } => {
@@ -478,6 +481,9 @@ impl<'a> Checker<'a> {
                 });
             }
             StmtKind::Save { model, path } => {
+                if !self.in_run_folder(path) {
+                    return;
+                }
                 if self.save_repr(model, path, stmt.span).is_some() {
                     return;
                 }
@@ -506,6 +512,33 @@ impl<'a> Checker<'a> {
                 );
             }
         }
+    }
+
+    /// A file a run writes (`save ... to`, `plot ... as`) is a relative
+    /// path that stays inside the run folder: an absolute path or `..` would
+    /// write (and could overwrite) files outside it, where `--overwrite`,
+    /// `--resume` and the manifest do not look.
+    fn in_run_folder(&mut self, path: &StrLit) -> bool {
+        use std::path::Component;
+        let escapes = std::path::Path::new(&path.value)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if escapes {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "`{}` leaves the run folder: results are written inside it",
+                            path.value
+                        ),
+                    },
+                    path.span,
+                    "absolute or `..` path",
+                )
+                .hint("give a path relative to the run folder (`--out`), e.g. `\"figures/loss\"`"),
+            );
+        }
+        !escapes
     }
 
     /// Refuses to define a name twice in the same scope.

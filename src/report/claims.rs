@@ -175,7 +175,10 @@ pub fn evaluate_replicated(
         .filter(|(o, _)| o.verdict == Verdict::Supported)
         .count();
     let failing = outcomes.iter().find_map(|(o, _)| o.failing.clone());
-    let margins: Option<Vec<f64>> = outcomes.iter().map(|(_, m)| *m).collect();
+    let margins: Option<Vec<f64>> = outcomes.iter().map(|(_, m)| m.map(|m| m.0)).collect();
+    // `>=` and `<=` hold at a margin of 0; `>` and `<` need a positive one.
+    let inclusive = outcomes.iter().all(|(_, m)| m.is_some_and(|m| m.1));
+    let beyond = |x: f64| if inclusive { x >= 0.0 } else { x > 0.0 };
     let (verdict, value) = match margins {
         Some(m) if n >= 2 => {
             let mean = m.iter().sum::<f64>() / n as f64;
@@ -186,9 +189,9 @@ pub fn evaluate_replicated(
                 num(mean),
                 num(half)
             );
-            let verdict = if mean - half > 0.0 {
+            let verdict = if beyond(mean - half) {
                 Verdict::Supported
-            } else if mean > 0.0 {
+            } else if beyond(mean) {
                 Verdict::Inconclusive(
                     "the mean supports it, but the 95 % interval includes the opposite".into(),
                 )
@@ -233,12 +236,13 @@ fn t975(df: usize) -> f64 {
 }
 
 /// The outcome, and for a comparison of two numbers its margin (how far
-/// the claim holds: `lhs − rhs` for `>`, `rhs − lhs` for `<`).
+/// the claim holds: `lhs − rhs` for `>`, `rhs − lhs` for `<`) and whether
+/// a margin of 0 holds.
 fn evaluate_truth(
     text: &str,
     claim: &ClaimExpr,
     records: &[Record],
-) -> (ClaimOutcome, Option<f64>) {
+) -> (ClaimOutcome, Option<(f64, bool)>) {
     let mut ev = Eval { records };
     let mut margin = None;
     let (verdict, value, failing) = match ev.eval(claim) {
@@ -295,8 +299,9 @@ struct Truth {
     holds: bool,
     value: String,
     failing: Option<String>,
-    /// For one comparison of two numbers: by how much it holds.
-    margin: Option<f64>,
+    /// For one comparison of two numbers: by how much it holds, and
+    /// whether a margin of 0 holds (`>=`, `<=`).
+    margin: Option<(f64, bool)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -482,8 +487,10 @@ fn settle(v: V) -> V {
                 value: format!("{} {} {}", num(c.lhs), c.op.symbol(), num(c.rhs)),
                 failing: None,
                 margin: match c.op {
-                    Cmp::Gt | Cmp::Ge => Some(c.lhs - c.rhs),
-                    Cmp::Lt | Cmp::Le => Some(c.rhs - c.lhs),
+                    Cmp::Gt => Some((c.lhs - c.rhs, false)),
+                    Cmp::Ge => Some((c.lhs - c.rhs, true)),
+                    Cmp::Lt => Some((c.rhs - c.lhs, false)),
+                    Cmp::Le => Some((c.rhs - c.lhs, true)),
                     Cmp::Eq | Cmp::Ne => None,
                 },
             })

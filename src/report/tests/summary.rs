@@ -351,6 +351,15 @@ fn replicated_claims_give_a_mean_margin_with_a_95_percent_interval() {
     // All negative: not supported.
     let c = evaluate_replicated("gain", &claim, &replicated_records([-0.1, -0.2, -0.3]), &s);
     assert_eq!(c.verdict, Verdict::NotSupported);
+    // Equal gains: `>=` holds in every replicate at margin 0 ± 0, `>` in
+    // none.
+    let same = replicated_records([0.0, 0.0, 0.0]);
+    let ge = cmp(Cmp::Ge, gain("0.5"), gain("0.1"));
+    let c = evaluate_replicated("gain", &ge, &same, &s);
+    assert_eq!(c.verdict, Verdict::Supported, "{c:?}");
+    assert!(c.value.ends_with("holds in 3/3 replicates"), "{c:?}");
+    let c = evaluate_replicated("gain", &claim, &same, &s);
+    assert_eq!(c.verdict, Verdict::NotSupported, "{c:?}");
 }
 
 #[test]
