@@ -100,36 +100,21 @@ impl<O: Ops> Engine<O> {
             let n = d.host.info.n;
             let body = match structure {
                 Structure::BlockDiag | Structure::Diag => {
-                    let j = p.jacobian_rows(&target).map_err(|e| e.to_string())?;
-                    // Rows of `j` are batch-major: (batch, o, i within batch).
-                    let mut blocks = vec![Mat::zeros(c, c); n];
-                    let mut start = 0;
-                    let mut row = 0;
-                    while start < n {
-                        let nb = p.batch.min(n - start);
-                        for a in 0..c {
-                            for b in 0..c {
-                                for i in 0..nb {
-                                    let ra = &j.data[(row + a * nb + i) * j.cols..][..j.cols];
-                                    let rb = &j.data[(row + b * nb + i) * j.cols..][..j.cols];
-                                    let v: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-                                    blocks[start + i].set(a, b, v);
-                                }
-                            }
-                        }
-                        row += c * nb;
-                        start += nb;
-                    }
-                    if matches!(structure, Structure::Diag) {
-                        let mut diag = vec![0.0; c * n];
-                        for (i, b) in blocks.iter().enumerate() {
-                            for a in 0..c {
-                                diag[a * n + i] = b.get(a, a);
-                            }
-                        }
-                        NtkBody::Diag(diag)
+                    // Layer by layer from the captures, batched by the
+                    // widest per-example gradient a layer forms (as planned).
+                    let mut p = p;
+                    let width = crate::plan::cost::ntk_batch_width(&net.spec, structure);
+                    p.batch = crate::plan::cost::batch_examples(n, c, width);
+                    let diag = matches!(structure, Structure::Diag);
+                    let v = p.ntk_example_blocks(diag).map_err(|e| e.to_string())?;
+                    if diag {
+                        NtkBody::Diag(v)
                     } else {
-                        NtkBody::BlockDiag(blocks)
+                        NtkBody::BlockDiag(
+                            v.chunks_exact(c * c)
+                                .map(|b| Mat::from_vec(c, c, b.to_vec()))
+                                .collect(),
+                        )
                     }
                 }
                 Structure::LowRank { rank: Some(k) } => {
@@ -139,12 +124,16 @@ impl<O: Ops> Engine<O> {
                     else {
                         return Ok(Value::None);
                     };
-                    let (ev, u) = self.eigh_dense(&*full.as_f64().map_err(|e| e.to_string())?)?;
-                    let m = full.rows();
+                    // The kernel is given up to its decomposition, whose
+                    // top k eigenvectors alone are kept (see
+                    // `plan::cost::repr_peak`).
+                    let full = full.into_f64().map_err(|e| e.to_string())?;
+                    let m = full.rows;
+                    let (ev, u) = self.eigh_top(full, *k)?;
                     let mut low = Mat::zeros(m, m);
-                    for e in m.saturating_sub(*k)..m {
+                    for (e, &lambda) in ev.iter().enumerate() {
                         for r in 0..m {
-                            let ur = u.get(r, e) * ev[e];
+                            let ur = u.get(r, e) * lambda;
                             for c in 0..m {
                                 low.data[r * m + c] += ur * u.get(c, e);
                             }
@@ -427,12 +416,24 @@ impl<O: Ops> Engine<O> {
     /// A dense symmetric matrix's eigenpairs (ascending): on the backend's
     /// device where [`Ops::device_linalg`] says it decomposes there, else on
     /// the host.
-    fn eigh_dense(&self, m: &Mat) -> Result<(Vec<f64>, Mat), String> {
-        if self.o().device_linalg() {
-            self.o().eigh(m).map_err(|e| e.to_string())
-        } else {
-            linalg::eigh(m).map_err(|e| e.to_string())
+    /// The top `k` eigenpairs of a matrix given up to its decomposition
+    /// ([`linalg::eigh_top`]; on the backend's device where it decomposes
+    /// there, with its top `k` eigenvectors copied out).
+    fn eigh_top(&self, m: Mat, k: usize) -> Result<(Vec<f64>, Mat), String> {
+        if !self.o().device_linalg() {
+            return linalg::eigh_top(m, k).map_err(|e| e.to_string());
         }
+        let (ev, u) = self.o().eigh(&m).map_err(|e| e.to_string())?;
+        drop(m);
+        let n = u.rows;
+        let k = k.min(n);
+        let mut top = Mat::zeros(n, k);
+        for r in 0..n {
+            for (j, e) in (n - k..n).enumerate() {
+                top.data[r * k + j] = u.get(r, e);
+            }
+        }
+        Ok((ev[n - k..].to_vec(), top))
     }
 
     pub(super) fn eigenvalues(

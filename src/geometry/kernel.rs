@@ -85,7 +85,17 @@ impl Ntk {
         match &self.body {
             NtkBody::Diag(d) => Ok(d.clone()),
             NtkBody::Dense(m) => m.diag(),
-            _ => Ok(self.to_dense()?.diag()),
+            // Read from the blocks: the dense kernel is never made.
+            NtkBody::BlockDiag(b) => {
+                let (c, n) = (self.c, self.n);
+                let mut d = vec![0.0; c * n];
+                for (i, m) in b.iter().enumerate() {
+                    for a in 0..c {
+                        d[a * n + i] = m.get(a, a);
+                    }
+                }
+                Ok(d)
+            }
         }
     }
 
@@ -93,7 +103,20 @@ impl Ntk {
         match &self.body {
             NtkBody::Dense(m) => m.matvec(v),
             NtkBody::Diag(d) => Ok(d.iter().zip(v).map(|(a, b)| a * b).collect()),
-            NtkBody::BlockDiag(_) => Ok(self.to_dense()?.matvec(v)),
+            NtkBody::BlockDiag(b) => {
+                let (c, n) = (self.c, self.n);
+                if v.len() != c * n {
+                    return Ok(self.to_dense()?.matvec(v));
+                }
+                // Block `i` couples the rows `a·n + i` of example `i`.
+                let mut out = vec![0.0; c * n];
+                for (i, m) in b.iter().enumerate() {
+                    for a in 0..c {
+                        out[a * n + i] = (0..c).map(|d| m.get(a, d) * v[d * n + i]).sum();
+                    }
+                }
+                Ok(out)
+            }
         }
     }
 

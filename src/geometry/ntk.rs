@@ -117,3 +117,80 @@ impl<O: Ops> Problem<'_, O> {
         }
     }
 }
+
+impl<O: Ops> Problem<'_, O> {
+    /// The NTK's per-example blocks `K_i = J_i J_iᵀ` (`C × C`, `[n, C, C]`
+    /// row-major), or with `diag_only` their diagonals in the kernel's row
+    /// order (`c·n + i`): what `Ntk(BlockDiag)` and `Ntk(Diag)` keep.
+    ///
+    /// Summed layer by layer as the backward pass hands each capture over
+    /// ([`Problem::for_each_capture`]), so no batch's whole Jacobian — and
+    /// no Jacobian of all the examples — is ever formed: a Linear layer's
+    /// per-example gradient is `g ⊗ a`, whose products are `(g·g')·|a|²`;
+    /// every other layer forms its own per-example Jacobian (one layer's,
+    /// one batch's) and reduces it on the device.
+    pub fn ntk_example_blocks(&self, diag_only: bool) -> OpsResult<Vec<f64>> {
+        let o = self.o;
+        let c = self.net.outputs();
+        let n = self.n;
+        let mut out = vec![0.0; if diag_only { c * n } else { n * c * c }];
+        self.for_each_capture(&Target::Outputs, |_, cap, start, nb| {
+            let slot = self.slot_of(&cap);
+            let gs = o.shape(&cap.g);
+            let (m, l) = (gs[0], gs[2]);
+            if m != c || gs[1] != nb {
+                return Err(OpsError(format!(
+                    "a capture of {m} outputs × {} examples for {c} × {nb}",
+                    gs[1]
+                )));
+            }
+            // `(products [nb, C, C] or squared norms [C, nb], |a_i|² per
+            // example)`: the second is `None` where the first is whole.
+            let (prod, scale) = if stats::factored(slot) && l == 1 {
+                let (sg, sa, _) = stats::layout(slot);
+                let a = o.reshape(&cap.a, &[nb, sa])?;
+                let a2 = o.download(&o.sum_sqr(&a, 1)?)?;
+                let g = o.reshape(&cap.g, &[c, nb, sg])?;
+                let prod = if diag_only {
+                    o.sum_sqr(&g, 2)?
+                } else {
+                    let gt = o.transpose(&g, 0, 1)?; // [nb, C, sg]
+                    o.matmul(&gt, &o.transpose(&gt, 1, 2)?)?
+                };
+                (o.download(&prod)?, Some(a2))
+            } else {
+                let j = stats::jacobian(o, slot, &cap)?; // [C·nb, k], rows (c, i)
+                drop(cap);
+                let k = o.shape(&j)[1];
+                let prod = if diag_only {
+                    o.sum_sqr(&j, 1)?
+                } else {
+                    let jt = o.transpose(&o.reshape(&j, &[c, nb, k])?, 0, 1)?; // [nb, C, k]
+                    drop(j);
+                    o.matmul(&jt, &o.transpose(&jt, 1, 2)?)?
+                };
+                (o.download(&prod)?, None)
+            };
+            let s = |i: usize| scale.as_ref().map_or(1.0, |a2| a2[i]);
+            if diag_only {
+                for a in 0..c {
+                    for i in 0..nb {
+                        out[a * n + start + i] += prod[a * nb + i] * s(i);
+                    }
+                }
+            } else {
+                for i in 0..nb {
+                    let (dst, src) = (
+                        &mut out[(start + i) * c * c..][..c * c],
+                        &prod[i * c * c..][..c * c],
+                    );
+                    for (d, x) in dst.iter_mut().zip(src) {
+                        *d += x * s(i);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

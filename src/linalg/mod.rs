@@ -240,6 +240,42 @@ pub fn eigh(a: &Mat) -> Result<(Vec<f64>, Mat), LinalgError> {
     Ok((evals, Mat::from_faer(evd.U())))
 }
 
+/// The top `k` eigenpairs of a symmetric matrix that the caller gives up:
+/// the eigenvalues ascending and their eigenvectors as the columns of an
+/// `n × k` matrix, the values [`eigh`] gives for its last `k` columns.
+/// `a` is symmetrised in place (no copy) and dropped once decomposed, and
+/// only `k` columns of the eigenvectors are copied out: beside the
+/// decomposition's own `n × n` copy, eigenvectors and workspace, no other
+/// `n × n` matrix is held.
+pub fn eigh_top(mut a: Mat, k: usize) -> Result<(Vec<f64>, Mat), LinalgError> {
+    const OP: &str = "eigh";
+    check_square(OP, &a)?;
+    if !a.is_finite() {
+        return Err(LinalgError::NonFiniteInput { op: OP });
+    }
+    a.symmetrize();
+    let n = a.rows;
+    let k = k.min(n);
+    if n == 0 {
+        return Ok((Vec::new(), Mat::zeros(0, 0)));
+    }
+    let evd = a
+        .view()
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| LinalgError::NoConvergence { op: OP })?;
+    drop(a);
+    let s = evd.S().column_vector();
+    let u = evd.U();
+    let evals: Vec<f64> = (n - k..n).map(|e| s[e]).collect();
+    let mut top = Mat::zeros(n, k);
+    for r in 0..n {
+        for (j, e) in (n - k..n).enumerate() {
+            top.data[r * k + j] = u[(r, e)];
+        }
+    }
+    Ok((evals, top))
+}
+
 /// Eigenvalues only, ascending.
 pub fn eigvalsh(a: &Mat) -> Result<Vec<f64>, LinalgError> {
     const OP: &str = "eigvalsh";

@@ -122,7 +122,10 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
             .map(|l| fim_layer_count(s, l, n, m).min(sq(l.params)))
             .max()
             .unwrap_or(0),
-        (Object::Ntk, Structure::Dense) => sq(dim),
+        // Per example a `C × C` block (every eigenvalue collected), or
+        // the diagonal itself.
+        (Object::Ntk, Structure::BlockDiag) => dim.max(sq(r.options.outputs as u64)),
+        (Object::Ntk, Structure::Diag) => 1,
         (Object::Ntk, _) => sq(dim),
     };
     let implicit = matches!(
@@ -185,14 +188,8 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         Measurement::Alignment { .. } if ntk_dense => 8 * dim * HOST + 6 * sq(n) * HOST,
         Measurement::Alignment { .. } => sq(dim) * HOST + 8 * dim * HOST + 6 * sq(n) * HOST,
         Measurement::Frobenius { .. } if implicit => dense_copy(2) + mv,
-        Measurement::Trace { .. }
-        | Measurement::Diagonal { .. }
-        | Measurement::Mv { .. }
-        | Measurement::VTMv { .. }
-            if r.object == Object::Ntk && !ntk_dense =>
-        {
-            dense_copy(1) + mv
-        }
+        // An NTK's trace and diagonal read its blocks or its dense body
+        // in place (no dense copy): a few vectors, counted in `mv`.
         _ => mv,
     }
 }

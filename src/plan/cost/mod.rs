@@ -297,7 +297,14 @@ pub fn repr_flops(
         Object::Ntk => {
             let c = options.outputs as u64;
             let grads = n * c * 3 * fwd;
-            grads.saturating_add(2 * sq(n * c) * p)
+            let kernel = match structure {
+                // Per example, each layer's `C × C` products (at most
+                // those of its per-example Jacobian) or their diagonal.
+                Structure::BlockDiag => 2 * n * sq(c) * p,
+                Structure::Diag => 2 * n * c * p,
+                _ => 2 * sq(n * c) * p,
+            };
+            grads.saturating_add(kernel)
         }
     }
 }

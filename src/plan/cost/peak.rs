@@ -116,6 +116,32 @@ pub fn fim_batch_width(model: &ModelSpec, structure: &Structure) -> usize {
     (streamed_width(model) + per_layer).min(model_width(model) as u64) as usize
 }
 
+/// The width an NTK of `structure` batches by: the per-example Jacobian
+/// of every parameter for a kernel built whole; for Diag and BlockDiag,
+/// built from each layer's capture as the backward pass hands it over
+/// (`Problem::ntk_example_blocks`), a streamed pass's numbers per example
+/// and the largest per-example gradient a layer forms (none for a layer
+/// with one position, whose products come from its factors).
+pub fn ntk_batch_width(model: &ModelSpec, structure: &Structure) -> usize {
+    match structure {
+        Structure::Diag | Structure::BlockDiag => (streamed_width(model)
+            + ntk_formed_params(model.param_layers()))
+        .min(model_width(model) as u64) as usize,
+        _ => model_width(model),
+    }
+}
+
+/// The largest per-example gradient that building an NTK's Diag or
+/// BlockDiag forms among `layers`: every layer's but one with a single
+/// position (a Linear layer), whose gradient `g ⊗ a` it never forms.
+fn ntk_formed_params<'a>(layers: impl Iterator<Item = &'a LayerSpec>) -> u64 {
+    layers
+        .filter(|l| !matches!(kfac_dims(l), Some((_, _, 1))))
+        .map(|l| l.params)
+        .max()
+        .unwrap_or(0)
+}
+
 /// For a structure built from captures handed over layer by layer, the
 /// largest per-example gradient a layer's block forms (none for KFAC;
 /// Diag, QuasiDiag and EKFAC form none for a Linear layer either, whose
@@ -491,10 +517,44 @@ pub fn repr_peak(
             let blocks = 4 * sq(n) * s.max(HOST);
             let mut peak = match structure {
                 Structure::BlockDiag | Structure::Diag => {
-                    dim.saturating_mul(p).saturating_mul(HOST + 2 * s) + n * sq(c) * HOST + pass
+                    // Built layer by layer from a streamed pass's captures
+                    // (`Problem::ntk_example_blocks`), batch by batch.
+                    let width = ntk_batch_width(model, structure) as u64;
+                    let nb = batch_examples(options.examples, c as usize, width as usize) as u64;
+                    // A streamed pass of every output and its seeds
+                    // `[C, nb, C]`, on the host and the device.
+                    let pass = streamed_pass_bytes(model, nb, c, s) + nb * sq(c) * (HOST + s);
+                    // A layer that forms its per-example Jacobian `[C·nb,
+                    // p_l]`: its gradient in the natural layout, the flat
+                    // copy (weights and bias concatenated) and the
+                    // Jacobian; BlockDiag's products read two contiguous
+                    // copies of its transpose in place of the first two.
+                    let formed = 3 * c * nb * ntk_formed_params(layers.iter().copied());
+                    // A Linear layer: BlockDiag's two transposed copies of
+                    // its output gradients and the products `[nb, C, C]`;
+                    // Diag's squared norms, `[C, nb]`.
+                    let factored = match structure {
+                        Structure::BlockDiag => 2 * c * nb * widest_output(model) + nb * sq(c),
+                        _ => c * nb,
+                    };
+                    // On the host: one layer's products and |a_i|² per
+                    // batch, the kernel's sums, and BlockDiag's blocks
+                    // made from them (the sums and the blocks at once).
+                    let host = (nb * sq(c) + nb) * HOST + 2 * held;
+                    pass + formed.max(factored).saturating_mul(s) + host
                 }
-                Structure::LowRank { rank: Some(_) } => {
-                    5 * sq(dim) * HOST + pass + factors + blocks
+                Structure::LowRank { rank: Some(k) } => {
+                    // Built whole in f64 (`held`), then given up to its
+                    // eigendecomposition (`linalg::eigh_top`), which holds
+                    // it beside its own copy, the eigenvectors and the
+                    // divide-and-conquer workspace (two more `dim²`);
+                    // the top `k` eigenvectors are copied out before the
+                    // rank-k kernel is summed from them.
+                    let k = (*k as u64).min(dim);
+                    let build = held + pass + factors + blocks;
+                    let decompose = 5 * held + 2 * k * dim * HOST;
+                    let low = held + k * dim * HOST;
+                    build.max(decompose).max(low)
                 }
                 _ => held + pass + factors + blocks,
             };
