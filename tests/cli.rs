@@ -225,6 +225,20 @@ fn a_failing_run_keeps_what_it_computed() {
     let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert!(results.contains("\"before\""), "{results}");
     assert!(results.contains("\"train/loss\""), "{results}");
+    // The step named is the one after the last finite `train/loss`: the
+    // loss logged at step s is that of the s-th update's mini-batch.
+    let last_finite = results
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["key"] == "train/loss" && v["value"].as_f64().is_some_and(f64::is_finite))
+        .map(|v| v["step"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains(&format!("diverged at step {}:", last_finite + 1)),
+        "last finite loss at step {last_finite}: {}",
+        text(&out.stderr)
+    );
     let manifest = std::fs::read_to_string(out_dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("failed"), "{manifest}");
 }

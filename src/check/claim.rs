@@ -154,7 +154,18 @@ impl Checker<'_> {
     fn claim_expr(&mut self, e: &Expr, complete: bool) -> Option<Typed> {
         match &e.kind {
             ExprKind::Int(i) => Some(number(*i as f64)),
-            ExprKind::Float(f) => Some(number(*f)),
+            ExprKind::Float(f) if f.is_finite() => Some(number(*f)),
+            ExprKind::Float(_) => {
+                // `1e400`: the plan could not hold it (JSON has no ∞).
+                self.error(Diagnostic::new(
+                    ErrorKind::BadNumber {
+                        text: self.expr_text(e),
+                    },
+                    e.span,
+                    "not a finite number",
+                ));
+                None
+            }
             ExprKind::Str(s) => self.claim_key(s, e.span, complete),
             ExprKind::Ident(n) => match self.defs.get(n).copied() {
                 // `def gap = "a" - "b"` names a part of claims (this file's

@@ -151,7 +151,8 @@ impl<O: Ops> DeviceUpdate<O> {
         let sums = o.download(&o.cat(&gradient, 0).map_err(e)?).map_err(e)?;
         if sums[..ng].iter().any(|x| !x.is_finite()) {
             return Err(format!(
-                "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
+                "training diverged at step {}: the mini-batch loss is {loss}; lower the learning rate",
+                step + 1
             ));
         }
         if sums[ng..].iter().any(|x| !x.is_finite()) {
@@ -159,7 +160,8 @@ impl<O: Ops> DeviceUpdate<O> {
             let w = net.params.flat();
             if let Some(i) = w.iter().position(|x| !x.is_finite()) {
                 return Err(format!(
-                    "training diverged at step {step}: weight {i} became {} after the update; lower the learning rate or raise the damping",
+                    "training diverged at step {}: weight {i} became {} after the update; lower the learning rate or raise the damping",
+                    step + 1,
                     w[i]
                 ));
             }

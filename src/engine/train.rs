@@ -281,7 +281,8 @@ pub fn train_at<O: Ops>(
                 .map_err(|e| e.to_string())?;
             if !loss.is_finite() {
                 return Err(format!(
-                    "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
+                    "training diverged at step {}: the mini-batch loss is {loss}; lower the learning rate",
+                    step + 1
                 ));
             }
             let lr = learning_rate(cfg, base_lr, step, per_epoch);
@@ -352,7 +353,8 @@ pub fn train_at<O: Ops>(
             .map_err(|e| e.to_string())?;
         if !loss.is_finite() || g.iter().any(|x| !x.is_finite()) {
             return Err(format!(
-                "training diverged at step {step}: the mini-batch loss is {loss}; lower the learning rate"
+                "training diverged at step {}: the mini-batch loss is {loss}; lower the learning rate",
+                step + 1
             ));
         }
         // The scaled model minimises ℓ/α²; `train/loss` reports ℓ itself,
@@ -480,7 +482,8 @@ pub fn train_at<O: Ops>(
         }
         if let Some(i) = w.iter().position(|x| !x.is_finite()) {
             return Err(format!(
-                "training diverged at step {step}: weight {i} became {} after the update; lower the learning rate or raise the damping",
+                "training diverged at step {}: weight {i} became {} after the update; lower the learning rate or raise the damping",
+                step + 1,
                 w[i]
             ));
         }
