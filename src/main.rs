@@ -127,8 +127,8 @@ enum Command {
         /// Only these cases (default: all; see the table for names).
         #[arg(long = "case")]
         cases: Vec<String>,
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
         /// Run one case once and print its peak memory (used internally).
         #[arg(long, hide = true)]
         once: bool,
@@ -465,7 +465,7 @@ fn main() -> ExitCode {
             cases,
             repeats,
             once,
-        } => info_cmd::bench(cases, repeats, once),
+        } => info_cmd::bench(cases, repeats as usize, once),
         Command::Report { dir, strict } => {
             if nngeo::cluster::is_sharded(&dir) {
                 if let Err(code) = cluster_cmd::merge(&dir) {

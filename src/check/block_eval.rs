@@ -187,7 +187,7 @@ impl<'a> Checker<'a> {
                     self.err_at(
                         f.src,
                         ErrorKind::BadNumber {
-                            text: format!("{x} {op:?} {y}"),
+                            text: format!("{x} {} {y}", op.symbol()),
                         },
                         e.span,
                         "not a finite number",

@@ -288,6 +288,22 @@ impl<'a> Checker<'a> {
         let layers = match call.get("layers") {
             Some(l) => {
                 let names = self.str_list(l, "layers")?;
+                if names.is_empty() {
+                    // An empty list would silently mean every layer.
+                    self.error(
+                        Diagnostic::new(
+                            ErrorKind::Invalid {
+                                message: "`layers = []` selects no layer".into(),
+                            },
+                            l.span,
+                            "empty list",
+                        )
+                        .hint(
+                            "leave `layers` out for every layer, or name some: `layers = [\"fc\"]`",
+                        ),
+                    );
+                    return None;
+                }
                 let known: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
                 let mut out: Vec<String> = Vec::new();
                 for n in &names {

@@ -183,6 +183,16 @@ pub enum BinOp {
 }
 
 impl BinOp {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+        }
+    }
+
     /// The operation on numbers.
     pub fn apply(self, a: f64, b: f64) -> f64 {
         match self {
