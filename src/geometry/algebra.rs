@@ -16,7 +16,7 @@
 //!   anything else is Dense.
 
 use super::repr::{Block, Fim, FimBody, LayerInfo, ReprError};
-use crate::linalg::{sym_fn, wider, HostMatrix, Mat, Stored};
+use crate::linalg::{sym_fn, wider, HostMatrix, LinalgError, Mat, Stored};
 
 type R<T> = Result<T, ReprError>;
 
@@ -152,8 +152,26 @@ impl Block {
         Ok(Block::Ekfac { ua, ug, d })
     }
 
-    /// `self^p` (exact; `p = −1` is the inverse).
+    /// `self^p` (exact; `p = −1` is the inverse). A negative power of a
+    /// block with an exactly zero eigenvalue is refused, naming the layer,
+    /// rather than stored as infinities.
     pub fn pow(&self, l: &LayerInfo, p: f64) -> R<Block> {
+        let singular = || {
+            ReprError::Unsupported(format!(
+                "the power {p} of a singular matrix is undefined: layer `{}` has an eigenvalue 0; add damping first, e.g. `inverse(F + 1e-3)`",
+                l.name
+            ))
+        };
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        match self.pow_unchecked(l, p) {
+            Err(ReprError::Linalg(LinalgError::NonFiniteFn { .. })) if p < 0.0 => Err(singular()),
+            Ok(Block::Diag(d)) if p < 0.0 && !finite(&d) => Err(singular()),
+            Ok(Block::Ekfac { d, .. }) if p < 0.0 && !finite(&d.data) => Err(singular()),
+            other => other,
+        }
+    }
+
+    fn pow_unchecked(&self, l: &LayerInfo, p: f64) -> R<Block> {
         Ok(match self {
             Block::Dense(m) => Block::Dense(Stored::from_mat(
                 sym_fn(&*m.as_f64()?, |x| pow(x, p))?,
@@ -456,6 +474,13 @@ mod tests {
             };
             let r: f64 = bx.iter().zip(&v).map(|(a, b)| (a - b).abs()).sum();
             assert!(r < 1e-10, "{b:?}: residual {r:e}");
+        }
+        // A negative power of an exact zero is refused, naming the layer
+        // (it was stored as infinities); positive powers are not affected.
+        for b in [&bs[1], &bs[3]] {
+            let e = b.pow(&l, -1.0).unwrap_err().to_string();
+            assert!(e.contains("singular") && e.contains(&l.name), "{e}");
+            assert!(b.pow(&l, 2.0).is_ok());
         }
     }
 }
