@@ -695,7 +695,13 @@ fn exec(args: ExecArgs) -> ExitCode {
             claims_exit(&summary.claims, strict)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // A failed step is located at the statement it came from.
+            let at = e
+                .failed_step()
+                .and_then(|id| plan.steps.iter().find(|s| s.id.0 == id))
+                .map(|s| format!("{}:{}:{}: ", file.display(), s.span.line, s.span.col))
+                .unwrap_or_default();
+            eprintln!("error: {at}{e}");
             if e.is_refusal() {
                 return ExitCode::from(2);
             }

@@ -222,6 +222,12 @@ fn a_failing_run_keeps_what_it_computed() {
         "{}",
         text(&out.stderr)
     );
+    // Located at the `train` statement (line 6 of the source).
+    assert!(
+        text(&out.stderr).contains(".ngx:6:1: step #"),
+        "{}",
+        text(&out.stderr)
+    );
     let results = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert!(results.contains("\"before\""), "{results}");
     assert!(results.contains("\"train/loss\""), "{results}");

@@ -58,6 +58,15 @@ impl ExecError {
         matches!(self, ExecError::Folder(e) if e.is_refusal())
     }
 
+    /// The plan step that failed, where the backend names one.
+    pub fn failed_step(&self) -> Option<u32> {
+        match self {
+            ExecError::BeforeStart(BackendError::Failed { step, .. })
+            | ExecError::Backend(BackendError::Failed { step, .. }) => Some(*step),
+            _ => None,
+        }
+    }
+
     /// Whether the output folder was left exactly as it was.
     pub fn left_folder_untouched(&self) -> bool {
         matches!(self, ExecError::BeforeStart(_)) || self.is_refusal()
