@@ -707,6 +707,11 @@ fn exec(args: ExecArgs) -> ExitCode {
             }
             if e.left_folder_untouched() {
                 eprintln!("note: nothing in {} was changed", out.display());
+            } else if e.before_any_step() && mode != nngeo::exec::Mode::Resume {
+                eprintln!(
+                    "note: no step ran; once {} can be written, run the same command again",
+                    out.display()
+                );
             } else {
                 let again = match &shard {
                     Some(s) => format!(

@@ -703,3 +703,22 @@ fn a_listing_into_a_closed_pipe_ends_quietly() {
         assert_ne!(out.status.code(), Some(101), "{cmd}: {err}");
     }
 }
+
+#[test]
+fn an_output_folder_that_cannot_be_made_says_no_step_ran() {
+    // `--out` names a file: the run stops taking its folder, before any
+    // step, and does not suggest resuming results that do not exist.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("out"), "a file").unwrap();
+    let (out, _) = exec_source(
+        dir.path(),
+        "experiment e {}\ndata d = digits() |> take(10)\nmodel net = mlp(in = 64, out = 10)\n\
+         measure trace(Fim(Diag) of net on d)\n",
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no step ran") && !err.contains("--resume"),
+        "{err}"
+    );
+}

@@ -67,6 +67,11 @@ impl ExecError {
         }
     }
 
+    /// Whether the run failed while taking its folder, before any step ran.
+    pub fn before_any_step(&self) -> bool {
+        matches!(self, ExecError::Folder(_)) || self.left_folder_untouched()
+    }
+
     /// Whether the output folder was left exactly as it was.
     pub fn left_folder_untouched(&self) -> bool {
         matches!(self, ExecError::BeforeStart(_)) || self.is_refusal()
