@@ -221,10 +221,21 @@ fn cifar_round_trip_and_bad_size() {
         assert!(msg.contains("6147") && msg.contains("3073"), "{msg}");
     }
 
+    // A bad label in the second record: the header read (`check`) refuses
+    // it as the load does, plain and gzipped.
     let bad_label = dir.path().join("c100.bin");
-    write(&bad_label, &cifar_record(42, 0));
-    let err = load_cifar10(&[bad_label]).unwrap_err();
-    assert!(err.to_string().contains("label 42"), "{err}");
+    let mut two = cifar_record(1, 0);
+    two.extend(cifar_record(42, 0));
+    write(&bad_label, &two);
+    let gz_label = dir.path().join("c100.bin.gz");
+    write(&gz_label, &gzip(&two));
+    for err in [
+        load_cifar10(std::slice::from_ref(&bad_label)).unwrap_err(),
+        cifar10_info(std::slice::from_ref(&bad_label)).unwrap_err(),
+        cifar10_info(&[gz_label]).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("label 42 in record 1"), "{err}");
+    }
 }
 
 // ---------------------------------------------------------------- csv

@@ -15,16 +15,46 @@ pub fn cifar10_info(batches: &[PathBuf]) -> Result<DataInfo, DataError> {
     check_nonempty(batches)?;
     let mut n = 0;
     for path in batches {
-        let len = if is_gzip_file(path)? {
-            read_maybe_gz(path)?.len() as u64
+        // Every record's label byte is read here too, so that `check`
+        // refuses a file `exec` would (a CIFAR-100 file, a wrong format).
+        if is_gzip_file(path)? {
+            let bytes = read_maybe_gz(path)?;
+            let records = records_in(path, bytes.len() as u64)?;
+            for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
+                label_of(path, i, record[0])?;
+            }
+            n += records;
         } else {
-            std::fs::metadata(path)
+            use std::io::{Read, Seek, SeekFrom};
+            let len = std::fs::metadata(path)
                 .map_err(|e| DataError::io(path, e))?
-                .len()
-        };
-        n += records_in(path, len)?;
+                .len();
+            let records = records_in(path, len)?;
+            let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+            let mut byte = [0u8; 1];
+            for i in 0..records {
+                f.seek(SeekFrom::Start((i * RECORD) as u64))
+                    .and_then(|_| f.read_exact(&mut byte))
+                    .map_err(|e| DataError::io(path, e))?;
+                label_of(path, i, byte[0])?;
+            }
+            n += records;
+        }
     }
     Ok(info(n))
+}
+
+/// A record's label, refused beyond CIFAR-10's ten classes.
+fn label_of(path: &std::path::Path, record: usize, label: u8) -> Result<f32, DataError> {
+    if usize::from(label) >= CLASSES {
+        return Err(DataError::format(
+            path,
+            format!(
+                "has label {label} in record {record}; CIFAR-10 labels are 0..9 (is this a CIFAR-100 file?)"
+            ),
+        ));
+    }
+    Ok(f32::from(label))
 }
 
 /// Loads all batches in order; pixel values are raw `0..255` as `f32`, in
@@ -39,16 +69,7 @@ pub fn load_cifar10(batches: &[PathBuf]) -> Result<HostData, DataError> {
         x.reserve(n * PIXELS);
         y.reserve(n);
         for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
-            let label = record[0];
-            if usize::from(label) >= CLASSES {
-                return Err(DataError::format(
-                    path,
-                    format!(
-                        "has label {label} in record {i}; CIFAR-10 labels are 0..9 (is this a CIFAR-100 file?)"
-                    ),
-                ));
-            }
-            y.push(f32::from(label));
+            y.push(label_of(path, i, record[0])?);
             x.extend(record[1..].iter().map(|&p| f32::from(p)));
         }
     }
