@@ -681,6 +681,7 @@ fn exec(args: ExecArgs) -> ExitCode {
         out_dir: out.clone(),
     };
     let shard_ref = shard.as_ref().map(nngeo::report::ShardRef::of);
+    nngeo::exec::interrupt::install();
     match nngeo::exec::run_shard(&plan, be.as_mut(), &ctx, mode, shard_ref.as_ref()) {
         Ok(summary) => {
             for w in &summary.warnings {

@@ -473,3 +473,72 @@ fn a_full_tmpfs_stops_the_run_and_keeps_whole_lines() {
     let status = manifest(&copy)["status"].as_str().unwrap().to_string();
     assert_ne!(status, "ok");
 }
+
+/// Ctrl-C (SIGINT) during `exec`: the run stops after the step in
+/// progress, the manifest says so, results.csv is rebuilt from the whole
+/// lines, and `--resume` completes the run with the results of an
+/// uninterrupted one.
+#[test]
+fn sigint_stops_after_the_current_step_and_resume_completes() {
+    let case = Case::new();
+    let sweep: Vec<String> = (1..=20).map(|k| k.to_string()).collect();
+    let file = case.file(
+        "a.ngx",
+        &format!(
+            "experiment sig {{\n  seed = 0\n}}\n\
+             data train = digits(split = train) |> take(300)\n\
+             model net = mlp(in = 64, hidden = [64], out = 10)\n\
+             for k in [{}] {{\n  measure trace(Fim(BlockDiag) of net on train) as \"t\"\n}}\n",
+            sweep.join(", ")
+        ),
+    );
+    let out = case.out();
+    let child = cmd(&[
+        "exec",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let results = out.join("results.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&results).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no results after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signals the child this test spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    let status = manifest(&out)["status"].as_str().unwrap().to_string();
+    assert!(
+        status.starts_with("failed: interrupted by SIGINT"),
+        "{status}"
+    );
+    let kept = values(&out);
+    assert!(
+        !kept.is_empty() && kept.len() < 20,
+        "{} results",
+        kept.len()
+    );
+    assert!(out.join("results.csv").exists());
+    let o = cmd(&[
+        "exec",
+        file.to_str().unwrap(),
+        "--resume",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = values(&out);
+    assert_eq!(all.len(), 20);
+    assert_eq!(all[..kept.len()], kept[..]);
+    assert_eq!(manifest(&out)["status"], "ok");
+}

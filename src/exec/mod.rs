@@ -17,6 +17,7 @@
 //! uses), whose results are not written again. An interrupted training
 //! run is redone from its start.
 
+pub mod interrupt;
 pub mod jsonl;
 pub mod limit;
 pub mod part;
@@ -44,6 +45,9 @@ pub enum ExecError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Folder(#[from] RunDirError),
+    /// SIGINT or SIGTERM: the run stopped after a finished step.
+    #[error("interrupted by {signal} after step #{after}")]
+    Interrupted { signal: &'static str, after: u32 },
     #[error("cannot write results in `{path}`: {source}")]
     Io {
         path: String,
@@ -319,6 +323,13 @@ pub fn run_shard(
                 }
             }
             None => early.push(timing),
+        }
+        if let Some(signal) = interrupt::requested() {
+            outcome = Err(ExecError::Interrupted {
+                signal,
+                after: step.id.0,
+            });
+            break;
         }
     }
     progress.finish();
