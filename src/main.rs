@@ -700,7 +700,11 @@ fn exec(args: ExecArgs) -> ExitCode {
             let at = e
                 .failed_step()
                 .and_then(|id| plan.steps.iter().find(|s| s.id.0 == id))
-                .map(|s| format!("{}:{}:{}: ", file.display(), s.span.line, s.span.col))
+                .map(|s| match is_plan {
+                    // A plan's spans are in the .ngx it was compiled from.
+                    true => format!("line {}:{} of the source: ", s.span.line, s.span.col),
+                    false => format!("{}:{}:{}: ", file.display(), s.span.line, s.span.col),
+                })
                 .unwrap_or_default();
             eprintln!("error: {at}{e}");
             if e.is_refusal() {

@@ -143,3 +143,18 @@ fn vgg_names_skip_absent_batch_norms() {
         &["features.0", "features.1", "features.4", "features.5"]
     );
 }
+
+/// A value `def` of the file gives a layer's size outside blocks too (it
+/// worked only inside them), and a non-integer result is refused there.
+#[test]
+fn value_defs_size_layers_at_the_top_level() {
+    let src = "experiment m { seed = 0 }\ndef f(n) = n * 2\n\
+               model net = sequential(conv2d(1, f(2), kernel = 1), flatten, linear(256, 10), input = [1, 8, 8])\n";
+    let (_, spec) = models(src).remove(0);
+    assert_eq!(spec.layers[0].output, vec![4, 8, 8]);
+    let bad = "experiment m { seed = 0 }\ndef g(n) = n / 3\n\
+               model net = sequential(conv2d(1, g(2), kernel = 1), flatten, linear(64, 10), input = [1, 8, 8])\n";
+    let d = nngeo::compile_source(bad, &CheckOptions::default()).unwrap_err();
+    let text = nngeo::diag::render("m.ngx", bad, &d);
+    assert!(text.contains("expected an integer"), "{text}");
+}

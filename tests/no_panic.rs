@@ -246,6 +246,10 @@ fn oversized_models_schedules_and_sweeps_are_refused() {
             format!("model net = mlp(in = 64, hidden = [4], out = 10)\nreplicate s in 0..65536 {{\n  {measure}}}\n"),
             "too long: a sweep takes at most 10000 values",
         ),
+        (
+            format!("model net = mlp(in = 64, hidden = [4], out = 10)\nreplicate s in 3..3 {{\n  {measure}}}\n"),
+            "a sweep needs at least one value",
+        ),
     ];
     for (body, want) in &cases {
         let src = format!("{head}{body}{measure}");

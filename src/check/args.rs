@@ -294,10 +294,35 @@ impl<'a> Checker<'a> {
     }
 
     /// A number, with arithmetic on numbers allowed (`1/16`, `-0.5`).
+    /// Whether `name` is a `def name(...) = value` (not a block).
+    fn is_value_def(&self, name: &str) -> bool {
+        matches!(self.defs.get(name), Some(super::block::Def::Value { .. }))
+    }
+
+    /// A call of a value `def` written in the checked file (`f(2)` in a
+    /// layer's argument), evaluated as inside a block.
+    fn eval_value_def(&mut self, call: &'a Expr) -> Option<super::block::V<'a>> {
+        let frame = super::block::Frame {
+            top: true,
+            ..Default::default()
+        };
+        self.eval_v(call, &frame)
+    }
+
     pub(super) fn number(&mut self, e: &'a Expr, what: &str) -> Option<f64> {
         let e = self.deref(e);
         match &e.kind {
             ExprKind::Int(i) => Some(*i as f64),
+            ExprKind::Call { callee, .. } if self.is_value_def(&callee.name) => {
+                match self.eval_value_def(e)? {
+                    super::block::V::Int(i) => Some(i as f64),
+                    super::block::V::Float(f) if f.is_finite() => Some(f),
+                    _ => {
+                        self.mismatch(e, "a number", what);
+                        None
+                    }
+                }
+            }
             ExprKind::Float(f) if f.is_finite() => Some(*f),
             ExprKind::Float(_) => {
                 self.error(Diagnostic::new(
@@ -386,6 +411,16 @@ impl<'a> Checker<'a> {
         let v = match &d.kind {
             ExprKind::Int(i) => *i,
             ExprKind::Float(f) if f.fract() == 0.0 && f.abs() < 9e15 => *f as i64,
+            ExprKind::Call { callee, .. } if self.is_value_def(&callee.name) => {
+                match self.eval_value_def(d)? {
+                    super::block::V::Int(i) => i,
+                    super::block::V::Float(f) if f.fract() == 0.0 && f.abs() < 9e15 => f as i64,
+                    _ => {
+                        self.mismatch(d, "an integer", what);
+                        return None;
+                    }
+                }
+            }
             ExprKind::Neg(_) | ExprKind::Binary { .. } => {
                 let f = self.number(d, what)?;
                 if f.fract() != 0.0 {

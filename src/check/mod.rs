@@ -596,7 +596,13 @@ impl<'a> Checker<'a> {
                 if items.is_empty() {
                     // The parser leaves a range too long to unroll empty.
                     let text = self.expr_text(iter_d);
-                    let (message, label) = if text.contains("..") {
+                    let too_long = text.split_once("..").is_some_and(|(a, b)| {
+                        match (a.trim().parse::<i64>(), b.trim().parse::<i64>()) {
+                            (Ok(a), Ok(b)) => b.saturating_sub(a) > MAX_SWEEP_RANGE as i64,
+                            _ => true,
+                        }
+                    });
+                    let (message, label) = if too_long {
                         (
                             format!("the range `{text}` is too long: a sweep takes at most {MAX_SWEEP_RANGE} values"),
                             "too long",

@@ -528,11 +528,13 @@ impl<'a> Checker<'a> {
             Schedule::At(e) => {
                 let d = self.deref(e);
                 match &d.kind {
-                    ExprKind::List(_) => {
-                        let v = self.int_list(d, "step", 0)?;
-                        Some(HookSchedule::Steps {
-                            at: v.into_iter().map(|x| x as u64).collect(),
-                        })
+                    ExprKind::List(items) => {
+                        // Training steps, bounded as `steps =` is (not a size).
+                        let at: Option<Vec<u64>> = items
+                            .iter()
+                            .map(|it| self.int(&it.value, "step", 0, 1 << 40).map(|x| x as u64))
+                            .collect();
+                        Some(HookSchedule::Steps { at: at? })
                     }
                     _ => match Self::named_call(d) {
                         Some((c, args)) if c.name == "log_steps" => {

@@ -14,9 +14,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
     const MSG: &[u8] =
         b"\nnngeo: stopping after the current step (send the signal again to stop at once)\n";
-    // SAFETY: write(2) is async-signal-safe; the buffer is static.
+    // SAFETY: write(2) is async-signal-safe; the buffer is static; errno
+    // is restored, since the interrupted code may be about to read it.
     unsafe {
+        let errno = *libc::__errno_location();
         libc::write(2, MSG.as_ptr().cast(), MSG.len());
+        *libc::__errno_location() = errno;
     }
 }
 
@@ -26,11 +29,13 @@ pub fn install() {
     #[cfg(unix)]
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed sigaction with a plain handler and an empty
-        // mask is valid; SA_RESETHAND restores the default after one use.
+        // mask is valid; SA_RESETHAND restores the default after one use,
+        // SA_RESTART resumes the system calls the signal interrupted (the
+        // step goes on).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESETHAND;
+            sa.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }

@@ -45,9 +45,14 @@ pub enum ExecError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Folder(#[from] RunDirError),
-    /// SIGINT or SIGTERM: the run stopped after a finished step.
-    #[error("interrupted by {signal} after step #{after}")]
-    Interrupted { signal: &'static str, after: u32 },
+    /// SIGINT or SIGTERM: the run stopped between two steps.
+    #[error("interrupted by {signal} before step #{before}")]
+    Interrupted {
+        signal: &'static str,
+        before: u32,
+        /// Whether the run had taken its folder (results may be there).
+        folder_taken: bool,
+    },
     #[error("cannot write results in `{path}`: {source}")]
     Io {
         path: String,
@@ -71,14 +76,22 @@ impl ExecError {
         }
     }
 
-    /// Whether the run failed while taking its folder, before any step ran.
+    /// Whether the run failed while taking its folder, before any result
+    /// was written (a folder write after that is an [`ExecError::Io`]).
     pub fn before_any_step(&self) -> bool {
         matches!(self, ExecError::Folder(_)) || self.left_folder_untouched()
     }
 
     /// Whether the output folder was left exactly as it was.
     pub fn left_folder_untouched(&self) -> bool {
-        matches!(self, ExecError::BeforeStart(_)) || self.is_refusal()
+        matches!(
+            self,
+            ExecError::BeforeStart(_)
+                | ExecError::Interrupted {
+                    folder_taken: false,
+                    ..
+                }
+        ) || self.is_refusal()
     }
 }
 
@@ -201,6 +214,15 @@ pub fn run_shard(
         if !needed.contains(&step.id.0) {
             continue;
         }
+        // Between steps: a run asked to stop does not start another one.
+        if let Some(signal) = interrupt::requested() {
+            outcome = Err(ExecError::Interrupted {
+                signal,
+                before: step.id.0,
+                folder_taken: session.is_some(),
+            });
+            break;
+        }
         // Run again only for what later steps need: its results are in.
         let silent = done.contains(&step.id.0);
         if session.is_none() && writes_folder(step) {
@@ -318,18 +340,11 @@ pub fn run_shard(
         match session.as_mut() {
             Some(s) => {
                 if let Err(e) = s.step_done(timing) {
-                    outcome = Err(e.into());
+                    outcome = Err(after_results(e));
                     break;
                 }
             }
             None => early.push(timing),
-        }
-        if let Some(signal) = interrupt::requested() {
-            outcome = Err(ExecError::Interrupted {
-                signal,
-                after: step.id.0,
-            });
-            break;
         }
     }
     progress.finish();
@@ -358,8 +373,17 @@ pub fn run_shard(
             .push(format!("could not rebuild plots: {e}")),
     }
     outcome?;
-    finished?;
+    finished.map_err(after_results)?;
     Ok(summary)
+}
+
+/// A folder write that fails once results are in it: a write error like
+/// any other (the run can be resumed), not a failure to take the folder.
+fn after_results(e: RunDirError) -> ExecError {
+    match e {
+        RunDirError::Io { path, source } => ExecError::Io { path, source },
+        other => ExecError::Folder(other),
+    }
 }
 
 /// Takes the run folder (see [`Pending::open`]) and records the steps that
