@@ -294,6 +294,17 @@ impl<'a> Checker<'a> {
     }
 
     /// A number, with arithmetic on numbers allowed (`1/16`, `-0.5`).
+    /// `1e400` and the like: E004 at the literal.
+    pub(super) fn not_finite(&mut self, e: &Expr) {
+        self.error(Diagnostic::new(
+            ErrorKind::BadNumber {
+                text: self.expr_text(e),
+            },
+            e.span,
+            "not a finite number",
+        ));
+    }
+
     /// Whether `name` is a `def name(...) = value` (not a block).
     fn is_value_def(&self, name: &str) -> bool {
         matches!(self.defs.get(name), Some(super::block::Def::Value { .. }))
@@ -325,13 +336,7 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Float(f) if f.is_finite() => Some(*f),
             ExprKind::Float(_) => {
-                self.error(Diagnostic::new(
-                    ErrorKind::BadNumber {
-                        text: self.expr_text(e),
-                    },
-                    e.span,
-                    "not a finite number",
-                ));
+                self.not_finite(e);
                 None
             }
             ExprKind::Neg(x) => self.number(x, what).map(|v| -v),

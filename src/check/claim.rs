@@ -157,13 +157,7 @@ impl Checker<'_> {
             ExprKind::Float(f) if f.is_finite() => Some(number(*f)),
             ExprKind::Float(_) => {
                 // `1e400`: the plan could not hold it (JSON has no ∞).
-                self.error(Diagnostic::new(
-                    ErrorKind::BadNumber {
-                        text: self.expr_text(e),
-                    },
-                    e.span,
-                    "not a finite number",
-                ));
+                self.not_finite(e);
                 None
             }
             ExprKind::Str(s) => self.claim_key(s, e.span, complete),
