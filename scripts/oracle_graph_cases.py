@@ -9,8 +9,14 @@ Run, in a Python environment with torch and nngeometry
 Writes DIR/<case>.json + <case>.safetensors (DIR defaults to
 target/oracle-cases); run them with
     NNGEO_ORACLE_CASES=DIR cargo test --test oracle
-The shipped fixtures digits_gn_pool, digits_dense_cat, digits_conv_variants
-and regress_skip_mlp were made by this script.
+The shipped fixtures digits_gn_pool, digits_dense_cat, digits_conv_variants,
+regress_skip_mlp, digits_act_pool, regress_conv1d and digits_seq_mix were
+made by this script:
+digits_act_pool (LeakyReLU / ELU / SiLU / Identity / Dropout, ceil-mode and
+padded pools), regress_conv1d (Conv1d on the regression rows as [n, 1, 8]),
+digits_plain_norms (BatchNorm2d / InstanceNorm2d / GroupNorm / LayerNorm
+without affine parameters) and digits_seq_mix (a chain case: its sidecar
+describes the network in digits_cnn's Sequential format, `model.layers`).
 
 Every model's forward IS the op list written to the sidecar (GraphNet executes
 `steps`), so the sidecar cannot disagree with what nngeometry saw.  Values come
@@ -191,10 +197,52 @@ def pair(v):
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+POOL_SIZE = ("per axis (L = H or W): out = floor((L + 2*padding - dilation*(kernel_size-1) - 1) / stride) + 1, with ceil_mode=True ceil instead of floor, "
+             "then minus 1 if (out - 1) * stride >= L + padding (PyTorch drops a last window that would start in the right padding)")
+
+
+def pool_out(L, k, s, p, d, ceil_mode):
+    num = L + 2 * p - d * (k - 1) - 1
+    o = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (o - 1) * s >= L + p:
+        o -= 1
+    return o
+
+
+def pool2d_manual(x, kind, k, s, p, d=(1, 1), ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """Pooling by explicit window enumeration (independent of F.*_pool2d)."""
+    k, s, p, d = pair(k), pair(s), pair(p), pair(d)
+    H, W = x.shape[2:]
+    oh, ow = pool_out(H, k[0], s[0], p[0], d[0], ceil_mode), pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
+    eh = max((oh - 1) * s[0] + d[0] * (k[0] - 1) + 1 - H - p[0], 0)
+    ew = max((ow - 1) * s[1] + d[1] * (k[1] - 1) + 1 - W - p[1], 0)
+    xp = F.pad(x, (p[1], ew, p[0], eh), value=(-float("inf") if kind == "max" else 0.0))
+    ih = torch.tensor([[i * s[0] + a * d[0] for a in range(k[0])] for i in range(oh)])
+    iw = torch.tensor([[j * s[1] + b * d[1] for b in range(k[1])] for j in range(ow)])
+    win = xp[:, :, ih[:, :, None, None], iw[None, None, :, :]]          # [n, c, oh, kh, ow, kw]
+    win = win.permute(0, 1, 2, 4, 3, 5).reshape(x.shape[0], x.shape[1], oh, ow, k[0] * k[1])
+    if kind == "max":
+        return win.max(-1).values   # gradient to the first maximum (row-major window order)
+    div = torch.zeros(oh, ow)
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * s[0] - p[0], j * s[1] - p[1]
+            he, we = min(hs + k[0], H + p[0]), min(ws + k[1], W + p[1])
+            if not count_include_pad:
+                hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+            div[i, j] = divisor_override or (he - hs) * (we - ws)
+    return win.sum(-1) / div
+
+
 def describe_module(name, m, sd_keys):
     t = m.__class__.__name__
     d = {"name": name, "type": t}
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, nn.Conv1d):
+        d.update(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+                 stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups,
+                 bias=m.bias is not None, padding_mode=m.padding_mode,
+                 note="1-d convolution on [C, L] per example; kernel_size / stride / padding / dilation are 1-element lists (PyTorch's 1-tuples); weight [out_c, in_c/groups, k]; zero padding of 'padding' on both ends; L_out = floor((L + 2*padding - dilation*(k-1) - 1) / stride) + 1; y[o, l] = bias[o] + sum_{c, a} weight[o, c, a] * x_padded[c, l*stride + a*dilation]")
+    elif isinstance(m, nn.Conv2d):
         d.update(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=pair(m.kernel_size),
                  stride=pair(m.stride), padding=pair(m.padding), dilation=pair(m.dilation), groups=m.groups,
                  bias=m.bias is not None, padding_mode=m.padding_mode)
@@ -210,14 +258,38 @@ def describe_module(name, m, sd_keys):
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         d.update(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
                  track_running_stats=m.track_running_stats, mode="eval (uses running_mean / running_var)",
-                 formula="per feature/channel c: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]")
+                 formula="per feature/channel c: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]" if m.affine else
+                 "per feature/channel c: y = (x - running_mean[c]) / sqrt(running_var[c] + eps); affine=False: no weight / bias (no parameters; running_mean / running_var / num_batches_tracked are buffers)")
+    elif isinstance(m, nn.InstanceNorm2d):
+        d.update(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                 track_running_stats=m.track_running_stats,
+                 formula="per example and per channel c, over its H x W positions: y = (x - mean) / sqrt(var + eps) (biased variance)"
+                 + (" * weight[c] + bias[c]" if m.affine else "; affine=False: no weight / bias (no parameters)")
+                 + ("; track_running_stats=False: no running statistics, so the per-example statistics are used in eval mode too (same in train and eval)" if not m.track_running_stats else "; eval mode uses running_mean / running_var"))
     elif isinstance(m, nn.GroupNorm):
         d.update(num_groups=m.num_groups, num_channels=m.num_channels, eps=m.eps, affine=m.affine,
-                 formula="per example, channels split into num_groups consecutive groups; over each group's channels and all H x W positions: y = (x - mean) / sqrt(var + eps) (biased variance) then per channel c: y * weight[c] + bias[c]; statistics are per example (no running statistics; same in train and eval)")
+                 formula="per example, channels split into num_groups consecutive groups; over each group's channels and all H x W positions: y = (x - mean) / sqrt(var + eps) (biased variance) then per channel c: y * weight[c] + bias[c]; statistics are per example (no running statistics; same in train and eval)" if m.affine else
+                 "per example, channels split into num_groups consecutive groups; over each group's channels and all H x W positions: y = (x - mean) / sqrt(var + eps) (biased variance); affine=False: no weight / bias (no parameters); statistics are per example (no running statistics; same in train and eval)")
     elif isinstance(m, nn.LayerNorm):
         d.update(normalized_shape=list(m.normalized_shape), eps=m.eps, elementwise_affine=m.elementwise_affine,
                  bias=m.bias is not None,
-                 formula="per example over the trailing normalized_shape dims: y = (x - mean) / sqrt(var + eps) (biased variance) * weight + bias, weight and bias of shape normalized_shape")
+                 formula="per example over the trailing normalized_shape dims: y = (x - mean) / sqrt(var + eps) (biased variance) * weight + bias, weight and bias of shape normalized_shape" if m.elementwise_affine else
+                 "per example over the trailing normalized_shape dims: y = (x - mean) / sqrt(var + eps) (biased variance); elementwise_affine=False: no weight / bias (no parameters)")
+    elif isinstance(m, nn.LeakyReLU):
+        d.update(negative_slope=m.negative_slope, inplace=False,
+                 formula="x if x > 0 else negative_slope * x; derivative negative_slope for x <= 0 (PyTorch's convention: at x = 0 it is negative_slope)")
+    elif isinstance(m, nn.ELU):
+        d.update(alpha=m.alpha, inplace=False,
+                 formula="x if x > 0 else alpha * (exp(x) - 1); derivative 1 for x > 0, alpha * exp(x) for x <= 0 (PyTorch's convention: at x = 0 it is alpha)")
+    elif isinstance(m, nn.SiLU):
+        d.update(inplace=False, formula="x * sigmoid(x) = x / (1 + exp(-x)); derivative sigmoid(x) * (1 + x * (1 - sigmoid(x)))")
+    elif isinstance(m, nn.Identity):
+        d.update(formula="y = x (no parameters)")
+    elif isinstance(m, nn.Dropout):
+        d.update(p=m.p, inplace=m.inplace,
+                 formula="eval mode (every module here runs in eval mode): y = x, the identity; p matters only in training mode (zero each element with probability p, scale the rest by 1/(1-p)), which was used only while training the weights")
+    elif isinstance(m, nn.Flatten):
+        d.update(start_dim=m.start_dim, end_dim=m.end_dim, note="row-major flatten of [C, H, W] per example")
     elif isinstance(m, nn.ReLU):
         d.update(inplace=False, formula="max(x, 0); derivative 0 for x <= 0 (PyTorch's convention)")
     elif isinstance(m, nn.Tanh):
@@ -227,11 +299,13 @@ def describe_module(name, m, sd_keys):
     elif isinstance(m, nn.MaxPool2d):
         d.update(kernel_size=pair(m.kernel_size), stride=pair(m.stride), padding=pair(m.padding),
                  dilation=pair(m.dilation), ceil_mode=m.ceil_mode,
-                 formula="max over each window; the gradient goes to the (first) arg-max")
+                 formula="max over each window; the gradient goes to the (first) arg-max" if (pair(m.padding) == [0, 0] and pair(m.dilation) == [1, 1] and not m.ceil_mode) else
+                 "max over each window of the input padded with -inf ('padding' on each side; a padded position never wins); per axis window i reads positions i*stride - padding + a*dilation, a < kernel_size; output size " + POOL_SIZE + "; the gradient goes to the first arg-max in row-major window order")
     elif isinstance(m, nn.AvgPool2d):
         d.update(kernel_size=pair(m.kernel_size), stride=pair(m.stride), padding=pair(m.padding),
                  ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
-                 divisor_override=m.divisor_override, formula="mean over each window (padded zeros counted, count_include_pad=True)")
+                 divisor_override=m.divisor_override,
+                 formula="sum over each window of the zero-padded input divided by the window's divisor. Output size " + POOL_SIZE + " (dilation 1). Per axis window i starts at s = i*stride - padding and ends at e = min(s + kernel_size, L + padding); the divisor is divisor_override if set, else with count_include_pad=True the window clipped to [-padding, L + padding): (e_h - s_h) * (e_w - s_w) (padded zeros counted; a ceil_mode window that runs past L + padding counts only its part inside), else (count_include_pad=False) the number of in-input elements (min(e_h, H) - max(s_h, 0)) * (min(e_w, W) - max(s_w, 0))")
     elif isinstance(m, nn.AdaptiveAvgPool2d):
         d.update(output_size=pair(m.output_size),
                  note="output size 1x1: mean over all H x W positions of each channel (no parameters)" if pair(m.output_size) == [1, 1]
@@ -301,7 +375,33 @@ SOLVE_DOC = {
     "lowrank": "NOT (F + regul I)^-1 v: with M = J/sqrt(n) reshaped [n_out*n, P] = U S V^T (thin SVD), x = V ((V^T v) / (S^2 + regul)); the component of v outside the row space of J is dropped",
     "quasidiag": "nngeometry PMatQuasiDiag.solve (diag + per-output-unit weight/bias cross terms)",
 }
-KRON_TYPES = ("Conv2d", "Linear")
+KRON_TYPES = ("Conv2d", "Linear")   # the 'conv_linear' fallback collection (Conv1d is left out of it: nngeometry has no Conv1d QuasiDiag)
+
+
+def param_layer_collection(model, unsup):
+    """nngeometry LayerCollection over the modules that own parameters, in
+    named_modules() order: the same as LayerCollection.from_model(model) for
+    every module with its affine parameters; from_model also adds
+    BatchNorm / GroupNorm / LayerNorm without affine parameters as layers
+    with (nonexistent) weight and bias, which breaks every computation."""
+    lc = LayerCollection()
+    for name, m in model.named_modules():
+        if m.__class__.__name__ in LayerCollection._known_modules and next(m.parameters(recurse=False), None) is not None:
+            lc.add_layer(name, LayerCollection._module_to_layer(m))
+    P = sum(p.numel() for p in model.parameters())
+    if lc.numel() != P:
+        raise RuntimeError(f"layer collection has {lc.numel()} parameters, the model {P}")
+    ref = LayerCollection.from_model(model)
+    if list(ref.layers) != list(lc.layers) or ref.numel() != lc.numel():
+        extra = [f"{l} ({model.get_submodule(l).__class__.__name__}, {ref.layers[l].numel()} phantom parameters)" for l in ref.layers if l not in lc.layers]
+        unsup["LayerCollection.from_model"] = (
+            "nngeometry's LayerCollection.from_model(model) adds the parameter-free modules " + ", ".join(extra)
+            + f" as layers with a weight and a bias that the module does not have (numel {ref.numel()} instead of P = {P}); "
+            "every FIM / Jacobian / GramMatrix computed over it raises AttributeError: 'NoneType' object has no attribute 'device'. "
+            "Every value in this file is computed by nngeometry with layer_collection = a LayerCollection holding only the modules that own parameters "
+            "(LayerCollection() + add_layer(name, LayerCollection._module_to_layer(module)) in named_modules() order), which is what from_model gives for them; "
+            "the parameter-free norms still take part in the forward and backward passes")
+    return lc
 
 
 def errstr(e):
@@ -318,7 +418,7 @@ class Builder:
         self.K = {}          # key -> meta
         self.unsup = {}
         self.checks = {}
-        self.lc_all = LayerCollection.from_model(model)
+        self.lc_all = param_layer_collection(model, self.unsup)
         self.P = self.lc_all.numel()
         mods = dict(model.named_modules())
         self.mods = mods
@@ -461,7 +561,7 @@ class Builder:
             self.put("fim/v_conv_linear", v[torch.tensor(self.kron_index)], "fim/v[fim/conv_linear_index]: the test vector for mv / vTMv / solve of the representations built over the Conv2d/Linear layer collection (fim.representation_layer_collection)", ["param_conv_linear"], "input: test vector / parameter chosen by this script")
         # Jacobian of the first example
         with self.ctx():
-            J1 = Jacobian(copy.deepcopy(model), DataLoader(TensorDataset(x[:1], y[:1]), batch_size=1)).to_torch()
+            J1 = Jacobian(copy.deepcopy(model), DataLoader(TensorDataset(x[:1], y[:1]), batch_size=1), layer_collection=self.lc_all).to_torch()
         self.put("jac/logits", J1, "nngeometry Jacobian(model, first example) of the outputs w.r.t. parameters", ["output", "example", "param"])
         mats = self.fim_all(v.numpy())
         # blocks, evals, factors
@@ -490,6 +590,8 @@ class Builder:
             ent["L"] = self.out_positions[lid]
             if isinstance(m, nn.Conv2d):
                 ent.update(kernel_size=pair(m.kernel_size), stride=pair(m.stride), padding=pair(m.padding), dilation=pair(m.dilation))
+            elif isinstance(m, nn.Conv1d):
+                ent.update(kernel_size=list(m.kernel_size), stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation))
             lck = mats["kfac"][1]
             ent["offset_conv_linear" if self.rep_lc["kfac"] == "conv_linear" else "offset"] = lck.p_pos[lid]
             kfac_layers.append(ent)
@@ -507,7 +609,7 @@ class Builder:
             def lp(*d):
                 return torch.log_softmax(mcopy(d[0]), 1).gather(1, d[1].view(-1, 1))
             with self.ctx():
-                gen = TorchHooksJacobianBackend(model=mcopy, function=lp)
+                gen = TorchHooksJacobianBackend(model=mcopy, function=lp, layer_collection=self.lc_all)
                 E = PMatDense(generator=gen, examples=self.loader)
             self.put("efim/dense/trace", E.trace(), "empirical Fisher 1/n sum_i g_i g_i^T, g_i = grad log p(y_i|x_i): trace")
             self.put("efim/dense/diag", E.get_diag(), "empirical Fisher: diagonal (flat order)", ["param"])
@@ -521,7 +623,7 @@ class Builder:
     def gram(self, n, lc=None):
         with self.ctx():
             return GramMatrix(copy.deepcopy(self.model), DataLoader(TensorDataset(self.x[:n], self.y[:n]), batch_size=n),
-                              layer_collection=lc).to_torch()
+                              layer_collection=self.lc_all if lc is None else lc).to_torch()
 
     def ntk(self, v):
         C = self.C
@@ -616,7 +718,9 @@ class Builder:
                     m = mods[mname]
                     W = pd.get(mname + ".weight")
                     B = pd.get(mname + ".bias")
-                    if isinstance(m, nn.Conv2d):
+                    if isinstance(m, nn.Conv1d):
+                        r = F.conv1d(a[0], W, B, m.stride, m.padding, m.dilation, m.groups)
+                    elif isinstance(m, nn.Conv2d):
                         r = F.conv2d(a[0], W, B, m.stride, m.padding, m.dilation, m.groups)
                     elif isinstance(m, nn.ConvTranspose2d):
                         r = F.conv_transpose2d(a[0], W, B, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
@@ -624,7 +728,16 @@ class Builder:
                         r = a[0] @ W.T + (B if B is not None else 0)
                     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                         sh = [1, -1] + [1] * (a[0].dim() - 2)
-                        r = (a[0] - m.running_mean.view(sh)) / torch.sqrt(m.running_var.view(sh) + m.eps) * W.view(sh) + B.view(sh)
+                        r = (a[0] - m.running_mean.view(sh)) / torch.sqrt(m.running_var.view(sh) + m.eps)
+                        if W is not None:
+                            r = r * W.view(sh) + B.view(sh)
+                    elif isinstance(m, nn.InstanceNorm2d):
+                        assert not m.track_running_stats
+                        mu = a[0].mean((2, 3), keepdim=True)
+                        var = ((a[0] - mu) ** 2).mean((2, 3), keepdim=True)
+                        r = (a[0] - mu) / torch.sqrt(var + m.eps)
+                        if W is not None:
+                            r = r * W.view(1, -1, 1, 1) + B.view(1, -1, 1, 1)
                     elif isinstance(m, nn.GroupNorm):
                         n_, c_ = a[0].shape[:2]
                         z = a[0].reshape(n_, m.num_groups, -1)
@@ -632,12 +745,24 @@ class Builder:
                         var = ((z - mu) ** 2).mean(-1, keepdim=True)
                         z = ((z - mu) / torch.sqrt(var + m.eps)).reshape(a[0].shape)
                         sh = [1, -1] + [1] * (a[0].dim() - 2)
-                        r = z * W.view(sh) + B.view(sh)
+                        r = z * W.view(sh) + B.view(sh) if W is not None else z
                     elif isinstance(m, nn.LayerNorm):
                         dims = tuple(range(a[0].dim() - len(m.normalized_shape), a[0].dim()))
                         mu = a[0].mean(dims, keepdim=True)
                         var = ((a[0] - mu) ** 2).mean(dims, keepdim=True)
-                        r = (a[0] - mu) / torch.sqrt(var + m.eps) * W + (B if B is not None else 0)
+                        r = (a[0] - mu) / torch.sqrt(var + m.eps)
+                        if W is not None:
+                            r = r * W + (B if B is not None else 0)
+                    elif isinstance(m, nn.LeakyReLU):
+                        r = torch.where(a[0] > 0, a[0], m.negative_slope * a[0])
+                    elif isinstance(m, nn.ELU):
+                        r = torch.where(a[0] > 0, a[0], m.alpha * torch.expm1(torch.clamp_max(a[0], 0)))
+                    elif isinstance(m, nn.SiLU):
+                        r = a[0] / (1 + torch.exp(-a[0]))
+                    elif isinstance(m, (nn.Identity, nn.Dropout)):
+                        r = a[0]
+                    elif isinstance(m, nn.Flatten):
+                        r = a[0].reshape(a[0].shape[0], -1)
                     elif isinstance(m, nn.ReLU):
                         r = torch.clamp_min(a[0], 0)
                     elif isinstance(m, nn.Tanh):
@@ -645,9 +770,10 @@ class Builder:
                     elif isinstance(m, nn.GELU):
                         r = 0.5 * a[0] * (1 + torch.erf(a[0] / np.sqrt(2)))
                     elif isinstance(m, nn.MaxPool2d):
-                        r = F.max_pool2d(a[0], m.kernel_size, m.stride, m.padding)
+                        r = pool2d_manual(a[0], "max", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
                     elif isinstance(m, nn.AvgPool2d):
-                        r = F.avg_pool2d(a[0], m.kernel_size, m.stride, m.padding)
+                        r = pool2d_manual(a[0], "avg", m.kernel_size, m.stride, m.padding, 1, m.ceil_mode,
+                                          m.count_include_pad, m.divisor_override)
                     elif isinstance(m, nn.AdaptiveAvgPool2d):
                         r = F.adaptive_avg_pool2d(a[0], m.output_size)
                     else:
@@ -717,6 +843,12 @@ class Builder:
             ck["fim_implicit_mv_vs_jacrev_max_rel"] = float(np.abs(self.T["fim/implicit/mv"] - ref.numpy()).max() / ref.abs().max())
         sol = np.linalg.solve(Fref.numpy() + REGUL * np.eye(self.P), v.numpy())
         ck["fim_dense_solve_vs_numpy_solve_max_rel"] = float(np.abs(self.T["fim/dense/solve"] - sol).max() / np.abs(sol).max())
+        # normwise backward error of nngeometry's solve (M = its dense FIM, A = M + regul I):
+        # ||A x - v||_inf / (||A||_inf ||x||_inf + ||v||_inf); the forward difference above is up to cond(A) times it
+        A_ = Md.numpy() + REGUL * np.eye(self.P)
+        xs = self.T["fim/dense/solve"]
+        ck["fim_dense_solve_backward_error"] = float(np.abs(A_ @ xs - v.numpy()).max() / (np.abs(A_).sum(1).max() * np.abs(xs).max() + np.abs(v.numpy()).max()))
+        ck["fim_dense_cond_estimate"] = float((np.linalg.eigvalsh(Md.numpy()).max() + REGUL) / REGUL)
         # NTK
         Jf = J2.permute(1, 0, 2).reshape(self.C * N, -1)
         Kref = (Jf @ Jf.T).reshape(self.C, N, self.C, N)
@@ -757,6 +889,13 @@ class Builder:
                 A = F.unfold(xin, m.kernel_size, m.dilation, m.padding, m.stride)  # [n, sA0, L]
                 A = A.permute(0, 2, 1).reshape(-1, A.shape[1])
                 Lpos = store["y"].shape[2] * store["y"].shape[3]
+            elif isinstance(m, nn.Conv1d):
+                xpad = F.pad(xin, (m.padding[0], m.padding[0]))
+                Lo = store["y"].shape[2]
+                # manual im2col: column (c, a) of row (i, l) = x_padded[i, c, l*stride + a*dilation]
+                cols = torch.stack([xpad[:, :, l * m.stride[0]: l * m.stride[0] + m.dilation[0] * (m.kernel_size[0] - 1) + 1: m.dilation[0]] for l in range(Lo)], 1)
+                A = cols.reshape(-1, cols.shape[2] * cols.shape[3])
+                Lpos = Lo
             else:
                 A = xin
                 Lpos = 1
@@ -781,6 +920,8 @@ class Builder:
                 gy = torch.autograd.grad(fo[:, o].sum(), store["y"], retain_graph=True)[0]
                 if gy.dim() == 4:
                     gy = gy.permute(0, 2, 3, 1).reshape(-1, gy.shape[1])
+                elif gy.dim() == 3:
+                    gy = gy.permute(0, 2, 1).reshape(-1, gy.shape[1])
                 GG = GG + gy.T @ gy
             Aref = A.T @ A * np.sqrt(n_out) / N
             Gref = GG / (np.sqrt(n_out) * N * Lpos)
@@ -795,7 +936,7 @@ def children_tree(model):
     return {n: [f"{n}.{c}" if n else c for c, _ in m.named_children()] for n, m in model.named_modules()}
 
 
-def write_case(name, summary, model, steps, out_name, b, info, input_desc, training):
+def write_case(name, summary, model, steps, out_name, b, info, input_desc, training, chain=False):
     P = b.P
     sd = model.state_dict()
     mods_desc = []
@@ -842,7 +983,7 @@ def write_case(name, summary, model, steps, out_name, b, info, input_desc, train
             e["bias"] = {"key": lid + ".bias", "offset": off + m.weight.numel(), "shape": list(m.bias.shape), "numel": m.bias.numel()}
         layers.append(e)
     po = {
-        "convention": "Flat parameter vector (nngeometry LayerCollection.from_model / PVector.to_torch): modules are visited in model.named_modules() order (registration order, see model.modules), NOT the execution order. Every module with parameters is one 'layer' and contributes its weight flattened row-major (C order) in its PyTorch shape (Conv2d [out_c, in_c/groups, kh, kw]; ConvTranspose2d [in_c, out_c/groups, kh, kw]; Linear [out, in]; BatchNorm/GroupNorm [C] = gamma; LayerNorm normalized_shape), immediately followed by its bias if it has one. Activations, pooling, containers and the flatten / add / cat steps contribute nothing; BatchNorm running statistics are buffers.",
+        "convention": "Flat parameter vector (nngeometry LayerCollection.from_model / PVector.to_torch): modules are visited in model.named_modules() order (registration order, see model.modules), NOT the execution order. Every module with parameters is one 'layer' and contributes its weight flattened row-major (C order) in its PyTorch shape (Conv2d [out_c, in_c/groups, kh, kw]; Conv1d [out_c, in_c/groups, k]; ConvTranspose2d [in_c, out_c/groups, kh, kw]; Linear [out, in]; BatchNorm/GroupNorm [C] = gamma; LayerNorm normalized_shape), immediately followed by its bias if it has one. Activations, pooling, Identity, Dropout, norms without affine parameters, containers and the flatten / add / cat steps contribute nothing; BatchNorm running statistics are buffers.",
         "total": P, "layers": layers}
     if b.left_out:
         cl = []
@@ -864,7 +1005,7 @@ def write_case(name, summary, model, steps, out_name, b, info, input_desc, train
                        "True Fisher of the softmax model p(y|x) = softmax(f(x)), averaged over the n examples: F = 1/n sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i with J_i = d logits_i / d theta [C, P]. nngeometry computes it as the covariance of n_out = C-1 pseudo-outputs (exact Cholesky factor of diag(p)-pp^T)."),
         "n_out_pseudo_outputs": b.n_out, "solve_regul": REGUL,
         "representations": list(REPS), "solve": SOLVE_DOC,
-        "kfac_convention": "As digits_resnet (see its fim.kfac_convention): A = sqrt(n_out)/n sum a a^T (Conv2d: im2col patches with the layer's stride/padding/dilation, zero padding included, bias's constant 1 last), G = 1/(sqrt(n_out) n L) sum gy gy^T; block = kron(G, A) on [weight.view(sG,-1) | bias]; a layer without bias has no constant-1 input.",
+        "kfac_convention": "As digits_resnet (see its fim.kfac_convention): A = sqrt(n_out)/n sum a a^T (Conv2d: im2col patches with the layer's stride/padding/dilation, zero padding included, bias's constant 1 last; Conv1d likewise along the length, patch index c*k + a, L = output length), G = 1/(sqrt(n_out) n L) sum gy gy^T; block = kron(G, A) on [weight.view(sG,-1) | bias]; a layer without bias has no constant-1 input.",
         "ekfac_convention": "As digits_resnet (see its fim.ekfac_convention): kfe_diag [sG, sA], index [k, j] <-> (eigenvector k of G, eigenvector j of A), both ascending torch.linalg.eigh; fim/ekfac = evals products, fim/ekfac_upd after update_diag.",
         "blocks_stored_for_layers": [l for l, ly in b.lc_all.layers.items() if ly.numel() <= BLOCK_MAX],
         "blocks_stored_for": ["dense"],
@@ -874,13 +1015,30 @@ def write_case(name, summary, model, steps, out_name, b, info, input_desc, train
     }
     if b.left_out:
         fimd["layer_collections"]["conv_linear"] = f"the Conv2d (ungrouped) and Linear layers only, P_conv_linear = {len(b.kron_index)}: parameter_ordering.conv_linear; vectors have dims 'param_conv_linear' and use fim/v_conv_linear"
-        fimd["kfac_layer_collection"] = "KFAC / EKFAC / EKFAC-updated (and any representation marked conv_linear) are built over the Conv2d/Linear collection only; see unsupported_in_nngeometry for why"
-    j = {
-        "case": name, "summary": summary, "file": f"{name}.safetensors",
-        "dtype": "float64 for every floating tensor; int64: 'labels', 'fim/lowrank/n_out' and BatchNorm's 'num_batches_tracked'; scalars are 0-d tensors (shape [])",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "nngeometry": getattr(nngeometry, "__version__", "0.4"), "numpy": np.__version__, "platform": platform.platform()},
-        "dataset": input_desc,
-        "model": {
+        if b.rep_lc["kfac"] == "conv_linear":
+            fimd["kfac_layer_collection"] = "KFAC / EKFAC / EKFAC-updated (and any representation marked conv_linear) are built over the Conv2d/Linear collection only; see unsupported_in_nngeometry for why"
+        else:
+            fimd["kfac_layer_collection"] = "KFAC / EKFAC / EKFAC-updated are built over all layers; only the representations marked conv_linear in fim.representation_layer_collection (" + ", ".join(r for r, t in b.rep_lc.items() if t == "conv_linear") + ") are built over the Conv2d/Linear collection; see unsupported_in_nngeometry for why"
+    if chain:
+        # digits_cnn's format: model.layers = nn.Sequential, one entry per index
+        seq = []
+        for i, m in enumerate(model.layers):
+            lname = f"layers.{i}"
+            d, ts = describe_module(lname, m, sd.keys())
+            d = {"index": i, **d}
+            if ts:
+                d["tensors"] = [{"key": k, "shape": list(sd[k].shape), "dtype": str(sd[k].dtype).replace("torch.", "")} for k in ts]
+            d["output_shape"] = steps[i]["shape"]
+            seq.append(d)
+        model_desc = {
+            "container": "model.layers = torch.nn.Sequential(...); output = model.layers(inputs)",
+            "layers": seq,
+            "input_shape": list(b.x.shape[1:]),
+            "layer_conventions": "'layers' lists the Sequential's modules in index order with their hyperparameters and state_dict tensors (keys 'layers.<index>.<tensor>'); 'output_shape' is the per-example output shape of each layer. Every module runs in eval mode.",
+            "output": "regression output [n, 1]" if b.regression else "logits [n, 10] (no softmax in the model)",
+            **training, "n_params": P}
+    else:
+        model_desc = {
             "container": f"graph model (class {model.cls_name}), not a Sequential: rebuild it from 'modules' and 'forward' (see graph_conventions)",
             "graph_conventions": "As digits_resnet: 'modules' lists every submodule in model.named_modules() order (root excluded; containers have 'children' and no tensors), with hyperparameters and state_dict tensors. 'forward.steps' is the exact forward computation, in order: each step reads the named tensors in 'inputs' ('x' = input batch) and writes 'output' (step k writes 't<k>'); op 'module' applies the named module (parameter-free modules may be applied several times), op 'add' is the elementwise sum of its two inputs, op 'cat' is torch.cat(inputs, dim=1) (channel / feature concatenation, inputs in the listed order), op 'flatten' is torch.flatten(., 1). 'shape' is the per-example output shape. The output is forward.output. Every module runs in eval mode.",
             "root": {"type": model.cls_name, "children": tree[""]},
@@ -888,7 +1046,13 @@ def write_case(name, summary, model, steps, out_name, b, info, input_desc, train
             "forward": {"input": "x", "input_shape": list(b.x.shape[1:]), "output": out_name, "steps": steps},
             "state_dict_keys": "module path + '.' + tensor name, exactly model.state_dict(); they are the safetensors keys of the weights; 'flat_params' holds the same parameters as one vector in parameter_ordering order",
             "output": "forward.output = regression output [n, 1]" if b.regression else "forward.output = logits [n, 10] (no softmax in the model)",
-            **training, "n_params": P},
+            **training, "n_params": P}
+    j = {
+        "case": name, "summary": summary, "file": f"{name}.safetensors",
+        "dtype": "float64 for every floating tensor; int64: 'labels', 'fim/lowrank/n_out' and BatchNorm's 'num_batches_tracked'; scalars are 0-d tensors (shape [])",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "nngeometry": getattr(nngeometry, "__version__", "0.4"), "numpy": np.__version__, "platform": platform.platform()},
+        "dataset": input_desc,
+        "model": model_desc,
         "parameter_ordering": po, "fim": fimd,
         "ntk": {"call": "nngeometry.GramMatrix(model, DataLoader(TensorDataset(inputs[:n_ntk], ...)))  (function = model outputs; FMatDense)", "n_ntk": N_NTK,
                 "layout": "[n_out, n_examples, n_out, n_examples]: K[c, i, d, j] = <d f_c(x_i), d f_d(x_j)>. Reshaped to 2-d it is [C*n, C*n] with row index c*n + i (output-major).",
@@ -898,7 +1062,7 @@ def write_case(name, summary, model, steps, out_name, b, info, input_desc, train
         "provenance": {"note": "every key's entry in 'keys' has a 'source'"},
         "unsupported_in_nngeometry": b.unsup,
         "notes": info,
-        "independent_check": {"method": "J = torch.func.jacrev of the op list executed by hand with F.conv2d / F.conv_transpose2d / explicit norm formulas (no nngeometry, no hooks), and of torch.func.functional_call on the module; F_ref = 1/n sum J_i^T M_i J_i, NTK_ref = J J^T, empirical Fisher from per-example gradients, KFAC factors from manual im2col and autograd output gradients (an eigen-factor of M_i: G is basis-invariant), numpy solve. 'rel' = max|a-b| / max|b|.", "results": b.checks},
+        "independent_check": {"method": "J = torch.func.jacrev of the op list executed by hand with F.conv2d / F.conv1d / F.conv_transpose2d / explicit norm and activation formulas / pooling by explicit window enumeration with its own output-size and divisor rules (no nngeometry, no hooks), and of torch.func.functional_call on the module; F_ref = 1/n sum J_i^T M_i J_i, NTK_ref = J J^T, empirical Fisher from per-example gradients, KFAC factors from manual im2col and autograd output gradients (an eigen-factor of M_i: G is basis-invariant), numpy solve. 'rel' = max|a-b| / max|b|.", "results": b.checks},
     }
     if not b.left_out:
         j["parameter_ordering"].pop("conv_linear", None)
@@ -914,9 +1078,9 @@ def out_positions(model, x):
     res = {}
     hs = []
     for n, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             def h(mod, i, o, n=n):
-                res[n] = int(o[0, 0].numel()) if o.dim() == 4 else 1
+                res[n] = int(o[0, 0].numel()) if o.dim() >= 3 else 1
             hs.append(m.register_forward_hook(h))
     with torch.no_grad():
         model(x[:1])
@@ -933,13 +1097,15 @@ def classification_notes(model, x, y):
             "one_minus_max_prob_range": [float(1 - p.max(1).values.max()), float(1 - p.max(1).values.min())]}
 
 
-def relu_zero_probe(model, x):
+def relu_zero_probe(model, x, kinds=(nn.ReLU,)):
+    """How many inputs of the `kinds` activations are exactly 0 (their kink)."""
     cnt = [0]
     hs = []
+
+    def h(mod, i, o):
+        cnt[0] += int((i[0] == 0).sum())
     for m in model.modules():
-        if isinstance(m, (nn.ReLU, nn.MaxPool2d)):
-            def h(mod, i, o):
-                cnt[0] += int((i[0] == 0).sum()) if isinstance(mod, nn.ReLU) else 0
+        if isinstance(m, kinds):
             hs.append(m.register_forward_hook(h))
     with torch.no_grad():
         model(x)
@@ -954,9 +1120,20 @@ DIGITS_DESC = {
 }
 
 
-def build_case(name, cls_name, build, spec, summary, seed, conv_impl=False, regression=False, extra_unsup=None):
+def build_case(name, cls_name, build, spec, summary, seed, conv_impl=False, regression=False, extra_unsup=None,
+               input_shape=None, chain=False):
+    """input_shape: per-example shape the regression rows [n, 8] are reshaped to.
+    chain: the model is `layers` = nn.Sequential applied in order (spec None);
+    the sidecar describes it in digits_cnn's format (model.layers)."""
+    if chain:
+        tmp = nn.Module()
+        build(tmp)
+        spec = [("module", f"layers.{i}", ["x" if i == 0 else f"t{i}"]) for i in range(len(tmp.layers))]
     steps, out_name = make_steps(spec)
     data = regression_data() if regression else digits()
+    if input_shape is not None:
+        for k in ("x", "xtr"):
+            data[k] = data[k].reshape(data[k].shape[0], *input_shape)
     torch.manual_seed(seed)
     model = GraphNet(cls_name, build, steps, out_name).double()
     if regression:
@@ -967,6 +1144,9 @@ def build_case(name, cls_name, build, spec, summary, seed, conv_impl=False, regr
                 "input_layout": "[n, 8]", "targets": "float64 [n, 1] in 'targets'"}
         info = {"training": tr}
         dims = ["example", "feature"]
+        if input_shape is not None:
+            desc["input_layout"] = f"[n, {', '.join(map(str, input_shape))}]: each [8] row reshaped to {list(input_shape)}" + (" (N, C, L: one channel of length 8 for Conv1d)" if list(input_shape) == [1, 8] else "")
+            dims = ["example", "channel", "position"] if len(input_shape) == 2 else ["example"] + [f"d{i}" for i in range(len(input_shape))]
     else:
         tr = train_classifier(model, data, seed + 1)
         training = {"init": f"PyTorch default init after torch.manual_seed({seed}), then briefly trained",
@@ -980,13 +1160,15 @@ def build_case(name, cls_name, build, spec, summary, seed, conv_impl=False, regr
         if info["one_minus_max_prob_range"][0] < 1e-6:
             raise RuntimeError(f"{name}: saturated softmax")
     info["graph_probe"] = {"relu_inputs_exactly_zero": relu_zero_probe(model, data["x"])}
+    if any(isinstance(m, (nn.LeakyReLU, nn.ELU)) for m in model.modules()):
+        info["graph_probe"]["leaky_relu_elu_inputs_exactly_zero"] = relu_zero_probe(model, data["x"], (nn.LeakyReLU, nn.ELU))
     info["input_dims"] = dims
     b = Builder(name, model, data["x"], data["y"], regression, conv_impl=conv_impl)
     b.out_positions = out_positions(model, data["x"])
     b.unsup.update(extra_unsup or {})
     b.run(info)
     info.pop("input_dims")
-    write_case(name, summary, model, steps, out_name, b, info, desc, training)
+    write_case(name, summary, model, steps, out_name, b, info, desc, training, chain=chain)
 
 
 # (a) GroupNorm, MaxPool2d, AvgPool2d, 3x3 stride-2 projection conv with bias.
@@ -1098,8 +1280,95 @@ def case_reg_skip():
                seed=51, regression=True)
 
 
+# (e) LeakyReLU / ELU / SiLU, Identity shortcut, Dropout (eval), ceil-mode and padded pools.
+def case_act_pool():
+    def build(m):
+        m.conv1 = nn.Conv2d(1, 6, 2)                          # 8x8 -> 7x7
+        m.lrelu = nn.LeakyReLU(0.1)
+        m.pool1 = nn.MaxPool2d(2, stride=2, ceil_mode=True)   # 7x7 -> 4x4 (ceil)
+        m.block = nn.Module()
+        m.block.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        m.block.elu = nn.ELU(alpha=0.7)
+        m.block.conv3 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        m.block.shortcut = nn.Identity()
+        m.silu = nn.SiLU()
+        m.pool2 = nn.MaxPool2d(3, stride=1, padding=1, dilation=1)  # 4x4 -> 4x4 (-inf padding)
+        m.pool3 = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)  # 4x4 -> 3x3
+        m.drop = nn.Dropout(0.3)
+        m.fc = nn.Linear(54, 10)
+    spec = [
+        ("module", "conv1", ["x"]), ("module", "lrelu", ["t1"]), ("module", "pool1", ["t2"]),   # t3 [6,4,4]
+        ("module", "block.conv2", ["t3"]), ("module", "block.elu", ["t4"]), ("module", "block.conv3", ["t5"]),
+        ("module", "block.shortcut", ["t3"]),
+        ("add", None, ["t6", "t7"], "residual: conv3 output + Identity shortcut of the block input t3"),
+        ("module", "silu", ["t8"]), ("module", "pool2", ["t9"]), ("module", "pool3", ["t10"]),   # t11 [6,3,3]
+        ("flatten", None, ["t11"]), ("module", "drop", ["t12"]), ("module", "fc", ["t13"]),
+    ]
+    build_case("digits_act_pool", "ActPoolNet", build, spec,
+               "graph model on load_digits rows 0..63 as [n,1,8,8]: conv1 Conv2d(1->6,k2) (8x8 -> 7x7)-LeakyReLU(0.1)-MaxPool2d(2,s2,ceil_mode) (-> 4x4); residual block: Conv2d(6->6,k3,p1)-ELU(alpha 0.7)-Conv2d(6->6,k3,p1,no bias) plus an nn.Identity shortcut of the block input, add, SiLU; MaxPool2d(3,s1,p1) (4x4); AvgPool2d(3,s2,p1,ceil_mode,count_include_pad=False) (-> 3x3); flatten; Dropout(0.3) (identity in eval mode); fc(54->10). Every parameterised layer is Conv2d/Linear, so every representation (Dense/Diag/BlockDiag/KFAC/EKFAC/LowRank/QuasiDiag/Implicit) is over all layers; NTK",
+               seed=61)
+
+
+# (f) Conv1d regression: the [n, 8] rows as [n, 1, 8].
+def case_reg_conv1d():
+    def build(m):
+        m.conv1 = nn.Conv1d(1, 4, 3, padding=2, dilation=2)   # [1,8] -> [4,8]
+        m.silu = nn.SiLU()
+        m.conv2 = nn.Conv1d(4, 6, 3, stride=2, padding=1)     # [4,8] -> [6,4]
+        m.elu = nn.ELU()
+        m.fc1 = nn.Linear(24, 8)
+        m.lrelu = nn.LeakyReLU(0.05)
+        m.fc2 = nn.Linear(8, 1)
+    spec = [
+        ("module", "conv1", ["x"]), ("module", "silu", ["t1"]), ("module", "conv2", ["t2"]), ("module", "elu", ["t3"]),
+        ("flatten", None, ["t4"], "torch.flatten(x, 1): row-major flatten of [C, L] per example"),
+        ("module", "fc1", ["t5"]), ("module", "lrelu", ["t6"]), ("module", "fc2", ["t7"]),
+    ]
+    build_case("regress_conv1d", "Conv1dRegressor", build, spec,
+               "graph regression model (variant='regression', 1 output) on the README's synthetic regression rows 0..63, each [8] row reshaped to [1, 8] (one channel of length 8): Conv1d(1->4,k3,p2,dilation 2)-SiLU; Conv1d(4->6,k3,s2,p1)-ELU(alpha 1); flatten (24); Linear(24->8)-LeakyReLU(0.05); Linear(8->1). nngeometry 0.4 supports Conv1d (with stride / padding / dilation) in LayerCollection, the Jacobian and KFAC/EKFAC, so every representation is over all layers; NTK",
+               seed=71, regression=True, input_shape=(1, 8))
+
+
+# (g) norms without affine parameters.
+def case_plain_norms():
+    def build(m):
+        m.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        m.bn = nn.BatchNorm2d(8, affine=False)
+        m.relu = nn.ReLU()
+        m.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        m.inorm = nn.InstanceNorm2d(8)
+        m.tanh = nn.Tanh()
+        m.conv3 = nn.Conv2d(8, 8, 3, stride=2, padding=1)     # 8x8 -> 4x4
+        m.gn = nn.GroupNorm(2, 8, affine=False)
+        m.ln = nn.LayerNorm(128, elementwise_affine=False)
+        m.fc = nn.Linear(128, 10)
+    spec = [
+        ("module", "conv1", ["x"]), ("module", "bn", ["t1"]), ("module", "relu", ["t2"]),
+        ("module", "conv2", ["t3"]), ("module", "inorm", ["t4"]), ("module", "tanh", ["t5"]),
+        ("module", "conv3", ["t6"]), ("module", "gn", ["t7"]), ("module", "relu", ["t8"]),
+        ("flatten", None, ["t9"]), ("module", "ln", ["t10"]), ("module", "fc", ["t11"]),
+    ]
+    build_case("digits_plain_norms", "PlainNormsNet", build, spec,
+               "graph chain on load_digits rows 0..63 as [n,1,8,8] with normalisations that have no parameters: Conv2d(1->8,k3,p1)-BatchNorm2d(8, affine=False; eval mode, calibrated running statistics)-ReLU; Conv2d(8->8,k3,p1,no bias)-InstanceNorm2d(8) (affine=False, track_running_stats=False: per-example statistics in eval mode)-Tanh; Conv2d(8->8,k3,s2,p1)-GroupNorm(2, 8, affine=False)-ReLU; flatten (128); LayerNorm(128, elementwise_affine=False); Linear(128->10). The only parameters are the Conv2d/Linear ones, so every representation is over all layers (nngeometry's LayerCollection.from_model is bypassed, see unsupported_in_nngeometry); NTK",
+               seed=81)
+
+
+# (h) a chain case in digits_cnn's Sequential format.
+def case_seq_mix():
+    def build(m):
+        m.layers = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1), nn.ELU(), nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.25),
+            nn.Linear(24, 16), nn.SiLU(), nn.Linear(16, 10))
+    build_case("digits_seq_mix", "SeqMixNet", build, None,
+               "Sequential chain (digits_cnn's format: model.layers) on load_digits rows 0..63 as [n,1,8,8]: Conv2d(1->4,k3,p1)-BatchNorm2d(4) (eval mode, calibrated running statistics)-LeakyReLU(0.2)-MaxPool2d(2); Conv2d(4->6,k3,p1)-ELU-AvgPool2d(2); Flatten (24); Dropout(0.25) (identity in eval mode); Linear(24->16)-SiLU-Linear(16->10). FIM Dense/Diag/BlockDiag/LowRank/Implicit over all layers; KFAC/EKFAC/QuasiDiag over the Conv2d/Linear layers (BatchNorm2d left out); NTK",
+               seed=91, chain=True)
+
+
 CASES = {"digits_gn_pool": case_gn_pool, "digits_dense_cat": case_dense_cat,
-         "digits_conv_variants": case_conv_variants, "regress_skip_mlp": case_reg_skip}
+         "digits_conv_variants": case_conv_variants, "regress_skip_mlp": case_reg_skip,
+         "digits_act_pool": case_act_pool, "regress_conv1d": case_reg_conv1d,
+         "digits_plain_norms": case_plain_norms, "digits_seq_mix": case_seq_mix}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -3,7 +3,7 @@
 //! [`V`]alues.
 
 use super::block::*;
-use super::ctor::ctor_params;
+use super::ctor::{ctor_params, ALL_OPTIONAL};
 use super::Checker;
 use crate::diag::ErrorKind;
 use crate::syntax::{BinOp, CmpOp, Expr, ExprKind, Ident, LogicOp};
@@ -122,7 +122,7 @@ impl<'a> Checker<'a> {
             }
         }
         // A constructor without required options stands for itself.
-        if ctor_params(n).is_some_and(|p| p.is_empty() || n == "dropout") {
+        if ctor_params(n).is_some_and(|p| p.is_empty() || ALL_OPTIONAL.contains(&n)) {
             let callee = Ident {
                 name: n.into(),
                 span: e.span,

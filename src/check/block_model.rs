@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 11] = [
+const BLOCK_ONLY: [&str; 14] = [
     "embedding",
+    "leaky_relu",
+    "elu",
+    "silu",
     "conv_transpose2d",
     "adaptive_avgpool2d",
     "groupnorm",
@@ -34,11 +37,22 @@ impl<'a> Checker<'a> {
         let name = match &d.kind {
             ExprKind::List(_) => return true,
             ExprKind::Ident(n) => n,
-            // Grouped convolutions are built by the block constructors.
-            ExprKind::Call { callee, args } if callee.name == "conv2d" => {
-                return args
-                    .iter()
-                    .any(|a| a.name.as_ref().is_some_and(|n| n.name == "groups"));
+            // Grouped convolutions (and dilated 1-d ones) are built by the
+            // block constructors.
+            ExprKind::Call { callee, args }
+                if ["conv2d", "conv1d", "maxpool2d", "avgpool2d"]
+                    .contains(&callee.name.as_str()) =>
+            {
+                let block_opts: &[&str] = match callee.name.as_str() {
+                    "conv2d" => &["groups"],
+                    "conv1d" => &["groups", "dilation"],
+                    _ => &["dilation", "ceil_mode", "count_include_pad"],
+                };
+                return args.iter().any(|a| {
+                    a.name
+                        .as_ref()
+                        .is_some_and(|n| block_opts.contains(&n.name.as_str()))
+                });
             }
             ExprKind::Call { callee, .. } => &callee.name,
             _ => return false,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Layer constructors and their options.
-pub const CTORS: [(&str, &[&str]); 20] = [
+pub const CTORS: [(&str, &[&str]); 23] = [
     ("linear", &["in", "out", "bias"]),
     (
         "conv2d",
@@ -36,15 +36,32 @@ pub const CTORS: [(&str, &[&str]); 20] = [
     ("embedding", &["num_embeddings", "dim"]),
     (
         "conv1d",
-        &["in", "out", "kernel", "stride", "padding", "bias"],
+        &[
+            "in", "out", "kernel", "stride", "padding", "bias", "dilation", "groups",
+        ],
     ),
     ("relu", &[]),
     ("tanh", &[]),
     ("sigmoid", &[]),
     ("gelu", &[]),
+    ("leaky_relu", &["slope"]),
+    ("elu", &["alpha"]),
+    ("silu", &[]),
     ("flatten", &[]),
-    ("maxpool2d", &["kernel", "stride", "padding"]),
-    ("avgpool2d", &["kernel", "stride", "padding"]),
+    (
+        "maxpool2d",
+        &["kernel", "stride", "padding", "dilation", "ceil_mode"],
+    ),
+    (
+        "avgpool2d",
+        &[
+            "kernel",
+            "stride",
+            "padding",
+            "ceil_mode",
+            "count_include_pad",
+        ],
+    ),
     ("adaptive_avgpool2d", &["output"]),
     ("batchnorm1d", &["features", "eps"]),
     ("batchnorm2d", &["features", "eps"]),
@@ -54,6 +71,9 @@ pub const CTORS: [(&str, &[&str]); 20] = [
     ("identity", &[]),
     ("sequential", &[]),
 ];
+
+/// Constructors whose options all have defaults: the bare name is a layer.
+pub const ALL_OPTIONAL: [&str; 3] = ["dropout", "leaky_relu", "elu"];
 
 pub fn ctor_params(name: &str) -> Option<&'static [&'static str]> {
     CTORS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
@@ -119,27 +139,50 @@ impl<'a> Checker<'a> {
                 stride: g.int_or("stride", 1, 1)?,
                 padding: g.int_or("padding", 0, 0)?,
                 bias: g.bool_or("bias", true)?,
+                dilation: g.int_or("dilation", 1, 1)?,
+                groups: g.int_or("groups", 1, 1)?,
             },
             "relu" => Layer::Relu,
             "tanh" => Layer::Tanh,
             "sigmoid" => Layer::Sigmoid,
             "gelu" => Layer::Gelu,
+            // PyTorch's defaults: negative_slope 0.01, alpha 1.
+            "leaky_relu" => Layer::LeakyRelu {
+                slope: if a.contains_key("slope") {
+                    g.number_in("slope", -1e6, 1e6)?
+                } else {
+                    0.01
+                },
+            },
+            "elu" => Layer::Elu {
+                alpha: if a.contains_key("alpha") {
+                    g.number_in("alpha", 0.0, 1e6)?
+                } else {
+                    1.0
+                },
+            },
+            "silu" => Layer::Silu,
             "flatten" => Layer::Flatten,
             "maxpool2d" | "avgpool2d" => {
                 let kernel = g.pair("kernel", None, 1)?;
                 let stride = g.pair("stride", Some(kernel), 1)?;
                 let padding = g.pair("padding", Some([0, 0]), 0)?;
+                let ceil_mode = g.bool_or("ceil_mode", false)?;
                 if name == "maxpool2d" {
                     Layer::MaxPool2d {
                         kernel,
                         stride,
                         padding,
+                        dilation: g.pair("dilation", Some([1, 1]), 1)?,
+                        ceil_mode,
                     }
                 } else {
                     Layer::AvgPool2d {
                         kernel,
                         stride,
                         padding,
+                        ceil_mode,
+                        count_include_pad: g.bool_or("count_include_pad", true)?,
                     }
                 }
             }

@@ -177,6 +177,8 @@ impl<'a> Checker<'a> {
                         stride,
                         padding,
                         bias,
+                        dilation: 1,
+                        groups: 1,
                     },
                     vec![o, l],
                 ))
@@ -214,12 +216,16 @@ impl<'a> Checker<'a> {
                         kernel,
                         stride,
                         padding,
+                        dilation: [1, 1],
+                        ceil_mode: false,
                     }
                 } else {
                     Layer::AvgPool2d {
                         kernel,
                         stride,
                         padding,
+                        ceil_mode: false,
+                        count_include_pad: true,
                     }
                 };
                 // The graph's shape rule (padding at most half the kernel,

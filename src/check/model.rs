@@ -27,7 +27,15 @@ pub const LAYERS: [&str; 13] = [
     "batchnorm2d",
     "layernorm",
 ];
-const ACTIVATIONS: [&str; 4] = ["relu", "tanh", "sigmoid", "gelu"];
+const ACTIVATIONS: [&str; 7] = [
+    "relu",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "leaky_relu",
+    "elu",
+    "silu",
+];
 const INITS: [&str; 4] = ["pytorch", "kaiming", "xavier", "normal"];
 
 impl<'a> Checker<'a> {
@@ -603,6 +611,10 @@ impl<'a> Checker<'a> {
             "tanh" => Layer::Tanh,
             "sigmoid" => Layer::Sigmoid,
             "gelu" => Layer::Gelu,
+            // PyTorch's defaults.
+            "leaky_relu" => Layer::LeakyRelu { slope: 0.01 },
+            "elu" => Layer::Elu { alpha: 1.0 },
+            "silu" => Layer::Silu,
             _ => Layer::Relu,
         };
         let mut layers = Vec::new();

@@ -8,7 +8,7 @@ use serde::Serialize;
 /// The operators the importer maps onto nngeo's layers (some only inside
 /// the patterns PyTorch exports: GELU's erf form, GroupNorm's
 /// InstanceNormalization, `x.view(x.size(0), -1)`).
-pub const SUPPORTED_OPS: [&str; 33] = [
+pub const SUPPORTED_OPS: [&str; 35] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -18,6 +18,7 @@ pub const SUPPORTED_OPS: [&str; 33] = [
     "ConvTranspose",
     "Div",
     "Dropout",
+    "Elu",
     "Erf",
     "Flatten",
     "Gather",
@@ -27,6 +28,7 @@ pub const SUPPORTED_OPS: [&str; 33] = [
     "Identity",
     "InstanceNormalization",
     "LayerNormalization",
+    "LeakyRelu",
     "LogSoftmax",
     "MatMul",
     "MaxPool",

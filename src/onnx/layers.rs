@@ -147,7 +147,9 @@ impl<'f> Importer<'f> {
             },
             (2, true) => {
                 if a.has("output_shape") {
-                    return Err(a.unsupported("ConvTranspose with `output_shape` (give `output_padding`)"));
+                    return Err(
+                        a.unsupported("ConvTranspose with `output_shape` (give `output_padding`)")
+                    );
                 }
                 let op = a.ints("output_padding").unwrap_or_else(|| vec![0, 0]);
                 if op.len() != 2 || op.iter().any(|&v| v < 0) {
@@ -165,17 +167,19 @@ impl<'f> Importer<'f> {
                     bias: b.is_some(),
                 }
             }
-            (1, false) if groups == 1 && win.dilations == [1] => Layer::Conv1d {
+            (1, false) => Layer::Conv1d {
                 in_channels: cin,
                 out_channels: wd[0],
                 kernel: win.kernel[0],
                 stride: win.strides[0],
                 padding: win.pads[0],
                 bias: b.is_some(),
+                dilation: win.dilations[0],
+                groups,
             },
             _ => {
                 return Err(a.unsupported(format!(
-                    "a {}-D {} (supported: 2-D Conv and ConvTranspose, 1-D Conv without groups or dilation)",
+                    "a {}-D {} (supported: 2-D Conv and ConvTranspose, 1-D Conv)",
                     rank, node.op_type
                 )))
             }
@@ -271,30 +275,35 @@ impl<'f> Importer<'f> {
             return Err(a.unsupported("MaxPool's indices output"));
         }
         let win = window(a, None, 2)?;
-        if a.int("ceil_mode", 0) != 0 {
-            return Err(a.unsupported("`ceil_mode=True` (nngeo's pooling rounds down)"));
-        }
-        if win.dilations != [1, 1] || a.int("storage_order", 0) != 0 {
-            return Err(a.unsupported("dilated pooling"));
+        if a.int("storage_order", 0) != 0 {
+            return Err(a.unsupported("MaxPool's column-major `storage_order`"));
         }
         let max = node.op_type == "MaxPool";
-        if !max && win.pads != [0, 0] && a.int("count_include_pad", 0) == 0 {
-            return Err(a.unsupported(
-                "average pooling with `count_include_pad=False` (nngeo counts the padded zeros, PyTorch's default)",
-            ));
+        if !max && win.dilations != [1, 1] {
+            return Err(a.unsupported("dilated average pooling"));
         }
+        // The output size of ceil mode is PyTorch's (as ONNX's since
+        // opset 19): a last window starting in the right padding is dropped.
+        let ceil_mode = a.int("ceil_mode", 0) != 0;
         let (kernel, stride, padding) = (pair(&win.kernel), pair(&win.strides), pair(&win.pads));
         let layer = if max {
             Layer::MaxPool2d {
                 kernel,
                 stride,
                 padding,
+                dilation: pair(&win.dilations),
+                ceil_mode,
             }
         } else {
             Layer::AvgPool2d {
                 kernel,
                 stride,
                 padding,
+                ceil_mode,
+                // ONNX's default is 0, PyTorch's True (which its exporter
+                // writes); without padding or ceil mode they agree.
+                count_include_pad: a.int("count_include_pad", 0) != 0
+                    || (padding == [0, 0] && !ceil_mode),
             }
         };
         let name = self.free_name(at, None);

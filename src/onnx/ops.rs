@@ -52,6 +52,23 @@ impl<'f> Importer<'f> {
                 let name = self.free_name(at, None);
                 Ok(Val::Node(self.push(at, &name, layer, &[x])?))
             }
+            "LeakyRelu" | "Elu" => {
+                let x = self.input(ins, 0, at)?;
+                let x = self.tensor(x, at)?;
+                // ONNX keeps the slope as a float32: read back as its
+                // decimal (PyTorch's 0.01, not 0.009999999776).
+                let layer = if node.op_type == "LeakyRelu" {
+                    Layer::LeakyRelu {
+                        slope: f32_decimal(a.float("alpha", 0.01)),
+                    }
+                } else {
+                    Layer::Elu {
+                        alpha: f32_decimal(a.float("alpha", 1.0)),
+                    }
+                };
+                let name = self.free_name(at, None);
+                Ok(Val::Node(self.push(at, &name, layer, &[x])?))
+            }
             "Gelu" => {
                 if a.string("approximate").is_some_and(|s| s != "none") {
                     return Err(a.unsupported("GELU's tanh approximation (nngeo's GELU is the exact, erf form)"));

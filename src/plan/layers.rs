@@ -20,6 +20,34 @@ pub fn conv_len(
     (padded >= reach && stride > 0).then(|| (padded - reach) / stride + 1)
 }
 
+/// Output length of a pooling window along one axis, PyTorch's
+/// `pooling_output_shape`: with `ceil_mode` the last window may hang over
+/// the end, as long as it starts inside the image or its left padding.
+pub fn pool_len(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    ceil: bool,
+) -> Option<usize> {
+    let padded = size + 2 * padding;
+    let reach = dilation * (kernel.max(1) - 1) + 1;
+    if padded < reach || stride == 0 {
+        return None;
+    }
+    let span = padded - reach;
+    if !ceil {
+        return Some(span / stride + 1);
+    }
+    let out = span.div_ceil(stride) + 1;
+    Some(if (out - 1) * stride >= size + padding {
+        out - 1
+    } else {
+        out
+    })
+}
+
 /// Output length of a transposed convolution along one axis, PyTorch's
 /// `(size−1)·stride − 2·padding + dilation·(kernel−1) + output_padding + 1`,
 /// or `None` when that is not positive.
@@ -87,8 +115,12 @@ impl Layer {
                 out_channels,
                 kernel,
                 bias,
+                groups,
                 ..
-            } => (w(*in_channels) * w(*kernel) + w(*bias as usize)) * w(*out_channels),
+            } => {
+                (w(in_channels / (*groups).max(1)) * w(*kernel) + w(*bias as usize))
+                    * w(*out_channels)
+            }
             Layer::BatchNorm1d { features: c, .. }
             | Layer::BatchNorm2d { channels: c, .. }
             | Layer::GroupNorm { channels: c, .. } => 2 * w(*c),
@@ -201,17 +233,35 @@ impl Layer {
                 kernel,
                 stride,
                 padding,
+                dilation,
+                groups,
                 ..
             } => {
                 if x.len() != 2 || x[0] != *in_channels {
                     return bad(format!("[{in_channels}, L]"));
                 }
-                match conv_len(x[1], *kernel, *stride, *padding, 1) {
+                if *groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 {
+                    return Err(format!(
+                        "{groups} groups must divide both {in_channels} input and {out_channels} output channels"
+                    ));
+                }
+                match conv_len(x[1], *kernel, *stride, *padding, *dilation) {
                     Some(l) => Ok(vec![*out_channels, l]),
-                    None => bad(format!("a length of at least {kernel}")),
+                    None => bad(format!(
+                        "a length of at least {}",
+                        (dilation * (kernel - 1) + 1)
+                            .saturating_sub(2 * padding)
+                            .max(1)
+                    )),
                 }
             }
-            Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => Ok(x.to_vec()),
+            Layer::Relu
+            | Layer::Tanh
+            | Layer::Sigmoid
+            | Layer::Gelu
+            | Layer::LeakyRelu { .. }
+            | Layer::Elu { .. }
+            | Layer::Silu => Ok(x.to_vec()),
             Layer::Dropout { p } => {
                 if !(0.0..1.0).contains(p) {
                     return Err(format!(
@@ -225,26 +275,43 @@ impl Layer {
                 kernel,
                 stride,
                 padding,
+                ..
             }
             | Layer::AvgPool2d {
                 kernel,
                 stride,
                 padding,
+                ..
             } => {
                 if x.len() != 3 {
                     return bad("[C, H, W]".into());
                 }
-                if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+                let (dilation, ceil) = match self {
+                    Layer::MaxPool2d {
+                        dilation,
+                        ceil_mode,
+                        ..
+                    } => (*dilation, *ceil_mode),
+                    Layer::AvgPool2d { ceil_mode, .. } => ([1, 1], *ceil_mode),
+                    _ => unreachable!(),
+                };
+                // PyTorch: at most half the effective (dilated) kernel.
+                let reach = |a: usize| dilation[a] * (kernel[a].max(1) - 1) + 1;
+                if padding[0] * 2 > reach(0) || padding[1] * 2 > reach(1) {
                     return Err(format!(
                         "pooling padding {padding:?} is more than half the kernel {kernel:?}"
                     ));
                 }
                 match (
-                    conv_len(x[1], kernel[0], stride[0], padding[0], 1),
-                    conv_len(x[2], kernel[1], stride[1], padding[1], 1),
+                    pool_len(x[1], kernel[0], stride[0], padding[0], dilation[0], ceil),
+                    pool_len(x[2], kernel[1], stride[1], padding[1], dilation[1], ceil),
                 ) {
                     (Some(h), Some(w)) => Ok(vec![x[0], h, w]),
-                    _ => bad(format!("an image of at least {}×{}", kernel[0], kernel[1])),
+                    _ => bad(format!(
+                        "an image of at least {}×{}",
+                        reach(0).saturating_sub(2 * padding[0]).max(1),
+                        reach(1).saturating_sub(2 * padding[1]).max(1)
+                    )),
                 }
             }
             Layer::AdaptiveAvgPool2d { output } => {
@@ -365,8 +432,12 @@ impl Layer {
                 out_channels,
                 kernel,
                 bias,
+                groups,
                 ..
-            } => (Some(vec![*out_channels, *in_channels, *kernel]), *bias),
+            } => (
+                Some(vec![*out_channels, in_channels / (*groups).max(1), *kernel]),
+                *bias,
+            ),
             Layer::BatchNorm1d { features: c, .. }
             | Layer::BatchNorm2d { channels: c, .. }
             | Layer::GroupNorm { channels: c, .. } => (Some(vec![*c]), true),

@@ -70,54 +70,127 @@ pub fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
     tensors
 }
 
-/// One PyTorch module of a sidecar as an nngeo layer.
-pub fn torch_layer(case: &str, m: &Value) -> Layer {
+/// One PyTorch module of a sidecar as an nngeo layer; `None` for
+/// `nn.Identity`, which adds no node. A hyperparameter nngeo does not
+/// model (a padding mode other than zeros, a divisor override, a norm
+/// without affine parameters) fails the test by name rather than
+/// computing something else.
+pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
+    let name = m["name"].as_str().unwrap_or("?");
+    let refuse =
+        |what: String| -> ! { panic!("{case}: module `{name}`: {what} not handled by this test") };
     let u = |k: &str| {
         m[k].as_u64()
             .unwrap_or_else(|| panic!("{case}: `{k}` of {m}")) as usize
     };
     let pair = |k: &str| -> [usize; 2] {
         match &m[k] {
+            Value::Array(a) if a.len() == 1 => {
+                let x = a[0].as_u64().unwrap() as usize;
+                [x, x]
+            }
             Value::Array(a) => [
                 a[0].as_u64().unwrap() as usize,
                 a[1].as_u64().unwrap() as usize,
             ],
             v => {
-                let x = v.as_u64().unwrap() as usize;
+                let x = v.as_u64().unwrap_or_else(|| panic!("{case}: `{k}` of {m}")) as usize;
                 [x, x]
             }
         }
     };
+    // 1-d hyperparameters: an integer or a one-element list.
+    let single = |k: &str, default: usize| -> usize {
+        match &m[k] {
+            Value::Null => default,
+            Value::Array(a) => a[0].as_u64().unwrap() as usize,
+            v => v.as_u64().unwrap() as usize,
+        }
+    };
     let or_zero = |k: &str| if m[k].is_null() { [0, 0] } else { pair(k) };
     let or_one = |k: &str| if m[k].is_null() { [1, 1] } else { pair(k) };
+    // A pool's stride defaults to its kernel (`None` in PyTorch).
+    let pool_stride = |kernel: [usize; 2]| match &m["stride"] {
+        Value::Null => kernel,
+        Value::Array(a) if a.is_empty() => kernel,
+        _ => pair("stride"),
+    };
+    let flag = |k: &str, default: bool| m[k].as_bool().unwrap_or(default);
+    let number = |k: &str, default: f64| m[k].as_f64().unwrap_or(default);
     let groups = || m["groups"].as_u64().unwrap_or(1) as usize;
     let eps = m["eps"].as_f64().unwrap_or(1e-5);
-    match m["type"].as_str().unwrap() {
+    if let Some(mode) = m["padding_mode"].as_str() {
+        if mode != "zeros" {
+            refuse(format!("padding_mode = {mode}"));
+        }
+    }
+    // PyTorch's string paddings of a convolution: "valid" is none, "same"
+    // (stride 1) pads dilation·(k−1)/2 on each side when that is whole.
+    let conv_padding = |kernel: [usize; 2], dilation: [usize; 2]| -> [usize; 2] {
+        match m["padding"].as_str() {
+            Some("valid") => [0, 0],
+            Some("same") => [0, 1].map(|a| {
+                let total = dilation[a] * (kernel[a] - 1);
+                if !total.is_multiple_of(2) {
+                    refuse("padding = \"same\" with an asymmetric padding".into());
+                }
+                total / 2
+            }),
+            Some(other) => refuse(format!("padding = {other:?}")),
+            None => or_zero("padding"),
+        }
+    };
+    let affine = |k: &str| {
+        if !flag(k, true) {
+            refuse(format!("{k} = false"));
+        }
+    };
+    let t = m["type"].as_str().unwrap();
+    Some(match t {
         "Linear" => Layer::Linear {
             in_features: u("in_features"),
             out_features: u("out_features"),
-            bias: m["bias"].as_bool().unwrap_or(true),
+            bias: flag("bias", true),
         },
-        "Conv2d" => Layer::Conv2d {
-            in_channels: u("in_channels"),
-            out_channels: u("out_channels"),
-            kernel: pair("kernel_size"),
-            stride: pair("stride"),
-            padding: pair("padding"),
-            dilation: or_one("dilation"),
-            bias: m["bias"].as_bool().unwrap_or(true),
-            groups: groups(),
-        },
+        "Conv2d" => {
+            let (kernel, dilation) = (pair("kernel_size"), or_one("dilation"));
+            Layer::Conv2d {
+                in_channels: u("in_channels"),
+                out_channels: u("out_channels"),
+                kernel,
+                stride: or_one("stride"),
+                padding: conv_padding(kernel, dilation),
+                dilation,
+                bias: flag("bias", true),
+                groups: groups(),
+            }
+        }
+        "Conv1d" => {
+            let (kernel, dilation) = (single("kernel_size", 1), single("dilation", 1));
+            Layer::Conv1d {
+                in_channels: u("in_channels"),
+                out_channels: u("out_channels"),
+                kernel,
+                stride: single("stride", 1),
+                padding: match m["padding"] {
+                    Value::String(_) => conv_padding([kernel, kernel], [dilation, dilation])[0],
+                    _ => single("padding", 0),
+                },
+                bias: flag("bias", true),
+                dilation,
+                groups: groups(),
+            }
+        }
         "ConvTranspose2d" => Layer::ConvTranspose2d {
             in_channels: u("in_channels"),
             out_channels: u("out_channels"),
             kernel: pair("kernel_size"),
-            stride: pair("stride"),
+            stride: or_one("stride"),
             padding: or_zero("padding"),
             output_padding: or_zero("output_padding"),
             dilation: or_one("dilation"),
             groups: groups(),
-            bias: m["bias"].as_bool().unwrap_or(true),
+            bias: flag("bias", true),
         },
         "Embedding" => Layer::Embedding {
             num_embeddings: u("num_embeddings"),
@@ -126,45 +199,125 @@ pub fn torch_layer(case: &str, m: &Value) -> Layer {
         "ReLU" => Layer::Relu,
         "Tanh" => Layer::Tanh,
         "Sigmoid" => Layer::Sigmoid,
-        "GELU" => Layer::Gelu,
-        "Flatten" => Layer::Flatten,
-        "MaxPool2d" => Layer::MaxPool2d {
-            kernel: pair("kernel_size"),
-            stride: pair("stride"),
-            padding: or_zero("padding"),
+        "GELU" => {
+            if m["approximate"].as_str().is_some_and(|a| a != "none") {
+                refuse("GELU's tanh approximation".into());
+            }
+            Layer::Gelu
+        }
+        "LeakyReLU" => Layer::LeakyRelu {
+            slope: number("negative_slope", 0.01),
         },
-        "AvgPool2d" => Layer::AvgPool2d {
-            kernel: pair("kernel_size"),
-            stride: pair("stride"),
-            padding: or_zero("padding"),
+        "ELU" => Layer::Elu {
+            alpha: number("alpha", 1.0),
         },
+        "SiLU" => Layer::Silu,
+        "Identity" => return None,
+        "Dropout" => Layer::Dropout {
+            p: number("p", 0.5),
+        },
+        "Flatten" => {
+            if m["start_dim"].as_i64().unwrap_or(1) != 1
+                || m["end_dim"].as_i64().unwrap_or(-1) != -1
+            {
+                refuse("a Flatten other than flatten(x, 1)".into());
+            }
+            Layer::Flatten
+        }
+        "MaxPool2d" => {
+            if flag("return_indices", false) {
+                refuse("return_indices".into());
+            }
+            let kernel = pair("kernel_size");
+            Layer::MaxPool2d {
+                kernel,
+                stride: pool_stride(kernel),
+                padding: or_zero("padding"),
+                dilation: or_one("dilation"),
+                ceil_mode: flag("ceil_mode", false),
+            }
+        }
+        "AvgPool2d" => {
+            if !m["divisor_override"].is_null() {
+                refuse("divisor_override".into());
+            }
+            let kernel = pair("kernel_size");
+            Layer::AvgPool2d {
+                kernel,
+                stride: pool_stride(kernel),
+                padding: or_zero("padding"),
+                ceil_mode: flag("ceil_mode", false),
+                count_include_pad: flag("count_include_pad", true),
+            }
+        }
         "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
             output: pair("output_size"),
         },
-        "BatchNorm1d" => Layer::BatchNorm1d {
-            features: u("num_features"),
-            eps,
-        },
-        "BatchNorm2d" => Layer::BatchNorm2d {
-            channels: u("num_features"),
-            eps,
-        },
-        "GroupNorm" => Layer::GroupNorm {
-            groups: u("num_groups"),
-            channels: u("num_channels"),
-            eps,
-        },
-        "LayerNorm" => Layer::LayerNorm {
-            shape: m["normalized_shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect(),
-            eps,
-        },
-        other => panic!("{case}: module type {other} not handled by this test"),
+        "BatchNorm1d" | "BatchNorm2d" => {
+            affine("affine");
+            if !flag("track_running_stats", true) {
+                refuse("track_running_stats = false".into());
+            }
+            if t == "BatchNorm1d" {
+                Layer::BatchNorm1d {
+                    features: u("num_features"),
+                    eps,
+                }
+            } else {
+                Layer::BatchNorm2d {
+                    channels: u("num_features"),
+                    eps,
+                }
+            }
+        }
+        "GroupNorm" => {
+            affine("affine");
+            Layer::GroupNorm {
+                groups: u("num_groups"),
+                channels: u("num_channels"),
+                eps,
+            }
+        }
+        "LayerNorm" => {
+            affine("elementwise_affine");
+            if !flag("bias", true) {
+                refuse("bias = false".into());
+            }
+            Layer::LayerNorm {
+                shape: match &m["normalized_shape"] {
+                    Value::Array(a) => a.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
+                    v => vec![v.as_u64().unwrap() as usize],
+                },
+                eps,
+            }
+        }
+        other => refuse(format!("module type {other}")),
+    })
+}
+
+/// A chain sidecar (`model.layers`, an `nn.Sequential`) as a graph of its
+/// layers in order, named as the sidecar names them (`layers.0`, ...),
+/// parameters in layer order.
+pub fn chain_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
+    let mut spec = empty_graph(input, 0);
+    let mut last = 0;
+    for (i, l) in model["layers"].as_array().unwrap().iter().enumerate() {
+        let name = l["name"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("layers.{i}"));
+        let Some(layer) = torch_layer(case, l) else {
+            continue;
+        };
+        push_node(&mut spec, &name, layer, vec![last])
+            .unwrap_or_else(|e| panic!("{case}: layer {i} ({name}): {e}"));
+        last = spec.layers.len();
+        if spec.layers[last - 1].params > 0 {
+            spec.param_order.push(last - 1);
+        }
     }
+    spec.validate().unwrap_or_else(|e| panic!("{case}: {e}"));
+    spec
 }
 
 /// A graph sidecar rebuilt in general: every step of `forward.steps`
@@ -192,7 +345,20 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
         let (name, layer) = match step["op"].as_str().unwrap() {
             "module" => {
                 let name = step["module"].as_str().unwrap();
-                (name.to_string(), torch_layer(case, modules[name]))
+                let m = modules.get(name).unwrap_or_else(|| {
+                    panic!(
+                        "{case}: step {} applies unknown module `{name}`",
+                        step["step"]
+                    )
+                });
+                match torch_layer(case, m) {
+                    Some(layer) => (name.to_string(), layer),
+                    // The identity: its output is its input's node.
+                    None => {
+                        node.insert(step["output"].as_str().unwrap().to_string(), from[0]);
+                        continue;
+                    }
+                }
             }
             "add" => (format!("add.{}", step["step"]), Layer::Add),
             "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),

@@ -27,7 +27,9 @@ fn hessian_cases() -> Vec<(String, Fx, Task)> {
         (RESNET.to_string(), Fx::new(RESNET, 3, 44), cls.clone()),
         (EMBED.to_string(), Fx::new(EMBED, 4, 45), cls.clone()),
         (CONVT.to_string(), Fx::new(CONVT, 3, 46), cls.clone()),
-        (GROUPED.to_string(), Fx::new(GROUPED, 3, 47), cls),
+        (GROUPED.to_string(), Fx::new(GROUPED, 3, 47), cls.clone()),
+        (MORE_2D.to_string(), Fx::new(MORE_2D, 3, 50), cls.clone()),
+        (MORE_1D.to_string(), Fx::new(MORE_1D, 3, 51), cls),
         (
             BINARY_MLP.to_string(),
             Fx::new(BINARY_MLP, 8, 48),

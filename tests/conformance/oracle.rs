@@ -10,7 +10,7 @@
 //! `test_ops(dtype)`, `fixtures_dir()` and `mod common` (see
 //! `tests/oracle.rs`).
 
-use crate::common::{compile_model, graph_spec, read_tensors, rel_err};
+use crate::common::{chain_spec, graph_spec, read_tensors, rel_err};
 use crate::{fixtures_dir, test_ops, TestOps};
 use nngeo::geometry::build::{BlockKind, Problem, Target};
 use nngeo::geometry::init::load_params;
@@ -66,51 +66,12 @@ fn model_spec(case: &Case) -> ModelSpec {
             &case.tensors["inputs"].0[1..],
         )
     } else {
-        chain_spec(case)
+        chain_spec(
+            &case.name,
+            &case.json["model"],
+            &case.tensors["inputs"].0[1..],
+        )
     }
-}
-
-/// The sidecar's layer list as an `.ngx` model, compiled by nngeo itself.
-fn chain_spec(case: &Case) -> ModelSpec {
-    let input = &case.tensors["inputs"].0[1..];
-    let mut parts = Vec::new();
-    for l in case.json["model"]["layers"].as_array().unwrap() {
-        let u = |k: &str| l[k].as_u64().unwrap();
-        let pair = |k: &str| l[k].as_array().unwrap()[0].as_u64().unwrap();
-        parts.push(match l["type"].as_str().unwrap() {
-            "Linear" => format!(
-                "linear({}, {}, bias = {})",
-                u("in_features"),
-                u("out_features"),
-                l["bias"].as_bool().unwrap_or(true)
-            ),
-            "Conv2d" => format!(
-                "conv2d({}, {}, kernel = {}, stride = {}, padding = {}, bias = {})",
-                u("in_channels"),
-                u("out_channels"),
-                pair("kernel_size"),
-                pair("stride"),
-                pair("padding"),
-                l["bias"].as_bool().unwrap_or(true)
-            ),
-            "ReLU" => "relu".into(),
-            "Tanh" => "tanh".into(),
-            "Sigmoid" => "sigmoid".into(),
-            "Flatten" => "flatten".into(),
-            "BatchNorm1d" => format!(
-                "batchnorm1d({}, eps = {:e})",
-                u("num_features"),
-                l["eps"].as_f64().unwrap_or(1e-5)
-            ),
-            other => panic!("{}: layer type {other} not handled by this test", case.name),
-        });
-    }
-    let shape: Vec<String> = input.iter().map(|d| d.to_string()).collect();
-    compile_model(&format!(
-        "sequential({}, input = [{}])",
-        parts.join(", "),
-        shape.join(", ")
-    ))
 }
 
 /// `max|a−b| / max|b|`, asserting it is at most `tol`.

@@ -241,6 +241,8 @@ impl<O: Ops> Net<O> {
                 let g4 = o.reshape(g, &[m, n, u.cin, 1, u.l])?;
                 let dp = if let Some(route) = route {
                     o.mul(&g4, route)?
+                } else if let Some(wts) = &layer.pool_weights {
+                    o.mul(&g4, &o.reshape(wts, &[1, 1, 1, u.k, u.l])?)?
                 } else {
                     let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
                     o.mul(&g4, &ones)?

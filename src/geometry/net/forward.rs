@@ -102,14 +102,14 @@ impl<O: Ops> Net<O> {
                 let x = o.reshape(x, &[n, u.cin, u.hw])?;
                 plain(y, Cache::Conv { x, bias: *bias })
             }
-            Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu => {
-                let op = match layer.spec.layer {
-                    Layer::Relu => Unary::Relu,
-                    Layer::Tanh => Unary::Tanh,
-                    Layer::Sigmoid => Unary::Sigmoid,
-                    _ => Unary::GeluErf,
-                };
-                let y = o.unary(op, x)?;
+            Layer::Relu
+            | Layer::Tanh
+            | Layer::Sigmoid
+            | Layer::Gelu
+            | Layer::LeakyRelu { .. }
+            | Layer::Elu { .. }
+            | Layer::Silu => {
+                let y = super::act_forward(o, &layer.spec.layer, x)?;
                 plain(y.clone(), Cache::Act { x: x.clone(), y })
             }
             Layer::Flatten => plain(o.reshape(x, &out_shape)?, Cache::Reshape),
@@ -141,6 +141,8 @@ impl<O: Ops> Net<O> {
                 let p = o.reshape(&p, &[n, u.cin, u.k, u.l])?;
                 let out = if max {
                     o.reduce(Reduce::Max, &p, 2)?
+                } else if let Some(wts) = &layer.pool_weights {
+                    o.sum_dim(&o.mul(&p, wts)?, 2)?
                 } else {
                     o.scale(&o.sum_dim(&p, 2)?, 1.0 / u.k as f64)?
                 };

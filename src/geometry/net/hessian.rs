@@ -54,7 +54,19 @@ pub fn has_second_order_rule(layer: &Layer) -> bool {
 /// vanishes almost everywhere (ReLU).
 fn act_second<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<Option<O::T>> {
     Ok(match layer {
-        Layer::Relu => None,
+        Layer::Relu | Layer::LeakyRelu { .. } => None,
+        // [x ≤ 0]·α·eˣ = [x ≤ 0]·(y + α).
+        Layer::Elu { alpha } => {
+            let left = o.affine(&o.unary(Unary::Step, x)?, -1.0, 1.0)?;
+            Some(o.mul(&left, &o.affine(y, 1.0, *alpha)?)?)
+        }
+        // d/dx [σ + xσ(1 − σ)] = σ(1 − σ)·(2 + x·(1 − 2σ)).
+        Layer::Silu => {
+            let s = o.unary(Unary::Sigmoid, x)?;
+            let d = o.mul(&s, &o.affine(&s, -1.0, 1.0)?)?;
+            let t = o.affine(&o.mul(x, &o.affine(&s, -2.0, 1.0)?)?, 1.0, 2.0)?;
+            Some(o.mul(&d, &t)?)
+        }
         // σ' = 1 − y², σ'' = −2y(1 − y²).
         Layer::Tanh => {
             let d1 = o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0)?;

@@ -18,6 +18,61 @@ pub fn unfold_index(
 ) -> (Vec<u32>, usize, usize) {
     let oh = crate::plan::conv_len(h, kernel[0], stride[0], padding[0], dilation[0]).unwrap_or(0);
     let ow = crate::plan::conv_len(w, kernel[1], stride[1], padding[1], dilation[1]).unwrap_or(0);
+    (
+        sized_unfold_index(h, w, kernel, stride, padding, dilation, [oh, ow]),
+        oh,
+        ow,
+    )
+}
+
+/// Per-window weights of an average pooling, `[K, L]` tap-major, or
+/// `None` when every window divides by `K`. PyTorch's divisor: the window
+/// clipped to the padded image (`count_include_pad`), else its positions
+/// inside the image.
+pub fn avg_pool_weights(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    out: [usize; 2],
+    count_include_pad: bool,
+) -> Option<Vec<f64>> {
+    let extent = |o: usize, a: usize, size: usize| {
+        let start = (o * stride[a]) as isize - padding[a] as isize;
+        let end = (start + kernel[a] as isize).min((size + padding[a]) as isize);
+        if count_include_pad {
+            (end - start) as usize
+        } else {
+            (end.min(size as isize) - start.max(0)) as usize
+        }
+    };
+    let k = kernel[0] * kernel[1];
+    let mut div = Vec::with_capacity(out[0] * out[1]);
+    for oi in 0..out[0] {
+        for oj in 0..out[1] {
+            div.push(extent(oi, 0, h) * extent(oj, 1, w));
+        }
+    }
+    if div.iter().all(|&d| d == k) {
+        return None;
+    }
+    let per: Vec<f64> = div.iter().map(|&d| 1.0 / d.max(1) as f64).collect();
+    Some((0..k).flat_map(|_| per.iter().copied()).collect())
+}
+
+/// [`unfold_index`] for a given output size (a ceil-mode pooling's last
+/// windows reach past the padded image: those positions are padding).
+#[allow(clippy::too_many_arguments)]
+pub fn sized_unfold_index(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    [oh, ow]: [usize; 2],
+) -> Vec<u32> {
     let pad = (h * w) as u32;
     let mut idx = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
     for ki in 0..kernel[0] {
@@ -35,7 +90,7 @@ pub fn unfold_index(
             }
         }
     }
-    (idx, oh, ow)
+    idx
 }
 
 /// Unfold indices of a transposed convolution from an `h × w` image to
@@ -168,6 +223,7 @@ impl<O: Ops> Net<O> {
                 running: None,
                 unfold: None,
                 pool: None,
+                pool_weights: None,
                 src: spec.sources(index),
             };
             let mut slot_kind = None;
@@ -283,6 +339,8 @@ impl<O: Ops> Net<O> {
                                 stride,
                                 padding,
                                 bias,
+                                dilation,
+                                groups,
                             } => (
                                 *in_channels,
                                 *out_channels,
@@ -291,9 +349,9 @@ impl<O: Ops> Net<O> {
                                 [1, *kernel],
                                 [1, *stride],
                                 [0, *padding],
-                                [1, 1],
+                                [1, *dilation],
                                 *bias,
-                                1,
+                                *groups,
                             ),
                             _ => unreachable!(),
                         };
@@ -335,14 +393,39 @@ impl<O: Ops> Net<O> {
                     kernel,
                     stride,
                     padding,
+                    ..
                 }
                 | Layer::AvgPool2d {
                     kernel,
                     stride,
                     padding,
+                    ..
                 } => {
                     let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
-                    let (idx, oh, ow) = unfold_index(h, w, *kernel, *stride, *padding, [1, 1]);
+                    let (oh, ow) = (l.output[1], l.output[2]);
+                    let dilation = match &l.layer {
+                        Layer::MaxPool2d { dilation, .. } => *dilation,
+                        _ => [1, 1],
+                    };
+                    let idx =
+                        sized_unfold_index(h, w, *kernel, *stride, *padding, dilation, [oh, ow]);
+                    if let Layer::AvgPool2d {
+                        count_include_pad, ..
+                    } = &l.layer
+                    {
+                        let k = kernel[0] * kernel[1];
+                        layer.pool_weights = avg_pool_weights(
+                            h,
+                            w,
+                            *kernel,
+                            *stride,
+                            *padding,
+                            [oh, ow],
+                            *count_include_pad,
+                        )
+                        .map(|wts| o.upload(&[1, 1, k, oh * ow], &wts))
+                        .transpose()?;
+                    }
                     layer.unfold = Some(Unfold {
                         idx: o.upload_index(&idx)?,
                         cin: c,
@@ -386,6 +469,9 @@ impl<O: Ops> Net<O> {
                 | Layer::Tanh
                 | Layer::Sigmoid
                 | Layer::Gelu
+                | Layer::LeakyRelu { .. }
+                | Layer::Elu { .. }
+                | Layer::Silu
                 | Layer::Flatten
                 | Layer::Add
                 | Layer::Concat => {}

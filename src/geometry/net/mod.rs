@@ -105,6 +105,9 @@ pub struct NetLayer<T> {
     unfold: Option<Unfold<T>>,
     /// Adaptive average pooling as a matrix `[H·W, oh·ow]` and its transpose.
     pool: Option<(T, T)>,
+    /// Average pooling whose windows do not all divide by `K` (ceil mode,
+    /// `count_include_pad = false`): each tap's weight per window `[1, 1, K, L]`.
+    pool_weights: Option<T>,
     /// The graph nodes this layer reads (see [`ModelSpec::sources`]).
     src: Vec<usize>,
 }
@@ -709,12 +712,56 @@ fn gelu_grad<O: Ops>(o: &O, x: &O::T) -> OpsResult<O::T> {
     o.add(&cdf, &o.mul(x, &pdf)?)
 }
 
-/// The derivative of an activation at its input `x` (output `y`).
+/// An activation's output at `x`. The piecewise ones are composed from
+/// `relu` and `Step` (`min(x, 0) = x − relu(x)`), so that every backend,
+/// plugins included, computes them from the primitives it already has.
+fn act_forward<O: Ops>(o: &O, layer: &Layer, x: &O::T) -> OpsResult<O::T> {
+    match layer {
+        Layer::Relu => o.unary(Unary::Relu, x),
+        Layer::Tanh => o.unary(Unary::Tanh, x),
+        Layer::Sigmoid => o.unary(Unary::Sigmoid, x),
+        Layer::Gelu => o.unary(Unary::GeluErf, x),
+        // (1 − s)·relu(x) + s·x.
+        Layer::LeakyRelu { slope } => o.add(
+            &o.scale(&o.unary(Unary::Relu, x)?, 1.0 - slope)?,
+            &o.scale(x, *slope)?,
+        ),
+        // relu(x) + α·(exp(min(x, 0)) − 1).
+        Layer::Elu { alpha } => {
+            let r = o.unary(Unary::Relu, x)?;
+            let e = o.unary(Unary::Exp, &o.sub(x, &r)?)?;
+            o.add(&r, &o.affine(&e, *alpha, -alpha)?)
+        }
+        Layer::Silu => o.mul(x, &o.unary(Unary::Sigmoid, x)?),
+        other => Err(OpsError(format!(
+            "{} is not an activation",
+            other.type_name()
+        ))),
+    }
+}
+
+/// The derivative of an activation at its input `x` (output `y`). At a
+/// kink it is PyTorch's: ReLU and LeakyReLU take the left slope at 0, ELU
+/// its left derivative `α` (its right one is 1).
 fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T> {
     match layer {
         Layer::Relu => o.unary(Unary::Step, x),
         Layer::Tanh => o.affine(&o.unary(Unary::Sqr, y)?, -1.0, 1.0),
         Layer::Sigmoid => o.mul(y, &o.affine(y, -1.0, 1.0)?),
+        // s + (1 − s)·[x > 0].
+        Layer::LeakyRelu { slope } => o.affine(&o.unary(Unary::Step, x)?, 1.0 - slope, *slope),
+        // [x > 0] + [x ≤ 0]·(y + α): for x ≤ 0, y + α = α·eˣ.
+        Layer::Elu { alpha } => {
+            let step = o.unary(Unary::Step, x)?;
+            let left = o.mul(&o.affine(&step, -1.0, 1.0)?, &o.affine(y, 1.0, *alpha)?)?;
+            o.add(&step, &left)
+        }
+        // σ + x·σ(1 − σ) = σ·(1 + x·(1 − σ)).
+        Layer::Silu => {
+            let s = o.unary(Unary::Sigmoid, x)?;
+            let t = o.affine(&o.mul(x, &o.affine(&s, -1.0, 1.0)?)?, 1.0, 1.0)?;
+            o.mul(&s, &t)
+        }
         _ => gelu_grad(o, x),
     }
 }

@@ -78,6 +78,8 @@ impl<O: Ops> Net<O> {
                     let y = if let Some(route) = route {
                         // The first maximum's derivative, as in the backward pass.
                         o.sum_dim(&o.mul(&dp, route)?, 2)?
+                    } else if let Some(wts) = &layer.pool_weights {
+                        o.sum_dim(&o.mul(&dp, wts)?, 2)?
                     } else {
                         o.scale(&o.sum_dim(&dp, 2)?, 1.0 / u.k as f64)?
                     };

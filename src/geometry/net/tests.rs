@@ -4,67 +4,114 @@ use super::*;
 use crate::backend::candle::CandleOps;
 use crate::plan::{Dtype, Init};
 
-/// Padded max pooling never picks the padding (PyTorch pads with −∞),
-/// and padded average pooling counts the padded zeros.
-#[test]
-fn padded_pooling_matches_pytorch_conventions() {
+/// The pooled values of a 1×3×3 image `x` through `pool`.
+fn pool_3x3(pool: Layer, x: &[f64]) -> Vec<f64> {
     let o = CandleOps::new("cpu", Dtype::F64).unwrap();
-    let x: Vec<f64> = (0..9).map(|i| -1.0 - i as f64).collect(); // all negative
-    for (max, want) in [
-        // 3×3 windows at stride 2 with padding 1 over a 3×3 image: the
-        // four corners' windows.
-        (true, vec![-1.0, -2.0, -4.0, -5.0]),
+    let l = LayerSpec::node("pool", pool, &[&[1, 3, 3]], vec![]).unwrap();
+    let out = l.output.clone();
+    let numel: usize = out.iter().product();
+    let f = LayerSpec::node("flatten", Layer::Flatten, &[&out], vec![]).unwrap();
+    let fc = Layer::Linear {
+        in_features: numel,
+        out_features: 1,
+        bias: false,
+    };
+    let fc = LayerSpec::node("fc", fc, &[&[numel]], vec![]).unwrap();
+    let spec = ModelSpec {
+        input: vec![1, 3, 3],
+        output: vec![1],
+        params: numel as u64,
+        layers: vec![l, f, fc],
+        init: Init::Pytorch { seed: 0 },
+        weights: None,
+        param_order: vec![],
+    };
+    let params = crate::geometry::init::init_params(&spec, &spec.init);
+    let net = Net::new(&o, &spec, params).unwrap();
+    let xt = o.upload(&[1, 1, 3, 3], x).unwrap();
+    let cache = net.forward(&o, &xt, true).unwrap();
+    let Cache::Pool { out, .. } = &cache.caches[0] else {
+        panic!("no pool cache")
+    };
+    o.download(out).unwrap()
+}
+
+/// PyTorch's pooling conventions, values worked out by hand on the image
+/// 1..9 (or its negative): padding never wins a max and counts in an
+/// average's divisor by default; ceil mode keeps a last window that hangs over the image (its
+/// divisor clipped to the image with `count_include_pad`), without
+/// `count_include_pad` a window divides by its positions in the image, and
+/// dilated max pooling reads every other pixel.
+#[test]
+fn pooling_options_match_pytorch_conventions() {
+    let x: Vec<f64> = (1..=9).map(f64::from).collect();
+    let neg: Vec<f64> = x.iter().map(|v| -v).collect();
+    let avg = |kernel, stride, padding, ceil_mode, count_include_pad| Layer::AvgPool2d {
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+        count_include_pad,
+    };
+    let max = |kernel, stride, padding, dilation, ceil_mode| Layer::MaxPool2d {
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+    };
+    let cases: Vec<(&str, Layer, &[f64], Vec<f64>)> = vec![
         (
-            false,
-            vec![
-                (-1.0 - 2.0 - 4.0 - 5.0) / 9.0,
-                (-2.0 - 3.0 - 5.0 - 6.0) / 9.0,
-                (-4.0 - 5.0 - 7.0 - 8.0) / 9.0,
-                (-5.0 - 6.0 - 8.0 - 9.0) / 9.0,
-            ],
+            // PyTorch pads max pooling with −∞: the corners' windows.
+            "max k3 s2 p1 on negative values",
+            max([3, 3], [2, 2], [1, 1], [1, 1], false),
+            &neg,
+            vec![-1.0, -2.0, -4.0, -5.0],
         ),
-    ] {
-        let (kernel, stride, padding) = ([3, 3], [2, 2], [1, 1]);
-        let pool = if max {
-            Layer::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-            }
-        } else {
-            Layer::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-            }
-        };
-        let l = LayerSpec::node("pool", pool, &[&[1, 3, 3]], vec![]).unwrap();
-        let f = LayerSpec::node("flatten", Layer::Flatten, &[&[1, 2, 2]], vec![]).unwrap();
-        let fc = Layer::Linear {
-            in_features: 4,
-            out_features: 1,
-            bias: false,
-        };
-        let fc = LayerSpec::node("fc", fc, &[&[4]], vec![]).unwrap();
-        let spec = ModelSpec {
-            input: vec![1, 3, 3],
-            output: vec![1],
-            params: 4,
-            layers: vec![l, f, fc],
-            init: Init::Pytorch { seed: 0 },
-            weights: None,
-            param_order: vec![],
-        };
-        let params = crate::geometry::init::init_params(&spec, &spec.init);
-        let net = Net::new(&o, &spec, params).unwrap();
-        let xt = o.upload(&[1, 1, 3, 3], &x).unwrap();
-        let cache = net.forward(&o, &xt, true).unwrap();
-        let Cache::Pool { out, .. } = &cache.caches[0] else {
-            panic!("no pool cache")
-        };
-        let got = o.download(out).unwrap();
+        (
+            "avg k3 s2 p1 without padded zeros",
+            avg([3, 3], [2, 2], [1, 1], false, false),
+            &x,
+            vec![12.0 / 4.0, 16.0 / 4.0, 24.0 / 4.0, 28.0 / 4.0],
+        ),
+        (
+            "avg k3 s2 p1 with padded zeros",
+            avg([3, 3], [2, 2], [1, 1], false, true),
+            &x,
+            vec![12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0],
+        ),
+        (
+            "avg k2 s2 ceil mode",
+            avg([2, 2], [2, 2], [0, 0], true, true),
+            &x,
+            vec![12.0 / 4.0, 9.0 / 2.0, 15.0 / 2.0, 9.0],
+        ),
+        (
+            "max k2 s2 ceil mode",
+            max([2, 2], [2, 2], [0, 0], [1, 1], true),
+            &neg,
+            vec![-1.0, -3.0, -7.0, -9.0],
+        ),
+        (
+            "max k2 dilation 2",
+            max([2, 2], [1, 1], [0, 0], [2, 2], false),
+            &x,
+            vec![9.0],
+        ),
+        (
+            "max k2 s1 dilation 2 p1",
+            max([2, 2], [1, 1], [1, 1], [2, 2], false),
+            &x,
+            // Taps at rows (and columns) {−1, 1}, {0, 2}, {1, 3}: the
+            // padding never counts.
+            vec![5.0, 6.0, 5.0, 8.0, 9.0, 8.0, 5.0, 6.0, 5.0],
+        ),
+    ];
+    for (what, layer, input, want) in cases {
+        let got = pool_3x3(layer, input);
+        assert_eq!(got.len(), want.len(), "{what}: {got:?}");
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-12, "max = {max}: {got:?} vs {want:?}");
+            assert!((g - w).abs() < 1e-12, "{what}: {got:?} vs {want:?}");
         }
     }
 }

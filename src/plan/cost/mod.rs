@@ -71,8 +71,9 @@ pub fn forward_flops(model: &ModelSpec) -> u64 {
                 Layer::Conv1d {
                     in_channels,
                     kernel,
+                    groups,
                     ..
-                } => 2 * out * (*in_channels as u64) * (*kernel as u64),
+                } => 2 * out * (in_channels / groups) as u64 * (*kernel as u64),
                 _ => 4 * out,
             }
         })
@@ -116,6 +117,7 @@ pub fn kfac_dims(layer: &LayerSpec) -> Option<(u64, u64, u64)> {
             out_channels,
             kernel,
             bias,
+            groups: 1,
             ..
         } => Some((
             (*in_channels * *kernel) as u64 + *bias as u64,

@@ -142,6 +142,7 @@ pub enum Layer {
         num_embeddings: usize,
         dim: usize,
     },
+    /// Weight `[out, in/groups, k]`.
     Conv1d {
         in_channels: usize,
         out_channels: usize,
@@ -149,25 +150,50 @@ pub enum Layer {
         stride: usize,
         padding: usize,
         bias: bool,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        dilation: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
     },
     Relu,
     Tanh,
     Sigmoid,
     Gelu,
+    /// PyTorch's `LeakyReLU`: `x` for x > 0, else `slope·x`.
+    LeakyRelu {
+        slope: f64,
+    },
+    /// PyTorch's `ELU`: `x` for x > 0, else `alpha·(eˣ − 1)`.
+    Elu {
+        alpha: f64,
+    },
+    /// PyTorch's `SiLU` (swish): `x·σ(x)`.
+    Silu,
     Flatten,
     /// Max pooling; padded positions never win (PyTorch pads with −∞).
+    /// With `ceil_mode` a last window may hang over the input's end.
     MaxPool2d {
         kernel: [usize; 2],
         stride: [usize; 2],
         #[serde(default, skip_serializing_if = "is_zero2")]
         padding: [usize; 2],
+        #[serde(default = "ones2", skip_serializing_if = "is_ones2")]
+        dilation: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
     },
-    /// Average pooling; padded zeros count (PyTorch's `count_include_pad`).
+    /// Average pooling. PyTorch's divisor: with `count_include_pad` (its
+    /// default) the window clipped to the padded image, else the number
+    /// of the window's positions inside the image.
     AvgPool2d {
         kernel: [usize; 2],
         stride: [usize; 2],
         #[serde(default, skip_serializing_if = "is_zero2")]
         padding: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        count_include_pad: bool,
     },
     /// Evaluation mode (running statistics) for curvature.
     BatchNorm1d {
@@ -221,6 +247,15 @@ fn is_ones2(d: &[usize; 2]) -> bool {
 fn is_zero2(d: &[usize; 2]) -> bool {
     *d == [0, 0]
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn yes() -> bool {
+    true
+}
 
 impl Layer {
     pub fn type_name(&self) -> &'static str {
@@ -234,6 +269,9 @@ impl Layer {
             Layer::Tanh => "Tanh",
             Layer::Sigmoid => "Sigmoid",
             Layer::Gelu => "GELU",
+            Layer::LeakyRelu { .. } => "LeakyReLU",
+            Layer::Elu { .. } => "ELU",
+            Layer::Silu => "SiLU",
             Layer::Flatten => "Flatten",
             Layer::MaxPool2d { .. } => "MaxPool2d",
             Layer::AvgPool2d { .. } => "AvgPool2d",

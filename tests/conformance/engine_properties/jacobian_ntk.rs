@@ -105,6 +105,8 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
     seen.extend(check_jacobian_fd(EMBED, 5, 16));
     seen.extend(check_jacobian_fd(CONVT, 4, 17));
     seen.extend(check_jacobian_fd(GROUPED, 4, 18));
+    seen.extend(check_jacobian_fd(MORE_2D, 5, 19));
+    seen.extend(check_jacobian_fd(MORE_1D, 5, 20));
     let every: BTreeSet<&str> = [
         "Embedding",
         "ConvTranspose2d",
@@ -115,6 +117,9 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
         "Tanh",
         "Sigmoid",
         "GELU",
+        "LeakyReLU",
+        "ELU",
+        "SiLU",
         "Flatten",
         "MaxPool2d",
         "AvgPool2d",

@@ -66,6 +66,28 @@ const POOL_FIRST: &str = "sequential(\
     batchnorm1d(12), linear(12, 4, bias = false), gelu, layernorm([4]),\
     input = [2, 6, 8], init = pytorch(seed = 9))";
 
+/// PyTorch's other activations and pooling options: LeakyReLU, ELU and
+/// SiLU; a dilated, padded ceil-mode max pool (5×5 from 8×8, floor mode
+/// gives 4×4); an average pool without the padded zeros in its divisor
+/// (windows of 4, 6 and 9) and a ceil-mode one whose last windows hang
+/// over the image (2×2 from 3×3, divisors 4, 2 and 1).
+const MORE_2D: &str = "sequential(\
+    conv2d(2, 4, kernel = 2), leaky_relu(slope = 0.1),\
+    maxpool2d(kernel = 2, stride = 2, padding = 1, dilation = 2, ceil_mode = true),\
+    conv2d(4, 4, kernel = 3, padding = 1), elu(alpha = 0.7),\
+    avgpool2d(kernel = 3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false),\
+    avgpool2d(kernel = 2, stride = 2, ceil_mode = true), silu,\
+    flatten, linear(16, 5), elu,\
+    input = [2, 9, 9], init = pytorch(seed = 10))";
+
+/// A grouped, dilated, padded conv1d, then a strided one; LeakyReLU with
+/// PyTorch's default slope.
+const MORE_1D: &str = "sequential(\
+    conv1d(2, 4, kernel = 3, padding = 2, dilation = 2, groups = 2), silu,\
+    conv1d(4, 3, kernel = 2, stride = 2), leaky_relu,\
+    flatten, linear(18, 3),\
+    input = [2, 12], init = pytorch(seed = 12))";
+
 const MLP: &str = "mlp(in = 6, hidden = [8, 7], out = 5, act = tanh, init = pytorch(seed = 1))";
 
 /// Affine layers only (KFAC and EKFAC apply to every layer).
@@ -142,6 +164,8 @@ const RESNET: Graph = Graph("resnet graph", || {
                     kernel: [3, 3],
                     stride: [1, 1],
                     padding: [1, 1],
+                    dilation: [1, 1],
+                    ceil_mode: false,
                 },
                 &["stem.act"],
             ),
@@ -320,6 +344,8 @@ const GROUPED: Graph = Graph("grouped conv graph", || {
                     kernel: [4, 4],
                     stride: [4, 4],
                     padding: [0, 0],
+                    ceil_mode: false,
+                    count_include_pad: true,
                 },
                 &["a2"],
             ),

@@ -29,6 +29,8 @@ fn linearised_model_is_the_first_order_expansion_at_w0() {
     }
     check_linearised(RESNET, 35);
     check_linearised(BRANCHES, 36);
+    check_linearised(MORE_2D, 37);
+    check_linearised(MORE_1D, 38);
 }
 
 fn check_linearised(model: impl Model, seed: u64) {
