@@ -10,8 +10,8 @@ Writes DIR/<case>.json + <case>.safetensors (DIR defaults to
 target/oracle-cases); run them with
     NNGEO_ORACLE_CASES=DIR cargo test --test oracle
 The shipped fixtures digits_gn_pool, digits_dense_cat, digits_conv_variants,
-regress_skip_mlp, digits_act_pool, regress_conv1d and digits_seq_mix were
-made by this script:
+regress_skip_mlp, digits_act_pool, regress_conv1d, digits_plain_norms and
+digits_seq_mix were made by this script:
 digits_act_pool (LeakyReLU / ELU / SiLU / Identity / Dropout, ceil-mode and
 padded pools), regress_conv1d (Conv1d on the regression rows as [n, 1, 8]),
 digits_plain_norms (BatchNorm2d / InstanceNorm2d / GroupNorm / LayerNorm

@@ -158,3 +158,68 @@ fn value_defs_size_layers_at_the_top_level() {
     let text = nngeo::diag::render("m.ngx", bad, &d);
     assert!(text.contains("expected an integer"), "{text}");
 }
+
+/// PyTorch's other activations, pooling options and norms without affine
+/// parameters, written in a top-level `sequential(...)`: the layers they
+/// make, their shapes, and a `state_dict` without the absent scales and
+/// shifts (a BatchNorm keeps its running statistics).
+#[test]
+fn activations_pooling_options_and_plain_norms() {
+    use nngeo::plan::Layer;
+    let spec = model(
+        "sequential(conv2d(1, 4, kernel = 2), batchnorm2d(4, affine = false), \
+         leaky_relu(slope = 0.2), maxpool2d(kernel = 2, stride = 2, ceil_mode = true), \
+         instancenorm2d(4), elu(alpha = 0.5), \
+         avgpool2d(kernel = 3, stride = 2, padding = 1, count_include_pad = false), \
+         groupnorm(2, 4, affine = false), silu, flatten, layernorm([16], affine = false), \
+         linear(16, 3), input = [1, 8, 8], init = pytorch(seed = 0))",
+    );
+    let kinds: Vec<(&str, Vec<usize>, u64)> = spec
+        .layers
+        .iter()
+        .map(|l| (l.layer.type_name(), l.output.clone(), l.params))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("Conv2d", vec![4, 7, 7], 20),
+            ("BatchNorm2d", vec![4, 7, 7], 0),
+            ("LeakyReLU", vec![4, 7, 7], 0),
+            // Ceil mode: 4×4 where floor mode gives 3×3.
+            ("MaxPool2d", vec![4, 4, 4], 0),
+            ("GroupNorm", vec![4, 4, 4], 0),
+            ("ELU", vec![4, 4, 4], 0),
+            ("AvgPool2d", vec![4, 2, 2], 0),
+            ("GroupNorm", vec![4, 2, 2], 0),
+            ("SiLU", vec![4, 2, 2], 0),
+            ("Flatten", vec![16], 0),
+            ("LayerNorm", vec![16], 0),
+            ("Linear", vec![3], 51),
+        ]
+    );
+    assert_eq!(spec.layers[2].layer, Layer::LeakyRelu { slope: 0.2 });
+    assert_eq!(spec.layers[5].layer, Layer::Elu { alpha: 0.5 });
+    assert!(matches!(
+        spec.layers[4].layer,
+        Layer::GroupNorm {
+            groups: 4,
+            channels: 4,
+            affine: false,
+            ..
+        }
+    ));
+    let keys: Vec<String> = spec.state_tensors().into_iter().map(|t| t.0).collect();
+    assert_eq!(
+        keys,
+        [
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.11.weight",
+            "layers.11.bias",
+            "layers.1.running_mean",
+            "layers.1.running_var",
+            "layers.1.num_batches_tracked",
+        ]
+    );
+    assert_eq!(spec.params, 71);
+}

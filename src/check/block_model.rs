@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 14] = [
+const BLOCK_ONLY: [&str; 15] = [
+    "instancenorm2d",
     "embedding",
     "leaky_relu",
     "elu",
@@ -29,6 +30,17 @@ const BLOCK_ONLY: [&str; 14] = [
     "require",
 ];
 
+/// The options of a layer that the layer-by-layer path does not take.
+fn block_options(layer: &str) -> Option<&'static [&'static str]> {
+    Some(match layer {
+        "conv2d" => &["groups"],
+        "conv1d" => &["groups", "dilation"],
+        "maxpool2d" | "avgpool2d" => &["dilation", "ceil_mode", "count_include_pad"],
+        "batchnorm1d" | "batchnorm2d" | "layernorm" => &["affine"],
+        _ => return None,
+    })
+}
+
 impl<'a> Checker<'a> {
     /// Whether an item of a top-level `sequential(...)` is a block, a def,
     /// a list or a constructor the layer-by-layer path does not know.
@@ -37,17 +49,11 @@ impl<'a> Checker<'a> {
         let name = match &d.kind {
             ExprKind::List(_) => return true,
             ExprKind::Ident(n) => n,
-            // Grouped convolutions (and dilated 1-d ones) are built by the
-            // block constructors.
-            ExprKind::Call { callee, args }
-                if ["conv2d", "conv1d", "maxpool2d", "avgpool2d"]
-                    .contains(&callee.name.as_str()) =>
-            {
-                let block_opts: &[&str] = match callee.name.as_str() {
-                    "conv2d" => &["groups"],
-                    "conv1d" => &["groups", "dilation"],
-                    _ => &["dilation", "ceil_mode", "count_include_pad"],
-                };
+            // Options only the block constructors know (grouped and dilated
+            // convolutions, PyTorch's pooling options, norms without affine
+            // parameters): the layer is built by them.
+            ExprKind::Call { callee, args } if block_options(&callee.name).is_some() => {
+                let block_opts = block_options(&callee.name).unwrap_or(&[]);
                 return args.iter().any(|a| {
                     a.name
                         .as_ref()

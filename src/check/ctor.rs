@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Layer constructors and their options.
-pub const CTORS: [(&str, &[&str]); 23] = [
+pub const CTORS: [(&str, &[&str]); 24] = [
     ("linear", &["in", "out", "bias"]),
     (
         "conv2d",
@@ -63,10 +63,11 @@ pub const CTORS: [(&str, &[&str]); 23] = [
         ],
     ),
     ("adaptive_avgpool2d", &["output"]),
-    ("batchnorm1d", &["features", "eps"]),
-    ("batchnorm2d", &["features", "eps"]),
-    ("layernorm", &["shape", "eps"]),
-    ("groupnorm", &["groups", "channels", "eps"]),
+    ("batchnorm1d", &["features", "eps", "affine"]),
+    ("batchnorm2d", &["features", "eps", "affine"]),
+    ("layernorm", &["shape", "eps", "affine"]),
+    ("groupnorm", &["groups", "channels", "eps", "affine"]),
+    ("instancenorm2d", &["features", "eps", "affine"]),
     ("dropout", &["p"]),
     ("identity", &[]),
     ("sequential", &[]),
@@ -192,15 +193,29 @@ impl<'a> Checker<'a> {
             "batchnorm1d" => Layer::BatchNorm1d {
                 features: g.count("features")?,
                 eps: g.eps()?,
+                affine: g.bool_or("affine", true)?,
             },
             "batchnorm2d" => Layer::BatchNorm2d {
                 channels: g.count("features")?,
                 eps: g.eps()?,
+                affine: g.bool_or("affine", true)?,
             },
             "layernorm" => Layer::LayerNorm {
                 shape: g.shape("shape")?,
                 eps: g.eps()?,
+                affine: g.bool_or("affine", true)?,
             },
+            // PyTorch's InstanceNorm2d (no running statistics): one group
+            // per channel, without affine parameters unless asked.
+            "instancenorm2d" => {
+                let channels = g.count("features")?;
+                Layer::GroupNorm {
+                    groups: channels,
+                    channels,
+                    eps: g.eps()?,
+                    affine: g.bool_or("affine", false)?,
+                }
+            }
             "groupnorm" => {
                 let groups = g.count("groups")?;
                 let channels = g.count("channels")?;
@@ -221,6 +236,7 @@ impl<'a> Checker<'a> {
                     groups,
                     channels,
                     eps: g.eps()?,
+                    affine: g.bool_or("affine", true)?,
                 }
             }
             // Dropout acts in training only (seeded per step); every

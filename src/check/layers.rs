@@ -261,13 +261,27 @@ impl<'a> Checker<'a> {
                         mismatch(self, format!("[{f}] or [{f}, L]"), None);
                         return None;
                     }
-                    Some((Layer::BatchNorm1d { features: f, eps }, shape.to_vec()))
+                    Some((
+                        Layer::BatchNorm1d {
+                            features: f,
+                            eps,
+                            affine: true,
+                        },
+                        shape.to_vec(),
+                    ))
                 } else {
                     if shape.len() != 3 || shape[0] != f {
                         mismatch(self, format!("[{f}, H, W]"), None);
                         return None;
                     }
-                    Some((Layer::BatchNorm2d { channels: f, eps }, shape.to_vec()))
+                    Some((
+                        Layer::BatchNorm2d {
+                            channels: f,
+                            eps,
+                            affine: true,
+                        },
+                        shape.to_vec(),
+                    ))
                 }
             }
             "layernorm" => {
@@ -286,7 +300,14 @@ impl<'a> Checker<'a> {
                     );
                     return None;
                 }
-                Some((Layer::LayerNorm { shape: s, eps }, shape.to_vec()))
+                Some((
+                    Layer::LayerNorm {
+                        shape: s,
+                        eps,
+                        affine: true,
+                    },
+                    shape.to_vec(),
+                ))
             }
             other => {
                 self.error(

@@ -24,7 +24,7 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
     };
     let mut rng = Rng::new(seed);
     let mut tensors = Vec::new();
-    for l in spec.param_layers() {
+    for l in spec.stateful_layers() {
         let name = &l.name;
         let mut push = |key: &str, shape: Vec<usize>, data: Vec<f64>, trainable: bool| {
             tensors.push(HostParam {
@@ -97,19 +97,40 @@ pub fn init_params(spec: &ModelSpec, init: &Init) -> HostParams {
                 push("bias", vec![out], b, true);
             }
         }
+        // A norm layer's scale and shift start at 1 and 0 (none without
+        // `affine`); a BatchNorm's running statistics at 0 and 1.
         match &l.layer {
-            Layer::BatchNorm1d { features: c, .. } | Layer::BatchNorm2d { channels: c, .. } => {
-                push("weight", vec![*c], vec![1.0; *c], true);
-                push("bias", vec![*c], vec![0.0; *c], true);
+            Layer::BatchNorm1d {
+                features: c,
+                affine,
+                ..
+            }
+            | Layer::BatchNorm2d {
+                channels: c,
+                affine,
+                ..
+            } => {
+                if *affine {
+                    push("weight", vec![*c], vec![1.0; *c], true);
+                    push("bias", vec![*c], vec![0.0; *c], true);
+                }
                 push("running_mean", vec![*c], vec![0.0; *c], false);
                 push("running_var", vec![*c], vec![1.0; *c], false);
                 push("num_batches_tracked", vec![], vec![0.0], false);
             }
-            Layer::GroupNorm { channels: c, .. } => {
+            Layer::GroupNorm {
+                channels: c,
+                affine: true,
+                ..
+            } => {
                 push("weight", vec![*c], vec![1.0; *c], true);
                 push("bias", vec![*c], vec![0.0; *c], true);
             }
-            Layer::LayerNorm { shape, .. } => {
+            Layer::LayerNorm {
+                shape,
+                affine: true,
+                ..
+            } => {
                 let d: usize = shape.iter().product();
                 push("weight", shape.clone(), vec![1.0; d], true);
                 push("bias", shape.clone(), vec![0.0; d], true);

@@ -214,10 +214,12 @@ impl<'f> Importer<'f> {
             3 => Layer::BatchNorm2d {
                 channels: shape[0],
                 eps,
+                affine: true,
             },
             1 | 2 => Layer::BatchNorm1d {
                 features: shape[0],
                 eps,
+                affine: true,
             },
             _ => return Err(a.unsupported(format!("batch normalisation of a {shape:?} tensor"))),
         };
@@ -259,6 +261,7 @@ impl<'f> Importer<'f> {
         let layer = Layer::LayerNorm {
             shape: per[(axis - 1) as usize..].to_vec(),
             eps,
+            affine: true,
         };
         let tensors = [("weight", self.source(&w)), ("bias", self.source(&b))];
         self.param_layer(at, &w, layer, x, &tensors)

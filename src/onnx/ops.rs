@@ -645,6 +645,7 @@ impl<'f> Importer<'f> {
             groups,
             channels,
             eps,
+            affine: true,
         };
         let tensors = [("weight", self.source(w)), ("bias", self.source(b))];
         self.param_layer(at, w, layer, x, &tensors)

@@ -121,11 +121,10 @@ impl Layer {
                 (w(in_channels / (*groups).max(1)) * w(*kernel) + w(*bias as usize))
                     * w(*out_channels)
             }
-            Layer::BatchNorm1d { features: c, .. }
-            | Layer::BatchNorm2d { channels: c, .. }
-            | Layer::GroupNorm { channels: c, .. } => 2 * w(*c),
-            Layer::LayerNorm { shape, .. } => 2 * shape.iter().map(|&d| w(d)).product::<u128>(),
-            _ => 0,
+            // A norm's scale and shift.
+            _ => self
+                .norm_scale_shape()
+                .map_or(0, |s| 2 * s.iter().map(|&d| w(d)).product::<u128>()),
         }
     }
 
@@ -438,11 +437,10 @@ impl Layer {
                 Some(vec![*out_channels, in_channels / (*groups).max(1), *kernel]),
                 *bias,
             ),
-            Layer::BatchNorm1d { features: c, .. }
-            | Layer::BatchNorm2d { channels: c, .. }
-            | Layer::GroupNorm { channels: c, .. } => (Some(vec![*c]), true),
-            Layer::LayerNorm { shape, .. } => (Some(shape.clone()), true),
-            _ => (None, false),
+            _ => match self.norm_scale_shape() {
+                Some(s) => (Some(s), true),
+                None => (None, false),
+            },
         };
         if let Some(w) = weight {
             let b = if self.family() == Some(super::ops::LayerFamily::Norm) {
@@ -529,7 +527,7 @@ impl LayerSpec {
 impl ModelSpec {
     /// Every `state_dict` tensor the model has, in `state_dict` order.
     pub fn state_tensors(&self) -> Vec<(String, Vec<usize>, bool)> {
-        self.param_layers()
+        self.stateful_layers()
             .flat_map(|l| l.layer.state_tensors(&l.name))
             .collect()
     }

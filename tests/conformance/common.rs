@@ -140,11 +140,7 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
             None => or_zero("padding"),
         }
     };
-    let affine = |k: &str| {
-        if !flag(k, true) {
-            refuse(format!("{k} = false"));
-        }
-    };
+    let affine = |k: &str| flag(k, true);
     let t = m["type"].as_str().unwrap();
     Some(match t {
         "Linear" => Layer::Linear {
@@ -254,7 +250,6 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
             output: pair("output_size"),
         },
         "BatchNorm1d" | "BatchNorm2d" => {
-            affine("affine");
             if !flag("track_running_stats", true) {
                 refuse("track_running_stats = false".into());
             }
@@ -262,25 +257,37 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
                 Layer::BatchNorm1d {
                     features: u("num_features"),
                     eps,
+                    affine: affine("affine"),
                 }
             } else {
                 Layer::BatchNorm2d {
                     channels: u("num_features"),
                     eps,
+                    affine: affine("affine"),
                 }
             }
         }
-        "GroupNorm" => {
-            affine("affine");
+        "GroupNorm" => Layer::GroupNorm {
+            groups: u("num_groups"),
+            channels: u("num_channels"),
+            eps,
+            affine: affine("affine"),
+        },
+        // Statistics of each example's channel, in evaluation too.
+        "InstanceNorm2d" => {
+            if flag("track_running_stats", false) {
+                refuse("track_running_stats = true".into());
+            }
+            let c = u("num_features");
             Layer::GroupNorm {
-                groups: u("num_groups"),
-                channels: u("num_channels"),
+                groups: c,
+                channels: c,
                 eps,
+                affine: flag("affine", false),
             }
         }
         "LayerNorm" => {
-            affine("elementwise_affine");
-            if !flag("bias", true) {
+            if affine("elementwise_affine") && !flag("bias", true) {
                 refuse("bias = false".into());
             }
             Layer::LayerNorm {
@@ -289,6 +296,7 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
                     v => vec![v.as_u64().unwrap() as usize],
                 },
                 eps,
+                affine: affine("elementwise_affine"),
             }
         }
         other => refuse(format!("module type {other}")),

@@ -263,16 +263,21 @@ impl<O: Ops> Net<O> {
                 let c = layer.spec.input[0];
                 let l: usize = layer.spec.input[1..].iter().product();
                 let g4 = o.reshape(g, &[m, n, c, l])?;
-                let cap = Capture {
-                    slot: slot.unwrap(),
-                    a: xhat.clone(),
-                    g: o.reshape(
-                        &o.transpose(&o.reshape(&g4, &[m * n, c, l])?, 1, 2)?,
-                        &[m, n, l, c],
-                    )?,
-                };
+                // Without affine parameters there is nothing to capture.
+                let cap = slot
+                    .map(|slot| -> OpsResult<_> {
+                        Ok(Capture {
+                            slot,
+                            a: xhat.clone(),
+                            g: o.reshape(
+                                &o.transpose(&o.reshape(&g4, &[m * n, c, l])?, 1, 2)?,
+                                &[m, n, l, c],
+                            )?,
+                        })
+                    })
+                    .transpose()?;
                 if !need0 {
-                    return Ok((Some(cap), vec![None]));
+                    return Ok((cap, vec![None]));
                 }
                 let w = layer.w.as_ref().unwrap();
                 let dx = match batch {
@@ -294,7 +299,7 @@ impl<O: Ops> Net<O> {
                         o.mul(&inner, s)?
                     }
                 };
-                Ok((Some(cap), one(Some(dx))?))
+                Ok((cap, one(Some(dx))?))
             }
             (
                 Layer::GroupNorm {
@@ -305,42 +310,46 @@ impl<O: Ops> Net<O> {
                 let total: usize = layer.spec.input.iter().product();
                 let (gr, d, l) = (*groups, total / groups, total / channels);
                 let g4 = o.reshape(g, &[m, n, *channels, l])?;
-                let cap = Capture {
-                    slot: slot.unwrap(),
-                    a: xhat.clone(),
-                    g: o.reshape(
-                        &o.transpose(&o.reshape(&g4, &[m * n, *channels, l])?, 1, 2)?,
-                        &[m, n, l, *channels],
-                    )?,
-                };
+                let cap = slot
+                    .map(|slot| -> OpsResult<_> {
+                        Ok(Capture {
+                            slot,
+                            a: xhat.clone(),
+                            g: o.reshape(
+                                &o.transpose(&o.reshape(&g4, &[m * n, *channels, l])?, 1, 2)?,
+                                &[m, n, l, *channels],
+                            )?,
+                        })
+                    })
+                    .transpose()?;
                 if !need0 {
-                    return Ok((Some(cap), vec![None]));
+                    return Ok((cap, vec![None]));
                 }
                 let xg = batch.as_ref().unwrap(); // [n, G, D]
                 let dxhat = o.reshape(&o.mul(&g4, layer.w.as_ref().unwrap())?, &[m, n, gr, d])?;
                 let m1 = o.scale(&o.sum_dim(&dxhat, 3)?, 1.0 / d as f64)?;
                 let m2 = o.scale(&o.sum_dim(&o.mul(&dxhat, xg)?, 3)?, 1.0 / d as f64)?;
                 let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xg, &m2)?)?;
-                Ok((Some(cap), one(Some(o.mul(&inner, s)?))?))
+                Ok((cap, one(Some(o.mul(&inner, s)?))?))
             }
             (Layer::LayerNorm { shape, .. }, Cache::Norm { xhat, s, .. }) => {
                 let d: usize = shape.iter().product();
                 let l = layer.spec.input.iter().product::<usize>() / d;
                 let g4 = o.reshape(g, &[m, n, l, d])?;
-                let cap = Capture {
-                    slot: slot.unwrap(),
+                let cap = slot.map(|slot| Capture {
+                    slot,
                     a: xhat.clone(),
                     g: g4.clone(),
-                };
+                });
                 if !need0 {
-                    return Ok((Some(cap), vec![None]));
+                    return Ok((cap, vec![None]));
                 }
                 // dx = s (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)), means over the d features.
                 let dxhat = o.mul(&g4, layer.w.as_ref().unwrap())?;
                 let m1 = o.scale(&o.sum_dim(&dxhat, 3)?, 1.0 / d as f64)?;
                 let m2 = o.scale(&o.sum_dim(&o.mul(&dxhat, xhat)?, 3)?, 1.0 / d as f64)?;
                 let inner = o.sub(&o.sub(&dxhat, &m1)?, &o.mul(xhat, &m2)?)?;
-                Ok((Some(cap), one(Some(o.mul(&inner, s)?))?))
+                Ok((cap, one(Some(o.mul(&inner, s)?))?))
             }
             (Layer::Add, Cache::Join) => Ok((
                 None,

@@ -210,6 +210,7 @@ impl<O: Ops> Net<O> {
                 groups,
                 channels,
                 eps,
+                ..
             } => {
                 let total: usize = layer.spec.input.iter().product();
                 let (g, d) = (*groups, total / groups);
@@ -235,7 +236,7 @@ impl<O: Ops> Net<O> {
                     None,
                 ))
             }
-            Layer::LayerNorm { shape, eps } => {
+            Layer::LayerNorm { shape, eps, .. } => {
                 let d: usize = shape.iter().product();
                 let total: usize = layer.spec.input.iter().product();
                 let l = total / d;

@@ -290,6 +290,12 @@ impl<O: Ops> Net<O> {
                 }
             }
             (Layer::Embedding { .. }, _) => {}
+            // Running statistics without scale and shift: a fixed affine
+            // map of the input, with no weights to couple to.
+            (
+                Layer::BatchNorm1d { affine: false, .. } | Layer::BatchNorm2d { affine: false, .. },
+                _,
+            ) => {}
             (
                 Layer::Linear { .. }
                 | Layer::Conv2d { .. }

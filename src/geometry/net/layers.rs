@@ -174,6 +174,28 @@ fn conv_weights<O: Ops>(
     Ok(())
 }
 
+/// A norm layer's scale and shift (`shape` `[C, 1]` or `[1, d]`): its
+/// parameters, or without `affine` the constants 1 and 0, so that the
+/// passes need no second path (they add no slot and no capture).
+fn norm_affine<'p, O: Ops>(
+    o: &O,
+    layer: &mut NetLayer<O::T>,
+    get: impl Fn(&str) -> OpsResult<&'p HostParam>,
+    shape: [usize; 2],
+    affine: bool,
+) -> OpsResult<Option<SlotKind>> {
+    let d = shape[0] * shape[1];
+    if affine {
+        layer.w = Some(o.upload(&shape, &get("weight")?.data)?);
+        layer.b = Some(o.upload(&shape, &get("bias")?.data)?);
+        Ok(Some(SlotKind::Elementwise { d }))
+    } else {
+        layer.w = Some(o.upload(&shape, &vec![1.0; d])?);
+        layer.b = Some(o.upload(&shape, &vec![0.0; d])?);
+        Ok(None)
+    }
+}
+
 /// A BatchNorm's running statistics as its evaluation pass reads them:
 /// the mean and `1/sqrt(var + eps)`, per channel `[C, 1]`.
 pub(super) fn running_tensors<O: Ops>(
@@ -441,28 +463,34 @@ impl<O: Ops> Net<O> {
                     let m = o.upload(&[h * w, output[0] * output[1]], &p)?;
                     layer.pool = Some((m.clone(), o.transpose(&m, 0, 1)?));
                 }
-                Layer::BatchNorm1d { features: c, eps }
-                | Layer::BatchNorm2d { channels: c, eps } => {
-                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
-                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
+                Layer::BatchNorm1d {
+                    features: c,
+                    eps,
+                    affine,
+                }
+                | Layer::BatchNorm2d {
+                    channels: c,
+                    eps,
+                    affine,
+                } => {
+                    slot_kind = norm_affine(o, &mut layer, get, [*c, 1], *affine)?;
                     layer.running = Some(running_tensors(
                         o,
                         &get("running_mean")?.data,
                         &get("running_var")?.data,
                         *eps,
                     )?);
-                    slot_kind = Some(SlotKind::Elementwise { d: *c });
                 }
-                Layer::GroupNorm { channels: c, .. } => {
-                    layer.w = Some(o.upload(&[*c, 1], &get("weight")?.data)?);
-                    layer.b = Some(o.upload(&[*c, 1], &get("bias")?.data)?);
-                    slot_kind = Some(SlotKind::Elementwise { d: *c });
+                Layer::GroupNorm {
+                    channels: c,
+                    affine,
+                    ..
+                } => {
+                    slot_kind = norm_affine(o, &mut layer, get, [*c, 1], *affine)?;
                 }
-                Layer::LayerNorm { shape, .. } => {
+                Layer::LayerNorm { shape, affine, .. } => {
                     let d: usize = shape.iter().product();
-                    layer.w = Some(o.upload(&[1, d], &get("weight")?.data)?);
-                    layer.b = Some(o.upload(&[1, d], &get("bias")?.data)?);
-                    slot_kind = Some(SlotKind::Elementwise { d });
+                    slot_kind = norm_affine(o, &mut layer, get, [1, d], *affine)?;
                 }
                 Layer::Dropout { .. }
                 | Layer::Relu

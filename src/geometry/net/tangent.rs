@@ -28,6 +28,17 @@ impl<O: Ops> Net<O> {
                 None => Ok(b),
             }
         };
+        // A norm layer's output tangent: through its input, plus its own
+        // scale and shift's direction where it has them (`affine`).
+        let norm_out =
+            |through: Option<O::T>, own: &dyn Fn() -> OpsResult<O::T>| -> OpsResult<Option<O::T>> {
+                let t = if layer.spec.params > 0 {
+                    Some(sum(through, own()?)?)
+                } else {
+                    through
+                };
+                t.map(|t| o.reshape(&t, &out_shape)).transpose()
+            };
         Ok(match (&layer.spec.layer, cache) {
             (Layer::Linear { .. }, _) => {
                 // d(x Wᵀ + b) = dx Wᵀ + x Vᵀ + v_b
@@ -102,10 +113,12 @@ impl<O: Ops> Net<O> {
                 let l: usize = layer.spec.input[1..].iter().product();
                 let (mean, _) = layer.running.as_ref().unwrap();
                 let xhat = o.mul(&o.sub(&o.reshape(x, &[n, c, l])?, mean)?, s)?;
-                let own = o.add(
-                    &o.mul(&xhat, tl.w.as_ref().unwrap())?,
-                    tl.b.as_ref().unwrap(),
-                )?;
+                let own = || {
+                    o.add(
+                        &o.mul(&xhat, tl.w.as_ref().unwrap())?,
+                        tl.b.as_ref().unwrap(),
+                    )
+                };
                 let through = dx
                     .map(|d| {
                         o.mul(
@@ -114,7 +127,7 @@ impl<O: Ops> Net<O> {
                         )
                     })
                     .transpose()?;
-                Some(o.reshape(&sum(through, own)?, &out_shape)?)
+                norm_out(through, &own)?
             }
             (
                 Layer::GroupNorm {
@@ -127,7 +140,7 @@ impl<O: Ops> Net<O> {
                 let total: usize = layer.spec.input.iter().product();
                 let (g, d, l) = (*groups, total / groups, total / channels);
                 let x3 = o.reshape(xg, &[n, *channels, l])?;
-                let own = o.add(&o.mul(&x3, tl.w.as_ref().unwrap())?, tl.b.as_ref().unwrap())?;
+                let own = || o.add(&o.mul(&x3, tl.w.as_ref().unwrap())?, tl.b.as_ref().unwrap());
                 let through = dx
                     .map(|dx| {
                         // dx̂ = s (dx − mean(dx) − x̂ mean(dx x̂)) within each group.
@@ -141,15 +154,17 @@ impl<O: Ops> Net<O> {
                         )
                     })
                     .transpose()?;
-                Some(o.reshape(&sum(through, own)?, &out_shape)?)
+                norm_out(through, &own)?
             }
             (Layer::LayerNorm { shape, .. }, Cache::Norm { xhat, s, .. }) => {
                 let d: usize = shape.iter().product();
                 let l = layer.spec.input.iter().product::<usize>() / d;
-                let own = o.add(
-                    &o.mul(xhat, tl.w.as_ref().unwrap())?,
-                    tl.b.as_ref().unwrap(),
-                )?;
+                let own = || {
+                    o.add(
+                        &o.mul(xhat, tl.w.as_ref().unwrap())?,
+                        tl.b.as_ref().unwrap(),
+                    )
+                };
                 let through = dx
                     .map(|dx| {
                         // dx̂ = s (dx − mean(dx) − x̂ mean(dx x̂)), means over the d features.
@@ -160,7 +175,7 @@ impl<O: Ops> Net<O> {
                         o.mul(&dxhat, layer.w.as_ref().unwrap())
                     })
                     .transpose()?;
-                Some(o.reshape(&sum(through, own)?, &out_shape)?)
+                norm_out(through, &own)?
             }
             (Layer::Add, _) => {
                 let mut acc: Option<O::T> = None;

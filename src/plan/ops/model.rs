@@ -53,9 +53,17 @@ impl ModelSpec {
         self.param_indices().into_iter().map(|i| &self.layers[i])
     }
     /// Layers that carry `state_dict` tensors (parameters or buffers), in
-    /// `state_dict` order.
-    pub fn stateful_layers(&self) -> impl Iterator<Item = &LayerSpec> {
-        self.param_layers()
+    /// `state_dict` order: the parameterised ones, then those with buffers
+    /// only (a BatchNorm without affine parameters).
+    pub fn stateful_layers(&self) -> impl Iterator<Item = &LayerSpec> + '_ {
+        let buffers_only = self.layers.iter().filter(|l| {
+            l.params == 0
+                && matches!(
+                    l.layer,
+                    Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. }
+                )
+        });
+        self.param_layers().chain(buffers_only)
     }
     /// The graph nodes layer `i` reads: `0` is the model input, `k` the
     /// output of `layers[k − 1]`.
@@ -195,24 +203,37 @@ pub enum Layer {
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         count_include_pad: bool,
     },
-    /// Evaluation mode (running statistics) for curvature.
+    /// Evaluation mode (running statistics) for curvature. A norm layer
+    /// without `affine` has no scale and shift (PyTorch's `affine=False`,
+    /// `elementwise_affine=False`): no parameters, only the normalisation
+    /// (and a BatchNorm's running statistics).
     BatchNorm1d {
         features: usize,
         eps: f64,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        affine: bool,
     },
     BatchNorm2d {
         channels: usize,
         eps: f64,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        affine: bool,
     },
     LayerNorm {
         shape: Vec<usize>,
         eps: f64,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        affine: bool,
     },
-    /// Per-channel affine over `groups` normalised channel groups.
+    /// Per-channel affine over `groups` normalised channel groups
+    /// (`groups = channels`: PyTorch's InstanceNorm without running
+    /// statistics).
     GroupNorm {
         groups: usize,
         channels: usize,
         eps: f64,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        affine: bool,
     },
     /// Average over windows `[floor(i·H/oh), ceil((i+1)·H/oh))`, as
     /// PyTorch's `AdaptiveAvgPool2d` (global average pooling at 1×1).
@@ -297,6 +318,34 @@ impl Layer {
             | Layer::BatchNorm2d { .. }
             | Layer::LayerNorm { .. }
             | Layer::GroupNorm { .. } => Some(LayerFamily::Norm),
+            _ => None,
+        }
+    }
+
+    /// The shape of a norm layer's scale (and shift), where it has them
+    /// (`affine`).
+    pub fn norm_scale_shape(&self) -> Option<Vec<usize>> {
+        match self {
+            Layer::BatchNorm1d {
+                features: c,
+                affine: true,
+                ..
+            }
+            | Layer::BatchNorm2d {
+                channels: c,
+                affine: true,
+                ..
+            }
+            | Layer::GroupNorm {
+                channels: c,
+                affine: true,
+                ..
+            } => Some(vec![*c]),
+            Layer::LayerNorm {
+                shape,
+                affine: true,
+                ..
+            } => Some(shape.clone()),
             _ => None,
         }
     }

@@ -158,6 +158,7 @@ fn loss_gradient_matches_finite_differences() {
 fn train_mode_gradient_matches_finite_differences() {
     check_train_mode_gradient(NORM_CNN, 6, 191);
     check_train_mode_gradient(ALL_2D, 5, 192);
+    check_train_mode_gradient(PLAIN_NORMS, 5, 193);
     check_train_mode_gradient(RESNET, 5, 193);
 }
 

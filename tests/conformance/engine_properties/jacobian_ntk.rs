@@ -107,6 +107,7 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
     seen.extend(check_jacobian_fd(GROUPED, 4, 18));
     seen.extend(check_jacobian_fd(MORE_2D, 5, 19));
     seen.extend(check_jacobian_fd(MORE_1D, 5, 20));
+    seen.extend(check_jacobian_fd(PLAIN_NORMS, 5, 21));
     let every: BTreeSet<&str> = [
         "Embedding",
         "ConvTranspose2d",

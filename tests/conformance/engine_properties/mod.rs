@@ -66,19 +66,30 @@ const POOL_FIRST: &str = "sequential(\
     batchnorm1d(12), linear(12, 4, bias = false), gelu, layernorm([4]),\
     input = [2, 6, 8], init = pytorch(seed = 9))";
 
-/// PyTorch's other activations and pooling options: LeakyReLU, ELU and
+/// PyTorch's other activations and pooling options (after a BatchNorm
+/// without affine parameters): LeakyReLU, ELU and
 /// SiLU; a dilated, padded ceil-mode max pool (5×5 from 8×8, floor mode
 /// gives 4×4); an average pool without the padded zeros in its divisor
 /// (windows of 4, 6 and 9) and a ceil-mode one whose last windows hang
 /// over the image (2×2 from 3×3, divisors 4, 2 and 1).
 const MORE_2D: &str = "sequential(\
-    conv2d(2, 4, kernel = 2), leaky_relu(slope = 0.1),\
+    conv2d(2, 4, kernel = 2), batchnorm2d(4, affine = false), leaky_relu(slope = 0.1),\
     maxpool2d(kernel = 2, stride = 2, padding = 1, dilation = 2, ceil_mode = true),\
     conv2d(4, 4, kernel = 3, padding = 1), elu(alpha = 0.7),\
     avgpool2d(kernel = 3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false),\
     avgpool2d(kernel = 2, stride = 2, ceil_mode = true), silu,\
     flatten, linear(16, 5), elu,\
     input = [2, 9, 9], init = pytorch(seed = 10))";
+
+/// Norm layers without scale and shift (PyTorch's `affine=False`): a
+/// BatchNorm with running statistics only, an InstanceNorm, a GroupNorm and
+/// a LayerNorm; parameters only in the convolutions and the head.
+const PLAIN_NORMS: &str = "sequential(\
+    conv2d(1, 4, kernel = 3, padding = 1), batchnorm2d(4, affine = false), tanh,\
+    conv2d(4, 4, kernel = 3, stride = 2, padding = 1), instancenorm2d(4), gelu,\
+    groupnorm(2, 4, affine = false), flatten, layernorm([64], affine = false),\
+    linear(64, 5),\
+    input = [1, 8, 8], init = pytorch(seed = 13))";
 
 /// A grouped, dilated, padded conv1d, then a strided one; LeakyReLU with
 /// PyTorch's default slope.
@@ -143,6 +154,7 @@ fn bn2d(c: usize) -> Layer {
     Layer::BatchNorm2d {
         channels: c,
         eps: 1e-5,
+        affine: true,
     }
 }
 
@@ -225,6 +237,7 @@ const BRANCHES: Graph = Graph("branch graph", || {
                     groups: 4,
                     channels: 8,
                     eps: 1e-5,
+                    affine: true,
                 },
                 &["cat"],
             ),
