@@ -371,6 +371,24 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
             "add" => (format!("add.{}", step["step"]), Layer::Add),
             "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),
             "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
+            // Functional activations (`torch.relu(x)`, `F.leaky_relu(x, s)`).
+            op @ ("relu" | "tanh" | "sigmoid" | "gelu" | "silu" | "elu" | "leaky_relu") => {
+                let number = |k: &str, default: f64| step[k].as_f64().unwrap_or(default);
+                let layer = match op {
+                    "relu" => Layer::Relu,
+                    "tanh" => Layer::Tanh,
+                    "sigmoid" => Layer::Sigmoid,
+                    "gelu" => Layer::Gelu,
+                    "silu" => Layer::Silu,
+                    "elu" => Layer::Elu {
+                        alpha: number("alpha", 1.0),
+                    },
+                    _ => Layer::LeakyRelu {
+                        slope: number("negative_slope", 0.01),
+                    },
+                };
+                (format!("{op}.{}", step["step"]), layer)
+            }
             other => panic!("{}: graph op {other} not handled by this test", case),
         };
         push_node(&mut spec, &name, layer, from)

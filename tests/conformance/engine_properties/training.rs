@@ -742,7 +742,7 @@ fn the_device_update_is_the_host_update() {
             }
         }
     }
-    for model in [ALL_2D, ALL_1D, MLP] {
+    for model in [ALL_2D, ALL_1D, MLP, PLAIN_NORMS, MORE_2D] {
         check(model, Dtype::F64, 1e-12);
     }
     for model in [RESNET, EMBED, GROUPED] {
