@@ -722,3 +722,40 @@ fn an_output_folder_that_cannot_be_made_says_no_step_ran() {
         "{err}"
     );
 }
+
+/// A result JSON cannot hold (here NaN: inputs scaled by 1e300 overflow
+/// the network) is written as `null` with `non_finite` naming it, read back
+/// as NaN in the CSV, and the run warns about it, naming the keys.
+#[test]
+fn non_finite_results_are_named_and_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, folder) = exec_source(
+        dir.path(),
+        "experiment nf { seed = 0 dtype = f64 }\n\
+         data train = digits(split = train) |> normalize\n\
+         data probe = train |> take(20)\n\
+         data big = probe |> scale(1e300)\n\
+         model net = mlp(data = train, hidden = [8], init = pytorch(seed = 0))\n\
+         let F = Fim(Dense) of net on probe\n\
+         let G = Fim(Dense) of net on big\n\
+         measure trace(F), trace(G)\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("1 result is not finite (trace(G): NaN)"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(folder.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let g = lines.iter().find(|l| l["key"] == "trace(G)").unwrap();
+    assert_eq!(g["value"], serde_json::Value::Null);
+    assert_eq!(g["non_finite"], "NaN");
+    let f = lines.iter().find(|l| l["key"] == "trace(F)").unwrap();
+    assert!(f["value"].as_f64().unwrap() > 0.0 && f.get("non_finite").is_none());
+    let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
+    assert!(csv.contains("trace(G),") && csv.contains("NaN"), "{csv}");
+}

@@ -124,11 +124,71 @@ fn step_name(step: &Step) -> (String, String) {
     (op.to_string(), name)
 }
 
-fn value_json(output: StepOutput) -> Option<serde_json::Value> {
+/// A result's JSON value and, where JSON cannot hold it, what it is.
+fn value_json(output: StepOutput) -> Option<(serde_json::Value, Option<String>)> {
+    let what = non_finite(&output);
+    let value = match output {
+        StepOutput::Scalar { value } => json!(value),
+        StepOutput::Tensor { tensor } => json!({"shape": tensor.shape, "data": tensor.data}),
+        StepOutput::Stored => return None,
+    };
+    Some((value, what))
+}
+
+/// A result line of `results.jsonl`; a value JSON cannot hold (written as
+/// `null`) is named in `non_finite` and remembered for the run's warning.
+fn result_line(
+    key: &str,
+    step_id: u32,
+    sweep: &impl serde::Serialize,
+    (value, what): (serde_json::Value, Option<String>),
+    non_finite: &mut Vec<String>,
+) -> serde_json::Value {
+    let mut line = json!({
+        "key": key,
+        "step_id": step_id,
+        "sweep": sweep,
+        "value": value,
+    });
+    if let Some(what) = what {
+        non_finite.push(format!("{key}: {what}"));
+        line["non_finite"] = json!(what);
+    }
+    line
+}
+
+/// What JSON cannot hold of a result (it writes NaN and ±∞ as `null`):
+/// `NaN`, `inf`, `-inf`, or for a tensor how many entries are not finite.
+fn non_finite(output: &StepOutput) -> Option<String> {
+    let word = |v: f64| {
+        if v.is_nan() {
+            "NaN"
+        } else if v > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        }
+    };
     match output {
-        StepOutput::Scalar { value } => Some(json!(value)),
-        StepOutput::Tensor { tensor } => Some(json!({"shape": tensor.shape, "data": tensor.data})),
-        StepOutput::Stored => None,
+        StepOutput::Scalar { value } if !value.is_finite() => Some(word(*value).into()),
+        StepOutput::Tensor { tensor } => {
+            let bad: Vec<f64> = tensor
+                .data
+                .iter()
+                .copied()
+                .filter(|v| !v.is_finite())
+                .collect();
+            (!bad.is_empty()).then(|| {
+                let kinds: BTreeSet<&str> = bad.iter().map(|&v| word(v)).collect();
+                format!(
+                    "{} of {} entries ({})",
+                    bad.len(),
+                    tensor.data.len(),
+                    kinds.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            })
+        }
+        _ => None,
     }
 }
 
@@ -208,6 +268,8 @@ pub fn run_shard(
     // Timings of steps run before the folder was taken.
     let mut early: Vec<StepTiming> = Vec::new();
     let mut outcome: Result<(), ExecError> = Ok(());
+    // Results JSON cannot hold (NaN, ±∞), for the run's warning.
+    let mut non_finite: Vec<String> = Vec::new();
     for step in &steps {
         let (op, name) = step_name(step);
         progress.step(format!("{op} {name}"));
@@ -253,16 +315,11 @@ pub fn run_shard(
                     e.key == "train/loss",
                     e.train_step,
                     &step.op,
-                    value.as_f64(),
+                    value.0.as_f64(),
                 ) {
                     progress.train(t, config.total_steps, loss);
                 }
-                let mut line = json!({
-                    "key": e.key,
-                    "step_id": e.step_id.0,
-                    "sweep": sweep,
-                    "value": value,
-                });
+                let mut line = result_line(&e.key, e.step_id.0, &sweep, value, &mut non_finite);
                 if let Some(t) = e.train_step {
                     line["step"] = json!(t);
                     // Epochs done when the value was taken: fractional for
@@ -316,13 +373,8 @@ pub fn run_shard(
         }
         if let (Op::Measure { key, .. }, Some(s)) = (&step.op, session.as_mut()) {
             if let Some(value) = value_json(output) {
-                let line = json!({
-                    "key": key,
-                    "step_id": step.id.0,
-                    "sweep": step.sweep,
-                    "value": value,
-                    "time_s": s.elapsed_s(),
-                });
+                let mut line = result_line(key, step.id.0, &step.sweep, value, &mut non_finite);
+                line["time_s"] = json!(s.elapsed_s());
                 if let Err(e) = append(s, &line) {
                     outcome = Err(e);
                     break;
@@ -359,6 +411,18 @@ pub fn run_shard(
         warnings: backend.warnings(),
         ..Default::default()
     };
+    if !non_finite.is_empty() {
+        const SHOWN: usize = 5;
+        let more = non_finite.len().saturating_sub(SHOWN);
+        summary.warnings.push(format!(
+            "{} result{} not finite ({}{}); results.jsonl writes {} as null and names it in `non_finite`",
+            non_finite.len(),
+            if non_finite.len() == 1 { " is" } else { "s are" },
+            non_finite[..non_finite.len().min(SHOWN)].join("; "),
+            if more > 0 { format!("; {more} more") } else { String::new() },
+            if non_finite.len() == 1 { "it" } else { "each" },
+        ));
+    }
     let finished = s.finish(outcome.as_ref().err().map(ToString::to_string));
     // Plots and CSV are rebuilt from results.jsonl, also after a failure
     // (under the lock: nothing else writes here meanwhile).
@@ -411,4 +475,54 @@ fn append(s: &mut Session, line: &serde_json::Value) -> Result<(), ExecError> {
             path: s.results.path().display().to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::HostTensor;
+
+    /// JSON writes NaN and ±∞ as null: the result line says which, and a
+    /// tensor how many of its entries.
+    #[test]
+    fn results_json_cannot_hold_are_named() {
+        let scalar = |value| StepOutput::Scalar { value };
+        assert_eq!(non_finite(&scalar(1.5)), None);
+        assert_eq!(non_finite(&scalar(f64::NAN)).as_deref(), Some("NaN"));
+        assert_eq!(non_finite(&scalar(f64::INFINITY)).as_deref(), Some("inf"));
+        assert_eq!(
+            non_finite(&scalar(f64::NEG_INFINITY)).as_deref(),
+            Some("-inf")
+        );
+        let tensor = StepOutput::Tensor {
+            tensor: HostTensor {
+                shape: vec![4],
+                data: vec![1.0, f64::NAN, f64::INFINITY, f64::NAN],
+            },
+        };
+        assert_eq!(
+            non_finite(&tensor).as_deref(),
+            Some("3 of 4 entries (NaN, inf)")
+        );
+        let mut seen = Vec::new();
+        let line = result_line(
+            "trace(M)",
+            7,
+            &serde_json::Map::new(),
+            value_json(scalar(f64::INFINITY)).unwrap(),
+            &mut seen,
+        );
+        assert_eq!(line["value"], serde_json::Value::Null);
+        assert_eq!(line["non_finite"], "inf");
+        assert_eq!(seen, ["trace(M): inf"]);
+        let line = result_line(
+            "x",
+            1,
+            &serde_json::Map::new(),
+            value_json(scalar(2.0)).unwrap(),
+            &mut seen,
+        );
+        assert!(line.get("non_finite").is_none());
+        assert_eq!(seen.len(), 1);
+    }
 }

@@ -208,7 +208,12 @@ fn parse_record(v: &serde_json::Value) -> Option<Record> {
         Some(_) => return None,
     }
     let value = match obj.get("value")? {
-        v @ (J::Number(_) | J::Null) => Measured::Scalar(number(v)?),
+        // A null is a value JSON cannot hold: `non_finite` says which.
+        v @ (J::Number(_) | J::Null) => Measured::Scalar(match obj.get("non_finite") {
+            Some(J::String(w)) if w == "inf" => f64::INFINITY,
+            Some(J::String(w)) if w == "-inf" => f64::NEG_INFINITY,
+            _ => number(v)?,
+        }),
         J::Object(t) => {
             let data = t
                 .get("data")?
