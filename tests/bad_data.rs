@@ -388,3 +388,35 @@ fn check_warns_where_ekfac_without_refit_equals_kfac() {
     let (_, err) = check(dir.path(), &src.replace("EKFAC(refit = false)", "EKFAC"));
     assert!(!err.contains("Warning"), "{err}");
 }
+
+/// A weights file with tensors the model does not read (a checkpoint of
+/// another model, an optimiser's state saved alongside) checks, with a
+/// warning that names them; the exact file checks without one.
+#[test]
+fn weights_with_extra_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    write_safetensors(&w, &mlp_tensors(vec![0.5; 6]));
+    let (code, err) = check(dir.path(), &weights_exp());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("does not read"), "{err}");
+    let mut t = mlp_tensors(vec![0.5; 6]);
+    let f = |v: Vec<f64>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    t.push(("layers.4.weight", "F64", vec![2, 2], f(vec![0.0; 4])));
+    t.push((
+        "momentum.layers.0.weight",
+        "F64",
+        vec![3, 2],
+        f(vec![0.0; 6]),
+    ));
+    write_safetensors(&w, &t);
+    let (code, err) = check(dir.path(), &weights_exp());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "holds 2 tensors the model does not read: layers.4.weight, momentum.layers.0.weight"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("exp.ngx:"), "{err}");
+}

@@ -262,6 +262,24 @@ impl<'a> Checker<'a> {
                 _ => continue,
             };
             let name = def.name();
+            // A layer constructor is looked up before the defs: a block of
+            // the same name would never be used.
+            if report && super::ctor::ctor_params(&name.name).is_some() {
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::Invalid {
+                            message: format!(
+                                "`{}` is a built-in layer: a block or def of that name would never be used",
+                                name.name
+                            ),
+                        },
+                        name.span,
+                        "the name of a built-in layer",
+                    )
+                    .hint(format!("rename it, e.g. `my_{}`", name.name)),
+                );
+                continue;
+            }
             if let Some(first) = mine.insert(&name.name, name.span) {
                 if report {
                     self.error(

@@ -417,6 +417,38 @@ impl<'a> Checker<'a> {
                 }
             }
         }
+        // Tensors the model does not read: PyTorch's strict
+        // `load_state_dict` refuses them; here they are named, as a
+        // checkpoint of another model usually has some.
+        if !onnx {
+            let known: Vec<String> = spec.state_tensors().into_iter().map(|t| t.0).collect();
+            let extra: Vec<&str> = keys
+                .iter()
+                .map(|(k, _, _)| k.as_str())
+                .filter(|k| !known.iter().any(|n| n == k))
+                .collect();
+            if !extra.is_empty() {
+                const SHOWN: usize = 8;
+                let more = extra.len().saturating_sub(SHOWN);
+                self.warn(Diagnostic::new(
+                    ErrorKind::Suspicious {
+                        message: format!(
+                            "`{path}` holds {} tensor{} the model does not read: {}{}",
+                            extra.len(),
+                            if extra.len() == 1 { "" } else { "s" },
+                            extra[..extra.len().min(SHOWN)].join(", "),
+                            if more > 0 {
+                                format!(" and {more} more")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    },
+                    e.span,
+                    "PyTorch's strict load_state_dict would refuse this file",
+                ));
+            }
+        }
         Some(Some(path))
     }
 
