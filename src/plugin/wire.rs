@@ -41,6 +41,7 @@ pub enum Response {
 pub enum WireOutput {
     Stored,
     Scalar {
+        #[serde(with = "json_f64")]
         value: f64,
     },
     Tensor {
@@ -60,6 +61,42 @@ pub struct WireEmitted {
     pub train_time: Option<f64>,
     pub tags: Tags,
     pub output: WireOutput,
+}
+
+/// JSON has no NaN or infinity (serde writes them as `null`, which does not
+/// read back as a number): a scalar that is not finite travels as the
+/// string `"NaN"`, `"inf"` or `"-inf"`. Tensors travel as raw bytes.
+mod json_f64 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Num {
+            Finite(f64),
+            Word(String),
+        }
+        match Num::deserialize(d)? {
+            Num::Finite(v) => Ok(v),
+            Num::Word(w) => match w.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(D::Error::custom(format!(
+                    "expected a number, \"NaN\", \"inf\" or \"-inf\", found {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +259,18 @@ mod tests {
 
     #[test]
     fn scalars_round_trip_exactly_through_json() {
-        for v in [0.1f64, 1.0 / 3.0, 2.0f64.sqrt(), 6.02214076e23, 5e-324] {
+        // JSON has no NaN or infinity: they travel as words.
+        for v in [
+            0.1f64,
+            1.0 / 3.0,
+            2.0f64.sqrt(),
+            6.02214076e23,
+            5e-324,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
             let msg = encode(&WireOutput::Scalar { value: v }, &[]);
             let (w, _): (WireOutput, _) = decode(&msg).unwrap();
             let WireOutput::Scalar { value } = w else {
@@ -230,5 +278,9 @@ mod tests {
             };
             assert_eq!(value.to_bits(), v.to_bits());
         }
+        let bad = br#"{"kind":"scalar","value":"many"}"#;
+        let mut msg = (bad.len() as u64).to_le_bytes().to_vec();
+        msg.extend_from_slice(bad);
+        assert!(decode::<WireOutput>(&msg).is_err());
     }
 }
