@@ -635,8 +635,13 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// "`f` has no option `n`", with the closest option and the list.
+/// "`f` has no option `n`", with the closest option and the list. A layer
+/// lists every option it takes, also those only its block form reads
+/// (a grouped `conv2d` is built there).
 pub fn unknown_option(callee: &Ident, n: &Ident, params: &[&str]) -> Diagnostic {
+    let params = super::ctor::ctor_params(&callee.name)
+        .filter(|all| params.iter().all(|p| all.contains(p)) && all.len() > params.len())
+        .unwrap_or(params);
     Diagnostic::new(
         ErrorKind::UnknownOption {
             func: callee.name.clone(),
