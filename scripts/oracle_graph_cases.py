@@ -11,7 +11,8 @@ target/oracle-cases); run them with
     NNGEO_ORACLE_CASES=DIR cargo test --test oracle
 The shipped fixtures digits_gn_pool, digits_dense_cat, digits_conv_variants,
 regress_skip_mlp, digits_act_pool, regress_conv1d, digits_plain_norms,
-digits_seq_mix and regress_multi were made by this script:
+digits_seq_mix, regress_multi, regress_pool1d and digits_adaptive_max were
+made by this script:
 digits_act_pool (LeakyReLU / ELU / SiLU / Identity / Dropout, ceil-mode and
 padded pools), regress_conv1d (Conv1d on the regression rows as [n, 1, 8]),
 digits_plain_norms (BatchNorm2d / InstanceNorm2d / GroupNorm / LayerNorm
@@ -19,7 +20,10 @@ without affine parameters) and digits_seq_mix (a chain case: its sidecar
 describes the network in digits_cnn's Sequential format, `model.layers`).
 regress_multi is a regression case with 3 outputs (targets [n, 3], NTK
 [3, n, 3, n], n_out = 3; fim.multi_output_convention and every key's meaning
-state the convention).
+state the convention). regress_pool1d (InstanceNorm1d, MaxPool1d, AvgPool1d,
+AdaptiveMaxPool1d, AdaptiveAvgPool1d on [n, 1, 8] rows) and digits_adaptive_max
+(AdaptiveMaxPool2d with uneven overlapping windows, global max beside global
+average pooling) cover the 1-D and adaptive max pools.
 
 Every model's forward IS the op list written to the sidecar (GraphNet executes
 `steps`), so the sidecar cannot disagree with what nngeometry saw.  Values come
@@ -253,6 +257,22 @@ def pool2d_manual(x, kind, k, s, p, d=(1, 1), ceil_mode=False, count_include_pad
     return win.sum(-1) / div
 
 
+def adaptive_manual(x, kind, out):
+    """Adaptive pooling of [n, C, H, W] by explicit window enumeration
+    (independent of F.adaptive_*)."""
+    H, W = x.shape[2:]
+    rows = []
+    for i in range(out[0]):
+        r0, r1 = (i * H) // out[0], -(-((i + 1) * H) // out[0])
+        cols = []
+        for j in range(out[1]):
+            c0, c1 = (j * W) // out[1], -(-((j + 1) * W) // out[1])
+            win = x[:, :, r0:r1, c0:c1].reshape(x.shape[0], x.shape[1], -1)
+            cols.append(win.max(-1).values if kind == "max" else win.mean(-1))
+        rows.append(torch.stack(cols, -1))
+    return torch.stack(rows, -2)
+
+
 def describe_module(name, m, sd_keys):
     t = m.__class__.__name__
     d = {"name": name, "type": t}
@@ -279,10 +299,10 @@ def describe_module(name, m, sd_keys):
                  track_running_stats=m.track_running_stats, mode="eval (uses running_mean / running_var)",
                  formula="per feature/channel c: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]" if m.affine else
                  "per feature/channel c: y = (x - running_mean[c]) / sqrt(running_var[c] + eps); affine=False: no weight / bias (no parameters; running_mean / running_var / num_batches_tracked are buffers)")
-    elif isinstance(m, nn.InstanceNorm2d):
+    elif isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d)):
         d.update(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
                  track_running_stats=m.track_running_stats,
-                 formula="per example and per channel c, over its H x W positions: y = (x - mean) / sqrt(var + eps) (biased variance)"
+                 formula="per example and per channel c, over its " + ("L" if isinstance(m, nn.InstanceNorm1d) else "H x W") + " positions: y = (x - mean) / sqrt(var + eps) (biased variance)"
                  + (" * weight[c] + bias[c]" if m.affine else "; affine=False: no weight / bias (no parameters)")
                  + ("; track_running_stats=False: no running statistics, so the per-example statistics are used in eval mode too (same in train and eval)" if not m.track_running_stats else "; eval mode uses running_mean / running_var"))
     elif isinstance(m, nn.GroupNorm):
@@ -325,6 +345,23 @@ def describe_module(name, m, sd_keys):
                  ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
                  divisor_override=m.divisor_override,
                  formula="sum over each window of the zero-padded input divided by the window's divisor. Output size " + POOL_SIZE + " (dilation 1). Per axis window i starts at s = i*stride - padding and ends at e = min(s + kernel_size, L + padding); the divisor is divisor_override if set, else with count_include_pad=True the window clipped to [-padding, L + padding): (e_h - s_h) * (e_w - s_w) (padded zeros counted; a ceil_mode window that runs past L + padding counts only its part inside), else (count_include_pad=False) the number of in-input elements (min(e_h, H) - max(s_h, 0)) * (min(e_w, W) - max(s_w, 0))")
+    elif isinstance(m, nn.MaxPool1d):
+        d.update(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                 ceil_mode=m.ceil_mode, return_indices=m.return_indices,
+                 formula="1-d max pooling on [C, L] per example: max over each window of the input padded with -inf ('padding' on each end; a padded position never wins); window i reads positions i*stride - padding + a*dilation, a < kernel_size; output length " + POOL_SIZE + "; the gradient goes to the first arg-max in window order")
+    elif isinstance(m, nn.AvgPool1d):
+        d.update(kernel_size=list(m.kernel_size), stride=list(m.stride), padding=list(m.padding),
+                 ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                 formula="1-d average pooling on [C, L] per example (kernel_size / stride / padding are PyTorch's 1-tuples): sum over each window of the zero-padded input divided by its divisor; output length " + POOL_SIZE + " (dilation 1); window i starts at s = i*stride - padding and ends at e = min(s + kernel_size, L + padding); the divisor is e - s with count_include_pad=True, else min(e, L) - max(s, 0)")
+    elif isinstance(m, nn.AdaptiveMaxPool2d):
+        d.update(output_size=pair(m.output_size), return_indices=m.return_indices,
+                 note="PyTorch AdaptiveMaxPool2d: output (i, j) is the max over rows [floor(i*H/oh), ceil((i+1)*H/oh)) and cols likewise (windows may overlap and differ in size); the gradient goes to the first arg-max in row-major window order")
+    elif isinstance(m, nn.AdaptiveMaxPool1d):
+        d.update(output_size=m.output_size, return_indices=m.return_indices,
+                 note="PyTorch AdaptiveMaxPool1d on [C, L]: output i is the max over positions [floor(i*L/o), ceil((i+1)*L/o)); the gradient goes to the first arg-max")
+    elif isinstance(m, nn.AdaptiveAvgPool1d):
+        d.update(output_size=m.output_size,
+                 note="PyTorch AdaptiveAvgPool1d on [C, L]: output i averages positions [floor(i*L/o), ceil((i+1)*L/o))")
     elif isinstance(m, nn.AdaptiveAvgPool2d):
         d.update(output_size=pair(m.output_size),
                  note="output size 1x1: mean over all H x W positions of each channel (no parameters)" if pair(m.output_size) == [1, 1]
@@ -795,13 +832,15 @@ class Builder:
                         r = (a[0] - m.running_mean.view(sh)) / torch.sqrt(m.running_var.view(sh) + m.eps)
                         if W is not None:
                             r = r * W.view(sh) + B.view(sh)
-                    elif isinstance(m, nn.InstanceNorm2d):
+                    elif isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d)):
                         assert not m.track_running_stats
-                        mu = a[0].mean((2, 3), keepdim=True)
-                        var = ((a[0] - mu) ** 2).mean((2, 3), keepdim=True)
+                        dims = tuple(range(2, a[0].dim()))
+                        mu = a[0].mean(dims, keepdim=True)
+                        var = ((a[0] - mu) ** 2).mean(dims, keepdim=True)
                         r = (a[0] - mu) / torch.sqrt(var + m.eps)
                         if W is not None:
-                            r = r * W.view(1, -1, 1, 1) + B.view(1, -1, 1, 1)
+                            sh = [1, -1] + [1] * (a[0].dim() - 2)
+                            r = r * W.view(sh) + B.view(sh)
                     elif isinstance(m, nn.GroupNorm):
                         n_, c_ = a[0].shape[:2]
                         z = a[0].reshape(n_, m.num_groups, -1)
@@ -840,6 +879,17 @@ class Builder:
                                           m.count_include_pad, m.divisor_override)
                     elif isinstance(m, nn.AdaptiveAvgPool2d):
                         r = F.adaptive_avg_pool2d(a[0], m.output_size)
+                    elif isinstance(m, nn.AdaptiveMaxPool2d):
+                        r = adaptive_manual(a[0], "max", pair(m.output_size))
+                    elif isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d)):
+                        kind = "max" if isinstance(m, nn.AdaptiveMaxPool1d) else "avg"
+                        r = adaptive_manual(a[0].unsqueeze(2), kind, (1, m.output_size)).squeeze(2)
+                    elif isinstance(m, nn.MaxPool1d):
+                        r = pool2d_manual(a[0].unsqueeze(2), "max", (1, m.kernel_size), (1, m.stride), (0, m.padding),
+                                          (1, m.dilation), m.ceil_mode).squeeze(2)
+                    elif isinstance(m, nn.AvgPool1d):
+                        r = pool2d_manual(a[0].unsqueeze(2), "avg", (1, m.kernel_size[0]), (1, m.stride[0]), (0, m.padding[0]),
+                                          1, m.ceil_mode, m.count_include_pad).squeeze(2)
                     else:
                         raise ValueError(m)
                 elif s["op"] == "add":
@@ -1473,6 +1523,55 @@ def case_reg_multi():
                           "n_outputs": 3})
 
 
+# (j) 1-d pooling on regression rows: max / average / adaptive max / adaptive average.
+def case_reg_pool1d():
+    def build(m):
+        m.conv1 = nn.Conv1d(1, 4, 3, padding=1)                          # [1,8] -> [4,8]
+        m.inorm = nn.InstanceNorm1d(4)
+        m.tanh = nn.Tanh()
+        m.pool1 = nn.MaxPool1d(3, stride=2, padding=1, ceil_mode=True)   # -> [4,5]
+        m.conv2 = nn.Conv1d(4, 6, 2)                                     # -> [6,4]
+        m.elu = nn.ELU()
+        m.pool2 = nn.AvgPool1d(2, stride=1, padding=1, count_include_pad=False)  # -> [6,5]
+        m.amax = nn.AdaptiveMaxPool1d(3)                                 # -> [6,3]
+        m.aavg = nn.AdaptiveAvgPool1d(2)                                 # -> [6,2]
+        m.fc = nn.Linear(30, 1)
+    spec = [
+        ("module", "conv1", ["x"]), ("module", "inorm", ["t1"]), ("module", "tanh", ["t2"]), ("module", "pool1", ["t3"]),
+        ("module", "conv2", ["t4"]), ("module", "elu", ["t5"]), ("module", "pool2", ["t6"]),   # t7 [6,5]
+        ("module", "amax", ["t7"]), ("module", "aavg", ["t7"]),
+        ("flatten", None, ["t8"], "torch.flatten(x, 1): row-major flatten of [C, L] per example"),
+        ("flatten", None, ["t9"], "torch.flatten(x, 1): row-major flatten of [C, L] per example"),
+        ("cat", None, ["t10", "t11"]),
+        ("module", "fc", ["t12"]),
+    ]
+    build_case("regress_pool1d", "Pool1dRegressor", build, spec,
+               "graph regression model (variant='regression', 1 output) on the README's synthetic regression rows 0..63, each [8] row reshaped to [1, 8]: Conv1d(1->4,k3,p1)-InstanceNorm1d(4) (affine=False, track_running_stats=False: per-example statistics in eval mode)-Tanh-MaxPool1d(3,s2,p1,ceil_mode) (-> [4,5]); Conv1d(4->6,k2)-ELU-AvgPool1d(2,s1,p1,count_include_pad=False) (-> [6,5]); two branches of that: AdaptiveMaxPool1d(3) (windows [0,2),[1,4),[3,5)) and AdaptiveAvgPool1d(2) (windows [0,3),[2,5)), each flattened, concatenated (18 + 12); Linear(30->1). Every parameterised layer is Conv1d/Linear, so every representation is over all layers; NTK",
+               seed=111, regression=True, input_shape=(1, 8))
+
+
+# (k) adaptive max pooling of images: overlapping uneven windows and global max beside global average.
+def case_adaptive_max():
+    def build(m):
+        m.conv1 = nn.Conv2d(1, 6, 3)                  # 8x8 -> 6x6
+        m.relu = nn.ReLU()
+        m.pool = nn.AdaptiveMaxPool2d((4, 3))          # 6x6 -> 4x3
+        m.conv2 = nn.Conv2d(6, 8, 3, padding=1)       # -> [8,4,3]
+        m.tanh = nn.Tanh()
+        m.gmax = nn.AdaptiveMaxPool2d(1)
+        m.gavg = nn.AdaptiveAvgPool2d(1)
+        m.fc = nn.Linear(16, 10)
+    spec = [
+        ("module", "conv1", ["x"]), ("module", "relu", ["t1"]), ("module", "pool", ["t2"]),
+        ("module", "conv2", ["t3"]), ("module", "tanh", ["t4"]),
+        ("module", "gmax", ["t5"]), ("module", "gavg", ["t5"]),
+        ("cat", None, ["t6", "t7"]), ("flatten", None, ["t8"]), ("module", "fc", ["t9"]),
+    ]
+    build_case("digits_adaptive_max", "AdaptiveMaxNet", build, spec,
+               "graph model on load_digits rows 0..63 as [n,1,8,8]: Conv2d(1->6,k3) (-> 6x6)-ReLU-AdaptiveMaxPool2d((4,3)) (rows [0,2),[1,3),[3,5),[4,6), cols [0,2),[2,4),[4,6)); Conv2d(6->8,k3,p1)-Tanh; global max pooling AdaptiveMaxPool2d(1) and global average pooling AdaptiveAvgPool2d(1) of it concatenated along channels ([16,1,1]); flatten; fc(16->10). Every parameterised layer is Conv2d/Linear, so every representation is over all layers; NTK",
+               seed=121)
+
+
 # Not generated (nngeometry 0.4 cannot):
 #  digits_convt_kfac: KFAC / EKFAC (_hook_compute_kfac_blocks: NotImplementedError for every module other than
 #    Linear / Conv2d / Conv1d; get_kfac_blocks over a ConvTranspose2d-only collection: UnboundLocalError 'sA') and
@@ -1484,7 +1583,8 @@ CASES = {"digits_gn_pool": case_gn_pool, "digits_dense_cat": case_dense_cat,
          "digits_conv_variants": case_conv_variants, "regress_skip_mlp": case_reg_skip,
          "digits_act_pool": case_act_pool, "regress_conv1d": case_reg_conv1d,
          "digits_plain_norms": case_plain_norms, "digits_seq_mix": case_seq_mix,
-         "regress_multi": case_reg_multi}
+         "regress_multi": case_reg_multi, "regress_pool1d": case_reg_pool1d,
+         "digits_adaptive_max": case_adaptive_max}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -12,8 +12,14 @@ use std::collections::BTreeMap;
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 15] = [
+const BLOCK_ONLY: [&str; 21] = [
     "instancenorm2d",
+    "instancenorm1d",
+    "maxpool1d",
+    "avgpool1d",
+    "adaptive_maxpool2d",
+    "adaptive_avgpool1d",
+    "adaptive_maxpool1d",
     "embedding",
     "leaky_relu",
     "elu",

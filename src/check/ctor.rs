@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Layer constructors and their options.
-pub const CTORS: [(&str, &[&str]); 24] = [
+pub const CTORS: [(&str, &[&str]); 30] = [
     ("linear", &["in", "out", "bias"]),
     (
         "conv2d",
@@ -62,12 +62,30 @@ pub const CTORS: [(&str, &[&str]); 24] = [
             "count_include_pad",
         ],
     ),
+    (
+        "maxpool1d",
+        &["kernel", "stride", "padding", "dilation", "ceil_mode"],
+    ),
+    (
+        "avgpool1d",
+        &[
+            "kernel",
+            "stride",
+            "padding",
+            "ceil_mode",
+            "count_include_pad",
+        ],
+    ),
     ("adaptive_avgpool2d", &["output"]),
+    ("adaptive_maxpool2d", &["output"]),
+    ("adaptive_avgpool1d", &["output"]),
+    ("adaptive_maxpool1d", &["output"]),
     ("batchnorm1d", &["features", "eps", "affine"]),
     ("batchnorm2d", &["features", "eps", "affine"]),
     ("layernorm", &["shape", "eps", "affine"]),
     ("groupnorm", &["groups", "channels", "eps", "affine"]),
     ("instancenorm2d", &["features", "eps", "affine"]),
+    ("instancenorm1d", &["features", "eps", "affine"]),
     ("dropout", &["p"]),
     ("identity", &[]),
     ("sequential", &[]),
@@ -187,8 +205,40 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
+            "maxpool1d" | "avgpool1d" => {
+                let kernel = g.count("kernel")?;
+                let stride = g.int_or("stride", kernel, 1)?;
+                let padding = g.int_or("padding", 0, 0)?;
+                let ceil_mode = g.bool_or("ceil_mode", false)?;
+                if name == "maxpool1d" {
+                    Layer::MaxPool1d {
+                        kernel,
+                        stride,
+                        padding,
+                        dilation: g.int_or("dilation", 1, 1)?,
+                        ceil_mode,
+                    }
+                } else {
+                    Layer::AvgPool1d {
+                        kernel,
+                        stride,
+                        padding,
+                        ceil_mode,
+                        count_include_pad: g.bool_or("count_include_pad", true)?,
+                    }
+                }
+            }
             "adaptive_avgpool2d" => Layer::AdaptiveAvgPool2d {
                 output: g.pair("output", Some([1, 1]), 1)?,
+            },
+            "adaptive_maxpool2d" => Layer::AdaptiveMaxPool2d {
+                output: g.pair("output", Some([1, 1]), 1)?,
+            },
+            "adaptive_avgpool1d" => Layer::AdaptiveAvgPool1d {
+                output: g.int_or("output", 1, 1)?,
+            },
+            "adaptive_maxpool1d" => Layer::AdaptiveMaxPool1d {
+                output: g.int_or("output", 1, 1)?,
             },
             "batchnorm1d" => Layer::BatchNorm1d {
                 features: g.count("features")?,
@@ -207,7 +257,7 @@ impl<'a> Checker<'a> {
             },
             // PyTorch's InstanceNorm2d (no running statistics): one group
             // per channel, without affine parameters unless asked.
-            "instancenorm2d" => {
+            "instancenorm2d" | "instancenorm1d" => {
                 let channels = g.count("features")?;
                 Layer::GroupNorm {
                     groups: channels,

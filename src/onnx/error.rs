@@ -8,7 +8,7 @@ use serde::Serialize;
 /// The operators the importer maps onto nngeo's layers (some only inside
 /// the patterns PyTorch exports: GELU's erf form, GroupNorm's
 /// InstanceNormalization, `x.view(x.size(0), -1)`).
-pub const SUPPORTED_OPS: [&str; 35] = [
+pub const SUPPORTED_OPS: [&str; 36] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -25,6 +25,7 @@ pub const SUPPORTED_OPS: [&str; 35] = [
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "GlobalMaxPool",
     "Identity",
     "InstanceNormalization",
     "LayerNormalization",

@@ -271,42 +271,67 @@ impl<'f> Importer<'f> {
         let at = &a.at;
         let x = self.input(&node.input, 0, at)?;
         let x = self.tensor(x, at)?;
-        if self.shape(x).len() != 3 {
-            return Err(a.unsupported("pooling of a tensor that is not [C, H, W]"));
+        // [C, L] or [C, H, W] per example: PyTorch's 1-D and 2-D pools.
+        let rank = self.shape(x).len().wrapping_sub(1);
+        if rank != 1 && rank != 2 {
+            return Err(a.unsupported("pooling of a tensor that is not [C, L] or [C, H, W]"));
         }
         if node.output.iter().skip(1).any(|o| !o.is_empty()) {
             return Err(a.unsupported("MaxPool's indices output"));
         }
-        let win = window(a, None, 2)?;
+        let win = window(a, None, rank)?;
         if a.int("storage_order", 0) != 0 {
             return Err(a.unsupported("MaxPool's column-major `storage_order`"));
         }
         let max = node.op_type == "MaxPool";
-        if !max && win.dilations != [1, 1] {
+        if !max && win.dilations.iter().any(|&d| d != 1) {
             return Err(a.unsupported("dilated average pooling"));
         }
         // The output size of ceil mode is PyTorch's (as ONNX's since
         // opset 19): a last window starting in the right padding is dropped.
         let ceil_mode = a.int("ceil_mode", 0) != 0;
-        let (kernel, stride, padding) = (pair(&win.kernel), pair(&win.strides), pair(&win.pads));
-        let layer = if max {
-            Layer::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                dilation: pair(&win.dilations),
-                ceil_mode,
+        // ONNX's default is 0, PyTorch's True (which its exporter writes);
+        // without padding or ceil mode they agree.
+        let count_include_pad =
+            a.int("count_include_pad", 0) != 0 || (win.pads.iter().all(|&p| p == 0) && !ceil_mode);
+        let layer = if rank == 1 {
+            let (kernel, stride, padding) = (win.kernel[0], win.strides[0], win.pads[0]);
+            if max {
+                Layer::MaxPool1d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation: win.dilations[0],
+                    ceil_mode,
+                }
+            } else {
+                Layer::AvgPool1d {
+                    kernel,
+                    stride,
+                    padding,
+                    ceil_mode,
+                    count_include_pad,
+                }
             }
         } else {
-            Layer::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ceil_mode,
-                // ONNX's default is 0, PyTorch's True (which its exporter
-                // writes); without padding or ceil mode they agree.
-                count_include_pad: a.int("count_include_pad", 0) != 0
-                    || (padding == [0, 0] && !ceil_mode),
+            let (kernel, stride, padding) =
+                (pair(&win.kernel), pair(&win.strides), pair(&win.pads));
+            if max {
+                Layer::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation: pair(&win.dilations),
+                    ceil_mode,
+                }
+            } else {
+                Layer::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ceil_mode,
+                    count_include_pad,
+                }
             }
         };
         let name = self.free_name(at, None);

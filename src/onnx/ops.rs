@@ -177,22 +177,31 @@ impl<'f> Importer<'f> {
             "LayerNormalization" => self.layernorm(node, a),
             "MaxPool" | "AveragePool" => self.pool(node, a),
             "ReduceMean" => self.reduce_mean(ins, a),
-            "GlobalAveragePool" => {
+            "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = self.input(ins, 0, at)?;
                 let x = self.tensor(x, at)?;
-                if self.shape(x).len() != 3 {
-                    return Err(a.unsupported("global average pooling of a tensor that is not [C, H, W]"));
-                }
+                let max = node.op_type == "GlobalMaxPool";
+                let layer = match (self.shape(x).len(), max) {
+                    (2, false) => Layer::AdaptiveAvgPool1d { output: 1 },
+                    (2, true) => Layer::AdaptiveMaxPool1d { output: 1 },
+                    (3, false) => Layer::AdaptiveAvgPool2d { output: [1, 1] },
+                    (3, true) => Layer::AdaptiveMaxPool2d { output: [1, 1] },
+                    _ => {
+                        return Err(a.unsupported(
+                            "global pooling of a tensor that is not [C, L] or [C, H, W]",
+                        ))
+                    }
+                };
                 let name = self.free_name(at, None);
-                let layer = Layer::AdaptiveAvgPool2d { output: [1, 1] };
                 Ok(Val::Node(self.push(at, &name, layer, &[x])?))
             }
             _ => Err(OnnxError::UnsupportedOp { at: at.clone() }),
         }
     }
 
-    /// `x.mean([2, 3])` of a `[C, H, W]` tensor: global average pooling
-    /// (and a flatten unless `keepdims`).
+    /// `x.mean([2, 3])` of a `[C, H, W]` tensor or `x.mean(2)` of a
+    /// `[C, L]` one: global average pooling (and a flatten unless
+    /// `keepdims`).
     fn reduce_mean(&mut self, ins: &[String], a: &Attrs) -> R {
         let at = &a.at;
         let x = self.input(ins, 0, at)?;
@@ -212,19 +221,23 @@ impl<'f> Importer<'f> {
                 None => None,
             },
         };
+        let rank = self.shape(x).len() as i64 + 1;
         let mut axes: Vec<i64> = axes
             .unwrap_or_default()
             .iter()
-            .map(|&k| if k < 0 { k + 4 } else { k })
+            .map(|&k| if k < 0 { k + rank } else { k })
             .collect();
         axes.sort_unstable();
-        if self.shape(x).len() != 3 || axes != [2, 3] {
-            return Err(a.unsupported(
-                "a mean that is not over the spatial axes [2, 3] of a [C, H, W] tensor (global average pooling)",
-            ));
-        }
+        let layer = match (rank, axes.as_slice()) {
+            (4, [2, 3]) => Layer::AdaptiveAvgPool2d { output: [1, 1] },
+            (3, [2]) => Layer::AdaptiveAvgPool1d { output: 1 },
+            _ => {
+                return Err(a.unsupported(
+                    "a mean that is not over the spatial axes of a [C, H, W] or [C, L] tensor (global average pooling)",
+                ))
+            }
+        };
         let name = self.free_name(at, None);
-        let layer = Layer::AdaptiveAvgPool2d { output: [1, 1] };
         let pooled = self.push(at, &name, layer, &[x])?;
         if a.int("keepdims", 1) != 0 {
             return Ok(Val::Node(pooled));

@@ -4,7 +4,7 @@
 //! graph descriptions and model importers all build `ModelSpec`s through
 //! these, so a layer means the same thing whichever way it was written.
 
-use super::ops::{Layer, LayerSpec, ModelSpec};
+use super::ops::{Layer, LayerSpec, ModelSpec, Pooling};
 
 /// Output length of a convolution or pooling window along one axis, or
 /// `None` when the (padded) input is shorter than the (dilated) kernel.
@@ -46,6 +46,23 @@ pub fn pool_len(
     } else {
         out
     })
+}
+
+/// Window `i` of `out` adaptive windows over `size` positions, PyTorch's
+/// `[floor(i·size/out), ceil((i+1)·size/out))`.
+pub fn adaptive_window(i: usize, size: usize, out: usize) -> (usize, usize) {
+    (i * size / out, ((i + 1) * size).div_ceil(out))
+}
+
+/// The widest of `out` adaptive windows over `size` positions.
+pub fn adaptive_taps(size: usize, out: usize) -> usize {
+    (0..out)
+        .map(|i| {
+            let (a, b) = adaptive_window(i, size, out);
+            b - a
+        })
+        .max()
+        .unwrap_or(1)
 }
 
 /// Output length of a transposed convolution along one axis, PyTorch's
@@ -270,54 +287,76 @@ impl Layer {
                 Ok(x.to_vec())
             }
             Layer::Flatten => Ok(vec![x.iter().product()]),
-            Layer::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | Layer::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                if x.len() != 3 {
-                    return bad("[C, H, W]".into());
+            Layer::MaxPool2d { .. }
+            | Layer::AvgPool2d { .. }
+            | Layer::MaxPool1d { .. }
+            | Layer::AvgPool1d { .. }
+            | Layer::AdaptiveAvgPool2d { .. }
+            | Layer::AdaptiveAvgPool1d { .. }
+            | Layer::AdaptiveMaxPool2d { .. }
+            | Layer::AdaptiveMaxPool1d { .. } => {
+                let (pooling, rank) = self.pooling().expect("a pooling layer");
+                let wanted = if rank == 2 { "[C, L]" } else { "[C, H, W]" };
+                if x.len() != rank || x[1..].contains(&0) {
+                    return bad(wanted.into());
                 }
-                let (dilation, ceil) = match self {
-                    Layer::MaxPool2d {
+                let [c, h, w] = super::ops::image_dims(x);
+                // 1-D layers speak of their own axis only.
+                let axes = |a: [usize; 2]| -> String {
+                    if rank == 2 {
+                        a[1].to_string()
+                    } else {
+                        format!("{a:?}")
+                    }
+                };
+                let (oh, ow) = match pooling {
+                    Pooling::Adaptive { output, .. } => (output[0], output[1]),
+                    Pooling::Window {
+                        kernel,
+                        stride,
+                        padding,
                         dilation,
                         ceil_mode,
                         ..
-                    } => (*dilation, *ceil_mode),
-                    Layer::AvgPool2d { ceil_mode, .. } => ([1, 1], *ceil_mode),
-                    _ => unreachable!(),
+                    } => {
+                        // PyTorch: at most half the effective (dilated) kernel.
+                        let reach = |a: usize| dilation[a] * (kernel[a].max(1) - 1) + 1;
+                        if padding[0] * 2 > reach(0) || padding[1] * 2 > reach(1) {
+                            return Err(format!(
+                                "pooling padding {} is more than half the kernel {}",
+                                axes(padding),
+                                axes(kernel)
+                            ));
+                        }
+                        let len = |a: usize, size| {
+                            pool_len(
+                                size,
+                                kernel[a],
+                                stride[a],
+                                padding[a],
+                                dilation[a],
+                                ceil_mode,
+                            )
+                        };
+                        match (len(0, h), len(1, w)) {
+                            (Some(oh), Some(ow)) => (oh, ow),
+                            _ => {
+                                let least =
+                                    |a: usize| reach(a).saturating_sub(2 * padding[a]).max(1);
+                                return bad(if rank == 2 {
+                                    format!("a length of at least {}", least(1))
+                                } else {
+                                    format!("an image of at least {}×{}", least(0), least(1))
+                                });
+                            }
+                        }
+                    }
                 };
-                // PyTorch: at most half the effective (dilated) kernel.
-                let reach = |a: usize| dilation[a] * (kernel[a].max(1) - 1) + 1;
-                if padding[0] * 2 > reach(0) || padding[1] * 2 > reach(1) {
-                    return Err(format!(
-                        "pooling padding {padding:?} is more than half the kernel {kernel:?}"
-                    ));
-                }
-                match (
-                    pool_len(x[1], kernel[0], stride[0], padding[0], dilation[0], ceil),
-                    pool_len(x[2], kernel[1], stride[1], padding[1], dilation[1], ceil),
-                ) {
-                    (Some(h), Some(w)) => Ok(vec![x[0], h, w]),
-                    _ => bad(format!(
-                        "an image of at least {}×{}",
-                        reach(0).saturating_sub(2 * padding[0]).max(1),
-                        reach(1).saturating_sub(2 * padding[1]).max(1)
-                    )),
-                }
-            }
-            Layer::AdaptiveAvgPool2d { output } => {
-                if x.len() != 3 || x[1] == 0 || x[2] == 0 {
-                    return bad("[C, H, W]".into());
-                }
-                Ok(vec![x[0], output[0], output[1]])
+                Ok(if rank == 2 {
+                    vec![c, ow]
+                } else {
+                    vec![c, oh, ow]
+                })
             }
             Layer::BatchNorm1d { features: f, .. } => {
                 if x.is_empty() || x.len() > 2 || x[0] != *f {
@@ -495,6 +534,25 @@ pub fn within_limit(shape: &[usize], what: &str) -> Result<(), String> {
 }
 
 impl LayerSpec {
+    /// A pool that spreads its input over windows: the taps per window
+    /// (the widest, for adaptive windows) and whether it takes their
+    /// maximum. Adaptive average pooling is a product with a fixed matrix
+    /// and spreads nothing.
+    pub fn pool_taps(&self) -> Option<(usize, bool)> {
+        let (pooling, _) = self.layer.pooling()?;
+        match pooling {
+            Pooling::Window { max, kernel, .. } => Some((kernel[0] * kernel[1], max)),
+            Pooling::Adaptive { max: true, output } => {
+                let [_, h, w] = super::ops::image_dims(&self.input);
+                Some((
+                    adaptive_taps(h, output[0]) * adaptive_taps(w, output[1]),
+                    true,
+                ))
+            }
+            Pooling::Adaptive { max: false, .. } => None,
+        }
+    }
+
     /// A layer of a graph: shapes and parameter count from its inputs.
     pub fn node(
         name: &str,

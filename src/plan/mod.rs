@@ -15,7 +15,10 @@ pub mod shard;
 mod table;
 
 pub use compile::compile;
-pub use layers::{conv_len, conv_transpose_len, pool_len, within_limit, MAX_NODE_SIZE};
+pub use layers::{
+    adaptive_taps, adaptive_window, conv_len, conv_transpose_len, pool_len, within_limit,
+    MAX_NODE_SIZE,
+};
 pub use matrix::MatrixOp;
 pub use ops::*;
 pub use table::render_table;

@@ -249,6 +249,46 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
         "AdaptiveAvgPool2d" => Layer::AdaptiveAvgPool2d {
             output: pair("output_size"),
         },
+        "AdaptiveMaxPool2d" | "AdaptiveMaxPool1d" if flag("return_indices", false) => {
+            refuse("return_indices".into())
+        }
+        "AdaptiveMaxPool2d" => Layer::AdaptiveMaxPool2d {
+            output: pair("output_size"),
+        },
+        "AdaptiveAvgPool1d" => Layer::AdaptiveAvgPool1d {
+            output: single("output_size", 1),
+        },
+        "AdaptiveMaxPool1d" => Layer::AdaptiveMaxPool1d {
+            output: single("output_size", 1),
+        },
+        "MaxPool1d" | "AvgPool1d" => {
+            if flag("return_indices", false) {
+                refuse("return_indices".into());
+            }
+            let kernel = single("kernel_size", 1);
+            let stride = match &m["stride"] {
+                Value::Array(a) if a.is_empty() => kernel,
+                _ => single("stride", kernel),
+            };
+            let (padding, ceil_mode) = (single("padding", 0), flag("ceil_mode", false));
+            if t == "MaxPool1d" {
+                Layer::MaxPool1d {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation: single("dilation", 1),
+                    ceil_mode,
+                }
+            } else {
+                Layer::AvgPool1d {
+                    kernel,
+                    stride,
+                    padding,
+                    ceil_mode,
+                    count_include_pad: flag("count_include_pad", true),
+                }
+            }
+        }
         "BatchNorm1d" | "BatchNorm2d" => {
             if !flag("track_running_stats", true) {
                 refuse("track_running_stats = false".into());
@@ -274,7 +314,7 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
             affine: affine("affine"),
         },
         // Statistics of each example's channel, in evaluation too.
-        "InstanceNorm2d" => {
+        "InstanceNorm1d" | "InstanceNorm2d" => {
             if flag("track_running_stats", false) {
                 refuse("track_running_stats = true".into());
             }

@@ -4,7 +4,7 @@
 
 use super::{act_grad, Cache, Capture, Net};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
-use crate::plan::Layer;
+use crate::plan::{image_dims, Layer};
 
 /// The capture of a parameterised layer and the gradient for each of its
 /// inputs (`None` where no parameter lies upstream).
@@ -238,22 +238,37 @@ impl<O: Ops> Net<O> {
             (_, Cache::Mask(mask)) => Ok((None, one(Some(o.mul(g, mask)?))?)),
             (_, Cache::Pool { route, .. }) => {
                 let u = layer.unfold.as_ref().unwrap();
-                let g4 = o.reshape(g, &[m, n, u.cin, 1, u.l])?;
-                let dp = if let Some(route) = route {
-                    o.mul(&g4, route)?
-                } else if let Some(wts) = &layer.pool_weights {
-                    o.mul(&g4, &o.reshape(wts, &[1, 1, 1, u.k, u.l])?)?
-                } else {
-                    let ones = o.affine(&o.zeros(&[1, 1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
-                    o.mul(&g4, &ones)?
+                // One output function at a time: the gradient spread over
+                // the windows is K times the layer's output per function,
+                // so all m at once would outweigh every other buffer of
+                // the pass (a 3×3 max pool under a 10-class Fisher: 90×).
+                let through = |gj: &O::T| -> OpsResult<O::T> {
+                    let g4 = o.reshape(gj, &[n, u.cin, 1, u.l])?;
+                    let dp = if let Some(route) = route {
+                        o.mul(&g4, route)?
+                    } else if let Some(wts) = &layer.pool_weights {
+                        o.mul(&g4, &o.reshape(wts, &[1, 1, u.k, u.l])?)?
+                    } else {
+                        let ones = o.affine(&o.zeros(&[1, 1, u.k, 1])?, 0.0, 1.0 / u.k as f64)?;
+                        o.mul(&g4, &ones)?
+                    };
+                    self.fold(o, u, &o.reshape(&dp, &[n, u.cin * u.k, u.l])?)
                 };
-                let dx = self.fold(o, u, &o.reshape(&dp, &[m * n, u.cin * u.k, u.l])?)?;
+                let dx = if m == 1 {
+                    through(g)?
+                } else {
+                    let g2 = o.reshape(g, &[m, n * u.cin * u.l])?;
+                    let parts = (0..m)
+                        .map(|j| through(&o.narrow(&g2, 0, j, 1)?))
+                        .collect::<OpsResult<Vec<_>>>()?;
+                    o.cat(&parts, 0)?
+                };
                 Ok((None, one(Some(dx))?))
             }
-            (Layer::AdaptiveAvgPool2d { output }, Cache::Linear) => {
+            (Layer::AdaptiveAvgPool2d { .. } | Layer::AdaptiveAvgPool1d { .. }, Cache::Linear) => {
                 let (_, pool_t) = layer.pool.as_ref().unwrap();
-                let c = layer.spec.input[0];
-                let g2 = o.reshape(g, &[m * n * c, output[0] * output[1]])?;
+                let [c, oh, ow] = image_dims(&layer.spec.output);
+                let g2 = o.reshape(g, &[m * n * c, oh * ow])?;
                 Ok((None, one(Some(o.matmul(&g2, pool_t)?))?))
             }
             (

@@ -3,7 +3,7 @@
 
 use super::{Cache, Net, NetLayer, Phase};
 use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
-use crate::plan::Layer;
+use crate::plan::{image_dims, Layer};
 
 /// A BatchNorm layer's batch mean and unbiased variance, on the host.
 pub(super) type HostStats = Option<(Vec<f64>, Vec<f64>)>;
@@ -133,8 +133,13 @@ impl<O: Ops> Net<O> {
                     plain(o.mul(&o.reshape(x, &shape)?, &mask)?, Cache::Mask(mask))
                 }
             },
-            Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
-                let max = matches!(layer.spec.layer, Layer::MaxPool2d { .. });
+            Layer::MaxPool2d { .. }
+            | Layer::AvgPool2d { .. }
+            | Layer::MaxPool1d { .. }
+            | Layer::AvgPool1d { .. }
+            | Layer::AdaptiveMaxPool2d { .. }
+            | Layer::AdaptiveMaxPool1d { .. } => {
+                let max = layer.spec.layer.pooling().is_some_and(|(p, _)| p.is_max());
                 let u = layer.unfold.as_ref().unwrap();
                 let fill = if max { -(f32::MAX as f64) } else { 0.0 };
                 let p = self.unfold_with(o, u, x, n, fill)?; // [n, c·K, L]
@@ -152,10 +157,10 @@ impl<O: Ops> Net<O> {
                     .transpose()?;
                 plain(y, Cache::Pool { out, route })
             }
-            Layer::AdaptiveAvgPool2d { .. } => {
+            Layer::AdaptiveAvgPool2d { .. } | Layer::AdaptiveAvgPool1d { .. } => {
                 let (pool, _) = layer.pool.as_ref().unwrap();
-                let c = layer.spec.input[0];
-                let hw = layer.spec.input[1] * layer.spec.input[2];
+                let [c, h, w] = image_dims(&layer.spec.input);
+                let hw = h * w;
                 let y = o.matmul(&o.reshape(x, &[n * c, hw])?, pool)?;
                 plain(o.reshape(&y, &out_shape)?, Cache::Linear)
             }

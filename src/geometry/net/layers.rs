@@ -133,6 +133,34 @@ fn transposed_index(
 /// PyTorch's adaptive average pooling of an `h × w` image to `oh × ow` as
 /// a matrix `[h·w, oh·ow]`: output cell `(i, j)` averages rows
 /// `[⌊i·h/oh⌋, ⌈(i+1)·h/oh⌉)` and the same for columns.
+/// Unfold indices of adaptive max pooling: each output's window
+/// `[floor(i·H/oh), ceil((i+1)·H/oh))` × the same across, in row-major
+/// order, padded to the widest window with `h·w` (a value that never wins),
+/// and the number of taps per window.
+fn adaptive_unfold_index(h: usize, w: usize, oh: usize, ow: usize) -> (Vec<u32>, usize) {
+    use crate::plan::{adaptive_taps, adaptive_window as span};
+    let (kh, kw) = (adaptive_taps(h, oh), adaptive_taps(w, ow));
+    let pad = (h * w) as u32;
+    let mut idx = Vec::with_capacity(kh * kw * oh * ow);
+    for ki in 0..kh {
+        for kj in 0..kw {
+            for oi in 0..oh {
+                let (r0, r1) = span(oi, h, oh);
+                for oj in 0..ow {
+                    let (c0, c1) = span(oj, w, ow);
+                    let (r, c) = (r0 + ki, c0 + kj);
+                    idx.push(if r < r1 && c < c1 {
+                        (r * w + c) as u32
+                    } else {
+                        pad
+                    });
+                }
+            }
+        }
+    }
+    (idx, kh * kw)
+}
+
 fn adaptive_pool_matrix(h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
     let mut p = vec![0.0; h * w * oh * ow];
     for i in 0..oh {
@@ -411,57 +439,73 @@ impl<O: Ops> Net<O> {
                         transposed: None,
                     });
                 }
-                Layer::MaxPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                }
-                | Layer::AvgPool2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let (c, h, w) = (l.input[0], l.input[1], l.input[2]);
-                    let (oh, ow) = (l.output[1], l.output[2]);
-                    let dilation = match &l.layer {
-                        Layer::MaxPool2d { dilation, .. } => *dilation,
-                        _ => [1, 1],
+                Layer::MaxPool2d { .. }
+                | Layer::AvgPool2d { .. }
+                | Layer::MaxPool1d { .. }
+                | Layer::AvgPool1d { .. }
+                | Layer::AdaptiveAvgPool2d { .. }
+                | Layer::AdaptiveAvgPool1d { .. }
+                | Layer::AdaptiveMaxPool2d { .. }
+                | Layer::AdaptiveMaxPool1d { .. } => {
+                    let (pooling, _) = l.layer.pooling().expect("a pooling layer");
+                    let [c, h, w] = image_dims(&l.input);
+                    let [_, oh, ow] = image_dims(&l.output);
+                    let (idx, k) = match pooling {
+                        Pooling::Adaptive { max: false, .. } => {
+                            let p = adaptive_pool_matrix(h, w, oh, ow);
+                            let m = o.upload(&[h * w, oh * ow], &p)?;
+                            layer.pool = Some((m.clone(), o.transpose(&m, 0, 1)?));
+                            (None, 0)
+                        }
+                        Pooling::Adaptive { max: true, .. } => {
+                            let (idx, k) = adaptive_unfold_index(h, w, oh, ow);
+                            (Some(idx), k)
+                        }
+                        Pooling::Window {
+                            max,
+                            kernel,
+                            stride,
+                            padding,
+                            dilation,
+                            count_include_pad,
+                            ..
+                        } => {
+                            let k = kernel[0] * kernel[1];
+                            if !max {
+                                layer.pool_weights = avg_pool_weights(
+                                    h,
+                                    w,
+                                    kernel,
+                                    stride,
+                                    padding,
+                                    [oh, ow],
+                                    count_include_pad,
+                                )
+                                .map(|wts| o.upload(&[1, 1, k, oh * ow], &wts))
+                                .transpose()?;
+                            }
+                            let idx = sized_unfold_index(
+                                h,
+                                w,
+                                kernel,
+                                stride,
+                                padding,
+                                dilation,
+                                [oh, ow],
+                            );
+                            (Some(idx), k)
+                        }
                     };
-                    let idx =
-                        sized_unfold_index(h, w, *kernel, *stride, *padding, dilation, [oh, ow]);
-                    if let Layer::AvgPool2d {
-                        count_include_pad, ..
-                    } = &l.layer
-                    {
-                        let k = kernel[0] * kernel[1];
-                        layer.pool_weights = avg_pool_weights(
-                            h,
-                            w,
-                            *kernel,
-                            *stride,
-                            *padding,
-                            [oh, ow],
-                            *count_include_pad,
-                        )
-                        .map(|wts| o.upload(&[1, 1, k, oh * ow], &wts))
-                        .transpose()?;
+                    if let Some(idx) = idx {
+                        layer.unfold = Some(Unfold {
+                            idx: o.upload_index(&idx)?,
+                            cin: c,
+                            k,
+                            l: oh * ow,
+                            hw: h * w,
+                            geom: None,
+                        });
                     }
-                    layer.unfold = Some(Unfold {
-                        idx: o.upload_index(&idx)?,
-                        cin: c,
-                        k: kernel[0] * kernel[1],
-                        l: oh * ow,
-                        hw: h * w,
-                        geom: None,
-                    });
-                }
-                Layer::AdaptiveAvgPool2d { output } => {
-                    let (h, w) = (l.input[1], l.input[2]);
-                    let p = adaptive_pool_matrix(h, w, output[0], output[1]);
-                    let m = o.upload(&[h * w, output[0] * output[1]], &p)?;
-                    layer.pool = Some((m.clone(), o.transpose(&m, 0, 1)?));
                 }
                 Layer::BatchNorm1d {
                     features: c,

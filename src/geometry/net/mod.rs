@@ -33,7 +33,7 @@ use layers::grouped_matmul;
 pub use layers::unfold_index;
 
 use super::ops::{ConvGeom, Ops, OpsError, OpsResult, Unary};
-use crate::plan::{Layer, LayerSpec, ModelSpec, TrainMode};
+use crate::plan::{image_dims, Layer, LayerSpec, ModelSpec, Pooling, TrainMode};
 use std::sync::Arc;
 
 /// Where one parameterised layer sits in the flat parameter vector.

@@ -4,7 +4,7 @@
 
 use super::{act_grad, Cache, Net, NetLayer};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
-use crate::plan::Layer;
+use crate::plan::{image_dims, Layer};
 
 impl<O: Ops> Net<O> {
     #[allow(clippy::too_many_arguments)]
@@ -97,12 +97,12 @@ impl<O: Ops> Net<O> {
                     Some(o.reshape(&y, &out_shape)?)
                 }
             },
-            (Layer::AdaptiveAvgPool2d { .. }, _) => match dx {
+            (Layer::AdaptiveAvgPool2d { .. } | Layer::AdaptiveAvgPool1d { .. }, _) => match dx {
                 None => None,
                 Some(d) => {
                     let (pool, _) = layer.pool.as_ref().unwrap();
-                    let c = layer.spec.input[0];
-                    let hw = layer.spec.input[1] * layer.spec.input[2];
+                    let [c, h, w] = image_dims(&layer.spec.input);
+                    let hw = h * w;
                     let y = o.matmul(&o.reshape(d, &[n * c, hw])?, pool)?;
                     Some(o.reshape(&y, &out_shape)?)
                 }

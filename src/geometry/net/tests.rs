@@ -115,3 +115,128 @@ fn pooling_options_match_pytorch_conventions() {
         }
     }
 }
+
+/// The output of `pool` on one example `x` of per-example shape `shape`
+/// (a model of the pool and a flatten).
+fn pooled(pool: Layer, shape: &[usize], x: &[f64]) -> Vec<f64> {
+    let o = CandleOps::new("cpu", Dtype::F64).unwrap();
+    let l = LayerSpec::node("pool", pool, &[shape], vec![]).unwrap();
+    let out = l.output.clone();
+    let f = LayerSpec::node("flatten", Layer::Flatten, &[&out], vec![]).unwrap();
+    let spec = ModelSpec {
+        input: shape.to_vec(),
+        output: f.output.clone(),
+        params: 0,
+        layers: vec![l, f],
+        init: Init::Pytorch { seed: 0 },
+        weights: None,
+        param_order: vec![],
+    };
+    let params = crate::geometry::init::init_params(&spec, &spec.init);
+    let net = Net::new(&o, &spec, params).unwrap();
+    let mut batch = vec![1];
+    batch.extend(shape);
+    let xt = o.upload(&batch, x).unwrap();
+    o.download(&net.forward(&o, &xt, false).unwrap().output)
+        .unwrap()
+}
+
+/// 1-D pooling and adaptive max pooling against values PyTorch 2.11
+/// printed for the same inputs (`nn.MaxPool1d(3, 2, 1, ceil_mode=True)`
+/// and so on, float64): output lengths, windows hanging over the end,
+/// dilation, divisors with and without padding, adaptive windows of
+/// uneven sizes that overlap.
+#[test]
+fn one_d_and_adaptive_max_pooling_match_pytorch() {
+    let x1 = [3., -1., 4., 1., -5., 9., 2., -6., 5., 3., -5.];
+    let x2 = [
+        3., -1., 4., 1., -5., 9., 2., -6., 5., 3., -5., 8., 9., -7., 9., 3., 2., -3., 8., 4.,
+    ];
+    let max1 = |kernel, stride, padding, dilation, ceil_mode| Layer::MaxPool1d {
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+    };
+    let avg1 = |count_include_pad| Layer::AvgPool1d {
+        kernel: 4,
+        stride: 3,
+        padding: 2,
+        ceil_mode: true,
+        count_include_pad,
+    };
+    type Case<'a> = (&'a str, Layer, &'a [usize], &'a [f64], Vec<f64>);
+    let cases: Vec<Case> = vec![
+        (
+            "MaxPool1d(3, 2, 1, ceil_mode=True)",
+            max1(3, 2, 1, 1, true),
+            &[1, 11],
+            &x1,
+            vec![3.0, 4.0, 9.0, 9.0, 5.0, 3.0],
+        ),
+        (
+            "MaxPool1d(2, 1, dilation=3)",
+            max1(2, 1, 0, 3, false),
+            &[1, 11],
+            &x1,
+            vec![3.0, -1.0, 9.0, 2.0, -5.0, 9.0, 3.0, -5.0],
+        ),
+        (
+            "AvgPool1d(4, 3, 2, ceil_mode=True, count_include_pad=False)",
+            avg1(false),
+            &[1, 11],
+            &x1,
+            vec![1.0, -0.25, 0.0, -0.75, -5.0],
+        ),
+        (
+            "AvgPool1d(4, 3, 2, ceil_mode=True)",
+            avg1(true),
+            &[1, 11],
+            &x1,
+            vec![0.5, -0.25, 0.0, -0.75, -5.0 / 3.0],
+        ),
+        (
+            "AdaptiveMaxPool1d(4)",
+            Layer::AdaptiveMaxPool1d { output: 4 },
+            &[1, 11],
+            &x1,
+            vec![4.0, 9.0, 9.0, 5.0],
+        ),
+        (
+            "AdaptiveAvgPool1d(3)",
+            Layer::AdaptiveAvgPool1d { output: 3 },
+            &[1, 11],
+            &x1,
+            vec![1.75, 0.2, -0.75],
+        ),
+        (
+            "AdaptiveMaxPool2d((3, 2))",
+            Layer::AdaptiveMaxPool2d { output: [3, 2] },
+            &[1, 4, 5],
+            &x2,
+            vec![9.0, 5.0, 9.0, 9.0, 9.0, 9.0],
+        ),
+        (
+            "AdaptiveMaxPool2d(1)",
+            Layer::AdaptiveMaxPool2d { output: [1, 1] },
+            &[1, 4, 5],
+            &x2,
+            vec![9.0],
+        ),
+        (
+            "AdaptiveMaxPool2d((2, 4))",
+            Layer::AdaptiveMaxPool2d { output: [2, 4] },
+            &[1, 4, 5],
+            &x2,
+            vec![9.0, 4.0, 5.0, 5.0, 8.0, 9.0, 9.0, 9.0],
+        ),
+    ];
+    for (what, layer, shape, input, want) in cases {
+        let got = pooled(layer, shape, input);
+        assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-12, "{what}: {got:?} vs {want:?}");
+        }
+    }
+}

@@ -172,7 +172,29 @@ fn streamed_width(model: &ModelSpec) -> u64 {
         .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
         .max()
         .unwrap_or(0);
-    activations(model) + unfolded
+    activations(model) + pool_width(model) + unfolded
+}
+
+/// Numbers per example that pooling layers add to a pass beyond their
+/// outputs: a max pool keeps which tap of each window won (`[C, K, L]`,
+/// K taps per window, L windows), and while a pool runs, forward or
+/// backward (one output function at a time), its input spread over the
+/// windows and its product with the gradient (two more of that size).
+fn pool_width(model: &ModelSpec) -> u64 {
+    let (mut kept, mut widest) = (0u64, 0u64);
+    for l in &model.layers {
+        let Some((taps, max)) = l.pool_taps() else {
+            continue;
+        };
+        let c = l.input.first().copied().unwrap_or(1) as u64;
+        let windows: u64 = l.output[1..].iter().map(|&d| d as u64).product();
+        let spread = c * taps as u64 * windows;
+        if max {
+            kept += spread;
+        }
+        widest = widest.max(spread);
+    }
+    kept + 2 * widest
 }
 
 /// Numbers per example of every layer's output and the input.
@@ -228,7 +250,7 @@ fn forward_bytes(model: &ModelSpec, nb: u64, s: u64) -> u64 {
         .max()
         .unwrap_or(0);
     let live = nb
-        .saturating_mul(3 * widest_output(model) + unfolded)
+        .saturating_mul(3 * widest_output(model) + pool_width(model) + unfolded)
         .saturating_mul(s);
     with_retention(model, live)
 }
@@ -257,7 +279,7 @@ pub(super) fn pass_bytes(model: &ModelSpec, nb: u64, m: u64, s: u64) -> u64 {
         .param_layers()
         .map(|l| kfac_dims(l).map_or(0, |(a, _, pos)| a * pos))
         .sum();
-    nb.saturating_mul((1 + m).saturating_mul(act) + unfolded)
+    nb.saturating_mul((1 + m).saturating_mul(act) + pool_width(model) + unfolded)
         .saturating_mul(s)
 }
 

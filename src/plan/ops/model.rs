@@ -203,6 +203,30 @@ pub enum Layer {
         #[serde(default = "yes", skip_serializing_if = "is_true")]
         count_include_pad: bool,
     },
+    /// PyTorch's `MaxPool1d` over `[C, L]`: [`Layer::MaxPool2d`] over a
+    /// one-pixel-high image.
+    MaxPool1d {
+        kernel: usize,
+        stride: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        dilation: usize,
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
+    },
+    /// PyTorch's `AvgPool1d` over `[C, L]`, with [`Layer::AvgPool2d`]'s
+    /// divisors.
+    AvgPool1d {
+        kernel: usize,
+        stride: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
+        #[serde(default, skip_serializing_if = "is_false")]
+        ceil_mode: bool,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        count_include_pad: bool,
+    },
     /// Evaluation mode (running statistics) for curvature. A norm layer
     /// without `affine` has no scale and shift (PyTorch's `affine=False`,
     /// `elementwise_affine=False`): no parameters, only the normalisation
@@ -240,6 +264,20 @@ pub enum Layer {
     AdaptiveAvgPool2d {
         output: [usize; 2],
     },
+    /// PyTorch's `AdaptiveAvgPool1d` over `[C, L]`.
+    AdaptiveAvgPool1d {
+        output: usize,
+    },
+    /// The maximum over [`Layer::AdaptiveAvgPool2d`]'s windows, the first
+    /// one in row-major order where several are equal (PyTorch's
+    /// `AdaptiveMaxPool2d`).
+    AdaptiveMaxPool2d {
+        output: [usize; 2],
+    },
+    /// PyTorch's `AdaptiveMaxPool1d` over `[C, L]`.
+    AdaptiveMaxPool1d {
+        output: usize,
+    },
     /// Zeroes each value with probability `p` and scales the rest by
     /// 1/(1−p) in training (seeded per step); the identity in evaluation,
     /// so every measurement sees the deterministic network.
@@ -264,6 +302,9 @@ fn ones2() -> [usize; 2] {
 }
 fn is_ones2(d: &[usize; 2]) -> bool {
     *d == [1, 1]
+}
+fn is_zero(d: &usize) -> bool {
+    *d == 0
 }
 fn is_zero2(d: &[usize; 2]) -> bool {
     *d == [0, 0]
@@ -301,6 +342,11 @@ impl Layer {
             Layer::LayerNorm { .. } => "LayerNorm",
             Layer::GroupNorm { .. } => "GroupNorm",
             Layer::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Layer::MaxPool1d { .. } => "MaxPool1d",
+            Layer::AvgPool1d { .. } => "AvgPool1d",
+            Layer::AdaptiveAvgPool1d { .. } => "AdaptiveAvgPool1d",
+            Layer::AdaptiveMaxPool2d { .. } => "AdaptiveMaxPool2d",
+            Layer::AdaptiveMaxPool1d { .. } => "AdaptiveMaxPool1d",
             Layer::Dropout { .. } => "Dropout",
             Layer::Add => "Add",
             Layer::Concat => "Concat",
@@ -320,6 +366,106 @@ impl Layer {
             | Layer::GroupNorm { .. } => Some(LayerFamily::Norm),
             _ => None,
         }
+    }
+
+    /// A pooling layer as a two-dimensional pool and the rank of the
+    /// per-example input it takes (2: `[C, L]`, pooled as `[C, 1, L]`;
+    /// 3: `[C, H, W]`), so that one implementation serves both.
+    pub fn pooling(&self) -> Option<(Pooling, usize)> {
+        let window = |max, kernel, stride, padding, dilation, ceil_mode, count_include_pad| {
+            Pooling::Window {
+                max,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+                count_include_pad,
+            }
+        };
+        Some(match *self {
+            Layer::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            } => (
+                window(true, kernel, stride, padding, dilation, ceil_mode, true),
+                3,
+            ),
+            Layer::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            } => (
+                window(
+                    false,
+                    kernel,
+                    stride,
+                    padding,
+                    [1, 1],
+                    ceil_mode,
+                    count_include_pad,
+                ),
+                3,
+            ),
+            Layer::MaxPool1d {
+                kernel,
+                stride,
+                padding,
+                dilation,
+                ceil_mode,
+            } => (
+                window(
+                    true,
+                    [1, kernel],
+                    [1, stride],
+                    [0, padding],
+                    [1, dilation],
+                    ceil_mode,
+                    true,
+                ),
+                2,
+            ),
+            Layer::AvgPool1d {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+                count_include_pad,
+            } => (
+                window(
+                    false,
+                    [1, kernel],
+                    [1, stride],
+                    [0, padding],
+                    [1, 1],
+                    ceil_mode,
+                    count_include_pad,
+                ),
+                2,
+            ),
+            Layer::AdaptiveAvgPool2d { output } => (Pooling::Adaptive { max: false, output }, 3),
+            Layer::AdaptiveMaxPool2d { output } => (Pooling::Adaptive { max: true, output }, 3),
+            Layer::AdaptiveAvgPool1d { output } => (
+                Pooling::Adaptive {
+                    max: false,
+                    output: [1, output],
+                },
+                2,
+            ),
+            Layer::AdaptiveMaxPool1d { output } => (
+                Pooling::Adaptive {
+                    max: true,
+                    output: [1, output],
+                },
+                2,
+            ),
+            _ => return None,
+        })
     }
 
     /// The shape of a norm layer's scale (and shift), where it has them
@@ -364,6 +510,44 @@ impl Layer {
             }
             _ => None,
         }
+    }
+}
+
+/// A pooling layer in two dimensions ([`Layer::pooling`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pooling {
+    /// Fixed windows: `kernel` taps `dilation` apart every `stride`, over
+    /// an image padded by `padding` (a maximum never takes a padded value;
+    /// an average divides as [`Layer::AvgPool2d`] says).
+    Window {
+        max: bool,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
+    /// Windows `[floor(i·H/oh), ceil((i+1)·H/oh))` for an `output` grid.
+    Adaptive { max: bool, output: [usize; 2] },
+}
+
+impl Pooling {
+    pub fn is_max(&self) -> bool {
+        match self {
+            Pooling::Window { max, .. } | Pooling::Adaptive { max, .. } => *max,
+        }
+    }
+}
+
+/// `[C, H, W]` of a pooling layer's per-example shape, `[C, L]` seen as
+/// `[C, 1, L]`.
+pub fn image_dims(shape: &[usize]) -> [usize; 3] {
+    match shape {
+        [c, l] => [*c, 1, *l],
+        [c, h, w, ..] => [*c, *h, *w],
+        [c] => [*c, 1, 1],
+        [] => [1, 1, 1],
     }
 }
 

@@ -108,6 +108,7 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
     seen.extend(check_jacobian_fd(MORE_2D, 5, 19));
     seen.extend(check_jacobian_fd(MORE_1D, 5, 20));
     seen.extend(check_jacobian_fd(PLAIN_NORMS, 5, 21));
+    seen.extend(check_jacobian_fd(NORMS_1D, 5, 22));
     let every: BTreeSet<&str> = [
         "Embedding",
         "ConvTranspose2d",
@@ -125,6 +126,11 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
         "MaxPool2d",
         "AvgPool2d",
         "AdaptiveAvgPool2d",
+        "MaxPool1d",
+        "AvgPool1d",
+        "AdaptiveAvgPool1d",
+        "AdaptiveMaxPool2d",
+        "AdaptiveMaxPool1d",
         "BatchNorm1d",
         "BatchNorm2d",
         "LayerNorm",

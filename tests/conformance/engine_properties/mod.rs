@@ -75,7 +75,7 @@ const POOL_FIRST: &str = "sequential(\
 const MORE_2D: &str = "sequential(\
     conv2d(2, 4, kernel = 2), batchnorm2d(4, affine = false), leaky_relu(slope = 0.1),\
     maxpool2d(kernel = 2, stride = 2, padding = 1, dilation = 2, ceil_mode = true),\
-    conv2d(4, 4, kernel = 3, padding = 1), elu(alpha = 0.7),\
+    conv2d(4, 4, kernel = 3, padding = 1), elu(alpha = 0.7), adaptive_maxpool2d([5, 4]),\
     avgpool2d(kernel = 3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false),\
     avgpool2d(kernel = 2, stride = 2, ceil_mode = true), silu,\
     flatten, linear(16, 5), elu,\
@@ -92,12 +92,26 @@ const PLAIN_NORMS: &str = "sequential(\
     input = [1, 8, 8], init = pytorch(seed = 13))";
 
 /// A grouped, dilated, padded conv1d, then a strided one; LeakyReLU with
-/// PyTorch's default slope.
+/// PyTorch's default slope; 1-D pooling: a padded ceil-mode max pool, an
+/// average pool that leaves its padding out of the divisor, adaptive max
+/// pooling of 4 to 3 and adaptive average pooling of 3 to 2 (overlapping
+/// windows).
 const MORE_1D: &str = "sequential(\
     conv1d(2, 4, kernel = 3, padding = 2, dilation = 2, groups = 2), silu,\
+    maxpool1d(3, stride = 2, padding = 1, ceil_mode = true),\
+    avgpool1d(2, stride = 1, padding = 1, count_include_pad = false),\
     conv1d(4, 3, kernel = 2, stride = 2), leaky_relu,\
-    flatten, linear(18, 3),\
+    adaptive_maxpool1d(3), adaptive_avgpool1d(2),\
+    flatten, linear(6, 3),\
     input = [2, 12], init = pytorch(seed = 12))";
+
+/// Norms over `[C, L]`: an InstanceNorm1d with scale and shift, a
+/// BatchNorm1d (running statistics) and one without affine parameters.
+const NORMS_1D: &str = "sequential(\
+    conv1d(2, 3, kernel = 3), instancenorm1d(3, affine = true), tanh,\
+    conv1d(3, 3, kernel = 3, padding = 1), batchnorm1d(3), gelu,\
+    instancenorm1d(3), flatten, linear(30, 3),\
+    input = [2, 12], init = pytorch(seed = 14))";
 
 const MLP: &str = "mlp(in = 6, hidden = [8, 7], out = 5, act = tanh, init = pytorch(seed = 1))";
 

@@ -31,6 +31,7 @@ fn linearised_model_is_the_first_order_expansion_at_w0() {
     check_linearised(BRANCHES, 36);
     check_linearised(MORE_2D, 37);
     check_linearised(MORE_1D, 38);
+    check_linearised(NORMS_1D, 40);
     check_linearised(PLAIN_NORMS, 39);
 }
 
