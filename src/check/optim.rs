@@ -2,6 +2,7 @@
 //! schedules of a `train` statement.
 
 use super::args::Call;
+use super::env::ModelV;
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{FisherVariant, LrSchedule, Optimizer, Structure};
@@ -204,6 +205,50 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// Whether a natural-gradient optimiser's preconditioner can
+    /// represent every parameterised layer of the model it trains: KFAC
+    /// and EKFAC have no factors for norm layers, embeddings or grouped
+    /// convolutions (refused here, at `fim = ...`, rather than when the
+    /// first refresh runs).
+    pub(super) fn ngd_fits_model(&mut self, opt: &Optimizer, e: &'a Expr, m: &ModelV) -> bool {
+        let Optimizer::Ngd { fim, .. } = opt else {
+            return true;
+        };
+        if !matches!(fim, Structure::Kfac | Structure::Ekfac { .. }) {
+            return true;
+        }
+        let Some((layer, why)) = m
+            .spec
+            .param_layers()
+            .find_map(|l| l.layer.kron_refusal().map(|why| (l, why)))
+        else {
+            return true;
+        };
+        let d = self.deref(e);
+        let at = Self::named_call(d)
+            .and_then(|(_, args)| {
+                args.iter()
+                    .find(|a| a.name.as_ref().is_some_and(|n| n.name == "fim"))
+            })
+            .map_or(d.span, |a| a.value.span);
+        self.error(
+            Diagnostic::new(
+                ErrorKind::UnsupportedLayer {
+                    structure: fim.name(),
+                    layer: layer.name.clone(),
+                    layer_type: layer.layer.type_name().into(),
+                },
+                at,
+                format!("{} {why}", fim.name()),
+            )
+            .hint(format!(
+                "precondition with `fim = BlockDiag` or `fim = Diag`, or train `{}` with `sgd`/`adam`",
+                m.name
+            )),
+        );
+        false
     }
 
     pub(super) fn ngd_structure(&mut self, e: &'a Expr) -> Option<Structure> {

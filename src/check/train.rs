@@ -213,7 +213,9 @@ impl<'a> Checker<'a> {
             ok = false;
         }
         let optimizer = match s.get("optimizer") {
-            Some(o) => self.optimizer(&o.value),
+            Some(o) => self
+                .optimizer(&o.value)
+                .filter(|opt| self.ngd_fits_model(opt, &o.value, m)),
             None => {
                 self.error(
                     Diagnostic::new(
