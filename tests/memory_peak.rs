@@ -201,8 +201,21 @@ fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
         // output functions' gradients over the 3×3 windows at once (KFAC
         // peaked at 623 MiB against 291 MiB estimated) before the pools
         // took one function at a time and the plan counted their windows.
-        pooled("pooled_kfac", "Fim(KFAC)"),
+        pooled("pooled_kfac", "Fim(mix(conv = KFAC, linear = KFAC, norm = BlockDiag))"),
         pooled("pooled_diag", "Fim(Diag)"),
+        // A natural gradient preconditioned by a mix: EKFAC's running
+        // factors for the Linear layers, dense blocks for the norms.
+        (
+            "ngd_mix",
+            header("ngd_mix", "f64", 10, "512, 512").replace(
+                "mlp(in = 64, hidden = [512, 512], out = 10, act = tanh, init = xavier(seed = 0))",
+                "sequential(linear(64, 512), layernorm([512]), tanh, linear(512, 512), \
+                 batchnorm1d(512), tanh, linear(512, 10), init = xavier(seed = 0))",
+            ) + &train(
+                    "ngd(fim = mix(linear = EKFAC, norm = BlockDiag), lr = 0.05, damping = 1e-1, refresh = 5, refit = 5)",
+                    "",
+                ),
+        ),
         // An implicit Fisher's trace builds its diagonal batch by batch
         // (counted as the matrix-free product's passes before: 40 % over
         // on a CNN with norms and pools).
@@ -211,15 +224,21 @@ fn cases(images: &std::path::Path) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `repr`'s trace for a digits CNN with a 3×3 max pool at stride 1 and
-/// global max pooling (400 examples, f32).
-fn pooled(name: &'static str, repr: &str) -> (&'static str, String) {
-    let model = "sequential(input = [1, 8, 8], conv2d(1, 64, kernel = 3, padding = 1), relu, \
-         maxpool2d(3, stride = 1, padding = 1), conv2d(64, 64, kernel = 3, padding = 1), relu, \
+/// The header of a digits CNN with a BatchNorm, a 3×3 max pool at stride
+/// 1 and global max pooling (400 examples, f32).
+fn pooled_header(name: &str) -> String {
+    let model = "sequential(input = [1, 8, 8], conv2d(1, 64, kernel = 3, padding = 1), \
+         batchnorm2d(64), relu, maxpool2d(3, stride = 1, padding = 1), \
+         conv2d(64, 64, kernel = 3, padding = 1), relu, \
          adaptive_maxpool2d([1, 1]), flatten, linear(64, 10), init = pytorch(seed = 0))";
     let mlp = header(name, "f32", 400, "8");
     let line = mlp.lines().find(|l| l.starts_with("model net")).unwrap();
-    let src = mlp.replace(line, &format!("model net = {model}"));
+    mlp.replace(line, &format!("model net = {model}"))
+}
+
+/// `repr`'s trace for [`pooled_header`]'s CNN.
+fn pooled(name: &'static str, repr: &str) -> (&'static str, String) {
+    let src = pooled_header(name);
     (
         name,
         src + &format!("measure trace({repr} of net on probe) as \"t\"\n"),

@@ -37,7 +37,8 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub(super) fn optimizer(&mut self, e: &'a Expr) -> Option<Optimizer> {
+    /// The optimiser of a `train` of model `m`.
+    pub(super) fn optimizer(&mut self, e: &'a Expr, m: &ModelV) -> Option<Optimizer> {
         let d = self.deref(e);
         const OPTS: [&str; 3] = ["sgd", "adam", "ngd"];
         let Some((callee, args)) = Self::named_call(d) else {
@@ -118,7 +119,7 @@ impl<'a> Checker<'a> {
                     ],
                 )?;
                 let fe = self.req(&c, "fim")?;
-                let fim = self.ngd_structure(fe)?;
+                let fim = self.ngd_structure(fe, m)?;
                 let lr = self.req(&c, "lr").and_then(|x| self.positive(x, "lr"));
                 let damping = match c.get("damping") {
                     Some(x) => self.positive(x, "damping"),
@@ -135,7 +136,7 @@ impl<'a> Checker<'a> {
                     None => Some(FisherVariant::True),
                 };
                 let refit = match (c.get("refit"), &fim) {
-                    (Some(x), Structure::Ekfac { .. }) => {
+                    (Some(x), s) if s.has_ekfac() => {
                         let r = self.int(x, "refit", 1, 1 << 30).map(|v| v as u64)?;
                         if let Some(t) = refresh {
                             if r > t {
@@ -175,7 +176,7 @@ impl<'a> Checker<'a> {
                         );
                         return None;
                     }
-                    (None, Structure::Ekfac { .. }) => Some(refresh),
+                    (None, s) if s.has_ekfac() => Some(refresh),
                     (None, _) => Some(None),
                 };
                 Some(Optimizer::Ngd {
@@ -210,20 +211,10 @@ impl<'a> Checker<'a> {
     /// Whether a natural-gradient optimiser's preconditioner can
     /// represent every parameterised layer of the model it trains: KFAC
     /// and EKFAC have no factors for norm layers, embeddings or grouped
-    /// convolutions (refused here, at `fim = ...`, rather than when the
-    /// first refresh runs).
+    /// convolutions, a mix must give every family a structure (refused
+    /// here, at `fim = ...`, rather than when the first refresh runs).
     pub(super) fn ngd_fits_model(&mut self, opt: &Optimizer, e: &'a Expr, m: &ModelV) -> bool {
         let Optimizer::Ngd { fim, .. } = opt else {
-            return true;
-        };
-        if !matches!(fim, Structure::Kfac | Structure::Ekfac { .. }) {
-            return true;
-        }
-        let Some((layer, why)) = m
-            .spec
-            .param_layers()
-            .find_map(|l| l.layer.kron_refusal().map(|why| (l, why)))
-        else {
             return true;
         };
         let d = self.deref(e);
@@ -233,29 +224,18 @@ impl<'a> Checker<'a> {
                     .find(|a| a.name.as_ref().is_some_and(|n| n.name == "fim"))
             })
             .map_or(d.span, |a| a.value.span);
-        self.error(
-            Diagnostic::new(
-                ErrorKind::UnsupportedLayer {
-                    structure: fim.name(),
-                    layer: layer.name.clone(),
-                    layer_type: layer.layer.type_name().into(),
-                },
-                at,
-                format!("{} {why}", fim.name()),
-            )
-            .hint(format!(
-                "precondition with `fim = BlockDiag` or `fim = Diag`, or train `{}` with `sgd`/`adam`",
-                m.name
-            )),
-        );
-        false
+        let layers: Vec<_> = m.spec.param_layers().collect();
+        self.layers_supported(fim, &layers, at, false).is_some()
     }
 
-    pub(super) fn ngd_structure(&mut self, e: &'a Expr) -> Option<Structure> {
+    pub(super) fn ngd_structure(&mut self, e: &'a Expr, m: &ModelV) -> Option<Structure> {
         let d = self.deref(e);
         let (name, args) = Self::named_call(d)
             .map(|(c, a)| (c.name, a))
             .unwrap_or_default();
+        if name == "mix" {
+            return self.ngd_mix(e, m);
+        }
         const OK: [&str; 5] = ["KFAC", "EKFAC", "Diag", "BlockDiag", "Dense"];
         if OK.contains(&name.as_str()) && !args.is_empty() {
             // Refit and refresh are the optimiser's options, not the
@@ -298,6 +278,47 @@ impl<'a> Checker<'a> {
             "Dense" => Structure::Dense,
             _ => Structure::BlockDiag,
         })
+    }
+
+    /// `fim = mix(linear = KFAC, conv = KFAC, norm = BlockDiag, ...)`:
+    /// each part one of the natural gradient's block structures, without
+    /// options (refit and refresh are the optimiser's).
+    fn ngd_mix(&mut self, e: &'a Expr, m: &ModelV) -> Option<Structure> {
+        let names: Vec<&str> = m.spec.param_layers().map(|l| l.name.as_str()).collect();
+        let mix = self.structure(e, Some((&names, &m.name)))?;
+        let Structure::Mix { families, layers } = &mix else {
+            return Some(mix);
+        };
+        let parts = families.values().chain(layers.values());
+        let plain = |s: &Structure| match s {
+            Structure::Kfac | Structure::Diag | Structure::BlockDiag => true,
+            Structure::Ekfac {
+                refit,
+                initial_basis,
+            } => *refit && !*initial_basis,
+            _ => false,
+        };
+        if let Some(bad) = parts.clone().find(|s| !plain(s)) {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: format!(
+                            "a natural gradient's mix takes `KFAC`, `EKFAC`, `Diag` and `BlockDiag` without options, found `{}`",
+                            bad.name()
+                        ),
+                    },
+                    self.deref(e).span,
+                    "a part of this mix",
+                )
+                .hint(if matches!(bad, Structure::Ekfac { .. }) {
+                    "write `EKFAC` and set `refresh`, `refit` and `damping` on `ngd(...)`"
+                } else {
+                    "give that family `KFAC`, `EKFAC`, `Diag` or `BlockDiag`"
+                }),
+            );
+            return None;
+        }
+        Some(mix)
     }
 
     pub(super) fn ngd_fisher(&mut self, e: &'a Expr) -> Option<FisherVariant> {

@@ -8,9 +8,9 @@ use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::cost;
 use crate::plan::{
-    FisherVariant, HessianPart, LayerFamily, Object, Op, ReprOptions, Structure, Task,
+    FisherVariant, HessianPart, LayerFamily, LayerSpec, Object, Op, ReprOptions, Structure, Task,
 };
-use crate::syntax::{Arg, Expr, ExprKind, Ident};
+use crate::syntax::{Arg, Expr, ExprKind, Ident, Span};
 use std::collections::BTreeMap;
 
 impl<'a> Checker<'a> {
@@ -32,7 +32,11 @@ impl<'a> Checker<'a> {
 
     /// A structure expression; `layers` (the model's parameterised layer
     /// names and how to show the model) resolves a mix's quoted layer keys.
-    fn structure(&mut self, e: &'a Expr, layers: Option<(&[&str], &str)>) -> Option<Structure> {
+    pub(super) fn structure(
+        &mut self,
+        e: &'a Expr,
+        layers: Option<(&[&str], &str)>,
+    ) -> Option<Structure> {
         let d = self.deref(e);
         let (callee, args) = self.named(d, "structure", &STRUCTURES)?;
         let span = d.span;
@@ -169,6 +173,78 @@ impl<'a> Checker<'a> {
                 return None;
             }
         })
+    }
+
+    /// Whether `structure` (a mix: what it gives each layer) can represent
+    /// every layer of `layers`, each refusal an error at `span` naming the
+    /// layer: a mix that gives a family nothing, a Kronecker-factored
+    /// structure on a layer without factors.
+    pub(super) fn layers_supported(
+        &mut self,
+        structure: &Structure,
+        layers: &[&LayerSpec],
+        span: Span,
+        can_leave_out: bool,
+    ) -> Option<()> {
+        for l in layers {
+            let (st, family) = match (structure, l.layer.family()) {
+                (Structure::Mix { .. }, Some(f)) => match structure.for_layer(&l.name, Some(f)) {
+                    Some(s) => (s.clone(), f),
+                    None => {
+                        let fname = f.key();
+                        self.error(
+                            Diagnostic::new(
+                                ErrorKind::UnsupportedLayer {
+                                    structure: "this mix".into(),
+                                    layer: l.name.clone(),
+                                    layer_type: l.layer.type_name().into(),
+                                },
+                                span,
+                                format!("no structure given for {fname} layers"),
+                            )
+                            .hint(format!("add `{fname} = BlockDiag` (or another) to the mix")),
+                        );
+                        return None;
+                    }
+                },
+                (s, Some(f)) => (s.clone(), f),
+                (_, None) => continue,
+            };
+            let kron = matches!(
+                st,
+                Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag
+            );
+            if let Some(why) = l.layer.kron_refusal().filter(|_| kron) {
+                // A mix can route the family elsewhere, except grouped
+                // convolutions, which share theirs with plain ones.
+                let mut hint = if family == LayerFamily::Conv {
+                    format!("use `mix(linear = {0}, conv = BlockDiag)`", st.name())
+                } else {
+                    format!(
+                        "use `mix(linear = {0}, conv = {0}, {1} = BlockDiag)`",
+                        st.name(),
+                        family.key()
+                    )
+                };
+                if can_leave_out {
+                    hint += &format!(", or leave `{}` out with `layers = [...]`", l.name);
+                }
+                self.error(
+                    Diagnostic::new(
+                        ErrorKind::UnsupportedLayer {
+                            structure: st.name(),
+                            layer: l.name.clone(),
+                            layer_type: l.layer.type_name().into(),
+                        },
+                        span,
+                        format!("{} {why}", st.name()),
+                    )
+                    .hint(hint),
+                );
+                return None;
+            }
+        }
+        Some(())
     }
 
     /// `Fim(S, options) of model on data` → a representation step.
@@ -360,66 +436,8 @@ impl<'a> Checker<'a> {
             return None;
         }
         if object == Object::Fim {
-            for l in cost::covered_layers(&m.spec, &options) {
-                let (st, family) = match (&structure, l.layer.family()) {
-                    (Structure::Mix { .. }, Some(f)) => match structure.for_layer(&l.name, Some(f))
-                    {
-                        Some(s) => (s.clone(), f),
-                        None => {
-                            let fname = f.key();
-                            self.error(
-                                Diagnostic::new(
-                                    ErrorKind::UnsupportedLayer {
-                                        structure: "this mix".into(),
-                                        layer: l.name.clone(),
-                                        layer_type: l.layer.type_name().into(),
-                                    },
-                                    se?.span,
-                                    format!("no structure given for {fname} layers"),
-                                )
-                                .hint(format!("add `{fname} = BlockDiag` (or another) to the mix")),
-                            );
-                            return None;
-                        }
-                    },
-                    (s, Some(f)) => (s.clone(), f),
-                    (_, None) => continue,
-                };
-                let kron = matches!(
-                    st,
-                    Structure::Kfac | Structure::Ekfac { .. } | Structure::QuasiDiag
-                );
-                if let Some(why) = l.layer.kron_refusal().filter(|_| kron) {
-                    // A mix can route the family elsewhere, except grouped
-                    // convolutions, which share theirs with plain ones.
-                    let hint = if family == LayerFamily::Conv {
-                        format!(
-                            "use `mix(linear = {0}, conv = BlockDiag)`, or leave `{1}` out with `layers = [...]`",
-                            st.name(),
-                            l.name
-                        )
-                    } else {
-                        format!(
-                            "use `mix(linear = {0}, conv = {0}, {1} = BlockDiag)`, or leave the layer out with `layers = [...]`",
-                            st.name(),
-                            family.key()
-                        )
-                    };
-                    self.error(
-                        Diagnostic::new(
-                            ErrorKind::UnsupportedLayer {
-                                structure: st.name(),
-                                layer: l.name.clone(),
-                                layer_type: l.layer.type_name().into(),
-                            },
-                            se?.span,
-                            format!("{} {why}", st.name()),
-                        )
-                        .hint(hint),
-                    );
-                    return None;
-                }
-            }
+            let layers = cost::covered_layers(&m.spec, &options);
+            self.layers_supported(&structure, &layers, se?.span, true)?;
         }
         if let Some(k) = shards {
             options.shards = Some(self.shard_count(k, object, &structure, &options)?);

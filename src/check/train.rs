@@ -214,7 +214,7 @@ impl<'a> Checker<'a> {
         }
         let optimizer = match s.get("optimizer") {
             Some(o) => self
-                .optimizer(&o.value)
+                .optimizer(&o.value, m)
                 .filter(|opt| self.ngd_fits_model(opt, &o.value, m)),
             None => {
                 self.error(

@@ -93,7 +93,7 @@ impl Preconditioner {
     ) -> Result<bool, String> {
         let e = |e: crate::geometry::ops::OpsError| e.to_string();
         let is_refresh = this.is_none() || step.is_multiple_of(refresh.max(1));
-        let ekfac = matches!(structure, Structure::Ekfac { .. });
+        let ekfac = structure.has_ekfac();
         if !is_refresh {
             // Between refreshes only EKFAC refits its diagonal, in the
             // current basis, from the current mini-batch.
@@ -107,7 +107,10 @@ impl Preconditioner {
                 return Err("EKFAC is block-diagonal".into());
             };
             let mut fresh = blocks.clone();
-            let which: Vec<usize> = (0..fresh.len()).collect();
+            // EKFAC's blocks (a mix may give others their own structure).
+            let which: Vec<usize> = (0..fresh.len())
+                .filter(|&i| matches!(fresh[i], Block::Ekfac { .. }))
+                .collect();
             p.refit(target, &pre.fim.layers, &mut fresh, &which, None)
                 .map_err(e)?;
             if let FimBody::Blocks(blocks) = &mut pre.fim.body {
@@ -129,8 +132,20 @@ impl Preconditioner {
         };
         if ekfac {
             // Running KFAC factors, then their eigenbases, then the
-            // diagonal refitted from this mini-batch in the new basis.
-            let kfac = p.fim_blocks(target, &kinds(&Structure::Kfac)?).map_err(e)?;
+            // diagonal refitted from this mini-batch in the new basis (a
+            // mix's other blocks are running averages of their own).
+            let kinds = kinds(structure)?;
+            let which: Vec<usize> = (0..kinds.len())
+                .filter(|&i| matches!(kinds[i], BlockKind::Ekfac { .. }))
+                .collect();
+            let factor_kinds: Vec<BlockKind> = kinds
+                .iter()
+                .map(|k| match k {
+                    BlockKind::Ekfac { .. } => BlockKind::Kfac,
+                    k => *k,
+                })
+                .collect();
+            let kfac = p.fim_blocks(target, &factor_kinds).map_err(e)?;
             let FimBody::Blocks(new) = kfac.body else {
                 return Err("KFAC is block-diagonal".into());
             };
@@ -143,7 +158,6 @@ impl Preconditioner {
                 }
                 None => new,
             };
-            let which: Vec<usize> = (0..factors.len()).collect();
             let mut blocks = factors.clone();
             to_eigenbases(p.o, &mut blocks, &which).map_err(e)?;
             p.refit(target, &kfac.layers, &mut blocks, &which, None)

@@ -99,6 +99,19 @@ impl Structure {
         }
     }
 
+    /// Whether EKFAC gives some layer its block (itself, or a part of a
+    /// mix): what a natural gradient's `refit` refits.
+    pub fn has_ekfac(&self) -> bool {
+        match self {
+            Structure::Ekfac { .. } => true,
+            Structure::Mix { families, layers } => families
+                .values()
+                .chain(layers.values())
+                .any(|p| matches!(p, Structure::Ekfac { .. })),
+            _ => false,
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Structure::Dense => "Dense".into(),

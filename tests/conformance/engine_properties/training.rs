@@ -327,6 +327,74 @@ fn natural_gradient_steps_solve_with_the_fisher() {
     );
 }
 
+/// A natural gradient preconditioned by a mix: one full-batch step on a
+/// network with norm layers is `w − lr (F + λI)⁻¹ ∇L` with F the mix's
+/// blocks built directly (EKFAC refitted for the convolutions, KFAC for the
+/// Linear layer, a dense block for each norm), to 1e-10; and a mix that
+/// gives every layer EKFAC (or KFAC) trains exactly as EKFAC (KFAC) does,
+/// running averages, refreshes and refits included, over four steps.
+#[test]
+fn natural_gradient_with_a_mix_uses_each_layers_block() {
+    use nngeo::plan::LayerFamily;
+    use std::collections::BTreeMap;
+    let ekfac = Structure::Ekfac {
+        refit: true,
+        initial_basis: false,
+    };
+    let mix = |parts: &[(LayerFamily, Structure)]| Structure::Mix {
+        families: parts.iter().cloned().collect::<BTreeMap<_, _>>(),
+        layers: BTreeMap::new(),
+    };
+    // Norms without running statistics: training and the Fisher see the
+    // same network (a BatchNorm trains on batch statistics).
+    let fx = Fx::new(
+        "sequential(conv2d(1, 3, kernel = 3, padding = 1), groupnorm(1, 3), gelu,\
+         conv2d(3, 4, kernel = 3, stride = 2), tanh, flatten, layernorm([36]), linear(36, 5),\
+         input = [1, 8, 8], init = pytorch(seed = 5))",
+        10,
+        62,
+    );
+    let w0 = fx.params.flat();
+    let (_, g0) = fx.loss_grad_of(&fx.net);
+    let p = fx.problem(fx.n);
+    let kinds: Vec<BlockKind> = fx
+        .net
+        .slots
+        .iter()
+        .map(|s| {
+            let layer = &fx.net.spec.layers[s.index].layer;
+            match layer.family() {
+                Some(LayerFamily::Conv) => BlockKind::Ekfac { refit: true },
+                Some(LayerFamily::Linear) => BlockKind::Kfac,
+                _ => BlockKind::Dense,
+            }
+        })
+        .collect();
+    assert!(kinds.contains(&BlockKind::Dense) && kinds.contains(&BlockKind::Kfac));
+    let f = p.fim_blocks(&classification(), &kinds).unwrap();
+    let want = axpy(&w0, -0.7, &f.solve(&g0, 0.05).unwrap());
+    let fim = mix(&[
+        (LayerFamily::Conv, ekfac.clone()),
+        (LayerFamily::Linear, Structure::Kfac),
+        (LayerFamily::Norm, Structure::BlockDiag),
+    ]);
+    let got = fx.train(&config(ngd(fim, 1, Some(1)), TrainMode::Plain, 1, fx.n));
+    assert_close("mixed NGD step", &got, &want, 1e-10);
+
+    let fx = Fx::new(CNN, 10, 63);
+    let all = |s: &Structure| {
+        mix(&[
+            (LayerFamily::Conv, s.clone()),
+            (LayerFamily::Linear, s.clone()),
+        ])
+    };
+    for (s, refit) in [(ekfac.clone(), Some(1)), (Structure::Kfac, None)] {
+        let plain = fx.train(&config(ngd(s.clone(), 2, refit), TrainMode::Plain, 4, 5));
+        let mixed = fx.train(&config(ngd(all(&s), 2, refit), TrainMode::Plain, 4, 5));
+        assert_close(&format!("{} as a mix", s.name()), &mixed, &plain, 1e-12);
+    }
+}
+
 /// α-scaled training without centring at α = 1 is plain training, bit for
 /// bit (same shuffles, momentum, steps); centred α = 100 moves the weights
 /// about α times less than α = 1 over the same steps.
