@@ -105,8 +105,17 @@ pub enum Module<'a> {
     /// `dropout(p)` (identity at evaluation, as in curvature computations)
     /// or `identity`: takes an index in a `sequential`, has no layer.
     Identity,
-    Seq(Vec<Rc<Module<'a>>>),
+    Seq(Vec<SeqItem<'a>>),
     Block(Inst<'a>),
+}
+
+/// A module of a `sequential(...)` and where it was written (the argument
+/// it came from), so that an error in it points there.
+#[derive(Debug)]
+pub struct SeqItem<'a> {
+    pub module: Rc<Module<'a>>,
+    pub span: Span,
+    pub src: SrcId,
 }
 
 /// An instantiated block: its members, evaluated.

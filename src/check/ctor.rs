@@ -2,7 +2,7 @@
 //! others applied to evaluated arguments, giving module descriptions, and
 //! `sequential(...)` with its lists spliced.
 
-use super::block::{ArgV, Frame, Module, SrcId, V};
+use super::block::{ArgV, Frame, Module, SeqItem, SrcId, V};
 use super::Checker;
 use crate::diag::ErrorKind;
 use crate::plan::{Layer, MAX_NODE_SIZE};
@@ -307,11 +307,20 @@ impl<'a> Checker<'a> {
     /// absent modules dropped before numbering, as a PyTorch
     /// `nn.Sequential(*layers)` built in a loop would be.
     fn eval_sequential(&mut self, span: Span, args: Vec<ArgV<'a>>, f: &Frame<'a>) -> Option<V<'a>> {
-        fn splice<'a>(v: V<'a>, out: &mut Vec<Rc<Module<'a>>>, bad: &mut Option<String>) {
+        fn splice<'a>(
+            v: V<'a>,
+            at: (Span, SrcId),
+            out: &mut Vec<SeqItem<'a>>,
+            bad: &mut Option<String>,
+        ) {
             match v {
-                V::Module(m) => out.push(m),
+                V::Module(module) => out.push(SeqItem {
+                    module,
+                    span: at.0,
+                    src: at.1,
+                }),
                 V::Absent => {}
-                V::List(items) => items.into_iter().for_each(|i| splice(i, out, bad)),
+                V::List(items) => items.into_iter().for_each(|i| splice(i, at, out, bad)),
                 other => *bad = Some(other.describe()),
             }
         }
@@ -330,7 +339,7 @@ impl<'a> Checker<'a> {
                 return None;
             }
             let mut bad = None;
-            splice(a.value, &mut items, &mut bad);
+            splice(a.value, (a.span, f.src), &mut items, &mut bad);
             if let Some(found) = bad {
                 self.err_at(
                     f.src,

@@ -104,7 +104,8 @@ pub fn declared(m: &Module, path: &str, span: Span, src: SrcId, out: &mut Vec<De
         Module::Identity => {}
         Module::Seq(items) => {
             for (i, it) in items.iter().enumerate() {
-                declared(it, &join_path(path, &i.to_string()), span, src, out);
+                let at = join_path(path, &i.to_string());
+                declared(&it.module, &at, it.span, it.src, out);
             }
         }
         Module::Block(inst) => {
@@ -160,8 +161,10 @@ impl<'a> Checker<'a> {
                     self.inputs_error(src, span, path, 1, inputs.len());
                     return None;
                 };
+                // Each module is located at the argument it came from.
                 for (i, it) in items.iter().enumerate() {
-                    x = self.apply(g, it, &join_path(path, &i.to_string()), &[x], span, src)?;
+                    let at = join_path(path, &i.to_string());
+                    x = self.apply(g, &it.module, &at, &[x], it.span, it.src)?;
                 }
                 Some(x)
             }
