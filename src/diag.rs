@@ -17,7 +17,7 @@ pub enum ErrorKind {
     #[error("unterminated string")]
     UnterminatedString,
     #[error("unclosed `{open}`")]
-    Unclosed { open: char },
+    Unclosed { open: String },
     #[error("invalid number `{text}`")]
     BadNumber { text: String },
     #[error("undefined {what} `{name}`")]

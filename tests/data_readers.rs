@@ -343,6 +343,44 @@ fn csv_whitespace_delimiter_and_bad_rows() {
 }
 
 #[test]
+fn csv_quoted_fields_keep_their_delimiters_and_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.csv");
+    // A spreadsheet export: names with commas and doubled quotes, quoted
+    // numbers, spaces around quoted fields.
+    write(
+        &path,
+        b"\"weight, kg\",\"the \"\"label\"\"\", plain\n\"1.5\",2, 3\n 4 , \"5\" ,\"6\"\n",
+    );
+    let mut s = spec(&path, ColumnRef::Name("the \"label\"".into()));
+    let data = load_csv(&s).unwrap();
+    assert_eq!(data.y, vec![2.0, 5.0]);
+    assert_eq!(data.x, vec![1.5, 3.0, 4.0, 6.0]);
+    s.features = Some(vec![ColumnRef::Name("weight, kg".into())]);
+    assert_eq!(load_csv(&s).unwrap().x, vec![1.5, 4.0]);
+
+    // Whitespace-delimited with a quoted name that holds a space.
+    let ws = dir.path().join("q.txt");
+    write(&ws, b"\"body mass\" y\n1 2\n\"3\" 4\n");
+    let data = load_csv(&spec(&ws, ColumnRef::Name("y".into()))).unwrap();
+    assert_eq!((data.x, data.y), (vec![1.0, 3.0], vec![2.0, 4.0]));
+
+    // Broken quoting names the line.
+    for (text, what) in [
+        (&b"a,b\n1,\"2\n"[..], "not closed on its line on line 2"),
+        (
+            &b"a,b\n1,2\n\"3\"x,4\n"[..],
+            "text after a closing quote on line 3",
+        ),
+    ] {
+        let bad = dir.path().join("bad.csv");
+        write(&bad, text);
+        let err = load_csv(&spec(&bad, ColumnRef::Index(1))).unwrap_err();
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}
+
+#[test]
 fn csv_classification_classes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.csv");

@@ -1,7 +1,10 @@
 //! Delimited text tables (optionally gzipped): one example per line, numeric
-//! fields separated by a delimiter (comma or whitespace). Quoted fields that
-//! contain the delimiter are not supported; surrounding quotes are stripped.
+//! fields separated by a delimiter (comma or whitespace). A field may be
+//! quoted as RFC 4180 writes it (`"a, b"`, a doubled `""` inside for a quote),
+//! so that spreadsheet exports with commas in their column names load; a
+//! quoted field must end on its own line.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use super::{classes_from_labels, read_maybe_gz, DataError, DataInfo, HostData};
@@ -171,10 +174,58 @@ enum Delimiter {
 }
 
 impl Delimiter {
-    fn split(self, line: &str) -> Vec<&str> {
+    fn is_delimiter(self, ch: char) -> bool {
         match self {
-            Delimiter::Char(c) => line.split(c).map(clean).collect(),
-            Delimiter::Whitespace => line.split_whitespace().map(clean).collect(),
+            Delimiter::Char(c) => ch == c,
+            Delimiter::Whitespace => ch.is_whitespace(),
+        }
+    }
+
+    /// The fields of one line, quotes removed. `Err` says what is wrong with
+    /// the line's quoting.
+    fn split(self, line: &str) -> Result<Vec<Cow<'_, str>>, &'static str> {
+        let mut fields = Vec::new();
+        let mut rest = line;
+        if let Delimiter::Whitespace = self {
+            rest = rest.trim_start();
+            if rest.is_empty() {
+                return Ok(fields);
+            }
+        }
+        loop {
+            // Spaces around a field are not part of it (a tab or space
+            // delimiter has been taken as "whitespace" before this).
+            let field_start = rest.trim_start_matches([' ', '\t']);
+            let (field, after) = if let Some(quoted) = field_start.strip_prefix('"') {
+                let (text, after) = unquote(quoted)?;
+                let after = match self {
+                    Delimiter::Char(_) => after.trim_start_matches([' ', '\t']),
+                    Delimiter::Whitespace => after,
+                };
+                match after.chars().next() {
+                    Some(ch) if !self.is_delimiter(ch) => {
+                        return Err("has text after a closing quote");
+                    }
+                    _ => (text, after),
+                }
+            } else {
+                let end = rest.find(|ch| self.is_delimiter(ch)).unwrap_or(rest.len());
+                (Cow::Borrowed(rest[..end].trim()), &rest[end..])
+            };
+            fields.push(field);
+            let mut chars = after.chars();
+            match chars.next() {
+                None => return Ok(fields),
+                Some(_) => {
+                    rest = chars.as_str();
+                    if let Delimiter::Whitespace = self {
+                        rest = rest.trim_start();
+                        if rest.is_empty() {
+                            return Ok(fields);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -187,19 +238,32 @@ impl Delimiter {
     }
 }
 
-fn clean(field: &str) -> &str {
-    let field = field.trim();
-    field
-        .strip_prefix('"')
-        .and_then(|f| f.strip_suffix('"'))
-        .unwrap_or(field)
+/// The text of a quoted field that starts right after its opening quote,
+/// and what follows the closing one.
+fn unquote(quoted: &str) -> Result<(Cow<'_, str>, &str), &'static str> {
+    let mut text = String::new();
+    let mut from = 0;
+    loop {
+        let Some(at) = quoted[from..].find('"').map(|i| from + i) else {
+            return Err("has a quote that is not closed on its line");
+        };
+        if quoted[at + 1..].starts_with('"') {
+            text.push_str(&quoted[from..=at]);
+            from = at + 2;
+        } else if text.is_empty() && from == 0 {
+            return Ok((Cow::Borrowed(&quoted[..at]), &quoted[at + 1..]));
+        } else {
+            text.push_str(&quoted[from..at]);
+            return Ok((Cow::Owned(text), &quoted[at + 1..]));
+        }
+    }
 }
 
 struct Table<'a> {
     path: &'a Path,
     names: Option<Vec<String>>,
     /// Data rows with their 1-based line numbers.
-    rows: Vec<(usize, Vec<&'a str>)>,
+    rows: Vec<(usize, Vec<Cow<'a, str>>)>,
     ncols: usize,
 }
 
@@ -225,7 +289,13 @@ impl<'a> Table<'a> {
             None if first.contains(',') => Delimiter::Char(','),
             None => Delimiter::Whitespace,
         };
-        let first_fields = delimiter.split(first);
+        let quoting = |line_no: usize, what: &str| {
+            DataError::format(path, format!("{what} on line {line_no}"))
+        };
+        let first_line_no = lines.peek().map_or(1, |&(i, _)| i);
+        let first_fields = delimiter
+            .split(first)
+            .map_err(|what| quoting(first_line_no, what))?;
         let has_header = match header {
             Header::Yes => true,
             Header::No => false,
@@ -245,7 +315,9 @@ impl<'a> Table<'a> {
         let ncols = first_fields.len();
         let mut rows = Vec::new();
         for (line_no, line) in lines {
-            let fields = delimiter.split(line);
+            let fields = delimiter
+                .split(line)
+                .map_err(|what| quoting(line_no, what))?;
             if fields.len() != ncols {
                 let reference = if has_header { "header" } else { "first line" };
                 return Err(DataError::format(
@@ -312,7 +384,7 @@ impl<'a> Table<'a> {
         let mut out = Vec::with_capacity(self.rows.len() * columns.len());
         for (line_no, fields) in &self.rows {
             for &c in columns {
-                let field = fields[c];
+                let field = &fields[c];
                 let value = field.parse::<f32>().map_err(|_| {
                     DataError::format(
                         self.path,

@@ -16,10 +16,17 @@ pub(super) fn span_of(p: &Pair<Rule>, offset: usize) -> Span {
     Span::new(s.start() + offset, s.start() + len + offset)
 }
 
-/// Length of `text` without trailing whitespace and `//` comments.
+/// Length of `text` without trailing whitespace and comments.
 pub(super) fn trimmed_len(text: &str) -> usize {
     let mut t = text.trim_end();
     loop {
+        // A trailing `/* */` comment (a statement cannot end in `*/`).
+        if let Some(body) = t.strip_suffix("*/") {
+            if let Some(open) = body.rfind("/*") {
+                t = t[..open].trim_end();
+                continue;
+            }
+        }
         let line_start = t.rfind('\n').map_or(0, |i| i + 1);
         let Some(c) = comment_start(&t[line_start..]) else {
             return t.len();

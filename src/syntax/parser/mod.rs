@@ -58,10 +58,23 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
 /// A piece of the file with nothing to parse (a comment before the first
 /// statement, blank lines).
 fn only_comments(piece: &str) -> bool {
-    piece
-        .lines()
-        .map(str::trim)
-        .all(|l| l.is_empty() || l.starts_with("//"))
+    let mut rest = piece.trim_start();
+    loop {
+        if rest.is_empty() {
+            return true;
+        }
+        rest = if let Some(line) = rest.strip_prefix("//") {
+            line.find('\n').map_or("", |i| &line[i..])
+        } else if let Some(block) = rest.strip_prefix("/*") {
+            match block.find("*/") {
+                Some(i) => &block[i + 2..],
+                None => return false,
+            }
+        } else {
+            return false;
+        }
+        .trim_start();
+    }
 }
 
 const STMT_KEYWORDS: &[&str] = &[
@@ -80,18 +93,20 @@ const STMT_KEYWORDS: &[&str] = &[
 ];
 
 /// Byte ranges of the top-level statements, cut where a line starts (in
-/// column 0) with a statement keyword.
+/// column 0) with a statement keyword outside a `/* */` comment.
 fn chunks(src: &str) -> Vec<(usize, usize)> {
     let mut starts = vec![0];
     let mut offset = 0;
+    let mut in_block = false;
     for line in src.split_inclusive('\n') {
         let word: String = line
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if offset > 0 && STMT_KEYWORDS.contains(&word.as_str()) {
+        if offset > 0 && !in_block && STMT_KEYWORDS.contains(&word.as_str()) {
             starts.push(offset);
         }
+        in_block = block_comment_open_after(line, in_block);
         offset += line.len();
     }
     let mut out = Vec::new();
@@ -100,6 +115,34 @@ fn chunks(src: &str) -> Vec<(usize, usize)> {
         out.push((*s, e));
     }
     out
+}
+
+/// Whether a `/* */` comment is still open at the end of `line`, given
+/// whether one was open at its start (strings and `//` comments are
+/// skipped; the prescan has already refused unterminated ones).
+fn block_comment_open_after(line: &str, mut open: bool) -> bool {
+    let b = line.as_bytes();
+    let mut i = 0;
+    let mut in_str = false;
+    while i < b.len() {
+        match (open, in_str, b[i], b.get(i + 1)) {
+            (true, _, b'*', Some(b'/')) => {
+                open = false;
+                i += 1;
+            }
+            (true, ..) => {}
+            (false, true, b'\\', _) => i += 1,
+            (false, _, b'"', _) => in_str = !in_str,
+            (false, false, b'/', Some(b'/')) => return false,
+            (false, false, b'/', Some(b'*')) => {
+                open = true;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open
 }
 
 /// Deepest bracket nesting accepted.
@@ -121,6 +164,23 @@ fn prescan(src: &str) -> Vec<Diagnostic> {
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
+                }
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                match src[i + 2..].find("*/") {
+                    Some(len) => i += 2 + len + 2,
+                    None => {
+                        errors.push(
+                            Diagnostic::new(
+                                ErrorKind::Unclosed { open: "/*".into() },
+                                Span::new(i, i + 2),
+                                "this comment is never closed",
+                            )
+                            .hint("close it with `*/`"),
+                        );
+                        return errors;
+                    }
                 }
                 continue;
             }
@@ -218,7 +278,9 @@ fn prescan(src: &str) -> Vec<Diagnostic> {
         if let Some((open, at)) = stack.pop() {
             errors.push(
                 Diagnostic::new(
-                    ErrorKind::Unclosed { open },
+                    ErrorKind::Unclosed {
+                        open: open.to_string(),
+                    },
                     Span::new(at, at + 1),
                     "opened here, never closed",
                 )
@@ -330,8 +392,10 @@ fn syntax_error(e: &pest::error::Error<Rule>, offset: usize, piece: &str) -> Dia
             // identifiers, numbers and keywords, already named by rules.
             more.extend(att.expected_tokens().iter().filter_map(|t| {
                 let t = t.to_string();
-                let punct =
-                    !t.is_empty() && t != "//" && t.chars().all(|c| c.is_ascii_punctuation());
+                let punct = !t.is_empty()
+                    && t != "//"
+                    && t != "/*"
+                    && t.chars().all(|c| c.is_ascii_punctuation());
                 punct.then(|| format!("`{t}`"))
             }));
             if !more.is_empty() {
@@ -471,3 +535,6 @@ fn token_at(rest: &str) -> &str {
     };
     &rest[..end]
 }
+
+#[cfg(test)]
+mod tests;
