@@ -323,6 +323,50 @@ fn ewc_runs_reduced() {
     assert_claims_evaluated(&summary, 3);
 }
 
+/// Natural gradient with BatchNorm statistics of both kinds: every
+/// configuration trains (finite mini-batch losses), and the batch
+/// statistics change the trajectory of the same configuration.
+#[test]
+fn ngd_batchnorm_runs_reduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (results, _) = run_reduced(
+        "ngd_batchnorm",
+        &[
+            (
+                "data train = digits(split = train) |> normalize",
+                "data train = digits(split = train) |> normalize |> take(192, random, seed = 0)",
+            ),
+            ("conv2d(1, 32,", "conv2d(1, 8,"),
+            ("batchnorm2d(32)", "batchnorm2d(8)"),
+            ("conv2d(32, 64,", "conv2d(8, 16,"),
+            ("batchnorm2d(64)", "batchnorm2d(16)"),
+            ("linear(64, 10)", "linear(16, 10)"),
+            ("epochs = 3", "epochs = 2"),
+        ],
+        dir.path(),
+    );
+    let loss = series(&results, "train/loss", "opt");
+    let run = |opt: &str| -> Vec<f64> { loss.iter().filter(|x| x.0 == opt).map(|x| x.2).collect() };
+    for lr_d in ["lr0.03/d0.01", "lr0.1/d0.01", "lr0.1/d0.1"] {
+        let (running, batch) = (
+            run(&format!("running/{lr_d}")),
+            run(&format!("batch/{lr_d}")),
+        );
+        assert_eq!(running.len(), 6, "{lr_d}: 3 steps per epoch × 2");
+        assert_eq!(batch.len(), running.len(), "{lr_d}");
+        assert!(
+            running.iter().chain(&batch).all(|l| l.is_finite()),
+            "{lr_d}"
+        );
+        // Step 1's loss comes before any update; later ones differ.
+        assert_eq!(running[0], batch[0], "{lr_d}");
+        assert!(
+            running[1..].iter().zip(&batch[1..]).any(|(a, b)| a != b),
+            "{lr_d}: batch statistics changed nothing"
+        );
+    }
+}
+
 /// experiments/influence.ngx in small: each preconditioner's influence of
 /// every example, of the chosen ones (the same numbers) and the means over
 /// the mislabelled and the clean examples (which add up to the total), and

@@ -5,7 +5,7 @@ use super::args::Call;
 use super::env::ModelV;
 use super::Checker;
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
-use crate::plan::{FisherVariant, LrSchedule, Optimizer, Structure};
+use crate::plan::{BatchNormStats, FisherVariant, Layer, LrSchedule, Optimizer, Structure};
 use crate::syntax::{Arg, Expr, ExprKind, Ident};
 
 impl<'a> Checker<'a> {
@@ -115,7 +115,15 @@ impl<'a> Checker<'a> {
                     d.span,
                     args,
                     &[
-                        "fim", "lr", "damping", "refresh", "refit", "fisher", "momentum", "decay",
+                        "fim",
+                        "lr",
+                        "damping",
+                        "refresh",
+                        "refit",
+                        "fisher",
+                        "momentum",
+                        "decay",
+                        "batchnorm",
                     ],
                 )?;
                 let fe = self.req(&c, "fim")?;
@@ -179,7 +187,12 @@ impl<'a> Checker<'a> {
                     (None, s) if s.has_ekfac() => Some(refresh),
                     (None, _) => Some(None),
                 };
+                let batchnorm = match c.get("batchnorm") {
+                    Some(x) => self.ngd_batchnorm(x, m),
+                    None => Some(BatchNormStats::Running),
+                };
                 Some(Optimizer::Ngd {
+                    batchnorm: batchnorm?,
                     fim,
                     fisher: fisher?,
                     lr: lr?,
@@ -226,6 +239,35 @@ impl<'a> Checker<'a> {
             .map_or(d.span, |a| a.value.span);
         let layers: Vec<_> = m.spec.param_layers().collect();
         self.layers_supported(fim, &layers, at, false).is_some()
+    }
+
+    /// `batchnorm = running | batch`: batch statistics need a BatchNorm to
+    /// apply to.
+    fn ngd_batchnorm(&mut self, e: &'a Expr, m: &ModelV) -> Option<BatchNormStats> {
+        let word = self.symbol(e, "`batchnorm` choice", &["running", "batch"])?;
+        if word == "running" {
+            return Some(BatchNormStats::Running);
+        }
+        let has_bn = m.spec.layers.iter().any(|l| {
+            matches!(
+                l.layer,
+                Layer::BatchNorm1d { .. } | Layer::BatchNorm2d { .. }
+            )
+        });
+        if !has_bn {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "`batchnorm = batch` needs a model with BatchNorm layers".into(),
+                    },
+                    self.deref(e).span,
+                    "this model has no BatchNorm",
+                )
+                .hint("remove `batchnorm`: other norm layers have no running statistics"),
+            );
+            return None;
+        }
+        Some(BatchNormStats::Batch)
     }
 
     pub(super) fn ngd_structure(&mut self, e: &'a Expr, m: &ModelV) -> Option<Structure> {

@@ -5,8 +5,8 @@ use super::env::{Binding, DataV, ModelV, Val};
 use super::{Checker, HookCtx};
 use crate::diag::{did_you_mean, Diagnostic, ErrorKind};
 use crate::plan::{
-    Group, HookSchedule, HookSpec, Length, LossKind, LrSchedule, Op, Tracking, TrainConfig,
-    TrainMode,
+    BatchNormStats, Group, HookSchedule, HookSpec, Length, LossKind, LrSchedule, Op, Optimizer,
+    Tracking, TrainConfig, TrainMode,
 };
 use crate::syntax::{Expr, ExprKind, Hook, Ident, Schedule, Setting, Span};
 use std::collections::BTreeMap;
@@ -304,6 +304,28 @@ impl<'a> Checker<'a> {
         let (loss, optimizer, length, batch, schedule, mode, seed, eval, track, augment) = (
             loss?, optimizer?, length?, batch?, schedule?, mode?, seed?, eval?, track?, augment?,
         );
+        if let (
+            Optimizer::Ngd {
+                batchnorm: BatchNormStats::Batch,
+                ..
+            },
+            TrainMode::Linearized { .. },
+        ) = (&optimizer, &mode)
+        {
+            // A linearised model is the network at w₀ in evaluation mode,
+            // in training too: there are no batch statistics to take.
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::Invalid {
+                        message: "a linearised model normalises with its running statistics, in training too".into(),
+                    },
+                    s.get("mode").map_or(span, |md| md.value.span),
+                    "`batchnorm = batch` has no batch statistics to take here",
+                )
+                .hint("remove `batchnorm = batch` from `ngd(...)`"),
+            );
+            return None;
+        }
         if !ok {
             return None;
         }

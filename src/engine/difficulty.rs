@@ -502,6 +502,7 @@ mod tests {
             refit: None,
             momentum: 0.0,
             decay: 0.95,
+            batchnorm: crate::plan::BatchNormStats::Running,
         };
         assert_eq!(
             fold_config(&config(ngd), 30, 1, 0).optimizer,

@@ -15,10 +15,12 @@ use super::device_update::{refresh_buffers, DeviceUpdate, UpdateAt};
 use super::preconditioner::{ngd_target, Preconditioner};
 use crate::geometry::build::Problem;
 use crate::geometry::inverse::{download_flat, upload_natural, Inverse};
-use crate::geometry::net::{HostParams, Net, Phase};
+use crate::geometry::net::{BatchStats, HostParams, Net, Phase};
 use crate::geometry::ops::{linalg_of, Ops, OpsError, OpsResult};
 use crate::geometry::repr::Fim;
-use crate::plan::{Augment, Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig};
+use crate::plan::{
+    Augment, BatchNormStats, Group, LossKind, LrSchedule, ModelSpec, Optimizer, TrainConfig,
+};
 use crate::rng::Rng;
 
 /// A dataset as training sees it.
@@ -260,16 +262,7 @@ pub fn train_at<O: Ops>(
                     .copied()
             })
             .collect();
-        let p = Problem {
-            o,
-            net: &net,
-            x: &xb,
-            y: &yb,
-            target_dim: data.target_dim,
-            n: nb,
-            slots: (0..net.slots.len()).collect(),
-            batch: nb,
-        };
+        let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
         if let Some(dev) = device.as_mut() {
             let (loss, grads, stats) = p
                 .loss_gradient_natural_in(
@@ -295,11 +288,16 @@ pub fn train_at<O: Ops>(
                         refresh,
                         refit,
                         decay,
+                        batchnorm,
                         ..
                     },
                     State::Ngd { pre, ready, .. },
                 ) => {
                     let target = ngd_target(fisher, mse, net.outputs());
+                    // The running statistics come back with the update's
+                    // `refresh_buffers` below.
+                    with_batch_norm(o, &mut net, *batchnorm, &stats)?;
+                    let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
                     let changed = Preconditioner::update(
                         pre, &p, fim, &target, step, *refresh, *refit, *decay,
                     )?;
@@ -446,11 +444,16 @@ pub fn train_at<O: Ops>(
                     refit,
                     momentum,
                     decay,
+                    batchnorm,
                     ..
                 },
                 State::Ngd { pre, buf, ready },
             ) => {
                 let target = ngd_target(fisher, mse, net.outputs());
+                // The network is rebuilt from the weights after the update,
+                // running statistics included.
+                with_batch_norm(o, &mut net, *batchnorm, &stats)?;
+                let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
                 let changed =
                     Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
                 let f = &pre.as_ref().expect("made at the first step").fim;
@@ -515,6 +518,42 @@ pub fn train_at<O: Ops>(
         return Ok(net.params);
     }
     Ok(params)
+}
+
+/// The mini-batch `x` (`n` examples) over every layer of `net`, in one batch.
+fn batch_problem<'p, O: Ops>(
+    o: &'p O,
+    net: &'p Net<O>,
+    x: &'p O::T,
+    y: &'p [f64],
+    target_dim: usize,
+    n: usize,
+) -> Problem<'p, O> {
+    Problem {
+        o,
+        net,
+        x,
+        y,
+        target_dim,
+        n,
+        slots: (0..net.slots.len()).collect(),
+        batch: n,
+    }
+}
+
+/// Makes `net` normalise as the training step did when the natural
+/// gradient asks for batch statistics (the caller restores the running
+/// ones).
+fn with_batch_norm<O: Ops>(
+    o: &O,
+    net: &mut Net<O>,
+    which: BatchNormStats,
+    stats: &[BatchStats],
+) -> Result<(), String> {
+    match which {
+        BatchNormStats::Running => Ok(()),
+        BatchNormStats::Batch => net.normalise_with(o, stats).map_err(|e| e.to_string()),
+    }
 }
 
 /// The natural-gradient direction `(F + λI)⁻¹ ∇L` on the device, layer by

@@ -5,8 +5,9 @@ use super::{Cache, Net, NetLayer, Phase};
 use crate::geometry::ops::{Binary, Ops, OpsError, OpsResult, Reduce, Unary};
 use crate::plan::{image_dims, Layer};
 
-/// A BatchNorm layer's batch mean and unbiased variance, on the host.
-pub(super) type HostStats = Option<(Vec<f64>, Vec<f64>)>;
+/// A BatchNorm layer's batch mean and unbiased variance, on the host, and
+/// how many values each channel's statistics summarise.
+pub(super) type HostStats = Option<(Vec<f64>, Vec<f64>, usize)>;
 
 /// Position of `layer` in its network.
 fn layer_index<O: Ops>(net: &Net<O>, layer: &NetLayer<O::T>) -> usize {
@@ -192,6 +193,7 @@ impl<O: Ops> Net<O> {
                         let stats = (
                             o.download(&mean)?,
                             o.download(&var)?.iter().map(|v| v * unbiased).collect(),
+                            n * l,
                         );
                         (xhat.clone(), s, Some(xhat), Some(stats))
                     }

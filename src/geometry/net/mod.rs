@@ -152,6 +152,18 @@ pub struct BatchStats {
     pub layer: usize,
     pub mean: Vec<f64>,
     pub var: Vec<f64>,
+    /// Values per channel (examples × positions) the statistics are over.
+    pub count: usize,
+}
+
+impl BatchStats {
+    /// The variance the batch was normalised with (PyTorch's training
+    /// mode divides by the count, not by count − 1).
+    pub fn biased_var(&self) -> Vec<f64> {
+        let c = self.count as f64;
+        let f = if c > 1.0 { (c - 1.0) / c } else { 1.0 };
+        self.var.iter().map(|v| v * f).collect()
+    }
 }
 
 /// The function a model computes from its weights `w`: the network itself,
@@ -495,11 +507,12 @@ impl<O: Ops> Net<O> {
         for (i, layer) in self.layers.iter().enumerate() {
             let ins = self.inputs_of(&vals, layer)?;
             let (out, cache, stats) = self.layer_forward(o, layer, &ins, n, phase)?;
-            if let Some((mean, var)) = stats {
+            if let Some((mean, var, count)) = stats {
                 batch_stats.push(BatchStats {
                     layer: i,
                     mean,
                     var,
+                    count,
                 });
             }
             if keep {

@@ -10,7 +10,7 @@
 
 use super::super::stats;
 use super::layers::running_tensors;
-use super::{HostParams, Net};
+use super::{BatchStats, HostParams, Net, Reparam};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::plan::Layer;
 
@@ -108,6 +108,37 @@ impl<O: Ops> Net<O> {
                     o.download(b)?,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// Makes each BatchNorm's evaluation pass normalise with the statistics
+    /// of a training batch (its mean and biased variance), held fixed: the
+    /// function that batch's training pass computed, without the examples'
+    /// coupling through the statistics. A centred scaled model's initial
+    /// copy normalises alike. [`Net::refresh_running`] (or rebuilding the
+    /// network) restores the running averages.
+    pub fn normalise_with(&mut self, o: &O, stats: &[BatchStats]) -> OpsResult<()> {
+        if stats.is_empty() {
+            // No BatchNorm (or a linearised model, which has none in
+            // training): nothing to do, and a shared initial copy stays
+            // shared.
+            return Ok(());
+        }
+        for st in stats {
+            let spec = &self.spec.layers[st.layer];
+            let (Layer::BatchNorm1d { eps, .. } | Layer::BatchNorm2d { eps, .. }) = spec.layer
+            else {
+                return Err(OpsError(format!(
+                    "batch statistics for `{}`, which is no BatchNorm",
+                    spec.name
+                )));
+            };
+            self.layers[st.layer].running =
+                Some(running_tensors(o, &st.mean, &st.biased_var(), eps)?);
+        }
+        if let Reparam::Scaled { base: Some(b), .. } = &mut self.mode {
+            std::sync::Arc::make_mut(b).normalise_with(o, stats)?;
         }
         Ok(())
     }

@@ -96,7 +96,32 @@ pub enum Optimizer {
         /// Running averages: `new = decay · old + (1 − decay) · batch`.
         #[serde(default = "ngd_decay")]
         decay: f64,
+        /// Which statistics BatchNorm layers normalise with in the Fisher.
+        #[serde(default, skip_serializing_if = "BatchNormStats::is_running")]
+        batchnorm: BatchNormStats,
     },
+}
+
+/// The statistics a natural gradient's Fisher normalises BatchNorm layers
+/// with. Every measurement takes the running averages (evaluation mode, as
+/// NNGeometry does); a training step normalises with its mini-batch's own,
+/// and early in training the two differ widely, so a preconditioner built
+/// in evaluation mode fits a different function than the one trained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormStats {
+    /// The running averages (evaluation mode).
+    #[default]
+    Running,
+    /// The mini-batch's mean and biased variance, as the training step
+    /// normalised it, held fixed (no gradient through the statistics).
+    Batch,
+}
+
+impl BatchNormStats {
+    fn is_running(&self) -> bool {
+        *self == BatchNormStats::Running
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -719,7 +719,10 @@ fn task_models() -> Vec<(&'static str, usize, Task)> {
 
 use nngeo::engine::device_update::UpdateAt;
 use nngeo::engine::train::{train, train_at, TrainData, TrainObserver};
-use nngeo::plan::{Length, LossKind, LrSchedule, Optimizer, Structure, TrainConfig, TrainMode};
+use nngeo::plan::{
+    BatchNormStats, LayerFamily, Length, LossKind, LrSchedule, Optimizer, Structure, TrainConfig,
+    TrainMode,
+};
 
 const LINEARISED: TrainMode = TrainMode::Linearized { center: false };
 

@@ -241,7 +241,18 @@ fn ngd(fim: Structure, refresh: u64, refit: Option<u64>) -> Optimizer {
         refit,
         momentum: 0.0,
         decay: 0.95,
+        batchnorm: BatchNormStats::Running,
     }
+}
+
+/// [`ngd`] whose Fisher normalises BatchNorm with the mini-batch's
+/// statistics.
+fn with_batch_stats(mut opt: Optimizer) -> Optimizer {
+    match &mut opt {
+        Optimizer::Ngd { batchnorm, .. } => *batchnorm = BatchNormStats::Batch,
+        other => panic!("{other:?} is no natural gradient"),
+    }
+    opt
 }
 
 /// One natural-gradient step on the full batch is `w − lr (F + λI)⁻¹ ∇L`
@@ -335,7 +346,6 @@ fn natural_gradient_steps_solve_with_the_fisher() {
 /// running averages, refreshes and refits included, over four steps.
 #[test]
 fn natural_gradient_with_a_mix_uses_each_layers_block() {
-    use nngeo::plan::LayerFamily;
     use std::collections::BTreeMap;
     let ekfac = Structure::Ekfac {
         refit: true,
@@ -393,6 +403,74 @@ fn natural_gradient_with_a_mix_uses_each_layers_block() {
         let mixed = fx.train(&config(ngd(all(&s), 2, refit), TrainMode::Plain, 4, 5));
         assert_close(&format!("{} as a mix", s.name()), &mixed, &plain, 1e-12);
     }
+}
+
+/// `ngd(..., batchnorm = batch)`: one full-batch step on a network with
+/// BatchNorm1d and BatchNorm2d is `w − lr (F_B + λI)⁻¹ ∇L`, with ∇L the
+/// training-mode gradient and F_B the dense Fisher of the network whose
+/// BatchNorms normalise with that batch's mean and biased variance (a copy
+/// whose running buffers hold them), to 1e-10. With the running statistics
+/// (the default) the step is the evaluation-mode Fisher's, and differs.
+#[test]
+fn natural_gradient_with_batch_statistics_uses_the_trained_normalisation() {
+    let fx = Fx::new(
+        "sequential(conv2d(1, 3, kernel = 3, padding = 1), batchnorm2d(3), relu,\
+         conv2d(3, 2, kernel = 3, stride = 2), flatten, batchnorm1d(18), tanh, linear(18, 4),\
+         input = [1, 8, 8], init = pytorch(seed = 5))",
+        10,
+        64,
+    );
+    let (lr, damping) = (0.7, 0.05);
+    let w0 = fx.params.flat();
+    let p = fx.problem(fx.n);
+    let (_, g, stats) = p.loss_gradient_in(false, Phase::Train { seed: 0 }).unwrap();
+    assert_eq!(stats.len(), 2, "two BatchNorm layers");
+    let mut batch_params = fx.params.clone();
+    for st in &stats {
+        let name = &fx.spec.layers[st.layer].name;
+        let n = st.count as f64;
+        for (key, values) in [
+            ("running_mean", st.mean.clone()),
+            // The unbiased variance the running average takes, made biased.
+            (
+                "running_var",
+                st.var.iter().map(|v| v * (n - 1.0) / n).collect(),
+            ),
+        ] {
+            let t = batch_params
+                .tensors
+                .iter_mut()
+                .find(|t| t.key == format!("{name}.{key}"))
+                .unwrap();
+            assert_ne!(t.data, values, "running statistics equal the batch's");
+            t.data = values;
+        }
+    }
+    let batch_net = Net::new(&fx.o, &fx.spec, batch_params).unwrap();
+    let fisher_at = |net: &Net<TestOps>| {
+        Problem {
+            net,
+            ..fx.problem(fx.n)
+        }
+        .fim_dense(&classification())
+        .unwrap()
+    };
+    let want = axpy(&w0, -lr, &fisher_at(&batch_net).solve(&g, damping).unwrap());
+    let opt = ngd(Structure::Dense, 1, None);
+    let got = fx.train(&config(
+        with_batch_stats(opt.clone()),
+        TrainMode::Plain,
+        1,
+        fx.n,
+    ));
+    assert_close("batch-statistics NGD step", &got, &want, 1e-10);
+    let running = fx.train(&config(opt, TrainMode::Plain, 1, fx.n));
+    let eval = axpy(&w0, -lr, &fisher_at(&fx.net).solve(&g, damping).unwrap());
+    assert_close("running-statistics NGD step", &running, &eval, 1e-10);
+    assert!(
+        rel_err(&running, &got) > 1e-3,
+        "the two statistics gave the same step"
+    );
 }
 
 /// α-scaled training without centring at α = 1 is plain training, bit for
@@ -764,6 +842,7 @@ fn the_device_update_is_the_host_update() {
                     refit,
                     momentum: 0.5,
                     decay: 0.95,
+                    batchnorm: BatchNormStats::Running,
                 }
             })
             .collect()
@@ -828,6 +907,23 @@ fn the_device_update_is_the_host_update() {
     let kron = [Structure::Kfac, ekfac(false), ekfac(true)];
     check_with(CNN, Dtype::F64, 1e-12, &natural(&kron));
     check_with(MLP, Dtype::F64, 1e-12, &natural(&kron));
+    // The Fisher normalised with each mini-batch's statistics (EKFAC's
+    // refits between refreshes too).
+    let mix = Structure::Mix {
+        families: [
+            (LayerFamily::Conv, ekfac(false)),
+            (LayerFamily::Linear, Structure::Kfac),
+            (LayerFamily::Norm, Structure::BlockDiag),
+        ]
+        .into_iter()
+        .collect(),
+        layers: Default::default(),
+    };
+    let batch: Vec<Optimizer> = natural(&[Structure::Dense, Structure::Diag, mix])
+        .into_iter()
+        .map(with_batch_stats)
+        .collect();
+    check_with(NORM_CNN, Dtype::F64, 1e-12, &batch);
 }
 
 /// A diverging run stops with the same message whichever side updates:
