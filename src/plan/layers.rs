@@ -103,15 +103,7 @@ impl Layer {
                 out_features,
                 bias,
             } => (w(*in_features) + w(*bias as usize)) * w(*out_features),
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                bias,
-                groups,
-                ..
-            }
-            | Layer::ConvTranspose2d {
+            Layer::ConvTranspose2d {
                 in_channels,
                 out_channels,
                 kernel,
@@ -127,16 +119,12 @@ impl Layer {
                 num_embeddings,
                 dim,
             } => w(*num_embeddings) * w(*dim),
-            Layer::Conv1d {
-                in_channels,
-                out_channels,
-                kernel,
-                bias,
-                groups,
-                ..
-            } => {
-                (w(in_channels / (*groups).max(1)) * w(*kernel) + w(*bias as usize))
-                    * w(*out_channels)
+            Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
+                let c = self.conv().expect("a convolution");
+                // Wide products: the sizes are not validated yet.
+                (w(c.in_channels / c.groups.max(1)) * w(c.kernel[0]) * w(c.kernel[1])
+                    + w(c.bias as usize))
+                    * w(c.out_channels)
             }
             // A norm's scale and shift.
             _ => self

@@ -359,52 +359,17 @@ impl<O: Ops> Net<O> {
                 }
                 Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
                     // A Conv1d is a Conv2d over a 1-pixel-high image.
-                    let (cin, cout, h, w, kernel, stride, padding, dilation, bias, groups) =
-                        match &l.layer {
-                            Layer::Conv2d {
-                                in_channels,
-                                out_channels,
-                                kernel,
-                                stride,
-                                padding,
-                                bias,
-                                dilation,
-                                groups,
-                            } => (
-                                *in_channels,
-                                *out_channels,
-                                l.input[1],
-                                l.input[2],
-                                *kernel,
-                                *stride,
-                                *padding,
-                                *dilation,
-                                *bias,
-                                *groups,
-                            ),
-                            Layer::Conv1d {
-                                in_channels,
-                                out_channels,
-                                kernel,
-                                stride,
-                                padding,
-                                bias,
-                                dilation,
-                                groups,
-                            } => (
-                                *in_channels,
-                                *out_channels,
-                                1,
-                                l.input[1],
-                                [1, *kernel],
-                                [1, *stride],
-                                [0, *padding],
-                                [1, *dilation],
-                                *bias,
-                                *groups,
-                            ),
-                            _ => unreachable!(),
-                        };
+                    let crate::plan::Conv {
+                        in_channels: cin,
+                        out_channels: cout,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation,
+                        bias,
+                        groups,
+                    } = l.layer.conv().expect("a convolution");
+                    let [_, h, w] = image_dims(&l.input);
                     let (idx, oh, ow) = unfold_index(h, w, kernel, stride, padding, dilation);
                     let k = kernel[0] * kernel[1];
                     layer.unfold = Some(Unfold {

@@ -50,12 +50,10 @@ pub fn forward_flops(model: &ModelSpec) -> u64 {
                     out_features,
                     ..
                 } => 2 * (*in_features as u64) * (*out_features as u64),
-                Layer::Conv2d {
-                    in_channels,
-                    kernel,
-                    groups,
-                    ..
-                } => 2 * out * (in_channels / groups) as u64 * (kernel[0] * kernel[1]) as u64,
+                Layer::Conv2d { .. } | Layer::Conv1d { .. } => {
+                    let c = l.layer.conv().expect("a convolution");
+                    2 * out * (c.in_channels / c.groups) as u64 * c.taps() as u64
+                }
                 // Each input value meets every tap of its group's outputs.
                 Layer::ConvTranspose2d {
                     out_channels,
@@ -68,12 +66,6 @@ pub fn forward_flops(model: &ModelSpec) -> u64 {
                 }
                 // A gather: one copy per output value.
                 Layer::Embedding { .. } => out,
-                Layer::Conv1d {
-                    in_channels,
-                    kernel,
-                    groups,
-                    ..
-                } => 2 * out * (in_channels / groups) as u64 * (*kernel as u64),
                 _ => 4 * out,
             }
         })
@@ -84,23 +76,17 @@ pub fn forward_flops(model: &ModelSpec) -> u64 {
 /// Kronecker-factor sizes (s_A, s_G, spatial positions L) of a layer that
 /// KFAC supports.
 pub fn kfac_dims(layer: &LayerSpec) -> Option<(u64, u64, u64)> {
+    // Output positions of a convolution (`[C, L]` or `[C, H, W]`).
+    let positions = layer.output[1..].iter().product::<usize>() as u64;
     match &layer.layer {
         Layer::Linear {
             in_features,
             out_features,
             bias,
         } => Some((*in_features as u64 + *bias as u64, *out_features as u64, 1)),
-        Layer::Conv2d {
-            in_channels,
-            out_channels,
-            kernel,
-            bias,
-            groups: 1,
-            ..
-        }
         // NNGeometry's factors of a transposed convolution: its patches
         // per output position (`unfold_transpose_conv2d`).
-        | Layer::ConvTranspose2d {
+        Layer::ConvTranspose2d {
             in_channels,
             out_channels,
             kernel,
@@ -110,21 +96,15 @@ pub fn kfac_dims(layer: &LayerSpec) -> Option<(u64, u64, u64)> {
         } => Some((
             (*in_channels * kernel[0] * kernel[1]) as u64 + *bias as u64,
             *out_channels as u64,
-            (layer.output[1] * layer.output[2]) as u64,
+            positions,
         )),
-        Layer::Conv1d {
-            in_channels,
-            out_channels,
-            kernel,
-            bias,
-            groups: 1,
-            ..
-        } => Some((
-            (*in_channels * *kernel) as u64 + *bias as u64,
-            *out_channels as u64,
-            layer.output[1] as u64,
-        )),
-        _ => None,
+        l => l.conv().filter(|c| c.groups == 1).map(|c| {
+            (
+                (c.in_channels * c.taps()) as u64 + c.bias as u64,
+                c.out_channels as u64,
+                positions,
+            )
+        }),
     }
 }
 

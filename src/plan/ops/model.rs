@@ -368,6 +368,53 @@ impl Layer {
         }
     }
 
+    /// A convolution (not transposed) in two dimensions: a Conv1d is a
+    /// Conv2d over a one-pixel-high image (`[C, L]` as `[C, 1, L]`, see
+    /// [`image_dims`]), so that one implementation serves both.
+    pub fn conv(&self) -> Option<Conv> {
+        Some(match *self {
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                bias,
+                groups,
+            } => Conv {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                bias,
+                groups,
+            },
+            Layer::Conv1d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                bias,
+                groups,
+            } => Conv {
+                in_channels,
+                out_channels,
+                kernel: [1, kernel],
+                stride: [1, stride],
+                padding: [0, padding],
+                dilation: [1, dilation],
+                bias,
+                groups,
+            },
+            _ => return None,
+        })
+    }
+
     /// A pooling layer as a two-dimensional pool and the rank of the
     /// per-example input it takes (2: `[C, L]`, pooled as `[C, 1, L]`;
     /// 3: `[C, H, W]`), so that one implementation serves both.
@@ -510,6 +557,26 @@ impl Layer {
             }
             _ => None,
         }
+    }
+}
+
+/// A convolution in two dimensions ([`Layer::conv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub bias: bool,
+    pub groups: usize,
+}
+
+impl Conv {
+    /// Taps of one output channel's filter over one input channel.
+    pub fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
     }
 }
 
