@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 /// Parameter-free constructors and helpers that only the block evaluator
 /// knows: a top-level `sequential(...)` using them is built as a graph.
-const BLOCK_ONLY: [&str; 21] = [
+const BLOCK_ONLY: [&str; 25] = [
     "instancenorm2d",
     "instancenorm1d",
     "maxpool1d",
@@ -24,6 +24,10 @@ const BLOCK_ONLY: [&str; 21] = [
     "leaky_relu",
     "elu",
     "silu",
+    "relu6",
+    "hardtanh",
+    "hardsigmoid",
+    "hardswish",
     "conv_transpose2d",
     "adaptive_avgpool2d",
     "groupnorm",

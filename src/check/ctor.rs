@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Layer constructors and their options.
-pub const CTORS: [(&str, &[&str]); 30] = [
+pub const CTORS: [(&str, &[&str]); 34] = [
     ("linear", &["in", "out", "bias"]),
     (
         "conv2d",
@@ -47,6 +47,10 @@ pub const CTORS: [(&str, &[&str]); 30] = [
     ("leaky_relu", &["slope"]),
     ("elu", &["alpha"]),
     ("silu", &[]),
+    ("relu6", &[]),
+    ("hardtanh", &["min", "max"]),
+    ("hardsigmoid", &[]),
+    ("hardswish", &[]),
     ("flatten", &[]),
     (
         "maxpool2d",
@@ -181,6 +185,22 @@ impl<'a> Checker<'a> {
                 },
             },
             "silu" => Layer::Silu,
+            "relu6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
+            // PyTorch's defaults: min_val −1, max_val 1.
+            "hardtanh" => Layer::Hardtanh {
+                min: if a.contains_key("min") {
+                    g.number_in("min", -1e6, 1e6)?
+                } else {
+                    -1.0
+                },
+                max: if a.contains_key("max") {
+                    g.number_in("max", -1e6, 1e6)?
+                } else {
+                    1.0
+                },
+            },
+            "hardsigmoid" => Layer::Hardsigmoid,
+            "hardswish" => Layer::Hardswish,
             "flatten" => Layer::Flatten,
             "maxpool2d" | "avgpool2d" => {
                 let kernel = g.pair("kernel", None, 1)?;

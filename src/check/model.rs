@@ -27,7 +27,7 @@ pub const LAYERS: [&str; 13] = [
     "batchnorm2d",
     "layernorm",
 ];
-const ACTIVATIONS: [&str; 7] = [
+const ACTIVATIONS: [&str; 10] = [
     "relu",
     "tanh",
     "sigmoid",
@@ -35,6 +35,9 @@ const ACTIVATIONS: [&str; 7] = [
     "leaky_relu",
     "elu",
     "silu",
+    "relu6",
+    "hardsigmoid",
+    "hardswish",
 ];
 const INITS: [&str; 4] = ["pytorch", "kaiming", "xavier", "normal"];
 
@@ -647,6 +650,9 @@ impl<'a> Checker<'a> {
             "leaky_relu" => Layer::LeakyRelu { slope: 0.01 },
             "elu" => Layer::Elu { alpha: 1.0 },
             "silu" => Layer::Silu,
+            "relu6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
+            "hardsigmoid" => Layer::Hardsigmoid,
+            "hardswish" => Layer::Hardswish,
             _ => Layer::Relu,
         };
         let mut layers = Vec::new();

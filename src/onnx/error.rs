@@ -8,10 +8,11 @@ use serde::Serialize;
 /// The operators the importer maps onto nngeo's layers (some only inside
 /// the patterns PyTorch exports: GELU's erf form, GroupNorm's
 /// InstanceNormalization, `x.view(x.size(0), -1)`).
-pub const SUPPORTED_OPS: [&str; 36] = [
+pub const SUPPORTED_OPS: [&str; 39] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
+    "Clip",
     "Concat",
     "Constant",
     "Conv",
@@ -24,6 +25,8 @@ pub const SUPPORTED_OPS: [&str; 36] = [
     "Gather",
     "Gelu",
     "Gemm",
+    "HardSigmoid",
+    "HardSwish",
     "GlobalAveragePool",
     "GlobalMaxPool",
     "Identity",

@@ -69,6 +69,54 @@ impl<'f> Importer<'f> {
                 let name = self.free_name(at, None);
                 Ok(Val::Node(self.push(at, &name, layer, &[x])?))
             }
+            "Clip" => {
+                let x = self.input(ins, 0, at)?;
+                let x = self.tensor(x, at)?;
+                // Bounds: optional constant inputs from opset 11, attributes
+                // before.
+                let bound = |k: usize, attr: &str| -> Result<Option<f64>, OnnxError> {
+                    if at.opset < 11 {
+                        return Ok(a.has(attr).then(|| f32_decimal(a.float(attr, 0.0))));
+                    }
+                    if ins.get(k).is_none_or(|n| n.is_empty()) {
+                        return Ok(None);
+                    }
+                    let v = self.input(ins, k, at)?;
+                    match self.floats(&v).as_deref() {
+                        Some(&[b]) => Ok(Some(b)),
+                        _ => Err(a.unsupported("a Clip bound that is not a constant scalar")),
+                    }
+                };
+                let layer = match (bound(1, "min")?, bound(2, "max")?) {
+                    (Some(min), Some(max)) if min < max => Layer::Hardtanh { min, max },
+                    (Some(min), None) if min == 0.0 => Layer::Relu,
+                    _ => {
+                        return Err(a.unsupported(
+                            "a Clip without both bounds (min < max), other than clamp(min = 0)",
+                        ))
+                    }
+                };
+                let name = self.free_name(at, None);
+                Ok(Val::Node(self.push(at, &name, layer, &[x])?))
+            }
+            "HardSigmoid" | "HardSwish" => {
+                let x = self.input(ins, 0, at)?;
+                let x = self.tensor(x, at)?;
+                // PyTorch writes its hard sigmoid as alpha = 1/6, beta = 1/2
+                // (ONNX's defaults are 0.2 and 0.5).
+                let (alpha, beta) = (a.float("alpha", 0.2), a.float("beta", 0.5));
+                let layer = if node.op_type == "HardSwish" {
+                    Layer::Hardswish
+                } else if (alpha - 1.0 / 6.0).abs() < 1e-7 && beta == 0.5 {
+                    Layer::Hardsigmoid
+                } else {
+                    return Err(a.unsupported(format!(
+                        "HardSigmoid with alpha = {alpha}, beta = {beta} (PyTorch's is 1/6, 1/2)"
+                    )));
+                };
+                let name = self.free_name(at, None);
+                Ok(Val::Node(self.push(at, &name, layer, &[x])?))
+            }
             "Gelu" => {
                 if a.string("approximate").is_some_and(|s| s != "none") {
                     return Err(a.unsupported("GELU's tanh approximation (nngeo's GELU is the exact, erf form)"));

@@ -265,7 +265,17 @@ impl Layer {
             | Layer::Gelu
             | Layer::LeakyRelu { .. }
             | Layer::Elu { .. }
-            | Layer::Silu => Ok(x.to_vec()),
+            | Layer::Silu
+            | Layer::Hardsigmoid
+            | Layer::Hardswish => Ok(x.to_vec()),
+            Layer::Hardtanh { min, max } => {
+                if !(min < max) || !min.is_finite() || !max.is_finite() {
+                    return Err(format!(
+                        "hardtanh needs finite bounds with min < max, found [{min}, {max}]"
+                    ));
+                }
+                Ok(x.to_vec())
+            }
             Layer::Dropout { p } => {
                 if !(0.0..1.0).contains(p) {
                     return Err(format!(

@@ -208,6 +208,13 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
             alpha: number("alpha", 1.0),
         },
         "SiLU" => Layer::Silu,
+        "ReLU6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
+        "Hardtanh" => Layer::Hardtanh {
+            min: number("min_val", -1.0),
+            max: number("max_val", 1.0),
+        },
+        "Hardsigmoid" => Layer::Hardsigmoid,
+        "Hardswish" => Layer::Hardswish,
         "Identity" => return None,
         "Dropout" => Layer::Dropout {
             p: number("p", 0.5),
@@ -412,7 +419,8 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
             "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),
             "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
             // Functional activations (`torch.relu(x)`, `F.leaky_relu(x, s)`).
-            op @ ("relu" | "tanh" | "sigmoid" | "gelu" | "silu" | "elu" | "leaky_relu") => {
+            op @ ("relu" | "tanh" | "sigmoid" | "gelu" | "silu" | "elu" | "leaky_relu"
+            | "relu6" | "hardtanh" | "hardsigmoid" | "hardswish") => {
                 let number = |k: &str, default: f64| step[k].as_f64().unwrap_or(default);
                 let layer = match op {
                     "relu" => Layer::Relu,
@@ -420,6 +428,13 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
                     "sigmoid" => Layer::Sigmoid,
                     "gelu" => Layer::Gelu,
                     "silu" => Layer::Silu,
+                    "relu6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
+                    "hardtanh" => Layer::Hardtanh {
+                        min: number("min_val", -1.0),
+                        max: number("max_val", 1.0),
+                    },
+                    "hardsigmoid" => Layer::Hardsigmoid,
+                    "hardswish" => Layer::Hardswish,
                     "elu" => Layer::Elu {
                         alpha: number("alpha", 1.0),
                     },

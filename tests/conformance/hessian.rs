@@ -29,7 +29,8 @@ fn hessian_cases() -> Vec<(String, Fx, Task)> {
         (CONVT.to_string(), Fx::new(CONVT, 3, 46), cls.clone()),
         (GROUPED.to_string(), Fx::new(GROUPED, 3, 47), cls.clone()),
         (MORE_2D.to_string(), Fx::new(MORE_2D, 3, 50), cls.clone()),
-        (MORE_1D.to_string(), Fx::new(MORE_1D, 3, 51), cls),
+        (MORE_1D.to_string(), Fx::new(MORE_1D, 3, 51), cls.clone()),
+        (HARD.to_string(), Fx::new(HARD, 4, 52), cls),
         (
             BINARY_MLP.to_string(),
             Fx::new(BINARY_MLP, 8, 48),

@@ -109,7 +109,10 @@ impl<O: Ops> Net<O> {
             | Layer::Gelu
             | Layer::LeakyRelu { .. }
             | Layer::Elu { .. }
-            | Layer::Silu => {
+            | Layer::Silu
+            | Layer::Hardtanh { .. }
+            | Layer::Hardsigmoid
+            | Layer::Hardswish => {
                 let y = super::act_forward(o, &layer.spec.layer, x)?;
                 plain(y.clone(), Cache::Act { x: x.clone(), y })
             }

@@ -54,7 +54,15 @@ pub fn has_second_order_rule(layer: &Layer) -> bool {
 /// vanishes almost everywhere (ReLU).
 fn act_second<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<Option<O::T>> {
     Ok(match layer {
-        Layer::Relu | Layer::LeakyRelu { .. } => None,
+        Layer::Relu | Layer::LeakyRelu { .. } | Layer::Hardtanh { .. } | Layer::Hardsigmoid => None,
+        // (2x + 3)/6 inside (−3, 3): 1/3 there, 0 elsewhere.
+        Layer::Hardswish => Some(o.scale(
+            &o.mul(
+                &o.unary(Unary::Step, &o.affine(x, 1.0, 3.0)?)?,
+                &o.unary(Unary::Step, &o.affine(x, -1.0, 3.0)?)?,
+            )?,
+            1.0 / 3.0,
+        )?),
         // [x ≤ 0]·α·eˣ = [x ≤ 0]·(y + α).
         Layer::Elu { alpha } => {
             let left = o.affine(&o.unary(Unary::Step, x)?, -1.0, 1.0)?;

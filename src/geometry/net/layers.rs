@@ -509,6 +509,9 @@ impl<O: Ops> Net<O> {
                 | Layer::LeakyRelu { .. }
                 | Layer::Elu { .. }
                 | Layer::Silu
+                | Layer::Hardtanh { .. }
+                | Layer::Hardsigmoid
+                | Layer::Hardswish
                 | Layer::Flatten
                 | Layer::Add
                 | Layer::Concat => {}

@@ -746,11 +746,30 @@ fn act_forward<O: Ops>(o: &O, layer: &Layer, x: &O::T) -> OpsResult<O::T> {
             o.add(&r, &o.affine(&e, *alpha, -alpha)?)
         }
         Layer::Silu => o.mul(x, &o.unary(Unary::Sigmoid, x)?),
+        Layer::Hardtanh { min, max } => clamp(o, x, *min, *max),
+        Layer::Hardsigmoid => o.affine(&clamp(o, x, -3.0, 3.0)?, 1.0 / 6.0, 0.5),
+        Layer::Hardswish => o.mul(x, &act_forward(o, &Layer::Hardsigmoid, x)?),
         other => Err(OpsError(format!(
             "{} is not an activation",
             other.type_name()
         ))),
     }
+}
+
+/// `x` clamped to `[lo, hi]`: `lo + relu(x − lo) − relu(x − hi)`.
+fn clamp<O: Ops>(o: &O, x: &O::T, lo: f64, hi: f64) -> OpsResult<O::T> {
+    let above = o.unary(Unary::Relu, &o.affine(x, 1.0, -lo)?)?;
+    let over = o.unary(Unary::Relu, &o.affine(x, 1.0, -hi)?)?;
+    o.affine(&o.sub(&above, &over)?, 1.0, lo)
+}
+
+/// `[lo < x < hi]`: where a clamp passes its gradient (PyTorch's
+/// `hardtanh_backward` is 0 at both bounds).
+fn inside<O: Ops>(o: &O, x: &O::T, lo: f64, hi: f64) -> OpsResult<O::T> {
+    o.mul(
+        &o.unary(Unary::Step, &o.affine(x, 1.0, -lo)?)?,
+        &o.unary(Unary::Step, &o.affine(x, -1.0, hi)?)?,
+    )
 }
 
 /// The derivative of an activation at its input `x` (output `y`). At a
@@ -768,6 +787,16 @@ fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T>
             let step = o.unary(Unary::Step, x)?;
             let left = o.mul(&o.affine(&step, -1.0, 1.0)?, &o.affine(y, 1.0, *alpha)?)?;
             o.add(&step, &left)
+        }
+        Layer::Hardtanh { min, max } => inside(o, x, *min, *max),
+        Layer::Hardsigmoid => o.scale(&inside(o, x, -3.0, 3.0)?, 1.0 / 6.0),
+        // h(x) + x·h'(x), h the hard sigmoid: (2x + 3)/6 inside (−3, 3), 1
+        // above, 0 below. At x = ±3 exactly PyTorch takes the inner formula
+        // and this the outer one: a kink, where either is a subgradient.
+        Layer::Hardswish => {
+            let h = act_forward(o, &Layer::Hardsigmoid, x)?;
+            let inner = o.scale(&o.mul(x, &inside(o, x, -3.0, 3.0)?)?, 1.0 / 6.0)?;
+            o.add(&h, &inner)
         }
         // σ + x·σ(1 − σ) = σ·(1 + x·(1 − σ)).
         Layer::Silu => {

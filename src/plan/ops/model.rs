@@ -177,6 +177,16 @@ pub enum Layer {
     },
     /// PyTorch's `SiLU` (swish): `x·σ(x)`.
     Silu,
+    /// PyTorch's `Hardtanh`: `x` clamped to `[min, max]` (`ReLU6` is
+    /// `min = 0, max = 6`).
+    Hardtanh {
+        min: f64,
+        max: f64,
+    },
+    /// PyTorch's `Hardsigmoid`: `relu6(x + 3) / 6`.
+    Hardsigmoid,
+    /// PyTorch's `Hardswish`: `x · relu6(x + 3) / 6`.
+    Hardswish,
     Flatten,
     /// Max pooling; padded positions never win (PyTorch pads with −∞).
     /// With `ceil_mode` a last window may hang over the input's end.
@@ -334,6 +344,10 @@ impl Layer {
             Layer::LeakyRelu { .. } => "LeakyReLU",
             Layer::Elu { .. } => "ELU",
             Layer::Silu => "SiLU",
+            Layer::Hardtanh { min, max } if *min == 0.0 && *max == 6.0 => "ReLU6",
+            Layer::Hardtanh { .. } => "Hardtanh",
+            Layer::Hardsigmoid => "Hardsigmoid",
+            Layer::Hardswish => "Hardswish",
             Layer::Flatten => "Flatten",
             Layer::MaxPool2d { .. } => "MaxPool2d",
             Layer::AvgPool2d { .. } => "AvgPool2d",

@@ -109,6 +109,7 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
     seen.extend(check_jacobian_fd(MORE_1D, 5, 20));
     seen.extend(check_jacobian_fd(PLAIN_NORMS, 5, 21));
     seen.extend(check_jacobian_fd(NORMS_1D, 5, 22));
+    seen.extend(check_jacobian_fd(HARD, 6, 23));
     let every: BTreeSet<&str> = [
         "Embedding",
         "ConvTranspose2d",
@@ -122,6 +123,10 @@ fn jacobian_matches_finite_differences_for_every_layer_type() {
         "LeakyReLU",
         "ELU",
         "SiLU",
+        "Hardtanh",
+        "ReLU6",
+        "Hardsigmoid",
+        "Hardswish",
         "Flatten",
         "MaxPool2d",
         "AvgPool2d",

@@ -81,6 +81,14 @@ const MORE_2D: &str = "sequential(\
     flatten, linear(16, 5), elu,\
     input = [2, 9, 9], init = pytorch(seed = 10))";
 
+/// MobileNet's clamped activations, with bounds inside the pre-activations'
+/// range so that every piece (both saturations, the ramp) is exercised.
+const HARD: &str = "sequential(\
+    conv2d(2, 4, kernel = 3, padding = 1), hardtanh(min = -0.3, max = 0.4),\
+    conv2d(4, 4, kernel = 3, stride = 2), hardswish, flatten, linear(16, 6), relu6,\
+    linear(6, 6), hardsigmoid, linear(6, 4),\
+    input = [2, 6, 6], init = pytorch(seed = 13))";
+
 /// Norm layers without scale and shift (PyTorch's `affine=False`): a
 /// BatchNorm with running statistics only, an InstanceNorm, a GroupNorm and
 /// a LayerNorm; parameters only in the convolutions and the head.

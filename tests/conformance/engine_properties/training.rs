@@ -30,6 +30,7 @@ fn linearised_model_is_the_first_order_expansion_at_w0() {
     check_linearised(RESNET, 35);
     check_linearised(BRANCHES, 36);
     check_linearised(MORE_2D, 37);
+    check_linearised(HARD, 41);
     check_linearised(MORE_1D, 38);
     check_linearised(NORMS_1D, 40);
     check_linearised(PLAIN_NORMS, 39);
@@ -890,7 +891,7 @@ fn the_device_update_is_the_host_update() {
             }
         }
     }
-    for model in [ALL_2D, ALL_1D, MLP, PLAIN_NORMS, MORE_2D] {
+    for model in [ALL_2D, ALL_1D, MLP, PLAIN_NORMS, MORE_2D, HARD] {
         check(model, Dtype::F64, 1e-12);
     }
     for model in [RESNET, EMBED, GROUPED] {
