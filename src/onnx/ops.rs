@@ -89,7 +89,7 @@ impl<'f> Importer<'f> {
                 };
                 let layer = match (bound(1, "min")?, bound(2, "max")?) {
                     (Some(min), Some(max)) if min < max => Layer::Hardtanh { min, max },
-                    (Some(min), None) if min == 0.0 => Layer::Relu,
+                    (Some(0.0), None) => Layer::Relu,
                     _ => {
                         return Err(a.unsupported(
                             "a Clip without both bounds (min < max), other than clamp(min = 0)",

@@ -269,7 +269,7 @@ impl Layer {
             | Layer::Hardsigmoid
             | Layer::Hardswish => Ok(x.to_vec()),
             Layer::Hardtanh { min, max } => {
-                if !(min < max) || !min.is_finite() || !max.is_finite() {
+                if min >= max || !min.is_finite() || !max.is_finite() {
                     return Err(format!(
                         "hardtanh needs finite bounds with min < max, found [{min}, {max}]"
                     ));

@@ -756,6 +756,9 @@ fn act_forward<O: Ops>(o: &O, layer: &Layer, x: &O::T) -> OpsResult<O::T> {
     }
 }
 
+/// The hard sigmoid's slope in PyTorch's backward pass: `1/6` as a float32.
+const HARD_SIGMOID_SLOPE: f64 = (1.0f32 / 6.0) as f64;
+
 /// `x` clamped to `[lo, hi]`: `lo + relu(x − lo) − relu(x − hi)`.
 fn clamp<O: Ops>(o: &O, x: &O::T, lo: f64, hi: f64) -> OpsResult<O::T> {
     let above = o.unary(Unary::Relu, &o.affine(x, 1.0, -lo)?)?;
@@ -789,10 +792,11 @@ fn act_grad<O: Ops>(o: &O, layer: &Layer, x: &O::T, y: &O::T) -> OpsResult<O::T>
             o.add(&step, &left)
         }
         Layer::Hardtanh { min, max } => inside(o, x, *min, *max),
-        Layer::Hardsigmoid => o.scale(&inside(o, x, -3.0, 3.0)?, 1.0 / 6.0),
+        // PyTorch's slope is the float32 1/6 even in float64 (3e-8 off):
+        // taken as it is, so that gradients match NNGeometry's to 1e-8.
+        Layer::Hardsigmoid => o.scale(&inside(o, x, -3.0, 3.0)?, HARD_SIGMOID_SLOPE),
         // h(x) + x·h'(x), h the hard sigmoid: (2x + 3)/6 inside (−3, 3), 1
-        // above, 0 below. At x = ±3 exactly PyTorch takes the inner formula
-        // and this the outer one: a kink, where either is a subgradient.
+        // above, 0 below (PyTorch's values at ±3 too).
         Layer::Hardswish => {
             let h = act_forward(o, &Layer::Hardsigmoid, x)?;
             let inner = o.scale(&o.mul(x, &inside(o, x, -3.0, 3.0)?)?, 1.0 / 6.0)?;

@@ -240,3 +240,84 @@ fn one_d_and_adaptive_max_pooling_match_pytorch() {
         }
     }
 }
+
+/// The clamped activations' values and gradients (`y.sum().backward()`)
+/// against PyTorch 2.11's in float64, kinks included: a clamp passes no
+/// gradient at its bounds, Hardswish takes 0 at −3 and 1 at 3, and
+/// Hardsigmoid's slope is PyTorch's float32 1/6.
+#[test]
+fn hard_activations_match_pytorch() {
+    let o = CandleOps::new("cpu", Dtype::F64).unwrap();
+    let x = [
+        -4., -3., -2.5, -0.3, -0.1, 0., 0.2, 0.4, 2.9, 3., 5., 6., 7.,
+    ];
+    let xt = o.upload(&[x.len()], &x).unwrap();
+    let s = 0.1666666716337204; // torch.float32(1/6)
+    let hsig: Vec<f64> = x
+        .iter()
+        .map(|v: &f64| ((v + 3.0) / 6.0).clamp(0.0, 1.0))
+        .collect();
+    let hswish: Vec<f64> = x.iter().zip(&hsig).map(|(v, h)| v * h).collect();
+    type Case = (&'static str, Layer, Vec<f64>, Vec<f64>);
+    let cases: Vec<Case> = vec![
+        (
+            "ReLU6",
+            Layer::Hardtanh { min: 0.0, max: 6.0 },
+            vec![0., 0., 0., 0., 0., 0., 0.2, 0.4, 2.9, 3., 5., 6., 6.],
+            vec![0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 1., 0., 0.],
+        ),
+        (
+            "Hardtanh(-0.3, 0.4)",
+            Layer::Hardtanh {
+                min: -0.3,
+                max: 0.4,
+            },
+            vec![
+                -0.3, -0.3, -0.3, -0.3, -0.1, 0., 0.2, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4,
+            ],
+            vec![0., 0., 0., 0., 1., 1., 1., 0., 0., 0., 0., 0., 0.],
+        ),
+        (
+            "Hardsigmoid",
+            Layer::Hardsigmoid,
+            hsig,
+            vec![0., 0., s, s, s, s, s, s, s, 0., 0., 0., 0.],
+        ),
+        (
+            "Hardswish",
+            Layer::Hardswish,
+            hswish,
+            vec![
+                0.,
+                0.,
+                -1.0 / 3.0,
+                0.4,
+                0.4666666666666667,
+                0.5,
+                0.5666666666666667,
+                0.6333333333333333,
+                1.4666666666666668,
+                1.,
+                1.,
+                1.,
+                1.,
+            ],
+        ),
+    ];
+    for (what, layer, y_torch, g_torch) in cases {
+        let y = act_forward(&o, &layer, &xt).unwrap();
+        let g = act_grad(&o, &layer, &xt, &y).unwrap();
+        for (name, got, want) in [
+            ("value", o.download(&y).unwrap(), y_torch),
+            ("gradient", o.download(&g).unwrap(), g_torch),
+        ] {
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-15,
+                    "{what} {name} at x = {}: {a} against PyTorch's {b}",
+                    x[i]
+                );
+            }
+        }
+    }
+}
