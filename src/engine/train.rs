@@ -263,14 +263,13 @@ pub fn train_at<O: Ops>(
             })
             .collect();
         let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
+        // This step's training pass (its dropout masks).
+        let phase = Phase::Train {
+            seed: cfg.seed ^ (step + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        };
         if let Some(dev) = device.as_mut() {
             let (loss, grads, stats) = p
-                .loss_gradient_natural_in(
-                    mse,
-                    Phase::Train {
-                        seed: cfg.seed ^ (step + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-                    },
-                )
+                .loss_gradient_natural_in(mse, phase)
                 .map_err(|e| e.to_string())?;
             if !loss.is_finite() {
                 return Err(format!(
@@ -296,7 +295,7 @@ pub fn train_at<O: Ops>(
                     let target = ngd_target(fisher, mse, net.outputs());
                     // The running statistics come back with the update's
                     // `refresh_buffers` below.
-                    with_batch_norm(o, &mut net, *batchnorm, &stats)?;
+                    with_batch_norm(o, &mut net, *batchnorm, &stats, &xb, phase)?;
                     let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
                     let changed = Preconditioner::update(
                         pre, &p, fim, &target, step, *refresh, *refit, *decay,
@@ -341,14 +340,7 @@ pub fn train_at<O: Ops>(
             )?;
             continue;
         }
-        let (loss, mut g, stats) = p
-            .loss_gradient_in(
-                mse,
-                Phase::Train {
-                    seed: cfg.seed ^ (step + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        let (loss, mut g, stats) = p.loss_gradient_in(mse, phase).map_err(|e| e.to_string())?;
         if !loss.is_finite() || g.iter().any(|x| !x.is_finite()) {
             return Err(format!(
                 "training diverged at step {}: the mini-batch loss is {loss}; lower the learning rate",
@@ -452,7 +444,7 @@ pub fn train_at<O: Ops>(
                 let target = ngd_target(fisher, mse, net.outputs());
                 // The network is rebuilt from the weights after the update,
                 // running statistics included.
-                with_batch_norm(o, &mut net, *batchnorm, &stats)?;
+                with_batch_norm(o, &mut net, *batchnorm, &stats, &xb, phase)?;
                 let p = batch_problem(o, &net, &xb, &yb, data.target_dim, nb);
                 let changed =
                     Preconditioner::update(pre, &p, fim, &target, step, *refresh, *refit, *decay)?;
@@ -549,10 +541,14 @@ fn with_batch_norm<O: Ops>(
     net: &mut Net<O>,
     which: BatchNormStats,
     stats: &[BatchStats],
+    x: &O::T,
+    phase: Phase,
 ) -> Result<(), String> {
     match which {
         BatchNormStats::Running => Ok(()),
-        BatchNormStats::Batch => net.normalise_with(o, stats).map_err(|e| e.to_string()),
+        BatchNormStats::Batch => net
+            .normalise_with(o, stats, x, phase)
+            .map_err(|e| e.to_string()),
     }
 }
 

@@ -10,7 +10,7 @@
 
 use super::super::stats;
 use super::layers::running_tensors;
-use super::{BatchStats, HostParams, Net, Reparam};
+use super::{BatchStats, HostParams, Net, Phase, Reparam};
 use crate::geometry::ops::{Ops, OpsError, OpsResult};
 use crate::plan::Layer;
 
@@ -114,17 +114,34 @@ impl<O: Ops> Net<O> {
 
     /// Makes each BatchNorm's evaluation pass normalise with the statistics
     /// of a training batch (its mean and biased variance), held fixed: the
-    /// function that batch's training pass computed, without the examples'
-    /// coupling through the statistics. A centred scaled model's initial
-    /// copy normalises alike. [`Net::refresh_running`] (or rebuilding the
-    /// network) restores the running averages.
-    pub fn normalise_with(&mut self, o: &O, stats: &[BatchStats]) -> OpsResult<()> {
+    /// function that batch's training pass `phase` on `x` computed, without
+    /// the examples' coupling through the statistics. `stats` are the
+    /// network's; a centred scaled model's initial copy normalised that
+    /// pass with its own, which are recomputed here. [`Net::refresh_running`]
+    /// (or rebuilding the network) restores the running averages.
+    pub fn normalise_with(
+        &mut self,
+        o: &O,
+        stats: &[BatchStats],
+        x: &O::T,
+        phase: Phase,
+    ) -> OpsResult<()> {
         if stats.is_empty() {
             // No BatchNorm (or a linearised model, which has none in
             // training): nothing to do, and a shared initial copy stays
             // shared.
             return Ok(());
         }
+        self.hold_statistics(o, stats)?;
+        if let Reparam::Scaled { base: Some(b), .. } = &mut self.mode {
+            let own = b.forward_net(o, x, false, phase)?.batch_stats;
+            std::sync::Arc::make_mut(b).hold_statistics(o, &own)?;
+        }
+        Ok(())
+    }
+
+    /// Each BatchNorm of `stats` normalises with them in evaluation.
+    fn hold_statistics(&mut self, o: &O, stats: &[BatchStats]) -> OpsResult<()> {
         for st in stats {
             let spec = &self.spec.layers[st.layer];
             let (Layer::BatchNorm1d { eps, .. } | Layer::BatchNorm2d { eps, .. }) = spec.layer
@@ -136,9 +153,6 @@ impl<O: Ops> Net<O> {
             };
             self.layers[st.layer].running =
                 Some(running_tensors(o, &st.mean, &st.biased_var(), eps)?);
-        }
-        if let Reparam::Scaled { base: Some(b), .. } = &mut self.mode {
-            std::sync::Arc::make_mut(b).normalise_with(o, stats)?;
         }
         Ok(())
     }

@@ -412,6 +412,9 @@ fn natural_gradient_with_a_mix_uses_each_layers_block() {
 /// BatchNorms normalise with that batch's mean and biased variance (a copy
 /// whose running buffers hold them), to 1e-10. With the running statistics
 /// (the default) the step is the evaluation-mode Fisher's, and differs.
+/// On a centred scaled model, whose initial copy normalises with its own
+/// batch statistics in training, the second step (at w₁ ≠ w₀) uses the
+/// network's statistics at w₁ and the copy's at w₀.
 #[test]
 fn natural_gradient_with_batch_statistics_uses_the_trained_normalisation() {
     let fx = Fx::new(
@@ -472,6 +475,54 @@ fn natural_gradient_with_batch_statistics_uses_the_trained_normalisation() {
         rel_err(&running, &got) > 1e-3,
         "the two statistics gave the same step"
     );
+
+    // A centred scaled model, two steps without running averages.
+    let mode = TrainMode::Scaled {
+        alpha: 2.0,
+        center: true,
+    };
+    let mut opt = with_batch_stats(ngd(Structure::Dense, 1, None));
+    if let Optimizer::Ngd { decay, .. } = &mut opt {
+        *decay = 0.0;
+    }
+    let w1 = fx.train(&config(opt.clone(), mode.clone(), 1, fx.n));
+    let w2 = fx.train(&config(opt, mode.clone(), 2, fx.n));
+    // Each network's own training-pass statistics, held in a copy's
+    // running buffers.
+    let holding = |w: &[f64]| {
+        let mut params = fx.params.clone();
+        params.set_flat(w).unwrap();
+        let net = Net::new(&fx.o, &fx.spec, params.clone()).unwrap();
+        let p = Problem {
+            net: &net,
+            ..fx.problem(fx.n)
+        };
+        let (_, _, stats) = p.loss_gradient_in(false, Phase::Train { seed: 0 }).unwrap();
+        for st in &stats {
+            let name = &fx.spec.layers[st.layer].name;
+            let n = st.count as f64;
+            for t in params.tensors.iter_mut() {
+                if t.key == format!("{name}.running_mean") {
+                    t.data = st.mean.clone();
+                } else if t.key == format!("{name}.running_var") {
+                    t.data = st.var.iter().map(|v| v * (n - 1.0) / n).collect();
+                }
+            }
+        }
+        params
+    };
+    let scaled = Net::new(&fx.o, &fx.spec, holding(&w1))
+        .unwrap()
+        .reparam(&fx.o, &mode, &holding(&w0))
+        .unwrap();
+    let (_, g1, _) = Problem {
+        net: &fx.model_at(&w1, &mode),
+        ..fx.problem(fx.n)
+    }
+    .loss_gradient_in(false, Phase::Train { seed: 0 })
+    .unwrap();
+    let want = axpy(&w1, -lr, &fisher_at(&scaled).solve(&g1, damping).unwrap());
+    assert_close("centred scaled batch-statistics step", &w2, &want, 1e-10);
 }
 
 /// α-scaled training without centring at α = 1 is plain training, bit for
