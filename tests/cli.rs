@@ -435,6 +435,8 @@ fn models_lists_the_library_with_parameter_counts() {
         "wide_resnet(",
         "lenet5(",
         "autoencoder(input = 784",
+        "mobilenet_v2(classes = 1000, input = [3, 224, 224])",
+        "3,504,872 parameters",
     ] {
         assert!(s.contains(line), "{line} not in\n{s}");
     }

@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 /// The model library: (file name, text).
-const LIBRARY_SOURCES: [(&str, &str); 5] = [
+const LIBRARY_SOURCES: [(&str, &str); 6] = [
     ("resnet.ngx", include_str!("../models/resnet.ngx")),
     ("vgg.ngx", include_str!("../models/vgg.ngx")),
     ("wide_resnet.ngx", include_str!("../models/wide_resnet.ngx")),
     ("lenet.ngx", include_str!("../models/lenet.ngx")),
     ("autoencoder.ngx", include_str!("../models/autoencoder.ngx")),
+    ("mobilenet.ngx", include_str!("../models/mobilenet.ngx")),
 ];
 
 pub struct LibFile {
