@@ -430,6 +430,7 @@ pub fn effective_rank(evals: &[f64]) -> f64 {
     entropy.exp()
 }
 
+pub mod gemm;
 mod lanczos;
 mod stored;
 pub use lanczos::{fix_sign, spectral_norm_op, top_eigpairs_op, top_eigs_op, with_fallible_op};
