@@ -75,6 +75,33 @@ pub fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
 /// model (a padding mode other than zeros, a divisor override, a norm
 /// without affine parameters) fails the test by name rather than
 /// computing something else.
+/// An activation by its functional name (`relu`, `leaky_relu`, `relu6`,
+/// ...), its arguments read through `number(key, default)`; `None` for
+/// any other name.
+fn activation(op: &str, number: &dyn Fn(&str, f64) -> f64) -> Option<Layer> {
+    Some(match op {
+        "relu" => Layer::Relu,
+        "tanh" => Layer::Tanh,
+        "sigmoid" => Layer::Sigmoid,
+        "gelu" => Layer::Gelu,
+        "silu" => Layer::Silu,
+        "relu6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
+        "hardtanh" => Layer::Hardtanh {
+            min: number("min_val", -1.0),
+            max: number("max_val", 1.0),
+        },
+        "hardsigmoid" => Layer::Hardsigmoid,
+        "hardswish" => Layer::Hardswish,
+        "elu" => Layer::Elu {
+            alpha: number("alpha", 1.0),
+        },
+        "leaky_relu" => Layer::LeakyRelu {
+            slope: number("negative_slope", 0.01),
+        },
+        _ => return None,
+    })
+}
+
 pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
     let name = m["name"].as_str().unwrap_or("?");
     let refuse =
@@ -142,6 +169,15 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
     };
     let affine = |k: &str| flag(k, true);
     let t = m["type"].as_str().unwrap();
+    // An activation module is its functional form (`LeakyReLU` is
+    // `leaky_relu`, `ReLU6` is `relu6`) with the same arguments; GELU's
+    // approximation is checked below.
+    if t != "GELU" {
+        let functional = t.to_lowercase().replace("leakyrelu", "leaky_relu");
+        if let Some(layer) = activation(&functional, &number) {
+            return Some(layer);
+        }
+    }
     Some(match t {
         "Linear" => Layer::Linear {
             in_features: u("in_features"),
@@ -192,29 +228,12 @@ pub fn torch_layer(case: &str, m: &Value) -> Option<Layer> {
             num_embeddings: u("num_embeddings"),
             dim: u("embedding_dim"),
         },
-        "ReLU" => Layer::Relu,
-        "Tanh" => Layer::Tanh,
-        "Sigmoid" => Layer::Sigmoid,
         "GELU" => {
             if m["approximate"].as_str().is_some_and(|a| a != "none") {
                 refuse("GELU's tanh approximation".into());
             }
             Layer::Gelu
         }
-        "LeakyReLU" => Layer::LeakyRelu {
-            slope: number("negative_slope", 0.01),
-        },
-        "ELU" => Layer::Elu {
-            alpha: number("alpha", 1.0),
-        },
-        "SiLU" => Layer::Silu,
-        "ReLU6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
-        "Hardtanh" => Layer::Hardtanh {
-            min: number("min_val", -1.0),
-            max: number("max_val", 1.0),
-        },
-        "Hardsigmoid" => Layer::Hardsigmoid,
-        "Hardswish" => Layer::Hardswish,
         "Identity" => return None,
         "Dropout" => Layer::Dropout {
             p: number("p", 0.5),
@@ -419,32 +438,10 @@ pub fn graph_spec(case: &str, model: &Value, input: &[usize]) -> ModelSpec {
             "cat" | "concat" => (format!("cat.{}", step["step"]), Layer::Concat),
             "flatten" => (format!("flatten.{}", step["step"]), Layer::Flatten),
             // Functional activations (`torch.relu(x)`, `F.leaky_relu(x, s)`).
-            op @ ("relu" | "tanh" | "sigmoid" | "gelu" | "silu" | "elu" | "leaky_relu"
-            | "relu6" | "hardtanh" | "hardsigmoid" | "hardswish") => {
-                let number = |k: &str, default: f64| step[k].as_f64().unwrap_or(default);
-                let layer = match op {
-                    "relu" => Layer::Relu,
-                    "tanh" => Layer::Tanh,
-                    "sigmoid" => Layer::Sigmoid,
-                    "gelu" => Layer::Gelu,
-                    "silu" => Layer::Silu,
-                    "relu6" => Layer::Hardtanh { min: 0.0, max: 6.0 },
-                    "hardtanh" => Layer::Hardtanh {
-                        min: number("min_val", -1.0),
-                        max: number("max_val", 1.0),
-                    },
-                    "hardsigmoid" => Layer::Hardsigmoid,
-                    "hardswish" => Layer::Hardswish,
-                    "elu" => Layer::Elu {
-                        alpha: number("alpha", 1.0),
-                    },
-                    _ => Layer::LeakyRelu {
-                        slope: number("negative_slope", 0.01),
-                    },
-                };
-                (format!("{op}.{}", step["step"]), layer)
-            }
-            other => panic!("{}: graph op {other} not handled by this test", case),
+            op => match activation(op, &|k, d| step[k].as_f64().unwrap_or(d)) {
+                Some(layer) => (format!("{op}.{}", step["step"]), layer),
+                None => panic!("{}: graph op {op} not handled by this test", case),
+            },
         };
         push_node(&mut spec, &name, layer, from)
             .unwrap_or_else(|e| panic!("{}: step {}: {e}", case, step["step"]));
