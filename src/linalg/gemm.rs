@@ -20,7 +20,8 @@ impl Real for f64 {
 
 /// Multiply-adds below which a product is not worth splitting over
 /// threads: faer's parallel kernels meet at a barrier per block, and on
-/// small or thin products the waiting costs more than the work.
+/// small or thin products the waiting costs more than the work (measured:
+/// half of a ResNet18 KFAC's time went to those barriers).
 pub const SEQ_WORK: usize = 1 << 20;
 
 /// Fewest rows of the shared dimension one task reduces in

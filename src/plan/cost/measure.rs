@@ -117,11 +117,7 @@ pub fn measure_peak(measurement: &Measurement, on: Option<MeasuredRepr<'_>>, dty
         ) => sq(dim),
         // What each layer's block stores (a KFAC block's factors, a
         // diagonal), which is what its solve or eigendecomposition works on.
-        (Object::Fim | Object::Hessian, s) => layers
-            .iter()
-            .map(|l| fim_layer_count(s, l, n, m).min(sq(l.params)))
-            .max()
-            .unwrap_or(0),
+        (Object::Fim | Object::Hessian, s) => largest_fim_block(s, &layers, n, m),
         // Per example a `C × C` block (every eigenvalue collected), or
         // the diagonal itself.
         (Object::Ntk, Structure::BlockDiag) => dim.max(sq(r.options.outputs as u64)),

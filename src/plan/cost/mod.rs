@@ -156,6 +156,17 @@ fn fim_layer_entries(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -
 }
 
 /// Number of stored values of one layer's block under `structure`.
+/// Numbers in the largest block a block-diagonal structure's solve or
+/// eigendecomposition works on: what each layer's block stores (a KFAC
+/// block's factors, a diagonal), at most its dense square.
+fn largest_fim_block(structure: &Structure, layers: &[&LayerSpec], n: u64, m: u64) -> u64 {
+    layers
+        .iter()
+        .map(|l| fim_layer_count(structure, l, n, m).min(sq(l.params)))
+        .max()
+        .unwrap_or(0)
+}
+
 fn fim_layer_count(structure: &Structure, layer: &LayerSpec, n: u64, m: u64) -> u64 {
     let (dense, other) = fim_layer_entries(structure, layer, n, m);
     dense + other

@@ -698,11 +698,7 @@ pub fn train_peak(
         // copy and its factorisation (a mix with dense norm blocks moved
         // by 30 MiB between runs without it).
         let m = fisher_outputs(&options);
-        let largest = covered_layers(model, &options)
-            .iter()
-            .map(|l| fim_layer_count(fim, l, batch, m).min(sq(l.params)))
-            .max()
-            .unwrap_or(0);
+        let largest = largest_fim_block(fim, &covered_layers(model, &options), batch, m);
         peak += 2 * held + kfac + 2 * largest * HOST;
         passes = passes.max(fresh + held);
     }
